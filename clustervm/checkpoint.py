@@ -1,0 +1,506 @@
+"""Checkpoint store: the latest checkpoints of each task, in memory and on disk.
+
+A task calls ``ctx.checkpoint(state)``; its node encodes the state into wire
+*frames* (a msgpack payload, then raw numpy buffers) and sends them to the
+coordinator, which keeps them here before it acknowledges. After a failover
+``ctx.restore()`` gets the latest valid frames back; after ``clustervm run
+--resume DIR`` a fresh :class:`CheckpointStore` on the same directory finds
+everything that was acknowledged.
+
+Reading a checkpoint never executes code: a file holds opaque byte frames, and
+only the wire codec (msgpack, no pickle) interprets them.
+
+On-disk layout: one file per version, ``DIR/ckpt/<stem>.<seq:012d>.ckpt``,
+where ``<stem>`` is a readable prefix of the key (characters outside
+``[A-Za-z0-9_-]`` written as ``%XX`` UTF-8 escapes, cut at 80 characters)
+followed by ``~`` and a 20-hex-digit BLAKE2b hash of the whole key. The real
+key is stored inside the file and checked on read. File format (little
+endian)::
+
+    0   8s   magic b"CVMCKPT\\n"
+    8   u16  format version (1)
+    10  u16  flags (0)
+    12  u32  key length K
+    16  u64  seq
+    24  u32  number of frames N
+    28  K    key, UTF-8 (surrogatepass)
+        N*u64  length of each frame
+        u32  CRC-32 of every byte above (header check: key discovery on resume
+             reads only the header)
+        ...  the frames, back to back
+        u32  CRC-32 of every byte above (whole-file check)
+
+The file size must equal exactly what the header announces, so truncation is
+found before any frame is read; a flipped bit fails one of the two CRCs.
+Files are written atomically: a temp file ``.tmp.*`` in the same directory,
+write, flush, ``fsync``, ``os.replace``, then ``fsync`` of the directory.
+Leftover temp files (a crash mid-write) are never read and are removed when a
+store opens the directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+import struct
+import threading
+import uuid
+import zlib
+from typing import Sequence
+
+from .errors import CheckpointError, CorruptCheckpointError
+
+__all__ = ["CheckpointStore", "CheckpointStats"]
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"CVMCKPT\n"
+FORMAT_VERSION = 1
+_FIXED = struct.Struct("<8sHHIQI")  # magic, version, flags, keylen, seq, nframes
+_U32 = struct.Struct("<I")
+_SUFFIX = ".ckpt"
+_TMP_PREFIX = ".tmp."
+_NAME_RE = re.compile(r"^([A-Za-z0-9_%-]*~[0-9a-f]{20})\.([0-9]{12,})\.ckpt$")
+_STEM_PREFIX_MAX = 80
+_MAX_SEQ = 2**64 - 1
+_LOCK_STRIPES = 64
+
+
+def _key_bytes(key: str) -> bytes:
+    if not isinstance(key, str):
+        raise TypeError(f"checkpoint key must be a str, not {type(key).__name__}")
+    return key.encode("utf-8", "surrogatepass")
+
+
+def safe_stem(key: str) -> str:
+    """The file-name stem of ``key``: a readable escaped prefix + ``~`` + hash.
+
+    Unique per key (by the hash), at most 101 characters, and made only of
+    ``[A-Za-z0-9_%~-]`` so it is safe on every file system and never contains
+    the ``.`` that separates the stem from the seq.
+    """
+    raw = _key_bytes(key)
+    out: list[str] = []
+    n = 0
+    for b in raw:
+        c = chr(b)
+        piece = c if (c.isascii() and (c.isalnum() or c in "_-")) else f"%{b:02X}"
+        if n + len(piece) > _STEM_PREFIX_MAX:
+            break
+        out.append(piece)
+        n += len(piece)
+    digest = hashlib.blake2b(raw, digest_size=10).hexdigest()
+    return "".join(out) + "~" + digest
+
+
+def _fsync_dir(path: str | os.PathLike) -> None:
+    """fsync a directory so a rename/create/unlink in it survives a power cut."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # e.g. platforms that cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def _as_bytes_view(frame: object, i: int) -> memoryview:
+    try:
+        mv = memoryview(frame)  # type: ignore[arg-type]
+    except TypeError:
+        raise CheckpointError(
+            f"frame {i} is a {type(frame).__name__}, not a bytes-like object; "
+            "pass the frames produced by the wire codec (bytes, bytearray, memoryview)"
+        ) from None
+    if not mv.c_contiguous:
+        raise CheckpointError(
+            f"frame {i} is not C-contiguous; pass a contiguous buffer (e.g. numpy.ascontiguousarray)"
+        )
+    return mv.cast("B") if (mv.format != "B" or mv.ndim != 1) else mv
+
+
+def _encode_header(kb: bytes, seq: int, lengths: Sequence[int]) -> bytes:
+    head = _FIXED.pack(MAGIC, FORMAT_VERSION, 0, len(kb), seq, len(lengths))
+    head += kb + struct.pack(f"<{len(lengths)}Q", *lengths)
+    return head + _U32.pack(zlib.crc32(head))
+
+
+def _read_exact(f, n: int, path: str, what: str) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise CorruptCheckpointError(f"{path}: truncated while reading {what}")
+    return data
+
+
+def _read_header(f, path: str, size: int) -> tuple[str, int, list[int], bytes]:
+    """Parse and check the header; return (key, seq, frame lengths, raw header bytes)."""
+    if size < _FIXED.size + 4:
+        raise CorruptCheckpointError(f"{path}: truncated: {size} bytes, smaller than a header")
+    fixed = _read_exact(f, _FIXED.size, path, "the header")
+    magic, version, _flags, keylen, seq, nframes = _FIXED.unpack(fixed)
+    if magic != MAGIC:
+        raise CorruptCheckpointError(f"{path}: bad magic {magic!r}: not a clustervm checkpoint")
+    if _FIXED.size + keylen + 8 * nframes + 8 > size:
+        raise CorruptCheckpointError(
+            f"{path}: truncated or corrupt header (key length {keylen}, {nframes} frames "
+            f"do not fit in {size} bytes)"
+        )
+    rest = _read_exact(f, keylen + 8 * nframes + 4, path, "the header")
+    (hcrc,) = _U32.unpack_from(rest, keylen + 8 * nframes)
+    if zlib.crc32(rest[: keylen + 8 * nframes], zlib.crc32(fixed)) != hcrc:
+        raise CorruptCheckpointError(f"{path}: header checksum mismatch")
+    if version != FORMAT_VERSION:
+        raise CorruptCheckpointError(
+            f"{path}: unknown format version {version} (this clustervm reads version "
+            f"{FORMAT_VERSION}; was it written by a newer clustervm?)"
+        )
+    try:
+        key = rest[:keylen].decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError as exc:
+        raise CorruptCheckpointError(f"{path}: key is not valid UTF-8 ({exc})") from None
+    lengths = list(struct.unpack_from(f"<{nframes}Q", rest, keylen))
+    return key, seq, lengths, fixed + rest
+
+
+def _read_checkpoint(path: str, expect_key: str | None = None) -> tuple[str, int, list[bytes]]:
+    """Read and verify one checkpoint file: (key, seq, frames).
+
+    Raises CorruptCheckpointError (message: file path and reason) if the file
+    is truncated, has extra bytes, fails a checksum, or belongs to another key.
+    """
+    try:
+        f = open(path, "rb", buffering=0)
+    except FileNotFoundError:
+        raise CorruptCheckpointError(f"{path}: file vanished") from None
+    except OSError as exc:
+        raise CorruptCheckpointError(f"{path}: cannot open: {exc}") from None
+    with f:
+        try:
+            size = os.fstat(f.fileno()).st_size
+            key, seq, lengths, header = _read_header(f, path, size)
+            expected = len(header) + sum(lengths) + 4
+            if size < expected:
+                raise CorruptCheckpointError(
+                    f"{path}: truncated: {size} bytes, the header announces {expected}"
+                )
+            if size > expected:
+                raise CorruptCheckpointError(
+                    f"{path}: {size - expected} unexpected bytes after the end "
+                    f"(file has {size} bytes, the header announces {expected})"
+                )
+            crc = zlib.crc32(header)  # the whole-file CRC covers the header too
+            frames: list[bytes] = []
+            for i, n in enumerate(lengths):
+                data = _read_exact(f, n, path, f"frame {i}")
+                crc = zlib.crc32(data, crc)
+                frames.append(data)
+            (fcrc,) = _U32.unpack(_read_exact(f, 4, path, "the trailing checksum"))
+        except OSError as exc:
+            raise CorruptCheckpointError(f"{path}: read error: {exc}") from None
+    if crc != fcrc:
+        raise CorruptCheckpointError(f"{path}: checksum mismatch (data damaged)")
+    if expect_key is not None and key != expect_key:
+        raise CorruptCheckpointError(
+            f"{path}: holds key {key!r}, expected {expect_key!r} (misplaced file)"
+        )
+    return key, seq, frames
+
+
+def _read_key(path: str) -> tuple[str, int]:
+    """Only the header of a checkpoint file: (key, seq). Raises CorruptCheckpointError."""
+    try:
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            key, seq, _lengths, _ = _read_header(f, path, size)
+    except OSError as exc:
+        raise CorruptCheckpointError(f"{path}: cannot read: {exc}") from None
+    return key, seq
+
+
+@dataclasses.dataclass
+class CheckpointStats:
+    """Counters of a :class:`CheckpointStore` (since it was created)."""
+
+    saved: int = 0          #: checkpoints stored
+    ignored: int = 0        #: saves ignored because their seq was not newer
+    loaded: int = 0         #: successful loads
+    corrupt: int = 0        #: corrupt/truncated files found (each counted once)
+    pruned: int = 0         #: old versions deleted (keep)
+    dropped: int = 0        #: keys dropped
+    bytes_written: int = 0  #: bytes written to disk (whole files)
+
+
+class CheckpointStore:
+    """Latest checkpoints per key, in memory and (optionally) on disk.
+
+    ``directory=None``: memory only (the newest frames of each key).
+    With a directory, every save is also written to ``DIR/ckpt`` before
+    :meth:`save` returns (durably if ``fsync``), the newest ``keep`` versions
+    per key are kept on disk, and a store created later on the same directory
+    (``--resume``) finds them. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike | None = None,
+        keep: int = 2,
+        fsync: bool = True,
+    ) -> None:
+        if not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep must be an int >= 1, not {keep!r}")
+        self.keep = keep
+        self.fsync = fsync
+        self.stats = CheckpointStats()
+        self._lock = threading.Lock()  # guards the dicts and stats below
+        self._stripes = [threading.Lock() for _ in range(_LOCK_STRIPES)]  # serialise per key
+        self._mem: dict[str, tuple[int, list[bytes]]] = {}
+        # On disk, indexed by stem: {stem: {seq: path}}, {stem: key}
+        self._disk: dict[str, dict[int, str]] = {}
+        self._stem_key: dict[str, str] = {}
+        self._bad: set[str] = set()  # paths already reported corrupt
+        self.directory: str | None = None
+        self.path: str | None = None  # DIR/ckpt
+        if directory is not None:
+            self.directory = os.fspath(directory)
+            self.path = os.path.join(self.directory, "ckpt")
+            try:
+                created = not os.path.isdir(self.path)
+                os.makedirs(self.path, exist_ok=True)
+                if created and fsync:
+                    _fsync_dir(self.directory)
+            except OSError as exc:
+                raise CheckpointError(
+                    f"cannot create the checkpoint directory {self.path}: {exc}; "
+                    "choose a writable directory"
+                ) from None
+            self._scan()
+
+    # -- disk index ---------------------------------------------------------
+
+    def _scan(self) -> None:
+        assert self.path is not None
+        try:
+            names = os.listdir(self.path)
+        except OSError as exc:
+            raise CheckpointError(f"cannot list {self.path}: {exc}") from None
+        for name in names:
+            full = os.path.join(self.path, name)
+            if name.startswith(_TMP_PREFIX):
+                # A crash mid-write: never renamed, so never acknowledged.
+                log.info("removing leftover temp file %s (interrupted checkpoint write)", full)
+                try:
+                    os.unlink(full)
+                except OSError:
+                    pass
+                continue
+            m = _NAME_RE.match(name)
+            if m is None:
+                continue
+            self._disk.setdefault(m.group(1), {})[int(m.group(2))] = full
+        for stem, versions in self._disk.items():
+            for seq in sorted(versions, reverse=True):
+                try:
+                    key, _ = _read_key(versions[seq])
+                except CorruptCheckpointError:
+                    continue  # reported (with fallback) when the key is loaded
+                if safe_stem(key) == stem:
+                    self._stem_key[stem] = key
+                    break
+
+    def _stripe(self, key: str) -> threading.Lock:
+        return self._stripes[hash(key) % _LOCK_STRIPES]
+
+    def _newest_seq(self, key: str, stem: str | None) -> int | None:
+        best = None
+        if key in self._mem:
+            best = self._mem[key][0]
+        if stem is not None and self._disk.get(stem):
+            d = max(self._disk[stem])
+            best = d if best is None else max(best, d)
+        return best
+
+    # -- API ----------------------------------------------------------------
+
+    def save(self, key: str, seq: int, frames: Sequence[bytes | memoryview]) -> None:
+        """Store ``frames`` as checkpoint ``seq`` of ``key``; durable on return.
+
+        ``seq`` is the writer's increasing checkpoint number for the key; a
+        save whose seq is not newer than the stored one is ignored (a
+        duplicate resent after a failover). Raises CheckpointError if the
+        file cannot be written (nothing is stored then).
+        """
+        kb = _key_bytes(key)
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= _MAX_SEQ:
+            raise ValueError(f"seq must be an int in [0, 2**64), not {seq!r}")
+        views = [_as_bytes_view(fr, i) for i, fr in enumerate(frames)]
+        stem = safe_stem(key) if self.path is not None else None
+        with self._stripe(key):
+            with self._lock:
+                newest = self._newest_seq(key, stem)
+                if newest is not None and seq <= newest:
+                    self.stats.ignored += 1
+                    log.debug("checkpoint %r seq %d ignored: %d is stored", key, seq, newest)
+                    return
+            # bytes are immutable: keep them as they are, copy everything else
+            # (the caller may reuse a receive buffer).
+            owned = [fr if type(fr) is bytes else mv.tobytes() for fr, mv in zip(frames, views)]
+            written = 0
+            if stem is not None:
+                final, written = self._write(kb, stem, seq, owned)
+            with self._lock:
+                self._mem[key] = (seq, owned)
+                self.stats.saved += 1
+                self.stats.bytes_written += written
+                if stem is not None:
+                    self._disk.setdefault(stem, {})[seq] = final
+                    self._stem_key[stem] = key
+                    self._bad.discard(final)
+                    old = sorted(self._disk[stem], reverse=True)[self.keep:]
+                    doomed = [self._disk[stem].pop(s) for s in old]
+                else:
+                    doomed = []
+            for path in doomed:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    log.warning("cannot prune old checkpoint %s: %s", path, exc)
+                    continue
+                with self._lock:
+                    self._bad.discard(path)
+                    self.stats.pruned += 1
+
+    def _write(self, kb: bytes, stem: str, seq: int, frames: list[bytes]) -> tuple[str, int]:
+        assert self.path is not None
+        final = os.path.join(self.path, f"{stem}.{seq:012d}{_SUFFIX}")
+        tmp = os.path.join(self.path, f"{_TMP_PREFIX}{os.getpid()}.{uuid.uuid4().hex}")
+        header = _encode_header(kb, seq, [len(fr) for fr in frames])
+        crc = zlib.crc32(header)
+        for fr in frames:
+            crc = zlib.crc32(fr, crc)
+        trailer = _U32.pack(crc)
+        total = len(header) + sum(len(fr) for fr in frames) + len(trailer)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(header)
+                for fr in frames:
+                    f.write(fr)
+                f.write(trailer)
+                f.flush()
+                if self.fsync:
+                    os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except OSError as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise CheckpointError(
+                f"cannot write checkpoint {final}: {exc}; check free space and permissions "
+                f"of {self.path}"
+            ) from None
+        if self.fsync:
+            _fsync_dir(self.path)
+        return final, total
+
+    def load(self, key: str) -> tuple[int, list[bytes]] | None:
+        """The latest valid checkpoint of ``key`` as ``(seq, frames)``, or None.
+
+        Memory first; then the disk versions, newest first. A corrupt or
+        truncated file is reported with a warning (file and reason) and the
+        previous version is used.
+        """
+        _key_bytes(key)
+        with self._stripe(key):
+            with self._lock:
+                hit = self._mem.get(key)
+                if hit is not None:
+                    self.stats.loaded += 1
+                    return hit[0], list(hit[1])
+                if self.path is None:
+                    return None
+                stem = safe_stem(key)
+                versions = sorted(self._disk.get(stem, {}).items(), reverse=True)
+            for seq, path in versions:
+                with self._lock:
+                    if path in self._bad:
+                        continue
+                try:
+                    fkey, fseq, frames = _read_checkpoint(path, expect_key=key)
+                    if fseq != seq:
+                        raise CorruptCheckpointError(
+                            f"{path}: holds seq {fseq}, its name says {seq}"
+                        )
+                except CorruptCheckpointError as exc:
+                    with self._lock:
+                        self._bad.add(path)
+                        self.stats.corrupt += 1
+                    log.warning(
+                        "corrupt checkpoint of %r skipped, trying the previous version: %s",
+                        key, exc,
+                    )
+                    continue
+                with self._lock:
+                    self._mem[key] = (seq, frames)
+                    self._stem_key[stem] = key
+                    self.stats.loaded += 1
+                return seq, list(frames)
+            if versions:
+                log.warning(
+                    "no valid checkpoint of %r: all %d version(s) on disk are corrupt",
+                    key, len(versions),
+                )
+            return None
+
+    def drop(self, key: str) -> None:
+        """Forget ``key`` (its task finished): memory and every file on disk."""
+        _key_bytes(key)
+        with self._stripe(key):
+            with self._lock:
+                found = self._mem.pop(key, None) is not None
+                paths: list[str] = []
+                if self.path is not None:
+                    stem = safe_stem(key)
+                    paths = list(self._disk.pop(stem, {}).values())
+                    self._stem_key.pop(stem, None)
+                    for p in paths:
+                        self._bad.discard(p)
+                if found or paths:
+                    self.stats.dropped += 1
+            for p in paths:
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    log.warning("cannot delete checkpoint %s of finished task %r: %s", p, key, exc)
+            if paths and self.fsync:
+                assert self.path is not None
+                _fsync_dir(self.path)
+
+    def keys(self) -> list[str]:
+        """Keys that have a checkpoint (in memory, or on disk with a readable header)."""
+        with self._lock:
+            ks = set(self._mem)
+            ks.update(k for s, k in self._stem_key.items() if self._disk.get(s))
+        return sorted(ks)
+
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            if key in self._mem:
+                return True
+            if self.path is None:
+                return False
+            stem = safe_stem(key)
+            return bool(self._disk.get(stem)) and self._stem_key.get(stem) == key
+
+    def __repr__(self) -> str:
+        where = self.path if self.path is not None else "memory"
+        return f"<CheckpointStore {where} keys={len(self.keys())} keep={self.keep}>"

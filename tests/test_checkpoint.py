@@ -1,0 +1,524 @@
+"""Checkpoint store and job journal (pure Python, no MPI)."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from clustervm.checkpoint import CheckpointStore, safe_stem
+from clustervm.errors import CheckpointError, CorruptCheckpointError
+from clustervm.journal import Journal, Record
+
+MiB = 1 << 20
+
+
+def frames_for(seq: int) -> list[bytes]:
+    return [b"payload-%d" % seq, b"", bytes([seq % 256]) * 1000]
+
+
+def ckpt_files(d, key=None) -> list[str]:
+    """Checkpoint files in d/ckpt (of one key if given), oldest seq first."""
+    names = [n for n in os.listdir(os.path.join(d, "ckpt")) if n.endswith(".ckpt")]
+    if key is not None:
+        stem = safe_stem(key)
+        names = [n for n in names if n.split(".")[0] == stem]
+    names.sort(key=lambda n: int(n.split(".")[1]))
+    return [os.path.join(d, "ckpt", n) for n in names]
+
+
+def flip_byte(path: str, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
+# -- CheckpointStore -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_dir", [False, True])
+def test_round_trip_several_frames(tmp_path, use_dir):
+    store = CheckpointStore(tmp_path if use_dir else None)
+    big = np.arange(MiB // 8, dtype=np.float64)
+    frames = [b"\x93msgpack header", memoryview(big), bytearray(b"xyz"), b""]
+    store.save("task-1", 1, frames)
+    big[:] = -1  # the store must have copied the buffer
+    seq, got = store.load("task-1")
+    assert seq == 1
+    assert all(type(f) is bytes for f in got)
+    assert got[0] == b"\x93msgpack header"
+    assert len(got[1]) == MiB
+    assert np.array_equal(np.frombuffer(got[1], dtype=np.float64), np.arange(MiB // 8))
+    assert got[2:] == [b"xyz", b""]
+    assert store.load("other") is None
+    assert store.keys() == ["task-1"]
+    assert store.stats.saved == 1 and store.stats.loaded == 1
+    if use_dir:
+        assert store.stats.bytes_written > MiB
+        # a fresh store (a resumed job) reads the same thing from disk
+        seq2, got2 = CheckpointStore(tmp_path).load("task-1")
+        assert (seq2, got2[1]) == (1, got[1])
+        assert got2 == got
+
+
+def test_keep_and_prune(tmp_path):
+    store = CheckpointStore(tmp_path, keep=2)
+    for seq in range(1, 6):
+        store.save("k", seq, frames_for(seq))
+    files = ckpt_files(tmp_path)
+    assert [int(os.path.basename(f).split(".")[1]) for f in files] == [4, 5]
+    assert store.stats.pruned == 3 and store.stats.saved == 5
+    assert store.load("k") == (5, frames_for(5))
+
+    one = CheckpointStore(tmp_path / "one", keep=1)
+    for seq in range(3):
+        one.save("k", seq, frames_for(seq))
+    assert len(ckpt_files(tmp_path / "one")) == 1
+    with pytest.raises(ValueError):
+        CheckpointStore(tmp_path, keep=0)
+
+
+def test_older_seq_ignored(tmp_path):
+    for store in (CheckpointStore(), CheckpointStore(tmp_path)):
+        store.save("k", 5, [b"five"])
+        store.save("k", 5, [b"dup"])  # duplicate resent after a failover
+        store.save("k", 3, [b"old"])
+        assert store.load("k") == (5, [b"five"])
+        assert store.stats.ignored == 2 and store.stats.saved == 1
+        store.save("k", 6, [b"six"])
+        assert store.load("k") == (6, [b"six"])
+    # also after a restart, against what is on disk
+    fresh = CheckpointStore(tmp_path)
+    fresh.save("k", 6, [b"stale"])
+    assert fresh.stats.ignored == 1
+    assert fresh.load("k") == (6, [b"six"])
+
+
+def test_drop(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.save("a", 1, [b"a1"])
+    store.save("a", 2, [b"a2"])
+    store.save("b", 1, [b"b1"])
+    store.drop("a")
+    store.drop("never-saved")
+    assert store.load("a") is None
+    assert store.keys() == ["b"]
+    assert ckpt_files(tmp_path, "a") == []
+    assert CheckpointStore(tmp_path).keys() == ["b"]
+    mem = CheckpointStore()
+    mem.save("a", 1, [b"x"])
+    mem.drop("a")
+    assert mem.load("a") is None and mem.keys() == []
+
+
+def test_fresh_store_finds_checkpoints(tmp_path):
+    store = CheckpointStore(tmp_path)
+    for i in range(5):
+        store.save(f"task-{i}", 10 + i, [b"state %d" % i])
+    fresh = CheckpointStore(tmp_path)
+    assert fresh.keys() == [f"task-{i}" for i in range(5)]
+    assert "task-3" in fresh and "task-9" not in fresh
+    for i in range(5):
+        assert fresh.load(f"task-{i}") == (10 + i, [b"state %d" % i])
+
+
+def test_corrupt_newest_falls_back(tmp_path, caplog):
+    store = CheckpointStore(tmp_path)
+    store.save("k", 1, frames_for(1))
+    store.save("k", 2, frames_for(2))
+    newest = ckpt_files(tmp_path)[-1]
+    flip_byte(newest, os.path.getsize(newest) - 500)  # inside a frame
+    fresh = CheckpointStore(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="clustervm.checkpoint"):
+        assert fresh.load("k") == (1, frames_for(1))
+    msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(newest in m and "checksum" in m for m in msgs), msgs
+    assert fresh.stats.corrupt == 1
+    # a new save after the fallback supersedes the corrupt file
+    fresh.save("k", 3, frames_for(3))
+    assert CheckpointStore(tmp_path).load("k") == (3, frames_for(3))
+
+
+@pytest.mark.parametrize("offset", [0, 9, 17, 30, -1])
+def test_bit_flip_anywhere_is_detected(tmp_path, caplog, offset):
+    """Magic, version, seq, key, trailing crc: every part is checked."""
+    store = CheckpointStore(tmp_path)
+    store.save("key", 1, [b"one"])
+    store.save("key", 2, [b"two"])
+    newest = ckpt_files(tmp_path)[-1]
+    flip_byte(newest, offset % os.path.getsize(newest))
+    with caplog.at_level(logging.WARNING, logger="clustervm.checkpoint"):
+        assert CheckpointStore(tmp_path).load("key") == (1, [b"one"])
+    assert any(newest in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("cut", [1, 4, 100, 10_000])
+def test_truncated_newest_falls_back(tmp_path, caplog, cut):
+    store = CheckpointStore(tmp_path)
+    store.save("k", 1, frames_for(1))
+    store.save("k", 2, frames_for(2))
+    newest = ckpt_files(tmp_path)[-1]
+    size = os.path.getsize(newest)
+    os.truncate(newest, max(0, size - cut))
+    with caplog.at_level(logging.WARNING, logger="clustervm.checkpoint"):
+        assert CheckpointStore(tmp_path).load("k") == (1, frames_for(1))
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any(newest in m and "truncated" in m for m in msgs), msgs
+
+
+def test_extra_bytes_detected(tmp_path, caplog):
+    store = CheckpointStore(tmp_path)
+    store.save("k", 1, [b"one"])
+    store.save("k", 2, [b"two"])
+    with open(ckpt_files(tmp_path)[-1], "ab") as f:
+        f.write(b"junk")
+    with caplog.at_level(logging.WARNING, logger="clustervm.checkpoint"):
+        assert CheckpointStore(tmp_path).load("k") == (1, [b"one"])
+
+
+def test_all_versions_corrupt(tmp_path, caplog):
+    store = CheckpointStore(tmp_path)
+    store.save("k", 1, [b"one"])
+    store.save("k", 2, [b"two"])
+    for path in ckpt_files(tmp_path):
+        flip_byte(path, os.path.getsize(path) - 6)
+    fresh = CheckpointStore(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="clustervm.checkpoint"):
+        assert fresh.load("k") is None
+        assert fresh.load("k") is None  # each bad file is reported once
+    assert fresh.stats.corrupt == 2
+    assert sum("corrupt checkpoint" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_memory_preferred_over_disk(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.save("k", 1, [b"one"])
+    os.truncate(ckpt_files(tmp_path)[-1], 10)
+    assert store.load("k") == (1, [b"one"])  # served from memory
+
+
+def test_leftover_temp_file_ignored(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.save("k", 1, [b"one"])
+    # a crash mid-write leaves a partial temp file next to the real ones
+    tmp = os.path.join(tmp_path, "ckpt", ".tmp.12345.deadbeef")
+    with open(tmp, "wb") as f:
+        f.write(b"CVMCKPT\npartial")
+    fresh = CheckpointStore(tmp_path)
+    assert fresh.keys() == ["k"]
+    assert fresh.load("k") == (1, [b"one"])
+    assert not os.path.exists(tmp)  # cleaned up when the store opened
+    # unrelated files are left alone and never read
+    other = os.path.join(tmp_path, "ckpt", "README")
+    with open(other, "w") as f:
+        f.write("hello")
+    assert CheckpointStore(tmp_path).keys() == ["k"] and os.path.exists(other)
+
+
+@pytest.mark.parametrize("key", [
+    "a/b/c", "../../etc/passwd", "", ".", "..", "tâche-数据-🚀", "x" * 1000, "a.b.c",
+    "with space\nand newline", "\udcff lone surrogate", "a%2Fb",
+])
+def test_awkward_keys(tmp_path, key):
+    store = CheckpointStore(tmp_path)
+    store.save(key, 7, [key.encode("utf-8", "surrogatepass")])
+    files = os.listdir(os.path.join(tmp_path, "ckpt"))
+    assert len(files) == 1 and "/" not in files[0] and len(files[0]) < 200
+    fresh = CheckpointStore(tmp_path)
+    assert fresh.keys() == [key]
+    assert fresh.load(key) == (7, [key.encode("utf-8", "surrogatepass")])
+
+
+def test_similar_keys_do_not_collide(tmp_path):
+    keys = ["a/b", "a%2Fb", "a_b", "A/b", "x" * 200 + "1", "x" * 200 + "2"]
+    store = CheckpointStore(tmp_path)
+    for i, k in enumerate(keys):
+        store.save(k, 1, [str(i).encode()])
+    fresh = CheckpointStore(tmp_path)
+    assert sorted(fresh.keys()) == sorted(keys)
+    for i, k in enumerate(keys):
+        assert fresh.load(k) == (1, [str(i).encode()])
+
+
+def test_misplaced_file_is_rejected(tmp_path, caplog):
+    store = CheckpointStore(tmp_path)
+    store.save("a", 1, [b"a"])
+    store.save("b", 1, [b"b"])
+    (fa,) = ckpt_files(tmp_path, "a")
+    (fb,) = ckpt_files(tmp_path, "b")
+    os.replace(fb, fa)  # file of "b" under the name of "a"
+    with caplog.at_level(logging.WARNING, logger="clustervm.checkpoint"):
+        assert CheckpointStore(tmp_path).load("a") is None
+
+
+def test_bad_input(tmp_path):
+    store = CheckpointStore(tmp_path)
+    with pytest.raises(CheckpointError):
+        store.save("k", 1, [object()])
+    with pytest.raises(ValueError):
+        store.save("k", -1, [b""])
+    with pytest.raises(TypeError):
+        store.save(1, 1, [b""])
+    with pytest.raises(CheckpointError):
+        store.save("k", 1, [np.zeros((4, 4))[:, 0]])  # not contiguous
+    assert store.keys() == []
+
+
+def test_no_pickle_anywhere():
+    import clustervm.checkpoint as c
+    import clustervm.journal as j
+
+    for mod in (c, j):
+        src = open(mod.__file__, encoding="utf-8").read()
+        assert "import pickle" not in src and "pickle.load" not in src
+
+
+def test_threads(tmp_path):
+    store = CheckpointStore(tmp_path, fsync=False)
+    errors = []
+
+    def work(t):
+        try:
+            for seq in range(20):
+                store.save(f"k{t % 4}", seq * 8 + t, [b"%d-%d" % (t, seq)])
+                store.load(f"k{t % 4}")
+        except Exception as exc:  # pragma: no cover
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    fresh = CheckpointStore(tmp_path)
+    for k in range(4):
+        seq, _ = fresh.load(f"k{k}")
+        assert seq == store.load(f"k{k}")[0]
+        assert len(ckpt_files(tmp_path, f"k{k}")) == 2
+
+
+def test_write_failure_raises_and_stores_nothing(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path)
+    store.save("k", 1, [b"one"])
+
+    def no_space(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(CheckpointError, match="No space left"):
+        store.save("k", 2, [b"two"])
+    monkeypatch.undo()
+    assert store.load("k") == (1, [b"one"])
+    assert [n for n in os.listdir(tmp_path / "ckpt") if n.startswith(".tmp")] == []
+    assert CheckpointStore(tmp_path).load("k") == (1, [b"one"])
+    store.save("k", 2, [b"two"])  # the retry is not mistaken for a duplicate
+    assert CheckpointStore(tmp_path).load("k") == (2, [b"two"])
+
+
+CRASH_WRITER = r"""
+import sys
+from clustervm.checkpoint import CheckpointStore
+from clustervm.journal import Journal
+d = sys.argv[1]
+store = CheckpointStore(d, keep=2)
+journal = Journal(d)
+seq = 0
+while True:
+    seq += 1
+    store.save("task", seq, [b"s%d" % seq, bytes(200_000)])
+    journal.append("done", "t%d" % seq, [b"r%d" % seq])
+    print(seq, flush=True)
+"""
+
+
+def test_killed_writer_loses_nothing_acknowledged(tmp_path):
+    """SIGKILL a process mid-save/append: everything it acknowledged is still there."""
+    import signal
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for _ in range(3):
+        d = tmp_path / f"run{_}"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CRASH_WRITER, str(d)], stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": root}, text=True,
+        )
+        acked = 0
+        try:
+            for line in proc.stdout:
+                acked = int(line)
+                if acked >= 20 + 7 * _:
+                    break
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            proc.stdout.close()
+        assert acked > 0
+        seq, frames = CheckpointStore(d).load("task")
+        assert seq >= acked and frames[0] == b"s%d" % seq
+        keys = [r.key for r in Journal(d).replay()]
+        assert keys[:acked] == [f"t{i}" for i in range(1, acked + 1)]
+
+
+# -- Journal -------------------------------------------------------------------
+
+
+def sample_records() -> list[Record]:
+    return [
+        Record("start", "t1", []),
+        Record("done", "t1", [b"\x93result", bytes(range(256)) * 10]),
+        Record("start", "t/2 — ü", []),
+        Record("error", "t/2 — ü", [b"traceback"]),
+        Record("done", "t3", [b"", b"x" * MiB]),
+    ]
+
+
+def write_journal(d, records, fsync=True) -> None:
+    with Journal(d, fsync=fsync) as j:
+        for r in records:
+            j.append(r.kind, r.key, r.frames)
+
+
+def test_journal_round_trip(tmp_path):
+    recs = sample_records()
+    j = Journal(tmp_path)
+    assert list(j.replay()) == []
+    for r in recs[:2]:
+        j.append(r.kind, r.key, [memoryview(f) for f in r.frames])
+    assert list(j.replay()) == recs[:2]  # replay while open
+    j.close()
+    j.close()
+    with Journal(tmp_path) as j2:  # reopen: appends go after the old records
+        for r in recs[2:]:
+            j2.append(r.kind, r.key, r.frames)
+        assert list(j2.replay()) == recs
+    with pytest.raises(CheckpointError):
+        j2.append("done", "x")
+
+
+def test_journal_batched_sync(tmp_path):
+    j = Journal(tmp_path, fsync=False)
+    for i in range(100):
+        j.append("done", f"t{i}", [b"%d" % i])
+    j.sync()
+    j.sync()
+    assert [r.key for r in Journal(tmp_path).replay()] == [f"t{i}" for i in range(100)]
+    j.close()
+
+
+@pytest.mark.parametrize("cut", [1, 3, 15, 17, 1000])
+def test_journal_torn_last_record_ignored(tmp_path, caplog, cut):
+    recs = sample_records()
+    write_journal(tmp_path, recs)
+    path = os.path.join(tmp_path, "journal.log")
+    os.truncate(path, os.path.getsize(path) - cut)
+    with caplog.at_level(logging.WARNING, logger="clustervm.journal"):
+        j = Journal(tmp_path)
+        assert list(j.replay()) == recs[:-1]
+    assert any("torn last record" in r.getMessage() and path in r.getMessage()
+               for r in caplog.records)
+    # the next append cuts the torn tail off, so the journal stays readable
+    j.append("done", "t4", [b"r4"])
+    j.close()
+    assert list(Journal(tmp_path).replay()) == recs[:-1] + [Record("done", "t4", [b"r4"])]
+
+
+def test_journal_garbage_tail_ignored(tmp_path, caplog):
+    """A crash may leave a zero-filled or half-written tail."""
+    recs = sample_records()[:3]
+    write_journal(tmp_path, recs)
+    path = os.path.join(tmp_path, "journal.log")
+    with open(path, "ab") as f:
+        f.write(b"\0" * 4096)
+    with caplog.at_level(logging.WARNING, logger="clustervm.journal"):
+        assert list(Journal(tmp_path).replay()) == recs
+    assert any("torn" in r.getMessage() for r in caplog.records)
+
+
+def test_journal_corrupt_last_record_ignored(tmp_path, caplog):
+    recs = sample_records()[:3]
+    write_journal(tmp_path, recs)
+    path = os.path.join(tmp_path, "journal.log")
+    flip_byte(path, os.path.getsize(path) - 2)
+    with caplog.at_level(logging.WARNING, logger="clustervm.journal"):
+        assert list(Journal(tmp_path).replay()) == recs[:2]
+
+
+def test_journal_corrupt_middle_raises(tmp_path):
+    recs = sample_records()
+    write_journal(tmp_path, recs)
+    path = os.path.join(tmp_path, "journal.log")
+    offsets = []
+    # find where the 2nd record starts: replay the first one alone
+    write_journal(tmp_path / "one", recs[:1])
+    offsets.append(os.path.getsize(tmp_path / "one" / "journal.log"))
+    flip_byte(path, offsets[0] + 40)  # inside record 2's body
+    j = Journal(tmp_path)
+    with pytest.raises(CorruptCheckpointError) as ei:
+        list(j.replay())
+    msg = str(ei.value)
+    assert path in msg and f"offset {offsets[0]}" in msg and "Delete the directory" in msg
+    with pytest.raises(CorruptCheckpointError):  # and nothing is appended to it
+        j.append("done", "x")
+    j.close()
+
+
+def test_journal_corrupt_length_in_middle_raises(tmp_path):
+    """A damaged length that reaches past the end must not pass for a torn tail."""
+    recs = sample_records()
+    write_journal(tmp_path, recs)
+    write_journal(tmp_path / "one", recs[:1])
+    off = os.path.getsize(tmp_path / "one" / "journal.log")
+    flip_byte(os.path.join(tmp_path, "journal.log"), off + 4 + 6)  # high byte of the length
+    with pytest.raises(CorruptCheckpointError, match=f"offset {off}"):
+        list(Journal(tmp_path).replay())
+
+
+def test_journal_not_a_journal(tmp_path):
+    with open(tmp_path / "journal.log", "wb") as f:
+        f.write(b"hello world, this is not a journal")
+    with pytest.raises(CorruptCheckpointError, match="not a clustervm journal"):
+        Journal(tmp_path)
+
+
+def test_journal_torn_file_header(tmp_path):
+    with open(tmp_path / "journal.log", "wb") as f:
+        f.write(b"CVMJ")  # crash while creating the journal
+    j = Journal(tmp_path)
+    j.append("start", "t")
+    assert list(j.replay()) == [Record("start", "t", [])]
+
+
+def test_journal_meta_round_trip(tmp_path):
+    j = Journal(tmp_path)
+    assert j.read_meta() is None
+    meta = {"app": "/home/u/app.py", "argv": ["--n", "10", "ü"], "nodes": 4}
+    j.write_meta(meta)
+    assert j.read_meta() == meta
+    j.write_meta({"app": "other"})  # replaced atomically
+    assert Journal(tmp_path).read_meta() == {"app": "other"}
+    assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
+    with pytest.raises(CheckpointError):
+        j.write_meta({"bad": object()})
+    with open(tmp_path / "job.json", "w") as f:
+        f.write("{truncated")
+    with pytest.raises(CorruptCheckpointError, match="job.json"):
+        j.read_meta()
+    j.close()
+
+
+def test_journal_bad_input(tmp_path):
+    with Journal(tmp_path) as j:
+        with pytest.raises(ValueError):
+            j.append("", "k")
+        with pytest.raises(TypeError):
+            j.append("done", 3)
+        with pytest.raises(CheckpointError):
+            j.append("done", "k", [42])
+        assert list(j.replay()) == []
