@@ -1,0 +1,817 @@
+"""The coordinator (rank 0): task table, placement, failure handling, journal.
+
+Handlers run in whichever thread is polling MPI (the application's main while
+it waits, the service thread otherwise) under ``self.lock``; they never block:
+everything they send goes out with ``transport.post``.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import zlib
+from collections import deque
+from typing import Any, Callable
+
+from . import protocol as P
+from . import remote, wire
+from .checkpoint import CheckpointStore
+from .config import Config
+from .errors import (CheckpointError, DeadTaskError, NoNodesError, UnknownTaskError)
+from .events import EventLog
+from .futures import ClusterFuture
+from .groups import Groups
+from .journal import Journal
+from .site import Site
+from .task import TaskContext
+from .transport import Transport
+
+log = logging.getLogger(__name__)
+
+SHORT, SPAWNED = 0, 1
+Reply = Callable[[bool, Any], None]
+
+
+class NodeInfo:
+    """What the coordinator knows of one worker rank."""
+    __slots__ = ("rank", "host", "pid", "state", "inflight", "spawned", "done", "load",
+                 "how_lost", "lost_at", "joined_at")
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+        self.host = "?"
+        self.pid = 0
+        self.state = "starting"        # starting, alive, spare, dead, left
+        self.inflight: dict[int, TaskRecord] = {}
+        self.spawned: set[int] = set()
+        self.done = 0
+        self.load = 0
+        self.how_lost = ""
+        self.lost_at = 0.0
+        self.joined_at = 0.0
+
+    def as_dict(self) -> dict:
+        return {"rank": self.rank, "host": self.host, "pid": self.pid, "state": self.state,
+                "running": len(self.inflight) + len(self.spawned), "done": self.done}
+
+
+class TaskRecord:
+    """One task of the VM, short or spawned."""
+    __slots__ = ("tid", "kind", "parent", "fn", "args", "kwargs", "node", "state", "future",
+                 "reply", "attempts", "where", "inc", "replay", "t_start", "joiners", "digest")
+
+    def __init__(self, tid: int, kind: int, parent: int, fn: str, args: Any, kwargs: Any) -> None:
+        self.tid = tid
+        self.kind = kind
+        self.parent = parent
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.node: int | None = None
+        self.state = "pending"
+        self.future: ClusterFuture | None = None
+        self.reply: Reply | None = None
+        self.attempts = 0
+        self.where: set[int] | None = None
+        self.inc = 0
+        self.replay = True
+        self.t_start = 0.0
+        self.joiners: list[Reply] = []
+        self.digest = 0
+
+
+class Coordinator(Site):
+    """Rank 0: schedules tasks onto nodes and recovers them when nodes fail."""
+
+    def __init__(self, transport: Transport, config: Config) -> None:
+        super().__init__(transport, config)
+        self.handlers.update({
+            P.HELLO: self._on_hello,
+            P.DONE: self._on_done,
+            P.EXITED: self._on_exited,
+            P.REQ: self._on_req,
+            P.HEARTBEAT: lambda src, msg: None,
+            P.BYE: self._on_bye,
+        })
+        self.t0 = time.monotonic()
+        self.nodes: dict[int, NodeInfo] = {r: NodeInfo(r) for r in range(1, transport.size)}
+        self.tasks: dict[int, TaskRecord] = {}
+        self.exits: dict[int, tuple[bool, Any]] = {}
+        self.pending: deque[TaskRecord] = deque()
+        self.cap = max(1, config.slots) + max(0, config.prefetch)
+        self._tids = itertools.count(P.MAIN_TID + 1)
+        self.events = EventLog(self.t0)
+        self.groups = Groups(self)
+        self.info: dict[str, Any] = {}
+        self.info_waiters: dict[str, list[Reply]] = {}
+        self.stats = {"rerun": 0, "redone_s": 0.0, "ckpt_written": 0, "ckpt_restored": 0,
+                      "reused": 0, "corrupt": 0}
+        ckdir = config.checkpoint_dir or None
+        self.store = CheckpointStore(ckdir)
+        self.journal: Journal | None = Journal(ckdir, fsync=False) if ckdir else None
+        self.journal_done: dict[int, tuple[int, bool, Any]] = {}
+        if self.journal is not None and config.resume:
+            self._load_journal()
+        self.main_ctx = TaskContext(self, P.MAIN_TID, None)
+        self.contexts[P.MAIN_TID] = self.main_ctx
+        self.stopping = False
+        self.fatal: BaseException | None = None
+        self._alive: list[NodeInfo] = []
+        transport.on_failure = self._on_mpi_failure
+        self.api: dict[str, Callable[..., None]] = {
+            name[4:]: getattr(self, name) for name in dir(self) if name.startswith("api_")}
+
+    # -- start and stop ------------------------------------------------------
+
+    def wait_for_nodes(self, timeout: float = 60.0) -> None:
+        """Wait until every node has said hello (or declare the silent ones dead)."""
+        self.transport.wait(lambda: all(n.state != "starting" for n in self.nodes.values()),
+                            timeout)
+        with self.lock:
+            for n in self.nodes.values():
+                if n.state == "starting":
+                    self._node_lost(n.rank, "no hello at start")
+            spares = self.config.spares
+            for n in sorted(self._alive_nodes(), key=lambda n: -n.rank)[:spares]:
+                if spares and len(self._alive_nodes()) > 1:
+                    n.state = "spare"
+            self._refresh_alive()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Tell every node to leave and wait for their goodbyes."""
+        with self.lock:
+            self.stopping = True
+            for n in self.nodes.values():
+                if n.state in ("alive", "spare", "starting"):
+                    self.transport.post(n.rank, (P.SHUTDOWN,))
+        self.transport.wait(lambda: all(n.state in ("dead", "left")
+                                        for n in self.nodes.values()), timeout)
+        for n in self.nodes.values():
+            if n.state not in ("dead", "left"):
+                log.warning("node %d (pid %d) did not leave in %.0f s; killing it",
+                            n.rank, n.pid, timeout)
+                self._kill_process(n)
+        self.transport.flush(2.0)
+        if self.journal is not None:
+            self.journal.close()
+
+    def _on_hello(self, src: int, msg: Any) -> None:
+        n = self.nodes.get(src)
+        if n is None:
+            return
+        _, n.host, n.pid = msg
+        if n.state == "starting":
+            n.state = "alive"
+            n.joined_at = time.monotonic()
+            self._refresh_alive()
+            self._dispatch()
+
+    def _on_bye(self, src: int, msg: Any) -> None:
+        n = self.nodes.get(src)
+        if n is not None and n.state != "dead":
+            n.state = "left"
+            self._refresh_alive()
+
+    # -- node state ----------------------------------------------------------
+
+    def _refresh_alive(self) -> None:
+        self._alive = [n for n in self.nodes.values() if n.state == "alive"]
+
+    def _alive_nodes(self) -> list[NodeInfo]:
+        return self._alive
+
+    def check_heartbeats(self) -> None:
+        """Declare dead the nodes silent for longer than the heartbeat timeout."""
+        now = time.monotonic()
+        limit = self.config.heartbeat_s
+        heard = self.transport.last_heard
+        with self.lock:
+            for n in list(self.nodes.values()):
+                if n.state in ("alive", "spare"):
+                    last = max(heard.get(n.rank, 0.0), n.joined_at)
+                    if now - last > limit:
+                        self._node_lost(n.rank, f"heartbeat ({now - last:.1f} s silent)")
+
+    def _on_mpi_failure(self, ranks: set[int]) -> None:
+        with self.lock:
+            for r in sorted(ranks):
+                self._node_lost(r, "MPI (ULFM)")
+
+    def _kill_process(self, n: NodeInfo) -> None:
+        from .site import hostname
+        if n.pid and n.host == hostname():
+            try:
+                os.kill(n.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def _node_lost(self, rank: int, how: str) -> None:
+        n = self.nodes.get(rank)
+        if n is None or n.state in ("dead", "left"):
+            return
+        was_spare = n.state == "spare"
+        n.state, n.how_lost, n.lost_at = "dead", how, time.monotonic()
+        self.transport.declare_dead(rank) if how.startswith(("heartbeat", "no hello")) else \
+            self.transport.failed.add(rank)
+        if how.startswith("heartbeat"):
+            self._kill_process(n)   # a hung node is never trusted again
+        self._refresh_alive()
+        log.warning("node %d (host %s, pid %d) lost: %s", rank, n.host, n.pid, how)
+        self.events.add("NODE_DOWN", rank=rank, host=n.host, how=how)
+        self.groups.node_lost(rank)
+        if self.stopping:
+            return
+        if not was_spare:
+            self._promote_spare()
+        now = time.monotonic()
+        for rec in list(n.inflight.values()):
+            self.stats["rerun"] += 1
+            self.stats["redone_s"] += now - rec.t_start
+            rec.node, rec.state = None, "pending"
+            rec.attempts += 1
+            if rec.where is not None:
+                rec.where.discard(rank)
+                if not rec.where:
+                    rec.where = None
+            self.pending.appendleft(rec)
+        n.inflight.clear()
+        spawned, n.spawned = n.spawned, set()
+        if not self._alive:
+            self._no_nodes_left()
+            return
+        for tid in sorted(spawned):
+            rec = self.tasks.get(tid)
+            if rec is not None and rec.state == "running":
+                self.stats["rerun"] += 1
+                self.stats["redone_s"] += now - rec.t_start
+                self._place_spawned(rec, restart=True)
+        self._dispatch()
+
+    def _promote_spare(self) -> None:
+        for n in self.nodes.values():
+            if n.state == "spare":
+                n.state = "alive"
+                log.warning("spare node %d takes over", n.rank)
+                self.events.add("NODE_ADDED", rank=n.rank, host=n.host, how="spare")
+                self._refresh_alive()
+                return
+
+    def _no_nodes_left(self) -> None:
+        lost = ", ".join(f"node {n.rank} ({n.host}: {n.how_lost})"
+                         for n in self.nodes.values() if n.state == "dead")
+        err = NoNodesError(f"every worker node is lost ({lost}); the job cannot go on. "
+                           "Start it with more nodes, with --spares K, or resume it with "
+                           "--resume DIR if it ran with --checkpoint-dir")
+        self.fatal = err
+        for rec in list(self.tasks.values()):
+            self._finish(rec, False, err, packed=False)
+        self.pending.clear()
+        self.transport.notify()
+
+    # -- short tasks ---------------------------------------------------------
+
+    def submit(self, parent: int, fn: Callable | str, args: tuple, kwargs: dict,
+               where: Any = None, reply: Reply | None = None) -> ClusterFuture:
+        """Queue ``fn(*args, **kwargs)``; a future (or ``reply``) gets the outcome."""
+        fn_ref = fn if isinstance(fn, str) else self.ref(fn)
+        fut = ClusterFuture(self)
+        with self.lock:
+            if self.fatal is not None:
+                raise self.fatal
+            tid = next(self._tids)
+            rec = TaskRecord(tid, SHORT, parent, fn_ref, args, kwargs)
+            fut.tid = tid
+            rec.future, rec.reply = fut, reply
+            if where is not None:
+                rec.where = self._resolve_where(where)
+            if self.journal is not None:
+                rec.digest = _digest(fn_ref, args, kwargs)
+                if self._reuse(rec):
+                    return fut
+            self.tasks[tid] = rec
+            self.pending.append(rec)
+            self._dispatch()
+        return fut
+
+    def _dispatch(self) -> None:
+        """Hand pending short tasks to the least loaded nodes, in batches."""
+        pending = self.pending
+        if not pending or self.stopping:
+            return
+        alive = self._alive
+        if not alive:
+            return
+        cap = self.cap
+        batches: dict[int, list] = {}
+        order = sorted(alive, key=lambda n: len(n.inflight) + len(n.spawned))
+        skipped: list[TaskRecord] = []
+        while pending:
+            progressed = False
+            for n in order:
+                if not pending:
+                    break
+                if len(n.inflight) >= cap:
+                    continue
+                rec = pending.popleft()
+                if rec.where is not None and n.rank not in rec.where:
+                    target = self._pick(rec.where)
+                    if target is None or len(target.inflight) >= cap:
+                        skipped.append(rec)
+                        progressed = True
+                        continue
+                    n = target
+                if rec.state == "cancelled":
+                    progressed = True
+                    continue
+                rec.node, rec.state, rec.t_start = n.rank, "running", time.monotonic()
+                n.inflight[rec.tid] = rec
+                batches.setdefault(n.rank, []).append(self._run_item(rec))
+                progressed = True
+            if not progressed:
+                break
+        if skipped:
+            pending.extendleft(reversed(skipped))
+        for rank, items in batches.items():
+            if not self.transport.post(rank, (P.RUN, items)):
+                self._node_lost(rank, "MPI (ULFM)")
+
+    def _run_item(self, rec: TaskRecord) -> tuple:
+        ckpt = self._load_ckpt(rec.tid) if rec.attempts or self.config.resume else None
+        return (rec.tid, rec.parent, rec.fn, rec.args, rec.kwargs, ckpt)
+
+    def _pick(self, where: set[int] | None) -> NodeInfo | None:
+        cands = [n for n in self._alive if where is None or n.rank in where]
+        if not cands:
+            return None
+        return min(cands, key=lambda n: len(n.inflight) + len(n.spawned))
+
+    def _resolve_where(self, where: Any) -> set[int]:
+        items = where if isinstance(where, (list, tuple, set, frozenset)) else [where]
+        ranks: set[int] = set()
+        for w in items:
+            if isinstance(w, int) and not isinstance(w, bool):
+                if w not in self.nodes:
+                    raise ValueError(f"where={w!r}: no node has rank {w}; nodes are ranks "
+                                     f"1..{len(self.nodes)}")
+                ranks.add(w)
+            elif isinstance(w, str):
+                found = {n.rank for n in self.nodes.values() if n.host == w}
+                if not found:
+                    hosts = sorted({n.host for n in self.nodes.values()})
+                    raise ValueError(f"where={w!r}: no node runs on host {w!r}; hosts: {hosts}")
+                ranks |= found
+            else:
+                raise TypeError(f"where must be a node rank, a host name or a list of them, "
+                                f"not {type(w).__name__}")
+        return ranks
+
+    def _on_done(self, src: int, msg: Any) -> None:
+        n = self.nodes.get(src)
+        if n is None or n.state == "dead":
+            return
+        with self.lock:
+            inflight = n.inflight
+            for tid, ok, value in msg[1]:
+                rec = inflight.pop(tid, None)
+                if rec is None:
+                    continue          # cancelled, or already re-run elsewhere
+                n.done += 1
+                self._finish(rec, ok, value)
+            self._dispatch()
+
+    def _finish(self, rec: TaskRecord, ok: bool, value: Any, packed: bool = True) -> None:
+        """A task is over: deliver its outcome once, journal it, drop its checkpoints."""
+        if rec.state in ("done", "error", "cancelled"):
+            return
+        rec.state = "done" if ok else "error"
+        self.tasks.pop(rec.tid, None)
+        if self.journal is not None and packed:
+            payload, bufs = wire.dumps((rec.digest, ok, value))
+            self.journal.append("done", str(rec.tid), [payload, *bufs])
+        if rec.tid in self.store:
+            self.store.drop(str(rec.tid))
+        outcome = value if ok or not packed else remote.unpack_exception(value)
+        if rec.kind == SPAWNED:
+            self.exits[rec.tid] = (ok, outcome)
+            self.groups.task_exit(rec.tid)
+            for j in rec.joiners:
+                j(ok, outcome)
+            rec.joiners.clear()
+            self.events.add("TASK_EXIT", tid=rec.tid, ok=ok)
+            self.transport.broadcast([n.rank for n in self._alive],
+                                     (P.LOC, [(rec.tid, -1, rec.inc, False, None)]))
+            self._on_loc(0, (P.LOC, [(rec.tid, -1, rec.inc, False, None)]))
+            return
+        fut = rec.future
+        if fut is not None and not fut.done():
+            if ok:
+                fut.set_result(outcome)
+            else:
+                fut.set_exception(outcome)
+        if rec.reply is not None:
+            rec.reply(ok, value if ok else outcome)
+
+    def cancel_task(self, tid: int) -> bool:
+        with self.lock:
+            rec = self.tasks.get(tid)
+            if rec is None or rec.kind != SHORT:
+                return False
+            if rec.state == "running":
+                n = self.nodes.get(rec.node)
+                if n is not None:
+                    n.inflight.pop(tid, None)
+                    self.transport.post(n.rank, (P.CANCEL, tid))
+            rec.state = "cancelled"
+            self.tasks.pop(tid, None)
+            if rec.future is not None:
+                return super(ClusterFuture, rec.future).cancel()
+            return True
+
+    # -- spawned tasks ---------------------------------------------------------
+
+    def spawn(self, parent: int, fn_ref: str, args: tuple, kwargs: dict, count: int,
+              where: Any = None, replay: bool = True) -> list[int]:
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+        with self.lock:
+            if self.fatal is not None:
+                raise self.fatal
+            if not self._alive:
+                raise NoNodesError("no worker node is alive to spawn on")
+            wset = self._resolve_where(where) if where is not None else None
+            tids = []
+            for _ in range(count):
+                tid = next(self._tids)
+                rec = TaskRecord(tid, SPAWNED, parent, fn_ref, args, kwargs)
+                rec.where, rec.replay = (set(wset) if wset else None), replay
+                if self.journal is not None:
+                    rec.digest = _digest(fn_ref, args, kwargs)
+                    if self._reuse(rec):
+                        tids.append(tid)
+                        continue
+                self.tasks[tid] = rec
+                self._place_spawned(rec, restart=self.config.resume)
+                tids.append(tid)
+            return tids
+
+    def _place_spawned(self, rec: TaskRecord, restart: bool) -> None:
+        n = self._pick(rec.where) or self._pick(None)
+        if n is None:
+            self._no_nodes_left()
+            return
+        ckpt = self._load_ckpt(rec.tid) if restart else None
+        if restart:
+            rec.inc += 1
+        rec.node, rec.state, rec.t_start = n.rank, "running", time.monotonic()
+        n.spawned.add(rec.tid)
+        delivered = ckpt["delivered"] if ckpt is not None else {}
+        loc = (P.LOC, [(rec.tid, n.rank, rec.inc, rec.replay, delivered if restart else None)])
+        if restart:
+            self.transport.broadcast([m.rank for m in self._alive], loc)
+        else:
+            self.transport.broadcast([m.rank for m in self._alive if m is n], loc)
+        self._on_loc(0, loc)
+        self.transport.post(n.rank, (P.SPAWN, rec.tid, rec.parent, rec.fn, rec.args, rec.kwargs,
+                                     rec.inc, ckpt, rec.replay))
+
+    def _on_exited(self, src: int, msg: Any) -> None:
+        _, tid, inc, ok, value = msg
+        with self.lock:
+            rec = self.tasks.get(tid)
+            if rec is None or rec.inc != inc or rec.node != src:
+                return
+            n = self.nodes.get(src)
+            if n is not None:
+                n.spawned.discard(tid)
+            self._finish(rec, ok, value)
+            self._dispatch()
+
+    # -- checkpoints -----------------------------------------------------------
+
+    def _load_ckpt(self, tid: int) -> Any:
+        try:
+            got = self.store.load(str(tid))
+        except CheckpointError as exc:
+            log.warning("checkpoint of task %d unusable: %s", tid, exc)
+            return None
+        if got is None:
+            return None
+        seq, frames = got
+        self.stats["ckpt_restored"] += 1
+        self.events.add("RESTORE", tid=tid, seq=seq)
+        return wire.loads(frames[0], frames[1:])
+
+    def save_checkpoint(self, tid: int, inc: int, seq: int, payload: Any) -> None:
+        rec = self.tasks.get(tid)
+        if rec is None:
+            if tid == P.MAIN_TID:
+                raise ValueError("main cannot checkpoint; use --checkpoint-dir and --resume, "
+                                 "which journal main's finished tasks")
+            return                       # task already over: a late duplicate
+        if rec.inc != inc:
+            return
+        head, bufs = wire.dumps(payload)
+        self.store.save(str(tid), seq, [head, *bufs])
+        self.stats["ckpt_written"] += 1
+        # the senders of the messages it has received may forget them now
+        delivered = payload["delivered"]
+        by_rank: dict[int, list] = {}
+        for src in delivered:
+            loc = self.locations.get(int(src))
+            srec = self.tasks.get(int(src))
+            rank = loc.rank if loc is not None else (srec.node if srec else None)
+            if rank is not None:
+                by_rank.setdefault(rank, []).append(src)
+        item = (P.LOC, [(tid, rec.node, rec.inc, rec.replay, delivered)])
+        for rank in by_rank:
+            if rank == self.rank:
+                self._on_loc(0, item)
+            else:
+                self.transport.post(rank, item)
+
+    # -- resume ----------------------------------------------------------------
+
+    def _load_journal(self) -> None:
+        assert self.journal is not None
+        for rec in self.journal.replay():
+            if rec.kind == "done":
+                digest, ok, value = wire.loads(rec.frames[0], rec.frames[1:])
+                self.journal_done[int(rec.key)] = (digest, ok, value)
+        log.info("resume: %d finished tasks in the journal", len(self.journal_done))
+
+    def _reuse(self, rec: TaskRecord) -> bool:
+        got = self.journal_done.get(rec.tid)
+        if got is None:
+            return False
+        digest, ok, value = got
+        if digest != rec.digest:
+            log.warning("resume: task %d differs from the journaled one (other function or "
+                        "arguments); running it again", rec.tid)
+            return False
+        self.stats["reused"] += 1
+        rec.state = "done" if ok else "error"
+        outcome = value if ok else remote.unpack_exception(value)
+        if rec.kind == SPAWNED:
+            self.exits[rec.tid] = (ok, outcome)
+        else:
+            if ok:
+                rec.future.set_result(outcome)
+            else:
+                rec.future.set_exception(outcome)
+            if rec.reply is not None:
+                rec.reply(ok, value)
+        return True
+
+    # -- API calls from tasks --------------------------------------------------
+
+    def _on_req(self, src: int, msg: Any) -> None:
+        _, reqid, name, args = msg
+
+        def reply(ok: bool, value: Any) -> None:
+            if not ok and isinstance(value, BaseException):
+                value = remote.pack_exception(value, "the coordinator")
+            self.transport.post(src, (P.REPLY, reqid, ok, value))
+
+        self._serve(name, args, reply)
+
+    def _serve(self, name: str, args: tuple, reply: Reply) -> None:
+        fn = self.api.get(name)
+        if fn is None:
+            reply(False, ValueError(f"unknown call {name!r}"))
+            return
+        try:
+            with self.lock:
+                fn(reply, *args)
+        except Exception as exc:   # noqa: BLE001 - the caller gets it
+            reply(False, exc)
+
+    def call(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+        """Main's calls run here directly."""
+        box: list = []
+        self._serve(name, args, lambda ok, value: box.append((ok, value)))
+        if not box and not self.wait(lambda: bool(box), timeout, blocking=True):
+            raise TimeoutError(f"{name}: no answer within {timeout} s")
+        ok, value = box[0]
+        if ok:
+            return value
+        if isinstance(value, BaseException):
+            raise value
+        raise remote.unpack_exception(value)
+
+    def api_locate(self, reply: Reply, tid: int) -> None:
+        if tid == P.MAIN_TID:
+            reply(True, (0, 0, False))
+            return
+        rec = self.tasks.get(tid)
+        if rec is None:
+            if tid in self.exits:
+                raise DeadTaskError(f"task {tid} has ended; a message to it cannot be delivered "
+                                    f"(use vm.notify(TASK_EXIT) to learn when tasks end)")
+            raise UnknownTaskError(f"no task has tid {tid}; tids come from vm.spawn or "
+                                   f"vm.submit (see vm.tasks())")
+        if rec.node is None or rec.state != "running":
+            reply(True, (None, rec.inc, rec.replay))
+        else:
+            reply(True, (rec.node, rec.inc, rec.replay))
+
+    def api_checkpoint(self, reply: Reply, tid: int, inc: int, seq: int, payload: Any) -> None:
+        self.save_checkpoint(tid, inc, seq, payload)
+        reply(True, None)
+
+    def api_submit(self, reply: Reply, parent: int, fn_ref: str, args: tuple,
+                   kwargs: dict) -> None:
+        self.submit(parent, fn_ref, args, kwargs, reply=reply)
+
+    def api_spawn(self, reply: Reply, parent: int, fn_ref: str, args: tuple, kwargs: dict,
+                  count: int, where: Any, replay: bool = True) -> None:
+        reply(True, self.spawn(parent, fn_ref, args, kwargs, count, where, replay))
+
+    def api_join(self, reply: Reply, tid: int) -> None:
+        if tid in self.exits:
+            ok, value = self.exits[tid]
+            reply(ok, value)
+            return
+        rec = self.tasks.get(tid)
+        if rec is None or rec.kind != SPAWNED:
+            raise UnknownTaskError(f"no spawned task has tid {tid}")
+        rec.joiners.append(reply)
+
+    def api_tasks(self, reply: Reply) -> None:
+        rows = [{"tid": P.MAIN_TID, "parent": None, "node": 0, "state": "running",
+                 "fn": "main"}]
+        for rec in self.tasks.values():
+            rows.append({"tid": rec.tid, "parent": rec.parent, "node": rec.node,
+                         "state": rec.state, "fn": rec.fn,
+                         "kind": "spawned" if rec.kind == SPAWNED else "task"})
+        reply(True, rows)
+
+    def api_kill(self, reply: Reply, tid: int) -> None:
+        rec = self.tasks.get(tid)
+        if rec is None:
+            raise UnknownTaskError(f"no live task has tid {tid}")
+        if rec.kind == SHORT:
+            self.cancel_task(tid)
+        else:
+            if rec.node is not None:
+                self.transport.post(rec.node, (P.KILL, tid, rec.inc))
+                n = self.nodes.get(rec.node)
+                if n is not None:
+                    n.spawned.discard(tid)
+            err = DeadTaskError(f"task {tid} was killed")
+            self._finish(rec, False, remote.pack_exception(err, "the coordinator"))
+        reply(True, None)
+
+    def api_notify(self, reply: Reply, tid: int, kinds: list, tids: Any, tag: int) -> None:
+        """Deliver matching events as messages with ``tag`` to task ``tid`` (pvm_notify)."""
+        def deliver(event: dict) -> None:
+            self._event_message(tid, tag, event)
+        self.events.subscribe(kinds, tids, deliver)
+        if "TASK_EXIT" in kinds and tids:
+            for t in tids:
+                if t in self.exits or (t not in self.tasks and t != P.MAIN_TID):
+                    deliver({"kind": "TASK_EXIT", "tid": t, "ok": self.exits.get(t, (False,))[0]})
+        reply(True, None)
+
+    def _event_message(self, tid: int, tag: int, event: dict) -> None:
+        rec_rank = 0 if tid == P.MAIN_TID else getattr(self.tasks.get(tid), "node", None)
+        seq = 0   # events are not sequenced: deliver straight into the mailbox
+        if rec_rank == 0:
+            self.mailbox(tid).put(P.ANY, tag, event, 0, seq)
+            self.transport.notify()
+        elif rec_rank is not None:
+            self.transport.post(rec_rank, (P.USER, P.ANY, tid, tag, event, 0, 0))
+
+    # groups and the VM-wide mailbox live in groups.py; these forward to it
+    def api_join_group(self, reply: Reply, name: str, tid: int) -> None:
+        reply(True, self.groups.join(name, tid))
+
+    def api_leave_group(self, reply: Reply, name: str, tid: int) -> None:
+        reply(True, self.groups.leave(name, tid))
+
+    def api_group_size(self, reply: Reply, name: str) -> None:
+        reply(True, self.groups.size(name))
+
+    def api_group_tids(self, reply: Reply, name: str) -> None:
+        reply(True, self.groups.tids(name))
+
+    def api_group_tid(self, reply: Reply, name: str, inst: int) -> None:
+        reply(True, self.groups.tid(name, inst))
+
+    def api_group_inst(self, reply: Reply, name: str, tid: int) -> None:
+        reply(True, self.groups.inst(name, tid))
+
+    def api_collective(self, reply: Reply, op: str, name: str, tid: int, value: Any,
+                       count: Any, root: Any, fn: Any, round_no: int | None = None) -> None:
+        self.groups.collective(reply, op, name, tid, value, count, root, fn, round_no)
+
+    def restartable(self, tid: int) -> bool:
+        """Will task ``tid`` come back after its node is lost (a spawned task)?"""
+        rec = self.tasks.get(tid)
+        return rec is not None and rec.kind == SPAWNED and bool(self._alive)
+
+    def api_put_info(self, reply: Reply, name: str, value: Any) -> None:
+        self.info[name] = value
+        for w in self.info_waiters.pop(name, []):
+            w(True, value)
+        reply(True, None)
+
+    def api_get_info(self, reply: Reply, name: str, wait: bool) -> None:
+        if name in self.info:
+            reply(True, self.info[name])
+        elif wait:
+            self.info_waiters.setdefault(name, []).append(reply)
+        else:
+            raise KeyError(f"no mailbox entry named {name!r}; put_info it first or "
+                           f"get_info(..., wait=True)")
+
+    def api_del_info(self, reply: Reply, name: str) -> None:
+        if self.info.pop(name, None) is None:
+            raise KeyError(f"no mailbox entry named {name!r}")
+        reply(True, None)
+
+    # -- what main needs that a node does not ----------------------------------
+
+    def submit_from_main(self, fn: Callable, args: tuple, kwargs: dict, where: Any = None):
+        return self.submit(P.MAIN_TID, fn, args, kwargs, where)
+
+    def add_nodes(self, count: int) -> int:
+        """Bring spare nodes into service; returns how many joined."""
+        added = 0
+        with self.lock:
+            for _ in range(count):
+                if not any(n.state == "spare" for n in self.nodes.values()):
+                    break
+                self._promote_spare()
+                added += 1
+            self._dispatch()
+        if added < count:
+            log.warning("add_nodes: %d of %d node(s) could not be had: no spare node left "
+                        "(start the job with --spares K); carrying on with %d node(s)",
+                        count - added, count, len(self._alive))
+        return added
+
+    def make_context(self, tid: int, parent: int | None, ckpt: Any) -> TaskContext:
+        return self.main_ctx
+
+    def checkpoint(self, ctx: TaskContext, seq: int, state: Any) -> None:
+        raise ValueError("main cannot checkpoint; run with --checkpoint-dir and resume with "
+                         "--resume DIR: finished tasks are journaled and not run again")
+
+    def nodes_info(self) -> list[dict]:
+        return [{"rank": 0, "host": self.host, "pid": self.pid, "state": "coordinator",
+                 "running": 0, "done": 0}] + [n.as_dict() for n in self.nodes.values()]
+
+    def report(self) -> str:
+        """One short end-of-job report: nodes lost, tasks re-run, work redone, checkpoints."""
+        lost = [n for n in self.nodes.values() if n.state == "dead"]
+        parts = []
+        if lost:
+            parts.append(f"{len(lost)} node(s) lost: " + "; ".join(
+                f"node {n.rank} (host {n.host}, pid {n.pid}) at {n.lost_at - self.t0:.2f} s "
+                f"by {n.how_lost}" for n in lost))
+        else:
+            parts.append("no node lost")
+        s = self.stats
+        parts.append(f"{s['rerun']} task(s) re-run, {s['redone_s']:.2f} s of work redone")
+        parts.append(f"{s['ckpt_written']} checkpoint(s) written, {s['ckpt_restored']} restored"
+                     + (f", {self.store.stats.corrupt} corrupt skipped"
+                        if self.store.stats.corrupt else ""))
+        if self.config.resume:
+            parts.append(f"resumed: {s['reused']} finished task(s) reused from the journal")
+        return "clustervm report: " + "; ".join(parts)
+
+    def service_loop(self) -> None:
+        """The coordinator's background thread: poll while main is busy, check heartbeats."""
+        t = self.transport
+        next_check = time.monotonic() + 0.1
+        last_loop = time.monotonic()
+        while not self.stopping:
+            try:
+                t.service_step(0.05)
+                now = time.monotonic()
+                if now >= next_check:
+                    if now - last_loop > self.config.heartbeat_s / 2:
+                        # this process itself was stalled: do not blame the nodes
+                        for r in list(t.last_heard):
+                            t.last_heard[r] = now
+                    else:
+                        self.check_heartbeats()
+                    if self.journal is not None:
+                        self.journal.sync()
+                    next_check = now + 0.1
+                last_loop = now
+            except Exception:   # noqa: BLE001 - never lose the service loop silently
+                log.exception("coordinator service loop")
+                time.sleep(0.05)
+
+
+def _digest(fn_ref: str, args: Any, kwargs: Any) -> int:
+    payload, bufs = wire.dumps((fn_ref, args, kwargs))
+    crc = zlib.crc32(payload)
+    for b in bufs:
+        crc = zlib.crc32(b, crc)
+    return crc

@@ -1,0 +1,29 @@
+"""The task running in this thread: ``clustervm.context()``."""
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .task import TaskContext
+
+_tls = threading.local()
+
+
+def context() -> "TaskContext":
+    """The context of the task running in the calling thread.
+
+    Short tasks (``vm.submit``/``vm.map``) take plain arguments and reach their
+    context, to checkpoint or send messages, through this call; spawned tasks
+    get it as their first argument.
+    """
+    ctx = getattr(_tls, "ctx", None)
+    if ctx is not None:
+        return ctx
+    tid = getattr(_tls, "tid", None)
+    if tid is None:
+        raise RuntimeError("clustervm.context() was called outside a clustervm task; call it "
+                           "inside a function run by vm.submit/vm.map/vm.spawn")
+    ctx = _tls.site.make_context(tid, _tls.parent, getattr(_tls, "state", None))
+    _tls.ctx = ctx
+    return ctx

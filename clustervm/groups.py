@@ -1,0 +1,219 @@
+"""PVM dynamic groups and their collectives, kept by the coordinator.
+
+Members call collectives through the coordinator (a hub): each member's k-th
+collective on a group is round k of that group (the member's round counter
+travels in its checkpoint), the round completes when every member has
+contributed, and every contributor gets its answer. A member restarted from a
+checkpoint after a failover calls its rounds again: a round still open takes
+the new contribution, a finished round answers from its kept result. A round
+that waits for a member that cannot come back fails with a GroupError naming
+it; none hangs.
+"""
+from __future__ import annotations
+
+import functools
+import operator
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Callable
+
+from .errors import GroupError
+
+if TYPE_CHECKING:
+    from .coordinator import Coordinator
+
+Reply = Callable[[bool, Any], None]
+_KEEP_DONE = 64
+_BUILTIN = {"sum": (operator.add, "add"), "prod": (operator.mul, "multiply"),
+            "min": (min, "minimum"), "max": (max, "maximum")}
+
+
+class _Round:
+    __slots__ = ("op", "parts", "count")
+
+    def __init__(self, op: str, count: int | None) -> None:
+        self.op = op
+        self.parts: dict[int, tuple[Any, Reply, Any, Any]] = {}
+        self.count = count
+
+
+class Groups:
+    """Group membership and collective rounds."""
+
+    def __init__(self, coord: "Coordinator") -> None:
+        self.coord = coord
+        self.members: dict[str, dict[int, int]] = {}            # name -> inst -> tid
+        self.rounds: dict[str, dict[int, _Round]] = {}          # name -> round -> open round
+        self.done: dict[str, OrderedDict[int, dict[int, tuple[bool, Any]]]] = {}
+        self.counter: dict[tuple[str, int], int] = {}           # (name, tid) -> next round
+
+    # -- membership ----------------------------------------------------------
+
+    def join(self, name: str, tid: int) -> int:
+        insts = self.members.setdefault(name, {})
+        for inst, t in insts.items():
+            if t == tid:
+                return inst
+        inst = 0
+        while inst in insts:
+            inst += 1
+        insts[inst] = tid
+        self._recheck(name)
+        return inst
+
+    def leave(self, name: str, tid: int) -> None:
+        insts = self.members.get(name, {})
+        for inst, t in list(insts.items()):
+            if t == tid:
+                del insts[inst]
+                self._recheck(name)
+                return
+        raise GroupError(f"task {tid} is not a member of group {name!r}")
+
+    def size(self, name: str) -> int:
+        return len(self.members.get(name, {}))
+
+    def tids(self, name: str) -> list:
+        insts = self.members.get(name, {})
+        if not insts:
+            return []
+        return [insts.get(i) for i in range(max(insts) + 1)]
+
+    def tid(self, name: str, inst: int) -> int:
+        try:
+            return self.members[name][inst]
+        except KeyError:
+            raise GroupError(f"group {name!r} has no instance {inst}") from None
+
+    def inst(self, name: str, tid: int) -> int:
+        for inst, t in self.members.get(name, {}).items():
+            if t == tid:
+                return inst
+        raise GroupError(f"task {tid} is not a member of group {name!r}")
+
+    def task_exit(self, tid: int) -> None:
+        for name, insts in self.members.items():
+            for inst, t in list(insts.items()):
+                if t == tid:
+                    del insts[inst]
+                    self._recheck(name)
+
+    # -- collectives -----------------------------------------------------------
+
+    def collective(self, reply: Reply, op: str, name: str, tid: int, value: Any, count: Any,
+                   root: Any, fn: Any, round_no: int | None = None) -> None:
+        insts = self.members.get(name)
+        if not insts or tid not in insts.values():
+            raise GroupError(f"task {tid} called {op} on group {name!r} without being a member; "
+                             f"call join_group({name!r}) first")
+        if round_no is None:
+            round_no = self.counter.get((name, tid), 0)
+        self.counter[(name, tid)] = round_no + 1
+        finished = self.done.get(name, {}).get(round_no)
+        if finished is not None:
+            if tid in finished:
+                reply(*finished[tid])
+                return
+            raise GroupError(f"round {round_no} of group {name!r} is over and its result is no "
+                             f"longer kept; task {tid} cannot rejoin it")
+        rnd = self.rounds.setdefault(name, {}).get(round_no)
+        if rnd is None:
+            rnd = self.rounds[name][round_no] = _Round(op, count)
+        elif rnd.op != op:
+            err = GroupError(f"members of group {name!r} called different collectives in the "
+                             f"same round: {rnd.op} and {op}")
+            reply(False, err)
+            return
+        rnd.parts[tid] = (value, reply, root, fn)
+        self._try_complete(name, round_no)
+
+    def _needed(self, name: str, rnd: _Round) -> int:
+        if rnd.op == "barrier" and rnd.count:
+            return int(rnd.count)
+        return len(self.members.get(name, {}))
+
+    def _recheck(self, name: str) -> None:
+        for round_no in sorted(self.rounds.get(name, {})):
+            self._try_complete(name, round_no)
+
+    def _try_complete(self, name: str, round_no: int) -> None:
+        rnd = self.rounds[name].get(round_no)
+        if rnd is None or len(rnd.parts) < self._needed(name, rnd):
+            return
+        del self.rounds[name][round_no]
+        insts = self.members.get(name, {})
+        inst_of = {t: i for i, t in insts.items()}
+        try:
+            answers = self._compute(name, rnd, inst_of)
+        except Exception as exc:   # noqa: BLE001 - every member gets the error
+            answers = {tid: (False, exc) for tid in rnd.parts}
+        done = self.done.setdefault(name, OrderedDict())
+        done[round_no] = answers
+        while len(done) > _KEEP_DONE:
+            done.popitem(last=False)
+        for tid, (value, reply, root, fn) in rnd.parts.items():
+            reply(*answers[tid])
+
+    def _compute(self, name: str, rnd: _Round, inst_of: dict[int, int]) -> dict:
+        parts = rnd.parts
+        ordered = sorted(parts, key=lambda t: inst_of.get(t, 1 << 30))
+        op = rnd.op
+        any_part = parts[ordered[0]]
+        root = any_part[2]
+        root_tid = None
+        if root is not None:
+            root_tid = next((t for t, i in inst_of.items() if i == root), None)
+            if root_tid is None or root_tid not in parts:
+                raise GroupError(f"{op} on group {name!r}: root instance {root} is not a member")
+        if op == "barrier":
+            return {t: (True, None) for t in parts}
+        if op == "bcast":
+            v = parts[root_tid][0]
+            return {t: (True, v) for t in parts}
+        if op in ("reduce", "allreduce"):
+            result = _reduce([parts[t][0] for t in ordered], any_part[3], self.coord)
+            if op == "allreduce":
+                return {t: (True, result) for t in parts}
+            return {t: (True, result if t == root_tid else None) for t in parts}
+        if op in ("gather", "allgather"):
+            values = [parts[t][0] for t in ordered]
+            if op == "allgather":
+                return {t: (True, values) for t in parts}
+            return {t: (True, values if t == root_tid else None) for t in parts}
+        if op == "scatter":
+            values = parts[root_tid][0]
+            if values is None or len(values) < len(ordered):
+                raise GroupError(f"scatter on group {name!r}: the root gave "
+                                 f"{0 if values is None else len(values)} values for "
+                                 f"{len(ordered)} members")
+            return {t: (True, values[inst_of[t]]) for t in parts}
+        raise GroupError(f"unknown collective {op!r}")
+
+    def node_lost(self, rank: int) -> None:
+        """Fail open rounds that wait on members that cannot come back."""
+        # spawned members are restarted elsewhere and call their round again;
+        # members that are short tasks or main are not restartable in a round
+        for name, rounds in self.rounds.items():
+            for round_no, rnd in list(rounds.items()):
+                lost = [t for t in self.members.get(name, {}).values()
+                        if t not in rnd.parts and not self.coord.restartable(t)]
+                if lost:
+                    del rounds[round_no]
+                    err = GroupError(f"{rnd.op} on group {name!r} cannot complete: member task(s) "
+                                     f"{lost} were lost with node {rank}")
+                    for value, reply, root, fn in rnd.parts.values():
+                        reply(False, err)
+
+
+def _reduce(values: list, fn: Any, coord: "Coordinator") -> Any:
+    if isinstance(fn, str) and fn in _BUILTIN:
+        py_op, np_name = _BUILTIN[fn]
+        if any(type(v).__module__ == "numpy" for v in values):
+            import numpy as np
+            ufunc = getattr(np, np_name)
+            acc = values[0]
+            for v in values[1:]:
+                acc = ufunc(acc, v)
+            return acc
+        return functools.reduce(py_op, values)
+    f = coord.resolve(fn) if isinstance(fn, str) else fn
+    return functools.reduce(f, values)

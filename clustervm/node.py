@@ -1,0 +1,307 @@
+"""The node loop: one per worker rank. Runs tasks, delivers messages, sends heartbeats.
+
+A node never exits non-zero by itself (with Open MPI that would abort the whole
+job): everything a task raises is caught and reported to the coordinator.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from . import protocol as P
+from . import remote
+from .config import Config
+from .errors import WireError
+from .futures import ClusterFuture
+from .site import Site
+from .task import TaskAborted, TaskContext, TaskExit
+from .transport import PeerFailed, Transport
+from . import current
+
+log = logging.getLogger(__name__)
+
+_BATCH_MAX = 64
+_BATCH_S = 0.002
+
+
+class Node(Site):
+    """A worker rank."""
+
+    def __init__(self, transport: Transport, config: Config) -> None:
+        super().__init__(transport, config)
+        self.handlers.update({
+            P.RUN: self._on_run,
+            P.SPAWN: self._on_spawn,
+            P.KILL: self._on_kill,
+            P.CANCEL: self._on_cancel,
+            P.SHUTDOWN: self._on_shutdown,
+        })
+        self.queue: deque = deque()
+        self.cancelled: set[int] = set()
+        self.live: dict[int, TaskContext] = {}         # spawned tasks running here
+        self.slots = max(1, config.slots)
+        self.n_workers = 0
+        self.n_blocked = 0
+        self.stopping = False
+        self.coordinator_lost = False
+        transport.on_failure = self._on_failure
+
+    # -- main loop -----------------------------------------------------------
+
+    def serve(self) -> None:
+        """Run until the coordinator says shut down (or is lost)."""
+        self.transport.send(P.COORDINATOR, (P.HELLO, self.host, self.pid))
+        for _ in range(self.slots):
+            self._start_worker()
+        interval = max(0.05, self.config.heartbeat_s / 4)
+        last_hb = time.monotonic()
+        t = self.transport
+        while not self.stopping:
+            t.service_step(0.05)
+            now = time.monotonic()
+            if now - last_hb >= interval:
+                last_hb = now
+                if not t.post(P.COORDINATOR, (P.HEARTBEAT, len(self.queue) + len(self.live))):
+                    self.coordinator_lost = True
+                    self.stopping = True
+        t.notify()
+        if not self.coordinator_lost:
+            try:
+                t.send(P.COORDINATOR, (P.BYE,))
+            except PeerFailed:
+                pass
+        t.flush(2.0)
+
+    def _on_failure(self, ranks: set[int]) -> None:
+        if P.COORDINATOR in ranks:
+            log.error("node %d: the coordinator died; leaving", self.rank)
+            self.coordinator_lost = True
+            self.stopping = True
+        with self.lock:
+            for tid, loc in list(self.locations.items()):
+                if loc.rank in ranks:
+                    del self.locations[tid]
+
+    def _on_shutdown(self, src: int, msg: Any) -> None:
+        self.stopping = True
+        for ctx in self.live.values():
+            ctx.aborted = True
+        self.transport.notify()
+
+    # -- short tasks -----------------------------------------------------------
+
+    def _start_worker(self) -> None:
+        with self.lock:
+            self.n_workers += 1
+        threading.Thread(target=self._worker, name=f"cvm-worker-{self.n_workers}",
+                         daemon=True).start()
+
+    def wait(self, predicate, timeout=None, blocking=False) -> bool:
+        if not (blocking and getattr(current._tls, "worker", False)):
+            return self.transport.wait(predicate, timeout)
+        with self.lock:               # a task blocks: let another worker use its slot
+            self.n_blocked += 1
+            if self.n_workers - self.n_blocked < self.slots:
+                self._start_worker()
+        try:
+            return self.transport.wait(predicate, timeout)
+        finally:
+            with self.lock:
+                self.n_blocked -= 1
+
+    def _worker(self) -> None:
+        current._tls.worker = True
+        q = self.queue
+        t = self.transport
+        batch: list = []
+        t0 = 0.0
+        ready = lambda: bool(q) or self.stopping  # noqa: E731
+        while True:
+            if not q and batch:
+                self._flush(batch)
+            if not self.transport.wait(ready, None if not batch else _BATCH_S):
+                continue
+            if self.stopping:
+                break
+            with self.lock:
+                if self.n_workers - self.n_blocked > self.slots:
+                    self.n_workers -= 1      # surplus after a blocked task came back
+                    break
+            try:
+                item = q.popleft()
+            except IndexError:
+                continue
+            if item[0] in self.cancelled:
+                self.cancelled.discard(item[0])
+                continue
+            if not batch:
+                t0 = time.perf_counter()
+            batch.append(self._run_short(item))
+            if len(batch) >= _BATCH_MAX or time.perf_counter() - t0 > _BATCH_S:
+                self._flush(batch)
+        if batch:
+            self._flush(batch)
+        del t
+
+    def _flush(self, batch: list) -> None:
+        try:
+            self.transport.send(P.COORDINATOR, (P.DONE, batch))
+        except WireError:
+            for i, (tid, ok, value) in enumerate(batch):   # find the unsendable results
+                try:
+                    self.transport.send(P.COORDINATOR, (P.DONE, [batch[i]]))
+                except WireError as exc:
+                    err = WireError(f"the result of task {tid} cannot be sent back: {exc}")
+                    self.transport.send(P.COORDINATOR,
+                                        (P.DONE, [(tid, False, remote.pack_exception(err, self.where()))]))
+        except PeerFailed:
+            self.stopping = True
+        batch.clear()
+
+    def _on_run(self, src: int, msg: Any) -> None:
+        self.queue.extend(msg[1])
+
+    def _on_cancel(self, src: int, msg: Any) -> None:
+        self.cancelled.add(msg[1])
+
+    def _run_short(self, item: tuple) -> tuple:
+        tid, parent, fn_ref, args, kwargs, state = item
+        tls = current._tls
+        tls.site, tls.tid, tls.parent, tls.state, tls.ctx = self, tid, parent, state, None
+        try:
+            fn = self.resolve(fn_ref)
+            value = fn(*args, **kwargs) if kwargs else fn(*args)
+            return (tid, True, value)
+        except TaskExit as exc:
+            return (tid, True, exc.value)
+        except BaseException as exc:   # noqa: BLE001 - a node reports everything
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                log.warning("task %d raised %s; reported as its error", tid, type(exc).__name__)
+            return (tid, False, remote.pack_exception(exc, self.where()))
+        finally:
+            ctx = tls.ctx
+            tls.tid = tls.ctx = tls.state = None
+            if ctx is not None and not getattr(ctx, "_outlog", None):
+                self.contexts.pop(tid, None)
+            self.mailboxes.pop(tid, None)
+
+    # -- spawned (long-lived) tasks -------------------------------------------
+
+    def _on_spawn(self, src: int, msg: Any) -> None:
+        _, tid, parent, fn_ref, args, kwargs, inc, ckpt, replay = msg
+        old = self.live.get(tid)
+        if old is not None:
+            if old.inc >= inc:
+                return
+            old.aborted = True
+        ctx = TaskContext(self, tid, parent, inc=inc)
+        if ckpt is not None:
+            self._restore(ctx, ckpt)
+        with self.lock:
+            self.contexts[tid] = ctx
+            self.live[tid] = ctx
+        threading.Thread(target=self._run_spawned, args=(ctx, fn_ref, args, kwargs),
+                         name=f"cvm-task-{tid}", daemon=True).start()
+
+    def _restore(self, ctx: TaskContext, ckpt: dict) -> None:
+        """Bring a checkpoint back: state, counters, the mailbox and the replay log."""
+        ctx._state = ckpt["state"]
+        ctx._ckpt_seq = ckpt["seqs"]["ckpt"]
+        ctx._sent = {int(k): v for k, v in ckpt["seqs"]["sent"].items()}
+        ctx._coll = dict(ckpt["seqs"].get("coll", {}))
+        ctx._outlog = {int(k): [tuple(e) for e in v] for k, v in ckpt["outlog"].items()}
+        box = ctx.mailbox
+        with self.lock, box.lock:
+            saved = {int(k): v for k, v in ckpt["delivered"].items()}
+            items = [tuple(i) for i in ckpt["mailbox"]]
+            items += [i for i in box.items if i[4] > saved.get(i[0], 0)]
+            box.items.clear()
+            box.items.extend(items)
+            for s, seq in saved.items():
+                if seq > box.delivered.get(s, 0):
+                    box.delivered[s] = seq
+        held = self.holdback.pop(ctx.tid, {})
+        for (s, seq), (tag, data, inc) in sorted(held.items()):
+            self.deliver(s, ctx.tid, tag, data, inc, seq)
+
+    def _replay_outlog(self, ctx: TaskContext) -> None:
+        for dst, entries in list(getattr(ctx, "_outlog", {}).items()):
+            for seq, tag, data in entries:
+                try:
+                    loc = self.locate(dst)
+                except Exception:   # noqa: BLE001 - the receiver has ended: nothing to replay
+                    continue
+                if loc.rank == self.rank:
+                    self.deliver(ctx.tid, dst, tag, data, ctx.inc, seq)
+                else:
+                    self.transport.post(loc.rank, (P.USER, ctx.tid, dst, tag, data, ctx.inc, seq))
+
+    def _run_spawned(self, ctx: TaskContext, fn_ref: str, args: Any, kwargs: Any) -> None:
+        tls = current._tls
+        tls.site, tls.tid, tls.ctx = self, ctx.tid, ctx
+        ok, value = True, None
+        try:
+            if getattr(ctx, "_outlog", None):
+                self._replay_outlog(ctx)
+            fn = self.resolve(fn_ref)
+            value = fn(ctx, *args, **kwargs)
+        except TaskExit as exc:
+            value = exc.value
+        except TaskAborted:
+            return
+        except BaseException as exc:   # noqa: BLE001
+            ok, value = False, remote.pack_exception(exc, self.where())
+        finally:
+            with self.lock:
+                if self.live.get(ctx.tid) is ctx:
+                    del self.live[ctx.tid]
+        if ctx.aborted:
+            return
+        try:
+            try:
+                self.transport.send(P.COORDINATOR, (P.EXITED, ctx.tid, ctx.inc, ok, value))
+            except WireError as exc:
+                err = WireError(f"the return value of task {ctx.tid} cannot be sent: {exc}")
+                self.transport.send(P.COORDINATOR, (P.EXITED, ctx.tid, ctx.inc, False,
+                                                    remote.pack_exception(err, self.where())))
+        except PeerFailed:
+            self.stopping = True
+
+    def _on_kill(self, src: int, msg: Any) -> None:
+        _, tid, inc = msg
+        ctx = self.live.get(tid)
+        if ctx is not None and ctx.inc <= inc:
+            ctx.aborted = True
+            self.transport.notify()
+        self.cancelled.add(tid)
+
+    # -- checkpoints -----------------------------------------------------------
+
+    def checkpoint(self, ctx: TaskContext, seq: int, state: Any) -> None:
+        box = ctx.mailbox
+        with box.lock:
+            delivered = dict(box.delivered)
+            mailbox = [list(i) for i in box.items]
+        payload = {"state": state, "seqs": ctx._seqs(), "delivered": delivered,
+                   "mailbox": mailbox, "outlog": getattr(ctx, "_outlog", {})}
+        self.call("checkpoint", ctx.tid, ctx.inc, seq, payload)
+
+    def make_context(self, tid: int, parent: int | None, ckpt: Any) -> TaskContext:
+        """The context of a short task, made when the task first asks for it."""
+        ctx = TaskContext(self, tid, parent)
+        if ckpt is not None:
+            self._restore(ctx, ckpt)
+        self.contexts[tid] = ctx
+        return ctx
+
+    def submit(self, parent: int, fn, args, kwargs) -> ClusterFuture:
+        """A nested submission: the coordinator answers when the task has finished."""
+        reqid = next(self._reqids)
+        fut = ClusterFuture(self)
+        self._futures[reqid] = fut
+        self.transport.send(P.COORDINATOR, (P.REQ, reqid, "submit",
+                                            (parent, self.ref(fn), args, kwargs)))
+        return fut

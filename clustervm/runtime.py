@@ -1,0 +1,162 @@
+"""Starting a job on every rank: load the app, then coordinate (rank 0) or serve (others).
+
+Convention: the application is a Python file that defines ``main(vm)``.
+``python -m clustervm app.py args...`` (what ``clustervm run`` launches under
+mpiexec) imports it on every rank as the module ``__clustervm_app__`` (so its
+functions travel by reference), runs ``main(vm)`` on rank 0 with
+``sys.argv == [app.py, *args]``, and runs the node loop on the other ranks.
+A script may also call :func:`clustervm.run(main) <run>` itself and be started
+with ``mpiexec -n N python app.py``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+import threading
+import traceback
+from types import ModuleType
+from typing import Callable
+
+from .config import Config
+from .errors import ClusterVMError
+
+log = logging.getLogger("clustervm")
+APP_MODULE = "__clustervm_app__"
+
+
+def setup_logging(level: str, rank: int, host: str) -> None:
+    fmt = f"%(asctime)s %(levelname)s rank {rank}@{host} %(name)s: %(message)s"
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(fmt))
+        root.addHandler(handler)
+    try:
+        logging.getLogger("clustervm").setLevel(level.upper())
+    except ValueError:
+        logging.getLogger("clustervm").setLevel(logging.WARNING)
+        log.warning("CLUSTERVM_LOG_LEVEL=%r is not a logging level; using WARNING", level)
+
+
+def load_app(path: str) -> ModuleType:
+    """Import the application file as module ``__clustervm_app__`` (same on every rank)."""
+    if not os.path.isfile(path):
+        raise ClusterVMError(f"application file {path!r} not found; give the path of a Python "
+                             f"file that defines main(vm)")
+    path = os.path.abspath(path)
+    sys.path.insert(0, os.path.dirname(path))
+    spec = importlib.util.spec_from_file_location(APP_MODULE, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[APP_MODULE] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_app(path: str, args: list[str]) -> int:
+    """Entry point of ``python -m clustervm app.py args...`` on every rank."""
+    sys.argv = [path, *args]
+    try:
+        config = Config.from_env()
+    except ClusterVMError as exc:
+        print(f"clustervm: error: {exc}", file=sys.stderr)
+        return _exit(2)
+    from mpi4py import MPI
+    rank = MPI.COMM_WORLD.Get_rank()
+    from .site import hostname
+    setup_logging(config.log_level, rank, hostname())
+    try:
+        module = load_app(path)
+    except BaseException:   # noqa: BLE001 - report the app's import error on every rank
+        if rank == 0:
+            traceback.print_exc()
+        return _exit(1)
+    main = getattr(module, "main", None)
+    if rank == 0 and not callable(main):
+        print(f"clustervm: error: {path} defines no main(vm) function; add "
+              f"`def main(vm): ...` (it runs on the coordinator)", file=sys.stderr)
+        return _exit(2)
+    return _exit(start(main, config, [path, *args]))
+
+
+def run(main: Callable, argv: list[str] | None = None) -> None:
+    """Run ``main(vm)`` as a clustervm job from a script started by mpiexec; never returns."""
+    config = Config.from_env()
+    from mpi4py import MPI
+    from .site import hostname
+    setup_logging(config.log_level, MPI.COMM_WORLD.Get_rank(), hostname())
+    _exit(start(main, config, list(sys.argv if argv is None else argv)))
+
+
+def start(main: Callable | None, config: Config, argv: list[str]) -> int:
+    """Build the VM on this rank and run its role; returns the exit status."""
+    from mpi4py import MPI
+    from . import current
+    from .transport import Transport
+    world = MPI.COMM_WORLD
+    if world.Get_size() < 2:
+        print("clustervm: error: a VM needs at least 2 ranks (a coordinator and one node); "
+              "run with `clustervm run -n 2` or more", file=sys.stderr)
+        return 2
+    comm = world.Dup()
+    transport = Transport(comm, spin_ms=config.spin_ms, idle_sleep_ms=config.idle_sleep_ms,
+                          allow_pickle=config.pickle)
+    if transport.rank != 0:
+        from .node import Node
+        node = Node(transport, config)
+        current._tls.site = node
+        node.serve()
+        return 0
+    from .coordinator import Coordinator
+    from .vm import VM
+    coord = Coordinator(transport, config)
+    tls = current._tls
+    tls.site, tls.tid, tls.ctx, tls.parent = coord, coord.main_ctx.tid, coord.main_ctx, None
+    vm = VM(coord, argv)
+    coord.wait_for_nodes()
+    service = threading.Thread(target=coord.service_loop, name="cvm-service", daemon=True)
+    service.start()
+    extras = _start_extras(coord, config)
+    code = 0
+    try:
+        assert main is not None
+        main(vm)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if not isinstance(exc.code, int) and exc.code is not None:
+            print(exc.code, file=sys.stderr)
+    except BaseException:   # noqa: BLE001 - main failed: the job fails, cleanly
+        traceback.print_exc()
+        code = 1
+    finally:
+        coord.shutdown()
+        for stop in extras:
+            stop()
+        lost = any(n.state == "dead" for n in coord.nodes.values())
+        if config.report == "always" or (config.report == "auto" and
+                                         (lost or coord.stats["rerun"] or config.resume)):
+            print(coord.report(), file=sys.stderr, flush=True)
+    return code
+
+
+def _start_extras(coord, config: Config) -> list[Callable[[], None]]:
+    """Optional observers (trace file, dashboard); each returns its stop function."""
+    stops: list[Callable[[], None]] = []
+    if config.trace:
+        from .trace import Tracer
+        stops.append(Tracer.attach(coord, config.trace))
+    if config.dashboard:
+        from .dashboard import serve
+        stops.append(serve(coord, config.dashboard))
+    return stops
+
+
+def _exit(code: int) -> int:
+    """Leave without MPI_Finalize: robust after failures (DESIGN.md), accepted by mpiexec."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)

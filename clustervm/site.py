@@ -1,0 +1,264 @@
+"""What every rank runs: the transport, task mailboxes, locations and messaging.
+
+:class:`Site` is the part the coordinator and the nodes share; ``node.Node``
+and ``coordinator.Coordinator`` add their own handlers and API.
+
+Messages between tasks go straight from node to node. Exactly-once delivery
+across failover uses sender-based message logging: each task keeps the
+messages it sent to a restartable task until that task checkpoints past them
+(the log travels inside the sender's own checkpoint), messages carry a
+per-pair sequence number, and receivers deliver each pair's messages in
+sequence order, dropping duplicates. When a task is restarted elsewhere from
+its checkpoint, the senders replay what it had not yet received; when a sender
+is restarted, it replays its own log and what it sends again is dropped as a
+duplicate (tasks are assumed piecewise deterministic, as in message-logging
+protocols: with specific-source receives they are).
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any, Callable
+
+from . import protocol as P
+from . import remote, wire
+from .config import Config
+from .errors import DeadTaskError
+from .task import Mailbox, TaskContext
+from .transport import PeerFailed, Transport
+
+log = logging.getLogger(__name__)
+
+
+_IMMUTABLE = (int, float, str, bytes, bool, type(None))
+
+
+def snapshot(data: Any) -> Any:
+    """A copy of ``data`` that later changes by the sender cannot reach (for the replay log)."""
+    return data if isinstance(data, _IMMUTABLE) else copy.deepcopy(data)
+
+
+def hostname() -> str:
+    return os.environ.get("CLUSTERVM_HOSTNAME") or socket.gethostname()
+
+
+class Location:
+    """Where a task lives now, and whether messages to it must be logged for replay."""
+    __slots__ = ("rank", "inc", "replay")
+
+    def __init__(self, rank: int, inc: int, replay: bool) -> None:
+        self.rank, self.inc, self.replay = rank, inc, replay
+
+
+class Site:
+    """Shared machinery of one rank."""
+
+    def __init__(self, transport: Transport, config: Config) -> None:
+        self.transport = transport
+        self.config = config
+        self.rank = transport.rank
+        self.host = hostname()
+        self.pid = os.getpid()
+        self.lock = threading.RLock()
+        self.mailboxes: dict[int, Mailbox] = {}
+        self.holdback: dict[int, dict[tuple[int, int], tuple]] = {}   # dst -> (src, seq) -> msg
+        self.locations: dict[int, Location] = {}
+        self.contexts: dict[int, TaskContext] = {}     # tasks running here
+        self._replies: dict[int, tuple[bool, Any]] = {}
+        self._reqids = itertools.count(1)
+        self._waiting: set[int] = set()
+        self._futures: dict[int, Any] = {}     # reqid -> future of a nested submit
+        self._refs: dict[str, Any] = {}
+        self.handlers: dict[int, Callable[[int, Any], None]] = {
+            P.USER: self._on_user,
+            P.REPLY: self._on_reply,
+            P.LOC: self._on_loc,
+        }
+        transport.handler = self._handle
+
+    # -- dispatch ------------------------------------------------------------
+
+    def _handle(self, src: int, msg: Any) -> None:
+        handler = self.handlers.get(msg[0])
+        if handler is None:
+            log.warning("rank %d: unknown op %r from rank %d", self.rank, msg[0], src)
+            return
+        handler(src, msg)
+
+    def where(self) -> str:
+        return f"node {self.rank} (host {self.host}, pid {self.pid})"
+
+    # -- functions by reference ----------------------------------------------
+
+    def ref(self, fn: Callable) -> str:
+        return wire.fn_ref(fn)
+
+    def resolve(self, ref: str) -> Any:
+        fn = self._refs.get(ref)
+        if fn is None:
+            fn = self._refs[ref] = wire.resolve_ref(ref)
+        return fn
+
+    # -- waiting -------------------------------------------------------------
+
+    def wait(self, predicate: Callable[[], bool], timeout: float | None = None,
+             blocking: bool = False) -> bool:
+        return self.transport.wait(predicate, timeout)
+
+    def progress(self) -> None:
+        t = self.transport
+        if t._token.acquire(blocking=False):
+            try:
+                t.poll()
+            finally:
+                t._token.release()
+
+    # -- mailboxes and user messages -----------------------------------------
+
+    def mailbox(self, tid: int) -> Mailbox:
+        box = self.mailboxes.get(tid)
+        if box is None:
+            with self.lock:
+                box = self.mailboxes.setdefault(tid, Mailbox())
+        return box
+
+    def deliver(self, src: int, dst: int, tag: int, data: Any, inc: int, seq: int) -> None:
+        """Put a message into ``dst``'s mailbox in per-pair sequence order, once."""
+        with self.lock:
+            loc = self.locations.get(src)
+            if loc is not None and inc < loc.inc:
+                return   # from a replaced incarnation of src
+            box = self.mailbox(dst)
+            last = box.delivered.get(src, 0)
+            if seq <= last:
+                return   # a duplicate (replayed after a failover)
+            if seq > last + 1:
+                self.holdback.setdefault(dst, {})[(src, seq)] = (tag, data, inc)
+                return
+            box.put(src, tag, data, inc, seq)
+            held = self.holdback.get(dst)
+            while held:
+                nxt = held.pop((src, seq + 1), None)
+                if nxt is None:
+                    break
+                seq += 1
+                box.put(src, nxt[0], nxt[1], nxt[2], seq)
+        self.transport.notify()
+
+    def _on_user(self, src_rank: int, msg: Any) -> None:
+        _, src, dst, tag, data, inc, seq = msg
+        self.deliver(src, dst, tag, data, inc, seq)
+
+    def locate(self, tid: int) -> Location:
+        loc = self.locations.get(tid)
+        if loc is None or loc.rank < 0:
+            for attempt in range(200):
+                rank, inc, replay = self.call("locate", tid)
+                if rank is not None:
+                    loc = Location(rank, inc, replay)
+                    with self.lock:
+                        cur = self.locations.get(tid)
+                        if cur is None or cur.inc <= inc:
+                            self.locations[tid] = loc
+                    break
+                time.sleep(min(0.05, 0.001 * (attempt + 1)))   # being recovered
+            else:
+                raise DeadTaskError(f"task {tid} has no node to run on; it could not be recovered")
+        return loc
+
+    def send_user(self, src: int, inc: int, dst: int, tag: int, data: Any, seq: int) -> None:
+        """Send a message of task ``src`` to task ``dst`` wherever it lives."""
+        ctx = self.contexts.get(src)
+        for _ in range(100):
+            loc = self.locate(dst)
+            if loc.replay and ctx is not None:
+                ctx_log = ctx.__dict__.setdefault("_outlog", {})
+                ctx_log.setdefault(dst, []).append((seq, tag, snapshot(data)))
+            if loc.rank == self.rank:
+                self.deliver(src, dst, tag, data, inc, seq)
+                return
+            try:
+                self.transport.send(loc.rank, (P.USER, src, dst, tag, data, inc, seq))
+                return
+            except PeerFailed:
+                with self.lock:
+                    if self.locations.get(dst) is loc:
+                        del self.locations[dst]
+                if loc.replay and ctx is not None:
+                    ctx._outlog[dst].pop()
+                time.sleep(0.01)
+        raise DeadTaskError(f"cannot deliver a message to task {dst}: its node keeps failing")
+
+    def _on_loc(self, src_rank: int, msg: Any) -> None:
+        """Locations changed: forget stale ones; replay logged messages to moved tasks."""
+        for tid, rank, inc, replay, delivered in msg[1]:
+            with self.lock:
+                old = self.locations.get(tid)
+                if old is not None and old.inc > inc:
+                    continue
+                if rank < 0:
+                    self.locations.pop(tid, None)
+                else:
+                    self.locations[tid] = Location(rank, inc, replay)
+            if rank < 0:
+                for ctx in list(self.contexts.values()):
+                    getattr(ctx, "_outlog", {}).pop(tid, None)
+                continue
+            if delivered is not None:
+                self._trim_and_replay(tid, rank, inc, delivered, replay_all=old is None
+                                      or old.inc != inc)
+
+    def _trim_and_replay(self, dst: int, rank: int, inc: int, delivered: dict,
+                         replay_all: bool) -> None:
+        for ctx in list(self.contexts.values()):
+            outlog = getattr(ctx, "_outlog", None)
+            if not outlog or dst not in outlog:
+                continue
+            upto = delivered.get(ctx.tid, delivered.get(str(ctx.tid), 0))
+            entries = [e for e in outlog[dst] if e[0] > upto]
+            outlog[dst] = entries
+            if replay_all:
+                for seq, tag, data in entries:
+                    msg = (P.USER, ctx.tid, dst, tag, data, ctx.inc, seq)
+                    if rank == self.rank:
+                        self.deliver(ctx.tid, dst, tag, data, ctx.inc, seq)
+                    else:
+                        self.transport.post(rank, msg)
+
+    # -- calls to the coordinator --------------------------------------------
+
+    def call(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+        """Run coordinator API ``name`` and return its answer (raises what it raised)."""
+        reqid = next(self._reqids)
+        self._waiting.add(reqid)
+        try:
+            self.transport.send(P.COORDINATOR, (P.REQ, reqid, name, args))
+        except PeerFailed:
+            raise SystemExit("clustervm: the coordinator is gone") from None
+        replies = self._replies
+        try:
+            if not self.wait(lambda: reqid in replies, timeout, blocking=True):
+                raise TimeoutError(f"{name}: no answer from the coordinator within {timeout} s")
+        finally:
+            self._waiting.discard(reqid)
+        ok, value = replies.pop(reqid)
+        if ok:
+            return value
+        raise remote.unpack_exception(value)
+
+    def _on_reply(self, src_rank: int, msg: Any) -> None:
+        _, reqid, ok, value = msg
+        if reqid in self._waiting:
+            self._replies[reqid] = (ok, value)
+            return
+        fut = self._futures.pop(reqid, None)
+        if fut is not None and not fut.done():
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(remote.unpack_exception(value))

@@ -1,0 +1,291 @@
+"""Tasks: the context a task runs with, and the mailboxes that hold its messages."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, NoReturn, Sequence
+
+from .protocol import ANY, MAIN_TID
+
+if TYPE_CHECKING:
+    from .site import Site
+
+
+class Message(NamedTuple):
+    """A received message: who sent it, with which tag, and what."""
+    source: int
+    tag: int
+    data: Any
+
+
+class TaskExit(BaseException):
+    """Raised by :meth:`TaskContext.exit` to end a task early with a value."""
+
+    def __init__(self, value: Any = None) -> None:
+        super().__init__(value)
+        self.value = value
+
+
+class TaskAborted(BaseException):
+    """Raised inside an incarnation that the coordinator has replaced or killed."""
+
+
+class Mailbox:
+    """Messages delivered to one task and not yet received, in arrival order."""
+
+    __slots__ = ("items", "delivered", "lock")
+
+    def __init__(self) -> None:
+        self.items: deque[tuple[int, int, Any, int, int]] = deque()  # src, tag, data, inc, seq
+        self.delivered: dict[int, int] = {}      # src tid -> highest seq delivered
+        self.lock = threading.Lock()
+
+    def put(self, src: int, tag: int, data: Any, inc: int, seq: int) -> None:
+        with self.lock:
+            self.items.append((src, tag, data, inc, seq))
+            if seq > self.delivered.get(src, 0):
+                self.delivered[src] = seq
+
+    def take(self, source: int, tag: int, remove: bool = True) -> Message | None:
+        with self.lock:
+            for i, item in enumerate(self.items):
+                if (source == ANY or item[0] == source) and (tag == ANY or item[1] == tag):
+                    if remove:
+                        del self.items[i]
+                    return Message(item[0], item[1], item[2])
+        return None
+
+    def snapshot(self) -> list:
+        with self.lock:
+            return [list(i) for i in self.items]
+
+    def drop_stale(self, src: int, inc: int) -> None:
+        """Forget messages sent by incarnations of ``src`` older than ``inc``."""
+        with self.lock:
+            self.items = deque(i for i in self.items if i[0] != src or i[3] >= inc)
+
+
+class TaskContext:
+    """What a running task sees: its tid, PVM-style messaging, checkpoints, groups.
+
+    The application's ``main(vm)`` gets a :class:`~clustervm.vm.VM`, which offers
+    the same calls with the tid of main.
+    """
+
+    def __init__(self, site: "Site", tid: int, parent: int | None, *, inc: int = 0,
+                 state: Any = None, seqs: dict | None = None) -> None:
+        self._site = site
+        self.tid = tid
+        self.parent = parent
+        self.inc = inc
+        self._state = state
+        self._ckpt_seq = 0 if seqs is None else seqs.get("ckpt", 0)
+        self._sent: dict[int, int] = {} if seqs is None else dict(seqs.get("sent", {}))
+        self._coll: dict[str, int] = {} if seqs is None else dict(seqs.get("coll", {}))
+        self.aborted = False
+        self.mailbox = site.mailbox(tid)
+
+    # -- identity ------------------------------------------------------------
+
+    @property
+    def node(self) -> int:
+        """Rank of the node this task runs on."""
+        return self._site.rank
+
+    @property
+    def host(self) -> str:
+        return self._site.host
+
+    def _check(self) -> None:
+        if self.aborted:
+            raise TaskAborted(self.tid)
+
+    # -- messages ------------------------------------------------------------
+
+    def send(self, tid: int, tag: int, obj: Any) -> None:
+        """Send ``obj`` to task ``tid`` with ``tag`` (an int >= 0). Asynchronous, ordered per pair and tag."""
+        self._check()
+        if tag < 0:
+            raise ValueError(f"tag must be >= 0, got {tag}; -1 is the wildcard of recv only")
+        seq = self._sent.get(tid, 0) + 1
+        self._sent[tid] = seq
+        self._site.send_user(self.tid, self.inc, tid, tag, obj, seq)
+
+    def mcast(self, tids: Iterable[int], tag: int, obj: Any) -> None:
+        """Send ``obj`` to each of ``tids`` (never to the caller itself, as pvm_mcast)."""
+        for t in tids:
+            if t != self.tid:
+                self.send(t, tag, obj)
+
+    def recv(self, source: int = ANY, tag: int = ANY, timeout: float | None = None) -> Message:
+        """Wait for a message matching ``source`` and ``tag`` (-1 matches any).
+
+        Raises TimeoutError if none arrives within ``timeout`` seconds.
+        """
+        self._check()
+        box = self.mailbox
+        got: list[Message] = []
+
+        def ready() -> bool:
+            if self.aborted:
+                return True
+            m = box.take(source, tag)
+            if m is not None:
+                got.append(m)
+                return True
+            return False
+
+        if not self._site.wait(ready, timeout, blocking=True):
+            raise TimeoutError(f"task {self.tid}: no message from source {source} with tag {tag} "
+                               f"within {timeout} s")
+        self._check()
+        return got[0]
+
+    def nrecv(self, source: int = ANY, tag: int = ANY) -> Message | None:
+        """Receive a matching message if one is there; None otherwise (pvm_nrecv)."""
+        self._check()
+        self._site.progress()
+        return self.mailbox.take(source, tag)
+
+    def probe(self, source: int = ANY, tag: int = ANY) -> bool:
+        """True if a matching message is waiting (it stays in the mailbox)."""
+        self._check()
+        self._site.progress()
+        return self.mailbox.take(source, tag, remove=False) is not None
+
+    def exit(self, value: Any = None) -> NoReturn:
+        """End this task now, reporting ``value`` to its parent."""
+        raise TaskExit(value)
+
+    # -- checkpoints ---------------------------------------------------------
+
+    def checkpoint(self, state: Any) -> None:
+        """Save ``state`` (msgpack + numpy, never pickle); returns once the coordinator holds it.
+
+        In a task spawned with siblings (``spawn(count=k)``) this is collective: every
+        member checkpoints at the same epoch, with the messages in flight, and the group
+        rolls back together after a failure.
+        """
+        self._check()
+        self._ckpt_seq += 1
+        self._site.checkpoint(self, self._ckpt_seq, state)
+        self._state = state
+
+    def restore(self) -> Any:
+        """The last checkpointed state after a failover (None on a first run)."""
+        return self._state
+
+    def _seqs(self) -> dict:
+        return {"ckpt": self._ckpt_seq, "sent": dict(self._sent), "coll": dict(self._coll)}
+
+    # -- tasks ---------------------------------------------------------------
+
+    def spawn(self, fn: Callable, *args: Any, count: int = 1, where: Any = None,
+              **kwargs: Any) -> list[int]:
+        """Start ``count`` long-lived tasks running ``fn(ctx, *args, **kwargs)``; returns their tids."""
+        self._check()
+        return self._site.call("spawn", self.tid, self._site.ref(fn), args, kwargs, count,
+                               where)
+
+    def submit(self, fn: Callable, *args: Any, **kwargs: Any):
+        """Run ``fn(*args, **kwargs)`` somewhere on the VM; returns a Future."""
+        self._check()
+        return self._site.submit(self.tid, fn, args, kwargs)
+
+    def join(self, tid: int, timeout: float | None = None) -> Any:
+        """Wait for spawned task ``tid`` to end; its return value, or its exception raised here."""
+        return self._site.call("join", tid, timeout=timeout)
+
+    def tasks(self) -> list[dict]:
+        """Live tasks: tid, parent, node, state, fn (as pvm_tasks)."""
+        return self._site.call("tasks")
+
+    def kill(self, tid: int) -> None:
+        """End task ``tid`` (as pvm_kill)."""
+        self._site.call("kill", tid)
+
+    # -- groups (PVM dynamic groups) -----------------------------------------
+
+    def join_group(self, name: str) -> int:
+        """Join group ``name``; returns this task's instance number in it."""
+        return self._site.call("join_group", name, self.tid)
+
+    def leave_group(self, name: str) -> None:
+        self._site.call("leave_group", name, self.tid)
+
+    def group_size(self, name: str) -> int:
+        return self._site.call("group_size", name)
+
+    def group_tids(self, name: str) -> list[int]:
+        """Tids of the members, indexed by instance number (None for a free instance)."""
+        return self._site.call("group_tids", name)
+
+    def group_tid(self, name: str, inst: int) -> int:
+        return self._site.call("group_tid", name, inst)
+
+    def group_inst(self, name: str, tid: int | None = None) -> int:
+        return self._site.call("group_inst", name, self.tid if tid is None else tid)
+
+    def barrier(self, name: str, count: int | None = None, timeout: float | None = None) -> None:
+        """Wait until ``count`` members (default: the whole group) reach the barrier."""
+        self._collective("barrier", name, None, count, None, None, timeout)
+
+    def bcast(self, name: str, obj: Any = None, root: int = 0, timeout: float | None = None) -> Any:
+        """Every member gets the object of the member with instance ``root``."""
+        return self._collective("bcast", name, obj, None, root, None, timeout)
+
+    def reduce(self, name: str, value: Any, op: Any = "sum", root: int = 0,
+               timeout: float | None = None) -> Any:
+        """Combine the members' values with ``op`` (sum/prod/min/max or a function); root gets it."""
+        return self._collective("reduce", name, value, None, root, op, timeout)
+
+    def allreduce(self, name: str, value: Any, op: Any = "sum", timeout: float | None = None) -> Any:
+        return self._collective("allreduce", name, value, None, None, op, timeout)
+
+    def gather(self, name: str, value: Any, root: int = 0, timeout: float | None = None) -> Any:
+        """Root gets the list of values by instance; others get None."""
+        return self._collective("gather", name, value, None, root, None, timeout)
+
+    def allgather(self, name: str, value: Any, timeout: float | None = None) -> list:
+        return self._collective("allgather", name, value, None, None, None, timeout)
+
+    def scatter(self, name: str, values: Sequence | None = None, root: int = 0,
+                timeout: float | None = None) -> Any:
+        """Member ``i`` gets ``values[i]`` of the root's list."""
+        return self._collective("scatter", name, values, None, root, None, timeout)
+
+    def _collective(self, op: str, name: str, value: Any, count: Any, root: Any, fn: Any,
+                    timeout: float | None) -> Any:
+        self._check()
+        round_no = self._coll.get(name, 0)
+        self._coll[name] = round_no + 1
+        fn_ref = None if fn is None else _op_ref(self._site, fn)
+        return self._site.call("collective", op, name, self.tid, value, count, root, fn_ref,
+                               round_no, timeout=timeout)
+
+    # -- VM-wide mailbox (pvm_putinfo / pvm_recvinfo) -------------------------
+
+    def put_info(self, name: str, value: Any) -> None:
+        self._site.call("put_info", name, value)
+
+    def get_info(self, name: str, wait: bool = False, timeout: float | None = None) -> Any:
+        """The value stored under ``name``; with ``wait``, block until one is put. KeyError if absent."""
+        return self._site.call("get_info", name, wait, timeout=timeout)
+
+    def del_info(self, name: str) -> None:
+        self._site.call("del_info", name)
+
+
+def _op_ref(site: "Site", op: Any) -> str:
+    if isinstance(op, str):
+        return op
+    return site.ref(op)
+
+
+def main_context(site: "Site") -> TaskContext:
+    return TaskContext(site, MAIN_TID, None)
+
+
+def now() -> float:
+    return time.monotonic()

@@ -1,0 +1,349 @@
+"""Moving messages between ranks: frames over MPI, one progress engine per process.
+
+A message is any wire-encodable object. On the wire it is one MPI message on
+``TAG_MSG`` (a one-byte kind, then the msgpack payload) followed, when the
+message holds numpy arrays or a large payload, by one MPI message per buffer
+on a tag of its own (so frames of two threads never interleave).
+
+Progress: whichever thread is waiting drives MPI (leader/follower). A thread
+that blocks in :meth:`Transport.wait` takes the poller token, probes MPI and
+runs the handlers of what arrives itself, so a reply reaches the waiting
+thread without a thread switch. The background service thread polls only
+while no user thread is waiting. An idle loop spins for ``spin_ms`` after the
+last message, then sleeps with a growing back-off up to ``idle_sleep_ms``:
+fast while busy, next to no CPU when idle.
+
+Failures: with ULFM, a dead peer surfaces as ``MPI_ERR_PROC_FAILED`` from a
+probe or a send; the transport acknowledges it and reports the dead ranks to
+``on_failure``. Ranks declared dead by heartbeat are *ignored*: whatever they
+still send is dropped.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import struct
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Iterable
+
+from mpi4py import MPI
+
+from . import wire
+
+log = logging.getLogger(__name__)
+
+TAG_MSG = 1
+_TAG_BUF0 = 1 << 16
+_TAG_BUF_SPAN = 1 << 24
+_INLINE_MAX = 1 << 16       # payloads above this go out of band, like arrays
+_KIND_INLINE = 0
+_KIND_BUFFERS = 1
+_PREFIX = struct.Struct("<BIi")  # kind, number of buffers, buffer tag
+_FAILURE_CLASSES = {MPI.ERR_PROC_FAILED, getattr(MPI, "ERR_PROC_FAILED_PENDING", -1),
+                    getattr(MPI, "ERR_REVOKED", -1)}
+
+Handler = Callable[[int, Any], None]
+
+
+class PeerFailed(Exception):
+    """A send to (or receive from) a rank failed because the rank is dead."""
+
+    def __init__(self, rank: int) -> None:
+        super().__init__(f"rank {rank} is dead")
+        self.rank = rank
+
+
+def is_failure(exc: BaseException) -> bool:
+    return isinstance(exc, MPI.Exception) and exc.Get_error_class() in _FAILURE_CLASSES
+
+
+class Counters:
+    __slots__ = ("msgs_in", "msgs_out", "bytes_in", "bytes_out")
+
+    def __init__(self) -> None:
+        self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = 0
+
+
+class Transport:
+    """Frames over one MPI communicator, with leader/follower progress."""
+
+    def __init__(self, comm: MPI.Comm, *, spin_ms: float = 5.0, idle_sleep_ms: float = 2.0,
+                 allow_pickle: bool = False) -> None:
+        comm.Set_errhandler(MPI.ERRORS_RETURN)
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.allow_pickle = allow_pickle
+        self.handler: Handler = lambda src, msg: None
+        self.on_failure: Callable[[set[int]], None] = lambda ranks: None
+        self.failed: set[int] = set()     # dead by ULFM (or declared dead)
+        self.ignored: set[int] = set()    # declared dead: drop what they send
+        self.last_heard: dict[int, float] = {}
+        self.counters = Counters()
+        self._spin_s = spin_ms / 1000.0
+        self._idle_max_s = idle_sleep_ms / 1000.0
+        self._token = threading.Lock()
+        self._cond = threading.Condition()
+        self._user_waiters = 0
+        self._pending: deque[tuple[list[MPI.Request], Any]] = deque()
+        self._pending_lock = threading.Lock()
+        self._bufseq = itertools.count()
+        self._status = MPI.Status()
+        self._last_activity = time.perf_counter()
+        self.closed = False
+
+    # -- sending -------------------------------------------------------------
+
+    def _frames(self, msg: Any) -> tuple[bytes, list[Any], int]:
+        payload, bufs = wire.dumps(msg, allow_pickle=self.allow_pickle)
+        if not bufs and len(payload) <= _INLINE_MAX:
+            return b"\x00" + payload, [], 0
+        if len(payload) > _INLINE_MAX:
+            bufs = [memoryview(payload), *bufs]
+            inline = b""
+            kind_payload_oob = 1
+        else:
+            inline = payload
+            kind_payload_oob = 0
+        tag = _TAG_BUF0 + next(self._bufseq) % _TAG_BUF_SPAN
+        sizes = [memoryview(b).nbytes for b in bufs]
+        head = (_PREFIX.pack(_KIND_BUFFERS, len(bufs), tag)
+                + struct.pack(f"<B{len(sizes)}Q", kind_payload_oob, *sizes) + inline)
+        return head, bufs, tag
+
+    def send(self, dest: int, msg: Any) -> None:
+        """Send ``msg`` to rank ``dest``; returns when the caller may reuse its arrays.
+
+        Raises :class:`PeerFailed` if ``dest`` is dead.
+        """
+        if dest in self.failed:
+            raise PeerFailed(dest)
+        head, bufs, tag = self._frames(msg)
+        comm = self.comm
+        try:
+            comm.Send([head, MPI.BYTE], dest, TAG_MSG)
+            for b in bufs:
+                comm.Send([b, MPI.BYTE], dest, tag)
+        except MPI.Exception as exc:
+            if is_failure(exc):
+                self._note_failures()
+                raise PeerFailed(dest) from None
+            raise
+        c = self.counters
+        c.msgs_out += 1
+        c.bytes_out += len(head) + sum(memoryview(b).nbytes for b in bufs)
+
+    def post(self, dest: int, msg: Any) -> bool:
+        """Send without blocking (for handlers); the transport completes it later.
+
+        Returns False (and drops the message) if ``dest`` is known to be dead.
+        """
+        if dest in self.failed:
+            return False
+        head, bufs, tag = self._frames(msg)
+        comm = self.comm
+        try:
+            reqs = [comm.Isend([head, MPI.BYTE], dest, TAG_MSG)]
+            reqs.extend(comm.Isend([b, MPI.BYTE], dest, tag) for b in bufs)
+        except MPI.Exception as exc:
+            if is_failure(exc):
+                self._note_failures()
+                return False
+            raise
+        with self._pending_lock:
+            self._pending.append((reqs, (head, bufs)))
+        c = self.counters
+        c.msgs_out += 1
+        c.bytes_out += len(head) + sum(memoryview(b).nbytes for b in bufs)
+        return True
+
+    def broadcast(self, dests: Iterable[int], msg: Any) -> None:
+        for d in dests:
+            self.post(d, msg)
+
+    def _complete_pending(self) -> None:
+        if not self._pending:
+            return
+        with self._pending_lock:
+            keep: deque = deque()
+            while self._pending:
+                reqs, keepalive = self._pending.popleft()
+                try:
+                    done = MPI.Request.Testall(reqs)
+                except MPI.Exception as exc:
+                    if not is_failure(exc):
+                        log.warning("send failed: %s", exc)
+                    self._note_failures()
+                    continue   # the peer is gone; the message is dropped with it
+                if not done:
+                    keep.append((reqs, keepalive))
+            self._pending = keep
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every posted message has left; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._pending and time.monotonic() < deadline:
+            self._complete_pending()
+            if self._pending:
+                time.sleep(0.0005)
+        return not self._pending
+
+    # -- receiving -----------------------------------------------------------
+
+    def _recv_one(self) -> bool:
+        status = self._status
+        m = self.comm.Improbe(MPI.ANY_SOURCE, TAG_MSG, status)
+        if m is None:
+            return False
+        src = status.Get_source()
+        count = status.Get_count(MPI.BYTE)
+        frame = bytearray(count)
+        m.Recv([frame, MPI.BYTE])
+        c = self.counters
+        c.msgs_in += 1
+        c.bytes_in += count
+        view = memoryview(frame)
+        if frame[0] == _KIND_INLINE:
+            payload: Any = view[1:]
+            bufs: list[Any] = []
+        else:
+            _, nbuf, tag = _PREFIX.unpack_from(frame)
+            off = _PREFIX.size
+            oob_payload = frame[off]
+            sizes = struct.unpack_from(f"<{nbuf}Q", frame, off + 1)
+            payload = view[off + 1 + 8 * nbuf:]
+            bufs = []
+            for size in sizes:
+                buf = _empty_buffer(size)
+                self.comm.Recv([buf, MPI.BYTE], src, tag)
+                bufs.append(buf)
+                c.bytes_in += size
+            if oob_payload:
+                payload = bufs.pop(0)
+        self.last_heard[src] = time.monotonic()
+        if src in self.ignored:
+            return True
+        msg = wire.loads(payload, bufs, allow_pickle=self.allow_pickle)
+        try:
+            self.handler(src, msg)
+        except Exception:
+            log.exception("handler failed on a message from rank %d", src)
+        return True
+
+    def poll(self, limit: int = 256) -> int:
+        """Receive and handle what has arrived (at most ``limit``); caller holds the token."""
+        n = 0
+        try:
+            while n < limit and self._recv_one():
+                n += 1
+        except MPI.Exception as exc:
+            if not is_failure(exc):
+                raise
+            self._note_failures()
+        self._complete_pending()
+        if n:
+            self._last_activity = time.perf_counter()
+            with self._cond:
+                self._cond.notify_all()
+        return n
+
+    def _note_failures(self) -> None:
+        try:
+            self.comm.Ack_failed()
+            group = self.comm.Get_failed()
+            ranks = MPI.Group.Translate_ranks(group, list(range(group.Get_size())),
+                                              self.comm.Get_group())
+            group.Free()
+        except MPI.Exception as exc:   # no ULFM in this MPI
+            log.debug("cannot query failed ranks: %s", exc)
+            return
+        new = {r for r in ranks if r is not None and r >= 0} - self.failed
+        if new:
+            self.failed |= new
+            log.info("MPI reports dead ranks %s", sorted(new))
+            try:
+                self.on_failure(new)
+            except Exception:
+                log.exception("failure handler raised")
+
+    def declare_dead(self, rank: int) -> None:
+        """Stop trusting ``rank`` (hung): drop its messages, send it nothing more."""
+        self.ignored.add(rank)
+        self.failed.add(rank)
+
+    # -- waiting -------------------------------------------------------------
+
+    def wait(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Drive progress until ``predicate()`` is true; False if ``timeout`` passed first."""
+        if predicate():
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._user_waiters += 1
+        try:
+            return self._wait(predicate, deadline)
+        finally:
+            with self._cond:
+                self._user_waiters -= 1
+
+    def _wait(self, predicate: Callable[[], bool], deadline: float | None) -> bool:
+        while True:
+            if predicate():
+                return True
+            if self.closed:
+                return predicate()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            if self._token.acquire(blocking=False):
+                try:
+                    got = self.poll()
+                finally:
+                    self._token.release()
+                if not got and not predicate():
+                    self._pause(remaining)
+            else:
+                with self._cond:
+                    if not predicate():
+                        self._cond.wait(0.002 if remaining is None else min(0.002, remaining))
+
+    def _pause(self, remaining: float | None) -> None:
+        idle = time.perf_counter() - self._last_activity
+        if idle < self._spin_s:
+            os.sched_yield()
+            return
+        pause = min(self._idle_max_s, 0.00005 + (idle - self._spin_s) * 0.05)
+        if remaining is not None:
+            pause = min(pause, remaining)
+        time.sleep(pause)
+
+    def service_step(self, max_sleep: float) -> None:
+        """One step of the background service loop: poll unless a user thread is polling."""
+        if self._user_waiters:
+            with self._cond:
+                self._cond.wait(max_sleep)
+            return
+        if self._token.acquire(blocking=False):
+            try:
+                got = self.poll()
+            finally:
+                self._token.release()
+            if not got:
+                self._pause(max_sleep)
+        else:
+            time.sleep(0.0005)
+
+    def notify(self) -> None:
+        """Wake threads waiting in :meth:`wait` (state changed outside a handler)."""
+        with self._cond:
+            self._cond.notify_all()
+
+
+def _empty_buffer(size: int) -> Any:
+    if size < 4096:
+        return bytearray(size)
+    import numpy as np   # large buffers: no zero-filling
+    return np.empty(size, dtype=np.uint8)

@@ -1,0 +1,249 @@
+"""The user's handle on the virtual machine: what ``main(vm)`` gets on the coordinator."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
+
+from . import protocol as P
+from .futures import ClusterFuture, Executor, chunks, run_chunk
+from .progress import Progress
+from .task import Message
+
+if TYPE_CHECKING:
+    from .coordinator import Coordinator
+
+
+class NodeView(NamedTuple):
+    """One rank of the VM (rank 0 is the coordinator)."""
+    rank: int
+    host: str
+    pid: int
+    state: str
+    running: int
+    done: int
+
+
+class Shared:
+    """A handle on an object stored once by the coordinator (``vm.scatter``).
+
+    Pass the handle to many tasks; ``handle.get()`` inside a task fetches the
+    object once per node and caches it there.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def get(self) -> Any:
+        from . import current
+        site = getattr(current._tls, "site", None)
+        if site is None:
+            raise RuntimeError("Shared.get() works inside a task or main")
+        cache = site.__dict__.setdefault("_shared", {})
+        if self.key not in cache:
+            cache[self.key] = site.call("get_info", self.key, False)
+        return cache[self.key]
+
+    def __repr__(self) -> str:
+        return f"Shared({self.key!r})"
+
+
+class VM:
+    """The virtual machine, as seen from ``main(vm)`` (which is task ``vm.tid``).
+
+    PVM-style calls (spawn, send, recv, groups, notify) and futures-style calls
+    (submit, map, executor) on the same nodes.
+    """
+
+    def __init__(self, coordinator: "Coordinator", argv: list[str]) -> None:
+        self._c = coordinator
+        self._ctx = coordinator.main_ctx
+        self.argv = argv
+        self._shared = 0
+
+    # -- identity and state --------------------------------------------------
+
+    @property
+    def tid(self) -> int:
+        """The tid of main (PVM's pvm_mytid)."""
+        return P.MAIN_TID
+
+    @property
+    def nodes(self) -> list[NodeView]:
+        """Every rank: rank, host, pid, state (coordinator, alive, spare, dead, left)."""
+        with self._c.lock:
+            return [NodeView(**d) for d in self._c.nodes_info()]
+
+    @property
+    def context(self):
+        """Main's task context (for group calls such as ``vm.context.scatter(group, ...)``)."""
+        return self._ctx
+
+    @property
+    def workers(self) -> int:
+        """Number of worker nodes alive now."""
+        return len(self._c._alive_nodes())
+
+    @property
+    def config(self):
+        return self._c.config
+
+    def tasks(self) -> list[dict]:
+        """Live tasks: tid, parent, node, state, fn (as pvm_tasks)."""
+        return self._ctx.tasks()
+
+    def events(self) -> list[dict]:
+        """What happened so far: NODE_DOWN, NODE_ADDED, TASK_EXIT, RESTORE events."""
+        return list(self._c.events.events)
+
+    def report(self) -> str:
+        """The end-of-job report line (nodes lost, tasks re-run, checkpoints)."""
+        return self._c.report()
+
+    # -- futures -------------------------------------------------------------
+
+    def submit(self, fn: Callable, /, *args: Any, where: Any = None, **kwargs: Any) -> ClusterFuture:
+        """Run ``fn(*args, **kwargs)`` on a node; returns a concurrent.futures.Future.
+
+        ``where`` (reserved keyword) pins the task to a node rank, a host name or a list.
+        """
+        return self._c.submit(P.MAIN_TID, fn, args, kwargs, where)
+
+    def map(self, fn: Callable, *iterables: Iterable, chunksize: int = 1, ordered: bool = True,
+            timeout: float | None = None, progress: bool | None = None,
+            where: Any = None) -> Iterator:
+        """Like ``Executor.map``: results in order (or as completed with ``ordered=False``).
+
+        ``chunksize`` items go to a node as one task; ``progress`` shows a live bar
+        (default: on when the job runs with ``--progress``).
+        """
+        if chunksize < 1:
+            raise ValueError(f"chunksize must be >= 1, got {chunksize}")
+        end = None if timeout is None else time.monotonic() + timeout
+        if chunksize == 1:
+            futs = [self._c.submit(P.MAIN_TID, fn, args, {}, where) for args in zip(*iterables)]
+            sizes = None
+        else:
+            ref = self._c.ref(fn)
+            blocks = list(chunks(iterables, chunksize))
+            futs = [self._c.submit(P.MAIN_TID, run_chunk, (ref, b), {}, where) for b in blocks]
+            sizes = [len(b) for b in blocks]
+        show = self._c.config.progress if progress is None else progress
+        bar = Progress(sum(sizes) if sizes else len(futs), self._c) if show else None
+        return self._results(futs, sizes, ordered, end, bar)
+
+    def _results(self, futs: list, sizes: list | None, ordered: bool, end: float | None,
+                 bar: "Progress | None") -> Iterator:
+        try:
+            source = futs if ordered else self._completed(futs, end)
+            for i, f in enumerate(source):
+                remaining = None if end is None else max(0.0, end - time.monotonic())
+                try:
+                    value = f.result(remaining)
+                except cf.TimeoutError:
+                    for g in futs:
+                        g.cancel()
+                    raise
+                except BaseException:
+                    if bar:
+                        bar.update(1, failed=1)
+                    raise
+                n = len(value) if sizes else 1
+                if bar:
+                    bar.update(n)
+                if sizes:
+                    yield from value
+                else:
+                    yield value
+        finally:
+            if bar:
+                bar.close()
+
+    def _completed(self, futs: list, end: float | None) -> Iterator:
+        done: deque = deque()
+        for f in futs:
+            f.add_done_callback(done.append)
+        for _ in range(len(futs)):
+            remaining = None if end is None else max(0.0, end - time.monotonic())
+            if not self._c.wait(lambda: bool(done), remaining, blocking=True):
+                raise cf.TimeoutError(f"map: results not ready within the timeout")
+            yield done.popleft()
+
+    def executor(self) -> Executor:
+        """A ``concurrent.futures.Executor`` running on this VM."""
+        return Executor(self)
+
+    def scatter(self, obj: Any) -> Shared:
+        """Store ``obj`` once on the coordinator; tasks get it with ``handle.get()``."""
+        self._shared += 1
+        key = f"__shared__/{self._shared}"
+        self._ctx.put_info(key, obj)
+        return Shared(key)
+
+    # -- PVM-style tasks and messages ----------------------------------------
+
+    def spawn(self, fn: Callable, *args: Any, count: int = 1, where: Any = None,
+              replay: bool = True, **kwargs: Any) -> list[int]:
+        """Start ``count`` long-lived tasks ``fn(ctx, *args, **kwargs)``; returns their tids.
+
+        ``replay=False`` switches off message logging for these tasks (faster for
+        large messages; messages in flight to them may be lost on a failover).
+        """
+        return self._c.spawn(P.MAIN_TID, self._c.ref(fn), args, kwargs, count, where, replay)
+
+    def send(self, tid: int, tag: int, obj: Any) -> None:
+        self._ctx.send(tid, tag, obj)
+
+    def mcast(self, tids: Iterable[int], tag: int, obj: Any) -> None:
+        self._ctx.mcast(tids, tag, obj)
+
+    def recv(self, source: int = P.ANY, tag: int = P.ANY, timeout: float | None = None) -> Message:
+        return self._ctx.recv(source, tag, timeout)
+
+    def nrecv(self, source: int = P.ANY, tag: int = P.ANY) -> Message | None:
+        return self._ctx.nrecv(source, tag)
+
+    def probe(self, source: int = P.ANY, tag: int = P.ANY) -> bool:
+        return self._ctx.probe(source, tag)
+
+    def join(self, tid: int, timeout: float | None = None) -> Any:
+        """Wait for spawned task ``tid``; its return value (or its exception, raised here)."""
+        return self._ctx.join(tid, timeout)
+
+    def kill(self, tid: int) -> None:
+        """End task ``tid`` (stopped at its next clustervm call, as threads cannot be killed)."""
+        self._ctx.kill(tid)
+
+    def notify(self, kinds: str | Iterable[str], tids: Iterable[int] | None = None, *,
+               callback: Callable[[dict], None] | None = None, tag: int | None = None) -> None:
+        """Be told of TASK_EXIT / NODE_DOWN / NODE_ADDED events (as pvm_notify).
+
+        With ``callback`` it is called with the event dict (in the VM's progress
+        thread: keep it short); with ``tag`` each event arrives as a message with
+        that tag and source -1.
+        """
+        kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+        tids = None if tids is None else list(tids)
+        if callback is not None:
+            with self._c.lock:
+                self._c.events.subscribe(kinds, tids, callback)
+        if tag is not None:
+            self._c.call("notify", P.MAIN_TID, kinds, tids, tag)
+        if callback is None and tag is None:
+            raise ValueError("notify needs a callback or a tag")
+
+    def add_nodes(self, count: int) -> int:
+        """Bring in ``count`` more nodes; returns how many joined (spares first)."""
+        return self._c.add_nodes(count)
+
+    def __getattr__(self, name: str) -> Any:
+        # groups and the VM-wide mailbox: the same calls as a task's context
+        if name in _CTX_CALLS:
+            return getattr(self._ctx, name)
+        raise AttributeError(f"'VM' object has no attribute {name!r}")
+
+
+_CTX_CALLS = {"join_group", "leave_group", "group_size", "group_tids", "group_tid", "group_inst",
+              "barrier", "bcast", "reduce", "allreduce", "gather", "allgather",
+              "put_info", "get_info", "del_info"}
