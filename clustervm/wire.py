@@ -1,0 +1,575 @@
+"""Wire codec: messages are msgpack frames, numpy arrays travel out of band.
+
+``dumps(obj)`` gives ``(payload, buffers)``: a msgpack payload, and the raw memory
+of every numpy array in the message as a list of uint8 memoryviews (zero copy, in
+the order the arrays were met). The transport sends each buffer as its own MPI
+message; ``loads(payload, buffers)`` rebuilds the object, wrapping each received
+buffer with ``np.frombuffer`` (zero copy again).
+
+What goes through, and comes back as it went:
+
+* None, bool, int (any size), float (nan/inf too), complex, str, bytes,
+  list, tuple, dict (any sendable keys: int, tuple, ...), set, frozenset, nested
+  arbitrarily;
+* numpy arrays of any dtype but object (numeric, bool, complex, ``U``/``S``,
+  datetime64/timedelta64, structured), any shape incl. 0-d and empty; C or
+  Fortran order is kept, other layouts are made C-contiguous first;
+* numpy scalars (``np.float64(1.5)`` comes back as ``np.float64``).
+
+Lossy on purpose (documented choices):
+
+* ``bytearray`` and ``memoryview`` come back as ``bytes``;
+* subclasses of the builtin types are sent as their base type: ``IntEnum`` and
+  ``StrEnum`` members as their int/str value, ``namedtuple``/structseq as tuple,
+  ``OrderedDict``/``defaultdict``/``Counter`` as dict, list/set subclasses as
+  list/set. The class is not sent (so the receiver never needs it); values still
+  compare equal. ``bool`` always stays ``bool``;
+* subclasses of ``np.ndarray`` (e.g. ``np.memmap``) are sent as plain ndarrays,
+  except masked arrays, which are refused (their mask would be lost).
+
+Anything else raises :class:`WireError` naming the type and where it sits in the
+message, e.g. ``cannot send object of type '_thread.lock' at [1]['model']``; the
+path is also on ``err.path`` so a caller can prefix it (``args[1]['model']``).
+With ``allow_pickle=True`` such objects (and object-dtype arrays) are pickled
+(protocol 5; arrays inside them still go out of band). ``loads`` never unpickles
+unless its own ``allow_pickle`` is true.
+
+Ext type codes (msgpack ext, all private to clustervm)::
+
+    1 tuple      packed list of the items
+    2 set        packed list of the items
+    3 frozenset  packed list of the items
+    4 bigint     int beyond msgpack's 64-bit range: little-endian two's complement
+    5 complex    two little-endian float64 (real, imag)
+    6 ndarray    packed [descr, shape, fortran: bool, buffer index]
+    7 np scalar  packed [descr, raw bytes]
+    8 pickle     packed [type name, pickle bytes, first buffer index, buffer count]
+
+``descr`` is ``np.lib.format.dtype_to_descr(dtype)``; it is rebuilt with
+``descr_to_dtype``. Functions are not sent by value: send ``fn_ref(fn)`` (a
+"module:qualname" string) and call ``resolve_ref`` on the other side.
+"""
+from __future__ import annotations
+
+import importlib
+import pickle
+import struct
+import sys
+import threading
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+import msgpack
+from msgpack import ExtType
+
+from .errors import WireError
+
+__all__ = ["dumps", "loads", "fn_ref", "resolve_ref"]
+
+EXT_TUPLE = 1
+EXT_SET = 2
+EXT_FROZENSET = 3
+EXT_BIGINT = 4
+EXT_COMPLEX = 5
+EXT_NDARRAY = 6
+EXT_NPSCALAR = 7
+EXT_PICKLE = 8
+
+_FIX = (
+    "Send plain data (None, bool, int, float, complex, str, bytes, list, tuple, dict, "
+    "set) and numpy arrays; send a function by reference (clustervm.wire.fn_ref); "
+    "or opt in to pickle with CLUSTERVM_PICKLE=1 (only between trusted nodes)."
+)
+_FIX_PICKLING = (
+    "Send plain data and numpy arrays instead, or make the object picklable "
+    "(e.g. leave out locks, sockets, open files)."
+)
+
+# A packer that grew beyond this while packing a message is dropped.
+_KEEP_PACKER_BYTES = 1 << 20
+_PACKER_BUF = 4096
+
+_modules = sys.modules
+_tuple_new = tuple.__new__  # builds an ExtType without its Python-level checks
+_complex = struct.Struct("<dd")
+_unpackb = msgpack.unpackb
+
+
+class _Unsendable(Exception):
+    """Internal: raised inside the default hook, turned into WireError by dumps."""
+
+    def __init__(self, obj: Any, reason: str, fix: str = _FIX) -> None:
+        super().__init__(reason)
+        self.obj = obj
+        self.reason = reason
+        self.fix = fix
+
+
+# ---------------------------------------------------------------------------
+# Encoding.
+#
+# msgpack calls _Encoder.default for every object it cannot pack itself. Ext
+# payloads must be bytes, so containers (tuple, set) are packed by a nested
+# packer. A Packer is not re-entrant, and creating one (256 KiB buffer) inside
+# another costs an mmap, so each thread keeps an _Encoder with a free list of
+# Packers bound to it: a nested pack takes one from the list and puts it back.
+# A re-entrant dumps on the same thread (from a __reduce__ or a finalizer) gets
+# a fresh encoder, so the per-call state (buffers, allow_pickle) is never shared.
+
+
+def _bigint(obj: int) -> ExtType:
+    data = obj.to_bytes((obj.bit_length() + 8) // 8, "little", signed=True)
+    return _tuple_new(ExtType, (EXT_BIGINT, data))
+
+
+def _type_name(obj: Any) -> str:
+    t = type(obj)
+    mod = getattr(t, "__module__", None)
+    name = getattr(t, "__qualname__", t.__name__)
+    return name if mod in (None, "builtins") else f"{mod}.{name}"
+
+
+_descr_cache: dict[Any, Any] = {}
+
+
+def _descr(dtype: Any) -> Any:
+    """np.lib.format descr of dtype; ValueError if it does not survive the round trip."""
+    try:
+        return _descr_cache[dtype]
+    except (KeyError, TypeError):
+        pass
+    from numpy.lib import format as npformat
+
+    try:
+        descr = npformat.dtype_to_descr(dtype)
+        ok = npformat.descr_to_dtype(descr) == dtype
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"dtype {dtype} has no portable description: {exc}") from exc
+    if not ok:
+        raise ValueError(f"dtype {dtype} has no portable description")
+    if len(_descr_cache) < 1024:
+        _descr_cache[dtype] = descr
+    return descr
+
+
+class _Encoder:
+    __slots__ = ("free", "buffers", "allow_pickle", "busy")
+
+    def __init__(self) -> None:
+        self.free: list[msgpack.Packer] = []
+        self.buffers: list[memoryview] = []
+        self.allow_pickle = False
+        self.busy = False
+
+    def new_packer(self) -> msgpack.Packer:
+        return msgpack.Packer(
+            default=self.default, strict_types=True, use_bin_type=True, buf_size=_PACKER_BUF
+        )
+
+    def pack(self, obj: Any) -> bytes:
+        free = self.free
+        packer = free.pop() if free else self.new_packer()
+        data = packer.pack(obj)
+        # On an exception the packer is simply dropped. One that grew big is
+        # dropped too, so a thread does not keep a huge buffer after a huge message.
+        if len(data) <= _KEEP_PACKER_BYTES:
+            free.append(packer)
+        return data
+
+    def default(self, obj: Any) -> Any:
+        t = type(obj)
+        if t is tuple:  # the common case, self.pack inlined
+            free = self.free
+            packer = free.pop() if free else self.new_packer()
+            data = packer.pack(list(obj))
+            if len(data) <= _KEEP_PACKER_BYTES:
+                free.append(packer)
+            return _tuple_new(ExtType, (EXT_TUPLE, data))
+        if t is int:  # msgpack only hands us ints beyond its 64-bit range
+            return _bigint(obj)
+        if t is set:
+            return _tuple_new(ExtType, (EXT_SET, self.pack(list(obj))))
+        if t is frozenset:
+            return _tuple_new(ExtType, (EXT_FROZENSET, self.pack(list(obj))))
+        if t is complex:
+            return _tuple_new(ExtType, (EXT_COMPLEX, _complex.pack(obj.real, obj.imag)))
+        np = _modules.get("numpy")
+        if np is not None and isinstance(obj, (np.ndarray, np.generic)):
+            return self.numpy(obj, np)
+        # Subclasses of builtin types: sent as their base type (see module docstring).
+        # The base-class methods are called directly so overrides cannot interfere.
+        if isinstance(obj, int):
+            value = int.__int__(obj)
+            return value if -(1 << 63) <= value < (1 << 64) else _bigint(value)
+        if isinstance(obj, float):
+            return float.__float__(obj)
+        if isinstance(obj, str):
+            return str.__str__(obj)
+        if isinstance(obj, (bytes, bytearray)):
+            return bytes(memoryview(obj))
+        if isinstance(obj, tuple):
+            return _tuple_new(ExtType, (EXT_TUPLE, self.pack(list(obj))))
+        if isinstance(obj, list):
+            return list.copy(obj)
+        if isinstance(obj, dict):
+            return dict(obj)
+        if isinstance(obj, frozenset):
+            return _tuple_new(ExtType, (EXT_FROZENSET, self.pack(list(obj))))
+        if isinstance(obj, set):
+            return _tuple_new(ExtType, (EXT_SET, self.pack(list(obj))))
+        if isinstance(obj, complex):
+            return _tuple_new(ExtType, (EXT_COMPLEX, _complex.pack(obj.real, obj.imag)))
+        if callable(obj) and hasattr(obj, "__qualname__"):
+            reason = "functions and classes are not sent by value: send fn_ref(f), then resolve_ref"
+        else:
+            reason = "msgpack cannot carry it"
+        return self.pickled(obj, reason)
+
+    def numpy(self, obj: Any, np: Any) -> Any:
+        if isinstance(obj, np.generic):
+            dtype = obj.dtype
+            if dtype.hasobject:
+                return self.pickled(obj, f"numpy scalar of dtype {dtype} holds Python objects")
+            try:
+                descr = _descr(dtype)
+            except ValueError as exc:
+                return self.pickled(obj, str(exc))
+            return _tuple_new(ExtType, (EXT_NPSCALAR, self.pack([descr, obj.tobytes()])))
+        if type(obj) is not np.ndarray:
+            if isinstance(obj, np.ma.MaskedArray):
+                return self.pickled(
+                    obj, "masked arrays are not sent (the mask would be lost): send .data and .mask"
+                )
+            obj = obj.view(np.ndarray)  # np.memmap and other subclasses: a plain array
+        dtype = obj.dtype
+        if dtype.hasobject:
+            return self.pickled(
+                obj, f"arrays of dtype {dtype} hold Python objects and have no out-of-band form "
+                "(convert it to a numeric or fixed-width string dtype)"
+            )
+        try:
+            descr = _descr(dtype)
+        except ValueError as exc:
+            return self.pickled(obj, str(exc))
+        flags = obj.flags
+        if flags.c_contiguous:
+            fortran = False
+        elif flags.f_contiguous:
+            fortran = True
+        else:
+            obj = np.ascontiguousarray(obj)
+            fortran = False
+        if obj.nbytes:
+            raw = memoryview(obj.reshape(-1, order="F" if fortran else "C").view(np.uint8))
+        else:
+            raw = memoryview(b"")
+        buffers = self.buffers
+        buffers.append(raw)
+        record = self.pack([descr, list(obj.shape), fortran, len(buffers) - 1])
+        return _tuple_new(ExtType, (EXT_NDARRAY, record))
+
+    def pickled(self, obj: Any, reason: str) -> ExtType:
+        if not self.allow_pickle:
+            raise _Unsendable(obj, reason)
+        buffers = self.buffers
+        first = len(buffers)
+
+        def out_of_band(pb: pickle.PickleBuffer) -> bool:
+            try:
+                buffers.append(pb.raw())
+            except BufferError:  # not contiguous: keep it inside the pickle
+                return True
+            return False
+
+        try:
+            data = pickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
+        except Exception as exc:  # noqa: BLE001 - any pickling failure is reported
+            del buffers[first:]
+            reason = f"pickle failed: {type(exc).__name__}: {exc}"
+            raise _Unsendable(obj, reason, _FIX_PICKLING) from exc
+        record = self.pack([_type_name(obj), data, first, len(buffers) - first])
+        return _tuple_new(ExtType, (EXT_PICKLE, record))
+
+
+_tls = threading.local()
+
+
+def dumps(obj: Any, *, allow_pickle: bool = False) -> tuple[bytes, list[memoryview]]:
+    """Encode obj: a msgpack payload plus the out-of-band buffers of its numpy arrays (in order).
+
+    The buffers are zero-copy uint8 views of the arrays' memory: do not modify the
+    arrays until they are sent. Raises WireError for an object that cannot be sent
+    (its type and path in the message are in the error; ``err.path`` holds the path).
+    With allow_pickle=True such objects are pickled instead.
+    """
+    try:
+        enc = _tls.encoder
+    except AttributeError:
+        enc = _tls.encoder = _Encoder()
+    if enc.busy:
+        enc = _Encoder()  # re-entrant call on this thread
+    enc.busy = True
+    enc.buffers = buffers = []
+    enc.allow_pickle = allow_pickle
+    try:
+        payload = enc.pack(obj)
+    except _Unsendable as exc:
+        raise _wire_error(obj, exc) from None
+    except RecursionError:
+        raise WireError(
+            "cannot send message: it is nested too deeply or contains a reference cycle"
+        ) from None
+    except (ValueError, OverflowError, TypeError) as exc:
+        if "recursion limit" in str(exc):
+            msg = "cannot send message: it is nested too deeply or contains a reference cycle"
+        else:
+            msg = f"cannot send message: {type(exc).__name__}: {exc}"
+        raise WireError(msg) from exc
+    finally:
+        enc.busy = False
+        enc.buffers = []
+    return payload, buffers
+
+
+def _wire_error(root: Any, exc: _Unsendable) -> WireError:
+    bad = exc.obj
+    path = _find_path(root, bad)
+    where = "the top level of the message" if path == "" else (path or "somewhere in the message")
+    err = WireError(
+        f"cannot send object of type {_type_name(bad)!r} at {where}: {exc.reason}. {exc.fix}"
+    )
+    err.path = path  # type: ignore[attr-defined]
+    return err
+
+
+def _find_path(root: Any, bad: Any) -> str | None:
+    """Path of bad inside root, like "[1]['model']", in msgpack's packing order.
+
+    Only called on the error path. None if not found.
+    """
+    seen: set[int] = set()
+
+    def walk(obj: Any, path: str, depth: int) -> str | None:
+        if obj is bad:
+            return path
+        if depth > 1000 or id(obj) in seen:
+            return None
+        if isinstance(obj, (list, tuple)):
+            seen.add(id(obj))
+            for i, item in enumerate(obj):
+                found = walk(item, f"{path}[{i}]", depth + 1)
+                if found is not None:
+                    return found
+        elif isinstance(obj, dict):
+            seen.add(id(obj))
+            for key, value in dict.items(obj):
+                if key is bad:
+                    return f"{path} (a dict key)" if path else "(a dict key)"
+                found = walk(key, f"{path}<key {_short_repr(key)}>", depth + 1)
+                if found is None:
+                    found = walk(value, f"{path}[{_short_repr(key)}]", depth + 1)
+                if found is not None:
+                    return found
+        elif isinstance(obj, (set, frozenset)):
+            seen.add(id(obj))
+            for item in obj:
+                found = walk(item, f"{path}{{*}}", depth + 1)
+                if found is not None:
+                    return found
+        return None
+
+    return walk(root, "", 0)
+
+
+def _short_repr(obj: Any) -> str:
+    try:
+        text = repr(obj)
+    except Exception:  # noqa: BLE001
+        text = f"<{_type_name(obj)}>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ---------------------------------------------------------------------------
+# Decoding.
+
+_dtype_cache: dict[str, Any] = {}
+
+
+def _dtype(descr: Any) -> Any:
+    if type(descr) is str:
+        dt = _dtype_cache.get(descr)
+        if dt is not None:
+            return dt
+    from numpy.lib import format as npformat
+
+    dt = npformat.descr_to_dtype(descr)
+    if type(descr) is str and len(_dtype_cache) < 1024:
+        _dtype_cache[descr] = dt
+    return dt
+
+
+def _dec_ndarray(data: bytes, buffers: Sequence, hook: Any) -> Any:
+    import numpy as np
+
+    descr, shape, fortran, index = _unpackb(data, ext_hook=hook, raw=False, strict_map_key=False)
+    dtype = _dtype(descr)
+    try:
+        buf = buffers[index]
+    except (IndexError, TypeError):
+        raise WireError(
+            f"message refers to out-of-band buffer {index} but only {len(buffers)} "
+            "buffer(s) were given to loads"
+        ) from None
+    order = "F" if fortran else "C"
+    count = 1
+    for n in shape:
+        count *= n
+    if count == 0 or dtype.itemsize == 0:
+        return np.zeros(shape, dtype=dtype, order=order)
+    try:
+        flat = np.frombuffer(buf, dtype=dtype)
+    except ValueError as exc:
+        raise WireError(f"out-of-band buffer {index} does not fit dtype {dtype}: {exc}") from None
+    if flat.size != count:
+        raise WireError(
+            f"out-of-band buffer {index} holds {flat.size} item(s) of {dtype} "
+            f"but the array has shape {tuple(shape)}"
+        )
+    return flat.reshape(shape, order=order)
+
+
+def _dec_npscalar(data: bytes, hook: Any) -> Any:
+    import numpy as np
+
+    descr, raw = _unpackb(data, ext_hook=hook, raw=False, strict_map_key=False)
+    return np.ndarray((), dtype=_dtype(descr), buffer=raw)[()]
+
+
+def _dec_pickle(data: bytes, buffers: Sequence, allow_pickle: bool, hook: Any) -> Any:
+    type_name, blob, first, count = _unpackb(data, ext_hook=hook, raw=False, strict_map_key=False)
+    if not allow_pickle:
+        raise WireError(
+            f"the sender pickled an object of type {type_name!r} (it runs with "
+            "CLUSTERVM_PICKLE=1), but this side does not accept pickle: unpickling can run "
+            "arbitrary code. Set CLUSTERVM_PICKLE=1 here too if every node is trusted "
+            "(loads(..., allow_pickle=True)), or send plain data and numpy arrays instead."
+        )
+    try:
+        return pickle.loads(blob, buffers=list(buffers[first : first + count]))
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is reported
+        raise WireError(
+            f"cannot unpickle the object of type {type_name!r} the sender pickled: "
+            f"{type(exc).__name__}: {exc}; its module must be importable on every node"
+        ) from exc
+
+
+def loads(
+    payload: bytes | memoryview | bytearray, buffers: Sequence = (), *, allow_pickle: bool = False
+) -> Any:
+    """Decode what dumps produced; buffers are writable or read-only bytes-like objects, same order as dumps gave them.
+
+    Arrays wrap their buffer without a copy: they are writable if it is (e.g. a
+    bytearray), read-only otherwise. bytearray/memoryview values come back as
+    bytes. A pickled object is refused with WireError unless allow_pickle is true.
+    """
+
+    def hook(code: int, data: bytes) -> Any:
+        if code == EXT_TUPLE:
+            return tuple(_unpackb(data, ext_hook=hook, raw=False, strict_map_key=False))
+        if code == EXT_NDARRAY:
+            return _dec_ndarray(data, buffers, hook)
+        if code == EXT_NPSCALAR:
+            return _dec_npscalar(data, hook)
+        if code == EXT_BIGINT:
+            return int.from_bytes(data, "little", signed=True)
+        if code == EXT_SET:
+            return set(_unpackb(data, ext_hook=hook, raw=False, strict_map_key=False))
+        if code == EXT_FROZENSET:
+            return frozenset(_unpackb(data, ext_hook=hook, raw=False, strict_map_key=False))
+        if code == EXT_COMPLEX:
+            return complex(*_complex.unpack(data))
+        if code == EXT_PICKLE:
+            return _dec_pickle(data, buffers, allow_pickle, hook)
+        raise WireError(f"unknown ext type {code} in message (sender runs another clustervm?)")
+
+    try:
+        return _unpackb(payload, ext_hook=hook, raw=False, strict_map_key=False, use_list=True)
+    except WireError:
+        raise
+    except (ValueError, TypeError, struct.error, msgpack.UnpackException) as exc:
+        raise WireError(f"malformed message: {type(exc).__name__}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------
+# Functions by reference.
+
+
+def fn_ref(fn: Any) -> str:
+    """Return "module:qualname" naming a module-level function (or class, or classmethod).
+
+    Raises WireError for lambdas, nested functions/closures and bound methods of
+    instances: the receiver could not import them.
+    """
+    owner = getattr(fn, "__self__", None)
+    if owner is not None and not isinstance(owner, (type, ModuleType)):
+        raise WireError(
+            f"cannot send {fn!r} by reference: it is a method bound to an instance of "
+            f"{_type_name(owner)!r}; send a module-level function and pass the data "
+            "it needs as arguments"
+        )
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        raise WireError(
+            f"cannot send object of type {_type_name(fn)!r} by reference: it has no "
+            "module-level name (__module__/__qualname__); wrap it in a function defined "
+            "with def at module level"
+        )
+    if "<lambda>" in qualname:
+        raise WireError(
+            f"cannot send lambda {module}:{qualname} by reference: a lambda has no importable "
+            "name; define the function with def at module level"
+        )
+    if "<locals>" in qualname:
+        raise WireError(
+            f"cannot send {module}:{qualname} by reference: it is defined inside another "
+            "function (a closure or nested function) and cannot be imported; move it to "
+            "module level and pass what it captured as arguments"
+        )
+    ref = f"{module}:{qualname}"
+    target: Any = _modules.get(module)
+    try:
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    except AttributeError:
+        target = None
+    if target is not fn and target != fn:
+        raise WireError(
+            f"cannot send {fn!r} by reference: {ref} does not name it (was it redefined, or "
+            "decorated without functools.wraps?); the receiver must find it by that name"
+        )
+    return ref
+
+
+def resolve_ref(ref: str) -> Any:
+    """Import the module of a "module:qualname" ref and return the object it names."""
+    module, sep, qualname = ref.partition(":")
+    if not sep or not module or not qualname:
+        raise WireError(f"bad function reference {ref!r}: expected 'module:qualname'")
+    try:
+        target = importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 - any import failure is reported the same way
+        raise WireError(
+            f"cannot resolve function reference {ref!r}: importing module {module!r} failed "
+            f"({type(exc).__name__}: {exc}); the module must be importable on every node"
+        ) from exc
+    try:
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    except AttributeError:
+        raise WireError(
+            f"cannot resolve function reference {ref!r}: module {module!r} has no "
+            f"{qualname!r}; the module must be importable on every node, in the same version"
+        ) from None
+    return target
