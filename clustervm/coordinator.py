@@ -39,7 +39,7 @@ Reply = Callable[[bool, Any], None]
 class NodeInfo:
     """What the coordinator knows of one worker rank."""
     __slots__ = ("rank", "host", "pid", "state", "inflight", "spawned", "done", "load",
-                 "how_lost", "lost_at", "joined_at")
+                 "how_lost", "lost_at", "joined_at", "last_done")
 
     def __init__(self, rank: int) -> None:
         self.rank = rank
@@ -53,6 +53,7 @@ class NodeInfo:
         self.how_lost = ""
         self.lost_at = 0.0
         self.joined_at = 0.0
+        self.last_done = 0.0
 
     def as_dict(self) -> dict:
         return {"rank": self.rank, "host": self.host, "pid": self.pid, "state": self.state,
@@ -62,7 +63,8 @@ class NodeInfo:
 class TaskRecord:
     """One task of the VM, short or spawned."""
     __slots__ = ("tid", "kind", "parent", "fn", "args", "kwargs", "node", "state", "future",
-                 "reply", "attempts", "where", "inc", "replay", "t_start", "joiners", "digest")
+                 "reply", "attempts", "where", "inc", "replay", "t_start", "t_ckpt", "joiners",
+                 "digest")
 
     def __init__(self, tid: int, kind: int, parent: int, fn: str, args: Any, kwargs: Any) -> None:
         self.tid = tid
@@ -80,6 +82,7 @@ class TaskRecord:
         self.inc = 0
         self.replay = True
         self.t_start = 0.0
+        self.t_ckpt = 0.0
         self.joiners: list[Reply] = []
         self.digest = 0
 
@@ -228,9 +231,12 @@ class Coordinator(Site):
         if not was_spare:
             self._promote_spare()
         now = time.monotonic()
+        # tasks queued behind the running ones (prefetch) lose no work
+        running = sorted(n.inflight.values(), key=lambda r: r.t_start)[:max(1, self.config.slots)]
+        for rec in running:
+            self.stats["redone_s"] += now - max(rec.t_start, rec.t_ckpt, n.last_done)
         for rec in list(n.inflight.values()):
             self.stats["rerun"] += 1
-            self.stats["redone_s"] += now - rec.t_start
             rec.node, rec.state = None, "pending"
             rec.attempts += 1
             if rec.where is not None:
@@ -247,7 +253,7 @@ class Coordinator(Site):
             rec = self.tasks.get(tid)
             if rec is not None and rec.state == "running":
                 self.stats["rerun"] += 1
-                self.stats["redone_s"] += now - rec.t_start
+                self.stats["redone_s"] += now - max(rec.t_start, rec.t_ckpt)
                 self._place_spawned(rec, restart=True)
         self._dispatch()
 
@@ -381,6 +387,7 @@ class Coordinator(Site):
                     continue          # cancelled, or already re-run elsewhere
                 n.done += 1
                 self._finish(rec, ok, value)
+            n.last_done = time.monotonic()
             self._dispatch()
 
     def _finish(self, rec: TaskRecord, ok: bool, value: Any, packed: bool = True) -> None:
@@ -517,6 +524,7 @@ class Coordinator(Site):
         head, bufs = wire.dumps(payload)
         self.store.save(str(tid), seq, [head, *bufs])
         self.stats["ckpt_written"] += 1
+        rec.t_ckpt = time.monotonic()
         # the senders of the messages it has received may forget them now
         delivered = payload["delivered"]
         by_rank: dict[int, list] = {}

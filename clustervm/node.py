@@ -122,7 +122,7 @@ class Node(Site):
         while True:
             if not q and batch:
                 self._flush(batch)
-            if not self.transport.wait(ready, None if not batch else _BATCH_S):
+            if not t.wait(ready, None if not batch else _BATCH_S, background=True):
                 continue
             if self.stopping:
                 break
@@ -144,7 +144,6 @@ class Node(Site):
                 self._flush(batch)
         if batch:
             self._flush(batch)
-        del t
 
     def _flush(self, batch: list) -> None:
         try:

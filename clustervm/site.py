@@ -43,6 +43,20 @@ def snapshot(data: Any) -> Any:
     return data if isinstance(data, _IMMUTABLE) else copy.deepcopy(data)
 
 
+def approx_size(data: Any) -> int:
+    """Bytes a message takes, roughly (arrays and byte strings counted exactly)."""
+    nbytes = getattr(data, "nbytes", None)
+    if nbytes is not None:
+        return int(nbytes)
+    if isinstance(data, (bytes, str, bytearray)):
+        return len(data)
+    if isinstance(data, (list, tuple)):
+        return 16 + sum(approx_size(x) for x in data)
+    if isinstance(data, dict):
+        return 16 + sum(approx_size(k) + approx_size(v) for k, v in data.items())
+    return 16
+
+
 def hostname() -> str:
     return os.environ.get("CLUSTERVM_HOSTNAME") or socket.gethostname()
 
@@ -177,8 +191,7 @@ class Site:
         for _ in range(100):
             loc = self.locate(dst)
             if loc.replay and ctx is not None:
-                ctx_log = ctx.__dict__.setdefault("_outlog", {})
-                ctx_log.setdefault(dst, []).append((seq, tag, snapshot(data)))
+                self._log_message(ctx, dst, seq, tag, data)
             if loc.rank == self.rank:
                 self.deliver(src, dst, tag, data, inc, seq)
                 return
@@ -193,6 +206,22 @@ class Site:
                     ctx._outlog[dst].pop()
                 time.sleep(0.01)
         raise DeadTaskError(f"cannot deliver a message to task {dst}: its node keeps failing")
+
+    def _log_message(self, ctx: TaskContext, dst: int, seq: int, tag: int, data: Any) -> None:
+        """Keep a copy of a message to ``dst`` until ``dst`` checkpoints past it."""
+        outlog = ctx.__dict__.setdefault("_outlog", {})
+        entries = outlog.setdefault(dst, [])
+        entries.append((seq, tag, snapshot(data)))
+        sizes = ctx.__dict__.setdefault("_outbytes", {})
+        size = sizes.get(dst, 0) + approx_size(data)
+        if size > self.config.replay_log_mb * 1e6:
+            log.warning("task %d: messages to task %d are no longer kept for replay (%.0f MB "
+                        "since its last checkpoint); if its node fails before it checkpoints, "
+                        "they are lost. Checkpoint more often or raise CLUSTERVM_REPLAY_LOG_MB",
+                        ctx.tid, dst, size / 1e6)
+            entries.clear()
+            size = 0
+        sizes[dst] = size
 
     def _on_loc(self, src_rank: int, msg: Any) -> None:
         """Locations changed: forget stale ones; replay logged messages to moved tasks."""
@@ -222,6 +251,9 @@ class Site:
             upto = delivered.get(ctx.tid, delivered.get(str(ctx.tid), 0))
             entries = [e for e in outlog[dst] if e[0] > upto]
             outlog[dst] = entries
+            sizes = getattr(ctx, "_outbytes", None)
+            if sizes is not None:
+                sizes[dst] = sum(approx_size(e[2]) for e in entries)
             if replay_all:
                 for seq, tag, data in entries:
                     msg = (P.USER, ctx.tid, dst, tag, data, ctx.inc, seq)

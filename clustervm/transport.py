@@ -276,20 +276,28 @@ class Transport:
 
     # -- waiting -------------------------------------------------------------
 
-    def wait(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
-        """Drive progress until ``predicate()`` is true; False if ``timeout`` passed first."""
+    def wait(self, predicate: Callable[[], bool], timeout: float | None = None,
+             background: bool = False) -> bool:
+        """Drive progress until ``predicate()`` is true; False if ``timeout`` passed first.
+
+        A ``background`` waiter (an idle worker) polls only while no foreground
+        thread (a task waiting for a message or a result) is waiting.
+        """
         if predicate():
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
+        if background:
+            return self._wait(predicate, deadline, True)
         with self._cond:
             self._user_waiters += 1
         try:
-            return self._wait(predicate, deadline)
+            return self._wait(predicate, deadline, False)
         finally:
             with self._cond:
                 self._user_waiters -= 1
 
-    def _wait(self, predicate: Callable[[], bool], deadline: float | None) -> bool:
+    def _wait(self, predicate: Callable[[], bool], deadline: float | None,
+              background: bool) -> bool:
         while True:
             if predicate():
                 return True
@@ -298,6 +306,11 @@ class Transport:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
+            if background and self._user_waiters:
+                with self._cond:
+                    if not predicate():
+                        self._cond.wait(0.05 if remaining is None else min(0.05, remaining))
+                continue
             if self._token.acquire(blocking=False):
                 try:
                     got = self.poll()
