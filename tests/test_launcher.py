@@ -11,6 +11,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -53,8 +54,12 @@ def mpich(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def four_cores(request, monkeypatch):
-    """Command building sees 4 cores; real jobs see the real machine."""
+def four_cores(request, monkeypatch, tmp_path):
+    """Command building sees 4 cores; real jobs see the real machine.
+
+    Normalized hostfiles go to the test's own directory, not the shared /tmp.
+    """
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     if request.node.get_closest_marker("mpi") is None:
         monkeypatch.setattr(launcher, "local_slots", lambda: 4)
 
