@@ -695,7 +695,7 @@ class Coordinator(Site):
 
     # groups and the VM-wide mailbox live in groups.py; these forward to it
     def api_join_group(self, reply: Reply, name: str, tid: int) -> None:
-        reply(True, self.groups.join(name, tid))
+        reply(True, list(self.groups.join(name, tid)))
 
     def api_leave_group(self, reply: Reply, name: str, tid: int) -> None:
         reply(True, self.groups.leave(name, tid))

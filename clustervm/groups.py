@@ -45,20 +45,32 @@ class Groups:
         self.rounds: dict[str, dict[int, _Round]] = {}          # name -> round -> open round
         self.done: dict[str, OrderedDict[int, dict[int, tuple[bool, Any]]]] = {}
         self.counter: dict[tuple[str, int], int] = {}           # (name, tid) -> next round
+        self.base: dict[tuple[str, int], int] = {}              # (name, tid) -> first round
+        self.next_round: dict[str, int] = {}
 
     # -- membership ----------------------------------------------------------
 
-    def join(self, name: str, tid: int) -> int:
+    def join(self, name: str, tid: int) -> tuple[int, int]:
+        """Join ``name``: (instance number, the first round this member takes part in)."""
         insts = self.members.setdefault(name, {})
         for inst, t in insts.items():
             if t == tid:
-                return inst
+                return inst, self.base[(name, tid)]
         inst = 0
         while inst in insts:
             inst += 1
         insts[inst] = tid
+        open_rounds = self.rounds.get(name)
+        done = self.done.get(name)
+        if open_rounds:
+            base = min(open_rounds)
+        elif done:
+            base = next(reversed(done)) + 1
+        else:
+            base = self.next_round.get(name, 0)
+        self.base[(name, tid)] = base
         self._recheck(name)
-        return inst
+        return inst, base
 
     def leave(self, name: str, tid: int) -> None:
         insts = self.members.get(name, {})
@@ -140,6 +152,7 @@ class Groups:
         if rnd is None or len(rnd.parts) < self._needed(name, rnd):
             return
         del self.rounds[name][round_no]
+        self.next_round[name] = max(self.next_round.get(name, 0), round_no + 1)
         insts = self.members.get(name, {})
         inst_of = {t: i for i, t in insts.items()}
         try:

@@ -10,9 +10,11 @@ with ``mpiexec -n N python app.py``.
 """
 from __future__ import annotations
 
+import faulthandler
 import importlib.util
 import logging
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -58,6 +60,7 @@ def load_app(path: str) -> ModuleType:
 def run_app(path: str, args: list[str]) -> int:
     """Entry point of ``python -m clustervm app.py args...`` on every rank."""
     sys.argv = [path, *args]
+    faulthandler.register(signal.SIGUSR1, all_threads=True)   # stacks on demand
     try:
         config = Config.from_env()
     except ClusterVMError as exc:
@@ -108,6 +111,7 @@ def start(main: Callable | None, config: Config, argv: list[str]) -> int:
         node = Node(transport, config)
         current._tls.site = node
         node.serve()
+        transport.close()
         return 0
     from .coordinator import Coordinator
     from .vm import VM
@@ -132,6 +136,7 @@ def start(main: Callable | None, config: Config, argv: list[str]) -> int:
         code = 1
     finally:
         coord.shutdown()
+        transport.close()
         for stop in extras:
             stop()
         lost = any(n.state == "dead" for n in coord.nodes.values())
@@ -153,10 +158,26 @@ def _start_extras(coord, config: Config) -> list[Callable[[], None]]:
     return stops
 
 
+_FINALIZE_S = 3.0
+
+
 def _exit(code: int) -> int:
-    """Leave without MPI_Finalize: robust after failures (DESIGN.md), accepted by mpiexec."""
+    """Leave the job: MPI_Finalize under a watchdog, then ``os._exit``.
+
+    After failures MPI_Finalize can hang (DESIGN.md, two lost hosts); the
+    watchdog ends the process with the same status after a few seconds, which
+    mpiexec accepts. ``os._exit`` also skips interpreter teardown while task
+    threads may still run.
+    """
     try:
         sys.stdout.flush()
         sys.stderr.flush()
+        if "mpi4py.MPI" in sys.modules:
+            from mpi4py import MPI
+            if MPI.Is_initialized() and not MPI.Is_finalized():
+                timer = threading.Timer(_FINALIZE_S, os._exit, (code,))
+                timer.daemon = True
+                timer.start()
+                MPI.Finalize()
     finally:
         os._exit(code)

@@ -209,7 +209,9 @@ class TaskContext:
 
     def join_group(self, name: str) -> int:
         """Join group ``name``; returns this task's instance number in it."""
-        return self._site.call("join_group", name, self.tid)
+        inst, base = self._site.call("join_group", name, self.tid)
+        self._coll.setdefault(name, base)
+        return inst
 
     def leave_group(self, name: str) -> None:
         self._site.call("leave_group", name, self.tid)

@@ -117,9 +117,9 @@ class Transport:
     def send(self, dest: int, msg: Any) -> None:
         """Send ``msg`` to rank ``dest``; returns when the caller may reuse its arrays.
 
-        Raises :class:`PeerFailed` if ``dest`` is dead.
+        Raises :class:`PeerFailed` if ``dest`` is dead (or the transport is closed).
         """
-        if dest in self.failed:
+        if dest in self.failed or self.closed:
             raise PeerFailed(dest)
         head, bufs, tag = self._frames(msg)
         comm = self.comm
@@ -141,7 +141,7 @@ class Transport:
 
         Returns False (and drops the message) if ``dest`` is known to be dead.
         """
-        if dest in self.failed:
+        if dest in self.failed or self.closed:
             return False
         head, bufs, tag = self._frames(msg)
         comm = self.comm
@@ -269,6 +269,13 @@ class Transport:
             except Exception:
                 log.exception("failure handler raised")
 
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop every thread from touching MPI (before MPI_Finalize)."""
+        self.closed = True
+        self.notify()
+        if self._token.acquire(timeout=timeout):
+            self.flush(timeout)
+
     def declare_dead(self, rank: int) -> None:
         """Stop trusting ``rank`` (hung): drop its messages, send it nothing more."""
         self.ignored.add(rank)
@@ -298,30 +305,33 @@ class Transport:
 
     def _wait(self, predicate: Callable[[], bool], deadline: float | None,
               background: bool) -> bool:
-        while True:
-            if predicate():
-                return True
+        # predicates may have side effects (take a message): once one is true, return
+        while not predicate():
             if self.closed:
-                return predicate()
+                return False
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
             if background and self._user_waiters:
                 with self._cond:
-                    if not predicate():
-                        self._cond.wait(0.05 if remaining is None else min(0.05, remaining))
-                continue
-            if self._token.acquire(blocking=False):
+                    if predicate():
+                        return True
+                    self._cond.wait(0.05 if remaining is None else min(0.05, remaining))
+            elif self._token.acquire(blocking=False):
                 try:
                     got = self.poll()
                 finally:
                     self._token.release()
-                if not got and not predicate():
+                if not got:
+                    if predicate():
+                        return True
                     self._pause(remaining)
             else:
                 with self._cond:
-                    if not predicate():
-                        self._cond.wait(0.002 if remaining is None else min(0.002, remaining))
+                    if predicate():
+                        return True
+                    self._cond.wait(0.002 if remaining is None else min(0.002, remaining))
+        return True
 
     def _pause(self, remaining: float | None) -> None:
         idle = time.perf_counter() - self._last_activity
@@ -335,6 +345,9 @@ class Transport:
 
     def service_step(self, max_sleep: float) -> None:
         """One step of the background service loop: poll unless a user thread is polling."""
+        if self.closed:
+            time.sleep(max_sleep)
+            return
         if self._user_waiters:
             with self._cond:
                 self._cond.wait(max_sleep)

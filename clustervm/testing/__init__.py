@@ -1,0 +1,1 @@
+"""Helpers for clustervm's own tests (simulated hosts, see :mod:`clustervm.testing.netns`)."""
