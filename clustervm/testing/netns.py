@@ -1,7 +1,8 @@
 """Simulated hosts for multi-host tests: Linux network namespaces on a bridge.
 
 One :class:`TestHosts` instance with tag ``T`` (prefix + creating pid in hex + a
-per-process counter, e.g. ``cvmt1f3a0``) makes, in the root namespace::
+per-process counter in the letters g-z, e.g. ``cvmt1f3ag``: unambiguous, so no tag is a
+prefix of another's names) makes, in the root namespace::
 
     bridge  Tb    address <subnet>.254  (the "gateway"; mpiexec / PRRTE's HNP talks from here)
       veth  Tv1 <-> eth0 in netns Th1   address <subnet>.1   hostname T-h1
@@ -25,9 +26,10 @@ Choices (see the report in ``tests/test_netns.py`` for what was measured):
   the file kept under ``/run/clustervm-testhosts``) whose hostname is ``T-h<i+1>``
   (:attr:`hostnames`).  The agent enters it with ``nsenter --uts``, so inside host ``i``
   ``socket.gethostname()`` and ``MPI.Get_processor_name()`` return ``hostnames[i]``; the
-  agent also exports ``CLUSTERVM_HOSTNAME=hostnames[i]`` (reaches the ranks through
-  prted's environment unless the launching environment sets it itself).  The names for
-  hostfiles (:attr:`names`) are the addresses, which need no name resolution anywhere.
+  agent also exports ``CLUSTERVM_HOSTNAME=hostnames[i]``, which the ranks inherit from
+  prted (it wins over a value in mpiexec's environment unless mpiexec gets ``-x
+  CLUSTERVM_HOSTNAME``).  The names for hostfiles (:attr:`names`) are the addresses,
+  which need no name resolution anywhere.
 * **Environment.**  Unlike ssh, the agent passes its whole environment through
   (``ip netns exec`` and ``nsenter`` keep it), so prted sees the ``OPAL_PREFIX``,
   ``PATH``, ``OMPI_*`` and ``PRTE_*`` variables of the mpiexec that started it.
@@ -62,6 +64,7 @@ from typing import Iterator, Mapping, Sequence
 __all__ = [
     "TestHosts",
     "TestHostsError",
+    "Job",
     "JobResult",
     "available",
     "cleanup_stale",
@@ -102,6 +105,16 @@ def _batch(lines: Sequence[str], *, netns: str | None = None, force: bool = Fals
     _ip(args, input="".join(line + "\n" for line in lines), check=not force)
 
 
+def _letters(n: int) -> str:
+    """N written with the digits g..z (never hex digits, so pid+counter stays unambiguous)."""
+    out = ""
+    while True:
+        n, r = divmod(n, 20)
+        out = chr(ord("g") + r) + out
+        if not n:
+            return out
+
+
 def _stat_fields(pid: int) -> list[str] | None:
     """Fields of /proc/PID/stat from field 3 (state) on, or None if PID is gone."""
     try:
@@ -123,6 +136,12 @@ def _comm(pid: int) -> str:
 def _start_time(pid: int) -> str | None:
     fields = _stat_fields(pid)
     return fields[19] if fields else None  # field 22, starttime in clock ticks
+
+
+def _alive(pid: int) -> bool:
+    """PID exists and is not a zombie."""
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] not in ("Z", "X")
 
 
 def _ppid(pid: int) -> int:
@@ -231,6 +250,23 @@ def _write_record(path: str, rec: dict) -> None:
     os.replace(tmp, path)
 
 
+def _remove_mpi_leftovers(hostnames: Sequence[str]) -> None:
+    """Remove what killed Open MPI 5 processes of these hosts leave: shared-memory
+    segments ``/dev/shm/sm_segment.<hostname>.<uid>.<jobid>.<rank>`` (16 MiB each) and
+    prted session directories ``$TMPDIR/prted.<pid>`` (holding ``pmix.<hostname>.tool``)
+    of dead prteds."""
+    tmp = tempfile.gettempdir()
+    for hn in hostnames:
+        for path in glob.glob(f"/dev/shm/*.{glob.escape(hn)}.*"):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        for marker in glob.glob(f"{tmp}/prted.*/pmix.{glob.escape(hn)}.tool"):
+            d = os.path.dirname(marker)
+            pid = os.path.basename(d).split(".", 1)[1]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(d, ignore_errors=True)
+
+
 def _teardown(rec: dict) -> list[str]:
     """Remove everything RECORD describes.  Returns what could not be removed."""
     problems: list[str] = []
@@ -263,15 +299,8 @@ def _teardown(rec: dict) -> list[str]:
                 os.unlink(path)
             except OSError as e:
                 problems.append(f"removing {path}: {e}")
-    # 5. what Open MPI jobs killed on these hosts leave: /dev/shm segments and PRRTE
-    #    session directories carry the hostname.
-    for hn in rec.get("hostnames", []):
-        for path in glob.glob(f"/dev/shm/*{hn}*") + glob.glob(f"{tempfile.gettempdir()}/prte.{hn}.*"):
-            with contextlib.suppress(OSError):
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    os.unlink(path)
+    # 5. what Open MPI jobs killed on these hosts leave behind.
+    _remove_mpi_leftovers(rec.get("hostnames", []))
     if rec.get("workdir"):
         shutil.rmtree(rec["workdir"], ignore_errors=True)
     # 6. check.
@@ -413,6 +442,7 @@ class TestHosts:
         self._uts_files: list[str] = []
         self._record_path = ""
         self._is_up = False
+        self._jobs: list[Job] = []
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -493,6 +523,13 @@ class TestHosts:
         if not self._is_up:
             return []
         t0 = time.monotonic()
+        for job in self._jobs:  # an mpiexec still running (the test raised before wait)
+            if job.running():
+                job._kill_group()
+                with contextlib.suppress(Exception):
+                    job.proc.wait(timeout=10)
+                    job._remove_hnp_dir()
+        self._jobs = [j for j in self._jobs if j.running()]
         try:
             problems = _teardown(self._record())
         except Exception as e:  # noqa: BLE001
@@ -521,7 +558,7 @@ class TestHosts:
     def _choose_names(self) -> None:
         existing_ns, existing_links = _netns_list(), _links()
         for _ in range(256):
-            tag = f"{self.prefix}{os.getpid():x}{next(_counter):x}"
+            tag = f"{self.prefix}{os.getpid():x}{_letters(next(_counter))}"
             netns = [f"{tag}h{i + 1}" for i in range(self.k)]
             veths = [f"{tag}v{i + 1}" for i in range(self.k)]
             bridge = f"{tag}b"
@@ -692,40 +729,113 @@ exec {enter} "${{SHELL:-/bin/sh}}" -c "$*"
         """SIGKILL every process of every host; returns the pids by host."""
         return {i: p for i in range(self.k) if (p := _kill_ns(self.netns[i]))}
 
+    def start_job(self, cmd: Sequence[str], *, timeout: float,
+                  env: Mapping[str, str] | None = None, cwd: str | None = None) -> "Job":
+        """Start CMD (an mpiexec command line) in its own process group; see :class:`Job`.
+
+        ENV is added to os.environ.  TIMEOUT counts from now; :meth:`Job.wait` enforces it.
+        """
+        job = Job(self, cmd, timeout=timeout, env=env, cwd=cwd)
+        self._jobs.append(job)
+        return job
+
     def run_job(self, cmd: Sequence[str], *, timeout: float,
                 env: Mapping[str, str] | None = None, cwd: str | None = None,
                 idle_timeout: float = 3.0) -> JobResult:
-        """Run CMD (an mpiexec command line) in its own process group with a timeout.
+        """:meth:`start_job` + :meth:`Job.wait`."""
+        return self.start_job(cmd, timeout=timeout, env=env, cwd=cwd).wait(
+            idle_timeout=idle_timeout)
 
-        On timeout the whole group gets SIGKILL.  Afterwards, processes still in the hosts
-        (waited for IDLE_TIMEOUT s) are reported in ``leftovers`` and killed, so nothing of
-        the job outlives this call.  ENV is added to os.environ.
-        """
+
+class Job:
+    """An mpiexec running over :class:`TestHosts`, bounded by a timeout.
+
+    Output goes to temporary files (no pipe can fill up and block the job).
+    :meth:`wait` returns when mpiexec ends or the timeout passes; then it SIGKILLs
+    mpiexec's process group, waits up to IDLE_TIMEOUT s for the hosts to be empty,
+    reports what was still there in ``leftovers`` and kills it: nothing of the job
+    outlives :meth:`wait`.
+    """
+
+    __test__ = False
+
+    def __init__(self, hosts: TestHosts, cmd: Sequence[str], *, timeout: float,
+                 env: Mapping[str, str] | None = None, cwd: str | None = None) -> None:
+        self.hosts = hosts
+        self.cmd = list(cmd)
         full_env = dict(os.environ)
         full_env.update(env or {})
-        t0 = time.monotonic()
-        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=full_env, cwd=cwd, start_new_session=True)
+        self._out = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
+        self._err = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
+        self.t0 = time.monotonic()
+        self.started_at = time.time()  # wall clock, to compare with times the ranks report
+        self.deadline = self.t0 + timeout
+        self.proc = subprocess.Popen(self.cmd, stdout=self._out, stderr=self._err,
+                                     stdin=subprocess.DEVNULL, env=full_env, cwd=cwd,
+                                     start_new_session=True)
+        self.result: JobResult | None = None
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def output(self) -> tuple[str, str]:
+        """stdout and stderr so far."""
+        outs = []
+        for f in (self._out, self._err):
+            f.flush()
+            f.seek(0)
+            outs.append(f.read())
+            f.seek(0, os.SEEK_END)
+        return outs[0], outs[1]
+
+    def _remove_hnp_dir(self) -> None:
+        """mpiexec (prterun, same pid) killed: remove its session dir $TMPDIR/ompi.<pid>."""
+        hnp_dir = os.path.join(tempfile.gettempdir(), f"ompi.{self.proc.pid}")
+        with contextlib.suppress(OSError):
+            if os.stat(hnp_dir).st_mtime >= self.started_at - 1:
+                shutil.rmtree(hnp_dir, ignore_errors=True)
+
+    def _kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None, *, idle_timeout: float = 3.0) -> JobResult:
+        """Wait for mpiexec to end, at most until the job's deadline (or TIMEOUT s from
+        now if sooner); past that, end the job (``timed_out``).  Then clean up as the class
+        says.  Idempotent."""
+        if self.result is not None:
+            return self.result
+        deadline = self.deadline if timeout is None else min(self.deadline,
+                                                              time.monotonic() + timeout)
         timed_out = False
         try:
-            out, err = proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             timed_out = True
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            self.kill_all()
-            out, err = proc.communicate(timeout=30)
         except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            self.kill_all()
-            proc.wait(timeout=30)
+            self._kill_group()
+            self.hosts.kill_all()
+            self.proc.wait(timeout=30)
             raise
-        elapsed = time.monotonic() - t0
-        # mpiexec may have left children in its group (not in a host); end them too.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        leftovers = self.wait_idle(idle_timeout)
+        elapsed = time.monotonic() - self.t0
+        if timed_out:
+            self._kill_group()
+            self.hosts.kill_all()
+            self.proc.wait(timeout=30)
+        else:
+            self._kill_group()  # mpiexec's own children outside the hosts, if any
+        leftovers = self.hosts.wait_idle(idle_timeout)
         if leftovers:
-            self.kill_all()
-        return JobResult(list(cmd), proc.returncode, out, err, elapsed, timed_out, leftovers)
+            self.hosts.kill_all()
+        if timed_out or leftovers:  # killed processes do not clean up after themselves
+            _remove_mpi_leftovers(self.hosts.hostnames)
+            self._remove_hnp_dir()
+        out, err = self.output()
+        self._out.close()
+        self._err.close()
+        self.result = JobResult(self.cmd, self.proc.returncode, out, err, elapsed, timed_out,
+                                leftovers)
+        return self.result
