@@ -22,7 +22,9 @@ Measured here (2 cores, Open MPI 5.0.11 wheel, mpi4py 4.1.2; each test prints it
   stalls (no error, no ULFM failure).  A cut shorter than TCP's retransmission limits
   is invisible: after a 2-3 s cut, traffic resumes ~0.1-0.3 s after the link is back and
   the job ends normally with all 6 ranks.  A permanent cut with the defaults hangs the job
-  (PRRTE's OOB keepalive is 300 s + 9 x 20 s; see the report for the measured end).  With
+  until PRRTE's OOB keepalive (300 s + 9 x 20 s) gives up: measured 495 s after the cut,
+  mpiexec ended the WHOLE job ("lost communication with a remote daemon"), exit status 0.
+  The ranks busy-poll all that time.  With
   ``--prtemca oob_tcp_keepalive_time 1 oob_tcp_keepalive_intvl 1 oob_tcp_keepalive_probes
   3`` PRRTE declares the daemon lost ~4 s after the cut and ends the WHOLE job ("PRTE has
   lost communication with a remote daemon"), with exit status 0; the cut-off host's prted
