@@ -150,7 +150,7 @@ class Coordinator(Site):
             self.stopping = True
             for n in self.nodes.values():
                 if n.state in ("alive", "spare", "starting"):
-                    self.transport.post(n.rank, (P.SHUTDOWN,))
+                    self.transport.post(n.rank, (P.SHUTDOWN, bool(self.transport.failed)))
         self.transport.wait(lambda: all(n.state in ("dead", "left")
                                         for n in self.nodes.values()), timeout)
         for n in self.nodes.values():

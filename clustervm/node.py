@@ -16,7 +16,7 @@ from . import remote
 from .config import Config
 from .errors import WireError
 from .futures import ClusterFuture
-from .site import Site
+from .site import Site, snapshot
 from .task import TaskAborted, TaskContext, TaskExit
 from .transport import PeerFailed, Transport
 from . import current
@@ -47,6 +47,7 @@ class Node(Site):
         self.n_blocked = 0
         self.stopping = False
         self.coordinator_lost = False
+        self.failures_seen = False
         transport.on_failure = self._on_failure
 
     # -- main loop -----------------------------------------------------------
@@ -87,6 +88,7 @@ class Node(Site):
 
     def _on_shutdown(self, src: int, msg: Any) -> None:
         self.stopping = True
+        self.failures_seen = bool(msg[1])
         for ctx in self.live.values():
             ctx.aborted = True
         self.transport.notify()
@@ -234,7 +236,7 @@ class Node(Site):
                 except Exception:   # noqa: BLE001 - the receiver has ended: nothing to replay
                     continue
                 if loc.rank == self.rank:
-                    self.deliver(ctx.tid, dst, tag, data, ctx.inc, seq)
+                    self.deliver(ctx.tid, dst, tag, snapshot(data), ctx.inc, seq)
                 else:
                     self.transport.post(loc.rank, (P.USER, ctx.tid, dst, tag, data, ctx.inc, seq))
 

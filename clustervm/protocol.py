@@ -19,7 +19,7 @@ SPAWN = 11       # (SPAWN, tid, parent, fn, args, kwargs, inc, state, group, mai
 KILL = 12        # (KILL, tid, inc)
 REPLY = 13       # (REPLY, reqid, ok, value)
 LOC = 14         # (LOC, [(tid, rank, inc), ...])                  where tasks live now
-SHUTDOWN = 15    # (SHUTDOWN,)
+SHUTDOWN = 15    # (SHUTDOWN, failures_seen)
 CANCEL = 16      # (CANCEL, tid)                                   drop a queued short task
 # task -> task (node to node, coordinator included)
 USER = 20        # (USER, src, dst, tag, data, src_inc, seq)

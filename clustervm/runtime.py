@@ -103,15 +103,21 @@ def start(main: Callable | None, config: Config, argv: list[str]) -> int:
         print("clustervm: error: a VM needs at least 2 ranks (a coordinator and one node); "
               "run with `clustervm run -n 2` or more", file=sys.stderr)
         return 2
-    comm = world.Dup()
+    # COMM_WORLD itself, not a Dup: a collective at start would fail the whole
+    # job if a rank died during it. Our tags (1, and >= 2**16 for buffers) are ours.
+    comm = world
     transport = Transport(comm, spin_ms=config.spin_ms, idle_sleep_ms=config.idle_sleep_ms,
                           allow_pickle=config.pickle)
     if transport.rank != 0:
         from .node import Node
         node = Node(transport, config)
         current._tls.site = node
-        node.serve()
+        try:
+            node.serve()
+        except BaseException:   # noqa: BLE001 - a node never exits non-zero by itself
+            log.exception("node %d failed; leaving the VM", transport.rank)
         transport.close()
+        _note_failures(transport.failed or node.failures_seen)
         return 0
     from .coordinator import Coordinator
     from .vm import VM
@@ -137,6 +143,7 @@ def start(main: Callable | None, config: Config, argv: list[str]) -> int:
     finally:
         coord.shutdown()
         transport.close()
+        _note_failures(transport.failed)
         for stop in extras:
             stop()
         lost = any(n.state == "dead" for n in coord.nodes.values())
@@ -159,6 +166,13 @@ def _start_extras(coord, config: Config) -> list[Callable[[], None]]:
 
 
 _FINALIZE_S = 3.0
+_clean = True     # no failure seen: MPI_Finalize is safe (it can hang after failures)
+
+
+def _note_failures(failed: object) -> None:
+    global _clean
+    if failed:
+        _clean = False
 
 
 def _exit(code: int) -> int:
@@ -172,7 +186,7 @@ def _exit(code: int) -> int:
     try:
         sys.stdout.flush()
         sys.stderr.flush()
-        if "mpi4py.MPI" in sys.modules:
+        if "mpi4py.MPI" in sys.modules and _clean:
             from mpi4py import MPI
             if MPI.Is_initialized() and not MPI.Is_finalized():
                 timer = threading.Timer(_FINALIZE_S, os._exit, (code,))

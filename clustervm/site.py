@@ -192,8 +192,8 @@ class Site:
             loc = self.locate(dst)
             if loc.replay and ctx is not None:
                 self._log_message(ctx, dst, seq, tag, data)
-            if loc.rank == self.rank:
-                self.deliver(src, dst, tag, data, inc, seq)
+            if loc.rank == self.rank:   # a copy, as a send over MPI would make
+                self.deliver(src, dst, tag, snapshot(data), inc, seq)
                 return
             try:
                 self.transport.send(loc.rank, (P.USER, src, dst, tag, data, inc, seq))
@@ -258,7 +258,7 @@ class Site:
                 for seq, tag, data in entries:
                     msg = (P.USER, ctx.tid, dst, tag, data, ctx.inc, seq)
                     if rank == self.rank:
-                        self.deliver(ctx.tid, dst, tag, data, ctx.inc, seq)
+                        self.deliver(ctx.tid, dst, tag, snapshot(data), ctx.inc, seq)
                     else:
                         self.transport.post(rank, msg)
 
