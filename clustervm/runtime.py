@@ -26,6 +26,7 @@ from .errors import ClusterVMError
 
 log = logging.getLogger("clustervm")
 APP_MODULE = "__clustervm_app__"
+COORDINATOR_LOST = 3   # exit status of nodes whose coordinator died (resume with --resume)
 
 
 def setup_logging(level: str, rank: int, host: str) -> None:
@@ -118,7 +119,8 @@ def start(main: Callable | None, config: Config, argv: list[str]) -> int:
             log.exception("node %d failed; leaving the VM", transport.rank)
         transport.close()
         _note_failures(transport.failed or node.failures_seen)
-        return 0
+        # the job is over without its coordinator: say so with a status mpiexec passes on
+        return COORDINATOR_LOST if node.coordinator_lost else 0
     from .coordinator import Coordinator
     from .vm import VM
     coord = Coordinator(transport, config)

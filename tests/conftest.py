@@ -1,0 +1,202 @@
+"""Test harness: run real clustervm jobs under mpiexec, bounded, and clean up after them.
+
+Every job runs as ``python -m clustervm run --timeout T ...`` in its own session
+(clustervm's launcher ends the job's session on timeout); a second, outer
+timeout kills that session if even the launcher hangs. ``rank_pids`` finds the
+rank processes of a running job (from each process's OMPI_COMM_WORLD_RANK), so
+failure tests can kill a given rank with a real signal.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+PY = sys.executable
+
+
+@dataclass
+class JobResult:
+    rc: int
+    out: str
+    err: str
+    elapsed: float
+
+    def line(self, prefix: str) -> str:
+        """The first output line starting with ``prefix`` (fails the test if none)."""
+        for line in self.out.splitlines():
+            if line.startswith(prefix):
+                return line
+        raise AssertionError(f"no line starting with {prefix!r} in output:\n{self.out}\n"
+                             f"--- stderr ---\n{self.err}")
+
+
+def job_env(extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env.setdefault("CLUSTERVM_LOG_LEVEL", "WARNING")
+    env.update(extra or {})
+    return env
+
+
+class Job:
+    """A running ``clustervm run`` job."""
+
+    def __init__(self, args: list[str], n: int, timeout: float, env: dict | None = None,
+                 run_args: list[str] | None = None) -> None:
+        self.cmd = [PY, "-m", "clustervm", "run", "-n", str(n), "--timeout", str(timeout),
+                    *(run_args or []), *args]
+        self.timeout = timeout
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=job_env(env), text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def rank_pids(self, wait: float = 20.0, count: int | None = None) -> dict[int, int]:
+        """{rank: pid} of this job's rank processes (waits until ``count`` are up)."""
+        deadline = time.monotonic() + wait
+        while True:
+            found = {}
+            for pid in _session_pids(self.proc.pid):
+                rank = _rank_of(pid)
+                if rank is not None:
+                    found[rank] = pid
+            if found and (count is None or len(found) >= count):
+                return found
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(f"ranks of {self.cmd} did not show up: found {found}")
+            time.sleep(0.05)
+
+    def kill_rank(self, rank: int, sig: int = signal.SIGKILL) -> int:
+        pid = self.rank_pids(count=rank + 1)[rank]
+        os.kill(pid, sig)
+        return pid
+
+    def wait(self, timeout: float | None = None) -> JobResult:
+        limit = (timeout or self.timeout) + 20
+        try:
+            out, err = self.proc.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            out, err = self.proc.communicate()
+            raise AssertionError(f"job hung past {limit:.0f} s and was killed: {self.cmd}\n"
+                                 f"--- stdout ---\n{out}\n--- stderr ---\n{err}")
+        return JobResult(self.proc.returncode, out, err, time.monotonic() - self.t0)
+
+    def kill(self) -> None:
+        """End every process of the job's session (SIGTERM, then SIGKILL)."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            pids = _session_pids(self.proc.pid) + [self.proc.pid]
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.5)
+
+
+def run_job(args: list[str], n: int = 4, timeout: float = 60.0, env: dict | None = None,
+            run_args: list[str] | None = None) -> JobResult:
+    """Run a job to its end and return its status and output."""
+    return Job(args, n, timeout, env, run_args).wait()
+
+
+def _session_pids(leader: int) -> list[int]:
+    """Processes in the session started by ``leader`` (the clustervm run process)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getsid(int(entry)) == leader:
+                pids.append(int(entry))
+        except (ProcessLookupError, PermissionError):
+            continue
+    return pids
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read().split(b"\0")
+    except OSError:
+        return None
+    for item in env:
+        if item.startswith(b"OMPI_COMM_WORLD_RANK="):
+            return int(item.split(b"=", 1)[1])
+    return None
+
+
+def _shm() -> set[str]:
+    try:
+        return set(os.listdir("/dev/shm"))
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.fixture
+def job():
+    """Start jobs with ``job(args, n=...)``; they are all ended after the test."""
+    jobs: list[Job] = []
+
+    def start(args: list[str], n: int = 4, timeout: float = 60.0, env: dict | None = None,
+              run_args: list[str] | None = None) -> Job:
+        j = Job(args, n, timeout, env, run_args)
+        jobs.append(j)
+        return j
+
+    yield start
+    for j in jobs:
+        if j.proc.poll() is None:
+            j.kill()
+            j.proc.communicate()
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers(request):
+    """Jobs must leave no process behind; shared-memory files they left are removed."""
+    before = _shm()
+    own = os.getpid()
+    yield
+    if "mpi" not in request.keywords and "netns" not in request.keywords:
+        return
+    time.sleep(0.2)
+    for name in _shm() - before:            # files of the jobs this test ran
+        if name.startswith(("sm_segment", "vader", "pmix", "ompi")):
+            try:
+                os.unlink(os.path.join("/dev/shm", name))
+            except OSError:
+                pass
+    orphans = [p for p in _children_ranks(own)]
+    assert not orphans, f"processes left behind by the test: {orphans}"
+
+
+def _children_ranks(parent: int) -> list[int]:
+    """Rank processes whose parent chain leads to this pytest process."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        if _rank_of(pid) is None:
+            continue
+        p = pid
+        for _ in range(10):
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    p = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                break
+            if p == parent:
+                out.append(pid)
+                break
+            if p <= 1:
+                break
+    return out
