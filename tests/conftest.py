@@ -8,6 +8,7 @@ failure tests can kill a given rank with a real signal.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -21,6 +22,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 PY = sys.executable
+MARK = "CLUSTERVM_TEST_OWNER"
+JOB_MARK = "CLUSTERVM_TEST_JOB"
+_job_ids = itertools.count(1)
 
 
 @dataclass
@@ -42,6 +46,7 @@ class JobResult:
 def job_env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
     env.setdefault("CLUSTERVM_LOG_LEVEL", "WARNING")
+    env[MARK] = str(os.getpid())          # finds orphans later, even re-parented ones
     env.update(extra or {})
     return env
 
@@ -55,7 +60,10 @@ class Job:
                     *(run_args or []), *args]
         self.timeout = timeout
         self.t0 = time.monotonic()
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=job_env(env), text=True,
+        self.mark = f"{os.getpid()}-{next(_job_ids)}"
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=job_env({**(env or {}),
+                                                                      JOB_MARK: self.mark}),
+                                     text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -64,8 +72,8 @@ class Job:
         deadline = time.monotonic() + wait
         while True:
             found = {}
-            for pid in _session_pids(self.proc.pid):
-                rank = _rank_of(pid)
+            for pid, env in _procs_with(f"{JOB_MARK}={self.mark}"):
+                rank = _rank_of(env)
                 if rank is not None:
                     found[rank] = pid
             if found and (count is None or len(found) >= count):
@@ -93,7 +101,7 @@ class Job:
     def kill(self) -> None:
         """End every process of the job's session (SIGTERM, then SIGKILL)."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            pids = _session_pids(self.proc.pid) + [self.proc.pid]
+            pids = [pid for pid, _ in _procs_with(f"{JOB_MARK}={self.mark}")]
             for pid in pids:
                 try:
                     os.kill(pid, sig)
@@ -108,26 +116,24 @@ def run_job(args: list[str], n: int = 4, timeout: float = 60.0, env: dict | None
     return Job(args, n, timeout, env, run_args).wait()
 
 
-def _session_pids(leader: int) -> list[int]:
-    """Processes in the session started by ``leader`` (the clustervm run process)."""
-    pids = []
+def _procs_with(tag: str) -> list[tuple[int, list[bytes]]]:
+    """(pid, environment) of the processes whose environment holds ``tag`` (NAME=value)."""
+    want = tag.encode()
+    out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            if os.getsid(int(entry)) == leader:
-                pids.append(int(entry))
-        except (ProcessLookupError, PermissionError):
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
             continue
-    return pids
+        if want in env:
+            out.append((int(entry), env))
+    return out
 
 
-def _rank_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            env = f.read().split(b"\0")
-    except OSError:
-        return None
+def _rank_of(env: list[bytes]) -> int | None:
     for item in env:
         if item.startswith(b"OMPI_COMM_WORLD_RANK="):
             return int(item.split(b"=", 1)[1])
@@ -174,29 +180,15 @@ def no_leftovers(request):
                 os.unlink(os.path.join("/dev/shm", name))
             except OSError:
                 pass
-    orphans = [p for p in _children_ranks(own)]
-    assert not orphans, f"processes left behind by the test: {orphans}"
+    orphans = _marked(own)
+    for pid in orphans:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not orphans, f"processes left behind by the test (now killed): {orphans}"
 
 
-def _children_ranks(parent: int) -> list[int]:
-    """Rank processes whose parent chain leads to this pytest process."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        pid = int(entry)
-        if _rank_of(pid) is None:
-            continue
-        p = pid
-        for _ in range(10):
-            try:
-                with open(f"/proc/{p}/stat") as f:
-                    p = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                break
-            if p == parent:
-                out.append(pid)
-                break
-            if p <= 1:
-                break
-    return out
+def _marked(owner: int) -> list[int]:
+    """Processes started by this pytest's jobs that are still running."""
+    return [pid for pid, _ in _procs_with(f"{MARK}={owner}")]
