@@ -92,6 +92,7 @@ class Node(Site):
         for ctx in self.live.values():
             ctx.aborted = True
         self.transport.notify()
+        self.transport.notify_background()
 
     # -- short tasks -----------------------------------------------------------
 
@@ -164,6 +165,8 @@ class Node(Site):
 
     def _on_run(self, src: int, msg: Any) -> None:
         self.queue.extend(msg[1])
+        if self.transport._user_waiters:       # an idle worker may be asleep
+            self.transport.notify_background()
 
     def _on_cancel(self, src: int, msg: Any) -> None:
         self.cancelled.add(msg[1])

@@ -86,7 +86,8 @@ class Transport:
         self._spin_s = spin_ms / 1000.0
         self._idle_max_s = idle_sleep_ms / 1000.0
         self._token = threading.Lock()
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()       # foreground waiters sleep here
+        self._bg_cond = threading.Condition()    # idle workers and the service thread
         self._user_waiters = 0
         self._pending: deque[tuple[list[MPI.Request], Any]] = deque()
         self._pending_lock = threading.Lock()
@@ -246,8 +247,9 @@ class Transport:
         self._complete_pending()
         if n:
             self._last_activity = time.perf_counter()
-            with self._cond:
-                self._cond.notify_all()
+            cond = self._cond
+            with cond:
+                cond.notify_all()
         return n
 
     def _note_failures(self) -> None:
@@ -273,6 +275,7 @@ class Transport:
         """Stop every thread from touching MPI (before MPI_Finalize)."""
         self.closed = True
         self.notify()
+        self.notify_background()
         if self._token.acquire(timeout=timeout):
             self.flush(timeout)
 
@@ -294,29 +297,50 @@ class Transport:
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
         if background:
-            return self._wait(predicate, deadline, True)
+            return self._wait_background(predicate, deadline)
         with self._cond:
             self._user_waiters += 1
         try:
-            return self._wait(predicate, deadline, False)
+            return self._wait(predicate, deadline)
         finally:
             with self._cond:
                 self._user_waiters -= 1
+            if not self._user_waiters:
+                self.notify_background()
 
-    def _wait(self, predicate: Callable[[], bool], deadline: float | None,
-              background: bool) -> bool:
+    def _wait(self, predicate: Callable[[], bool], deadline: float | None) -> bool:
         # predicates may have side effects (take a message): once one is true, return
+        token = self._token
         while not predicate():
             if self.closed:
                 return False
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
-            if background and self._user_waiters:
-                with self._cond:
+            # a foreground waiter takes the token as soon as the holder lets go
+            if token.acquire(timeout=0.001 if remaining is None else min(0.001, remaining)):
+                try:
+                    got = self.poll()
+                finally:
+                    token.release()
+                if not got:
                     if predicate():
                         return True
-                    self._cond.wait(0.05 if remaining is None else min(0.05, remaining))
+                    self._pause(remaining, self._cond)
+        return True
+
+    def _wait_background(self, predicate: Callable[[], bool], deadline: float | None) -> bool:
+        while not predicate():
+            if self.closed:
+                return False
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            if self._user_waiters:
+                with self._bg_cond:
+                    if predicate():
+                        return True
+                    self._bg_cond.wait(0.05 if remaining is None else min(0.05, remaining))
             elif self._token.acquire(blocking=False):
                 try:
                     got = self.poll()
@@ -325,15 +349,13 @@ class Transport:
                 if not got:
                     if predicate():
                         return True
-                    self._pause(remaining)
+                    self._pause(remaining, self._bg_cond)
             else:
-                with self._cond:
-                    if predicate():
-                        return True
-                    self._cond.wait(0.002 if remaining is None else min(0.002, remaining))
+                time.sleep(0.0002)
         return True
 
-    def _pause(self, remaining: float | None) -> None:
+    def _pause(self, remaining: float | None, cond: threading.Condition) -> None:
+        """Back off after an empty poll: yield while recently busy, then sleep (wakeable)."""
         idle = time.perf_counter() - self._last_activity
         if idle < self._spin_s:
             os.sched_yield()
@@ -341,7 +363,8 @@ class Transport:
         pause = min(self._idle_max_s, 0.00005 + (idle - self._spin_s) * 0.05)
         if remaining is not None:
             pause = min(pause, remaining)
-        time.sleep(pause)
+        with cond:
+            cond.wait(pause)
 
     def service_step(self, max_sleep: float) -> None:
         """One step of the background service loop: poll unless a user thread is polling."""
@@ -349,8 +372,8 @@ class Transport:
             time.sleep(max_sleep)
             return
         if self._user_waiters:
-            with self._cond:
-                self._cond.wait(max_sleep)
+            with self._bg_cond:
+                self._bg_cond.wait(max_sleep)
             return
         if self._token.acquire(blocking=False):
             try:
@@ -358,14 +381,19 @@ class Transport:
             finally:
                 self._token.release()
             if not got:
-                self._pause(max_sleep)
+                self._pause(max_sleep, self._bg_cond)
         else:
             time.sleep(0.0005)
 
     def notify(self) -> None:
-        """Wake threads waiting in :meth:`wait` (state changed outside a handler)."""
+        """Wake foreground waiters (state changed outside a poll: a local delivery)."""
         with self._cond:
             self._cond.notify_all()
+
+    def notify_background(self) -> None:
+        """Wake idle workers and the service thread (work arrived, or shutdown)."""
+        with self._bg_cond:
+            self._bg_cond.notify_all()
 
 
 def _empty_buffer(size: int) -> Any:
