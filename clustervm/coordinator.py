@@ -717,9 +717,10 @@ class Coordinator(Site):
         self.groups.collective(reply, op, name, tid, value, count, root, fn, round_no)
 
     def restartable(self, tid: int) -> bool:
-        """Will task ``tid`` come back after its node is lost (a spawned task)?"""
+        """Will task ``tid`` come back after its node is lost (spawned tasks restart, short
+        tasks are re-run), as long as a node is left to run it?"""
         rec = self.tasks.get(tid)
-        return rec is not None and rec.kind == SPAWNED and bool(self._alive)
+        return rec is not None and bool(self._alive)
 
     def api_put_info(self, reply: Reply, name: str, value: Any) -> None:
         self.info[name] = value

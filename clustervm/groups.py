@@ -202,17 +202,25 @@ class Groups:
         raise GroupError(f"unknown collective {op!r}")
 
     def node_lost(self, rank: int) -> None:
-        """Fail open rounds that wait on members that cannot come back."""
-        # spawned members are restarted elsewhere and call their round again;
-        # members that are short tasks or main are not restartable in a round
+        """Fail open rounds that wait on members of node ``rank`` that cannot come back.
+
+        Members that ran elsewhere (main included) are not lost. Spawned members
+        (and short tasks) of the lost node are restarted elsewhere and call their
+        rounds again, so their rounds stay open.
+        """
+        coord = self.coord
         for name, rounds in self.rounds.items():
+            gone = [t for t in self.members.get(name, {}).values()
+                    if getattr(coord.tasks.get(t), "node", None) == rank
+                    and not coord.restartable(t)]
+            if not gone:
+                continue
             for round_no, rnd in list(rounds.items()):
-                lost = [t for t in self.members.get(name, {}).values()
-                        if t not in rnd.parts and not self.coord.restartable(t)]
+                lost = [t for t in gone if t not in rnd.parts]
                 if lost:
                     del rounds[round_no]
                     err = GroupError(f"{rnd.op} on group {name!r} cannot complete: member task(s) "
-                                     f"{lost} were lost with node {rank}")
+                                     f"{lost} were lost with node {rank} and cannot be restarted")
                     for value, reply, root, fn in rnd.parts.values():
                         reply(False, err)
 
