@@ -84,6 +84,9 @@ def _add_run(p: argparse.ArgumentParser) -> None:
                    help="resume the job journaled in DIR (sets --checkpoint-dir DIR)")
     p.add_argument("--replace-failed", action="store_true", default=None,
                    help="start a new node for each lost one")
+    p.add_argument("--restarts", type=_int_at_least(0), metavar="K",
+                   help="restart the job from its journal at most K times when it dies "
+                        "(a lost host); default 2 with a multi-host hostfile, else 0")
     p.add_argument("--spares", type=_int_at_least(0), metavar="K",
                    help="hold K nodes back to take over for lost ones")
     p.add_argument("--slots", type=_int_at_least(1), metavar="K",
@@ -151,7 +154,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(launcher.format_command(argv, env))
         return 0
     log.info("running %s", launcher.format_command(argv, env))
-    return launcher.run(argv, env, args.timeout)
+    restarts = args.restarts
+    if restarts is None:
+        restarts = DEFAULT_HOST_RESTARTS if _multi_host(args.hostfile) else 0
+    if not restarts:
+        return launcher.run(argv, env, args.timeout)
+    from .supervisor import supervise
+    return supervise(args.n, args.app, args.app_args, hostfile=args.hostfile,
+                     mpiexec=args.mpiexec, config=config, extra=extra, restarts=restarts,
+                     timeout=args.timeout)
+
+
+#: Restarts after a lost host when the job spans several hosts (--restarts overrides).
+DEFAULT_HOST_RESTARTS = 2
+
+
+def _multi_host(hostfile: str | None) -> bool:
+    if hostfile is None:
+        return False
+    from .hostfile import parse_hostfile
+    return len({h.name for h in parse_hostfile(hostfile)}) > 1
 
 
 # ----------------------------------------------------------------- info

@@ -148,6 +148,9 @@ def start(main: Callable | None, config: Config, argv: list[str]) -> int:
         _note_failures(transport.failed)
         for stop in extras:
             stop()
+        if config.checkpoint_dir:
+            from .supervisor import write_done
+            write_done(config.checkpoint_dir, code)
         lost = any(n.state == "dead" for n in coord.nodes.values())
         if config.report == "always" or (config.report == "auto" and
                                          (lost or coord.stats["rerun"] or config.resume)):

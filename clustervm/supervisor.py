@@ -1,0 +1,131 @@
+"""Supervising a job: restart it from its journal when a host is lost.
+
+ULFM survives lost *processes*, but when a host's Open MPI daemon is lost
+(the host crashed, or its link is cut) PRRTE ends the whole job, often with
+exit status 0 (DESIGN.md, tests/test_netns.py). So ``clustervm run`` watches
+for the coordinator's end-of-job marker in the checkpoint directory: a job
+that ended without it did not finish. The supervisor then probes each host
+with a one-rank job, leaves out those that do not answer, and runs the job
+again with ``--resume`` on the rest: finished tasks are taken from the
+journal and running ones restart from their checkpoints. Each restart is
+reported; their number is bounded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+from . import launcher
+from .config import Config
+from .hostfile import Host, hostfile_lines, parse_hostfile
+
+log = logging.getLogger(__name__)
+
+DONE_FILE = "done.json"
+PROBE_TIMEOUT_S = 10.0
+#: PRRTE's daemon keepalive for multi-host jobs: a host whose link is cut ends the
+#: job after ~5 + 3 x 2 s instead of the default 300 + 9 x 20 s.
+KEEPALIVE_ARGS = ["--prtemca", "oob_tcp_keepalive_time", "5",
+                  "--prtemca", "oob_tcp_keepalive_intvl", "2",
+                  "--prtemca", "oob_tcp_keepalive_probes", "3"]
+
+
+def write_done(directory: str, status: int) -> None:
+    """Mark the job finished (written by the coordinator when main has ended)."""
+    path = Path(directory) / DONE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"status": status, "time": time.time()}))
+    os.replace(tmp, path)
+
+
+def read_done(directory: str) -> int | None:
+    try:
+        return int(json.loads((Path(directory) / DONE_FILE).read_text())["status"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def probe_host(mpiexec: str, host: Host, extra: Sequence[str], env: dict) -> bool:
+    """Does ``host`` still run a one-rank job (through the same launcher agent)?"""
+    argv = [mpiexec, *extra, "--host", f"{host.name}:1", "-n", "1", "true"]
+    try:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    except OSError:
+        return False
+    try:
+        return proc.wait(timeout=PROBE_TIMEOUT_S) == 0
+    except subprocess.TimeoutExpired:
+        launcher._stop(proc, 1.0)
+        return False
+
+
+def supervise(n: int | None, app: str, app_args: Sequence[str], *, hostfile: str | None,
+              mpiexec: str | None, config: Config, extra: Sequence[str], restarts: int,
+              timeout: float | None) -> int:
+    """Run the job, restarting it (at most ``restarts`` times) after a lost host."""
+    own_dir = None
+    if not config.checkpoint_dir:
+        own_dir = tempfile.mkdtemp(prefix="clustervm-journal-")
+        config = dataclasses.replace(config, checkpoint_dir=own_dir)
+    Path(config.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    done = Path(config.checkpoint_dir) / DONE_FILE
+    done.unlink(missing_ok=True)
+    hosts = parse_hostfile(hostfile) if hostfile else None
+    extra = list(extra)
+    if hosts and len(hosts) > 1 and not any("keepalive" in a for a in extra):
+        extra += KEEPALIVE_ARGS
+    deadline = None if timeout is None else time.monotonic() + timeout
+    current = hostfile
+    attempt = 0
+    try:
+        while True:
+            argv, env = launcher.build_command(n, app, app_args, hostfile=current,
+                                               mpiexec=mpiexec, config=config,
+                                               extra_mpiexec_args=extra)
+            left = None if deadline is None else max(1.0, deadline - time.monotonic())
+            rc = launcher.run(argv, env, left)
+            status = read_done(config.checkpoint_dir)
+            if status is not None:
+                return status if rc == 0 else rc
+            if rc == launcher.TIMEOUT_STATUS or attempt >= restarts:
+                if attempt >= restarts and restarts:
+                    print(f"clustervm: the job did not finish after {attempt} restart(s); "
+                          f"its journal is in {config.checkpoint_dir} (resume with --resume)",
+                          file=sys.stderr)
+                return rc if rc != 0 else 1
+            attempt += 1
+            lost: list[str] = []
+            if hosts:
+                alive = [h for h in hosts if probe_host(argv[0], h, extra, env)]
+                lost = [h.name for h in hosts if h not in alive]
+                if not alive:
+                    print("clustervm: no host of the hostfile answers; giving up", file=sys.stderr)
+                    return rc if rc != 0 else 1
+                hosts = alive
+                current = _write_hostfile(alive, config.checkpoint_dir, attempt)
+            print(f"clustervm: the job ended without finishing (mpiexec status {rc}); "
+                  f"lost host(s): {', '.join(lost) or 'none found'}; restart {attempt} of "
+                  f"{restarts} from the journal in {config.checkpoint_dir}"
+                  + (f" on {', '.join(h.name for h in hosts)}" if hosts else ""),
+                  file=sys.stderr, flush=True)
+            config = dataclasses.replace(config, resume=True)
+    finally:
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
+
+
+def _write_hostfile(hosts: list[Host], directory: str, attempt: int) -> str:
+    path = Path(directory) / f"hostfile.restart{attempt}"
+    path.write_text(hostfile_lines(hosts, "openmpi"))
+    return str(path)
