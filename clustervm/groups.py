@@ -28,12 +28,20 @@ _BUILTIN = {"sum": (operator.add, "add"), "prod": (operator.mul, "multiply"),
 
 
 class _Round:
-    __slots__ = ("op", "parts", "count")
+    __slots__ = ("op", "parts", "count", "root", "fn")
 
-    def __init__(self, op: str, count: int | None) -> None:
+    def __init__(self, op: str, count: int | None, root: Any = None, fn: Any = None) -> None:
         self.op = op
         self.parts: dict[int, tuple[Any, Reply, Any, Any]] = {}
         self.count = count
+        self.root = root
+        self.fn = fn
+
+    def call(self) -> str:
+        """How the members called this round, e.g. ``reduce(op='sum', root=0)``."""
+        args = [f"{k}={v!r}" for k, v in (("op", self.fn), ("root", self.root),
+                                            ("count", self.count)) if v is not None]
+        return f"{self.op}({', '.join(args)})"
 
 
 class Groups:
@@ -43,7 +51,8 @@ class Groups:
         self.coord = coord
         self.members: dict[str, dict[int, int]] = {}            # name -> inst -> tid
         self.rounds: dict[str, dict[int, _Round]] = {}          # name -> round -> open round
-        self.done: dict[str, OrderedDict[int, dict[int, tuple[bool, Any]]]] = {}
+        # name -> round -> (op, {tid: answer}, error for every member or None)
+        self.done: dict[str, OrderedDict[int, tuple[str, dict, Any]]] = {}
         self.counter: dict[tuple[str, int], int] = {}           # (name, tid) -> next round
         self.base: dict[tuple[str, int], int] = {}              # (name, tid) -> first round
         self.next_round: dict[str, int] = {}
@@ -122,17 +131,28 @@ class Groups:
         self.counter[(name, tid)] = round_no + 1
         finished = self.done.get(name, {}).get(round_no)
         if finished is not None:
-            if tid in finished:
-                reply(*finished[tid])
-                return
-            raise GroupError(f"round {round_no} of group {name!r} is over and its result is no "
-                             f"longer kept; task {tid} cannot rejoin it")
+            f_op, answers, error = finished
+            if tid in answers:
+                reply(*answers[tid])
+            elif error is not None:
+                reply(False, error)
+            elif f_op == "barrier":
+                reply(True, None)    # a barrier with count= released before this member came
+            else:
+                raise GroupError(f"round {round_no} of group {name!r} ({f_op}) is over and task "
+                                 f"{tid} took no part in it")
+            return
         rnd = self.rounds.setdefault(name, {}).get(round_no)
         if rnd is None:
-            rnd = self.rounds[name][round_no] = _Round(op, count)
-        elif rnd.op != op:
-            err = GroupError(f"members of group {name!r} called different collectives in the "
-                             f"same round: {rnd.op} and {op}")
+            rnd = self.rounds[name][round_no] = _Round(op, count, root, fn)
+        elif (rnd.op, rnd.count, rnd.root, rnd.fn) != (op, count, root, fn):
+            mine = _Round(op, count, root, fn)
+            first = next(iter(rnd.parts), None)
+            err = GroupError(f"members of group {name!r} made different collective calls in "
+                             f"round {round_no}: task {first} called {rnd.call()}, task {tid} "
+                             f"called {mine.call()}; every member must make the same sequence "
+                             f"of collective calls on a group, with the same op, root and count")
+            self._fail_round(name, round_no, err)
             reply(False, err)
             return
         rnd.parts[tid] = (value, reply, root, fn)
@@ -159,12 +179,25 @@ class Groups:
             answers = self._compute(name, rnd, inst_of)
         except Exception as exc:   # noqa: BLE001 - every member gets the error
             answers = {tid: (False, exc) for tid in rnd.parts}
-        done = self.done.setdefault(name, OrderedDict())
-        done[round_no] = answers
-        while len(done) > _KEEP_DONE:
-            done.popitem(last=False)
+        self._keep(name, round_no, rnd.op, answers, None)
         for tid, (value, reply, root, fn) in rnd.parts.items():
             reply(*answers[tid])
+
+    def _keep(self, name: str, round_no: int, op: str, answers: dict, error: Any) -> None:
+        """Keep a finished round's answers for members that call it again after a restart."""
+        done = self.done.setdefault(name, OrderedDict())
+        done[round_no] = (op, answers, error)
+        while len(done) > _KEEP_DONE:
+            done.popitem(last=False)
+
+    def _fail_round(self, name: str, round_no: int, error: GroupError) -> None:
+        """End an open round with ``error`` for its members, and for any that call it later."""
+        rnd = self.rounds.get(name, {}).pop(round_no, None)
+        self.next_round[name] = max(self.next_round.get(name, 0), round_no + 1)
+        self._keep(name, round_no, rnd.op if rnd else "?", {}, error)
+        if rnd is not None:
+            for value, reply, root, fn in rnd.parts.values():
+                reply(False, error)
 
     def _compute(self, name: str, rnd: _Round, inst_of: dict[int, int]) -> dict:
         parts = rnd.parts
@@ -218,11 +251,9 @@ class Groups:
             for round_no, rnd in list(rounds.items()):
                 lost = [t for t in gone if t not in rnd.parts]
                 if lost:
-                    del rounds[round_no]
-                    err = GroupError(f"{rnd.op} on group {name!r} cannot complete: member task(s) "
-                                     f"{lost} were lost with node {rank} and cannot be restarted")
-                    for value, reply, root, fn in rnd.parts.values():
-                        reply(False, err)
+                    self._fail_round(name, round_no, GroupError(
+                        f"{rnd.op} on group {name!r} cannot complete: member task(s) {lost} "
+                        f"were lost with node {rank} and cannot be restarted"))
 
 
 def _reduce(values: list, fn: Any, coord: "Coordinator") -> Any:
