@@ -404,7 +404,7 @@ class Coordinator(Site):
         outcome = value if ok or not packed else remote.unpack_exception(value)
         if rec.kind == SPAWNED:
             self.exits[rec.tid] = (ok, outcome)
-            self.groups.task_exit(rec.tid)
+            self.groups.task_exit(rec.tid, None if ok else outcome)
             for j in rec.joiners:
                 j(ok, outcome)
             rec.joiners.clear()

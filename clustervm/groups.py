@@ -56,6 +56,7 @@ class Groups:
         self.counter: dict[tuple[str, int], int] = {}           # (name, tid) -> next round
         self.base: dict[tuple[str, int], int] = {}              # (name, tid) -> first round
         self.next_round: dict[str, int] = {}
+        self.doomed: dict[str, dict[int, GroupError]] = {}     # rounds that a failed member missed
 
     # -- membership ----------------------------------------------------------
 
@@ -111,10 +112,26 @@ class Groups:
                 return inst
         raise GroupError(f"task {tid} is not a member of group {name!r}")
 
-    def task_exit(self, tid: int) -> None:
+    def task_exit(self, tid: int, error: BaseException | None = None) -> None:
+        """A member ended: it leaves its groups (as in PVM).
+
+        If it ended with ``error``, the open rounds it has not taken part in fail
+        with a GroupError naming it, rather than completing without it.
+        """
         for name, insts in self.members.items():
             for inst, t in list(insts.items()):
                 if t == tid:
+                    if error is not None:
+                        # the round it would have called next fails, open or not yet
+                        nxt = self.counter.get((name, tid), self.base.get((name, tid), 0))
+                        err = GroupError(
+                            f"round {nxt} of group {name!r} cannot complete: member task {tid} "
+                            f"(instance {inst}) ended with an error before taking part: "
+                            f"{type(error).__name__}: {error}")
+                        if nxt in self.rounds.get(name, {}):
+                            self._fail_round(name, nxt, err)
+                        elif nxt >= self.next_round.get(name, 0):
+                            self.doomed.setdefault(name, {})[nxt] = err
                     del insts[inst]
                     self._recheck(name)
 
@@ -156,6 +173,10 @@ class Groups:
             reply(False, err)
             return
         rnd.parts[tid] = (value, reply, root, fn)
+        doomed = self.doomed.get(name)
+        if doomed and round_no in doomed:
+            self._fail_round(name, round_no, doomed.pop(round_no))
+            return
         self._try_complete(name, round_no)
 
     def _needed(self, name: str, rnd: _Round) -> int:
