@@ -16,7 +16,9 @@ import operator
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable
 
+from . import protocol as P
 from .errors import GroupError
+from .site import snapshot
 
 if TYPE_CHECKING:
     from .coordinator import Coordinator
@@ -150,7 +152,7 @@ class Groups:
         if finished is not None:
             f_op, answers, error = finished
             if tid in answers:
-                reply(*answers[tid])
+                reply(*_own(tid, answers[tid]))
             elif error is not None:
                 reply(False, error)
             elif f_op == "barrier":
@@ -172,6 +174,8 @@ class Groups:
             self._fail_round(name, round_no, err)
             reply(False, err)
             return
+        if tid == P.MAIN_TID:
+            value = snapshot(value)   # main may change its object once the call returns
         rnd.parts[tid] = (value, reply, root, fn)
         doomed = self.doomed.get(name)
         if doomed and round_no in doomed:
@@ -202,7 +206,7 @@ class Groups:
             answers = {tid: (False, exc) for tid in rnd.parts}
         self._keep(name, round_no, rnd.op, answers, None)
         for tid, (value, reply, root, fn) in rnd.parts.items():
-            reply(*answers[tid])
+            reply(*_own(tid, answers[tid]))
 
     def _keep(self, name: str, round_no: int, op: str, answers: dict, error: Any) -> None:
         """Keep a finished round's answers for members that call it again after a restart."""
@@ -275,6 +279,13 @@ class Groups:
                     self._fail_round(name, round_no, GroupError(
                         f"{rnd.op} on group {name!r} cannot complete: member task(s) {lost} "
                         f"were lost with node {rank} and cannot be restarted"))
+
+
+def _own(tid: int, answer: tuple[bool, Any]) -> tuple[bool, Any]:
+    """Main gets its own copy of an answer: the same object is being sent to the members
+    on other nodes (without a copy) and is kept for members that call the round again."""
+    ok, value = answer
+    return (ok, snapshot(value)) if ok and tid == P.MAIN_TID else answer
 
 
 def _reduce(values: list, fn: Any, coord: "Coordinator") -> Any:
