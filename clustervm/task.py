@@ -260,9 +260,9 @@ class TaskContext:
     def _collective(self, op: str, name: str, value: Any, count: Any, root: Any, fn: Any,
                     timeout: float | None) -> Any:
         self._check()
+        fn_ref = None if fn is None else _op_ref(self._site, fn)
         round_no = self._coll.get(name, 0)
         self._coll[name] = round_no + 1
-        fn_ref = None if fn is None else _op_ref(self._site, fn)
         return self._site.call("collective", op, name, self.tid, value, count, root, fn_ref,
                                round_no, timeout=timeout)
 
@@ -279,10 +279,42 @@ class TaskContext:
         self._site.call("del_info", name)
 
 
+_OPS = ("sum", "prod", "min", "max")
+
+
 def _op_ref(site: "Site", op: Any) -> str:
+    """The name of a built-in reduce op, or the module:qualname of a user function."""
     if isinstance(op, str):
+        if op not in _OPS and ":" not in op:
+            raise ValueError(f"unknown reduce op {op!r}: use one of {', '.join(_OPS)} or a "
+                             f"module-level function f(a, b) returning the combined value")
         return op
+    name = _builtin_op(op)
+    if name is not None:
+        return name
+    if not callable(op):
+        raise TypeError(f"reduce op must be one of {', '.join(_OPS)} or a function, "
+                        f"not {type(op).__name__}")
     return site.ref(op)
+
+
+def _builtin_op(op: Any) -> str | None:
+    """sum/min/max, operator.add/mul, math.prod and numpy's ufuncs are the built-in ops
+    (element-wise on arrays); ``functools.reduce(sum, ...)`` would not work."""
+    import builtins
+    import math
+    import operator
+    import sys
+    table = [(builtins.sum, "sum"), (operator.add, "sum"), (operator.mul, "prod"),
+             (math.prod, "prod"), (builtins.min, "min"), (builtins.max, "max")]
+    np = sys.modules.get("numpy")
+    if np is not None:
+        table += [(np.add, "sum"), (np.sum, "sum"), (np.multiply, "prod"), (np.prod, "prod"),
+                  (np.minimum, "min"), (np.min, "min"), (np.maximum, "max"), (np.max, "max")]
+    for f, name in table:
+        if op is f:
+            return name
+    return None
 
 
 def main_context(site: "Site") -> TaskContext:
