@@ -6,6 +6,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, NoReturn, Sequence
 
+from .errors import GroupError
 from .protocol import ANY, MAIN_TID
 
 if TYPE_CHECKING:
@@ -215,6 +216,7 @@ class TaskContext:
 
     def leave_group(self, name: str) -> None:
         self._site.call("leave_group", name, self.tid)
+        self._coll.pop(name, None)      # a later join_group starts at the group's next round
 
     def group_size(self, name: str) -> int:
         return self._site.call("group_size", name)
@@ -261,7 +263,10 @@ class TaskContext:
                     timeout: float | None) -> Any:
         self._check()
         fn_ref = None if fn is None else _op_ref(self._site, fn)
-        round_no = self._coll.get(name, 0)
+        round_no = self._coll.get(name)
+        if round_no is None:
+            raise GroupError(f"task {self.tid} called {op} on group {name!r} without being a "
+                             f"member; call join_group({name!r}) first")
         self._coll[name] = round_no + 1
         return self._site.call("collective", op, name, self.tid, value, count, root, fn_ref,
                                round_no, timeout=timeout)
