@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import protocol as P
 from .errors import GroupError
-from .site import snapshot
+from .site import approx_size, snapshot
 
 if TYPE_CHECKING:
     from .coordinator import Coordinator
 
 Reply = Callable[[bool, Any], None]
-_KEEP_DONE = 64
+_KEEP_DONE = 64                 # finished rounds kept per group, at most ...
+_KEEP_BYTES = 256 << 20         # ... and about this many bytes of their answers
 _BUILTIN = {"sum": (operator.add, "add"), "prod": (operator.mul, "multiply"),
             "min": (min, "minimum"), "max": (max, "maximum")}
 
@@ -55,6 +56,7 @@ class Groups:
         self.rounds: dict[str, dict[int, _Round]] = {}          # name -> round -> open round
         # name -> round -> (op, {tid: answer}, error for every member or None)
         self.done: dict[str, OrderedDict[int, tuple[str, dict, Any]]] = {}
+        self.done_bytes: dict[str, dict[int, int]] = {}
         self.counter: dict[tuple[str, int], int] = {}           # (name, tid) -> next round
         self.base: dict[tuple[str, int], int] = {}              # (name, tid) -> first round
         self.next_round: dict[str, int] = {}
@@ -162,6 +164,11 @@ class Groups:
                                  f"{tid} took no part in it")
             return
         rnd = self.rounds.setdefault(name, {}).get(round_no)
+        if rnd is None and round_no < self.next_round.get(name, 0):
+            raise GroupError(f"round {round_no} ({op}) of group {name!r} is over and its result "
+                             f"is no longer kept (the coordinator keeps the last {_KEEP_DONE} "
+                             f"rounds of a group, up to {_KEEP_BYTES >> 20} MiB); task {tid} "
+                             f"restarted from an older state: checkpoint it more often")
         if rnd is None:
             rnd = self.rounds[name][round_no] = _Round(op, count, root, fn)
         elif (rnd.op, rnd.count, rnd.root, rnd.fn) != (op, count, root, fn):
@@ -212,8 +219,12 @@ class Groups:
         """Keep a finished round's answers for members that call it again after a restart."""
         done = self.done.setdefault(name, OrderedDict())
         done[round_no] = (op, answers, error)
-        while len(done) > _KEEP_DONE:
-            done.popitem(last=False)
+        sizes = self.done_bytes.setdefault(name, {})
+        seen = {id(v): v for ok, v in answers.values()}
+        sizes[round_no] = sum(approx_size(v) for v in seen.values())
+        while len(done) > _KEEP_DONE or (len(done) > 1 and sum(sizes.values()) > _KEEP_BYTES):
+            old, _ = done.popitem(last=False)
+            sizes.pop(old, None)
 
     def _fail_round(self, name: str, round_no: int, error: GroupError) -> None:
         """End an open round with ``error`` for its members, and for any that call it later."""
