@@ -174,10 +174,13 @@ def no_leftovers(request):
     if "mpi" not in request.keywords and "netns" not in request.keywords:
         return
     time.sleep(0.2)
-    for name in _shm() - before:            # files of the jobs this test ran
-        if name.startswith(("sm_segment", "vader", "pmix", "ompi")):
+    new = [n for n in _shm() - before if n.startswith(("sm_segment", "vader", "pmix", "ompi"))]
+    in_use = _mapped_files() if new else set()
+    for name in new:            # left by this test's jobs, and no live process maps them
+        path = os.path.join("/dev/shm", name)
+        if path not in in_use:
             try:
-                os.unlink(os.path.join("/dev/shm", name))
+                os.unlink(path)
             except OSError:
                 pass
     orphans = _marked(own)
@@ -187,6 +190,22 @@ def no_leftovers(request):
         except ProcessLookupError:
             pass
     assert not orphans, f"processes left behind by the test (now killed): {orphans}"
+
+
+def _mapped_files() -> set[str]:
+    """Files under /dev/shm that some live process has mapped (another job's: keep them)."""
+    paths = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/maps") as f:
+                for line in f:
+                    if "/dev/shm/" in line:
+                        paths.add(line.split(None, 5)[-1].strip())
+        except OSError:
+            continue
+    return paths
 
 
 def _marked(owner: int) -> list[int]:
