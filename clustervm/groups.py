@@ -74,14 +74,10 @@ class Groups:
         while inst in insts:
             inst += 1
         insts[inst] = tid
+        self.counter.pop((name, tid), None)     # a member that left and came back
         open_rounds = self.rounds.get(name)
-        done = self.done.get(name)
-        if open_rounds:
-            base = min(open_rounds)
-        elif done:
-            base = next(reversed(done)) + 1
-        else:
-            base = self.next_round.get(name, 0)
+        # the oldest open round, else the next one (rounds may finish out of order)
+        base = min(open_rounds) if open_rounds else self.next_round.get(name, 0)
         self.base[(name, tid)] = base
         self._recheck(name)
         return inst, base
