@@ -738,8 +738,9 @@ class Coordinator(Site):
                            f"get_info(..., wait=True)")
 
     def api_del_info(self, reply: Reply, name: str) -> None:
-        if self.info.pop(name, None) is None:
-            raise KeyError(f"no mailbox entry named {name!r}")
+        if name not in self.info:
+            raise KeyError(f"no mailbox entry named {name!r}; nothing to delete")
+        del self.info[name]
         reply(True, None)
 
     # -- what main needs that a node does not ----------------------------------
