@@ -124,6 +124,10 @@ class Coordinator(Site):
         self.stopping = False
         self.fatal: BaseException | None = None
         self._alive: list[NodeInfo] = []
+        #: Observers (trace, dashboard): ``obs(kind, rec, rank, ok)`` with kind "start" (a task
+        #: dispatched to node ``rank``), "end" (ok or not) or "rerun" (its node ``rank`` was lost).
+        #: Called under ``self.lock`` in the MPI thread: record and return, never block.
+        self.observers: list[Callable[[str, TaskRecord, int | None, bool | None], None]] = []
         transport.on_failure = self._on_mpi_failure
         self.api: dict[str, Callable[..., None]] = {
             name[4:]: getattr(self, name) for name in dir(self) if name.startswith("api_")}
@@ -235,6 +239,9 @@ class Coordinator(Site):
         running = sorted(n.inflight.values(), key=lambda r: r.t_start)[:max(1, self.config.slots)]
         for rec in running:
             self.stats["redone_s"] += now - max(rec.t_start, rec.t_ckpt, n.last_done)
+        if self.observers:
+            for rec in sorted(n.inflight.values(), key=lambda r: r.t_start):
+                self._observe("rerun", rec, rank)
         for rec in list(n.inflight.values()):
             self.stats["rerun"] += 1
             rec.node, rec.state = None, "pending"
@@ -254,6 +261,8 @@ class Coordinator(Site):
             if rec is not None and rec.state == "running":
                 self.stats["rerun"] += 1
                 self.stats["redone_s"] += now - max(rec.t_start, rec.t_ckpt)
+                if self.observers:
+                    self._observe("rerun", rec, rank)
                 self._place_spawned(rec, restart=True)
         self._dispatch()
 
@@ -341,9 +350,24 @@ class Coordinator(Site):
                 break
         if skipped:
             pending.extendleft(reversed(skipped))
+        if self.observers:
+            tasks = self.tasks
+            for rank, items in batches.items():
+                for item in items:
+                    self._observe("start", tasks.get(item[0]), rank)
         for rank, items in batches.items():
             if not self.transport.post(rank, (P.RUN, items)):
                 self._node_lost(rank, "MPI (ULFM)")
+
+    def _observe(self, kind: str, rec: TaskRecord | None, rank: int | None,
+                 ok: bool | None = None) -> None:
+        if rec is None:
+            return
+        for obs in self.observers:
+            try:
+                obs(kind, rec, rank, ok)
+            except Exception:   # noqa: BLE001 - an observer must never stop the scheduler
+                log.exception("observer %r failed on %s of task %d", obs, kind, rec.tid)
 
     def _run_item(self, rec: TaskRecord) -> tuple:
         ckpt = self._load_ckpt(rec.tid) if rec.attempts or self.config.resume else None
@@ -396,6 +420,8 @@ class Coordinator(Site):
             return
         rec.state = "done" if ok else "error"
         self.tasks.pop(rec.tid, None)
+        if self.observers:
+            self._observe("end", rec, rec.node, ok)
         if self.journal is not None and packed:
             payload, bufs = wire.dumps((rec.digest, ok, value))
             self.journal.append("done", str(rec.tid), [payload, *bufs])
@@ -475,6 +501,8 @@ class Coordinator(Site):
             rec.inc += 1
         rec.node, rec.state, rec.t_start = n.rank, "running", time.monotonic()
         n.spawned.add(rec.tid)
+        if self.observers:
+            self._observe("start", rec, n.rank)
         delivered = ckpt["delivered"] if ckpt is not None else {}
         loc = (P.LOC, [(rec.tid, n.rank, rec.inc, rec.replay, delivered if restart else None)])
         if restart:
@@ -801,7 +829,7 @@ class Coordinator(Site):
         last_loop = time.monotonic()
         while not self.stopping:
             try:
-                t.service_step(0.05)
+                t.service_step(0.05, spin=True)
                 now = time.monotonic()
                 if now >= next_check:
                     if now - last_loop > self.config.heartbeat_s / 2:

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 TAG_MSG = 1
 _TAG_BUF0 = 1 << 16
 _TAG_BUF_SPAN = 1 << 24
+_BACKGROUND_PAUSE_S = 0.0002   # background pollers sleep at least this between polls
 _INLINE_MAX = 1 << 16       # payloads above this go out of band, like arrays
 _KIND_INLINE = 0
 _KIND_BUFFERS = 1
@@ -349,25 +350,35 @@ class Transport:
                 if not got:
                     if predicate():
                         return True
-                    self._pause(remaining, self._bg_cond)
+                    self._pause(remaining, self._bg_cond, spin=False)
             else:
-                time.sleep(0.0002)
+                time.sleep(_BACKGROUND_PAUSE_S)
         return True
 
-    def _pause(self, remaining: float | None, cond: threading.Condition) -> None:
-        """Back off after an empty poll: yield while recently busy, then sleep (wakeable)."""
+    def _pause(self, remaining: float | None, cond: threading.Condition,
+               spin: bool = True) -> None:
+        """Back off after an empty poll: yield while recently busy, then sleep (wakeable).
+
+        Only foreground waiters spin; background pollers always sleep a little, so
+        they never compete with a task thread for the GIL or MPI's locks.
+        """
         idle = time.perf_counter() - self._last_activity
-        if idle < self._spin_s:
+        if spin and idle < self._spin_s:
             os.sched_yield()
             return
-        pause = min(self._idle_max_s, 0.00005 + (idle - self._spin_s) * 0.05)
+        floor = 0.00005 if spin else _BACKGROUND_PAUSE_S
+        pause = min(self._idle_max_s, floor + max(0.0, idle - self._spin_s) * 0.05)
         if remaining is not None:
             pause = min(pause, remaining)
         with cond:
             cond.wait(pause)
 
-    def service_step(self, max_sleep: float) -> None:
-        """One step of the background service loop: poll unless a user thread is polling."""
+    def service_step(self, max_sleep: float, spin: bool = False) -> None:
+        """One step of the background service loop: poll unless a user thread is polling.
+
+        The coordinator's service thread spins while busy (it schedules while main
+        computes); a node's only polls now and then while its tasks run.
+        """
         if self.closed:
             time.sleep(max_sleep)
             return
@@ -381,9 +392,9 @@ class Transport:
             finally:
                 self._token.release()
             if not got:
-                self._pause(max_sleep, self._bg_cond)
+                self._pause(max_sleep, self._bg_cond, spin=spin)
         else:
-            time.sleep(0.0005)
+            time.sleep(_BACKGROUND_PAUSE_S)
 
     def notify(self) -> None:
         """Wake foreground waiters (state changed outside a poll: a local delivery)."""
