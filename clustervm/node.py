@@ -143,7 +143,9 @@ class Node(Site):
             if not batch:
                 t0 = time.perf_counter()
             batch.append(self._run_short(item))
-            if len(batch) >= _BATCH_MAX or time.perf_counter() - t0 > _BATCH_S:
+            # report early when the queue runs low, so the coordinator refills it in time
+            if (len(q) <= 1 or len(batch) >= _BATCH_MAX
+                    or time.perf_counter() - t0 > _BATCH_S):
                 self._flush(batch)
         if batch:
             self._flush(batch)
