@@ -21,7 +21,8 @@ from . import protocol as P
 from . import remote, wire
 from .checkpoint import CheckpointStore
 from .config import Config
-from .errors import (CheckpointError, DeadTaskError, NoNodesError, UnknownTaskError)
+from .errors import (CheckpointError, DeadTaskError, NoNodesError, UnknownTaskError,
+                     WireError)
 from .events import EventLog
 from .futures import ClusterFuture
 from .groups import Groups
@@ -147,6 +148,10 @@ class Coordinator(Site):
                 if spares and len(self._alive_nodes()) > 1:
                     n.state = "spare"
             self._refresh_alive()
+        if self.config.replace_failed:
+            log.warning("--replace-failed: starting new nodes with MPI Comm_spawn is not "
+                        "implemented yet; lost nodes are replaced by spare nodes only "
+                        "(start the job with --spares K)")
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Tell every node to leave and wait for their goodbyes."""
@@ -356,8 +361,25 @@ class Coordinator(Site):
                 for item in items:
                     self._observe("start", tasks.get(item[0]), rank)
         for rank, items in batches.items():
-            if not self.transport.post(rank, (P.RUN, items)):
+            try:
+                sent = self.transport.post(rank, (P.RUN, items))
+            except WireError:       # some task's arguments cannot be sent: fail only those
+                items = self._drop_unsendable(rank, items)
+                sent = not items or self.transport.post(rank, (P.RUN, items))
+            if not sent:
                 self._node_lost(rank, "MPI (ULFM)")
+
+    def _drop_unsendable(self, rank: int, items: list) -> list:
+        """Fail the tasks of a batch whose arguments cannot be sent; return the others."""
+        good = []
+        for item in items:
+            err = unsendable_args(item[3], item[4], self.transport.allow_pickle)
+            rec = self.nodes[rank].inflight.pop(item[0], None) if err is not None else None
+            if rec is None:
+                good.append(item)
+            else:
+                self._finish(rec, False, err, packed=False)
+        return good
 
     def _observe(self, kind: str, rec: TaskRecord | None, rank: int | None,
                  ok: bool | None = None) -> None:
@@ -845,6 +867,20 @@ class Coordinator(Site):
             except Exception:   # noqa: BLE001 - never lose the service loop silently
                 log.exception("coordinator service loop")
                 time.sleep(0.05)
+
+
+def unsendable_args(args: Any, kwargs: Any, allow_pickle: bool = False) -> WireError | None:
+    """The WireError of task arguments that cannot be sent (path as ``args[0]['model']``)."""
+    for label, part in (("args", args), ("kwargs", kwargs)):
+        try:
+            wire.dumps(part, allow_pickle=allow_pickle)
+        except WireError as exc:
+            path = getattr(exc, "path", None)
+            text = str(exc) if not path else str(exc).replace(f" at {path}:", f" at {label}{path}:", 1)
+            err = WireError(text)
+            err.path = f"{label}{path}" if path else path  # type: ignore[attr-defined]
+            return err
+    return None
 
 
 def _digest(fn_ref: str, args: Any, kwargs: Any) -> int:
