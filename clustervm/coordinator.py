@@ -492,6 +492,9 @@ class Coordinator(Site):
               where: Any = None, replay: bool = True) -> list[int]:
         if count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
+        err = unsendable_args(args, kwargs, self.transport.allow_pickle)
+        if err is not None:
+            raise err
         with self.lock:
             if self.fatal is not None:
                 raise self.fatal
@@ -876,7 +879,9 @@ def unsendable_args(args: Any, kwargs: Any, allow_pickle: bool = False) -> WireE
             wire.dumps(part, allow_pickle=allow_pickle)
         except WireError as exc:
             path = getattr(exc, "path", None)
-            text = str(exc) if not path else str(exc).replace(f" at {path}:", f" at {label}{path}:", 1)
+            text = str(exc)
+            if path:
+                text = text.replace(f" at {path}:", f" at {label}{path}:", 1)
             err = WireError(text)
             err.path = f"{label}{path}" if path else path  # type: ignore[attr-defined]
             return err
