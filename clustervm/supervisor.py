@@ -70,6 +70,16 @@ def probe_host(mpiexec: str, host: Host, extra: Sequence[str], env: dict) -> boo
         return False
 
 
+def probe_hosts(mpiexec: str, hosts: Sequence[Host], extra: Sequence[str],
+                env: dict) -> list[Host]:
+    """The hosts that answer, probed at the same time (a dead one takes PROBE_TIMEOUT_S)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
+        answers = list(pool.map(lambda h: probe_host(mpiexec, h, extra, env), hosts))
+    return [h for h, ok in zip(hosts, answers) if ok]
+
+
 def supervise(n: int | None, app: str, app_args: Sequence[str], *, hostfile: str | None,
               mpiexec: str | None, config: Config, extra: Sequence[str], restarts: int,
               timeout: float | None) -> int:
@@ -101,7 +111,8 @@ def supervise(n: int | None, app: str, app_args: Sequence[str], *, hostfile: str
                 # non-zero once PRRTE notices its daemon gone) does not fail the job.
                 if rc != 0 and status == 0:
                     print(f"clustervm: the job finished; mpiexec then ended with status {rc} "
-                          f"(e.g. PRRTE lost a host's daemon, which the job had survived)", file=sys.stderr)
+                          f"(e.g. PRRTE lost a host's daemon, which the job had survived)",
+                          file=sys.stderr)
                 return status
             if rc == launcher.TIMEOUT_STATUS or attempt >= restarts:
                 if attempt >= restarts and restarts:
@@ -111,8 +122,9 @@ def supervise(n: int | None, app: str, app_args: Sequence[str], *, hostfile: str
                 return rc if rc != 0 else 1
             attempt += 1
             lost: list[str] = []
+            ended = time.monotonic()
             if hosts:
-                alive = [h for h in hosts if probe_host(argv[0], h, extra, env)]
+                alive = probe_hosts(argv[0], hosts, extra, env)
                 lost = [h.name for h in hosts if h not in alive]
                 if not alive:
                     print("clustervm: no host of the hostfile answers; giving up", file=sys.stderr)
@@ -120,7 +132,9 @@ def supervise(n: int | None, app: str, app_args: Sequence[str], *, hostfile: str
                 hosts = alive
                 current = _write_hostfile(alive, config.checkpoint_dir, attempt)
             print(f"clustervm: the job ended without finishing (mpiexec status {rc}); "
-                  f"lost host(s): {', '.join(lost) or 'none found'}; restart {attempt} of "
+                  f"lost host(s): {', '.join(lost) or 'none (every host answers)'}"
+                  + (f" (probed in {time.monotonic() - ended:.1f} s)" if hosts else "")
+                  + f"; restart {attempt} of "
                   f"{restarts} from the journal in {config.checkpoint_dir}"
                   + (f" on {', '.join(h.name for h in hosts)}" if hosts else ""),
                   file=sys.stderr, flush=True)
