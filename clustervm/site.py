@@ -28,7 +28,7 @@ from typing import Any, Callable
 from . import protocol as P
 from . import remote, wire
 from .config import Config
-from .errors import DeadTaskError
+from .errors import DeadTaskError, WireError
 from .task import Mailbox, TaskContext
 from .transport import PeerFailed, Transport
 
@@ -40,7 +40,13 @@ _IMMUTABLE = (int, float, str, bytes, bool, type(None))
 
 def snapshot(data: Any) -> Any:
     """A copy of ``data`` that later changes by the sender cannot reach (for the replay log)."""
-    return data if isinstance(data, _IMMUTABLE) else copy.deepcopy(data)
+    if isinstance(data, _IMMUTABLE):
+        return data
+    try:
+        return copy.deepcopy(data)
+    except Exception:
+        wire.dumps(data)   # unsendable: raise the WireError that names its type and path
+        raise
 
 
 def approx_size(data: Any) -> int:
@@ -192,12 +198,24 @@ class Site:
             loc = self.locate(dst)
             if loc.replay and ctx is not None:
                 self._log_message(ctx, dst, seq, tag, data)
-            if loc.rank == self.rank:   # a copy, as a send over MPI would make
-                self.deliver(src, dst, tag, snapshot(data), inc, seq)
-                return
             try:
+                if loc.rank == self.rank:   # a copy, as a send over MPI would make
+                    self.deliver(src, dst, tag, snapshot(data), inc, seq)
+                    return
                 self.transport.send(loc.rank, (P.USER, src, dst, tag, data, inc, seq))
                 return
+            except WireError as exc:      # nothing was sent: forget it, name the path in data
+                logged = getattr(ctx, "_outlog", {}).get(dst) if loc.replay else None
+                if logged:
+                    logged.pop()
+                path = getattr(exc, "path", None) or ""
+                if not path.startswith("[4]"):
+                    raise
+                inner = path[3:]
+                where = inner or "the top level of the message"
+                err = WireError(str(exc).replace(f" at {path}:", f" at {where}:", 1))
+                err.path = inner  # type: ignore[attr-defined]
+                raise err from None
             except PeerFailed:
                 with self.lock:
                     if self.locations.get(dst) is loc:

@@ -110,8 +110,8 @@ class TaskContext:
         if tag < 0:
             raise ValueError(f"tag must be >= 0, got {tag}; -1 is the wildcard of recv only")
         seq = self._sent.get(tid, 0) + 1
-        self._sent[tid] = seq
         self._site.send_user(self.tid, self.inc, tid, tag, obj, seq)
+        self._sent[tid] = seq      # only once sent: a failed send must leave no gap
 
     def mcast(self, tids: Iterable[int], tag: int, obj: Any) -> None:
         """Send ``obj`` to each of ``tids`` (never to the caller itself, as pvm_mcast)."""
