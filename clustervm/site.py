@@ -149,6 +149,10 @@ class Site:
 
     def deliver(self, src: int, dst: int, tag: int, data: Any, inc: int, seq: int) -> None:
         """Put a message into ``dst``'s mailbox in per-pair sequence order, once."""
+        if src < 0:     # an event from the VM (pvm_notify style): not sequenced
+            self.mailbox(dst).put(src, tag, data, inc, seq)
+            self.transport.notify()
+            return
         with self.lock:
             loc = self.locations.get(src)
             if loc is not None and inc < loc.inc:
