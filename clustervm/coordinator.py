@@ -298,6 +298,8 @@ class Coordinator(Site):
                where: Any = None, reply: Reply | None = None) -> ClusterFuture:
         """Queue ``fn(*args, **kwargs)``; a future (or ``reply``) gets the outcome."""
         fn_ref = fn if isinstance(fn, str) else self.ref(fn)
+        wire.check_sendable(args, "args", allow_pickle=self.config.pickle)
+        wire.check_sendable(kwargs, "kwargs", allow_pickle=self.config.pickle)
         fut = ClusterFuture(self)
         with self.lock:
             if self.fatal is not None:
@@ -492,6 +494,8 @@ class Coordinator(Site):
               where: Any = None, replay: bool = True) -> list[int]:
         if count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
+        wire.check_sendable(args, "args", allow_pickle=self.config.pickle)
+        wire.check_sendable(kwargs, "kwargs", allow_pickle=self.config.pickle)
         err = unsendable_args(args, kwargs, self.transport.allow_pickle)
         if err is not None:
             raise err

@@ -573,3 +573,30 @@ def resolve_ref(ref: str) -> Any:
             f"{qualname!r}; the module must be importable on every node, in the same version"
         ) from None
     return target
+
+
+_PLAIN = (int, float, str, bytes, bool, type(None))
+
+
+def check_sendable(obj: Any, label: str, *, allow_pickle: bool = False) -> None:
+    """Raise WireError if ``obj`` cannot be sent, with its path prefixed by ``label``.
+
+    Cheap for plain scalars and flat tuples of them (the common task arguments).
+    """
+    if isinstance(obj, _PLAIN) or (type(obj) in (tuple, list)
+                                   and all(isinstance(x, _PLAIN) for x in obj)):
+        return
+    if type(obj) is dict and not obj:
+        return
+    try:
+        dumps(obj, allow_pickle=allow_pickle)
+    except WireError as exc:
+        path = getattr(exc, "path", None)
+        text = str(exc)
+        if path is not None:
+            where = "the top level of the message" if path == "" else path
+            text = text.replace(f" at {where}:", f" at {label}{path}:", 1)
+        err = WireError(text)
+        err.path = f"{label}{path or ''}"  # type: ignore[attr-defined]
+        raise err from None
+
