@@ -363,25 +363,9 @@ class Coordinator(Site):
                 for item in items:
                     self._observe("start", tasks.get(item[0]), rank)
         for rank, items in batches.items():
-            try:
-                sent = self.transport.post(rank, (P.RUN, items))
-            except WireError:       # some task's arguments cannot be sent: fail only those
-                items = self._drop_unsendable(rank, items)
-                sent = not items or self.transport.post(rank, (P.RUN, items))
-            if not sent:
+            # arguments were checked at submit (wire.check_sendable), so this encodes
+            if not self.transport.post(rank, (P.RUN, items)):
                 self._node_lost(rank, "MPI (ULFM)")
-
-    def _drop_unsendable(self, rank: int, items: list) -> list:
-        """Fail the tasks of a batch whose arguments cannot be sent; return the others."""
-        good = []
-        for item in items:
-            err = unsendable_args(item[3], item[4], self.transport.allow_pickle)
-            rec = self.nodes[rank].inflight.pop(item[0], None) if err is not None else None
-            if rec is None:
-                good.append(item)
-            else:
-                self._finish(rec, False, err, packed=False)
-        return good
 
     def _observe(self, kind: str, rec: TaskRecord | None, rank: int | None,
                  ok: bool | None = None) -> None:
@@ -496,9 +480,6 @@ class Coordinator(Site):
             raise ValueError(f"count must be >= 1, got {count}")
         wire.check_sendable(args, "args", allow_pickle=self.config.pickle)
         wire.check_sendable(kwargs, "kwargs", allow_pickle=self.config.pickle)
-        err = unsendable_args(args, kwargs, self.transport.allow_pickle)
-        if err is not None:
-            raise err
         with self.lock:
             if self.fatal is not None:
                 raise self.fatal
@@ -874,22 +855,6 @@ class Coordinator(Site):
             except Exception:   # noqa: BLE001 - never lose the service loop silently
                 log.exception("coordinator service loop")
                 time.sleep(0.05)
-
-
-def unsendable_args(args: Any, kwargs: Any, allow_pickle: bool = False) -> WireError | None:
-    """The WireError of task arguments that cannot be sent (path as ``args[0]['model']``)."""
-    for label, part in (("args", args), ("kwargs", kwargs)):
-        try:
-            wire.dumps(part, allow_pickle=allow_pickle)
-        except WireError as exc:
-            path = getattr(exc, "path", None)
-            text = str(exc)
-            if path:
-                text = text.replace(f" at {path}:", f" at {label}{path}:", 1)
-            err = WireError(text)
-            err.path = f"{label}{path}" if path else path  # type: ignore[attr-defined]
-            return err
-    return None
 
 
 def _digest(fn_ref: str, args: Any, kwargs: Any) -> int:
