@@ -21,8 +21,7 @@ from . import protocol as P
 from . import remote, wire
 from .checkpoint import CheckpointStore
 from .config import Config
-from .errors import (CheckpointError, DeadTaskError, NoNodesError, UnknownTaskError,
-                     WireError)
+from .errors import CheckpointError, DeadTaskError, NoNodesError, UnknownTaskError
 from .events import EventLog
 from .futures import ClusterFuture
 from .groups import Groups
