@@ -55,6 +55,8 @@ class Flavor:
     ulfm_args: tuple[str, ...] = ()
     #: Passed when there are more ranks than slots.
     oversubscribe_args: tuple[str, ...] = ()
+    #: Passed when daemons may run on other hosts (a hostfile, a multi-node allocation).
+    remote_args: tuple[str, ...] = ()
     #: Option that takes a hostfile, and the syntax it reads (None: cannot pass one).
     hostfile_option: str | None = None
     hostfile_syntax: str = "openmpi"
@@ -73,6 +75,12 @@ FLAVORS: dict[str, Flavor] = {
         base_args=("--bind-to", "none"),
         ulfm_args=("--with-ft", "ulfm"),
         oversubscribe_args=("--oversubscribe",),
+        # PRRTE cannot survive a lost daemon; its OOB keepalive notices a silent one (a
+        # cut link, a powered-off host) after 5 + 3 x 2 s instead of 300 + 9 x 20 s, so
+        # the job ends and the supervisor restarts it (docs/mpis.md).
+        remote_args=("--prtemca", "oob_tcp_keepalive_time", "5",
+                     "--prtemca", "oob_tcp_keepalive_intvl", "2",
+                     "--prtemca", "oob_tcp_keepalive_probes", "3"),
         hostfile_option="--hostfile",
         hostfile_syntax="openmpi",
         # btl/ofi (libfabric discovery) costs ~1 s of MPI_Init; sm and tcp do the work.
@@ -279,6 +287,9 @@ def build_command(n: int | None, app: str, app_args: Sequence[str], *,
     if n > slots:
         argv += flavor.oversubscribe_args
     argv += flavor.base_args
+    if (hosts or _allocated_nodes(base) > 1) and not any("keepalive" in a
+                                                         for a in extra_mpiexec_args):
+        argv += flavor.remote_args
     if hostfile is not None and hosts:
         if flavor.hostfile_option is None:
             raise ConfigError(f"don't know how to pass a hostfile to {mpiexec} (not Open MPI or "
@@ -296,6 +307,15 @@ def build_command(n: int | None, app: str, app_args: Sequence[str], *,
     # Hydra wants its global options (-f, -genv) before the local ones (-n).
     argv += ["-n", str(n), python, "-m", "clustervm", app, *app_args]
     return argv, job_env
+
+
+def _allocated_nodes(env: Mapping[str, str]) -> int:
+    """Nodes of the batch allocation we run in (Slurm), 0 outside one."""
+    for name in ("SLURM_JOB_NUM_NODES", "SLURM_NNODES"):
+        value = env.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
 
 
 def _managed(name: str) -> bool:

@@ -32,11 +32,10 @@ log = logging.getLogger(__name__)
 
 DONE_FILE = "done.json"
 PROBE_TIMEOUT_S = 10.0
-#: PRRTE's daemon keepalive for multi-host jobs: a host whose link is cut ends the
-#: job after ~5 + 3 x 2 s instead of the default 300 + 9 x 20 s.
-KEEPALIVE_ARGS = ["--prtemca", "oob_tcp_keepalive_time", "5",
-                  "--prtemca", "oob_tcp_keepalive_intvl", "2",
-                  "--prtemca", "oob_tcp_keepalive_probes", "3"]
+#: PRRTE's daemon keepalive for multi-host jobs (the launcher adds it to every job
+#: with a hostfile): a host whose link is cut ends the job after ~5 + 3 x 2 s
+#: instead of the default 300 + 9 x 20 s.
+KEEPALIVE_ARGS = list(launcher.FLAVORS["openmpi"].remote_args)
 
 
 def write_done(directory: str, status: int) -> None:
@@ -93,8 +92,6 @@ def supervise(n: int | None, app: str, app_args: Sequence[str], *, hostfile: str
     done.unlink(missing_ok=True)
     hosts = parse_hostfile(hostfile) if hostfile else None
     extra = list(extra)
-    if hosts and len(hosts) > 1 and not any("keepalive" in a for a in extra):
-        extra += KEEPALIVE_ARGS
     deadline = None if timeout is None else time.monotonic() + timeout
     current = hostfile
     attempt = 0
