@@ -1,0 +1,491 @@
+"""Groups, collectives and the VM-wide mailbox.
+
+Unit tests drive :class:`clustervm.groups.Groups` directly (no MPI) with a fake
+coordinator; integration tests (marked ``mpi``) run real jobs: every group
+call from spawned tasks and main, the mailbox, a collective whose member's
+node is killed from outside, and each example against a single-process
+reference computation at two node counts.
+"""
+from __future__ import annotations
+
+import math
+import operator
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clustervm import wire
+from clustervm.errors import GroupError, WireError
+from clustervm.groups import Groups
+from clustervm.protocol import MAIN_TID
+from clustervm.task import _op_ref
+
+from conftest import EXAMPLES, ROOT, run_job
+
+APPS = Path(__file__).resolve().parent / "apps"
+sys.path.insert(0, str(EXAMPLES))
+
+
+# -- unit tests: Groups without MPI ------------------------------------------------------
+
+class _Rec:
+    def __init__(self, node: int) -> None:
+        self.node = node
+
+
+class FakeCoord:
+    """What Groups asks of the coordinator: task records, restartability, refs."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[int, _Rec] = {}
+        self.alive = True
+
+    def restartable(self, tid: int) -> bool:
+        return tid in self.tasks and self.alive
+
+    def resolve(self, ref: str):
+        return wire.resolve_ref(ref)
+
+
+class Box:
+    """Collects the answer of one collective call."""
+
+    def __init__(self) -> None:
+        self.got: list = []
+
+    def __call__(self, ok, value) -> None:
+        self.got.append((ok, value))
+
+    @property
+    def done(self) -> bool:
+        return bool(self.got)
+
+    @property
+    def value(self):
+        assert len(self.got) == 1, self.got
+        ok, value = self.got[0]
+        if not ok:
+            raise value
+        return value
+
+    @property
+    def error(self) -> BaseException:
+        assert len(self.got) == 1 and not self.got[0][0], self.got
+        return self.got[0][1]
+
+
+def make(n: int = 3, name: str = "g", nodes=None):
+    """Groups with members tid 10, 11, ... (instances 0, 1, ...) on nodes 1, 2, ..."""
+    coord = FakeCoord()
+    g = Groups(coord)
+    tids = []
+    for i in range(n):
+        tid = 10 + i
+        coord.tasks[tid] = _Rec(nodes[i] if nodes else i + 1)
+        assert g.join(name, tid) == (i, 0)
+        tids.append(tid)
+    return g, coord, tids
+
+
+def call(g, tid, op, value=None, *, name="g", count=None, root=None, fn=None, round_no=None):
+    box = Box()
+    try:
+        g.collective(box, op, name, tid, value, count, root, fn, round_no)
+    except GroupError as exc:
+        box(False, exc)
+    return box
+
+
+def everyone(g, tids, op, values=None, **kw):
+    return [call(g, t, op, None if values is None else values[i], **kw)
+            for i, t in enumerate(tids)]
+
+
+def test_membership_instances_and_lookups():
+    g, coord, tids = make(3)
+    assert g.size("g") == 3 and g.tids("g") == tids
+    assert g.tid("g", 1) == 11 and g.inst("g", 12) == 2
+    g.leave("g", 11)
+    assert g.tids("g") == [10, None, 12] and g.size("g") == 2
+    assert g.join("g", 13)[0] == 1                 # the lowest free instance again
+    assert g.join("g", 13)[0] == 1                 # joining twice is harmless
+    assert g.join("other", 13)[0] == 0             # a task can be in several groups
+    with pytest.raises(GroupError, match="no instance 7"):
+        g.tid("g", 7)
+    with pytest.raises(GroupError, match="not a member"):
+        g.inst("g", 99)
+    with pytest.raises(GroupError, match="not a member"):
+        g.leave("g", 99)
+
+
+def test_every_collective_by_instance_order():
+    g, coord, tids = make(3)
+    boxes = [call(g, t, "barrier") for t in tids[:2]]
+    assert not any(b.done for b in boxes)
+    boxes.append(call(g, tids[2], "barrier"))
+    assert [b.value for b in boxes] == [None] * 3
+    assert [b.value for b in everyone(g, tids, "bcast", ["x", None, None], root=0)] == ["x"] * 3
+    assert [b.value for b in everyone(g, tids, "bcast", [None, None, 7], root=2)] == [7] * 3
+    assert [b.value for b in everyone(g, tids, "reduce", [1, 2, 3], root=1, fn="sum")] == \
+        [None, 6, None]
+    assert [b.value for b in everyone(g, tids, "allreduce", [2, 3, 4], fn="prod")] == [24] * 3
+    assert [b.value for b in everyone(g, tids, "allreduce", [2, 9, 4], fn="max")] == [9] * 3
+    assert [b.value for b in everyone(g, tids, "allreduce", [2, 9, 4], fn="min")] == [2] * 3
+    # members arrive in any order; results are by instance
+    boxes = [call(g, tids[i], "gather", f"v{i}", root=0) for i in (2, 0, 1)]
+    assert [b.value for b in boxes] == [None, ["v0", "v1", "v2"], None]
+    boxes = [call(g, tids[i], "allgather", i * 10) for i in (1, 2, 0)]
+    assert [b.value for b in boxes] == [[0, 10, 20]] * 3
+    boxes = everyone(g, tids, "scatter", [None, ["a", "b", "c"], None], root=1)
+    assert [b.value for b in boxes] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint64, np.float32, np.float64,
+                                   np.complex64])
+@pytest.mark.parametrize("op", ["sum", "prod", "min", "max"])
+def test_numpy_reduce_is_elementwise_and_keeps_dtype(dtype, op):
+    if dtype is np.complex64 and op in ("min", "max"):
+        pytest.skip("complex numbers have no order")
+    g, coord, tids = make(3)
+    values = [(np.arange(5) % 3 + i + 1).astype(dtype) for i in range(3)]
+    ufunc = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maximum}[op]
+    expect = ufunc(ufunc(values[0], values[1]), values[2])
+    boxes = everyone(g, tids, "allreduce", values, fn=op)
+    for b in boxes:
+        got = b.value
+        assert isinstance(got, np.ndarray) and got.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(got, expect)
+    # numpy scalars stay numpy scalars of their dtype
+    scalars = [dtype(i + 2) for i in range(3)]
+    got = everyone(g, tids, "allreduce", scalars, fn=op)[0].value
+    assert np.asarray(got).dtype == np.dtype(dtype)
+
+
+def test_user_reduce_function_by_reference_in_instance_order():
+    g, coord, tids = make(3)
+    assert everyone(g, tids, "allreduce", [12, 18, 27], fn="math:gcd")[0].value == 3
+    # not commutative: applied left to right by instance number
+    assert everyone(g, tids, "allreduce", [[0], [1], [2]], fn="operator:add")[2].value == [0, 1, 2]
+    boxes = everyone(g, tids, "allreduce", [1, 2, 3], fn="math:no_such_function")
+    assert all("no_such_function" in str(b.error) for b in boxes)
+
+
+def test_op_refs_on_the_caller_side():
+    class Site:
+        ref = staticmethod(wire.fn_ref)
+    for f, name in [(sum, "sum"), (min, "min"), (max, "max"), (operator.add, "sum"),
+                    (operator.mul, "prod"), (math.prod, "prod"), (np.add, "sum"),
+                    (np.maximum, "max"), (np.minimum, "min"), (np.multiply, "prod")]:
+        assert _op_ref(Site(), f) == name
+    assert _op_ref(Site(), math.gcd) == "math:gcd"
+    with pytest.raises(ValueError, match="unknown reduce op 'add'.*sum, prod, min, max"):
+        _op_ref(Site(), "add")
+    with pytest.raises(WireError, match="lambda"):
+        _op_ref(Site(), lambda a, b: a)
+    with pytest.raises(TypeError, match="reduce op must be"):
+        _op_ref(Site(), 3)
+
+
+def test_errors_name_the_problem_and_the_fix():
+    g, coord, tids = make(3)
+    box = call(g, 99, "barrier")
+    assert re.search(r"task 99 called barrier on group 'g' without being a member; "
+                     r"call join_group\('g'\) first", str(box.error))
+    boxes = everyone(g, tids, "bcast", [1, 2, 3], root=5)
+    for b in boxes:
+        assert "root instance 5 is not a member" in str(b.error)
+    boxes = everyone(g, tids, "scatter", [[1], None, None], root=0)
+    assert all("the root gave 1 values for 3 members" in str(b.error) for b in boxes)
+    # different collectives in one round: the whole round fails, for every member
+    a = call(g, tids[0], "bcast", 1, root=0)
+    b = call(g, tids[1], "allreduce", 1, fn="sum")
+    c = call(g, tids[2], "bcast", None, root=0)      # arrives after the round failed
+    for box in (a, b, c):
+        msg = str(box.error)
+        assert "different collective calls in round" in msg
+        assert "bcast(root=0)" in msg and "allreduce(op='sum')" in msg
+        assert "same sequence of collective calls" in msg
+    # a different root (or op) is a different call too
+    a = call(g, tids[0], "reduce", 1, root=0, fn="sum")
+    b = call(g, tids[1], "reduce", 1, root=1, fn="sum")
+    c = call(g, tids[2], "reduce", 1, root=0, fn="sum")
+    assert all("different collective calls" in str(x.error) for x in (a, b, c))
+    # and the group carries on with the next round
+    assert [x.value for x in everyone(g, tids, "allreduce", [1, 1, 1], fn="sum")] == [3] * 3
+
+
+def test_barrier_with_count():
+    coord = FakeCoord()
+    g = Groups(coord)
+    coord.tasks.update({10: _Rec(1), 11: _Rec(2), 12: _Rec(1)})
+    g.join("g", 10)
+    a = call(g, 10, "barrier", count=3)
+    g.join("g", 11)
+    b = call(g, 11, "barrier", count=3)
+    assert not a.done and not b.done               # waits for members that have not joined
+    g.join("g", 12)                                # joins the open barrier round
+    c = call(g, 12, "barrier", count=3)
+    assert a.value is None and b.value is None and c.value is None
+    # count below the group size: released at count; a late member passes it
+    x = call(g, 10, "barrier", count=2)
+    y = call(g, 12, "barrier", count=2)
+    assert x.done and y.done
+    z = call(g, 11, "barrier", count=2)
+    assert z.value is None
+    # everyone must pass the same count
+    p = call(g, 10, "barrier", count=3)
+    q = call(g, 11, "barrier", count=2)
+    assert "different collective calls" in str(q.error) and not p.got[0][0]
+
+
+def test_restarted_member_calls_its_rounds_again():
+    g, coord, tids = make(3)
+    everyone(g, tids, "allreduce", [1, 2, 3], fn="sum")          # round 0
+    open_ = [call(g, t, "allreduce", 10, fn="sum") for t in tids[:2]]  # round 1, open
+    # member 12 was restarted from an old checkpoint: round 0 again, then round 1
+    assert call(g, tids[2], "allreduce", 3, fn="sum", round_no=0).value == 6
+    # member 11 restarted too while round 1 was open: its new call replaces the old one
+    again = call(g, tids[1], "allreduce", 10, fn="sum", round_no=1)
+    last = call(g, tids[2], "allreduce", 10, fn="sum", round_no=1)
+    assert open_[0].value == 30 and again.value == 30 and last.value == 30
+    assert open_[1].got == []                      # the replaced incarnation gets no answer
+
+
+def test_dropped_round_fails_instead_of_hanging(monkeypatch):
+    import clustervm.groups as groups
+    monkeypatch.setattr(groups, "_KEEP_DONE", 2)
+    g, coord, tids = make(2)
+    for r in range(4):
+        everyone(g, tids, "allreduce", [r, r], fn="sum")
+    assert call(g, tids[0], "allreduce", 3, fn="sum", round_no=3).value == 6   # kept
+    box = call(g, tids[0], "allreduce", 0, fn="sum", round_no=0)
+    assert "is no longer kept" in str(box.error) and "checkpoint it more often" in str(box.error)
+
+
+def test_kept_answers_are_bounded_in_bytes(monkeypatch):
+    import clustervm.groups as groups
+    monkeypatch.setattr(groups, "_KEEP_BYTES", 3 << 20)
+    g, coord, tids = make(2)
+    for r in range(6):
+        everyone(g, tids, "bcast", [np.zeros(1 << 17), None], root=0)   # 1 MiB each
+    assert len(g.done["g"]) <= 3
+
+
+def test_node_lost_fails_only_its_non_restartable_members():
+    g, coord, tids = make(3, nodes=[1, 2, 2])
+    g.join("g", MAIN_TID)                    # main: on the coordinator, never lost
+    waiting = [call(g, tids[0], "allreduce", 1, fn="sum")]
+    g.node_lost(2)                            # members 11, 12 will be restarted
+    assert not waiting[0].done
+    waiting += [call(g, t, "allreduce", 1, fn="sum") for t in tids[1:]]
+    main_box = call(g, MAIN_TID, "allreduce", 1, fn="sum")
+    assert [b.value for b in waiting + [main_box]] == [4] * 4
+    # a member that cannot come back (no node left to run it) fails the round, named
+    box = call(g, tids[0], "barrier")
+    coord.alive = False
+    g.node_lost(2)
+    err = str(box.error)
+    assert "[11, 12] were lost with node 2" in err and "cannot be restarted" in err
+
+
+def test_member_ending_with_error_fails_the_round_it_missed():
+    g, coord, tids = make(3)
+    first = call(g, tids[0], "allreduce", 1, fn="sum")
+    g.task_exit(tids[2], ValueError("boom"))
+    second = call(g, tids[1], "allreduce", 1, fn="sum")
+    for b in (first, second):
+        assert re.search(r"member task 12 \(instance 2\) ended with an error before taking "
+                         r"part: ValueError: boom", str(b.error))
+    assert [b.value for b in everyone(g, tids[:2], "allreduce", [1, 1], fn="sum")] == [2, 2]
+    # also when the others reach that round only later
+    g.task_exit(tids[1], RuntimeError("late"))
+    assert "RuntimeError: late" in str(call(g, tids[0], "barrier").error)
+    assert call(g, tids[0], "barrier").value is None
+    # a member that ends normally just leaves (PVM)
+    g2, _, t2 = make(2, name="h")
+    box = call(g2, t2[0], "allreduce", 5, name="h", fn="sum")
+    g2.task_exit(t2[1])
+    assert box.value == 5
+
+
+def test_main_gets_copies():
+    coord = FakeCoord()
+    g = Groups(coord)
+    coord.tasks[10] = _Rec(1)
+    g.join("g", MAIN_TID)
+    g.join("g", 10)
+    arr = np.ones(4)
+    mine = call(g, MAIN_TID, "bcast", arr, root=0)
+    other = call(g, 10, "bcast", None, root=0)
+    arr[:] = 5                                   # main changes its array after the call
+    got = mine.value
+    got[:] = 7                                   # ... and the answer it got
+    np.testing.assert_array_equal(other.value, np.ones(4))
+    np.testing.assert_array_equal(g.done["g"][0][1][10][1], np.ones(4))
+
+
+# -- integration tests: real jobs ---------------------------------------------------------
+
+TIMEOUT = 90.0
+
+
+def _ok(res, what: str) -> None:
+    assert res.rc == 0, f"{what} failed (rc {res.rc}):\n{res.out}\n--- stderr ---\n{res.err}"
+
+
+@pytest.mark.mpi
+def test_every_group_call_and_the_mailbox():
+    import json
+    res = run_job([str(APPS / "groups_calls.py"), "--tasks", "3"], n=3, timeout=TIMEOUT)
+    _ok(res, "groups_calls")
+    r = json.loads(res.line("groups-result=").split("=", 1)[1])
+    n, tids = 4, r["tids"]
+    order = r["main"]["tids"]                      # instance -> tid, in joining order
+    assert sorted(order[:3]) == sorted(tids) and order[3] == r["main_tid"]   # main joined last
+    records = r["tasks"] + [r["main"]]
+    by_inst = {rec["inst"]: rec for rec in records}
+    gcd = math.gcd(*[6 * (i + 2) for i in range(n)])
+    for rec in records:
+        i = rec["inst"]
+        assert rec["my_inst"] == i and rec["size"] == n and rec["tids"] == order
+        assert rec["tid_of_0"] == order[0]
+        assert rec["bcast"] == {"from": 1}
+        assert rec["reduce"] == (math.prod(range(1, n + 1)) if i == 0 else None)
+        assert rec["allreduce_sum"] == sum(range(n))
+        assert rec["allreduce_max"] == max(j * 7 % 5 for j in range(n))
+        assert rec["allreduce_min"] == min(j * 7 % 5 for j in range(n))
+        assert rec["allreduce_gcd"] == gcd
+        assert rec["np"] == [[sum(range(n)) + n * x for x in range(4)], "int32",
+                             [float(math.factorial(n))] * 3, "float32"]
+        assert rec["gather"] == ([j * 10 for j in range(n)] if i == n - 1 else None)
+        assert rec["allgather"] == [f"m{j}" for j in range(n)]
+        assert rec["scatter"] == i * i
+        assert rec["big"] == [float(sum(range(1 << 20))), "float64"]
+        assert rec["after_rejoin"] == n
+    assert by_inst[1]["rejoined_inst"] == 1        # the lowest free instance again
+    errors = by_inst[0]["errors"]
+    assert "GroupError" in errors["not_member"] and "call join_group(" in errors["not_member"]
+    assert "unknown reduce op 'add'" in errors["bad_op"]
+    m = r["main"]
+    assert m["size_after_leave"] == n - 1
+    box = m["mailbox"]
+    assert box["got"] == [order[0], [0, 1, 2]] and box["none"] is None
+    assert box["get_missing"].startswith("KeyError") and "from-task" in box["get_missing"]
+    assert box["del_missing"].startswith("KeyError")
+    assert box["wait_timeout"].startswith("TimeoutError")
+
+
+def _kill_when_ready(job, markers: Path, rank: int) -> None:
+    deadline = time.monotonic() + 60
+    while not (markers / "ready").exists():
+        assert time.monotonic() < deadline, "the victim never got ready"
+        assert job.proc.poll() is None, job.wait()
+        time.sleep(0.05)
+    time.sleep(0.3)                   # main and the others now wait in the round
+    job.kill_rank(rank)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("checkpoint", [True, False], ids=["checkpoint", "restart"])
+def test_collective_completes_after_failover(job, tmp_path, checkpoint):
+    args = [str(APPS / "groups_failover.py"), "--markers", str(tmp_path)]
+    j = job(args + (["--checkpoint"] if checkpoint else []), n=3, timeout=TIMEOUT)
+    _kill_when_ready(j, tmp_path, 2)
+    res = j.wait()
+    _ok(res, "groups_failover")
+    line = res.line("failover-result:")
+    acc, expected = re.findall(r"acc=(\d+) expected=(\d+)", line)[0]
+    assert acc == expected
+    assert "'node': 2" in res.line("failover-mailbox:")      # put by the lost node
+    assert "node 2" in res.err and "lost" in res.err
+
+
+@pytest.mark.mpi
+def test_collective_fails_clearly_when_member_cannot_come_back(job, tmp_path):
+    j = job([str(APPS / "groups_failover.py"), "--markers", str(tmp_path), "--checkpoint"],
+            n=2, timeout=TIMEOUT)
+    _kill_when_ready(j, tmp_path, 1)                 # the only worker: nowhere to restart
+    res = j.wait()
+    line = res.line("failover-error:")
+    assert "GroupError" in line and "lost with node 1" in line
+    assert re.search(r"member task\(s\) \[\d+\]", line)
+    assert "'node': 1" in res.line("failover-mailbox:")
+
+
+# -- the examples against single-process references ---------------------------------------
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("n,tasks", [(2, 3), (4, 5)])
+def test_samplesort(n, tasks):
+    import samplesort
+    size, seed = 150_000, 11
+    res = run_job([str(EXAMPLES / "samplesort.py"), "--n", str(size), "--tasks", str(tasks),
+                   "--seed", str(seed)], n=n, timeout=TIMEOUT)
+    _ok(res, "samplesort")
+    data = np.sort(np.concatenate([samplesort.chunk(seed, size, c)
+                                   for c in range(samplesort.n_chunks(size))]))
+    p = (1 << 61) - 1
+    checksum = sum((i + 1) * (v % p) for i, v in enumerate(data.tolist())) % p
+    assert res.line("sorted=") == f"sorted=True n={size} checksum={checksum}"
+
+
+def _kmeans_reference(points: np.ndarray, cents: np.ndarray, max_iter: int):
+    label = None
+    for it in range(1, max_iter + 1):
+        d2 = ((points[:, None, :] - cents[None]) ** 2).sum(axis=2)
+        new = d2.argmin(axis=1)
+        inertia = d2.min(axis=1).sum()
+        if label is not None and (new == label).all():
+            return it, inertia, cents
+        label = new
+        for c in range(len(cents)):
+            if (label == c).any():
+                cents[c] = points[label == c].mean(axis=0)
+    return max_iter, inertia, cents
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("n,tasks", [(2, 2), (4, 5)])
+def test_kmeans(n, tasks):
+    import ast
+    import kmeans
+    size, clusters, dim, seed = 60_000, 4, 2, 5
+    res = run_job([str(EXAMPLES / "kmeans.py"), "--points", str(size), "--clusters",
+                   str(clusters), "--dim", str(dim), "--tasks", str(tasks), "--seed", str(seed)],
+                  n=n, timeout=TIMEOUT)
+    _ok(res, "kmeans")
+    m = re.match(r"kmeans: clusters=(\d+) iters=(\d+) inertia=([\d.]+) centroids=(.*)$",
+                 res.line("kmeans: clusters="))
+    assert m, res.out
+    points = np.concatenate([kmeans.chunk(seed, size, clusters, dim, c)
+                             for c in range(kmeans.n_chunks(size))])
+    init = kmeans.initial_centroids(seed, size, clusters, dim)
+    iters, inertia, cents = _kmeans_reference(points, init.copy(), 100)
+    assert int(m.group(2)) == iters
+    assert float(m.group(3)) == pytest.approx(inertia, rel=1e-9)
+    np.testing.assert_allclose(np.array(ast.literal_eval(m.group(4))), cents, atol=2e-6)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("n,mappers,reducers", [(2, 2, 1), (4, 4, 3)])
+def test_wordcount(n, mappers, reducers):
+    import glob
+    from collections import Counter
+    import wordcount
+    files = sorted(glob.glob(str(EXAMPLES / "data" / "corpus" / "*.txt")))
+    assert len(files) >= 3
+    res = run_job([str(EXAMPLES / "wordcount.py"), *files, "--mappers", str(mappers),
+                   "--reducers", str(reducers), "--top", "8"], n=n, timeout=TIMEOUT)
+    _ok(res, "wordcount")
+    counts: Counter = Counter()
+    for f in files:
+        counts.update(wordcount.words(Path(f).read_text(encoding="utf-8")))
+    best = sorted(counts.items(), key=lambda wc: (-wc[1], wc[0]))[:8]
+    assert res.line("wordcount: words=") == (
+        f"wordcount: words={sum(counts.values())} distinct={len(counts)} "
+        f"top={','.join(f'{w}:{c}' for w, c in best)}")
