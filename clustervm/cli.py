@@ -2,6 +2,7 @@
 
 ``clustervm run [options] app.py [args]``   launch a job with mpiexec
 ``clustervm info``                          what MPI is here and what it can do
+``clustervm timeline FILE -o run.png``      draw a --trace file as a Gantt chart
 ``clustervm app.py [args]``                 run the app on this rank (what mpiexec starts)
 
 Subcommands are registered in :data:`COMMANDS`: a name, a function that adds
@@ -108,9 +109,9 @@ def _add_run(p: argparse.ArgumentParser) -> None:
 
 def _check_dashboard(value: str) -> None:
     host, _, port = value.rpartition(":")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--dashboard {value!r}: give [HOST:]PORT with PORT 1-65535, "
-                          f"e.g. --dashboard 8787 or --dashboard 0.0.0.0:8787")
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"--dashboard {value!r}: give [HOST:]PORT with PORT 0-65535 (0: any "
+                          f"free port), e.g. --dashboard 8787 or --dashboard 0.0.0.0:8787")
 
 
 def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None) -> Config:
@@ -154,6 +155,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(launcher.format_command(argv, env))
         return 0
     log.info("running %s", launcher.format_command(argv, env))
+    from .status import use_terminal
+    env = use_terminal(env)   # rank 0 draws the live status line on our terminal, if it is one
     restarts = args.restarts
     if restarts is None:
         restarts = DEFAULT_HOST_RESTARTS if _multi_host(args.hostfile) else 0
@@ -192,6 +195,38 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 1 if info["mpiexec"] == "not found" or "not loadable" in info["library"] else 0
 
 
+# ------------------------------------------------------------- timeline
+
+def _add_timeline(p: argparse.ArgumentParser) -> None:
+    p.add_argument("trace", metavar="FILE", help="a trace written by `clustervm run --trace FILE`")
+    p.add_argument("-o", "--output", metavar="PNG",
+                   help="image to write (default: FILE with .png; .svg and .pdf work too)")
+    p.add_argument("--title", help="title of the chart (default: a summary of the run)")
+    p.add_argument("--width", type=_positive_float, default=12.0, metavar="INCHES",
+                   help="width of the chart (default 12)")
+
+
+def _cmd_timeline(args: argparse.Namespace) -> int:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print(f"{PROG}: error: timeline needs matplotlib; install it with "
+              f"`pip install 'clustervm[viz]'` (or `pip install matplotlib`)", file=sys.stderr)
+        return 1
+    from .trace import draw_timeline
+
+    out = args.output or os.path.splitext(args.trace)[0] + ".png"
+    try:
+        summary = draw_timeline(args.trace, out, title=args.title, width=args.width)
+    except (OSError, ValueError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    print(f"{out}: {summary['runs']} task runs on {summary['nodes']} node(s), "
+          f"{summary['nodes_lost']} lost, {summary['reruns']} re-run(s), "
+          f"{summary['failed']} failed")
+    return 0
+
+
 # ------------------------------------------------------------- registry
 
 class Command(NamedTuple):
@@ -207,6 +242,8 @@ COMMANDS: dict[str, Command] = {
     "run": Command("launch a job: mpiexec ... python -m clustervm app.py", _add_run, _cmd_run,
                    takes_app=True),
     "info": Command("show the MPI library, ULFM, thread level and mpiexec", _add_info, _cmd_info),
+    "timeline": Command("draw a --trace file as a Gantt chart of nodes x time (PNG)",
+                        _add_timeline, _cmd_timeline),
 }
 
 

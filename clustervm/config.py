@@ -43,7 +43,7 @@ class Config:
     #: CLUSTERVM_SPIN_MS: milliseconds a waiting loop polls MPI after the last message before it backs off.
     spin_ms: float = 5.0
     #: CLUSTERVM_IDLE_SLEEP_MS: longest sleep between polls of an idle loop, in milliseconds.
-    idle_sleep_ms: float = 2.0
+    idle_sleep_ms: float = 10.0
     #: CLUSTERVM_REPLAY_LOG_MB: megabytes of messages kept per receiver for replay after a failover.
     replay_log_mb: float = 256.0
     #: CLUSTERVM_REPORT: print the end-of-job report: 'auto' (after failures), 'always', 'never'.

@@ -97,7 +97,7 @@ class Coordinator(Site):
             P.DONE: self._on_done,
             P.EXITED: self._on_exited,
             P.REQ: self._on_req,
-            P.HEARTBEAT: lambda src, msg: None,
+            P.HEARTBEAT: lambda src, msg: False,      # not work: keeps idle loops idle
             P.BYE: self._on_bye,
         })
         self.t0 = time.monotonic()
@@ -106,6 +106,7 @@ class Coordinator(Site):
         self.exits: dict[int, tuple[bool, Any]] = {}
         self.pending: deque[TaskRecord] = deque()
         self.cap = max(1, config.slots) + max(0, config.prefetch)
+        self.waiting: dict[int, int] = {}   # task -> tasks it submitted that are not done
         self._tids = itertools.count(P.MAIN_TID + 1)
         self.events = EventLog(self.t0)
         self.groups = Groups(self)
@@ -314,6 +315,8 @@ class Coordinator(Site):
                 if self._reuse(rec):
                     return fut
             self.tasks[tid] = rec
+            if parent in self.tasks:   # nested: a parent waiting on it gives up its slot
+                self.waiting[parent] = self.waiting.get(parent, 0) + 1
             self.pending.append(rec)
             self._dispatch()
         return fut
@@ -335,12 +338,13 @@ class Coordinator(Site):
             for n in order:
                 if not pending:
                     break
-                if len(n.inflight) >= cap:
+                if len(n.inflight) >= cap and self._busy(n) >= cap:
                     continue
                 rec = pending.popleft()
                 if rec.where is not None and n.rank not in rec.where:
                     target = self._pick(rec.where)
-                    if target is None or len(target.inflight) >= cap:
+                    if target is None or (len(target.inflight) >= cap
+                                          and self._busy(target) >= cap):
                         skipped.append(rec)
                         progressed = True
                         continue
@@ -375,6 +379,12 @@ class Coordinator(Site):
                 obs(kind, rec, rank, ok)
             except Exception:   # noqa: BLE001 - an observer must never stop the scheduler
                 log.exception("observer %r failed on %s of task %d", obs, kind, rec.tid)
+
+    def _busy(self, n: NodeInfo) -> int:
+        """Slots of ``n`` in use: its tasks in flight, less those waiting on tasks they
+        submitted (so nested submission cannot fill every slot with waiting parents)."""
+        waiting = self.waiting
+        return len(n.inflight) - sum(1 for t in n.inflight if t in waiting)
 
     def _run_item(self, rec: TaskRecord) -> tuple:
         ckpt = self._load_ckpt(rec.tid) if rec.attempts or self.config.resume else None
@@ -427,6 +437,13 @@ class Coordinator(Site):
             return
         rec.state = "done" if ok else "error"
         self.tasks.pop(rec.tid, None)
+        self.waiting.pop(rec.tid, None)
+        left = self.waiting.get(rec.parent)
+        if left is not None:
+            if left > 1:
+                self.waiting[rec.parent] = left - 1
+            else:
+                del self.waiting[rec.parent]
         if self.observers:
             self._observe("end", rec, rec.node, ok)
         if self.journal is not None and packed:

@@ -167,8 +167,7 @@ class Node(Site):
 
     def _on_run(self, src: int, msg: Any) -> None:
         self.queue.extend(msg[1])
-        if self.transport._user_waiters:       # an idle worker may be asleep
-            self.transport.notify_background()
+        self.transport.notify_background()     # an idle worker may be asleep
 
     def _on_cancel(self, src: int, msg: Any) -> None:
         self.cancelled.add(msg[1])

@@ -167,6 +167,10 @@ def _start_extras(coord, config: Config) -> list[Callable[[], None]]:
     if config.dashboard:
         from .dashboard import serve
         stops.append(serve(coord, config.dashboard))
+    from . import status
+    stop_status = status.start(coord, config)   # only on a terminal (see status.py)
+    if stop_status is not None:
+        stops.append(stop_status)
     return stops
 
 

@@ -103,12 +103,12 @@ class Site:
 
     # -- dispatch ------------------------------------------------------------
 
-    def _handle(self, src: int, msg: Any) -> None:
+    def _handle(self, src: int, msg: Any) -> bool | None:
         handler = self.handlers.get(msg[0])
         if handler is None:
             log.warning("rank %d: unknown op %r from rank %d", self.rank, msg[0], src)
-            return
-        handler(src, msg)
+            return None
+        return handler(src, msg)
 
     def where(self) -> str:
         return f"node {self.rank} (host {self.host}, pid {self.pid})"

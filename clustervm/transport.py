@@ -46,7 +46,8 @@ _PREFIX = struct.Struct("<BIi")  # kind, number of buffers, buffer tag
 _FAILURE_CLASSES = {MPI.ERR_PROC_FAILED, getattr(MPI, "ERR_PROC_FAILED_PENDING", -1),
                     getattr(MPI, "ERR_REVOKED", -1)}
 
-Handler = Callable[[int, Any], None]
+#: Handles one message; returns False when it was mere housekeeping (a heartbeat).
+Handler = Callable[[int, Any], "bool | None"]
 
 
 class PeerFailed(Exception):
@@ -71,7 +72,7 @@ class Counters:
 class Transport:
     """Frames over one MPI communicator, with leader/follower progress."""
 
-    def __init__(self, comm: MPI.Comm, *, spin_ms: float = 5.0, idle_sleep_ms: float = 2.0,
+    def __init__(self, comm: MPI.Comm, *, spin_ms: float = 5.0, idle_sleep_ms: float = 10.0,
                  allow_pickle: bool = False) -> None:
         comm.Set_errhandler(MPI.ERRORS_RETURN)
         self.comm = comm
@@ -89,6 +90,9 @@ class Transport:
         self._token = threading.Lock()
         self._cond = threading.Condition()       # foreground waiters sleep here
         self._bg_cond = threading.Condition()    # idle workers and the service thread
+        self._bg_poller: int | None = None       # the background thread polling now
+        self._bg_waiters = 0                     # idle workers waiting for work
+        self._busy = False                       # a poll handled more than heartbeats
         self._user_waiters = 0
         self._pending: deque[tuple[list[MPI.Request], Any]] = deque()
         self._pending_lock = threading.Lock()
@@ -230,7 +234,8 @@ class Transport:
             return True
         msg = wire.loads(payload, bufs, allow_pickle=self.allow_pickle)
         try:
-            self.handler(src, msg)
+            if self.handler(src, msg) is not False:
+                self._busy = True
         except Exception:
             log.exception("handler failed on a message from rank %d", src)
         return True
@@ -238,6 +243,7 @@ class Transport:
     def poll(self, limit: int = 256) -> int:
         """Receive and handle what has arrived (at most ``limit``); caller holds the token."""
         n = 0
+        self._busy = False
         try:
             while n < limit and self._recv_one():
                 n += 1
@@ -247,7 +253,8 @@ class Transport:
             self._note_failures()
         self._complete_pending()
         if n:
-            self._last_activity = time.perf_counter()
+            if self._busy:   # heartbeats alone do not make an idle loop spin
+                self._last_activity = time.perf_counter()
             cond = self._cond
             with cond:
                 cond.notify_all()
@@ -331,29 +338,50 @@ class Transport:
         return True
 
     def _wait_background(self, predicate: Callable[[], bool], deadline: float | None) -> bool:
-        while not predicate():
-            if self.closed:
-                return False
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return False
-            if self._user_waiters:
-                with self._bg_cond:
-                    if predicate():
-                        return True
-                    self._bg_cond.wait(0.05 if remaining is None else min(0.05, remaining))
-            elif self._token.acquire(blocking=False):
-                try:
-                    got = self.poll()
-                finally:
-                    self._token.release()
-                if not got:
-                    if predicate():
-                        return True
-                    self._pause(remaining, self._bg_cond, spin=False)
-            else:
+        with self._bg_cond:
+            self._bg_waiters += 1
+        try:
+            while not predicate():
+                if self.closed:
+                    return False
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._background_step(remaining, spin=False, predicate=predicate)
+            return True
+        finally:
+            with self._bg_cond:
+                self._bg_waiters -= 1
+
+    def _background_step(self, remaining: float | None, spin: bool,
+                         predicate: Callable[[], bool] | None = None) -> None:
+        """Poll once as the process's single background poller, or wait for a turn.
+
+        Background threads (idle workers, the service thread) poll only while no
+        foreground thread waits, and one at a time, so an idle rank wakes up a
+        few hundred times a second at most.
+        """
+        me = threading.get_ident()
+        with self._bg_cond:
+            if predicate is not None and predicate():
+                return
+            if self._user_waiters or self._bg_poller not in (None, me):
+                self._bg_cond.wait(0.05 if remaining is None else min(0.05, remaining))
+                return
+            self._bg_poller = me
+        try:
+            if not self._token.acquire(blocking=False):
                 time.sleep(_BACKGROUND_PAUSE_S)
-        return True
+                return
+            try:
+                got = self.poll()
+            finally:
+                self._token.release()
+            if not got and (predicate is None or not predicate()):
+                self._pause(remaining, self._bg_cond, spin=spin)
+        finally:
+            with self._bg_cond:
+                self._bg_poller = None
 
     def _pause(self, remaining: float | None, cond: threading.Condition,
                spin: bool = True) -> None:
@@ -382,19 +410,11 @@ class Transport:
         if self.closed:
             time.sleep(max_sleep)
             return
-        if self._user_waiters:
+        if self._bg_waiters:          # an idle worker polls: it is the one who needs work
             with self._bg_cond:
                 self._bg_cond.wait(max_sleep)
             return
-        if self._token.acquire(blocking=False):
-            try:
-                got = self.poll()
-            finally:
-                self._token.release()
-            if not got:
-                self._pause(max_sleep, self._bg_cond, spin=spin)
-        else:
-            time.sleep(_BACKGROUND_PAUSE_S)
+        self._background_step(max_sleep, spin=spin)
 
     def notify(self) -> None:
         """Wake foreground waiters (state changed outside a poll: a local delivery)."""
