@@ -449,7 +449,7 @@ class Coordinator(Site):
         if self.journal is not None and packed:
             payload, bufs = wire.dumps((rec.digest, ok, value))
             self.journal.append("done", str(rec.tid), [payload, *bufs])
-        if str(rec.tid) in self.store:
+        if rec.t_ckpt or rec.attempts or self.config.resume:   # it may have checkpoints
             self.store.drop(str(rec.tid))
         outcome = value if ok or not packed else remote.unpack_exception(value)
         if rec.kind == SPAWNED:
