@@ -472,12 +472,15 @@ class Coordinator(Site):
         if rec.reply is not None:
             rec.reply(ok, value if ok else outcome)
 
-    def cancel_task(self, tid: int) -> bool:
+    def cancel_task(self, tid: int, running: bool = False) -> bool:
+        """Cancel a short task not yet handed to a node; with ``running`` (vm.kill) any."""
         with self.lock:
             rec = self.tasks.get(tid)
             if rec is None or rec.kind != SHORT:
                 return False
             if rec.state == "running":
+                if not running:
+                    return False   # a node may be running it: False, as concurrent.futures
                 n = self.nodes.get(rec.node)
                 if n is not None:
                     n.inflight.pop(tid, None)
@@ -716,7 +719,7 @@ class Coordinator(Site):
         if rec is None:
             raise UnknownTaskError(f"no live task has tid {tid}")
         if rec.kind == SHORT:
-            self.cancel_task(tid)
+            self.cancel_task(tid, running=True)
         else:
             if rec.node is not None:
                 self.transport.post(rec.node, (P.KILL, tid, rec.inc))
