@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
@@ -42,11 +43,16 @@ class Shared:
             raise RuntimeError("Shared.get() works inside a task or main")
         cache = site.__dict__.setdefault("_shared", {})
         if self.key not in cache:
-            cache[self.key] = site.call("get_info", self.key, False)
+            with _fetching:       # tasks asking at once on one node: one fetch, not one each
+                if self.key not in cache:
+                    cache[self.key] = site.call("get_info", self.key, False)
         return cache[self.key]
 
     def __repr__(self) -> str:
         return f"Shared({self.key!r})"
+
+
+_fetching = threading.Lock()
 
 
 class VM:

@@ -44,6 +44,7 @@ Ext type codes (msgpack ext, all private to clustervm)::
     6 ndarray    packed [descr, shape, fortran: bool, buffer index]
     7 np scalar  packed [descr, raw bytes]
     8 pickle     packed [type name, pickle bytes, first buffer index, buffer count]
+    9 shared     the key (utf-8) of a ``vm.scatter`` handle (clustervm.vm.Shared)
 
 ``descr`` is ``np.lib.format.dtype_to_descr(dtype)``; it is rebuilt with
 ``descr_to_dtype``. Functions are not sent by value: send ``fn_ref(fn)`` (a
@@ -75,6 +76,7 @@ EXT_COMPLEX = 5
 EXT_NDARRAY = 6
 EXT_NPSCALAR = 7
 EXT_PICKLE = 8
+EXT_SHARED = 9
 
 _FIX = (
     "Send plain data (None, bool, int, float, complex, str, bytes, list, tuple, dict, "
@@ -220,6 +222,8 @@ class _Encoder:
             return _tuple_new(ExtType, (EXT_SET, self.pack(list(obj))))
         if isinstance(obj, complex):
             return _tuple_new(ExtType, (EXT_COMPLEX, _complex.pack(obj.real, obj.imag)))
+        if t.__name__ == "Shared" and t.__module__ == "clustervm.vm":   # a vm.scatter handle
+            return _tuple_new(ExtType, (EXT_SHARED, obj.key.encode()))
         if callable(obj) and hasattr(obj, "__qualname__"):
             reason = "functions and classes are not sent by value: send fn_ref(f), then resolve_ref"
         else:
@@ -489,6 +493,9 @@ def loads(
             return frozenset(_unpackb(data, ext_hook=hook, raw=False, strict_map_key=False))
         if code == EXT_COMPLEX:
             return complex(*_complex.unpack(data))
+        if code == EXT_SHARED:
+            from .vm import Shared
+            return Shared(bytes(data).decode())
         if code == EXT_PICKLE:
             return _dec_pickle(data, buffers, allow_pickle, hook)
         raise WireError(f"unknown ext type {code} in message (sender runs another clustervm?)")
