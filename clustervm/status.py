@@ -51,11 +51,13 @@ def terminal_spec() -> str:
 def use_terminal(env: Mapping[str, str]) -> dict[str, str]:
     """The job's environment with our terminal for the status line (unless the user chose)."""
     out = dict(env)
-    if ENV in os.environ:
-        return out
-    out[ENV] = spec = terminal_spec()
-    if spec != OFF:
-        atexit.register(_reset_region, spec)
+    spec = os.environ.get(ENV)
+    if spec is None:
+        # in our own environment too, for the jobs a supervisor starts (--restarts)
+        spec = os.environ[ENV] = terminal_spec()
+        if spec != OFF:
+            atexit.register(_reset_region, spec)
+    out[ENV] = spec
     return out
 
 

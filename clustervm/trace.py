@@ -110,8 +110,8 @@ class Tracer:
             free = self._slot_free.get(rank)
             if free is None:
                 free = self._slot_free[rank] = [0.0] * self.slots
-            i = min(range(len(free)), key=free.__getitem__)
-            start = max(dispatched, free[i])
+            i = 0 if self.slots == 1 else min(range(self.slots), key=free.__getitem__)
+            start = free[i] if free[i] > dispatched else dispatched
             if start >= end:                 # queued on the node, never begun
                 if outcome == "lost":
                     return
@@ -335,10 +335,10 @@ def draw_timeline(trace_path: str, out_path: str, title: str | None = None,
     palette = plt.get_cmap("tab10")
     colour = {fn: to_hex(palette(i % 10)) for i, fn in enumerate(fns)}
     has_counters = any(c.get("name", "").endswith("messages/s") for c in counters)
-    height = min(14.0, 1.6 + 0.42 * total_h) + (1.6 if has_counters else 0.0)
+    height = min(14.0, 1.6 + 0.42 * total_h) + (1.3 if has_counters else 0.0)
     fig = plt.figure(figsize=(width, height), dpi=110)
     if has_counters:
-        gs = fig.add_gridspec(2, 1, height_ratios=[max(2.0, total_h * 0.42), 1.4], hspace=0.35)
+        gs = fig.add_gridspec(2, 1, height_ratios=[max(2.0, total_h * 0.42), 1.0], hspace=0.3)
         ax = fig.add_subplot(gs[0])
         axc = fig.add_subplot(gs[1], sharex=ax)
     else:
@@ -365,7 +365,9 @@ def draw_timeline(trace_path: str, out_path: str, title: str | None = None,
     for key, spans in by_style.items():
         pid, tid, fn, outcome, rerun = key
         face = colour.get(fn, "C0")
-        kw: dict[str, Any] = {"facecolors": face, "edgecolors": "white", "linewidth": 0.4}
+        # separators between bars while they are wide enough to see
+        kw: dict[str, Any] = {"facecolors": face, "edgecolors": "white",
+                              "linewidth": 0.4 if len(runs) < 1500 else 0.0}
         if outcome == "error":
             kw.update(facecolors="#d62728", edgecolors="#7f0000", linewidth=0.8)
         elif outcome == "lost":
