@@ -411,17 +411,24 @@ def check_tasks_kill(vm):
     except Exception as exc:   # noqa: BLE001
         joined = type(exc).__name__
     after = vm.tasks()
-    time.sleep(1.0)                  # let the kill reach the node
-    c1 = vm.get_info(key)
-    time.sleep(0.6)
-    c2 = vm.get_info(key)
+    # a live sleeper bumps its counter every ~50 ms: stopped = unchanged for a whole second
+    last, since, stopped = vm.get_info(key), time.monotonic(), False
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now, cur = time.monotonic(), vm.get_info(key)
+        if cur != last:
+            last, since = cur, now
+        elif now - since >= 1.0:
+            stopped = True
+            break
     try:
         vm.kill(987656)
         unknown = None
     except Exception as exc:   # noqa: BLE001
         unknown = type(exc).__name__
     return {"tid": t, "before": before, "after": after, "joined": joined,
-            "counts": [c1, c2], "kill_unknown": unknown}
+            "stopped": stopped, "kill_unknown": unknown}
 
 
 CHECKS = [
