@@ -108,7 +108,7 @@ def supervise(n: int | None, app: str, app_args: Sequence[str], *, hostfile: str
                 # non-zero once PRRTE notices its daemon gone) does not fail the job.
                 if rc != 0 and status == 0:
                     print(f"clustervm: the job finished; mpiexec then ended with status {rc} "
-                          f"(e.g. PRRTE lost a host's daemon, which the job had survived)",
+                          f"(a rank or a host was lost during the job, which it survived)",
                           file=sys.stderr)
                 return status
             if rc == launcher.TIMEOUT_STATUS or attempt >= restarts:
@@ -129,9 +129,9 @@ def supervise(n: int | None, app: str, app_args: Sequence[str], *, hostfile: str
                 hosts = alive
                 current = _write_hostfile(alive, config.checkpoint_dir, attempt)
             print(f"clustervm: the job ended without finishing (mpiexec status {rc}); "
-                  f"lost host(s): {', '.join(lost) or 'none (every host answers)'}"
-                  + (f" (probed in {time.monotonic() - ended:.1f} s)" if hosts else "")
-                  + f"; restart {attempt} of "
+                  + (f"lost host(s): {', '.join(lost) or 'none (every host answers)'} "
+                     f"(probed in {time.monotonic() - ended:.1f} s); " if hosts else "")
+                  + f"restart {attempt} of "
                   f"{restarts} from the journal in {config.checkpoint_dir}"
                   + (f" on {', '.join(h.name for h in hosts)}" if hosts else ""),
                   file=sys.stderr, flush=True)
