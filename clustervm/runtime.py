@@ -99,6 +99,7 @@ def start(main: Callable | None, config: Config, argv: list[str]) -> int:
     from mpi4py import MPI
     from . import current
     from .transport import Transport
+    _hydra_signals(MPI)
     world = MPI.COMM_WORLD
     if world.Get_size() < 2:
         print("clustervm: error: a VM needs at least 2 ranks (a coordinator and one node); "
@@ -156,6 +157,25 @@ def start(main: Callable | None, config: Config, argv: list[str]) -> int:
                                          (lost or coord.stats["rerun"] or config.resume)):
             print(coord.report(), file=sys.stderr, flush=True)
     return code
+
+
+def _hydra_signals(MPI) -> None:
+    """MPICH's mpiexec (Hydra) with -disable-auto-cleanup sends SIGUSR1 to the other ranks
+    of a host when one ends, killed or not. Its default action, or a handler set before
+    MPI_Init (our stack dumper), ends them: measured with MPICH 5.0.2, docs/mpis.md. So
+    with an MPICH-family library SIGUSR1 is ignored (after MPI_Init) and the stacks on
+    demand move to SIGUSR2. Failures are found by heartbeats there anyway."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        library = MPI.Get_library_version()
+    except Exception:   # noqa: BLE001
+        return
+    if not any(name in library for name in ("MPICH", "MVAPICH", "Intel(R) MPI")):
+        return
+    faulthandler.unregister(signal.SIGUSR1)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
 
 
 def _start_extras(coord, config: Config) -> list[Callable[[], None]]:
