@@ -61,6 +61,8 @@ class Groups:
         self.base: dict[tuple[str, int], int] = {}              # (name, tid) -> first round
         self.next_round: dict[str, int] = {}
         self.doomed: dict[str, dict[int, GroupError]] = {}     # rounds that a failed member missed
+        self.frozen: dict[str, bool] = {}                       # name -> on MPI collectives?
+        self._comm_tags = 0
 
     # -- membership ----------------------------------------------------------
 
@@ -70,6 +72,10 @@ class Groups:
         for inst, t in insts.items():
             if t == tid:
                 return inst, self.base[(name, tid)]
+        if name in self.frozen:
+            raise GroupError(f"group {name!r} is frozen (freeze_group): its membership is fixed; "
+                             f"task {tid} cannot join it. Join another group, or have every "
+                             f"member leave_group({name!r}) first")
         inst = 0
         while inst in insts:
             inst += 1
@@ -87,6 +93,7 @@ class Groups:
         for inst, t in list(insts.items()):
             if t == tid:
                 del insts[inst]
+                self.frozen.pop(name, None)     # membership changed: not frozen any more
                 self._recheck(name)
                 return
         raise GroupError(f"task {tid} is not a member of group {name!r}")
@@ -133,6 +140,7 @@ class Groups:
                         elif nxt >= self.next_round.get(name, 0):
                             self.doomed.setdefault(name, {})[nxt] = err
                     del insts[inst]
+                    self.frozen.pop(name, None)
                     self._recheck(name)
 
     # -- collectives -----------------------------------------------------------
@@ -143,6 +151,14 @@ class Groups:
         if not insts or tid not in insts.values():
             raise GroupError(f"task {tid} called {op} on group {name!r} without being a member; "
                              f"call join_group({name!r}) first")
+        if self.frozen.get(name) and (op != "freeze" or round_no is not None and
+                                      round_no < self.next_round.get(name, 0)):
+            # only a member restarted from an older state calls the hub (or freezes again)
+            raise GroupError(f"group {name!r} is frozen onto MPI collectives (freeze_group) and "
+                             f"task {tid} called {op} through the coordinator: it was restarted "
+                             f"after its node was lost, and a frozen group does not survive "
+                             f"that. Have every member leave_group({name!r}) and join_group "
+                             f"again to go on as a hub group")
         if round_no is None:
             round_no = self.counter.get((name, tid), 0)
         self.counter[(name, tid)] = round_no + 1
@@ -244,6 +260,8 @@ class Groups:
                 raise GroupError(f"{op} on group {name!r}: root instance {root} is not a member")
         if op == "barrier":
             return {t: (True, None) for t in parts}
+        if op == "freeze":
+            return self._freeze(name, rnd, ordered, inst_of)
         if op == "bcast":
             v = parts[root_tid][0]
             return {t: (True, v) for t in parts}
@@ -265,6 +283,32 @@ class Groups:
                                  f"{len(ordered)} members")
             return {t: (True, values[inst_of[t]]) for t in parts}
         raise GroupError(f"unknown collective {op!r}")
+
+    def _freeze(self, name: str, rnd: _Round, ordered: list, inst_of: dict) -> dict:
+        """Fix the membership; with ``count`` 1 (mpi=True) and one member per rank, give
+        the members what they need to build an MPI communicator of their ranks."""
+        size = len(ordered)
+        plan: dict = {"size": size, "members": None, "tag": 0, "why": ""}
+        ranks = {t: self._rank_of(t) for t in ordered}
+        if not rnd.count:
+            plan["why"] = "mpi=False"
+        elif any(r is None for r in ranks.values()):
+            plan["why"] = "a member has no node (being restarted)"
+        elif len(set(ranks.values())) < size:
+            plan["why"] = "some members share a node"
+        else:
+            self._comm_tags += 1
+            plan["members"] = [(inst_of[t], t, ranks[t]) for t in ordered]
+            plan["tag"] = self._comm_tags
+        self.frozen[name] = plan["members"] is not None
+        return {t: (True, plan) for t in rnd.parts}
+
+    def _rank_of(self, tid: int) -> int | None:
+        if tid == P.MAIN_TID:
+            return P.COORDINATOR
+        rec = self.coord.tasks.get(tid)
+        return None if rec is None or getattr(rec, "state", "running") != "running" \
+            else rec.node
 
     def node_lost(self, rank: int) -> None:
         """Fail open rounds that wait on members of node ``rank`` that cannot come back.

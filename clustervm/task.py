@@ -215,8 +215,32 @@ class TaskContext:
         return inst
 
     def leave_group(self, name: str) -> None:
+        frozen = self.__dict__.get("_frozen", {}).pop(name, None)
+        if frozen is not None:
+            frozen.close()
         self._site.call("leave_group", name, self.tid)
         self._coll.pop(name, None)      # a later join_group starts at the group's next round
+
+    def freeze_group(self, name: str, mpi: bool = True, timeout: float | None = None) -> int:
+        """Make group ``name`` static (pvm_freezegroup); every member calls it. Returns the size.
+
+        With ``mpi`` (the default) and members on distinct nodes (main counts as rank 0),
+        the group's collectives then run on an MPI communicator of those ranks, member to
+        member, instead of through the coordinator. Such a group does not survive the loss
+        of a member: its collectives raise GroupError naming the lost member (never hang).
+        After freezing, no task can join; a member that leaves ends the frozen group.
+        """
+        plan = self._collective("freeze", name, None, int(bool(mpi)), None, None, timeout)
+        if plan["members"]:
+            from .fastgroup import FrozenGroup
+            self.__dict__.setdefault("_frozen", {})[name] = FrozenGroup(
+                self, name, plan["members"], plan["tag"])
+        return plan["size"]
+
+    def group_on_mpi(self, name: str) -> bool:
+        """Whether this member runs the collectives of ``name`` on MPI (see freeze_group)."""
+        frozen = self.__dict__.get("_frozen", {}).get(name)
+        return frozen is not None and frozen.broken is None
 
     def group_size(self, name: str) -> int:
         return self._site.call("group_size", name)
@@ -267,6 +291,9 @@ class TaskContext:
         if round_no is None:
             raise GroupError(f"task {self.tid} called {op} on group {name!r} without being a "
                              f"member; call join_group({name!r}) first")
+        frozen = self.__dict__.get("_frozen")
+        if frozen and name in frozen:
+            return frozen[name].call(op, value, count, root, fn_ref, timeout)
         self._coll[name] = round_no + 1
         return self._site.call("collective", op, name, self.tid, value, count, root, fn_ref,
                                round_no, timeout=timeout)

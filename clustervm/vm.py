@@ -252,4 +252,4 @@ class VM:
 
 _CTX_CALLS = {"join_group", "leave_group", "group_size", "group_tids", "group_tid", "group_inst",
               "barrier", "bcast", "reduce", "allreduce", "gather", "allgather",
-              "put_info", "get_info", "del_info"}
+              "freeze_group", "group_on_mpi", "put_info", "get_info", "del_info"}

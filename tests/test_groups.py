@@ -329,6 +329,38 @@ def test_main_gets_copies():
     np.testing.assert_array_equal(g.done["g"][0][1][10][1], np.ones(4))
 
 
+def test_freeze_plans_one_member_per_node():
+    g, coord, tids = make(3, nodes=[1, 2, 3])
+    g.join("g", MAIN_TID)
+    boxes = [call(g, t, "freeze", count=1) for t in tids + [MAIN_TID]]
+    plan = boxes[0].value
+    assert plan["size"] == 4 and plan["tag"] >= 1
+    assert plan["members"] == [(0, 10, 1), (1, 11, 2), (2, 12, 3), (3, MAIN_TID, 0)]
+    assert all(b.value == plan for b in boxes)
+    with pytest.raises(GroupError, match="is frozen.*membership is fixed"):
+        g.join("g", 99)
+    # only a member restarted from an older state calls the hub now: a clear error
+    box = call(g, tids[1], "allreduce", 1, fn="sum")
+    assert "frozen onto MPI collectives" in str(box.error)
+    assert "leave_group('g') and join_group" in str(box.error)
+    box = call(g, tids[1], "freeze", count=1, round_no=0)
+    assert "frozen onto MPI collectives" in str(box.error)
+    g.leave("g", tids[2])                      # membership changed: not frozen any more
+    assert g.join("g", 99)[0] == 2
+
+
+def test_freeze_stays_on_the_hub_when_members_share_a_node():
+    g, coord, tids = make(3, nodes=[1, 1, 2])
+    plan = [call(g, t, "freeze", count=1) for t in tids][0].value
+    assert plan["members"] is None and "share a node" in plan["why"]
+    assert [b.value for b in everyone(g, tids, "allreduce", [1, 2, 3], fn="sum")] == [6] * 3
+    g2, _, t2 = make(2, name="h")
+    plan = [call(g2, t, "freeze", name="h", count=0) for t in t2][0].value
+    assert plan["members"] is None and plan["why"] == "mpi=False"
+    with pytest.raises(GroupError, match="frozen"):
+        g2.join("h", 99)
+
+
 # -- integration tests: real jobs ---------------------------------------------------------
 
 TIMEOUT = 90.0
@@ -338,12 +370,8 @@ def _ok(res, what: str) -> None:
     assert res.rc == 0, f"{what} failed (rc {res.rc}):\n{res.out}\n--- stderr ---\n{res.err}"
 
 
-@pytest.mark.mpi
-def test_every_group_call_and_the_mailbox():
-    import json
-    res = run_job([str(APPS / "groups_calls.py"), "--tasks", "3"], n=3, timeout=TIMEOUT)
-    _ok(res, "groups_calls")
-    r = json.loads(res.line("groups-result=").split("=", 1)[1])
+def _check_records(r: dict) -> dict:
+    """What groups_calls.record returned at every member is what it should be."""
     n, tids = 4, r["tids"]
     order = r["main"]["tids"]                      # instance -> tid, in joining order
     assert sorted(order[:3]) == sorted(tids) and order[3] == r["main_tid"]   # main joined last
@@ -366,6 +394,18 @@ def test_every_group_call_and_the_mailbox():
         assert rec["allgather"] == [f"m{j}" for j in range(n)]
         assert rec["scatter"] == i * i
         assert rec["big"] == [float(sum(range(1 << 20))), "float64"]
+    return by_inst
+
+
+@pytest.mark.mpi
+def test_every_group_call_and_the_mailbox():
+    import json
+    res = run_job([str(APPS / "groups_calls.py"), "--tasks", "3"], n=3, timeout=TIMEOUT)
+    _ok(res, "groups_calls")
+    r = json.loads(res.line("groups-result=").split("=", 1)[1])
+    by_inst = _check_records(r)
+    n, order = 4, r["main"]["tids"]
+    for rec in by_inst.values():
         assert rec["after_rejoin"] == n
     assert by_inst[1]["rejoined_inst"] == 1        # the lowest free instance again
     errors = by_inst[0]["errors"]
@@ -415,6 +455,43 @@ def test_collective_fails_clearly_when_member_cannot_come_back(job, tmp_path):
     assert "GroupError" in line and "lost with node 1" in line
     assert re.search(r"member task\(s\) \[\d+\]", line)
     assert "'node': 1" in res.line("failover-mailbox:")
+
+
+
+@pytest.mark.mpi
+def test_frozen_group_runs_every_call_on_mpi():
+    import json
+    res = run_job([str(APPS / "groups_frozen.py")], n=4, timeout=TIMEOUT)
+    _ok(res, "groups_frozen")
+    r = json.loads(res.line("frozen-result=").split("=", 1)[1])
+    by_inst = _check_records(r)
+    assert r["main"]["frozen_size"] == 4
+    for rec in by_inst.values():
+        assert rec["on_mpi"] is True
+        e = rec["errors"]
+        assert "different collective calls" in e["mismatch"]
+        assert "bcast(root=0)" in e["mismatch"] and "allreduce()" in e["mismatch"]
+        assert "root instance 42 is not a member" in e["bad_root"]
+        assert e["mixed"] == [3, 4, 5]
+        if rec["inst"] == 1:
+            assert e["unsendable"].startswith("WireError")
+        else:
+            assert "instance(s) [1] could not make their contribution" in e["unsendable"]
+        assert e["after"] == 4
+    mismatches = {rec["errors"]["mismatch"] for rec in by_inst.values()}
+    assert len(mismatches) == 1                   # the same error at every member
+
+
+@pytest.mark.mpi
+def test_frozen_group_member_lost_raises_naming_it(job, tmp_path):
+    j = job([str(APPS / "groups_frozen.py"), "--kill-at", "5", "--markers", str(tmp_path)],
+            n=4, timeout=TIMEOUT)
+    _kill_when_ready(j, tmp_path, 3)
+    res = j.wait()
+    _ok(res, "groups_frozen --kill-at")
+    line = res.line("frozen-error:")
+    assert "GroupError" in line and "was lost with node 3" in line, line
+    assert "leave_group('g') and join_group" in line
 
 
 # -- the examples against single-process references ---------------------------------------

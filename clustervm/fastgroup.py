@@ -1,0 +1,442 @@
+"""Frozen groups: collectives on an MPI communicator of the members' ranks.
+
+``ctx.freeze_group(name)`` (PVM's ``pvm_freezegroup``) makes a group static.
+If its members are one per rank (main counts as rank 0), each member then
+builds an MPI communicator of those ranks (``MPI_Comm_create_group`` on
+COMM_WORLD, which involves only the members) and the group's collectives run
+on it with MPI's non-blocking collectives, member to member, instead of going
+through the coordinator as a hub.
+
+Every collective starts with one ``Iallgather`` of a fixed-size slot per
+member: what the member called (op, root, count, reduce op) plus its value
+when that is small. Every member sees every slot, so a mismatch (different
+calls, a bad root) is the same GroupError everywhere, as on the hub, and small
+values need no further step. Larger values follow: ``Ibcast`` from the root,
+``Iallgatherv`` of everyone's bytes, or, for numpy arrays of the same dtype
+and shape with sum/prod/min/max, ``Iallreduce`` / ``Ireduce`` straight on the
+arrays. Reductions of anything else combine the gathered values in instance
+order with the hub's code, so results are the same on both paths.
+
+Failure: a member polls its request and, meanwhile, watches for a member
+whose node is lost (MPI error from ULFM, or the coordinator moving or ending
+that member). Then it revokes the communicator (ULFM), so no member stays
+blocked, and raises a GroupError naming the lost member; later calls raise it
+too. A frozen group does not survive failover: a restarted member gets the
+same error from the coordinator. ``leave_group`` and ``join_group`` again
+make it a hub group.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import time
+import zlib
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from mpi4py import MPI
+
+from . import wire
+from .errors import GroupError
+
+if TYPE_CHECKING:
+    from .site import Site
+    from .task import TaskContext
+
+SLOT = 256                          # bytes per member in the first exchange
+_HDR = struct.Struct("<8q")         # op, root, count, fn hash, flags, meta len, bufs len, spare
+_ROOM = SLOT - _HDR.size
+_OPS = {"barrier": 1, "bcast": 2, "reduce": 3, "allreduce": 4, "gather": 5, "allgather": 6,
+        "scatter": 7}
+_NAMES = {v: k for k, v in _OPS.items()}
+_HAS_VALUE, _META_INLINE, _BUFS_INLINE, _FAST, _RAW, _FAILED = 1, 2, 4, 8, 16, 32
+_UFUNCS = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maximum}
+_MPI_OPS = {"sum": MPI.SUM, "prod": MPI.PROD, "min": MPI.MIN, "max": MPI.MAX}
+_FAST_KINDS = "biuf"                # integer, unsigned, float (complex: sum/prod only)
+_SPIN_S = 0.05                      # poll (yielding the CPU) this long, then back off
+_CHECK_EVERY = 64                   # polls between looks at the members' whereabouts
+_GRACE_S = 1.0                      # a member seen gone may still complete the call
+_yield = getattr(os, "sched_yield", lambda: time.sleep(0))
+
+
+class FrozenGroup:
+    """One member's view of a frozen group: the communicator and how to use it."""
+
+    def __init__(self, ctx: "TaskContext", name: str, members: list, tag: int) -> None:
+        self.ctx = ctx
+        self.site: "Site" = ctx._site
+        self.name = name
+        self.members = sorted((int(i), int(t), int(r)) for i, t, r in members)   # by instance
+        self.insts = [i for i, _, _ in self.members]
+        self.pos_of_inst = {i: p for p, i in enumerate(self.insts)}
+        self.me = next(p for p, (_, t, _) in enumerate(self.members) if t == ctx.tid)
+        self.broken: GroupError | None = None
+        self.calls = 0
+        self.deadline: float | None = None
+        world = MPI.COMM_WORLD
+        group = world.Get_group().Incl([r for _, _, r in self.members])
+        # 65536 > tag >= 2: never clustervm's point-to-point tags (1 and >= 65536)
+        self.comm = world.Create_group(group, 2 + tag % 60000)
+        group.Free()
+        self.comm.Set_errhandler(MPI.ERRORS_RETURN)
+        # where the other members are now: a change means their node was lost
+        from .protocol import MAIN_TID
+        self.watch = {}
+        for _, t, r in self.members:
+            if t not in (ctx.tid, MAIN_TID):
+                self.site.locate(t)
+                self.watch[t] = r
+
+    # -- the call -------------------------------------------------------------
+
+    def call(self, op: str, value: Any, count: Any, root: Any, fn: str | None,
+             timeout: float | None = None) -> Any:
+        if self.broken is not None:
+            raise self.broken
+        self.calls += 1
+        self.deadline = None if timeout is None else time.perf_counter() + timeout
+        failed = None
+        try:
+            slot, meta, bufs, value = self._prepare(op, value, count, root, fn)
+        except Exception as exc:   # noqa: BLE001 - take part anyway, so no member waits
+            failed, meta, bufs = exc, None, []
+            slot = np.zeros(SLOT, np.uint8)
+            _HDR.pack_into(slot, 0, _OPS[op], -2, -2, 0, _FAILED, 0, 0, 0)
+        n = len(self.members)
+        slots = np.empty(n * SLOT, np.uint8)
+        self._wait(self.comm.Iallgather(slot, slots), op)
+        hdrs = [_HDR.unpack_from(slots, p * SLOT) for p in range(n)]
+        if failed is not None:
+            raise failed
+        bad = [self.insts[p] for p, h in enumerate(hdrs) if h[4] & _FAILED]
+        if bad:
+            raise GroupError(f"{op} on frozen group {self.name!r}: instance(s) {bad} could not "
+                             f"make their contribution (their own call raised the error); no "
+                             f"member got a result")
+        self._validate(op, hdrs)
+        if op == "barrier":
+            return None
+        root_pos = self.pos_of_inst[root] if root is not None else None
+        if op in ("bcast", "scatter"):
+            got = self._from(root_pos, hdrs[root_pos], slots, op, bufs, meta)
+            if op == "bcast":
+                return got
+            values = got
+            if values is None or len(values) < max(self.insts) + 1:
+                raise GroupError(f"scatter on group {self.name!r}: the root gave "
+                                 f"{0 if values is None else len(values)} values for "
+                                 f"{max(self.insts) + 1} instances")
+            return values[self.insts[self.me]]
+        if op in ("reduce", "allreduce") and all(h[4] & _RAW for h in hdrs) and \
+                len({bytes(slots[p * SLOT + _HDR.size:p * SLOT + _HDR.size + h[5]])
+                     for p, h in enumerate(hdrs)}) == 1:
+            result = self._raw_reduce(hdrs, slots, fn)
+            return result if op == "allreduce" or self.me == root_pos else None
+        if op in ("reduce", "allreduce") and all(h[4] & _FAST for h in hdrs) and \
+                len({bytes(slots[p * SLOT + _HDR.size:p * SLOT + _HDR.size + h[5]])
+                     for p, h in enumerate(hdrs)}) == 1:
+            return self._fast_reduce(op, value, fn, root_pos)
+        values = self._everyone(hdrs, slots, op, bufs, meta)
+        if op == "allgather":
+            return values
+        if op == "gather":
+            return values if self.me == root_pos else None
+        from .groups import _reduce
+        result = _reduce(values, fn, self.site)
+        return result if op == "allreduce" or self.me == root_pos else None
+
+    def _prepare(self, op: str, value: Any, count: Any, root: Any, fn: str | None) -> tuple:
+        """This member's slot (and its value's meta and buffers when they do not fit)."""
+        has_value = (op in ("bcast", "scatter") and root == self.insts[self.me]) or \
+            op in ("reduce", "allreduce", "gather", "allgather")
+        slot = np.zeros(SLOT, np.uint8)
+        meta = head = None
+        bufs: list = []
+        flags = 0
+        if has_value and op in ("reduce", "allreduce") and _fast_ok(value, fn) and \
+                value.nbytes + 16 + 8 * value.ndim <= _ROOM:
+            # a small array: its raw bytes in the slot, reduced by every member at once
+            value = np.ascontiguousarray(value)
+            meta = struct.pack(f"<q{value.ndim}q", value.ndim, *value.shape) + \
+                value.dtype.str.encode()
+            flags = _HAS_VALUE | _RAW | _META_INLINE | _BUFS_INLINE
+            slot[_HDR.size:_HDR.size + len(meta)] = np.frombuffer(meta, np.uint8)
+            slot[_HDR.size + len(meta):_HDR.size + len(meta) + value.nbytes] = \
+                value.reshape(-1).view(np.uint8)
+            total = value.nbytes
+        elif has_value:
+            flags |= _HAS_VALUE
+            if op in ("reduce", "allreduce") and _fast_ok(value, fn):
+                flags |= _FAST
+                value = np.ascontiguousarray(value)
+            head, bufs = wire.dumps(value, allow_pickle=self.site.transport.allow_pickle)
+            meta = struct.pack(f"<q{len(bufs)}q", len(bufs), *(memoryview(b).nbytes for b in bufs)) \
+                + bytes(head)
+            total = sum(memoryview(b).nbytes for b in bufs)
+            if len(meta) <= _ROOM:
+                flags |= _META_INLINE
+                slot[_HDR.size:_HDR.size + len(meta)] = np.frombuffer(meta, np.uint8)
+                if len(meta) + total <= _ROOM:
+                    flags |= _BUFS_INLINE
+                    at = _HDR.size + len(meta)
+                    for b in bufs:
+                        n = memoryview(b).nbytes
+                        slot[at:at + n] = np.frombuffer(b, np.uint8)
+                        at += n
+            if not (flags & _META_INLINE and not flags & _BUFS_INLINE and len(bufs) == 1):
+                flags &= ~_FAST
+        else:
+            total = 0
+        _HDR.pack_into(slot, 0, _OPS[op], -1 if root is None else int(root),
+                       -1 if count is None else int(count),
+                       0 if fn is None else zlib.crc32(fn.encode()), flags,
+                       0 if meta is None else len(meta), total, 0)
+        return slot, meta, bufs, value
+
+    def _validate(self, op: str, hdrs: list) -> None:
+        first = hdrs[0]
+        for p, other in enumerate(hdrs):
+            if other[:4] != first[:4]:
+                ops = " (with different reduce ops)" if other[:3] == first[:3] else ""
+                raise GroupError(
+                    f"members of frozen group {self.name!r} made different collective calls "
+                    f"in call {self.calls}: instance {self.insts[0]} called {_describe(first)}, "
+                    f"instance {self.insts[p]} called {_describe(other)}{ops}; every member "
+                    f"must make the same sequence of collective calls on a group, with the "
+                    f"same op, root and count")
+        root = hdrs[0][1]
+        if _OPS[op] in (2, 3, 5, 7) and root not in self.pos_of_inst:
+            raise GroupError(f"{op} on group {self.name!r}: root instance {root} is not a member")
+
+    # -- moving the values --------------------------------------------------------
+
+    def _from(self, pos: int, hdr: tuple, slots: np.ndarray, op: str, my_bufs: list,
+              my_meta: bytes | None) -> Any:
+        """The value of member ``pos`` (the root), sent to every member."""
+        flags, mlen, total = hdr[4], hdr[5], hdr[6]
+        base = pos * SLOT + _HDR.size
+        if self.me == pos:
+            meta = my_meta
+        elif flags & _META_INLINE:
+            meta = bytes(slots[base:base + mlen])
+        else:
+            buf = bytearray(mlen)
+            self._wait(self.comm.Ibcast([buf, MPI.BYTE], root=pos), op)
+            meta = bytes(buf)
+        if self.me == pos and not flags & _META_INLINE:
+            self._wait(self.comm.Ibcast([bytearray(my_meta), MPI.BYTE], root=pos), op)
+        nb, lens, head = _parse_meta(meta)
+        if flags & _BUFS_INLINE:
+            at, bufs = base + mlen, []
+            for n in lens:
+                bufs.append(bytearray(slots[at:at + n]))
+                at += n
+        else:
+            bufs = []
+            for i, n in enumerate(lens):
+                if self.me == pos:
+                    b = my_bufs[i]
+                    if memoryview(b).readonly:
+                        b = bytearray(b)
+                else:
+                    b = np.empty(n, np.uint8)         # not zeroed: it is written over
+                self._wait(self.comm.Ibcast([b, MPI.BYTE], root=pos), op)
+                # the root gets a copy of its own value, as everyone else
+                bufs.append(np.array(b, np.uint8) if self.me == pos else b)
+        return wire.loads(head, bufs, allow_pickle=self.site.transport.allow_pickle)
+
+    def _everyone(self, hdrs: list, slots: np.ndarray, op: str, my_bufs: list,
+                  my_meta: bytes | None) -> list:
+        """Every member's value, in instance order."""
+        n = len(hdrs)
+        metas: list = [None] * n
+        need = [h[5] if not h[4] & _META_INLINE else 0 for h in hdrs]
+        if any(need):
+            out = bytearray(sum(need))
+            mine = bytearray(my_meta) if need[self.me] else bytearray()
+            self._wait(self.comm.Iallgatherv([mine, MPI.BYTE], [out, (need, None), MPI.BYTE]), op)
+            at = 0
+            for p in range(n):
+                if need[p]:
+                    metas[p] = bytes(out[at:at + need[p]])
+                    at += need[p]
+        for p, h in enumerate(hdrs):
+            if metas[p] is None:
+                base = p * SLOT + _HDR.size
+                metas[p] = bytes(slots[base:base + h[5]])
+        parsed = [_parse_meta(m) if not hdrs[p][4] & _RAW else None for p, m in enumerate(metas)]
+        blobs: list = [None] * n
+        need = [h[6] if not h[4] & _BUFS_INLINE else 0 for h in hdrs]
+        if any(need):
+            out = bytearray(sum(need))
+            mine = bytearray(b"".join(bytes(b) for b in my_bufs)) if need[self.me] else bytearray()
+            self._wait(self.comm.Iallgatherv([mine, MPI.BYTE], [out, (need, None), MPI.BYTE]), op)
+            view, at = memoryview(out), 0
+            for p in range(n):
+                if need[p]:
+                    blobs[p], at = view[at:at + need[p]], at + need[p]
+        values = []
+        for p, got in enumerate(parsed):
+            if got is None:                       # a small array sent raw
+                values.append(_raw_value(metas[p], slots, p * SLOT + _HDR.size + hdrs[p][5],
+                                         hdrs[p][6]))
+                continue
+            nb, lens, head = got
+            if blobs[p] is None:
+                base = p * SLOT + _HDR.size + hdrs[p][5]
+                blob = memoryview(bytearray(slots[base:base + sum(lens)]))
+            else:
+                blob = blobs[p]
+            bufs, at = [], 0
+            for ln in lens:
+                bufs.append(blob[at:at + ln])
+                at += ln
+            values.append(wire.loads(head, bufs, allow_pickle=self.site.transport.allow_pickle))
+        return values
+
+    def _raw_reduce(self, hdrs: list, slots: np.ndarray, fn: str) -> np.ndarray:
+        """Small arrays of one dtype and shape: combined left to right in instance order,
+        as the hub does (so results are bit for bit the same)."""
+        mlen, nbytes = hdrs[0][5], hdrs[0][6]
+        shape, dtype = _raw_meta(bytes(slots[_HDR.size:_HDR.size + mlen]))
+        ufunc = _UFUNCS[fn]
+        at = _HDR.size + mlen
+        acc = slots[at:at + nbytes].view(dtype).copy()
+        for p in range(1, len(hdrs)):
+            b = p * SLOT + at
+            ufunc(acc, slots[b:b + nbytes].view(dtype), out=acc)
+        return acc.reshape(shape)
+
+    def _fast_reduce(self, op: str, value: np.ndarray, fn: str, root_pos: int | None) -> Any:
+        out = np.empty_like(value)
+        mpi_op = _MPI_OPS[fn]
+        if op == "allreduce":
+            self._wait(self.comm.Iallreduce(value, out, op=mpi_op), op)
+            return out
+        self._wait(self.comm.Ireduce(value, out if self.me == root_pos else None, op=mpi_op,
+                                     root=root_pos), op)
+        return out if self.me == root_pos else None
+
+    # -- waiting, and noticing a lost member ------------------------------------------
+
+    def _wait(self, req: MPI.Request, op: str) -> None:
+        """Poll ``req`` until done: flat out at first, then with short sleeps; meanwhile
+        look out for a lost member, an aborted task and the caller's timeout."""
+        t0 = time.perf_counter()
+        polls = 0
+        pause = 0.00005
+        gone_since = None
+        while True:
+            try:
+                if req.Test():
+                    return
+            except MPI.Exception as exc:
+                self._break(op, f"MPI reported an error ({exc.Get_error_string()})")
+            polls += 1
+            now = time.perf_counter()
+            spinning = now - t0 < _SPIN_S
+            if spinning and polls % _CHECK_EVERY:
+                _yield()          # more ranks than cores: let the others run (as MPI does)
+                continue
+            if self.ctx.aborted:
+                self._revoke()
+                from .task import TaskAborted
+                raise TaskAborted(self.ctx.tid)
+            if self.deadline is not None and now > self.deadline:
+                self._revoke()
+                self.broken = GroupError(f"an earlier {op} on frozen group {self.name!r} timed "
+                                         f"out; the group's communicator was given up")
+                raise TimeoutError(f"{op} on frozen group {self.name!r}: not complete within "
+                                   f"the timeout; the group cannot be used any more (leave_group "
+                                   f"and join_group again to go on as a hub group)")
+            lost = self._lost()
+            if lost:
+                gone_since = gone_since or now
+                if now - gone_since > _GRACE_S:
+                    self._break(op, "seen by the VM")
+            else:
+                gone_since = None
+            if not spinning:
+                time.sleep(pause)
+                pause = min(0.001, pause * 2)
+
+    def _lost(self, failed_ranks: frozenset = frozenset()) -> str:
+        """The members that are gone (their node lost, moved elsewhere, or ended)."""
+        locs = self.site.locations
+        failed = self.site.transport.failed
+        dead, moved, ended = [], [], []        # most certain first: name only those
+        for inst, tid, rank in self.members:
+            if tid not in self.watch and rank not in failed_ranks:
+                continue
+            loc = locs.get(tid)
+            if rank in failed or rank in failed_ranks:
+                dead.append(f"task {tid} (instance {inst}) was lost with node {rank}")
+            elif loc is not None and loc.rank != rank:
+                moved.append(f"task {tid} (instance {inst}) was lost with node {rank} and "
+                             f"restarted on node {loc.rank}")
+            elif loc is None:
+                ended.append(f"task {tid} (instance {inst}, on node {rank}) ended or was lost")
+        return "; ".join(dead or moved or ended)
+
+    def _break(self, op: str, why: str) -> None:
+        self._revoke()
+        failed: set = set()
+        try:                                   # ULFM: which ranks of the communicator failed
+            fg = self.comm.Get_failed()
+            pos = MPI.Group.Translate_ranks(fg, list(range(fg.Get_size())), self.comm.Get_group())
+            failed = {self.members[p][2] for p in pos if p is not None and p >= 0}
+            fg.Free()
+        except Exception:   # noqa: BLE001 - no ULFM
+            pass
+        lost = self._lost(frozenset(failed))
+        deadline = time.perf_counter() + 2 * _GRACE_S
+        while not lost and time.perf_counter() < deadline:   # the VM has yet to hear of it
+            time.sleep(0.01)
+            lost = self._lost()
+        self.broken = GroupError(
+            f"{op} on frozen group {self.name!r} cannot complete: member "
+            f"{lost or 'on a lost node'} ({why}); a frozen group (on MPI collectives) does not "
+            f"survive the loss of a member. Have every member leave_group({self.name!r}) and "
+            f"join_group again to go on as a hub group")
+        raise self.broken
+
+    def _revoke(self) -> None:
+        try:
+            self.comm.Revoke()        # ULFM: every member's pending call on it ends
+        except Exception:   # noqa: BLE001 - no ULFM: the others see the loss themselves
+            pass
+
+    def close(self) -> None:
+        """This member leaves: the others' calls on the communicator must not wait for it."""
+        if self.broken is None:
+            self._revoke()
+        self.broken = self.broken or GroupError(f"this task left frozen group {self.name!r}")
+
+
+def _fast_ok(value: Any, fn: str | None) -> bool:
+    if not isinstance(value, np.ndarray) or fn not in _MPI_OPS or value.size == 0:
+        return False
+    kind = value.dtype.kind
+    return kind in _FAST_KINDS or (kind == "c" and fn in ("sum", "prod"))
+
+
+def _raw_meta(meta: bytes) -> tuple[tuple, np.dtype]:
+    (ndim,) = struct.unpack_from("<q", meta)
+    return struct.unpack_from(f"<{ndim}q", meta, 8), np.dtype(meta[8 + 8 * ndim:].decode())
+
+
+def _raw_value(meta: bytes, slots: np.ndarray, at: int, nbytes: int) -> np.ndarray:
+    shape, dtype = _raw_meta(meta)
+    return slots[at:at + nbytes].view(dtype).reshape(shape).copy()
+
+
+def _parse_meta(meta: bytes) -> tuple[int, list[int], bytes]:
+    (nb,) = struct.unpack_from("<q", meta, 0)
+    lens = list(struct.unpack_from(f"<{nb}q", meta, 8))
+    return nb, lens, meta[8 + 8 * nb:]
+
+
+def _describe(hdr: tuple) -> str:
+    op, root, count = hdr[:3]
+    args = [f"{k}={v}" for k, v in (("root", root), ("count", count)) if v != -1]
+    return f"{_NAMES.get(op, op)}({', '.join(args)})"
