@@ -53,7 +53,7 @@ _HAS_VALUE, _META_INLINE, _BUFS_INLINE, _FAST, _RAW, _FAILED = 1, 2, 4, 8, 16, 3
 _UFUNCS = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maximum}
 _MPI_OPS = {"sum": MPI.SUM, "prod": MPI.PROD, "min": MPI.MIN, "max": MPI.MAX}
 _FAST_KINDS = "biuf"                # integer, unsigned, float (complex: sum/prod only)
-_SPIN_S = 0.05                      # poll (yielding the CPU) this long, then back off
+_SPIN_S = 0.02                      # poll flat out this long, then back off
 _CHECK_EVERY = 64                   # polls between looks at the members' whereabouts
 _GRACE_S = 1.0                      # a member seen gone may still complete the call
 _yield = getattr(os, "sched_yield", lambda: time.sleep(0))
@@ -336,8 +336,8 @@ class FrozenGroup:
             now = time.perf_counter()
             spinning = now - t0 < _SPIN_S
             if spinning and polls % _CHECK_EVERY:
-                _yield()          # more ranks than cores: let the others run (as MPI does)
                 continue
+            _yield()              # more ranks than cores: let the others run now and then
             if self.ctx.aborted:
                 self._revoke()
                 from .task import TaskAborted
