@@ -239,10 +239,11 @@ class FrozenGroup:
                     if memoryview(b).readonly:
                         b = bytearray(b)
                 else:
-                    b = np.empty(n, np.uint8)         # not zeroed: it is written over
+                    b = bytearray(n)     # not np.empty: numpy asks for huge pages, whose
+                    #                      faults can stall for ms (THP defrag=madvise)
                 self._wait(self.comm.Ibcast([b, MPI.BYTE], root=pos), op)
                 # the root gets a copy of its own value, as everyone else
-                bufs.append(np.array(b, np.uint8) if self.me == pos else b)
+                bufs.append(bytearray(b) if self.me == pos else b)
         return wire.loads(head, bufs, allow_pickle=self.site.transport.allow_pickle)
 
     def _everyone(self, hdrs: list, slots: np.ndarray, op: str, my_bufs: list,
@@ -308,7 +309,8 @@ class FrozenGroup:
         return acc.reshape(shape)
 
     def _fast_reduce(self, op: str, value: np.ndarray, fn: str, root_pos: int | None) -> Any:
-        out = np.empty_like(value)
+        # not np.empty_like: numpy asks for huge pages, whose faults can stall for ms
+        out = np.frombuffer(bytearray(value.nbytes), value.dtype).reshape(value.shape)
         mpi_op = _MPI_OPS[fn]
         if op == "allreduce":
             self._wait(self.comm.Iallreduce(value, out, op=mpi_op), op)
