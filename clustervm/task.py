@@ -305,7 +305,11 @@ class TaskContext:
 
     def get_info(self, name: str, wait: bool = False, timeout: float | None = None) -> Any:
         """The value stored under ``name``; with ``wait``, block until one is put. KeyError if absent."""
-        return self._site.call("get_info", name, wait, timeout=timeout)
+        try:
+            return self._site.call("get_info", name, wait, timeout=timeout)
+        except TimeoutError:
+            raise TimeoutError(f"get_info: no mailbox entry named {name!r} was put within "
+                               f"{timeout} s") from None
 
     def del_info(self, name: str) -> None:
         self._site.call("del_info", name)
