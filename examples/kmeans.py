@@ -10,7 +10,10 @@ to the tasks. Every iteration each task assigns its points to the nearest
 centroid and computes per-cluster sums and counts; one ``allreduce`` of
 numpy arrays (sums, counts, inertia, points that changed cluster) gives every
 task the same new centroids. It stops when no point changes cluster (or
-after ``--max-iter``).
+after ``--max-iter``). With ``--mpi`` the tasks freeze the group first: when
+they run one per node, its allreduce then goes over MPI between the tasks
+instead of through the coordinator (a frozen group does not survive the loss
+of a node, though).
 
 Prints ``kmeans: clusters=K iters=I inertia=<float> centroids=[[...], ...]``
 (inertia and centroids rounded to 6 decimals, identical for any k and node count).
@@ -54,9 +57,11 @@ def nearest(points: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def worker(ctx, k: int, n: int, clusters: int, dim: int, seed: int, centroids: np.ndarray,
-           max_iter: int) -> dict | None:
+           max_iter: int, mpi: bool = False) -> dict | None:
     me = ctx.join_group(GROUP)
     ctx.barrier(GROUP, count=k)
+    if mpi:
+        ctx.freeze_group(GROUP)
     parts = [chunk(seed, n, clusters, dim, c) for c in range(me, n_chunks(n), k)]
     points = np.concatenate(parts) if parts else np.empty((0, dim))
     label = np.full(len(points), -1)
@@ -80,7 +85,8 @@ def worker(ctx, k: int, n: int, clusters: int, dim: int, seed: int, centroids: n
                              sums / np.maximum(counts, 1)[:, None])
     if me != 0:
         return None
-    return {"iters": it, "inertia": inertia, "centroids": centroids}
+    return {"iters": it, "inertia": inertia, "centroids": centroids,
+            "on_mpi": ctx.group_on_mpi(GROUP)}
 
 
 def main(vm) -> None:
@@ -91,6 +97,8 @@ def main(vm) -> None:
     p.add_argument("--tasks", type=int, default=4)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--max-iter", type=int, default=100)
+    p.add_argument("--mpi", action="store_true",
+                   help="freeze the group: MPI collectives when the tasks run one per node")
     a = p.parse_args(vm.argv[1:])
     if a.tasks < 1 or a.clusters < 1 or a.points < a.clusters or a.dim < 1:
         p.error("need --tasks >= 1, --dim >= 1 and --points >= --clusters >= 1")
@@ -99,10 +107,10 @@ def main(vm) -> None:
     t0 = time.perf_counter()
     init = initial_centroids(a.seed, a.points, a.clusters, a.dim)
     tids = vm.spawn(worker, a.tasks, a.points, a.clusters, a.dim, a.seed, init, a.max_iter,
-                    count=a.tasks)
+                    a.mpi, count=a.tasks)
     r = next(r for r in (vm.join(t) for t in tids) if r is not None)
     cents = np.round(r["centroids"], 6) + 0.0          # + 0.0: no "-0.0"
     print(f"kmeans: clusters={a.clusters} iters={r['iters']} inertia={r['inertia']:.6f} "
           f"centroids={cents.tolist()}")
-    print(f"kmeans: {a.points} points, {a.tasks} tasks, {time.perf_counter() - t0:.2f} s",
-          flush=True)
+    print(f"kmeans: {a.points} points, {a.tasks} tasks, {time.perf_counter() - t0:.2f} s, "
+          f"allreduce {'over MPI' if r['on_mpi'] else 'through the coordinator'}", flush=True)

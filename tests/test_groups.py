@@ -417,7 +417,7 @@ def test_every_group_call_and_the_mailbox():
     assert box["got"] == [order[0], [0, 1, 2]] and box["none"] is None
     assert box["get_missing"].startswith("KeyError") and "from-task" in box["get_missing"]
     assert box["del_missing"].startswith("KeyError")
-    assert box["wait_timeout"].startswith("TimeoutError")
+    assert box["wait_timeout"].startswith("TimeoutError") and "'never-put'" in box["wait_timeout"]
 
 
 def _kill_when_ready(job, markers: Path, rank: int) -> None:
@@ -527,14 +527,14 @@ def _kmeans_reference(points: np.ndarray, cents: np.ndarray, max_iter: int):
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("n,tasks", [(2, 2), (4, 5)])
-def test_kmeans(n, tasks):
+@pytest.mark.parametrize("n,tasks,mpi", [(2, 2, False), (4, 5, False), (4, 3, True)])
+def test_kmeans(n, tasks, mpi):
     import ast
     import kmeans
     size, clusters, dim, seed = 60_000, 4, 2, 5
     res = run_job([str(EXAMPLES / "kmeans.py"), "--points", str(size), "--clusters",
-                   str(clusters), "--dim", str(dim), "--tasks", str(tasks), "--seed", str(seed)],
-                  n=n, timeout=TIMEOUT)
+                   str(clusters), "--dim", str(dim), "--tasks", str(tasks), "--seed", str(seed),
+                   *(["--mpi"] if mpi else [])], n=n, timeout=TIMEOUT)
     _ok(res, "kmeans")
     m = re.match(r"kmeans: clusters=(\d+) iters=(\d+) inertia=([\d.]+) centroids=(.*)$",
                  res.line("kmeans: clusters="))
