@@ -206,7 +206,9 @@ class FrozenGroup:
                     f"same op, root and count")
         root = hdrs[0][1]
         if _OPS[op] in (2, 3, 5, 7) and root not in self.pos_of_inst:
-            raise GroupError(f"{op} on group {self.name!r}: root instance {root} is not a member")
+            raise GroupError(f"{op} on group {self.name!r}: root instance {root} is not a "
+                             f"member; root= is the instance number of a member, one of "
+                             f"{self.insts} (see group_tids)")
 
     # -- moving the values --------------------------------------------------------
 

@@ -257,7 +257,9 @@ class Groups:
         if root is not None:
             root_tid = next((t for t, i in inst_of.items() if i == root), None)
             if root_tid is None or root_tid not in parts:
-                raise GroupError(f"{op} on group {name!r}: root instance {root} is not a member")
+                raise GroupError(f"{op} on group {name!r}: root instance {root} is not a member; "
+                                 f"root= is the instance number of a member, one of "
+                                 f"{sorted(inst_of.values())} (see group_tids)")
         if op == "barrier":
             return {t: (True, None) for t in parts}
         if op == "freeze":

@@ -198,7 +198,8 @@ def test_errors_name_the_problem_and_the_fix():
                      r"call join_group\('g'\) first", str(box.error))
     boxes = everyone(g, tids, "bcast", [1, 2, 3], root=5)
     for b in boxes:
-        assert "root instance 5 is not a member" in str(b.error)
+        assert "root instance 5 is not a member; root= is the instance number of a member, " \
+            "one of [0, 1, 2] (see group_tids)" in str(b.error)
     boxes = everyone(g, tids, "scatter", [[1], None, None], root=0)
     assert all("the root gave 1 values for 3 members" in str(b.error) for b in boxes)
     # different collectives in one round: the whole round fails, for every member
