@@ -33,6 +33,8 @@ from .transport import Transport
 log = logging.getLogger(__name__)
 
 SHORT, SPAWNED = 0, 1
+#: Once one node has said hello, how long main waits for the others before it starts.
+START_GRACE_S = 5.0
 Reply = Callable[[bool, Any], None]
 
 
@@ -125,6 +127,7 @@ class Coordinator(Site):
         self.stopping = False
         self.fatal: BaseException | None = None
         self._alive: list[NodeInfo] = []
+        self.start_limit = 60.0
         #: Observers (trace, dashboard): ``obs(kind, rec, rank, ok)`` with kind "start" (a task
         #: dispatched to node ``rank``), "end" (ok or not) or "rerun" (its node ``rank`` was lost).
         #: Called under ``self.lock`` in the MPI thread: record and return, never block.
@@ -136,13 +139,22 @@ class Coordinator(Site):
     # -- start and stop ------------------------------------------------------
 
     def wait_for_nodes(self, timeout: float = 60.0) -> None:
-        """Wait until every node has said hello (or declare the silent ones dead)."""
-        self.transport.wait(lambda: all(n.state != "starting" for n in self.nodes.values()),
-                            timeout)
+        """Wait until every node has said hello, but once one has, the others get only
+        START_GRACE_S more: main starts, and a late node joins when its hello comes
+        (check_heartbeats declares it dead ``timeout`` s after the start)."""
+        self.start_limit = timeout
+        t = self.transport
+        t.wait(lambda: any(n.state != "starting" for n in self.nodes.values()), timeout)
+        t.wait(lambda: all(n.state != "starting" for n in self.nodes.values()),
+               max(START_GRACE_S, 2 * self.config.heartbeat_s))
         with self.lock:
             for n in self.nodes.values():
                 if n.state == "starting":
-                    self._node_lost(n.rank, "no hello at start")
+                    if not self._alive_nodes() or time.monotonic() - self.t0 > timeout:
+                        self._node_lost(n.rank, "no hello at start")
+                    else:
+                        log.warning("node %d has not said hello yet; starting without it",
+                                    n.rank)
             spares = self.config.spares
             for n in sorted(self._alive_nodes(), key=lambda n: -n.rank)[:spares]:
                 if spares and len(self._alive_nodes()) > 1:
@@ -207,6 +219,8 @@ class Coordinator(Site):
                     last = max(heard.get(n.rank, 0.0), n.joined_at)
                     if now - last > limit:
                         self._node_lost(n.rank, f"heartbeat ({now - last:.1f} s silent)")
+                elif n.state == "starting" and now - self.t0 > self.start_limit:
+                    self._node_lost(n.rank, "no hello at start")
 
     def _on_mpi_failure(self, ranks: set[int]) -> None:
         with self.lock:
@@ -215,9 +229,12 @@ class Coordinator(Site):
 
     def _kill_process(self, n: NodeInfo) -> None:
         from .site import hostname
-        if n.pid and n.host == hostname():
+        pid = n.pid if n.host == hostname() else 0
+        if not pid and n.state in ("starting", "dead") and not n.pid:
+            pid = _local_rank_pid(n.rank)     # it never said hello: find it, if on this host
+        if pid:
             try:
-                os.kill(n.pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
 
@@ -229,7 +246,7 @@ class Coordinator(Site):
         n.state, n.how_lost, n.lost_at = "dead", how, time.monotonic()
         self.transport.declare_dead(rank) if how.startswith(("heartbeat", "no hello")) else \
             self.transport.failed.add(rank)
-        if how.startswith("heartbeat"):
+        if how.startswith(("heartbeat", "no hello")):
             self._kill_process(n)   # a hung node is never trusted again
         self._refresh_alive()
         log.warning("node %d (host %s, pid %d) lost: %s", rank, n.host, n.pid, how)
@@ -874,6 +891,26 @@ class Coordinator(Site):
             except Exception:   # noqa: BLE001 - never lose the service loop silently
                 log.exception("coordinator service loop")
                 time.sleep(0.05)
+
+
+def _local_rank_pid(rank: int) -> int:
+    """The pid of rank ``rank`` of this Open MPI job if it runs on this host (0 if not found).
+
+    A node that never said hello never told its pid; its MPI environment names it.
+    """
+    ns = os.environ.get("PMIX_NAMESPACE")
+    if not ns or not os.path.isdir("/proc"):
+        return 0
+    want = {f"PMIX_NAMESPACE={ns}".encode(), f"OMPI_COMM_WORLD_RANK={rank}".encode()}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if want <= set(f.read().split(b"\0")):
+                        return int(entry)
+            except OSError:
+                continue
+    return 0
 
 
 def _digest(fn_ref: str, args: Any, kwargs: Any) -> int:

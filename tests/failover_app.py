@@ -34,6 +34,15 @@ import numpy as np
 
 import clustervm
 
+if os.environ.get("DRILL_SLOW_RANK"):
+    # a node that is slow to start: it sleeps (after MPI_Init, before it says hello)
+    # and leaves a marker so a test can stop or kill it there
+    from mpi4py import MPI
+    if MPI.COMM_WORLD.Get_rank() == int(os.environ["DRILL_SLOW_RANK"]):
+        with open(os.path.join(os.environ["DRILL_SLOW_DIR"], f"slow-{os.getpid()}"), "w"):
+            pass
+        time.sleep(3)
+
 MASK = (1 << 61) - 1
 EXIT_TAG, DOWN_TAG = 77, 78
 

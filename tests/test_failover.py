@@ -273,6 +273,25 @@ def test_heat2d_node_killed_mid_run(job, tmp_path):
     assert m and int(m.group(1)) >= 1, rep
 
 
+def test_node_stopped_before_hello(job, tmp_path):
+    """A node hung after MPI_Init, before it joined the VM: main starts without it, and
+    the job still ends (the hung rank, whose pid the VM never learned, is killed)."""
+    expected = baseline(APP, DRILL, "drill:")
+    j = job([APP, *DRILL, "--task-ms", "100"], timeout=TIMEOUT,
+            env={"DRILL_SLOW_RANK": "2", "DRILL_SLOW_DIR": str(tmp_path)})
+    slow = wait_until(lambda: list(tmp_path.glob("slow-*")), "the slow node's marker", j)
+    pid = int(slow[0].name.split("-")[1])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        res = j.wait()
+        assert_drill(res, expected)
+        assert "node 2 has not said hello yet" in res.err
+        wait_until(lambda: not pid_alive(pid), "the stopped node to be gone", timeout=10)
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_every_worker_lost_fails_clearly(job, tmp_path):
     j = job([APP, *DRILL, "--task-ms", "400", "--markers", str(tmp_path)], timeout=TIMEOUT)
     wait_until(lambda: markers(tmp_path, "start"), "a task started", j)
