@@ -873,10 +873,19 @@ class Coordinator(Site):
         t = self.transport
         next_check = time.monotonic() + 0.1
         last_loop = time.monotonic()
+        beat_every = max(0.05, self.config.heartbeat_s / 4)
+        next_beat = time.monotonic()
         while not self.stopping:
             try:
                 t.service_step(0.05, spin=True)
                 now = time.monotonic()
+                if now >= next_beat:
+                    # nodes without ULFM (MPICH) learn that the coordinator is gone only
+                    # from its silence (node.COORDINATOR_SILENCE)
+                    next_beat = now + beat_every
+                    for n in list(self.nodes.values()):
+                        if n.state in ("alive", "spare"):
+                            t.post(n.rank, (P.HEARTBEAT, 0))
                 if now >= next_check:
                     if now - last_loop > self.config.heartbeat_s / 2:
                         # this process itself was stalled: do not blame the nodes

@@ -23,6 +23,11 @@ from . import current
 
 log = logging.getLogger(__name__)
 
+#: A node leaves (exit status 3) when the coordinator, once heard beating, has been
+#: silent for this many heartbeat periods (at least COORDINATOR_SILENCE_MIN_S): without
+#: ULFM (MPICH) nothing else tells it that the coordinator died or hangs.
+COORDINATOR_SILENCE = 5
+COORDINATOR_SILENCE_MIN_S = 10.0
 _BATCH_MAX = 64
 _BATCH_S = 0.002
 
@@ -38,7 +43,9 @@ class Node(Site):
             P.KILL: self._on_kill,
             P.CANCEL: self._on_cancel,
             P.SHUTDOWN: self._on_shutdown,
+            P.HEARTBEAT: self._on_heartbeat,
         })
+        self._coordinator_beats = False
         self.queue: deque = deque()
         self.cancelled: set[int] = set()
         self.live: dict[int, TaskContext] = {}         # spawned tasks running here
@@ -58,7 +65,8 @@ class Node(Site):
         for _ in range(self.slots):
             self._start_worker()
         interval = max(0.05, self.config.heartbeat_s / 4)
-        last_hb = time.monotonic()
+        silence = max(COORDINATOR_SILENCE * self.config.heartbeat_s, COORDINATOR_SILENCE_MIN_S)
+        last_hb = last_loop = time.monotonic()
         t = self.transport
         while not self.stopping:
             t.service_step(0.05)
@@ -68,6 +76,15 @@ class Node(Site):
                 if not t.post(P.COORDINATOR, (P.HEARTBEAT, len(self.queue) + len(self.live))):
                     self.coordinator_lost = True
                     self.stopping = True
+            if self._coordinator_beats:
+                if now - last_loop > silence / 2:   # this process was stalled, not the coordinator
+                    t.last_heard[P.COORDINATOR] = now
+                elif now - t.last_heard.get(P.COORDINATOR, now) > silence:
+                    log.error("node %d: nothing from the coordinator for %.0f s; leaving",
+                              self.rank, now - t.last_heard[P.COORDINATOR])
+                    self.coordinator_lost = True
+                    self.stopping = True
+            last_loop = now
         t.notify()
         if not self.coordinator_lost:
             try:
@@ -75,6 +92,10 @@ class Node(Site):
             except PeerFailed:
                 pass
         t.flush(2.0)
+
+    def _on_heartbeat(self, src: int, msg: Any) -> bool:
+        self._coordinator_beats = True   # from now on its silence means it is gone
+        return False                     # not work: keeps idle loops idle
 
     def _on_failure(self, ranks: set[int]) -> None:
         if P.COORDINATOR in ranks:
