@@ -3,7 +3,8 @@
 Every job runs as ``python -m clustervm run --timeout T ...`` in its own session
 (clustervm's launcher ends the job's session on timeout); a second, outer
 timeout kills that session if even the launcher hangs. ``rank_pids`` finds the
-rank processes of a running job (from each process's OMPI_COMM_WORLD_RANK), so
+rank processes of a running job (from each process's OMPI_COMM_WORLD_RANK, or
+PMI_RANK under MPICH), so
 failure tests can kill a given rank with a real signal.
 """
 from __future__ import annotations
@@ -135,9 +136,31 @@ def _procs_with(tag: str) -> list[tuple[int, list[bytes]]]:
 
 def _rank_of(env: list[bytes]) -> int | None:
     for item in env:
-        if item.startswith(b"OMPI_COMM_WORLD_RANK="):
+        # Open MPI; MPICH's Hydra (PMI_RANK is set only in the ranks)
+        if item.startswith((b"OMPI_COMM_WORLD_RANK=", b"PMI_RANK=")):
             return int(item.split(b"=", 1)[1])
     return None
+
+
+#: CLUSTERVM_TEST_MPI=mpich (tests/run_mpich.sh) says which MPI this run is meant for;
+#: the session stops at once if mpi4py loads another one (a wrong venv).
+TEST_MPI = os.environ.get("CLUSTERVM_TEST_MPI", "").lower()
+_LIBRARY_NAMES = {"openmpi": "Open MPI", "mpich": "MPICH"}
+
+
+def pytest_configure(config):
+    if not TEST_MPI:
+        return
+    if TEST_MPI not in _LIBRARY_NAMES:
+        raise pytest.UsageError(f"CLUSTERVM_TEST_MPI={TEST_MPI!r}: give one of "
+                                f"{', '.join(_LIBRARY_NAMES)}")
+    out = subprocess.run([PY, "-c", "from clustervm.launcher import _library; "
+                          "print(_library()[0])"], capture_output=True, text=True, timeout=60)
+    library = out.stdout.strip()
+    if _LIBRARY_NAMES[TEST_MPI] not in library:
+        raise pytest.UsageError(f"CLUSTERVM_TEST_MPI={TEST_MPI} but {PY} loads "
+                                f"{library or out.stderr.strip()!r}; run the tests with the "
+                                f"Python of an environment that has that MPI")
 
 
 def _shm() -> set[str]:
