@@ -446,11 +446,21 @@ def mpi_info() -> dict[str, str]:
 
 # ------------------------------------------------------------------- run
 
-def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = None) -> int:
+#: Seconds mpiexec may take to end once the job said it has finished (run's ``finished``).
+FINISH_GRACE_S = 10.0
+
+
+def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = None, *,
+        finished: Callable[[], bool] | None = None,
+        finish_grace: float = FINISH_GRACE_S) -> int:
     """Run mpiexec in its own session; return its exit status (124 on timeout).
 
     SIGINT and SIGTERM are passed on to mpiexec (a third one kills the job).
     When mpiexec ends, no process of its session is left running.
+    ``finished`` (polled) says the job is done (the supervisor's done.json): mpiexec
+    still running ``finish_grace`` s after that is stopped. PRRTE waits for a cut-off
+    host's daemon for as long as TCP retransmits what it sent there (~15 min); its
+    keepalive only covers idle connections.
     """
     proc = subprocess.Popen(list(argv), env=dict(env), start_new_session=True)
     received: list[int] = []
@@ -465,7 +475,7 @@ def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = Non
     previous = _set_handlers(forward)
     try:
         try:
-            rc = proc.wait(timeout=timeout)
+            rc = _wait(proc, timeout, finished, finish_grace)
         except subprocess.TimeoutExpired:
             print(f"clustervm: error: the job ran past its timeout of {timeout:g} s; "
                   f"stopping it (SIGTERM, then SIGKILL after {KILL_GRACE_S:g} s)",
@@ -480,6 +490,32 @@ def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = Non
     if received:
         log.info("mpiexec ended after %s", ", ".join(signal.Signals(s).name for s in received))
     return 128 - rc if rc < 0 else rc
+
+
+def _wait(proc: subprocess.Popen, timeout: float | None,
+          finished: Callable[[], bool] | None, grace: float) -> int:
+    """proc.wait(timeout), but stop mpiexec ``grace`` s after ``finished()`` turned true."""
+    if finished is None:
+        return proc.wait(timeout=timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    done_at = None
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise subprocess.TimeoutExpired(proc.args, timeout or 0)
+        try:
+            return proc.wait(timeout=0.2 if left is None else min(0.2, left))
+        except subprocess.TimeoutExpired:
+            pass
+        if done_at is None:
+            if finished():
+                done_at = time.monotonic()
+        elif time.monotonic() - done_at > grace:
+            print(f"clustervm: the job finished {grace:g} s ago but mpiexec has not ended "
+                  f"(waiting for a lost host's daemon?); stopping it", file=sys.stderr,
+                  flush=True)
+            _stop(proc, KILL_GRACE_S)
+            return proc.returncode
 
 
 def _set_handlers(handler: Callable[[int, Any], None]) -> dict[int, Any]:
