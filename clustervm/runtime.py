@@ -145,6 +145,7 @@ def start(main: Callable | None, config: Config, argv: list[str]) -> int:
         code = 1
     finally:
         coord.shutdown()
+        service.join(2.0)   # it sends (heartbeats) without the poller token: out before Finalize
         transport.close()
         _note_failures(transport.failed)
         for stop in extras:
