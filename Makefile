@@ -1,6 +1,7 @@
 # The two set-up commands of the README:
 #   make demo   create .venv, install clustervm with the bundled Open MPI, run the demo on 4 nodes
-#   make test   the same set-up, then the whole test suite (what .ci/run runs)
+#   make test   the same set-up, then the whole test suite on Open MPI and the core of it
+#               on MPICH (what .ci/run runs)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -31,6 +32,7 @@ demo: $(STAMP)
 
 test: $(STAMP) browser-deps
 	$(PY) -m pytest -q
+	bash tests/run_mpich.sh     # the core tests again on MPICH (heartbeat-only detection)
 
 bench: $(STAMP)
 	$(PY) benchmarks/pingpong.py
