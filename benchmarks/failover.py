@@ -12,9 +12,11 @@ and is ended by process group if it overruns):
 * **kill+spare**: the kill drill with ``--spares 1`` (``-n 5``: 3 working
   nodes and a spare that takes over), the analogue of Dask's nanny or Ray's
   raylet restarting a worker.
-* **heat2d**: ``examples/heat2d.py`` at its defaults (256x256, 500 steps,
-  4 tasks) with ``--checkpoint-every 50`` (its default) against ``0``, with
-  the in-memory store and with ``--checkpoint-dir`` (fsync'ed files).
+* **heat2d**: ``examples/heat2d.py`` (256x256, 4 tasks, ``--steps 2000``:
+  its default 500 steps last 0.5 s, below the noise of a loaded box) with
+  ``--checkpoint-every 50`` (its default interval) against ``0``, with the
+  in-memory store and with ``--checkpoint-dir`` (fsync'ed files); runs
+  interleaved, medians; the time is the one heat2d prints (no start-up).
 * **dask**: the kill drill on a ``distributed.LocalCluster`` (3 worker
   processes, 1 thread each, nanny on), one worker process SIGKILLed when half
   the tasks are done. Needs an interpreter where ``dask.distributed`` imports
@@ -239,10 +241,10 @@ def drill(tmp: str, name: str, sig: int | None, n: int = 4, run_args: list[str] 
     return r
 
 
-def heat2d(tmp: str, every: int, ckdir: bool) -> float | None:
+def heat2d(tmp: str, every: int, ckdir: bool, steps: int) -> float | None:
     run_args = ["--checkpoint-dir", tempfile.mkdtemp(dir=tmp)] if ckdir else []
-    job = Job([os.path.join(ROOT, "examples", "heat2d.py"), "--checkpoint-every", str(every)],
-              n=4, timeout=180, run_args=run_args)
+    job = Job([os.path.join(ROOT, "examples", "heat2d.py"), "--checkpoint-every", str(every),
+               "--steps", str(steps)], n=4, timeout=180, run_args=run_args)
     rc, out, err, _ = job.wait()
     for ln in out.splitlines():
         if ln.startswith("heat2d:") and rc == 0:
@@ -317,6 +319,10 @@ def driver(argv: list[str]) -> int:
     p.add_argument("--repeat", type=int, default=3, help="runs of each drill (medians)")
     p.add_argument("--dask-python", default=sys.executable,
                    help="an interpreter where dask.distributed imports (for the dask drill)")
+    p.add_argument("--heat-repeat", type=int, default=5, help="runs of each heat2d variant")
+    p.add_argument("--heat-steps", type=int, default=2000,
+                   help="heat2d steps (its default is 500: a 0.5 s run, too short to "
+                        "resolve a few per cent on a loaded box; the interval stays 50)")
     p.add_argument("--skip-heat", action="store_true")
     a = p.parse_args(argv)
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
@@ -341,21 +347,33 @@ def driver(argv: list[str]) -> int:
                              f"({r['how']}), recover {_f(r['recover'])} s, {r['rerun']} re-run"
                              if "detect" in r else ""), flush=True)
         base = _med(r.get("compute") for r in runs["undisturbed"])
-        for name, *_ in plan:
+        for name, _, n, _ in plan:
             rs = runs[name]
             comp = _med(r.get("compute") for r in rs)
+            # the best a VM can do: full speed until the kill, then the rest of the
+            # undisturbed run's work on 2 nodes instead of 3 (a spare keeps 3)
+            kill_at = _med(r.get("kill_at") for r in rs)
+            bound = None
+            if base and kill_at is not None:
+                bound = (kill_at + (base - kill_at) * (1.0 if n > 4 else 1.5)) / base
             rows.append((f"clustervm {name}", f"{sum(r['ok'] for r in rs)}/{len(rs)}",
                          _f(comp), _f(comp / base if comp and base else None, "{:.2f}x"),
+                         _f(bound, "{:.2f}x"),
                          _f(_med(r.get("detect") for r in rs)),
                          _f(_med(r.get("recover") for r in rs)),
                          _f(_med(r.get("rerun") for r in rs), "{:.0f}")))
         heat = []
         if not a.skip_heat:
-            for label, every, ck in (("heat2d ckpt 0 (memory)", 0, False),
-                                     ("heat2d ckpt 50 (memory)", 50, False),
-                                     ("heat2d ckpt 0 (--checkpoint-dir)", 0, True),
-                                     ("heat2d ckpt 50 (--checkpoint-dir)", 50, True)):
-                ts = [heat2d(tmp, every, ck) for _ in range(a.repeat)]
+            variants = (("heat2d ckpt 0 (memory)", 0, False),
+                        ("heat2d ckpt 50 (memory)", 50, False),
+                        ("heat2d ckpt 0 (--checkpoint-dir)", 0, True),
+                        ("heat2d ckpt 50 (--checkpoint-dir)", 50, True))
+            times: dict[str, list] = {v[0]: [] for v in variants}
+            for _ in range(a.heat_repeat):          # interleaved: load drifts hit all alike
+                for label, every, ck in variants:
+                    times[label].append(heat2d(tmp, every, ck, a.heat_steps))
+            for label, _, _ in variants:
+                ts = times[label]
                 heat.append((label, _med(ts), ts))
                 print(f"  {label}: {', '.join(_f(t, '{:.2f}') for t in ts)} s", flush=True)
         dask_rows = []
@@ -370,7 +388,7 @@ def driver(argv: list[str]) -> int:
                 ok = sum(bool(d and d["exact"]) for d in rs)
                 dask_rows.append((f"dask LocalCluster {name}", f"{ok}/{len(rs)}", _f(comp),
                                   _f(comp / dbase if comp and dbase else None, "{:.2f}x"),
-                                  "-", "-", "-"))
+                                  "-", "-", "-", "-"))
             rows += dask_rows
             dask_note = f"dask drill run by {a.dask_python}"
         else:
@@ -378,7 +396,7 @@ def driver(argv: list[str]) -> int:
                          f"{a.dask_python} (give --dask-python PATH)")
 
     head = ("drill (200 x 50 ms, 3 nodes)", "exact", "compute s", "vs undisturbed",
-            "detect s", "recover s", "re-run")
+            "best possible", "detect s", "recover s", "re-run")
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     print()
     for r in [head, *rows]:
@@ -387,9 +405,9 @@ def driver(argv: list[str]) -> int:
     print(f"({dask_note})")
     kill = runs["kill"]
     if base:
-        print(f"\nundisturbed compute {base:.3f} s (ideal {200 * 0.05 / 3:.3f} s); "
-              f"losing 1 of 3 nodes at half-way costs at least 1.25x (the second half on 2 "
-              f"nodes); with a spare, 1.00x + detection + redone work")
+        print(f"\nundisturbed compute {base:.3f} s (ideal {200 * 0.05 / 3:.3f} s). 'best "
+              f"possible': full speed until the kill, the rest on 2 nodes (a spare keeps 3); "
+              f"detect: kill -> NODE_DOWN callback; recover: kill -> last re-run task done")
     stop = runs["stop"]
     print(f"hung node: detection {_f(_med(r.get('detect') for r in stop))} s against a "
           f"heartbeat timeout of 2.0 s (target < 2.5 s); stopped node killed afterwards: "
@@ -401,7 +419,8 @@ def driver(argv: list[str]) -> int:
         for store in ("memory", "--checkpoint-dir"):
             t0, t50 = h.get(f"heat2d ckpt 0 ({store})"), h.get(f"heat2d ckpt 50 ({store})")
             if t0 and t50:
-                print(f"heat2d checkpoint overhead every 50 steps ({store}): {t0:.2f} s -> "
+                print(f"heat2d 256x256, {a.heat_steps} steps, 4 tasks: checkpoint overhead "
+                      f"every 50 steps ({store}): {t0:.2f} s -> "
                       f"{t50:.2f} s = {100 * (t50 / t0 - 1):+.1f}% (target < 5%)")
     return 1 if fails else 0
 
