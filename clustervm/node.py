@@ -146,7 +146,9 @@ class Node(Site):
         while True:
             if not q and batch:
                 self._flush(batch)
-            if not t.wait(ready, None if not batch else _BATCH_S, background=True):
+            # spin for the next task only while no spawned task computes here
+            if not t.wait(ready, None if not batch else _BATCH_S, background=True,
+                          spin=not self.live):
                 continue
             if self.stopping:
                 break

@@ -295,17 +295,18 @@ class Transport:
     # -- waiting -------------------------------------------------------------
 
     def wait(self, predicate: Callable[[], bool], timeout: float | None = None,
-             background: bool = False) -> bool:
+             background: bool = False, spin: bool = False) -> bool:
         """Drive progress until ``predicate()`` is true; False if ``timeout`` passed first.
 
         A ``background`` waiter (an idle worker) polls only while no foreground
-        thread (a task waiting for a message or a result) is waiting.
+        thread (a task waiting for a message or a result) is waiting; it spins
+        after recent traffic only with ``spin`` (no task of its rank is running).
         """
         if predicate():
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
         if background:
-            return self._wait_background(predicate, deadline)
+            return self._wait_background(predicate, deadline, spin)
         with self._cond:
             self._user_waiters += 1
         try:
@@ -337,7 +338,8 @@ class Transport:
                     self._pause(remaining, self._cond)
         return True
 
-    def _wait_background(self, predicate: Callable[[], bool], deadline: float | None) -> bool:
+    def _wait_background(self, predicate: Callable[[], bool], deadline: float | None,
+                         spin: bool = False) -> bool:
         with self._bg_cond:
             self._bg_waiters += 1
         try:
@@ -347,7 +349,7 @@ class Transport:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                self._background_step(remaining, spin=False, predicate=predicate)
+                self._background_step(remaining, spin=spin, predicate=predicate)
             return True
         finally:
             with self._bg_cond:
