@@ -25,7 +25,7 @@ class Config:
     #: CLUSTERVM_SLOTS: tasks run at the same time by one node.
     slots: int = 1
     #: CLUSTERVM_PREFETCH: extra tasks queued on a node so the next is there when one ends.
-    prefetch: int = 2
+    prefetch: int = 4
     #: CLUSTERVM_PICKLE: allow pickle on the wire for objects msgpack cannot carry (1/0).
     pickle: bool = False
     #: CLUSTERVM_REPLACE_FAILED: start a new node (MPI Comm_spawn) for each lost one (1/0).
