@@ -10,6 +10,7 @@ failure tests can kill a given rank with a real signal.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -42,6 +43,27 @@ class JobResult:
                 return line
         raise AssertionError(f"no line starting with {prefix!r} in output:\n{self.out}\n"
                              f"--- stderr ---\n{self.err}")
+
+
+class Checks:
+    """The ``CHECK <name> <json>`` lines an app printed, one per check, by name."""
+
+    def __init__(self, result) -> None:
+        self.result = result
+        self.values = {}
+        for line in result.out.splitlines():
+            if line.startswith("CHECK "):
+                _, name, data = line.split(" ", 2)
+                self.values[name] = json.loads(data)
+
+    def __getitem__(self, name: str):
+        r = self.result
+        assert name in self.values, (f"check {name!r} did not report (rc {r.rc})\n"
+                                     f"--- stdout ---\n{r.out}\n--- stderr ---\n{r.err}")
+        value = self.values[name]
+        if isinstance(value, dict) and set(value) == {"error"}:
+            pytest.fail(f"check {name!r} raised in the app:\n{value['error']}")
+        return value
 
 
 def job_env(extra: dict | None = None) -> dict:

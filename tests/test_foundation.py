@@ -8,7 +8,6 @@ exiting, and the CLI's hostfile error.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -17,31 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PY, ROOT, _marked, job_env, run_job
+from conftest import PY, ROOT, Checks, _marked, job_env, run_job
 
 pytestmark = pytest.mark.mpi
 
 APPS = Path(__file__).resolve().parent / "apps"
 N_MSGS = 120                      # as in foundation_app.py
-
-
-class Checks:
-    def __init__(self, result) -> None:
-        self.result = result
-        self.values = {}
-        for line in result.out.splitlines():
-            if line.startswith("CHECK "):
-                _, name, data = line.split(" ", 2)
-                self.values[name] = json.loads(data)
-
-    def __getitem__(self, name: str):
-        r = self.result
-        assert name in self.values, (f"check {name!r} did not report (rc {r.rc})\n"
-                                     f"--- stdout ---\n{r.out}\n--- stderr ---\n{r.err}")
-        value = self.values[name]
-        if isinstance(value, dict) and set(value) == {"error"}:
-            pytest.fail(f"check {name!r} raised in the app:\n{value['error']}")
-        return value
 
 
 @pytest.fixture(scope="module")
