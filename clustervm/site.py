@@ -131,12 +131,8 @@ class Site:
         return self.transport.wait(predicate, timeout)
 
     def progress(self) -> None:
-        t = self.transport
-        if t._token.acquire(blocking=False):
-            try:
-                t.poll()
-            finally:
-                t._token.release()
+        """Handle what has arrived, if no other thread is polling (nrecv, probe)."""
+        self.transport.try_poll()
 
     # -- mailboxes and user messages -----------------------------------------
 

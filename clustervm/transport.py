@@ -319,7 +319,6 @@ class Transport:
 
     def _wait(self, predicate: Callable[[], bool], deadline: float | None) -> bool:
         # predicates may have side effects (take a message): once one is true, return
-        token = self._token
         while not predicate():
             if self.closed:
                 return False
@@ -327,16 +326,22 @@ class Transport:
             if remaining is not None and remaining <= 0:
                 return False
             # a foreground waiter takes the token as soon as the holder lets go
-            if token.acquire(timeout=0.001 if remaining is None else min(0.001, remaining)):
-                try:
-                    got = self.poll()
-                finally:
-                    token.release()
-                if not got:
-                    if predicate():
-                        return True
-                    self._pause(remaining, self._cond)
+            got = self.try_poll(0.001 if remaining is None else min(0.001, remaining))
+            if got == 0:
+                if predicate():
+                    return True
+                self._pause(remaining, self._cond)
         return True
+
+    def try_poll(self, timeout: float = 0.0) -> int | None:
+        """Poll if the poller token can be had within ``timeout``: messages handled, or None."""
+        token = self._token
+        if not (token.acquire(timeout=timeout) if timeout > 0 else token.acquire(False)):
+            return None
+        try:
+            return self.poll()
+        finally:
+            token.release()
 
     def _wait_background(self, predicate: Callable[[], bool], deadline: float | None,
                          spin: bool = False) -> bool:
@@ -372,14 +377,10 @@ class Transport:
                 return
             self._bg_poller = me
         try:
-            if not self._token.acquire(blocking=False):
+            got = self.try_poll()
+            if got is None:
                 time.sleep(_BACKGROUND_PAUSE_S)
-                return
-            try:
-                got = self.poll()
-            finally:
-                self._token.release()
-            if not got and (predicate is None or not predicate()):
+            elif not got and (predicate is None or not predicate()):
                 self._pause(remaining, self._bg_cond, spin=spin)
         finally:
             with self._bg_cond:
