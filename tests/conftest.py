@@ -219,7 +219,7 @@ def no_leftovers(request):
     if "mpi" not in request.keywords and "netns" not in request.keywords:
         return
     time.sleep(0.2)
-    new = [n for n in _shm() - before if n.startswith(("sm_segment", "vader", "pmix", "ompi"))]
+    new = [n for n in _shm() - before if n.startswith(("sm_segment", "vader", "pmix", "ompi", "mpich_shm"))]
     in_use = _mapped_files() if new else set()
     for name in new:            # left by this test's jobs, and no live process maps them
         path = os.path.join("/dev/shm", name)
