@@ -65,6 +65,14 @@ class Checks:
             pytest.fail(f"check {name!r} raised in the app:\n{value['error']}")
         return value
 
+    def assert_clean_end(self) -> None:
+        """The app ran every check, exited 0, printed no traceback, left no process."""
+        r = self.result
+        assert r.rc == 0, f"rc {r.rc}\n--- stdout ---\n{r.out}\n--- stderr ---\n{r.err}"
+        assert "ALL CHECKS RAN" in r.out
+        assert "Traceback" not in r.err, r.err
+        assert not _marked(os.getpid()), "the job left processes behind"
+
 
 def job_env(extra: dict | None = None) -> dict:
     env = dict(os.environ)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PY, ROOT, Checks, _marked, job_env, run_job
+from conftest import PY, ROOT, Checks, job_env, run_job
 
 pytestmark = pytest.mark.mpi
 
@@ -32,11 +32,7 @@ def app():
 # ------------------------------------------------------------ the whole job
 
 def test_app_job_ends_cleanly(app):
-    r = app.result
-    assert r.rc == 0, f"rc {r.rc}\n--- stdout ---\n{r.out}\n--- stderr ---\n{r.err}"
-    assert "ALL CHECKS RAN" in r.out
-    assert "Traceback" not in r.err, r.err
-    assert not _marked(os.getpid()), "the job left processes behind"
+    app.assert_clean_end()
 
 
 # ------------------------------------------------------------------- nodes

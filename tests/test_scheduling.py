@@ -7,14 +7,13 @@ pi_montecarlo runs as jobs of its own, on 2 and 4 ranks.
 """
 from __future__ import annotations
 
-import os
 import re
 import socket
 from pathlib import Path
 
 import pytest
 
-from conftest import Checks, _marked, run_job
+from conftest import Checks, run_job
 
 pytestmark = pytest.mark.mpi
 
@@ -28,11 +27,7 @@ def app():
 
 
 def test_app_job_ends_cleanly(app):
-    r = app.result
-    assert r.rc == 0, f"rc {r.rc}\n--- stdout ---\n{r.out}\n--- stderr ---\n{r.err}"
-    assert "ALL CHECKS RAN" in r.out
-    assert "Traceback" not in r.err, r.err
-    assert not _marked(os.getpid()), "the job left processes behind"
+    app.assert_clean_end()
 
 
 # ---------------------------------------------------------------- results
