@@ -171,7 +171,7 @@ class Coordinator(Site):
             self.stopping = True
             for n in self.nodes.values():
                 if n.state in ("alive", "spare", "starting"):
-                    self.transport.post(n.rank, (P.SHUTDOWN, bool(self.transport.failed)))
+                    self.transport.post(n.rank, (P.SHUTDOWN, self._unclean()))
         self.transport.wait(lambda: all(n.state in ("dead", "left")
                                         for n in self.nodes.values()), timeout)
         for n in self.nodes.values():
@@ -179,9 +179,15 @@ class Coordinator(Site):
                 log.warning("node %d (pid %d) did not leave in %.0f s; killing it",
                             n.rank, n.pid, timeout)
                 self._kill_process(n)
+                self.transport.failed.add(n.rank)   # no MPI_Finalize with a killed peer
         self.transport.flush(2.0)
         if self.journal is not None:
             self.journal.close()
+
+    def _unclean(self) -> bool:
+        """Has any rank failed or never joined? Then no rank may risk MPI_Finalize."""
+        return bool(self.transport.failed) or any(n.state == "starting"
+                                                  for n in self.nodes.values())
 
     def _on_hello(self, src: int, msg: Any) -> None:
         n = self.nodes.get(src)
