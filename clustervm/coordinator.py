@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 SHORT, SPAWNED = 0, 1
 #: Once one node has said hello, how long main waits for the others before it starts.
 START_GRACE_S = 5.0
+#: How long a node started with MPI_Comm_spawn has to say hello.
+SPAWN_HELLO_S = 30.0
 Reply = Callable[[bool, Any], None]
 
 
@@ -115,7 +117,7 @@ class Coordinator(Site):
         self.info: dict[str, Any] = {}
         self.info_waiters: dict[str, list[Reply]] = {}
         self.stats = {"rerun": 0, "redone_s": 0.0, "ckpt_written": 0, "ckpt_restored": 0,
-                      "reused": 0, "corrupt": 0}
+                      "reused": 0, "corrupt": 0, "spawned": 0}
         ckdir = config.checkpoint_dir or None
         self.store = CheckpointStore(ckdir)
         self.journal: Journal | None = Journal(ckdir, fsync=False) if ckdir else None
@@ -128,6 +130,12 @@ class Coordinator(Site):
         self.fatal: BaseException | None = None
         self._alive: list[NodeInfo] = []
         self.start_limit = 60.0
+        #: how to start this program on a new node (arguments after the interpreter)
+        self.spawn_command: list[str] = []
+        self._next_rank = max(transport.size, 1)
+        self._spawn_lock = threading.Lock()     # one MPI_Comm_spawn at a time
+        self._spawning = 0                      # replacements asked for, not yet started
+        self.homeless: list[TaskRecord] = []    # spawned tasks waiting for a replacement
         #: Observers (trace, dashboard): ``obs(kind, rec, rank, ok)`` with kind "start" (a task
         #: dispatched to node ``rank``), "end" (ok or not) or "rerun" (its node ``rank`` was lost).
         #: Called under ``self.lock`` in the MPI thread: record and return, never block.
@@ -160,10 +168,6 @@ class Coordinator(Site):
                 if spares and len(self._alive_nodes()) > 1:
                     n.state = "spare"
             self._refresh_alive()
-        if self.config.replace_failed:
-            log.warning("--replace-failed: starting new nodes with MPI Comm_spawn is not "
-                        "implemented yet; lost nodes are replaced by spare nodes only "
-                        "(start the job with --spares K)")
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Tell every node to leave and wait for their goodbyes."""
@@ -186,8 +190,8 @@ class Coordinator(Site):
 
     def _unclean(self) -> bool:
         """Has any rank failed or never joined? Then no rank may risk MPI_Finalize."""
-        return bool(self.transport.failed) or any(n.state == "starting"
-                                                  for n in self.nodes.values())
+        return bool(self.transport.failed or self.transport.links) or any(
+            n.state == "starting" for n in self.nodes.values())
 
     def _on_hello(self, src: int, msg: Any) -> None:
         n = self.nodes.get(src)
@@ -198,6 +202,14 @@ class Coordinator(Site):
             n.state = "alive"
             n.joined_at = time.monotonic()
             self._refresh_alive()
+            if not self.in_world(n.rank):
+                log.warning("node %d (host %s, pid %d) started with MPI_Comm_spawn joins the VM",
+                            n.rank, n.host, n.pid)
+                self.events.add("NODE_ADDED", rank=n.rank, host=n.host, how="spawn")
+                homeless, self.homeless = self.homeless, []
+                for rec in homeless:
+                    if rec.state == "running" and rec.node is None:
+                        self._place_spawned(rec, restart=True)
             self._dispatch()
 
     def _on_bye(self, src: int, msg: Any) -> None:
@@ -225,6 +237,8 @@ class Coordinator(Site):
                     last = max(heard.get(n.rank, 0.0), n.joined_at)
                     if now - last > limit:
                         self._node_lost(n.rank, f"heartbeat ({now - last:.1f} s silent)")
+                elif n.state == "starting" and n.joined_at and now - n.joined_at > SPAWN_HELLO_S:
+                    self._node_lost(n.rank, f"no hello {SPAWN_HELLO_S:.0f} s after MPI_Comm_spawn")
                 elif n.state == "starting" and now - self.t0 > self.start_limit:
                     self._node_lost(n.rank, "no hello at start")
 
@@ -238,7 +252,7 @@ class Coordinator(Site):
         pid = n.pid if n.host == hostname() else 0
         if not pid and n.state in ("starting", "dead") and not n.pid:
             pid = _local_rank_pid(n.rank)     # it never said hello: find it, if on this host
-        if pid:
+        if pid and (n.pid or self.in_world(n.rank)):
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -260,8 +274,8 @@ class Coordinator(Site):
         self.groups.node_lost(rank)
         if self.stopping:
             return
-        if not was_spare:
-            self._promote_spare()
+        if not was_spare and not self._promote_spare() and self.config.replace_failed:
+            self._replace_async(rank)
         now = time.monotonic()
         # tasks queued behind the running ones (prefetch) lose no work
         running = sorted(n.inflight.values(), key=lambda r: r.t_start)[:max(1, self.config.slots)]
@@ -281,7 +295,7 @@ class Coordinator(Site):
             self.pending.appendleft(rec)
         n.inflight.clear()
         spawned, n.spawned = n.spawned, set()
-        if not self._alive:
+        if not self._alive and not self._joining():
             self._no_nodes_left()
             return
         for tid in sorted(spawned):
@@ -294,16 +308,90 @@ class Coordinator(Site):
                 self._place_spawned(rec, restart=True)
         self._dispatch()
 
-    def _promote_spare(self) -> None:
+    def _promote_spare(self) -> bool:
         for n in self.nodes.values():
             if n.state == "spare":
                 n.state = "alive"
                 log.warning("spare node %d takes over", n.rank)
                 self.events.add("NODE_ADDED", rank=n.rank, host=n.host, how="spare")
                 self._refresh_alive()
-                return
+                return True
+        return False
+
+    # -- new nodes (MPI_Comm_spawn) ----------------------------------------------
+
+    def _replace_async(self, lost: int) -> None:
+        """--replace-failed: start a node for lost node ``lost`` without blocking handlers."""
+        self._spawning += 1
+
+        def replace() -> None:
+            try:
+                self.spawn_node(f"replacing node {lost}")
+            finally:
+                with self.lock:
+                    self._spawning -= 1
+                    if not self._alive and not self._joining():
+                        self._no_nodes_left()
+        threading.Thread(target=replace, name=f"cvm-replace-{lost}", daemon=True).start()
+
+    def in_world(self, rank: int) -> bool:
+        """Is ``rank`` in COMM_WORLD (not a node started later with MPI_Comm_spawn)?"""
+        return rank < self.transport.world_size
+
+    def _joining(self) -> bool:
+        """Is a replacement on its way (being spawned, or spawned and not yet joined)?"""
+        return bool(self._spawning) or any(
+            n.state == "starting" and not self.in_world(n.rank) for n in self.nodes.values())
+
+    def spawn_node(self, why: str) -> int | None:
+        """Start one node process with MPI_Comm_spawn; its rank, or None (logged why).
+
+        The new node is "starting" until its hello arrives (see _on_hello).
+        """
+        from mpi4py import MPI
+        if not self.spawn_command or self.stopping:
+            return None
+        if "Open MPI" not in MPI.Get_library_version():
+            # MPICH 5.0.2's Hydra failed the whole job on MPI_Comm_spawn here (docs/mpis.md)
+            log.warning("cannot start a node (%s): MPI_Comm_spawn is used with Open MPI only; "
+                        "carrying on with %d node(s). Start the job with --spares K",
+                        why, len(self._alive))
+            return None
+        with self._spawn_lock:
+            if self.stopping:
+                return None
+            info = MPI.Info.Create()
+            info.Set("wdir", os.getcwd())
+            # a lost node's slot is not handed back: without this Open MPI says
+            # "All nodes which are allocated for this job are already filled"
+            info.Set("map_by", ":OVERSUBSCRIBE")
+            t0 = time.monotonic()
+            try:
+                inter = MPI.COMM_SELF.Spawn(sys.executable, args=self.spawn_command,
+                                            maxprocs=1, root=0, info=info)
+            except MPI.Exception as exc:
+                log.warning("cannot start a node with MPI_Comm_spawn (%s): %s; carrying on "
+                            "with %d node(s). Start the job with --spares K for nodes that "
+                            "need no spawn", why, exc.Get_error_string().strip(),
+                            len(self._alive))
+                return None
+            finally:
+                info.Free()
+            with self.lock:
+                rank = self._next_rank
+                self._next_rank += 1
+                n = self.nodes[rank] = NodeInfo(rank)
+                n.joined_at = time.monotonic()    # the hello is due SPAWN_HELLO_S from now
+                self.transport.add_link(rank, inter, {"rank": rank,
+                                                      "env": self.config.to_env()})
+                self.stats["spawned"] += 1
+            log.info("node %d spawned in %.2f s (%s)", rank, time.monotonic() - t0, why)
+            return rank
 
     def _no_nodes_left(self) -> None:
+        if self._joining():
+            return    # a replacement is on its way: the work waits for it
+        self.homeless.clear()
         lost = ", ".join(f"node {n.rank} ({n.host}: {n.how_lost})"
                          for n in self.nodes.values() if n.state == "dead")
         err = NoNodesError(f"every worker node is lost ({lost}); the job cannot go on. "
@@ -546,6 +634,9 @@ class Coordinator(Site):
     def _place_spawned(self, rec: TaskRecord, restart: bool) -> None:
         n = self._pick(rec.where) or self._pick(None)
         if n is None:
+            if self._joining():
+                rec.node = None
+                self.homeless.append(rec)
             self._no_nodes_left()
             return
         ckpt = self._load_ckpt(rec.tid) if restart else None
@@ -828,20 +919,23 @@ class Coordinator(Site):
     def submit_from_main(self, fn: Callable, args: tuple, kwargs: dict, where: Any = None):
         return self.submit(P.MAIN_TID, fn, args, kwargs, where)
 
-    def add_nodes(self, count: int) -> int:
-        """Bring spare nodes into service; returns how many joined."""
+    def add_nodes(self, count: int, timeout: float = SPAWN_HELLO_S) -> int:
+        """Bring ``count`` nodes into service: spare nodes first, then new node processes
+        started with MPI_Comm_spawn. Waits for them to join; returns how many did."""
         added = 0
         with self.lock:
-            for _ in range(count):
-                if not any(n.state == "spare" for n in self.nodes.values()):
-                    break
-                self._promote_spare()
+            while added < count and self._promote_spare():
                 added += 1
             self._dispatch()
+        started = [r for r in (self.spawn_node("vm.add_nodes") for _ in range(count - added))
+                   if r is not None]
+        self.transport.wait(lambda: all(self.nodes[r].state != "starting" for r in started),
+                            timeout)
+        added += sum(self.nodes[r].state == "alive" for r in started)
         if added < count:
-            log.warning("add_nodes: %d of %d node(s) could not be had: no spare node left "
-                        "(start the job with --spares K); carrying on with %d node(s)",
-                        count - added, count, len(self._alive))
+            log.warning("add_nodes: %d of %d node(s) could not be had (see the warnings "
+                        "above); carrying on with %d node(s)", count - added, count,
+                        len(self._alive))
         return added
 
     def make_context(self, tid: int, parent: int | None, ckpt: Any) -> TaskContext:
@@ -866,6 +960,8 @@ class Coordinator(Site):
         else:
             parts.append("no node lost")
         s = self.stats
+        if s["spawned"]:
+            parts.append(f"{s['spawned']} node(s) started with MPI_Comm_spawn")
         parts.append(f"{s['rerun']} task(s) re-run, {s['redone_s']:.2f} s of work redone")
         parts.append(f"{s['ckpt_written']} checkpoint(s) written, {s['ckpt_restored']} restored"
                      + (f", {self.store.stats.corrupt} corrupt skipped"

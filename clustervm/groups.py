@@ -298,6 +298,8 @@ class Groups:
             plan["why"] = "a member has no node (being restarted)"
         elif len(set(ranks.values())) < size:
             plan["why"] = "some members share a node"
+        elif not all(self.coord.in_world(r) for r in ranks.values()):
+            plan["why"] = "a member runs on a node started by MPI_Comm_spawn (not in COMM_WORLD)"
         else:
             self._comm_tags += 1
             plan["members"] = [(inst_of[t], t, ranks[t]) for t in ordered]

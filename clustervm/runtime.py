@@ -100,6 +100,9 @@ def start(main: Callable | None, config: Config, argv: list[str]) -> int:
     from . import current
     from .transport import Transport
     _hydra_signals(MPI)
+    parent = MPI.Comm.Get_parent()
+    if parent != MPI.COMM_NULL:
+        return _serve_spawned(parent, config)
     world = MPI.COMM_WORLD
     if world.Get_size() < 2:
         print("clustervm: error: a VM needs at least 2 ranks (a coordinator and one node); "
@@ -111,20 +114,11 @@ def start(main: Callable | None, config: Config, argv: list[str]) -> int:
     transport = Transport(comm, spin_ms=config.spin_ms, idle_sleep_ms=config.idle_sleep_ms,
                           allow_pickle=config.pickle)
     if transport.rank != 0:
-        from .node import Node
-        node = Node(transport, config)
-        current._tls.site = node
-        try:
-            node.serve()
-        except BaseException:   # noqa: BLE001 - a node never exits non-zero by itself
-            log.exception("node %d failed; leaving the VM", transport.rank)
-        transport.close()
-        _note_failures(transport.failed or node.failures_seen)
-        # the job is over without its coordinator: say so with a status mpiexec passes on
-        return COORDINATOR_LOST if node.coordinator_lost else 0
+        return _serve(transport, config)
     from .coordinator import Coordinator
     from .vm import VM
     coord = Coordinator(transport, config)
+    coord.spawn_command = _spawn_command(argv)
     tls = current._tls
     tls.site, tls.tid, tls.ctx, tls.parent = coord, coord.main_ctx.tid, coord.main_ctx, None
     vm = VM(coord, argv)
@@ -147,7 +141,7 @@ def start(main: Callable | None, config: Config, argv: list[str]) -> int:
         coord.shutdown()
         service.join(2.0)   # it sends (heartbeats) without the poller token: out before Finalize
         transport.close()
-        _note_failures(transport.failed)
+        _note_failures(transport.failed or transport.links)
         for stop in extras:
             stop()
         if config.checkpoint_dir:
@@ -158,6 +152,53 @@ def start(main: Callable | None, config: Config, argv: list[str]) -> int:
                                          (lost or coord.stats["rerun"] or config.resume)):
             print(coord.report(), file=sys.stderr, flush=True)
     return code
+
+
+def _serve(transport, config: Config) -> int:
+    """A worker rank: run the node loop until the coordinator says shut down."""
+    from . import current
+    from .node import Node
+    node = Node(transport, config)
+    current._tls.site = node
+    try:
+        node.serve()
+    except BaseException:   # noqa: BLE001 - a node never exits non-zero by itself
+        log.exception("node %d failed; leaving the VM", transport.rank)
+    transport.close()
+    if not transport.spawned:
+        # a spawned node always finalizes: Open MPI counts one that does not as an
+        # abnormal end and fails the job (measured); its own MPI_Finalize waits on nobody
+        _note_failures(transport.failed or node.failures_seen)
+    # the job is over without its coordinator: say so with a status mpiexec passes on
+    return COORDINATOR_LOST if node.coordinator_lost else 0
+
+
+def _serve_spawned(parent, config: Config) -> int:
+    """A node started by the coordinator with MPI_Comm_spawn (a replacement, or added)."""
+    from .site import hostname
+    from .transport import Transport
+    try:
+        init = Transport.spawned_init(parent)
+    except Exception:   # noqa: BLE001 - the coordinator died before it told us who we are
+        log.exception("spawned node: no word from the coordinator; leaving")
+        return 0
+    rank = int(init["rank"])
+    os.environ.update(init.get("env", {}))
+    config = Config.from_env()
+    logging.getLogger().handlers.clear()
+    setup_logging(config.log_level, rank, hostname())
+    transport = Transport(parent, spin_ms=config.spin_ms, idle_sleep_ms=config.idle_sleep_ms,
+                          allow_pickle=config.pickle, rank=rank)
+    log.info("spawned node %d joins the VM", rank)
+    return _serve(transport, config)
+
+
+def _spawn_command(argv: list[str]) -> list[str]:
+    """The arguments that start this program again on a spawned node."""
+    main = sys.modules.get("__main__")
+    if getattr(main, "__spec__", None) is not None and main.__spec__.name.startswith("clustervm"):
+        return ["-m", "clustervm", *argv]          # python -m clustervm app.py ...
+    return list(argv)                               # a script that calls clustervm.run(main)
 
 
 def _hydra_signals(MPI) -> None:

@@ -13,6 +13,13 @@ while no user thread is waiting. An idle loop spins for ``spin_ms`` after the
 last message, then sleeps with a growing back-off up to ``idle_sleep_ms``:
 fast while busy, next to no CPU when idle.
 
+Nodes started later with ``MPI_Comm_spawn`` are outside COMM_WORLD: each is
+reached over its own intercommunicator with the coordinator (a *link*) and has
+a virtual rank after the world's. Every other rank reaches it, and it reaches
+them, through the coordinator: such a message travels as one self-contained
+*routed* frame (sender, final destination, payload and buffers) that rank 0
+forwards unopened.
+
 Failures: with ULFM, a dead peer surfaces as ``MPI_ERR_PROC_FAILED`` from a
 probe or a send; the transport acknowledges it and reports the dead ranks to
 ``on_failure``. Ranks declared dead by heartbeat are *ignored*: whatever they
@@ -42,7 +49,11 @@ _BACKGROUND_PAUSE_S = 0.0002   # background pollers sleep at least this between 
 _INLINE_MAX = 1 << 16       # payloads above this go out of band, like arrays
 _KIND_INLINE = 0
 _KIND_BUFFERS = 1
+_KIND_ROUTED = 2
 _PREFIX = struct.Struct("<BIi")  # kind, number of buffers, buffer tag
+_ROUTE = struct.Struct("<BiiI")  # kind, sender, final destination, number of buffers
+TAG_INIT = 3                     # the coordinator's first message to a spawned node
+HUB = 0                          # the rank that forwards routed frames (the coordinator)
 _FAILURE_CLASSES = {MPI.ERR_PROC_FAILED, getattr(MPI, "ERR_PROC_FAILED_PENDING", -1),
                     getattr(MPI, "ERR_REVOKED", -1)}
 
@@ -70,14 +81,23 @@ class Counters:
 
 
 class Transport:
-    """Frames over one MPI communicator, with leader/follower progress."""
+    """Frames over one MPI communicator (plus links to spawned nodes), with
+    leader/follower progress."""
 
     def __init__(self, comm: MPI.Comm, *, spin_ms: float = 5.0, idle_sleep_ms: float = 10.0,
-                 allow_pickle: bool = False) -> None:
+                 allow_pickle: bool = False, rank: int | None = None) -> None:
         comm.Set_errhandler(MPI.ERRORS_RETURN)
         self.comm = comm
-        self.rank = comm.Get_rank()
-        self.size = comm.Get_size()
+        #: on a spawned node, ``comm`` is the intercommunicator to the coordinator
+        self.spawned = rank is not None
+        self.rank = comm.Get_rank() if rank is None else rank
+        self.world_size = 0 if self.spawned else comm.Get_size()
+        self.size = max(self.world_size, self.rank + 1)
+        self.links: dict[int, MPI.Intercomm] = {}     # spawned node -> its link (on rank 0)
+        # where messages come in: (communicator, None) gives the source rank as is,
+        # (link, rank) is the one peer of a link
+        self._inbound: list[tuple[MPI.Comm, int | None]] = [
+            (comm, HUB if self.spawned else None)]
         self.allow_pickle = allow_pickle
         self.handler: Handler = lambda src, msg: None
         self.on_failure: Callable[[set[int]], None] = lambda ranks: None
@@ -120,22 +140,55 @@ class Transport:
                 + struct.pack(f"<B{len(sizes)}Q", kind_payload_oob, *sizes) + inline)
         return head, bufs, tag
 
+    def _path(self, dest: int) -> tuple[MPI.Comm, int, int | None]:
+        """How to reach ``dest``: (communicator, its rank there, link rank or None).
+
+        Raises :class:`PeerFailed` for a rank nobody can reach."""
+        if not self.spawned and dest < self.world_size:
+            return self.comm, dest, None
+        link = self.links.get(dest)
+        if link is not None:
+            return link, 0, dest
+        if self.spawned and dest == HUB:
+            return self.comm, 0, HUB
+        raise PeerFailed(dest)
+
+    def _routed(self, dest: int) -> bool:
+        """Does a message to ``dest`` go through the hub (one end is a spawned node)?"""
+        if self.rank == HUB or dest == HUB:
+            return False
+        return self.spawned or dest >= self.world_size
+
+    def _prepare(self, dest: int, msg: Any) -> tuple[MPI.Comm, int, int | None, bytes, list, int]:
+        if dest in self.failed or self.closed:
+            raise PeerFailed(dest)
+        if self._routed(dest):
+            comm, peer, via = self._path(HUB)
+            return comm, peer, via, self._routed_frame(dest, msg), [], 0
+        comm, peer, via = self._path(dest)
+        head, bufs, tag = self._frames(msg)
+        return comm, peer, via, head, bufs, tag
+
+    def _routed_frame(self, dest: int, msg: Any) -> bytes:
+        payload, bufs = wire.dumps(msg, allow_pickle=self.allow_pickle)
+        views = [memoryview(b).cast("B") for b in bufs]
+        head = (_ROUTE.pack(_KIND_ROUTED, self.rank, dest, len(views))
+                + struct.pack(f"<{len(views) + 1}Q", len(payload), *(v.nbytes for v in views)))
+        return b"".join([head, payload, *views])
+
     def send(self, dest: int, msg: Any) -> None:
         """Send ``msg`` to rank ``dest``; returns when the caller may reuse its arrays.
 
         Raises :class:`PeerFailed` if ``dest`` is dead (or the transport is closed).
         """
-        if dest in self.failed or self.closed:
-            raise PeerFailed(dest)
-        head, bufs, tag = self._frames(msg)
-        comm = self.comm
+        comm, peer, via, head, bufs, tag = self._prepare(dest, msg)
         try:
-            comm.Send([head, MPI.BYTE], dest, TAG_MSG)
+            comm.Send([head, MPI.BYTE], peer, TAG_MSG)
             for b in bufs:
-                comm.Send([b, MPI.BYTE], dest, tag)
+                comm.Send([b, MPI.BYTE], peer, tag)
         except MPI.Exception as exc:
             if is_failure(exc):
-                self._note_failures()
+                self._path_failed(via)
                 raise PeerFailed(dest) from None
             raise
         c = self.counters
@@ -147,24 +200,39 @@ class Transport:
 
         Returns False (and drops the message) if ``dest`` is known to be dead.
         """
-        if dest in self.failed or self.closed:
-            return False
-        head, bufs, tag = self._frames(msg)
-        comm = self.comm
         try:
-            reqs = [comm.Isend([head, MPI.BYTE], dest, TAG_MSG)]
-            reqs.extend(comm.Isend([b, MPI.BYTE], dest, tag) for b in bufs)
+            comm, peer, via, head, bufs, tag = self._prepare(dest, msg)
+        except PeerFailed:
+            return False
+        return self._post_frames(comm, peer, via, head, bufs, tag)
+
+    def _post_frames(self, comm: MPI.Comm, peer: int, via: int | None, head: Any,
+                     bufs: list, tag: int) -> bool:
+        try:
+            reqs = [comm.Isend([head, MPI.BYTE], peer, TAG_MSG)]
+            reqs.extend(comm.Isend([b, MPI.BYTE], peer, tag) for b in bufs)
         except MPI.Exception as exc:
             if is_failure(exc):
-                self._note_failures()
+                self._path_failed(via)
                 return False
             raise
         with self._pending_lock:
-            self._pending.append((reqs, (head, bufs)))
+            self._pending.append((reqs, (head, bufs), via))
         c = self.counters
         c.msgs_out += 1
         c.bytes_out += len(head) + sum(memoryview(b).nbytes for b in bufs)
         return True
+
+    def _forward(self, dest: int, frame: bytearray) -> None:
+        """The hub passes a routed frame on, unopened (dropped if ``dest`` is dead)."""
+        if dest in self.failed or self.closed:
+            return
+        try:
+            comm, peer, via = self._path(dest)
+        except PeerFailed:
+            log.debug("routed frame for unknown rank %d dropped", dest)
+            return
+        self._post_frames(comm, peer, via, frame, [], 0)
 
     def broadcast(self, dests: Iterable[int], msg: Any) -> None:
         for d in dests:
@@ -176,16 +244,16 @@ class Transport:
         with self._pending_lock:
             keep: deque = deque()
             while self._pending:
-                reqs, keepalive = self._pending.popleft()
+                reqs, keepalive, via = self._pending.popleft()
                 try:
                     done = MPI.Request.Testall(reqs)
                 except MPI.Exception as exc:
                     if not is_failure(exc):
                         log.warning("send failed: %s", exc)
-                    self._note_failures()
+                    self._path_failed(via)
                     continue   # the peer is gone; the message is dropped with it
                 if not done:
-                    keep.append((reqs, keepalive))
+                    keep.append((reqs, keepalive, via))
             self._pending = keep
 
     def flush(self, timeout: float = 5.0) -> bool:
@@ -199,12 +267,13 @@ class Transport:
 
     # -- receiving -----------------------------------------------------------
 
-    def _recv_one(self) -> bool:
+    def _recv_one(self, comm: MPI.Comm, link_rank: int | None) -> bool:
         status = self._status
-        m = self.comm.Improbe(MPI.ANY_SOURCE, TAG_MSG, status)
+        m = comm.Improbe(MPI.ANY_SOURCE, TAG_MSG, status)
         if m is None:
             return False
-        src = status.Get_source()
+        peer = status.Get_source()
+        src = peer if link_rank is None else link_rank
         count = status.Get_count(MPI.BYTE)
         frame = bytearray(count)
         m.Recv([frame, MPI.BYTE])
@@ -212,9 +281,26 @@ class Transport:
         c.msgs_in += 1
         c.bytes_in += count
         view = memoryview(frame)
-        if frame[0] == _KIND_INLINE:
+        self.last_heard[src] = time.monotonic()
+        kind = frame[0]
+        if kind == _KIND_INLINE:
             payload: Any = view[1:]
             bufs: list[Any] = []
+        elif kind == _KIND_ROUTED:
+            _, origin, dest, nbuf = _ROUTE.unpack_from(frame)
+            if dest != self.rank:
+                if self.rank == HUB and src not in self.ignored:
+                    self._forward(dest, frame)
+                return True
+            src = origin
+            off = _ROUTE.size
+            sizes = struct.unpack_from(f"<{nbuf + 1}Q", frame, off)
+            off += 8 * (nbuf + 1)
+            bufs = []
+            for size in sizes:
+                bufs.append(view[off:off + size])
+                off += size
+            payload = bufs.pop(0)
         else:
             _, nbuf, tag = _PREFIX.unpack_from(frame)
             off = _PREFIX.size
@@ -224,12 +310,11 @@ class Transport:
             bufs = []
             for size in sizes:
                 buf = _empty_buffer(size)
-                self.comm.Recv([buf, MPI.BYTE], src, tag)
+                comm.Recv([buf, MPI.BYTE], peer, tag)
                 bufs.append(buf)
                 c.bytes_in += size
             if oob_payload:
                 payload = bufs.pop(0)
-        self.last_heard[src] = time.monotonic()
         if src in self.ignored:
             return True
         msg = wire.loads(payload, bufs, allow_pickle=self.allow_pickle)
@@ -244,13 +329,14 @@ class Transport:
         """Receive and handle what has arrived (at most ``limit``); caller holds the token."""
         n = 0
         self._busy = False
-        try:
-            while n < limit and self._recv_one():
-                n += 1
-        except MPI.Exception as exc:
-            if not is_failure(exc):
-                raise
-            self._note_failures()
+        for comm, link_rank in self._inbound:
+            try:
+                while n < limit and self._recv_one(comm, link_rank):
+                    n += 1
+            except MPI.Exception as exc:
+                if not is_failure(exc):
+                    raise
+                self._path_failed(link_rank)
         self._complete_pending()
         if n:
             if self._busy:   # heartbeats alone do not make an idle loop spin
@@ -259,6 +345,41 @@ class Transport:
             with cond:
                 cond.notify_all()
         return n
+
+    # -- links to spawned nodes ------------------------------------------------
+
+    def add_link(self, rank: int, inter: MPI.Intercomm, init: dict) -> None:
+        """Rank 0: take a spawned node in as ``rank``, and send it ``init``."""
+        inter.Set_errhandler(MPI.ERRORS_RETURN)
+        payload, _ = wire.dumps(init)
+        inter.Send([payload, MPI.BYTE], 0, TAG_INIT)
+        self.links[rank] = inter
+        self.size = max(self.size, rank + 1)
+        self._inbound = [*self._inbound, (inter, rank)]   # pollers iterate a snapshot
+
+    @staticmethod
+    def spawned_init(parent: MPI.Intercomm) -> dict:
+        """On a spawned node: wait for the coordinator's first message (its rank, config)."""
+        parent.Set_errhandler(MPI.ERRORS_RETURN)
+        status = MPI.Status()
+        parent.Probe(0, TAG_INIT, status)
+        buf = bytearray(status.Get_count(MPI.BYTE))
+        parent.Recv([buf, MPI.BYTE], 0, TAG_INIT)
+        return wire.loads(buf)
+
+    def _path_failed(self, link_rank: int | None) -> None:
+        """A call on a communicator failed: find out who died."""
+        if link_rank is None:
+            self._note_failures()
+            return
+        comm = self.comm if self.spawned else self.links.get(link_rank)
+        if comm is not None:
+            try:
+                comm.Ack_failed()
+            except MPI.Exception:
+                pass
+            self._inbound = [(c, r) for c, r in self._inbound if c is not comm]
+        self._report_failed({link_rank})
 
     def _note_failures(self) -> None:
         try:
@@ -270,7 +391,10 @@ class Transport:
         except MPI.Exception as exc:   # no ULFM in this MPI
             log.debug("cannot query failed ranks: %s", exc)
             return
-        new = {r for r in ranks if r is not None and r >= 0} - self.failed
+        self._report_failed({r for r in ranks if r is not None and r >= 0})
+
+    def _report_failed(self, ranks: set[int]) -> None:
+        new = ranks - self.failed
         if new:
             self.failed |= new
             log.info("MPI reports dead ranks %s", sorted(new))

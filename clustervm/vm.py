@@ -240,7 +240,11 @@ class VM:
             raise ValueError("notify needs a callback or a tag")
 
     def add_nodes(self, count: int) -> int:
-        """Bring in ``count`` more nodes; returns how many joined (spares first)."""
+        """Bring in ``count`` more nodes; returns how many joined.
+
+        Spare nodes (``--spares``) come first; the rest are new node processes
+        started with ``MPI_Comm_spawn``. A node that cannot be had is logged and
+        the job carries on with the others."""
         return self._c.add_nodes(count)
 
     def __getattr__(self, name: str) -> Any:

@@ -165,6 +165,10 @@ def _procs_with(tag: str) -> list[tuple[int, list[bytes]]]:
 
 
 def _rank_of(env: list[bytes]) -> int | None:
+    """The COMM_WORLD rank of a process of the job (None for a node started later with
+    MPI_Comm_spawn: Open MPI gives it a namespace of its own, not the first one "...@1")."""
+    if any(item.startswith(b"PMIX_NAMESPACE=") and not item.endswith(b"@1") for item in env):
+        return None
     for item in env:
         # Open MPI; MPICH's Hydra (PMI_RANK is set only in the ranks)
         if item.startswith((b"OMPI_COMM_WORLD_RANK=", b"PMI_RANK=")):

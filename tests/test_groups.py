@@ -51,6 +51,9 @@ class FakeCoord:
     def resolve(self, ref: str):
         return wire.resolve_ref(ref)
 
+    def in_world(self, rank: int) -> bool:
+        return rank < 100      # ranks from 100 on play nodes started with MPI_Comm_spawn
+
 
 class Box:
     """Collects the answer of one collective call."""
@@ -355,6 +358,9 @@ def test_freeze_stays_on_the_hub_when_members_share_a_node():
     plan = [call(g, t, "freeze", count=1) for t in tids][0].value
     assert plan["members"] is None and "share a node" in plan["why"]
     assert [b.value for b in everyone(g, tids, "allreduce", [1, 2, 3], fn="sum")] == [6] * 3
+    g3, _, t3 = make(2, name="s", nodes=[1, 100])
+    plan = [call(g3, t, "freeze", name="s", count=1) for t in t3][0].value
+    assert plan["members"] is None and "MPI_Comm_spawn" in plan["why"]
     g2, _, t2 = make(2, name="h")
     plan = [call(g2, t, "freeze", name="h", count=0) for t in t2][0].value
     assert plan["members"] is None and plan["why"] == "mpi=False"

@@ -95,6 +95,16 @@ def test_examples_give_the_same_result_on_any_number_of_nodes():
         assert res.line(prefix) == baseline(app, args, prefix)
 
 
+def test_add_nodes_without_spawn_carries_on():
+    """Hydra's MPI_Comm_spawn failed the whole job here, so on MPICH add_nodes starts no
+    node: it says why and the job goes on with the nodes it has."""
+    res = run_job([str(ROOT / "tests" / "apps" / "add_nodes_app.py")], n=2, timeout=60)
+    assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
+    assert res.line("added:") == "added: 0 nodes=2"
+    assert res.line("ring:") == "ring: 0 1 2 3 4 5"
+    assert "MPI_Comm_spawn is used with Open MPI only" in res.err, res.err
+
+
 def test_transport_failure_query_without_ulfm():
     """MPICH has no ULFM: the ULFM calls the transport makes must not break it."""
     code = r"""
