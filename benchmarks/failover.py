@@ -324,6 +324,7 @@ def driver(argv: list[str]) -> int:
                    help="heat2d steps (its default is 500: a 0.5 s run, too short to "
                         "resolve a few per cent on a loaded box; the interval stays 50)")
     p.add_argument("--skip-heat", action="store_true")
+    p.add_argument("--only-heat", action="store_true", help="only the heat2d overhead runs")
     a = p.parse_args(argv)
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
           f"{a.repeat} run(s) per drill, medians", flush=True)
@@ -333,7 +334,10 @@ def driver(argv: list[str]) -> int:
         runs: dict[str, list[dict]] = {}
         plan = [("undisturbed", None, 4, []), ("kill", signal.SIGKILL, 4, []),
                 ("stop", signal.SIGSTOP, 4, []),
-                ("kill+spare", signal.SIGKILL, 5, ["--spares", "1"])]
+                ("kill+spare", signal.SIGKILL, 5, ["--spares", "1"]),
+                ("kill+replace", signal.SIGKILL, 4, ["--replace-failed"])]
+        if a.only_heat:
+            plan = []
         for k in range(a.repeat):
             for name, sig, n, extra in plan:
                 r = drill(tmp, f"{name}-{k}", sig, n, extra)
@@ -346,7 +350,7 @@ def driver(argv: list[str]) -> int:
                           + (f", kill at {r['kill_at']:.2f} s, detect {_f(r['detect'])} s "
                              f"({r['how']}), recover {_f(r['recover'])} s, {r['rerun']} re-run"
                              if "detect" in r else ""), flush=True)
-        base = _med(r.get("compute") for r in runs["undisturbed"])
+        base = _med(r.get("compute") for r in runs.get("undisturbed", []))
         for name, _, n, _ in plan:
             rs = runs[name]
             comp = _med(r.get("compute") for r in rs)
@@ -403,17 +407,18 @@ def driver(argv: list[str]) -> int:
         print("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
                         for i, (c, w) in enumerate(zip(r, widths))))
     print(f"({dask_note})")
-    kill = runs["kill"]
+    kill, stop = runs.get("kill", []), runs.get("stop", [])
     if base:
         print(f"\nundisturbed compute {base:.3f} s (ideal {200 * 0.05 / 3:.3f} s). 'best "
               f"possible': full speed until the kill, the rest on 2 nodes (a spare keeps 3); "
               f"detect: kill -> NODE_DOWN callback; recover: kill -> last re-run task done")
-    stop = runs["stop"]
-    print(f"hung node: detection {_f(_med(r.get('detect') for r in stop))} s against a "
-          f"heartbeat timeout of 2.0 s (target < 2.5 s); stopped node killed afterwards: "
-          f"{all(r.get('pid_gone') for r in stop if r['ok'])}")
-    print(f"killed node: detection {_f(_med(r.get('detect') for r in kill))} s "
-          f"(target < 0.1 s) by {sorted({r.get('how') for r in kill if r.get('how')})}")
+    if stop:
+        print(f"hung node: detection {_f(_med(r.get('detect') for r in stop))} s against a "
+              f"heartbeat timeout of 2.0 s (target < 2.5 s); stopped node killed afterwards: "
+              f"{all(r.get('pid_gone') for r in stop if r['ok'])}")
+    if kill:
+        print(f"killed node: detection {_f(_med(r.get('detect') for r in kill))} s "
+              f"(target < 0.1 s) by {sorted({r.get('how') for r in kill if r.get('how')})}")
     if heat:
         h = dict((lbl, t) for lbl, t, _ in heat)
         for store in ("memory", "--checkpoint-dir"):

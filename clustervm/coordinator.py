@@ -683,7 +683,9 @@ class Coordinator(Site):
         self.events.add("RESTORE", tid=tid, seq=seq)
         return wire.loads(frames[0], frames[1:])
 
-    def save_checkpoint(self, tid: int, inc: int, seq: int, payload: Any) -> None:
+    def save_checkpoint(self, tid: int, inc: int, seq: int, delivered: dict,
+                        frames: list) -> None:
+        """Store checkpoint ``seq`` of task ``tid`` (``frames``: its encoded payload)."""
         rec = self.tasks.get(tid)
         if rec is None:
             if tid == P.MAIN_TID:
@@ -692,12 +694,10 @@ class Coordinator(Site):
             return                       # task already over: a late duplicate
         if rec.inc != inc:
             return
-        head, bufs = wire.dumps(payload)
-        self.store.save(str(tid), seq, [head, *bufs])
+        self.store.save(str(tid), seq, frames)
         self.stats["ckpt_written"] += 1
         rec.t_ckpt = time.monotonic()
         # the senders of the messages it has received may forget them now
-        delivered = payload["delivered"]
         by_rank: dict[int, list] = {}
         for src in delivered:
             loc = self.locations.get(int(src))
@@ -797,8 +797,9 @@ class Coordinator(Site):
         else:
             reply(True, (rec.node, rec.inc, rec.replay))
 
-    def api_checkpoint(self, reply: Reply, tid: int, inc: int, seq: int, payload: Any) -> None:
-        self.save_checkpoint(tid, inc, seq, payload)
+    def api_checkpoint(self, reply: Reply, tid: int, inc: int, seq: int, delivered: dict,
+                       blob: bytes) -> None:
+        self.save_checkpoint(tid, inc, seq, delivered, wire.unpack_frames(blob))
         reply(True, None)
 
     def api_submit(self, reply: Reply, parent: int, fn_ref: str, args: tuple,

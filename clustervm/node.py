@@ -12,7 +12,7 @@ from collections import deque
 from typing import Any
 
 from . import protocol as P
-from . import remote
+from . import remote, wire
 from .config import Config
 from .errors import WireError
 from .futures import ClusterFuture
@@ -212,6 +212,7 @@ class Node(Site):
         finally:
             ctx = tls.ctx
             tls.tid = tls.ctx = tls.state = None
+            self.settle_checkpoint(ctx, at_end=True)
             if ctx is not None and not getattr(ctx, "_outlog", None):
                 self.contexts.pop(tid, None)
             self.mailboxes.pop(tid, None)
@@ -286,6 +287,8 @@ class Node(Site):
             with self.lock:
                 if self.live.get(ctx.tid) is ctx:
                     del self.live[ctx.tid]
+            if not ctx.aborted:
+                self.settle_checkpoint(ctx, at_end=True)
         if ctx.aborted:
             return
         try:
@@ -309,13 +312,43 @@ class Node(Site):
     # -- checkpoints -----------------------------------------------------------
 
     def checkpoint(self, ctx: TaskContext, seq: int, state: Any) -> None:
+        """Encode the task's checkpoint and send it; do not wait for the coordinator.
+
+        The coordinator handles it in order with everything else the task sends, so
+        a later message or result never overtakes it. One checkpoint is in flight
+        at most: this waits for the previous one's answer first, and raises here
+        what storing it raised (a full disk, say).
+        """
+        self.settle_checkpoint(ctx)
         box = ctx.mailbox
         with box.lock:
             delivered = dict(box.delivered)
             mailbox = [list(i) for i in box.items]
         payload = {"state": state, "seqs": ctx._seqs(), "delivered": delivered,
                    "mailbox": mailbox, "outlog": getattr(ctx, "_outlog", {})}
-        self.call("checkpoint", ctx.tid, ctx.inc, seq, payload)
+        # encoded once, here, and stored as it is: the coordinator never decodes it
+        try:
+            head, bufs = wire.dumps(payload, allow_pickle=False)
+        except WireError as exc:   # checkpoints never pickle: name the state's path
+            text = str(exc).replace("cannot send", "cannot checkpoint", 1)
+            text = text.replace(" at ['state']", " at state", 1).split("; or opt in to pickle")[0]
+            raise WireError(text + ". Checkpoints are msgpack and numpy only, never pickle") \
+                from None
+        ctx.__dict__["_ckpt_call"] = self.call_start(
+            "checkpoint", ctx.tid, ctx.inc, seq, delivered, wire.pack_frames([head, *bufs]),
+            post=True)
+
+    def settle_checkpoint(self, ctx: TaskContext | None, at_end: bool = False) -> None:
+        """Wait for the answer to the task's checkpoint in flight, if any."""
+        reqid = ctx.__dict__.pop("_ckpt_call", None) if ctx is not None else None
+        if reqid is None:
+            return
+        try:
+            self.call_result(reqid, "checkpoint")
+        except Exception as exc:   # noqa: BLE001
+            if not at_end:
+                raise
+            log.warning("task %d: its last checkpoint was not stored: %s", ctx.tid, exc)
 
     def make_context(self, tid: int, parent: int | None, ckpt: Any) -> TaskContext:
         """The context of a short task, made when the task first asks for it."""

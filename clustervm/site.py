@@ -284,12 +284,28 @@ class Site:
 
     def call(self, name: str, *args: Any, timeout: float | None = None) -> Any:
         """Run coordinator API ``name`` and return its answer (raises what it raised)."""
+        return self.call_result(self.call_start(name, *args), name, timeout)
+
+    def call_start(self, name: str, *args: Any, post: bool = False) -> int:
+        """Send a request for coordinator API ``name``; :meth:`call_result` collects it.
+
+        ``post``: do not even wait for the request to leave (the arguments must not
+        change until it has: pass bytes)."""
         reqid = next(self._reqids)
         self._waiting.add(reqid)
         try:
-            self.transport.send(P.COORDINATOR, (P.REQ, reqid, name, args))
+            if post:
+                if not self.transport.post(P.COORDINATOR, (P.REQ, reqid, name, args)):
+                    raise PeerFailed(P.COORDINATOR)
+            else:
+                self.transport.send(P.COORDINATOR, (P.REQ, reqid, name, args))
         except PeerFailed:
+            self._waiting.discard(reqid)
             raise SystemExit("clustervm: the coordinator is gone") from None
+        return reqid
+
+    def call_result(self, reqid: int, name: str, timeout: float | None = None) -> Any:
+        """The answer to request ``reqid`` (waits for it; raises what the API raised)."""
         replies = self._replies
         try:
             if not self.wait(lambda: reqid in replies, timeout, blocking=True):

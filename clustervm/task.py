@@ -162,11 +162,13 @@ class TaskContext:
     # -- checkpoints ---------------------------------------------------------
 
     def checkpoint(self, state: Any) -> None:
-        """Save ``state`` (msgpack + numpy, never pickle); returns once the coordinator holds it.
+        """Save ``state`` (msgpack + numpy, never pickle): after a failover the task
+        restarts from it, with the messages it had received but not consumed.
 
-        In a task spawned with siblings (``spawn(count=k)``) this is collective: every
-        member checkpoints at the same epoch, with the messages in flight, and the group
-        rolls back together after a failure.
+        Returns once the state is encoded (a copy: change ``state`` freely after);
+        the coordinator stores it in order with everything the task sends next, so
+        no later message or result overtakes it. A failure to store it (an
+        unwritable ``--checkpoint-dir``) is raised by the next ``checkpoint`` call.
         """
         self._check()
         self._ckpt_seq += 1

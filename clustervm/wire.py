@@ -336,6 +336,36 @@ def dumps(obj: Any, *, allow_pickle: bool = False) -> tuple[bytes, list[memoryvi
     return payload, buffers
 
 
+_FRAMES = struct.Struct("<I")
+
+
+def pack_frames(frames: Sequence[Any]) -> bytes:
+    """Join a payload and its buffers (what :func:`dumps` gives) into one blob: one
+    MPI message instead of one per array (a checkpoint holds many small ones)."""
+    views = [memoryview(f).cast("B") for f in frames]
+    head = _FRAMES.pack(len(views)) + struct.pack(f"<{len(views)}Q", *(v.nbytes for v in views))
+    return b"".join([head, *views])
+
+
+def unpack_frames(blob: Any) -> list[memoryview]:
+    """The frames of a :func:`pack_frames` blob, as views into it (no copy)."""
+    view = memoryview(blob).cast("B")
+    try:
+        (n,) = _FRAMES.unpack_from(view)
+        sizes = struct.unpack_from(f"<{n}Q", view, _FRAMES.size)
+    except struct.error:
+        raise WireError("a packed frame blob is truncated") from None
+    off = _FRAMES.size + 8 * n
+    if off + sum(sizes) != view.nbytes:
+        raise WireError(f"a packed frame blob holds {view.nbytes} bytes, its table says "
+                        f"{off + sum(sizes)}")
+    out = []
+    for size in sizes:
+        out.append(view[off:off + size])
+        off += size
+    return out
+
+
 def _wire_error(root: Any, exc: _Unsendable) -> WireError:
     bad = exc.obj
     path = _find_path(root, bad)
