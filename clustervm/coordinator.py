@@ -678,14 +678,16 @@ class Coordinator(Site):
             return None
         if got is None:
             return None
-        seq, frames = got
+        seq, (blob,) = got
         self.stats["ckpt_restored"] += 1
         self.events.add("RESTORE", tid=tid, seq=seq)
+        frames = wire.unpack_frames(blob)
         return wire.loads(frames[0], frames[1:])
 
     def save_checkpoint(self, tid: int, inc: int, seq: int, delivered: dict,
-                        frames: list) -> None:
-        """Store checkpoint ``seq`` of task ``tid`` (``frames``: its encoded payload)."""
+                        blob: bytes) -> None:
+        """Store checkpoint ``seq`` of task ``tid``: ``blob`` is its payload as the node
+        encoded it (wire.pack_frames), kept as it is: one frame, never decoded here."""
         rec = self.tasks.get(tid)
         if rec is None:
             if tid == P.MAIN_TID:
@@ -694,7 +696,7 @@ class Coordinator(Site):
             return                       # task already over: a late duplicate
         if rec.inc != inc:
             return
-        self.store.save(str(tid), seq, frames)
+        self.store.save(str(tid), seq, [blob])
         self.stats["ckpt_written"] += 1
         rec.t_ckpt = time.monotonic()
         # the senders of the messages it has received may forget them now
@@ -799,7 +801,7 @@ class Coordinator(Site):
 
     def api_checkpoint(self, reply: Reply, tid: int, inc: int, seq: int, delivered: dict,
                        blob: bytes) -> None:
-        self.save_checkpoint(tid, inc, seq, delivered, wire.unpack_frames(blob))
+        self.save_checkpoint(tid, inc, seq, delivered, blob)
         reply(True, None)
 
     def api_submit(self, reply: Reply, parent: int, fn_ref: str, args: tuple,

@@ -453,9 +453,16 @@ def mpi_info() -> dict[str, str]:
 FINISH_GRACE_S = 10.0
 
 
+#: Times a job is started again when one of its ranks is lost before it is past MPI_Init.
+START_RETRIES = 2
+#: Where rank 0 says it is past MPI_Init (set by run for the job it watches; internal).
+STARTED_ENV = "CLUSTERVM_STARTED_FILE"
+
+
 def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = None, *,
         finished: Callable[[], bool] | None = None,
-        finish_grace: float = FINISH_GRACE_S) -> int:
+        finish_grace: float = FINISH_GRACE_S, watch_start: bool = False,
+        ranks: int | None = None) -> int:
     """Run mpiexec in its own session; return its exit status (124 on timeout).
 
     SIGINT and SIGTERM are passed on to mpiexec (a third one kills the job).
@@ -464,8 +471,37 @@ def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = Non
     still running ``finish_grace`` s after that is stopped. PRRTE waits for a cut-off
     host's daemon for as long as TCP retransmits what it sent there (~15 min); its
     keepalive only covers idle connections.
+
+    ``watch_start`` (every rank on this host): a rank lost before the job is past
+    MPI_Init leaves the others waiting in it forever, or aborts them (Open MPI's
+    MPI_Init is collective; nothing of the app has run yet). Then the job is
+    stopped and started again, at most START_RETRIES times. ``ranks``: how many
+    rank processes to expect (one killed before it was seen is missed otherwise).
     """
-    proc = subprocess.Popen(list(argv), env=dict(env), start_new_session=True)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for attempt in range(START_RETRIES + 1 if watch_start else 1):
+        left = None if deadline is None else max(0.1, deadline - time.monotonic())
+        rc, lost = _run_once(argv, env, left, finished, finish_grace,
+                             watch_start and attempt < START_RETRIES, ranks)
+        if lost is None:
+            return rc
+        print(f"clustervm: {lost} while the job was starting (inside MPI_Init, which Open "
+              f"MPI cannot survive); starting it again ({attempt + 1} of {START_RETRIES})",
+              file=sys.stderr, flush=True)
+    raise AssertionError("unreachable: the last attempt is not watched")
+
+
+def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None,
+              finished: Callable[[], bool] | None, finish_grace: float,
+              watch_start: bool, ranks: int | None = None) -> tuple[int, str | None]:
+    """One mpiexec: (exit status, None), or (-1, what was lost) if lost while starting."""
+    env = dict(env)
+    marker_dir = None
+    if watch_start:
+        marker_dir = tempfile.mkdtemp(prefix="clustervm-start-")
+        env[STARTED_ENV] = os.path.join(marker_dir, "started")
+    t0 = time.monotonic()
+    proc = subprocess.Popen(list(argv), env=env, start_new_session=True)
     received: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
@@ -478,21 +514,87 @@ def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = Non
     previous = _set_handlers(forward)
     try:
         try:
-            rc = _wait(proc, timeout, finished, finish_grace)
+            if marker_dir is not None:
+                lost = _watch_start(proc, env[STARTED_ENV], timeout, received, ranks)
+                if lost is not None:
+                    _stop(proc, KILL_GRACE_S)
+                    return -1, lost
+            left = None if timeout is None else max(0.1, timeout - (time.monotonic() - t0))
+            rc = _wait(proc, left, finished, finish_grace)
         except subprocess.TimeoutExpired:
             print(f"clustervm: error: the job ran past its timeout of {timeout:g} s; "
                   f"stopping it (SIGTERM, then SIGKILL after {KILL_GRACE_S:g} s)",
                   file=sys.stderr, flush=True)
             _stop(proc, KILL_GRACE_S)
-            return TIMEOUT_STATUS
+            return TIMEOUT_STATUS, None
         _stop(proc, KILL_GRACE_S, leftovers_only=True)
     finally:
         if proc.poll() is None:
             _stop(proc, KILL_GRACE_S)
         _restore_handlers(previous)
+        if marker_dir is not None:
+            shutil.rmtree(marker_dir, ignore_errors=True)
     if received:
         log.info("mpiexec ended after %s", ", ".join(signal.Signals(s).name for s in received))
-    return 128 - rc if rc < 0 else rc
+    return (128 - rc if rc < 0 else rc), None
+
+
+#: mpiexec forks its local ranks in one go: fewer than expected this long after the
+#: first one means one was lost before the watch saw it.
+_FORK_SPREAD_S = 2.0
+
+
+def _watch_start(proc: subprocess.Popen, marker: str, timeout: float | None,
+                 received: list[int], ranks: int | None = None) -> str | None:
+    """Until rank 0 is past MPI_Init (``marker`` exists): what was lost, or None.
+
+    The rank processes are mpiexec's children here (every rank on this host)."""
+    seen: set[int] = set()
+    first = None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not os.path.exists(marker):
+        if received or (deadline is not None and time.monotonic() > deadline):
+            return None           # interrupted, or out of time: the usual handling
+        rc = proc.poll()
+        if rc is not None:
+            return f"mpiexec ended with status {rc}" if rc != 0 and seen else None
+        seen.update(_children(proc.pid))
+        gone = sorted(p for p in seen if not _alive(p))
+        if gone:
+            return f"rank process {gone[0]} ended"
+        if seen and first is None:
+            first = time.monotonic()
+        if ranks and first is not None and len(seen) < ranks \
+                and time.monotonic() - first > _FORK_SPREAD_S:
+            return f"{ranks - len(seen)} of {ranks} rank process(es) ended at once"
+        time.sleep(0.02)
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    """Child pids of ``pid`` (Linux /proc; [] elsewhere)."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for t in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{t}/children") as f:
+                out.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Is ``pid`` running (not gone, not a zombie)?"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] != b"Z"
 
 
 def _wait(proc: subprocess.Popen, timeout: float | None,

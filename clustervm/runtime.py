@@ -69,6 +69,7 @@ def run_app(path: str, args: list[str]) -> int:
         return _exit(2)
     from mpi4py import MPI
     rank = MPI.COMM_WORLD.Get_rank()
+    _mark_started(MPI, rank)
     from .site import hostname
     setup_logging(config.log_level, rank, hostname())
     try:
@@ -90,8 +91,21 @@ def run(main: Callable, argv: list[str] | None = None) -> None:
     config = Config.from_env()
     from mpi4py import MPI
     from .site import hostname
+    _mark_started(MPI, MPI.COMM_WORLD.Get_rank())
     setup_logging(config.log_level, MPI.COMM_WORLD.Get_rank(), hostname())
     _exit(start(main, config, list(sys.argv if argv is None else argv)))
+
+
+def _mark_started(MPI, rank: int) -> None:
+    """Rank 0 is past MPI_Init, so every rank is (its last fence is behind them): tell
+    the launcher, which starts the job again if a rank is lost before this."""
+    path = os.environ.get("CLUSTERVM_STARTED_FILE")
+    if path and rank == 0 and MPI.Comm.Get_parent() == MPI.COMM_NULL:
+        try:
+            with open(path, "w"):
+                pass
+        except OSError as exc:
+            log.debug("cannot write the start marker %s: %s", path, exc)
 
 
 def start(main: Callable | None, config: Config, argv: list[str]) -> int:

@@ -566,3 +566,16 @@ def test_resolve_ref_errors():
         wire.resolve_ref("math:nope")
     with pytest.raises(WireError, match="module:qualname"):
         wire.resolve_ref("justaname")
+
+
+def test_pack_frames_round_trip_and_truncation():
+    arr = np.arange(1000, dtype=np.float64)
+    head, bufs = wire.dumps({"state": arr, "log": [np.ones(3), b"x" * 10]})
+    blob = wire.pack_frames([head, *bufs])
+    frames = wire.unpack_frames(blob)
+    back = wire.loads(frames[0], frames[1:])
+    assert np.array_equal(back["state"], arr) and back["log"][1] == b"x" * 10
+    with pytest.raises(WireError, match="truncated|holds"):
+        wire.unpack_frames(blob[:-1])
+    with pytest.raises(WireError, match="truncated"):
+        wire.unpack_frames(b"\x01")
