@@ -520,7 +520,16 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
                     _stop(proc, KILL_GRACE_S)
                     return -1, lost
             left = None if timeout is None else max(0.1, timeout - (time.monotonic() - t0))
+            done = env.get(STARTED_ENV, "") + ".done"
+            if finished is None and marker_dir is not None:
+                # rank 0 has left with its status: a rank that does not end (stopped,
+                # say) must not keep mpiexec, and us, waiting
+                finished = functools.partial(os.path.exists, done)
             rc = _wait(proc, left, finished, finish_grace)
+            main_rc = _read_status(done) if marker_dir is not None else None
+            if main_rc is not None and main_rc != rc:
+                log.info("mpiexec ended with %d; the job's status (rank 0) is %d", rc, main_rc)
+                rc = main_rc
         except subprocess.TimeoutExpired:
             print(f"clustervm: error: the job ran past its timeout of {timeout:g} s; "
                   f"stopping it (SIGTERM, then SIGKILL after {KILL_GRACE_S:g} s)",
@@ -539,9 +548,19 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
     return (128 - rc if rc < 0 else rc), None
 
 
+#: A rank stopped this long while the job starts: it holds every other rank in MPI_Init.
+_STOPPED_S = 1.0
 #: mpiexec forks its local ranks in one go: fewer than expected this long after the
 #: first one means one was lost before the watch saw it.
 _FORK_SPREAD_S = 2.0
+
+
+def _read_status(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _watch_start(proc: subprocess.Popen, marker: str, timeout: float | None,
@@ -550,6 +569,7 @@ def _watch_start(proc: subprocess.Popen, marker: str, timeout: float | None,
 
     The rank processes are mpiexec's children here (every rank on this host)."""
     seen: set[int] = set()
+    stopped: dict[int, float] = {}
     first = None
     deadline = None if timeout is None else time.monotonic() + timeout
     while not os.path.exists(marker):
@@ -562,6 +582,13 @@ def _watch_start(proc: subprocess.Popen, marker: str, timeout: float | None,
         gone = sorted(p for p in seen if not _alive(p))
         if gone:
             return f"rank process {gone[0]} ended"
+        now = time.monotonic()
+        for p in seen:
+            if _state(p) in ("T", "t"):
+                if now - stopped.setdefault(p, now) > _STOPPED_S:
+                    return f"rank process {p} stopped (SIGSTOP) for {_STOPPED_S:g} s"
+            else:
+                stopped.pop(p, None)
         if seen and first is None:
             first = time.monotonic()
         if ranks and first is not None and len(seen) < ranks \
@@ -587,14 +614,19 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _alive(pid: int) -> bool:
-    """Is ``pid`` running (not gone, not a zombie)?"""
+def _state(pid: int) -> str:
+    """The state letter of ``pid`` in /proc ("R", "S", "T" stopped, "Z"...; "" if gone)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] != b"Z"
+        return ""
+    return stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3].decode()
+
+
+def _alive(pid: int) -> bool:
+    """Is ``pid`` running (not gone, not a zombie)?"""
+    return _state(pid) not in ("", "Z")
 
 
 def _wait(proc: subprocess.Popen, timeout: float | None,

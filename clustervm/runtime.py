@@ -99,13 +99,20 @@ def run(main: Callable, argv: list[str] | None = None) -> None:
 def _mark_started(MPI, rank: int) -> None:
     """Rank 0 is past MPI_Init, so every rank is (its last fence is behind them): tell
     the launcher, which starts the job again if a rank is lost before this."""
+    global _marker
     path = os.environ.get("CLUSTERVM_STARTED_FILE")
     if path and rank == 0 and MPI.Comm.Get_parent() == MPI.COMM_NULL:
-        try:
-            with open(path, "w"):
-                pass
-        except OSError as exc:
-            log.debug("cannot write the start marker %s: %s", path, exc)
+        _marker = path
+        _write_marker(path, "")
+
+
+def _write_marker(path: str, text: str) -> None:
+    try:
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+    except OSError as exc:
+        log.debug("cannot write the marker %s: %s", path, exc)
 
 
 def start(main: Callable | None, config: Config, argv: list[str]) -> int:
@@ -251,6 +258,7 @@ def _start_extras(coord, config: Config) -> list[Callable[[], None]]:
 
 
 _FINALIZE_S = 3.0
+_marker = ""      # rank 0: the launcher's start marker (its ".done" gets the exit status)
 _clean = True     # no failure seen: MPI_Finalize is safe (it can hang after failures)
 
 
@@ -271,6 +279,8 @@ def _exit(code: int) -> int:
     try:
         sys.stdout.flush()
         sys.stderr.flush()
+        if _marker:    # the result is out: the launcher need not wait for stragglers
+            _write_marker(_marker + ".done", str(code))
         if "mpi4py.MPI" in sys.modules and _clean:
             from mpi4py import MPI
             if MPI.Is_initialized() and not MPI.Is_finalized():

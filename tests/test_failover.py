@@ -397,3 +397,21 @@ def test_notify_callbacks_and_messages(job, tmp_path):
     note = res.line("drill-notify:")
     assert f"callback_down=[{rank}]" in note and f"message_down=[{rank}]" in note, note
     assert "task_exit=24 task_exit_unique=24" in note, note
+
+
+def test_node_stopped_during_mpi_init(job):
+    """A rank stopped (SIGSTOP) before the job is past MPI_Init holds every other rank in
+    it: the launcher sees it stopped, ends the job and starts it again."""
+    j = job([APP, *DRILL, "--task-ms", "100"], timeout=40.0)
+    pids = j.rank_pids(count=3)
+    victim = pids[max(r for r in pids if r > 0)]
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        res = j.wait()
+    finally:
+        if pid_alive(victim):
+            os.kill(victim, signal.SIGKILL)
+    assert_drill(res, baseline(APP, DRILL, "drill:"))
+    # before the end of MPI_Init the launcher starts anew; after it, heartbeats find it
+    assert "stopped (SIGSTOP)" in res.err or "ended while the job was starting" in res.err \
+        or "no hello" in res.err, res.err
