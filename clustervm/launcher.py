@@ -647,10 +647,13 @@ def _wait(proc: subprocess.Popen, timeout: float | None,
         if done_at is None:
             if finished():
                 done_at = time.monotonic()
-        elif time.monotonic() - done_at > grace:
-            print(f"clustervm: the job finished {grace:g} s ago but mpiexec has not ended "
-                  f"(waiting for a lost host's daemon?); stopping it", file=sys.stderr,
-                  flush=True)
+            continue
+        stopped = [c for c in _children(proc.pid) if _state(c) in ("T", "t")]
+        if stopped or time.monotonic() - done_at > grace:
+            why = (f"rank process(es) {' '.join(map(str, stopped))} stopped (SIGSTOP)" if stopped
+                   else f"{grace:g} s later (waiting for a lost host's daemon?)")
+            print(f"clustervm: the job finished but mpiexec has not ended: {why}; stopping it",
+                  file=sys.stderr, flush=True)
             _stop(proc, KILL_GRACE_S)
             return proc.returncode
 

@@ -424,6 +424,53 @@ def test_run_passes_exit_status_through():
     assert launcher.run(["sh", "-c", "kill -TERM $$"], os.environ, timeout=10) == 128 + 15
 
 
+def test_run_starts_again_when_a_rank_is_lost_before_mpi_init_ends(tmp_path, capfd):
+    """A stand-in mpiexec: on its first start one of its two "ranks" dies before rank 0
+    writes the start marker (the others would wait in MPI_Init forever); on the second
+    start rank 0 gets past MPI_Init and the job ends with status 0."""
+    count = tmp_path / "starts"
+    script = f"""
+        echo x >> {count}
+        if [ $(wc -l < {count}) -eq 1 ]; then
+            sleep 30 & sleep 0.3 & wait
+        fi
+        : > "$CLUSTERVM_STARTED_FILE"; echo 0 > "$CLUSTERVM_STARTED_FILE.done"; exit 0
+    """
+    t0 = time.monotonic()
+    assert launcher.run(["sh", "-c", script], os.environ, timeout=30, watch_start=True) == 0
+    assert count.read_text().count("x") == 2
+    assert time.monotonic() - t0 < 20
+    assert "while the job was starting" in capfd.readouterr().err
+
+
+def test_run_counts_ranks_it_never_saw(tmp_path, capfd):
+    """Two ranks expected, one seen: one was lost before the watch could see it."""
+    count = tmp_path / "starts"
+    script = f"""
+        echo x >> {count}
+        if [ $(wc -l < {count}) -eq 1 ]; then sleep 30 & wait; fi
+        : > "$CLUSTERVM_STARTED_FILE"; exit 0
+    """
+    assert launcher.run(["sh", "-c", script], os.environ, timeout=30, watch_start=True,
+                        ranks=2) == 0
+    assert count.read_text().count("x") == 2
+    assert "1 of 2 rank process(es)" in capfd.readouterr().err
+
+
+def test_run_ends_a_job_whose_straggler_is_stopped(tmp_path, capfd):
+    """Rank 0 has left with its status; another rank is stopped (SIGSTOP) and would keep
+    mpiexec waiting forever: the launcher ends the job at once, with rank 0's status."""
+    script = """
+        : > "$CLUSTERVM_STARTED_FILE"
+        sleep 60 & kill -STOP $!
+        echo 7 > "$CLUSTERVM_STARTED_FILE.done"; wait
+    """
+    t0 = time.monotonic()
+    assert launcher.run(["sh", "-c", script], os.environ, timeout=60, watch_start=True) == 7
+    assert time.monotonic() - t0 < launcher.FINISH_GRACE_S
+    assert "stopped (SIGSTOP)" in capfd.readouterr().err
+
+
 def test_run_ends_leftovers_of_the_session(tmp_path):
     # The child exits at once, leaving a grandchild behind in its session.
     pidfile = tmp_path / "pid"

@@ -142,7 +142,7 @@ class Watch:
         "prrte_lost": r"lost communication with a remote daemon",
         "restart": r"the job ended without finishing",
         "finished_then": r"the job finished; mpiexec then ended",
-        "stopped_mpiexec": r"the job finished [0-9.]+ s ago but mpiexec has not ended",
+        "stopped_mpiexec": r"the job finished but mpiexec has not ended",
     }
 
     def __init__(self, job: netns.Job) -> None:

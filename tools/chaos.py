@@ -1,0 +1,132 @@
+"""Chaos drill: kill or stop a random node of a running job at a random moment.
+
+    python tools/chaos.py --trials 20 [--app pi|heat] [--seed 1] [-- extra clustervm run args]
+
+Each trial starts ``clustervm run -n 4`` on pi_montecarlo.py (``--task-ms``) or
+heat2d.py, waits a random time between 0 and the undisturbed run's wall time,
+sends SIGKILL or SIGSTOP to a random worker rank (found by its
+OMPI_COMM_WORLD_RANK, the way an outside checker would), and checks that the
+job prints the undisturbed result and exits 0. A stopped process is killed
+after the job ends. Every job runs under a timeout; its session is killed
+afterwards. Prints one line per trial and a summary; exit status 1 if any
+trial failed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+APPS = {
+    "pi": (["examples/pi_montecarlo.py", "--tasks", "24", "--task-ms", "200"], "hits="),
+    "heat": (["examples/heat2d.py", "--steps", "1500", "--step-ms", "1"], "checksum="),
+}
+
+
+def ranks_of(mark: str) -> dict[int, int]:
+    """{COMM_WORLD rank: pid} of the rank processes whose environment holds CHAOS_MARK=mark
+    (first namespace only: not nodes started later with MPI_Comm_spawn)."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        except (OSError, ValueError):
+            continue
+        ns = env.get(b"PMIX_NAMESPACE", b"")
+        if env.get(b"CHAOS_MARK") == mark.encode() and b"OMPI_COMM_WORLD_RANK" in env \
+                and ns.endswith(b"@1"):
+            out[int(env[b"OMPI_COMM_WORLD_RANK"])] = int(entry)
+    return out
+
+
+def run(cmd: list[str], timeout: float, chaos=None) -> tuple[int, str, str, float, str]:
+    t0 = time.monotonic()
+    mark = f"{os.getpid()}-{t0}"
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True,
+                            env={**os.environ, "CHAOS_MARK": mark})
+    what, stopped = "", None
+    if chaos is not None:
+        delay, sig, rng = chaos
+        time.sleep(delay)
+        ranks = {r: p for r, p in ranks_of(mark).items() if r > 0}
+        if ranks and proc.poll() is None:
+            rank = rng.choice(sorted(ranks))
+            try:
+                os.kill(ranks[rank], sig)
+                what = f"{signal.Signals(sig).name} rank {rank} at {delay:.2f} s"
+                stopped = ranks[rank] if sig == signal.SIGSTOP else None
+            except ProcessLookupError:
+                what = f"rank {rank} gone before the signal at {delay:.2f} s"
+        else:
+            what = f"no worker to signal at {delay:.2f} s"
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        rc = -999
+    finally:
+        if stopped:
+            try:
+                os.kill(stopped, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for pid in ranks_of(mark).values():     # mpiexec's own session, if anything is left
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return rc, out, err, time.monotonic() - t0, what
+
+
+def line(out: str, prefix: str) -> str:
+    return next((ln for ln in out.splitlines() if ln.startswith(prefix)), "")
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=10)
+    p.add_argument("--app", choices=sorted(APPS), default="pi")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("run_args", nargs="*", help="extra `clustervm run` arguments (after --)")
+    a = p.parse_args(argv)
+    rng = random.Random(a.seed)
+    app, prefix = APPS[a.app]
+    cmd = [sys.executable, "-m", "clustervm", "run", "-n", "4", "--timeout",
+           str(a.timeout), *a.run_args, *app]
+    rc, out, err, wall, _ = run(cmd, a.timeout + 30)
+    expected = line(out, prefix)
+    if rc != 0 or not expected:
+        print(f"undisturbed run failed ({rc}):\n{out}\n{err}")
+        return 1
+    print(f"undisturbed: {expected} ({wall:.1f} s)", flush=True)
+    fails = 0
+    for i in range(a.trials):
+        sig = rng.choice([signal.SIGKILL, signal.SIGSTOP])
+        rc, out, err, took, what = run(cmd, a.timeout + 30, (rng.uniform(0, wall), sig, rng))
+        ok = rc == 0 and line(out, prefix) == expected
+        fails += not ok
+        print(f"trial {i}: {'ok  ' if ok else 'FAIL'} {what}; rc={rc} {took:.1f} s", flush=True)
+        if not ok:
+            print(f"--- stdout ---\n{out}\n--- stderr (tail) ---\n{err[-3000:]}", flush=True)
+    print(f"{a.trials - fails}/{a.trials} trials gave the undisturbed result with exit 0")
+    return 1 if fails else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
