@@ -26,7 +26,7 @@ from .events import EventLog
 from .futures import ClusterFuture
 from .groups import Groups
 from .journal import Journal
-from .site import Site
+from .site import ENDED, Site
 from .task import TaskContext
 from .transport import Transport
 
@@ -783,12 +783,15 @@ class Coordinator(Site):
             raise value
         raise remote.unpack_exception(value)
 
-    def api_locate(self, reply: Reply, tid: int) -> None:
+    def api_locate(self, reply: Reply, tid: int, ended_ok: bool = False) -> None:
         if tid == P.MAIN_TID:
             reply(True, (0, 0, False))
             return
         rec = self.tasks.get(tid)
         if rec is None:
+            if tid in self.exits and ended_ok:
+                reply(True, (ENDED, 0, False))
+                return
             if tid in self.exits:
                 raise DeadTaskError(f"task {tid} has ended; a message to it cannot be delivered "
                                     f"(use vm.notify(TASK_EXIT) to learn when tasks end)")

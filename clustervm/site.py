@@ -75,6 +75,10 @@ class Location:
         self.rank, self.inc, self.replay = rank, inc, replay
 
 
+#: The rank ``locate`` gives for a task that has ended (when asked to tolerate it).
+ENDED = -2
+
+
 class Site:
     """Shared machinery of one rank."""
 
@@ -174,11 +178,15 @@ class Site:
         _, src, dst, tag, data, inc, seq = msg
         self.deliver(src, dst, tag, data, inc, seq)
 
-    def locate(self, tid: int) -> Location:
+    def locate(self, tid: int, ended_ok: bool = False) -> Location:
+        """Where task ``tid`` runs. With ``ended_ok``, a task that has ended gives
+        rank ENDED instead of DeadTaskError."""
         loc = self.locations.get(tid)
         if loc is None or loc.rank < 0:
             for attempt in range(200):
-                rank, inc, replay = self.call("locate", tid)
+                rank, inc, replay = self.call("locate", tid, ended_ok)
+                if rank == ENDED:
+                    return Location(ENDED, inc, False)
                 if rank is not None:
                     loc = Location(rank, inc, replay)
                     with self.lock:
@@ -195,7 +203,13 @@ class Site:
         """Send a message of task ``src`` to task ``dst`` wherever it lives."""
         ctx = self.contexts.get(src)
         for _ in range(100):
-            loc = self.locate(dst)
+            # a task restarted from a checkpoint sends again what its first run sent; a
+            # receiver that has ended since got those messages then: they are dropped
+            loc = self.locate(dst, ended_ok=inc > 0)
+            if loc.rank == ENDED:
+                log.debug("task %d (incarnation %d): task %d has ended; message seq %d "
+                          "dropped", src, inc, dst, seq)
+                return
             if loc.replay and ctx is not None:
                 self._log_message(ctx, dst, seq, tag, data)
             try:
