@@ -162,7 +162,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         restarts = DEFAULT_HOST_RESTARTS if _multi_host(args.hostfile) else 0
     if not restarts:
         # every rank on this host: a rank lost inside MPI_Init is survived by a new start
-        return launcher.run(argv, env, args.timeout, watch_start=not args.hostfile,
+        return launcher.run(argv, env, args.timeout,
+                            watch_start=launcher.watches_start(argv, args.hostfile),
                             ranks=args.n)
     from .supervisor import supervise
     return supervise(args.n, args.app, args.app_args, hostfile=args.hostfile,

@@ -459,6 +459,13 @@ START_RETRIES = 2
 STARTED_ENV = "CLUSTERVM_STARTED_FILE"
 
 
+def watches_start(argv: Sequence[str], hostfile: str | None) -> bool:
+    """Can :func:`run` watch this job's start? Open MPI (its ranks are mpiexec's own
+    children; Hydra puts a proxy between), and every rank on this host."""
+    return (hostfile is None and mpi_flavor(argv[0]) == "openmpi"
+            and _allocated_nodes(os.environ) <= 1)
+
+
 def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = None, *,
         finished: Callable[[], bool] | None = None,
         finish_grace: float = FINISH_GRACE_S, watch_start: bool = False,
