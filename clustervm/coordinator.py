@@ -10,7 +10,6 @@ import itertools
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 import zlib
@@ -21,77 +20,25 @@ from . import protocol as P
 from . import remote, wire
 from .checkpoint import CheckpointStore
 from .config import Config
-from .errors import CheckpointError, DeadTaskError, NoNodesError, UnknownTaskError
+from .errors import CheckpointError, NoNodesError
 from .events import EventLog
 from .futures import ClusterFuture
 from .groups import Groups
 from .journal import Journal
-from .site import ENDED, Site
+from .api import CoordinatorAPI
+from .replacement import SPAWN_HELLO_S, NodeSpawning
+from .records import SHORT, SPAWNED, NodeInfo, Reply, TaskRecord
+from .site import Site
 from .task import TaskContext
 from .transport import Transport
 
 log = logging.getLogger(__name__)
 
-SHORT, SPAWNED = 0, 1
 #: Once one node has said hello, how long main waits for the others before it starts.
 START_GRACE_S = 5.0
-#: How long a node started with MPI_Comm_spawn has to say hello.
-SPAWN_HELLO_S = 30.0
-Reply = Callable[[bool, Any], None]
 
 
-class NodeInfo:
-    """What the coordinator knows of one worker rank."""
-    __slots__ = ("rank", "host", "pid", "state", "inflight", "spawned", "done", "load",
-                 "how_lost", "lost_at", "joined_at", "last_done")
-
-    def __init__(self, rank: int) -> None:
-        self.rank = rank
-        self.host = "?"
-        self.pid = 0
-        self.state = "starting"        # starting, alive, spare, dead, left
-        self.inflight: dict[int, TaskRecord] = {}
-        self.spawned: set[int] = set()
-        self.done = 0
-        self.load = 0
-        self.how_lost = ""
-        self.lost_at = 0.0
-        self.joined_at = 0.0
-        self.last_done = 0.0
-
-    def as_dict(self) -> dict:
-        return {"rank": self.rank, "host": self.host, "pid": self.pid, "state": self.state,
-                "running": len(self.inflight) + len(self.spawned), "done": self.done}
-
-
-class TaskRecord:
-    """One task of the VM, short or spawned."""
-    __slots__ = ("tid", "kind", "parent", "fn", "args", "kwargs", "node", "state", "future",
-                 "reply", "attempts", "where", "inc", "replay", "t_start", "t_ckpt", "joiners",
-                 "digest")
-
-    def __init__(self, tid: int, kind: int, parent: int, fn: str, args: Any, kwargs: Any) -> None:
-        self.tid = tid
-        self.kind = kind
-        self.parent = parent
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
-        self.node: int | None = None
-        self.state = "pending"
-        self.future: ClusterFuture | None = None
-        self.reply: Reply | None = None
-        self.attempts = 0
-        self.where: set[int] | None = None
-        self.inc = 0
-        self.replay = True
-        self.t_start = 0.0
-        self.t_ckpt = 0.0
-        self.joiners: list[Reply] = []
-        self.digest = 0
-
-
-class Coordinator(Site):
+class Coordinator(CoordinatorAPI, NodeSpawning, Site):
     """Rank 0: schedules tasks onto nodes and recovers them when nodes fail."""
 
     def __init__(self, transport: Transport, config: Config) -> None:
@@ -317,76 +264,6 @@ class Coordinator(Site):
                 self._refresh_alive()
                 return True
         return False
-
-    # -- new nodes (MPI_Comm_spawn) ----------------------------------------------
-
-    def _replace_async(self, lost: int) -> None:
-        """--replace-failed: start a node for lost node ``lost`` without blocking handlers."""
-        self._spawning += 1
-
-        def replace() -> None:
-            try:
-                self.spawn_node(f"replacing node {lost}")
-            finally:
-                with self.lock:
-                    self._spawning -= 1
-                    if not self._alive and not self._joining():
-                        self._no_nodes_left()
-        threading.Thread(target=replace, name=f"cvm-replace-{lost}", daemon=True).start()
-
-    def in_world(self, rank: int) -> bool:
-        """Is ``rank`` in COMM_WORLD (not a node started later with MPI_Comm_spawn)?"""
-        return rank < self.transport.world_size
-
-    def _joining(self) -> bool:
-        """Is a replacement on its way (being spawned, or spawned and not yet joined)?"""
-        return bool(self._spawning) or any(
-            n.state == "starting" and not self.in_world(n.rank) for n in self.nodes.values())
-
-    def spawn_node(self, why: str) -> int | None:
-        """Start one node process with MPI_Comm_spawn; its rank, or None (logged why).
-
-        The new node is "starting" until its hello arrives (see _on_hello).
-        """
-        from mpi4py import MPI
-        if not self.spawn_command or self.stopping:
-            return None
-        if "Open MPI" not in MPI.Get_library_version():
-            # MPICH 5.0.2's Hydra failed the whole job on MPI_Comm_spawn here (docs/mpis.md)
-            log.warning("cannot start a node (%s): MPI_Comm_spawn is used with Open MPI only; "
-                        "carrying on with %d node(s). Start the job with --spares K",
-                        why, len(self._alive))
-            return None
-        with self._spawn_lock:
-            if self.stopping:
-                return None
-            info = MPI.Info.Create()
-            info.Set("wdir", os.getcwd())
-            # a lost node's slot is not handed back: without this Open MPI says
-            # "All nodes which are allocated for this job are already filled"
-            info.Set("map_by", ":OVERSUBSCRIBE")
-            t0 = time.monotonic()
-            try:
-                inter = MPI.COMM_SELF.Spawn(sys.executable, args=self.spawn_command,
-                                            maxprocs=1, root=0, info=info)
-            except MPI.Exception as exc:
-                log.warning("cannot start a node with MPI_Comm_spawn (%s): %s; carrying on "
-                            "with %d node(s). Start the job with --spares K for nodes that "
-                            "need no spawn", why, exc.Get_error_string().strip(),
-                            len(self._alive))
-                return None
-            finally:
-                info.Free()
-            with self.lock:
-                rank = self._next_rank
-                self._next_rank += 1
-                n = self.nodes[rank] = NodeInfo(rank)
-                n.joined_at = time.monotonic()    # the hello is due SPAWN_HELLO_S from now
-                self.transport.add_link(rank, inter, {"rank": rank,
-                                                      "env": self.config.to_env()})
-                self.stats["spawned"] += 1
-            log.info("node %d spawned in %.2f s (%s)", rank, time.monotonic() - t0, why)
-            return rank
 
     def _no_nodes_left(self) -> None:
         if self._joining():
@@ -747,202 +624,10 @@ class Coordinator(Site):
                 rec.reply(ok, value)
         return True
 
-    # -- API calls from tasks --------------------------------------------------
-
-    def _on_req(self, src: int, msg: Any) -> None:
-        _, reqid, name, args = msg
-
-        def reply(ok: bool, value: Any) -> None:
-            if not ok and isinstance(value, BaseException):
-                value = remote.pack_exception(value, "the coordinator")
-            self.transport.post(src, (P.REPLY, reqid, ok, value))
-
-        self._serve(name, args, reply)
-
-    def _serve(self, name: str, args: tuple, reply: Reply) -> None:
-        fn = self.api.get(name)
-        if fn is None:
-            reply(False, ValueError(f"unknown call {name!r}"))
-            return
-        try:
-            with self.lock:
-                fn(reply, *args)
-        except Exception as exc:   # noqa: BLE001 - the caller gets it
-            reply(False, exc)
-
-    def call(self, name: str, *args: Any, timeout: float | None = None) -> Any:
-        """Main's calls run here directly."""
-        box: list = []
-        self._serve(name, args, lambda ok, value: box.append((ok, value)))
-        if not box and not self.wait(lambda: bool(box), timeout, blocking=True):
-            raise TimeoutError(f"{name}: no answer within {timeout} s")
-        ok, value = box[0]
-        if ok:
-            return value
-        if isinstance(value, BaseException):
-            raise value
-        raise remote.unpack_exception(value)
-
-    def api_locate(self, reply: Reply, tid: int, ended_ok: bool = False) -> None:
-        if tid == P.MAIN_TID:
-            reply(True, (0, 0, False))
-            return
-        rec = self.tasks.get(tid)
-        if rec is None:
-            if tid in self.exits and ended_ok:
-                reply(True, (ENDED, 0, False))
-                return
-            if tid in self.exits:
-                raise DeadTaskError(f"task {tid} has ended; a message to it cannot be delivered "
-                                    f"(use vm.notify(TASK_EXIT) to learn when tasks end)")
-            raise UnknownTaskError(f"no task has tid {tid}; tids come from vm.spawn or "
-                                   f"vm.submit (see vm.tasks())")
-        if rec.node is None or rec.state != "running":
-            reply(True, (None, rec.inc, rec.replay))
-        else:
-            reply(True, (rec.node, rec.inc, rec.replay))
-
-    def api_checkpoint(self, reply: Reply, tid: int, inc: int, seq: int, delivered: dict,
-                       blob: bytes) -> None:
-        self.save_checkpoint(tid, inc, seq, delivered, blob)
-        reply(True, None)
-
-    def api_submit(self, reply: Reply, parent: int, fn_ref: str, args: tuple,
-                   kwargs: dict) -> None:
-        self.submit(parent, fn_ref, args, kwargs, reply=reply)
-
-    def api_spawn(self, reply: Reply, parent: int, fn_ref: str, args: tuple, kwargs: dict,
-                  count: int, where: Any, replay: bool = True) -> None:
-        reply(True, self.spawn(parent, fn_ref, args, kwargs, count, where, replay))
-
-    def api_join(self, reply: Reply, tid: int) -> None:
-        if tid in self.exits:
-            ok, value = self.exits[tid]
-            reply(ok, value)
-            return
-        rec = self.tasks.get(tid)
-        if rec is None or rec.kind != SPAWNED:
-            raise UnknownTaskError(f"no spawned task has tid {tid}")
-        rec.joiners.append(reply)
-
-    def api_tasks(self, reply: Reply) -> None:
-        rows = [{"tid": P.MAIN_TID, "parent": None, "node": 0, "state": "running",
-                 "fn": "main"}]
-        for rec in self.tasks.values():
-            rows.append({"tid": rec.tid, "parent": rec.parent, "node": rec.node,
-                         "state": rec.state, "fn": rec.fn,
-                         "kind": "spawned" if rec.kind == SPAWNED else "task"})
-        reply(True, rows)
-
-    def api_kill(self, reply: Reply, tid: int) -> None:
-        rec = self.tasks.get(tid)
-        if rec is None:
-            raise UnknownTaskError(f"no live task has tid {tid}")
-        if rec.kind == SHORT:
-            self.cancel_task(tid, running=True)
-        else:
-            if rec.node is not None:
-                self.transport.post(rec.node, (P.KILL, tid, rec.inc))
-                n = self.nodes.get(rec.node)
-                if n is not None:
-                    n.spawned.discard(tid)
-            err = DeadTaskError(f"task {tid} was killed")
-            self._finish(rec, False, remote.pack_exception(err, "the coordinator"))
-        reply(True, None)
-
-    def api_notify(self, reply: Reply, tid: int, kinds: list, tids: Any, tag: int) -> None:
-        """Deliver matching events as messages with ``tag`` to task ``tid`` (pvm_notify)."""
-        def deliver(event: dict) -> None:
-            self._event_message(tid, tag, event)
-        self.events.subscribe(kinds, tids, deliver)
-        if "TASK_EXIT" in kinds and tids:
-            for t in tids:
-                if t in self.exits or (t not in self.tasks and t != P.MAIN_TID):
-                    deliver({"kind": "TASK_EXIT", "tid": t, "ok": self.exits.get(t, (False,))[0]})
-        reply(True, None)
-
-    def _event_message(self, tid: int, tag: int, event: dict) -> None:
-        rec_rank = 0 if tid == P.MAIN_TID else getattr(self.tasks.get(tid), "node", None)
-        seq = 0   # events are not sequenced: deliver straight into the mailbox
-        if rec_rank == 0:
-            self.mailbox(tid).put(P.ANY, tag, event, 0, seq)
-            self.transport.notify()
-        elif rec_rank is not None:
-            self.transport.post(rec_rank, (P.USER, P.ANY, tid, tag, event, 0, 0))
-
-    # groups and the VM-wide mailbox live in groups.py; these forward to it
-    def api_join_group(self, reply: Reply, name: str, tid: int) -> None:
-        reply(True, list(self.groups.join(name, tid)))
-
-    def api_leave_group(self, reply: Reply, name: str, tid: int) -> None:
-        reply(True, self.groups.leave(name, tid))
-
-    def api_group_size(self, reply: Reply, name: str) -> None:
-        reply(True, self.groups.size(name))
-
-    def api_group_tids(self, reply: Reply, name: str) -> None:
-        reply(True, self.groups.tids(name))
-
-    def api_group_tid(self, reply: Reply, name: str, inst: int) -> None:
-        reply(True, self.groups.tid(name, inst))
-
-    def api_group_inst(self, reply: Reply, name: str, tid: int) -> None:
-        reply(True, self.groups.inst(name, tid))
-
-    def api_collective(self, reply: Reply, op: str, name: str, tid: int, value: Any,
-                       count: Any, root: Any, fn: Any, round_no: int | None = None) -> None:
-        self.groups.collective(reply, op, name, tid, value, count, root, fn, round_no)
-
-    def restartable(self, tid: int) -> bool:
-        """Will task ``tid`` come back after its node is lost (spawned tasks restart, short
-        tasks are re-run), as long as a node is left to run it?"""
-        rec = self.tasks.get(tid)
-        return rec is not None and bool(self._alive)
-
-    def api_put_info(self, reply: Reply, name: str, value: Any) -> None:
-        self.info[name] = value
-        for w in self.info_waiters.pop(name, []):
-            w(True, value)
-        reply(True, None)
-
-    def api_get_info(self, reply: Reply, name: str, wait: bool) -> None:
-        if name in self.info:
-            reply(True, self.info[name])
-        elif wait:
-            self.info_waiters.setdefault(name, []).append(reply)
-        else:
-            raise KeyError(f"no mailbox entry named {name!r}; put_info it first or "
-                           f"get_info(..., wait=True)")
-
-    def api_del_info(self, reply: Reply, name: str) -> None:
-        if name not in self.info:
-            raise KeyError(f"no mailbox entry named {name!r}; nothing to delete")
-        del self.info[name]
-        reply(True, None)
-
     # -- what main needs that a node does not ----------------------------------
 
     def submit_from_main(self, fn: Callable, args: tuple, kwargs: dict, where: Any = None):
         return self.submit(P.MAIN_TID, fn, args, kwargs, where)
-
-    def add_nodes(self, count: int, timeout: float = SPAWN_HELLO_S) -> int:
-        """Bring ``count`` nodes into service: spare nodes first, then new node processes
-        started with MPI_Comm_spawn. Waits for them to join; returns how many did."""
-        added = 0
-        with self.lock:
-            while added < count and self._promote_spare():
-                added += 1
-            self._dispatch()
-        started = [r for r in (self.spawn_node("vm.add_nodes") for _ in range(count - added))
-                   if r is not None]
-        self.transport.wait(lambda: all(self.nodes[r].state != "starting" for r in started),
-                            timeout)
-        added += sum(self.nodes[r].state == "alive" for r in started)
-        if added < count:
-            log.warning("add_nodes: %d of %d node(s) could not be had (see the warnings "
-                        "above); carrying on with %d node(s)", count - added, count,
-                        len(self._alive))
-        return added
 
     def make_context(self, tid: int, parent: int | None, ckpt: Any) -> TaskContext:
         return self.main_ctx

@@ -215,7 +215,7 @@ class FrozenGroup:
     def _from(self, pos: int, hdr: tuple, slots: np.ndarray, op: str, my_bufs: list,
               my_meta: bytes | None) -> Any:
         """The value of member ``pos`` (the root), sent to every member."""
-        flags, mlen, total = hdr[4], hdr[5], hdr[6]
+        flags, mlen = hdr[4], hdr[5]
         base = pos * SLOT + _HDR.size
         if self.me == pos:
             meta = my_meta

@@ -80,7 +80,7 @@ class Executor(cf.Executor):
 
 def run_chunk(fn_ref: str, chunk: list) -> list:
     """Run ``fn`` over a chunk of argument tuples (the task behind ``map(chunksize>1)``)."""
-    from . import current, wire
+    from . import current
     site = current._tls.site
     fn = site.resolve(fn_ref)
     return [fn(*args) for args in chunk]

@@ -173,7 +173,7 @@ class VM:
         for _ in range(len(futs)):
             remaining = None if end is None else max(0.0, end - time.monotonic())
             if not self._c.wait(lambda: bool(done), remaining, blocking=True):
-                raise cf.TimeoutError(f"map: results not ready within the timeout")
+                raise cf.TimeoutError("map: results not ready within the timeout")
             yield done.popleft()
 
     def executor(self) -> Executor:

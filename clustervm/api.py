@@ -1,0 +1,192 @@
+"""The coordinator's API: what tasks (and main) ask of it by name.
+
+A node's ``site.call(name, *args)`` arrives as a REQ message and runs
+``api_<name>(reply, *args)`` under the coordinator's lock (main calls it
+directly). Handlers never block: they answer through ``reply`` now or later.
+A mixin of :class:`clustervm.coordinator.Coordinator`, whose state it uses.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from . import protocol as P
+from . import remote
+from .errors import DeadTaskError, UnknownTaskError
+from .records import SHORT, SPAWNED, Reply
+from .site import ENDED
+
+
+class CoordinatorAPI:
+    """Request handling and the ``api_*`` handlers of the coordinator."""
+
+    def _on_req(self, src: int, msg: Any) -> None:
+        _, reqid, name, args = msg
+
+        def reply(ok: bool, value: Any) -> None:
+            if not ok and isinstance(value, BaseException):
+                value = remote.pack_exception(value, "the coordinator")
+            self.transport.post(src, (P.REPLY, reqid, ok, value))
+
+        self._serve(name, args, reply)
+
+    def _serve(self, name: str, args: tuple, reply: Reply) -> None:
+        fn = self.api.get(name)
+        if fn is None:
+            reply(False, ValueError(f"unknown call {name!r}"))
+            return
+        try:
+            with self.lock:
+                fn(reply, *args)
+        except Exception as exc:   # noqa: BLE001 - the caller gets it
+            reply(False, exc)
+
+    def call(self, name: str, *args: Any, timeout: float | None = None) -> Any:
+        """Main's calls run here directly."""
+        box: list = []
+        self._serve(name, args, lambda ok, value: box.append((ok, value)))
+        if not box and not self.wait(lambda: bool(box), timeout, blocking=True):
+            raise TimeoutError(f"{name}: no answer within {timeout} s")
+        ok, value = box[0]
+        if ok:
+            return value
+        if isinstance(value, BaseException):
+            raise value
+        raise remote.unpack_exception(value)
+
+    def api_locate(self, reply: Reply, tid: int, ended_ok: bool = False) -> None:
+        if tid == P.MAIN_TID:
+            reply(True, (0, 0, False))
+            return
+        rec = self.tasks.get(tid)
+        if rec is None:
+            if tid in self.exits and ended_ok:
+                reply(True, (ENDED, 0, False))
+                return
+            if tid in self.exits:
+                raise DeadTaskError(f"task {tid} has ended; a message to it cannot be delivered "
+                                    f"(use vm.notify(TASK_EXIT) to learn when tasks end)")
+            raise UnknownTaskError(f"no task has tid {tid}; tids come from vm.spawn or "
+                                   f"vm.submit (see vm.tasks())")
+        if rec.node is None or rec.state != "running":
+            reply(True, (None, rec.inc, rec.replay))
+        else:
+            reply(True, (rec.node, rec.inc, rec.replay))
+
+    def api_checkpoint(self, reply: Reply, tid: int, inc: int, seq: int, delivered: dict,
+                       blob: bytes) -> None:
+        self.save_checkpoint(tid, inc, seq, delivered, blob)
+        reply(True, None)
+
+    def api_submit(self, reply: Reply, parent: int, fn_ref: str, args: tuple,
+                   kwargs: dict) -> None:
+        self.submit(parent, fn_ref, args, kwargs, reply=reply)
+
+    def api_spawn(self, reply: Reply, parent: int, fn_ref: str, args: tuple, kwargs: dict,
+                  count: int, where: Any, replay: bool = True) -> None:
+        reply(True, self.spawn(parent, fn_ref, args, kwargs, count, where, replay))
+
+    def api_join(self, reply: Reply, tid: int) -> None:
+        if tid in self.exits:
+            ok, value = self.exits[tid]
+            reply(ok, value)
+            return
+        rec = self.tasks.get(tid)
+        if rec is None or rec.kind != SPAWNED:
+            raise UnknownTaskError(f"no spawned task has tid {tid}")
+        rec.joiners.append(reply)
+
+    def api_tasks(self, reply: Reply) -> None:
+        rows = [{"tid": P.MAIN_TID, "parent": None, "node": 0, "state": "running",
+                 "fn": "main"}]
+        for rec in self.tasks.values():
+            rows.append({"tid": rec.tid, "parent": rec.parent, "node": rec.node,
+                         "state": rec.state, "fn": rec.fn,
+                         "kind": "spawned" if rec.kind == SPAWNED else "task"})
+        reply(True, rows)
+
+    def api_kill(self, reply: Reply, tid: int) -> None:
+        rec = self.tasks.get(tid)
+        if rec is None:
+            raise UnknownTaskError(f"no live task has tid {tid}")
+        if rec.kind == SHORT:
+            self.cancel_task(tid, running=True)
+        else:
+            if rec.node is not None:
+                self.transport.post(rec.node, (P.KILL, tid, rec.inc))
+                n = self.nodes.get(rec.node)
+                if n is not None:
+                    n.spawned.discard(tid)
+            err = DeadTaskError(f"task {tid} was killed")
+            self._finish(rec, False, remote.pack_exception(err, "the coordinator"))
+        reply(True, None)
+
+    def api_notify(self, reply: Reply, tid: int, kinds: list, tids: Any, tag: int) -> None:
+        """Deliver matching events as messages with ``tag`` to task ``tid`` (pvm_notify)."""
+        def deliver(event: dict) -> None:
+            self._event_message(tid, tag, event)
+        self.events.subscribe(kinds, tids, deliver)
+        if "TASK_EXIT" in kinds and tids:
+            for t in tids:
+                if t in self.exits or (t not in self.tasks and t != P.MAIN_TID):
+                    deliver({"kind": "TASK_EXIT", "tid": t, "ok": self.exits.get(t, (False,))[0]})
+        reply(True, None)
+
+    def _event_message(self, tid: int, tag: int, event: dict) -> None:
+        rec_rank = 0 if tid == P.MAIN_TID else getattr(self.tasks.get(tid), "node", None)
+        seq = 0   # events are not sequenced: deliver straight into the mailbox
+        if rec_rank == 0:
+            self.mailbox(tid).put(P.ANY, tag, event, 0, seq)
+            self.transport.notify()
+        elif rec_rank is not None:
+            self.transport.post(rec_rank, (P.USER, P.ANY, tid, tag, event, 0, 0))
+
+    # groups and the VM-wide mailbox live in groups.py; these forward to it
+    def api_join_group(self, reply: Reply, name: str, tid: int) -> None:
+        reply(True, list(self.groups.join(name, tid)))
+
+    def api_leave_group(self, reply: Reply, name: str, tid: int) -> None:
+        reply(True, self.groups.leave(name, tid))
+
+    def api_group_size(self, reply: Reply, name: str) -> None:
+        reply(True, self.groups.size(name))
+
+    def api_group_tids(self, reply: Reply, name: str) -> None:
+        reply(True, self.groups.tids(name))
+
+    def api_group_tid(self, reply: Reply, name: str, inst: int) -> None:
+        reply(True, self.groups.tid(name, inst))
+
+    def api_group_inst(self, reply: Reply, name: str, tid: int) -> None:
+        reply(True, self.groups.inst(name, tid))
+
+    def api_collective(self, reply: Reply, op: str, name: str, tid: int, value: Any,
+                       count: Any, root: Any, fn: Any, round_no: int | None = None) -> None:
+        self.groups.collective(reply, op, name, tid, value, count, root, fn, round_no)
+
+    def restartable(self, tid: int) -> bool:
+        """Will task ``tid`` come back after its node is lost (spawned tasks restart, short
+        tasks are re-run), as long as a node is left to run it?"""
+        rec = self.tasks.get(tid)
+        return rec is not None and bool(self._alive)
+
+    def api_put_info(self, reply: Reply, name: str, value: Any) -> None:
+        self.info[name] = value
+        for w in self.info_waiters.pop(name, []):
+            w(True, value)
+        reply(True, None)
+
+    def api_get_info(self, reply: Reply, name: str, wait: bool) -> None:
+        if name in self.info:
+            reply(True, self.info[name])
+        elif wait:
+            self.info_waiters.setdefault(name, []).append(reply)
+        else:
+            raise KeyError(f"no mailbox entry named {name!r}; put_info it first or "
+                           f"get_info(..., wait=True)")
+
+    def api_del_info(self, reply: Reply, name: str) -> None:
+        if name not in self.info:
+            raise KeyError(f"no mailbox entry named {name!r}; nothing to delete")
+        del self.info[name]
+        reply(True, None)
+
