@@ -123,10 +123,16 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             for n in self.nodes.values():
                 if n.state in ("alive", "spare", "starting"):
                     self.transport.post(n.rank, (P.SHUTDOWN, self._unclean()))
-        self.transport.wait(lambda: all(n.state in ("dead", "left")
+        # a node that never said hello holds no work: it is not waited for (it may be
+        # stopped, or stuck in its start), and is killed below like one that will not leave
+        self.transport.wait(lambda: all(n.state in ("dead", "left", "starting")
                                         for n in self.nodes.values()), timeout)
         for n in self.nodes.values():
-            if n.state not in ("dead", "left"):
+            if n.state == "starting":
+                log.warning("node %d never said hello; ending it", n.rank)
+                self._kill_process(n)
+                self.transport.failed.add(n.rank)
+            elif n.state not in ("dead", "left"):
                 log.warning("node %d (pid %d) did not leave in %.0f s; killing it",
                             n.rank, n.pid, timeout)
                 self._kill_process(n)
