@@ -28,12 +28,26 @@ def joined(err: str) -> dict[int, int]:
     return {int(r): int(p) for r, p in _JOINED.findall(err)}
 
 
-def test_replace_failed_spawns_a_node_that_takes_work(job, tmp_path):
+def drill_killing_a_node(job, tmp_path):
+    """Start the drill on 3 ranks with --replace-failed and SIGKILL the node of the first
+    task half done: (expected result line, job, killed rank)."""
     expected = baseline(APP, DRILL, "drill:", n=3)
     j = job([APP, *DRILL, "--task-ms", "400", "--markers", str(tmp_path)], n=3,
             timeout=TIMEOUT, run_args=["--replace-failed"])
     _, rank, pid = wait_until(lambda: markers(tmp_path, "mid"), "a task half done", j)[0]
     os.kill(pid, signal.SIGKILL)
+    return expected, j, rank
+
+
+def replacement_busy(j, tmp_path) -> tuple[int, int]:
+    """(rank, pid) of the spawned node once a task on it is half done."""
+    _, rank, pid = wait_until(lambda: [m for m in markers(tmp_path, "mid") if m[1] >= 3],
+                              "the replacement busy", j)[0]
+    return rank, pid
+
+
+def test_replace_failed_spawns_a_node_that_takes_work(job, tmp_path):
+    expected, j, rank = drill_killing_a_node(job, tmp_path)
     res = j.wait()
     assert_drill(res, expected)
     new = joined(res.err)
@@ -46,14 +60,8 @@ def test_replace_failed_spawns_a_node_that_takes_work(job, tmp_path):
 
 def test_spawned_node_killed_is_replaced_again(job, tmp_path):
     """Kill a world node, then its spawned replacement: a second one finishes the job."""
-    expected = baseline(APP, DRILL, "drill:", n=3)
-    j = job([APP, *DRILL, "--task-ms", "400", "--markers", str(tmp_path)], n=3,
-            timeout=TIMEOUT, run_args=["--replace-failed"])
-    _, rank, pid = wait_until(lambda: markers(tmp_path, "mid"), "a task half done", j)[0]
-    os.kill(pid, signal.SIGKILL)
-    # the replacement's first task half done: kill the replacement (not a world rank)
-    _, new_rank, new_pid = wait_until(
-        lambda: [m for m in markers(tmp_path, "mid") if m[1] >= 3], "the replacement busy", j)[0]
+    expected, j, rank = drill_killing_a_node(job, tmp_path)
+    new_rank, new_pid = replacement_busy(j, tmp_path)
     assert new_pid not in j.rank_pids().values()
     os.kill(new_pid, signal.SIGKILL)
     res = j.wait()
@@ -124,13 +132,8 @@ def test_heat2d_on_replacements_only(job, tmp_path):
 
 def test_stopped_spawned_node_is_killed_and_replaced(job, tmp_path):
     """A spawned node that hangs (SIGSTOP) is found by heartbeats, killed, and replaced."""
-    expected = baseline(APP, DRILL, "drill:", n=3)
-    j = job([APP, *DRILL, "--task-ms", "400", "--markers", str(tmp_path)], n=3,
-            timeout=TIMEOUT, run_args=["--replace-failed"])
-    _, rank, pid = wait_until(lambda: markers(tmp_path, "mid"), "a task half done", j)[0]
-    os.kill(pid, signal.SIGKILL)
-    _, new_rank, new_pid = wait_until(
-        lambda: [m for m in markers(tmp_path, "mid") if m[1] >= 3], "the replacement busy", j)[0]
+    expected, j, rank = drill_killing_a_node(job, tmp_path)
+    new_rank, new_pid = replacement_busy(j, tmp_path)
     os.kill(new_pid, signal.SIGSTOP)
     res = j.wait()
     assert_drill(res, expected)
