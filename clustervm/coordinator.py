@@ -82,7 +82,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         self._next_rank = max(transport.size, 1)
         self._spawn_lock = threading.Lock()     # one MPI_Comm_spawn at a time
         self._spawning = 0                      # replacements asked for, not yet started
-        self.homeless: list[TaskRecord] = []    # spawned tasks waiting for a replacement
+        self.homeless: list[TaskRecord] = []    # spawned tasks waiting for a node to join
         #: Observers (trace, dashboard): ``obs(kind, rec, rank, ok)`` with kind "start" (a task
         #: dispatched to node ``rank``), "end" (ok or not) or "rerun" (its node ``rank`` was lost).
         #: Called under ``self.lock`` in the MPI thread: record and return, never block.
@@ -159,10 +159,10 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                 log.warning("node %d (host %s, pid %d) started with MPI_Comm_spawn joins the VM",
                             n.rank, n.host, n.pid)
                 self.events.add("NODE_ADDED", rank=n.rank, host=n.host, how="spawn")
-                homeless, self.homeless = self.homeless, []
-                for rec in homeless:
-                    if rec.state == "running" and rec.node is None:
-                        self._place_spawned(rec, restart=True)
+            homeless, self.homeless = self.homeless, []
+            for rec in homeless:     # "running": lost with its node; "pending": never placed
+                if rec.state in ("running", "pending") and rec.node is None:
+                    self._place_spawned(rec, restart=rec.state == "running")
             self._dispatch()
 
     def _on_bye(self, src: int, msg: Any) -> None:
@@ -270,6 +270,14 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                 self._refresh_alive()
                 return True
         return False
+
+    def _joining(self) -> bool:
+        """Is a node on its way: being spawned, or started and not yet said hello?
+
+        Work waits for it rather than fail: a node lost while the others are still
+        starting is no reason to give up (a starting node that never says hello is
+        declared lost by check_heartbeats)."""
+        return bool(self._spawning) or any(n.state == "starting" for n in self.nodes.values())
 
     def _no_nodes_left(self) -> None:
         if self._joining():
@@ -496,7 +504,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         with self.lock:
             if self.fatal is not None:
                 raise self.fatal
-            if not self._alive:
+            if not self._alive and not self._joining():
                 raise NoNodesError("no worker node is alive to spawn on")
             wset = self._resolve_where(where) if where is not None else None
             tids = []

@@ -43,11 +43,6 @@ class NodeSpawning:
         """Is ``rank`` in COMM_WORLD (not a node started later with MPI_Comm_spawn)?"""
         return rank < self.transport.world_size
 
-    def _joining(self) -> bool:
-        """Is a replacement on its way (being spawned, or spawned and not yet joined)?"""
-        return bool(self._spawning) or any(
-            n.state == "starting" and not self.in_world(n.rank) for n in self.nodes.values())
-
     def spawn_node(self, why: str) -> int | None:
         """Start one node process with MPI_Comm_spawn; its rank, or None (logged why).
 

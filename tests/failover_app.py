@@ -35,11 +35,13 @@ import numpy as np
 import clustervm
 
 if os.environ.get("DRILL_SLOW_RANK"):
-    # a node that is slow to start: it sleeps (after MPI_Init, before it says hello)
-    # and leaves a marker so a test can stop or kill it there
+    # nodes slow to start (DRILL_SLOW_RANK=2 or 1,2): each sleeps (after MPI_Init, before
+    # it says hello) and leaves a marker slow-<rank>-<pid> so a test can stop or kill it there
     from mpi4py import MPI
-    if MPI.COMM_WORLD.Get_rank() == int(os.environ["DRILL_SLOW_RANK"]):
-        with open(os.path.join(os.environ["DRILL_SLOW_DIR"], f"slow-{os.getpid()}"), "w"):
+    _rank = MPI.COMM_WORLD.Get_rank()
+    if str(_rank) in os.environ["DRILL_SLOW_RANK"].split(","):
+        with open(os.path.join(os.environ["DRILL_SLOW_DIR"], f"slow-{_rank}-{os.getpid()}"),
+                  "w"):
             pass
         time.sleep(3)
 

@@ -280,7 +280,7 @@ def test_node_stopped_before_hello(job, tmp_path):
     j = job([APP, *DRILL, "--task-ms", "100"], timeout=TIMEOUT,
             env={"DRILL_SLOW_RANK": "2", "DRILL_SLOW_DIR": str(tmp_path)})
     slow = wait_until(lambda: list(tmp_path.glob("slow-*")), "the slow node's marker", j)
-    pid = int(slow[0].name.split("-")[1])
+    pid = int(slow[0].name.split("-")[2])
     os.kill(pid, signal.SIGSTOP)
     try:
         res = j.wait()
@@ -290,6 +290,21 @@ def test_node_stopped_before_hello(job, tmp_path):
     finally:
         if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_node_killed_before_any_node_said_hello(job, tmp_path):
+    """Past MPI_Init, before the nodes join: one dies while the other is still starting.
+    The VM waits for the one on its way instead of failing with "every node is lost"
+    (found by tools/chaos.py)."""
+    expected = baseline(APP, DRILL, "drill:", n=3)
+    j = job([APP, *DRILL, "--task-ms", "100"], n=3, timeout=TIMEOUT,
+            env={"DRILL_SLOW_RANK": "1,2", "DRILL_SLOW_DIR": str(tmp_path)})
+    wait_until(lambda: len(list(tmp_path.glob("slow-*"))) == 2, "both nodes' markers", j)
+    victim = next(p for p in tmp_path.glob("slow-1-*"))
+    os.kill(int(victim.name.split("-")[2]), signal.SIGKILL)
+    res = j.wait()
+    assert_drill(res, expected)
+    assert lost_ranks(report(res)) == {1}, report(res)
 
 
 def test_node_killed_during_mpi_init(job):

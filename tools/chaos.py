@@ -5,8 +5,9 @@
 Each trial starts ``clustervm run -n 4`` on pi_montecarlo.py (``--task-ms``) or
 heat2d.py, waits a random time between 0 and the undisturbed run's wall time,
 sends SIGKILL or SIGSTOP to a random worker rank (found by its
-OMPI_COMM_WORLD_RANK, the way an outside checker would), and checks that the
-job prints the undisturbed result and exits 0. A stopped process is killed
+OMPI_COMM_WORLD_RANK, the way an outside checker would; ``--victims 2``: two
+workers, each at its own moment), and checks that the job prints the
+undisturbed result and exits 0. A stopped process is killed
 after the job ends. Every job runs under a timeout; its session is killed
 afterwards. Prints one line per trial and a summary; exit status 1 if any
 trial failed.
@@ -57,21 +58,25 @@ def run(cmd: list[str], timeout: float, chaos=None) -> tuple[int, str, str, floa
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True,
                             env={**os.environ, "CHAOS_MARK": mark})
-    what, stopped = "", None
-    if chaos is not None:
-        delay, sig, rng = chaos
-        time.sleep(delay)
-        ranks = {r: p for r, p in ranks_of(mark).items() if r > 0}
-        if ranks and proc.poll() is None:
-            rank = rng.choice(sorted(ranks))
-            try:
-                os.kill(ranks[rank], sig)
-                what = f"{signal.Signals(sig).name} rank {rank} at {delay:.2f} s"
-                stopped = ranks[rank] if sig == signal.SIGSTOP else None
-            except ProcessLookupError:
-                what = f"rank {rank} gone before the signal at {delay:.2f} s"
-        else:
-            what = f"no worker to signal at {delay:.2f} s"
+    events: list[str] = []
+    stopped: list[int] = []
+    hit: set[int] = set()
+    for delay, sig, rng in sorted(chaos or [], key=lambda c: c[0]):
+        time.sleep(max(0.0, delay - (time.monotonic() - t0)))
+        ranks = {r: p for r, p in ranks_of(mark).items() if r > 0 and r not in hit}
+        if not ranks or proc.poll() is not None:
+            events.append(f"no worker to signal at {delay:.2f} s")
+            continue
+        rank = rng.choice(sorted(ranks))
+        hit.add(rank)
+        try:
+            os.kill(ranks[rank], sig)
+            events.append(f"{signal.Signals(sig).name} rank {rank} at {delay:.2f} s")
+            if sig == signal.SIGSTOP:
+                stopped.append(ranks[rank])
+        except ProcessLookupError:
+            events.append(f"rank {rank} gone before the signal at {delay:.2f} s")
+    what = "; ".join(events)
     try:
         out, err = proc.communicate(timeout=timeout)
         rc = proc.returncode
@@ -80,9 +85,9 @@ def run(cmd: list[str], timeout: float, chaos=None) -> tuple[int, str, str, floa
         out, err = proc.communicate()
         rc = -999
     finally:
-        if stopped:
+        for pid in stopped:
             try:
-                os.kill(stopped, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         try:
@@ -108,6 +113,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--signal", choices=sorted(SIGNALS), default="both")
+    p.add_argument("--victims", type=int, default=1,
+                   help="workers signalled per trial, each at its own moment (at most 2 of "
+                        "the 3 workers, or the job rightly fails)")
     p.add_argument("run_args", nargs="*", help="extra `clustervm run` arguments (after --)")
     a = p.parse_args(argv)
     rng = random.Random(a.seed)
@@ -122,8 +130,9 @@ def main(argv: list[str]) -> int:
     print(f"undisturbed: {expected} ({wall:.1f} s)", flush=True)
     fails = 0
     for i in range(a.trials):
-        sig = rng.choice(SIGNALS[a.signal])
-        rc, out, err, took, what = run(cmd, a.timeout + 30, (rng.uniform(0, wall), sig, rng))
+        chaos = [(rng.uniform(0, wall), rng.choice(SIGNALS[a.signal]), rng)
+                 for _ in range(a.victims)]
+        rc, out, err, took, what = run(cmd, a.timeout + 30, chaos)
         ok = rc == 0 and line(out, prefix) == expected
         fails += not ok
         print(f"trial {i}: {'ok  ' if ok else 'FAIL'} {what}; rc={rc} {took:.1f} s", flush=True)
