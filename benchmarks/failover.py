@@ -115,28 +115,13 @@ def _env() -> dict:
 
 def _rank_pids(mark: str) -> dict[int, int]:
     """{rank: pid} of the rank processes whose environment holds MARK=mark."""
-    want, out = f"{MARK}={mark}".encode(), {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-        except OSError:
-            continue
-        if want in env:
-            for item in env:
-                if item.startswith(b"OMPI_COMM_WORLD_RANK="):
-                    out[int(item.split(b"=", 1)[1])] = int(entry)
-    return out
+    from clustervm import procs     # not at the top: the dask drill runs where it may be missing
+    return procs.rank_pids(f"{MARK}={mark}")
 
 
 def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False
+    from clustervm import procs
+    return procs.alive(pid)
 
 
 class Job:

@@ -16,6 +16,7 @@ import zlib
 from collections import deque
 from typing import Any, Callable
 
+from . import procs
 from . import protocol as P
 from . import remote, wire
 from .checkpoint import CheckpointStore
@@ -715,18 +716,7 @@ def _local_rank_pid(rank: int) -> int:
     A node that never said hello never told its pid; its MPI environment names it.
     """
     ns = os.environ.get("PMIX_NAMESPACE")
-    if not ns or not os.path.isdir("/proc"):
-        return 0
-    want = {f"PMIX_NAMESPACE={ns}".encode(), f"OMPI_COMM_WORLD_RANK={rank}".encode()}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    if want <= set(f.read().split(b"\0")):
-                        return int(entry)
-            except OSError:
-                continue
-    return 0
+    return procs.rank_pids(f"PMIX_NAMESPACE={ns}").get(rank, 0) if ns else 0
 
 
 def _digest(fn_ref: str, args: Any, kwargs: Any) -> int:

@@ -22,6 +22,7 @@ import tempfile
 import time
 from typing import Any, Callable, Mapping, Sequence
 
+from . import procs
 from .config import Config, env_name
 from .errors import ConfigError
 from .hostfile import Host, hostfile_lines, needs_rewrite, parse_hostfile
@@ -585,13 +586,13 @@ def _watch_start(proc: subprocess.Popen, marker: str, timeout: float | None,
         rc = proc.poll()
         if rc is not None:
             return f"mpiexec ended with status {rc}" if rc != 0 and seen else None
-        seen.update(_children(proc.pid))
-        gone = sorted(p for p in seen if not _alive(p))
+        seen.update(procs.children(proc.pid))
+        gone = sorted(p for p in seen if not procs.alive(p))
         if gone:
             return f"rank process {gone[0]} ended"
         now = time.monotonic()
         for p in seen:
-            if _state(p) in ("T", "t"):
+            if procs.state(p) in ("T", "t"):
                 if now - stopped.setdefault(p, now) > _STOPPED_S:
                     return f"rank process {p} stopped (SIGSTOP) for {_STOPPED_S:g} s"
             else:
@@ -603,37 +604,6 @@ def _watch_start(proc: subprocess.Popen, marker: str, timeout: float | None,
             return f"{ranks - len(seen)} of {ranks} rank process(es) ended at once"
         time.sleep(0.02)
     return None
-
-
-def _children(pid: int) -> list[int]:
-    """Child pids of ``pid`` (Linux /proc; [] elsewhere)."""
-    out: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for t in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{t}/children") as f:
-                out.extend(int(c) for c in f.read().split())
-        except (OSError, ValueError):
-            continue
-    return out
-
-
-def _state(pid: int) -> str:
-    """The state letter of ``pid`` in /proc ("R", "S", "T" stopped, "Z"...; "" if gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return ""
-    return stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3].decode()
-
-
-def _alive(pid: int) -> bool:
-    """Is ``pid`` running (not gone, not a zombie)?"""
-    return _state(pid) not in ("", "Z")
 
 
 def _wait(proc: subprocess.Popen, timeout: float | None,
@@ -655,7 +625,7 @@ def _wait(proc: subprocess.Popen, timeout: float | None,
             if finished():
                 done_at = time.monotonic()
             continue
-        stopped = [c for c in _children(proc.pid) if _state(c) in ("T", "t")]
+        stopped = [c for c in procs.children(proc.pid) if procs.state(c) in ("T", "t")]
         if stopped or time.monotonic() - done_at > grace:
             why = (f"rank process(es) {' '.join(map(str, stopped))} stopped (SIGSTOP)" if stopped
                    else f"{grace:g} s later (waiting for a lost host's daemon?)")
@@ -678,28 +648,6 @@ def _restore_handlers(previous: Mapping[int, Any]) -> None:
         signal.signal(s, h)
 
 
-def _session(sid: int) -> list[int]:
-    """Live (not zombie) processes of session ``sid``; [] where /proc is not available."""
-    pids = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        # state ppid pgrp session ...
-        if len(fields) > 3 and fields[0] != b"Z" and int(fields[3]) == sid:
-            pids.append(int(entry))
-    return pids
-
-
 def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -710,7 +658,7 @@ def _signal_group(pgid: int, sig: int) -> None:
 def _signal_job(sid: int, sig: int) -> None:
     """Send ``sig`` to mpiexec's group and to every process of its session."""
     _signal_group(sid, sig)
-    for pid in _session(sid):
+    for pid in procs.session(sid):
         try:
             os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
@@ -721,7 +669,7 @@ def _stop(proc: subprocess.Popen, grace: float, leftovers_only: bool = False) ->
     """End mpiexec (unless ``leftovers_only``) and its session: SIGTERM, grace, SIGKILL."""
     sid = proc.pid
     if leftovers_only:
-        left = _session(sid)
+        left = procs.session(sid)
         if not left:
             return
         log.warning("%d process(es) of the job outlived mpiexec (pids %s); ending them",
@@ -735,14 +683,14 @@ def _stop(proc: subprocess.Popen, grace: float, leftovers_only: bool = False) ->
         _signal_group(sid, signal.SIGTERM)  # mpiexec passes it on to the ranks
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        if proc.poll() is not None and not _session(sid):
+        if proc.poll() is not None and not procs.session(sid):
             return
         time.sleep(0.05)
-    left = _session(sid)
+    left = procs.session(sid)
     log.warning("job still running %g s after SIGTERM; sending SIGKILL to pids %s",
                 grace, " ".join(map(str, left)))
     _signal_job(sid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + grace
-    while _session(sid) and time.monotonic() < deadline:
+    while procs.session(sid) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -444,10 +444,8 @@ class Transport:
     def _wait(self, predicate: Callable[[], bool], deadline: float | None) -> bool:
         # predicates may have side effects (take a message): once one is true, return
         while not predicate():
-            if self.closed:
-                return False
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
+            remaining = self._left(deadline)
+            if remaining == 0.0:
                 return False
             # a foreground waiter takes the token as soon as the holder lets go
             got = self.try_poll(0.001 if remaining is None else min(0.001, remaining))
@@ -456,6 +454,12 @@ class Transport:
                     return True
                 self._pause(remaining, self._cond)
         return True
+
+    def _left(self, deadline: float | None) -> float | None:
+        """Seconds a waiter has left: None without a deadline, 0.0 once past it or closed."""
+        if self.closed:
+            return 0.0
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     def try_poll(self, timeout: float = 0.0) -> int | None:
         """Poll if the poller token can be had within ``timeout``: messages handled, or None."""
@@ -473,10 +477,8 @@ class Transport:
             self._bg_waiters += 1
         try:
             while not predicate():
-                if self.closed:
-                    return False
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                remaining = self._left(deadline)
+                if remaining == 0.0:
                     return False
                 self._background_step(remaining, spin=spin, predicate=predicate)
             return True

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from clustervm import procs
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 PY = sys.executable
@@ -147,33 +149,8 @@ def run_job(args: list[str], n: int = 4, timeout: float = 60.0, env: dict | None
     return Job(args, n, timeout, env, run_args).wait()
 
 
-def _procs_with(tag: str) -> list[tuple[int, list[bytes]]]:
-    """(pid, environment) of the processes whose environment holds ``tag`` (NAME=value)."""
-    want = tag.encode()
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-        except OSError:
-            continue
-        if want in env:
-            out.append((int(entry), env))
-    return out
-
-
-def _rank_of(env: list[bytes]) -> int | None:
-    """The COMM_WORLD rank of a process of the job (None for a node started later with
-    MPI_Comm_spawn: Open MPI gives it a namespace of its own, not the first one "...@1")."""
-    if any(item.startswith(b"PMIX_NAMESPACE=") and not item.endswith(b"@1") for item in env):
-        return None
-    for item in env:
-        # Open MPI; MPICH's Hydra (PMI_RANK is set only in the ranks)
-        if item.startswith((b"OMPI_COMM_WORLD_RANK=", b"PMI_RANK=")):
-            return int(item.split(b"=", 1)[1])
-    return None
+_procs_with = procs.with_env
+_rank_of = procs.world_rank
 
 
 #: CLUSTERVM_TEST_MPI=mpich (tests/run_mpich.sh) says which MPI this run is meant for;

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from clustervm import procs
+
 from conftest import EXAMPLES, ROOT, JobResult, run_job
 
 pytestmark = pytest.mark.mpi
@@ -142,12 +144,7 @@ def lost_ranks(rep: str) -> set[int]:
     return {int(r) for r in re.findall(r"node (\d+) \(host", rep)}
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False
+pid_alive = procs.alive
 
 
 # -- nodes killed --------------------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from clustervm import cli, launcher
+from clustervm import cli, launcher, procs
 from clustervm.config import Config
 from clustervm.errors import ConfigError, HostfileError
 
@@ -489,12 +489,7 @@ def wait_gone(pids, seconds):
     return False
 
 
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+alive = procs.alive
 
 
 # ------------------------------------------------------- real MPI jobs
@@ -546,7 +541,7 @@ def job(tmp_path):
 
 
 def session_alive(sid):
-    return [pid for pid in launcher._session(sid)]
+    return [pid for pid in procs.session(sid)]
 
 
 @pytest.mark.mpi

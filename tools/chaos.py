@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from clustervm import procs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APPS = {
     "pi": (["examples/pi_montecarlo.py", "--tasks", "24", "--task-ms", "200"], "hits="),
@@ -35,21 +37,8 @@ SIGNALS = {"kill": [signal.SIGKILL], "stop": [signal.SIGSTOP],
 
 def ranks_of(mark: str) -> dict[int, int]:
     """{COMM_WORLD rank: pid} of the rank processes whose environment holds CHAOS_MARK=mark
-    (first namespace only: not nodes started later with MPI_Comm_spawn)."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
-        except (OSError, ValueError):
-            continue
-        ns = env.get(b"PMIX_NAMESPACE", b"")
-        if env.get(b"CHAOS_MARK") == mark.encode() and b"OMPI_COMM_WORLD_RANK" in env \
-                and ns.endswith(b"@1"):
-            out[int(env[b"OMPI_COMM_WORLD_RANK"])] = int(entry)
-    return out
+    (not nodes started later with MPI_Comm_spawn)."""
+    return procs.rank_pids(f"CHAOS_MARK={mark}")
 
 
 def run(cmd: list[str], timeout: float, chaos=None) -> tuple[int, str, str, float, str]:
