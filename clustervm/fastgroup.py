@@ -364,8 +364,9 @@ class FrozenGroup:
                 time.sleep(pause)
                 pause = min(0.001, pause * 2)
 
-    def _lost(self, failed_ranks: frozenset = frozenset()) -> str:
-        """The members that are gone (their node lost, moved elsewhere, or ended)."""
+    def _lost(self, failed_ranks: frozenset = frozenset(), certain: bool = False) -> str:
+        """The members that are gone (their node lost, moved elsewhere, or ended); with
+        ``certain``, only those known lost or moved ("ended" may just mean not heard of)."""
         locs = self.site.locations
         failed = self.site.transport.failed
         dead, moved, ended = [], [], []        # most certain first: name only those
@@ -380,7 +381,7 @@ class FrozenGroup:
                              f"restarted on node {loc.rank}")
             elif loc is None:
                 ended.append(f"task {tid} (instance {inst}, on node {rank}) ended or was lost")
-        return "; ".join(dead or moved or ended)
+        return "; ".join(dead or moved or ([] if certain else ended))
 
     def _break(self, op: str, why: str) -> None:
         self._revoke()
@@ -392,11 +393,14 @@ class FrozenGroup:
             fg.Free()
         except Exception:   # noqa: BLE001 - no ULFM
             pass
-        lost = self._lost(frozenset(failed))
+        # a revoke by another member can come before this one hears of the loss: wait a
+        # little for a certain answer before naming members only not heard of
+        lost = self._lost(frozenset(failed), certain=True)
         deadline = time.perf_counter() + 2 * _GRACE_S
         while not lost and time.perf_counter() < deadline:   # the VM has yet to hear of it
             time.sleep(0.01)
-            lost = self._lost()
+            lost = self._lost(certain=True)
+        lost = lost or self._lost(frozenset(failed))
         self.broken = GroupError(
             f"{op} on frozen group {self.name!r} cannot complete: member "
             f"{lost or 'on a lost node'} ({why}); a frozen group (on MPI collectives) does not "
