@@ -1,5 +1,6 @@
 # The two set-up commands of the README:
 #   make demo   create .venv, install clustervm with the bundled Open MPI, run the demo on 4 nodes
+#               (hello, pi, then the failover demo: a node killed half-way, the same result)
 #   make test   the same set-up, then the whole test suite on Open MPI and the core of it
 #               on MPICH (what .ci/run runs)
 PYTHON ?= python3
@@ -7,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.clustervm-installed
 
-.PHONY: demo test bench clean browser-deps
+.PHONY: demo docs test bench clean browser-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,12 @@ browser-deps:
 demo: $(STAMP)
 	$(VENV)/bin/clustervm run -n 4 examples/hello.py
 	$(VENV)/bin/clustervm run -n 4 examples/pi_montecarlo.py --tasks 32 --samples 20000000 --seed 1
+	$(VENV)/bin/clustervm run -n 5 --timeout 120 examples/failover_demo.py
+
+# The documentation site (mkdocs.yml, docs/, API reference from the docstrings) into site/;
+# warnings are errors, as in CI (tests/test_docs.py builds it too)
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 test: $(STAMP) browser-deps
 	$(PY) -m pytest -q
