@@ -26,6 +26,7 @@ from . import procs
 from .config import Config, env_name
 from .errors import ConfigError
 from .hostfile import Host, hostfile_lines, needs_rewrite, parse_hostfile
+from . import slurm
 
 __all__ = [
     "FLAVORS", "Flavor", "MPIEXEC_VAR", "TIMEOUT_STATUS", "build_command", "find_mpiexec",
@@ -273,7 +274,14 @@ def build_command(n: int | None, app: str, app_args: Sequence[str], *,
     flavor = FLAVORS[mpi_flavor(mpiexec)]
     config = Config.from_env(base) if config is None else config
 
-    hosts = parse_hostfile(hostfile) if hostfile is not None else None
+    # Inside a Slurm allocation (no hostfile given): its nodes and tasks per node; a
+    # multi-node one is passed on as a hostfile, one node is just "-n N" (docs/slurm.md).
+    alloc = slurm.allocation(base) if hostfile is None else None
+    if alloc is not None and len(alloc.hosts) > 1 and flavor.hostfile_option is not None:
+        hostfile = slurm.write_hostfile(alloc, flavor.hostfile_syntax)
+        log.info("Slurm job %s: hosts %s in %s", alloc.job_id, alloc.hosts, hostfile)
+    hosts = (parse_hostfile(hostfile) if hostfile is not None
+             else list(alloc.hosts) if alloc is not None else None)
     slots = sum(h.slots for h in hosts) if hosts else local_slots()
     n = slots if n is None else n
     if n < 1:
@@ -291,7 +299,7 @@ def build_command(n: int | None, app: str, app_args: Sequence[str], *,
     if n > slots:
         argv += flavor.oversubscribe_args
     argv += flavor.base_args
-    if (hosts or _allocated_nodes(base) > 1) and not any("keepalive" in a
+    if (hostfile is not None or _allocated_nodes(base) > 1) and not any("keepalive" in a
                                                          for a in extra_mpiexec_args):
         argv += flavor.remote_args
     if hostfile is not None and hosts:
