@@ -1,0 +1,155 @@
+"""What the coordinator core asks its shell to do: one small frozen dataclass each.
+
+The shell carries them out in order: send a message, kill a process, resolve a
+future, write the journal, tell observers. None of them asks the core anything
+back; the shell may read the core's view (``Core.nodes``, ``Core.tasks``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .enums import LossCause, TaskKind
+
+
+@dataclass(frozen=True, slots=True)
+class Instruction:
+    """Base class of the core's instructions."""
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch(Instruction):
+    """Send short tasks to node ``rank`` (one RUN message): ``items`` is
+    ``((tid, attempts), ...)``; a task with attempts (or on resume) may have a checkpoint."""
+    rank: int
+    items: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class CancelQueued(Instruction):
+    """Tell node ``rank`` to drop short task ``tid`` (CANCEL)."""
+    rank: int
+    tid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled(Instruction):
+    """Short task ``tid`` is cancelled: its future says so."""
+    tid: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceSpawned(Instruction):
+    """Start incarnation ``inc`` of spawned task ``tid`` on node ``rank`` (SPAWN).
+
+    ``restart``: it ran before (load its checkpoint). ``tell``: the ranks to send its
+    new location to (LOC), the coordinator's own table included by the shell."""
+    rank: int
+    tid: int
+    inc: int
+    restart: bool
+    replay: bool
+    tell: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcastLocation(Instruction):
+    """Tell ranks ``tell`` where task ``tid`` lives now (``rank`` -1: it has ended)."""
+    tid: int
+    rank: int
+    inc: int
+    replay: bool
+    tell: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class KillTask(Instruction):
+    """Abort incarnation ``inc`` of spawned task ``tid`` on node ``rank`` (KILL)."""
+    rank: int
+    tid: int
+    inc: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDown(Instruction):
+    """Node ``rank`` is lost: log it, record NODE_DOWN, tell groups; mark it failed in the
+    transport, or (``cause.hung``) declare it dead so what it still sends is dropped."""
+    rank: int
+    cause: LossCause
+    detail: str
+    was_spare: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Kill(Instruction):
+    """Kill node ``rank``'s process (SIGKILL): it was lost on a deadline and may hang."""
+    rank: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeUp(Instruction):
+    """Node ``rank`` joins the work: ``how`` is "spare" (promoted) or "spawn" (new)."""
+    rank: int
+    how: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveTask(Instruction):
+    """Task ``tid`` is over, once: give ``value`` (or the error) to its future, reply,
+    joiners. ``packed``: an error value is a packed remote exception (else the
+    exception itself). ``reused``: it came from the journal, not from a node."""
+    tid: int
+    kind: TaskKind
+    ok: bool
+    value: Any
+    packed: bool = True
+    reused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class JournalDone(Instruction):
+    """Append "task ``tid`` finished" to the journal (digest, ok, packed value)."""
+    tid: int
+    digest: int
+    ok: bool
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCheckpoint(Instruction):
+    """Keep checkpoint ``seq`` of task ``tid`` (the shell holds its bytes)."""
+    tid: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class DropCheckpoints(Instruction):
+    """Task ``tid`` is over: its checkpoints may go."""
+    tid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Observe(Instruction):
+    """Tell observers: ``kind`` "start" (on ``rank``), "end" (``ok``) or "rerun"."""
+    kind: str
+    tid: int
+    rank: int | None
+    ok: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReplacement(Instruction):
+    """--replace-failed: start a node process in place of lost node ``lost``."""
+    lost: int
+
+
+@dataclass(frozen=True, slots=True)
+class Warn(Instruction):
+    """Log a warning (the core has no logger that writes anywhere by itself)."""
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fatal(Instruction):
+    """The job cannot go on (every node is lost): ``error`` is raised to main."""
+    error: BaseException

@@ -1,0 +1,681 @@
+"""The coordinator's scheduling and failover state, without I/O.
+
+:class:`Core` changes only through :meth:`Core.handle` (events in, instructions
+out): nodes and their states, short tasks (queue, prefetch cap, load-aware
+placement, ``where=`` constraints, nested submission), spawned tasks (location,
+incarnation, restart elsewhere), heartbeats and hello deadlines, spares,
+replacement requests, the journal records to write and the statistics of the
+end-of-job report. Time comes in with the events.
+
+Costs (the coordinator must keep up with thousands of nodes): nodes with a free
+slot sit in a heap keyed by (load, rank) with lazy deletion, so placing a task
+is O(log n), never a scan of every node; a dispatch runs once per
+:meth:`Core.handle` call, however many events it got.
+"""
+from __future__ import annotations
+
+from collections import deque
+from heapq import heapify, heappop, heappush
+from typing import Any, Callable
+
+from ..errors import NoNodesError
+from . import events as E
+from . import instructions as I
+from .enums import FINAL, LossCause, NodeState, TaskKind, TaskState
+
+#: How long a node started with MPI_Comm_spawn has to say hello.
+SPAWN_HELLO_S = 30.0
+
+_ALIVE, _SPARE, _STARTING = NodeState.ALIVE, NodeState.SPARE, NodeState.STARTING
+_DEAD, _LEFT = NodeState.DEAD, NodeState.LEFT
+_PENDING, _RUNNING = TaskState.PENDING, TaskState.RUNNING
+_SHORT, _SPAWNED = TaskKind.SHORT, TaskKind.SPAWNED
+_WATCHED = (_ALIVE, _SPARE, _STARTING)
+
+
+class Node:
+    """What the core knows of one worker rank."""
+    __slots__ = ("rank", "host", "pid", "state", "in_world", "inflight", "spawned", "nwait",
+                 "done", "joined_at", "last_heard", "last_done", "lost_at", "cause", "detail",
+                 "ver")
+
+    def __init__(self, rank: int, in_world: bool = True) -> None:
+        self.rank = rank
+        self.host = "?"
+        self.pid = 0
+        self.state = _STARTING
+        self.in_world = in_world
+        self.inflight: dict[int, Task] = {}     # short tasks sent to it, not done
+        self.spawned: set[int] = set()          # spawned tasks running on it
+        self.nwait = 0          # tasks in flight here that wait on tasks they submitted
+        self.done = 0
+        self.joined_at = 0.0
+        self.last_heard = 0.0
+        self.last_done = 0.0
+        self.lost_at = 0.0
+        self.cause: LossCause | None = None
+        self.detail = ""
+        self.ver = 0            # bumped on every change of its heap entry
+
+    @property
+    def load(self) -> int:
+        return len(self.inflight) + len(self.spawned)
+
+    @property
+    def how_lost(self) -> str:
+        return self.cause.describe(self.detail) if self.cause is not None else ""
+
+    def as_dict(self) -> dict:
+        return {"rank": self.rank, "host": self.host, "pid": self.pid,
+                "state": self.state.value, "running": self.load, "done": self.done}
+
+
+class Task:
+    """What the core knows of one task (its function and arguments stay in the shell)."""
+    __slots__ = ("tid", "kind", "parent", "state", "node", "where", "attempts", "inc",
+                 "replay", "t_start", "t_ckpt", "digest")
+
+    def __init__(self, tid: int, kind: TaskKind, parent: int, where: set[int] | None,
+                 digest: int = 0) -> None:
+        self.tid = tid
+        self.kind = kind
+        self.parent = parent
+        self.state = _PENDING
+        self.node: int | None = None
+        self.where = where
+        self.attempts = 0
+        self.inc = 0
+        self.replay = True
+        self.t_start = 0.0
+        self.t_ckpt = 0.0
+        self.digest = digest
+
+
+class Core:
+    """The coordinator's state machine: ``handle(*events) -> list[Instruction]``."""
+
+    def __init__(self, ranks: range | list[int], *, slots: int = 1, prefetch: int = 4,
+                 heartbeat_s: float = 2.0, replace_failed: bool = False,
+                 journal: bool = False, resume: bool = False, t0: float = 0.0,
+                 start_limit: float = 60.0) -> None:
+        self.slots = max(1, slots)
+        self.cap = self.slots + max(0, prefetch)
+        self.heartbeat_s = heartbeat_s
+        self.replace_failed = replace_failed
+        self.journal = journal
+        self.resume = resume
+        self.t0 = t0
+        self.start_limit = start_limit
+        self.nodes: dict[int, Node] = {r: Node(r) for r in ranks}
+        self.tasks: dict[int, Task] = {}
+        self.pending: deque[Task] = deque()
+        self.waiting: dict[int, int] = {}       # task -> tasks it submitted, not done
+        self.ended: dict[int, bool] = {}        # spawned tasks over: tid -> ok
+        self.homeless: list[Task] = []          # spawned tasks waiting for a node to join
+        self.journal_done: dict[int, tuple[int, bool, Any]] = {}
+        self.spawning = 0                       # replacements asked for, not started yet
+        self.stopping = False
+        self.observing = False
+        self.fatal: BaseException | None = None
+        self.stats: dict[str, Any] = {"rerun": 0, "redone_s": 0.0, "ckpt_written": 0,
+                                      "reused": 0, "spawned": 0}
+        self._alive: dict[int, Node] = {}       # ALIVE nodes, by rank
+        self._room: list[tuple[int, int, int]] = []   # heap of (load, rank, ver)
+        self._out: list[I.Instruction] = []
+        self._want_dispatch = False
+        self._table: dict[type, Callable[[Any], None]] = {
+            E.StartBegun: self._start_begun,
+            E.StartGraceOver: self._start_grace_over,
+            E.NodeHello: self._hello,
+            E.NodeBye: self._bye,
+            E.NodeLost: self._lost_event,
+            E.HeartbeatHeard: self._heard,
+            E.Tick: self._tick,
+            E.TaskSubmitted: self._submitted,
+            E.TaskSpawned: self._spawned,
+            E.TasksDone: self._done,
+            E.SpawnedExited: self._exited,
+            E.TaskCancelled: self._cancelled,
+            E.TaskKilled: self._killed,
+            E.CheckpointStored: self._checkpoint,
+            E.JournalLoaded: self._journal_loaded,
+            E.ReplacementStarted: self._replacement_started,
+            E.ReplacementEnded: self._replacement_ended,
+            E.SparesWanted: self._spares_wanted,
+            E.ObserversChanged: self._observers,
+            E.ShutdownBegun: self._shutdown,
+        }
+
+    # -- the one entry point ----------------------------------------------------
+
+    def handle(self, *events: E.Event) -> list[I.Instruction]:
+        """Apply ``events`` in order; the instructions that carry them out, in order."""
+        table = self._table
+        for ev in events:
+            now = getattr(ev, "now", None)
+            if now is not None:
+                self._now = now
+            table[type(ev)](ev)
+        if self._want_dispatch:
+            self._want_dispatch = False
+            self._dispatch()
+        out, self._out = self._out, []
+        return out
+
+    # -- queries (the view the shell and observers read) -------------------------
+
+    def alive_ranks(self) -> list[int]:
+        return list(self._alive)
+
+    def has_nodes(self) -> bool:
+        """Can work still be placed: a node alive, or one on its way?"""
+        return bool(self._alive) or self.joining()
+
+    def joining(self) -> bool:
+        """Is a node on its way: being spawned, or started and not said hello yet?
+
+        Work waits for it rather than fail (a starting node that never says hello is
+        declared lost on a deadline)."""
+        return bool(self.spawning) or any(n.state is _STARTING for n in self.nodes.values())
+
+    def location(self, tid: int) -> tuple[int | None, int, bool] | None:
+        """(rank or None, incarnation, replay) of a live task; None if there is no such task."""
+        t = self.tasks.get(tid)
+        if t is None:
+            return None
+        return (t.node if t.state is _RUNNING else None), t.inc, t.replay
+
+    def resolve_where(self, where: Any) -> frozenset[int]:
+        """Ranks named by ``where``: a rank, a host name, or a list of them."""
+        items = where if isinstance(where, (list, tuple, set, frozenset)) else [where]
+        ranks: set[int] = set()
+        for w in items:
+            if isinstance(w, int) and not isinstance(w, bool):
+                if w not in self.nodes:
+                    raise ValueError(f"where={w!r}: no node has rank {w}; nodes are ranks "
+                                     f"1..{len(self.nodes)}")
+                ranks.add(w)
+            elif isinstance(w, str):
+                found = {n.rank for n in self.nodes.values() if n.host == w}
+                if not found:
+                    hosts = sorted({n.host for n in self.nodes.values()})
+                    raise ValueError(f"where={w!r}: no node runs on host {w!r}; hosts: {hosts}")
+                ranks |= found
+            else:
+                raise TypeError(f"where must be a node rank, a host name or a list of them, "
+                                f"not {type(w).__name__}")
+        return frozenset(ranks)
+
+    # -- node states ------------------------------------------------------------
+
+    def _set_state(self, n: Node, state: NodeState) -> None:
+        n.state = state
+        if state is _ALIVE:
+            self._alive[n.rank] = n
+        else:
+            self._alive.pop(n.rank, None)
+        self._reindex(n)
+
+    def _reindex(self, n: Node) -> None:
+        """Put ``n`` back in the heap of nodes with a free slot (if it has one)."""
+        n.ver += 1
+        if n.state is _ALIVE and len(n.inflight) - n.nwait < self.cap:
+            room = self._room
+            heappush(room, (len(n.inflight) + len(n.spawned), n.rank, n.ver))
+            if len(room) > 4 * len(self.nodes) + 64:     # drop stale entries now and then
+                nodes = self.nodes
+                self._room = [e for e in room if nodes[e[1]].ver == e[2]]
+                heapify(self._room)
+
+    def _start_begun(self, ev: E.StartBegun) -> None:
+        self.start_limit = ev.timeout
+
+    def _start_grace_over(self, ev: E.StartGraceOver) -> None:
+        self.start_limit = ev.timeout
+        for n in list(self.nodes.values()):
+            if n.state is _STARTING and n.in_world:
+                if not self._alive or ev.now - self.t0 > ev.timeout:
+                    self._lose(n.rank, LossCause.NO_HELLO, ev.now)
+                else:
+                    self._out.append(I.Warn(f"node {n.rank} has not said hello yet; "
+                                            f"starting without it"))
+        # spares: the highest ranks, and never the last alive node
+        count = min(max(0, ev.spares), len(self._alive) - 1)
+        for n in sorted(self._alive.values(), key=lambda n: -n.rank)[:max(0, count)]:
+            self._set_state(n, _SPARE)
+
+    def _hello(self, ev: E.NodeHello) -> None:
+        n = self.nodes.get(ev.rank)
+        if n is None or n.state is not _STARTING:
+            return
+        n.host, n.pid = ev.host, ev.pid
+        n.joined_at = n.last_heard = ev.now
+        self._set_state(n, _ALIVE)
+        if not n.in_world:
+            self._out.append(I.NodeUp(n.rank, "spawn"))
+        homeless, self.homeless = self.homeless, []
+        for t in homeless:     # running: lost with its node; pending: never placed
+            if t.state in (_RUNNING, _PENDING) and t.node is None:
+                self._place_spawned(t, t.state is _RUNNING, ev.now)
+        self._want_dispatch = True
+
+    def _bye(self, ev: E.NodeBye) -> None:
+        n = self.nodes.get(ev.rank)
+        if n is not None and n.state is not _DEAD:
+            self._set_state(n, _LEFT)
+
+    def _heard(self, ev: E.HeartbeatHeard) -> None:
+        n = self.nodes.get(ev.rank)
+        if n is not None and n.last_heard < ev.now:
+            n.last_heard = ev.now
+
+    def _tick(self, ev: E.Tick) -> None:
+        now = ev.now
+        nodes = self.nodes
+        if ev.heard:
+            for rank, t in ev.heard.items():
+                n = nodes.get(rank)
+                if n is not None and n.last_heard < t:
+                    n.last_heard = t
+        if ev.stalled:     # this process was stalled: do not blame the nodes
+            for n in nodes.values():
+                n.last_heard = max(n.last_heard, now)
+            return
+        limit = self.heartbeat_s
+        for n in list(nodes.values()):
+            state = n.state
+            if state is _ALIVE or state is _SPARE:
+                last = max(n.last_heard, n.joined_at)
+                if now - last > limit:
+                    self._lose(n.rank, LossCause.HEARTBEAT, now, f"{now - last:.1f} s silent")
+            elif state is _STARTING:
+                if n.joined_at and now - n.joined_at > SPAWN_HELLO_S:
+                    self._lose(n.rank, LossCause.NO_HELLO_SPAWN, now,
+                               f"{SPAWN_HELLO_S:.0f} s")
+                elif not n.joined_at and now - self.t0 > self.start_limit:
+                    self._lose(n.rank, LossCause.NO_HELLO, now)
+
+    def _lost_event(self, ev: E.NodeLost) -> None:
+        self._lose(ev.rank, ev.cause, ev.now, ev.detail)
+
+    def _lose(self, rank: int, cause: LossCause, now: float, detail: str = "") -> None:
+        """Node ``rank`` is lost: re-queue its short tasks, restart its spawned ones."""
+        n = self.nodes.get(rank)
+        if n is None or n.state is _DEAD or n.state is _LEFT:
+            return
+        out = self._out
+        was_spare = n.state is _SPARE
+        n.cause, n.detail, n.lost_at = cause, detail, now
+        self._set_state(n, _DEAD)
+        out.append(I.NodeDown(rank, cause, detail, was_spare))
+        if cause.hung:
+            out.append(I.Kill(rank))     # a hung node is never trusted again
+        if self.stopping:
+            return
+        if not was_spare and not self._promote_spare() and self.replace_failed:
+            self.spawning += 1
+            out.append(I.RequestReplacement(rank))
+        stats = self.stats
+        inflight = n.inflight
+        if inflight:
+            by_start = sorted(inflight.values(), key=lambda t: t.t_start)
+            # tasks queued behind the running ones (prefetch) lose no work
+            for t in by_start[:self.slots]:
+                stats["redone_s"] += now - max(t.t_start, t.t_ckpt, n.last_done)
+            if self.observing:
+                for t in by_start:
+                    out.append(I.Observe("rerun", t.tid, rank))
+            requeue = []
+            for t in inflight.values():
+                stats["rerun"] += 1
+                t.node, t.state = None, _PENDING
+                t.attempts += 1
+                if t.where is not None:
+                    t.where.discard(rank)
+                    if not t.where:
+                        t.where = None
+                requeue.append(t)
+            self.pending.extendleft(requeue)
+            inflight.clear()
+            n.nwait = 0     # it counts only tasks in flight on this node
+        spawned, n.spawned = n.spawned, set()
+        if not self._alive and not self.joining():
+            self._no_nodes_left()
+            return
+        for tid in sorted(spawned):
+            t = self.tasks.get(tid)
+            if t is not None and t.state is _RUNNING:
+                stats["rerun"] += 1
+                stats["redone_s"] += now - max(t.t_start, t.t_ckpt)
+                if self.observing:
+                    out.append(I.Observe("rerun", tid, rank))
+                self._place_spawned(t, True, now)
+        self._want_dispatch = True
+
+    def _promote_spare(self) -> bool:
+        for n in self.nodes.values():
+            if n.state is _SPARE:
+                self._set_state(n, _ALIVE)
+                self._out.append(I.NodeUp(n.rank, "spare"))
+                return True
+        return False
+
+    def _no_nodes_left(self) -> None:
+        if self.joining():
+            return    # a replacement is on its way: the work waits for it
+        self.homeless.clear()
+        lost = ", ".join(f"node {n.rank} ({n.host}: {n.how_lost})"
+                         for n in self.nodes.values() if n.state is _DEAD)
+        err = NoNodesError(f"every worker node is lost ({lost}); the job cannot go on. "
+                           "Start it with more nodes, with --spares K, or resume it with "
+                           "--resume DIR if it ran with --checkpoint-dir")
+        self.fatal = err
+        self._out.append(I.Fatal(err))
+        for t in list(self.tasks.values()):
+            self._finish(t, False, err, packed=False)
+        self.pending.clear()
+
+    def _replacement_started(self, ev: E.ReplacementStarted) -> None:
+        n = self.nodes[ev.rank] = Node(ev.rank, in_world=False)
+        n.host = ev.host
+        n.joined_at = ev.now      # its hello is due SPAWN_HELLO_S from now
+        self.stats["spawned"] += 1
+
+    def _replacement_ended(self, ev: E.ReplacementEnded) -> None:
+        self.spawning = max(0, self.spawning - 1)
+        if not self._alive and not self.joining() and self.fatal is None:
+            self._no_nodes_left()
+
+    def _spares_wanted(self, ev: E.SparesWanted) -> None:
+        for _ in range(ev.count):
+            if not self._promote_spare():
+                break
+        self._want_dispatch = True
+
+    def _observers(self, ev: E.ObserversChanged) -> None:
+        self.observing = ev.on
+
+    def _shutdown(self, ev: E.ShutdownBegun) -> None:
+        self.stopping = True
+
+    # -- short tasks --------------------------------------------------------------
+
+    def _reuse(self, tid: int, kind: TaskKind, digest: int) -> bool:
+        """Resume: a task the journal says finished is answered from it, not run."""
+        got = self.journal_done.get(tid)
+        if got is None:
+            return False
+        jdigest, ok, value = got
+        if jdigest != digest:
+            self._out.append(I.Warn(f"resume: task {tid} differs from the journaled one "
+                                    f"(other function or arguments); running it again"))
+            return False
+        self.stats["reused"] += 1
+        if kind is _SPAWNED:
+            self.ended[tid] = ok
+        self._out.append(I.ResolveTask(tid, kind, ok, value, packed=True, reused=True))
+        return True
+
+    def _submitted(self, ev: E.TaskSubmitted) -> None:
+        tid = ev.tid
+        if self.fatal is not None:
+            self._out.append(I.ResolveTask(tid, _SHORT, False, self.fatal, packed=False))
+            return
+        if self.journal_done and self._reuse(tid, _SHORT, ev.digest):
+            return
+        t = Task(tid, _SHORT, ev.parent, set(ev.where) if ev.where is not None else None,
+                 ev.digest)
+        self.tasks[tid] = t
+        parent = ev.parent
+        if parent in self.tasks:   # nested: a parent waiting on it gives up its slot
+            left = self.waiting.get(parent, 0)
+            self.waiting[parent] = left + 1
+            if not left:
+                self._wait_changed(parent, +1)
+        self.pending.append(t)
+        self._want_dispatch = True
+
+    def _wait_changed(self, tid: int, delta: int) -> None:
+        """Task ``tid`` starts (+1) or stops (-1) waiting on its children: its node's
+        count of waiting tasks follows, if the task is in flight there."""
+        t = self.tasks.get(tid)
+        if t is None or t.kind is not _SHORT or t.state is not _RUNNING:
+            return
+        n = self.nodes.get(t.node)
+        if n is not None and tid in n.inflight:
+            n.nwait += delta
+            self._reindex(n)
+
+    def _dispatch(self) -> None:
+        """Hand pending short tasks to the least loaded nodes with a free slot, in batches."""
+        pending = self.pending
+        if not pending or self.stopping or not self._alive:
+            return
+        room = self._room
+        nodes = self.nodes
+        cap = self.cap
+        waiting = self.waiting
+        batches: dict[int, list] = {}
+        skipped: list[Task] = []
+        now = self._now
+        while pending and room:
+            load, rank, ver = room[0]
+            n = nodes[rank]
+            if n.ver != ver:
+                heappop(room)          # stale
+                continue
+            t = pending.popleft()
+            if t.state is not _PENDING:
+                continue               # cancelled while queued
+            if t.where is not None and rank not in t.where:
+                target = self._pick_room(t.where)
+                if target is None:
+                    skipped.append(t)
+                    continue
+                n = target
+            else:
+                heappop(room)
+            t.node, t.state, t.t_start = n.rank, _RUNNING, now
+            n.inflight[t.tid] = t
+            if t.tid in waiting:
+                n.nwait += 1
+            b = batches.get(n.rank)
+            if b is None:
+                b = batches[n.rank] = []
+            b.append((t.tid, t.attempts))
+            n.ver += 1
+            if len(n.inflight) - n.nwait < cap:
+                heappush(room, (len(n.inflight) + len(n.spawned), n.rank, n.ver))
+        if skipped:
+            pending.extendleft(reversed(skipped))
+        out = self._out
+        if self.observing:
+            for rank, items in batches.items():
+                for tid, _ in items:
+                    out.append(I.Observe("start", tid, rank))
+        for rank, items in batches.items():
+            out.append(I.Dispatch(rank, tuple(items)))
+
+    def _pick_room(self, where: set[int]) -> Node | None:
+        """The least loaded alive node of ``where`` with a free slot."""
+        best = None
+        cap = self.cap
+        for r in where:
+            n = self._alive.get(r)
+            if n is not None and len(n.inflight) - n.nwait < cap:
+                if best is None or (n.load, n.rank) < (best.load, best.rank):
+                    best = n
+        return best
+
+    def _pick(self, where: set[int] | None) -> Node | None:
+        """The least loaded alive node (of ``where``), free slot or not."""
+        cands = self._alive.values() if where is None else \
+            [n for n in (self._alive.get(r) for r in where) if n is not None]
+        best = None
+        for n in cands:
+            if best is None or (n.load, n.rank) < (best.load, best.rank):
+                best = n
+        return best
+
+    def _done(self, ev: E.TasksDone) -> None:
+        n = self.nodes.get(ev.rank)
+        if n is None or n.state is _DEAD:
+            return               # a hung node's late results are never trusted
+        if n.last_heard < ev.now:
+            n.last_heard = ev.now
+        inflight = n.inflight
+        waiting = self.waiting
+        for tid, ok, value in ev.results:
+            t = inflight.pop(tid, None)
+            if t is None:
+                continue          # cancelled, or already re-run elsewhere
+            if tid in waiting:
+                n.nwait -= 1
+            n.done += 1
+            self._finish(t, ok, value)
+        n.last_done = ev.now
+        self._reindex(n)
+        self._want_dispatch = True
+
+    def _finish(self, t: Task, ok: bool, value: Any, packed: bool = True) -> None:
+        """A task is over: deliver its outcome once, journal it, drop its checkpoints."""
+        if t.state in FINAL:
+            return
+        tid = t.tid
+        t.state = TaskState.DONE if ok else TaskState.ERROR
+        self.tasks.pop(tid, None)
+        waiting = self.waiting
+        if waiting:
+            waiting.pop(tid, None)
+            left = waiting.get(t.parent)
+            if left is not None:
+                if left > 1:
+                    waiting[t.parent] = left - 1
+                else:
+                    del waiting[t.parent]
+                    self._wait_changed(t.parent, -1)
+        out = self._out
+        if self.observing:
+            out.append(I.Observe("end", tid, t.node, ok))
+        if self.journal and packed:
+            out.append(I.JournalDone(tid, t.digest, ok, value))
+        if t.t_ckpt or t.attempts or self.resume:     # it may have checkpoints
+            out.append(I.DropCheckpoints(tid))
+        if t.kind is _SPAWNED:
+            self.ended[tid] = ok
+            out.append(I.BroadcastLocation(tid, -1, t.inc, False, tuple(self._alive)))
+        out.append(I.ResolveTask(tid, t.kind, ok, value, packed))
+
+    def _cancelled(self, ev: E.TaskCancelled) -> None:
+        t = self.tasks.get(ev.tid)
+        if t is None or t.kind is not _SHORT:
+            return
+        if t.state is _RUNNING:
+            if not ev.running:
+                return       # a node may be running it: not cancelled, as concurrent.futures
+            n = self.nodes.get(t.node)
+            if n is not None and n.inflight.pop(t.tid, None) is not None:
+                if t.tid in self.waiting:
+                    n.nwait -= 1
+                self._out.append(I.CancelQueued(n.rank, t.tid))
+                self._reindex(n)
+                self._want_dispatch = True
+        t.state = TaskState.CANCELLED
+        self.tasks.pop(t.tid, None)
+        self.waiting.pop(t.tid, None)
+        left = self.waiting.get(t.parent)
+        if left is not None:
+            if left > 1:
+                self.waiting[t.parent] = left - 1
+            else:
+                del self.waiting[t.parent]
+                self._wait_changed(t.parent, -1)
+        self._out.append(I.Cancelled(t.tid))
+
+    # -- spawned tasks --------------------------------------------------------------
+
+    def _spawned(self, ev: E.TaskSpawned) -> None:
+        tid = ev.tid
+        if self.fatal is not None:
+            self.ended[tid] = False
+            self._out.append(I.ResolveTask(tid, _SPAWNED, False, self.fatal, packed=False))
+            return
+        if self.journal_done and self._reuse(tid, _SPAWNED, ev.digest):
+            return
+        t = Task(tid, _SPAWNED, ev.parent, set(ev.where) if ev.where else None, ev.digest)
+        t.replay = ev.replay
+        self.tasks[tid] = t
+        self._place_spawned(t, self.resume, ev.now)
+
+    def _place_spawned(self, t: Task, restart: bool, now: float) -> None:
+        n = self._pick(t.where) or self._pick(None)
+        if n is None:
+            if self.joining():
+                t.node = None
+                self.homeless.append(t)
+            self._no_nodes_left()
+            return
+        if restart:
+            t.inc += 1
+        t.node, t.state, t.t_start = n.rank, _RUNNING, now
+        n.spawned.add(t.tid)
+        self._reindex(n)
+        if self.observing:
+            self._out.append(I.Observe("start", t.tid, n.rank))
+        tell = tuple(self._alive) if restart else (n.rank,)
+        self._out.append(I.PlaceSpawned(n.rank, t.tid, t.inc, restart, t.replay, tell))
+
+    def _exited(self, ev: E.SpawnedExited) -> None:
+        t = self.tasks.get(ev.tid)
+        if t is None or t.inc != ev.inc or t.node != ev.rank:
+            return
+        n = self.nodes.get(ev.rank)
+        if n is None or n.state is _DEAD:
+            return
+        if n.last_heard < ev.now:
+            n.last_heard = ev.now
+        n.spawned.discard(t.tid)
+        self._reindex(n)
+        self._finish(t, ev.ok, ev.value)
+        self._want_dispatch = True
+
+    def _killed(self, ev: E.TaskKilled) -> None:
+        t = self.tasks.get(ev.tid)
+        if t is None:
+            return
+        if t.kind is _SHORT:
+            self._cancelled(E.TaskCancelled(ev.tid, running=True))
+            return
+        if t.node is not None:
+            self._out.append(I.KillTask(t.node, t.tid, t.inc))
+            n = self.nodes.get(t.node)
+            if n is not None:
+                n.spawned.discard(t.tid)
+                self._reindex(n)
+        self._finish(t, False, ev.value)
+
+    # -- checkpoints and the journal ----------------------------------------------------
+
+    def _checkpoint(self, ev: E.CheckpointStored) -> None:
+        t = self.tasks.get(ev.tid)
+        if t is None or t.inc != ev.inc:
+            return          # task already over (a late duplicate), or an old incarnation
+        t.t_ckpt = ev.now
+        self.stats["ckpt_written"] += 1
+        self._out.append(I.StoreCheckpoint(ev.tid, ev.seq))
+
+    def _journal_loaded(self, ev: E.JournalLoaded) -> None:
+        for tid, digest, ok, value in ev.entries:
+            self.journal_done[int(tid)] = (digest, ok, value)
+
+    _now = 0.0      # the time of the last event that carried one (for dispatch times)
+
+
+def replay_journal(instructions: list[I.Instruction]) -> dict[int, tuple[int, bool, Any]]:
+    """The finished tasks that the JournalDone records among ``instructions`` describe,
+    as a resumed coordinator loads them (tid -> (digest, ok, value))."""
+    return {i.tid: (i.digest, i.ok, i.value) for i in instructions
+            if isinstance(i, I.JournalDone)}
+
+
+__all__ = ["Core", "Node", "Task", "SPAWN_HELLO_S", "replay_journal"]

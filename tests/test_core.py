@@ -1,0 +1,322 @@
+"""The coordinator core without MPI: events in, assertions on the instructions out."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from clustervm.core import Core, LossCause, NodeState, TaskKind, TaskState, replay_journal
+from clustervm.core import events as E
+from clustervm.core import instructions as I
+from clustervm.errors import NoNodesError
+
+CORE_DIR = Path(__file__).resolve().parents[1] / "clustervm" / "core"
+
+
+def of(out: list, kind: type) -> list:
+    return [i for i in out if isinstance(i, kind)]
+
+
+def up(n: int = 3, **kw) -> Core:
+    """A core whose nodes 1..n have all said hello at t=0."""
+    core = Core(range(1, n + 1), **kw)
+    core.handle(*(E.NodeHello(r, f"h{r}", 100 + r, 0.0) for r in range(1, n + 1)))
+    return core
+
+
+def submit(core: Core, *tids: int, parent: int = 1, now: float = 0.0, where=None) -> list:
+    return core.handle(*(E.TaskSubmitted(t, parent, now, where) for t in tids))
+
+
+def test_core_imports_no_io() -> None:
+    allowed = {"__future__", "dataclasses", "enum", "heapq", "collections", "typing",
+               "clustervm.errors", "clustervm.protocol"}
+    for path in CORE_DIR.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level == 1:
+                    continue                         # clustervm.core itself
+                base = "clustervm" if node.level == 2 else ""
+                names = [f"{base}.{node.module}" if base else node.module]
+            else:
+                continue
+            for name in names:
+                assert name in allowed, f"{path.name} imports {name}: the core does no I/O"
+
+
+def test_dispatch_fills_least_loaded_nodes_up_to_the_cap() -> None:
+    core = up(3, slots=1, prefetch=1)
+    out = submit(core, *range(10, 18))
+    sent = {d.rank: [tid for tid, _ in d.items] for d in of(out, I.Dispatch)}
+    assert sorted(sent) == [1, 2, 3]
+    assert all(len(v) == 2 for v in sent.values())          # cap = slots + prefetch
+    assert sorted(sum(sent.values(), [])) == list(range(10, 16))
+    assert [t.tid for t in core.pending] == [16, 17]
+    # one result frees one slot: exactly one more task goes to that node
+    out = core.handle(E.TasksDone(2, [(sent[2][0], True, "v")], 0.5))
+    assert of(out, I.ResolveTask) == [I.ResolveTask(sent[2][0], TaskKind.SHORT, True, "v")]
+    assert of(out, I.Dispatch) == [I.Dispatch(2, ((16, 0),))]
+
+
+def test_where_limits_placement_and_waits_for_its_node() -> None:
+    core = up(3, slots=1, prefetch=0)
+    out = submit(core, 10, 11, where=frozenset({3}))
+    assert of(out, I.Dispatch) == [I.Dispatch(3, ((10, 0),))]
+    assert [t.tid for t in core.pending] == [11]            # node 3 full: 11 waits
+    out = submit(core, 12)                                  # others still get work
+    assert of(out, I.Dispatch) == [I.Dispatch(1, ((12, 0),))]
+    out = core.handle(E.TasksDone(3, [(10, True, 0)], 1.0))
+    assert of(out, I.Dispatch) == [I.Dispatch(3, ((11, 0),))]
+
+
+def test_where_names_hosts_and_errors_say_what_exists() -> None:
+    core = up(3)
+    assert core.resolve_where("h2") == {2}
+    assert core.resolve_where([1, "h3"]) == {1, 3}
+    with pytest.raises(ValueError, match="no node has rank 9; nodes are ranks 1..3"):
+        core.resolve_where(9)
+    with pytest.raises(ValueError, match="no node runs on host 'x'"):
+        core.resolve_where("x")
+
+
+def test_lost_node_requeues_its_tasks_first_and_counts_the_rerun() -> None:
+    core = up(2, slots=1, prefetch=1)
+    out = submit(core, 10, 11, 12, 13, 14, now=1.0)
+    on1 = [tid for d in of(out, I.Dispatch) if d.rank == 1 for tid, _ in d.items]
+    out = core.handle(E.NodeLost(1, LossCause.ULFM, 3.0))
+    assert of(out, I.NodeDown) == [I.NodeDown(1, LossCause.ULFM, "", False)]
+    assert not of(out, I.Kill)                       # an MPI failure: the process is gone
+    assert core.stats["rerun"] == 2
+    assert core.stats["redone_s"] == pytest.approx(2.0)   # only the running one (1 slot)
+    # re-queued at the front, ahead of 14; node 2 is full until it reports
+    assert [t.tid for t in core.pending][:2] == sorted(on1, reverse=True)
+    on2 = [tid for d in of(submit(core), I.Dispatch) for tid, _ in d.items]
+    assert on2 == []
+    out = core.handle(E.TasksDone(2, [(11, True, 1), (13, True, 3)], 4.0))
+    again = [item for d in of(out, I.Dispatch) for item in d.items]
+    assert again == [(on1[1], 1), (on1[0], 1)]       # attempts=1: may load a checkpoint
+
+
+def test_late_results_of_a_lost_node_are_ignored() -> None:
+    core = up(2, slots=1, prefetch=0)
+    submit(core, 10, 11)
+    core.handle(E.NodeLost(1, LossCause.ULFM, 1.0))
+    out = core.handle(E.TasksDone(1, [(10, True, "stale")], 1.1))
+    assert out == []
+    out = core.handle(E.TasksDone(2, [(11, True, "b")], 1.2))
+    assert of(out, I.Dispatch) == [I.Dispatch(2, ((10, 1),))]
+    out = core.handle(E.TasksDone(2, [(10, True, "a")], 1.3))
+    assert of(out, I.ResolveTask) == [I.ResolveTask(10, TaskKind.SHORT, True, "a")]
+
+
+def test_heartbeat_loss_kills_the_node_and_never_trusts_it_again() -> None:
+    core = up(2, heartbeat_s=2.0)
+    submit(core, 10, 11)
+    core.handle(E.HeartbeatHeard(2, 2.5), E.HeartbeatHeard(1, 1.0))
+    assert core.handle(E.Tick(2.9)) == []
+    out = core.handle(E.Tick(3.1))
+    down = of(out, I.NodeDown)
+    assert [(d.rank, d.cause) for d in down] == [(1, LossCause.HEARTBEAT)]
+    assert down[0].detail == "2.1 s silent"
+    assert of(out, I.Kill) == [I.Kill(1)]                  # decided by the cause, not text
+    assert core.nodes[1].how_lost == "heartbeat (2.1 s silent)"
+    # whatever it still sends is ignored; it never gets work again
+    assert core.handle(E.TasksDone(1, [(10, True, 0)], 3.2)) == []
+    assert core.handle(E.NodeHello(1, "h1", 101, 3.3)) == []
+    out = submit(core, *range(20, 40), now=3.4)
+    assert {d.rank for d in of(out, I.Dispatch)} == {2}
+
+
+def test_tick_merges_heard_times_and_a_stalled_coordinator_blames_nobody() -> None:
+    core = up(2, heartbeat_s=1.0)
+    assert core.handle(E.Tick(1.5, heard={1: 1.2, 2: 1.2})) == []
+    assert core.handle(E.Tick(10.0, stalled=True)) == []
+    assert core.handle(E.Tick(10.5)) == []
+    assert {d.rank for d in of(core.handle(E.Tick(11.5)), I.NodeDown)} == {1, 2}
+
+
+def test_no_hello_at_start_and_after_spawn() -> None:
+    core = Core(range(1, 4), heartbeat_s=2.0)
+    core.handle(E.StartBegun(10.0), E.NodeHello(1, "h1", 1, 0.5), E.NodeHello(2, "h2", 2, 0.5))
+    out = core.handle(E.StartGraceOver(5.0, 10.0))
+    assert of(out, I.Warn) and not of(out, I.NodeDown)      # node 3 may still come
+    assert core.joining()
+    out = core.handle(E.Tick(10.5, heard={1: 10.4, 2: 10.4}))
+    assert [(d.rank, d.cause, d.was_spare) for d in of(out, I.NodeDown)] == \
+        [(3, LossCause.NO_HELLO, False)]
+    assert of(out, I.Kill) == [I.Kill(3)]
+    core.handle(E.ReplacementStarted(4, "h1", 11.0))
+    out = core.handle(E.Tick(41.5, heard={1: 41.4, 2: 41.4}))
+    assert [(d.rank, d.cause) for d in of(out, I.NodeDown)] == [(4, LossCause.NO_HELLO_SPAWN)]
+
+
+def test_spares_take_over_and_replacements_are_asked_for() -> None:
+    core = Core(range(1, 5), replace_failed=True)
+    core.handle(*(E.NodeHello(r, "h", r, 0.0) for r in range(1, 5)))
+    core.handle(E.StartGraceOver(0.1, 60.0, spares=1))
+    assert core.nodes[4].state is NodeState.SPARE
+    out = submit(core, *range(10, 30))
+    assert 4 not in {d.rank for d in of(out, I.Dispatch)}
+    out = core.handle(E.NodeLost(1, LossCause.ULFM, 1.0))
+    assert of(out, I.NodeUp) == [I.NodeUp(4, "spare")]
+    assert not of(out, I.RequestReplacement)
+    assert 4 in {d.rank for d in of(out, I.Dispatch)}
+    out = core.handle(E.NodeLost(2, LossCause.ULFM, 2.0))
+    assert of(out, I.RequestReplacement) == [I.RequestReplacement(2)]
+    assert core.joining()
+
+
+def test_spares_never_take_the_last_node() -> None:
+    core = up(2)
+    core.handle(E.StartGraceOver(0.1, 60.0, spares=5))
+    assert [n.state for n in core.nodes.values()] == [NodeState.ALIVE, NodeState.SPARE]
+
+
+def test_every_node_lost_fails_every_task_once() -> None:
+    core = up(1)
+    submit(core, 10, 11)
+    out = core.handle(E.NodeLost(1, LossCause.ULFM, 1.0))
+    fatal = of(out, I.Fatal)
+    assert len(fatal) == 1 and isinstance(fatal[0].error, NoNodesError)
+    assert "node 1 (h1: MPI (ULFM))" in str(fatal[0].error)
+    assert sorted(r.tid for r in of(out, I.ResolveTask)) == [10, 11]
+    assert all(not r.ok and not r.packed for r in of(out, I.ResolveTask))
+    out = submit(core, 12)                     # later submissions fail at once
+    assert [(r.tid, r.ok) for r in of(out, I.ResolveTask)] == [(12, False)]
+
+
+def test_a_replacement_on_its_way_keeps_the_work_waiting() -> None:
+    core = up(1, replace_failed=True)
+    submit(core, 10)
+    out = core.handle(E.NodeLost(1, LossCause.ULFM, 1.0))
+    assert of(out, I.RequestReplacement) and not of(out, I.Fatal)
+    core.handle(E.ReplacementStarted(2, "h", 2.0))
+    out = core.handle(E.ReplacementEnded(2.0), E.NodeHello(2, "h", 7, 3.0))
+    assert of(out, I.NodeUp) == [I.NodeUp(2, "spawn")]
+    assert of(out, I.Dispatch) == [I.Dispatch(2, ((10, 1),))]
+
+
+def test_nested_submission_frees_the_waiting_parents_slot() -> None:
+    core = up(1, slots=1, prefetch=0)
+    out = submit(core, 10)
+    assert of(out, I.Dispatch) == [I.Dispatch(1, ((10, 0),))]
+    out = submit(core, 11, parent=10)          # 10 waits on 11: its slot is free
+    assert of(out, I.Dispatch) == [I.Dispatch(1, ((11, 0),))]
+    out = core.handle(E.TasksDone(1, [(11, True, 1)], 1.0))
+    out = submit(core, 12)                     # 10 no longer waits: node 1 is full
+    assert not of(out, I.Dispatch)
+    out = core.handle(E.TasksDone(1, [(10, True, 0)], 2.0))
+    assert of(out, I.Dispatch) == [I.Dispatch(1, ((12, 0),))]
+
+
+def test_cancel_queued_and_running() -> None:
+    core = up(1, slots=1, prefetch=0)
+    submit(core, 10, 11)
+    assert of(core.handle(E.TaskCancelled(10)), I.Cancelled) == []     # running: refused
+    assert of(core.handle(E.TaskCancelled(11)), I.Cancelled) == [I.Cancelled(11)]
+    out = core.handle(E.TaskCancelled(10, running=True))
+    assert of(out, I.CancelQueued) == [I.CancelQueued(1, 10)]
+    assert not core.tasks and not of(submit(core), I.Dispatch)
+
+
+def test_spawned_task_restarts_elsewhere_with_a_new_incarnation() -> None:
+    core = up(3)
+    out = core.handle(E.TaskSpawned(50, 1, 0.0))
+    (place,) = of(out, I.PlaceSpawned)
+    assert (place.inc, place.restart, place.tell) == (0, False, (place.rank,))
+    core.handle(E.CheckpointStored(50, 0, 1, 1.0))
+    out = core.handle(E.NodeLost(place.rank, LossCause.ULFM, 2.0))
+    (again,) = of(out, I.PlaceSpawned)
+    assert again.rank != place.rank and again.inc == 1 and again.restart
+    assert set(again.tell) == set(core.alive_ranks())
+    assert core.stats["redone_s"] == pytest.approx(1.0)   # since its checkpoint
+    assert core.location(50) == (again.rank, 1, True)
+    # the old incarnation's exit is ignored; the new one's ends it, once
+    assert core.handle(E.SpawnedExited(place.rank, 50, 0, True, "old", 2.5)) == []
+    out = core.handle(E.SpawnedExited(again.rank, 50, 1, True, "new", 3.0))
+    assert of(out, I.ResolveTask) == [I.ResolveTask(50, TaskKind.SPAWNED, True, "new")]
+    (gone,) = of(out, I.BroadcastLocation)
+    assert gone.rank == -1 and gone.inc == 1
+    assert of(out, I.DropCheckpoints) == [I.DropCheckpoints(50)]
+    assert core.ended == {50: True}
+
+
+def test_kill_a_spawned_task() -> None:
+    core = up(2)
+    (place,) = of(core.handle(E.TaskSpawned(50, 1, 0.0)), I.PlaceSpawned)
+    out = core.handle(E.TaskKilled(50, "packed-error"))
+    assert of(out, I.KillTask) == [I.KillTask(place.rank, 50, 0)]
+    assert of(out, I.ResolveTask) == [I.ResolveTask(50, TaskKind.SPAWNED, False,
+                                                    "packed-error")]
+    assert core.nodes[place.rank].spawned == set()
+
+
+def test_spawned_tasks_wait_for_a_starting_node() -> None:
+    core = Core(range(1, 3))
+    out = core.handle(E.TaskSpawned(50, 1, 0.0))
+    assert out == [] and core.homeless
+    out = core.handle(E.NodeHello(2, "h", 2, 0.5))
+    assert [(p.rank, p.tid) for p in of(out, I.PlaceSpawned)] == [(2, 50)]
+
+
+def test_checkpoints_of_old_incarnations_and_ended_tasks_are_refused() -> None:
+    core = up(2)
+    core.handle(E.TaskSpawned(50, 1, 0.0))
+    assert of(core.handle(E.CheckpointStored(50, 0, 1, 1.0)), I.StoreCheckpoint) == \
+        [I.StoreCheckpoint(50, 1)]
+    assert core.handle(E.CheckpointStored(50, 3, 2, 1.0)) == []
+    assert core.handle(E.CheckpointStored(99, 0, 1, 1.0)) == []
+    assert core.stats["ckpt_written"] == 1
+
+
+def test_journal_records_replay_into_reused_results() -> None:
+    core = up(2, journal=True)
+    out = core.handle(E.TaskSubmitted(10, 1, 0.0, digest=7),
+                      E.TaskSubmitted(11, 1, 0.0, digest=8))
+    out = core.handle(E.TasksDone(1, [(10, True, "a")], 1.0),
+                      E.TasksDone(2, [(11, False, "err")], 1.0))
+    records = replay_journal(out)
+    assert records == {10: (7, True, "a"), 11: (8, False, "err")}
+    again = up(2, journal=True, resume=True)
+    again.handle(E.JournalLoaded([(t, *v) for t, v in records.items()]))
+    out = again.handle(E.TaskSubmitted(10, 1, 0.0, digest=7),
+                       E.TaskSubmitted(11, 1, 0.0, digest=9),   # changed: run again
+                       E.TaskSubmitted(12, 1, 0.0, digest=1))
+    assert of(out, I.ResolveTask) == [I.ResolveTask(10, TaskKind.SHORT, True, "a",
+                                                    reused=True)]
+    assert of(out, I.Warn)
+    assert sorted(tid for d in of(out, I.Dispatch) for tid, _ in d.items) == [11, 12]
+    assert again.stats["reused"] == 1
+
+
+def test_observers_hear_start_end_and_rerun_only_when_attached() -> None:
+    core = up(1, slots=1, prefetch=0)
+    assert not of(submit(core, 10), I.Observe)
+    core.handle(E.ObserversChanged(True))
+    submit(core, 11)
+    out = core.handle(E.TasksDone(1, [(10, True, 0)], 1.0))
+    assert of(out, I.Observe) == [I.Observe("end", 10, 1, True), I.Observe("start", 11, 1)]
+    out = core.handle(E.NodeLost(1, LossCause.ULFM, 2.0))
+    assert I.Observe("rerun", 11, 1) in of(out, I.Observe)
+
+
+def test_shutdown_stops_placement_and_requeue() -> None:
+    core = up(2, replace_failed=True)
+    submit(core, 10)
+    core.handle(E.ShutdownBegun(1.0))
+    out = core.handle(E.NodeLost(1, LossCause.ULFM, 1.1))
+    assert of(out, I.NodeDown) and not of(out, I.RequestReplacement)
+    assert not of(submit(core, 11), I.Dispatch)
+    core.handle(E.NodeBye(2, 1.2))
+    assert core.nodes[2].state is NodeState.LEFT
+
+
+def test_a_task_state_is_an_enum() -> None:
+    core = up(1)
+    submit(core, 10)
+    assert core.tasks[10].state is TaskState.RUNNING
+    assert core.nodes[1].as_dict()["state"] == "alive"
