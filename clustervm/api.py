@@ -82,8 +82,8 @@ class CoordinatorAPI:
         self.submit(parent, fn_ref, args, kwargs, reply=reply)
 
     def api_spawn(self, reply: Reply, parent: int, fn_ref: str, args: tuple, kwargs: dict,
-                  count: int, where: Any, replay: bool = True) -> None:
-        reply(True, self.spawn(parent, fn_ref, args, kwargs, count, where, replay))
+                  count: int, where: Any, replay: bool = True, per: list | None = None) -> None:
+        reply(True, self.spawn(parent, fn_ref, args, kwargs, count, where, replay, per))
 
     def api_join(self, reply: Reply, tid: int) -> None:
         if tid in self.exits:
@@ -135,10 +135,10 @@ class CoordinatorAPI:
         rec_rank = 0 if tid == P.MAIN_TID else getattr(self.tasks.get(tid), "node", None)
         seq = 0   # events are not sequenced: deliver straight into the mailbox
         if rec_rank == 0:
-            self.mailbox(tid).put(P.ANY, tag, event, 0, seq)
+            self.mailbox(tid).put(P.SYSTEM, tag, event, 0, seq)
             self.transport.notify()
         elif rec_rank is not None:
-            self.transport.post(rec_rank, (P.USER, P.ANY, tid, tag, event, 0, 0))
+            self.transport.post(rec_rank, (P.USER, P.SYSTEM, tid, tag, event, 0, 0))
 
     # groups and the VM-wide mailbox live in groups.py; these forward to it
     def api_join_group(self, reply: Reply, name: str, tid: int) -> None:

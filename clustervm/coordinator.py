@@ -497,10 +497,17 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
     # -- spawned tasks ---------------------------------------------------------
 
     def spawn(self, parent: int, fn_ref: str, args: tuple, kwargs: dict, count: int,
-              where: Any = None, replay: bool = True) -> list[int]:
+              where: Any = None, replay: bool = True, per: list | None = None) -> list[int]:
+        """Start ``count`` spawned tasks; ``per`` (one argument list per instance, appended
+        to ``args``) gives each its own. The tids are consecutive: (first, count) are the
+        siblings every instance learns (ctx.siblings, ctx.rank)."""
+        if per is not None:
+            count = len(per)
         if count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
         wire.check_sendable(args, "args", allow_pickle=self.config.pickle)
+        if per is not None:
+            wire.check_sendable(per, "args", allow_pickle=self.config.pickle)
         wire.check_sendable(kwargs, "kwargs", allow_pickle=self.config.pickle)
         with self.lock:
             if self.fatal is not None:
@@ -508,13 +515,15 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             if not self._alive and not self._joining():
                 raise NoNodesError("no worker node is alive to spawn on")
             wset = self._resolve_where(where) if where is not None else None
-            tids = []
-            for _ in range(count):
+            tids: list[int] = []
+            for i in range(count):
                 tid = next(self._tids)
-                rec = TaskRecord(tid, SPAWNED, parent, fn_ref, args, kwargs)
+                own = args if per is None else (*args, *per[i])
+                rec = TaskRecord(tid, SPAWNED, parent, fn_ref, own, kwargs)
                 rec.where, rec.replay = (set(wset) if wset else None), replay
+                rec.siblings = (tids[0] if tids else tid, count)
                 if self.journal is not None:
-                    rec.digest = _digest(fn_ref, args, kwargs)
+                    rec.digest = _digest(fn_ref, own, kwargs)
                     if self._reuse(rec):
                         tids.append(tid)
                         continue
@@ -546,7 +555,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             self.transport.broadcast([m.rank for m in self._alive if m is n], loc)
         self._on_loc(0, loc)
         self.transport.post(n.rank, (P.SPAWN, rec.tid, rec.parent, rec.fn, rec.args, rec.kwargs,
-                                     rec.inc, ckpt, rec.replay))
+                                     rec.inc, ckpt, rec.replay, rec.siblings))
 
     def _on_exited(self, src: int, msg: Any) -> None:
         _, tid, inc, ok, value = msg

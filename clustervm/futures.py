@@ -21,13 +21,16 @@ class ClusterFuture(cf.Future):
         super().__init__()
         self._site = site
         self.tid = tid
+        self.looked = False      # result() or exception() was called (see VM.warn_unwaited)
 
     def result(self, timeout: float | None = None) -> Any:
+        self.looked = True
         if not self.done():
             self._site.wait(self.done, timeout, blocking=True)
         return super().result(timeout=0)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
+        self.looked = True
         if not self.done():
             self._site.wait(self.done, timeout, blocking=True)
         return super().exception(timeout=0)

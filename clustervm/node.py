@@ -220,13 +220,14 @@ class Node(Site):
     # -- spawned (long-lived) tasks -------------------------------------------
 
     def _on_spawn(self, src: int, msg: Any) -> None:
-        _, tid, parent, fn_ref, args, kwargs, inc, ckpt, replay = msg
+        _, tid, parent, fn_ref, args, kwargs, inc, ckpt, replay = msg[:9]
+        siblings = msg[9] if len(msg) > 9 else None      # (first tid, count) of its spawn
         old = self.live.get(tid)
         if old is not None:
             if old.inc >= inc:
                 return
             old.aborted = True
-        ctx = TaskContext(self, tid, parent, inc=inc)
+        ctx = TaskContext(self, tid, parent, inc=inc, siblings=siblings)
         if ckpt is not None:
             self._restore(ctx, ckpt)
         with self.lock:

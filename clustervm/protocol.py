@@ -15,7 +15,7 @@ HEARTBEAT = 5    # (HEARTBEAT, running)
 BYE = 6          # (BYE,)                                          node is leaving
 # coordinator -> node
 RUN = 10         # (RUN, [(tid, parent, fn, args, kwargs, state), ...])
-SPAWN = 11       # (SPAWN, tid, parent, fn, args, kwargs, inc, state, group, mailbox)
+SPAWN = 11       # (SPAWN, tid, parent, fn, args, kwargs, inc, ckpt, replay, siblings)
 KILL = 12        # (KILL, tid, inc)
 REPLY = 13       # (REPLY, reqid, ok, value)
 LOC = 14         # (LOC, [(tid, rank, inc), ...])                  where tasks live now
@@ -27,3 +27,4 @@ USER = 20        # (USER, src, dst, tag, data, src_inc, seq)
 COORDINATOR = 0  # rank of the coordinator
 MAIN_TID = 1     # tid of the application's main on the coordinator
 ANY = -1         # wildcard source / tag, as PVM's -1
+SYSTEM = -2      # source of notifications (vm.notify(..., tag=)); ANY never matches it

@@ -39,7 +39,7 @@ class TaskRecord:
     """One task of the VM, short or spawned."""
     __slots__ = ("tid", "kind", "parent", "fn", "args", "kwargs", "node", "state", "future",
                  "reply", "attempts", "where", "inc", "replay", "t_start", "t_ckpt", "joiners",
-                 "digest")
+                 "digest", "siblings")
 
     def __init__(self, tid: int, kind: int, parent: int, fn: str, args: Any, kwargs: Any) -> None:
         self.tid = tid
@@ -60,3 +60,5 @@ class TaskRecord:
         self.t_ckpt = 0.0
         self.joiners: list[Reply] = []
         self.digest = 0
+        #: a spawned task's spawn call: (first tid, count); its siblings are consecutive tids
+        self.siblings: tuple[int, int] | None = None

@@ -151,6 +151,7 @@ def start(main: Callable | None, config: Config, argv: list[str]) -> int:
     try:
         assert main is not None
         main(vm)
+        vm.warn_unwaited()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if not isinstance(exc.code, int) and exc.code is not None:

@@ -7,17 +7,28 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, NoReturn, Sequence
 
 from .errors import GroupError
-from .protocol import ANY, MAIN_TID
+from .protocol import ANY, MAIN_TID, SYSTEM
 
 if TYPE_CHECKING:
     from .site import Site
 
 
 class Message(NamedTuple):
-    """A received message: who sent it, with which tag, and what."""
+    """A received message: who sent it, with which tag, and what.
+
+    A notification (``vm.notify(..., tag=...)``) has ``source == clustervm.SYSTEM``
+    and its event dict as ``data``; ``kind`` names the event (None for user messages).
+    """
     source: int
     tag: int
     data: Any
+
+    @property
+    def kind(self) -> str | None:
+        """TASK_EXIT / NODE_DOWN / NODE_ADDED for a notification, None for a user message."""
+        if self.source == SYSTEM and isinstance(self.data, dict):
+            return self.data.get("kind")
+        return None
 
 
 class TaskExit(BaseException):
@@ -51,7 +62,9 @@ class Mailbox:
     def take(self, source: int, tag: int, remove: bool = True) -> Message | None:
         with self.lock:
             for i, item in enumerate(self.items):
-                if (source == ANY or item[0] == source) and (tag == ANY or item[1] == tag):
+                # ANY never matches a notification (source SYSTEM): only SYSTEM does
+                if (item[0] == source or source == ANY and item[0] >= 0) and \
+                        (tag == ANY or item[1] == tag):
                     if remove:
                         del self.items[i]
                     return Message(item[0], item[1], item[2])
@@ -75,10 +88,13 @@ class TaskContext:
     """
 
     def __init__(self, site: "Site", tid: int, parent: int | None, *, inc: int = 0,
-                 state: Any = None, seqs: dict | None = None) -> None:
+                 state: Any = None, seqs: dict | None = None,
+                 siblings: Sequence[int] | None = None) -> None:
         self._site = site
         self.tid = tid
         self.parent = parent
+        # (first tid, count) of the spawn call that started this task: tids are consecutive
+        self._sib = (int(siblings[0]), int(siblings[1])) if siblings else (tid, 1)
         self.inc = inc
         self._state = state
         self._ckpt_seq = 0 if seqs is None else seqs.get("ckpt", 0)
@@ -97,6 +113,23 @@ class TaskContext:
     @property
     def host(self) -> str:
         return self._site.host
+
+    @property
+    def siblings(self) -> list[int]:
+        """The tids of the tasks started by the same spawn call, in order (pvm_siblings);
+        ``[tid]`` for main and for short tasks. The same after a failover."""
+        first, count = self._sib
+        return list(range(first, first + count))
+
+    @property
+    def rank(self) -> int:
+        """This task's index among its siblings (0 for main and short tasks)."""
+        return self.tid - self._sib[0]
+
+    @property
+    def size(self) -> int:
+        """How many tasks the spawn call that started this one started (1 for main)."""
+        return self._sib[1]
 
     def _check(self) -> None:
         if self.aborted:
@@ -184,12 +217,18 @@ class TaskContext:
 
     # -- tasks ---------------------------------------------------------------
 
-    def spawn(self, fn: Callable, *args: Any, count: int = 1, where: Any = None,
-              **kwargs: Any) -> list[int]:
-        """Start ``count`` long-lived tasks running ``fn(ctx, *args, **kwargs)``; returns their tids."""
+    def spawn(self, fn: Callable, /, *common: Any, count: int | None = None, where: Any = None,
+              replay: bool = True, args: Sequence | None = None, **kwargs: Any) -> list[int]:
+        """Start long-lived tasks running ``fn(ctx, *common, **kwargs)``; returns their tids.
+
+        ``count`` instances (default 1), or one per item of ``args``: instance ``i`` runs
+        ``fn(ctx, *common, *args[i], **kwargs)`` (an item that is not a tuple is one
+        argument). Inside, ``ctx.siblings``, ``ctx.rank`` and ``ctx.size`` say which it is.
+        """
         self._check()
-        return self._site.call("spawn", self.tid, self._site.ref(fn), args, kwargs, count,
-                               where)
+        count, per = spawn_args(count, args)
+        return self._site.call("spawn", self.tid, self._site.ref(fn), common, kwargs, count,
+                               where, replay, per)
 
     def submit(self, fn: Callable, *args: Any, **kwargs: Any):
         """Run ``fn(*args, **kwargs)`` somewhere on the VM; returns a Future."""
@@ -315,6 +354,21 @@ class TaskContext:
 
     def del_info(self, name: str) -> None:
         self._site.call("del_info", name)
+
+
+def spawn_args(count: int | None, args: Sequence | None) -> tuple[int, list | None]:
+    """Check ``spawn``'s count= and args=: (the count, one argument list per instance)."""
+    if args is None:
+        return (1 if count is None else count), None
+    if isinstance(args, (str, bytes, dict)) or not hasattr(args, "__len__"):
+        raise TypeError(f"spawn(args=...) takes a list with one item per instance (a tuple of "
+                        f"arguments, or one argument), not {type(args).__name__}")
+    if count is not None and count != len(args):
+        raise ValueError(f"spawn got count={count} and {len(args)} argument tuples in args=; "
+                         f"give one of them (count is len(args))")
+    if not args:
+        raise ValueError("spawn(args=[]) starts no task: give at least one argument tuple")
+    return len(args), [list(a) if isinstance(a, tuple) else [a] for a in args]
 
 
 _OPS = ("sum", "prod", "min", "max")

@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from . import protocol as P
 from .futures import ClusterFuture, Executor, chunks, run_chunk
 from .progress import Progress
-from .task import Message
+from .task import Message, spawn_args
 
 if TYPE_CHECKING:
     from .coordinator import Coordinator
+
+log = logging.getLogger(__name__)
 
 
 class NodeView(NamedTuple):
@@ -67,6 +70,10 @@ class VM:
         self._ctx = coordinator.main_ctx
         self.argv = argv
         self._shared = 0
+        self._spawned: set[int] = set()       # tids main spawned (for warn_unwaited)
+        self._joined: set[int] = set()
+        self._futures: set[ClusterFuture] = set()   # main's futures not settled yet
+        self._warned = False
 
     # -- identity and state --------------------------------------------------
 
@@ -114,7 +121,7 @@ class VM:
 
         ``where`` (reserved keyword) pins the task to a node rank, a host name or a list.
         """
-        return self._c.submit(P.MAIN_TID, fn, args, kwargs, where)
+        return self._track(self._c.submit(P.MAIN_TID, fn, args, kwargs, where))
 
     def map(self, fn: Callable, *iterables: Iterable, chunksize: int = 1, ordered: bool = True,
             timeout: float | None = None, progress: bool | None = None,
@@ -128,12 +135,14 @@ class VM:
             raise ValueError(f"chunksize must be >= 1, got {chunksize}")
         end = None if timeout is None else time.monotonic() + timeout
         if chunksize == 1:
-            futs = [self._c.submit(P.MAIN_TID, fn, args, {}, where) for args in zip(*iterables)]
+            futs = [self._track(self._c.submit(P.MAIN_TID, fn, args, {}, where))
+                    for args in zip(*iterables)]
             sizes = None
         else:
             ref = self._c.ref(fn)
             blocks = list(chunks(iterables, chunksize))
-            futs = [self._c.submit(P.MAIN_TID, run_chunk, (ref, b), {}, where) for b in blocks]
+            futs = [self._track(self._c.submit(P.MAIN_TID, run_chunk, (ref, b), {}, where))
+                    for b in blocks]
             sizes = [len(b) for b in blocks]
         show = self._c.config.progress if progress is None else progress
         bar = Progress(sum(sizes) if sizes else len(futs), self._c) if show else None
@@ -176,6 +185,51 @@ class VM:
                 raise cf.TimeoutError("map: results not ready within the timeout")
             yield done.popleft()
 
+    def _track(self, fut: ClusterFuture) -> ClusterFuture:
+        """Remember ``fut`` until it succeeds, or until its error is looked at."""
+        self._futures.add(fut)
+        fut.add_done_callback(self._settled)
+        return fut
+
+    def _settled(self, fut: cf.Future) -> None:
+        if fut.cancelled() or cf.Future.exception(fut, 0) is None:   # not .looked
+            self._futures.discard(fut)
+
+    def warn_unwaited(self) -> str | None:
+        """Warn once (a log warning, with counts) about what main leaves behind unwaited:
+        futures not done yet, futures whose error nobody looked at, spawned tasks still
+        running and spawned tasks that failed without being joined. Called by the runtime
+        right after ``main`` returns; returns the warning, or None when all was waited for."""
+        if self._warned:
+            return None
+        self._warned = True
+        futs = list(self._futures)
+        pending = sum(1 for f in futs if not f.done())
+        failed = sum(1 for f in futs if f.done() and not f.cancelled() and not f.looked
+                     and cf.Future.exception(f, 0) is not None)
+        with self._c.lock:
+            running = sorted(t for t in self._spawned if t in self._c.tasks)
+            crashed = sorted(t for t in self._spawned - self._joined
+                             if not self._c.exits.get(t, (True,))[0])
+        parts = []
+        if pending:
+            parts.append(f"{pending} future(s) not done (their tasks are dropped)")
+        if failed:
+            parts.append(f"{failed} future(s) failed and nobody looked at the error")
+        if running:
+            parts.append(f"{len(running)} spawned task(s) still running (killed now): "
+                         f"tids {_few(running)}")
+        if crashed:
+            parts.append(f"{len(crashed)} spawned task(s) ended with an error nobody joined: "
+                         f"tids {_few(crashed)}")
+        if not parts:
+            return None
+        text = ("main returned with work never waited for: " + "; ".join(parts) +
+                ". Wait for futures (result(), vm.map, executor.shutdown()) and join spawned "
+                "tasks (vm.join) before main returns")
+        log.warning("%s", text)
+        return text
+
     def executor(self) -> Executor:
         """A ``concurrent.futures.Executor`` running on this VM."""
         return Executor(self)
@@ -189,14 +243,22 @@ class VM:
 
     # -- PVM-style tasks and messages ----------------------------------------
 
-    def spawn(self, fn: Callable, *args: Any, count: int = 1, where: Any = None,
-              replay: bool = True, **kwargs: Any) -> list[int]:
-        """Start ``count`` long-lived tasks ``fn(ctx, *args, **kwargs)``; returns their tids.
+    def spawn(self, fn: Callable, /, *common: Any, count: int | None = None, where: Any = None,
+              replay: bool = True, args: Sequence | None = None, **kwargs: Any) -> list[int]:
+        """Start long-lived tasks ``fn(ctx, *common, **kwargs)``; returns their tids.
 
+        ``count`` instances (default 1), or one per item of ``args``: instance ``i``
+        runs ``fn(ctx, *common, *args[i], **kwargs)`` (an item that is not a tuple is
+        one argument). Each instance has ``ctx.siblings`` (these tids, in order),
+        ``ctx.rank`` (its index) and ``ctx.size``, the same after a failover.
         ``replay=False`` switches off message logging for these tasks (faster for
         large messages; messages in flight to them may be lost on a failover).
         """
-        return self._c.spawn(P.MAIN_TID, self._c.ref(fn), args, kwargs, count, where, replay)
+        count, per = spawn_args(count, args)
+        tids = self._c.spawn(P.MAIN_TID, self._c.ref(fn), common, kwargs, count, where, replay,
+                             per)
+        self._spawned.update(tids)
+        return tids
 
     def send(self, tid: int, tag: int, obj: Any) -> None:
         self._ctx.send(tid, tag, obj)
@@ -215,6 +277,7 @@ class VM:
 
     def join(self, tid: int, timeout: float | None = None) -> Any:
         """Wait for spawned task ``tid``; its return value (or its exception, raised here)."""
+        self._joined.add(tid)
         return self._ctx.join(tid, timeout)
 
     def kill(self, tid: int) -> None:
@@ -226,8 +289,10 @@ class VM:
         """Be told of TASK_EXIT / NODE_DOWN / NODE_ADDED events (as pvm_notify).
 
         With ``callback`` it is called with the event dict (in the VM's progress
-        thread: keep it short); with ``tag`` each event arrives as a message with
-        that tag and source -1.
+        thread: keep it short); with ``tag`` each event arrives in main's mailbox as
+        a message with that tag and source ``clustervm.SYSTEM``: receive it with
+        ``recv(clustervm.SYSTEM, tag)`` (``recv(ANY, ...)`` never returns one); its
+        ``kind`` is the event's kind and ``data`` the event dict.
         """
         kinds = [kinds] if isinstance(kinds, str) else list(kinds)
         tids = None if tids is None else list(tids)
@@ -252,6 +317,10 @@ class VM:
         if name in _CTX_CALLS:
             return getattr(self._ctx, name)
         raise AttributeError(f"'VM' object has no attribute {name!r}")
+
+
+def _few(tids: list[int], n: int = 8) -> str:
+    return ", ".join(map(str, tids[:n])) + (", ..." if len(tids) > n else "")
 
 
 _CTX_CALLS = {"join_group", "leave_group", "group_size", "group_tids", "group_tid", "group_inst",

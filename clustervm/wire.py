@@ -542,12 +542,18 @@ def loads(
 # Functions by reference.
 
 
-def fn_ref(fn: Any) -> str:
-    """Return "module:qualname" naming a module-level function (or class, or classmethod).
+def fn_ref(fn: Any, *, allow_pickle: bool | None = None) -> str:
+    """Return "module:qualname" naming a module-level function (or class, staticmethod,
+    classmethod), or a compound reference (clustervm.refs) for ``functools.partial``,
+    a method bound to an instance and a callable instance, which carry their data.
 
-    Raises WireError for lambdas, nested functions/closures and bound methods of
-    instances: the receiver could not import them.
+    Raises WireError for lambdas and nested functions/closures (the receiver could
+    not import them), and for a compound whose data the wire cannot carry (unless
+    ``allow_pickle``; None: as the job's ``--pickle``).
     """
+    from . import refs
+    if refs.is_compound(fn):
+        return refs.compound_ref(fn, allow_pickle)
     owner = getattr(fn, "__self__", None)
     if owner is not None and not isinstance(owner, (type, ModuleType)):
         raise WireError(
@@ -590,7 +596,11 @@ def fn_ref(fn: Any) -> str:
 
 
 def resolve_ref(ref: str) -> Any:
-    """Import the module of a "module:qualname" ref and return the object it names."""
+    """Import the module of a "module:qualname" ref and return the object it names
+    (for a compound reference, a callable that rebuilds it: see clustervm.refs)."""
+    if ref.startswith("~"):
+        from . import refs
+        return refs.resolve_compound(ref)
     module, sep, qualname = ref.partition(":")
     if not sep or not module or not qualname:
         raise WireError(f"bad function reference {ref!r}: expected 'module:qualname'")

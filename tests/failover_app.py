@@ -159,12 +159,12 @@ def main(vm) -> None:
     if a.notify:
         msg_down, msg_exit = [], []
         while True:
-            m = vm.nrecv(-1, DOWN_TAG)
+            m = vm.nrecv(clustervm.SYSTEM, DOWN_TAG)
             if m is None:
                 break
             msg_down.append(m.data["rank"])
         while True:
-            m = vm.nrecv(-1, EXIT_TAG)
+            m = vm.nrecv(clustervm.SYSTEM, EXIT_TAG)
             if m is None:
                 break
             msg_exit.append(m.data["tid"])

@@ -530,17 +530,23 @@ def test_fn_ref_closure():
 
 
 def test_fn_ref_bound_method():
-    with pytest.raises(WireError, match="bound to an instance of .*Holder"):
-        wire.fn_ref(Holder().method)
-    with pytest.raises(WireError, match="bound to an instance"):
-        wire.fn_ref([].append)
+    # issue 15: methods bound to instances the wire can carry travel (instance as data)
+    assert wire.resolve_ref(wire.fn_ref(Holder().method))() == 1
+    assert wire.resolve_ref(wire.fn_ref([1, 2, 2].count))(2) == 2
+    held = Holder()
+    held.lock = threading.Lock()
+    with pytest.raises(WireError, match=r"attributes of the Holder instance.*_thread.lock.*\['lock'\]"):
+        wire.fn_ref(held.method, allow_pickle=False)
 
 
 def test_fn_ref_callable_instance():
     import functools
 
-    with pytest.raises(WireError, match="module-level name"):
-        wire.fn_ref(functools.partial(module_level, 1))
+    # issue 15: a partial of a named function travels with its bound arguments
+    assert wire.resolve_ref(wire.fn_ref(functools.partial(module_level, 1)))() == \
+        module_level(1)
+    with pytest.raises(WireError, match="lambda"):
+        wire.fn_ref(functools.partial(lambda x: x, 1), allow_pickle=False)
 
 
 def test_fn_ref_main_module_allowed(monkeypatch):

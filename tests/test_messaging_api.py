@@ -1,0 +1,65 @@
+"""Issue 15: the calls a message-passing programmer reaches for.
+
+One real job (tests/apps/messaging_app.py) runs every check; each test asserts on
+its ``CHECK`` line. Separate jobs run examples/cannon.py, undisturbed and with a
+node SIGKILLed mid-run.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import Checks, run_job
+
+APPS = Path(__file__).resolve().parent / "apps"
+
+pytestmark = pytest.mark.mpi
+
+
+@pytest.fixture(scope="module")
+def app():
+    return Checks(run_job([str(APPS / "messaging_app.py")], n=4, timeout=150))
+
+
+def test_job_ends_cleanly_and_warns_once_about_unwaited_work(app):
+    app.assert_clean_end()
+    err = app.result.err
+    assert err.count("main returned with work never waited for") == 1, err
+    assert "1 future(s) not done" in err and "1 spawned task(s) still running" in err, err
+
+
+def test_siblings_rank_size_and_per_instance_args(app):
+    c = app["siblings"]
+    assert [r["rank"] for r in c["same"]] == [0, 1, 2]
+    assert all(r["siblings"] == c["same_tids"] and r["size"] == 3 and r["a"] == 7
+               and r["k"] == 1 for r in c["same"])
+    assert [(r["a"], r["b"]) for r in c["own"]] == [(1, "x"), (2, "y"), (3, None)]
+    assert all(r["siblings"] == c["own_tids"] and r["k"] == 2 for r in c["own"])
+    assert [r["rank"] for r in c["own"]] == [0, 1, 2]
+    nested = c["nested"]
+    assert [(r["rank"], r["a"], r["size"]) for r in nested["got"]] == [(0, "p", 2), (1, "q", 2)]
+    assert c["main"] == [0, 1, [1]]
+    assert c["errors"]["mismatch"].startswith("ValueError: spawn got count=2 and 1")
+    assert c["errors"]["empty"].startswith("ValueError")
+    assert c["errors"]["not_list"].startswith("TypeError")
+
+
+def test_notifications_have_source_system_and_a_kind(app):
+    c = app["notify"]
+    assert c["SYSTEM"] != c["ANY"]
+    assert c["first"] == [1, 50, "user", None]           # recv(ANY, ANY) skipped the event
+    assert c["note"] == [c["SYSTEM"], 50, "TASK_EXIT", True]
+    assert c["none_left"]
+
+
+def test_executor_takes_partials_methods_and_callables(app):
+    c = app["executor"]
+    assert c["partial"] == [x * 3 + 1 for x in range(4)]
+    assert c["bound"] == [x * 5 for x in range(4)]        # a fresh instance per task
+    assert c["static"] == [0, 2, 4]
+    assert c["classmethod"] == ["Scaler:0", "Scaler:1"]
+    assert c["callable"] == -8
+    assert c["list_method"] == 2
+    assert c["chunked"] == [x + 10 for x in range(5)]
+    assert c["lambda"].startswith("WireError: cannot send lambda")
