@@ -11,12 +11,14 @@ from .errors import (CheckpointError, ClusterVMError, ConfigError, CorruptCheckp
                      RemoteError, RemoteTraceback, UnknownTaskError, WireError)
 from .events import NODE_ADDED, NODE_DOWN, TASK_EXIT
 from .protocol import ANY, SYSTEM
+from .requests import Request, testall, testany, waitall, waitany, waitsome
 from .task import Message, TaskContext, TaskExit
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ANY", "SYSTEM", "TASK_EXIT", "NODE_DOWN", "NODE_ADDED", "Message", "TaskContext", "TaskExit",
+    "ANY", "SYSTEM", "Request", "waitall", "waitany", "waitsome", "testall", "testany",
+    "TASK_EXIT", "NODE_DOWN", "NODE_ADDED", "Message", "TaskContext", "TaskExit",
     "context", "run", "ClusterVMError", "CheckpointError", "ConfigError",
     "CorruptCheckpointError", "DeadTaskError", "GroupError", "HostfileError", "NodeLostError",
     "NoNodesError", "RemoteError", "RemoteTraceback", "UnknownTaskError", "WireError",

@@ -10,6 +10,7 @@ from .errors import GroupError
 from .protocol import ANY, MAIN_TID, SYSTEM
 
 if TYPE_CHECKING:
+    from .requests import Request
     from .site import Site
 
 
@@ -160,10 +161,13 @@ class TaskContext:
         self._check()
         box = self.mailbox
         got: list[Message] = []
+        posted = self.__dict__.get("_posted")
 
         def ready() -> bool:
             if self.aborted:
                 return True
+            if posted:
+                self._match_posted()          # receives posted earlier match first
             m = box.take(source, tag)
             if m is not None:
                 got.append(m)
@@ -180,13 +184,49 @@ class TaskContext:
         """Receive a matching message if one is there; None otherwise (pvm_nrecv)."""
         self._check()
         self._site.progress()
+        self._match_posted()
         return self.mailbox.take(source, tag)
 
     def probe(self, source: int = ANY, tag: int = ANY) -> bool:
         """True if a matching message is waiting (it stays in the mailbox)."""
         self._check()
         self._site.progress()
+        self._match_posted()
         return self.mailbox.take(source, tag, remove=False) is not None
+
+    # -- non-blocking messages (clustervm.requests) -----------------------------
+
+    def isend(self, tid: int, tag: int, obj: Any) -> "Request":
+        """Post ``obj`` to task ``tid`` without waiting for it to leave; a Request.
+
+        With message logging (the default) the message sent is a copy taken now:
+        change ``obj`` freely once this returns. For tasks spawned with
+        ``replay=False`` the arrays of ``obj`` are sent in place: as with MPI's
+        Isend, leave them unchanged until the request is done."""
+        from .requests import isend
+        return isend(self, tid, tag, obj)
+
+    def irecv(self, source: int = ANY, tag: int = ANY) -> "Request":
+        """Post a receive; ``req.wait()`` gives the Message. Receives are matched in
+        the order they were posted (blocking ``recv`` included)."""
+        from .requests import irecv
+        return irecv(self, source, tag)
+
+    def sendrecv(self, dest: int, sendtag: int, obj: Any, source: int = ANY,
+                 recvtag: int = ANY, timeout: float | None = None) -> Message:
+        """Send ``obj`` to ``dest`` and receive a message from ``source`` at the same time
+        (a shift on a ring cannot deadlock); the received Message."""
+        from .requests import isend
+        req = isend(self, dest, sendtag, obj)
+        msg = self.recv(source, recvtag, timeout)
+        req.wait(timeout)
+        return msg
+
+    def _match_posted(self) -> None:
+        """Let the posted receive requests take their messages, in posting order."""
+        posted = self.__dict__.get("_posted")
+        if posted:
+            posted[:] = [r for r in posted if not r._done and not r._match()]
 
     def exit(self, value: Any = None) -> NoReturn:
         """End this task now, reporting ``value`` to its parent."""

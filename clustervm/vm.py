@@ -323,6 +323,6 @@ def _few(tids: list[int], n: int = 8) -> str:
     return ", ".join(map(str, tids[:n])) + (", ..." if len(tids) > n else "")
 
 
-_CTX_CALLS = {"join_group", "leave_group", "group_size", "group_tids", "group_tid", "group_inst",
+_CTX_CALLS = {"isend", "irecv", "sendrecv", "join_group", "leave_group", "group_size", "group_tids", "group_tid", "group_inst",
               "barrier", "bcast", "reduce", "allreduce", "gather", "allgather",
               "freeze_group", "group_on_mpi", "put_info", "get_info", "del_info"}

@@ -63,3 +63,24 @@ def test_executor_takes_partials_methods_and_callables(app):
     assert c["list_method"] == 2
     assert c["chunked"] == [x + 10 for x in range(5)]
     assert c["lambda"].startswith("WireError: cannot send lambda")
+
+
+def test_nonblocking_requests_and_sendrecv(app):
+    c = app["requests"]
+    tids = c["tids"]
+    for r in c["ring"]:
+        me = r["rank"]
+        assert r["shifted"] == 10 * ((me - 1) % 3)
+        # the senders overwrote their arrays right after isend: the copies left
+        assert r["from_left"] == (me - 1) % 3 and r["from_right"] == (me + 1) % 3
+        assert r["sources"] == [tids[(me - 1) % 3], tids[(me + 1) % 3]]
+        assert r["send_done"] == [True, True]
+    assert c["order"] == ["b", "a"]                  # matched in posting order
+    assert c["recv_after_irecv"] == ["y", "x"]
+    assert c["test_before"] == [False, None]
+    assert c["timeout"].startswith("TimeoutError: wait: 1 of 1 request(s) not complete")
+    assert c["cancel"] == [True, True, None, False]
+    assert c["late_stays"] == "late"
+    assert c["waitany"] == [[0, 0], [1, 1], [2, 2]]
+    assert c["waitsome"] == [[1], ["s"], [None, False]]
+    assert c["testall"] == [True, True, "t"]

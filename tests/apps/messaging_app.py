@@ -133,6 +133,69 @@ def check_executor(vm):
     return out
 
 
+# -- 2. non-blocking point to point ----------------------------------------------------
+
+def ring(ctx, big):
+    n, me = ctx.size, ctx.rank
+    right, left = ctx.siblings[(me + 1) % n], ctx.siblings[(me - 1) % n]
+    shifted = ctx.sendrecv(right, PING, me * 10, source=left, recvtag=PING).data
+    arr = np.full(big, me, dtype=np.float64)
+    rs = [ctx.irecv(left, HALO), ctx.irecv(right, HALO)]
+    ss = [ctx.isend(right, HALO, arr), ctx.isend(left, HALO, arr)]
+    arr[:] = -1                    # at once: the logged copy is what leaves
+    got = clustervm.waitall(rs, timeout=30)
+    clustervm.waitall(ss, timeout=30)
+    return {"rank": me, "shifted": shifted, "from_left": float(got[0].data.mean()),
+            "from_right": float(got[1].data.mean()), "sources": [got[0].source, got[1].source],
+            "send_done": [s.done for s in ss]}
+
+
+def check_requests(vm):
+    tids = vm.spawn(ring, 1 << 18, count=3)
+    rings = [vm.join(t) for t in tids]
+    out = {"tids": tids, "ring": rings}
+    me = vm.tid
+    # posting order: the first posted receive takes the first message
+    r1, r2 = vm.irecv(ANY, 60), vm.irecv(ANY, 60)
+    vm.send(me, 60, "a")
+    vm.send(me, 60, "b")
+    out["order"] = [r2.wait(timeout=10).data, r1.wait(timeout=10).data]
+    r3 = vm.irecv(me, 61)
+    vm.send(me, 61, "x")
+    vm.send(me, 61, "y")
+    out["recv_after_irecv"] = [vm.recv(me, 61, timeout=10).data, r3.wait(timeout=10).data]
+    # test, timeout, cancel
+    r4 = vm.irecv(me, 62)
+    out["test_before"] = list(r4.test())
+    try:
+        r4.wait(timeout=0.2)
+        out["timeout"] = "no error"
+    except TimeoutError as exc:
+        out["timeout"] = f"TimeoutError: {exc}"
+    out["cancel"] = [r4.cancel(), r4.cancelled, r4.wait(timeout=1), r4.cancel()]
+    vm.send(me, 62, "late")
+    out["late_stays"] = vm.recv(me, 62, timeout=10).data
+    # waitany / waitsome hand each request out once
+    reqs = [vm.irecv(me, 70 + i) for i in range(3)]
+    for i in (2, 0, 1):
+        vm.isend(me, 70 + i, i).wait(timeout=10)
+    order = []
+    while True:
+        i, m = clustervm.waitany(reqs, timeout=10)
+        if i is None:
+            break
+        order.append([i, m.data])
+    out["waitany"] = sorted(order)
+    reqs = [vm.irecv(me, 80 + i) for i in range(2)]
+    vm.send(me, 81, "s")
+    idx, vals = clustervm.waitsome(reqs, timeout=10)
+    out["waitsome"] = [idx, [v.data for v in vals], list(clustervm.testany(reqs)[:2])]
+    vm.send(me, 80, "t")
+    out["testall"] = [clustervm.testall(reqs)[0] or clustervm.waitall(reqs, 10) is not None,
+                      clustervm.waitsome(reqs) == ([], []), reqs[0].wait().data]
+    return out
+
+
 # -- 7. left unwaited on purpose -------------------------------------------------------
 
 def sleeper(ctx, s):
@@ -148,6 +211,7 @@ CHECKS = [
     ("siblings", check_siblings),
     ("notify", check_notify),
     ("executor", check_executor),
+    ("requests", check_requests),
 ]
 
 
