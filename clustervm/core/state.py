@@ -21,7 +21,7 @@ from typing import Any, Callable
 from ..errors import NoNodesError
 from . import events as E
 from . import instructions as I
-from .enums import FINAL, LossCause, NodeState, TaskKind, TaskState
+from .enums import LossCause, NodeState, TaskKind, TaskState
 
 #: How long a node started with MPI_Comm_spawn has to say hello.
 SPAWN_HELLO_S = 30.0
@@ -539,8 +539,9 @@ class Core:
 
     def _finish(self, t: Task, ok: bool, value: Any, packed: bool = True) -> None:
         """A task is over: deliver its outcome once, journal it, drop its checkpoints."""
-        if t.state in FINAL:
-            return
+        state = t.state
+        if state is not _RUNNING and state is not _PENDING:
+            return            # over already (identity tests: an Enum's hash is slow)
         tid = t.tid
         t.state = TaskState.DONE if ok else TaskState.ERROR
         self.tasks.pop(tid, None)
