@@ -17,6 +17,13 @@ and shape with sum/prod/min/max, ``Iallreduce`` / ``Ireduce`` straight on the
 arrays. Reductions of anything else combine the gathered values in instance
 order with the hub's code, so results are the same on both paths.
 
+alltoall, reduce_scatter, scan and exscan gather every member's value the same
+way (``Iallgatherv``) and each member computes its own answer with the hub's
+code (``groups.combine``): the same results as on the hub, at MPI speed for
+small values; alltoall moves every member's whole list to every member (n
+times what an MPI alltoallv moves), so for large per-destination data prefer
+point to point (``isend``/``irecv``).
+
 Failure: a member polls its request and, meanwhile, watches for a member
 whose node is lost (MPI error from ULFM, or the coordinator moving or ending
 that member). Then it revokes the communicator (ULFM), so no member stays
@@ -38,6 +45,7 @@ from mpi4py import MPI
 
 from . import wire
 from .errors import GroupError
+from .groups import VECTOR_OPS, combine
 
 if TYPE_CHECKING:
     from .site import Site
@@ -47,7 +55,7 @@ SLOT = 256                          # bytes per member in the first exchange
 _HDR = struct.Struct("<8q")         # op, root, count, fn hash, flags, meta len, bufs len, spare
 _ROOM = SLOT - _HDR.size
 _OPS = {"barrier": 1, "bcast": 2, "reduce": 3, "allreduce": 4, "gather": 5, "allgather": 6,
-        "scatter": 7}
+        "scatter": 7, "alltoall": 8, "reduce_scatter": 9, "scan": 10, "exscan": 11}
 _NAMES = {v: k for k, v in _OPS.items()}
 _HAS_VALUE, _META_INLINE, _BUFS_INLINE, _FAST, _RAW, _FAILED = 1, 2, 4, 8, 16, 32
 _UFUNCS = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maximum}
@@ -139,6 +147,8 @@ class FrozenGroup:
         values = self._everyone(hdrs, slots, op, bufs, meta)
         if op == "allgather":
             return values
+        if op in VECTOR_OPS:      # computed by every member from everyone's value
+            return combine(op, self.name, values, self.insts, fn, self.site)[self.me]
         if op == "gather":
             return values if self.me == root_pos else None
         from .groups import _reduce
@@ -148,7 +158,7 @@ class FrozenGroup:
     def _prepare(self, op: str, value: Any, count: Any, root: Any, fn: str | None) -> tuple:
         """This member's slot (and its value's meta and buffers when they do not fit)."""
         has_value = (op in ("bcast", "scatter") and root == self.insts[self.me]) or \
-            op in ("reduce", "allreduce", "gather", "allgather")
+            op in ("reduce", "allreduce", "gather", "allgather", *VECTOR_OPS)
         slot = np.zeros(SLOT, np.uint8)
         meta = head = None
         bufs: list = []

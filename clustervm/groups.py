@@ -277,6 +277,10 @@ class Groups:
             if op == "allgather":
                 return {t: (True, values) for t in parts}
             return {t: (True, values if t == root_tid else None) for t in parts}
+        if op in VECTOR_OPS:
+            answers = combine(op, name, [parts[t][0] for t in ordered],
+                              [inst_of[t] for t in ordered], any_part[3], self.coord)
+            return {t: (True, a) for t, a in zip(ordered, answers)}
         if op == "scatter":
             values = parts[root_tid][0]
             if values is None or len(values) < len(ordered):
@@ -334,6 +338,52 @@ class Groups:
                     self._fail_round(name, round_no, GroupError(
                         f"{rnd.op} on group {name!r} cannot complete: member task(s) {lost} "
                         f"were lost with node {rank} and cannot be restarted"))
+
+
+#: Collectives where every member gets its own answer computed from everyone's value
+#: (the hub computes them; a frozen group gathers the values and computes them locally).
+VECTOR_OPS = ("alltoall", "reduce_scatter", "scan", "exscan")
+
+
+def combine(op: str, name: str, values: list, insts: list[int], fn: Any, resolver: Any) -> list:
+    """Each member's answer to ``op`` given every member's value, both in instance order
+    (``insts`` are the members' instance numbers): alltoall, reduce_scatter, scan, exscan.
+
+    For alltoall and reduce_scatter a member's value is a sequence indexed by instance
+    number (item ``i`` goes to instance ``i``); alltoall gives each member a list indexed
+    by instance number (None for a free instance)."""
+    width = max(insts) + 1
+    if op in ("alltoall", "reduce_scatter"):
+        for inst, v in zip(insts, values):
+            try:
+                size = len(v)
+            except TypeError:
+                size = -1
+            if size < width:
+                raise GroupError(
+                    f"{op} on group {name!r}: instance {inst} gave "
+                    f"{'a ' + type(v).__name__ if size < 0 else f'{size} item(s)'}; every "
+                    f"member gives a list with one item per instance ({width}: item i goes to "
+                    f"instance i)")
+    if op == "alltoall":
+        out = []
+        for me in insts:
+            row: list = [None] * width
+            for inst, v in zip(insts, values):
+                row[inst] = v[me]
+            out.append(row)
+        return out
+    if op == "reduce_scatter":
+        return [_reduce([v[me] for v in values], fn, resolver) for me in insts]
+    # scan / exscan: prefix reductions in instance order
+    prefix: list = []
+    acc: Any = None
+    for i, v in enumerate(values):
+        acc = v if i == 0 else _reduce([acc, v], fn, resolver)
+        prefix.append(acc)
+    if op == "scan":
+        return prefix
+    return [None] + prefix[:-1]
 
 
 def _own(tid: int, answer: tuple[bool, Any]) -> tuple[bool, Any]:

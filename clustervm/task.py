@@ -364,6 +364,31 @@ class TaskContext:
         """Member ``i`` gets ``values[i]`` of the root's list."""
         return self._collective("scatter", name, values, None, root, None, timeout)
 
+    def alltoall(self, name: str, values: Sequence, timeout: float | None = None) -> list:
+        """Member ``i`` sends ``values[j]`` to the member with instance ``j`` and gets the
+        list (by instance) of what each member sent it. Items may differ in size and
+        kind from member to member and destination to destination (MPI's alltoallv)."""
+        return self._collective("alltoall", name, list(values), None, None, None, timeout)
+
+    def reduce_scatter(self, name: str, values: Sequence, op: Any = "sum",
+                       timeout: float | None = None) -> Any:
+        """Item ``i`` of every member's ``values``, combined with ``op``, goes to instance
+        ``i`` (MPI_Reduce_scatter_block; an item may be a numpy array)."""
+        if not isinstance(values, list):
+            values = list(values)
+        return self._collective("reduce_scatter", name, values, None, None, op, timeout)
+
+    def scan(self, name: str, value: Any, op: Any = "sum", timeout: float | None = None) -> Any:
+        """Inclusive prefix: the values of instances up to and including this one,
+        combined with ``op`` in instance order."""
+        return self._collective("scan", name, value, None, None, op, timeout)
+
+    def exscan(self, name: str, value: Any, op: Any = "sum",
+               timeout: float | None = None) -> Any:
+        """Exclusive prefix: the values of the instances before this one combined with
+        ``op``; None for the first instance."""
+        return self._collective("exscan", name, value, None, None, op, timeout)
+
     def _collective(self, op: str, name: str, value: Any, count: Any, root: Any, fn: Any,
                     timeout: float | None) -> Any:
         self._check()
@@ -376,8 +401,12 @@ class TaskContext:
         if frozen and name in frozen:
             return frozen[name].call(op, value, count, root, fn_ref, timeout)
         self._coll[name] = round_no + 1
-        return self._site.call("collective", op, name, self.tid, value, count, root, fn_ref,
-                               round_no, timeout=timeout)
+        try:
+            return self._site.call("collective", op, name, self.tid, value, count, root,
+                                   fn_ref, round_no, timeout=timeout)
+        except TimeoutError:
+            raise TimeoutError(f"{op} on group {name!r}: not every member took part within "
+                               f"{timeout} s (task {self.tid}, round {round_no})") from None
 
     # -- VM-wide mailbox (pvm_putinfo / pvm_recvinfo) -------------------------
 

@@ -325,4 +325,5 @@ def _few(tids: list[int], n: int = 8) -> str:
 
 _CTX_CALLS = {"isend", "irecv", "sendrecv", "join_group", "leave_group", "group_size", "group_tids", "group_tid", "group_inst",
               "barrier", "bcast", "reduce", "allreduce", "gather", "allgather",
+              "alltoall", "reduce_scatter", "scan", "exscan",
               "freeze_group", "group_on_mpi", "put_info", "get_info", "del_info"}

@@ -84,3 +84,40 @@ def test_nonblocking_requests_and_sendrecv(app):
     assert c["waitany"] == [[0, 0], [1, 1], [2, 2]]
     assert c["waitsome"] == [[1], ["s"], [None, False]]
     assert c["testall"] == [True, True, "t"]
+
+
+@pytest.mark.parametrize("group", ["hub", "fz"])
+def test_alltoall_reduce_scatter_scan_exscan(app, group):
+    c = app["collectives"]
+    members = c[group]
+    n = len(members)
+    assert sorted(m["inst"] for m in members) == list(range(n))
+    for m in members:
+        me = m["inst"]
+        assert m["on_mpi"] is (True if group == "fz" else None)
+        assert m["alltoall"] == [f"{j}->{me}" for j in range(n)]
+        assert m["alltoallv"] == [j + me for j in range(n)]          # sizes differ: alltoallv
+        assert m["reduce_scatter"] == sum(j * 10 + me for j in range(n))
+        assert m["reduce_scatter_np"] == [float(2 * me * n), float((2 * me + 1) * n)]
+        assert m["scan"] == sum(range(1, me + 2))
+        assert m["exscan"] == (None if me == 0 else sum(range(1, me + 1)))
+        assert m["scan_prod"] == __import__("math").prod(range(2, me + 3))
+        assert m["scan_np"] == [sum(range(me + 1))] * 3
+        assert m["short"].startswith(f"GroupError: alltoall on group '{group}': instance 0 gave 1")
+
+
+def test_collective_timeout(app):
+    assert app["collectives"]["timeout"].startswith(
+        "TimeoutError: scan on group 'solo': not every member took part within 0.3 s")
+
+
+def test_combine_unit():
+    """The shared computation of the four new collectives, without MPI (gaps included)."""
+    from clustervm.groups import combine
+
+    vals = [[f"{i}{j}" for j in range(4)] for i in (0, 1, 3)]
+    assert combine("alltoall", "g", vals, [0, 1, 3], None, None) == [
+        ["00", "10", None, "30"], ["01", "11", None, "31"], ["03", "13", None, "33"]]
+    assert combine("scan", "g", [1, 2, 3], [0, 1, 2], "sum", None) == [1, 3, 6]
+    assert combine("exscan", "g", [1, 2, 3], [0, 1, 2], "max", None) == [None, 1, 2]
+    assert combine("reduce_scatter", "g", [[1, 2], [3, 4]], [0, 1], "prod", None) == [3, 8]

@@ -196,6 +196,65 @@ def check_requests(vm):
     return out
 
 
+# -- 3. the new collectives, on a hub group and on a frozen one -------------------------
+
+def collectives(ctx, group, n, freeze):
+    me = ctx.join_group(group)
+    ctx.barrier(group, count=n)
+    on_mpi = None
+    if freeze:
+        ctx.freeze_group(group, timeout=60)
+        on_mpi = ctx.group_on_mpi(group)
+    r = {"inst": me, "on_mpi": on_mpi}
+    r["alltoall"] = ctx.alltoall(group, [f"{me}->{j}" for j in range(n)], timeout=60)
+    v = ctx.alltoall(group, [np.arange(me + j, dtype=np.int64) for j in range(n)])
+    r["alltoallv"] = [len(a) for a in v]
+    r["reduce_scatter"] = ctx.reduce_scatter(group, [me * 10 + j for j in range(n)], timeout=60)
+    a = ctx.reduce_scatter(group, np.arange(n * 2, dtype=np.float64).reshape(n, 2) * (me + 1),
+                           op="max")
+    r["reduce_scatter_np"] = a.tolist()
+    r["scan"] = ctx.scan(group, me + 1, timeout=60)
+    r["exscan"] = ctx.exscan(group, me + 1)
+    r["scan_prod"] = ctx.scan(group, me + 2, op="prod")
+    r["scan_np"] = ctx.scan(group, np.full(3, me, dtype=np.int32)).tolist()
+    try:
+        ctx.alltoall(group, [1])
+        r["short"] = "no error"
+    except Exception as exc:   # noqa: BLE001
+        r["short"] = f"{type(exc).__name__}: {exc}"
+    ctx.barrier(group)
+    return r
+
+
+def lonely(ctx):
+    ctx.join_group("solo")
+    ctx.recv(ctx.parent, STOP)
+    ctx.leave_group("solo")
+
+
+def check_collectives(vm):
+    n = 4
+    out = {}
+    for group, freeze in (("hub", False), ("fz", True)):
+        # one member per node (main is rank 0), so the frozen group runs on MPI
+        tids = [vm.spawn(collectives, group, n, freeze, where=r)[0] for r in (1, 2, 3)]
+        mine = collectives(vm.context, group, n, freeze)
+        out[group] = [mine] + [vm.join(t) for t in tids]
+        vm.leave_group(group)
+    [t] = vm.spawn(lonely)
+    vm.join_group("solo")
+    while vm.group_size("solo") < 2:
+        time.sleep(0.01)
+    try:
+        vm.scan("solo", 1, timeout=0.3)
+        out["timeout"] = "no error"
+    except TimeoutError as exc:
+        out["timeout"] = f"TimeoutError: {exc}"
+    vm.send(t, STOP, None)
+    vm.join(t)
+    return out
+
+
 # -- 7. left unwaited on purpose -------------------------------------------------------
 
 def sleeper(ctx, s):
@@ -212,6 +271,7 @@ CHECKS = [
     ("notify", check_notify),
     ("executor", check_executor),
     ("requests", check_requests),
+    ("collectives", check_collectives),
 ]
 
 
