@@ -6,11 +6,13 @@ node SIGKILLed mid-run.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from conftest import Checks, run_job
+from test_failover import ckpt_files, lost_ranks, report, wait_until
 
 APPS = Path(__file__).resolve().parent / "apps"
 
@@ -121,3 +123,34 @@ def test_combine_unit():
     assert combine("scan", "g", [1, 2, 3], [0, 1, 2], "sum", None) == [1, 3, 6]
     assert combine("exscan", "g", [1, 2, 3], [0, 1, 2], "max", None) == [None, 1, 2]
     assert combine("reduce_scatter", "g", [[1, 2], [3, 4]], [0, 1], "prod", None) == [3, 8]
+
+
+# -- examples/cannon.py ---------------------------------------------------------------
+
+CANNON = str(Path(__file__).resolve().parents[1] / "examples" / "cannon.py")
+
+
+def test_cannon_matches_numpy():
+    res = run_job([CANNON, "--n", "96", "--grid", "3"], n=4, timeout=90)
+    assert res.rc == 0, f"rc {res.rc}\n{res.out}\n{res.err}"
+    line = res.line("cannon ok=")
+    assert re.fullmatch(r"cannon ok=True n=96 grid=3 maxdiff=\S+", line), line
+    assert float(line.rsplit("=", 1)[1]) < 1e-9
+
+
+def test_cannon_with_a_node_killed_mid_run(job, tmp_path):
+    """A node SIGKILLed after the first step's checkpoints: its tasks restart from them
+    (same rank and siblings), the replayed blocks complete their requests once."""
+    ck = tmp_path / "ck"
+    j = job([CANNON, "--n", "48", "--grid", "3", "--step-ms", "700"], n=4, timeout=120,
+            run_args=["--checkpoint-dir", str(ck)])
+    wait_until(lambda: len(ckpt_files(ck)) >= 9, "the first step's checkpoints", j)
+    j.kill_rank(2)
+    res = j.wait()
+    assert res.rc == 0, f"rc {res.rc}\n{res.out}\n{res.err}"
+    line = res.line("cannon ok=")
+    assert re.fullmatch(r"cannon ok=True n=48 grid=3 maxdiff=\S+", line), line
+    rep = report(res)
+    assert lost_ranks(rep) == {2}, rep
+    m = re.search(r"(\d+) restored", rep)
+    assert m and int(m.group(1)) >= 1, rep
