@@ -38,6 +38,7 @@ docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 test: $(STAMP) browser-deps
+	sh tests/slurm_setup.sh   # Debian's Slurm and munge for tests/test_slurm.py (else they skip)
 	$(PY) -m pytest -q
 	bash tests/run_mpich.sh     # the core tests again on MPICH (heartbeat-only detection)
 

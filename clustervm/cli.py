@@ -303,6 +303,11 @@ def _setup_logging(name: str) -> None:
 
 
 def _run_app(path: str, args: list[str]) -> int:
+    from .slurm import direct_launch_error
+    problem = direct_launch_error()   # srun without a PMI: every task would run alone
+    if problem:
+        print(f"{PROG}: error: {problem}", file=sys.stderr)
+        return USAGE_ERROR
     try:
         from .runtime import run_app
     except ModuleNotFoundError as e:

@@ -1,0 +1,20 @@
+#!/bin/sh
+# Debian's Slurm and munge for tests/test_slurm.py (the Makefile's `test` runs this).
+# As root with apt-get: installs what is missing. Otherwise says that those tests skip.
+# libpmix-dev: Slurm's mpi/pmix plugin loads libpmix.so (the unversioned name only the -dev
+# package provides); without it `srun --mpi=pmix` fails and the direct-launch test skips.
+set -e
+need=""
+command -v slurmctld >/dev/null 2>&1 && command -v slurmd >/dev/null 2>&1 \
+  && command -v sbatch >/dev/null 2>&1 || need="$need slurm-wlm"
+command -v munged >/dev/null 2>&1 || need="$need munge"
+for lib in /usr/lib/*/pmix2/lib/libpmix.so; do
+  [ -e "$lib" ] || need="$need libpmix-dev"
+done
+[ -n "$need" ] || exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
+else
+  echo "tests/slurm_setup.sh:$need missing and not root with apt-get: the Slurm tests will skip"
+fi
