@@ -13,7 +13,8 @@ authors). The HTML comment, if any, is on the line right before the opening fenc
   venv's) and Open MPI's run-as-root and oversubscribe variables set, bounded.
 * ```` ```text ```` is output or a listing and is not run. ``<!-- output -->`` before
   it makes it expected output: its non-empty lines must appear, in order, among the
-  lines of the stdout of the block run just before it.
+  lines of the stdout of the block run just before it; ``...`` in a line matches
+  anything (paths, pids).
 * ``<!-- no-run: reason -->`` before a python or sh block skips it; the reason is
   required (e.g. it needs a cluster, Slurm, or root and a firewall).
 * Fences without a language, or with another one, are errors: say what the block is.
@@ -129,6 +130,8 @@ def _sh_env() -> dict:
                    "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
                    "OMPI_MCA_btl": "^ofi",
                    "PYTHONPATH": str(ROOT)})
+    if "CLUSTERVM_LOG_LEVEL" not in os.environ:
+        env.pop("CLUSTERVM_LOG_LEVEL", None)     # job_env's default: not in what the page shows
     return env
 
 
@@ -146,17 +149,26 @@ def _run(cmd: list[str], cwd: Path, what: str) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
+def _line_matcher(line: str):
+    """An expected output line; ``...`` in it stands for anything (paths, pids, times)."""
+    if "..." not in line:
+        return lambda have: have == line
+    pattern = re.compile(".*".join(re.escape(part) for part in line.split("...")) + "$")
+    return lambda have: pattern.match(have) is not None
+
+
 def _expect(expected: Block, out: str, previous: Block | None) -> None:
     want = [ln.strip() for ln in expected.code.splitlines() if ln.strip()]
     have = [ln.strip() for ln in out.splitlines()]
     pos = 0
     for line in want:
-        try:
-            pos = have.index(line, pos) + 1
-        except ValueError:
+        match = _line_matcher(line)
+        hit = next((i for i in range(pos, len(have)) if match(have[i])), None)
+        if hit is None:
             src = previous.where if previous else "nothing"
             pytest.fail(f"{expected.where}: expected output line {line!r} not printed (in "
                         f"order) by the block at {src}; it printed:\n{out}")
+        pos = hit + 1
 
 
 @pytest.mark.mpi
@@ -216,27 +228,50 @@ def test_mkdocs_build_strict(tmp_path):
         assert f'id="{name}"' in api, f"the API reference lost {name}"
 
 
-def test_configuration_page_lists_every_config_field():
-    """docs/configuration.md's table has one row per Config field: variable, type, default."""
+def _default_text(value) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def test_configuration_page_lists_every_variable():
+    """docs/configuration.md has a row per Config field with its type and default, and
+    names every CLUSTERVM_* variable the package reads."""
     from clustervm.config import Config, env_name
+    page = (DOCS / "configuration.md").read_text()
     rows = {}
-    for line in (DOCS / "configuration.md").read_text().splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 3 and cells[0].startswith("`CLUSTERVM_"):
-            rows[cells[0].strip("`")] = cells
+    for line in page.splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("CLUSTERVM_"):
+            rows[cells[0]] = cells
     for f in dataclasses.fields(Config):
         name = env_name(f.name)
         assert name in rows, f"docs/configuration.md has no row for {name} (Config.{f.name})"
-        kind, default = rows[name][1].strip("`"), rows[name][2].strip("`")
-        assert kind == type(f.default).__name__, (name, kind)
-        shown = {True: "1", False: "0"}.get(f.default, f.default) if isinstance(
-            f.default, bool) else f.default
-        assert default == (repr(shown) if isinstance(shown, str) else str(shown)), (
+        kind, default = rows[name][1], rows[name][2]
+        assert kind == type(f.default).__name__, f"{name}: the page says type {kind}"
+        assert default == _default_text(f.default), (
             f"{name}: the page says default {default}, Config says {f.default!r}")
-    fields = {env_name(f.name) for f in dataclasses.fields(Config)}
-    extra = set(rows) - fields - {"CLUSTERVM_MPIEXEC", "CLUSTERVM_HOSTNAME",
-                                  "CLUSTERVM_STATUS_TTY"}
-    assert not extra, f"docs/configuration.md lists variables Config does not have: {extra}"
+    used = set()
+    for path in (ROOT / "clustervm").rglob("*.py"):
+        used |= set(re.findall(r"CLUSTERVM_[A-Z][A-Z0-9_]*[A-Z0-9]", path.read_text()))
+    named = set(re.findall(r"CLUSTERVM_[A-Z][A-Z0-9_]*[A-Z0-9]", page))
+    missing = sorted(used - named)
+    assert not missing, f"docs/configuration.md does not describe {missing}"
+    unknown = sorted(set(rows) - used - {env_name(f.name) for f in dataclasses.fields(Config)})
+    assert not unknown, f"docs/configuration.md lists variables nothing reads: {unknown}"
+
+
+PVM_CHECKLIST = Path("/work/shared/reference/pvm-features.md")
+
+
+def test_from_pvm_names_every_pvm_call():
+    """docs/from-pvm.md says what every pvm_* call of the PVM checklist is here (or why not)."""
+    if not PVM_CHECKLIST.exists():
+        pytest.skip(f"the PVM checklist {PVM_CHECKLIST} is not on this machine")
+    calls = set(re.findall(r"\bpvm_[a-z_]+[a-z]", PVM_CHECKLIST.read_text())) - {"pvm_intro"}
+    page = (DOCS / "from-pvm.md").read_text()
+    missing = sorted(c for c in calls if c not in page)
+    assert len(calls) > 60 and not missing, f"docs/from-pvm.md does not mention {missing}"
 
 
 if __name__ == "__main__":      # list the blocks: python tests/test_docs.py
