@@ -83,6 +83,9 @@ def _add_run(p: argparse.ArgumentParser) -> None:
                    help="keep checkpoints and the job journal in DIR")
     p.add_argument("--resume", metavar="DIR",
                    help="resume the job journaled in DIR (sets --checkpoint-dir DIR)")
+    p.add_argument("--resume-or-start", metavar="DIR",
+                   help="resume the job journaled in DIR, or start it fresh there if DIR "
+                        "holds no journal yet")
     p.add_argument("--replace-failed", action="store_true", default=None,
                    help="start a new node for each lost one")
     p.add_argument("--restarts", type=_int_at_least(0), metavar="K",
@@ -128,11 +131,16 @@ def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None
         "log_level": args.log_level,
         "pickle": args.pickle,
     }
-    if args.resume is not None:
-        if args.checkpoint_dir is not None and args.checkpoint_dir != args.resume:
-            raise ConfigError(f"--resume {args.resume} and --checkpoint-dir "
+    resume = args.resume
+    if getattr(args, "resume_or_start", None) is not None:
+        if resume is not None:
+            raise ConfigError("give --resume DIR or --resume-or-start DIR, not both")
+        resume = args.resume_or_start
+    if resume is not None:
+        if args.checkpoint_dir is not None and args.checkpoint_dir != resume:
+            raise ConfigError(f"--resume {resume} and --checkpoint-dir "
                               f"{args.checkpoint_dir} differ; give only --resume DIR")
-        changes["checkpoint_dir"] = args.resume
+        changes["checkpoint_dir"] = resume
         changes["resume"] = True
     if args.dashboard is not None:
         _check_dashboard(args.dashboard)
@@ -144,9 +152,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from . import launcher
 
     config = config_from_args(args)
-    if config.resume and not os.path.isdir(config.checkpoint_dir):
+    or_start = getattr(args, "resume_or_start", None) is not None
+    if config.resume and not or_start and not os.path.isdir(config.checkpoint_dir):
         raise ConfigError(f"--resume {config.checkpoint_dir}: no such directory; give the "
                           f"checkpoint directory of the job to resume")
+    if not args.dry_run:
+        config = _preflight(args.app, config, or_start)
     extra = [a for arg in args.mpi_arg for a in shlex.split(arg)]
     argv, env = launcher.build_command(args.n, args.app, args.app_args, hostfile=args.hostfile,
                                        mpiexec=args.mpiexec, config=config,
@@ -169,6 +180,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return supervise(args.n, args.app, args.app_args, hostfile=args.hostfile,
                      mpiexec=args.mpiexec, config=config, extra=extra, restarts=restarts,
                      timeout=args.timeout)
+
+
+def _preflight(app: str, config: Config, or_start: bool) -> Config:
+    """Check before mpiexec starts what can fail the job's start (see preflight.py)."""
+    from . import preflight
+
+    preflight.check_app(app)
+    if config.checkpoint_dir:
+        if config.resume and not preflight.check_resume(config.checkpoint_dir, or_start):
+            print(f"{PROG}: no journal in {config.checkpoint_dir} yet: starting the job fresh "
+                  f"(--resume-or-start)", file=sys.stderr)
+            config = dataclasses.replace(config, resume=False)
+        preflight.check_checkpoint_dir(config.checkpoint_dir)
+    return config
 
 
 #: Restarts after a lost host when the job spans several hosts (--restarts overrides).

@@ -48,6 +48,10 @@ class Config:
     replay_log_mb: float = 256.0
     #: CLUSTERVM_REPORT: print the end-of-job report: 'auto' (after failures), 'always', 'never'.
     report: str = "auto"
+    #: CLUSTERVM_MAX_CHUNK_BYTES: largest single MPI message; bigger buffers are sent in chunks (1 to 2**31-1).
+    max_chunk_bytes: int = 1 << 30
+    #: CLUSTERVM_START_TIMEOUT_S: seconds a node waits for the coordinator's first word before it leaves.
+    start_timeout_s: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":

@@ -152,6 +152,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         if n is None:
             return
         _, n.host, n.pid = msg
+        self.transport.post(src, (P.HEARTBEAT, 0))   # the node's start deadline is met
         if n.state == "starting":
             n.state = "alive"
             n.joined_at = time.monotonic()
@@ -450,8 +451,18 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         if self.observers:
             self._observe("end", rec, rec.node, ok)
         if self.journal is not None and packed:
-            payload, bufs = wire.dumps((rec.digest, ok, value))
-            self.journal.append("done", str(rec.tid), [payload, *bufs])
+            try:
+                payload, bufs = wire.dumps((rec.digest, ok, value))
+                self.journal.append("done", str(rec.tid), [payload, *bufs])
+            except CheckpointError as exc:
+                # the caller learns it now, from the task's future or join: a result that
+                # is not journaled would be lost to --resume without anybody being told
+                log.error("task %d: %s", rec.tid, exc)
+                ok, packed = False, False
+                value = CheckpointError(
+                    f"task {rec.tid} finished, but its result could not be written to the job "
+                    f"journal: {exc}. The job cannot be resumed past this task; fix the "
+                    f"checkpoint directory and run the job again")
         if rec.t_ckpt or rec.attempts or self.config.resume:   # it may have checkpoints
             self.store.drop(str(rec.tid))
         outcome = value if ok or not packed else remote.unpack_exception(value)

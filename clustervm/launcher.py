@@ -517,7 +517,10 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
         marker_dir = tempfile.mkdtemp(prefix="clustervm-start-")
         env[STARTED_ENV] = os.path.join(marker_dir, "started")
     t0 = time.monotonic()
-    proc = subprocess.Popen(list(argv), env=env, start_new_session=True)
+    shm_before = procs.shm_files()
+    # mpiexec gets SIGTERM when we end, even by SIGKILL: no job runs on unattended
+    proc = subprocess.Popen(list(argv), env=env, start_new_session=True,
+                            preexec_fn=_end_with_us)
     received: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
@@ -559,6 +562,7 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
         _restore_handlers(previous)
         if marker_dir is not None:
             shutil.rmtree(marker_dir, ignore_errors=True)
+        procs.remove_stale_shm(shm_before)
     if received:
         log.info("mpiexec ended after %s", ", ".join(signal.Signals(s).name for s in received))
     return (128 - rc if rc < 0 else rc), None
@@ -641,6 +645,11 @@ def _wait(proc: subprocess.Popen, timeout: float | None,
                   file=sys.stderr, flush=True)
             _stop(proc, KILL_GRACE_S)
             return proc.returncode
+
+
+def _end_with_us() -> None:
+    """In the mpiexec child, before exec: SIGTERM when the launcher ends."""
+    procs.die_with_parent(signal.SIGTERM)
 
 
 def _set_handlers(handler: Callable[[int, Any], None]) -> dict[int, Any]:

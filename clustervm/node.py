@@ -66,11 +66,18 @@ class Node(Site):
             self._start_worker()
         interval = max(0.05, self.config.heartbeat_s / 4)
         silence = max(COORDINATOR_SILENCE * self.config.heartbeat_s, COORDINATOR_SILENCE_MIN_S)
-        last_hb = last_loop = time.monotonic()
+        last_hb = last_loop = started = time.monotonic()
         t = self.transport
         while not self.stopping:
             t.service_step(0.05)
             now = time.monotonic()
+            if P.COORDINATOR not in t.last_heard and now - started > self.config.start_timeout_s:
+                # the coordinator answers a hello at once: it failed before its loop ran
+                log.error("node %d: no word from the coordinator %.0f s after start; leaving "
+                          "(CLUSTERVM_START_TIMEOUT_S sets how long to wait)",
+                          self.rank, now - started)
+                self.coordinator_lost = True
+                self.stopping = True
             if now - last_hb >= interval:
                 last_hb = now
                 if not t.post(P.COORDINATOR, (P.HEARTBEAT, len(self.queue) + len(self.live))):
@@ -201,21 +208,22 @@ class Node(Site):
         tls.site, tls.tid, tls.parent, tls.state, tls.ctx = self, tid, parent, state, None
         try:
             fn = self.resolve(fn_ref)
-            value = fn(*args, **kwargs) if kwargs else fn(*args)
-            return (tid, True, value)
+            result = (tid, True, fn(*args, **kwargs) if kwargs else fn(*args))
         except TaskExit as exc:
-            return (tid, True, exc.value)
+            result = (tid, True, exc.value)
         except BaseException as exc:   # noqa: BLE001 - a node reports everything
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 log.warning("task %d raised %s; reported as its error", tid, type(exc).__name__)
-            return (tid, False, remote.pack_exception(exc, self.where()))
-        finally:
-            ctx = tls.ctx
-            tls.tid = tls.ctx = tls.state = None
-            self.settle_checkpoint(ctx, at_end=True)
-            if ctx is not None and not getattr(ctx, "_outlog", None):
-                self.contexts.pop(tid, None)
-            self.mailboxes.pop(tid, None)
+            result = (tid, False, remote.pack_exception(exc, self.where()))
+        ctx = tls.ctx
+        tls.tid = tls.ctx = tls.state = None
+        ckpt_error = self.settle_checkpoint(ctx, at_end=True)
+        if ctx is not None and not getattr(ctx, "_outlog", None):
+            self.contexts.pop(tid, None)
+        self.mailboxes.pop(tid, None)
+        if ckpt_error is not None:   # a disk error reaches the caller, not only the log
+            result = (tid, False, remote.pack_exception(ckpt_error, self.where()))
+        return result
 
     # -- spawned (long-lived) tasks -------------------------------------------
 
@@ -289,7 +297,9 @@ class Node(Site):
                 if self.live.get(ctx.tid) is ctx:
                     del self.live[ctx.tid]
             if not ctx.aborted:
-                self.settle_checkpoint(ctx, at_end=True)
+                ckpt_error = self.settle_checkpoint(ctx, at_end=True)
+                if ckpt_error is not None and ok:   # reaches vm.join, not only the log
+                    ok, value = False, remote.pack_exception(ckpt_error, self.where())
         if ctx.aborted:
             return
         try:
@@ -339,21 +349,29 @@ class Node(Site):
             "checkpoint", ctx.tid, ctx.inc, seq, delivered, wire.pack_frames([head, *bufs]),
             post=True)
 
-    def settle_checkpoint(self, ctx: TaskContext | None, at_end: bool = False) -> None:
-        """Wait for the answer to the task's checkpoint in flight, if any."""
+    def settle_checkpoint(self, ctx: TaskContext | None,
+                          at_end: bool = False) -> BaseException | None:
+        """Wait for the answer to the task's checkpoint in flight, if any.
+
+        Raises what storing it raised; at the task's end (``at_end``) returns it
+        instead, and the task's outcome becomes that error."""
         reqid = ctx.__dict__.pop("_ckpt_call", None) if ctx is not None else None
         if reqid is None:
-            return
+            return None
         try:
             self.call_result(reqid, "checkpoint")
         except Exception as exc:   # noqa: BLE001
             if not at_end:
                 raise
-            log.warning("task %d: its last checkpoint was not stored: %s", ctx.tid, exc)
+            log.error("task %d: its last checkpoint was not stored: %s", ctx.tid, exc)
+            return exc
+        return None
 
     def make_context(self, tid: int, parent: int | None, ckpt: Any) -> TaskContext:
         """The context of a short task, made when the task first asks for it."""
         ctx = TaskContext(self, tid, parent)
+        except SystemExit:
+            raise
         if ckpt is not None:
             self._restore(ctx, ckpt)
         self.contexts[tid] = ctx

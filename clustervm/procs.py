@@ -97,3 +97,75 @@ def rank_pids(tag: str) -> dict[int, int]:
         if rank is not None:
             out[rank] = pid
     return out
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int) -> bool:
+    """Have the kernel send ``sig`` to this process when its parent ends (Linux prctl).
+
+    A rank's parent is the MPI launcher's daemon (mpiexec itself on one host): when
+    that is gone the job is over, and no rank may live on unattended. Returns False
+    where this cannot be set (not Linux), or when the parent is already gone.
+    """
+    import ctypes
+    import ctypes.util
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    return os.getppid() == parent
+
+
+SHM_DIR = "/dev/shm"
+#: Shared-memory files MPI libraries make (Open MPI's sm BTL and PMIx, MPICH).
+SHM_PREFIXES = ("sm_segment", "vader", "pmix", "ompi", "mpich_shm")
+
+
+def shm_files() -> set[str]:
+    """Names of the MPI shared-memory files in /dev/shm now."""
+    try:
+        return {n for n in os.listdir(SHM_DIR) if n.startswith(SHM_PREFIXES)}
+    except OSError:
+        return set()
+
+
+def mapped_shm() -> set[str]:
+    """/dev/shm paths some live process has mapped (a running job's: never removed)."""
+    used: set[str] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                for line in f:
+                    i = line.find(SHM_DIR + "/")
+                    if i >= 0:
+                        used.add(line[i:].strip().removesuffix(" (deleted)"))
+        except OSError:
+            continue
+    return used
+
+
+def remove_stale_shm(before: set[str]) -> list[str]:
+    """Remove the MPI shared-memory files made since ``before`` that no live process maps:
+    what a killed job leaves behind (16 MiB each, DESIGN.md). Returns the names removed."""
+    new = shm_files() - before
+    if not new:
+        return []
+    in_use = mapped_shm()
+    removed = []
+    for name in sorted(new):
+        path = os.path.join(SHM_DIR, name)
+        if path in in_use:
+            continue
+        try:
+            os.unlink(path)
+            removed.append(name)
+        except OSError:
+            pass
+    return removed

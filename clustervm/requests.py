@@ -32,8 +32,6 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from . import protocol as P
 from .errors import DeadTaskError, WireError
-from .site import ENDED, snapshot
-from .transport import PeerFailed
 
 if TYPE_CHECKING:
     from .site import Site
@@ -151,6 +149,8 @@ class RecvRequest(Request):
 
 def isend(ctx: "TaskContext", dst: int, tag: int, obj: Any) -> SendRequest:
     """Post a message of ``ctx``'s task to task ``dst`` (see the module docstring)."""
+    from .site import ENDED, snapshot      # not at import: `import clustervm` loads no MPI
+    from .transport import PeerFailed
     ctx._check()
     if tag < 0:
         raise ValueError(f"tag must be >= 0, got {tag}; -1 is the wildcard of recv only")

@@ -69,21 +69,26 @@ def run_app(path: str, args: list[str]) -> int:
         return _exit(2)
     from mpi4py import MPI
     rank = MPI.COMM_WORLD.Get_rank()
+    _leave_with_launcher()
     _mark_started(MPI, rank)
     from .site import hostname
     setup_logging(config.log_level, rank, hostname())
     try:
         module = load_app(path)
-    except BaseException:   # noqa: BLE001 - report the app's import error on every rank
+    except BaseException as exc:   # noqa: BLE001 - the app cannot be loaded on this rank
         if rank == 0:
             traceback.print_exc()
-        return _exit(1)
+            print(f"clustervm: error: cannot load {path}: {type(exc).__name__}: {exc}; fix the "
+                  f"error above and run the job again", file=sys.stderr)
+        return _fail_start(1)
     main = getattr(module, "main", None)
-    if rank == 0 and not callable(main):
-        print(f"clustervm: error: {path} defines no main(vm) function; add "
-              f"`def main(vm): ...` (it runs on the coordinator)", file=sys.stderr)
-        return _exit(2)
-    return _exit(start(main, config, [path, *args]))
+    if not callable(main):
+        # every rank loaded the same file, so every rank knows: all leave at once
+        if rank == 0:
+            print(f"clustervm: error: {path} defines no main(vm) function; add "
+                  f"`def main(vm): ...` (it runs on the coordinator)", file=sys.stderr)
+        return _fail_start(2)
+    return _exit(_start_or_fail(main, config, [path, *args]))
 
 
 def run(main: Callable, argv: list[str] | None = None) -> None:
@@ -91,9 +96,34 @@ def run(main: Callable, argv: list[str] | None = None) -> None:
     config = Config.from_env()
     from mpi4py import MPI
     from .site import hostname
+    _leave_with_launcher()
     _mark_started(MPI, MPI.COMM_WORLD.Get_rank())
     setup_logging(config.log_level, MPI.COMM_WORLD.Get_rank(), hostname())
-    _exit(start(main, config, list(sys.argv if argv is None else argv)))
+    _exit(_start_or_fail(main, config, list(sys.argv if argv is None else argv)))
+
+
+def _start_or_fail(main: Callable, config: Config, argv: list[str]) -> int:
+    """:func:`start`, with any exception that escapes it ending this rank at once (never
+    an interpreter exit that would wait in MPI_Finalize for ranks that are not there)."""
+    try:
+        return start(main, config, argv)
+    except BaseException as exc:   # noqa: BLE001
+        traceback.print_exc()
+        print(f"clustervm: error: rank failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _note_failures(True)
+        return 1
+
+
+def _leave_with_launcher() -> None:
+    """No rank outlives its job: when the process that started this rank (mpiexec, or its
+    daemon on this host) ends, the kernel ends this rank too. Measured with Open MPI 5 +
+    ULFM: after the nodes of a job exited non-zero, mpiexec returned and a rank 0 stuck
+    in the app's import lived on, re-parented to init."""
+    if os.environ.get("CLUSTERVM_KEEP_ORPHANS"):
+        return
+    from . import procs
+    if not procs.die_with_parent(signal.SIGKILL):
+        log.debug("cannot tie this rank's life to its launcher's")
 
 
 def _mark_started(MPI, rank: int) -> None:
@@ -138,12 +168,15 @@ def start(main: Callable | None, config: Config, argv: list[str]) -> int:
         return _serve(transport, config)
     from .coordinator import Coordinator
     from .vm import VM
-    coord = Coordinator(transport, config)
-    coord.spawn_command = _spawn_command(argv)
-    tls = current._tls
-    tls.site, tls.tid, tls.ctx, tls.parent = coord, coord.main_ctx.tid, coord.main_ctx, None
-    vm = VM(coord, argv)
-    coord.wait_for_nodes()
+    try:
+        coord = Coordinator(transport, config)
+        coord.spawn_command = _spawn_command(argv)
+        tls = current._tls
+        tls.site, tls.tid, tls.ctx, tls.parent = coord, coord.main_ctx.tid, coord.main_ctx, None
+        vm = VM(coord, argv)
+        coord.wait_for_nodes(config.start_timeout_s)
+    except BaseException as exc:   # noqa: BLE001 - a failed start ends the whole job now
+        return _abort_start(transport, exc)
     service = threading.Thread(target=coord.service_loop, name="cvm-service", daemon=True)
     service.start()
     extras = _start_extras(coord, config)
@@ -190,7 +223,7 @@ def _serve(transport, config: Config) -> int:
     if not transport.spawned:
         # a spawned node always finalizes: Open MPI counts one that does not as an
         # abnormal end and fails the job (measured); its own MPI_Finalize waits on nobody
-        _note_failures(transport.failed or node.failures_seen)
+        _note_failures(transport.failed or node.failures_seen or node.coordinator_lost)
     # the job is over without its coordinator: say so with a status mpiexec passes on
     return COORDINATOR_LOST if node.coordinator_lost else 0
 
@@ -256,6 +289,31 @@ def _start_extras(coord, config: Config) -> list[Callable[[], None]]:
     if stop_status is not None:
         stops.append(stop_status)
     return stops
+
+
+def _abort_start(transport, exc: BaseException) -> int:
+    """Rank 0 could not start the VM: say why in one line, tell every node to leave, and
+    end without MPI_Finalize (a non-zero exit makes mpiexec end the other ranks too)."""
+    from . import protocol as P
+    if isinstance(exc, ClusterVMError):
+        print(f"clustervm: error: {exc}", file=sys.stderr, flush=True)
+    else:
+        traceback.print_exc()
+        print(f"clustervm: error: the coordinator failed to start: {type(exc).__name__}: "
+              f"{exc}", file=sys.stderr, flush=True)
+    for rank in range(1, transport.size):
+        transport.post(rank, (P.SHUTDOWN, True))
+    transport.flush(1.0)
+    transport.closed = True
+    _note_failures(True)
+    return 2
+
+
+def _fail_start(code: int) -> int:
+    """Leave at once, before any node loop ran: no MPI_Finalize (the other ranks may never
+    reach it), a non-zero status that makes mpiexec end the job."""
+    _note_failures(True)
+    return _exit(code)
 
 
 _FINALIZE_S = 3.0
