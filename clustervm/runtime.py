@@ -80,14 +80,14 @@ def run_app(path: str, args: list[str]) -> int:
             traceback.print_exc()
             print(f"clustervm: error: cannot load {path}: {type(exc).__name__}: {exc}; fix the "
                   f"error above and run the job again", file=sys.stderr)
-        return _fail_start(1)
+        return _fail_start(1, rank)
     main = getattr(module, "main", None)
     if not callable(main):
         # every rank loaded the same file, so every rank knows: all leave at once
         if rank == 0:
             print(f"clustervm: error: {path} defines no main(vm) function; add "
                   f"`def main(vm): ...` (it runs on the coordinator)", file=sys.stderr)
-        return _fail_start(2)
+        return _fail_start(2, rank)
     return _exit(_start_or_fail(main, config, [path, *args]))
 
 
@@ -309,10 +309,18 @@ def _abort_start(transport, exc: BaseException) -> int:
     return 2
 
 
-def _fail_start(code: int) -> int:
+#: Seconds the other ranks give rank 0 to say why a start failed before they end: the
+#: first rank to exit non-zero makes mpiexec kill the rest, rank 0 mid-sentence included.
+_FAIL_START_GRACE_S = 2.0
+
+
+def _fail_start(code: int, rank: int) -> int:
     """Leave at once, before any node loop ran: no MPI_Finalize (the other ranks may never
     reach it), a non-zero status that makes mpiexec end the job."""
     _note_failures(True)
+    if rank != 0:
+        import time
+        time.sleep(_FAIL_START_GRACE_S)
     return _exit(code)
 
 
