@@ -27,6 +27,7 @@ checkpoint after ``waitall`` so no request is in flight across it.
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -35,7 +36,9 @@ from .errors import DeadTaskError, WireError
 
 if TYPE_CHECKING:
     from .site import Site
-    from .task import Message, TaskContext
+    from .task import TaskContext
+
+log = logging.getLogger(__name__)
 
 
 class Request:
@@ -163,11 +166,9 @@ def isend(ctx: "TaskContext", dst: int, tag: int, obj: Any) -> SendRequest:
             return SendRequest(ctx, dst)
         data = obj
         logged = False
-        if loc.replay:
-            site._log_message(ctx, dst, seq, tag, obj)
-            entries = ctx.__dict__.get("_outlog", {}).get(dst)
-            if entries and entries[-1][0] == seq:
-                data, logged = entries[-1][2], True     # send the copy: obj is free at once
+        if loc.replay:            # the copy for the replay log is also the one that leaves
+            data = snapshot(obj)
+            logged = _log_copy(site, ctx, dst, seq, tag, data)
         try:
             if loc.rank == site.rank:
                 site.deliver(ctx.tid, dst, tag, snapshot(data), ctx.inc, seq)   # its own copy
@@ -199,6 +200,27 @@ def isend(ctx: "TaskContext", dst: int, tag: int, obj: Any) -> SendRequest:
                 ctx._outlog[dst].pop()
             time.sleep(0.01)
     raise DeadTaskError(f"cannot deliver a message to task {dst}: its node keeps failing")
+
+
+def _log_copy(site: "Site", ctx: "TaskContext", dst: int, seq: int, tag: int,
+              copy: Any) -> bool:
+    """Keep ``copy`` in the task's replay log for ``dst`` (as ``Site._log_message``, whose
+    bound it keeps: past it the log is dropped with a warning); True if it was kept."""
+    from .site import approx_size
+    entries = ctx.__dict__.setdefault("_outlog", {}).setdefault(dst, [])
+    sizes = ctx.__dict__.setdefault("_outbytes", {})
+    size = sizes.get(dst, 0) + approx_size(copy)
+    if size > site.config.replay_log_mb * 1e6:
+        log.warning("task %d: messages to task %d are no longer kept for replay (%.0f MB "
+                    "since its last checkpoint); if its node fails before it checkpoints, "
+                    "they are lost. Checkpoint more often or raise CLUSTERVM_REPLAY_LOG_MB",
+                    ctx.tid, dst, size / 1e6)
+        entries.clear()
+        sizes[dst] = 0
+        return False
+    entries.append((seq, tag, copy))
+    sizes[dst] = size
+    return True
 
 
 def irecv(ctx: "TaskContext", source: int, tag: int) -> RecvRequest:
