@@ -24,12 +24,14 @@ class ClusterFuture(cf.Future):
         self.looked = False      # result() or exception() was called (see VM.warn_unwaited)
 
     def result(self, timeout: float | None = None) -> Any:
+        """The task's return value, or its exception raised here (with the remote traceback)."""
         self.looked = True
         if not self.done():
             self._site.wait(self.done, timeout, blocking=True)
         return super().result(timeout=0)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The exception the task raised, or None if it returned."""
         self.looked = True
         if not self.done():
             self._site.wait(self.done, timeout, blocking=True)
@@ -55,6 +57,7 @@ class Executor(cf.Executor):
         self._shutdown = False
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> cf.Future:
+        """Run ``fn(*args, **kwargs)`` on a node; a Future of its result."""
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         fut = self._vm.submit(fn, *args, **kwargs)
@@ -64,11 +67,13 @@ class Executor(cf.Executor):
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
             chunksize: int = 1) -> Iterator:
+        """Results of ``fn`` over the iterables, in order (see VM.map)."""
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         return self._vm.map(fn, *iterables, timeout=timeout, chunksize=chunksize)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No new tasks; with ``wait``, return once the submitted ones are done."""
         self._shutdown = True
         if cancel_futures:
             for f in list(self._futures):

@@ -113,6 +113,7 @@ class TaskContext:
 
     @property
     def host(self) -> str:
+        """Host name of the node this task runs on."""
         return self._site.host
 
     @property
@@ -296,6 +297,7 @@ class TaskContext:
         return inst
 
     def leave_group(self, name: str) -> None:
+        """Leave group ``name`` (pvm_lvgroup); its instance number becomes free."""
         frozen = self.__dict__.get("_frozen", {}).pop(name, None)
         if frozen is not None:
             frozen.close()
@@ -324,6 +326,7 @@ class TaskContext:
         return frozen is not None and frozen.broken is None
 
     def group_size(self, name: str) -> int:
+        """Number of members of group ``name`` now (pvm_gsize)."""
         return self._site.call("group_size", name)
 
     def group_tids(self, name: str) -> list[int]:
@@ -331,9 +334,11 @@ class TaskContext:
         return self._site.call("group_tids", name)
 
     def group_tid(self, name: str, inst: int) -> int:
+        """Tid of the member with instance ``inst`` (pvm_gettid)."""
         return self._site.call("group_tid", name, inst)
 
     def group_inst(self, name: str, tid: int | None = None) -> int:
+        """Instance number of ``tid`` (default: this task) in group ``name`` (pvm_getinst)."""
         return self._site.call("group_inst", name, self.tid if tid is None else tid)
 
     def barrier(self, name: str, count: int | None = None, timeout: float | None = None) -> None:
@@ -350,6 +355,7 @@ class TaskContext:
         return self._collective("reduce", name, value, None, root, op, timeout)
 
     def allreduce(self, name: str, value: Any, op: Any = "sum", timeout: float | None = None) -> Any:
+        """As reduce, and every member gets the result."""
         return self._collective("allreduce", name, value, None, None, op, timeout)
 
     def gather(self, name: str, value: Any, root: int = 0, timeout: float | None = None) -> Any:
@@ -357,6 +363,7 @@ class TaskContext:
         return self._collective("gather", name, value, None, root, None, timeout)
 
     def allgather(self, name: str, value: Any, timeout: float | None = None) -> list:
+        """Every member gets the list of values by instance."""
         return self._collective("allgather", name, value, None, None, None, timeout)
 
     def scatter(self, name: str, values: Sequence | None = None, root: int = 0,
@@ -411,6 +418,7 @@ class TaskContext:
     # -- VM-wide mailbox (pvm_putinfo / pvm_recvinfo) -------------------------
 
     def put_info(self, name: str, value: Any) -> None:
+        """Store ``value`` under ``name`` in the VM-wide mailbox (pvm_putinfo); replaces an older one."""
         self._site.call("put_info", name, value)
 
     def get_info(self, name: str, wait: bool = False, timeout: float | None = None) -> Any:
@@ -422,6 +430,7 @@ class TaskContext:
                                f"{timeout} s") from None
 
     def del_info(self, name: str) -> None:
+        """Delete the mailbox entry ``name`` (KeyError if there is none)."""
         self._site.call("del_info", name)
 
 

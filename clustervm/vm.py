@@ -40,6 +40,7 @@ class Shared:
         self.key = key
 
     def get(self) -> Any:
+        """The stored object (fetched once per node, then cached there)."""
         from . import current
         site = getattr(current._tls, "site", None)
         if site is None:
@@ -100,6 +101,7 @@ class VM:
 
     @property
     def config(self):
+        """The job's settings (a :class:`clustervm.config.Config`, read from CLUSTERVM_* variables)."""
         return self._c.config
 
     def tasks(self) -> list[dict]:
@@ -261,18 +263,23 @@ class VM:
         return tids
 
     def send(self, tid: int, tag: int, obj: Any) -> None:
+        """Send ``obj`` to task ``tid`` with ``tag`` (as main, tid 1); see TaskContext.send."""
         self._ctx.send(tid, tag, obj)
 
     def mcast(self, tids: Iterable[int], tag: int, obj: Any) -> None:
+        """Send ``obj`` to each of ``tids`` (as pvm_mcast)."""
         self._ctx.mcast(tids, tag, obj)
 
     def recv(self, source: int = P.ANY, tag: int = P.ANY, timeout: float | None = None) -> Message:
+        """Wait for a message to main matching ``source`` and ``tag`` (-1: any); see TaskContext.recv."""
         return self._ctx.recv(source, tag, timeout)
 
     def nrecv(self, source: int = P.ANY, tag: int = P.ANY) -> Message | None:
+        """A matching message if one is waiting, else None (never blocks)."""
         return self._ctx.nrecv(source, tag)
 
     def probe(self, source: int = P.ANY, tag: int = P.ANY) -> bool:
+        """True if a matching message is waiting for main (it stays there)."""
         return self._ctx.probe(source, tag)
 
     def join(self, tid: int, timeout: float | None = None) -> Any:
