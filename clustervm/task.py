@@ -33,7 +33,7 @@ class Message(NamedTuple):
 
 
 class TaskExit(BaseException):
-    """Raised by :meth:`TaskContext.exit` to end a task early with a value."""
+    """Raised by ``TaskContext.exit`` to end a task early with a value."""
 
     def __init__(self, value: Any = None) -> None:
         super().__init__(value)
@@ -84,7 +84,7 @@ class Mailbox:
 class TaskContext:
     """What a running task sees: its tid, PVM-style messaging, checkpoints, groups.
 
-    The application's ``main(vm)`` gets a :class:`~clustervm.vm.VM`, which offers
+    The application's ``main(vm)`` gets a ``VM``, which offers
     the same calls with the tid of main.
     """
 

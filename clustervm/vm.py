@@ -101,7 +101,7 @@ class VM:
 
     @property
     def config(self):
-        """The job's settings (a :class:`clustervm.config.Config`, read from CLUSTERVM_* variables)."""
+        """The job's settings (a ``clustervm.config.Config``, read from CLUSTERVM_* variables)."""
         return self._c.config
 
     def tasks(self) -> list[dict]:
