@@ -75,7 +75,7 @@ def main(vm) -> None:
         if done == n // 2 and not a.no_kill:
             rank, pid, running = victim(vm)
             print(f"demo: {done} of {n} tasks done: killing node {rank} (pid {pid}, "
-                  f"{running} task(s) running there) with SIGKILL", flush=True)
+                  f"{running} task(s) assigned to it) with SIGKILL", flush=True)
             os.kill(pid, signal.SIGKILL)
             killed = rank
     print(pi_line(second, a.samples), flush=True)
