@@ -105,6 +105,8 @@ class SendRequest(Request):
             return True
         t = self.ctx._site.transport
         head = self.head
+        # the transport keeps (MPI requests, (head, buffers), via) per posted message until
+        # its Isends complete: the message has left once its head is no longer there
         if any(item[1][0] is head for item in list(t._pending)):
             return False
         self._done, self.head = True, None

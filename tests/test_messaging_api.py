@@ -154,3 +154,76 @@ def test_cannon_with_a_node_killed_mid_run(job, tmp_path):
     assert lost_ranks(rep) == {2}, rep
     m = re.search(r"(\d+) restored", rep)
     assert m and int(m.group(1)) >= 1, rep
+
+
+def test_pickle_carries_what_msgpack_cannot():
+    res = run_job([str(APPS / "pickle_callables.py")], n=2, timeout=60,
+                  run_args=["--pickle"])
+    assert res.rc == 0, f"rc {res.rc}\n{res.out}\n{res.err}"
+    assert res.line("pickled=") == 'pickled={"bound": "2/3", "partial": "3/2"}'
+
+
+# -- unit tests of clustervm.refs (no MPI) -----------------------------------------------
+
+class Counter:
+    def __init__(self, k):
+        self.k = k
+        self.n = 0
+
+    def bump(self, x):
+        self.n += 1
+        return self.k * x + self.n
+
+    @staticmethod
+    def st(x):
+        return x - 1
+
+    @classmethod
+    def cm(cls, x):
+        return cls.__name__ + str(x)
+
+
+class Slotted:
+    __slots__ = ("a", "b")
+
+    def __init__(self):
+        self.a, self.b = 2, 3
+
+    def __call__(self, x):
+        return self.a * x + self.b
+
+
+def add3(a, b, c=0):
+    return a + b + c
+
+
+def test_refs_round_trip_and_fresh_instances():
+    import functools
+
+    from clustervm import wire
+    obj = Counter(10)
+    f = wire.resolve_ref(wire.fn_ref(obj.bump, allow_pickle=False))
+    assert [f(1), f(1)] == [11, 11]            # rebuilt per call: n starts at 0 each time
+    assert obj.n == 0
+    assert wire.fn_ref(Counter.st) == f"{__name__}:Counter.st"
+    assert wire.resolve_ref(wire.fn_ref(Counter.cm))(4) == "Counter4"
+    assert wire.resolve_ref(wire.fn_ref(Slotted()))(5) == 13
+    p = functools.partial(add3, 1, c=5)
+    assert wire.resolve_ref(wire.fn_ref(p))(2) == 8
+    nested = functools.partial(functools.partial(add3, 1), 2)
+    assert wire.resolve_ref(wire.fn_ref(nested))(c=4) == 7
+    assert wire.fn_ref(p) == wire.fn_ref(functools.partial(add3, 1, c=5))   # deterministic
+
+
+def test_refs_errors_name_the_problem():
+    import functools
+    import threading
+
+    from clustervm import WireError, wire
+    obj = Counter(threading.Lock())
+    with pytest.raises(WireError, match=r"attributes of the Counter instance.*\['k'\]"):
+        wire.fn_ref(obj.bump, allow_pickle=False)
+    with pytest.raises(WireError, match="arguments bound by functools.partial"):
+        wire.fn_ref(functools.partial(add3, threading.Lock()), allow_pickle=False)
+    with pytest.raises(WireError, match="pickle cannot send it either"):
+        wire.fn_ref(obj.bump, allow_pickle=True)
