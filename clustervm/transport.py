@@ -5,6 +5,19 @@ A message is any wire-encodable object. On the wire it is one MPI message on
 message holds numpy arrays or a large payload, by one MPI message per buffer
 on a tag of its own (so frames of two threads never interleave).
 
+Any size: MPI counts are 32-bit (this Open MPI has no MPI-4 large-count ``_c``
+calls, so a send of 2 GiB or more fails with ``MPI_ERR_ARG``). A buffer larger
+than ``max_chunk`` (CLUSTERVM_MAX_CHUNK_BYTES, 1 GiB by default) travels as
+several MPI messages on its tag, in order; a first frame larger than that (a
+routed frame with big arrays inside) is announced by a small *long* frame
+(kind, size, tag) and follows in chunks on that tag. The receiver takes the
+parts as they come, whatever chunk size the sender used.
+
+Malformed input: :func:`parse_frame` (pure, no MPI) checks a frame's layout and
+the sizes it claims before anything is allocated for its buffers; a bad frame,
+a part that does not fit or does not come, or a payload the codec refuses is
+logged as an error naming the sender and dropped, and the loop goes on.
+
 Progress: whichever thread is waiting drives MPI (leader/follower). A thread
 that blocks in :meth:`Transport.wait` takes the poller token, probes MPI and
 runs the handlers of what arrives itself, so a reply reaches the waiting
@@ -33,12 +46,15 @@ import os
 import struct
 import threading
 import time
+import traceback
 from collections import deque
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 from mpi4py import MPI
 
 from . import wire
+from .config import Config
+from .errors import ConfigError, WireError
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +66,13 @@ _INLINE_MAX = 1 << 16       # payloads above this go out of band, like arrays
 _KIND_INLINE = 0
 _KIND_BUFFERS = 1
 _KIND_ROUTED = 2
+_KIND_LONG = 3
 _PREFIX = struct.Struct("<BIi")  # kind, number of buffers, buffer tag
 _ROUTE = struct.Struct("<BiiI")  # kind, sender, final destination, number of buffers
+_LONG = struct.Struct("<BQi")    # kind, size of the frame that follows in chunks, their tag
+_COUNT_MAX = (1 << 31) - 1       # largest count of one MPI call (no large-count calls here)
+_PART_WAIT_S = 60.0              # longest wait for the next part of a frame whose head came
+_DRAIN_WAIT_S = 0.5              # parts of a refused frame are dropped until this long silent
 TAG_INIT = 3                     # the coordinator's first message to a spawned node
 HUB = 0                          # the rank that forwards routed frames (the coordinator)
 _FAILURE_CLASSES = {MPI.ERR_PROC_FAILED, getattr(MPI, "ERR_PROC_FAILED_PENDING", -1),
@@ -73,11 +94,129 @@ def is_failure(exc: BaseException) -> bool:
     return isinstance(exc, MPI.Exception) and exc.Get_error_class() in _FAILURE_CLASSES
 
 
+class FrameError(WireError):
+    """A frame from another rank is malformed or too big to take (``rank`` sent it)."""
+
+    def __init__(self, rank: int, reason: str, tag: int = 0) -> None:
+        super().__init__(f"bad frame from rank {rank}: {reason}")
+        self.rank = rank
+        #: the tag its parts come on, when the frame named a valid one (they are dropped)
+        self.tag = tag
+
+
+class Frame(NamedTuple):
+    """A parsed first frame (what :func:`parse_frame` gives)."""
+
+    kind: int
+    #: tag of the parts that follow it on the wire (0: none)
+    tag: int
+    #: sizes of the parts that follow (out-of-band buffers; the whole frame for a long one)
+    sizes: tuple[int, ...]
+    #: the msgpack payload carried inline, or None when it is the first part
+    payload: memoryview | None
+    #: buffers carried inline (routed frames)
+    bufs: list[memoryview]
+    origin: int = -1    # routed: the rank that sent it
+    dest: int = -1      # routed: the rank it is for
+
+
+def memory_limit() -> int:
+    """Largest message a rank accepts: its physical memory (a claim beyond is refused)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def _valid_tag(tag: int) -> bool:
+    return _TAG_BUF0 <= tag < _TAG_BUF0 + _TAG_BUF_SPAN
+
+
+def parse_frame(frame: Any, src: int, limit: int, *, nested: bool = False) -> Frame:
+    """Check and split a first frame received from rank ``src`` (no MPI, no allocation).
+
+    ``limit`` bounds the bytes the frame may announce; ``nested``: the frame came
+    inside a long one (which may not nest). Raises :class:`FrameError`.
+    """
+    view = memoryview(frame).cast("B")
+    size = view.nbytes
+    if size == 0:
+        raise FrameError(src, "empty frame")
+    kind = view[0]
+    if kind == _KIND_INLINE:
+        return Frame(kind, 0, (), view[1:], [])
+    if kind == _KIND_BUFFERS:
+        if size < _PREFIX.size + 1:
+            raise FrameError(src, f"buffer frame of {size} bytes is shorter than its header")
+        _, nbuf, tag = _PREFIX.unpack_from(view)
+        off = _PREFIX.size + 1
+        oob_payload = view[_PREFIX.size]
+        if 8 * nbuf > size - off:
+            raise FrameError(src, f"buffer frame announces {nbuf} buffers but holds "
+                                  f"{size} bytes")
+        if not _valid_tag(tag):
+            raise FrameError(src, f"buffer frame names tag {tag}, outside the buffer tags")
+        if oob_payload not in (0, 1) or (oob_payload and nbuf == 0):
+            raise FrameError(src, f"buffer frame has a bad payload flag {oob_payload}")
+        sizes = struct.unpack_from(f"<{nbuf}Q", view, off)
+        off += 8 * nbuf
+        total = sum(sizes)
+        if total > limit:
+            raise FrameError(src, f"frame announces {total} bytes of buffers, more than the "
+                                  f"{limit} bytes this rank takes in one message", tag)
+        if oob_payload and off != size:
+            raise FrameError(src, "buffer frame has both an inline and an out-of-band payload")
+        return Frame(kind, tag, sizes, None if oob_payload else view[off:], [])
+    if kind == _KIND_ROUTED:
+        if size < _ROUTE.size:
+            raise FrameError(src, f"routed frame of {size} bytes is shorter than its header")
+        _, origin, dest, nbuf = _ROUTE.unpack_from(view)
+        off = _ROUTE.size
+        if 8 * (nbuf + 1) > size - off:
+            raise FrameError(src, f"routed frame announces {nbuf} buffers but holds "
+                                  f"{size} bytes")
+        if origin < 0 or dest < 0:
+            raise FrameError(src, f"routed frame from rank {origin} to rank {dest}")
+        sizes = struct.unpack_from(f"<{nbuf + 1}Q", view, off)
+        off += 8 * (nbuf + 1)
+        if off + sum(sizes) != size:
+            raise FrameError(src, f"routed frame holds {size} bytes, its table says "
+                                  f"{off + sum(sizes)}")
+        bufs = []
+        for n in sizes:
+            bufs.append(view[off:off + n])
+            off += n
+        payload = bufs.pop(0)
+        return Frame(kind, 0, (), payload, bufs, origin, dest)
+    if kind == _KIND_LONG:
+        if nested:
+            raise FrameError(src, "a long frame inside a long frame")
+        if size != _LONG.size:
+            raise FrameError(src, f"long frame of {size} bytes, not {_LONG.size}")
+        _, total, tag = _LONG.unpack_from(view)
+        if not _valid_tag(tag):
+            raise FrameError(src, f"long frame names tag {tag}, outside the buffer tags")
+        if total == 0 or total > limit:
+            raise FrameError(src, f"long frame announces {total} bytes (this rank takes "
+                                  f"1 to {limit} bytes in one message)", tag)
+        return Frame(kind, tag, (total,), None, [])
+    raise FrameError(src, f"unknown frame kind {kind} (does the sender run another clustervm?)")
+
+
+def _summary(msg: Any) -> str:
+    """A short description of a message for a log line (its op and shape)."""
+    if isinstance(msg, tuple) and msg:
+        return f"op {msg[0]!r}, {len(msg)} fields"
+    return f"a {type(msg).__name__}, not an op tuple"
+
+
 class Counters:
-    __slots__ = ("msgs_in", "msgs_out", "bytes_in", "bytes_out")
+    __slots__ = ("msgs_in", "msgs_out", "bytes_in", "bytes_out", "chunked_in", "chunked_out")
 
     def __init__(self) -> None:
         self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = 0
+        #: buffers (or first frames) that travelled as more than one MPI message
+        self.chunked_in = self.chunked_out = 0
 
 
 class Transport:
@@ -85,7 +224,18 @@ class Transport:
     leader/follower progress."""
 
     def __init__(self, comm: MPI.Comm, *, spin_ms: float = 5.0, idle_sleep_ms: float = 10.0,
-                 allow_pickle: bool = False, rank: int | None = None) -> None:
+                 allow_pickle: bool = False, rank: int | None = None,
+                 max_chunk_bytes: int | None = None) -> None:
+        if max_chunk_bytes is None:   # CLUSTERVM_MAX_CHUNK_BYTES, on every rank alike
+            max_chunk_bytes = Config.from_env().max_chunk_bytes
+        if not 1 <= max_chunk_bytes <= _COUNT_MAX:
+            raise ConfigError(f"CLUSTERVM_MAX_CHUNK_BYTES={max_chunk_bytes} is out of range: "
+                              f"set it between 1 and {_COUNT_MAX} (MPI counts are 32-bit) "
+                              "or unset it")
+        #: largest MPI message this rank sends; bigger buffers go in chunks
+        self.max_chunk = max_chunk_bytes
+        #: largest message this rank accepts (bytes a frame may announce)
+        self.max_message = memory_limit()
         comm.Set_errhandler(MPI.ERRORS_RETURN)
         self.comm = comm
         #: on a spawned node, ``comm`` is the intercommunicator to the coordinator
@@ -134,11 +284,34 @@ class Transport:
         else:
             inline = payload
             kind_payload_oob = 0
-        tag = _TAG_BUF0 + next(self._bufseq) % _TAG_BUF_SPAN
+        tag = self._new_tag()
         sizes = [memoryview(b).nbytes for b in bufs]
         head = (_PREFIX.pack(_KIND_BUFFERS, len(bufs), tag)
                 + struct.pack(f"<B{len(sizes)}Q", kind_payload_oob, *sizes) + inline)
         return head, bufs, tag
+
+    def _new_tag(self) -> int:
+        return _TAG_BUF0 + next(self._bufseq) % _TAG_BUF_SPAN
+
+    def _chunked(self, head: Any, bufs: list[Any], tag: int) -> tuple[Any, list[Any], int]:
+        """The MPI messages of a frame: a first frame no larger than ``max_chunk``, then
+        the parts on ``tag``, each buffer split into chunks of ``max_chunk`` bytes."""
+        limit = self.max_chunk
+        if len(head) <= limit and all(memoryview(b).nbytes <= limit for b in bufs):
+            return head, bufs, tag
+        parts: list[Any] = []
+        if len(head) > limit:       # announced by a long frame, sent in chunks first
+            if not tag:
+                tag = self._new_tag()
+            parts.extend(_split(head, limit))
+            head = _LONG.pack(_KIND_LONG, len(head), tag)
+            self.counters.chunked_out += 1
+        for b in bufs:
+            chunks = _split(b, limit)
+            parts.extend(chunks)
+            if len(chunks) > 1:
+                self.counters.chunked_out += 1
+        return head, parts, tag
 
     def _path(self, dest: int) -> tuple[MPI.Comm, int, int | None]:
         """How to reach ``dest``: (communicator, its rank there, link rank or None).
@@ -164,9 +337,10 @@ class Transport:
             raise PeerFailed(dest)
         if self._routed(dest):
             comm, peer, via = self._path(HUB)
-            return comm, peer, via, self._routed_frame(dest, msg), [], 0
+            head, bufs, tag = self._chunked(self._routed_frame(dest, msg), [], 0)
+            return comm, peer, via, head, bufs, tag
         comm, peer, via = self._path(dest)
-        head, bufs, tag = self._frames(msg)
+        head, bufs, tag = self._chunked(*self._frames(msg))
         return comm, peer, via, head, bufs, tag
 
     def _routed_frame(self, dest: int, msg: Any) -> bytes:
@@ -232,7 +406,7 @@ class Transport:
         except PeerFailed:
             log.debug("routed frame for unknown rank %d dropped", dest)
             return
-        self._post_frames(comm, peer, via, frame, [], 0)
+        self._post_frames(comm, peer, via, *self._chunked(frame, [], 0))
 
     def broadcast(self, dests: Iterable[int], msg: Any) -> None:
         for d in dests:
@@ -275,55 +449,128 @@ class Transport:
         peer = status.Get_source()
         src = peer if link_rank is None else link_rank
         count = status.Get_count(MPI.BYTE)
+        self.last_heard[src] = time.monotonic()
+        if count < 0:       # MPI_UNDEFINED: beyond a 32-bit count, not from a clustervm
+            _drop(m)
+            log.error("a first frame from rank %d is larger than 2 GiB; dropped", src)
+            return True
         frame = bytearray(count)
         m.Recv([frame, MPI.BYTE])
         c = self.counters
         c.msgs_in += 1
         c.bytes_in += count
-        view = memoryview(frame)
-        self.last_heard[src] = time.monotonic()
-        kind = frame[0]
-        if kind == _KIND_INLINE:
-            payload: Any = view[1:]
-            bufs: list[Any] = []
-        elif kind == _KIND_ROUTED:
-            _, origin, dest, nbuf = _ROUTE.unpack_from(frame)
-            if dest != self.rank:
-                if self.rank == HUB and src not in self.ignored:
-                    self._forward(dest, frame)
-                return True
-            src = origin
-            off = _ROUTE.size
-            sizes = struct.unpack_from(f"<{nbuf + 1}Q", frame, off)
-            off += 8 * (nbuf + 1)
-            bufs = []
-            for size in sizes:
-                bufs.append(view[off:off + size])
-                off += size
-            payload = bufs.pop(0)
-        else:
-            _, nbuf, tag = _PREFIX.unpack_from(frame)
-            off = _PREFIX.size
-            oob_payload = frame[off]
-            sizes = struct.unpack_from(f"<{nbuf}Q", frame, off + 1)
-            payload = view[off + 1 + 8 * nbuf:]
-            bufs = []
-            for size in sizes:
-                buf = _empty_buffer(size)
-                comm.Recv([buf, MPI.BYTE], peer, tag)
-                bufs.append(buf)
-                c.bytes_in += size
-            if oob_payload:
-                payload = bufs.pop(0)
+        try:
+            self._take(comm, peer, src, frame)
+        except FrameError as exc:
+            log.error("%s; dropped", exc)
+        return True
+
+    def _take(self, comm: Any, peer: int, src: int, frame: Any) -> None:
+        """Handle a first frame from ``src`` (``peer`` on ``comm``): receive the parts it
+        announces, then decode and dispatch. Raises :class:`FrameError`."""
+        tag = 0
+        try:
+            f = parse_frame(frame, src, self.max_message)
+            tag = f.tag
+            if f.kind == _KIND_LONG:
+                frame = self._recv_part(comm, peer, tag, f.sizes[0], src)
+                f = parse_frame(frame, src, self.max_message, nested=True)
+                if f.tag != tag and f.sizes:
+                    raise FrameError(src, f"a long frame on tag {tag} announces its parts "
+                                          f"on tag {f.tag}")
+            if f.kind == _KIND_ROUTED:
+                if f.dest != self.rank:
+                    if self.rank == HUB and src not in self.ignored:
+                        self._forward(f.dest, frame)
+                    return
+                src = f.origin
+            bufs = list(f.bufs)
+            for size in f.sizes:
+                bufs.append(self._recv_part(comm, peer, tag, size, src))
+        except FrameError as exc:
+            tag = tag or exc.tag
+            if tag:      # drop the parts still on their way, so the sender is not stuck
+                self._drain(comm, peer, tag)
+            raise
+        payload = f.payload if f.payload is not None else bufs.pop(0)
+        self._deliver(src, payload, bufs)
+
+    def _deliver(self, src: int, payload: Any, bufs: list[Any]) -> None:
+        """Decode a message from ``src`` and run the handler; a message that cannot be
+        decoded, or that the handler fails on, is logged (naming ``src``) and dropped."""
         if src in self.ignored:
-            return True
-        msg = wire.loads(payload, bufs, allow_pickle=self.allow_pickle)
+            return
+        try:
+            msg = wire.loads(payload, bufs, allow_pickle=self.allow_pickle)
+        except WireError as exc:
+            log.error("a message from rank %d cannot be decoded; dropped: %s", src, exc)
+            return
         try:
             if self.handler(src, msg) is not False:
                 self._busy = True
-        except Exception:
-            log.exception("handler failed on a message from rank %d", src)
-        return True
+        except Exception as exc:   # noqa: BLE001 - one bad message never stops the loop
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error("the handler failed on a message from rank %d (%s): %s: %s (at %s:%d in "
+                      "%s); dropped", src, _summary(msg), type(exc).__name__, exc,
+                      os.path.basename(where.filename), where.lineno, where.name)
+            log.debug("the handler's traceback", exc_info=True)
+
+    def _recv_part(self, comm: Any, peer: int, tag: int, size: int, src: int) -> Any:
+        """Receive one ``size``-byte buffer on ``tag``: as many MPI messages as the sender
+        cut it into. Raises :class:`FrameError` for a part that does not fit or does
+        not come within _PART_WAIT_S."""
+        buf = _empty_buffer(size)
+        view = memoryview(buf).cast("B")
+        status = MPI.Status()
+        off = 0
+        messages = 0
+        while True:
+            m = self._probe_part(comm, peer, tag, src, status)
+            messages += 1
+            n = status.Get_count(MPI.BYTE)
+            if n < 0 or n > size - off or (n == 0 and size > off):
+                _drop(m)
+                raise FrameError(src, f"a part of {n} bytes does not fit the {size - off} "
+                                      f"bytes left of a {size}-byte buffer")
+            m.Recv([view[off:off + n], MPI.BYTE])
+            off += n
+            if off >= size:
+                break
+        c = self.counters
+        c.bytes_in += size
+        if messages > 1:
+            c.chunked_in += 1
+        return buf
+
+    def _probe_part(self, comm: Any, peer: int, tag: int, src: int, status: MPI.Status) -> Any:
+        """The next part on ``tag`` from ``peer`` (matched, not yet received)."""
+        deadline = 0.0
+        pause = 0.0
+        while True:
+            m = comm.Improbe(peer, tag, status)
+            if m is not None:
+                return m
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + _PART_WAIT_S
+            elif now > deadline:
+                raise FrameError(src, f"the rest of a frame (tag {tag}) did not come within "
+                                      f"{_PART_WAIT_S:.0f} s")
+            time.sleep(pause)
+            pause = min(0.001, 2 * pause + 0.00001)
+
+    def _drain(self, comm: Any, peer: int, tag: int) -> None:
+        """Drop what still comes on ``tag`` from ``peer`` (the parts of a refused frame),
+        so that its sender is not left blocked in a send."""
+        status = MPI.Status()
+        quiet_until = time.monotonic() + _DRAIN_WAIT_S
+        while time.monotonic() < quiet_until:
+            m = comm.Improbe(peer, tag, status)
+            if m is None:
+                time.sleep(0.001)
+                continue
+            _drop(m)
+            quiet_until = time.monotonic() + _DRAIN_WAIT_S
 
     def poll(self, limit: int = 256) -> int:
         """Receive and handle what has arrived (at most ``limit``); caller holds the token."""
@@ -554,6 +801,23 @@ class Transport:
         """Wake idle workers and the service thread (work arrived, or shutdown)."""
         with self._bg_cond:
             self._bg_cond.notify_all()
+
+
+def _split(buf: Any, limit: int) -> list[memoryview]:
+    """``buf`` as consecutive byte views of at most ``limit`` bytes (one view if it fits)."""
+    view = memoryview(buf).cast("B")
+    size = view.nbytes
+    if size <= limit:
+        return [view]
+    return [view[i:i + limit] for i in range(0, size, limit)]
+
+
+def _drop(m: Any) -> None:
+    """Receive a matched message into nothing (MPI truncates it); it is gone after."""
+    try:
+        m.Recv([bytearray(0), MPI.BYTE])
+    except MPI.Exception:
+        pass
 
 
 def _empty_buffer(size: int) -> Any:

@@ -10,7 +10,8 @@ What goes through, and comes back as it went:
 
 * None, bool, int (any size), float (nan/inf too), complex, str, bytes,
   list, tuple, dict (any sendable keys: int, tuple, ...), set, frozenset, nested
-  arbitrarily;
+  arbitrarily (tuples and sets at most ``MAX_NESTING``, 128, levels deep: the
+  decoder's C stack would overflow beyond; deeper messages are refused at both ends);
 * numpy arrays of any dtype but object (numeric, bool, complex, ``U``/``S``,
   datetime64/timedelta64, structured), any shape incl. 0-d and empty; C or
   Fortran order is kept, other layouts are made C-contiguous first;
@@ -88,6 +89,11 @@ _FIX_PICKLING = (
     "(e.g. leave out locks, sockets, open files)."
 )
 
+#: Tuples and sets nest at most this deep in a message: msgpack's C unpacker takes
+#: ~43 KiB of C stack per nested ext, and 195 levels overflow an 8 MiB stack (a
+#: segfault, not an exception), so both ends refuse deeper messages.
+MAX_NESTING = 128
+
 # A packer that grew beyond this while packing a message is dropped.
 _KEEP_PACKER_BYTES = 1 << 20
 _PACKER_BUF = 4096
@@ -96,6 +102,10 @@ _modules = sys.modules
 _tuple_new = tuple.__new__  # builds an ExtType without its Python-level checks
 _complex = struct.Struct("<dd")
 _unpackb = msgpack.unpackb
+
+
+class _TooDeep(Exception):
+    """Internal: tuples/sets nested deeper than MAX_NESTING."""
 
 
 class _Unsendable(Exception):
@@ -156,13 +166,14 @@ def _descr(dtype: Any) -> Any:
 
 
 class _Encoder:
-    __slots__ = ("free", "buffers", "allow_pickle", "busy")
+    __slots__ = ("free", "buffers", "allow_pickle", "busy", "depth")
 
     def __init__(self) -> None:
         self.free: list[msgpack.Packer] = []
         self.buffers: list[memoryview] = []
         self.allow_pickle = False
         self.busy = False
+        self.depth = 0   # nested packs under way (reset by dumps; not restored on errors)
 
     def new_packer(self) -> msgpack.Packer:
         return msgpack.Packer(
@@ -170,9 +181,13 @@ class _Encoder:
         )
 
     def pack(self, obj: Any) -> bytes:
+        if self.depth >= MAX_NESTING:
+            raise _TooDeep
+        self.depth += 1
         free = self.free
         packer = free.pop() if free else self.new_packer()
         data = packer.pack(obj)
+        self.depth -= 1
         # On an exception the packer is simply dropped. One that grew big is
         # dropped too, so a thread does not keep a huge buffer after a huge message.
         if len(data) <= _KEEP_PACKER_BYTES:
@@ -182,9 +197,13 @@ class _Encoder:
     def default(self, obj: Any) -> Any:
         t = type(obj)
         if t is tuple:  # the common case, self.pack inlined
+            if self.depth >= MAX_NESTING:
+                raise _TooDeep
+            self.depth += 1
             free = self.free
             packer = free.pop() if free else self.new_packer()
             data = packer.pack(list(obj))
+            self.depth -= 1
             if len(data) <= _KEEP_PACKER_BYTES:
                 free.append(packer)
             return _tuple_new(ExtType, (EXT_TUPLE, data))
@@ -314,12 +333,19 @@ def dumps(obj: Any, *, allow_pickle: bool = False) -> tuple[bytes, list[memoryvi
     if enc.busy:
         enc = _Encoder()  # re-entrant call on this thread
     enc.busy = True
+    enc.depth = 0
     enc.buffers = buffers = []
     enc.allow_pickle = allow_pickle
     try:
         payload = enc.pack(obj)
     except _Unsendable as exc:
         raise _wire_error(obj, exc) from None
+    except _TooDeep:
+        raise WireError(
+            f"cannot send message: it contains a reference cycle, or tuples and sets in it "
+            f"nest more than {MAX_NESTING} levels deep (the receiver could not decode it); "
+            "break the cycle, or flatten the data"
+        ) from None
     except RecursionError:
         raise WireError(
             "cannot send message: it is nested too deeply or contains a reference cycle"
@@ -508,34 +534,46 @@ def loads(
     bytes. A pickled object is refused with WireError unless allow_pickle is true.
     """
 
+    depth = 0   # nested unpacks under way (msgpack's C unpacker recurses through hook)
+
     def hook(code: int, data: bytes) -> Any:
-        if code == EXT_TUPLE:
-            return tuple(_unpackb(data, ext_hook=hook, raw=False, strict_map_key=False))
-        if code == EXT_NDARRAY:
-            return _dec_ndarray(data, buffers, hook)
-        if code == EXT_NPSCALAR:
-            return _dec_npscalar(data, hook)
+        nonlocal depth
         if code == EXT_BIGINT:
             return int.from_bytes(data, "little", signed=True)
-        if code == EXT_SET:
-            return set(_unpackb(data, ext_hook=hook, raw=False, strict_map_key=False))
-        if code == EXT_FROZENSET:
-            return frozenset(_unpackb(data, ext_hook=hook, raw=False, strict_map_key=False))
         if code == EXT_COMPLEX:
             return complex(*_complex.unpack(data))
         if code == EXT_SHARED:
             from .vm import Shared
             return Shared(bytes(data).decode())
-        if code == EXT_PICKLE:
-            return _dec_pickle(data, buffers, allow_pickle, hook)
-        raise WireError(f"unknown ext type {code} in message (sender runs another clustervm?)")
+        if depth >= MAX_NESTING:
+            raise WireError(f"malformed message: nested more than {MAX_NESTING} levels deep")
+        depth += 1
+        if code == EXT_TUPLE:
+            value: Any = tuple(_unpackb(data, ext_hook=hook, raw=False, strict_map_key=False))
+        elif code == EXT_NDARRAY:
+            value = _dec_ndarray(data, buffers, hook)
+        elif code == EXT_NPSCALAR:
+            value = _dec_npscalar(data, hook)
+        elif code == EXT_SET:
+            value = set(_unpackb(data, ext_hook=hook, raw=False, strict_map_key=False))
+        elif code == EXT_FROZENSET:
+            value = frozenset(_unpackb(data, ext_hook=hook, raw=False, strict_map_key=False))
+        elif code == EXT_PICKLE:
+            value = _dec_pickle(data, buffers, allow_pickle, hook)
+        else:
+            raise WireError(f"unknown ext type {code} in message (sender runs another clustervm?)")
+        depth -= 1
+        return value
 
     try:
         return _unpackb(payload, ext_hook=hook, raw=False, strict_map_key=False, use_list=True)
     except WireError:
         raise
-    except (ValueError, TypeError, struct.error, msgpack.UnpackException) as exc:
-        raise WireError(f"malformed message: {type(exc).__name__}: {exc}") from exc
+    except RecursionError:
+        raise WireError("malformed message: it is nested too deeply to decode") from None
+    except Exception as exc:  # noqa: BLE001 - bytes from the wire: any failure is malformed input
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise WireError(f"malformed message: {detail}") from exc
 
 
 # ---------------------------------------------------------------------------
@@ -620,6 +658,23 @@ def resolve_ref(ref: str) -> Any:
             f"{qualname!r}; the module must be importable on every node, in the same version"
         ) from None
     return target
+
+
+def relabel(exc: WireError, prefix: str, label: str) -> WireError:
+    """``exc`` with the path the user wrote: ``prefix`` (where the value sits in the
+    protocol message, e.g. ``"[4]"``) replaced by ``label`` (e.g. ``"result"``).
+
+    ``cannot send ... at [4]['lock']`` becomes ``cannot send ... at result['lock']``.
+    An error whose path does not start with ``prefix`` comes back unchanged.
+    """
+    path = getattr(exc, "path", None)
+    if path is None or not path.startswith(prefix):
+        return exc
+    inner = path[len(prefix):]
+    where = "the top level of the message" if path == "" else path
+    err = WireError(str(exc).replace(f" at {where}:", f" at {label}{inner}:", 1))
+    err.path = f"{label}{inner}"  # type: ignore[attr-defined]
+    return err
 
 
 _PLAIN = (int, float, str, bytes, bool, type(None))
