@@ -181,16 +181,23 @@ class Node(Site):
             self._flush(batch)
 
     def _flush(self, batch: list) -> None:
+        """Report finished short tasks to the coordinator, in one message.
+
+        A result that cannot be sent becomes its task's WireError, naming the path
+        as the task's code sees it (``result['lock']``); the others still go."""
         try:
-            self.transport.send(P.COORDINATOR, (P.DONE, batch))
-        except WireError:
-            for i, (tid, ok, value) in enumerate(batch):   # find the unsendable results
-                try:
-                    self.transport.send(P.COORDINATOR, (P.DONE, [batch[i]]))
-                except WireError as exc:
-                    err = WireError(f"the result of task {tid} cannot be sent back: {exc}")
-                    self.transport.send(P.COORDINATOR,
-                                        (P.DONE, [(tid, False, remote.pack_exception(err, self.where()))]))
+            try:
+                self.transport.send(P.COORDINATOR, (P.DONE, batch))
+            except WireError:
+                for item in batch:   # find the unsendable results
+                    try:
+                        self.transport.send(P.COORDINATOR, (P.DONE, [item]))
+                    except WireError as exc:
+                        tid = item[0]
+                        exc = wire.relabel(exc, "[1][0][2]", "result")
+                        err = WireError(f"the result of task {tid} cannot be sent back: {exc}")
+                        packed = remote.pack_exception(err, self.where())
+                        self.transport.send(P.COORDINATOR, (P.DONE, [(tid, False, packed)]))
         except PeerFailed:
             self.stopping = True
         batch.clear()
@@ -306,6 +313,7 @@ class Node(Site):
             try:
                 self.transport.send(P.COORDINATOR, (P.EXITED, ctx.tid, ctx.inc, ok, value))
             except WireError as exc:
+                exc = wire.relabel(exc, "[4]", "result")
                 err = WireError(f"the return value of task {ctx.tid} cannot be sent: {exc}")
                 self.transport.send(P.COORDINATOR, (P.EXITED, ctx.tid, ctx.inc, False,
                                                     remote.pack_exception(err, self.where())))
