@@ -261,6 +261,16 @@ def test_configuration_page_lists_every_variable():
     assert not unknown, f"docs/configuration.md lists variables nothing reads: {unknown}"
 
 
+def test_readme_links_to_pages_that_exist():
+    """The README's relative links (the doc links among them) point at files in the repo."""
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
+    local = [link for link in links if "://" not in link]
+    assert any(link.startswith("docs/") for link in local), "the README links no doc page"
+    missing = [link for link in local if not (ROOT / link).exists()]
+    assert not missing, f"README.md links to files that do not exist: {missing}"
+
+
 PVM_CHECKLIST = Path("/work/shared/reference/pvm-features.md")
 
 
