@@ -41,8 +41,9 @@ pytestmark = [
 PI = str(EXAMPLES / "pi_montecarlo.py")
 PI_ARGS = ["--tasks", "8", "--samples", "200000", "--seed", "1"]
 # slow tasks with checkpoints: still running when a node's ranks are killed
-SLOW_ARGS = [*PI_ARGS, "--task-ms", "1500", "--checkpoint-every", "20000"]
+SLOW_ARGS = [*PI_ARGS, "--task-ms", "800", "--checkpoint-every", "5000"]
 HELLO = str(EXAMPLES / "hello.py")
+JOB_SH = EXAMPLES / "slurm" / "job.sh"
 JOB_TIMEOUT = 90
 
 
@@ -139,14 +140,51 @@ def test_node_lost(cluster, local_pi):
                                             f"{cluster.job(job_id)}"
         time.sleep(0.1)
     time.sleep(2.0)                             # tasks are running, checkpoints written
+    t0 = time.monotonic()
     killed = cluster.hosts.kill_ranks(victim)
     print(f"killed ranks {killed} on {cluster.nodes[victim]}")
     assert killed
     info = cluster.wait_job(job_id, JOB_TIMEOUT)
     with open(out.replace("%j", job_id), errors="replace") as f:
         output = f.read()
+    print(f"job ended {time.monotonic() - t0:.1f} s after the kill:\n{output}")
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), output
     assert result_line(output) == local_pi
+
+
+def test_node_crashed(cluster, local_pi):
+    """Node 2 crashes (slurmd, slurmstepd, Open MPI's daemon and the ranks SIGKILLed):
+    PRRTE ends the job step, and the job script of examples/slurm/ (a hostfile of the
+    allocation, --restarts, checkpoints on shared storage) starts it again from its
+    journal on the node that answers. Its slurmd is then started again ("rebooted") so
+    that Slurm can end the job there: COMPLETED 0:0, the local result."""
+    out = os.path.join(cluster.dir, "crash.%j.out")
+    env = job_env({"VENV": str(BIN.parent), "SHARED": cluster.dir})
+    job_id = cluster.sbatch(["-N2", "--ntasks-per-node=2", "-o", out, str(JOB_SH), PI,
+                             *SLOW_ARGS], env=env, cwd=str(ROOT))
+    victim = 1
+    deadline = time.monotonic() + 60
+    while len(_pythons(cluster, victim)) < 2:
+        assert time.monotonic() < deadline, f"no ranks on {cluster.nodes[victim]}: " \
+                                            f"{cluster.job(job_id)}"
+        time.sleep(0.1)
+    time.sleep(2.0)
+    t0 = time.monotonic()
+    assert cluster.kill_node(victim)
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while (info := cluster.job(job_id))["JobState"] in ("RUNNING", "CONFIGURING"):
+        assert time.monotonic() < deadline, f"job {job_id} still running: {info}"
+        time.sleep(0.2)
+    print(f"job script ended {time.monotonic() - t0:.1f} s after the crash: "
+          f"{info['JobState']} {info['ExitCode']}")
+    cluster.start_slurmd(victim)
+    info = cluster.wait_job(job_id, 60)
+    with open(out.replace("%j", job_id), errors="replace") as f:
+        output = f.read()
+    print(output)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), output
+    assert result_line(output) == local_pi
+    assert f"lost host(s): {cluster.nodes[victim]}" in output, output
 
 
 def _pythons(cluster: SlurmCluster, i: int) -> list[int]:

@@ -329,6 +329,25 @@ class SlurmCluster:
                                         f"{timeout:g} s; cancelled it")
             time.sleep(0.2)
 
+    def kill_node(self, i: int) -> list[int]:
+        """Crash node I: SIGKILL every process of its host, its slurmd, the job steps'
+        slurmstepd and whatever they started. Returns the pids killed."""
+        killed = self.hosts.kill_host(i)
+        proc = self._daemons.get(f"slurmd-{self.nodes[i]}")
+        if proc is not None:
+            proc.wait(timeout=_STOP_GRACE_S)
+        return killed
+
+    def start_slurmd(self, i: int) -> None:
+        """Start node I's slurmd again (after :meth:`kill_node`: the node "rebooted");
+        Slurm then ends there what it still counts as running."""
+        node = self.nodes[i]
+        proc = self._daemons.get(f"slurmd-{node}")
+        if proc is not None and proc.poll() is None:
+            raise SlurmClusterError(f"slurmd of {node} is still running (pid {proc.pid})")
+        argv = self.hosts.host_command(i, ["slurmd", "-D", "-N", node, "-f", self.conf])
+        self._start(argv, f"slurmd-{node}")
+
     def mpi_types(self) -> list[str]:
         """What ``srun --mpi=list`` offers here (e.g. none, pmi2, pmix)."""
         out = self.run(["srun", "--mpi=list"], timeout=15, check=False)
