@@ -546,6 +546,12 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
                 finished = functools.partial(os.path.exists, done)
             rc = _wait(proc, left, finished, finish_grace)
             main_rc = _read_status(done) if marker_dir is not None else None
+            if marker_dir is not None and main_rc is None and rc == 0:
+                # rank 0 leaves its status on every way out; mpiexec exits 0 on a SIGINT
+                # of its own: the job did not finish
+                print("clustervm: error: mpiexec ended before the job finished (interrupted?)",
+                      file=sys.stderr, flush=True)
+                rc = 1
             if main_rc is not None and main_rc != rc:
                 log.info("mpiexec ended with %d; the job's status (rank 0) is %d", rc, main_rc)
                 rc = main_rc
