@@ -9,9 +9,11 @@
 
 so Slurm sees ``k`` nodes, and a job's batch script, its ``srun`` steps and the
 processes they start run inside the hosts. Everything (slurm.conf, munge key and
-socket, state and spool directories, logs) is in one temporary directory; no file
-outside it is read or written, and the machine's own Slurm or munge, if any, is not
-touched: commands reach this cluster through ``SLURM_CONF`` (:meth:`env`).
+socket, state and spool directories, logs, the jobs' TMPDIR) is in the hosts' work
+directory (removed with the hosts, by the next run after a crash); the machine's own
+Slurm or munge, if any, is not touched: commands reach this cluster through
+``SLURM_CONF`` (:meth:`env`), and slurmctld and munged die with the process that
+started them.
 
 Choices: ``proctrack/linuxproc`` and ``task/none`` (no cgroups, which a container may
 not delegate), ``select/cons_tres`` with ``CR_CPU``, ``SlurmdParameters=config_overrides``
@@ -30,7 +32,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from typing import Mapping, Sequence
 
@@ -62,6 +63,15 @@ def available() -> tuple[bool, str]:
     return True, ""
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the process that started it dies, so
+    that a crashed test run leaves no slurmctld or munged behind (slurmds and jobs are
+    in the hosts, which the next run's TestHosts.up removes)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+
+
 def _free_port(address: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((address, 0))
@@ -89,6 +99,9 @@ class SlurmCluster:
         self.partition = partition
         self.hosts = TestHosts(k, prefix="cvms")
         self.dir = ""
+        #: TMPDIR of the commands run through :meth:`run` and of their jobs (Open MPI's
+        #: session directories, the launcher's hostfiles), removed with the rest
+        self.tmpdir = ""
         self.conf = ""
         self.nodes: list[str] = []       # Slurm's node names: the hosts' hostnames
         self.munge_socket = ""
@@ -115,8 +128,11 @@ class SlurmCluster:
         try:
             self.hosts.up()
             self.nodes = list(self.hosts.hostnames)
-            self.dir = tempfile.mkdtemp(prefix=f"{self.hosts.tag}-slurm-")
-            os.chmod(self.dir, 0o755)    # job scripts' output is written here by the nodes
+            # in the hosts' work directory: removed with the hosts, also after a crash
+            self.dir = os.path.join(self.hosts.workdir, "slurm")
+            self.tmpdir = os.path.join(self.hosts.workdir, "t")     # short: socket paths
+            for path in (self.dir, self.tmpdir):
+                os.makedirs(path, mode=0o755)
             self._start_munge()
             self._write_conf()
             self._start(["slurmctld", "-D", "-f", self.conf], "slurmctld")
@@ -147,9 +163,7 @@ class SlurmCluster:
             if proc is not None:
                 self._stop(proc)
         with contextlib.suppress(Exception):
-            self.hosts.down()        # kills what is left in the hosts (slurmstepd, jobs)
-        if self.dir and not os.environ.get("CLUSTERVM_KEEP_SLURM_DIR"):
-            shutil.rmtree(self.dir, ignore_errors=True)
+            self.hosts.down()   # kills what is left in the hosts; removes self.dir
         self._up = False
         self.timings["down"] = time.monotonic() - t0
 
@@ -171,7 +185,7 @@ class SlurmCluster:
         with open(log_path, "w") as out:
             proc = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env=self.env(),
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_die_with_parent)
         self._daemons[name] = proc
         return proc
 
@@ -282,7 +296,8 @@ class SlurmCluster:
     # -- use -------------------------------------------------------------------------
 
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        """This process's environment with SLURM_CONF pointing at this cluster."""
+        """This process's environment with SLURM_CONF pointing at this cluster (and
+        none of the variables of an allocation this process may run in)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
         env["SLURM_CONF"] = self.conf
         env.update(extra or {})
@@ -293,7 +308,8 @@ class SlurmCluster:
             ) -> subprocess.CompletedProcess:
         """Run a Slurm command (sbatch, salloc, srun, scontrol...) against this cluster."""
         try:
-            out = subprocess.run(list(argv), env=self.env(env), cwd=cwd, capture_output=True,
+            out = subprocess.run(list(argv), env=self.env({"TMPDIR": self.tmpdir, **(env or {})}),
+                                 cwd=cwd, capture_output=True,
                                  text=True, timeout=timeout, stdin=subprocess.DEVNULL,
                                  start_new_session=True)
         except subprocess.TimeoutExpired as e:
