@@ -27,10 +27,28 @@ point to point (``isend``/``irecv``).
 Failure: a member polls its request and, meanwhile, watches for a member
 whose node is lost (MPI error from ULFM, or the coordinator moving or ending
 that member). Then it revokes the communicator (ULFM), so no member stays
-blocked, and raises a GroupError naming the lost member; later calls raise it
-too. A frozen group does not survive failover: a restarted member gets the
-same error from the coordinator. ``leave_group`` and ``join_group`` again
-make it a hub group.
+blocked.
+
+Surviving it (``freeze_group(..., survive=True)``, the default): every call
+also posts the member's contribution to the coordinator, without waiting (a
+*shadow*: one small message per call, a copy of the value). On a loss the
+members that see it retry the call in progress through the coordinator; the
+first such call *thaws* the group there: its last rounds (up to 64) are
+rebuilt from the shadows, so the lost member, restarted from its checkpoint,
+gets for each call it makes again the answer the others got on MPI, and the
+call in progress completes for everyone. The group then goes on through the
+coordinator (``group_on_mpi`` is False; every member calling ``freeze_group``
+again puts it back on MPI). Results are the same as undisturbed, except
+that large float arrays reduced with MPI's own ``Iallreduce``/``Ireduce``
+may differ in the last bits from the coordinator's left-to-right sum. Under
+MPICH (no ULFM, no revoke) the members see the loss when the coordinator
+moves the lost member (heartbeat timeout, plus ``_GRACE_S``) and then go on
+the same way.
+
+With ``survive=False`` no shadows are sent: a lost member makes the calls
+raise a GroupError naming it (never hang), later calls raise it too, and a
+restarted member gets the same error from the coordinator; ``leave_group``
+and ``join_group`` again make it a hub group.
 """
 from __future__ import annotations
 
@@ -70,8 +88,10 @@ _yield = getattr(os, "sched_yield", lambda: time.sleep(0))
 class FrozenGroup:
     """One member's view of a frozen group: the communicator and how to use it."""
 
-    def __init__(self, ctx: "TaskContext", name: str, members: list, tag: int) -> None:
+    def __init__(self, ctx: "TaskContext", name: str, members: list, tag: int,
+                 survive: bool = False) -> None:
         self.ctx = ctx
+        self.survive = survive
         self.site: "Site" = ctx._site
         self.name = name
         self.members = sorted((int(i), int(t), int(r)) for i, t, r in members)   # by instance
@@ -98,18 +118,21 @@ class FrozenGroup:
     # -- the call -------------------------------------------------------------
 
     def call(self, op: str, value: Any, count: Any, root: Any, fn: str | None,
-             timeout: float | None = None) -> Any:
+             timeout: float | None = None, round_no: int | None = None) -> Any:
         if self.broken is not None:
             raise self.broken
         self.calls += 1
         self.deadline = None if timeout is None else time.perf_counter() + timeout
         failed = None
+        given = value
         try:
             slot, meta, bufs, value = self._prepare(op, value, count, root, fn)
         except Exception as exc:   # noqa: BLE001 - take part anyway, so no member waits
             failed, meta, bufs = exc, None, []
             slot = np.zeros(SLOT, np.uint8)
             _HDR.pack_into(slot, 0, _OPS[op], -2, -2, 0, _FAILED, 0, 0, 0)
+        if self.survive and round_no is not None:
+            self._shadow(round_no, op, given, count, root, fn, failed)
         n = len(self.members)
         slots = np.empty(n * SLOT, np.uint8)
         self._wait(self.comm.Iallgather(slot, slots), op)
@@ -202,6 +225,37 @@ class FrozenGroup:
                        0 if fn is None else zlib.crc32(fn.encode()), flags,
                        0 if meta is None else len(meta), total, 0)
         return slot, meta, bufs, value
+
+    def _shadow(self, round_no: int, op: str, value: Any, count: Any, root: Any,
+                fn: str | None, failed: BaseException | None) -> None:
+        """Post this call's contribution to the coordinator too, without waiting: if a
+        member is lost, the group goes on on the hub from these (see groups.py)."""
+        from .site import snapshot
+        why = None
+        if failed is not None:
+            why = (f"{op} on frozen group {self.name!r}: instance(s) [{self.insts[self.me]}] "
+                   f"could not make their contribution (their own call raised the error); no "
+                   f"member got a result")
+            value = None
+        else:
+            try:
+                value = snapshot(value)     # the caller may change it once the call returns
+            except Exception:   # noqa: BLE001 - unsendable: the MPI exchange fails alike
+                value = None
+        args = (self.name, self.ctx.tid, round_no, op, value, count, root, fn, why)
+        site = self.site
+        if site.rank == 0:            # main, on the coordinator itself
+            site._serve("frozen_shadow", args, _no_reply)
+            return
+        from . import protocol as P
+        try:
+            site.transport.post(P.COORDINATOR, (P.REQ, 0, "frozen_shadow", args))
+        except Exception:   # noqa: BLE001 - not wire data: say so instead
+            site.transport.post(P.COORDINATOR, (P.REQ, 0, "frozen_shadow",
+                                                args[:4] + (None, count, root, fn, why or
+                                                            f"{op} on frozen group "
+                                                            f"{self.name!r}: a value that "
+                                                            f"cannot be sent")))
 
     def _validate(self, op: str, hdrs: list) -> None:
         first = hdrs[0]
@@ -395,6 +449,10 @@ class FrozenGroup:
 
     def _break(self, op: str, why: str) -> None:
         self._revoke()
+        if self.survive:             # go on on the hub: the caller retries this call there
+            self.broken = Thawed(f"{op} on frozen group {self.name!r}: a member was lost "
+                                 f"({why}); the group goes on through the coordinator")
+            raise self.broken
         failed: set = set()
         try:                                   # ULFM: which ranks of the communicator failed
             fg = self.comm.Get_failed()
@@ -429,6 +487,14 @@ class FrozenGroup:
         if self.broken is None:
             self._revoke()
         self.broken = self.broken or GroupError(f"this task left frozen group {self.name!r}")
+
+
+class Thawed(GroupError):
+    """A frozen group that survives lost a member: the call is retried on the hub."""
+
+
+def _no_reply(ok: bool, value: Any) -> None:
+    """Shadows are never answered."""
 
 
 def _fast_ok(value: Any, fn: str | None) -> bool:

@@ -8,6 +8,12 @@ checkpoint after a failover calls its rounds again: a round still open takes
 the new contribution, a finished round answers from its kept result. A round
 that waits for a member that cannot come back fails with a GroupError naming
 it; none hangs.
+
+Frozen groups on MPI (fastgroup.py) that survive a loss post each call's
+contributions here as *shadows*; the first hub call on such a group after a
+loss *thaws* it: its rounds are rebuilt from the shadows (an ended member's
+included, at its instance), and from then on rounds wait for every member of
+the frozen group that has not ended or left.
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ _BUILTIN = {"sum": (operator.add, "add"), "prod": (operator.mul, "multiply"),
 
 
 class _Round:
-    __slots__ = ("op", "parts", "count", "root", "fn")
+    __slots__ = ("op", "parts", "count", "root", "fn", "need")
 
     def __init__(self, op: str, count: int | None, root: Any = None, fn: Any = None) -> None:
         self.op = op
@@ -39,6 +45,8 @@ class _Round:
         self.count = count
         self.root = root
         self.fn = fn
+        #: a round of a thawed frozen group: the members that must contribute (or end)
+        self.need: set[int] | None = None
 
     def call(self) -> str:
         """How the members called this round, e.g. ``reduce(op='sum', root=0)``."""
@@ -62,6 +70,15 @@ class Groups:
         self.next_round: dict[str, int] = {}
         self.doomed: dict[str, dict[int, GroupError]] = {}     # rounds that a failed member missed
         self.frozen: dict[str, bool] = {}                       # name -> on MPI collectives?
+        # frozen groups on MPI that survive a lost member: every member posts each call's
+        # contribution here too (a "shadow", never waited for); when a member is lost the
+        # group thaws onto the hub, whose rounds are rebuilt from the shadows
+        self.shadowed: dict[str, set[int]] = {}                 # name -> members at freeze
+        self.shadows: dict[str, OrderedDict[int, dict[int, tuple]]] = {}
+        self.shadow_floor: dict[str, int] = {}                  # oldest round still kept
+        self.thawed: dict[str, str] = {}                        # name -> why it thawed
+        self.frozen_insts: dict[str, dict[int, int]] = {}       # name -> tid -> instance
+        self.shadow_bytes: dict[str, dict[int, int]] = {}       # name -> round -> bytes
         self._comm_tags = 0
 
     # -- membership ----------------------------------------------------------
@@ -85,6 +102,11 @@ class Groups:
         # the oldest open round, else the next one (rounds may finish out of order)
         base = min(open_rounds) if open_rounds else self.next_round.get(name, 0)
         self.base[(name, tid)] = base
+        if name in self.shadowed:               # a thawed group: needed from now on
+            self.shadowed[name].add(tid)
+            for rnd in (open_rounds or {}).values():
+                if rnd.need is not None:
+                    rnd.need.add(tid)
         self._recheck(name)
         return inst, base
 
@@ -94,6 +116,7 @@ class Groups:
             if t == tid:
                 del insts[inst]
                 self.frozen.pop(name, None)     # membership changed: not frozen any more
+                self._not_needed(name, tid)
                 self._recheck(name)
                 return
         raise GroupError(f"task {tid} is not a member of group {name!r}")
@@ -141,6 +164,7 @@ class Groups:
                             self.doomed.setdefault(name, {})[nxt] = err
                     del insts[inst]
                     self.frozen.pop(name, None)
+                    self._not_needed(name, tid)     # its shadows came before its exit
                     self._recheck(name)
 
     # -- collectives -----------------------------------------------------------
@@ -151,21 +175,33 @@ class Groups:
         if not insts or tid not in insts.values():
             raise GroupError(f"task {tid} called {op} on group {name!r} without being a member; "
                              f"call join_group({name!r}) first")
-        if self.frozen.get(name) and (op != "freeze" or round_no is not None and
-                                      round_no < self.next_round.get(name, 0)):
-            # only a member restarted from an older state calls the hub (or freezes again)
-            raise GroupError(f"group {name!r} is frozen onto MPI collectives (freeze_group) and "
-                             f"task {tid} called {op} through the coordinator: it was restarted "
-                             f"after its node was lost, and a frozen group does not survive "
-                             f"that. Have every member leave_group({name!r}) and join_group "
-                             f"again to go on as a hub group")
+        hub_call = op != "freeze" or (round_no is not None and
+                                      round_no < self.next_round.get(name, 0))
+        if hub_call and name in self.shadowed and name not in self.thawed:
+            # a member that saw a member lost, or one restarted after the loss
+            self.thaw(name, f"task {tid} called {op} through the coordinator")
+        if self.frozen.get(name) and hub_call:
+            raise GroupError(
+                f"group {name!r} is frozen onto MPI collectives (freeze_group(..., "
+                f"survive=False)) and task {tid} called {op} through the coordinator: it "
+                f"was restarted after its node was lost, and such a frozen group does "
+                f"not survive that. Have every member leave_group({name!r}) and "
+                f"join_group again to go on as a hub group")
+        self._contribute(reply, op, name, tid, value, count, root, fn, round_no)
+
+    def _contribute(self, reply: Reply, op: str, name: str, tid: int, value: Any, count: Any,
+                    root: Any, fn: Any, round_no: int | None) -> None:
         if round_no is None:
             round_no = self.counter.get((name, tid), 0)
         self.counter[(name, tid)] = round_no + 1
         finished = self.done.get(name, {}).get(round_no)
         if finished is not None:
             f_op, answers, error = finished
-            if tid in answers:
+            if f_op == "freeze" and name in self.thawed and tid in answers and answers[tid][0]:
+                # a member restarted from before the freeze: the group is on the hub now
+                plan = dict(answers[tid][1], members=None, why=f"thawed: {self.thawed[name]}")
+                reply(True, plan)
+            elif tid in answers:
                 reply(*_own(tid, answers[tid]))
             elif error is not None:
                 reply(False, error)
@@ -183,6 +219,8 @@ class Groups:
                              f"restarted from an older state: checkpoint it more often")
         if rnd is None:
             rnd = self.rounds[name][round_no] = _Round(op, count, root, fn)
+            if name in self.shadowed and name in self.thawed:
+                rnd.need = set(self.shadowed[name])
         elif (rnd.op, rnd.count, rnd.root, rnd.fn) != (op, count, root, fn):
             mine = _Round(op, count, root, fn)
             first = next(iter(rnd.parts), None)
@@ -205,7 +243,66 @@ class Groups:
     def _needed(self, name: str, rnd: _Round) -> int:
         if rnd.op == "barrier" and rnd.count:
             return int(rnd.count)
+        if rnd.need is not None:     # every member of the frozen group that has not ended
+            return len(rnd.parts) + len(rnd.need - set(rnd.parts))
         return len(self.members.get(name, {}))
+
+    # -- frozen groups that survive (shadows) ------------------------------------
+
+    def _not_needed(self, name: str, tid: int) -> None:
+        """Member ``tid`` left or ended: rounds it took no part in do not wait for it."""
+        need = self.shadowed.get(name)
+        if need is None:
+            return
+        need.discard(tid)
+        for rnd in self.rounds.get(name, {}).values():
+            if rnd.need is not None and tid not in rnd.parts:
+                rnd.need.discard(tid)
+
+    def shadow(self, name: str, tid: int, round_no: int, op: str, value: Any, count: Any,
+               root: Any, fn: Any, failed: str | None) -> None:
+        """A member's contribution to round ``round_no`` of frozen group ``name``, made on
+        MPI (kept until the group thaws, or passed on at once if it has)."""
+        if name not in self.shadowed:
+            return
+        if name in self.thawed:
+            self._replay(name, round_no, tid, (op, value, count, root, fn, failed))
+            return
+        kept = self.shadows.setdefault(name, OrderedDict())
+        kept.setdefault(round_no, {})[tid] = (op, value, count, root, fn, failed)
+        sizes = self.shadow_bytes.setdefault(name, {})
+        sizes[round_no] = sizes.get(round_no, 0) + approx_size(value)
+        while len(kept) > _KEEP_DONE or (len(kept) > 1 and sum(sizes.values()) > _KEEP_BYTES):
+            old, _ = kept.popitem(last=False)
+            sizes.pop(old, None)
+            self.shadow_floor[name] = next(iter(kept))
+
+    def thaw(self, name: str, why: str) -> None:
+        """A member of frozen group ``name`` was lost: the group goes on on the hub. Its
+        rounds so far are rebuilt from the shadows, so a member restarted from an older
+        checkpoint gets the answers the others got on MPI."""
+        if name in self.thawed or name not in self.shadowed:
+            return
+        self.thawed[name] = why
+        self.frozen.pop(name, None)
+        floor = self.shadow_floor.get(name)
+        if floor is not None:
+            self.next_round[name] = max(self.next_round.get(name, 0), floor)
+        self.shadow_bytes.pop(name, None)
+        for round_no, parts in sorted(self.shadows.pop(name, {}).items()):
+            for tid, entry in parts.items():
+                self._replay(name, round_no, tid, entry)
+
+    def _replay(self, name: str, round_no: int, tid: int, entry: tuple) -> None:
+        op, value, count, root, fn, failed = entry
+        if failed is not None:
+            if round_no not in self.done.get(name, {}):
+                self._fail_round(name, round_no, GroupError(failed))
+            return
+        try:      # (an ended member's shadow counts: it made that call)
+            self._contribute(_ignore, op, name, tid, value, count, root, fn, round_no)
+        except GroupError:
+            pass      # the members that call this round again get the error themselves
 
     def _recheck(self, name: str) -> None:
         for round_no in sorted(self.rounds.get(name, {})):
@@ -219,6 +316,8 @@ class Groups:
         self.next_round[name] = max(self.next_round.get(name, 0), round_no + 1)
         insts = self.members.get(name, {})
         inst_of = {t: i for i, t in insts.items()}
+        for t, i in self.frozen_insts.get(name, {}).items():   # members that ended since
+            inst_of.setdefault(t, i)
         try:
             answers = self._compute(name, rnd, inst_of)
         except Exception as exc:   # noqa: BLE001 - every member gets the error
@@ -309,6 +408,15 @@ class Groups:
             plan["members"] = [(inst_of[t], t, ranks[t]) for t in ordered]
             plan["tag"] = self._comm_tags
         self.frozen[name] = plan["members"] is not None
+        survive = rnd.count == 1      # freeze_group(..., survive=False) asks with count 2
+        plan["survive"] = bool(plan["members"] is not None and survive)
+        if plan["survive"]:
+            self.shadowed[name] = set(ordered)
+            self.frozen_insts[name] = {t: inst_of[t] for t in ordered}
+            self.thawed.pop(name, None)
+            self.shadows.pop(name, None)
+            self.shadow_bytes.pop(name, None)
+            self.shadow_floor.pop(name, None)
         return {t: (True, plan) for t in rnd.parts}
 
     def _rank_of(self, tid: int) -> int | None:
@@ -384,6 +492,10 @@ def combine(op: str, name: str, values: list, insts: list[int], fn: Any, resolve
     if op == "scan":
         return prefix
     return [None] + prefix[:-1]
+
+
+def _ignore(ok: bool, value: Any) -> None:
+    """The reply of a contribution replayed from a shadow: its member already has it."""
 
 
 def _own(tid: int, answer: tuple[bool, Any]) -> tuple[bool, Any]:

@@ -304,20 +304,26 @@ class TaskContext:
         self._site.call("leave_group", name, self.tid)
         self._coll.pop(name, None)      # a later join_group starts at the group's next round
 
-    def freeze_group(self, name: str, mpi: bool = True, timeout: float | None = None) -> int:
+    def freeze_group(self, name: str, mpi: bool = True, timeout: float | None = None,
+                     survive: bool = True) -> int:
         """Make group ``name`` static (pvm_freezegroup); every member calls it. Returns the size.
 
         With ``mpi`` (the default) and members on distinct nodes (main counts as rank 0),
         the group's collectives then run on an MPI communicator of those ranks, member to
-        member, instead of through the coordinator. Such a group does not survive the loss
-        of a member: its collectives raise GroupError naming the lost member (never hang).
-        After freezing, no task can join; a member that leaves ends the frozen group.
+        member, instead of through the coordinator. With ``survive`` (the default) each
+        call also posts this member's contribution to the coordinator without waiting;
+        if a member is lost the group goes on through the coordinator, and the member,
+        restarted from its checkpoint, gets the same answers as the others (see
+        clustervm/fastgroup.py). With ``survive=False`` (no such copies) the loss of a
+        member makes its collectives raise GroupError naming it (never hang).
+        After freezing, no task can join.
         """
-        plan = self._collective("freeze", name, None, int(bool(mpi)), None, None, timeout)
+        count = 0 if not mpi else (1 if survive else 2)
+        plan = self._collective("freeze", name, None, count, None, None, timeout)
         if plan["members"]:
             from .fastgroup import FrozenGroup
             self.__dict__.setdefault("_frozen", {})[name] = FrozenGroup(
-                self, name, plan["members"], plan["tag"])
+                self, name, plan["members"], plan["tag"], bool(plan.get("survive")))
         return plan["size"]
 
     def group_on_mpi(self, name: str) -> bool:
@@ -404,10 +410,14 @@ class TaskContext:
         if round_no is None:
             raise GroupError(f"task {self.tid} called {op} on group {name!r} without being a "
                              f"member; call join_group({name!r}) first")
+        self._coll[name] = round_no + 1       # frozen calls count too: a restart resumes here
         frozen = self.__dict__.get("_frozen")
         if frozen and name in frozen:
-            return frozen[name].call(op, value, count, root, fn_ref, timeout)
-        self._coll[name] = round_no + 1
+            from .fastgroup import Thawed
+            try:
+                return frozen[name].call(op, value, count, root, fn_ref, timeout, round_no)
+            except Thawed:
+                frozen.pop(name, None)       # a member was lost: this call again, on the hub
         try:
             return self._site.call("collective", op, name, self.tid, value, count, root,
                                    fn_ref, round_no, timeout=timeout)

@@ -7,7 +7,8 @@ freeze it (one member per rank: its collectives run on MPI) and make the calls
 of groups_calls.record. Main prints ``frozen-result=<json>``. With
 ``--kill-at K`` the member on the last rank creates ``DIR/ready`` before its
 K-th allreduce of a loop and sleeps (the test kills its node); main then
-prints ``frozen-error: <type>: <message>``.
+prints ``frozen-error: none`` (or ``<type>: <message>``) and ``frozen-survived:``
+(whether every allreduce of the loop was right, and the members' errors).
 """
 import argparse
 import json
@@ -83,18 +84,23 @@ def main(vm) -> None:
     mine["errors"] = probe_errors(vm.context, me)
     if a.kill_at >= 0:
         t0 = time.monotonic()
+        sums = []
         try:
             for step in range(a.kill_at + 50):
-                vm.allreduce(G, step, timeout=60)
+                sums.append(vm.allreduce(G, step, timeout=60))
             print("frozen-error: none", flush=True)
         except Exception as exc:   # noqa: BLE001
             print(f"frozen-error: {type(exc).__name__}: {exc} "
                   f"(after {time.monotonic() - t0:.1f} s)", flush=True)
+        lost = []
         for t in tids:
             try:
-                vm.join(t, timeout=60)
-            except Exception:   # noqa: BLE001
-                pass
+                lost.append(vm.join(t, timeout=60).get("lost"))
+            except Exception as exc:   # noqa: BLE001
+                lost.append(f"{type(exc).__name__}: {exc}")
+        ok = sums == [n * s for s in range(a.kill_at + 50)]
+        print(f"frozen-survived: sums_ok={ok} on_mpi={vm.group_on_mpi(G)} "
+              f"task_errors={[x for x in lost if x]}", flush=True)
         return
     tasks = [vm.join(t, timeout=60) for t in tids]
     print("frozen-result=" + json.dumps({"main": mine, "tasks": tasks, "tids": tids,
