@@ -228,7 +228,7 @@ def test_spawned_task_restarts_elsewhere_with_a_new_incarnation() -> None:
     out = core.handle(E.TaskSpawned(50, 1, 0.0))
     (place,) = of(out, I.PlaceSpawned)
     assert (place.inc, place.restart, place.tell) == (0, False, (place.rank,))
-    core.handle(E.CheckpointStored(50, 0, 1, 1.0))
+    core.handle(E.CheckpointStored(place.rank, 50, 0, 1, 1.0))
     out = core.handle(E.NodeLost(place.rank, LossCause.ULFM, 2.0))
     (again,) = of(out, I.PlaceSpawned)
     assert again.rank != place.rank and again.inc == 1 and again.restart
@@ -265,11 +265,13 @@ def test_spawned_tasks_wait_for_a_starting_node() -> None:
 
 def test_checkpoints_of_old_incarnations_and_ended_tasks_are_refused() -> None:
     core = up(2)
-    core.handle(E.TaskSpawned(50, 1, 0.0))
-    assert of(core.handle(E.CheckpointStored(50, 0, 1, 1.0)), I.StoreCheckpoint) == \
+    (place,) = of(core.handle(E.TaskSpawned(50, 1, 0.0)), I.PlaceSpawned)
+    r = place.rank
+    assert of(core.handle(E.CheckpointStored(r, 50, 0, 1, 1.0)), I.StoreCheckpoint) == \
         [I.StoreCheckpoint(50, 1)]
-    assert core.handle(E.CheckpointStored(50, 3, 2, 1.0)) == []
-    assert core.handle(E.CheckpointStored(99, 0, 1, 1.0)) == []
+    assert core.handle(E.CheckpointStored(r, 50, 3, 2, 1.0)) == []      # other incarnation
+    assert core.handle(E.CheckpointStored(3 - r, 50, 0, 2, 1.0)) == []  # other node
+    assert core.handle(E.CheckpointStored(r, 99, 0, 1, 1.0)) == []      # no such task
     assert core.stats["ckpt_written"] == 1
 
 

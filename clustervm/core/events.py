@@ -136,7 +136,8 @@ class TaskKilled(Event):
 
 @dataclass(frozen=True, slots=True)
 class CheckpointStored(Event):
-    """Task ``tid`` (incarnation ``inc``) sent checkpoint ``seq``."""
+    """Task ``tid`` (incarnation ``inc``, on node ``rank``) sent checkpoint ``seq``."""
+    rank: int
     tid: int
     inc: int
     seq: int

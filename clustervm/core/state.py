@@ -120,6 +120,7 @@ class Core:
         self.stats: dict[str, Any] = {"rerun": 0, "redone_s": 0.0, "ckpt_written": 0,
                                       "reused": 0, "spawned": 0}
         self._alive: dict[int, Node] = {}       # ALIVE nodes, by rank
+        self._spares: dict[int, Node] = {}      # SPARE nodes, by rank
         self._room: list[tuple[int, int, int]] = []   # heap of (load, rank, ver)
         self._out: list[I.Instruction] = []
         self._want_dispatch = False
@@ -214,6 +215,10 @@ class Core:
             self._alive[n.rank] = n
         else:
             self._alive.pop(n.rank, None)
+        if state is _SPARE:
+            self._spares[n.rank] = n
+        else:
+            self._spares.pop(n.rank, None)
         self._reindex(n)
 
     def _reindex(self, n: Node) -> None:
@@ -281,19 +286,23 @@ class Core:
             for n in nodes.values():
                 n.last_heard = max(n.last_heard, now)
             return
-        limit = self.heartbeat_s
-        for n in list(nodes.values()):
+        # one pass over the nodes (O(n) per tick, the shell ticks 10 times a second);
+        # the losses are applied after it
+        since = now - self.heartbeat_s
+        lost: list[tuple[int, LossCause, str]] = []
+        for n in nodes.values():
             state = n.state
             if state is _ALIVE or state is _SPARE:
-                last = max(n.last_heard, n.joined_at)
-                if now - last > limit:
-                    self._lose(n.rank, LossCause.HEARTBEAT, now, f"{now - last:.1f} s silent")
+                if n.last_heard < since and n.joined_at < since:
+                    last = max(n.last_heard, n.joined_at)
+                    lost.append((n.rank, LossCause.HEARTBEAT, f"{now - last:.1f} s silent"))
             elif state is _STARTING:
                 if n.joined_at and now - n.joined_at > SPAWN_HELLO_S:
-                    self._lose(n.rank, LossCause.NO_HELLO_SPAWN, now,
-                               f"{SPAWN_HELLO_S:.0f} s")
+                    lost.append((n.rank, LossCause.NO_HELLO_SPAWN, f"{SPAWN_HELLO_S:.0f} s"))
                 elif not n.joined_at and now - self.t0 > self.start_limit:
-                    self._lose(n.rank, LossCause.NO_HELLO, now)
+                    lost.append((n.rank, LossCause.NO_HELLO, ""))
+        for rank, cause, detail in lost:
+            self._lose(rank, cause, now, detail)
 
     def _lost_event(self, ev: E.NodeLost) -> None:
         self._lose(ev.rank, ev.cause, ev.now, ev.detail)
@@ -353,12 +362,12 @@ class Core:
         self._want_dispatch = True
 
     def _promote_spare(self) -> bool:
-        for n in self.nodes.values():
-            if n.state is _SPARE:
-                self._set_state(n, _ALIVE)
-                self._out.append(I.NodeUp(n.rank, "spare"))
-                return True
-        return False
+        if not self._spares:
+            return False
+        n = self._spares[min(self._spares)]     # the lowest rank first, as before
+        self._set_state(n, _ALIVE)
+        self._out.append(I.NodeUp(n.rank, "spare"))
+        return True
 
     def _no_nodes_left(self) -> None:
         if self.joining():
@@ -470,9 +479,13 @@ class Core:
             if t.where is not None and rank not in t.where:
                 target = self._pick_room(t.where)
                 if target is None:
-                    skipped.append(t)
-                    continue
-                n = target
+                    if self._may_come(t.where):
+                        skipped.append(t)        # its nodes are busy (or starting): wait
+                        continue
+                    t.where = None               # none of its nodes is left: run anywhere
+                    heappop(room)
+                else:
+                    n = target
             else:
                 heappop(room)
             t.node, t.state, t.t_start = n.rank, _RUNNING, now
@@ -506,6 +519,11 @@ class Core:
                 if best is None or (n.load, n.rank) < (best.load, best.rank):
                     best = n
         return best
+
+    def _may_come(self, where: set[int]) -> bool:
+        """Is a node of ``where`` alive or starting (so a task bound to them may wait)?"""
+        nodes = self.nodes
+        return any(r in nodes and nodes[r].state in (_ALIVE, _STARTING) for r in where)
 
     def _pick(self, where: set[int] | None) -> Node | None:
         """The least loaded alive node (of ``where``), free slot or not."""
@@ -659,8 +677,10 @@ class Core:
 
     def _checkpoint(self, ev: E.CheckpointStored) -> None:
         t = self.tasks.get(ev.tid)
-        if t is None or t.inc != ev.inc:
-            return          # task already over (a late duplicate), or an old incarnation
+        if t is None or t.inc != ev.inc or t.node != ev.rank or t.state is not _RUNNING:
+            # over already (a late duplicate), an old incarnation, or from a lost node
+            # while the task waits for a new one (same incarnation until it is placed)
+            return
         t.t_ckpt = ev.now
         self.stats["ckpt_written"] += 1
         self._out.append(I.StoreCheckpoint(ev.tid, ev.seq))
