@@ -647,3 +647,23 @@ def test_thawed_group_keeps_the_last_rounds_only():
     assert call(g, tids[1], "allreduce", 70, fn="sum", round_no=70).value == 140
     err = call(g, tids[1], "allreduce", 1, fn="sum", round_no=1).error
     assert "no longer kept" in str(err) and "checkpoint it more often" in str(err)
+
+
+@pytest.mark.mpi
+def test_frozen_group_with_checkpoints_survives_a_killed_node(job, tmp_path):
+    """Members restart from their checkpoints (mid-run, not from scratch): they call the
+    rounds after their checkpoint again, and the result is the undisturbed one."""
+    from test_failover import ckpt_files, wait_until
+    app, args = str(APPS / "frozen_iter.py"), ["--steps", "12", "--step-ms", "150"]
+    base = run_job([app, *args], n=4, timeout=TIMEOUT)
+    _ok(base, "frozen_iter")
+    assert base.line("frozen-iter-where:") == "frozen-iter-where: on_mpi=True"
+    ck = tmp_path / "ck"
+    j = job([app, *args], n=4, timeout=TIMEOUT, run_args=["--checkpoint-dir", str(ck)])
+    wait_until(lambda: len(ckpt_files(ck)) >= 3, "the members' first checkpoints", j)
+    j.kill_rank(2)
+    res = j.wait()
+    _ok(res, "frozen_iter with a node killed")
+    assert res.line("frozen-iter:") == base.line("frozen-iter:")
+    assert res.line("frozen-iter-where:") == "frozen-iter-where: on_mpi=False"
+    assert "node 2" in res.err and "lost" in res.err, res.err

@@ -1,0 +1,62 @@
+"""An iteration on a frozen group (MPI collectives) whose members checkpoint.
+
+    clustervm run -n 4 --checkpoint-dir DIR tests/apps/frozen_iter.py [--steps S --step-ms MS]
+
+Main and one spawned task per worker node join group "it" and freeze it; each step
+every member contributes a small int64 vector derived from the last result, and
+the members checkpoint every 2 steps. Main prints
+``frozen-iter: digest=<hex> steps=<int>`` (the same with and without a node killed
+mid-run) and ``frozen-iter-where: on_mpi=<bool>``.
+"""
+import argparse
+import hashlib
+import time
+
+import numpy as np
+
+G = "it"
+
+
+def step_value(x: np.ndarray, me: int, step: int) -> np.ndarray:
+    return (x * (me + 3) + step * 7 + me) % 1000003
+
+
+def iterate(ctx, n: int, steps: int, step_ms: float, is_main: bool = False):
+    state = None if is_main else ctx.restore()
+    if state is None:
+        me = ctx.join_group(G)
+        ctx.barrier(G, count=n)
+        ctx.freeze_group(G, timeout=60)
+        x, step = np.arange(4, dtype=np.int64), 0
+    else:
+        me, x, step = state["me"], state["x"], state["step"]
+    while step < steps:
+        x = ctx.allreduce(G, step_value(x, me, step), timeout=120)
+        step += 1
+        if step_ms:
+            time.sleep(step_ms / 1000.0)
+        if not is_main and step % 2 == 0 and step < steps:
+            ctx.checkpoint({"me": me, "x": x, "step": step})
+    return x
+
+
+def member(ctx, n, steps, step_ms):
+    return iterate(ctx, n, steps, step_ms).tolist()
+
+
+def main(vm) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--step-ms", type=float, default=0.0)
+    a = p.parse_args(vm.argv[1:])
+    ranks = [nd.rank for nd in vm.nodes if nd.rank > 0]
+    n = len(ranks) + 1
+    tids = [vm.spawn(member, n, a.steps, a.step_ms, where=r)[0] for r in ranks]
+    while vm.group_size(G) < len(ranks):
+        time.sleep(0.01)
+    x = iterate(vm.context, n, a.steps, a.step_ms, is_main=True)
+    others = [vm.join(t, timeout=120) for t in tids]
+    assert all(o == x.tolist() for o in others), (others, x)
+    print(f"frozen-iter: digest={hashlib.sha256(x.tobytes()).hexdigest()[:16]} "
+          f"steps={a.steps}", flush=True)
+    print(f"frozen-iter-where: on_mpi={vm.group_on_mpi(G)}", flush=True)
