@@ -79,6 +79,9 @@ class CoreMachine(RuleBasedStateMachine):
         out = self.core.handle(*events)
         for ins in out:
             self.apply(ins)
+            if isinstance(ins, I.Dispatch):   # never beyond slots + prefetch when sent
+                n = self.core.nodes[ins.rank]  # (a parent that stops waiting may exceed it)
+                assert len(n.inflight) - n.nwait <= self.core.cap
         return out
 
     def apply(self, ins: I.Instruction) -> None:
@@ -287,7 +290,6 @@ class CoreMachine(RuleBasedStateMachine):
             if n.state is NodeState.DEAD:
                 assert not n.inflight and not n.spawned
             assert n.nwait == sum(1 for t in n.inflight if t in core.waiting)
-            assert len(n.inflight) - n.nwait <= core.cap
             for tid, t in n.inflight.items():
                 assert t.node == n.rank and core.tasks.get(tid) is t
         for t in core.pending:
