@@ -51,11 +51,18 @@ class SlurmClusterError(RuntimeError):
     """The cluster could not be started or used; the message says what failed."""
 
 
+def _program(name: str) -> str | None:
+    """The path of a Slurm or munge program: PATH's, else the sbin directories (where
+    Debian puts the daemons, and which a non-login PATH may lack)."""
+    path = os.environ.get("PATH", os.defpath) + ":/usr/local/sbin:/usr/sbin:/sbin"
+    return shutil.which(name, path=path)
+
+
 def available() -> tuple[bool, str]:
     """Can a :class:`SlurmCluster` run here? ``(True, "")`` or ``(False, why not)``."""
-    missing = [p for p in PROGRAMS if shutil.which(p) is None]
+    missing = [p for p in PROGRAMS if _program(p) is None]
     if missing:
-        return False, (f"not found on PATH: {', '.join(missing)} (Debian: apt-get install "
+        return False, (f"not found (PATH, sbin): {', '.join(missing)} (Debian: apt-get install "
                        f"slurm-wlm munge; tests/slurm_setup.sh does it as root)")
     ok, why = netns_available()
     if not ok:
@@ -76,12 +83,6 @@ def _free_port(address: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((address, 0))
         return s.getsockname()[1]
-
-
-def _slurm_version() -> tuple[int, ...]:
-    out = subprocess.run(["slurmd", "-V"], capture_output=True, text=True, timeout=30)
-    m = re.search(r"(\d+)\.(\d+)", out.stdout)
-    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
 class SlurmCluster:
@@ -135,12 +136,11 @@ class SlurmCluster:
                 os.makedirs(path, mode=0o755)
             self._start_munge()
             self._write_conf()
-            self._start(["slurmctld", "-D", "-f", self.conf], "slurmctld")
+            self._start([self._prog("slurmctld"), "-D", "-f", self.conf], "slurmctld")
             for i, node in enumerate(self.nodes):
                 for sub in ("spool", "tmp"):
                     os.makedirs(os.path.join(self.dir, f"{sub}-{node}"), exist_ok=True)
-                argv = self.hosts.host_command(i, ["slurmd", "-D", "-N", node, "-f", self.conf])
-                self._start(argv, f"slurmd-{node}")
+                self._start_slurmd(i)
             self._wait_idle(t0 + timeout)
         except BaseException:
             self.down()
@@ -189,13 +189,26 @@ class SlurmCluster:
         self._daemons[name] = proc
         return proc
 
+    @staticmethod
+    def _prog(name: str) -> str:
+        path = _program(name)
+        if path is None:
+            raise SlurmClusterError(f"{name} not found: {available()[1]}")
+        return path
+
+    def _start_slurmd(self, i: int) -> None:
+        node = self.nodes[i]
+        argv = [self._prog("slurmd"), "-D", "-N", node, "-f", self.conf]
+        self._start(self.hosts.host_command(i, argv), f"slurmd-{node}")
+
     def _start_munge(self) -> None:
         key = os.path.join(self.dir, "munge.key")
         fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(os.urandom(1024))
         self.munge_socket = os.path.join(self.dir, "munge.socket")
-        self._start(["munged", "-F", "--key-file", key, "--socket", self.munge_socket,
+        self._start([self._prog("munged"), "-F", "--key-file", key,
+                     "--socket", self.munge_socket,
                      "--pid-file", os.path.join(self.dir, "munged.pid"),
                      "--log-file", os.path.join(self.dir, "munged.log"),
                      "--seed-file", os.path.join(self.dir, "munged.seed")], "munged")
@@ -307,11 +320,11 @@ class SlurmCluster:
             env: Mapping[str, str] | None = None, cwd: str | None = None,
             ) -> subprocess.CompletedProcess:
         """Run a Slurm command (sbatch, salloc, srun, scontrol...) against this cluster."""
+        argv = [_program(argv[0]) or argv[0], *argv[1:]]
         try:
-            out = subprocess.run(list(argv), env=self.env({"TMPDIR": self.tmpdir, **(env or {})}),
-                                 cwd=cwd, capture_output=True,
-                                 text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                                 start_new_session=True)
+            out = subprocess.run(argv, env=self.env({"TMPDIR": self.tmpdir, **(env or {})}),
+                                 cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
         except subprocess.TimeoutExpired as e:
             raise SlurmClusterError(f"{' '.join(argv)} ran past {timeout:g} s; output: "
                                     f"{e.stdout!r} {e.stderr!r}") from None
@@ -361,15 +374,14 @@ class SlurmCluster:
         proc = self._daemons.get(f"slurmd-{node}")
         if proc is not None and proc.poll() is None:
             raise SlurmClusterError(f"slurmd of {node} is still running (pid {proc.pid})")
-        argv = self.hosts.host_command(i, ["slurmd", "-D", "-N", node, "-f", self.conf])
-        self._start(argv, f"slurmd-{node}")
+        self._start_slurmd(i)
 
     def mpi_types(self) -> list[str]:
         """What ``srun --mpi=list`` offers here (e.g. none, pmi2, pmix)."""
         out = self.run(["srun", "--mpi=list"], timeout=15, check=False)
-        text = out.stdout + out.stderr
-        return sorted(set(re.findall(r"^\s*(?:srun:\s+)?(?:MPI plugin types are\.\.\.)?\s*"
-                                     r"([a-z][a-z0-9_]*)\s*$", text, re.MULTILINE)))
+        # "MPI plugin types are...", then one name per line (indented)
+        return sorted(set(re.findall(r"^\s+([a-z][a-z0-9_]*)\s*$", out.stdout + out.stderr,
+                                     re.MULTILINE)))
 
     def log(self, name: str = "slurmctld") -> str:
         """The end of a daemon's log (``slurmctld``, ``slurmd-<node>``, ``munged``)."""
