@@ -157,7 +157,10 @@ class TaskContext:
     def recv(self, source: int = ANY, tag: int = ANY, timeout: float | None = None) -> Message:
         """Wait for a message matching ``source`` and ``tag`` (-1 matches any).
 
-        Raises TimeoutError if none arrives within ``timeout`` seconds.
+        ``source=ANY`` matches messages of tasks only: notifications (``vm.notify(...,
+        tag=)``) match ``source=clustervm.SYSTEM`` alone. Receive requests posted
+        earlier (``irecv``) take their messages first. Raises TimeoutError if none
+        arrives within ``timeout`` seconds.
         """
         self._check()
         box = self.mailbox
