@@ -2,8 +2,8 @@
 
     python tools/soak.py --minutes 30 [--seed 1] [--apps pi,heat2d,...] [--timeout 120]
 
-Each run picks an example (pi, heat2d, samplesort, kmeans, wordcount) and a
-fault: SIGKILL or SIGSTOP of a random worker rank, SIGKILL of rank 0 (the
+Each run picks a random example (pi, heat2d, samplesort, kmeans, wordcount)
+and the next fault in turn: SIGKILL or SIGSTOP of a random worker rank, SIGKILL of rank 0 (the
 coordinator; the job is then resumed with ``--resume DIR``), or none. Every
 job runs with ``--checkpoint-dir`` under a timeout, in its own session, and
 everything it leaves is killed afterwards (by process group and by the mark in
@@ -235,7 +235,7 @@ def main(argv: list[str]) -> int:
     runs = faults_done = 0
     worst = 0.0
     while time.monotonic() < end and (not a.runs or runs < a.runs):
-        app, fault = rng.choice(apps), rng.choice(faults)
+        app, fault = rng.choice(apps), faults[runs % len(faults)]   # each fault in turn
         expected, wall = baseline[app]
         t0 = time.monotonic()
         outcome, what, growth = one_run(app, fault, expected, wall, rng, a.timeout)
