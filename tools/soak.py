@@ -4,7 +4,7 @@
 
 Each run picks a random example (pi, heat2d, samplesort, kmeans, wordcount)
 and the next fault in turn: SIGKILL or SIGSTOP of a random worker rank, SIGKILL of rank 0 (the
-coordinator; the job is then resumed with ``--resume DIR``), or none. Every
+coordinator; the job is then resumed with ``--resume-or-start DIR``), or none. Every
 job runs with ``--checkpoint-dir`` under a timeout, in its own session, and
 everything it leaves is killed afterwards (by process group and by the mark in
 its environment, never by name). A run is *exact* when it (or its resume)
@@ -139,9 +139,12 @@ def one_run(app: str, fault: str, expected: str, wall: float, rng: random.Random
         stopped: list[int] = []
         if fault != "none":
             delay = rng.uniform(0.1, max(0.2, wall * 0.9))
-            while time.monotonic() - job.t0 < delay and job.proc.poll() is None:
+            ranks: dict[int, int] = {}
+            while job.proc.poll() is None and (time.monotonic() - job.t0 < delay
+                                               or len(ranks) < RANKS):
+                ranks = job.ranks()
                 time.sleep(0.02)
-            ranks = job.ranks()
+            delay = time.monotonic() - job.t0
             workers = sorted(r for r in ranks if r > 0)
             if fault == "kill-rank0" and 0 in ranks:
                 os.kill(ranks[0], signal.SIGKILL)
@@ -171,7 +174,8 @@ def one_run(app: str, fault: str, expected: str, wall: float, rng: random.Random
         if fault == "kill-rank0" and (rc != 0 or got != expected):
             # the coordinator died: the job ends (status 3 on the nodes); resume it
             what += f"; rc={rc}, resumed"
-            job = Job(["--resume", ck, *args], timeout)
+            # (--resume-or-start: rank 0 may have died before it made the journal)
+            job = Job(["--resume-or-start", ck, *args], timeout)
             rc, out, err = job.wait()
             growth = max(growth, job.rss_growth_mb())
             if rc is None:
