@@ -368,6 +368,8 @@ class Node(Site):
             return None
         try:
             self.call_result(reqid, "checkpoint")
+        except SystemExit:
+            raise
         except Exception as exc:   # noqa: BLE001
             if not at_end:
                 raise
@@ -378,8 +380,6 @@ class Node(Site):
     def make_context(self, tid: int, parent: int | None, ckpt: Any) -> TaskContext:
         """The context of a short task, made when the task first asks for it."""
         ctx = TaskContext(self, tid, parent)
-        except SystemExit:
-            raise
         if ckpt is not None:
             self._restore(ctx, ckpt)
         self.contexts[tid] = ctx
