@@ -4,8 +4,10 @@ from __future__ import annotations
 from enum import Enum
 
 
-class NodeState(Enum):
-    """Life of a worker rank, as the coordinator sees it."""
+class NodeState(str, Enum):
+    """Life of a worker rank, as the coordinator sees it. A ``str`` enum: observers
+    written against the old string states (``n.state == "dead"``) keep working; the
+    core itself compares by identity."""
     STARTING = "starting"   # started, no hello yet
     ALIVE = "alive"         # takes work
     SPARE = "spare"         # up, kept idle until a node is lost
@@ -13,7 +15,8 @@ class NodeState(Enum):
     LEFT = "left"           # said goodbye at shutdown
 
 
-class TaskState(Enum):
+class TaskState(str, Enum):
+    """Life of a task (a ``str`` enum, as NodeState)."""
     PENDING = "pending"
     RUNNING = "running"
     DONE = "done"

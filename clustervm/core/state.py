@@ -117,8 +117,10 @@ class Core:
         self.stopping = False
         self.observing = False
         self.fatal: BaseException | None = None
+        #: the end-of-job report's counters (the shell counts ckpt_restored and corrupt)
         self.stats: dict[str, Any] = {"rerun": 0, "redone_s": 0.0, "ckpt_written": 0,
-                                      "reused": 0, "spawned": 0}
+                                      "ckpt_restored": 0, "reused": 0, "corrupt": 0,
+                                      "spawned": 0}
         self._alive: dict[int, Node] = {}       # ALIVE nodes, by rank
         self._spares: dict[int, Node] = {}      # SPARE nodes, by rank
         self._room: list[tuple[int, int, int]] = []   # heap of (load, rank, ver)
@@ -583,7 +585,7 @@ class Core:
         if t.kind is _SPAWNED:
             self.ended[tid] = ok
             out.append(I.BroadcastLocation(tid, -1, t.inc, False, tuple(self._alive)))
-        out.append(I.ResolveTask(tid, t.kind, ok, value, packed))
+        out.append(I.resolved(tid, t.kind, ok, value, packed))
 
     def _cancelled(self, ev: E.TaskCancelled) -> None:
         t = self.tasks.get(ev.tid)
