@@ -128,18 +128,15 @@ def test_node_lost(cluster, local_pi):
     """The ranks of the second node SIGKILLed mid-job: the job goes on in place (ULFM)
     on the first node, re-runs the lost tasks from their checkpoints, and Slurm records
     COMPLETED 0:0 with the local result."""
+    ckpt = os.path.join(cluster.dir, "ckpt-lost")
     script = job_script(cluster, "lost.sh", f"exec {CLUSTERVM} run --timeout "
-                        f"{JOB_TIMEOUT - 20} {shlex.join([PI, *SLOW_ARGS])}\n")
+                        f"{JOB_TIMEOUT - 20} --checkpoint-dir {ckpt} "
+                        f"{shlex.join([PI, *SLOW_ARGS])}\n")
     out = os.path.join(cluster.dir, "lost.%j.out")
     job_id = cluster.sbatch(["-N2", "--ntasks-per-node=2", "-o", out, script],
                             env=job_env(), cwd=str(ROOT))
     victim = 1                                  # never the coordinator's node (rank 0)
-    deadline = time.monotonic() + 60
-    while len(_pythons(cluster, victim)) < 2:   # both ranks of the node are up
-        assert time.monotonic() < deadline, f"no ranks on {cluster.nodes[victim]}: " \
-                                            f"{cluster.job(job_id)}"
-        time.sleep(0.1)
-    time.sleep(2.0)                             # tasks are running, checkpoints written
+    _wait_running(cluster, job_id, victim, ckpt)
     t0 = time.monotonic()
     killed = cluster.hosts.kill_ranks(victim)
     print(f"killed ranks {killed} on {cluster.nodes[victim]}")
@@ -150,6 +147,20 @@ def test_node_lost(cluster, local_pi):
     print(f"job ended {time.monotonic() - t0:.1f} s after the kill:\n{output}")
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), output
     assert result_line(output) == local_pi
+    assert "2 node(s) lost" in output, output
+
+
+def _wait_running(cluster: SlurmCluster, job_id: str, node: int, ckpt: str) -> None:
+    """Until both ranks of NODE are up and tasks run (a first checkpoint is written)."""
+    deadline = time.monotonic() + 60
+    while len(_pythons(cluster, node)) < 2 or not _files(os.path.join(ckpt, "ckpt")):
+        assert time.monotonic() < deadline, f"job {job_id} not running on " \
+            f"{cluster.nodes[node]} with checkpoints in {ckpt}: {cluster.job(job_id)}"
+        time.sleep(0.05)
+
+
+def _files(directory: str) -> list[str]:
+    return [f for _, _, files in os.walk(directory) for f in files]
 
 
 def test_node_crashed(cluster, local_pi):
@@ -163,12 +174,7 @@ def test_node_crashed(cluster, local_pi):
     job_id = cluster.sbatch(["-N2", "--ntasks-per-node=2", "-o", out, str(JOB_SH), PI,
                              *SLOW_ARGS], env=env, cwd=str(ROOT))
     victim = 1
-    deadline = time.monotonic() + 60
-    while len(_pythons(cluster, victim)) < 2:
-        assert time.monotonic() < deadline, f"no ranks on {cluster.nodes[victim]}: " \
-                                            f"{cluster.job(job_id)}"
-        time.sleep(0.1)
-    time.sleep(2.0)
+    _wait_running(cluster, job_id, victim, os.path.join(cluster.dir, f"clustervm-{job_id}"))
     t0 = time.monotonic()
     assert cluster.kill_node(victim)
     deadline = time.monotonic() + JOB_TIMEOUT
