@@ -213,6 +213,7 @@ class Core:
 
     def _set_state(self, n: Node, state: NodeState) -> None:
         n.state = state
+        self._next_check = 0.0     # its deadline changed: the next tick looks again
         if state is _ALIVE:
             self._alive[n.rank] = n
         else:
@@ -236,9 +237,11 @@ class Core:
 
     def _start_begun(self, ev: E.StartBegun) -> None:
         self.start_limit = ev.timeout
+        self._next_check = 0.0
 
     def _start_grace_over(self, ev: E.StartGraceOver) -> None:
         self.start_limit = ev.timeout
+        self._next_check = 0.0
         for n in list(self.nodes.values()):
             if n.state is _STARTING and n.in_world:
                 if not self._alive or ev.now - self.t0 > ev.timeout:
@@ -288,21 +291,34 @@ class Core:
             for n in nodes.values():
                 n.last_heard = max(n.last_heard, now)
             return
-        # one pass over the nodes (O(n) per tick, the shell ticks 10 times a second);
-        # the losses are applied after it
-        since = now - self.heartbeat_s
+        if now < self._next_check:
+            return         # no deadline can have passed (what is heard only delays them)
+        # one pass over the nodes, O(n), but only when the earliest deadline of the last
+        # pass has come (with beats every heartbeat_s / 4: about one pass in 7 ticks; at
+        # 10,000 nodes scanning every tick cost as much as the tasks); losses come after it
+        limit = self.heartbeat_s
+        since = now - limit
+        earliest = float("inf")
         lost: list[tuple[int, LossCause, str]] = []
         for n in nodes.values():
             state = n.state
             if state is _ALIVE or state is _SPARE:
-                if n.last_heard < since and n.joined_at < since:
-                    last = max(n.last_heard, n.joined_at)
+                last = n.last_heard if n.last_heard > n.joined_at else n.joined_at
+                if last < since:
                     lost.append((n.rank, LossCause.HEARTBEAT, f"{now - last:.1f} s silent"))
+                elif last + limit < earliest:
+                    earliest = last + limit
             elif state is _STARTING:
-                if n.joined_at and now - n.joined_at > SPAWN_HELLO_S:
-                    lost.append((n.rank, LossCause.NO_HELLO_SPAWN, f"{SPAWN_HELLO_S:.0f} s"))
-                elif not n.joined_at and now - self.t0 > self.start_limit:
-                    lost.append((n.rank, LossCause.NO_HELLO, ""))
+                if n.joined_at:
+                    due = n.joined_at + SPAWN_HELLO_S
+                    cause, detail = LossCause.NO_HELLO_SPAWN, f"{SPAWN_HELLO_S:.0f} s"
+                else:
+                    due, cause, detail = self.t0 + self.start_limit, LossCause.NO_HELLO, ""
+                if now > due:
+                    lost.append((n.rank, cause, detail))
+                elif due < earliest:
+                    earliest = due
+        self._next_check = earliest
         for rank, cause, detail in lost:
             self._lose(rank, cause, now, detail)
 
@@ -391,6 +407,7 @@ class Core:
         n.host = ev.host
         n.joined_at = ev.now      # its hello is due SPAWN_HELLO_S from now
         self.stats["spawned"] += 1
+        self._next_check = 0.0
 
     def _replacement_ended(self, ev: E.ReplacementEnded) -> None:
         self.spawning = max(0, self.spawning - 1)
@@ -692,6 +709,7 @@ class Core:
             self.journal_done[int(tid)] = (digest, ok, value)
 
     _now = 0.0      # the time of the last event that carried one (for dispatch times)
+    _next_check = 0.0   # no heartbeat or hello deadline falls before this time
 
 
 def replay_journal(instructions: list[I.Instruction]) -> dict[int, tuple[int, bool, Any]]:
