@@ -449,7 +449,8 @@ def test_run_counts_ranks_it_never_saw(tmp_path, capfd):
     first, second = tmp_path / "first", tmp_path / "second"
     script = f"""
         if [ ! -e {first} ]; then : > {first}; sleep 30 & wait; fi
-        : > {second}; : > "$CLUSTERVM_STARTED_FILE"; exit 0
+        : > {second}; : > "$CLUSTERVM_STARTED_FILE"; echo 0 > "$CLUSTERVM_STARTED_FILE.done"
+        exit 0
     """
     assert launcher.run(["sh", "-c", script], os.environ, timeout=30, watch_start=True,
                         ranks=2) == 0
@@ -469,6 +470,14 @@ def test_run_ends_a_job_whose_straggler_is_stopped(tmp_path, capfd):
     assert launcher.run(["sh", "-c", script], os.environ, timeout=60, watch_start=True) == 7
     assert time.monotonic() - t0 < launcher.FINISH_GRACE_S
     assert "stopped (SIGSTOP)" in capfd.readouterr().err
+
+
+def test_run_fails_a_job_that_ended_without_rank_0s_status(tmp_path, capfd):
+    """mpiexec exits 0 on a SIGINT of its own: without rank 0's status the job did not
+    finish, and the launcher says so with status 1."""
+    script = ': > "$CLUSTERVM_STARTED_FILE"; exit 0'
+    assert launcher.run(["sh", "-c", script], os.environ, timeout=30, watch_start=True) == 1
+    assert "before the job finished" in capfd.readouterr().err
 
 
 def test_run_ends_leftovers_of_the_session(tmp_path):
