@@ -73,6 +73,8 @@ _LONG = struct.Struct("<BQi")    # kind, size of the frame that follows in chunk
 _COUNT_MAX = (1 << 31) - 1       # largest count of one MPI call (no large-count calls here)
 _PART_WAIT_S = 60.0              # longest wait for the next part of a frame whose head came
 _DRAIN_WAIT_S = 0.5              # parts of a refused frame are dropped until this long silent
+_LONG_RECV = 512 << 10           # parts above this are received while crediting silence
+_CREDIT_EVERY_S = 0.05
 TAG_INIT = 3                     # the coordinator's first message to a spawned node
 HUB = 0                          # the rank that forwards routed frames (the coordinator)
 _FAILURE_CLASSES = {MPI.ERR_PROC_FAILED, getattr(MPI, "ERR_PROC_FAILED_PENDING", -1),
@@ -532,7 +534,10 @@ class Transport:
                 _drop(m)
                 raise FrameError(src, f"a part of {n} bytes does not fit the {size - off} "
                                       f"bytes left of a {size}-byte buffer")
-            m.Recv([view[off:off + n], MPI.BYTE])
+            if n <= _LONG_RECV:
+                m.Recv([view[off:off + n], MPI.BYTE])
+            else:
+                self._wait_long(m.Irecv([view[off:off + n], MPI.BYTE]))
             off += n
             if off >= size:
                 break
@@ -542,13 +547,33 @@ class Transport:
             c.chunked_in += 1
         return buf
 
+    def _wait_long(self, req: MPI.Request) -> None:
+        """Complete a long receive. This poller takes nothing else meanwhile, so the
+        time it takes is not counted as anyone's silence (heartbeats wait unread)."""
+        last = time.monotonic()
+        while not req.Test():
+            now = time.monotonic()
+            if now - last >= _CREDIT_EVERY_S:
+                self._credit(now - last)
+                last = now
+        self._credit(time.monotonic() - last)
+
+    def _credit(self, seconds: float) -> None:
+        """Move every rank's last-heard time ``seconds`` later (time spent busy here)."""
+        heard = self.last_heard
+        for r in list(heard):
+            heard[r] += seconds
+
     def _probe_part(self, comm: Any, peer: int, tag: int, src: int, status: MPI.Status) -> Any:
         """The next part on ``tag`` from ``peer`` (matched, not yet received)."""
         deadline = 0.0
         pause = 0.0
+        last = time.monotonic()
         while True:
             m = comm.Improbe(peer, tag, status)
             if m is not None:
+                if deadline:      # it had to be waited for
+                    self._credit(time.monotonic() - last)
                 return m
             now = time.monotonic()
             if not deadline:
@@ -556,6 +581,9 @@ class Transport:
             elif now > deadline:
                 raise FrameError(src, f"the rest of a frame (tag {tag}) did not come within "
                                       f"{_PART_WAIT_S:.0f} s")
+            if now - last >= _CREDIT_EVERY_S:
+                self._credit(now - last)
+                last = now
             time.sleep(pause)
             pause = min(0.001, 2 * pause + 0.00001)
 

@@ -495,3 +495,24 @@ def test_recv_one_logs_a_bad_frame_with_its_sender(caplog):
     assert t._recv_one(Comm(), None) is True
     assert any("bad frame from rank 2: unknown frame kind 7" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_long_receive_is_not_counted_as_silence():
+    """While the poller receives a big part, heartbeats wait unread: the time it takes
+    moves everyone's last-heard time (a node does not leave, rank 0 blames no one)."""
+    t = make_transport(rank=2)
+    now = time.monotonic()
+    t.last_heard.update({0: now - 1.0, 1: now - 0.5})
+
+    class SlowRequest:
+        def __init__(self) -> None:
+            self.until = time.monotonic() + 1.0
+
+        def Test(self) -> bool:  # noqa: N802
+            return time.monotonic() >= self.until
+
+    t._wait_long(SlowRequest())
+    after = time.monotonic()
+    # the silence before the receive still counts, the receive itself does not
+    assert 0.95 <= after - t.last_heard[0] <= 1.6, after - t.last_heard[0]   # not >= 2.0
+    assert 0.45 <= after - t.last_heard[1] <= 1.1, after - t.last_heard[1]   # not >= 1.5
