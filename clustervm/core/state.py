@@ -167,6 +167,12 @@ class Core:
 
     # -- queries (the view the shell and observers read) -------------------------
 
+    @property
+    def next_check(self) -> float:
+        """No heartbeat or hello deadline falls before this time: until then a Tick does
+        nothing, and a shell need not copy its last-heard times into one."""
+        return self._next_check
+
     def alive_ranks(self) -> list[int]:
         return list(self._alive)
 
@@ -213,7 +219,12 @@ class Core:
 
     def _set_state(self, n: Node, state: NodeState) -> None:
         n.state = state
-        self._next_check = 0.0     # its deadline changed: the next tick looks again
+        if state is _ALIVE or state is _SPARE:     # its deadline may be the earliest now
+            due = max(n.last_heard, n.joined_at) + self.heartbeat_s
+            if due < self._next_check:
+                self._next_check = due
+        elif state is _STARTING:
+            self._next_check = 0.0
         if state is _ALIVE:
             self._alive[n.rank] = n
         else:
