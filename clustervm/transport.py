@@ -268,6 +268,8 @@ class Transport:
         self._user_waiters = 0
         self._pending: deque[tuple[list[MPI.Request], Any]] = deque()
         self._pending_lock = threading.Lock()
+        #: long receives given up (their sender declared dead): kept for MPI to finish
+        self._abandoned: list[tuple[MPI.Request, Any]] = []
         self._bufseq = itertools.count()
         self._status = MPI.Status()
         self._last_activity = time.perf_counter()
@@ -537,7 +539,7 @@ class Transport:
             if n <= _LONG_RECV:
                 m.Recv([view[off:off + n], MPI.BYTE])
             else:
-                self._wait_long(m.Irecv([view[off:off + n], MPI.BYTE]))
+                self._wait_long(m.Irecv([view[off:off + n], MPI.BYTE]), src, buf, n)
             off += n
             if off >= size:
                 break
@@ -547,22 +549,33 @@ class Transport:
             c.chunked_in += 1
         return buf
 
-    def _wait_long(self, req: MPI.Request) -> None:
-        """Complete a long receive. This poller takes nothing else meanwhile, so the
-        time it takes is not counted as anyone's silence (heartbeats wait unread)."""
-        last = time.monotonic()
+    def _wait_long(self, req: MPI.Request, src: int, buf: Any, size: int) -> None:
+        """Complete a long receive of ``size`` bytes from ``src``, under way. This poller
+        takes nothing else meanwhile, so the time it takes is nobody's silence (the
+        heartbeats wait unread; ``src`` is busy sending). A receive that takes longer
+        than at 10 MB/s (at least _PART_WAIT_S) is given up, its buffer kept for MPI;
+        with ULFM a dead ``src`` ends it at once (an MPI failure)."""
+        start = last = time.monotonic()
+        limit = max(_PART_WAIT_S, size / 10e6)
         while not req.Test():
             now = time.monotonic()
             if now - last >= _CREDIT_EVERY_S:
                 self._credit(now - last)
                 last = now
+                if now - start > limit or src in self.ignored or self.closed:
+                    self._abandoned.append((req, buf))
+                    raise FrameError(src, f"a part of {size} bytes was still coming in after "
+                                          f"{now - start:.0f} s (or the rank was declared "
+                                          "dead, or this rank is closing)")
         self._credit(time.monotonic() - last)
 
-    def _credit(self, seconds: float) -> None:
-        """Move every rank's last-heard time ``seconds`` later (time spent busy here)."""
+    def _credit(self, seconds: float, but: int | None = None) -> None:
+        """Move the last-heard time of every rank (``but`` one) ``seconds`` later: time
+        this poller was busy with one frame is not the others' silence."""
         heard = self.last_heard
         for r in list(heard):
-            heard[r] += seconds
+            if r != but:
+                heard[r] += seconds
 
     def _probe_part(self, comm: Any, peer: int, tag: int, src: int, status: MPI.Status) -> Any:
         """The next part on ``tag`` from ``peer`` (matched, not yet received)."""
@@ -572,8 +585,8 @@ class Transport:
         while True:
             m = comm.Improbe(peer, tag, status)
             if m is not None:
-                if deadline:      # it had to be waited for
-                    self._credit(time.monotonic() - last)
+                if deadline:      # it had to be waited for: the sender's own silence counts
+                    self._credit(time.monotonic() - last, but=src)
                 return m
             now = time.monotonic()
             if not deadline:
@@ -582,8 +595,11 @@ class Transport:
                 raise FrameError(src, f"the rest of a frame (tag {tag}) did not come within "
                                       f"{_PART_WAIT_S:.0f} s")
             if now - last >= _CREDIT_EVERY_S:
-                self._credit(now - last)
+                self._credit(now - last, but=src)
                 last = now
+                if src in self.ignored or src in self.failed or self.closed:
+                    raise FrameError(src, f"it was declared dead (or this rank is closing) "
+                                          f"before the rest of its frame (tag {tag}) came")
             time.sleep(pause)
             pause = min(0.001, 2 * pause + 0.00001)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
 import time
 import tracemalloc
 
@@ -511,8 +512,40 @@ def test_a_long_receive_is_not_counted_as_silence():
         def Test(self) -> bool:  # noqa: N802
             return time.monotonic() >= self.until
 
-    t._wait_long(SlowRequest())
+    t._wait_long(SlowRequest(), 1, None, 1 << 30)        # rank 1 sends it
     after = time.monotonic()
     # the silence before the receive still counts, the receive itself does not
     assert 0.95 <= after - t.last_heard[0] <= 1.6, after - t.last_heard[0]   # not >= 2.0
     assert 0.45 <= after - t.last_heard[1] <= 1.1, after - t.last_heard[1]   # not >= 1.5
+
+
+def test_waiting_for_the_next_part_counts_as_the_senders_silence(monkeypatch):
+    monkeypatch.setattr(T, "_PART_WAIT_S", 0.6)
+    t = make_transport(rank=0)
+    now = time.monotonic()
+    t.last_heard.update({1: now, 2: now})
+
+    class Silent(FakeComm):
+        def Improbe(self, source, tag, status):  # noqa: N802
+            return None
+
+    with pytest.raises(T.FrameError, match="rank 2: the rest of a frame .* did not come"):
+        t._probe_part(Silent(), 2, T._TAG_BUF0, 2, None)
+    after = time.monotonic()
+    assert after - t.last_heard[2] >= 0.55        # the sender: silent all along
+    assert after - t.last_heard[1] < 0.3          # the others: the wait is not theirs
+
+
+def test_a_long_receive_from_a_rank_declared_dead_is_given_up():
+    t = make_transport(rank=0)
+
+    class StuckRequest:
+        def Test(self) -> bool:  # noqa: N802
+            return False
+
+    threading.Timer(0.2, t.declare_dead, args=(3,)).start()
+    t0 = time.monotonic()
+    with pytest.raises(T.FrameError, match="rank 3: a part of 100 bytes .*declared dead"):
+        t._wait_long(StuckRequest(), 3, b"buffer", 100)
+    assert time.monotonic() - t0 < 5
+    assert len(t._abandoned) == 1
