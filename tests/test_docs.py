@@ -261,6 +261,16 @@ def test_configuration_page_lists_every_variable():
     assert not unknown, f"docs/configuration.md lists variables nothing reads: {unknown}"
 
 
+def test_every_page_is_in_the_nav():
+    """A page left out of mkdocs.yml's nav is built but reachable from nowhere."""
+    nav = (ROOT / "mkdocs.yml").read_text().split("\nnav:", 1)[1].split("\n\n", 1)[0]
+    listed = set(re.findall(r":\s*(\S+\.md)\s*$", nav, re.M))
+    missing = sorted(set(PAGES) - listed)
+    assert not missing, f"add {missing} to the nav in mkdocs.yml"
+    gone = sorted(listed - set(PAGES))
+    assert not gone, f"mkdocs.yml's nav names pages that do not exist: {gone}"
+
+
 def test_readme_links_to_pages_that_exist():
     """The README's relative links (the doc links among them) point at files in the repo."""
     readme = (ROOT / "README.md").read_text()
