@@ -539,7 +539,8 @@ class Transport:
             if n <= _LONG_RECV:
                 m.Recv([view[off:off + n], MPI.BYTE])
             else:
-                self._wait_long(m.Irecv([view[off:off + n], MPI.BYTE]), src, buf, n)
+                since = time.monotonic()   # the copy may be done within Irecv already
+                self._wait_long(m.Irecv([view[off:off + n], MPI.BYTE]), src, buf, n, since)
             off += n
             if off >= size:
                 break
@@ -549,13 +550,15 @@ class Transport:
             c.chunked_in += 1
         return buf
 
-    def _wait_long(self, req: MPI.Request, src: int, buf: Any, size: int) -> None:
+    def _wait_long(self, req: MPI.Request, src: int, buf: Any, size: int,
+                   since: float | None = None) -> None:
         """Complete a long receive of ``size`` bytes from ``src``, under way. This poller
         takes nothing else meanwhile, so the time it takes is nobody's silence (the
         heartbeats wait unread; ``src`` is busy sending). A receive that takes longer
         than at 10 MB/s (at least _PART_WAIT_S) is given up, its buffer kept for MPI;
-        with ULFM a dead ``src`` ends it at once (an MPI failure)."""
-        start = last = time.monotonic()
+        with ULFM a dead ``src`` ends it at once (an MPI failure). ``since``: when it was
+        started (Open MPI may copy all of it inside the Irecv call)."""
+        start = last = time.monotonic() if since is None else since
         limit = max(_PART_WAIT_S, size / 10e6)
         while not req.Test():
             now = time.monotonic()
