@@ -1,16 +1,18 @@
 """The coordinator's API: what tasks (and main) ask of it by name.
 
-A node's ``site.call(name, *args)`` arrives as a REQ message and runs
-``api_<name>(reply, *args)`` under the coordinator's lock (main calls it
+A node's ``site.call(name, *args)`` arrives as a REQ message and runs the
+handler that :meth:`CoordinatorAPI._api_table` lists under ``name``, as
+``handler(reply, *args)`` under the coordinator's lock (main calls it
 directly). Handlers never block: they answer through ``reply`` now or later.
 A mixin of :class:`clustervm.coordinator.Coordinator`, whose state it uses.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from . import protocol as P
 from . import remote
+from .core import events as E
 from .errors import DeadTaskError, UnknownTaskError
 from .records import SHORT, SPAWNED, Reply
 from .site import ENDED
@@ -18,6 +20,20 @@ from .site import ENDED
 
 class CoordinatorAPI:
     """Request handling and the ``api_*`` handlers of the coordinator."""
+
+    def _api_table(self) -> dict[str, Callable[..., None]]:
+        """The request handlers by name: an explicit table (nothing is found by name)."""
+        return {
+            "locate": self.api_locate, "checkpoint": self.api_checkpoint,
+            "submit": self.api_submit, "spawn": self.api_spawn, "join": self.api_join,
+            "tasks": self.api_tasks, "kill": self.api_kill, "notify": self.api_notify,
+            "join_group": self.api_join_group, "leave_group": self.api_leave_group,
+            "group_size": self.api_group_size, "group_tids": self.api_group_tids,
+            "group_tid": self.api_group_tid, "group_inst": self.api_group_inst,
+            "collective": self.api_collective, "frozen_shadow": self.api_frozen_shadow,
+            "put_info": self.api_put_info, "get_info": self.api_get_info,
+            "del_info": self.api_del_info,
+        }
 
     def _on_req(self, src: int, msg: Any) -> None:
         _, reqid, name, args = msg
@@ -27,15 +43,16 @@ class CoordinatorAPI:
                 value = remote.pack_exception(value, "the coordinator")
             self.transport.post(src, (P.REPLY, reqid, ok, value))
 
-        self._serve(name, args, reply)
+        self._serve(name, args, reply, src)
 
-    def _serve(self, name: str, args: tuple, reply: Reply) -> None:
+    def _serve(self, name: str, args: tuple, reply: Reply, src: int = 0) -> None:
         fn = self.api.get(name)
         if fn is None:
             reply(False, ValueError(f"unknown call {name!r}"))
             return
         try:
             with self.lock:
+                self._src = src          # the rank that asks (api_checkpoint checks it)
                 fn(reply, *args)
         except Exception as exc:   # noqa: BLE001 - the caller gets it
             reply(False, exc)
@@ -74,7 +91,7 @@ class CoordinatorAPI:
 
     def api_checkpoint(self, reply: Reply, tid: int, inc: int, seq: int, delivered: dict,
                        blob: bytes) -> None:
-        self.save_checkpoint(tid, inc, seq, delivered, blob)
+        self.save_checkpoint(tid, inc, seq, delivered, blob, self._src or None)
         reply(True, None)
 
     def api_submit(self, reply: Reply, parent: int, fn_ref: str, args: tuple,
@@ -100,7 +117,7 @@ class CoordinatorAPI:
                  "fn": "main"}]
         for rec in self.tasks.values():
             rows.append({"tid": rec.tid, "parent": rec.parent, "node": rec.node,
-                         "state": rec.state, "fn": rec.fn,
+                         "state": rec.state.value, "fn": rec.fn,
                          "kind": "spawned" if rec.kind == SPAWNED else "task"})
         reply(True, rows)
 
@@ -111,13 +128,8 @@ class CoordinatorAPI:
         if rec.kind == SHORT:
             self.cancel_task(tid, running=True)
         else:
-            if rec.node is not None:
-                self.transport.post(rec.node, (P.KILL, tid, rec.inc))
-                n = self.nodes.get(rec.node)
-                if n is not None:
-                    n.spawned.discard(tid)
             err = DeadTaskError(f"task {tid} was killed")
-            self._finish(rec, False, remote.pack_exception(err, "the coordinator"))
+            self._run(E.TaskKilled(tid, remote.pack_exception(err, "the coordinator")))
         reply(True, None)
 
     def api_notify(self, reply: Reply, tid: int, kinds: list, tids: Any, tag: int) -> None:
@@ -174,7 +186,7 @@ class CoordinatorAPI:
         """Will task ``tid`` come back after its node is lost (spawned tasks restart, short
         tasks are re-run), as long as a node is left to run it?"""
         rec = self.tasks.get(tid)
-        return rec is not None and bool(self._alive)
+        return rec is not None and bool(self.core.alive_ranks())
 
     def api_put_info(self, reply: Reply, name: str, value: Any) -> None:
         self.info[name] = value

@@ -1,8 +1,15 @@
-"""What the coordinator knows of each worker node and each task."""
+"""What the coordinator's shell keeps of each task: what to run and whom to tell.
+
+Where a task runs, its state, incarnation and attempts are the core's
+(:class:`clustervm.core.Task`, one place); a :class:`TaskRecord` reads them
+from there. Nodes are the core's :class:`clustervm.core.Node` (``NodeInfo``).
+"""
 from __future__ import annotations
 
 from typing import Any, Callable
 
+from .core import Node as NodeInfo
+from .core import Task, TaskState
 from .futures import ClusterFuture
 
 #: A task's kind: a short task (submit/map) or a spawned, long-lived one (spawn).
@@ -10,36 +17,13 @@ SHORT, SPAWNED = 0, 1
 #: Answers a request: ``reply(ok, value)``.
 Reply = Callable[[bool, Any], None]
 
-
-class NodeInfo:
-    """What the coordinator knows of one worker rank."""
-    __slots__ = ("rank", "host", "pid", "state", "inflight", "spawned", "done", "load",
-                 "how_lost", "lost_at", "joined_at", "last_done")
-
-    def __init__(self, rank: int) -> None:
-        self.rank = rank
-        self.host = "?"
-        self.pid = 0
-        self.state = "starting"        # starting, alive, spare, dead, left
-        self.inflight: dict[int, TaskRecord] = {}
-        self.spawned: set[int] = set()
-        self.done = 0
-        self.load = 0
-        self.how_lost = ""
-        self.lost_at = 0.0
-        self.joined_at = 0.0
-        self.last_done = 0.0
-
-    def as_dict(self) -> dict:
-        return {"rank": self.rank, "host": self.host, "pid": self.pid, "state": self.state,
-                "running": len(self.inflight) + len(self.spawned), "done": self.done}
+__all__ = ["SHORT", "SPAWNED", "Reply", "NodeInfo", "TaskRecord"]
 
 
 class TaskRecord:
-    """One task of the VM, short or spawned."""
-    __slots__ = ("tid", "kind", "parent", "fn", "args", "kwargs", "node", "state", "future",
-                 "reply", "attempts", "where", "inc", "replay", "t_start", "t_ckpt", "joiners",
-                 "digest", "siblings")
+    """One task of the VM as the shell knows it: its function, arguments and answerers."""
+    __slots__ = ("tid", "kind", "parent", "fn", "args", "kwargs", "future", "reply", "joiners",
+                 "digest", "siblings", "sched")
 
     def __init__(self, tid: int, kind: int, parent: int, fn: str, args: Any, kwargs: Any) -> None:
         self.tid = tid
@@ -48,17 +32,43 @@ class TaskRecord:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
-        self.node: int | None = None
-        self.state = "pending"
         self.future: ClusterFuture | None = None
         self.reply: Reply | None = None
-        self.attempts = 0
-        self.where: set[int] | None = None
-        self.inc = 0
-        self.replay = True
-        self.t_start = 0.0
-        self.t_ckpt = 0.0
         self.joiners: list[Reply] = []
         self.digest = 0
         #: a spawned task's spawn call: (first tid, count); its siblings are consecutive tids
         self.siblings: tuple[int, int] | None = None
+        self.sched: Task | None = None      # the core's record (None: never scheduled)
+
+    # the scheduling state, read from the core
+    @property
+    def node(self) -> int | None:
+        return self.sched.node if self.sched is not None else None
+
+    @property
+    def state(self) -> TaskState:
+        return self.sched.state if self.sched is not None else TaskState.PENDING
+
+    @property
+    def inc(self) -> int:
+        return self.sched.inc if self.sched is not None else 0
+
+    @property
+    def attempts(self) -> int:
+        return self.sched.attempts if self.sched is not None else 0
+
+    @property
+    def replay(self) -> bool:
+        return self.sched.replay if self.sched is not None else True
+
+    @property
+    def t_start(self) -> float:
+        return self.sched.t_start if self.sched is not None else 0.0
+
+    @property
+    def t_ckpt(self) -> float:
+        return self.sched.t_ckpt if self.sched is not None else 0.0
+
+    @property
+    def where(self) -> set[int] | None:
+        return self.sched.where if self.sched is not None else None

@@ -14,29 +14,27 @@ import sys
 import threading
 import time
 
-from .records import NodeInfo
+from .core import SPAWN_HELLO_S
+from .core import events as E
+from .core import instructions as I
 
 log = logging.getLogger("clustervm.coordinator")
 
-#: How long a node started with MPI_Comm_spawn has to say hello.
-SPAWN_HELLO_S = 30.0
+__all__ = ["NodeSpawning", "SPAWN_HELLO_S"]
 
 
 class NodeSpawning:
     """Starting node processes while the job runs."""
 
     def _replace_async(self, lost: int) -> None:
-        """--replace-failed: start a node for lost node ``lost`` without blocking handlers."""
-        self._spawning += 1
-
+        """--replace-failed: start a node for lost node ``lost`` without blocking handlers
+        (the core counts it as on its way, and work waits for it, until ReplacementEnded)."""
         def replace() -> None:
             try:
                 self.spawn_node(f"replacing node {lost}")
             finally:
                 with self.lock:
-                    self._spawning -= 1
-                    if not self._alive and not self._joining():
-                        self._no_nodes_left()
+                    self._run(E.ReplacementEnded(time.monotonic()))
         threading.Thread(target=replace, name=f"cvm-replace-{lost}", daemon=True).start()
 
     def in_world(self, rank: int) -> bool:
@@ -80,22 +78,19 @@ class NodeSpawning:
             with self.lock:
                 rank = self._next_rank
                 self._next_rank += 1
-                n = self.nodes[rank] = NodeInfo(rank)
-                n.joined_at = time.monotonic()    # the hello is due SPAWN_HELLO_S from now
+                # a node "starting" in the core: its hello is due SPAWN_HELLO_S from now
+                self._run(E.ReplacementStarted(rank, "?", time.monotonic()))
                 self.transport.add_link(rank, inter, {"rank": rank,
                                                       "env": self.config.to_env()})
-                self.stats["spawned"] += 1
             log.info("node %d spawned in %.2f s (%s)", rank, time.monotonic() - t0, why)
             return rank
 
     def add_nodes(self, count: int, timeout: float = SPAWN_HELLO_S) -> int:
         """Bring ``count`` nodes into service: spare nodes first, then new node processes
         started with MPI_Comm_spawn. Waits for them to join; returns how many did."""
-        added = 0
         with self.lock:
-            while added < count and self._promote_spare():
-                added += 1
-            self._dispatch()
+            out = self._run(E.SparesWanted(count))
+            added = sum(1 for i in out if isinstance(i, I.NodeUp))
         started = [r for r in (self.spawn_node("vm.add_nodes") for _ in range(count - added))
                    if r is not None]
         self.transport.wait(lambda: all(self.nodes[r].state != "starting" for r in started),
