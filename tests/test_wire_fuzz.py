@@ -37,7 +37,7 @@ from clustervm.config import Config  # noqa: E402
 from clustervm.errors import ConfigError, WireError  # noqa: E402
 
 SENDER = 3
-FUZZ = settings(max_examples=300, deadline=2000, derandomize=True,
+FUZZ = settings(max_examples=300, deadline=2000, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -445,7 +445,7 @@ def node_messages(draw):
     return draw(st.sampled_from([op, [op, *fields], {"op": op}, ()]))
 
 
-@settings(max_examples=400, deadline=2000, derandomize=True,
+@settings(max_examples=400, deadline=2000, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.lists(node_messages(), min_size=1, max_size=5), st.integers(1, 3))
 def test_coordinator_survives_wrong_typed_messages(coordinator, messages, src):

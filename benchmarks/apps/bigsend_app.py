@@ -74,7 +74,7 @@ def main(vm) -> None:
     gib = float(args[0]) if args else 2.1
     replay = "--no-replay" not in vm.argv[1:]
     nbytes = int(gib * (1 << 30)) // 8 * 8
-    [a] = vm.spawn(sender, nbytes, where=1, replay=replay)    # world rank 1 (the raw reference uses it)
+    [a] = vm.spawn(sender, nbytes, where=1, replay=replay)   # world rank 1: see RAW_TAG
     [b] = vm.spawn(receiver, where=2)
     vm.send(a, PEER, b)
     vm.send(b, PEER, a)
