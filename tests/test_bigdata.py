@@ -10,11 +10,13 @@ benchmarks/bigsend.py (too big for the test suite).
 """
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import Checks, run_job
+from conftest import PY, ROOT, Checks, run_job
 
 pytestmark = pytest.mark.mpi
 
@@ -89,3 +91,13 @@ def test_malformed_frames_from_a_node_are_logged_and_rank_0_goes_on(app):
                  "the handler failed on a message from rank 1 (op 3, 2 fields)",
                  "the handler failed on a message from rank 1 (op 4, 4 fields)"]:
         assert text in err, f"{text!r} not logged:\n{err}"
+
+
+@pytest.mark.skipif(os.environ.get("CLUSTERVM_TEST_BIG") != "1",
+                    reason="sends 2.1 GiB for real (5 GB of memory): CLUSTERVM_TEST_BIG=1")
+def test_a_real_2_gib_array_between_two_tasks():
+    out = subprocess.run([PY, str(ROOT / "benchmarks" / "bigsend.py"), "--no-replay",
+                          "--timeout", "300"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=400)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2.10 GiB" in out.stdout and "arrived intact: True" in out.stdout, out.stdout

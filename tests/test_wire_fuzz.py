@@ -549,3 +549,16 @@ def test_a_long_receive_from_a_rank_declared_dead_is_given_up():
         t._wait_long(StuckRequest(), 3, b"buffer", 100)
     assert time.monotonic() - t0 < 5
     assert len(t._abandoned) == 1
+
+
+def test_a_2_gib_array_goes_in_mpi_sized_pieces_without_a_copy():
+    """The sending side of the 2.1 GiB case (benchmarks/bigsend.py sends it for real):
+    np.empty is never touched, so this costs no memory."""
+    t = make_transport(rank=1)                      # the default chunk: 1 GiB
+    arr = np.empty(int(2.1 * (1 << 30)), dtype=np.uint8)
+    head, parts, tag = t._chunked(*t._frames((P.USER, 1, 2, 0, arr, 0, 1)))
+    assert len(head) < 100 and T._valid_tag(tag)
+    assert [p.nbytes for p in parts] == [1 << 30, 1 << 30, arr.nbytes - (2 << 30)]
+    assert all(p.obj is parts[0].obj for p in parts)         # views of the array itself
+    f = T.parse_frame(head, 1, T.memory_limit())             # the receiver takes the claim
+    assert f.sizes == (arr.nbytes,)
