@@ -322,3 +322,13 @@ def test_a_task_state_is_an_enum() -> None:
     submit(core, 10)
     assert core.tasks[10].state is TaskState.RUNNING
     assert core.nodes[1].as_dict()["state"] == "alive"
+
+
+def test_every_api_handler_is_in_the_request_table() -> None:
+    """Handlers are an explicit table: a new ``api_*`` method must be listed in it."""
+    from clustervm.api import CoordinatorAPI
+
+    table = CoordinatorAPI._api_table(CoordinatorAPI())
+    methods = {name[4:] for name in dir(CoordinatorAPI) if name.startswith("api_")}
+    assert set(table) == methods
+    assert all(fn.__name__ == f"api_{name}" for name, fn in table.items())
