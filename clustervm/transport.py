@@ -458,7 +458,13 @@ class Transport:
             _drop(m)
             log.error("a first frame from rank %d is larger than 2 GiB; dropped", src)
             return True
-        frame = bytearray(count)
+        try:
+            frame = _empty_buffer(count)
+        except MemoryError:
+            _drop(m)
+            log.error("a first frame of %d bytes from rank %d: no memory for it; dropped",
+                      count, src)
+            return True
         m.Recv([frame, MPI.BYTE])
         c = self.counters
         c.msgs_in += 1
@@ -523,7 +529,10 @@ class Transport:
         """Receive one ``size``-byte buffer on ``tag``: as many MPI messages as the sender
         cut it into. Raises :class:`FrameError` for a part that does not fit or does
         not come within _PART_WAIT_S."""
-        buf = _empty_buffer(size)
+        try:
+            buf = _empty_buffer(size)
+        except MemoryError:
+            raise FrameError(src, f"cannot allocate {size} bytes for its buffer") from None
         view = memoryview(buf).cast("B")
         status = MPI.Status()
         off = 0

@@ -562,3 +562,13 @@ def test_a_2_gib_array_goes_in_mpi_sized_pieces_without_a_copy():
     assert all(p.obj is parts[0].obj for p in parts)         # views of the array itself
     f = T.parse_frame(head, 1, T.memory_limit())             # the receiver takes the claim
     assert f.sizes == (arr.nbytes,)
+
+
+def test_a_buffer_that_cannot_be_allocated_is_a_frame_error(monkeypatch):
+    def no_memory(size):
+        raise MemoryError
+
+    monkeypatch.setattr(T, "_empty_buffer", no_memory)
+    t = make_transport(rank=0)
+    with pytest.raises(T.FrameError, match="rank 2: cannot allocate 12345 bytes"):
+        t._recv_part(None, 2, T._TAG_BUF0, 12345, 2)
