@@ -279,7 +279,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
     @property
     def _alive(self) -> list[NodeInfo]:
         """The nodes that take work (a view for observers: status, vm.alive)."""
-        return list(self.core._alive.values())
+        return self.core.alive_nodes()
 
     def _alive_nodes(self) -> list[NodeInfo]:
         return self._alive

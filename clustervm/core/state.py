@@ -30,7 +30,6 @@ _ALIVE, _SPARE, _STARTING = NodeState.ALIVE, NodeState.SPARE, NodeState.STARTING
 _DEAD, _LEFT = NodeState.DEAD, NodeState.LEFT
 _PENDING, _RUNNING = TaskState.PENDING, TaskState.RUNNING
 _SHORT, _SPAWNED = TaskKind.SHORT, TaskKind.SPAWNED
-_WATCHED = (_ALIVE, _SPARE, _STARTING)
 
 
 class Node:
@@ -175,6 +174,10 @@ class Core:
 
     def alive_ranks(self) -> list[int]:
         return list(self._alive)
+
+    def alive_nodes(self) -> list[Node]:
+        """The nodes that take work, by rank."""
+        return list(self._alive.values())
 
     def has_nodes(self) -> bool:
         """Can work still be placed: a node alive, or one on its way?"""
