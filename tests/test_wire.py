@@ -585,3 +585,45 @@ def test_pack_frames_round_trip_and_truncation():
         wire.unpack_frames(blob[:-1])
     with pytest.raises(WireError, match="truncated"):
         wire.unpack_frames(b"\x01")
+
+
+# --------------------------------------------------------------------------- issue 11
+
+
+def test_nesting_deeper_than_the_decoder_takes_is_refused_at_both_ends():
+    obj: object = 0
+    for _ in range(wire.MAX_NESTING + 5):
+        obj = (obj,)
+    with pytest.raises(WireError, match="nest more than 128 levels"):
+        wire.dumps(obj)
+    # a hand-made message nested 5000 deep: msgpack's C unpacker would overflow the C
+    # stack (a segfault) at ~195; the decoder stops at MAX_NESTING instead
+    import msgpack
+    data = msgpack.packb([1])
+    for _ in range(5000):
+        data = msgpack.packb([msgpack.ExtType(wire.EXT_TUPLE, data)])
+    with pytest.raises(WireError, match="nested more than 128 levels"):
+        wire.loads(data)
+    ok: object = 0
+    for _ in range(wire.MAX_NESTING - 2):
+        ok = (ok,)
+    same(rt(ok), ok)
+
+
+def test_relabel_names_the_path_the_user_wrote():
+    with pytest.raises(WireError) as info:
+        wire.dumps((2, [(5, True, {"lock": threading.Lock()})]))
+    err = wire.relabel(info.value, "[1][0][2]", "result")
+    assert "at result['lock']:" in str(err) and "[1][0][2]" not in str(err)
+    assert err.path == "result['lock']"
+    with pytest.raises(WireError) as info:
+        wire.dumps((3, 7, 0, True, threading.Lock()))
+    err = wire.relabel(info.value, "[4]", "result")
+    assert "at result:" in str(err) and err.path == "result"
+    assert wire.relabel(err, "[9]", "x") is err          # another path: unchanged
+
+
+def test_loads_never_raises_anything_but_wire_error_on_garbage():
+    for data in [b"\xc1", b"\xd4\x06\x00", b"\xc7\x05\x01abcde", b"\x91\xd5\x05\x00\x00"]:
+        with pytest.raises(WireError, match="malformed message|unknown ext"):
+            wire.loads(data)
