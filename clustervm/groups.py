@@ -152,20 +152,34 @@ class Groups:
             for inst, t in list(insts.items()):
                 if t == tid:
                     if error is not None:
-                        # the round it would have called next fails, open or not yet
-                        nxt = self.counter.get((name, tid), self.base.get((name, tid), 0))
-                        err = GroupError(
-                            f"round {nxt} of group {name!r} cannot complete: member task {tid} "
-                            f"(instance {inst}) ended with an error before taking part: "
-                            f"{type(error).__name__}: {error}")
-                        if nxt in self.rounds.get(name, {}):
-                            self._fail_round(name, nxt, err)
-                        elif nxt >= self.next_round.get(name, 0):
-                            self.doomed.setdefault(name, {})[nxt] = err
+                        self._member_failed(name, tid, inst, error)
                     del insts[inst]
                     self.frozen.pop(name, None)
                     self._not_needed(name, tid)     # its shadows came before its exit
                     self._recheck(name)
+
+    def _member_failed(self, name: str, tid: int, inst: int, error: BaseException) -> None:
+        """A member ended with an error: the round it would have called next fails for
+        everyone, open or not yet (then the group goes on without it, as after a leave).
+
+        A member restarted from an older state (no checkpoint) has a round counter far
+        behind the group's: the round it would have called next is then the group's
+        oldest open round it took no part in. Seen in tools/soak.py (kmeans, a node
+        SIGSTOPped): before, that round completed without its part, and the others went
+        on with sums short of one part and exit status 0."""
+        open_rounds = self.rounds.get(name, {})
+        nxt = self.counter.get((name, tid), self.base.get((name, tid), 0))
+        if nxt not in open_rounds and nxt < self.next_round.get(name, 0):
+            lacking = [r for r, rnd in open_rounds.items() if tid not in rnd.parts]
+            nxt = min(lacking) if lacking else self.next_round.get(name, 0)
+        err = GroupError(
+            f"round {nxt} of group {name!r} cannot complete: member task {tid} "
+            f"(instance {inst}) ended with an error before taking part: "
+            f"{type(error).__name__}: {error}")
+        if nxt in open_rounds:
+            self._fail_round(name, nxt, err)
+        elif nxt >= self.next_round.get(name, 0):
+            self.doomed.setdefault(name, {})[nxt] = err
 
     # -- collectives -----------------------------------------------------------
 

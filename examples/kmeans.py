@@ -12,8 +12,10 @@ numpy arrays (sums, counts, inertia, points that changed cluster) gives every
 task the same new centroids. It stops when no point changes cluster (or
 after ``--max-iter``). With ``--mpi`` the tasks freeze the group first: when
 they run one per node, its allreduce then goes over MPI between the tasks
-instead of through the coordinator (a frozen group does not survive the loss
-of a node, though).
+instead of through the coordinator. Every 10 iterations each task checkpoints
+its centroids and labels: a task restarted after its node is lost goes on from
+there (the coordinator keeps only a group's last 64 rounds for members that
+call them again).
 
 Prints ``kmeans: clusters=K iters=I inertia=<float> centroids=[[...], ...]``
 (inertia and centroids rounded to 6 decimals, identical for any k and node count).
@@ -25,6 +27,7 @@ import numpy as np
 
 GROUP = "kmeans"
 CHUNK = 1 << 14
+CHECKPOINT_EVERY = 10     # iterations
 
 
 def n_chunks(n: int) -> int:
@@ -57,15 +60,20 @@ def nearest(points: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def worker(ctx, k: int, n: int, clusters: int, dim: int, seed: int, centroids: np.ndarray,
-           max_iter: int, mpi: bool = False) -> dict | None:
-    me = ctx.join_group(GROUP)
-    ctx.barrier(GROUP, count=k)
-    if mpi:
-        ctx.freeze_group(GROUP)
+           max_iter: int, mpi: bool = False, every: int = CHECKPOINT_EVERY) -> dict | None:
+    state = ctx.restore()
+    if state is None:
+        me = ctx.join_group(GROUP)
+        ctx.barrier(GROUP, count=k)
+        if mpi:
+            ctx.freeze_group(GROUP)
+        done = 0
+    else:     # restarted after a lost node: on from the last checkpoint's iteration
+        me, done, centroids = state["me"], state["it"], state["centroids"]
     parts = [chunk(seed, n, clusters, dim, c) for c in range(me, n_chunks(n), k)]
     points = np.concatenate(parts) if parts else np.empty((0, dim))
-    label = np.full(len(points), -1)
-    for it in range(1, max_iter + 1):
+    label = np.full(len(points), -1) if state is None else state["label"]
+    for it in range(done + 1, max_iter + 1):
         new, d2 = nearest(points, centroids)
         changed = int((new != label).sum())
         label = new
@@ -83,6 +91,10 @@ def worker(ctx, k: int, n: int, clusters: int, dim: int, seed: int, centroids: n
         empty = counts == 0                         # an empty cluster keeps its centroid
         centroids = np.where(empty[:, None], centroids,
                              sums / np.maximum(counts, 1)[:, None])
+        if every and it % every == 0:
+            # the coordinator keeps a group's last 64 rounds: a member restarted from
+            # further back could not call its old rounds again
+            ctx.checkpoint({"me": me, "it": it, "centroids": centroids, "label": label})
     if me != 0:
         return None
     return {"iters": it, "inertia": inertia, "centroids": centroids,

@@ -667,3 +667,19 @@ def test_frozen_group_with_checkpoints_survives_a_killed_node(job, tmp_path):
     assert res.line("frozen-iter:") == base.line("frozen-iter:")
     assert res.line("frozen-iter-where:") == "frozen-iter-where: on_mpi=False"
     assert "node 2" in res.err and "lost" in res.err, res.err
+
+
+def test_member_failing_after_a_restart_fails_the_open_round_not_completes_it():
+    """Found by tools/soak.py (kmeans, a node SIGSTOPped): a member restarted without a
+    checkpoint could not replay its old rounds and ended with a GroupError; the open
+    round then completed without its part and the others went on with wrong sums,
+    exit status 0. Now that round fails for everyone."""
+    g, coord, tids = make(3)
+    for _ in range(3):
+        assert [b.value for b in everyone(g, tids, "allreduce", [1, 2, 3], fn="sum")] == [6] * 3
+    a, b = call(g, 10, "allreduce", 1, fn="sum"), call(g, 11, "allreduce", 2, fn="sum")
+    assert not a.done and not b.done                       # round 3 waits for task 12
+    g.counter[("g", 12)] = 1                               # its new incarnation replayed round 0
+    g.task_exit(12, GroupError("round 1 is over and its result is no longer kept"))
+    assert isinstance(a.error, GroupError) and "task 12" in str(a.error)
+    assert isinstance(b.error, GroupError) and "round 3" in str(b.error)
