@@ -28,9 +28,11 @@ import base64
 import functools
 import os
 import pickle
+import sys
 from types import BuiltinMethodType, MethodType
 from typing import Any, Callable
 
+from . import wire
 from .errors import WireError
 
 PREFIX = "~"
@@ -58,7 +60,6 @@ def is_compound(fn: Any) -> bool:
 def compound_ref(fn: Any, allow_pickle: bool | None = None) -> str:
     """The compound reference of ``fn`` (see the module docstring); WireError if it
     cannot travel, naming what is in the way and what to do."""
-    from . import wire
     if allow_pickle is None:
         allow_pickle = pickle_allowed()
     try:
@@ -85,7 +86,6 @@ def _pickled(fn: Any, why: Exception) -> list:
 
 
 def _encode(fn: Any) -> list:
-    from . import wire
     if isinstance(fn, functools.partial):
         inner = fn.func
         ref = compound_ref(inner, False) if is_compound(inner) else wire.fn_ref(inner)
@@ -102,7 +102,6 @@ def _encode(fn: Any) -> list:
 def _instance(obj: Any, fn: Any) -> list:
     """An instance as data: the value itself when the wire carries it, else its class
     (by name) and its attributes."""
-    from . import wire
     try:
         wire.dumps(obj)
         if type(obj).__module__ in ("builtins", "numpy"):
@@ -125,7 +124,6 @@ def _instance(obj: Any, fn: Any) -> list:
 
 
 def _check(value: Any, what: str) -> None:
-    from . import wire
     try:
         wire.dumps(value)
     except WireError as exc:
@@ -134,7 +132,6 @@ def _check(value: Any, what: str) -> None:
 
 def resolve_compound(ref: str) -> Callable:
     """A callable for a compound reference: rebuilds the object at each call."""
-    from . import wire
     try:
         frames = wire.unpack_frames(base64.b64decode(ref[len(PREFIX):]))
         tree = wire.loads(frames[0], frames[1:])
@@ -168,7 +165,6 @@ class Rebuilt:
         self.text = text
 
     def build(self) -> Callable:
-        from . import wire
         frames = wire.unpack_frames(base64.b64decode(self.ref[len(PREFIX):]))
         return _build(wire.loads(frames[0], frames[1:]))
 
@@ -180,7 +176,6 @@ class Rebuilt:
 
 
 def _build(tree: list) -> Callable:
-    from . import wire
     kind = tree[0]
     if kind == "p":
         ref = tree[1]
@@ -196,13 +191,11 @@ def _build(tree: list) -> Callable:
 
 
 def _decode(ref: str) -> list:
-    from . import wire
     frames = wire.unpack_frames(base64.b64decode(ref[len(PREFIX):]))
     return wire.loads(frames[0], frames[1:])
 
 
 def _rebuild(inst: list) -> Any:
-    from . import wire
     if inst[0] == "v":
         return inst[1]
     cls = wire.resolve_ref(inst[1])
@@ -210,3 +203,6 @@ def _rebuild(inst: list) -> Any:
     for k, v in inst[2].items():
         object.__setattr__(obj, k, v)
     return obj
+
+
+wire.register_refs(sys.modules[__name__])

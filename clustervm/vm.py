@@ -9,6 +9,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from . import protocol as P
+from . import wire
 from .futures import ClusterFuture, Executor, chunks, run_chunk
 from .progress import Progress
 from .task import Message, spawn_args
@@ -57,6 +58,7 @@ class Shared:
 
 
 _fetching = threading.Lock()
+wire.register_shared(Shared)
 
 
 class VM:
