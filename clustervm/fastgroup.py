@@ -63,11 +63,12 @@ from mpi4py import MPI
 
 from . import wire
 from .errors import GroupError
-from .groups import VECTOR_OPS, combine
+from .mailbox import TaskAborted
+from .reduce import VECTOR_OPS, _reduce, combine
 
 if TYPE_CHECKING:
+    from .mailbox import TaskLike as TaskContext   # task.py imports this module
     from .site import Site
-    from .task import TaskContext
 
 SLOT = 256                          # bytes per member in the first exchange
 _HDR = struct.Struct("<8q")         # op, root, count, fn hash, flags, meta len, bufs len, spare
@@ -174,7 +175,6 @@ class FrozenGroup:
             return combine(op, self.name, values, self.insts, fn, self.site)[self.me]
         if op == "gather":
             return values if self.me == root_pos else None
-        from .groups import _reduce
         result = _reduce(values, fn, self.site)
         return result if op == "allreduce" or self.me == root_pos else None
 
@@ -408,7 +408,6 @@ class FrozenGroup:
             _yield()              # more ranks than cores: let the others run now and then
             if self.ctx.aborted:
                 self._revoke()
-                from .task import TaskAborted
                 raise TaskAborted(self.ctx.tid)
             if self.deadline is not None and now > self.deadline:
                 self._revoke()

@@ -17,23 +17,18 @@ the frozen group that has not ended or left.
 """
 from __future__ import annotations
 
-import functools
-import operator
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 from . import protocol as P
 from .errors import GroupError
+from .reduce import _BUILTIN, VECTOR_OPS, _reduce, combine   # noqa: F401 - importable from here too
 from .site import approx_size, snapshot
 
-if TYPE_CHECKING:
-    from .coordinator import Coordinator
 
 Reply = Callable[[bool, Any], None]
 _KEEP_DONE = 64                 # finished rounds kept per group, at most ...
 _KEEP_BYTES = 256 << 20         # ... and about this many bytes of their answers
-_BUILTIN = {"sum": (operator.add, "add"), "prod": (operator.mul, "multiply"),
-            "min": (min, "minimum"), "max": (max, "maximum")}
 
 
 class _Round:
@@ -55,10 +50,22 @@ class _Round:
         return f"{self.op}({', '.join(args)})"
 
 
+class Owner(Protocol):
+    """What the groups read of the coordinator that owns them (coordinator.py imports
+    this module, so it is named by this protocol, not imported)."""
+    tasks: dict
+
+    def in_world(self, rank: int) -> bool: ...
+
+    def restartable(self, tid: int) -> bool: ...
+
+    def resolve(self, ref: str) -> Any: ...
+
+
 class Groups:
     """Group membership and collective rounds."""
 
-    def __init__(self, coord: "Coordinator") -> None:
+    def __init__(self, coord: Owner) -> None:
         self.coord = coord
         self.members: dict[str, dict[int, int]] = {}            # name -> inst -> tid
         self.rounds: dict[str, dict[int, _Round]] = {}          # name -> round -> open round
@@ -462,52 +469,6 @@ class Groups:
                         f"were lost with node {rank} and cannot be restarted"))
 
 
-#: Collectives where every member gets its own answer computed from everyone's value
-#: (the hub computes them; a frozen group gathers the values and computes them locally).
-VECTOR_OPS = ("alltoall", "reduce_scatter", "scan", "exscan")
-
-
-def combine(op: str, name: str, values: list, insts: list[int], fn: Any, resolver: Any) -> list:
-    """Each member's answer to ``op`` given every member's value, both in instance order
-    (``insts`` are the members' instance numbers): alltoall, reduce_scatter, scan, exscan.
-
-    For alltoall and reduce_scatter a member's value is a sequence indexed by instance
-    number (item ``i`` goes to instance ``i``); alltoall gives each member a list indexed
-    by instance number (None for a free instance)."""
-    width = max(insts) + 1
-    if op in ("alltoall", "reduce_scatter"):
-        for inst, v in zip(insts, values):
-            try:
-                size = len(v)
-            except TypeError:
-                size = -1
-            if size < width:
-                raise GroupError(
-                    f"{op} on group {name!r}: instance {inst} gave "
-                    f"{'a ' + type(v).__name__ if size < 0 else f'{size} item(s)'}; every "
-                    f"member gives a list with one item per instance ({width}: item i goes to "
-                    f"instance i)")
-    if op == "alltoall":
-        out = []
-        for me in insts:
-            row: list = [None] * width
-            for inst, v in zip(insts, values):
-                row[inst] = v[me]
-            out.append(row)
-        return out
-    if op == "reduce_scatter":
-        return [_reduce([v[me] for v in values], fn, resolver) for me in insts]
-    # scan / exscan: prefix reductions in instance order
-    prefix: list = []
-    acc: Any = None
-    for i, v in enumerate(values):
-        acc = v if i == 0 else _reduce([acc, v], fn, resolver)
-        prefix.append(acc)
-    if op == "scan":
-        return prefix
-    return [None] + prefix[:-1]
-
-
 def _ignore(ok: bool, value: Any) -> None:
     """The reply of a contribution replayed from a shadow: its member already has it."""
 
@@ -517,18 +478,3 @@ def _own(tid: int, answer: tuple[bool, Any]) -> tuple[bool, Any]:
     on other nodes (without a copy) and is kept for members that call the round again."""
     ok, value = answer
     return (ok, snapshot(value)) if ok and tid == P.MAIN_TID else answer
-
-
-def _reduce(values: list, fn: Any, coord: "Coordinator") -> Any:
-    if isinstance(fn, str) and fn in _BUILTIN:
-        py_op, np_name = _BUILTIN[fn]
-        if any(type(v).__module__ == "numpy" for v in values):
-            import numpy as np
-            ufunc = getattr(np, np_name)
-            acc = values[0]
-            for v in values[1:]:
-                acc = ufunc(acc, v)
-            return acc
-        return functools.reduce(py_op, values)
-    f = coord.resolve(fn) if isinstance(fn, str) else fn
-    return functools.reduce(f, values)

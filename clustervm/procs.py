@@ -6,6 +6,12 @@ Linux only; elsewhere every query answers "nothing" ([], "", None).
 from __future__ import annotations
 
 import os
+import socket
+
+
+def hostname() -> str:
+    """This host's name: $CLUSTERVM_HOSTNAME if set, else the system's."""
+    return os.environ.get("CLUSTERVM_HOSTNAME") or socket.gethostname()
 
 
 def state(pid: int) -> str:

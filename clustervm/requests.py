@@ -35,8 +35,8 @@ from . import protocol as P
 from .errors import DeadTaskError, WireError
 
 if TYPE_CHECKING:
+    from .mailbox import TaskLike as TaskContext   # task.py imports this module
     from .site import Site
-    from .task import TaskContext
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ import copy
 import itertools
 import logging
 import os
-import socket
 import threading
 import time
 from typing import Any, Callable
@@ -29,7 +28,8 @@ from . import protocol as P
 from . import remote, wire
 from .config import Config
 from .errors import DeadTaskError, WireError
-from .task import Mailbox, TaskContext
+from .mailbox import Mailbox, TaskLike
+from .procs import hostname   # noqa: F401 - importable from here too
 from .transport import PeerFailed, Transport
 
 log = logging.getLogger(__name__)
@@ -63,10 +63,6 @@ def approx_size(data: Any) -> int:
     return 16
 
 
-def hostname() -> str:
-    return os.environ.get("CLUSTERVM_HOSTNAME") or socket.gethostname()
-
-
 class Location:
     """Where a task lives now, and whether messages to it must be logged for replay."""
     __slots__ = ("rank", "inc", "replay")
@@ -92,7 +88,7 @@ class Site:
         self.mailboxes: dict[int, Mailbox] = {}
         self.holdback: dict[int, dict[tuple[int, int], tuple]] = {}   # dst -> (src, seq) -> msg
         self.locations: dict[int, Location] = {}
-        self.contexts: dict[int, TaskContext] = {}     # tasks running here
+        self.contexts: dict[int, TaskLike] = {}     # tasks running here
         self._replies: dict[int, tuple[bool, Any]] = {}
         self._reqids = itertools.count(1)
         self._waiting: set[int] = set()
@@ -239,7 +235,7 @@ class Site:
                 time.sleep(0.01)
         raise DeadTaskError(f"cannot deliver a message to task {dst}: its node keeps failing")
 
-    def _log_message(self, ctx: TaskContext, dst: int, seq: int, tag: int, data: Any) -> None:
+    def _log_message(self, ctx: TaskLike, dst: int, seq: int, tag: int, data: Any) -> None:
         """Keep a copy of a message to ``dst`` until ``dst`` checkpoints past it."""
         outlog = ctx.__dict__.setdefault("_outlog", {})
         entries = outlog.setdefault(dst, [])

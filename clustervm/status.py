@@ -42,7 +42,7 @@ def terminal_spec() -> str:
             return OFF
         fd = sys.stderr.fileno()
         path = os.ttyname(fd)
-        from .site import hostname
+        from .procs import hostname
         return f"{hostname()}:{os.fstat(fd).st_rdev}:{path}"
     except (OSError, ValueError, AttributeError):
         return OFF
@@ -75,7 +75,7 @@ def _reset_region(spec: str) -> None:
 def _open_spec(spec: str) -> int | None:
     host, _, rest = spec.partition(":")
     rdev, _, path = rest.partition(":")
-    from .site import hostname
+    from .procs import hostname
     if not path or host != hostname():
         return None
     try:

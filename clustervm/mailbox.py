@@ -1,0 +1,79 @@
+"""A task's mailbox and received messages: what both the sites (below task.py) and
+the tasks use. ``Message``, ``Mailbox`` and ``TaskAborted`` are importable from
+:mod:`clustervm.task` too."""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any, NamedTuple, Protocol
+
+from .protocol import ANY, SYSTEM
+
+__all__ = ["Message", "TaskAborted", "Mailbox", "TaskLike"]
+
+
+class Message(NamedTuple):
+    """A received message: who sent it, with which tag, and what.
+
+    A notification (``vm.notify(..., tag=...)``) has ``source == clustervm.SYSTEM``
+    and its event dict as ``data``; ``kind`` names the event (None for user messages).
+    """
+    source: int
+    tag: int
+    data: Any
+
+    @property
+    def kind(self) -> str | None:
+        """TASK_EXIT / NODE_DOWN / NODE_ADDED for a notification, None for a user message."""
+        if self.source == SYSTEM and isinstance(self.data, dict):
+            return self.data.get("kind")
+        return None
+
+
+class TaskAborted(BaseException):
+    """Raised inside an incarnation that the coordinator has replaced or killed."""
+
+
+class Mailbox:
+    """Messages delivered to one task and not yet received, in arrival order."""
+
+    __slots__ = ("items", "delivered", "lock")
+
+    def __init__(self) -> None:
+        self.items: deque[tuple[int, int, Any, int, int]] = deque()  # src, tag, data, inc, seq
+        self.delivered: dict[int, int] = {}      # src tid -> highest seq delivered
+        self.lock = threading.Lock()
+
+    def put(self, src: int, tag: int, data: Any, inc: int, seq: int) -> None:
+        with self.lock:
+            self.items.append((src, tag, data, inc, seq))
+            if seq > self.delivered.get(src, 0):
+                self.delivered[src] = seq
+
+    def take(self, source: int, tag: int, remove: bool = True) -> Message | None:
+        with self.lock:
+            for i, item in enumerate(self.items):
+                # ANY never matches a notification (source SYSTEM): only SYSTEM does
+                if (item[0] == source or source == ANY and item[0] >= 0) and \
+                        (tag == ANY or item[1] == tag):
+                    if remove:
+                        del self.items[i]
+                    return Message(item[0], item[1], item[2])
+        return None
+
+    def snapshot(self) -> list:
+        with self.lock:
+            return [list(i) for i in self.items]
+
+    def drop_stale(self, src: int, inc: int) -> None:
+        """Forget messages sent by incarnations of ``src`` older than ``inc``."""
+        with self.lock:
+            self.items = deque(i for i in self.items if i[0] != src or i[3] >= inc)
+
+
+class TaskLike(Protocol):
+    """A :class:`clustervm.task.TaskContext` as the modules below task.py (site,
+    requests, fastgroup) name it in their annotations: they cannot import task.py,
+    which imports them."""
+    tid: int
+    inc: int
