@@ -13,7 +13,6 @@ from .events import NODE_ADDED, NODE_DOWN, TASK_EXIT
 from .protocol import ANY, SYSTEM
 from .requests import Request, testall, testany, waitall, waitany, waitsome
 from .task import Message, TaskContext, TaskExit
-from . import refs, vm   # noqa: F401, E402 - they register compound references and vm.Shared with wire
 
 __version__ = "0.1.0"
 

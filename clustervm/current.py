@@ -1,13 +1,12 @@
 """The task running in this thread: ``clustervm.context()``."""
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .task import TaskContext
 
-_tls = threading.local()
+from .local import _tls   # noqa: F401 - current._tls: the shells set it
 
 
 def context() -> "TaskContext":

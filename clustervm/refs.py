@@ -28,12 +28,14 @@ import base64
 import functools
 import os
 import pickle
-import sys
 from types import BuiltinMethodType, MethodType
 from typing import Any, Callable
 
-from . import wire
 from .errors import WireError
+
+#: The codec, clustervm.wire, which sets this when it imports this module: wire hands
+#: compound references to this module, whose parts are encoded with wire.
+wire: Any = None
 
 PREFIX = "~"
 
@@ -203,6 +205,3 @@ def _rebuild(inst: list) -> Any:
     for k, v in inst[2].items():
         object.__setattr__(obj, k, v)
     return obj
-
-
-wire.register_refs(sys.modules[__name__])

@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
-import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from . import protocol as P
-from . import wire
 from .futures import ClusterFuture, Executor, chunks, run_chunk
 from .progress import Progress
+from .shared import Shared   # noqa: F401 - vm.Shared, as documented
 from .task import Message, spawn_args
 
 if TYPE_CHECKING:
@@ -30,35 +29,6 @@ class NodeView(NamedTuple):
     done: int
 
 
-class Shared:
-    """A handle on an object stored once by the coordinator (``vm.scatter``).
-
-    Pass the handle to many tasks; ``handle.get()`` inside a task fetches the
-    object once per node and caches it there.
-    """
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-
-    def get(self) -> Any:
-        """The stored object (fetched once per node, then cached there)."""
-        from . import current
-        site = getattr(current._tls, "site", None)
-        if site is None:
-            raise RuntimeError("Shared.get() works inside a task or main")
-        cache = site.__dict__.setdefault("_shared", {})
-        if self.key not in cache:
-            with _fetching:       # tasks asking at once on one node: one fetch, not one each
-                if self.key not in cache:
-                    cache[self.key] = site.call("get_info", self.key, False)
-        return cache[self.key]
-
-    def __repr__(self) -> str:
-        return f"Shared({self.key!r})"
-
-
-_fetching = threading.Lock()
-wire.register_shared(Shared)
 
 
 class VM:

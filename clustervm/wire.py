@@ -65,7 +65,9 @@ from typing import Any
 import msgpack
 from msgpack import ExtType
 
+from . import refs
 from .errors import WireError
+from .shared import Shared
 
 __all__ = ["dumps", "loads", "fn_ref", "resolve_ref"]
 
@@ -241,7 +243,7 @@ class _Encoder:
             return _tuple_new(ExtType, (EXT_SET, self.pack(list(obj))))
         if isinstance(obj, complex):
             return _tuple_new(ExtType, (EXT_COMPLEX, _complex.pack(obj.real, obj.imag)))
-        if t.__name__ == "Shared" and t.__module__ == "clustervm.vm":   # a vm.scatter handle
+        if t is Shared:   # a vm.scatter handle
             return _tuple_new(ExtType, (EXT_SHARED, obj.key.encode()))
         if callable(obj) and hasattr(obj, "__qualname__"):
             reason = "functions and classes are not sent by value: send fn_ref(f), then resolve_ref"
@@ -543,7 +545,7 @@ def loads(
         if code == EXT_COMPLEX:
             return complex(*_complex.unpack(data))
         if code == EXT_SHARED:
-            return _registered("vm.Shared", _shared)(bytes(data).decode())
+            return Shared(bytes(data).decode())
         if depth >= MAX_NESTING:
             raise WireError(f"malformed message: nested more than {MAX_NESTING} levels deep")
         depth += 1
@@ -576,33 +578,6 @@ def loads(
 
 
 # ---------------------------------------------------------------------------
-# What higher modules register: this module imports none of them (the layers).
-
-_shared: Any = None     # clustervm.vm.Shared (a vm.scatter handle), registered by vm.py
-_refs: Any = None       # the clustervm.refs module (compound references), registered by refs.py
-
-
-def register_shared(cls: type) -> None:
-    """``cls(key)`` rebuilds a vm.scatter handle (ext type 9); clustervm.vm calls this at import."""
-    global _shared
-    _shared = cls
-
-
-def register_refs(module: ModuleType) -> None:
-    """Compound references (functools.partial, bound methods, callable instances) are
-    made and resolved by ``module`` (clustervm.refs, which calls this at import)."""
-    global _refs
-    _refs = module
-
-
-def _registered(what: str, value: Any) -> Any:
-    if value is None:
-        raise WireError(f"{what} is not registered with the wire codec: import clustervm "
-                        "(its __init__ loads clustervm.vm and clustervm.refs, which register it)")
-    return value
-
-
-# ---------------------------------------------------------------------------
 # Functions by reference.
 
 
@@ -615,7 +590,6 @@ def fn_ref(fn: Any, *, allow_pickle: bool | None = None) -> str:
     not import them), and for a compound whose data the wire cannot carry (unless
     ``allow_pickle``; None: as the job's ``--pickle``).
     """
-    refs = _registered("clustervm.refs", _refs)
     if refs.is_compound(fn):
         return refs.compound_ref(fn, allow_pickle)
     owner = getattr(fn, "__self__", None)
@@ -663,7 +637,7 @@ def resolve_ref(ref: str) -> Any:
     """Import the module of a "module:qualname" ref and return the object it names
     (for a compound reference, a callable that rebuilds it: see clustervm.refs)."""
     if ref.startswith("~"):
-        return _registered("clustervm.refs", _refs).resolve_compound(ref)
+        return refs.resolve_compound(ref)
     module, sep, qualname = ref.partition(":")
     if not sep or not module or not qualname:
         raise WireError(f"bad function reference {ref!r}: expected 'module:qualname'")
@@ -727,3 +701,5 @@ def check_sendable(obj: Any, label: str, *, allow_pickle: bool = False) -> None:
         err.path = f"{label}{path or ''}"  # type: ignore[attr-defined]
         raise err from None
 
+
+refs.wire = sys.modules[__name__]   # compound references are encoded with this codec
