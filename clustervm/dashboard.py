@@ -29,7 +29,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-from .monitor import TaskCounter, counter_of, snapshot
+from .monitor import CoordinatorView, TaskCounter, counter_of, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def _is_loopback(host: str) -> bool:
 class Dashboard:
     """The sampler shared by all clients, and the HTTP server."""
 
-    def __init__(self, coord: Any, counter: TaskCounter) -> None:
+    def __init__(self, coord: CoordinatorView, counter: TaskCounter) -> None:
         self.coord = coord
         self.counter = counter
         self.cond = threading.Condition()
@@ -222,7 +222,7 @@ def _make_handler(dash: Dashboard) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(coord: Any, address: str) -> Callable[[], None]:
+def serve(coord: CoordinatorView, address: str) -> Callable[[], None]:
     """Serve the dashboard of ``coord`` on ``[HOST:]PORT``; returns the stop function.
 
     A dashboard that cannot start (address in use, bad host) is reported and

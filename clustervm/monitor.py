@@ -11,7 +11,26 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
+
+
+class CoordinatorView(Protocol):
+    """What the observers (dashboard, status line, tracer) read of the coordinator: its
+    public state, copied under ``lock``, never its private attributes
+    (tests/test_layers.py checks). The coordinator's shell provides it."""
+    lock: Any                       # held while copying
+    t0: float                       # time.monotonic() at the start of the job
+    config: Any                     # clustervm.config.Config
+    nodes: dict                     # rank -> clustervm.core.Node
+    pending: Any                    # the queued tasks (len)
+    tasks: dict                     # tid -> records.TaskRecord, not finished yet
+    stats: dict                     # the core's counters (rerun, ckpt_written, ...)
+    events: Any                     # events.EventLog
+    observers: list                 # callables (kind, rec, rank, ok), called under lock
+    transport: Any                  # .counters and .last_heard
+    store: Any                      # the checkpoint store (.stats)
+    stopping: bool
+    fatal: BaseException | None
 
 
 class TaskCounter:
@@ -52,7 +71,7 @@ class TaskCounter:
                            "tid": rec.tid, "fn": rec.fn.rpartition(":")[2], "rank": rank})
 
 
-def counter_of(coord: Any) -> TaskCounter:
+def counter_of(coord: CoordinatorView) -> TaskCounter:
     """The coordinator's TaskCounter, attached on first use (shared by every viewer)."""
     with coord.lock:
         for obs in coord.observers:
@@ -63,7 +82,7 @@ def counter_of(coord: Any) -> TaskCounter:
         return counter
 
 
-def snapshot(coord: Any, counter: TaskCounter, events_from: int = 0,
+def snapshot(coord: CoordinatorView, counter: TaskCounter, events_from: int = 0,
              max_events: int = 500) -> dict:
     """A JSON-ready picture of the VM now; takes ``coord.lock`` only to copy numbers."""
     now = time.monotonic()

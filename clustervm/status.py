@@ -26,6 +26,8 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
+from .monitor import CoordinatorView
+
 log = logging.getLogger(__name__)
 
 ENV = "CLUSTERVM_STATUS_TTY"
@@ -108,13 +110,14 @@ def open_terminal(env: Mapping[str, str] | None = None) -> int | None:
 
 # ---------------------------------------------------------------- rank 0
 
-def line(coord: Any, counter: Any) -> str:
+def line(coord: CoordinatorView, counter: Any) -> str:
     """The status text: nodes alive, tasks done/total, failures (numbers copied under the lock)."""
     with coord.lock:
-        alive = len(coord._alive)
+        alive_nodes = [n for n in coord.nodes.values() if n.state == "alive"]
+        alive = len(alive_nodes)
         nodes = len(coord.nodes)
         lost = sum(1 for n in coord.nodes.values() if n.state == "dead")
-        running = sum(len(n.inflight) + len(n.spawned) for n in coord._alive)
+        running = sum(len(n.inflight) + len(n.spawned) for n in alive_nodes)
         pending = len(coord.pending)
         live = len(coord.tasks)
         ok, failed, rerun = counter.ok, counter.failed, max(counter.rerun,
@@ -130,7 +133,7 @@ def line(coord: Any, counter: Any) -> str:
 class StatusLine:
     """Draws :func:`line` on the last row of a terminal, a few times a second."""
 
-    def __init__(self, coord: Any, fd: int, counter: Any) -> None:
+    def __init__(self, coord: CoordinatorView, fd: int, counter: Any) -> None:
         self.coord = coord
         self.fd = fd
         self.counter = counter
@@ -198,7 +201,7 @@ class StatusLine:
                 pass
 
 
-def start(coord: Any, config: Any = None) -> Callable[[], None] | None:
+def start(coord: CoordinatorView, config: Any = None) -> Callable[[], None] | None:
     """Show the status line if the job has a terminal; returns its stop function or None."""
     fd = open_terminal()
     if fd is None:

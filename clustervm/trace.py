@@ -33,6 +33,8 @@ import threading
 import time
 from typing import Any, Callable
 
+from .monitor import CoordinatorView
+
 log = logging.getLogger(__name__)
 
 #: Task runs kept in memory; past this the trace says how many were left out.
@@ -53,7 +55,7 @@ def _short(fn: str) -> str:
 class Tracer:
     """A coordinator observer that records task runs; writes the trace when the job ends."""
 
-    def __init__(self, coord: Any, path: str) -> None:
+    def __init__(self, coord: CoordinatorView, path: str) -> None:
         self.coord = coord
         self.path = path
         self.t0 = coord.t0
@@ -73,7 +75,7 @@ class Tracer:
         self._sampler: threading.Thread | None = None
 
     @classmethod
-    def attach(cls, coord: Any, path: str) -> Callable[[], None]:
+    def attach(cls, coord: CoordinatorView, path: str) -> Callable[[], None]:
         """Start tracing ``coord``; returns the function that stops and writes the file."""
         tracer = cls(coord, path)
         with coord.lock:

@@ -139,6 +139,23 @@ def test_deferred_upward_imports_are_still_there():
     assert not stale, f"DEFERRED_UPWARD lists imports that are gone: {stale}"
 
 
+def test_observers_read_no_private_attribute_of_the_coordinator():
+    """dashboard, status, trace (and monitor) read monitor.CoordinatorView, never the
+    shell's internals such as ``coord._alive``."""
+    mods = _modules()
+    bad = []
+    for m in sorted(dict(LAYERS)["observers"]):
+        for node in ast.walk(ast.parse(mods[m].read_text())):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") \
+                    and not node.attr.startswith("__"):
+                owner = node.value
+                name = owner.id if isinstance(owner, ast.Name) else \
+                    owner.attr if isinstance(owner, ast.Attribute) else None
+                if name == "coord":
+                    bad.append(f"{_label(m)} line {node.lineno}: coord.{node.attr}")
+    assert not bad, "observers reaching into the coordinator:\n" + "\n".join(bad)
+
+
 def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
     """Strongly connected components of more than one module (Tarjan, iterative)."""
     index: dict[str, int] = {}
