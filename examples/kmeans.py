@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+import clustervm
+
 GROUP = "kmeans"
 CHUNK = 1 << 14
 CHECKPOINT_EVERY = 10     # iterations
@@ -59,9 +61,21 @@ def nearest(points: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.n
     return label, d2[np.arange(len(points)), label]
 
 
+def is_member(ctx) -> bool:
+    try:
+        ctx.group_inst(GROUP)
+        return True
+    except clustervm.GroupError:
+        return False
+
+
 def worker(ctx, k: int, n: int, clusters: int, dim: int, seed: int, centroids: np.ndarray,
            max_iter: int, mpi: bool = False, every: int = CHECKPOINT_EVERY) -> dict | None:
     state = ctx.restore()
+    if state is not None and not is_member(ctx):
+        # the coordinator itself was restarted (--resume): groups live in its memory, not
+        # in the job's journal, so the group is new and every member starts over
+        state = None
     if state is None:
         me = ctx.join_group(GROUP)
         ctx.barrier(GROUP, count=k)

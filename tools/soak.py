@@ -147,8 +147,11 @@ def one_run(app: str, fault: str, expected: str, wall: float, rng: random.Random
             delay = time.monotonic() - job.t0
             workers = sorted(r for r in ranks if r > 0)
             if fault == "kill-rank0" and 0 in ranks:
-                os.kill(ranks[0], signal.SIGKILL)
-                what = f"SIGKILL rank 0 at {delay:.2f} s"
+                try:
+                    os.kill(ranks[0], signal.SIGKILL)
+                    what = f"SIGKILL rank 0 at {delay:.2f} s"
+                except ProcessLookupError:
+                    what = "rank 0 gone before the signal"
             elif fault in ("kill-node", "stop-node") and workers:
                 rank = rng.choice(workers)
                 sig = signal.SIGKILL if fault == "kill-node" else signal.SIGSTOP
