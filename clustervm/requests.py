@@ -161,8 +161,9 @@ def isend(ctx: "TaskContext", dst: int, tag: int, obj: Any) -> SendRequest:
         raise ValueError(f"tag must be >= 0, got {tag}; -1 is the wildcard of recv only")
     site = ctx._site
     seq = ctx._sent.get(dst, 0) + 1
+    ended_ok = ctx.inc > 0
     for _ in range(100):
-        loc = site.locate(dst, ended_ok=ctx.inc > 0)
+        loc = site.locate(dst, ended_ok=ended_ok)
         if loc.rank == ENDED:     # a restarted task sends again to a task that has ended
             ctx._sent[dst] = seq
             return SendRequest(ctx, dst)
@@ -199,7 +200,8 @@ def isend(ctx: "TaskContext", dst: int, tag: int, obj: Any) -> SendRequest:
                 if site.locations.get(dst) is loc:
                     del site.locations[dst]
             if logged:
-                ctx._outlog[dst].pop()
+                site._unlog(ctx, dst, seq)
+            ended_ok = True    # see Site.send_user: the replay log may deliver it first
             time.sleep(0.01)
     raise DeadTaskError(f"cannot deliver a message to task {dst}: its node keeps failing")
 
