@@ -14,6 +14,7 @@ calls, then ``reps`` frozen group calls; main times each loop (a barrier of
 the same kind first lines everyone up). Prints
 ``result <op> <raw|group|frozen> <seconds per call>`` (median of rounds).
 """
+import os
 import time
 
 import numpy as np
@@ -22,6 +23,9 @@ from mpi4py import MPI
 G = "bench"
 F = "benchf"
 BIG = 8 << 20
+#: BENCH_FROZEN_SURVIVE=0: the frozen group without the copies that let it survive a
+#: lost member (freeze_group(survive=False)); the default, as for users, survives
+SURVIVE = os.environ.get("BENCH_FROZEN_SURVIVE", "1") != "0"
 
 
 def ops():
@@ -82,7 +86,7 @@ def member(ctx, n: int, rounds: int) -> None:
     ctx.join_group(F)
     ctx.barrier(G, count=n)
     ctx.barrier(F, count=n)
-    ctx.freeze_group(F)
+    ctx.freeze_group(F, survive=SURVIVE)
     assert ctx.group_on_mpi(F)
     run_all(ctx, me, rounds, False)
 
@@ -96,7 +100,7 @@ def main(vm) -> None:
     tids = [vm.spawn(member, n, rounds, where=r)[0] for r in ranks]
     vm.barrier(G, count=n)
     vm.barrier(F, count=n)
-    vm.freeze_group(F)
+    vm.freeze_group(F, survive=SURVIVE)
     assert vm.group_on_mpi(F)
     where = {row["tid"]: row["node"] for row in vm.tasks() if row["tid"] in tids}
     assert sorted(where.values()) == ranks, f"one task per node expected: {where}"
