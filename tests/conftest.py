@@ -174,13 +174,6 @@ def pytest_configure(config):
                                 f"Python of an environment that has that MPI")
 
 
-def _shm() -> set[str]:
-    try:
-        return set(os.listdir("/dev/shm"))
-    except FileNotFoundError:
-        return set()
-
-
 @pytest.fixture
 def job():
     """Start jobs with ``job(args, n=...)``; they are all ended after the test."""
@@ -202,21 +195,13 @@ def job():
 @pytest.fixture(autouse=True)
 def no_leftovers(request):
     """Jobs must leave no process behind; shared-memory files they left are removed."""
-    before = _shm()
+    before = procs.shm_files()
     own = os.getpid()
     yield
     if "mpi" not in request.keywords and "netns" not in request.keywords:
         return
     time.sleep(0.2)
-    new = [n for n in _shm() - before if n.startswith(("sm_segment", "vader", "pmix", "ompi", "mpich_shm"))]
-    in_use = _mapped_files() if new else set()
-    for name in new:            # left by this test's jobs, and no live process maps them
-        path = os.path.join("/dev/shm", name)
-        if path not in in_use:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+    procs.remove_stale_shm(before)   # left by this test's jobs, and no live process maps them
     orphans = _marked(own)
     for pid in orphans:
         try:
@@ -224,22 +209,6 @@ def no_leftovers(request):
         except ProcessLookupError:
             pass
     assert not orphans, f"processes left behind by the test (now killed): {orphans}"
-
-
-def _mapped_files() -> set[str]:
-    """Files under /dev/shm that some live process has mapped (another job's: keep them)."""
-    paths = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/maps") as f:
-                for line in f:
-                    if "/dev/shm/" in line:
-                        paths.add(line.split(None, 5)[-1].strip())
-        except OSError:
-            continue
-    return paths
 
 
 def _marked(owner: int) -> list[int]:
