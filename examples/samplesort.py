@@ -66,7 +66,10 @@ def weighted_checksum(x: np.ndarray, first_pos: int) -> int:
 def sorter(ctx, k: int, n: int, seed: int) -> dict:
     me = ctx.join_group(GROUP)
     ctx.barrier(GROUP, count=k)                  # everyone has joined
-    tids = ctx.group_tids(GROUP)
+    # the members' tids by instance, as a collective: a member restarted after its node
+    # was lost gets the same answer again, even when others have ended (and so left the
+    # group) since; group_tids would then give None for them (found by tools/soak.py)
+    tids = ctx.allgather(GROUP, ctx.tid)
     local = np.sort(np.concatenate(
         [chunk(seed, n, c) for c in range(me, n_chunks(n), k)] or [np.empty(0, np.int64)]))
 
