@@ -20,7 +20,10 @@ from .core import instructions as I
 
 log = logging.getLogger("clustervm.coordinator")
 
-__all__ = ["NodeSpawning", "SPAWN_HELLO_S"]
+__all__ = ["NodeSpawning", "SPAWN_HELLO_S", "SPAWN_CALL_S"]
+
+#: Longest wait for MPI_Comm_spawn to return (measured: 0.09-1.1 s; once it never did).
+SPAWN_CALL_S = 20.0
 
 
 class NodeSpawning:
@@ -28,13 +31,37 @@ class NodeSpawning:
 
     def _replace_async(self, lost: int) -> None:
         """--replace-failed: start a node for lost node ``lost`` without blocking handlers
-        (the core counts it as on its way, and work waits for it, until ReplacementEnded)."""
+        (the core counts it as on its way, and work waits for it, until ReplacementEnded).
+
+        MPI_Comm_spawn has no timeout, and once, after both world nodes of a job were
+        SIGKILLed, it never returned: the work waited for it until the job's timeout.
+        So the replacement counts as over after SPAWN_CALL_S even if the call goes on
+        (a node it brings late still joins); with no node left the job then fails with
+        NoNodesError instead of waiting forever."""
+        ended = threading.Lock()     # ReplacementEnded is sent once, by whoever is first
+
+        def end() -> bool:
+            if not ended.acquire(blocking=False):
+                return False
+            with self.lock:
+                self._run(E.ReplacementEnded(time.monotonic()))
+            return True
+
+        def too_slow() -> None:
+            if end():
+                log.warning("replacing node %d: MPI_Comm_spawn has not returned in %.0f s; "
+                            "carrying on without waiting for it", lost, SPAWN_CALL_S)
+
+        watchdog = threading.Timer(SPAWN_CALL_S, too_slow)
+        watchdog.daemon = True
+
         def replace() -> None:
             try:
                 self.spawn_node(f"replacing node {lost}")
             finally:
-                with self.lock:
-                    self._run(E.ReplacementEnded(time.monotonic()))
+                watchdog.cancel()
+                end()
+        watchdog.start()
         threading.Thread(target=replace, name=f"cvm-replace-{lost}", daemon=True).start()
 
     def in_world(self, rank: int) -> bool:
