@@ -171,7 +171,7 @@ def isend(ctx: "TaskContext", dst: int, tag: int, obj: Any) -> SendRequest:
         logged = False
         if loc.replay:            # the copy for the replay log is also the one that leaves
             data = snapshot(obj)
-            logged = _log_copy(site, ctx, dst, seq, tag, data)
+            logged = site._log_copy(ctx, dst, seq, tag, data)
         try:
             if loc.rank == site.rank:
                 site.deliver(ctx.tid, dst, tag, snapshot(data), ctx.inc, seq)   # its own copy
@@ -204,27 +204,6 @@ def isend(ctx: "TaskContext", dst: int, tag: int, obj: Any) -> SendRequest:
             ended_ok = True    # see Site.send_user: the replay log may deliver it first
             time.sleep(0.01)
     raise DeadTaskError(f"cannot deliver a message to task {dst}: its node keeps failing")
-
-
-def _log_copy(site: "Site", ctx: "TaskContext", dst: int, seq: int, tag: int,
-              copy: Any) -> bool:
-    """Keep ``copy`` in the task's replay log for ``dst`` (as ``Site._log_message``, whose
-    bound it keeps: past it the log is dropped with a warning); True if it was kept."""
-    from .site import approx_size
-    entries = ctx.__dict__.setdefault("_outlog", {}).setdefault(dst, [])
-    sizes = ctx.__dict__.setdefault("_outbytes", {})
-    size = sizes.get(dst, 0) + approx_size(copy)
-    if size > site.config.replay_log_mb * 1e6:
-        log.warning("task %d: messages to task %d are no longer kept for replay (%.0f MB "
-                    "since its last checkpoint); if its node fails before it checkpoints, "
-                    "they are lost. Checkpoint more often or raise CLUSTERVM_REPLAY_LOG_MB",
-                    ctx.tid, dst, size / 1e6)
-        entries.clear()
-        sizes[dst] = 0
-        return False
-    entries.append((seq, tag, copy))
-    sizes[dst] = size
-    return True
 
 
 def irecv(ctx: "TaskContext", source: int, tag: int) -> RecvRequest:

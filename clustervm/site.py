@@ -250,19 +250,25 @@ class Site:
 
     def _log_message(self, ctx: TaskLike, dst: int, seq: int, tag: int, data: Any) -> None:
         """Keep a copy of a message to ``dst`` until ``dst`` checkpoints past it."""
-        outlog = ctx.__dict__.setdefault("_outlog", {})
-        entries = outlog.setdefault(dst, [])
-        entries.append((seq, tag, snapshot(data)))
+        self._log_copy(ctx, dst, seq, tag, snapshot(data))
+
+    def _log_copy(self, ctx: TaskLike, dst: int, seq: int, tag: int, copy: Any) -> bool:
+        """Keep ``copy`` (the sender's own, never changed) in the task's replay log for
+        ``dst``; past CLUSTERVM_REPLAY_LOG_MB the log is dropped with a warning (False)."""
+        entries = ctx.__dict__.setdefault("_outlog", {}).setdefault(dst, [])
         sizes = ctx.__dict__.setdefault("_outbytes", {})
-        size = sizes.get(dst, 0) + approx_size(data)
+        size = sizes.get(dst, 0) + approx_size(copy)
         if size > self.config.replay_log_mb * 1e6:
             log.warning("task %d: messages to task %d are no longer kept for replay (%.0f MB "
                         "since its last checkpoint); if its node fails before it checkpoints, "
                         "they are lost. Checkpoint more often or raise CLUSTERVM_REPLAY_LOG_MB",
                         ctx.tid, dst, size / 1e6)
             entries.clear()
-            size = 0
+            sizes[dst] = 0
+            return False
+        entries.append((seq, tag, copy))
         sizes[dst] = size
+        return True
 
     def _on_loc(self, src_rank: int, msg: Any) -> None:
         """Locations changed: forget stale ones; replay logged messages to moved tasks."""
