@@ -21,8 +21,10 @@ does not understand ``host:N``; the launcher writes a normalized copy
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
+import tempfile
 from typing import Callable, Iterable
 
 from .errors import HostfileError
@@ -179,3 +181,17 @@ def _check_name(fail: Callable[[str], HostfileError], name: str, line: str) -> N
     if not _HOST_RE.match(name):
         raise fail(f"{name!r} is not a valid host name; use letters, digits, '.', '-', '_' "
                    f"(and 'user@' in front if needed)")
+
+
+def write_temp_hostfile(text: str, stem: str, syntax: str) -> str:
+    """Write hostfile ``text`` to a temp file named after its content; return its path.
+
+    Written anew each time (atomically): never trust a file found in a shared temp dir."""
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = os.path.join(tempfile.gettempdir(), f"{stem}-{digest}.{syntax}")
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{stem}-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import logging
 import os
 import re
@@ -25,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 from . import procs
 from .config import Config, env_name
 from .errors import ConfigError
-from .hostfile import Host, hostfile_lines, needs_rewrite, parse_hostfile
+from .hostfile import Host, hostfile_lines, needs_rewrite, parse_hostfile, write_temp_hostfile
 from . import slurm
 
 __all__ = [
@@ -248,15 +247,7 @@ def _normalized_hostfile(hosts: list[Host], syntax: str, source: str) -> str:
     """Write ``hosts`` in ``syntax`` to a temp file named after its content; return its path."""
     text = f"# {syntax} copy of {os.path.abspath(source)}, written by clustervm\n"
     text += hostfile_lines(hosts, syntax)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    path = os.path.join(tempfile.gettempdir(), f"clustervm-hostfile-{digest}.{syntax}")
-    # Written anew each time (atomically): never trust a file found in a shared temp dir.
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".clustervm-hostfile-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path
+    return write_temp_hostfile(text, "clustervm-hostfile", syntax)
 
 
 def build_command(n: int | None, app: str, app_args: Sequence[str], *,

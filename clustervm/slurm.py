@@ -16,16 +16,14 @@ as an Open MPI hostfile.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import re
 import sys
-import tempfile
 from typing import Mapping
 
 from .errors import ConfigError
-from .hostfile import Host, hostfile_lines
+from .hostfile import Host, hostfile_lines, write_temp_hostfile
 
 __all__ = ["Allocation", "SlurmError", "allocation", "direct_launch_error", "expand_counts",
            "expand_nodelist", "write_hostfile"]
@@ -218,15 +216,7 @@ def write_hostfile(alloc: Allocation, syntax: str = "openmpi") -> str:
     """Write the allocation as a hostfile in a temp file named after its content; its path."""
     text = (f"# Slurm job {alloc.job_id}: {len(alloc.hosts)} node(s), written by clustervm\n"
             + hostfile_lines(alloc.hosts, syntax))
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    path = os.path.join(tempfile.gettempdir(), f"clustervm-slurm-{digest}.{syntax}")
-    # Written anew each time (atomically): never trust a file found in a shared temp dir.
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".clustervm-slurm-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path
+    return write_temp_hostfile(text, "clustervm-slurm", syntax)
 
 
 #: Variables one of which a rank started by a process manager MPI can use has.
