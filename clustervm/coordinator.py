@@ -29,9 +29,10 @@ from . import remote, wire
 from .api import CoordinatorAPI
 from .checkpoint import CheckpointStore
 from .config import Config
-from .core import Core, LossCause
+from .core import Core, LossCause, Traffic, VMView
 from .core import events as E
 from .core import instructions as I
+from .core.view import Observer
 from .errors import CheckpointError, NoNodesError
 from .events import EventLog
 from .futures import ClusterFuture
@@ -102,11 +103,9 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         self._blob: bytes = b""                 # the checkpoint being stored
         self._src = 0                           # the rank whose request is being served
         self._unjournaled: dict[int, CheckpointError] = {}   # tid -> why it was not
-        #: Observers (trace, dashboard): ``obs(kind, rec, rank, ok)`` with kind "start" (a task
-        #: dispatched to node ``rank``), "end" (ok or not) or "rerun" (its node ``rank`` was lost).
-        #: Called under ``self.lock`` in the MPI thread: record and return, never block.
-        self.observers: list[Callable[[str, TaskRecord, int | None, bool | None], None]] = \
-            _Observers(self.core)
+        #: Observers (trace, dashboard), attached with :meth:`observe`: ``obs(kind, task, rank,
+        #: ok)`` with a TaskView; called under ``self.lock``: record and return, never block.
+        self.observers: list[Observer] = _Observers(self.core)
         transport.on_failure = self._on_mpi_failure
         self.api: dict[str, Callable[..., None]] = self._api_table()
         self._do: dict[type, Callable[[Any], None]] = {
@@ -266,13 +265,53 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
 
     def _observe(self, kind: str, rec: TaskRecord | None, rank: int | None,
                  ok: bool | None = None) -> None:
-        if rec is None:
+        if rec is None or not self.observers:
             return
+        task = rec.view()
         for obs in self.observers:
             try:
-                obs(kind, rec, rank, ok)
+                obs(kind, task, rank, ok)
             except Exception:   # noqa: BLE001 - an observer must never stop the scheduler
                 log.exception("observer %r failed on %s of task %d", obs, kind, rec.tid)
+
+    # -- what observers see (clustervm.core.view) ------------------------------
+
+    def view(self, events_from: int = 0, max_events: int | None = 500) -> VMView:
+        """The VM now, as immutable values (see :class:`clustervm.core.VMView`)."""
+        now = time.monotonic()
+        with self.lock:
+            nodes = self.core.node_views()
+            events = self.events.events
+            total = len(events)
+            start = events_from if max_events is None else max(events_from, total - max_events)
+            copied = tuple(dict(e) for e in events[start:total])
+            stats = dict(self.stats)
+            pending, live = len(self.core.pending), len(self.tasks)
+            stopping = self.stopping
+            fatal = None if self.fatal is None else str(self.fatal)
+        store = self.store.stats
+        return VMView(t0=self.t0, now=now, host=self.host, pid=os.getpid(),
+                      slots=self.config.slots, cap=self.core.cap,
+                      heartbeat_s=self.config.heartbeat_s, nodes=nodes, pending=pending,
+                      live=live, stats=stats, events=copied, events_total=total,
+                      traffic=self.traffic(), heard=dict(self.transport.last_heard),
+                      ckpt_corrupt=store.corrupt, ckpt_bytes=store.bytes_written,
+                      stopping=stopping, fatal=fatal)
+
+    def traffic(self) -> Traffic:
+        """Message counters of this rank's transport now."""
+        c = self.transport.counters
+        return Traffic(c.msgs_in, c.msgs_out, c.bytes_in, c.bytes_out)
+
+    def observe(self, observer: Observer) -> None:
+        """Tell ``observer`` of every task run from now on (see :data:`clustervm.core.view.Observer`)."""
+        with self.lock:
+            self.observers.append(observer)
+
+    def observers_of(self, kind: type) -> list[Any]:
+        """The attached observers that are instances of ``kind``."""
+        with self.lock:
+            return [o for o in self.observers if isinstance(o, kind)]
 
     # -- start and stop ------------------------------------------------------
 

@@ -9,8 +9,8 @@ Routes: ``/`` the page, ``/api/state`` one JSON snapshot, ``/events`` the
 stream (one ``data:`` JSON snapshot about twice a second while anyone
 listens; the last one has ``"finished": true``).
 
-The scheduler pays almost nothing: one sampler thread copies a few numbers
-under ``coord.lock`` twice a second, only while a client is connected, and
+The scheduler pays almost nothing: one sampler thread takes a view (the
+coordinator copies a few numbers under its lock) twice a second, only while a client is connected, and
 serializes them outside the lock once for every client. HOST defaults to
 127.0.0.1 (the page has no login: serve it on another address only on a
 network you trust); PORT 0 picks a free port. The URL is logged at INFO and
@@ -29,7 +29,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-from .monitor import CoordinatorView, TaskCounter, counter_of, snapshot
+from .core.view import ViewSource
+from .monitor import TaskCounter, counter_of, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,8 @@ def _is_loopback(host: str) -> bool:
 class Dashboard:
     """The sampler shared by all clients, and the HTTP server."""
 
-    def __init__(self, coord: CoordinatorView, counter: TaskCounter) -> None:
-        self.coord = coord
+    def __init__(self, source: ViewSource, counter: TaskCounter) -> None:
+        self.source = source
         self.counter = counter
         self.cond = threading.Condition()
         self.version = 0
@@ -80,7 +81,7 @@ class Dashboard:
 
     def sample(self) -> bytes:
         """Take a snapshot now and publish it to every client."""
-        data = snapshot(self.coord, self.counter, max_events=200)
+        data = snapshot(self.source.view(max_events=200), self.counter.copy())
         if self.finished:
             data["finished"] = True
         data["url"] = self.url
@@ -222,15 +223,16 @@ def _make_handler(dash: Dashboard) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(coord: CoordinatorView, address: str) -> Callable[[], None]:
-    """Serve the dashboard of ``coord`` on ``[HOST:]PORT``; returns the stop function.
+def serve(source: ViewSource, address: str) -> Callable[[], None]:
+    """Serve the dashboard of ``source`` (the coordinator) on ``[HOST:]PORT``; returns
+    the stop function.
 
     A dashboard that cannot start (address in use, bad host) is reported and
     the job goes on without it.
     """
     try:
         host, port = parse_address(address)
-        dash = Dashboard(coord, counter_of(coord))
+        dash = Dashboard(source, counter_of(source))
         url = dash.start(host, port)
     except (OSError, ValueError) as exc:
         log.error("dashboard not started on %s: %s", address, exc)

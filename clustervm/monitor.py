@@ -1,36 +1,20 @@
-"""What the dashboard and the status line show: task counts and snapshots of the coordinator.
+"""What the dashboard and the status line show: task counts and JSON snapshots.
 
-:class:`TaskCounter` is a coordinator observer (see ``Coordinator.observers``)
-that counts task starts, ends and re-runs; it does a few integer additions per
-call and nothing else. :func:`snapshot` copies what a viewer needs from the
-coordinator under its lock (plain numbers and short strings only) so that
-serializing and sending happen outside the lock.
+:class:`TaskCounter` is an observer of the coordinator (``source.observe``) that
+counts task starts, ends and re-runs; it does a few integer additions per call
+and nothing else. :func:`snapshot` turns one :class:`~clustervm.core.VMView`
+(immutable, copied by the coordinator under its lock) and the counter's numbers
+into the JSON the dashboard serves. Observers never read the coordinator's
+live objects: only views (tests/test_layers.py keeps them below the shells).
 """
 from __future__ import annotations
 
-import os
+import threading
 import time
 from collections import deque
-from typing import Any, Protocol
+from dataclasses import dataclass
 
-
-class CoordinatorView(Protocol):
-    """What the observers (dashboard, status line, tracer) read of the coordinator: its
-    public state, copied under ``lock``, never its private attributes
-    (tests/test_layers.py checks). The coordinator's shell provides it."""
-    lock: Any                       # held while copying
-    t0: float                       # time.monotonic() at the start of the job
-    config: Any                     # clustervm.config.Config
-    nodes: dict                     # rank -> clustervm.core.Node
-    pending: Any                    # the queued tasks (len)
-    tasks: dict                     # tid -> records.TaskRecord, not finished yet
-    stats: dict                     # the core's counters (rerun, ckpt_written, ...)
-    events: Any                     # events.EventLog
-    observers: list                 # callables (kind, rec, rank, ok), called under lock
-    transport: Any                  # .counters and .last_heard
-    store: Any                      # the checkpoint store (.stats)
-    stopping: bool
-    fatal: BaseException | None
+from .core.view import TaskView, ViewSource, VMView
 
 
 class TaskCounter:
@@ -38,6 +22,7 @@ class TaskCounter:
 
     def __init__(self, t0: float = 0.0) -> None:
         self.t0 = t0
+        self._lock = threading.Lock()     # callers copy while the scheduler counts
         #: the last failures and re-runs: {"kind": "TASK_FAILED"|"RERUN", "t", "tid", "fn", "rank"}
         self.notes: deque[dict] = deque(maxlen=200)
         self.notes_total = 0
@@ -48,7 +33,11 @@ class TaskCounter:
         self.node_ok: dict[int, int] = {}
         self.node_failed: dict[int, int] = {}
 
-    def __call__(self, kind: str, rec: Any, rank: int | None, ok: bool | None) -> None:
+    def __call__(self, kind: str, task: TaskView, rank: int | None, ok: bool | None) -> None:
+        with self._lock:
+            self._count(kind, task, rank, ok)
+
+    def _count(self, kind: str, rec: TaskView, rank: int | None, ok: bool | None) -> None:
         if kind == "start":
             self.started += 1
         elif kind == "end":
@@ -65,85 +54,78 @@ class TaskCounter:
             self.rerun += 1
             self._note("RERUN", rec, rank)
 
-    def _note(self, kind: str, rec: Any, rank: int | None) -> None:
+    def copy(self) -> "Counts":
+        """The counts now (a consistent copy)."""
+        with self._lock:
+            return Counts(self.ok, self.failed, self.rerun, dict(self.node_ok),
+                          dict(self.node_failed), list(self.notes), self.notes_total)
+
+    def _note(self, kind: str, rec: TaskView, rank: int | None) -> None:
         self.notes_total += 1
         self.notes.append({"kind": kind, "t": round(time.monotonic() - self.t0, 6),
                            "tid": rec.tid, "fn": rec.fn.rpartition(":")[2], "rank": rank})
 
 
-def counter_of(coord: CoordinatorView) -> TaskCounter:
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """A copy of a :class:`TaskCounter`'s numbers."""
+    ok: int
+    failed: int
+    rerun: int
+    node_ok: dict[int, int]
+    node_failed: dict[int, int]
+    notes: list[dict]
+    notes_total: int
+
+
+def counter_of(source: ViewSource) -> TaskCounter:
     """The coordinator's TaskCounter, attached on first use (shared by every viewer)."""
-    with coord.lock:
-        for obs in coord.observers:
-            if isinstance(obs, TaskCounter):
-                return obs
-        counter = TaskCounter(coord.t0)
-        coord.observers.append(counter)
-        return counter
+    found = source.observers_of(TaskCounter)
+    if found:
+        return found[0]
+    counter = TaskCounter(source.t0)
+    source.observe(counter)
+    return counter
 
 
-def snapshot(coord: CoordinatorView, counter: TaskCounter, events_from: int = 0,
-             max_events: int = 500) -> dict:
-    """A JSON-ready picture of the VM now; takes ``coord.lock`` only to copy numbers."""
-    now = time.monotonic()
-    tr = coord.transport
-    with coord.lock:
-        nodes = []
-        running = 0
-        for n in coord.nodes.values():
-            busy = len(n.inflight) + len(n.spawned)
-            if n.state in ("alive", "spare", "starting"):
-                running += busy
-            nodes.append((n.rank, n.host, n.pid, n.state, busy, len(n.spawned), n.done,
-                          n.how_lost, n.lost_at, n.joined_at))
-        pending = len(coord.pending)
-        live = len(coord.tasks)
-        stats = dict(coord.stats)
-        events = coord.events.events
-        n_events = len(events)
-        start = max(events_from, n_events - max_events)
-        new_events = [dict(e) for e in events[start:n_events]]
-        notes = list(counter.notes)
-        notes_total = counter.notes_total
-        ok, failed, rerun = counter.ok, counter.failed, counter.rerun
-        node_ok, node_failed = dict(counter.node_ok), dict(counter.node_failed)
-        stopping = coord.stopping
-        fatal = None if coord.fatal is None else str(coord.fatal)
-    heard = dict(tr.last_heard)
-    c = tr.counters
-    st = coord.store.stats
-    t0 = coord.t0
+def snapshot(view: VMView, counts: Counts) -> dict:
+    """A JSON-ready picture of the VM from one view and the task counts."""
+    now, t0 = view.now, view.t0
+    running = sum(n.running for n in view.nodes if n.state in ("alive", "spare", "starting"))
     node_rows = []
-    for rank, host, pid, state, busy, spawned, done, how, lost_at, joined_at in nodes:
-        last = heard.get(rank)
+    for n in view.nodes:
+        last = view.heard.get(n.rank)
         node_rows.append({
-            "rank": rank, "host": host, "pid": pid, "state": state, "running": busy,
-            "spawned": spawned, "done": node_ok.get(rank, 0), "failed": node_failed.get(rank, 0),
+            "rank": n.rank, "host": n.host, "pid": n.pid, "state": n.state,
+            "running": n.running, "spawned": n.spawned,
+            "done": counts.node_ok.get(n.rank, 0), "failed": counts.node_failed.get(n.rank, 0),
             "heard_s": None if last is None else round(max(0.0, now - last), 3),
-            "how_lost": how, "lost_at": round(lost_at - t0, 3) if lost_at else None,
+            "how_lost": n.how_lost, "lost_at": round(n.lost_at - t0, 3) if n.lost_at else None,
         })
+    stats, traffic = view.stats, view.traffic
+    ok, failed = counts.ok, counts.failed
     return {
         "t": round(now - t0, 3),
-        "pid": os.getpid(),
-        "host": getattr(coord, "host", "?"),
-        "slots": coord.config.slots,
-        "cap": getattr(coord, "cap", coord.config.slots),
-        "heartbeat_s": coord.config.heartbeat_s,
+        "pid": view.pid,
+        "host": view.host,
+        "slots": view.slots,
+        "cap": view.cap,
+        "heartbeat_s": view.heartbeat_s,
         "nodes": node_rows,
         "alive": sum(1 for r in node_rows if r["state"] == "alive"),
-        "tasks": {"pending": pending, "running": running, "done": ok, "failed": failed,
-                  "rerun": max(rerun, stats.get("rerun", 0)), "total": ok + failed + live,
-                  "reused": stats.get("reused", 0)},
-        "messages": {"in": c.msgs_in, "out": c.msgs_out, "bytes_in": c.bytes_in,
-                     "bytes_out": c.bytes_out},
+        "tasks": {"pending": view.pending, "running": running, "done": ok, "failed": failed,
+                  "rerun": max(counts.rerun, stats.get("rerun", 0)),
+                  "total": ok + failed + view.live, "reused": stats.get("reused", 0)},
+        "messages": {"in": traffic.msgs_in, "out": traffic.msgs_out,
+                     "bytes_in": traffic.bytes_in, "bytes_out": traffic.bytes_out},
         "checkpoints": {"written": stats.get("ckpt_written", 0),
                         "restored": stats.get("ckpt_restored", 0),
-                        "corrupt": st.corrupt, "bytes": st.bytes_written},
+                        "corrupt": view.ckpt_corrupt, "bytes": view.ckpt_bytes},
         "redone_s": round(stats.get("redone_s", 0.0), 3),
-        "events": new_events,
-        "events_total": n_events,
-        "task_events": notes,
-        "task_events_total": notes_total,
-        "finished": stopping,
-        "fatal": fatal,
+        "events": list(view.events),
+        "events_total": view.events_total,
+        "task_events": counts.notes,
+        "task_events_total": counts.notes_total,
+        "finished": view.stopping,
+        "fatal": view.fatal,
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .core import Node as NodeInfo
-from .core import Task, TaskState
+from .core import Task, TaskState, TaskView
 from .futures import ClusterFuture
 
 #: A task's kind: a short task (submit/map) or a spawned, long-lived one (spawn).
@@ -64,6 +64,12 @@ class TaskRecord:
     @property
     def t_start(self) -> float:
         return self.sched.t_start if self.sched is not None else 0.0
+
+    def view(self) -> TaskView:
+        """This task as observers see it."""
+        spawned = self.kind != SHORT
+        return TaskView(self.tid, self.fn, spawned, self.inc if spawned else self.attempts,
+                        self.t_start)
 
     @property
     def t_ckpt(self) -> float:

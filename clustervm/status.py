@@ -23,10 +23,10 @@ import logging
 import os
 import sys
 import threading
-import time
 from typing import Any, Callable, Mapping
 
-from .monitor import CoordinatorView
+from .core.view import ViewSource, VMView
+from .monitor import Counts, TaskCounter, counter_of
 
 log = logging.getLogger(__name__)
 
@@ -110,22 +110,17 @@ def open_terminal(env: Mapping[str, str] | None = None) -> int | None:
 
 # ---------------------------------------------------------------- rank 0
 
-def line(coord: CoordinatorView, counter: Any) -> str:
-    """The status text: nodes alive, tasks done/total, failures (numbers copied under the lock)."""
-    with coord.lock:
-        alive_nodes = [n for n in coord.nodes.values() if n.state == "alive"]
-        alive = len(alive_nodes)
-        nodes = len(coord.nodes)
-        lost = sum(1 for n in coord.nodes.values() if n.state == "dead")
-        running = sum(len(n.inflight) + len(n.spawned) for n in alive_nodes)
-        pending = len(coord.pending)
-        live = len(coord.tasks)
-        ok, failed, rerun = counter.ok, counter.failed, max(counter.rerun,
-                                                            coord.stats.get("rerun", 0))
-    total = ok + failed + live
-    parts = [f"clustervm {time.monotonic() - coord.t0:6.1f} s",
-             f"nodes {alive}/{nodes} alive" + (f", {lost} lost" if lost else ""),
-             f"tasks {ok + failed}/{total} done, {running} running, {pending} queued",
+def line(view: VMView, counts: Counts) -> str:
+    """The status text: nodes alive, tasks done/total, failures."""
+    alive = [n for n in view.nodes if n.state == "alive"]
+    lost = sum(1 for n in view.nodes if n.state == "dead")
+    running = sum(n.running for n in alive)
+    ok, failed = counts.ok, counts.failed
+    rerun = max(counts.rerun, view.stats.get("rerun", 0))
+    total = ok + failed + view.live
+    parts = [f"clustervm {view.now - view.t0:6.1f} s",
+             f"nodes {len(alive)}/{len(view.nodes)} alive" + (f", {lost} lost" if lost else ""),
+             f"tasks {ok + failed}/{total} done, {running} running, {view.pending} queued",
              f"{failed} failed, {rerun} re-run"]
     return " | ".join(parts)
 
@@ -133,8 +128,8 @@ def line(coord: CoordinatorView, counter: Any) -> str:
 class StatusLine:
     """Draws :func:`line` on the last row of a terminal, a few times a second."""
 
-    def __init__(self, coord: CoordinatorView, fd: int, counter: Any) -> None:
-        self.coord = coord
+    def __init__(self, source: ViewSource, fd: int, counter: TaskCounter) -> None:
+        self.source = source
         self.fd = fd
         self.counter = counter
         self.rows = 0
@@ -157,7 +152,7 @@ class StatusLine:
             self._stop.set()
 
     def draw(self) -> None:
-        text = line(self.coord, self.counter)
+        text = line(self.source.view(max_events=0), self.counter.copy())
         rows, cols = self._size()
         with self._lock:
             if self._stop.is_set() and self.rows == 0:
@@ -201,11 +196,10 @@ class StatusLine:
                 pass
 
 
-def start(coord: CoordinatorView, config: Any = None) -> Callable[[], None] | None:
+def start(source: ViewSource, config: Any = None) -> Callable[[], None] | None:
     """Show the status line if the job has a terminal; returns its stop function or None."""
     fd = open_terminal()
     if fd is None:
         return None
-    from .monitor import counter_of
-    status = StatusLine(coord, fd, counter_of(coord)).start()
+    status = StatusLine(source, fd, counter_of(source)).start()
     return status.stop

@@ -33,7 +33,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from .monitor import CoordinatorView
+from .core.view import TaskView, ViewSource
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,12 @@ def _short(fn: str) -> str:
 class Tracer:
     """A coordinator observer that records task runs; writes the trace when the job ends."""
 
-    def __init__(self, coord: CoordinatorView, path: str) -> None:
-        self.coord = coord
+    def __init__(self, source: ViewSource, path: str) -> None:
+        self.source = source
         self.path = path
-        self.t0 = coord.t0
-        self.slots = max(1, int(getattr(coord.config, "slots", 1)))
+        self.t0 = source.t0
+        self.slots = max(1, source.view(max_events=0).slots)
+        self._lock = threading.Lock()     # the scheduler records while build() closes runs
         #: tid -> (rank, dispatched, fn, attempt, spawned)
         self.open: dict[int, tuple[int, float, str, int, bool]] = {}
         #: (rank, start, end, fn, tid, attempt, outcome, dispatched, spawned)
@@ -75,25 +76,27 @@ class Tracer:
         self._sampler: threading.Thread | None = None
 
     @classmethod
-    def attach(cls, coord: CoordinatorView, path: str) -> Callable[[], None]:
-        """Start tracing ``coord``; returns the function that stops and writes the file."""
-        tracer = cls(coord, path)
-        with coord.lock:
-            coord.observers.append(tracer)
+    def attach(cls, source: ViewSource, path: str) -> Callable[[], None]:
+        """Start tracing ``source`` (the coordinator); returns the function that stops and
+        writes the file."""
+        tracer = cls(source, path)
+        source.observe(tracer)
         tracer._sample()
         tracer._sampler = threading.Thread(target=tracer._sample_loop, name="cvm-trace",
                                            daemon=True)
         tracer._sampler.start()
         return tracer.stop
 
-    # -- recording (under coord.lock, in the MPI thread: cheap) ---------------
+    # -- recording (in the scheduler's thread, under its lock: cheap) ------------
 
-    def __call__(self, kind: str, rec: Any, rank: int | None, ok: bool | None) -> None:
+    def __call__(self, kind: str, task: TaskView, rank: int | None, ok: bool | None) -> None:
+        with self._lock:
+            self._record(kind, task, rank, ok)
+
+    def _record(self, kind: str, rec: TaskView, rank: int | None, ok: bool | None) -> None:
         if kind == "start":
-            spawned = rec.kind != 0
-            attempt = rec.inc if spawned else rec.attempts
             self.open[rec.tid] = (rank if rank is not None else -1, rec.t_start, rec.fn,
-                                  attempt, spawned)
+                                  rec.attempt, rec.spawned)
         elif kind == "end":
             self._close(rec.tid, time.monotonic(), "ok" if ok else "error")
         elif kind == "rerun":
@@ -127,13 +130,13 @@ class Tracer:
     # -- message counters ------------------------------------------------------
 
     def _sample(self) -> None:
-        c = self.coord.transport.counters
+        c = self.source.traffic()
         self.samples.append((time.monotonic(), c.msgs_in, c.msgs_out, c.bytes_in, c.bytes_out))
 
     def _sample_loop(self) -> None:
         while not self._stop.wait(_SAMPLE_S):
             last = self.samples[-1]
-            c = self.coord.transport.counters
+            c = self.source.traffic()
             if (c.msgs_in, c.msgs_out) != last[1:3] or time.monotonic() - last[0] > 1.0:
                 self._sample()
 
@@ -163,19 +166,17 @@ class Tracer:
 
     def build(self) -> dict:
         """The trace as a dict (``{"traceEvents": [...], ...}``)."""
-        coord = self.coord
-        end = time.monotonic()
-        with coord.lock:
-            nodes = [(n.rank, n.host, n.pid, n.state, n.lost_at, n.how_lost)
-                     for n in coord.nodes.values()]
-            lost_at = {n[0]: n[4] for n in nodes if n[3] == "dead" and n[4]}
+        view = self.source.view(max_events=None)
+        end = view.now
+        nodes = [(n.rank, n.host, n.pid, n.state, n.lost_at, n.how_lost) for n in view.nodes]
+        lost_at = {n[0]: n[4] for n in nodes if n[3] == "dead" and n[4]}
+        with self._lock:
             for tid, (rank, *_rest) in list(self.open.items()):
                 self._close(tid, lost_at.get(rank, end),
                             "lost" if rank in lost_at else "unfinished")
             runs = list(self.runs)
             reruns = list(self.reruns)
-            events = [dict(e) for e in coord.events.events]
-            stats = dict(coord.stats)
+        events, stats = list(view.events), view.stats
         samples = list(self.samples)
         t0 = self.t0
 
@@ -183,7 +184,7 @@ class Tracer:
             return round((t - t0) * 1e6, 1)
 
         ev: list[dict] = []
-        host0 = getattr(coord, "host", "?")
+        host0 = view.host
         ev.append({"ph": "M", "name": "process_name", "pid": 0,
                    "args": {"name": f"coordinator (rank 0 @ {host0})"}})
         ev.append({"ph": "M", "name": "process_sort_index", "pid": 0, "args": {"sort_index": 0}})

@@ -119,29 +119,58 @@ def finish(j: Job, err: Stderr, stop: Path, timeout: float = 90.0) -> tuple[int,
 
 # ------------------------------------------------------------------ fakes
 
-def fake_coordinator(ranks=(1, 2, 3)):
-    """Just enough of a Coordinator for the tracer and the dashboard (no MPI)."""
-    from clustervm.events import EventLog
+class FakeSource:
+    """Just enough of a coordinator for the tracer and the dashboard (no MPI): a
+    ``clustervm.core.ViewSource`` over nodes and events the test changes."""
 
-    t0 = time.monotonic() - 5.0
-    nodes = {r: SimpleNamespace(rank=r, host="hostA", pid=1000 + r, state="alive", inflight={},
-                                spawned=set(), done=0, how_lost="", lost_at=0.0, joined_at=t0)
-             for r in ranks}
-    coord = SimpleNamespace(
-        lock=threading.RLock(), observers=[], nodes=nodes, tasks={}, pending=[],
-        stats={"rerun": 0, "redone_s": 0.0, "ckpt_written": 2, "ckpt_restored": 1, "reused": 0},
-        events=EventLog(t0), t0=t0, host="hostA", stopping=False, fatal=None, cap=3,
-        config=SimpleNamespace(slots=1, heartbeat_s=2.0),
-        transport=SimpleNamespace(counters=SimpleNamespace(msgs_in=10, msgs_out=12, bytes_in=900,
-                                                           bytes_out=1000),
-                                  last_heard={r: time.monotonic() for r in ranks}),
-        store=SimpleNamespace(stats=SimpleNamespace(corrupt=0, bytes_written=4096)))
-    coord._alive = list(nodes.values())
-    return coord
+    def __init__(self, ranks=(1, 2, 3)) -> None:
+        from clustervm.events import EventLog
+
+        self.t0 = time.monotonic() - 5.0
+        self.lock = threading.RLock()
+        self.observers: list = []
+        self.nodes = {r: SimpleNamespace(rank=r, host="hostA", pid=1000 + r, state="alive",
+                                         how_lost="", lost_at=0.0) for r in ranks}
+        self.events = EventLog(self.t0)
+
+    def view(self, events_from: int = 0, max_events: int | None = 500):
+        from clustervm.core import NodeView, VMView
+
+        with self.lock:
+            nodes = tuple(NodeView(n.rank, n.host, n.pid, n.state, 0, 0, 0, n.how_lost,
+                                   n.lost_at, self.t0) for n in self.nodes.values())
+            evs = self.events.events
+            start = events_from if max_events is None else max(events_from,
+                                                               len(evs) - max_events)
+            events = tuple(dict(e) for e in evs[start:])
+        return VMView(t0=self.t0, now=time.monotonic(), host="hostA", pid=os.getpid(),
+                      slots=1, cap=3, heartbeat_s=2.0, nodes=nodes, pending=0, live=0,
+                      stats={"rerun": 0, "redone_s": 0.0, "ckpt_written": 2,
+                             "ckpt_restored": 1, "reused": 0},
+                      events=events, events_total=len(evs), traffic=self.traffic(),
+                      heard={r: time.monotonic() for r in self.nodes}, ckpt_corrupt=0,
+                      ckpt_bytes=4096, stopping=False, fatal=None)
+
+    def traffic(self):
+        from clustervm.core import Traffic
+        return Traffic(10, 12, 900, 1000)
+
+    def observe(self, observer) -> None:
+        with self.lock:
+            self.observers.append(observer)
+
+    def observers_of(self, kind: type) -> list:
+        return [o for o in self.observers if isinstance(o, kind)]
 
 
-def fake_task(tid: int, fn: str = "app:step", t_start: float | None = None, kind: int = 0):
-    return SimpleNamespace(tid=tid, fn=fn, kind=kind, attempts=0, inc=0,
+def fake_coordinator(ranks=(1, 2, 3)) -> FakeSource:
+    return FakeSource(ranks)
+
+
+def fake_task(tid: int, fn: str = "app:step", t_start: float | None = None,
+              spawned: bool = False):
+    """A task as observers are told of it (clustervm.core.TaskView, but changeable)."""
+    return SimpleNamespace(tid=tid, fn=fn, spawned=spawned, attempt=0,
                            t_start=time.monotonic() if t_start is None else t_start)
 
 
@@ -164,10 +193,9 @@ def simulate_run(coord, observers) -> None:
     node = coord.nodes[2]
     node.state, node.how_lost, node.lost_at = "dead", "MPI (ULFM)", time.monotonic()
     coord.events.add("NODE_DOWN", rank=2, host="hostA", how="MPI (ULFM)")
-    coord._alive = [n for n in coord.nodes.values() if n.state == "alive"]
     for tid in (2, 5):
         emit("rerun", recs[tid], 2)
-        recs[tid].attempts += 1
+        recs[tid].attempt += 1
         recs[tid].t_start = time.monotonic()
         emit("start", recs[tid], 1)
     time.sleep(0.02)

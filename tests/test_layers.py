@@ -23,7 +23,8 @@ LAYERS: list[tuple[str, set[str]]] = [
               "reduce", "mailbox", "local", "shared"}),
     ("wire", {"wire", "refs", "remote"}),
     ("transport", {"transport"}),
-    ("core", {"core", "core.enums", "core.events", "core.instructions", "core.state"}),
+    ("core", {"core", "core.enums", "core.events", "core.instructions", "core.state",
+              "core.view"}),
     # observers read the view the runtime hands them; they never reach into the shells
     ("observers", {"monitor", "trace", "dashboard", "status"}),
     # what both shells share: a rank's mailboxes and task locations, the files on disk
@@ -139,20 +140,26 @@ def test_deferred_upward_imports_are_still_there():
     assert not stale, f"DEFERRED_UPWARD lists imports that are gone: {stale}"
 
 
-def test_observers_read_no_private_attribute_of_the_coordinator():
-    """dashboard, status, trace (and monitor) read monitor.CoordinatorView, never the
-    shell's internals such as ``coord._alive``."""
+#: What an observer may use of its source (clustervm.core.view.ViewSource).
+VIEW_SOURCE = {"view", "traffic", "observe", "observers_of", "t0"}
+
+
+def test_observers_read_only_views():
+    """dashboard, status, trace (and monitor) see the coordinator only through
+    ``clustervm.core.view.ViewSource`` (immutable views and observer calls), never its
+    live state such as ``coord.nodes`` or ``coord.lock``."""
     mods = _modules()
     bad = []
     for m in sorted(dict(LAYERS)["observers"]):
         for node in ast.walk(ast.parse(mods[m].read_text())):
-            if isinstance(node, ast.Attribute) and node.attr.startswith("_") \
-                    and not node.attr.startswith("__"):
+            if isinstance(node, ast.Name) and node.id == "coord":
+                bad.append(f"{_label(m)} line {node.lineno}: a `coord` (use a ViewSource)")
+            if isinstance(node, ast.Attribute):
                 owner = node.value
                 name = owner.id if isinstance(owner, ast.Name) else \
                     owner.attr if isinstance(owner, ast.Attribute) else None
-                if name == "coord":
-                    bad.append(f"{_label(m)} line {node.lineno}: coord.{node.attr}")
+                if name == "source" and node.attr not in VIEW_SOURCE:
+                    bad.append(f"{_label(m)} line {node.lineno}: source.{node.attr}")
     assert not bad, "observers reaching into the coordinator:\n" + "\n".join(bad)
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from . import events, instructions
 from .enums import FINAL, LossCause, NodeState, TaskKind, TaskState
 from .state import SPAWN_HELLO_S, Core, Node, Task, replay_journal
+from .view import NodeView, TaskView, Traffic, ViewSource, VMView
 
 __all__ = ["Core", "Node", "Task", "NodeState", "TaskState", "TaskKind", "LossCause", "FINAL",
-           "SPAWN_HELLO_S", "events", "instructions", "replay_journal"]
+           "SPAWN_HELLO_S", "events", "instructions", "replay_journal", "NodeView", "TaskView",
+           "Traffic", "ViewSource", "VMView"]

@@ -22,6 +22,7 @@ from ..errors import NoNodesError
 from . import events as E
 from . import instructions as I
 from .enums import LossCause, NodeState, TaskKind, TaskState
+from .view import NodeView
 
 #: How long a node started with MPI_Comm_spawn has to say hello.
 SPAWN_HELLO_S = 30.0
@@ -174,6 +175,12 @@ class Core:
 
     def alive_ranks(self) -> list[int]:
         return list(self._alive)
+
+    def node_views(self) -> tuple[NodeView, ...]:
+        """Every node as observers see it (immutable copies, by rank)."""
+        return tuple(NodeView(n.rank, n.host, n.pid, n.state.value, n.load, len(n.spawned),
+                              n.done, n.how_lost, n.lost_at, n.joined_at)
+                     for n in self.nodes.values())
 
     def alive_nodes(self) -> list[Node]:
         """The nodes that take work, by rank."""
