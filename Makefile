@@ -39,7 +39,7 @@ docs: $(STAMP)
 
 test: $(STAMP) browser-deps
 	sh tests/slurm_setup.sh   # Debian's Slurm and munge for tests/test_slurm.py (else they skip)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile   # two test files at a time: most tests wait on jobs
 	bash tests/run_mpich.sh     # the core tests again on MPICH (heartbeat-only detection)
 
 bench: $(STAMP)

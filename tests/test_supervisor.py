@@ -12,6 +12,15 @@ PI = ["examples/pi_montecarlo.py", "--tasks", "16", "--samples", "1600000", "--t
       "--checkpoint-every", "20000"]
 
 
+def wait_under_way(j, ckdir, timeout: float = 60.0) -> None:
+    """Until the job's first checkpoint is on disk (its ranks are past MPI_Init)."""
+    deadline = time.monotonic() + timeout
+    while not list(ckdir.glob("ckpt/*.ckpt")):
+        assert j.proc.poll() is None, "the job ended before its first checkpoint"
+        assert time.monotonic() < deadline, f"no checkpoint in {ckdir} within {timeout:.0f} s"
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def undisturbed():
     r = run_job(PI[:5], n=3, timeout=90)
@@ -23,10 +32,7 @@ def test_coordinator_killed_job_is_restarted_from_journal(job, tmp_path, undistu
     j = job(PI, n=4, timeout=120,
             run_args=["--restarts", "1", "--checkpoint-dir", str(tmp_path / "ck")])
     j.rank_pids(count=4)
-    deadline = time.monotonic() + 30
-    while not list((tmp_path / "ck").glob("ckpt/*.ckpt")):   # the job is under way
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
+    wait_under_way(j, tmp_path / "ck")
     j.kill_rank(0, signal.SIGKILL)
     r = j.wait()
     assert r.rc == 0, r.err
@@ -38,7 +44,7 @@ def test_coordinator_killed_job_is_restarted_from_journal(job, tmp_path, undistu
 def test_no_restart_without_the_option(job, tmp_path):
     j = job(PI, n=3, timeout=120, run_args=["--checkpoint-dir", str(tmp_path / "ck")])
     j.rank_pids(count=3)
-    time.sleep(1.0)
+    wait_under_way(j, tmp_path / "ck")     # past MPI_Init: a kill there is restarted anyway
     j.kill_rank(0, signal.SIGKILL)
     r = j.wait()
     assert r.rc != 0, "a job whose coordinator died must not report success"
