@@ -326,12 +326,15 @@ def test_short_link_cut_only_stalls_the_job(hosts, tmp_path, record_property):
     during = _progress(rundir)
     hosts.restore_link(2)
     t_restore, w_restore = time.monotonic(), time.time()
-    after = _wait_for(lambda: (p := _progress(rundir)) and p[1] > during[1] + 1 and p,
-                      30, "progress after the link is back")
+    # progress, or the end of the loop (on a loaded box its 5 s can run out meanwhile;
+    # then the exit status and every rank's line below are the proof)
+    after = _wait_for(lambda: ((p := _progress(rundir)) and p[1] > during[1] + 1 and p)
+                      or (not job.running() and _progress(rundir)),
+                      60, "progress after the link is back")
     resumed = after[0] - w_restore
     res = job.wait()
-    print(f"cut 2 s: iterations {before[1]} before, {during[1]} at restore, traffic "
-          f"resumed {resumed:.2f} s after restore; job {res.elapsed:.2f} s, rc {res.returncode}")
+    print(f"cut 2 s: iterations {before[1]} before, {during[1]} at restore, {after[1]} "
+          f"{resumed:.2f} s after restore; job {res.elapsed:.2f} s, rc {res.returncode}")
     record_property("resume_after_restore_s", round(resumed, 3))
     # stalled: at most the iteration in flight when the cable was pulled
     assert during[1] <= before[1] + 3, (before, during)
