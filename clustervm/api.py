@@ -188,24 +188,13 @@ class CoordinatorAPI:
         rec = self.tasks.get(tid)
         return rec is not None and bool(self.core.alive_ranks())
 
+    # the VM-wide mailbox is the core's (clustervm.core: InfoPut, InfoGet, InfoDeleted)
     def api_put_info(self, reply: Reply, name: str, value: Any) -> None:
-        self.info[name] = value
-        for w in self.info_waiters.pop(name, []):
-            w(True, value)
-        reply(True, None)
+        self._run(E.InfoPut(name, value, reply))
 
     def api_get_info(self, reply: Reply, name: str, wait: bool) -> None:
-        if name in self.info:
-            reply(True, self.info[name])
-        elif wait:
-            self.info_waiters.setdefault(name, []).append(reply)
-        else:
-            raise KeyError(f"no mailbox entry named {name!r}; put_info it first or "
-                           f"get_info(..., wait=True)")
+        self._run(E.InfoGet(name, wait, reply))
 
     def api_del_info(self, reply: Reply, name: str) -> None:
-        if name not in self.info:
-            raise KeyError(f"no mailbox entry named {name!r}; nothing to delete")
-        del self.info[name]
-        reply(True, None)
+        self._run(E.InfoDeleted(name, reply))
 

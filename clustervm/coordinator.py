@@ -88,8 +88,6 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         self._tids = itertools.count(P.MAIN_TID + 1)
         self.events = EventLog(self.t0)
         self.groups = Groups(self)
-        self.info: dict[str, Any] = {}
-        self.info_waiters: dict[str, list[Reply]] = {}
         self.store = CheckpointStore(ckdir)
         self.journal: Journal | None = Journal(ckdir, fsync=False) if ckdir else None
         self.main_ctx = TaskContext(self, P.MAIN_TID, None)
@@ -117,7 +115,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             I.StoreCheckpoint: self._do_store_checkpoint,
             I.DropCheckpoints: self._do_drop_checkpoints, I.Observe: self._do_observe,
             I.RequestReplacement: self._do_request_replacement, I.Warn: self._do_warn,
-            I.Fatal: self._do_fatal,
+            I.Fatal: self._do_fatal, I.Answer: self._do_answer,
         }
         if self.journal is not None and config.resume:
             self._load_journal()
@@ -258,6 +256,9 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
 
     def _do_warn(self, ins: I.Warn) -> None:
         log.warning("%s", ins.text)
+
+    def _do_answer(self, ins: I.Answer) -> None:
+        ins.reply(ins.ok, ins.value)
 
     def _do_fatal(self, ins: I.Fatal) -> None:
         self.fatal = ins.error

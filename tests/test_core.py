@@ -332,3 +332,21 @@ def test_every_api_handler_is_in_the_request_table() -> None:
     methods = {name[4:] for name in dir(CoordinatorAPI) if name.startswith("api_")}
     assert set(table) == methods
     assert all(fn.__name__ == f"api_{name}" for name, fn in table.items())
+
+
+def test_vm_mailbox_put_get_wait_and_delete() -> None:
+    core = up(1)
+    out = core.handle(E.InfoGet("x", False, "r1"))
+    (a,) = of(out, I.Answer)
+    assert a.reply == "r1" and not a.ok and isinstance(a.value, KeyError)
+    assert "put_info it first" in str(a.value)
+    assert core.handle(E.InfoGet("x", True, "r2")) == []           # waits for a put
+    out = core.handle(E.InfoPut("x", 42, "r3"))
+    assert [(a.reply, a.ok, a.value) for a in of(out, I.Answer)] == \
+        [("r2", True, 42), ("r3", True, None)]                     # the waiter, then the put
+    (a,) = of(core.handle(E.InfoGet("x", True, "r4")), I.Answer)
+    assert (a.ok, a.value) == (True, 42)
+    (a,) = of(core.handle(E.InfoDeleted("x", "r5")), I.Answer)
+    assert (a.reply, a.ok) == ("r5", True) and "x" not in core.info
+    (a,) = of(core.handle(E.InfoDeleted("x", "r6")), I.Answer)
+    assert not a.ok and "nothing to delete" in str(a.value)

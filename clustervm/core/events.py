@@ -180,3 +180,28 @@ class ObserversChanged(Event):
 class ShutdownBegun(Event):
     """The job is ending: no more placement, re-queue or replacement."""
     now: float
+
+
+# -- the VM-wide mailbox (PVM's pvm_putinfo / pvm_recvinfo / pvm_delinfo) ----------
+
+@dataclass(frozen=True, slots=True)
+class InfoPut(Event):
+    """``put_info(name, value)``: store (or replace) an entry; answer ``reply``."""
+    name: str
+    value: Any
+    reply: Any          # an opaque answer handle of the shell, given back in Answer
+
+
+@dataclass(frozen=True, slots=True)
+class InfoGet(Event):
+    """``get_info(name, wait)``: answer with the entry, or once it is put (``wait``)."""
+    name: str
+    wait: bool
+    reply: Any
+
+
+@dataclass(frozen=True, slots=True)
+class InfoDeleted(Event):
+    """``del_info(name)``: remove an entry; answer ``reply``."""
+    name: str
+    reply: Any

@@ -155,6 +155,15 @@ class Fatal(Instruction):
     error: BaseException
 
 
+@dataclass(frozen=True, slots=True)
+class Answer(Instruction):
+    """Answer a request: call the shell's ``reply`` handle with ``(ok, value)`` (value is
+    the result, or the exception when not ``ok``)."""
+    reply: Any
+    ok: bool
+    value: Any
+
+
 _new = object.__new__
 _RT_SET = tuple(ResolveTask.__dict__[name].__set__   # the slots' member descriptors
                 for name in ("tid", "kind", "ok", "value", "packed", "reused"))

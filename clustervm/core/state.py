@@ -24,6 +24,8 @@ from . import instructions as I
 from .enums import LossCause, NodeState, TaskKind, TaskState
 from .view import NodeView
 
+_MISSING = object()
+
 #: How long a node started with MPI_Comm_spawn has to say hello.
 SPAWN_HELLO_S = 30.0
 
@@ -114,6 +116,9 @@ class Core:
         self.homeless: list[Task] = []          # spawned tasks waiting for a node to join
         self.journal_done: dict[int, tuple[int, bool, Any]] = {}
         self.spawning = 0                       # replacements asked for, not started yet
+        #: the VM-wide mailbox (put_info / get_info): name -> value, and who waits for a name
+        self.info: dict[str, Any] = {}
+        self.info_waiters: dict[str, list[Any]] = {}
         self.stopping = False
         self.observing = False
         self.fatal: BaseException | None = None
@@ -147,6 +152,9 @@ class Core:
             E.SparesWanted: self._spares_wanted,
             E.ObserversChanged: self._observers,
             E.ShutdownBegun: self._shutdown,
+            E.InfoPut: self._info_put,
+            E.InfoGet: self._info_get,
+            E.InfoDeleted: self._info_deleted,
         }
 
     # -- the one entry point ----------------------------------------------------
@@ -446,6 +454,32 @@ class Core:
 
     def _shutdown(self, ev: E.ShutdownBegun) -> None:
         self.stopping = True
+
+    # -- the VM-wide mailbox ------------------------------------------------------
+
+    def _info_put(self, ev: E.InfoPut) -> None:
+        self.info[ev.name] = ev.value
+        out = self._out
+        for waiter in self.info_waiters.pop(ev.name, ()):
+            out.append(I.Answer(waiter, True, ev.value))
+        out.append(I.Answer(ev.reply, True, None))
+
+    def _info_get(self, ev: E.InfoGet) -> None:
+        if ev.name in self.info:
+            self._out.append(I.Answer(ev.reply, True, self.info[ev.name]))
+        elif ev.wait:
+            self.info_waiters.setdefault(ev.name, []).append(ev.reply)
+        else:
+            self._out.append(I.Answer(ev.reply, False, KeyError(
+                f"no mailbox entry named {ev.name!r}; put_info it first or "
+                f"get_info(..., wait=True)")))
+
+    def _info_deleted(self, ev: E.InfoDeleted) -> None:
+        if self.info.pop(ev.name, _MISSING) is _MISSING:
+            self._out.append(I.Answer(ev.reply, False, KeyError(
+                f"no mailbox entry named {ev.name!r}; nothing to delete")))
+        else:
+            self._out.append(I.Answer(ev.reply, True, None))
 
     # -- short tasks --------------------------------------------------------------
 
