@@ -8,6 +8,8 @@
         result = ivm.run(main)          # main(vm) runs in this thread, as on rank 0
         ivm.coordinator.stats["rerun"]
 
+    InProcessVM(nodes=3).run_app("app.py", ["--tasks", "8"])   # an application file
+
 The coordinator is :class:`clustervm.coordinator.Coordinator` and each node a
 :class:`clustervm.node.Node` on a thread of its own, assembled by the same
 code as under mpiexec (:func:`clustervm.runtime.coordinate`,
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -148,6 +151,25 @@ class InProcessVM:
                                  "cannot be stopped: make it end")
         return outcome.get("value")
 
+    def run_app(self, path: str, args: list[str] | None = None) -> Any:
+        """Run an application file's ``main(vm)`` (as ``clustervm run app.py args...``
+        would: imported as ``__clustervm_app__``, ``sys.argv`` and ``vm.argv`` are
+        ``[path, *args]``); main's value."""
+        argv = [path, *(args or [])]
+        saved_argv, saved_path = sys.argv, list(sys.path)
+        sys.argv = list(argv)
+        try:
+            mod = runtime.load_app(path)
+            main = getattr(mod, "main", None)
+            if not callable(main):
+                raise ClusterVMError(f"{path} defines no main(vm) function; add "
+                                     "`def main(vm): ...`")
+            return self.run(main, argv)
+        finally:
+            sys.argv = saved_argv
+            sys.path[:] = saved_path
+            sys.modules.pop(runtime.APP_MODULE, None)
+
     def _serve(self, node: Node) -> None:
         self.codes[node.rank] = runtime.serve_node(node)
 
@@ -173,8 +195,14 @@ class InProcessVM:
         """End every thread the VM started (nodes, workers, tasks, the service loop);
         the names of those still running after ``linger`` seconds."""
         deadline = time.monotonic() + self.linger
-        for t in self._threads:         # nodes told to shut down leave by themselves
-            t.join(max(0.0, min(1.0, deadline - time.monotonic())))
+        coord = self.coordinator
+        for rank, t in zip(self.nodes, self._threads):
+            # nodes told to shut down leave by themselves; frozen ones and those the
+            # coordinator gave up on (it tells them nothing more) are made to, below
+            given_up = coord is not None and rank in coord.nodes and \
+                coord.nodes[rank].state == "dead"
+            if rank not in self.world._frozen and not given_up:
+                t.join(max(0.0, min(1.0, deadline - time.monotonic())))
         for node in self.nodes.values():   # the rest (killed, stopped, cut off) are made to
             node.stopping = True
             for ctx in list(node.live.values()):

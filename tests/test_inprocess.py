@@ -1,0 +1,559 @@
+"""Scheduling, failover, groups, the mailbox and replay on an in-process VM.
+
+The real coordinator and nodes run as threads of this process on
+:mod:`clustervm.inprocess` (clustervm.testing.inprocess assembles them), with
+faults injected from the test: ``kill`` (SIGKILL as ULFM reports it), ``stop``
+(SIGSTOP: only heartbeats find it), ``delay``. Each test takes milliseconds to
+about a second; the drills are those of tests/test_failover.py (same app, same
+exact results), with the kill at the same moments.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import clustervm
+from clustervm import wire
+from clustervm.endpoint import PeerFailed
+from clustervm.errors import DeadTaskError, NoNodesError, WireError
+from clustervm.inprocess import InProcessWorld
+from clustervm.testing.inprocess import InProcessVM, VMTimeout, run_vm, test_config
+
+ROOT = Path(__file__).resolve().parents[1]
+DRILL_APP = str(ROOT / "tests" / "failover_app.py")
+PAIR_APP = str(ROOT / "tests" / "apps" / "pair_app.py")
+GROUPS_APP = str(ROOT / "tests" / "apps" / "groups_calls.py")
+DRILL = ["--tasks", "12", "--steps", "10"]
+#: heartbeats for the hang tests: short, but not so short that a loaded box trips them
+HANG = {"heartbeat_s": 0.5}
+
+
+# -- helpers -----------------------------------------------------------------------
+
+def when(pred, action, what: str, timeout: float = 20.0) -> threading.Thread:
+    """Run ``action(got)`` in a thread once ``pred()`` gives something truthy (a fault
+    at a chosen moment); the thread ends with the VM (``pred`` failing is an error)."""
+    err: list = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = pred()
+            if got:
+                action(got)
+                return
+            time.sleep(0.002)
+        err.append(f"timed out waiting for {what}")
+    t = threading.Thread(target=watch, name=f"fault:{what}", daemon=True)
+    t.errors = err  # type: ignore[attr-defined]
+    t.start()
+    return t
+
+
+_MARK = re.compile(r"^(start|mid|end)-(\d+)-r(\d+)-p(\d+)$")
+
+
+def markers(d: Path, kind: str) -> list[tuple[int, int]]:
+    """(task index, rank) of the failover app's marker files of ``kind``, oldest first."""
+    out = []
+    for p in d.iterdir():
+        m = _MARK.match(p.name)
+        if m and m.group(1) == kind:
+            try:
+                out.append((p.stat().st_mtime_ns, int(m.group(2)), int(m.group(3))))
+            except FileNotFoundError:
+                continue
+    return [x[1:] for x in sorted(out)]
+
+
+def run_app(path: str, args: list[str], nodes: int = 3, fault=None, **config):
+    """Run an app file on an in-process VM; (its stdout, the InProcessVM). ``fault(ivm)``
+    runs before main starts (to arm a :func:`when`)."""
+    ivm = InProcessVM(nodes, test_config(**config), timeout=60)
+    watchers = [fault(ivm)] if fault is not None else []
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        ivm.run_app(path, args)
+    for w in watchers:
+        w.join(1.0)
+        assert not w.errors, w.errors
+    return out.getvalue(), ivm
+
+
+def line(out: str, prefix: str) -> str:
+    for ln in out.splitlines():
+        if ln.startswith(prefix):
+            return ln
+    raise AssertionError(f"no line starting with {prefix!r} in:\n{out}")
+
+
+_baselines: dict[tuple, str] = {}
+
+
+def baseline(path: str, args: list[str], prefix: str, nodes: int = 3) -> str:
+    key = (path, tuple(args), prefix, nodes)
+    if key not in _baselines:
+        out, _ = run_app(path, args, nodes)
+        _baselines[key] = line(out, prefix)
+    return _baselines[key]
+
+
+def drill_check(out: str) -> dict[str, int]:
+    return {k: int(v) for k, v in (kv.split("=") for kv in
+                                   line(out, "drill-check:").split()[1:])}
+
+
+def lost(coord) -> dict[int, str]:
+    return {n.rank: n.how_lost for n in coord.nodes.values() if n.state == "dead"}
+
+
+# -- task functions (by reference, as everywhere) ----------------------------------------
+
+def square(x):
+    return x * x
+
+
+def fail(x):
+    raise ValueError(f"bad {x}")
+
+
+def slow_square(x, s=0.05):
+    time.sleep(s)
+    return x * x
+
+
+def echo(ctx, n):
+    """Receives n messages from any task and sends each back, doubled, to its source."""
+    got = []
+    for _ in range(n):
+        m = ctx.recv()
+        got.append((m.tag, m.data))
+        ctx.send(m.source, m.tag, m.data * 2)
+    return got
+
+
+def ring(ctx, rounds, every):
+    """A ring of spawned siblings passing a counter; checkpoints every ``every`` rounds.
+    The first sibling says (mailbox) when it is half way, once."""
+    st = ctx.restore() or {"i": 0, "acc": ctx.rank}
+    right = ctx.siblings[(ctx.rank + 1) % ctx.size]
+    left = ctx.siblings[(ctx.rank - 1) % ctx.size]
+    while st["i"] < rounds:
+        ctx.send(right, 5, st["acc"])
+        st["acc"] = (st["acc"] * 7 + ctx.recv(left, 5).data + st["i"]) % 1000003
+        st["i"] += 1
+        if st["i"] % every == 0:
+            ctx.checkpoint(st)
+        if st["i"] == rounds // 2 and ctx.rank == 0 and ctx.inc == 0:
+            ctx.put_info("ring-half", True)
+    return st["acc"]
+
+
+def group_member(ctx, rounds, size):
+    """``rounds`` allreduce rounds of group "g" of ``size`` members, a checkpoint after
+    each; the member on rank 3 says (mailbox) when it has done 5, once."""
+    st = ctx.restore()
+    if st is None:
+        ctx.join_group("g")
+        ctx.barrier("g", count=size)
+        st = (0, 0)
+    step, acc = st
+    while step < rounds:
+        acc += ctx.allreduce("g", step * ctx.tid, timeout=30)
+        step += 1
+        ctx.checkpoint((step, acc))
+        if step == 5 and ctx.node == 3 and ctx.inc == 0:
+            ctx.put_info("group-5", True)
+    return acc
+
+
+def held_forever(ctx):
+    ctx.recv(tag=999)          # never comes: a kill or the end stops it
+
+
+# -- the transport itself ------------------------------------------------------------------
+
+def test_messages_are_encoded_copies_in_order():
+    w = InProcessWorld(3)
+    got: list = []
+    b = w.transport(1)
+    b.handler = lambda src, msg: got.append((src, msg))
+    arr = np.arange(5)
+    a = w.transport(0)
+    for i in range(50):
+        a.post(1, ("op", i, arr))
+    arr[:] = -1                               # after the send: the receiver must not see it
+    assert b.wait(lambda: len(got) == 50, timeout=5)
+    assert [m[1] for _, m in got] == list(range(50))
+    assert all(src == 0 for src, _ in got)
+    assert got[0][1][2].tolist() == [0, 1, 2, 3, 4] and got[0][1][2].flags.writeable
+    assert got[0][1] is not got[1][1] and got[0][1][2] is not got[1][1][2]
+    assert a.counters.msgs_out == 50 and b.counters.msgs_in == 50
+    assert 0 in b.last_heard
+    with pytest.raises(WireError, match="lock"):
+        a.send(1, ("op", threading.Lock()))
+    w.close()
+
+
+def test_kill_drops_traffic_both_ways_and_survivors_hear_of_it():
+    w = InProcessWorld(3)
+    failures: dict[int, list] = {0: [], 2: []}
+    for r in (0, 2):
+        w.transport(r).on_failure = failures[r].append
+    w.transport(1).handler = lambda src, msg: pytest.fail("a dead rank handled a message")
+    w.transport(2).post(1, ("late",))        # queued, never handled: lost with the rank
+    w.kill(1)
+    with pytest.raises(PeerFailed):
+        w.transport(0).send(1, ("x",))
+    assert failures[0] == [{1}]               # a send to the dead rank reports it at once
+    assert w.transport(2).wait(lambda: bool(failures[2]), timeout=5)   # the next poll does
+    assert failures[2] == [{1}]
+    assert not w.transport(2).post(1, ("x",))
+    w.close()
+
+
+def test_stopped_rank_handles_nothing_until_resumed():
+    w = InProcessWorld(2)
+    got: list = []
+    t1 = w.transport(1)
+    t1.handler = lambda src, msg: got.append(msg)
+    w.stop(1)
+    w.transport(0).post(1, ("a",))
+    done = threading.Event()
+
+    def waiter() -> None:      # a thread of the stopped rank: frozen in its wait
+        t1.wait(lambda: bool(got), timeout=10)
+        done.set()
+    threading.Thread(target=waiter, daemon=True).start()
+    assert not done.wait(0.2) and not got
+    w.resume(1)
+    assert done.wait(5) and got == [("a",)]
+    w.close()
+
+
+def test_delay_keeps_the_order_of_a_pair():
+    w = InProcessWorld(2)
+    got: list = []
+    t1 = w.transport(1)
+    t1.handler = lambda src, msg: got.append(msg[0])
+    w.delay(1, 0.2)
+    w.transport(0).post(1, (0,))
+    w.delay(1, 0)
+    w.transport(0).post(1, (1,))             # not delayed, yet never before the first
+    t0 = time.monotonic()
+    assert t1.wait(lambda: len(got) == 2, timeout=5)
+    assert got == [0, 1] and time.monotonic() - t0 >= 0.15
+    w.close()
+
+
+def test_idle_waiters_sleep():
+    """A thread waiting with nothing coming uses next to no CPU (conditions, no spin)."""
+    w = InProcessWorld(2)
+    t1 = w.transport(1)
+    cpu: list = []
+
+    def idle() -> None:
+        c0 = time.thread_time()
+        t1.wait(lambda: False, timeout=0.5)
+        cpu.append(time.thread_time() - c0)
+    th = threading.Thread(target=idle)
+    th.start()
+    th.join()
+    assert cpu[0] < 0.05, cpu
+    w.close()
+
+
+def test_close_releases_frozen_threads():
+    w = InProcessWorld(2)
+    w.kill(1)
+    out: list = []
+    th = threading.Thread(target=lambda: out.append(w.transport(1).post(0, ("x",))))
+    th.start()
+    th.join(0.2)
+    assert th.is_alive()                      # a killed rank never runs again...
+    w.close()
+    th.join(2)
+    assert out == [False]                     # ...until the world ends
+
+
+# -- scheduling ---------------------------------------------------------------------
+
+def test_submit_map_as_completed_exact():
+    def main(vm):
+        futs = [vm.submit(square, i) for i in range(30)]
+        done = sorted(f.result() for f in clustervm_as_completed(futs))
+        return [f.result() for f in futs], list(vm.map(square, range(40))), done
+    (res, mapped, done), coord = run_vm(main, nodes=3)
+    assert res == [i * i for i in range(30)] and done == sorted(res)
+    assert mapped == [i * i for i in range(40)]
+    assert coord.stats["rerun"] == 0 and not lost(coord)
+
+
+def clustervm_as_completed(futs):
+    import concurrent.futures as cf
+    return cf.as_completed(futs, timeout=10)
+
+
+def test_prefetch_queues_at_most_slots_plus_prefetch_per_node():
+    def main(vm):
+        futs = [vm.submit(slow_square, i, 0.01) for i in range(30)]
+        coord, most = vm._c, 0
+        while not all(f.done() for f in futs):
+            with coord.lock:
+                most = max([most] + [len(n.inflight) for n in coord.core.nodes.values()])
+            time.sleep(0.002)
+        return [f.result() for f in futs], most
+    (res, most), coord = run_vm(main, nodes=2, prefetch=2, slots=1)
+    assert res == [i * i for i in range(30)]
+    assert 2 <= most <= 3, most           # 1 slot + 2 prefetched, never more
+
+
+def test_task_exception_has_remote_traceback():
+    def main(vm):
+        with pytest.raises(ValueError, match="bad 3") as info:
+            vm.submit(fail, 3).result()
+        return str(info.value.__cause__)
+    tb, _ = run_vm(main)
+    assert "Traceback on node" in tb and "in fail" in tb
+
+
+def test_main_error_is_raised_after_the_vm_is_down():
+    def main(vm):
+        raise KeyError("from main")
+    before = set(threading.enumerate())
+    with pytest.raises(KeyError, match="from main"):
+        run_vm(main)
+    assert set(threading.enumerate()) <= before
+
+
+def test_timeout_ends_the_vm_and_says_what_it_held():
+    def main(vm):
+        tid = vm.spawn(held_forever)[0]
+        vm.join(tid)
+    with pytest.raises(VMTimeout, match="tasks not over"):
+        run_vm(main, timeout=1.0)
+
+
+# -- spawned tasks and messages --------------------------------------------------------
+
+def test_spawned_tasks_messages_tags_and_any():
+    def main(vm):
+        tid = vm.spawn(echo, 3)[0]
+        vm.send(tid, 1, 10)
+        vm.send(tid, 2, "ab")
+        vm.send(tid, 1, [1])
+        back = [vm.recv(tid, 2).data, vm.recv(clustervm.ANY, 1).data, vm.recv(tid).data]
+        return back, vm.join(tid)
+    (back, got), _ = run_vm(main)
+    assert back == ["abab", 20, [1, 1]]
+    assert got == [(1, 10), (2, "ab"), (1, [1])]
+
+
+def test_message_to_a_task_that_ended_fails_clearly():
+    def main(vm):
+        tid = vm.spawn(echo, 0)[0]
+        vm.join(tid)
+        with pytest.raises(DeadTaskError, match="has ended"):
+            vm.send(tid, 1, "late")
+        return True
+    assert run_vm(main)[0]
+
+
+# -- failover ------------------------------------------------------------------------
+
+def test_node_killed_mid_task_short_tasks_rerun_exact(tmp_path):
+    expected = baseline(DRILL_APP, DRILL, "drill:")
+
+    def fault(ivm):
+        return when(lambda: markers(tmp_path, "mid"), lambda m: ivm.kill(m[0][1]),
+                    "a task half done")
+    out, ivm = run_app(DRILL_APP, [*DRILL, "--task-ms", "100", "--markers", str(tmp_path)],
+                       fault=fault)
+    assert line(out, "drill:") == expected
+    assert drill_check(out)["dups"] == 0
+    (rank, how), = lost(ivm.coordinator).items()
+    assert "ULFM" in how and ivm.coordinator.stats["rerun"] >= 1
+    assert f"NODE_DOWN:{rank}:" in line(out, "drill-events:")
+
+
+def test_two_nodes_killed_at_once(tmp_path):
+    expected = baseline(DRILL_APP, DRILL, "drill:", nodes=4)
+
+    def two_ranks():
+        ranks = {r for _, r in markers(tmp_path, "mid")}
+        return sorted(ranks)[:2] if len(ranks) >= 2 else None
+
+    def kill(ranks):
+        for r in ranks:
+            ivm_box[0].kill(r)
+    ivm_box: list = []
+
+    def fault(ivm):
+        ivm_box.append(ivm)
+        return when(two_ranks, kill, "tasks half done on two nodes")
+    out, ivm = run_app(DRILL_APP, [*DRILL, "--task-ms", "100", "--markers", str(tmp_path)],
+                       nodes=4, fault=fault)
+    assert line(out, "drill:") == expected and drill_check(out)["dups"] == 0
+    assert len(lost(ivm.coordinator)) == 2
+
+
+def test_spawned_task_restarts_from_checkpoint_with_replayed_messages():
+    """A ring of spawned tasks checkpointing every few rounds; a node dies mid-ring: its
+    task restarts from its checkpoint, the senders replay what it had not received,
+    and every value is the undisturbed one."""
+    def main(vm, kill=None):
+        tids = vm.spawn(ring, 60, 7, count=4)
+        if kill is not None:
+            vm.get_info("ring-half", wait=True, timeout=20)
+            kill(2)
+        return [vm.join(t) for t in tids]
+    expected, _ = run_vm(main, nodes=3)
+    ivm = InProcessVM(3, test_config())
+    got = ivm.run(lambda vm: main(vm, ivm.kill))
+    assert got == expected
+    coord = ivm.coordinator
+    assert list(lost(coord)) == [2] and coord.stats["rerun"] >= 1
+
+
+def test_restarted_task_replays_to_a_task_that_has_ended(tmp_path):
+    expected = baseline(PAIR_APP, [], "pair:", nodes=2)
+
+    def fault(ivm):
+        def kill(_):
+            time.sleep(0.3)                   # b returns at once: it has ended by now
+            coord = ivm.coordinator
+            a = next(r for r in coord.tasks.values() if r.args and r.args[0] == "a")
+            ivm.kill(a.node)
+        return when(lambda: list(tmp_path.glob("linger-*")), kill, "task a lingering")
+    out, ivm = run_app(PAIR_APP, ["--markers", str(tmp_path)], nodes=2, fault=fault)
+    assert line(out, "pair:") == expected
+    assert ivm.coordinator.stats["rerun"] == 1
+
+
+def test_notify_callbacks_and_messages_on_a_lost_node(tmp_path):
+    args = [*DRILL, "--spawn", "--notify", "--ckpt-kb", "16"]
+    expected = baseline(DRILL_APP, args, "drill:")
+
+    def fault(ivm):
+        return when(lambda: markers(tmp_path, "mid"), lambda m: ivm.kill(m[0][1]),
+                    "a task half done")
+    out, ivm = run_app(DRILL_APP, [*args, "--task-ms", "300", "--markers", str(tmp_path)],
+                       fault=fault)
+    assert line(out, "drill:") == expected
+    assert drill_check(out)["restored"] >= 1
+    (rank, _), = lost(ivm.coordinator).items()
+    note = line(out, "drill-notify:")
+    assert f"callback_down=[{rank}]" in note and f"message_down=[{rank}]" in note, note
+    assert "task_exit=12 task_exit_unique=12" in note, note
+
+
+def test_stopped_node_found_by_heartbeat_and_killed(tmp_path):
+    expected = baseline(DRILL_APP, DRILL, "drill:")
+
+    def fault(ivm):
+        return when(lambda: markers(tmp_path, "mid"), lambda m: ivm.stop(m[0][1]),
+                    "a task half done")
+    out, ivm = run_app(DRILL_APP, [*DRILL, "--task-ms", "100", "--markers", str(tmp_path)],
+                       fault=fault, **HANG)
+    assert line(out, "drill:") == expected and drill_check(out)["dups"] == 0
+    (rank, how), = lost(ivm.coordinator).items()
+    assert how.startswith("heartbeat"), how
+    assert ivm.world.terminated == [rank] and rank in ivm.world.dead   # never trusted again
+
+
+def test_stopped_node_that_comes_back_is_never_trusted_again():
+    """The kill does not reach the hung node (as on a host the coordinator cannot
+    signal): when it goes on, its results and heartbeats are dropped, it gets no work."""
+    def main(vm):
+        futs = [vm.submit(slow_square, i, 0.05) for i in range(12)]
+        time.sleep(0.08)
+        ivm.stop(2)
+        first = [f.result() for f in futs]
+        coord = vm._c
+        assert coord.nodes[2].state == "dead"
+        ivm.resume(2)                          # it wakes up and sends what it had
+        time.sleep(0.3)
+        second = list(vm.map(slow_square, range(12), [0.01] * 12))
+        return first, second, {n.rank: n.state for n in coord.nodes.values()}
+    ivm = InProcessVM(2, test_config(**HANG))
+    ivm.world.unkillable(2)
+    first, second, states = ivm.run(main)
+    assert first == [i * i for i in range(12)] and second == first
+    assert states[2] == "dead" and 2 in ivm.coordinator.transport.ignored
+    assert ivm.world.terminated == [2] and 2 not in ivm.world.dead
+
+
+def test_spare_takes_over_a_dead_node(tmp_path):
+    expected = baseline(DRILL_APP, DRILL, "drill:", nodes=3)
+
+    spare_early: list = []
+
+    def kill(m):
+        spare_early.extend(x for x in markers(tmp_path, "start") if x[1] == 3)
+        ivm_box[0].kill(m[0][1])
+    ivm_box: list = []
+
+    def fault(ivm):
+        ivm_box.append(ivm)
+        return when(lambda: markers(tmp_path, "mid"), kill, "a task half done")
+    out, ivm = run_app(DRILL_APP, [*DRILL, "--task-ms", "100", "--markers", str(tmp_path)],
+                       nodes=3, fault=fault, spares=1)
+    assert line(out, "drill:") == expected
+    ev = line(out, "drill-events:")
+    (rank, _), = lost(ivm.coordinator).items()
+    assert rank in (1, 2) and f"NODE_DOWN:{rank}:" in ev and "NODE_ADDED:3:spare" in ev, ev
+    assert [m for m in markers(tmp_path, "end") if m[1] == 3], "the spare ran no task"
+    assert not spare_early, "the spare (rank 3) ran work before any node was lost"
+
+
+def test_every_worker_lost_fails_clearly():
+    def main(vm):
+        futs = [vm.submit(slow_square, i, 0.05) for i in range(6)]
+        time.sleep(0.05)
+        ivm.kill(1)
+        with pytest.raises(NoNodesError):
+            [f.result(timeout=10) for f in futs]
+        return True
+    ivm = InProcessVM(1, test_config())
+    assert ivm.run(main)
+
+
+# -- groups and the mailbox -------------------------------------------------------------
+
+def test_every_group_call_and_the_mailbox():
+    import json
+    import test_groups
+    out, _ = run_app(GROUPS_APP, ["--tasks", "3"], nodes=2)
+    r = json.loads(line(out, "groups-result=").split("=", 1)[1])
+    by_inst = test_groups._check_records(r)
+    assert by_inst[1]["rejoined_inst"] == 1
+    box = r["main"]["mailbox"]
+    assert box["got"][1] == [0, 1, 2] and box["none"] is None
+
+
+def test_freeze_group_stays_on_the_hub_in_process():
+    def main(vm):
+        vm.join_group("fz")
+        size = vm.freeze_group("fz")
+        return size, vm.group_on_mpi("fz"), vm.allreduce("fz", 5)
+    assert run_vm(main)[0] == (1, False, 5)
+
+
+def test_collective_completes_after_a_member_node_is_killed():
+    def main(vm, kill=None):
+        tids = [vm.spawn(group_member, 20, 3, where=r)[0] for r in (1, 2, 3)]
+        if kill is not None:
+            vm.get_info("group-5", wait=True, timeout=20)
+            kill(3)
+        return [vm.join(t) for t in tids]
+    expected, _ = run_vm(main, nodes=3)
+    ivm = InProcessVM(3, test_config())
+    got = ivm.run(lambda vm: main(vm, ivm.kill))
+    assert got == expected and list(lost(ivm.coordinator)) == [3]
