@@ -518,11 +518,11 @@ def test_every_worker_lost_fails_clearly():
         futs = [vm.submit(slow_square, i, 0.05) for i in range(6)]
         time.sleep(0.05)
         ivm.kill(1)
-        with pytest.raises(NoNodesError):
+        with pytest.raises(NoNodesError, match="every worker node is lost") as info:
             [f.result(timeout=10) for f in futs]
-        return True
+        return str(info.value)
     ivm = InProcessVM(1, test_config())
-    assert ivm.run(main)
+    assert "node 1 " in ivm.run(main)
 
 
 # -- groups and the mailbox -------------------------------------------------------------
@@ -557,3 +557,114 @@ def test_collective_completes_after_a_member_node_is_killed():
     ivm = InProcessVM(3, test_config())
     got = ivm.run(lambda vm: main(vm, ivm.kill))
     assert got == expected and list(lost(ivm.coordinator)) == [3]
+
+
+def group_member_plain(ctx, rounds, size):
+    """As group_member without checkpoints: a restarted member starts over, joins again
+    and calls its rounds again (answered from the coordinator's kept results)."""
+    ctx.join_group("g")
+    ctx.barrier("g", count=size)
+    acc = 0
+    for step in range(rounds):
+        acc += ctx.allreduce("g", step * ctx.tid, timeout=30)
+        if step == 5 and ctx.node == 3 and ctx.inc == 0:
+            ctx.put_info("group-5", True)
+    return acc
+
+
+def test_collective_completes_after_a_member_restarts_from_scratch():
+    def main(vm, kill=None):
+        tids = [vm.spawn(group_member_plain, 20, 3, where=r)[0] for r in (1, 2, 3)]
+        if kill is not None:
+            vm.get_info("group-5", wait=True, timeout=20)
+            kill(3)
+        return [vm.join(t) for t in tids]
+    expected, _ = run_vm(main, nodes=3)
+    ivm = InProcessVM(3, test_config())
+    got = ivm.run(lambda vm: main(vm, ivm.kill))
+    assert got == expected and ivm.coordinator.stats["rerun"] >= 1
+
+
+def test_collective_fails_clearly_when_a_member_cannot_come_back():
+    """The only node dies: its member cannot be restarted, main's round fails, naming it."""
+    def main(vm):
+        vm.join_group("g")
+        vm.spawn(group_member_plain, 20, 2)
+        vm.barrier("g", count=2)
+        vm.allreduce("g", 0)
+        ivm.kill(1)
+        with pytest.raises(clustervm.GroupError, match=r"lost with node 1") as info:
+            for _ in range(19):
+                vm.allreduce("g", 0, timeout=20)
+        return str(info.value)
+    ivm = InProcessVM(1, test_config())
+    text = ivm.run(main)
+    assert re.search(r"member task\(s\) \[\d+\]", text), text
+
+
+def test_checkpoints_streaming_when_the_node_dies(tmp_path):
+    """As test_failover's: 1 MiB checkpoints after every step, on disk; a node dies."""
+    args = ["--tasks", "9", "--steps", "12"]
+    expected = baseline(DRILL_APP, args, "drill:")
+    ck, mk = tmp_path / "ck", tmp_path / "mk"
+    mk.mkdir()
+
+    def ckpts():
+        d = ck / "ckpt"
+        return d.is_dir() and len({p.name.split(".")[0] for p in d.iterdir()
+                                   if p.name.endswith(".ckpt")}) >= 2
+
+    def fault(ivm):
+        return when(lambda: markers(mk, "mid") and ckpts() and markers(mk, "mid"),
+                    lambda m: ivm.kill(m[0][1]), "a task half done, checkpoints on disk")
+    out, ivm = run_app(DRILL_APP, [*args, "--task-ms", "240", "--ckpt-kb", "1024",
+                                   "--markers", str(mk)], fault=fault, checkpoint_dir=str(ck))
+    assert line(out, "drill:") == expected
+    assert drill_check(out)["restored"] >= 1
+    rep = ivm.coordinator.report()
+    m = re.search(r"(\d+) checkpoint\(s\) written, (\d+) restored", rep)
+    assert m and int(m.group(2)) >= 1, rep
+    left = [p.name for p in (ck / "ckpt").iterdir()]
+    assert not [n for n in left if n.endswith(".ckpt") or n.startswith(".tmp.")], left
+
+
+def test_node_dies_while_sending_large_results(tmp_path):
+    """8 MiB results; the node dies right after one returned: every blob arrives once."""
+    expected = baseline(DRILL_APP, DRILL, "drill:")
+
+    def third_end():
+        ends: dict[int, int] = {}
+        for _, r in markers(tmp_path, "end"):
+            ends[r] = ends.get(r, 0) + 1
+            if ends[r] >= 3:
+                return r
+        return None
+
+    def fault(ivm):
+        return when(third_end, ivm.kill, "a node's third result on its way")
+    out, ivm = run_app(DRILL_APP, [*DRILL, "--task-ms", "30", "--result-kb", "8192",
+                                   "--markers", str(tmp_path)], fault=fault)
+    assert line(out, "drill:") == expected
+    check = drill_check(out)
+    assert check["blobs_ok"] == 12 and check["dups"] == 0, check
+    assert len(lost(ivm.coordinator)) == 1
+
+
+def test_resume_reuses_journaled_results(tmp_path):
+    """A job that ends early (here main stops) resumes from its journal: finished tasks
+    are not run again, the others restart from their checkpoints; results exact."""
+    def main(vm, stop_after=None):
+        out = {}
+        for i, r in enumerate(vm.map(slow_square, range(12), [0.03] * 12, ordered=False)):
+            out[i] = r
+            if stop_after is not None and i + 1 >= stop_after:
+                raise SystemExit(3)
+        return sorted(out.values())
+    ck = str(tmp_path / "ck")
+    ivm = InProcessVM(2, test_config(checkpoint_dir=ck))
+    with pytest.raises(SystemExit):
+        ivm.run(lambda vm: main(vm, stop_after=4))
+    ivm2 = InProcessVM(2, test_config(checkpoint_dir=ck, resume=True))
+    assert ivm2.run(main) == [i * i for i in range(12)]
+    reused = ivm2.coordinator.stats["reused"]
+    assert 4 <= reused < 12, reused

@@ -183,7 +183,8 @@ class InProcessVM:
         coord = self.coordinator
         parts = []
         if coord is not None:
-            parts.append("nodes " + ", ".join(f"{n.rank}:{n.state}" for n in coord.nodes.values()))
+            parts.append("nodes " + ", ".join(f"{n.rank}:{getattr(n.state, 'value', n.state)}"
+                                              for n in coord.nodes.values()))
             parts.append(f"tasks not over {sorted(coord.tasks)[:20]}")
         queued = {ep.rank: len(ep._inbox) for ep in self.world.endpoints if ep._inbox}
         parts.append(f"messages queued by rank {queued}")
