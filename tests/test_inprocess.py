@@ -180,6 +180,40 @@ def held_forever(ctx):
 
 # -- the transport itself ------------------------------------------------------------------
 
+def test_both_transports_offer_the_whole_endpoint():
+    """What the shells use (clustervm.endpoint.Endpoint) is there on MPI and in process."""
+    import inspect
+
+    import mpi4py
+    mpi4py.rc.initialize = False     # no singleton MPI_Init in the test process
+    mpi4py.rc.finalize = False
+    from clustervm.endpoint import Endpoint
+    from clustervm.inprocess import InProcessTransport
+    from clustervm.transport import Transport
+    methods = [n for n, v in vars(Endpoint).items() if callable(v) and not n.startswith("_")]
+    attrs = list(Endpoint.__annotations__)
+    assert "send" in methods and "failed" in attrs
+    mpi_init = inspect.getsource(Transport.__init__)
+    w = InProcessWorld(2)
+    for name in methods:
+        want = list(inspect.signature(getattr(Endpoint, name)).parameters)
+        for cls in (Transport, InProcessTransport):
+            assert list(inspect.signature(getattr(cls, name)).parameters) == want, (cls, name)
+    for name in attrs:
+        assert hasattr(w.transport(0), name), name
+        assert hasattr(Transport, name) or re.search(rf"self\.{name}\b[^=\n]*=", mpi_init), name
+    w.close()
+
+
+def test_the_shells_and_the_harness_import_no_mpi():
+    import subprocess
+    import sys
+    code = ("import sys, clustervm.coordinator, clustervm.node, clustervm.runtime, "
+            "clustervm.testing.inprocess; "
+            "assert not [m for m in sys.modules if m.startswith('mpi4py')], 'mpi4py imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
 def test_messages_are_encoded_copies_in_order():
     w = InProcessWorld(3)
     got: list = []
@@ -532,10 +566,21 @@ def test_every_group_call_and_the_mailbox():
     import test_groups
     out, _ = run_app(GROUPS_APP, ["--tasks", "3"], nodes=2)
     r = json.loads(line(out, "groups-result=").split("=", 1)[1])
-    by_inst = test_groups._check_records(r)
-    assert by_inst[1]["rejoined_inst"] == 1
-    box = r["main"]["mailbox"]
-    assert box["got"][1] == [0, 1, 2] and box["none"] is None
+    by_inst = test_groups._check_records(r)      # the same checks as the mpiexec test
+    n, order = 4, r["main"]["tids"]
+    for rec in by_inst.values():
+        assert rec["after_rejoin"] == n
+    assert by_inst[1]["rejoined_inst"] == 1        # the lowest free instance again
+    errors = by_inst[0]["errors"]
+    assert "GroupError" in errors["not_member"] and "call join_group(" in errors["not_member"]
+    assert "unknown reduce op 'add'" in errors["bad_op"]
+    m = r["main"]
+    assert m["size_after_leave"] == n - 1
+    box = m["mailbox"]
+    assert box["got"] == [order[0], [0, 1, 2]] and box["none"] is None
+    assert box["get_missing"].startswith("KeyError") and "from-task" in box["get_missing"]
+    assert box["del_missing"].startswith("KeyError")
+    assert box["wait_timeout"].startswith("TimeoutError") and "'never-put'" in box["wait_timeout"]
 
 
 def test_freeze_group_stays_on_the_hub_in_process():
@@ -552,11 +597,12 @@ def test_collective_completes_after_a_member_node_is_killed():
         if kill is not None:
             vm.get_info("group-5", wait=True, timeout=20)
             kill(3)
-        return [vm.join(t) for t in tids]
+        return [vm.join(t) for t in tids], vm.get_info("group-5")
     expected, _ = run_vm(main, nodes=3)
     ivm = InProcessVM(3, test_config())
     got = ivm.run(lambda vm: main(vm, ivm.kill))
     assert got == expected and list(lost(ivm.coordinator)) == [3]
+    assert got[1] is True                   # the lost node's mailbox entry is kept
 
 
 def group_member_plain(ctx, rounds, size):
