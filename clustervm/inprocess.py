@@ -30,6 +30,8 @@ cannot); it stops at its next send or wait. :meth:`InProcessWorld.close` ends
 the world: every frozen thread goes on, sends fail and waits return False.
 Frozen groups need MPI: here ``freeze_group`` keeps the group on the hub
 (``group_on_mpi`` is False), as ``freeze_group(..., mpi=False)`` does.
+Waits never spin (``spin`` is taken and ignored): a waiting thread sleeps on its
+rank's condition, at most :data:`NAP_S` at a time.
 """
 from __future__ import annotations
 

@@ -714,3 +714,16 @@ def test_resume_reuses_journaled_results(tmp_path):
     assert ivm2.run(main) == [i * i for i in range(12)]
     reused = ivm2.coordinator.stats["reused"]
     assert 4 <= reused < 12, reused
+
+
+def test_add_nodes_takes_spares_first_and_spawns_nothing_in_process():
+    def main(vm):
+        before = vm.workers
+        got = vm.add_nodes(1)
+        more = vm.add_nodes(1)            # no spare left, and no MPI_Comm_spawn here
+        states = sorted(n.state for n in vm.nodes)
+        return before, got, more, vm.workers, states, list(vm.map(square, range(10)))
+    (before, got, more, after, states, res), _ = run_vm(main, nodes=3, spares=1)
+    assert (before, got, more, after) == (2, 1, 0, 3), (before, got, more, after)
+    assert states == ["alive", "alive", "alive", "coordinator"], states
+    assert res == [i * i for i in range(10)]

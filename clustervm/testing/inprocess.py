@@ -16,7 +16,11 @@ code as under mpiexec (:func:`clustervm.runtime.coordinate`,
 :func:`clustervm.runtime.serve_node`); messages go through
 :mod:`clustervm.inprocess` (encoded with the wire codec). ``ivm.kill(rank)``,
 ``ivm.stop(rank)``, ``ivm.resume(rank)`` and ``ivm.delay(rank, s)`` inject faults
-(see :mod:`clustervm.inprocess`); ``main`` may call them while it runs.
+(see :mod:`clustervm.inprocess`); ``main`` may call them while it runs. Killing
+rank 0 freezes main's thread too (it is the coordinator's process): the nodes
+leave as they would, and the run ends at its timeout with :class:`VMTimeout`.
+There is no MPI_Comm_spawn here: ``--replace-failed`` and ``vm.add_nodes`` find
+no way to start a node (spare nodes, ``spares=K``, work as on MPI).
 
 :meth:`InProcessVM.run` always tears everything down: it returns main's value
 or raises main's exception only after every thread of the VM has ended (a
