@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 import clustervm
-from clustervm import wire
 from clustervm.endpoint import PeerFailed
 from clustervm.errors import DeadTaskError, NoNodesError, WireError
 from clustervm.inprocess import InProcessWorld
@@ -344,7 +343,7 @@ def test_prefetch_queues_at_most_slots_plus_prefetch_per_node():
                 most = max([most] + [len(n.inflight) for n in coord.core.nodes.values()])
             time.sleep(0.002)
         return [f.result() for f in futs], most
-    (res, most), coord = run_vm(main, nodes=2, prefetch=2, slots=1)
+    (res, most), _ = run_vm(main, nodes=2, prefetch=2, slots=1)
     assert res == [i * i for i in range(30)]
     assert 2 <= most <= 3, most           # 1 slot + 2 prefetched, never more
 
@@ -563,6 +562,7 @@ def test_every_worker_lost_fails_clearly():
 
 def test_every_group_call_and_the_mailbox():
     import json
+
     import test_groups
     out, _ = run_app(GROUPS_APP, ["--tasks", "3"], nodes=2)
     r = json.loads(line(out, "groups-result=").split("=", 1)[1])

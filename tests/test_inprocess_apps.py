@@ -6,7 +6,9 @@ test functions of the mpiexec test module assert on the ``CHECK`` lines:
 ``test_inprocess_apps.py::test_scheduling[test_cancel_pending_tasks]`` runs
 ``test_scheduling.py::test_cancel_pending_tasks`` on the in-process output.
 Tests that need real processes (distinct pids, frozen groups on MPI, the
-job's exit status and stderr) are left to mpiexec: see ``MPI_ONLY``.
+job's exit status and stderr) are left to mpiexec: see ``MPI_ONLY``. A test of
+those modules renamed ``check_<name>`` no longer runs under mpiexec but still
+runs here (the way to drop the mpiexec run and keep the assertions).
 """
 from __future__ import annotations
 
@@ -19,13 +21,13 @@ import traceback
 from pathlib import Path
 
 import pytest
-
 import test_foundation as foundation_tests
 import test_messaging_api as messaging_tests
 import test_scheduling as scheduling_tests
+from conftest import Checks, JobResult
+
 from clustervm import runtime
 from clustervm.testing.inprocess import InProcessVM, test_config
-from conftest import Checks, JobResult
 
 APPS = Path(__file__).resolve().parent / "apps"
 
@@ -61,10 +63,11 @@ def _run_app(name: str, ranks: int, **config) -> Checks:
 
 
 def _tests_of(module) -> list:
-    """The tests of ``module`` that assert on its app's checks (they take ``app``)."""
+    """The tests of ``module`` that assert on its app's checks (they take ``app``):
+    ``test_*`` (run under mpiexec too) or ``check_*`` (run here only)."""
     out = []
     for name, fn in vars(module).items():
-        if not (name.startswith("test_") and callable(fn)):
+        if not (name.startswith(("test_", "check_")) and callable(fn)):
             continue
         params = list(inspect.signature(fn).parameters)
         if params[:1] != ["app"]:
