@@ -727,3 +727,31 @@ def test_add_nodes_takes_spares_first_and_spawns_nothing_in_process():
     assert (before, got, more, after) == (2, 1, 0, 3), (before, got, more, after)
     assert states == ["alive", "alive", "alive", "coordinator"], states
     assert res == [i * i for i in range(10)]
+
+
+def test_a_node_slower_than_the_heartbeat_timeout_is_taken_for_hung():
+    """Messages from and to node 2 take longer than the heartbeat timeout: it is
+    declared dead by heartbeat, ended, and its tasks rerun elsewhere, exact."""
+    def main(vm):
+        futs = [vm.submit(slow_square, i, 0.02) for i in range(20)]
+        time.sleep(0.05)
+        ivm.delay(2, 2.0)
+        return [f.result(timeout=20) for f in futs]
+    ivm = InProcessVM(2, test_config(**HANG))
+    assert ivm.run(main) == [i * i for i in range(20)]
+    assert lost(ivm.coordinator)[2].startswith("heartbeat")
+    assert ivm.world.terminated == [2]
+
+
+def leaky(s):
+    time.sleep(s)              # never calls into clustervm: cannot be stopped
+
+
+def test_a_thread_left_running_is_reported():
+    def main(vm):
+        vm.submit(leaky, 0.6)
+        time.sleep(0.1)        # it runs now; main leaves it behind
+    ivm = InProcessVM(1, test_config(), linger=0.2)
+    with pytest.raises(clustervm.ClusterVMError, match="left threads running"):
+        ivm.run(main)
+    time.sleep(0.6)            # let it end before the next test counts threads
