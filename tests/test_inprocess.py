@@ -755,3 +755,56 @@ def test_a_thread_left_running_is_reported():
     with pytest.raises(clustervm.ClusterVMError, match="left threads running"):
         ivm.run(main)
     time.sleep(0.6)            # let it end before the next test counts threads
+
+
+def test_pickle_carries_what_msgpack_cannot():
+    out, _ = run_app(str(ROOT / "tests" / "apps" / "pickle_callables.py"), [], nodes=1,
+                     pickle=True)
+    assert line(out, "pickled=") == 'pickled={"bound": "2/3", "partial": "3/2"}'
+
+
+def test_corrupt_newest_checkpoint_falls_back_on_resume(tmp_path, caplog):
+    """As test_failover's: the job ends while tasks hold two checkpoint versions; the
+    newest of one is corrupted; the resumed job restores the previous one, exact."""
+    import failover_app
+    args = (1, 20, 600.0, 16, 0, "")              # seed, steps, task ms, ckpt KiB, result, markers
+    ck = tmp_path / "ck"
+
+    def versions() -> dict[str, list[Path]]:
+        out: dict[str, list[Path]] = {}
+        d = ck / "ckpt"
+        for p in d.iterdir() if d.is_dir() else ():
+            m = re.match(r"^(.+)\.(\d{12,})\.ckpt$", p.name)
+            if m:
+                out.setdefault(m.group(1), []).append(p)
+        for files in out.values():
+            files.sort(key=lambda p: int(p.name.rsplit(".", 2)[1]))
+        return out
+
+    def first(vm):
+        [vm.submit(failover_app.work, i, *args) for i in range(4)]
+        deadline = time.monotonic() + 20
+        while sum(len(v) >= 2 for v in versions().values()) < 3:
+            assert time.monotonic() < deadline, "no two checkpoint versions of three tasks"
+            time.sleep(0.01)
+        raise SystemExit(9)                        # the job ends here, futs never done
+
+    def again(vm):
+        return sorted((r["i"], r["acc"], r["restored"]) for r in
+                      vm.map(failover_app.work, range(4), *[[x] * 4 for x in args]))
+    with pytest.raises(SystemExit):
+        InProcessVM(2, test_config(checkpoint_dir=str(ck))).run(first)
+    stem, files = next((s, f) for s, f in sorted(versions().items()) if len(f) >= 2)
+    newest = files[-1]
+    data = bytearray(newest.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 8] = bytes(b ^ 0xFF for b in data[mid:mid + 8])
+    newest.write_bytes(bytes(data))
+    ivm = InProcessVM(2, test_config(checkpoint_dir=str(ck), resume=True))
+    got = ivm.run(again)
+    expected, _ = run_vm(again, nodes=2)
+    assert [g[:2] for g in got] == [e[:2] for e in expected]
+    assert sum(g[2] for g in got) >= 3, got
+    assert "1 corrupt skipped" in ivm.coordinator.report()
+    assert re.search(r"corrupt checkpoint .* skipped, trying the previous version", caplog.text)
+    assert newest.name in caplog.text

@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import threading
 import time
 from typing import Any, Callable
 
 from .. import runtime
-from ..config import Config
+from ..config import Config, env_name
 from ..coordinator import Coordinator
 from ..errors import ClusterVMError
 from ..inprocess import InProcessWorld
@@ -52,6 +53,7 @@ __all__ = ["InProcessVM", "VMTimeout", "run_vm", "test_config"]
 #: Config fields the harness sets unless the caller gives them: no end-of-job report
 #: on stderr, and a node that never hears the coordinator gives up soon.
 _DEFAULTS = {"report": "never", "start_timeout_s": 10.0}
+_PICKLE_ENV = env_name("pickle")
 
 
 class VMTimeout(ClusterVMError):
@@ -115,6 +117,10 @@ class InProcessVM:
         self._ran = True
         before = set(threading.enumerate())
         saved = dict(vars(_tls))
+        # what every rank reads from its environment under mpiexec (clustervm.refs: may a
+        # callable travel pickled?) follows this VM's config while it runs
+        saved_pickle = os.environ.get(_PICKLE_ENV)
+        os.environ[_PICKLE_ENV] = "1" if self.config.pickle else "0"
         outcome: dict[str, Any] = {}
 
         def wrapped(vm: Any) -> None:
@@ -124,23 +130,27 @@ class InProcessVM:
                 outcome["error"] = exc
                 raise
 
-        coord = self.coordinator = Coordinator(self.world.transport(0), self.config)
-        for rank in range(1, self.world.size):
-            node = self.nodes[rank] = Node(self.world.transport(rank), self.config)
-            t = threading.Thread(target=self._serve, args=(node,), name=f"cvm-inproc-node-{rank}",
-                                 daemon=True)
-            self._threads.append(t)
-            t.start()
         watchdog = threading.Timer(self.timeout, self._expire)
         watchdog.daemon = True
-        watchdog.start()
         try:
+            coord = self.coordinator = Coordinator(self.world.transport(0), self.config)
+            for rank in range(1, self.world.size):
+                node = self.nodes[rank] = Node(self.world.transport(rank), self.config)
+                t = threading.Thread(target=self._serve, args=(node,),
+                                     name=f"cvm-inproc-node-{rank}", daemon=True)
+                self._threads.append(t)
+                t.start()
+            watchdog.start()
             self.code = runtime.coordinate(coord, wrapped, list(argv or ["inprocess"]))
         finally:
             watchdog.cancel()
             _tls.__dict__.clear()
             _tls.__dict__.update(saved)
             left = self._teardown(before)
+            if saved_pickle is None:
+                os.environ.pop(_PICKLE_ENV, None)
+            else:
+                os.environ[_PICKLE_ENV] = saved_pickle
         if self.timed_out:
             raise VMTimeout(f"the in-process VM did not finish within {self.timeout} s; "
                             f"{self.describe()}") from outcome.get("error")
