@@ -33,6 +33,7 @@ from .core import Core, LossCause, Traffic, VMView
 from .core import events as E
 from .core import instructions as I
 from .core.view import Observer
+from .endpoint import Endpoint
 from .errors import CheckpointError, NoNodesError
 from .events import EventLog
 from .futures import ClusterFuture
@@ -42,7 +43,6 @@ from .records import SHORT, SPAWNED, NodeInfo, Reply, TaskRecord
 from .replacement import SPAWN_HELLO_S, NodeSpawning  # noqa: F401 - SPAWN_HELLO_S re-exported
 from .site import Site
 from .task import TaskContext
-from .transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class _Observers(list):
 class Coordinator(CoordinatorAPI, NodeSpawning, Site):
     """Rank 0: schedules tasks onto nodes and recovers them when nodes fail."""
 
-    def __init__(self, transport: Transport, config: Config) -> None:
+    def __init__(self, transport: Endpoint, config: Config) -> None:
         super().__init__(transport, config)
         self.handlers.update({
             P.HELLO: self._on_hello,
@@ -417,6 +417,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             self._run(*(E.NodeLost(r, LossCause.ULFM, now) for r in sorted(ranks)))
 
     def _kill_process(self, n: NodeInfo) -> None:
+        if self.transport.terminate(n.rank):   # in process: the transport ends the rank
+            return
         from .site import hostname
         pid = n.pid if n.host == hostname() else 0
         if not pid and n.state in ("starting", "dead") and not n.pid:

@@ -18,7 +18,7 @@ from .errors import WireError
 from .futures import ClusterFuture
 from .site import Site, snapshot
 from .task import TaskAborted, TaskContext, TaskExit
-from .transport import PeerFailed, Transport
+from .endpoint import Endpoint, PeerFailed
 from . import current
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ _BATCH_S = 0.002
 class Node(Site):
     """A worker rank."""
 
-    def __init__(self, transport: Transport, config: Config) -> None:
+    def __init__(self, transport: Endpoint, config: Config) -> None:
         super().__init__(transport, config)
         self.handlers.update({
             P.RUN: self._on_run,

@@ -103,11 +103,7 @@ class SendRequest(Request):
     def _poll(self) -> bool:
         if self._done:
             return True
-        t = self.ctx._site.transport
-        head = self.head
-        # the transport keeps (MPI requests, (head, buffers), via) per posted message until
-        # its Isends complete: the message has left once its head is no longer there
-        if any(item[1][0] is head for item in list(t._pending)):
+        if not self.ctx._site.transport.sent(self.head):
             return False
         self._done, self.head = True, None
         return True
@@ -155,7 +151,7 @@ class RecvRequest(Request):
 def isend(ctx: "TaskContext", dst: int, tag: int, obj: Any) -> SendRequest:
     """Post a message of ``ctx``'s task to task ``dst`` (see the module docstring)."""
     from .site import ENDED, snapshot      # not at import: `import clustervm` loads no MPI
-    from .transport import PeerFailed
+    from .endpoint import PeerFailed
     ctx._check()
     if tag < 0:
         raise ValueError(f"tag must be >= 0, got {tag}; -1 is the wildcard of recv only")
@@ -177,13 +173,10 @@ def isend(ctx: "TaskContext", dst: int, tag: int, obj: Any) -> SendRequest:
                 site.deliver(ctx.tid, dst, tag, snapshot(data), ctx.inc, seq)   # its own copy
                 ctx._sent[dst] = seq
                 return SendRequest(ctx, dst)
-            t = site.transport
-            comm, peer, via, head, bufs, btag = t._prepare(
+            head = site.transport.isend(
                 loc.rank, (P.USER, ctx.tid, dst, tag, data, ctx.inc, seq))
-            if t._post_frames(comm, peer, via, head, bufs, btag):
-                ctx._sent[dst] = seq
-                return SendRequest(ctx, dst, head)
-            raise PeerFailed(loc.rank)
+            ctx._sent[dst] = seq
+            return SendRequest(ctx, dst, head)
         except WireError as exc:      # nothing was sent: forget it, name the path in obj
             if logged:
                 ctx._outlog[dst].pop()

@@ -19,10 +19,15 @@ import sys
 import threading
 import traceback
 from types import ModuleType
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .config import Config
 from .errors import ClusterVMError
+
+if TYPE_CHECKING:
+    from .coordinator import Coordinator
+    from .endpoint import Endpoint
+    from .node import Node
 
 log = logging.getLogger("clustervm")
 APP_MODULE = "__clustervm_app__"
@@ -148,7 +153,6 @@ def _write_marker(path: str, text: str) -> None:
 def start(main: Callable | None, config: Config, argv: list[str]) -> int:
     """Build the VM on this rank and run its role; returns the exit status."""
     from mpi4py import MPI
-    from . import current
     from .transport import Transport
     _hydra_signals(MPI)
     parent = MPI.Comm.Get_parent()
@@ -167,10 +171,22 @@ def start(main: Callable | None, config: Config, argv: list[str]) -> int:
     if transport.rank != 0:
         return _serve(transport, config)
     from .coordinator import Coordinator
-    from .vm import VM
     try:
         coord = Coordinator(transport, config)
         coord.spawn_command = _spawn_command(argv)
+    except BaseException as exc:   # noqa: BLE001 - a failed start ends the whole job now
+        return _abort_start(transport, exc)
+    return coordinate(coord, main, argv)
+
+
+def coordinate(coord: "Coordinator", main: Callable | None, argv: list[str]) -> int:
+    """Rank 0 on any transport: run ``main(vm)`` in the calling thread with the service
+    loop beside it, then shut the VM down; returns the exit status. A VM that cannot
+    start tells every node to leave (status 2)."""
+    from . import current
+    from .vm import VM
+    transport, config = coord.transport, coord.config
+    try:
         tls = current._tls
         tls.site, tls.tid, tls.ctx, tls.parent = coord, coord.main_ctx.tid, coord.main_ctx, None
         vm = VM(coord, argv)
@@ -209,11 +225,17 @@ def start(main: Callable | None, config: Config, argv: list[str]) -> int:
     return code
 
 
-def _serve(transport, config: Config) -> int:
+def _serve(transport: "Endpoint", config: Config) -> int:
     """A worker rank: run the node loop until the coordinator says shut down."""
-    from . import current
     from .node import Node
-    node = Node(transport, config)
+    return serve_node(Node(transport, config))
+
+
+def serve_node(node: "Node") -> int:
+    """Run a node's loop in the calling thread (on any transport) until the coordinator
+    says shut down or is lost; returns the rank's exit status."""
+    from . import current
+    transport = node.transport
     current._tls.site = node
     try:
         node.serve()

@@ -30,7 +30,7 @@ from .config import Config
 from .errors import DeadTaskError, WireError
 from .mailbox import Mailbox, TaskLike
 from .procs import hostname   # noqa: F401 - importable from here too
-from .transport import PeerFailed, Transport
+from .endpoint import Endpoint, PeerFailed
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ ENDED = -2
 class Site:
     """Shared machinery of one rank."""
 
-    def __init__(self, transport: Transport, config: Config) -> None:
+    def __init__(self, transport: Endpoint, config: Config) -> None:
         self.transport = transport
         self.config = config
         self.rank = transport.rank

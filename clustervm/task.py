@@ -261,8 +261,11 @@ class TaskContext:
         restarted from its checkpoint, gets the same answers as the others (see
         clustervm/fastgroup.py). With ``survive=False`` (no such copies) the loss of a
         member makes its collectives raise GroupError naming it (never hang).
-        After freezing, no task can join.
+        After freezing, no task can join. On a transport without MPI (clustervm.inprocess)
+        the group is frozen but its collectives stay on the coordinator.
         """
+        if not self._site.transport.mpi_world:
+            mpi = False         # no MPI communicators to build: the hub, as with mpi=False
         count = 0 if not mpi else (1 if survive else 2)
         plan = self._collective("freeze", name, None, count, None, None, timeout)
         if plan["members"]:

@@ -54,6 +54,7 @@ from mpi4py import MPI
 
 from . import wire
 from .config import Config
+from .endpoint import Counters, Handler, PeerFailed
 from .errors import ConfigError, WireError
 
 log = logging.getLogger(__name__)
@@ -80,16 +81,8 @@ HUB = 0                          # the rank that forwards routed frames (the coo
 _FAILURE_CLASSES = {MPI.ERR_PROC_FAILED, getattr(MPI, "ERR_PROC_FAILED_PENDING", -1),
                     getattr(MPI, "ERR_REVOKED", -1)}
 
-#: Handles one message; returns False when it was mere housekeeping (a heartbeat).
-Handler = Callable[[int, Any], "bool | None"]
-
-
-class PeerFailed(Exception):
-    """A send to (or receive from) a rank failed because the rank is dead."""
-
-    def __init__(self, rank: int) -> None:
-        super().__init__(f"rank {rank} is dead")
-        self.rank = rank
+__all__ = ["Transport", "PeerFailed", "Counters", "Handler", "FrameError", "Frame",
+           "parse_frame", "is_failure", "memory_limit", "HUB", "TAG_MSG", "TAG_INIT"]
 
 
 def is_failure(exc: BaseException) -> bool:
@@ -212,18 +205,12 @@ def _summary(msg: Any) -> str:
     return f"a {type(msg).__name__}, not an op tuple"
 
 
-class Counters:
-    __slots__ = ("msgs_in", "msgs_out", "bytes_in", "bytes_out", "chunked_in", "chunked_out")
-
-    def __init__(self) -> None:
-        self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = 0
-        #: buffers (or first frames) that travelled as more than one MPI message
-        self.chunked_in = self.chunked_out = 0
-
-
 class Transport:
     """Frames over one MPI communicator (plus links to spawned nodes), with
-    leader/follower progress."""
+    leader/follower progress (a :class:`clustervm.endpoint.Endpoint`)."""
+
+    #: the ranks are processes of one MPI job (frozen groups build communicators of them)
+    mpi_world = True
 
     def __init__(self, comm: MPI.Comm, *, spin_ms: float = 5.0, idle_sleep_ms: float = 10.0,
                  allow_pickle: bool = False, rank: int | None = None,
@@ -383,6 +370,20 @@ class Transport:
         except PeerFailed:
             return False
         return self._post_frames(comm, peer, via, head, bufs, tag)
+
+    def isend(self, dest: int, msg: Any) -> Any:
+        """:meth:`post`, raising PeerFailed instead of returning False; the handle it
+        returns tells :meth:`sent` when the message has left."""
+        comm, peer, via, head, bufs, tag = self._prepare(dest, msg)
+        if not self._post_frames(comm, peer, via, head, bufs, tag):
+            raise PeerFailed(dest)
+        return head
+
+    def sent(self, handle: Any) -> bool:
+        """Has the message :meth:`isend` gave ``handle`` for left (its Isends done)?"""
+        # _pending keeps (MPI requests, (head, buffers), via) per posted message until
+        # its Isends complete: the message has left once its head is no longer there
+        return not any(item[1][0] is handle for item in list(self._pending))
 
     def _post_frames(self, comm: MPI.Comm, peer: int, via: int | None, head: Any,
                      bufs: list, tag: int) -> bool:
@@ -718,6 +719,10 @@ class Transport:
         """Stop trusting ``rank`` (hung): drop its messages, send it nothing more."""
         self.ignored.add(rank)
         self.failed.add(rank)
+
+    def terminate(self, rank: int) -> bool:
+        """Ranks are processes here: the caller kills them (False)."""
+        return False
 
     # -- waiting -------------------------------------------------------------
 

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("base", {"errors", "protocol", "config", "events", "hostfile", "procs", "progress",
               "reduce", "mailbox", "local", "shared"}),
     ("wire", {"wire", "refs", "remote"}),
-    ("transport", {"transport"}),
+    ("transport", {"endpoint", "transport", "inprocess"}),
     ("core", {"core", "core.enums", "core.events", "core.instructions", "core.state",
               "core.view"}),
     # observers read the view the runtime hands them; they never reach into the shells
@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("shells", {"records", "api", "groups", "replacement", "coordinator", "node"}),
     ("vm", {"vm"}),
     ("cli", {"", "__main__", "runtime", "launcher", "supervisor", "preflight", "slurm",
-             "cli", "testing", "testing.netns", "testing.slurm"}),
+             "cli", "testing", "testing.netns", "testing.slurm", "testing.inprocess"}),
 ]
 
 #: (importer, imported): reason. Upward imports inside functions, each with its reason.

@@ -1,1 +1,3 @@
-"""Helpers for clustervm's own tests (simulated hosts, see :mod:`clustervm.testing.netns`)."""
+"""Helpers for clustervm's tests: a whole VM in one process (:mod:`clustervm.testing.inprocess`),
+simulated hosts (:mod:`clustervm.testing.netns`) and a Slurm cluster
+(:mod:`clustervm.testing.slurm`)."""

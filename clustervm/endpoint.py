@@ -1,0 +1,136 @@
+"""What the shells use of a transport: one rank's end of the VM's message network.
+
+:class:`Endpoint` lists exactly what the coordinator, the nodes and the sites
+call and read on their ``transport``. Two implementations:
+
+- :class:`clustervm.transport.Transport`: frames over MPI (ULFM failures,
+  links to nodes started with ``MPI_Comm_spawn``);
+- :class:`clustervm.inprocess.InProcessTransport`: every rank a set of threads
+  in one Python process, with fault injection (kill, stop, delay), for tests
+  that need no MPI.
+
+This module imports no MPI: the shells type their ``transport`` against it.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Protocol
+
+#: Handles one message from rank ``src``; returns False when it was mere housekeeping
+#: (a heartbeat), which does not count as activity for the idle back-off.
+Handler = Callable[[int, Any], "bool | None"]
+
+
+class PeerFailed(Exception):
+    """A send to (or receive from) a rank failed because the rank is dead."""
+
+    def __init__(self, rank: int) -> None:
+        super().__init__(f"rank {rank} is dead")
+        self.rank = rank
+
+
+class Counters:
+    """Traffic of one rank (what the observers show)."""
+
+    __slots__ = ("msgs_in", "msgs_out", "bytes_in", "bytes_out", "chunked_in", "chunked_out")
+
+    def __init__(self) -> None:
+        self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = 0
+        #: buffers (or first frames) that travelled as more than one MPI message
+        self.chunked_in = self.chunked_out = 0
+
+
+class Endpoint(Protocol):
+    """One rank's transport, as the shells (coordinator, node, site, runtime) use it.
+
+    Progress is leader/follower: whichever thread waits drives delivery, and the
+    handler runs on that thread (under the poller token), so a handler never
+    blocks: it answers with :meth:`post`.
+    """
+
+    #: this rank (0 is the coordinator)
+    rank: int
+    #: ranks this endpoint can address (world ranks, then nodes added later)
+    size: int
+    #: ranks of the MPI world (0 on a node started with MPI_Comm_spawn)
+    world_size: int
+    #: True on a node started later (MPI_Comm_spawn), reached through the coordinator
+    spawned: bool
+    #: True when the ranks are processes of one MPI job: frozen groups
+    #: (clustervm.fastgroup) can build MPI communicators of them
+    mpi_world: bool
+    #: whether pickle may carry what msgpack cannot (CLUSTERVM_PICKLE)
+    allow_pickle: bool
+    #: no more traffic: sends raise PeerFailed, waits return False
+    closed: bool
+    #: ranks known dead (reported failed, or declared dead); sends to them fail
+    failed: set[int]
+    #: ranks declared dead while maybe alive (hung): what they still send is dropped
+    ignored: set[int]
+    #: nodes started later, by rank (MPI: their intercommunicators)
+    links: dict[int, Any]
+    #: rank -> monotonic time its last message came in (heartbeat deadlines)
+    last_heard: dict[int, float]
+    #: runs each incoming message (set by the site)
+    handler: Handler
+    #: told the ranks newly found dead (as ULFM reports them)
+    on_failure: Callable[[set[int]], None]
+    counters: Counters
+
+    def send(self, dest: int, msg: Any) -> None:
+        """Send ``msg`` to ``dest``; returns when the caller may change what it sent.
+        Raises PeerFailed if ``dest`` is dead (or this endpoint is closed), WireError
+        if ``msg`` cannot be encoded."""
+
+    def post(self, dest: int, msg: Any) -> bool:
+        """Send without blocking (for handlers); False (message dropped) if ``dest`` is
+        known dead. The caller must not change ``msg`` until it has left."""
+
+    def isend(self, dest: int, msg: Any) -> Any:
+        """:meth:`post`, raising PeerFailed instead of returning False; returns a handle
+        for :meth:`sent`."""
+
+    def sent(self, handle: Any) -> bool:
+        """Has the message posted by :meth:`isend` left this process?"""
+
+    def broadcast(self, dests: Iterable[int], msg: Any) -> None:
+        """Post ``msg`` to each of ``dests`` (dead ones are skipped)."""
+
+    def wait(self, predicate: Callable[[], bool], timeout: float | None = None,
+             background: bool = False, spin: bool = False) -> bool:
+        """Drive progress until ``predicate()`` is true; False if ``timeout`` passed
+        first (or the endpoint closed). A ``background`` waiter (an idle worker) lets
+        foreground waiters poll first."""
+
+    def try_poll(self, timeout: float = 0.0) -> int | None:
+        """Handle what has arrived if the poller token can be had within ``timeout``:
+        the number of messages handled, or None."""
+
+    def poll(self, limit: int = 256) -> int:
+        """Handle what has arrived (at most ``limit``); the caller holds the token."""
+
+    def service_step(self, max_sleep: float, spin: bool = False) -> None:
+        """One step of a background service loop: poll unless another thread does,
+        sleeping at most ``max_sleep`` when nothing comes."""
+
+    def notify(self) -> None:
+        """Wake foreground waiters (state changed outside a poll)."""
+
+    def notify_background(self) -> None:
+        """Wake idle workers and the service thread (work arrived, or shutdown)."""
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every posted message has left; False on timeout."""
+
+    def declare_dead(self, rank: int) -> None:
+        """Stop trusting ``rank`` (hung): drop what it sends, send it nothing more."""
+
+    def terminate(self, rank: int) -> bool:
+        """End ``rank``'s process if this endpoint can (in process: the rank stops
+        for good, as after SIGKILL); False: the caller kills the process itself."""
+
+    def add_link(self, rank: int, inter: Any, init: dict) -> None:
+        """Rank 0: take a node started later in as ``rank`` (reached through ``inter``,
+        MPI: its intercommunicator) and send it ``init``."""
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop every thread from touching the network (before leaving)."""

@@ -1,0 +1,810 @@
+"""Scheduling, failover, groups, the mailbox and replay on an in-process VM.
+
+The real coordinator and nodes run as threads of this process on
+:mod:`clustervm.inprocess` (clustervm.testing.inprocess assembles them), with
+faults injected from the test: ``kill`` (SIGKILL as ULFM reports it), ``stop``
+(SIGSTOP: only heartbeats find it), ``delay``. Each test takes milliseconds to
+about a second; the drills are those of tests/test_failover.py (same app, same
+exact results), with the kill at the same moments.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import clustervm
+from clustervm.endpoint import PeerFailed
+from clustervm.errors import DeadTaskError, NoNodesError, WireError
+from clustervm.inprocess import InProcessWorld
+from clustervm.testing.inprocess import InProcessVM, VMTimeout, run_vm, test_config
+
+ROOT = Path(__file__).resolve().parents[1]
+DRILL_APP = str(ROOT / "tests" / "failover_app.py")
+PAIR_APP = str(ROOT / "tests" / "apps" / "pair_app.py")
+GROUPS_APP = str(ROOT / "tests" / "apps" / "groups_calls.py")
+DRILL = ["--tasks", "12", "--steps", "10"]
+#: heartbeats for the hang tests: short, but not so short that a loaded box trips them
+HANG = {"heartbeat_s": 0.5}
+
+
+# -- helpers -----------------------------------------------------------------------
+
+def when(pred, action, what: str, timeout: float = 20.0) -> threading.Thread:
+    """Run ``action(got)`` in a thread once ``pred()`` gives something truthy (a fault
+    at a chosen moment); the thread ends with the VM (``pred`` failing is an error)."""
+    err: list = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = pred()
+            if got:
+                action(got)
+                return
+            time.sleep(0.002)
+        err.append(f"timed out waiting for {what}")
+    t = threading.Thread(target=watch, name=f"fault:{what}", daemon=True)
+    t.errors = err  # type: ignore[attr-defined]
+    t.start()
+    return t
+
+
+_MARK = re.compile(r"^(start|mid|end)-(\d+)-r(\d+)-p(\d+)$")
+
+
+def markers(d: Path, kind: str) -> list[tuple[int, int]]:
+    """(task index, rank) of the failover app's marker files of ``kind``, oldest first."""
+    out = []
+    for p in d.iterdir():
+        m = _MARK.match(p.name)
+        if m and m.group(1) == kind:
+            try:
+                out.append((p.stat().st_mtime_ns, int(m.group(2)), int(m.group(3))))
+            except FileNotFoundError:
+                continue
+    return [x[1:] for x in sorted(out)]
+
+
+def run_app(path: str, args: list[str], nodes: int = 3, fault=None, **config):
+    """Run an app file on an in-process VM; (its stdout, the InProcessVM). ``fault(ivm)``
+    runs before main starts (to arm a :func:`when`)."""
+    ivm = InProcessVM(nodes, test_config(**config), timeout=60)
+    watchers = [fault(ivm)] if fault is not None else []
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        ivm.run_app(path, args)
+    for w in watchers:
+        w.join(1.0)
+        assert not w.errors, w.errors
+    return out.getvalue(), ivm
+
+
+def line(out: str, prefix: str) -> str:
+    for ln in out.splitlines():
+        if ln.startswith(prefix):
+            return ln
+    raise AssertionError(f"no line starting with {prefix!r} in:\n{out}")
+
+
+_baselines: dict[tuple, str] = {}
+
+
+def baseline(path: str, args: list[str], prefix: str, nodes: int = 3) -> str:
+    key = (path, tuple(args), prefix, nodes)
+    if key not in _baselines:
+        out, _ = run_app(path, args, nodes)
+        _baselines[key] = line(out, prefix)
+    return _baselines[key]
+
+
+def drill_check(out: str) -> dict[str, int]:
+    return {k: int(v) for k, v in (kv.split("=") for kv in
+                                   line(out, "drill-check:").split()[1:])}
+
+
+def lost(coord) -> dict[int, str]:
+    return {n.rank: n.how_lost for n in coord.nodes.values() if n.state == "dead"}
+
+
+# -- task functions (by reference, as everywhere) ----------------------------------------
+
+def square(x):
+    return x * x
+
+
+def fail(x):
+    raise ValueError(f"bad {x}")
+
+
+def slow_square(x, s=0.05):
+    time.sleep(s)
+    return x * x
+
+
+def echo(ctx, n):
+    """Receives n messages from any task and sends each back, doubled, to its source."""
+    got = []
+    for _ in range(n):
+        m = ctx.recv()
+        got.append((m.tag, m.data))
+        ctx.send(m.source, m.tag, m.data * 2)
+    return got
+
+
+def ring(ctx, rounds, every):
+    """A ring of spawned siblings passing a counter; checkpoints every ``every`` rounds.
+    The first sibling says (mailbox) when it is half way, once."""
+    st = ctx.restore() or {"i": 0, "acc": ctx.rank}
+    right = ctx.siblings[(ctx.rank + 1) % ctx.size]
+    left = ctx.siblings[(ctx.rank - 1) % ctx.size]
+    while st["i"] < rounds:
+        ctx.send(right, 5, st["acc"])
+        st["acc"] = (st["acc"] * 7 + ctx.recv(left, 5).data + st["i"]) % 1000003
+        st["i"] += 1
+        if st["i"] % every == 0:
+            ctx.checkpoint(st)
+        if st["i"] == rounds // 2 and ctx.rank == 0 and ctx.inc == 0:
+            ctx.put_info("ring-half", True)
+    return st["acc"]
+
+
+def group_member(ctx, rounds, size):
+    """``rounds`` allreduce rounds of group "g" of ``size`` members, a checkpoint after
+    each; the member on rank 3 says (mailbox) when it has done 5, once."""
+    st = ctx.restore()
+    if st is None:
+        ctx.join_group("g")
+        ctx.barrier("g", count=size)
+        st = (0, 0)
+    step, acc = st
+    while step < rounds:
+        acc += ctx.allreduce("g", step * ctx.tid, timeout=30)
+        step += 1
+        ctx.checkpoint((step, acc))
+        if step == 5 and ctx.node == 3 and ctx.inc == 0:
+            ctx.put_info("group-5", True)
+    return acc
+
+
+def held_forever(ctx):
+    ctx.recv(tag=999)          # never comes: a kill or the end stops it
+
+
+# -- the transport itself ------------------------------------------------------------------
+
+def test_both_transports_offer_the_whole_endpoint():
+    """What the shells use (clustervm.endpoint.Endpoint) is there on MPI and in process."""
+    import inspect
+
+    import mpi4py
+    mpi4py.rc.initialize = False     # no singleton MPI_Init in the test process
+    mpi4py.rc.finalize = False
+    from clustervm.endpoint import Endpoint
+    from clustervm.inprocess import InProcessTransport
+    from clustervm.transport import Transport
+    methods = [n for n, v in vars(Endpoint).items() if callable(v) and not n.startswith("_")]
+    attrs = list(Endpoint.__annotations__)
+    assert "send" in methods and "failed" in attrs
+    mpi_init = inspect.getsource(Transport.__init__)
+    w = InProcessWorld(2)
+    for name in methods:
+        want = list(inspect.signature(getattr(Endpoint, name)).parameters)
+        for cls in (Transport, InProcessTransport):
+            assert list(inspect.signature(getattr(cls, name)).parameters) == want, (cls, name)
+    for name in attrs:
+        assert hasattr(w.transport(0), name), name
+        assert hasattr(Transport, name) or re.search(rf"self\.{name}\b[^=\n]*=", mpi_init), name
+    w.close()
+
+
+def test_the_shells_and_the_harness_import_no_mpi():
+    import subprocess
+    import sys
+    code = ("import sys, clustervm.coordinator, clustervm.node, clustervm.runtime, "
+            "clustervm.testing.inprocess; "
+            "assert not [m for m in sys.modules if m.startswith('mpi4py')], 'mpi4py imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_messages_are_encoded_copies_in_order():
+    w = InProcessWorld(3)
+    got: list = []
+    b = w.transport(1)
+    b.handler = lambda src, msg: got.append((src, msg))
+    arr = np.arange(5)
+    a = w.transport(0)
+    for i in range(50):
+        a.post(1, ("op", i, arr))
+    arr[:] = -1                               # after the send: the receiver must not see it
+    assert b.wait(lambda: len(got) == 50, timeout=5)
+    assert [m[1] for _, m in got] == list(range(50))
+    assert all(src == 0 for src, _ in got)
+    assert got[0][1][2].tolist() == [0, 1, 2, 3, 4] and got[0][1][2].flags.writeable
+    assert got[0][1] is not got[1][1] and got[0][1][2] is not got[1][1][2]
+    assert a.counters.msgs_out == 50 and b.counters.msgs_in == 50
+    assert 0 in b.last_heard
+    with pytest.raises(WireError, match="lock"):
+        a.send(1, ("op", threading.Lock()))
+    w.close()
+
+
+def test_kill_drops_traffic_both_ways_and_survivors_hear_of_it():
+    w = InProcessWorld(3)
+    failures: dict[int, list] = {0: [], 2: []}
+    for r in (0, 2):
+        w.transport(r).on_failure = failures[r].append
+    w.transport(1).handler = lambda src, msg: pytest.fail("a dead rank handled a message")
+    w.transport(2).post(1, ("late",))        # queued, never handled: lost with the rank
+    w.kill(1)
+    with pytest.raises(PeerFailed):
+        w.transport(0).send(1, ("x",))
+    assert failures[0] == [{1}]               # a send to the dead rank reports it at once
+    assert w.transport(2).wait(lambda: bool(failures[2]), timeout=5)   # the next poll does
+    assert failures[2] == [{1}]
+    assert not w.transport(2).post(1, ("x",))
+    w.close()
+
+
+def test_stopped_rank_handles_nothing_until_resumed():
+    w = InProcessWorld(2)
+    got: list = []
+    t1 = w.transport(1)
+    t1.handler = lambda src, msg: got.append(msg)
+    w.stop(1)
+    w.transport(0).post(1, ("a",))
+    done = threading.Event()
+
+    def waiter() -> None:      # a thread of the stopped rank: frozen in its wait
+        t1.wait(lambda: bool(got), timeout=10)
+        done.set()
+    threading.Thread(target=waiter, daemon=True).start()
+    assert not done.wait(0.2) and not got
+    w.resume(1)
+    assert done.wait(5) and got == [("a",)]
+    w.close()
+
+
+def test_delay_keeps_the_order_of_a_pair():
+    w = InProcessWorld(2)
+    got: list = []
+    t1 = w.transport(1)
+    t1.handler = lambda src, msg: got.append(msg[0])
+    w.delay(1, 0.2)
+    w.transport(0).post(1, (0,))
+    w.delay(1, 0)
+    w.transport(0).post(1, (1,))             # not delayed, yet never before the first
+    t0 = time.monotonic()
+    assert t1.wait(lambda: len(got) == 2, timeout=5)
+    assert got == [0, 1] and time.monotonic() - t0 >= 0.15
+    w.close()
+
+
+def test_idle_waiters_sleep():
+    """A thread waiting with nothing coming uses next to no CPU (conditions, no spin)."""
+    w = InProcessWorld(2)
+    t1 = w.transport(1)
+    cpu: list = []
+
+    def idle() -> None:
+        c0 = time.thread_time()
+        t1.wait(lambda: False, timeout=0.5)
+        cpu.append(time.thread_time() - c0)
+    th = threading.Thread(target=idle)
+    th.start()
+    th.join()
+    assert cpu[0] < 0.05, cpu
+    w.close()
+
+
+def test_close_releases_frozen_threads():
+    w = InProcessWorld(2)
+    w.kill(1)
+    out: list = []
+    th = threading.Thread(target=lambda: out.append(w.transport(1).post(0, ("x",))))
+    th.start()
+    th.join(0.2)
+    assert th.is_alive()                      # a killed rank never runs again...
+    w.close()
+    th.join(2)
+    assert out == [False]                     # ...until the world ends
+
+
+# -- scheduling ---------------------------------------------------------------------
+
+def test_submit_map_as_completed_exact():
+    def main(vm):
+        futs = [vm.submit(square, i) for i in range(30)]
+        done = sorted(f.result() for f in clustervm_as_completed(futs))
+        return [f.result() for f in futs], list(vm.map(square, range(40))), done
+    (res, mapped, done), coord = run_vm(main, nodes=3)
+    assert res == [i * i for i in range(30)] and done == sorted(res)
+    assert mapped == [i * i for i in range(40)]
+    assert coord.stats["rerun"] == 0 and not lost(coord)
+
+
+def clustervm_as_completed(futs):
+    import concurrent.futures as cf
+    return cf.as_completed(futs, timeout=10)
+
+
+def test_prefetch_queues_at_most_slots_plus_prefetch_per_node():
+    def main(vm):
+        futs = [vm.submit(slow_square, i, 0.01) for i in range(30)]
+        coord, most = vm._c, 0
+        while not all(f.done() for f in futs):
+            with coord.lock:
+                most = max([most] + [len(n.inflight) for n in coord.core.nodes.values()])
+            time.sleep(0.002)
+        return [f.result() for f in futs], most
+    (res, most), _ = run_vm(main, nodes=2, prefetch=2, slots=1)
+    assert res == [i * i for i in range(30)]
+    assert 2 <= most <= 3, most           # 1 slot + 2 prefetched, never more
+
+
+def test_task_exception_has_remote_traceback():
+    def main(vm):
+        with pytest.raises(ValueError, match="bad 3") as info:
+            vm.submit(fail, 3).result()
+        return str(info.value.__cause__)
+    tb, _ = run_vm(main)
+    assert "Traceback on node" in tb and "in fail" in tb
+
+
+def test_main_error_is_raised_after_the_vm_is_down():
+    def main(vm):
+        raise KeyError("from main")
+    before = set(threading.enumerate())
+    with pytest.raises(KeyError, match="from main"):
+        run_vm(main)
+    assert set(threading.enumerate()) <= before
+
+
+def test_timeout_ends_the_vm_and_says_what_it_held():
+    def main(vm):
+        tid = vm.spawn(held_forever)[0]
+        vm.join(tid)
+    with pytest.raises(VMTimeout, match="tasks not over"):
+        run_vm(main, timeout=1.0)
+
+
+# -- spawned tasks and messages --------------------------------------------------------
+
+def test_spawned_tasks_messages_tags_and_any():
+    def main(vm):
+        tid = vm.spawn(echo, 3)[0]
+        vm.send(tid, 1, 10)
+        vm.send(tid, 2, "ab")
+        vm.send(tid, 1, [1])
+        back = [vm.recv(tid, 2).data, vm.recv(clustervm.ANY, 1).data, vm.recv(tid).data]
+        return back, vm.join(tid)
+    (back, got), _ = run_vm(main)
+    assert back == ["abab", 20, [1, 1]]
+    assert got == [(1, 10), (2, "ab"), (1, [1])]
+
+
+def test_message_to_a_task_that_ended_fails_clearly():
+    def main(vm):
+        tid = vm.spawn(echo, 0)[0]
+        vm.join(tid)
+        with pytest.raises(DeadTaskError, match="has ended"):
+            vm.send(tid, 1, "late")
+        return True
+    assert run_vm(main)[0]
+
+
+# -- failover ------------------------------------------------------------------------
+
+def test_node_killed_mid_task_short_tasks_rerun_exact(tmp_path):
+    expected = baseline(DRILL_APP, DRILL, "drill:")
+
+    def fault(ivm):
+        return when(lambda: markers(tmp_path, "mid"), lambda m: ivm.kill(m[0][1]),
+                    "a task half done")
+    out, ivm = run_app(DRILL_APP, [*DRILL, "--task-ms", "100", "--markers", str(tmp_path)],
+                       fault=fault)
+    assert line(out, "drill:") == expected
+    assert drill_check(out)["dups"] == 0
+    (rank, how), = lost(ivm.coordinator).items()
+    assert "ULFM" in how and ivm.coordinator.stats["rerun"] >= 1
+    assert f"NODE_DOWN:{rank}:" in line(out, "drill-events:")
+
+
+def test_two_nodes_killed_at_once(tmp_path):
+    expected = baseline(DRILL_APP, DRILL, "drill:", nodes=4)
+
+    def two_ranks():
+        ranks = {r for _, r in markers(tmp_path, "mid")}
+        return sorted(ranks)[:2] if len(ranks) >= 2 else None
+
+    def kill(ranks):
+        for r in ranks:
+            ivm_box[0].kill(r)
+    ivm_box: list = []
+
+    def fault(ivm):
+        ivm_box.append(ivm)
+        return when(two_ranks, kill, "tasks half done on two nodes")
+    out, ivm = run_app(DRILL_APP, [*DRILL, "--task-ms", "100", "--markers", str(tmp_path)],
+                       nodes=4, fault=fault)
+    assert line(out, "drill:") == expected and drill_check(out)["dups"] == 0
+    assert len(lost(ivm.coordinator)) == 2
+
+
+def test_spawned_task_restarts_from_checkpoint_with_replayed_messages():
+    """A ring of spawned tasks checkpointing every few rounds; a node dies mid-ring: its
+    task restarts from its checkpoint, the senders replay what it had not received,
+    and every value is the undisturbed one."""
+    def main(vm, kill=None):
+        tids = vm.spawn(ring, 60, 7, count=4)
+        if kill is not None:
+            vm.get_info("ring-half", wait=True, timeout=20)
+            kill(2)
+        return [vm.join(t) for t in tids]
+    expected, _ = run_vm(main, nodes=3)
+    ivm = InProcessVM(3, test_config())
+    got = ivm.run(lambda vm: main(vm, ivm.kill))
+    assert got == expected
+    coord = ivm.coordinator
+    assert list(lost(coord)) == [2] and coord.stats["rerun"] >= 1
+
+
+def test_restarted_task_replays_to_a_task_that_has_ended(tmp_path):
+    expected = baseline(PAIR_APP, [], "pair:", nodes=2)
+
+    def fault(ivm):
+        def kill(_):
+            time.sleep(0.3)                   # b returns at once: it has ended by now
+            coord = ivm.coordinator
+            a = next(r for r in coord.tasks.values() if r.args and r.args[0] == "a")
+            ivm.kill(a.node)
+        return when(lambda: list(tmp_path.glob("linger-*")), kill, "task a lingering")
+    out, ivm = run_app(PAIR_APP, ["--markers", str(tmp_path)], nodes=2, fault=fault)
+    assert line(out, "pair:") == expected
+    assert ivm.coordinator.stats["rerun"] == 1
+
+
+def test_notify_callbacks_and_messages_on_a_lost_node(tmp_path):
+    args = [*DRILL, "--spawn", "--notify", "--ckpt-kb", "16"]
+    expected = baseline(DRILL_APP, args, "drill:")
+
+    def fault(ivm):
+        return when(lambda: markers(tmp_path, "mid"), lambda m: ivm.kill(m[0][1]),
+                    "a task half done")
+    out, ivm = run_app(DRILL_APP, [*args, "--task-ms", "300", "--markers", str(tmp_path)],
+                       fault=fault)
+    assert line(out, "drill:") == expected
+    assert drill_check(out)["restored"] >= 1
+    (rank, _), = lost(ivm.coordinator).items()
+    note = line(out, "drill-notify:")
+    assert f"callback_down=[{rank}]" in note and f"message_down=[{rank}]" in note, note
+    assert "task_exit=12 task_exit_unique=12" in note, note
+
+
+def test_stopped_node_found_by_heartbeat_and_killed(tmp_path):
+    expected = baseline(DRILL_APP, DRILL, "drill:")
+
+    def fault(ivm):
+        return when(lambda: markers(tmp_path, "mid"), lambda m: ivm.stop(m[0][1]),
+                    "a task half done")
+    out, ivm = run_app(DRILL_APP, [*DRILL, "--task-ms", "100", "--markers", str(tmp_path)],
+                       fault=fault, **HANG)
+    assert line(out, "drill:") == expected and drill_check(out)["dups"] == 0
+    (rank, how), = lost(ivm.coordinator).items()
+    assert how.startswith("heartbeat"), how
+    assert ivm.world.terminated == [rank] and rank in ivm.world.dead   # never trusted again
+
+
+def test_stopped_node_that_comes_back_is_never_trusted_again():
+    """The kill does not reach the hung node (as on a host the coordinator cannot
+    signal): when it goes on, its results and heartbeats are dropped, it gets no work."""
+    def main(vm):
+        futs = [vm.submit(slow_square, i, 0.05) for i in range(12)]
+        time.sleep(0.08)
+        ivm.stop(2)
+        first = [f.result() for f in futs]
+        coord = vm._c
+        assert coord.nodes[2].state == "dead"
+        ivm.resume(2)                          # it wakes up and sends what it had
+        time.sleep(0.3)
+        second = list(vm.map(slow_square, range(12), [0.01] * 12))
+        return first, second, {n.rank: n.state for n in coord.nodes.values()}
+    ivm = InProcessVM(2, test_config(**HANG))
+    ivm.world.unkillable(2)
+    first, second, states = ivm.run(main)
+    assert first == [i * i for i in range(12)] and second == first
+    assert states[2] == "dead" and 2 in ivm.coordinator.transport.ignored
+    assert ivm.world.terminated == [2] and 2 not in ivm.world.dead
+
+
+def test_spare_takes_over_a_dead_node(tmp_path):
+    expected = baseline(DRILL_APP, DRILL, "drill:", nodes=3)
+
+    spare_early: list = []
+
+    def kill(m):
+        spare_early.extend(x for x in markers(tmp_path, "start") if x[1] == 3)
+        ivm_box[0].kill(m[0][1])
+    ivm_box: list = []
+
+    def fault(ivm):
+        ivm_box.append(ivm)
+        return when(lambda: markers(tmp_path, "mid"), kill, "a task half done")
+    out, ivm = run_app(DRILL_APP, [*DRILL, "--task-ms", "100", "--markers", str(tmp_path)],
+                       nodes=3, fault=fault, spares=1)
+    assert line(out, "drill:") == expected
+    ev = line(out, "drill-events:")
+    (rank, _), = lost(ivm.coordinator).items()
+    assert rank in (1, 2) and f"NODE_DOWN:{rank}:" in ev and "NODE_ADDED:3:spare" in ev, ev
+    assert [m for m in markers(tmp_path, "end") if m[1] == 3], "the spare ran no task"
+    assert not spare_early, "the spare (rank 3) ran work before any node was lost"
+
+
+def test_every_worker_lost_fails_clearly():
+    def main(vm):
+        futs = [vm.submit(slow_square, i, 0.05) for i in range(6)]
+        time.sleep(0.05)
+        ivm.kill(1)
+        with pytest.raises(NoNodesError, match="every worker node is lost") as info:
+            [f.result(timeout=10) for f in futs]
+        return str(info.value)
+    ivm = InProcessVM(1, test_config())
+    assert "node 1 " in ivm.run(main)
+
+
+# -- groups and the mailbox -------------------------------------------------------------
+
+def test_every_group_call_and_the_mailbox():
+    import json
+
+    import test_groups
+    out, _ = run_app(GROUPS_APP, ["--tasks", "3"], nodes=2)
+    r = json.loads(line(out, "groups-result=").split("=", 1)[1])
+    by_inst = test_groups._check_records(r)      # the same checks as the mpiexec test
+    n, order = 4, r["main"]["tids"]
+    for rec in by_inst.values():
+        assert rec["after_rejoin"] == n
+    assert by_inst[1]["rejoined_inst"] == 1        # the lowest free instance again
+    errors = by_inst[0]["errors"]
+    assert "GroupError" in errors["not_member"] and "call join_group(" in errors["not_member"]
+    assert "unknown reduce op 'add'" in errors["bad_op"]
+    m = r["main"]
+    assert m["size_after_leave"] == n - 1
+    box = m["mailbox"]
+    assert box["got"] == [order[0], [0, 1, 2]] and box["none"] is None
+    assert box["get_missing"].startswith("KeyError") and "from-task" in box["get_missing"]
+    assert box["del_missing"].startswith("KeyError")
+    assert box["wait_timeout"].startswith("TimeoutError") and "'never-put'" in box["wait_timeout"]
+
+
+def test_freeze_group_stays_on_the_hub_in_process():
+    def main(vm):
+        vm.join_group("fz")
+        size = vm.freeze_group("fz")
+        return size, vm.group_on_mpi("fz"), vm.allreduce("fz", 5)
+    assert run_vm(main)[0] == (1, False, 5)
+
+
+def test_collective_completes_after_a_member_node_is_killed():
+    def main(vm, kill=None):
+        tids = [vm.spawn(group_member, 20, 3, where=r)[0] for r in (1, 2, 3)]
+        if kill is not None:
+            vm.get_info("group-5", wait=True, timeout=20)
+            kill(3)
+        return [vm.join(t) for t in tids], vm.get_info("group-5")
+    expected, _ = run_vm(main, nodes=3)
+    ivm = InProcessVM(3, test_config())
+    got = ivm.run(lambda vm: main(vm, ivm.kill))
+    assert got == expected and list(lost(ivm.coordinator)) == [3]
+    assert got[1] is True                   # the lost node's mailbox entry is kept
+
+
+def group_member_plain(ctx, rounds, size):
+    """As group_member without checkpoints: a restarted member starts over, joins again
+    and calls its rounds again (answered from the coordinator's kept results)."""
+    ctx.join_group("g")
+    ctx.barrier("g", count=size)
+    acc = 0
+    for step in range(rounds):
+        acc += ctx.allreduce("g", step * ctx.tid, timeout=30)
+        if step == 5 and ctx.node == 3 and ctx.inc == 0:
+            ctx.put_info("group-5", True)
+    return acc
+
+
+def test_collective_completes_after_a_member_restarts_from_scratch():
+    def main(vm, kill=None):
+        tids = [vm.spawn(group_member_plain, 20, 3, where=r)[0] for r in (1, 2, 3)]
+        if kill is not None:
+            vm.get_info("group-5", wait=True, timeout=20)
+            kill(3)
+        return [vm.join(t) for t in tids]
+    expected, _ = run_vm(main, nodes=3)
+    ivm = InProcessVM(3, test_config())
+    got = ivm.run(lambda vm: main(vm, ivm.kill))
+    assert got == expected and ivm.coordinator.stats["rerun"] >= 1
+
+
+def test_collective_fails_clearly_when_a_member_cannot_come_back():
+    """The only node dies: its member cannot be restarted, main's round fails, naming it."""
+    def main(vm):
+        vm.join_group("g")
+        vm.spawn(group_member_plain, 20, 2)
+        vm.barrier("g", count=2)
+        vm.allreduce("g", 0)
+        ivm.kill(1)
+        with pytest.raises(clustervm.GroupError, match=r"lost with node 1") as info:
+            for _ in range(19):
+                vm.allreduce("g", 0, timeout=20)
+        return str(info.value)
+    ivm = InProcessVM(1, test_config())
+    text = ivm.run(main)
+    assert re.search(r"member task\(s\) \[\d+\]", text), text
+
+
+def test_checkpoints_streaming_when_the_node_dies(tmp_path):
+    """As test_failover's: 1 MiB checkpoints after every step, on disk; a node dies."""
+    args = ["--tasks", "9", "--steps", "12"]
+    expected = baseline(DRILL_APP, args, "drill:")
+    ck, mk = tmp_path / "ck", tmp_path / "mk"
+    mk.mkdir()
+
+    def ckpts():
+        d = ck / "ckpt"
+        return d.is_dir() and len({p.name.split(".")[0] for p in d.iterdir()
+                                   if p.name.endswith(".ckpt")}) >= 2
+
+    def fault(ivm):
+        return when(lambda: markers(mk, "mid") and ckpts() and markers(mk, "mid"),
+                    lambda m: ivm.kill(m[0][1]), "a task half done, checkpoints on disk")
+    out, ivm = run_app(DRILL_APP, [*args, "--task-ms", "240", "--ckpt-kb", "1024",
+                                   "--markers", str(mk)], fault=fault, checkpoint_dir=str(ck))
+    assert line(out, "drill:") == expected
+    assert drill_check(out)["restored"] >= 1
+    rep = ivm.coordinator.report()
+    m = re.search(r"(\d+) checkpoint\(s\) written, (\d+) restored", rep)
+    assert m and int(m.group(2)) >= 1, rep
+    left = [p.name for p in (ck / "ckpt").iterdir()]
+    assert not [n for n in left if n.endswith(".ckpt") or n.startswith(".tmp.")], left
+
+
+def test_node_dies_while_sending_large_results(tmp_path):
+    """8 MiB results; the node dies right after one returned: every blob arrives once."""
+    expected = baseline(DRILL_APP, DRILL, "drill:")
+
+    def third_end():
+        ends: dict[int, int] = {}
+        for _, r in markers(tmp_path, "end"):
+            ends[r] = ends.get(r, 0) + 1
+            if ends[r] >= 3:
+                return r
+        return None
+
+    def fault(ivm):
+        return when(third_end, ivm.kill, "a node's third result on its way")
+    out, ivm = run_app(DRILL_APP, [*DRILL, "--task-ms", "30", "--result-kb", "8192",
+                                   "--markers", str(tmp_path)], fault=fault)
+    assert line(out, "drill:") == expected
+    check = drill_check(out)
+    assert check["blobs_ok"] == 12 and check["dups"] == 0, check
+    assert len(lost(ivm.coordinator)) == 1
+
+
+def test_resume_reuses_journaled_results(tmp_path):
+    """A job that ends early (here main stops) resumes from its journal: finished tasks
+    are not run again, the others restart from their checkpoints; results exact."""
+    def main(vm, stop_after=None):
+        out = {}
+        for i, r in enumerate(vm.map(slow_square, range(12), [0.03] * 12, ordered=False)):
+            out[i] = r
+            if stop_after is not None and i + 1 >= stop_after:
+                raise SystemExit(3)
+        return sorted(out.values())
+    ck = str(tmp_path / "ck")
+    ivm = InProcessVM(2, test_config(checkpoint_dir=ck))
+    with pytest.raises(SystemExit):
+        ivm.run(lambda vm: main(vm, stop_after=4))
+    ivm2 = InProcessVM(2, test_config(checkpoint_dir=ck, resume=True))
+    assert ivm2.run(main) == [i * i for i in range(12)]
+    reused = ivm2.coordinator.stats["reused"]
+    assert 4 <= reused < 12, reused
+
+
+def test_add_nodes_takes_spares_first_and_spawns_nothing_in_process():
+    def main(vm):
+        before = vm.workers
+        got = vm.add_nodes(1)
+        more = vm.add_nodes(1)            # no spare left, and no MPI_Comm_spawn here
+        states = sorted(n.state for n in vm.nodes)
+        return before, got, more, vm.workers, states, list(vm.map(square, range(10)))
+    (before, got, more, after, states, res), _ = run_vm(main, nodes=3, spares=1)
+    assert (before, got, more, after) == (2, 1, 0, 3), (before, got, more, after)
+    assert states == ["alive", "alive", "alive", "coordinator"], states
+    assert res == [i * i for i in range(10)]
+
+
+def test_a_node_slower_than_the_heartbeat_timeout_is_taken_for_hung():
+    """Messages from and to node 2 take longer than the heartbeat timeout: it is
+    declared dead by heartbeat, ended, and its tasks rerun elsewhere, exact."""
+    def main(vm):
+        futs = [vm.submit(slow_square, i, 0.02) for i in range(20)]
+        time.sleep(0.05)
+        ivm.delay(2, 2.0)
+        return [f.result(timeout=20) for f in futs]
+    ivm = InProcessVM(2, test_config(**HANG))
+    assert ivm.run(main) == [i * i for i in range(20)]
+    assert lost(ivm.coordinator)[2].startswith("heartbeat")
+    assert ivm.world.terminated == [2]
+
+
+def leaky(s):
+    time.sleep(s)              # never calls into clustervm: cannot be stopped
+
+
+def test_a_thread_left_running_is_reported():
+    def main(vm):
+        vm.submit(leaky, 0.6)
+        time.sleep(0.1)        # it runs now; main leaves it behind
+    ivm = InProcessVM(1, test_config(), linger=0.2)
+    with pytest.raises(clustervm.ClusterVMError, match="left threads running"):
+        ivm.run(main)
+    time.sleep(0.6)            # let it end before the next test counts threads
+
+
+def test_pickle_carries_what_msgpack_cannot():
+    out, _ = run_app(str(ROOT / "tests" / "apps" / "pickle_callables.py"), [], nodes=1,
+                     pickle=True)
+    assert line(out, "pickled=") == 'pickled={"bound": "2/3", "partial": "3/2"}'
+
+
+def test_corrupt_newest_checkpoint_falls_back_on_resume(tmp_path, caplog):
+    """As test_failover's: the job ends while tasks hold two checkpoint versions; the
+    newest of one is corrupted; the resumed job restores the previous one, exact."""
+    import failover_app
+    args = (1, 20, 600.0, 16, 0, "")              # seed, steps, task ms, ckpt KiB, result, markers
+    ck = tmp_path / "ck"
+
+    def versions() -> dict[str, list[Path]]:
+        out: dict[str, list[Path]] = {}
+        d = ck / "ckpt"
+        for p in d.iterdir() if d.is_dir() else ():
+            m = re.match(r"^(.+)\.(\d{12,})\.ckpt$", p.name)
+            if m:
+                out.setdefault(m.group(1), []).append(p)
+        for files in out.values():
+            files.sort(key=lambda p: int(p.name.rsplit(".", 2)[1]))
+        return out
+
+    def first(vm):
+        [vm.submit(failover_app.work, i, *args) for i in range(4)]
+        deadline = time.monotonic() + 20
+        while sum(len(v) >= 2 for v in versions().values()) < 3:
+            assert time.monotonic() < deadline, "no two checkpoint versions of three tasks"
+            time.sleep(0.01)
+        raise SystemExit(9)                        # the job ends here, futs never done
+
+    def again(vm):
+        return sorted((r["i"], r["acc"], r["restored"]) for r in
+                      vm.map(failover_app.work, range(4), *[[x] * 4 for x in args]))
+    with pytest.raises(SystemExit):
+        InProcessVM(2, test_config(checkpoint_dir=str(ck))).run(first)
+    stem, files = next((s, f) for s, f in sorted(versions().items()) if len(f) >= 2)
+    newest = files[-1]
+    data = bytearray(newest.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 8] = bytes(b ^ 0xFF for b in data[mid:mid + 8])
+    newest.write_bytes(bytes(data))
+    ivm = InProcessVM(2, test_config(checkpoint_dir=str(ck), resume=True))
+    got = ivm.run(again)
+    expected, _ = run_vm(again, nodes=2)
+    assert [g[:2] for g in got] == [e[:2] for e in expected]
+    assert sum(g[2] for g in got) >= 3, got
+    assert "1 corrupt skipped" in ivm.coordinator.report()
+    assert re.search(r"corrupt checkpoint .* skipped, trying the previous version", caplog.text)
+    assert newest.name in caplog.text
