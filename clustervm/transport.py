@@ -18,10 +18,19 @@ the sizes it claims before anything is allocated for its buffers; a bad frame,
 a part that does not fit or does not come, or a payload the codec refuses is
 logged as an error naming the sender and dropped, and the loop goes on.
 
-Progress: whichever thread is waiting drives MPI (leader/follower). A thread
-that blocks in :meth:`Transport.wait` takes the poller token, probes MPI and
+Progress: one thread at a time owns MPI, the holder of the progress token
+(leader/follower): whichever thread is waiting takes the token, probes MPI and
 runs the handlers of what arrives itself, so a reply reaches the waiting
-thread without a thread switch. The background service thread polls only
+thread without a thread switch. Every point-to-point MPI call (receives, and
+the Isends of every message) is made by the token holder: a thread that sends
+puts the message in the outbox and sends it itself when the token is free;
+otherwise the holder sends it before it lets go (and looks again after). The
+outbox is FIFO, so one thread's messages leave in order; ``send`` returns once
+its Isends are complete (driving progress meanwhile, so two ranks sending each
+other large messages cannot block each other). Outside the token, only
+``MPI_Comm_spawn`` (the coordinator's replacement thread) and the frozen
+groups' collectives on their own communicators (clustervm.fastgroup) call MPI,
+which is why the ranks still ask for MPI_THREAD_MULTIPLE. The background service thread polls only
 while no user thread is waiting. An idle loop spins for ``spin_ms`` after the
 last message, then sleeps with a growing back-off up to ``idle_sleep_ms``:
 fast while busy, next to no CPU when idle.
@@ -80,6 +89,7 @@ TAG_INIT = 3                     # the coordinator's first message to a spawned 
 HUB = 0                          # the rank that forwards routed frames (the coordinator)
 _FAILURE_CLASSES = {MPI.ERR_PROC_FAILED, getattr(MPI, "ERR_PROC_FAILED_PENDING", -1),
                     getattr(MPI, "ERR_REVOKED", -1)}
+_testall = MPI.Request.Testall   # (a seam: tests without MPI put a fake here)
 
 __all__ = ["Transport", "PeerFailed", "Counters", "Handler", "FrameError", "Frame",
            "parse_frame", "is_failure", "memory_limit", "HUB", "TAG_MSG", "TAG_INIT"]
@@ -205,6 +215,21 @@ def _summary(msg: Any) -> str:
     return f"a {type(msg).__name__}, not an op tuple"
 
 
+class _Out:
+    """One outgoing message: its frames, where they go, and how far it got."""
+    __slots__ = ("dest", "comm", "peer", "via", "head", "bufs", "tag", "head_tag", "reqs",
+                 "tracked", "done", "failed")
+
+    def __init__(self, dest: int, comm: Any, peer: int, via: int | None, head: Any,
+                 bufs: list, tag: int, head_tag: int = TAG_MSG) -> None:
+        self.dest, self.comm, self.peer, self.via = dest, comm, peer, via
+        self.head, self.bufs, self.tag, self.head_tag = head, bufs, tag, head_tag
+        self.reqs: list | None = None
+        self.tracked = False      # a sender waits for it (send, isend): set done promptly
+        self.done = False         # its Isends completed (or it failed)
+        self.failed = False
+
+
 class Transport:
     """Frames over one MPI communicator (plus links to spawned nodes), with
     leader/follower progress (a :class:`clustervm.endpoint.Endpoint`)."""
@@ -246,15 +271,16 @@ class Transport:
         self.counters = Counters()
         self._spin_s = spin_ms / 1000.0
         self._idle_max_s = idle_sleep_ms / 1000.0
-        self._token = threading.Lock()
+        self._token = threading.RLock()          # held by the one thread calling MPI now
+        self._owner: int | None = None           # that thread (None: nobody)
+        self._outbox: deque[_Out] = deque()      # messages waiting for the token
         self._cond = threading.Condition()       # foreground waiters sleep here
         self._bg_cond = threading.Condition()    # idle workers and the service thread
         self._bg_poller: int | None = None       # the background thread polling now
         self._bg_waiters = 0                     # idle workers waiting for work
         self._busy = False                       # a poll handled more than heartbeats
         self._user_waiters = 0
-        self._pending: deque[tuple[list[MPI.Request], Any]] = deque()
-        self._pending_lock = threading.Lock()
+        self._pending: deque[_Out] = deque()      # Isent, not complete (token holder only)
         #: long receives given up (their sender declared dead): kept for MPI to finish
         self._abandoned: list[tuple[MPI.Request, Any]] = []
         self._bufseq = itertools.count()
@@ -323,16 +349,17 @@ class Transport:
             return False
         return self.spawned or dest >= self.world_size
 
-    def _prepare(self, dest: int, msg: Any) -> tuple[MPI.Comm, int, int | None, bytes, list, int]:
+    def _prepare(self, dest: int, msg: Any) -> "_Out":
+        """Encode ``msg`` for ``dest`` (no MPI call): the frames and how they go."""
         if dest in self.failed or self.closed:
             raise PeerFailed(dest)
         if self._routed(dest):
             comm, peer, via = self._path(HUB)
             head, bufs, tag = self._chunked(self._routed_frame(dest, msg), [], 0)
-            return comm, peer, via, head, bufs, tag
+            return _Out(dest, comm, peer, via, head, bufs, tag)
         comm, peer, via = self._path(dest)
         head, bufs, tag = self._chunked(*self._frames(msg))
-        return comm, peer, via, head, bufs, tag
+        return _Out(dest, comm, peer, via, head, bufs, tag)
 
     def _routed_frame(self, dest: int, msg: Any) -> bytes:
         payload, bufs = wire.dumps(msg, allow_pickle=self.allow_pickle)
@@ -341,24 +368,27 @@ class Transport:
                 + struct.pack(f"<{len(views) + 1}Q", len(payload), *(v.nbytes for v in views)))
         return b"".join([head, payload, *views])
 
+    # Only the thread that holds the progress token calls MPI for point-to-point
+    # traffic. A thread that wants to send puts the message in the outbox and sends
+    # it itself if the token is free; otherwise the holder sends it before it lets
+    # go (and checks the outbox again after, so nothing waits for the next poll).
+    # The outbox is FIFO, so messages of one thread leave in the order it sent them.
+
     def send(self, dest: int, msg: Any) -> None:
         """Send ``msg`` to rank ``dest``; returns when the caller may reuse its arrays.
 
         Raises :class:`PeerFailed` if ``dest`` is dead (or the transport is closed).
         """
-        comm, peer, via, head, bufs, tag = self._prepare(dest, msg)
-        try:
-            comm.Send([head, MPI.BYTE], peer, TAG_MSG)
-            for b in bufs:
-                comm.Send([b, MPI.BYTE], peer, tag)
-        except MPI.Exception as exc:
-            if is_failure(exc):
-                self._path_failed(via)
-                raise PeerFailed(dest) from None
-            raise
-        c = self.counters
-        c.msgs_out += 1
-        c.bytes_out += len(head) + sum(memoryview(b).nbytes for b in bufs)
+        out = self._prepare(dest, msg)
+        out.tracked = True
+        self._hand(out)
+        if not out.done:
+            if self._owner == threading.get_ident():
+                self._finish_owned(out)      # in a handler: no nested poll
+            else:               # drive progress meanwhile (a big send needs its receiver)
+                self.wait(lambda: out.done or dest in self.ignored)
+        if out.failed or not out.done:      # the peer died, was declared dead, or we closed
+            raise PeerFailed(dest)
 
     def post(self, dest: int, msg: Any) -> bool:
         """Send without blocking (for handlers); the transport completes it later.
@@ -366,41 +396,95 @@ class Transport:
         Returns False (and drops the message) if ``dest`` is known to be dead.
         """
         try:
-            comm, peer, via, head, bufs, tag = self._prepare(dest, msg)
+            out = self._prepare(dest, msg)
         except PeerFailed:
             return False
-        return self._post_frames(comm, peer, via, head, bufs, tag)
+        self._hand(out)
+        return not out.failed
 
     def isend(self, dest: int, msg: Any) -> Any:
         """:meth:`post`, raising PeerFailed instead of returning False; the handle it
         returns tells :meth:`sent` when the message has left."""
-        comm, peer, via, head, bufs, tag = self._prepare(dest, msg)
-        if not self._post_frames(comm, peer, via, head, bufs, tag):
+        out = self._prepare(dest, msg)
+        out.tracked = True
+        self._hand(out)
+        if out.failed:
             raise PeerFailed(dest)
-        return head
+        return out
 
     def sent(self, handle: Any) -> bool:
         """Has the message :meth:`isend` gave ``handle`` for left (its Isends done)?"""
-        # _pending keeps (MPI requests, (head, buffers), via) per posted message until
-        # its Isends complete: the message has left once its head is no longer there
-        return not any(item[1][0] is handle for item in list(self._pending))
+        if not handle.done:
+            self._try_flush()      # no poller about: complete what can be completed
+        return handle.done
 
-    def _post_frames(self, comm: MPI.Comm, peer: int, via: int | None, head: Any,
-                     bufs: list, tag: int) -> bool:
+    def _hand(self, out: "_Out") -> None:
+        self._outbox.append(out)
+        self._try_flush()
+
+    def _try_flush(self) -> None:
+        """Send the outbox now if the token is free (or ours); else its holder will."""
+        token = self._token
+        while True:
+            if not token.acquire(False):
+                return
+            owner, self._owner = self._owner, threading.get_ident()
+            try:
+                self._send_outbox()
+                self._complete_pending()
+            finally:
+                self._owner = owner
+                token.release()
+            # reentrant (a handler's send): the outer holder goes on; else once more
+            # if another thread handed a message over while this one held the token
+            if owner is not None or not self._outbox:
+                return
+
+    def _send_outbox(self) -> None:
+        """Isend everything in the outbox, in order (the caller holds the token)."""
+        box = self._outbox
+        while box:
+            self._isend(box.popleft())
+
+    def _isend(self, out: "_Out") -> None:
         try:
-            reqs = [comm.Isend([head, MPI.BYTE], peer, TAG_MSG)]
-            reqs.extend(comm.Isend([b, MPI.BYTE], peer, tag) for b in bufs)
+            reqs = [out.comm.Isend([out.head, MPI.BYTE], out.peer, out.head_tag)]
+            reqs.extend(out.comm.Isend([b, MPI.BYTE], out.peer, out.tag) for b in out.bufs)
         except MPI.Exception as exc:
             if is_failure(exc):
-                self._path_failed(via)
-                return False
+                out.failed = out.done = True
+                self._path_failed(out.via)
+                return
             raise
-        with self._pending_lock:
-            self._pending.append((reqs, (head, bufs), via))
         c = self.counters
         c.msgs_out += 1
-        c.bytes_out += len(head) + sum(memoryview(b).nbytes for b in bufs)
-        return True
+        c.bytes_out += len(out.head) + sum(memoryview(b).nbytes for b in out.bufs)
+        if out.tracked:          # small messages are out at once: no trip through _pending
+            try:
+                if _testall(reqs):
+                    out.done = True
+                    return
+            except MPI.Exception as exc:
+                self._send_failed(out, exc)
+                return
+        out.reqs = reqs
+        self._pending.append(out)
+
+    def _finish_owned(self, out: "_Out") -> None:
+        """Complete ``out`` while this thread holds the token (a send from a handler): test
+        its requests only, as a blocking MPI_Send would wait, without handling messages."""
+        pause = 0.0
+        while not out.done and out.dest not in self.ignored and not self.closed:
+            self._complete_pending()
+            if not out.done:
+                time.sleep(pause)
+                pause = min(0.001, 2 * pause + 0.00001)
+
+    def _send_failed(self, out: "_Out", exc: MPI.Exception) -> None:
+        if not is_failure(exc):
+            log.warning("send failed: %s", exc)
+        out.failed = out.done = True
+        self._path_failed(out.via)   # the peer is gone; the message is dropped with it
 
     def _forward(self, dest: int, frame: bytearray) -> None:
         """The hub passes a routed frame on, unopened (dropped if ``dest`` is dead)."""
@@ -411,38 +495,43 @@ class Transport:
         except PeerFailed:
             log.debug("routed frame for unknown rank %d dropped", dest)
             return
-        self._post_frames(comm, peer, via, *self._chunked(frame, [], 0))
+        self._hand(_Out(dest, comm, peer, via, *self._chunked(frame, [], 0)))
 
     def broadcast(self, dests: Iterable[int], msg: Any) -> None:
         for d in dests:
             self.post(d, msg)
 
     def _complete_pending(self) -> None:
-        if not self._pending:
-            return
-        with self._pending_lock:
-            keep: deque = deque()
-            while self._pending:
-                reqs, keepalive, via = self._pending.popleft()
-                try:
-                    done = MPI.Request.Testall(reqs)
-                except MPI.Exception as exc:
-                    if not is_failure(exc):
-                        log.warning("send failed: %s", exc)
-                    self._path_failed(via)
-                    continue   # the peer is gone; the message is dropped with it
-                if not done:
-                    keep.append((reqs, keepalive, via))
-            self._pending = keep
+        """Mark the posted messages whose Isends are done (the caller holds the token)."""
+        pending = self._pending
+        for _ in range(len(pending)):
+            out = pending.popleft()
+            try:
+                done = _testall(out.reqs)
+            except MPI.Exception as exc:
+                self._send_failed(out, exc)
+                continue
+            if done:
+                out.done = True
+                out.reqs = None
+            else:
+                pending.append(out)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every posted message has left; False on timeout."""
         deadline = time.monotonic() + timeout
-        while self._pending and time.monotonic() < deadline:
-            self._complete_pending()
-            if self._pending:
+        while (self._outbox or self._pending) and time.monotonic() < deadline:
+            if self._token.acquire(timeout=0.01):
+                owner, self._owner = self._owner, threading.get_ident()
+                try:
+                    self._send_outbox()
+                    self._complete_pending()
+                finally:
+                    self._owner = owner
+                    self._token.release()
+            if self._outbox or self._pending:
                 time.sleep(0.0005)
-        return not self._pending
+        return not (self._outbox or self._pending)
 
     # -- receiving -----------------------------------------------------------
 
@@ -633,6 +722,8 @@ class Transport:
         """Receive and handle what has arrived (at most ``limit``); caller holds the token."""
         n = 0
         self._busy = False
+        if self._outbox:
+            self._send_outbox()
         for comm, link_rank in self._inbound:
             try:
                 while n < limit and self._recv_one(comm, link_rank):
@@ -641,6 +732,8 @@ class Transport:
                 if not is_failure(exc):
                     raise
                 self._path_failed(link_rank)
+        if self._outbox:
+            self._send_outbox()
         self._complete_pending()
         if n:
             if self._busy:   # heartbeats alone do not make an idle loop spin
@@ -656,7 +749,8 @@ class Transport:
         """Rank 0: take a spawned node in as ``rank``, and send it ``init``."""
         inter.Set_errhandler(MPI.ERRORS_RETURN)
         payload, _ = wire.dumps(init)
-        inter.Send([payload, MPI.BYTE], 0, TAG_INIT)
+        # through the outbox (the token holder sends it), before anything else to it
+        self._hand(_Out(rank, inter, 0, rank, payload, [], 0, head_tag=TAG_INIT))
         self.links[rank] = inter
         self.size = max(self.size, rank + 1)
         self._inbound = [*self._inbound, (inter, rank)]   # pollers iterate a snapshot
@@ -712,7 +806,8 @@ class Transport:
         self.closed = True
         self.notify()
         self.notify_background()
-        if self._token.acquire(timeout=timeout):
+        if self._token.acquire(timeout=timeout):   # kept: nobody polls or sends after this
+            self._owner = threading.get_ident()
             self.flush(timeout)
 
     def declare_dead(self, rank: int) -> None:
@@ -774,10 +869,14 @@ class Transport:
         token = self._token
         if not (token.acquire(timeout=timeout) if timeout > 0 else token.acquire(False)):
             return None
+        owner, self._owner = self._owner, threading.get_ident()
         try:
             return self.poll()
         finally:
+            self._owner = owner
             token.release()
+            if self._outbox and owner is None:   # handed over while we polled
+                self._try_flush()
 
     def _wait_background(self, predicate: Callable[[], bool], deadline: float | None,
                          spin: bool = False) -> bool:

@@ -62,7 +62,16 @@ class FakeComm:
 
     def Isend(self, spec, dest: int, tag: int):  # noqa: N802
         self.Send(spec, dest, tag)
-        return None
+        return None                        # complete at once (see no_mpi_requests)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_mpi_requests():
+    """FakeComm's sends are complete at once: the transport's test of its requests
+    must not call MPI (never initialized in this process)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(T, "_testall", lambda reqs: True)
+        yield
 
 
 def make_transport(rank: int = 0, **kw) -> T.Transport:
