@@ -35,15 +35,15 @@ class CoordinatorAPI:
             "del_info": self.api_del_info,
         }
 
-    def _on_req(self, src: int, msg: Any) -> None:
-        _, reqid, name, args = msg
+    def _on_req(self, src: int, msg: P.Req) -> None:
+        reqid = msg.reqid
 
         def reply(ok: bool, value: Any) -> None:
             if not ok and isinstance(value, BaseException):
                 value = remote.pack_exception(value, "the coordinator")
-            self.transport.post(src, (P.REPLY, reqid, ok, value))
+            self.transport.post(src, P.Reply(reqid, ok, value).encode())
 
-        self._serve(name, args, reply, src)
+        self._serve(msg.name, msg.args, reply, src)
 
     def _serve(self, name: str, args: tuple, reply: Reply, src: int = 0) -> None:
         fn = self.api.get(name)
@@ -150,7 +150,7 @@ class CoordinatorAPI:
             self.mailbox(tid).put(P.SYSTEM, tag, event, 0, seq)
             self.transport.notify()
         elif rec_rank is not None:
-            self.transport.post(rec_rank, (P.USER, P.SYSTEM, tid, tag, event, 0, 0))
+            self.transport.post(rec_rank, P.User.make(P.SYSTEM, tid, tag, event, 0, 0))
 
     # groups and the VM-wide mailbox live in groups.py; these forward to it
     def api_join_group(self, reply: Reply, name: str, tid: int) -> None:

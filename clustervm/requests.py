@@ -179,7 +179,7 @@ def isend(ctx: "TaskContext", dst: int, tag: int, obj: Any) -> SendRequest:
                 return SendRequest(ctx, dst)
             t = site.transport
             comm, peer, via, head, bufs, btag = t._prepare(
-                loc.rank, (P.USER, ctx.tid, dst, tag, data, ctx.inc, seq))
+                loc.rank, P.User.make(ctx.tid, dst, tag, data, ctx.inc, seq))
             if t._post_frames(comm, peer, via, head, bufs, btag):
                 ctx._sent[dst] = seq
                 return SendRequest(ctx, dst, head)
