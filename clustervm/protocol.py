@@ -59,7 +59,8 @@ class Message:
         raise NotImplementedError
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self.encode() == other.encode()  # type: ignore[attr-defined]
+        return isinstance(other, Message) and type(other) is type(self) \
+            and self.encode() == other.encode()
 
     __hash__ = None  # type: ignore[assignment]
 
