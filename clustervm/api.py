@@ -1,7 +1,9 @@
 """The coordinator's API: what tasks (and main) ask of it by name.
 
 A node's ``site.call(name, *args)`` arrives as a REQ message and runs the
-handler that :meth:`CoordinatorAPI._api_table` lists under ``name``, as
+handler that :meth:`CoordinatorAPI._api_table` lists under ``name`` (the names
+and their arguments are ``protocol.REQUESTS``; tests/test_protocol.py keeps
+the two lists the same), as
 ``handler(reply, *args)`` under the coordinator's lock (main calls it
 directly). Handlers never block: they answer through ``reply`` now or later.
 A mixin of :class:`clustervm.coordinator.Coordinator`, whose state it uses.
