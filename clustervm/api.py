@@ -1,7 +1,9 @@
 """The coordinator's API: what tasks (and main) ask of it by name.
 
 A node's ``site.call(name, *args)`` arrives as a REQ message and runs the
-handler that :meth:`CoordinatorAPI._api_table` lists under ``name``, as
+handler that :meth:`CoordinatorAPI._api_table` lists under ``name`` (the names
+and their arguments are ``protocol.REQUESTS``; tests/test_protocol.py keeps
+the two lists the same), as
 ``handler(reply, *args)`` under the coordinator's lock (main calls it
 directly). Handlers never block: they answer through ``reply`` now or later.
 A mixin of :class:`clustervm.coordinator.Coordinator`, whose state it uses.
@@ -35,15 +37,15 @@ class CoordinatorAPI:
             "del_info": self.api_del_info,
         }
 
-    def _on_req(self, src: int, msg: Any) -> None:
-        _, reqid, name, args = msg
+    def _on_req(self, src: int, msg: P.Req) -> None:
+        reqid = msg.reqid
 
         def reply(ok: bool, value: Any) -> None:
             if not ok and isinstance(value, BaseException):
                 value = remote.pack_exception(value, "the coordinator")
-            self.transport.post(src, (P.REPLY, reqid, ok, value))
+            self.transport.post(src, P.Reply(reqid, ok, value).encode())
 
-        self._serve(name, args, reply, src)
+        self._serve(msg.name, msg.args, reply, src)
 
     def _serve(self, name: str, args: tuple, reply: Reply, src: int = 0) -> None:
         fn = self.api.get(name)
@@ -150,7 +152,7 @@ class CoordinatorAPI:
             self.mailbox(tid).put(P.SYSTEM, tag, event, 0, seq)
             self.transport.notify()
         elif rec_rank is not None:
-            self.transport.post(rec_rank, (P.USER, P.SYSTEM, tid, tag, event, 0, 0))
+            self.transport.post(rec_rank, P.User.make(P.SYSTEM, tid, tag, event, 0, 0))
 
     # groups and the VM-wide mailbox live in groups.py; these forward to it
     def api_join_group(self, reply: Reply, name: str, tid: int) -> None:

@@ -69,12 +69,12 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
     def __init__(self, transport: Endpoint, config: Config) -> None:
         super().__init__(transport, config)
         self.handlers.update({
-            P.HELLO: self._on_hello,
-            P.DONE: self._on_done,
-            P.EXITED: self._on_exited,
-            P.REQ: self._on_req,
-            P.HEARTBEAT: lambda src, msg: False,      # not work: keeps idle loops idle
-            P.BYE: self._on_bye,
+            P.Hello: self._on_hello,
+            P.Done: self._on_done,
+            P.Exited: self._on_exited,
+            P.Req: self._on_req,
+            P.Heartbeat: lambda src, msg: False,      # not work: keeps idle loops idle
+            P.Bye: self._on_bye,
         })
         self.t0 = time.monotonic()
         ckdir = config.checkpoint_dir or None
@@ -143,11 +143,11 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             ckpt = self._load_ckpt(tid) if attempts or resume else None
             items.append((tid, rec.parent, rec.fn, rec.args, rec.kwargs, ckpt))
         # arguments were checked at submit (wire.check_sendable), so this encodes
-        if not self.transport.post(ins.rank, (P.RUN, items)):
+        if not self.transport.post(ins.rank, P.Run(items).encode()):
             self._run(E.NodeLost(ins.rank, LossCause.ULFM, time.monotonic()))
 
     def _do_cancel_queued(self, ins: I.CancelQueued) -> None:
-        self.transport.post(ins.rank, (P.CANCEL, ins.tid))
+        self.transport.post(ins.rank, P.Cancel(ins.tid).encode())
 
     def _do_cancelled(self, ins: I.Cancelled) -> None:
         rec = self.tasks.pop(ins.tid, None)
@@ -158,20 +158,20 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         rec = self.tasks[ins.tid]
         ckpt = self._load_ckpt(ins.tid) if ins.restart else None
         delivered = ckpt["delivered"] if ckpt is not None else {}
-        loc = (P.LOC, [(ins.tid, ins.rank, ins.inc, ins.replay,
-                        delivered if ins.restart else None)])
-        self.transport.broadcast(list(ins.tell), loc)
+        loc = P.Loc([(ins.tid, ins.rank, ins.inc, ins.replay,
+                      delivered if ins.restart else None)])
+        self.transport.broadcast(list(ins.tell), loc.encode())
         self._on_loc(0, loc)
-        self.transport.post(ins.rank, (P.SPAWN, ins.tid, rec.parent, rec.fn, rec.args,
-                                       rec.kwargs, ins.inc, ckpt, ins.replay, rec.siblings))
+        self.transport.post(ins.rank, P.Spawn(ins.tid, rec.parent, rec.fn, rec.args, rec.kwargs,
+                                              ins.inc, ckpt, ins.replay, rec.siblings).encode())
 
     def _do_broadcast_location(self, ins: I.BroadcastLocation) -> None:
-        loc = (P.LOC, [(ins.tid, ins.rank, ins.inc, ins.replay, None)])
-        self.transport.broadcast(list(ins.tell), loc)
+        loc = P.Loc([(ins.tid, ins.rank, ins.inc, ins.replay, None)])
+        self.transport.broadcast(list(ins.tell), loc.encode())
         self._on_loc(0, loc)
 
     def _do_kill_task(self, ins: I.KillTask) -> None:
-        self.transport.post(ins.rank, (P.KILL, ins.tid, ins.inc))
+        self.transport.post(ins.rank, P.Kill(ins.tid, ins.inc).encode())
 
     def _do_node_down(self, ins: I.NodeDown) -> None:
         n = self.nodes[ins.rank]
@@ -356,7 +356,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             self._run(E.ShutdownBegun(time.monotonic()))
             for n in self.nodes.values():
                 if n.state in ("alive", "spare", "starting"):
-                    self.transport.post(n.rank, (P.SHUTDOWN, self._unclean()))
+                    self.transport.post(n.rank, P.Shutdown(self._unclean()).encode())
         # a node that never said hello holds no work: it is not waited for (it may be
         # stopped, or stuck in its start), and is killed below like one that will not leave
         self.transport.wait(lambda: all(n.state in ("dead", "left", "starting")
@@ -382,25 +382,24 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
 
     # -- node messages ---------------------------------------------------------
 
-    def _on_hello(self, src: int, msg: Any) -> None:
-        _, host, pid = msg
+    def _on_hello(self, src: int, msg: P.Hello) -> None:
         with self.lock:
-            if src in self.nodes:
-                self.transport.post(src, (P.HEARTBEAT, 0))   # the node's start deadline is met
-            self._run(E.NodeHello(src, host, pid, time.monotonic()))
+            if src in self.nodes:   # the node's start deadline is met
+                self.transport.post(src, P.Heartbeat(0).encode())
+            self._run(E.NodeHello(src, msg.host, msg.pid, time.monotonic()))
 
-    def _on_bye(self, src: int, msg: Any) -> None:
+    def _on_bye(self, src: int, msg: P.Bye) -> None:
         with self.lock:
             self._run(E.NodeBye(src, time.monotonic()))
 
-    def _on_done(self, src: int, msg: Any) -> None:
+    def _on_done(self, src: int, msg: P.Done) -> None:
         with self.lock:
-            self._run(E.TasksDone(src, msg[1], time.monotonic()))
+            self._run(E.TasksDone(src, msg.items, time.monotonic()))
 
-    def _on_exited(self, src: int, msg: Any) -> None:
-        _, tid, inc, ok, value = msg
+    def _on_exited(self, src: int, msg: P.Exited) -> None:
         with self.lock:
-            self._run(E.SpawnedExited(src, tid, inc, ok, value, time.monotonic()))
+            self._run(E.SpawnedExited(src, msg.tid, msg.inc, msg.ok, msg.value,
+                                      time.monotonic()))
 
     def check_heartbeats(self) -> None:
         """Declare dead the nodes silent for longer than the heartbeat timeout."""
@@ -551,12 +550,12 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             rank_of = loc.rank if loc is not None else (srec.node if srec else None)
             if rank_of is not None:
                 by_rank.setdefault(rank_of, []).append(src)
-        item = (P.LOC, [(tid, rec.node, rec.inc, rec.replay, delivered)])
+        item = P.Loc([(tid, rec.node, rec.inc, rec.replay, delivered)])
         for r in by_rank:
             if r == self.rank:
                 self._on_loc(0, item)
             else:
-                self.transport.post(r, item)
+                self.transport.post(r, item.encode())
 
     # -- resume ----------------------------------------------------------------
 
@@ -613,6 +612,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         next_check = time.monotonic() + 0.1
         last_loop = time.monotonic()
         beat_every = max(0.05, self.config.heartbeat_s / 4)
+        beat = P.Heartbeat(0).encode()
         next_beat = time.monotonic()
         while not self.stopping:
             try:
@@ -624,7 +624,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                     next_beat = now + beat_every
                     for n in list(self.nodes.values()):
                         if n.state in ("alive", "spare"):
-                            t.post(n.rank, (P.HEARTBEAT, 0))
+                            t.post(n.rank, beat)
                 if now >= next_check:
                     if now - last_loop > self.config.heartbeat_s / 2:
                         # this process itself was stalled: do not blame the nodes

@@ -249,13 +249,13 @@ class FrozenGroup:
             return
         from . import protocol as P
         try:
-            site.transport.post(P.COORDINATOR, (P.REQ, 0, "frozen_shadow", args))
+            site.transport.post(P.COORDINATOR, P.Req(0, "frozen_shadow", args).encode())
         except Exception:   # noqa: BLE001 - not wire data: say so instead
-            site.transport.post(P.COORDINATOR, (P.REQ, 0, "frozen_shadow",
+            site.transport.post(P.COORDINATOR, P.Req(0, "frozen_shadow",
                                                 args[:4] + (None, count, root, fn, why or
                                                             f"{op} on frozen group "
                                                             f"{self.name!r}: a value that "
-                                                            f"cannot be sent")))
+                                                            f"cannot be sent")).encode())
 
     def _validate(self, op: str, hdrs: list) -> None:
         first = hdrs[0]

@@ -38,12 +38,12 @@ class Node(Site):
     def __init__(self, transport: Endpoint, config: Config) -> None:
         super().__init__(transport, config)
         self.handlers.update({
-            P.RUN: self._on_run,
-            P.SPAWN: self._on_spawn,
-            P.KILL: self._on_kill,
-            P.CANCEL: self._on_cancel,
-            P.SHUTDOWN: self._on_shutdown,
-            P.HEARTBEAT: self._on_heartbeat,
+            P.Run: self._on_run,
+            P.Spawn: self._on_spawn,
+            P.Kill: self._on_kill,
+            P.Cancel: self._on_cancel,
+            P.Shutdown: self._on_shutdown,
+            P.Heartbeat: self._on_heartbeat,
         })
         self._coordinator_beats = False
         self.queue: deque = deque()
@@ -61,7 +61,7 @@ class Node(Site):
 
     def serve(self) -> None:
         """Run until the coordinator says shut down (or is lost)."""
-        self.transport.send(P.COORDINATOR, (P.HELLO, self.host, self.pid))
+        self.transport.send(P.COORDINATOR, P.Hello(self.host, self.pid).encode())
         for _ in range(self.slots):
             self._start_worker()
         interval = max(0.05, self.config.heartbeat_s / 4)
@@ -80,7 +80,8 @@ class Node(Site):
                 self.stopping = True
             if now - last_hb >= interval:
                 last_hb = now
-                if not t.post(P.COORDINATOR, (P.HEARTBEAT, len(self.queue) + len(self.live))):
+                if not t.post(P.COORDINATOR,
+                              P.Heartbeat(len(self.queue) + len(self.live)).encode()):
                     self.coordinator_lost = True
                     self.stopping = True
             if self._coordinator_beats:
@@ -95,12 +96,12 @@ class Node(Site):
         t.notify()
         if not self.coordinator_lost:
             try:
-                t.send(P.COORDINATOR, (P.BYE,))
+                t.send(P.COORDINATOR, P.Bye().encode())
             except PeerFailed:
                 pass
         t.flush(2.0)
 
-    def _on_heartbeat(self, src: int, msg: Any) -> bool:
+    def _on_heartbeat(self, src: int, msg: P.Heartbeat) -> bool:
         self._coordinator_beats = True   # from now on its silence means it is gone
         return False                     # not work: keeps idle loops idle
 
@@ -114,9 +115,9 @@ class Node(Site):
                 if loc.rank in ranks:
                     del self.locations[tid]
 
-    def _on_shutdown(self, src: int, msg: Any) -> None:
+    def _on_shutdown(self, src: int, msg: P.Shutdown) -> None:
         self.stopping = True
-        self.failures_seen = bool(msg[1])
+        self.failures_seen = bool(msg.unclean)
         for ctx in self.live.values():
             ctx.aborted = True
         self.transport.notify()
@@ -187,27 +188,28 @@ class Node(Site):
         as the task's code sees it (``result['lock']``); the others still go."""
         try:
             try:
-                self.transport.send(P.COORDINATOR, (P.DONE, batch))
+                self.transport.send(P.COORDINATOR, P.Done(batch).encode())
             except WireError:
                 for item in batch:   # find the unsendable results
                     try:
-                        self.transport.send(P.COORDINATOR, (P.DONE, [item]))
+                        self.transport.send(P.COORDINATOR, P.Done([item]).encode())
                     except WireError as exc:
                         tid = item[0]
                         exc = wire.relabel(exc, "[1][0][2]", "result")
                         err = WireError(f"the result of task {tid} cannot be sent back: {exc}")
                         packed = remote.pack_exception(err, self.where())
-                        self.transport.send(P.COORDINATOR, (P.DONE, [(tid, False, packed)]))
+                        self.transport.send(P.COORDINATOR,
+                                            P.Done([(tid, False, packed)]).encode())
         except PeerFailed:
             self.stopping = True
         batch.clear()
 
-    def _on_run(self, src: int, msg: Any) -> None:
-        self.queue.extend(msg[1])
+    def _on_run(self, src: int, msg: P.Run) -> None:
+        self.queue.extend(msg.items)
         self.transport.notify_background()     # an idle worker may be asleep
 
-    def _on_cancel(self, src: int, msg: Any) -> None:
-        self.cancelled.add(msg[1])
+    def _on_cancel(self, src: int, msg: P.Cancel) -> None:
+        self.cancelled.add(msg.tid)
 
     def _run_short(self, item: tuple) -> tuple:
         tid, parent, fn_ref, args, kwargs, state = item
@@ -234,9 +236,9 @@ class Node(Site):
 
     # -- spawned (long-lived) tasks -------------------------------------------
 
-    def _on_spawn(self, src: int, msg: Any) -> None:
-        _, tid, parent, fn_ref, args, kwargs, inc, ckpt, replay = msg[:9]
-        siblings = msg[9] if len(msg) > 9 else None      # (first tid, count) of its spawn
+    def _on_spawn(self, src: int, msg: P.Spawn) -> None:
+        tid, parent, fn_ref, args, kwargs = msg.tid, msg.parent, msg.fn, msg.args, msg.kwargs
+        inc, ckpt, siblings = msg.inc, msg.ckpt, msg.siblings
         old = self.live.get(tid)
         if old is not None:
             if old.inc >= inc:
@@ -282,7 +284,8 @@ class Node(Site):
                 if loc.rank == self.rank:
                     self.deliver(ctx.tid, dst, tag, snapshot(data), ctx.inc, seq)
                 else:
-                    self.transport.post(loc.rank, (P.USER, ctx.tid, dst, tag, data, ctx.inc, seq))
+                    self.transport.post(loc.rank, P.User.make(ctx.tid, dst, tag, data,
+                                                              ctx.inc, seq))
 
     def _run_spawned(self, ctx: TaskContext, fn_ref: str, args: Any, kwargs: Any) -> None:
         tls = current._tls
@@ -311,17 +314,17 @@ class Node(Site):
             return
         try:
             try:
-                self.transport.send(P.COORDINATOR, (P.EXITED, ctx.tid, ctx.inc, ok, value))
+                self.transport.send(P.COORDINATOR, P.Exited(ctx.tid, ctx.inc, ok, value).encode())
             except WireError as exc:
                 exc = wire.relabel(exc, "[4]", "result")
                 err = WireError(f"the return value of task {ctx.tid} cannot be sent: {exc}")
-                self.transport.send(P.COORDINATOR, (P.EXITED, ctx.tid, ctx.inc, False,
-                                                    remote.pack_exception(err, self.where())))
+                self.transport.send(P.COORDINATOR, P.Exited(
+                    ctx.tid, ctx.inc, False, remote.pack_exception(err, self.where())).encode())
         except PeerFailed:
             self.stopping = True
 
-    def _on_kill(self, src: int, msg: Any) -> None:
-        _, tid, inc = msg
+    def _on_kill(self, src: int, msg: P.Kill) -> None:
+        tid, inc = msg.tid, msg.inc
         ctx = self.live.get(tid)
         if ctx is not None and ctx.inc <= inc:
             ctx.aborted = True
@@ -390,6 +393,6 @@ class Node(Site):
         reqid = next(self._reqids)
         fut = ClusterFuture(self)
         self._futures[reqid] = fut
-        self.transport.send(P.COORDINATOR, (P.REQ, reqid, "submit",
-                                            (parent, self.ref(fn), args, kwargs)))
+        self.transport.send(P.COORDINATOR, P.Req(reqid, "submit",
+                                                 (parent, self.ref(fn), args, kwargs)).encode())
         return fut

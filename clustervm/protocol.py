@@ -1,30 +1,440 @@
-"""Op codes of the messages between coordinator and nodes.
+"""The messages between ranks: one small class per kind, the one place that lists them.
 
-Every message is a tuple whose first item is one of these ints; each loop has
-one dispatch table keyed by them. Plain ints (not an IntEnum) keep the codec
-on its fast path.
+Every kind has its op code (``OP``), typed fields, ``encode()`` to the compact
+tuple that travels (op first, then the fields in order: no names, no dict) and
+:func:`decode`, which checks a received tuple's op, length and field types
+through one table and gives the message object back. A malformed tuple raises
+:class:`MessageError` (the receiver logs it naming the sender and drops it, as
+the transport does with a bad frame). Receivers dispatch on the decoded class
+through their handler tables (``Site.handlers``, extended by the coordinator
+and the node); tests/test_protocol.py checks that every kind has a handler on
+the side it is sent to.
+
+The classes are written out by hand (``__slots__``, ``__init__``, ``encode``),
+not made by ``@dataclass``: ``import clustervm`` does not load ``dataclasses``
+(~11 ms to import, measured here, against 22 ms for all of clustervm), and a
+frozen dataclass took ~1.2 us to build against ~0.2 us for these. USER, the
+task-to-task hot path, has a hand-written decoder and :meth:`User.make`
+(benchmarks/protocol_codec.py measures what each kind costs over bare tuples).
+Treat a message as immutable. Op codes are plain ints (not an IntEnum) so the
+wire codec stays on its fast path.
+
+The coordinator's API (what a REQ carries) is listed in :data:`REQUESTS`; its
+handlers are ``CoordinatorAPI._api_table`` (checked against this list by the tests).
 """
 from __future__ import annotations
 
-# node -> coordinator
-HELLO = 1        # (HELLO, host, pid)
-DONE = 2         # (DONE, [(tid, ok, value), ...])               short tasks finished
-EXITED = 3       # (EXITED, tid, inc, ok, value)                  a spawned task ended
-REQ = 4          # (REQ, reqid, tid, name, args)                   an API call of a task
-HEARTBEAT = 5    # (HEARTBEAT, running)
-BYE = 6          # (BYE,)                                          node is leaving
-# coordinator -> node
-RUN = 10         # (RUN, [(tid, parent, fn, args, kwargs, state), ...])
-SPAWN = 11       # (SPAWN, tid, parent, fn, args, kwargs, inc, ckpt, replay, siblings)
-KILL = 12        # (KILL, tid, inc)
-REPLY = 13       # (REPLY, reqid, ok, value)
-LOC = 14         # (LOC, [(tid, rank, inc), ...])                  where tasks live now
-SHUTDOWN = 15    # (SHUTDOWN, failures_seen)
-CANCEL = 16      # (CANCEL, tid)                                   drop a queued short task
-# task -> task (node to node, coordinator included)
-USER = 20        # (USER, src, dst, tag, data, src_inc, seq)
+from typing import Any, Callable, ClassVar
+
+from .errors import WireError
 
 COORDINATOR = 0  # rank of the coordinator
 MAIN_TID = 1     # tid of the application's main on the coordinator
 ANY = -1         # wildcard source / tag, as PVM's -1
 SYSTEM = -2      # source of notifications (vm.notify(..., tag=)); ANY never matches it
+
+_NONE = type(None)
+_SEQ = (tuple, list)
+
+
+class MessageError(WireError):
+    """A message from another rank is malformed: unknown op, wrong length or field type."""
+
+
+class Message:
+    """Base of the message kinds. A subclass sets ``OP``, ``__slots__`` (its fields, in
+    wire order), ``TYPES`` (what :func:`decode` accepts for each field; ``object``: any)
+    and ``TO`` (the sides that receive it: "coordinator", "node")."""
+
+    __slots__ = ()
+    OP: ClassVar[int] = -1
+    TYPES: ClassVar[tuple] = ()
+    TO: ClassVar[frozenset[str]] = frozenset()
+    #: for a field that is a list of records: their length (checked with the first
+    #: item of each record, a tid, an int); 0 if the message has no such list
+    ITEM: ClassVar[int] = 0
+
+    def encode(self) -> tuple:
+        """The tuple that travels: ``(OP, field, ...)``."""
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Message) and type(other) is type(self) \
+            and self.encode() == other.encode()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+
+# -- node -> coordinator -----------------------------------------------------------
+
+class Hello(Message):
+    """A node has started: its host and pid (node -> coordinator; answered by a HEARTBEAT)."""
+    __slots__ = ("host", "pid")
+    OP = 1
+    TYPES = (str, int)
+    TO = frozenset({"coordinator"})
+
+    def __init__(self, host: str, pid: int) -> None:
+        self.host, self.pid = host, pid
+
+    def encode(self) -> tuple:
+        return (1, self.host, self.pid)
+
+
+class Done(Message):
+    """Short tasks finished: ``items`` is ``[(tid, ok, value), ...]``, ``value`` the
+    result, or the packed exception when not ``ok`` (node -> coordinator)."""
+    __slots__ = ("items",)
+    OP = 2
+    TYPES = (list,)
+    TO = frozenset({"coordinator"})
+    ITEM = 3
+
+    def __init__(self, items: list) -> None:
+        self.items = items
+
+    def encode(self) -> tuple:
+        return (2, self.items)
+
+
+class Exited(Message):
+    """Incarnation ``inc`` of spawned task ``tid`` ended: ``value`` is its return value,
+    or its packed exception when not ``ok`` (node -> coordinator)."""
+    __slots__ = ("tid", "inc", "ok", "value")
+    OP = 3
+    TYPES = (int, int, int, object)
+    TO = frozenset({"coordinator"})
+
+    def __init__(self, tid: int, inc: int, ok: bool, value: Any) -> None:
+        self.tid, self.inc, self.ok, self.value = tid, inc, ok, value
+
+    def encode(self) -> tuple:
+        return (3, self.tid, self.inc, self.ok, self.value)
+
+
+class Req(Message):
+    """A call of coordinator API ``name`` (see :data:`REQUESTS`) with ``args``; answered
+    by a REPLY with the same ``reqid``, none when ``reqid`` is 0 (node -> coordinator)."""
+    __slots__ = ("reqid", "name", "args")
+    OP = 4
+    TYPES = (int, str, _SEQ)
+    TO = frozenset({"coordinator"})
+
+    def __init__(self, reqid: int, name: str, args: tuple) -> None:
+        self.reqid, self.name, self.args = reqid, name, args
+
+    def encode(self) -> tuple:
+        return (4, self.reqid, self.name, self.args)
+
+
+class Heartbeat(Message):
+    """I am alive: a node says how many tasks it holds (``running``); the coordinator
+    beats with 0, and answers a HELLO with one (both ways)."""
+    __slots__ = ("running",)
+    OP = 5
+    TYPES = (int,)
+    TO = frozenset({"coordinator", "node"})
+
+    def __init__(self, running: int) -> None:
+        self.running = running
+
+    def encode(self) -> tuple:
+        return (5, self.running)
+
+
+class Bye(Message):
+    """The node leaves, as the coordinator asked (node -> coordinator)."""
+    __slots__ = ()
+    OP = 6
+    TYPES = ()
+    TO = frozenset({"coordinator"})
+
+    def encode(self) -> tuple:
+        return (6,)
+
+
+# -- coordinator -> node -----------------------------------------------------------
+
+class Run(Message):
+    """Short tasks to run: ``items`` is ``[(tid, parent, fn_ref, args, kwargs,
+    checkpoint or None), ...]`` (coordinator -> node)."""
+    __slots__ = ("items",)
+    OP = 10
+    TYPES = (list,)
+    TO = frozenset({"node"})
+    ITEM = 6
+
+    def __init__(self, items: list) -> None:
+        self.items = items
+
+    def encode(self) -> tuple:
+        return (10, self.items)
+
+
+class Spawn(Message):
+    """Start incarnation ``inc`` of spawned task ``tid``: ``fn_ref(ctx, *args, **kwargs)``
+    from checkpoint ``ckpt`` (None: from the start); ``replay``: others log what they
+    send it; ``siblings``: (first tid, count) of its spawn (coordinator -> node)."""
+    __slots__ = ("tid", "parent", "fn", "args", "kwargs", "inc", "ckpt", "replay", "siblings")
+    OP = 11
+    TYPES = (int, (int, _NONE), str, _SEQ, dict, int, (dict, _NONE), int, (*_SEQ, _NONE))
+    TO = frozenset({"node"})
+
+    def __init__(self, tid: int, parent: int | None, fn: str, args: tuple, kwargs: dict,
+                 inc: int, ckpt: dict | None, replay: bool,
+                 siblings: tuple[int, int] | None) -> None:
+        self.tid, self.parent, self.fn, self.args, self.kwargs = tid, parent, fn, args, kwargs
+        self.inc, self.ckpt, self.replay, self.siblings = inc, ckpt, replay, siblings
+
+    def encode(self) -> tuple:
+        return (11, self.tid, self.parent, self.fn, self.args, self.kwargs, self.inc,
+                self.ckpt, self.replay, self.siblings)
+
+
+class Kill(Message):
+    """Abort spawned task ``tid`` if its incarnation is ``inc`` or older, and drop it if
+    queued (coordinator -> node)."""
+    __slots__ = ("tid", "inc")
+    OP = 12
+    TYPES = (int, int)
+    TO = frozenset({"node"})
+
+    def __init__(self, tid: int, inc: int) -> None:
+        self.tid, self.inc = tid, inc
+
+    def encode(self) -> tuple:
+        return (12, self.tid, self.inc)
+
+
+class Reply(Message):
+    """The answer to REQ ``reqid``: ``value``, or the packed exception when not ``ok``
+    (coordinator -> node)."""
+    __slots__ = ("reqid", "ok", "value")
+    OP = 13
+    TYPES = (int, int, object)
+    TO = frozenset({"node"})
+
+    def __init__(self, reqid: int, ok: bool, value: Any) -> None:
+        self.reqid, self.ok, self.value = reqid, ok, value
+
+    def encode(self) -> tuple:
+        return (13, self.reqid, self.ok, self.value)
+
+
+class Loc(Message):
+    """Where tasks live now: ``items`` is ``[(tid, rank, inc, replay, delivered), ...]``;
+    rank < 0: the task has ended; ``delivered`` (or None): the sequence numbers it has
+    received, per sender, so senders trim their replay logs and resend the rest
+    (coordinator -> node; the coordinator applies it to its own table too)."""
+    __slots__ = ("items",)
+    OP = 14
+    TYPES = (list,)
+    TO = frozenset({"node"})
+    ITEM = 5
+
+    def __init__(self, items: list) -> None:
+        self.items = items
+
+    def encode(self) -> tuple:
+        return (14, self.items)
+
+
+class Shutdown(Message):
+    """Leave: abort the tasks and say BYE; ``unclean``: a rank failed or never joined, so
+    no rank may risk MPI_Finalize (coordinator -> node)."""
+    __slots__ = ("unclean",)
+    OP = 15
+    TYPES = (int,)
+    TO = frozenset({"node"})
+
+    def __init__(self, unclean: bool) -> None:
+        self.unclean = unclean
+
+    def encode(self) -> tuple:
+        return (15, self.unclean)
+
+
+class Cancel(Message):
+    """Drop short task ``tid`` if it is still queued (coordinator -> node)."""
+    __slots__ = ("tid",)
+    OP = 16
+    TYPES = (int,)
+    TO = frozenset({"node"})
+
+    def __init__(self, tid: int) -> None:
+        self.tid = tid
+
+    def encode(self) -> tuple:
+        return (16, self.tid)
+
+
+# -- task -> task ------------------------------------------------------------------
+
+class User(Message):
+    """Message number ``seq`` of incarnation ``inc`` of task ``src`` to task ``dst``, with
+    ``tag`` and ``data``; ``src`` is SYSTEM for a notification (any rank -> any rank).
+
+    The hot path: :meth:`make` builds the tuple without an object, and the decoder is
+    written out. ``dst`` and ``tag`` are as the sending task gave them (any int-like)."""
+    __slots__ = ("src", "dst", "tag", "data", "inc", "seq")
+    OP = 20
+    TYPES = (int, object, object, object, int, int)
+    TO = frozenset({"coordinator", "node"})
+
+    def __init__(self, src: int, dst: int, tag: int, data: Any, inc: int, seq: int) -> None:
+        self.src, self.dst, self.tag, self.data, self.inc, self.seq = src, dst, tag, data, inc, seq
+
+    def encode(self) -> tuple:
+        return (20, self.src, self.dst, self.tag, self.data, self.inc, self.seq)
+
+    @staticmethod
+    def make(src: int, dst: int, tag: int, data: Any, inc: int, seq: int) -> tuple:
+        """``User(src, dst, tag, data, inc, seq).encode()`` without making the object."""
+        return (20, src, dst, tag, data, inc, seq)
+
+
+def _decode_user(t: tuple) -> User:
+    if type(t) is tuple and len(t) == 7:
+        _, src, dst, tag, data, inc, seq = t
+        if type(src) is int and type(inc) is int and type(seq) is int:
+            m = _new(User)
+            m.src, m.dst, m.tag, m.data, m.inc, m.seq = src, dst, tag, data, inc, seq
+            return m
+    _check(User, t)      # raises the error that says what is wrong
+    raise MessageError(f"{_name(User)}: malformed")   # pragma: no cover - _check raised
+
+
+# -- the table -----------------------------------------------------------------------
+
+#: Every message kind, once.
+KINDS: tuple[type[Message], ...] = (Hello, Done, Exited, Req, Heartbeat, Bye, Run, Spawn,
+                                    Kill, Reply, Loc, Shutdown, Cancel, User)
+
+# the op codes by name (P.USER, ...), as tests and tools spell them
+HELLO, DONE, EXITED, REQ, HEARTBEAT, BYE = (k.OP for k in KINDS[:6])
+RUN, SPAWN, KILL, REPLY, LOC, SHUTDOWN, CANCEL = (k.OP for k in KINDS[6:13])
+USER = User.OP
+
+_new = object.__new__
+
+
+def _name(cls: type[Message]) -> str:
+    return f"{cls.__name__.upper()} (op {cls.OP})"
+
+
+def _records_ok(items: list, size: int) -> bool:
+    """Is every item a record of ``size`` fields starting with a tid?"""
+    for r in items:
+        if type(r) is not tuple and type(r) is not list or len(r) != size or type(r[0]) is not int:
+            return False
+    return True
+
+
+def _check(cls: type[Message], t: tuple) -> None:
+    """Raise MessageError if ``t`` is not a well-formed ``cls`` message."""
+    if type(t) is not tuple:
+        raise MessageError(f"{_name(cls)} as a {type(t).__name__}, not a tuple")
+    n = len(cls.TYPES)
+    if len(t) != n + 1:
+        raise MessageError(f"{_name(cls)} has {len(t) - 1} field(s), not {n} "
+                           f"({', '.join(cls.__slots__) or 'none'})")
+    for i, (field, types) in enumerate(zip(cls.__slots__, cls.TYPES), 1):
+        v = t[i]
+        if types is not object and not isinstance(v, types):
+            want = (" or ".join("None" if x is _NONE else x.__name__ for x in types)
+                    if isinstance(types, tuple) else types.__name__)
+            raise MessageError(f"{_name(cls)}: field {field} is {type(v).__name__}, "
+                               f"not {want}")
+    if cls.ITEM:
+        for j, item in enumerate(t[1]):
+            if type(item) not in _SEQ or len(item) != cls.ITEM or type(item[0]) is not int:
+                raise MessageError(f"{_name(cls)}: item {j} of {cls.__slots__[0]} is not a "
+                                   f"record of {cls.ITEM} fields starting with a tid "
+                                   f"({_short(item)})")
+
+
+def summary(msg: Any) -> str:
+    """A short description of a received message for a log line (its op and shape)."""
+    if isinstance(msg, tuple) and msg:
+        return f"op {_short(msg[0])}, {len(msg)} fields"
+    return f"a {type(msg).__name__}, not an op tuple"
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _decoder(cls: type[Message]) -> Callable[[tuple], Message]:
+    """The decoder of kind ``cls``: the checks of :func:`_check`, on the fast path."""
+    size = len(cls.TYPES) + 1
+    checks = tuple((i, types) for i, types in enumerate(cls.TYPES, 1) if types is not object)
+    item = cls.ITEM
+
+    def decode_kind(t: tuple) -> Message:
+        if type(t) is tuple and len(t) == size:
+            for i, types in checks:
+                if not isinstance(t[i], types):
+                    break
+            else:
+                if not item or _records_ok(t[1], item):
+                    return cls(*t[1:])
+        _check(cls, t)      # raises the error that says what is wrong
+        raise MessageError(f"{_name(cls)}: malformed")   # pragma: no cover - _check raised
+    decode_kind.__qualname__ = f"decode_{cls.__name__.lower()}"
+    return decode_kind
+
+
+#: op -> its decoder: the one dispatch table of :func:`decode`
+_DECODERS: dict[int, Callable[[tuple], Message]] = {k.OP: _decoder(k) for k in KINDS}
+_DECODERS[USER] = _decode_user
+
+
+def decode(msg: Any) -> Message:
+    """The message object of a received tuple; MessageError if it is malformed."""
+    try:
+        dec = _DECODERS[msg[0]]
+    except (KeyError, IndexError, TypeError):
+        if type(msg) is not tuple:
+            raise MessageError(f"a {type(msg).__name__} ({_short(msg)}), not a tuple "
+                               f"(op, fields...)") from None
+        if not msg:
+            raise MessageError("an empty tuple, without an op") from None
+        raise MessageError(f"unknown op {_short(msg[0])} (a message has one of the ops "
+                           f"{sorted(_DECODERS)}; does the sender run another clustervm?)") \
+            from None
+    return dec(msg)      # each decoder checks that msg is a tuple
+
+
+# -- the coordinator's API -----------------------------------------------------------
+
+#: The names a REQ may carry: ``name: "(arguments) -> answer"``. The coordinator's
+#: handlers are ``CoordinatorAPI._api_table`` (one per name here, no other).
+REQUESTS: dict[str, str] = {
+    "locate": "(tid, ended_ok=False) -> (rank, inc, replay): where a task runs now "
+              "(rank None: being recovered; ENDED: it has ended and ended_ok)",
+    "checkpoint": "(tid, inc, seq, delivered, blob) -> None: store a task's checkpoint",
+    "submit": "(parent, fn_ref, args, kwargs) -> the result, once the short task ran",
+    "spawn": "(parent, fn_ref, args, kwargs, count, where, replay=True, per=None) -> [tid]",
+    "join": "(tid) -> the return value of a spawned task, once it has ended",
+    "tasks": "() -> [row]: the live tasks, main first",
+    "kill": "(tid) -> None: cancel a short task, abort a spawned one",
+    "notify": "(tid, kinds, tids, tag) -> None: send VM events to task tid (pvm_notify)",
+    "join_group": "(name, tid) -> [inst, ...]: join a dynamic group",
+    "leave_group": "(name, tid) -> the instance number it had",
+    "group_size": "(name) -> int",
+    "group_tids": "(name) -> [tid] by instance",
+    "group_tid": "(name, inst) -> tid",
+    "group_inst": "(name, tid) -> inst",
+    "collective": "(op, name, tid, value, count, root, fn, round_no=None) -> this "
+                  "member's part of a collective call on the hub",
+    "frozen_shadow": "(name, tid, round_no, op, value, count, root, fn, failed=None) -> "
+                     "never answered (reqid 0): a frozen group's call, kept for failover",
+    "put_info": "(name, value) -> None: the VM-wide mailbox",
+    "get_info": "(name, wait) -> the value (waits for it with wait)",
+    "del_info": "(name) -> None",
+}

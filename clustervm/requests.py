@@ -174,7 +174,7 @@ def isend(ctx: "TaskContext", dst: int, tag: int, obj: Any) -> SendRequest:
                 ctx._sent[dst] = seq
                 return SendRequest(ctx, dst)
             head = site.transport.isend(
-                loc.rank, (P.USER, ctx.tid, dst, tag, data, ctx.inc, seq))
+                loc.rank, P.User.make(ctx.tid, dst, tag, data, ctx.inc, seq))
             ctx._sent[dst] = seq
             return SendRequest(ctx, dst, head)
         except WireError as exc:      # nothing was sent: forget it, name the path in obj

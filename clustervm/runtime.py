@@ -324,7 +324,7 @@ def _abort_start(transport, exc: BaseException) -> int:
         print(f"clustervm: error: the coordinator failed to start: {type(exc).__name__}: "
               f"{exc}", file=sys.stderr, flush=True)
     for rank in range(1, transport.size):
-        transport.post(rank, (P.SHUTDOWN, True))
+        transport.post(rank, P.Shutdown(True).encode())
     transport.flush(1.0)
     transport.closed = True
     _note_failures(True)

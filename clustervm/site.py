@@ -94,19 +94,29 @@ class Site:
         self._waiting: set[int] = set()
         self._futures: dict[int, Any] = {}     # reqid -> future of a nested submit
         self._refs: dict[str, Any] = {}
-        self.handlers: dict[int, Callable[[int, Any], None]] = {
-            P.USER: self._on_user,
-            P.REPLY: self._on_reply,
-            P.LOC: self._on_loc,
+        #: what this rank does with each message kind it receives (the coordinator and the
+        #: node add theirs); every kind of protocol.KINDS sent to a side has one here
+        self.handlers: dict[type[P.Message], Callable[[int, Any], bool | None]] = {
+            P.User: self._on_user,
+            P.Reply: self._on_reply,
+            P.Loc: self._on_loc,
         }
         transport.handler = self._handle
 
     # -- dispatch ------------------------------------------------------------
 
-    def _handle(self, src: int, msg: Any) -> bool | None:
-        handler = self.handlers.get(msg[0])
+    def _handle(self, src: int, raw: Any) -> bool | None:
+        """Decode a message tuple from rank ``src`` and run its kind's handler; a malformed
+        one is logged, naming the sender, and dropped."""
+        try:
+            msg = P.decode(raw)
+        except P.MessageError as exc:
+            log.error("bad message from rank %d (%s): %s; dropped", src, P.summary(raw), exc)
+            return None
+        handler = self.handlers.get(type(msg))
         if handler is None:
-            log.warning("rank %d: unknown op %r from rank %d", self.rank, msg[0], src)
+            log.error("bad message from rank %d: rank %d takes no %s message; dropped",
+                      src, self.rank, type(msg).__name__.upper())
             return None
         return handler(src, msg)
 
@@ -170,9 +180,8 @@ class Site:
                 box.put(src, nxt[0], nxt[1], nxt[2], seq)
         self.transport.notify()
 
-    def _on_user(self, src_rank: int, msg: Any) -> None:
-        _, src, dst, tag, data, inc, seq = msg
-        self.deliver(src, dst, tag, data, inc, seq)
+    def _on_user(self, src_rank: int, msg: P.User) -> None:
+        self.deliver(msg.src, msg.dst, msg.tag, msg.data, msg.inc, msg.seq)
 
     def locate(self, tid: int, ended_ok: bool = False) -> Location:
         """Where task ``tid`` runs. With ``ended_ok``, a task that has ended gives
@@ -213,7 +222,7 @@ class Site:
                 if loc.rank == self.rank:   # a copy, as a send over MPI would make
                     self.deliver(src, dst, tag, snapshot(data), inc, seq)
                     return
-                self.transport.send(loc.rank, (P.USER, src, dst, tag, data, inc, seq))
+                self.transport.send(loc.rank, P.User.make(src, dst, tag, data, inc, seq))
                 return
             except WireError as exc:      # nothing was sent: forget it, name the path in data
                 logged = getattr(ctx, "_outlog", {}).get(dst) if loc.replay else None
@@ -270,9 +279,9 @@ class Site:
         sizes[dst] = size
         return True
 
-    def _on_loc(self, src_rank: int, msg: Any) -> None:
+    def _on_loc(self, src_rank: int, msg: P.Loc) -> None:
         """Locations changed: forget stale ones; replay logged messages to moved tasks."""
-        for tid, rank, inc, replay, delivered in msg[1]:
+        for tid, rank, inc, replay, delivered in msg.items:
             with self.lock:
                 old = self.locations.get(tid)
                 if old is not None and old.inc > inc:
@@ -303,11 +312,11 @@ class Site:
                 sizes[dst] = sum(approx_size(e[2]) for e in entries)
             if replay_all:
                 for seq, tag, data in entries:
-                    msg = (P.USER, ctx.tid, dst, tag, data, ctx.inc, seq)
                     if rank == self.rank:
                         self.deliver(ctx.tid, dst, tag, snapshot(data), ctx.inc, seq)
                     else:
-                        self.transport.post(rank, msg)
+                        self.transport.post(rank, P.User.make(ctx.tid, dst, tag, data,
+                                                              ctx.inc, seq))
 
     # -- calls to the coordinator --------------------------------------------
 
@@ -323,11 +332,12 @@ class Site:
         reqid = next(self._reqids)
         self._waiting.add(reqid)
         try:
+            req = P.Req(reqid, name, args).encode()
             if post:
-                if not self.transport.post(P.COORDINATOR, (P.REQ, reqid, name, args)):
+                if not self.transport.post(P.COORDINATOR, req):
                     raise PeerFailed(P.COORDINATOR)
             else:
-                self.transport.send(P.COORDINATOR, (P.REQ, reqid, name, args))
+                self.transport.send(P.COORDINATOR, req)
         except PeerFailed:
             self._waiting.discard(reqid)
             raise SystemExit("clustervm: the coordinator is gone") from None
@@ -346,8 +356,8 @@ class Site:
             return value
         raise remote.unpack_exception(value)
 
-    def _on_reply(self, src_rank: int, msg: Any) -> None:
-        _, reqid, ok, value = msg
+    def _on_reply(self, src_rank: int, msg: P.Reply) -> None:
+        reqid, ok, value = msg.reqid, msg.ok, msg.value
         if reqid in self._waiting:
             self._replies[reqid] = (ok, value)
             return

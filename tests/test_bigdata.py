@@ -87,9 +87,11 @@ def test_malformed_frames_from_a_node_are_logged_and_rank_0_goes_on(app):
                  "bad frame from rank 1: long frame announces 1000000000000000 bytes",
                  "bad frame from rank 1: routed frame holds",
                  "a message from rank 1 cannot be decoded",
-                 "the handler failed on a message from rank 1 (op 2, 2 fields)",
-                 "the handler failed on a message from rank 1 (op 3, 2 fields)",
-                 "the handler failed on a message from rank 1 (op 4, 4 fields)"]:
+                 "bad message from rank 1 (op 2, 2 fields): DONE (op 2): field items is int",
+                 "bad message from rank 1 (op 3, 2 fields): EXITED (op 3) has 1 field(s)",
+                 "bad message from rank 1 (op 4, 4 fields): REQ (op 4): field reqid is list",
+                 "bad message from rank 1 (op 1, 1 fields): HELLO (op 1) has 0 field(s)",
+                 "bad message from rank 1 (a str, not an op tuple)"]:
         assert text in err, f"{text!r} not logged:\n{err}"
 
 
