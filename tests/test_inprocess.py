@@ -793,14 +793,14 @@ def test_corrupt_newest_checkpoint_falls_back_on_resume(tmp_path, caplog):
         return sorted((r["i"], r["acc"], r["restored"]) for r in
                       vm.map(failover_app.work, range(4), *[[x] * 4 for x in args]))
     with pytest.raises(SystemExit):     # (on a loaded box a task may take a while to stop)
-        InProcessVM(2, test_config(checkpoint_dir=str(ck)), timeout=90, linger=30).run(first)
+        InProcessVM(3, test_config(checkpoint_dir=str(ck)), timeout=90, linger=30).run(first)
     stem, files = next((s, f) for s, f in sorted(versions().items()) if len(f) >= 2)
     newest = files[-1]
     data = bytearray(newest.read_bytes())
     mid = len(data) // 2
     data[mid:mid + 8] = bytes(b ^ 0xFF for b in data[mid:mid + 8])
     newest.write_bytes(bytes(data))
-    ivm = InProcessVM(2, test_config(checkpoint_dir=str(ck), resume=True))
+    ivm = InProcessVM(3, test_config(checkpoint_dir=str(ck), resume=True))
     got = ivm.run(again)
     expected, _ = run_vm(again, nodes=2)
     assert [g[:2] for g in got] == [e[:2] for e in expected]
