@@ -19,7 +19,8 @@ import clustervm
 from clustervm import ANY
 
 A, B = 1, 2                    # two tags on one pair
-SETUP, MC, MC2, STOP, ECHO, PING = 10, 11, 12, 13, 14, 15
+SETUP, MC, MC2, STOP, ECHO, PING, READY = 10, 11, 12, 13, 14, 15, 16
+WAIT_S = 60.0                  # longest wait for a message that must come (a lost one: an error)
 N_MSGS = 120
 
 
@@ -70,10 +71,15 @@ def collector(ctx, n):
 
 
 def wildcard_target(ctx, pokers):
-    m1 = ctx.recv(ANY, 7)                 # skips the tag-5 message that came first
-    m2 = ctx.recv(ctx.parent, ANY)
-    m3 = ctx.recv(-1, -1)
-    from_pokers = sorted(ctx.recv(-1, PING).source for _ in range(pokers))
+    # Only main's three messages can be here: main spawns the pokers once told READY.
+    # Messages of two senders have no order between them, so a poke sent after main's
+    # messages may still come first, and recv(-1, -1) would take it (then this task
+    # waited for ever for the poke it took).
+    m1 = ctx.recv(ANY, 7, timeout=WAIT_S)    # skips the tag-5 message that came first
+    m2 = ctx.recv(ctx.parent, ANY, timeout=WAIT_S)
+    m3 = ctx.recv(-1, -1, timeout=WAIT_S)
+    ctx.send(ctx.parent, READY, None)
+    from_pokers = sorted(ctx.recv(-1, PING, timeout=WAIT_S).source for _ in range(pokers))
     return [[m.source, m.tag, m.data] for m in (m1, m2, m3)] + [from_pokers]
 
 
@@ -221,6 +227,7 @@ def check_wildcards(vm):
     vm.send(t, 5, "first")
     vm.send(t, 7, "second")
     vm.send(t, 9, "third")
+    vm.recv(t, READY, timeout=WAIT_S)      # t took all three: the pokes cannot race them
     pokers = vm.spawn(poke, t, count=2)
     got = vm.join(t)
     for p in pokers:
