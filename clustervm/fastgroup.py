@@ -52,10 +52,14 @@ and ``join_group`` again make it a hub group.
 """
 from __future__ import annotations
 
+import logging
 import os
 import struct
+import threading
 import time
+import weakref
 import zlib
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -65,6 +69,7 @@ from . import wire
 from .errors import GroupError
 from .mailbox import TaskAborted
 from .reduce import VECTOR_OPS, _reduce, combine
+from .site import approx_size, snapshot
 
 if TYPE_CHECKING:
     from .mailbox import TaskLike as TaskContext   # task.py imports this module
@@ -84,13 +89,18 @@ _SPIN_S = 0.02                      # poll flat out this long, then back off
 _CHECK_EVERY = 64                   # polls between looks at the members' whereabouts
 _GRACE_S = 1.0                      # a member seen gone may still complete the call
 _yield = getattr(os, "sched_yield", lambda: time.sleep(0))
+_IMMUTABLE = (int, float, str, bytes, bool, type(None))
+KEEP_ROUNDS = 64                    # shadows kept by a member, at most (as the hub keeps) ...
+KEEP_BYTES = 256 << 20              # ... and about this many bytes of them
+IDLE_FLUSH_S = 0.05                 # a member this long without a call sends its shadows
+log = logging.getLogger(__name__)
 
 
 class FrozenGroup:
     """One member's view of a frozen group: the communicator and how to use it."""
 
     def __init__(self, ctx: "TaskContext", name: str, members: list, tag: int,
-                 survive: bool = False) -> None:
+                 survive: bool = False, after_loss: bool = False) -> None:
         self.ctx = ctx
         self.survive = survive
         self.site: "Site" = ctx._site
@@ -101,12 +111,26 @@ class FrozenGroup:
         self.me = next(p for p, (_, t, _) in enumerate(self.members) if t == ctx.tid)
         self.broken: GroupError | None = None
         self.calls = 0
+        self._lock = threading.Lock()
+        self._pending: deque = deque()        # (bytes, shadow) not yet sent, oldest first
+        self._pending_bytes = 0
+        self._last_call = 0.0
         self.deadline: float | None = None
         world = MPI.COMM_WORLD
         group = world.Get_group().Incl([r for _, _, r in self.members])
-        # 65536 > tag >= 2: never clustervm's point-to-point tags (1 and >= 65536)
-        self.comm = world.Create_group(group, 2 + tag % 60000)
-        group.Free()
+        try:
+            if after_loss:
+                # after a rank of COMM_WORLD failed, MPI_Comm_create_group on it fails
+                # (MPI_ERR_PROC_FAILED, also after Ack_failed: measured with Open MPI 5
+                # ULFM); MPI-4's MPI_Comm_create_from_group needs no parent and works
+                # (~10 ms). The string tag is the coordinator's: unique, the same at all
+                self.comm = MPI.Intracomm.Create_from_group(
+                    group, f"clustervm.frozen.{tag}", MPI.INFO_NULL, MPI.ERRORS_RETURN)
+            else:
+                # 65536 > tag >= 2: never clustervm's point-to-point tags (1 and >= 65536)
+                self.comm = world.Create_group(group, 2 + tag % 60000)
+        finally:
+            group.Free()
         self.comm.Set_errhandler(MPI.ERRORS_RETURN)
         # where the other members are now: a change means their node was lost
         from .protocol import MAIN_TID
@@ -228,34 +252,58 @@ class FrozenGroup:
 
     def _shadow(self, round_no: int, op: str, value: Any, count: Any, root: Any,
                 fn: str | None, failed: BaseException | None) -> None:
-        """Post this call's contribution to the coordinator too, without waiting: if a
-        member is lost, the group goes on on the hub from these (see groups.py)."""
-        from .site import snapshot
+        """Keep this call's contribution for the coordinator (sent later, in a batch: see
+        :meth:`flush_shadows`): if a member is lost, the group goes on on the hub from
+        these (see groups.py)."""
         why = None
         if failed is not None:
             why = (f"{op} on frozen group {self.name!r}: instance(s) [{self.insts[self.me]}] "
                    f"could not make their contribution (their own call raised the error); no "
                    f"member got a result")
             value = None
-        else:
+        elif not isinstance(value, _IMMUTABLE):
             try:
                 value = snapshot(value)     # the caller may change it once the call returns
             except Exception:   # noqa: BLE001 - unsendable: the MPI exchange fails alike
                 value = None
-        args = (self.name, self.ctx.tid, round_no, op, value, count, root, fn, why)
-        site = self.site
-        if site.rank == 0:            # main, on the coordinator itself
-            site._serve("frozen_shadow", args, _no_reply)
-            return
-        from . import protocol as P
-        try:
-            site.transport.post(P.COORDINATOR, (P.REQ, 0, "frozen_shadow", args))
-        except Exception:   # noqa: BLE001 - not wire data: say so instead
-            site.transport.post(P.COORDINATOR, (P.REQ, 0, "frozen_shadow",
-                                                args[:4] + (None, count, root, fn, why or
-                                                            f"{op} on frozen group "
-                                                            f"{self.name!r}: a value that "
-                                                            f"cannot be sent")))
+        size = 64 if value is None or isinstance(value, _IMMUTABLE) else approx_size(value)
+        with self._lock:
+            pending = self._pending
+            pending.append((size, (round_no, op, value, count, root, fn, why)))
+            self._pending_bytes += size
+            while len(pending) > KEEP_ROUNDS or (len(pending) > 1 and
+                                                 self._pending_bytes > KEEP_BYTES):
+                self._pending_bytes -= pending.popleft()[0]
+            self._last_call = time.monotonic()
+        if not _FLUSHER.kick.is_set():
+            _FLUSHER.wake(self)
+
+    def flush_shadows(self, idle_s: float = 0.0) -> bool:
+        """Send the kept shadows to the coordinator (if this member has made no call for
+        ``idle_s``); True if some are still kept (the member was busy)."""
+        with self._lock:       # held while posting: batches leave in order
+            if not self._pending:
+                return False
+            if idle_s and time.monotonic() - self._last_call < idle_s:
+                return True
+            entries = [e for _, e in self._pending]
+            self._pending.clear()
+            self._pending_bytes = 0
+            site = self.site
+            args = (self.name, self.ctx.tid, entries)
+            if site.rank == 0:            # main, on the coordinator itself
+                site._serve("frozen_shadows", args, _no_reply)
+                return False
+            from . import protocol as P
+            try:
+                site.transport.post(P.COORDINATOR, (P.REQ, 0, "frozen_shadows", args))
+            except Exception:   # noqa: BLE001 - a value that is not wire data: say so instead
+                args = (self.name, self.ctx.tid, [_sendable(e, self.name) for e in entries])
+                try:
+                    site.transport.post(P.COORDINATOR, (P.REQ, 0, "frozen_shadows", args))
+                except Exception:   # noqa: BLE001 - the coordinator is gone: nothing to keep
+                    log.debug("frozen group %r: shadows not sent", self.name, exc_info=True)
+        return False
 
     def _validate(self, op: str, hdrs: list) -> None:
         first = hdrs[0]
@@ -449,6 +497,7 @@ class FrozenGroup:
     def _break(self, op: str, why: str) -> None:
         self._revoke()
         if self.survive:             # go on on the hub: the caller retries this call there
+            self.flush_shadows()     # (the shadows first: the hub rebuilds rounds from them)
             self.broken = Thawed(f"{op} on frozen group {self.name!r}: a member was lost "
                                  f"({why}); the group goes on through the coordinator")
             raise self.broken
@@ -485,7 +534,74 @@ class FrozenGroup:
         """This member leaves: the others' calls on the communicator must not wait for it."""
         if self.broken is None:
             self._revoke()
+        self.flush_shadows()
         self.broken = self.broken or GroupError(f"this task left frozen group {self.name!r}")
+
+    def free(self) -> None:
+        """Let go of the communicator (best effort: a revoked one may not free cleanly)."""
+        try:
+            self.comm.Free()
+        except Exception:   # noqa: BLE001
+            pass
+
+
+def task_ended(ctx: "TaskContext") -> None:
+    """A member task ends: the shadows it still keeps go to the coordinator (a member
+    lost later replays calls that this one made)."""
+    for fg in list(ctx.__dict__.get("_frozen", {}).values()):
+        if fg.survive:
+            fg.flush_shadows()
+
+
+class _Flusher:
+    """One thread per process: sends the shadows of members that stopped calling (a
+    member busy elsewhere, say waiting for a message, must not hold back the shadows
+    that the hub needs after a loss). A member that keeps calling sends none: they
+    are needed only when a member is lost, and then it sends them itself."""
+
+    def __init__(self) -> None:
+        self.kick = threading.Event()
+        self.groups: "weakref.WeakSet[FrozenGroup]" = weakref.WeakSet()
+        self._thread: threading.Thread | None = None
+        self._start = threading.Lock()
+
+    def wake(self, group: "FrozenGroup") -> None:
+        self.groups.add(group)
+        if self._thread is None:
+            with self._start:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, daemon=True,
+                                                    name="clustervm-shadows")
+                    self._thread.start()
+        self.kick.set()
+
+    def _run(self) -> None:
+        while True:
+            self.kick.wait()
+            self.kick.clear()
+            busy = True
+            while busy:
+                time.sleep(IDLE_FLUSH_S)
+                busy = False
+                for g in list(self.groups):
+                    try:
+                        busy = g.flush_shadows(IDLE_FLUSH_S) or busy
+                    except Exception:   # noqa: BLE001 - logged; the loop goes on
+                        log.exception("frozen group %r: sending shadows failed", g.name)
+
+
+_FLUSHER = _Flusher()
+
+
+def _sendable(entry: tuple, name: str) -> tuple:
+    """A shadow whose value is not wire data: sent with the error its call had instead."""
+    round_no, op, value, count, root, fn, why = entry
+    try:
+        wire.dumps(value)
+        return entry
+    except Exception:   # noqa: BLE001
+        return (round_no, op, None, count, root, fn,
+                why or f"{op} on frozen group {name!r}: a value that cannot be sent")
 
 
 class Thawed(GroupError):
@@ -523,3 +639,17 @@ def _describe(hdr: tuple) -> str:
     op, root, count = hdr[:3]
     args = [f"{k}={v}" for k, v in (("root", root), ("count", count)) if v != -1]
     return f"{_NAMES.get(op, op)}({', '.join(args)})"
+
+
+def refreeze(ctx: "TaskContext", name: str, plan: dict) -> None:
+    """The coordinator put thawed group ``name`` back on MPI (its answer to the round that
+    every member made itself carried ``plan``): build the group's new communicator."""
+    try:
+        fg = FrozenGroup(ctx, name, plan["members"], plan["tag"], bool(plan.get("survive")),
+                         after_loss=True)
+    except Exception as exc:   # noqa: BLE001 - a member lost meanwhile: go on on the hub
+        log.warning("frozen group %r: its new communicator could not be built (%s); it goes "
+                    "on through the coordinator", name, exc)
+        return
+    ctx.__dict__.setdefault("_frozen", {})[name] = fg
+    log.info("task %d: frozen group %r is on MPI again (%s)", ctx.tid, name, plan.get("why"))

@@ -364,11 +364,15 @@ class TaskContext:
             except Thawed:
                 frozen.pop(name, None)       # a member was lost: this call again, on the hub
         try:
-            return self._site.call("collective", op, name, self.tid, value, count, root,
-                                   fn_ref, round_no, timeout=timeout)
+            answer, plan = self._site.call("collective", op, name, self.tid, value, count,
+                                           root, fn_ref, round_no, True, timeout=timeout)
         except TimeoutError:
             raise TimeoutError(f"{op} on group {name!r}: not every member took part within "
                                f"{timeout} s (task {self.tid}, round {round_no})") from None
+        if plan is not None:             # a frozen group that lost a member goes back on MPI
+            from .fastgroup import refreeze
+            refreeze(self, name, plan)
+        return answer
 
     # -- VM-wide mailbox (pvm_putinfo / pvm_recvinfo) -------------------------
 

@@ -95,10 +95,11 @@ def make(n: int = 3, name: str = "g", nodes=None):
     return g, coord, tids
 
 
-def call(g, tid, op, value=None, *, name="g", count=None, root=None, fn=None, round_no=None):
+def call(g, tid, op, value=None, *, name="g", count=None, root=None, fn=None, round_no=None,
+         envelope=False):
     box = Box()
     try:
-        g.collective(box, op, name, tid, value, count, root, fn, round_no)
+        g.collective(box, op, name, tid, value, count, root, fn, round_no, envelope)
     except GroupError as exc:
         box(False, exc)
     return box
@@ -390,6 +391,48 @@ def test_frozen_group_thaws_onto_the_hub_from_shadows():
                                       round_no=4)] == [3, 3, 3]
 
 
+def test_thawed_group_goes_back_on_mpi_once_every_member_calls_itself():
+    """Issue 15: after a loss, the first round every member makes itself (the lost one
+    restarted and caught up) carries a plan of the members' current ranks; the next
+    rounds are on MPI again, and a later loss thaws the group again."""
+    g, coord, tids = make(3, nodes=[1, 2, 3])
+    plan0 = [call(g, t, "freeze", count=1) for t in tids][0].value
+    g.shadow_batch("g", 10, [(1, "allreduce", 1, None, None, "sum", None)])
+    g.shadow_batch("g", 11, [(1, "allreduce", 2, None, None, "sum", None)])
+    coord.tasks[12].node = 1            # node 3 lost: member 12 restarted on node 1 ...
+    a = call(g, 10, "allreduce", 1, fn="sum", round_no=1, envelope=True)   # thaws
+    assert not a.done                   # waits for 12
+    # ... from its checkpoint before round 1: round 1 is rebuilt, it completes it
+    c = call(g, 12, "allreduce", 3, fn="sum", round_no=1, envelope=True)
+    assert a.value == c.value == (6, None) and "g" in g.thawed
+    # round 2: every member calls it itself, but 10 and 12 share node 1: stays on the hub
+    got = [call(g, t, "bcast", v, root=0, round_no=2, envelope=True)
+           for t, v in zip(tids, ["x", None, None])]
+    assert [b.value for b in got] == [("x", None)] * 3
+    assert "same node" in g.stay_on_hub["g"] and "g" in g.thawed
+    # member 12 is now on spare node 4 (one per rank again): round 3 re-freezes
+    coord.tasks[12].node = 4
+    got = [call(g, t, "allreduce", v, fn="sum", round_no=3, envelope=True)
+           for t, v in zip(tids, [1, 2, 3])]
+    answers = [b.value for b in got]
+    assert [v for v, _ in answers] == [6, 6, 6]
+    plan = answers[0][1]
+    assert all(p == plan for _, p in answers)
+    assert plan["members"] == [(0, 10, 1), (1, 11, 2), (2, 12, 4)]
+    assert plan["tag"] > plan0["tag"] and plan["survive"]
+    assert "g" not in g.thawed and g.frozen["g"] and g.refreezes["g"] == 1
+    # rounds 4.. on MPI: shadows kept; a second loss thaws it again
+    for t, v in zip(tids, [1, 1, 1]):
+        g.shadow("g", t, 4, "allreduce", v, None, None, "sum", None)
+    coord.tasks[11].node = 3
+    r = call(g, 12, "allreduce", 1, fn="sum", round_no=4, envelope=True)
+    assert r.value == (3, None) and "g" in g.thawed
+    # a member replaying round 3 after that gets its answer without the old plan
+    assert call(g, 11, "allreduce", 2, fn="sum", round_no=3, envelope=True).value == (6, None)
+    # rounds completed from a shadow of a member that ended do not re-freeze
+    assert g.refreezes["g"] == 1
+
+
 def test_thawed_group_counts_shadows_of_a_member_that_ended():
     g, coord, tids = make(3, nodes=[1, 2, 3])
     [call(g, t, "freeze", count=1) for t in tids]
@@ -551,16 +594,20 @@ def test_frozen_group_runs_every_call_on_mpi():
 @pytest.mark.mpi
 def test_frozen_group_survives_a_lost_member(job, tmp_path):
     """Issue 15: a member's node is killed mid-loop; the member restarts (from scratch:
-    this app does not checkpoint), replays every round from the others' shadows, and the
-    group goes on through the coordinator with every result right."""
+    this app does not checkpoint) on a node that has a member already, replays every round
+    from the others' shadows, and the group goes on through the coordinator (it cannot be
+    one member per rank: said once in the log) with every result right."""
     j = job([str(APPS / "groups_frozen.py"), "--kill-at", "5", "--markers", str(tmp_path)],
             n=4, timeout=TIMEOUT)
     _kill_when_ready(j, tmp_path, 3)
     res = j.wait()
     _ok(res, "groups_frozen --kill-at")
     assert res.line("frozen-error:") == "frozen-error: none"
+    # the member restarted on a node that has a member already: one per rank no more
     assert res.line("frozen-survived:") == \
         "frozen-survived: sums_ok=True on_mpi=False task_errors=[]"
+    assert res.err.count("frozen group 'g' stays on the coordinator") == 1, res.err
+    assert "two of its members now run on the same node" in res.err
 
 
 # -- the examples against single-process references ---------------------------------------
@@ -667,6 +714,56 @@ def test_frozen_group_with_checkpoints_survives_a_killed_node(job, tmp_path):
     assert res.line("frozen-iter:") == base.line("frozen-iter:")
     assert res.line("frozen-iter-where:") == "frozen-iter-where: on_mpi=False"
     assert "node 2" in res.err and "lost" in res.err, res.err
+
+
+_FROZEN_ITER_BASE: dict = {}
+
+
+def _frozen_iter_base(app: str, args: list) -> str:
+    if "line" not in _FROZEN_ITER_BASE:
+        base = run_job([app, *args], n=4, timeout=TIMEOUT)
+        _ok(base, "frozen_iter")
+        assert base.line("frozen-iter-recovery:") == ("frozen-iter-recovery: hub_steps=0 "
+                                                      "mpi_after_hub=0 nodes=[1, 2, 3] "
+                                                      "members_on_mpi=[True, True, True]")
+        _FROZEN_ITER_BASE["line"] = base.line("frozen-iter:")
+    return _FROZEN_ITER_BASE["line"]
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("where", ["idle-node", "spare"])
+def test_frozen_group_goes_back_on_mpi_after_a_killed_node(job, tmp_path, where):
+    """Issue 15: a member's node is SIGKILLed mid-run; the member restarts from its
+    checkpoint on a node without a member (an idle one, or the spare of --spares 1),
+    catches up through the coordinator, and then the group is on MPI again, one member
+    per rank, on a new communicator: the result is the undisturbed one."""
+    from test_failover import ckpt_files, wait_until
+    app, args = str(APPS / "frozen_iter.py"), ["--steps", "14", "--step-ms", "150"]
+    expected = _frozen_iter_base(app, args)
+    ck = tmp_path / "ck"
+    run_args = ["--checkpoint-dir", str(ck)]
+    if where == "spare":
+        run_args += ["--spares", "1"]
+    else:
+        args = args + ["--idle", "1"]
+    j = job([app, *args], n=5, timeout=TIMEOUT, run_args=run_args)
+    wait_until(lambda: len(ckpt_files(ck)) >= 3, "the members' first checkpoints", j)
+    j.kill_rank(2)
+    res = j.wait()
+    _ok(res, f"frozen_iter with a node killed ({where})")
+    assert res.line("frozen-iter:") == expected
+    assert res.line("frozen-iter-where:") == "frozen-iter-where: on_mpi=True"
+    # the member moved to node 4, and every member (the restarted one too, which never
+    # called freeze_group again) is on MPI at the end
+    assert re.fullmatch(r"frozen-iter-recovery: hub_steps=\d+ mpi_after_hub=\d+ "
+                        r"nodes=\[1, 3, 4\] members_on_mpi=\[True, True, True\]",
+                        res.line("frozen-iter-recovery:")), res.line("frozen-iter-recovery:")
+    assert res.err.count("frozen group 'it' is back on MPI after the loss of a member: a "
+                         "new communicator of ranks [0, 1, 3, 4]") == 1, res.err
+    assert "node 2" in res.err and "lost" in res.err, res.err
+    if where == "spare":
+        assert "spare node 4 takes over" in res.err, res.err
+    assert "stays on the coordinator" not in res.err, res.err
 
 
 def test_member_failing_after_a_restart_fails_the_open_round_not_completes_it():

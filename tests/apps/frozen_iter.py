@@ -1,12 +1,18 @@
 """An iteration on a frozen group (MPI collectives) whose members checkpoint.
 
     clustervm run -n 4 --checkpoint-dir DIR tests/apps/frozen_iter.py [--steps S --step-ms MS]
+        [--idle K]
 
-Main and one spawned task per worker node join group "it" and freeze it; each step
-every member contributes a small int64 vector derived from the last result, and
-the members checkpoint every 2 steps. Main prints
+Main and one spawned task per worker node (alive, not a spare; with ``--idle K``
+the K highest ranks get none) join group "it" and freeze it; each step every
+member contributes a small int64 vector derived from the last result, and the
+members checkpoint every 2 steps. Main prints
 ``frozen-iter: digest=<hex> steps=<int>`` (the same with and without a node killed
-mid-run) and ``frozen-iter-where: on_mpi=<bool>``.
+mid-run), ``frozen-iter-where: on_mpi=<bool>`` (at the end) and
+``frozen-iter-recovery: hub_steps=<int> mpi_after_hub=<int> nodes=<list>
+members_on_mpi=<list>``: the steps main began through the coordinator (the group
+thawed after a loss), the steps on MPI after those, and the spawned members' nodes
+and group_on_mpi at the end.
 """
 import argparse
 import hashlib
@@ -21,7 +27,8 @@ def step_value(x: np.ndarray, me: int, step: int) -> np.ndarray:
     return (x * (me + 3) + step * 7 + me) % 1000003
 
 
-def iterate(ctx, n: int, steps: int, step_ms: float, is_main: bool = False):
+def iterate(ctx, n: int, steps: int, step_ms: float, is_main: bool = False,
+            seen: dict | None = None):
     state = None if is_main else ctx.restore()
     if state is None:
         me = ctx.join_group(G)
@@ -31,6 +38,11 @@ def iterate(ctx, n: int, steps: int, step_ms: float, is_main: bool = False):
     else:
         me, x, step = state["me"], state["x"], state["step"]
     while step < steps:
+        if seen is not None:
+            if not ctx.group_on_mpi(G):
+                seen["hub"] += 1
+            elif seen["hub"]:
+                seen["mpi_after_hub"] += 1
         x = ctx.allreduce(G, step_value(x, me, step), timeout=120)
         step += 1
         if step_ms:
@@ -41,22 +53,31 @@ def iterate(ctx, n: int, steps: int, step_ms: float, is_main: bool = False):
 
 
 def member(ctx, n, steps, step_ms):
-    return iterate(ctx, n, steps, step_ms).tolist()
+    x = iterate(ctx, n, steps, step_ms).tolist()
+    return {"x": x, "node": ctx.node, "on_mpi": ctx.group_on_mpi(G)}
 
 
 def main(vm) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--step-ms", type=float, default=0.0)
+    p.add_argument("--idle", type=int, default=0)
     a = p.parse_args(vm.argv[1:])
-    ranks = [nd.rank for nd in vm.nodes if nd.rank > 0]
+    ranks = sorted(nd.rank for nd in vm.nodes if nd.rank > 0 and nd.state == "alive")
+    ranks = ranks[:len(ranks) - a.idle]
     n = len(ranks) + 1
     tids = [vm.spawn(member, n, a.steps, a.step_ms, where=r)[0] for r in ranks]
     while vm.group_size(G) < len(ranks):
         time.sleep(0.01)
-    x = iterate(vm.context, n, a.steps, a.step_ms, is_main=True)
+    seen = {"hub": 0, "mpi_after_hub": 0}
+    x = iterate(vm.context, n, a.steps, a.step_ms, is_main=True, seen=seen)
     others = [vm.join(t, timeout=120) for t in tids]
-    assert all(o == x.tolist() for o in others), (others, x)
+    assert all(o["x"] == x.tolist() for o in others), (others, x)
+    nodes = sorted(o["node"] for o in others)
+    members_on_mpi = [o["on_mpi"] for o in others]
     print(f"frozen-iter: digest={hashlib.sha256(x.tobytes()).hexdigest()[:16]} "
           f"steps={a.steps}", flush=True)
     print(f"frozen-iter-where: on_mpi={vm.group_on_mpi(G)}", flush=True)
+    print(f"frozen-iter-recovery: hub_steps={seen['hub']} "
+          f"mpi_after_hub={seen['mpi_after_hub']} nodes={nodes} "
+          f"members_on_mpi={members_on_mpi}", flush=True)
