@@ -93,6 +93,7 @@ _IMMUTABLE = (int, float, str, bytes, bool, type(None))
 KEEP_ROUNDS = 64                    # shadows kept by a member, at most (as the hub keeps) ...
 KEEP_BYTES = 256 << 20              # ... and about this many bytes of them
 IDLE_FLUSH_S = 0.05                 # a member this long without a call sends its shadows
+BUILD_S = 10.0                      # longest wait for a group's new communicator
 log = logging.getLogger(__name__)
 
 
@@ -643,13 +644,52 @@ def _describe(hdr: tuple) -> str:
 
 def refreeze(ctx: "TaskContext", name: str, plan: dict) -> None:
     """The coordinator put thawed group ``name`` back on MPI (its answer to the round that
-    every member made itself carried ``plan``): build the group's new communicator."""
-    try:
-        fg = FrozenGroup(ctx, name, plan["members"], plan["tag"], bool(plan.get("survive")),
-                         after_loss=True)
-    except Exception as exc:   # noqa: BLE001 - a member lost meanwhile: go on on the hub
+    every member made itself carried ``plan``): build the group's new communicator.
+
+    MPI_Comm_create_from_group after a failure sometimes never returns (Open MPI 5.0
+    ULFM here: at every member, in about 1 of 10 tries; PMIx group construction), so the
+    member waits for it at most ``BUILD_S``; then it goes on through the coordinator (the
+    others too: their builds wait on the same construction), and a build that completes
+    after all is revoked, so no member waits on a communicator another has given up."""
+    state: dict = {}
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def build() -> None:
+        try:
+            fg = FrozenGroup(ctx, name, plan["members"], plan["tag"],
+                             bool(plan.get("survive")), after_loss=True)
+        except BaseException as exc:   # noqa: BLE001 - told below
+            with lock:
+                state["error"] = exc
+            done.set()
+            return
+        with lock:
+            if state.get("gave_up"):
+                fg._revoke()
+                log.warning("frozen group %r: its new communicator came after the member "
+                            "gave up on it; revoked", name)
+            else:
+                state["fg"] = fg
+        done.set()
+
+    threading.Thread(target=build, daemon=True, name=f"clustervm-freeze-{name}").start()
+    done.wait(BUILD_S)
+    with lock:
+        fg = state.get("fg")
+        if fg is None:
+            state["gave_up"] = True
+    if fg is None:
+        why = state.get("error") or f"not built within {BUILD_S:.0f} s"
         log.warning("frozen group %r: its new communicator could not be built (%s); it goes "
-                    "on through the coordinator", name, exc)
+                    "on through the coordinator", name, why)
         return
     ctx.__dict__.setdefault("_frozen", {})[name] = fg
     log.info("task %d: frozen group %r is on MPI again (%s)", ctx.tid, name, plan.get("why"))
+
+
+def can_rebuild() -> bool:
+    """Can a frozen group get a new communicator after a failure? Only with ULFM (Open MPI
+    launched with --with-ft ulfm): a build given up on must be revoked, and without
+    ULFM the failed ranks' node is lost for good anyway (MPICH: docs/messages.md)."""
+    return MPI.Get_library_version().startswith("Open MPI")

@@ -98,6 +98,8 @@ class Groups:
         self.refrozen: dict[str, tuple[int, dict]] = {}
         self.stay_on_hub: dict[str, str] = {}
         self.refreezes: dict[str, int] = {}                      # name -> times put back
+        #: can a group get a new communicator after a failure (ULFM)? None: ask MPI
+        self.rebuild: bool | None = None
         self._comm_tags = 0
 
     # -- membership ----------------------------------------------------------
@@ -344,7 +346,12 @@ class Groups:
             return
         self.thawed[name] = why
         self.frozen.pop(name, None)
-        self.refrozen.pop(name, None)
+        again = self.refrozen.pop(name, None)
+        if again is not None and not any(r > again[0] for r in self.shadows.get(name, {})):
+            # not one call on its new communicator: the members could not build it
+            self.stay_on_hub[name] = "its new communicator could not be built"
+            log.warning("frozen group %r stays on the coordinator: %s (see the members' "
+                        "logs)", name, self.stay_on_hub[name])
         floor = self.shadow_floor.get(name)
         if floor is not None:
             self.next_round[name] = max(self.next_round.get(name, 0), floor)
@@ -493,11 +500,18 @@ class Groups:
                 not all(ok for ok, _ in answers.values()) or \
                 (rnd.op == "barrier" and rnd.count):
             return
+        if self.stay_on_hub.get(name) == "its new communicator could not be built":
+            return
+        if self.rebuild is None:
+            from .fastgroup import can_rebuild
+            self.rebuild = can_rebuild()
         ranks = {t: self._rank_of(t) for t in members}
         if any(r is None for r in ranks.values()):
             return                              # a member is being restarted: later
         why = ""
-        if len(set(ranks.values())) < len(members):
+        if not self.rebuild:
+            why = "this MPI has no ULFM (MPICH), so no new communicator after a failure"
+        elif len(set(ranks.values())) < len(members):
             why = "two of its members now run on the same node"
         elif not all(self.coord.in_world(r) for r in ranks.values()):
             why = "a member now runs on a node started by MPI_Comm_spawn (not in COMM_WORLD)"
@@ -505,8 +519,8 @@ class Groups:
             if self.stay_on_hub.get(name) != why:
                 self.stay_on_hub[name] = why
                 log.warning("frozen group %r stays on the coordinator after the loss of a "
-                            "member: %s, and a frozen group needs one member per rank. Its "
-                            "collectives are right, but slower", name, why)
+                            "member: %s (on MPI it needs one member per rank of COMM_WORLD). "
+                            "Its collectives give the same results, more slowly", name, why)
             return
         self._comm_tags += 1
         ordered = sorted(members, key=lambda t: inst_of[t])

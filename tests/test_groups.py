@@ -396,6 +396,7 @@ def test_thawed_group_goes_back_on_mpi_once_every_member_calls_itself():
     restarted and caught up) carries a plan of the members' current ranks; the next
     rounds are on MPI again, and a later loss thaws the group again."""
     g, coord, tids = make(3, nodes=[1, 2, 3])
+    g.rebuild = True                    # as with ULFM (no MPI in these tests)
     plan0 = [call(g, t, "freeze", count=1) for t in tids][0].value
     g.shadow_batch("g", 10, [(1, "allreduce", 1, None, None, "sum", None)])
     g.shadow_batch("g", 11, [(1, "allreduce", 2, None, None, "sum", None)])
@@ -431,6 +432,41 @@ def test_thawed_group_goes_back_on_mpi_once_every_member_calls_itself():
     assert call(g, 11, "allreduce", 2, fn="sum", round_no=3, envelope=True).value == (6, None)
     # rounds completed from a shadow of a member that ended do not re-freeze
     assert g.refreezes["g"] == 1
+
+
+def test_member_gives_up_a_new_communicator_that_does_not_come(monkeypatch):
+    """MPI_Comm_create_from_group after a failure sometimes never returns (Open MPI 5
+    ULFM, ~1 in 10 here): the member waits BUILD_S at most, goes on through the
+    coordinator, and revokes the communicator if it comes after all."""
+    import threading
+    import mpi4py
+    if "mpi4py.MPI" not in sys.modules:
+        mpi4py.rc.initialize = False          # no MPI_Init in the test process
+    from clustervm import fastgroup
+    came, revoked = threading.Event(), []
+
+    class Slow:
+        def __init__(self, ctx, name, members, tag, survive, after_loss=False):
+            assert after_loss and survive
+            came.wait(5)
+
+        def _revoke(self):
+            revoked.append(True)
+
+    class Ctx:
+        tid = 10
+
+    monkeypatch.setattr(fastgroup, "FrozenGroup", Slow)
+    monkeypatch.setattr(fastgroup, "BUILD_S", 0.2)
+    ctx = Ctx()
+    t0 = time.monotonic()
+    fastgroup.refreeze(ctx, "g", {"members": [(0, 10, 1)], "tag": 2, "survive": True})
+    assert time.monotonic() - t0 < 3 and "_frozen" not in ctx.__dict__
+    came.set()
+    deadline = time.monotonic() + 5
+    while not revoked and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert revoked == [True]
 
 
 def test_thawed_group_counts_shadows_of_a_member_that_ended():
