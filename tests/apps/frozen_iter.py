@@ -1,12 +1,12 @@
 """An iteration on a frozen group (MPI collectives) whose members checkpoint.
 
     clustervm run -n 4 --checkpoint-dir DIR tests/apps/frozen_iter.py [--steps S --step-ms MS]
-        [--idle K]
+        [--idle K] [--checkpoint-every C]
 
 Main and one spawned task per worker node (alive, not a spare; with ``--idle K``
 the K highest ranks get none) join group "it" and freeze it; each step every
 member contributes a small int64 vector derived from the last result, and the
-members checkpoint every 2 steps. Main prints
+members checkpoint every C steps (default 2; 0: never). Main prints
 ``frozen-iter: digest=<hex> steps=<int>`` (the same with and without a node killed
 mid-run), ``frozen-iter-where: on_mpi=<bool>`` (at the end) and
 ``frozen-iter-recovery: hub_steps=<int> mpi_after_hub=<int> nodes=<list>
@@ -28,7 +28,7 @@ def step_value(x: np.ndarray, me: int, step: int) -> np.ndarray:
 
 
 def iterate(ctx, n: int, steps: int, step_ms: float, is_main: bool = False,
-            seen: dict | None = None):
+            seen: dict | None = None, every: int = 2):
     state = None if is_main else ctx.restore()
     if state is None:
         me = ctx.join_group(G)
@@ -47,13 +47,13 @@ def iterate(ctx, n: int, steps: int, step_ms: float, is_main: bool = False,
         step += 1
         if step_ms:
             time.sleep(step_ms / 1000.0)
-        if not is_main and step % 2 == 0 and step < steps:
+        if not is_main and every and step % every == 0 and step < steps:
             ctx.checkpoint({"me": me, "x": x, "step": step})
     return x
 
 
-def member(ctx, n, steps, step_ms):
-    x = iterate(ctx, n, steps, step_ms).tolist()
+def member(ctx, n, steps, step_ms, every):
+    x = iterate(ctx, n, steps, step_ms, every=every).tolist()
     return {"x": x, "node": ctx.node, "on_mpi": ctx.group_on_mpi(G)}
 
 
@@ -62,12 +62,17 @@ def main(vm) -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--step-ms", type=float, default=0.0)
     p.add_argument("--idle", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=2)
     a = p.parse_args(vm.argv[1:])
     ranks = sorted(nd.rank for nd in vm.nodes if nd.rank > 0 and nd.state == "alive")
     ranks = ranks[:len(ranks) - a.idle]
     n = len(ranks) + 1
-    tids = [vm.spawn(member, n, a.steps, a.step_ms, where=r)[0] for r in ranks]
+    tids = [vm.spawn(member, n, a.steps, a.step_ms, a.checkpoint_every, where=r)[0] for r in ranks]
     while vm.group_size(G) < len(ranks):
+        alive = {row["tid"] for row in vm.tasks()}
+        for t in tids:
+            if t not in alive:
+                vm.join(t)        # a member that ended before joining: its error, here
         time.sleep(0.01)
     seen = {"hub": 0, "mpi_after_hub": 0}
     x = iterate(vm.context, n, a.steps, a.step_ms, is_main=True, seen=seen)
