@@ -29,23 +29,63 @@ whose node is lost (MPI error from ULFM, or the coordinator moving or ending
 that member). Then it revokes the communicator (ULFM), so no member stays
 blocked.
 
-Surviving it (``freeze_group(..., survive=True)``, the default): every call
-also posts the member's contribution to the coordinator, without waiting (a
-*shadow*: one small message per call, a copy of the value). On a loss the
-members that see it retry the call in progress through the coordinator; the
-first such call *thaws* the group there: its last rounds (up to 64) are
-rebuilt from the shadows, so the lost member, restarted from its checkpoint,
-gets for each call it makes again the answer the others got on MPI, and the
-call in progress completes for everyone. The group then goes on through the
-coordinator (``group_on_mpi`` is False; every member calling ``freeze_group``
-again puts it back on MPI). Results are the same as undisturbed, except
-that large float arrays reduced with MPI's own ``Iallreduce``/``Ireduce``
-may differ in the last bits from the coordinator's left-to-right sum. Under
-MPICH (no ULFM, no revoke) the members see the loss when the coordinator
-moves the lost member (heartbeat timeout, plus ``_GRACE_S``) and then go on
-the same way.
+Surviving it (``freeze_group(..., survive=True)``, the default). Each member
+keeps a *shadow* of every call it completed (its contribution; for an
+allreduce that MPI computed, the result itself), the last 64 calls and at most
+256 MiB, and sends them to the coordinator in a batch only when it needs them:
+when it sees a member lost, when it leaves or ends, or when it has made no call
+for ``IDLE_FLUSH_S`` (a member busy elsewhere must not hold back what the hub
+needs). A member that keeps calling sends nothing: the cost of survival is a
+tuple per call (and a copy of a mutable value). On a loss:
 
-With ``survive=False`` no shadows are sent: a lost member makes the calls
+1. The members that see it revoke the communicator, send their shadows and
+   retry the call in progress through the coordinator. The first such call
+   *thaws* the group there (groups.py): its last rounds are rebuilt from the
+   shadows.
+2. The lost member restarts from its checkpoint (on a survivor, a spare of
+   ``--spares``, or a node of ``--replace-failed``) and makes its calls again
+   through the coordinator; each gets the answer the others got on MPI (the
+   rebuilt round, or MPI's own allreduce result), and the call in progress
+   completes for everyone with the result an undisturbed run gives.
+3. The first round every member then makes itself puts the group back on
+   MPI: its answer carries a plan with the members' current ranks, and each
+   member builds a new communicator (``MPI_Comm_create_from_group``:
+   ``MPI_Comm_create_group`` on COMM_WORLD fails once a rank of it has failed,
+   measured with Open MPI 5 ULFM). The next calls run on MPI (``group_on_mpi``
+   is True again). The group stays on the coordinator, said once in the log,
+   if two members now share a rank, a member runs on a node started by
+   ``MPI_Comm_spawn`` (outside COMM_WORLD), the MPI has no ULFM, or the new
+   communicator did not come within ``BUILD_S`` (it hung in about 1 of 10
+   tries after a failure here; a late one is revoked).
+
+Rollback: only the lost member rolls back (to its own last checkpoint); the
+others keep their state and go on. This gives the same results as rolling the
+whole group back to its last checkpoint, with less work: a member's state
+after a collective depends only on its state before and the answer it got
+(tasks are piecewise deterministic, as the message replay of site.py assumes).
+The survivors' states are those of the undisturbed run; the lost member
+re-executes from its checkpoint and, for every call it makes again, gets the
+answer it got (or would have got) in the undisturbed run, so it reaches the
+same states too. A whole-group rollback would redo the survivors' work to
+reach the states they already have. One difference in the last bits is
+possible: a float array reduced by MPI's own ``Iallreduce`` is summed in MPI's
+order, and a round computed on the coordinator (one no member completed on MPI,
+and every round while the group stays there) left to right. A call the lost
+member replays from
+before the last 64 rounds kept fails with a GroupError that says to
+checkpoint more often.
+
+MPICH (no ULFM, no revoke): the members see a loss only when the coordinator
+moves the lost member (heartbeat timeout, plus ``_GRACE_S``), then go on
+through the coordinator as above; the group is never put back on MPI (no
+ULFM to revoke a communicator given up on). But on one host, Hydra kills every
+rank of the host when one is killed: the job is lost whatever the group does,
+and ``--restarts`` runs it again from the journal (exact, when the members do
+not checkpoint inside the group: groups are not in the journal, and a member
+restored from a checkpoint taken inside one ends with a GroupError saying so;
+tests/test_mpich.py).
+
+With ``survive=False`` no shadows are kept: a lost member makes the calls
 raise a GroupError naming it (never hang), later calls raise it too, and a
 restarted member gets the same error from the coordinator; ``leave_group``
 and ``join_group`` again make it a hub group.
@@ -60,7 +100,7 @@ import time
 import weakref
 import zlib
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from mpi4py import MPI
@@ -101,7 +141,8 @@ class FrozenGroup:
     """One member's view of a frozen group: the communicator and how to use it."""
 
     def __init__(self, ctx: "TaskContext", name: str, members: list, tag: int,
-                 survive: bool = False, after_loss: bool = False) -> None:
+                 survive: bool = False, after_loss: bool = False,
+                 hold: "Callable[[bool], None] | None" = None) -> None:
         self.ctx = ctx
         self.survive = survive
         self.site: "Site" = ctx._site
@@ -116,6 +157,8 @@ class FrozenGroup:
         self._pending: deque = deque()        # (bytes, shadow) not yet sent, oldest first
         self._pending_bytes = 0
         self._last_call = 0.0
+        self._own_error: BaseException | None = None     # this member's own failed value
+        self._mpi_result: Any = None                     # an allreduce computed by MPI
         self.deadline: float | None = None
         world = MPI.COMM_WORLD
         group = world.Get_group().Incl([r for _, _, r in self.members])
@@ -124,9 +167,18 @@ class FrozenGroup:
                 # after a rank of COMM_WORLD failed, MPI_Comm_create_group on it fails
                 # (MPI_ERR_PROC_FAILED, also after Ack_failed: measured with Open MPI 5
                 # ULFM); MPI-4's MPI_Comm_create_from_group needs no parent and works
-                # (~10 ms). The string tag is the coordinator's: unique, the same at all
-                self.comm = MPI.Intracomm.Create_from_group(
-                    group, f"clustervm.frozen.{tag}", MPI.INFO_NULL, MPI.ERRORS_RETURN)
+                # (~10 ms). The string tag is the coordinator's: unique, the same at all.
+                # Another thread polling MPI meanwhile (Iprobe + Ack_failed, as the
+                # transport does) made it hang in ~1 of 10 tries, or crash, in a probe
+                # (never in 12 with the polls held off): ``hold`` holds them off
+                if hold is not None:
+                    hold(True)
+                try:
+                    self.comm = MPI.Intracomm.Create_from_group(
+                        group, f"clustervm.frozen.{tag}", MPI.INFO_NULL, MPI.ERRORS_RETURN)
+                finally:
+                    if hold is not None:
+                        hold(False)
             else:
                 # 65536 > tag >= 2: never clustervm's point-to-point tags (1 and >= 65536)
                 self.comm = world.Create_group(group, 2 + tag % 60000)
@@ -149,16 +201,31 @@ class FrozenGroup:
             raise self.broken
         self.calls += 1
         self.deadline = None if timeout is None else time.perf_counter() + timeout
+        self._own_error = self._mpi_result = None
+        shadow = self.survive and round_no is not None
+        try:
+            result = self._call(op, value, count, root, fn)
+        except (Thawed, TimeoutError, TaskAborted):
+            raise            # (the call in progress is retried on the hub, or the group is gone)
+        except BaseException:
+            if shadow:       # a call that ended with an error for every member, on MPI
+                self._shadow(round_no, op, value, count, root, fn, self._own_error)
+            raise
+        if shadow:
+            # kept once the call is complete: a member that did not complete it retries it
+            # through the coordinator with its own value after a loss (then none is needed)
+            self._shadow(round_no, op, value, count, root, fn, None, self._mpi_result)
+        return result
+
+    def _call(self, op: str, value: Any, count: Any, root: Any, fn: str | None) -> Any:
         failed = None
-        given = value
         try:
             slot, meta, bufs, value = self._prepare(op, value, count, root, fn)
         except Exception as exc:   # noqa: BLE001 - take part anyway, so no member waits
             failed, meta, bufs = exc, None, []
             slot = np.zeros(SLOT, np.uint8)
             _HDR.pack_into(slot, 0, _OPS[op], -2, -2, 0, _FAILED, 0, 0, 0)
-        if self.survive and round_no is not None:
-            self._shadow(round_no, op, given, count, root, fn, failed)
+        self._own_error = failed
         n = len(self.members)
         slots = np.empty(n * SLOT, np.uint8)
         self._wait(self.comm.Iallgather(slot, slots), op)
@@ -252,12 +319,14 @@ class FrozenGroup:
         return slot, meta, bufs, value
 
     def _shadow(self, round_no: int, op: str, value: Any, count: Any, root: Any,
-                fn: str | None, failed: BaseException | None) -> None:
-        """Keep this call's contribution for the coordinator (sent later, in a batch: see
-        :meth:`flush_shadows`): if a member is lost, the group goes on on the hub from
-        these (see groups.py)."""
+                fn: str | None, failed: BaseException | None, result: Any = None) -> None:
+        """Keep this complete call's contribution (and ``result``, when MPI computed it)
+        for the coordinator, sent later in a batch (see :meth:`flush_shadows`): if a
+        member is lost, the group goes on on the hub from these (see groups.py)."""
         why = None
-        if failed is not None:
+        if result is not None:
+            result, value = snapshot(result), None      # the caller may change its copy
+        elif failed is not None:
             why = (f"{op} on frozen group {self.name!r}: instance(s) [{self.insts[self.me]}] "
                    f"could not make their contribution (their own call raised the error); no "
                    f"member got a result")
@@ -268,9 +337,11 @@ class FrozenGroup:
             except Exception:   # noqa: BLE001 - unsendable: the MPI exchange fails alike
                 value = None
         size = 64 if value is None or isinstance(value, _IMMUTABLE) else approx_size(value)
+        if result is not None:
+            size += approx_size(result)
         with self._lock:
             pending = self._pending
-            pending.append((size, (round_no, op, value, count, root, fn, why)))
+            pending.append((size, (round_no, op, value, count, root, fn, why, result)))
             self._pending_bytes += size
             while len(pending) > KEEP_ROUNDS or (len(pending) > 1 and
                                                  self._pending_bytes > KEEP_BYTES):
@@ -427,9 +498,15 @@ class FrozenGroup:
         # not np.empty_like: numpy asks for huge pages, whose faults can stall for ms
         out = np.frombuffer(bytearray(value.nbytes), value.dtype).reshape(value.shape)
         mpi_op = _MPI_OPS[fn]
-        if op == "allreduce":
+        if op == "allreduce" or self.survive:
+            # (a reduce of a group that survives: every member keeps the root's result,
+            # so a root restarted after a loss gets it again, bit for bit)
             self._wait(self.comm.Iallreduce(value, out, op=mpi_op), op)
-            return out
+            # MPI combined the values in its own order (float sums may differ in the last
+            # bits from the hub's left-to-right order): a member replaying this call after
+            # a loss gets this very result
+            self._mpi_result = out
+            return out if op == "allreduce" or self.me == root_pos else None
         self._wait(self.comm.Ireduce(value, out if self.me == root_pos else None, op=mpi_op,
                                      root=root_pos), op)
         return out if self.me == root_pos else None
@@ -596,13 +673,13 @@ _FLUSHER = _Flusher()
 
 def _sendable(entry: tuple, name: str) -> tuple:
     """A shadow whose value is not wire data: sent with the error its call had instead."""
-    round_no, op, value, count, root, fn, why = entry
+    round_no, op, value, count, root, fn, why, result = entry
     try:
         wire.dumps(value)
         return entry
     except Exception:   # noqa: BLE001
         return (round_no, op, None, count, root, fn,
-                why or f"{op} on frozen group {name!r}: a value that cannot be sent")
+                why or f"{op} on frozen group {name!r}: a value that cannot be sent", result)
 
 
 class Thawed(GroupError):
@@ -654,11 +731,29 @@ def refreeze(ctx: "TaskContext", name: str, plan: dict) -> None:
     state: dict = {}
     lock = threading.Lock()
     done = threading.Event()
+    token = getattr(getattr(getattr(ctx, "_site", None), "transport", None), "_token", None)
+
+    def hold(on: bool) -> None:
+        """Hold off this process's polls of MPI (the transport's poller token) while the
+        communicator is made; never past the moment the member gives up on it."""
+        if token is None:
+            return
+        if on:
+            got = token.acquire(timeout=BUILD_S / 2)
+            with lock:
+                if got and state.get("gave_up"):
+                    token.release()
+                else:
+                    state["held"] = got
+        else:
+            with lock:
+                if state.pop("held", False):
+                    token.release()
 
     def build() -> None:
         try:
             fg = FrozenGroup(ctx, name, plan["members"], plan["tag"],
-                             bool(plan.get("survive")), after_loss=True)
+                             bool(plan.get("survive")), after_loss=True, hold=hold)
         except BaseException as exc:   # noqa: BLE001 - told below
             with lock:
                 state["error"] = exc
@@ -679,6 +774,8 @@ def refreeze(ctx: "TaskContext", name: str, plan: dict) -> None:
         fg = state.get("fg")
         if fg is None:
             state["gave_up"] = True
+            if state.pop("held", False):
+                token.release()
     if fg is None:
         why = state.get("error") or f"not built within {BUILD_S:.0f} s"
         log.warning("frozen group %r: its new communicator could not be built (%s); it goes "

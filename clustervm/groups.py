@@ -98,6 +98,7 @@ class Groups:
         self.refrozen: dict[str, tuple[int, dict]] = {}
         self.stay_on_hub: dict[str, str] = {}
         self.refreezes: dict[str, int] = {}                      # name -> times put back
+        self.forced: dict[str, dict[int, Any]] = {}   # name -> round -> result MPI computed
         #: can a group get a new communicator after a failure (ULFM)? None: ask MPI
         self.rebuild: bool | None = None
         self._comm_tags = 0
@@ -319,18 +320,20 @@ class Groups:
                 rnd.need.discard(tid)
 
     def shadow(self, name: str, tid: int, round_no: int, op: str, value: Any, count: Any,
-               root: Any, fn: Any, failed: str | None) -> None:
+               root: Any, fn: Any, failed: str | None, result: Any = None) -> None:
         """A member's contribution to round ``round_no`` of frozen group ``name``, made on
-        MPI (kept until the group thaws, or passed on at once if it has)."""
+        MPI (kept until the group thaws, or passed on at once if it has); ``result``: the
+        round's result as MPI computed it (an allreduce), which a replay gets as is."""
         if name not in self.shadowed:
             return
+        entry = (op, value, count, root, fn, failed, result)
         if name in self.thawed:
-            self._replay(name, round_no, tid, (op, value, count, root, fn, failed))
+            self._replay(name, round_no, tid, entry)
             return
         kept = self.shadows.setdefault(name, OrderedDict())
-        kept.setdefault(round_no, {})[tid] = (op, value, count, root, fn, failed)
+        kept.setdefault(round_no, {})[tid] = entry
         sizes = self.shadow_bytes.setdefault(name, {})
-        sizes[round_no] = sizes.get(round_no, 0) + approx_size(value)
+        sizes[round_no] = sizes.get(round_no, 0) + approx_size(value) + approx_size(result)
         while len(kept) > _KEEP_DONE or (len(kept) > 1 and sum(sizes.values()) > _KEEP_BYTES):
             old, _ = kept.popitem(last=False)
             sizes.pop(old, None)
@@ -339,8 +342,8 @@ class Groups:
     def shadow_batch(self, name: str, tid: int, entries: list) -> None:
         """Shadows of member ``tid``, in call order: ``(round, op, value, count, root, fn,
         failed)`` each (fastgroup.py sends them in batches)."""
-        for round_no, op, value, count, root, fn, failed in entries:
-            self.shadow(name, tid, round_no, op, value, count, root, fn, failed)
+        for round_no, op, value, count, root, fn, failed, *result in entries:
+            self.shadow(name, tid, round_no, op, value, count, root, fn, failed, *result)
 
     def thaw(self, name: str, why: str) -> None:
         """A member of frozen group ``name`` was lost: the group goes on on the hub. Its
@@ -365,7 +368,9 @@ class Groups:
                 self._replay(name, round_no, tid, entry)
 
     def _replay(self, name: str, round_no: int, tid: int, entry: tuple) -> None:
-        op, value, count, root, fn, failed = entry
+        op, value, count, root, fn, failed, result = entry
+        if result is not None:
+            self.forced.setdefault(name, {})[round_no] = result
         if failed is not None:
             if round_no not in self.done.get(name, {}):
                 self._fail_round(name, round_no, GroupError(failed))
@@ -389,8 +394,9 @@ class Groups:
         inst_of = {t: i for i, t in insts.items()}
         for t, i in self.frozen_insts.get(name, {}).items():   # members that ended since
             inst_of.setdefault(t, i)
+        forced = self.forced.get(name, {}).pop(round_no, None)
         try:
-            answers = self._compute(name, rnd, inst_of)
+            answers = self._compute(name, rnd, inst_of, forced)
         except Exception as exc:   # noqa: BLE001 - every member gets the error
             answers = {tid: (False, exc) for tid in rnd.parts}
         if name in self.thawed and name in self.shadowed and rnd.op != "freeze":
@@ -419,7 +425,8 @@ class Groups:
             for value, reply, root, fn in rnd.parts.values():
                 reply(False, error)
 
-    def _compute(self, name: str, rnd: _Round, inst_of: dict[int, int]) -> dict:
+    def _compute(self, name: str, rnd: _Round, inst_of: dict[int, int],
+                 forced: Any = None) -> dict:
         parts = rnd.parts
         ordered = sorted(parts, key=lambda t: inst_of.get(t, 1 << 30))
         op = rnd.op
@@ -439,6 +446,9 @@ class Groups:
         if op == "bcast":
             v = parts[root_tid][0]
             return {t: (True, v) for t in parts}
+        if op in ("reduce", "allreduce") and forced is not None:   # as MPI computed it
+            return {t: (True, forced if op == "allreduce" or t == root_tid else None)
+                    for t in parts}
         if op in ("reduce", "allreduce"):
             result = _reduce([parts[t][0] for t in ordered], any_part[3], self.coord)
             if op == "allreduce":

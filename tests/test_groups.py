@@ -446,7 +446,7 @@ def test_member_gives_up_a_new_communicator_that_does_not_come(monkeypatch):
     came, revoked = threading.Event(), []
 
     class Slow:
-        def __init__(self, ctx, name, members, tag, survive, after_loss=False):
+        def __init__(self, ctx, name, members, tag, survive, after_loss=False, hold=None):
             assert after_loss and survive
             came.wait(5)
 
@@ -467,6 +467,24 @@ def test_member_gives_up_a_new_communicator_that_does_not_come(monkeypatch):
     while not revoked and time.monotonic() < deadline:
         time.sleep(0.01)
     assert revoked == [True]
+
+
+def test_replay_gets_the_result_mpi_computed_bit_for_bit():
+    """A float allreduce that MPI summed in its own order: its shadows carry that result,
+    and a member replaying the round gets it (not the hub's left-to-right sum)."""
+    g, coord, tids = make(3, nodes=[1, 2, 3])
+    [call(g, t, "freeze", count=1) for t in tids]
+    vals = [np.array([1e16]), np.array([1.0]), np.array([-1e16])]
+    mpi_order = np.array([1.0])                  # e.g. (a + c) + b; left to right gives 0.0
+    for t in tids[:2]:
+        g.shadow_batch("g", t, [(1, "allreduce", None, None, None, "sum", None, mpi_order)])
+    g.thaw("g", "test")
+    got = call(g, 12, "allreduce", vals[2], fn="sum", round_no=1).value
+    np.testing.assert_array_equal(got, mpi_order)
+    # a reduce likewise: the root gets MPI's result, the others None
+    for t in tids[1:]:
+        g.shadow_batch("g", t, [(2, "reduce", None, None, 0, "sum", None, mpi_order)])
+    assert call(g, 10, "reduce", vals[0], fn="sum", root=0, round_no=2).value == mpi_order
 
 
 def test_thawed_group_counts_shadows_of_a_member_that_ended():
@@ -788,7 +806,7 @@ def test_frozen_group_goes_back_on_mpi_after_a_killed_node(job, tmp_path, where)
     res = j.wait()
     _ok(res, f"frozen_iter with a node killed ({where})")
     assert res.line("frozen-iter:") == expected
-    assert res.line("frozen-iter-where:") == "frozen-iter-where: on_mpi=True"
+    assert res.line("frozen-iter-where:") == "frozen-iter-where: on_mpi=True", res.err
     # the member moved to node 4, and every member (the restarted one too, which never
     # called freeze_group again) is on MPI at the end
     assert re.fullmatch(r"frozen-iter-recovery: hub_steps=\d+ mpi_after_hub=\d+ "
