@@ -32,7 +32,7 @@ blocked.
 Surviving it (``freeze_group(..., survive=True)``, the default). Each member
 keeps a *shadow* of every call it completed (its contribution; for an
 allreduce that MPI computed, the result itself), the last 64 calls and at most
-256 MiB, and sends them to the coordinator in a batch only when it needs them:
+64 MiB, and sends them to the coordinator in a batch only when it needs them:
 when it sees a member lost, when it leaves or ends, or when it has made no call
 for ``IDLE_FLUSH_S`` (a member busy elsewhere must not hold back what the hub
 needs). A member that keeps calling sends nothing: the cost of survival is a
@@ -131,7 +131,7 @@ _GRACE_S = 1.0                      # a member seen gone may still complete the 
 _yield = getattr(os, "sched_yield", lambda: time.sleep(0))
 _IMMUTABLE = (int, float, str, bytes, bool, type(None))
 KEEP_ROUNDS = 64                    # shadows kept by a member, at most (as the hub keeps) ...
-KEEP_BYTES = 256 << 20              # ... and about this many bytes of them
+KEEP_BYTES = 64 << 20               # ... and about this many bytes of them (the hub: 256 MiB)
 IDLE_FLUSH_S = 0.05                 # a member this long without a call sends its shadows
 BUILD_S = 10.0                      # longest wait for a group's new communicator
 log = logging.getLogger(__name__)

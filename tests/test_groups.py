@@ -411,9 +411,14 @@ def test_thawed_group_goes_back_on_mpi_once_every_member_calls_itself():
            for t, v in zip(tids, ["x", None, None])]
     assert [b.value for b in got] == [("x", None)] * 3
     assert "same node" in g.stay_on_hub["g"] and "g" in g.thawed
-    # member 12 is now on spare node 4 (one per rank again): round 3 re-freezes
+    # on a node started by MPI_Comm_spawn (rank 100 here): not in COMM_WORLD, stays too
+    coord.tasks[12].node = 100
+    assert [b.value for b in everyone(g, tids, "barrier", round_no=3, envelope=True)] == \
+        [(None, None)] * 3
+    assert "MPI_Comm_spawn" in g.stay_on_hub["g"]
+    # member 12 is now on spare node 4 (one per rank again): round 4 re-freezes
     coord.tasks[12].node = 4
-    got = [call(g, t, "allreduce", v, fn="sum", round_no=3, envelope=True)
+    got = [call(g, t, "allreduce", v, fn="sum", round_no=4, envelope=True)
            for t, v in zip(tids, [1, 2, 3])]
     answers = [b.value for b in got]
     assert [v for v, _ in answers] == [6, 6, 6]
@@ -422,16 +427,31 @@ def test_thawed_group_goes_back_on_mpi_once_every_member_calls_itself():
     assert plan["members"] == [(0, 10, 1), (1, 11, 2), (2, 12, 4)]
     assert plan["tag"] > plan0["tag"] and plan["survive"]
     assert "g" not in g.thawed and g.frozen["g"] and g.refreezes["g"] == 1
-    # rounds 4.. on MPI: shadows kept; a second loss thaws it again
+    # rounds 5.. on MPI: shadows kept; a second loss thaws it again
     for t, v in zip(tids, [1, 1, 1]):
-        g.shadow("g", t, 4, "allreduce", v, None, None, "sum", None)
+        g.shadow("g", t, 5, "allreduce", v, None, None, "sum", None)
     coord.tasks[11].node = 3
-    r = call(g, 12, "allreduce", 1, fn="sum", round_no=4, envelope=True)
+    r = call(g, 12, "allreduce", 1, fn="sum", round_no=5, envelope=True)
     assert r.value == (3, None) and "g" in g.thawed
-    # a member replaying round 3 after that gets its answer without the old plan
-    assert call(g, 11, "allreduce", 2, fn="sum", round_no=3, envelope=True).value == (6, None)
-    # rounds completed from a shadow of a member that ended do not re-freeze
+    # a member replaying round 4 after that gets its answer without the old plan
+    assert call(g, 11, "allreduce", 2, fn="sum", round_no=4, envelope=True).value == (6, None)
+    # round 5 (two of its parts from shadows) did not put the group back on MPI
     assert g.refreezes["g"] == 1
+
+
+def test_group_whose_new_communicator_saw_no_call_stays_on_the_hub():
+    """The members could not build the rebuilt communicator (they gave up on it and
+    came back through the coordinator with no call made on it): no more tries."""
+    g, coord, tids = make(2, nodes=[1, 2])
+    g.rebuild = True
+    [call(g, t, "freeze", count=1) for t in tids]
+    g.thaw("g", "test")
+    plan = [b.value[1] for b in everyone(g, tids, "barrier", round_no=1, envelope=True)][0]
+    assert plan["members"] and g.frozen["g"]
+    everyone(g, tids, "allreduce", [1, 2], fn="sum", round_no=2, envelope=True)   # thaws
+    assert "could not be built" in g.stay_on_hub["g"]
+    got = everyone(g, tids, "allreduce", [1, 2], fn="sum", round_no=3, envelope=True)
+    assert [b.value for b in got] == [(3, None)] * 2 and g.refreezes["g"] == 1
 
 
 def test_member_gives_up_a_new_communicator_that_does_not_come(monkeypatch):
