@@ -52,7 +52,9 @@ tuple per call (and a copy of a mutable value). On a loss:
    member builds a new communicator (``MPI_Comm_create_from_group``:
    ``MPI_Comm_create_group`` on COMM_WORLD fails once a rank of it has failed,
    measured with Open MPI 5 ULFM). The next calls run on MPI (``group_on_mpi``
-   is True again). The group stays on the coordinator, said once in the log,
+   is True again). If that round was a reduction of arrays, the members make it
+   again on the new communicator, so that MPI sums it in the order of the
+   undisturbed run. The group stays on the coordinator, said once in the log,
    if two members now share a rank, a member runs on a node started by
    ``MPI_Comm_spawn`` (outside COMM_WORLD), the MPI has no ULFM, or the new
    communicator did not come within ``BUILD_S`` (it hung in about 1 of 10
@@ -67,11 +69,12 @@ The survivors' states are those of the undisturbed run; the lost member
 re-executes from its checkpoint and, for every call it makes again, gets the
 answer it got (or would have got) in the undisturbed run, so it reaches the
 same states too. A whole-group rollback would redo the survivors' work to
-reach the states they already have. One difference in the last bits is
-possible: a float array reduced by MPI's own ``Iallreduce`` is summed in MPI's
-order, and a round computed on the coordinator (one no member completed on MPI,
-and every round while the group stays there) left to right. A call the lost
-member replays from
+reach the states they already have. Float sums are the same bit for bit too:
+a replayed reduction that MPI computed is answered with MPI's result, and the
+call in progress, if it is a reduction of arrays, is made again on MPI. Only
+while a group stays on the coordinator (see above) are its float arrays summed
+left to right, which may differ in the last bits from MPI's order. A call the
+lost member replays from
 before the last 64 rounds kept fails with a GroupError that says to
 checkpoint more often.
 
@@ -719,7 +722,7 @@ def _describe(hdr: tuple) -> str:
     return f"{_NAMES.get(op, op)}({', '.join(args)})"
 
 
-def refreeze(ctx: "TaskContext", name: str, plan: dict) -> None:
+def refreeze(ctx: "TaskContext", name: str, plan: dict) -> "FrozenGroup | None":
     """The coordinator put thawed group ``name`` back on MPI (its answer to the round that
     every member made itself carried ``plan``): build the group's new communicator.
 
@@ -780,9 +783,10 @@ def refreeze(ctx: "TaskContext", name: str, plan: dict) -> None:
         why = state.get("error") or f"not built within {BUILD_S:.0f} s"
         log.warning("frozen group %r: its new communicator could not be built (%s); it goes "
                     "on through the coordinator", name, why)
-        return
+        return None
     ctx.__dict__.setdefault("_frozen", {})[name] = fg
     log.info("task %d: frozen group %r is on MPI again (%s)", ctx.tid, name, plan.get("why"))
+    return fg
 
 
 def can_rebuild() -> bool:

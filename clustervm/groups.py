@@ -538,8 +538,12 @@ class Groups:
             return
         self._comm_tags += 1
         ordered = sorted(members, key=lambda t: inst_of[t])
+        # a reduction of arrays: MPI may sum them in another order than the coordinator
+        # (left to right); the members make this round again on the new communicator
+        retry = rnd.op in ("reduce", "allreduce") and \
+            all(hasattr(part[0], "dtype") for part in rnd.parts.values())
         plan = {"size": len(ordered), "tag": self._comm_tags, "survive": True,
-                "why": f"back on MPI after round {round_no}",
+                "why": f"back on MPI after round {round_no}", "retry": retry,
                 "members": [(inst_of[t], t, ranks[t]) for t in ordered]}
         self.frozen[name] = True
         self.shadowed[name] = set(ordered)

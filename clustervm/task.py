@@ -371,8 +371,15 @@ class TaskContext:
             raise TimeoutError(f"{op} on group {name!r}: not every member took part within "
                                f"{timeout} s (task {self.tid}, round {round_no})") from None
         if plan is not None:             # a frozen group that lost a member goes back on MPI
-            from .fastgroup import refreeze
-            refreeze(self, name, plan)
+            from .fastgroup import Thawed, refreeze
+            fg = refreeze(self, name, plan)
+            if fg is not None and plan.get("retry"):
+                # a reduction MPI computes in its own order: made again on the new
+                # communicator, it gives what the undisturbed run gave, bit for bit
+                try:
+                    return fg.call(op, value, count, root, fn_ref, timeout, round_no)
+                except Thawed:
+                    self.__dict__.get("_frozen", {}).pop(name, None)   # the hub's, then
         return answer
 
     # -- VM-wide mailbox (pvm_putinfo / pvm_recvinfo) -------------------------
