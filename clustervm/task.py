@@ -256,12 +256,11 @@ class TaskContext:
         With ``mpi`` (the default) and members on distinct nodes (main counts as rank 0),
         the group's collectives then run on an MPI communicator of those ranks, member to
         member, instead of through the coordinator. With ``survive`` (the default) each
-        member keeps a copy of its last calls (sent to the coordinator only when needed);
-        if a member is lost the group goes on through the coordinator, the member,
-        restarted from its checkpoint, gets the same answers as the others, and then
-        the group is back on MPI on a new communicator (see clustervm/fastgroup.py).
-        With ``survive=False`` (no such copies) the loss of a member makes its
-        collectives raise GroupError naming it (never hang).
+        member keeps a copy of its last calls, sent to the coordinator when needed; if a
+        member is lost the group goes on through the coordinator until the member has
+        restarted, then on a new communicator, with the undisturbed results (see
+        clustervm/fastgroup.py). With ``survive=False`` (no such copies) the loss of a
+        member makes its collectives raise GroupError naming it (never hang).
         After freezing, no task can join.
         """
         count = 0 if not mpi else (1 if survive else 2)
