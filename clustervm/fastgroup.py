@@ -730,7 +730,10 @@ def refreeze(ctx: "TaskContext", name: str, plan: dict) -> "FrozenGroup | None":
     ULFM here: at every member, in about 1 of 10 tries; PMIx group construction), so the
     member waits for it at most ``BUILD_S``; then it goes on through the coordinator (the
     others too: their builds wait on the same construction), and a build that completes
-    after all is revoked, so no member waits on a communicator another has given up."""
+    after all is revoked, so no member waits on a communicator another has given up.
+    (A build that never returns keeps the transport's poller token: this process then
+    stops taking messages and its node is lost by heartbeat, which the job survives.
+    With the polls held off it did not happen in 22 tries.)"""
     state: dict = {}
     lock = threading.Lock()
     done = threading.Event()
@@ -738,20 +741,14 @@ def refreeze(ctx: "TaskContext", name: str, plan: dict) -> "FrozenGroup | None":
 
     def hold(on: bool) -> None:
         """Hold off this process's polls of MPI (the transport's poller token) while the
-        communicator is made; never past the moment the member gives up on it."""
+        builder makes the communicator (acquired and released by the builder thread: the
+        token may be an RLock)."""
         if token is None:
             return
         if on:
-            got = token.acquire(timeout=BUILD_S / 2)
-            with lock:
-                if got and state.get("gave_up"):
-                    token.release()
-                else:
-                    state["held"] = got
-        else:
-            with lock:
-                if state.pop("held", False):
-                    token.release()
+            state["held"] = token.acquire(timeout=BUILD_S / 2)
+        elif state.pop("held", False):
+            token.release()
 
     def build() -> None:
         try:
@@ -777,8 +774,6 @@ def refreeze(ctx: "TaskContext", name: str, plan: dict) -> "FrozenGroup | None":
         fg = state.get("fg")
         if fg is None:
             state["gave_up"] = True
-            if state.pop("held", False):
-                token.release()
     if fg is None:
         why = state.get("error") or f"not built within {BUILD_S:.0f} s"
         log.warning("frozen group %r: its new communicator could not be built (%s); it goes "
