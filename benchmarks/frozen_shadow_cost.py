@@ -39,7 +39,9 @@ for name, val in (("barrier", None), ("bcast 8 B", b"8 bytes!"), ("allreduce 8 B
     op = name.split()[0]
     # before: each call, each member: a REQ frame encoded and sent; the coordinator decodes
     # it and keeps it (Groups.shadow)
-    msg = lambda i: (P.REQ, 0, "frozen_shadow", ("g", 10, i + 1, op, val, None, None, "sum", None))
+    def msg(i, op=op, val=val):
+        return (P.REQ, 0, "frozen_shadow", ("g", 10, i + 1, op, val, None, None, "sum", None))
+
     enc = per_call(lambda i: wire.dumps(msg(i)))
     head, bufs = wire.dumps(msg(0))
     dec = per_call(lambda i: wire.loads(head, bufs))
@@ -50,4 +52,6 @@ for name, val in (("barrier", None), ("bcast 8 B", b"8 bytes!"), ("allreduce 8 B
     fg.name = "g"; fg.insts = [0]; fg.me = 0
     fastgroup._FLUSHER.kick.set()       # no flusher thread in this measurement
     now = per_call(lambda i: fg._shadow(i + 1, op, val, None, None, "sum", None))
-    print(f"{name:22} before: encode {enc:5.1f} us + coordinator decode {dec:5.1f} us + keep {keep:5.1f} us (per member, plus the MPI send); now: {now:5.1f} us, nothing sent")
+    print(f"{name:22} before: encode {enc:5.1f} us + coordinator decode {dec:5.1f} us + "
+          f"keep {keep:5.1f} us (per member, plus the MPI send); now: {now:5.1f} us, "
+          f"nothing sent")
