@@ -35,7 +35,8 @@ g = Groups(C())
 for t in (10, 11, 12): g.join("g", t)
 for t in (10, 11, 12): g.collective(lambda ok, v: None, "freeze", "g", t, None, 1, None, None, 0)
 assert "g" in g.shadowed
-for name, val in (("barrier", None), ("bcast 8 B", b"8 bytes!"), ("allreduce 8 B numpy", np.ones(1))):
+CALLS = (("barrier", None), ("bcast 8 B", b"8 bytes!"), ("allreduce 8 B numpy", np.ones(1)))
+for name, val in CALLS:
     op = name.split()[0]
     # before: each call, each member: a REQ frame encoded and sent; the coordinator decodes
     # it and keeps it (Groups.shadow)
