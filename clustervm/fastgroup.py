@@ -732,8 +732,9 @@ def refreeze(ctx: "TaskContext", name: str, plan: dict) -> "FrozenGroup | None":
     others too: their builds wait on the same construction), and a build that completes
     after all is revoked, so no member waits on a communicator another has given up.
     (A build that never returns keeps the transport's poller token: this process then
-    stops taking messages and its node is lost by heartbeat, which the job survives.
-    With the polls held off it did not happen in 22 tries.)"""
+    stops taking messages and its node is lost by heartbeat, which the job survives,
+    unless it is rank 0, main's. With the polls held off it did not happen in 22 tries
+    of a probe and 30 killed-node test runs.)"""
     state: dict = {}
     lock = threading.Lock()
     done = threading.Event()
