@@ -508,6 +508,44 @@ def test_replay_gets_the_result_mpi_computed_bit_for_bit():
     assert call(g, 10, "reduce", vals[0], fn="sum", root=0, round_no=2).value == mpi_order
 
 
+def test_member_that_stops_calling_sends_its_shadows():
+    """Shadows stay with the member while it keeps calling, and go to the coordinator
+    when it has made no call for IDLE_FLUSH_S (a member busy elsewhere must not hold
+    back what the hub needs after a loss), in one batch, oldest first, at most the last
+    KEEP_ROUNDS."""
+    import threading
+    from collections import deque
+    import mpi4py
+    if "mpi4py.MPI" not in sys.modules:
+        mpi4py.rc.initialize = False          # no MPI_Init in the test process
+    from clustervm import fastgroup
+
+    class Site:
+        rank = 0
+        sent: list = []
+
+        def _serve(self, name, args, reply):
+            self.sent.append((name, args))
+
+    class Ctx:
+        tid = MAIN_TID
+
+    fg = fastgroup.FrozenGroup.__new__(fastgroup.FrozenGroup)
+    fg.site, fg.ctx, fg.name, fg.insts, fg.me, fg.survive = Site(), Ctx(), "g", [0], 0, True
+    fg._lock, fg._pending, fg._pending_bytes, fg._last_call = threading.Lock(), deque(), 0, 0.0
+    for r in range(1, fastgroup.KEEP_ROUNDS + 11):
+        fg._shadow(r, "allreduce", np.array([r]), None, None, "sum", None)
+    assert not Site.sent                      # the member keeps calling: nothing sent
+    deadline = time.monotonic() + 10
+    while not Site.sent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(Site.sent) == 1, Site.sent
+    name, (group, tid, entries) = Site.sent[0]
+    assert (name, group, tid) == ("frozen_shadows", "g", MAIN_TID)
+    assert [e[0] for e in entries] == list(range(11, fastgroup.KEEP_ROUNDS + 11))
+    assert not fg._pending and not fg.flush_shadows()
+
+
 def test_thawed_group_counts_shadows_of_a_member_that_ended():
     g, coord, tids = make(3, nodes=[1, 2, 3])
     [call(g, t, "freeze", count=1) for t in tids]
