@@ -883,6 +883,32 @@ def test_frozen_group_goes_back_on_mpi_after_a_killed_node(job, tmp_path, where)
     assert "stays on the coordinator" not in res.err, res.err
 
 
+@pytest.mark.mpi
+def test_frozen_group_survives_two_killed_nodes_one_after_the_other(job, tmp_path):
+    """Two members' nodes SIGKILLed 2.5 s apart (two spares): the group goes back on MPI
+    after each loss (or once, if the second comes before the first rebuild), and the
+    float result is the undisturbed one, bit for bit."""
+    from test_failover import ckpt_files, wait_until
+    app = str(APPS / "frozen_iter.py")
+    args = ["--steps", "40", "--step-ms", "150", "--floats", "64"]
+    expected = _frozen_iter_base(app, args)
+    ck = tmp_path / "ck"
+    j = job([app, *args], n=6, timeout=TIMEOUT, run_args=["--checkpoint-dir", str(ck),
+                                                         "--spares", "2"])
+    wait_until(lambda: len(ckpt_files(ck)) >= 3, "the members' first checkpoints", j)
+    j.kill_rank(2)
+    time.sleep(2.5)
+    j.kill_rank(3)
+    res = j.wait()
+    _ok(res, "frozen_iter with two nodes killed")
+    assert res.line("frozen-iter:") == expected
+    assert res.line("frozen-iter-where:") == "frozen-iter-where: on_mpi=True", res.err
+    assert re.fullmatch(r"frozen-iter-recovery: hub_steps=\d+ mpi_after_hub=\d+ "
+                        r"nodes=\[1, 4, 5\] members_on_mpi=\[True, True, True\]",
+                        res.line("frozen-iter-recovery:")), res.line("frozen-iter-recovery:")
+    assert "a new communicator of ranks [0, 1, 4, 5]" in res.err, res.err
+
+
 def test_member_failing_after_a_restart_fails_the_open_round_not_completes_it():
     """Found by tools/soak.py (kmeans, a node SIGSTOPped): a member restarted without a
     checkpoint could not replay its old rounds and ended with a GroupError; the open
