@@ -16,7 +16,6 @@ import numpy as np
 import mpi4py; mpi4py.rc.initialize = False
 from clustervm import wire, fastgroup
 from clustervm.groups import Groups
-from clustervm import protocol as P
 
 class Rec:
     def __init__(s, n): s.node = n; s.state = "running"
@@ -41,7 +40,8 @@ for name, val in CALLS:
     # before: each call, each member: a REQ frame encoded and sent; the coordinator decodes
     # it and keeps it (Groups.shadow)
     def msg(i, op=op, val=val):
-        return (P.REQ, 0, "frozen_shadow", ("g", 10, i + 1, op, val, None, None, "sum", None))
+        return fastgroup._request("frozen_shadow",
+                                  ("g", 10, i + 1, op, val, None, None, "sum", None))
 
     enc = per_call(lambda i: wire.dumps(msg(i)))
     head, bufs = wire.dumps(msg(0))

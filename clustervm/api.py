@@ -30,7 +30,7 @@ class CoordinatorAPI:
             "join_group": self.api_join_group, "leave_group": self.api_leave_group,
             "group_size": self.api_group_size, "group_tids": self.api_group_tids,
             "group_tid": self.api_group_tid, "group_inst": self.api_group_inst,
-            "collective": self.api_collective, "frozen_shadows": self.api_frozen_shadows,
+            "collective": self.api_collective, "frozen_shadow": self.api_frozen_shadow,
             "put_info": self.api_put_info, "get_info": self.api_get_info,
             "del_info": self.api_del_info,
         }
@@ -177,7 +177,7 @@ class CoordinatorAPI:
         self.groups.collective(reply, op, name, tid, value, count, root, fn, round_no,
                                envelope)
 
-    def api_frozen_shadows(self, reply: Reply, name: str, tid: int, entries: list) -> None:
+    def api_frozen_shadow(self, reply: Reply, name: str, tid: int, entries: list) -> None:
         """A member's contributions to calls of a frozen group made on MPI (never answered:
         kept so the group can go on on the hub if a member is lost; see groups.py)."""
         self.groups.shadow_batch(name, tid, entries)

@@ -367,15 +367,15 @@ class FrozenGroup:
             site = self.site
             args = (self.name, self.ctx.tid, entries)
             if site.rank == 0:            # main, on the coordinator itself
-                site._serve("frozen_shadows", args, _no_reply)
+                site._serve("frozen_shadow", args, _no_reply)
                 return False
             from . import protocol as P
             try:
-                site.transport.post(P.COORDINATOR, (P.REQ, 0, "frozen_shadows", args))
+                site.transport.post(P.COORDINATOR, _request("frozen_shadow", args))
             except Exception:   # noqa: BLE001 - a value that is not wire data: say so instead
                 args = (self.name, self.ctx.tid, [_sendable(e, self.name) for e in entries])
                 try:
-                    site.transport.post(P.COORDINATOR, (P.REQ, 0, "frozen_shadows", args))
+                    site.transport.post(P.COORDINATOR, _request("frozen_shadow", args))
                 except Exception:   # noqa: BLE001 - the coordinator is gone: nothing to keep
                     log.debug("frozen group %r: shadows not sent", self.name, exc_info=True)
         return False
@@ -672,6 +672,14 @@ class _Flusher:
 
 
 _FLUSHER = _Flusher()
+
+
+def _request(name: str, args: tuple) -> Any:
+    """A REQ that nobody answers (reqid 0), as protocol.py spells it (a typed ``Req``
+    where it has one)."""
+    from . import protocol as P
+    req = getattr(P, "Req", None)
+    return req(0, name, args).encode() if req is not None else (P.REQ, 0, name, args)
 
 
 def _sendable(entry: tuple, name: str) -> tuple:

@@ -541,7 +541,7 @@ def test_member_that_stops_calling_sends_its_shadows():
         time.sleep(0.01)
     assert len(Site.sent) == 1, Site.sent
     name, (group, tid, entries) = Site.sent[0]
-    assert (name, group, tid) == ("frozen_shadows", "g", MAIN_TID)
+    assert (name, group, tid) == ("frozen_shadow", "g", MAIN_TID)
     assert [e[0] for e in entries] == list(range(11, fastgroup.KEEP_ROUNDS + 11))
     assert not fg._pending and not fg.flush_shadows()
 
