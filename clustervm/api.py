@@ -174,15 +174,15 @@ class CoordinatorAPI:
         reply(True, self.groups.inst(name, tid))
 
     def api_collective(self, reply: Reply, op: str, name: str, tid: int, value: Any,
-                       count: Any, root: Any, fn: Any, round_no: int | None = None) -> None:
-        self.groups.collective(reply, op, name, tid, value, count, root, fn, round_no)
+                       count: Any, root: Any, fn: Any, round_no: int | None = None,
+                       envelope: bool = False) -> None:
+        self.groups.collective(reply, op, name, tid, value, count, root, fn, round_no,
+                               envelope)
 
-    def api_frozen_shadow(self, reply: Reply, name: str, tid: int, round_no: int, op: str,
-                          value: Any, count: Any, root: Any, fn: Any,
-                          failed: str | None = None) -> None:
-        """A member's contribution to a call of a frozen group made on MPI (never answered:
+    def api_frozen_shadow(self, reply: Reply, name: str, tid: int, entries: list) -> None:
+        """A member's contributions to calls of a frozen group made on MPI (never answered:
         kept so the group can go on on the hub if a member is lost; see groups.py)."""
-        self.groups.shadow(name, tid, round_no, op, value, count, root, fn, failed)
+        self.groups.shadow_batch(name, tid, entries)
 
     def restartable(self, tid: int) -> bool:
         """Will task ``tid`` come back after its node is lost (spawned tasks restart, short

@@ -9,14 +9,20 @@ the new contribution, a finished round answers from its kept result. A round
 that waits for a member that cannot come back fails with a GroupError naming
 it; none hangs.
 
-Frozen groups on MPI (fastgroup.py) that survive a loss post each call's
-contributions here as *shadows*; the first hub call on such a group after a
-loss *thaws* it: its rounds are rebuilt from the shadows (an ended member's
-included, at its instance), and from then on rounds wait for every member of
-the frozen group that has not ended or left.
+Frozen groups on MPI (fastgroup.py) that survive a loss send their members'
+contributions here as *shadows* (in batches, see fastgroup.py); the first hub
+call on such a group after a loss *thaws* it: its rounds are rebuilt from the
+shadows (an ended member's included, at its instance), and from then on rounds
+wait for every member of the frozen group that has not ended or left. The
+first round after that to which every member contributes itself (the lost one
+restarted and caught up) *re-freezes* the group: its answers carry a new plan
+(the members' current ranks, a new communicator tag), every member builds the
+new communicator from it, and the next rounds run on MPI again. A member
+replaying that round later (restarted once more) gets the answer without it.
 """
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from typing import Any, Callable, Protocol
 
@@ -25,6 +31,7 @@ from .errors import GroupError
 from .reduce import _BUILTIN, VECTOR_OPS, _reduce, combine   # noqa: F401 - importable from here too
 from .site import approx_size, snapshot
 
+log = logging.getLogger(__name__)
 
 Reply = Callable[[bool, Any], None]
 _KEEP_DONE = 64                 # finished rounds kept per group, at most ...
@@ -86,6 +93,14 @@ class Groups:
         self.thawed: dict[str, str] = {}                        # name -> why it thawed
         self.frozen_insts: dict[str, dict[int, int]] = {}       # name -> tid -> instance
         self.shadow_bytes: dict[str, dict[int, int]] = {}       # name -> round -> bytes
+        # a thawed group put back on MPI: name -> (the round whose answers carry the plan,
+        # the plan); and the groups that stay on the hub after a loss (said once in the log)
+        self.refrozen: dict[str, tuple[int, dict]] = {}
+        self.stay_on_hub: dict[str, str] = {}
+        self.refreezes: dict[str, int] = {}                      # name -> times put back
+        self.forced: dict[str, dict[int, Any]] = {}   # name -> round -> result MPI computed
+        #: can a group get a new communicator after a failure (ULFM)? None: ask MPI
+        self.rebuild: bool | None = None
         self._comm_tags = 0
 
     # -- membership ----------------------------------------------------------
@@ -191,11 +206,25 @@ class Groups:
     # -- collectives -----------------------------------------------------------
 
     def collective(self, reply: Reply, op: str, name: str, tid: int, value: Any, count: Any,
-                   root: Any, fn: Any, round_no: int | None = None) -> None:
+                   root: Any, fn: Any, round_no: int | None = None,
+                   envelope: bool = False) -> None:
+        """Member ``tid`` takes part in its round ``round_no`` of group ``name``.
+
+        With ``envelope`` the answer is ``(value, plan)``: ``plan`` is None, or (in the
+        round that puts a thawed frozen group back on MPI) what freeze_group gives, for
+        the member to build the group's new communicator with."""
         insts = self.members.get(name)
         if not insts or tid not in insts.values():
+            restored = "" if not round_no else (
+                f". A task restored from a checkpoint after the job was resumed from its "
+                f"journal (--resume, --restarts) is not in the groups it had joined (they are "
+                f"not in the journal): checkpoint outside groups, or have it join again")
             raise GroupError(f"task {tid} called {op} on group {name!r} without being a member; "
-                             f"call join_group({name!r}) first")
+                             f"call join_group({name!r}) first{restored}")
+        if envelope:
+            if round_no is None:
+                round_no = self.counter.get((name, tid), 0)
+            reply = self._enveloped(reply, name, round_no)
         hub_call = op != "freeze" or (round_no is not None and
                                       round_no < self.next_round.get(name, 0))
         if hub_call and name in self.shadowed and name not in self.thawed:
@@ -270,6 +299,16 @@ class Groups:
 
     # -- frozen groups that survive (shadows) ------------------------------------
 
+    def _enveloped(self, reply: Reply, name: str, round_no: int) -> Reply:
+        def answer(ok: bool, value: Any) -> None:
+            if not ok:
+                reply(ok, value)
+                return
+            got = self.refrozen.get(name)
+            plan = got[1] if got is not None and got[0] == round_no else None
+            reply(True, (value, plan))
+        return answer
+
     def _not_needed(self, name: str, tid: int) -> None:
         """Member ``tid`` left or ended: rounds it took no part in do not wait for it."""
         need = self.shadowed.get(name)
@@ -281,22 +320,30 @@ class Groups:
                 rnd.need.discard(tid)
 
     def shadow(self, name: str, tid: int, round_no: int, op: str, value: Any, count: Any,
-               root: Any, fn: Any, failed: str | None) -> None:
+               root: Any, fn: Any, failed: str | None, result: Any = None) -> None:
         """A member's contribution to round ``round_no`` of frozen group ``name``, made on
-        MPI (kept until the group thaws, or passed on at once if it has)."""
+        MPI (kept until the group thaws, or passed on at once if it has); ``result``: the
+        round's result as MPI computed it (an allreduce), which a replay gets as is."""
         if name not in self.shadowed:
             return
+        entry = (op, value, count, root, fn, failed, result)
         if name in self.thawed:
-            self._replay(name, round_no, tid, (op, value, count, root, fn, failed))
+            self._replay(name, round_no, tid, entry)
             return
         kept = self.shadows.setdefault(name, OrderedDict())
-        kept.setdefault(round_no, {})[tid] = (op, value, count, root, fn, failed)
+        kept.setdefault(round_no, {})[tid] = entry
         sizes = self.shadow_bytes.setdefault(name, {})
-        sizes[round_no] = sizes.get(round_no, 0) + approx_size(value)
+        sizes[round_no] = sizes.get(round_no, 0) + approx_size(value) + approx_size(result)
         while len(kept) > _KEEP_DONE or (len(kept) > 1 and sum(sizes.values()) > _KEEP_BYTES):
             old, _ = kept.popitem(last=False)
             sizes.pop(old, None)
             self.shadow_floor[name] = next(iter(kept))
+
+    def shadow_batch(self, name: str, tid: int, entries: list) -> None:
+        """Shadows of member ``tid``, in call order: ``(round, op, value, count, root, fn,
+        failed)`` each (fastgroup.py sends them in batches)."""
+        for round_no, op, value, count, root, fn, failed, *result in entries:
+            self.shadow(name, tid, round_no, op, value, count, root, fn, failed, *result)
 
     def thaw(self, name: str, why: str) -> None:
         """A member of frozen group ``name`` was lost: the group goes on on the hub. Its
@@ -306,6 +353,12 @@ class Groups:
             return
         self.thawed[name] = why
         self.frozen.pop(name, None)
+        again = self.refrozen.pop(name, None)
+        if again is not None and not any(r > again[0] for r in self.shadows.get(name, {})):
+            # not one call on its new communicator: the members could not build it
+            self.stay_on_hub[name] = "its new communicator could not be built"
+            log.warning("frozen group %r stays on the coordinator: %s (see the members' "
+                        "logs)", name, self.stay_on_hub[name])
         floor = self.shadow_floor.get(name)
         if floor is not None:
             self.next_round[name] = max(self.next_round.get(name, 0), floor)
@@ -315,7 +368,9 @@ class Groups:
                 self._replay(name, round_no, tid, entry)
 
     def _replay(self, name: str, round_no: int, tid: int, entry: tuple) -> None:
-        op, value, count, root, fn, failed = entry
+        op, value, count, root, fn, failed, result = entry
+        if result is not None:
+            self.forced.setdefault(name, {})[round_no] = result
         if failed is not None:
             if round_no not in self.done.get(name, {}):
                 self._fail_round(name, round_no, GroupError(failed))
@@ -339,10 +394,13 @@ class Groups:
         inst_of = {t: i for i, t in insts.items()}
         for t, i in self.frozen_insts.get(name, {}).items():   # members that ended since
             inst_of.setdefault(t, i)
+        forced = self.forced.get(name, {}).pop(round_no, None)
         try:
-            answers = self._compute(name, rnd, inst_of)
+            answers = self._compute(name, rnd, inst_of, forced)
         except Exception as exc:   # noqa: BLE001 - every member gets the error
             answers = {tid: (False, exc) for tid in rnd.parts}
+        if name in self.thawed and name in self.shadowed and rnd.op != "freeze":
+            self._refreeze(name, round_no, rnd, answers, inst_of)
         self._keep(name, round_no, rnd.op, answers, None)
         for tid, (value, reply, root, fn) in rnd.parts.items():
             reply(*_own(tid, answers[tid]))
@@ -367,7 +425,8 @@ class Groups:
             for value, reply, root, fn in rnd.parts.values():
                 reply(False, error)
 
-    def _compute(self, name: str, rnd: _Round, inst_of: dict[int, int]) -> dict:
+    def _compute(self, name: str, rnd: _Round, inst_of: dict[int, int],
+                 forced: Any = None) -> dict:
         parts = rnd.parts
         ordered = sorted(parts, key=lambda t: inst_of.get(t, 1 << 30))
         op = rnd.op
@@ -387,6 +446,9 @@ class Groups:
         if op == "bcast":
             v = parts[root_tid][0]
             return {t: (True, v) for t in parts}
+        if op in ("reduce", "allreduce") and forced is not None:   # as MPI computed it
+            return {t: (True, forced if op == "allreduce" or t == root_tid else None)
+                    for t in parts}
         if op in ("reduce", "allreduce"):
             result = _reduce([parts[t][0] for t in ordered], any_part[3], self.coord)
             if op == "allreduce":
@@ -438,7 +500,62 @@ class Groups:
             self.shadows.pop(name, None)
             self.shadow_bytes.pop(name, None)
             self.shadow_floor.pop(name, None)
+            self.refrozen.pop(name, None)
         return {t: (True, plan) for t in rnd.parts}
+
+    def _refreeze(self, name: str, round_no: int, rnd: _Round, answers: dict,
+                  inst_of: dict) -> None:
+        """Round ``round_no`` of thawed group ``name`` is complete: if every member took
+        part in it itself (none from a shadow, none ended) and the members are one per
+        rank of COMM_WORLD, its answers carry a plan that puts the group back on MPI."""
+        members = set(self.members.get(name, {}).values())
+        if set(rnd.parts) != members or set(self.shadowed[name]) != members or \
+                any(part[1] is _ignore for part in rnd.parts.values()) or \
+                not all(ok for ok, _ in answers.values()) or \
+                (rnd.op == "barrier" and rnd.count):
+            return
+        if self.stay_on_hub.get(name) == "its new communicator could not be built":
+            return
+        if self.rebuild is None:
+            from .fastgroup import can_rebuild
+            self.rebuild = can_rebuild()
+        ranks = {t: self._rank_of(t) for t in members}
+        if any(r is None for r in ranks.values()):
+            return                              # a member is being restarted: later
+        why = ""
+        if not self.rebuild:
+            why = "this MPI has no ULFM (MPICH), so no new communicator after a failure"
+        elif len(set(ranks.values())) < len(members):
+            why = "two of its members now run on the same node"
+        elif not all(self.coord.in_world(r) for r in ranks.values()):
+            why = "a member now runs on a node started by MPI_Comm_spawn (not in COMM_WORLD)"
+        if why:
+            if self.stay_on_hub.get(name) != why:
+                self.stay_on_hub[name] = why
+                log.warning("frozen group %r stays on the coordinator after the loss of a "
+                            "member: %s (on MPI it needs one member per rank of COMM_WORLD). "
+                            "Its collectives give the same results, more slowly", name, why)
+            return
+        self._comm_tags += 1
+        ordered = sorted(members, key=lambda t: inst_of[t])
+        # a reduction of arrays: MPI may sum them in another order than the coordinator
+        # (left to right); the members make this round again on the new communicator
+        retry = rnd.op in ("reduce", "allreduce") and \
+            all(hasattr(part[0], "dtype") for part in rnd.parts.values())
+        plan = {"size": len(ordered), "tag": self._comm_tags, "survive": True,
+                "why": f"back on MPI after round {round_no}", "retry": retry,
+                "members": [(inst_of[t], t, ranks[t]) for t in ordered]}
+        self.frozen[name] = True
+        self.shadowed[name] = set(ordered)
+        self.frozen_insts[name] = {t: inst_of[t] for t in ordered}
+        for d in (self.thawed, self.shadows, self.shadow_bytes, self.shadow_floor,
+                  self.stay_on_hub):
+            d.pop(name, None)
+        self.refrozen[name] = (round_no, plan)
+        self.refreezes[name] = self.refreezes.get(name, 0) + 1
+        log.warning("frozen group %r is back on MPI after the loss of a member: a new "
+                    "communicator of ranks %s from round %d on", name,
+                    sorted(ranks.values()), round_no + 1)
 
     def _rank_of(self, tid: int) -> int | None:
         if tid == P.MAIN_TID:

@@ -306,6 +306,9 @@ class Node(Site):
             with self.lock:
                 if self.live.get(ctx.tid) is ctx:
                     del self.live[ctx.tid]
+            if ctx.__dict__.get("_frozen"):      # shadows of its frozen groups, before EXITED
+                from .fastgroup import task_ended
+                task_ended(ctx)
             if not ctx.aborted:
                 ckpt_error = self.settle_checkpoint(ctx, at_end=True)
                 if ckpt_error is not None and ok:   # reaches vm.join, not only the log

@@ -430,10 +430,11 @@ REQUESTS: dict[str, str] = {
     "group_tids": "(name) -> [tid] by instance",
     "group_tid": "(name, inst) -> tid",
     "group_inst": "(name, tid) -> inst",
-    "collective": "(op, name, tid, value, count, root, fn, round_no=None) -> this "
-                  "member's part of a collective call on the hub",
-    "frozen_shadow": "(name, tid, round_no, op, value, count, root, fn, failed=None) -> "
-                     "never answered (reqid 0): a frozen group's call, kept for failover",
+    "collective": "(op, name, tid, value, count, root, fn, round_no=None, envelope=False) "
+                  "-> this member's part of a collective call on the hub ((value, plan) "
+                  "with envelope: plan rebuilds a frozen group's communicator)",
+    "frozen_shadow": "(name, tid, entries) -> never answered (reqid 0): a batch of a frozen "
+                     "group's calls made on MPI, kept for failover",
     "put_info": "(name, value) -> None: the VM-wide mailbox",
     "get_info": "(name, wait) -> the value (waits for it with wait)",
     "del_info": "(name) -> None",

@@ -256,9 +256,9 @@ class TaskContext:
         With ``mpi`` (the default) and members on distinct nodes (main counts as rank 0),
         the group's collectives then run on an MPI communicator of those ranks, member to
         member, instead of through the coordinator. With ``survive`` (the default) each
-        call also posts this member's contribution to the coordinator without waiting;
-        if a member is lost the group goes on through the coordinator, and the member,
-        restarted from its checkpoint, gets the same answers as the others (see
+        member keeps a copy of its last calls, sent to the coordinator when needed; if a
+        member is lost the group goes on through the coordinator until the member has
+        restarted, then on a new communicator, with the undisturbed results (see
         clustervm/fastgroup.py). With ``survive=False`` (no such copies) the loss of a
         member makes its collectives raise GroupError naming it (never hang).
         After freezing, no task can join. On a transport without MPI (clustervm.inprocess)
@@ -367,11 +367,22 @@ class TaskContext:
             except Thawed:
                 frozen.pop(name, None)       # a member was lost: this call again, on the hub
         try:
-            return self._site.call("collective", op, name, self.tid, value, count, root,
-                                   fn_ref, round_no, timeout=timeout)
+            answer, plan = self._site.call("collective", op, name, self.tid, value, count,
+                                           root, fn_ref, round_no, True, timeout=timeout)
         except TimeoutError:
             raise TimeoutError(f"{op} on group {name!r}: not every member took part within "
                                f"{timeout} s (task {self.tid}, round {round_no})") from None
+        if plan is not None:             # a frozen group that lost a member goes back on MPI
+            from .fastgroup import Thawed, refreeze
+            fg = refreeze(self, name, plan)
+            if fg is not None and plan.get("retry"):
+                # a reduction MPI computes in its own order: made again on the new
+                # communicator, it gives what the undisturbed run gave, bit for bit
+                try:
+                    return fg.call(op, value, count, root, fn_ref, timeout, round_no)
+                except Thawed:
+                    self.__dict__.get("_frozen", {}).pop(name, None)   # the hub's, then
+        return answer
 
     # -- VM-wide mailbox (pvm_putinfo / pvm_recvinfo) -------------------------
 

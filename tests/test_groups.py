@@ -95,10 +95,11 @@ def make(n: int = 3, name: str = "g", nodes=None):
     return g, coord, tids
 
 
-def call(g, tid, op, value=None, *, name="g", count=None, root=None, fn=None, round_no=None):
+def call(g, tid, op, value=None, *, name="g", count=None, root=None, fn=None, round_no=None,
+         envelope=False):
     box = Box()
     try:
-        g.collective(box, op, name, tid, value, count, root, fn, round_no)
+        g.collective(box, op, name, tid, value, count, root, fn, round_no, envelope)
     except GroupError as exc:
         box(False, exc)
     return box
@@ -390,6 +391,161 @@ def test_frozen_group_thaws_onto_the_hub_from_shadows():
                                       round_no=4)] == [3, 3, 3]
 
 
+def test_thawed_group_goes_back_on_mpi_once_every_member_calls_itself():
+    """Issue 15: after a loss, the first round every member makes itself (the lost one
+    restarted and caught up) carries a plan of the members' current ranks; the next
+    rounds are on MPI again, and a later loss thaws the group again."""
+    g, coord, tids = make(3, nodes=[1, 2, 3])
+    g.rebuild = True                    # as with ULFM (no MPI in these tests)
+    plan0 = [call(g, t, "freeze", count=1) for t in tids][0].value
+    g.shadow_batch("g", 10, [(1, "allreduce", 1, None, None, "sum", None)])
+    g.shadow_batch("g", 11, [(1, "allreduce", 2, None, None, "sum", None)])
+    coord.tasks[12].node = 1            # node 3 lost: member 12 restarted on node 1 ...
+    a = call(g, 10, "allreduce", 1, fn="sum", round_no=1, envelope=True)   # thaws
+    assert not a.done                   # waits for 12
+    # ... from its checkpoint before round 1: round 1 is rebuilt, it completes it
+    c = call(g, 12, "allreduce", 3, fn="sum", round_no=1, envelope=True)
+    assert a.value == c.value == (6, None) and "g" in g.thawed
+    # round 2: every member calls it itself, but 10 and 12 share node 1: stays on the hub
+    got = [call(g, t, "bcast", v, root=0, round_no=2, envelope=True)
+           for t, v in zip(tids, ["x", None, None])]
+    assert [b.value for b in got] == [("x", None)] * 3
+    assert "same node" in g.stay_on_hub["g"] and "g" in g.thawed
+    # on a node started by MPI_Comm_spawn (rank 100 here): not in COMM_WORLD, stays too
+    coord.tasks[12].node = 100
+    assert [b.value for b in everyone(g, tids, "barrier", round_no=3, envelope=True)] == \
+        [(None, None)] * 3
+    assert "MPI_Comm_spawn" in g.stay_on_hub["g"]
+    # member 12 is now on spare node 4 (one per rank again): round 4 re-freezes
+    coord.tasks[12].node = 4
+    got = [call(g, t, "allreduce", v, fn="sum", round_no=4, envelope=True)
+           for t, v in zip(tids, [1, 2, 3])]
+    answers = [b.value for b in got]
+    assert [v for v, _ in answers] == [6, 6, 6]
+    plan = answers[0][1]
+    assert all(p == plan for _, p in answers)
+    assert plan["members"] == [(0, 10, 1), (1, 11, 2), (2, 12, 4)]
+    assert plan["tag"] > plan0["tag"] and plan["survive"]
+    assert plan["retry"] is False        # ints: the hub's sum is MPI's (arrays: made again)
+    assert "g" not in g.thawed and g.frozen["g"] and g.refreezes["g"] == 1
+    # rounds 5.. on MPI: shadows kept; a second loss thaws it again
+    for t, v in zip(tids, [1, 1, 1]):
+        g.shadow("g", t, 5, "allreduce", v, None, None, "sum", None)
+    coord.tasks[11].node = 3
+    r = call(g, 12, "allreduce", 1, fn="sum", round_no=5, envelope=True)
+    assert r.value == (3, None) and "g" in g.thawed
+    # a member replaying round 4 after that gets its answer without the old plan
+    assert call(g, 11, "allreduce", 2, fn="sum", round_no=4, envelope=True).value == (6, None)
+    # round 5 (two of its parts from shadows) did not put the group back on MPI
+    assert g.refreezes["g"] == 1
+
+
+def test_group_whose_new_communicator_saw_no_call_stays_on_the_hub():
+    """The members could not build the rebuilt communicator (they gave up on it and
+    came back through the coordinator with no call made on it): no more tries."""
+    g, coord, tids = make(2, nodes=[1, 2])
+    g.rebuild = True
+    [call(g, t, "freeze", count=1) for t in tids]
+    g.thaw("g", "test")
+    plan = [b.value[1] for b in everyone(g, tids, "barrier", round_no=1, envelope=True)][0]
+    assert plan["members"] and g.frozen["g"]
+    everyone(g, tids, "allreduce", [1, 2], fn="sum", round_no=2, envelope=True)   # thaws
+    assert "could not be built" in g.stay_on_hub["g"]
+    got = everyone(g, tids, "allreduce", [1, 2], fn="sum", round_no=3, envelope=True)
+    assert [b.value for b in got] == [(3, None)] * 2 and g.refreezes["g"] == 1
+
+
+def test_member_gives_up_a_new_communicator_that_does_not_come(monkeypatch):
+    """MPI_Comm_create_from_group after a failure sometimes never returns (Open MPI 5
+    ULFM, ~1 in 10 here): the member waits BUILD_S at most, goes on through the
+    coordinator, and revokes the communicator if it comes after all."""
+    import threading
+    import mpi4py
+    if "mpi4py.MPI" not in sys.modules:
+        mpi4py.rc.initialize = False          # no MPI_Init in the test process
+    from clustervm import fastgroup
+    came, revoked = threading.Event(), []
+
+    class Slow:
+        def __init__(self, ctx, name, members, tag, survive, after_loss=False, hold=None):
+            assert after_loss and survive
+            came.wait(5)
+
+        def _revoke(self):
+            revoked.append(True)
+
+    class Ctx:
+        tid = 10
+
+    monkeypatch.setattr(fastgroup, "FrozenGroup", Slow)
+    monkeypatch.setattr(fastgroup, "BUILD_S", 0.2)
+    ctx = Ctx()
+    t0 = time.monotonic()
+    fastgroup.refreeze(ctx, "g", {"members": [(0, 10, 1)], "tag": 2, "survive": True})
+    assert time.monotonic() - t0 < 3 and "_frozen" not in ctx.__dict__
+    came.set()
+    deadline = time.monotonic() + 5
+    while not revoked and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert revoked == [True]
+
+
+def test_replay_gets_the_result_mpi_computed_bit_for_bit():
+    """A float allreduce that MPI summed in its own order: its shadows carry that result,
+    and a member replaying the round gets it (not the hub's left-to-right sum)."""
+    g, coord, tids = make(3, nodes=[1, 2, 3])
+    [call(g, t, "freeze", count=1) for t in tids]
+    vals = [np.array([1e16]), np.array([1.0]), np.array([-1e16])]
+    mpi_order = np.array([1.0])                  # e.g. (a + c) + b; left to right gives 0.0
+    for t in tids[:2]:
+        g.shadow_batch("g", t, [(1, "allreduce", None, None, None, "sum", None, mpi_order)])
+    g.thaw("g", "test")
+    got = call(g, 12, "allreduce", vals[2], fn="sum", round_no=1).value
+    np.testing.assert_array_equal(got, mpi_order)
+    # a reduce likewise: the root gets MPI's result, the others None
+    for t in tids[1:]:
+        g.shadow_batch("g", t, [(2, "reduce", None, None, 0, "sum", None, mpi_order)])
+    assert call(g, 10, "reduce", vals[0], fn="sum", root=0, round_no=2).value == mpi_order
+
+
+def test_member_that_stops_calling_sends_its_shadows():
+    """Shadows stay with the member while it keeps calling, and go to the coordinator
+    when it has made no call for IDLE_FLUSH_S (a member busy elsewhere must not hold
+    back what the hub needs after a loss), in one batch, oldest first, at most the last
+    KEEP_ROUNDS."""
+    import threading
+    from collections import deque
+    import mpi4py
+    if "mpi4py.MPI" not in sys.modules:
+        mpi4py.rc.initialize = False          # no MPI_Init in the test process
+    from clustervm import fastgroup
+
+    class Site:
+        rank = 0
+        sent: list = []
+
+        def _serve(self, name, args, reply):
+            self.sent.append((name, args))
+
+    class Ctx:
+        tid = MAIN_TID
+
+    fg = fastgroup.FrozenGroup.__new__(fastgroup.FrozenGroup)
+    fg.site, fg.ctx, fg.name, fg.insts, fg.me, fg.survive = Site(), Ctx(), "g", [0], 0, True
+    fg._lock, fg._pending, fg._pending_bytes, fg._last_call = threading.Lock(), deque(), 0, 0.0
+    for r in range(1, fastgroup.KEEP_ROUNDS + 11):
+        fg._shadow(r, "allreduce", np.array([r]), None, None, "sum", None)
+    assert not Site.sent                      # the member keeps calling: nothing sent
+    deadline = time.monotonic() + 10
+    while not Site.sent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(Site.sent) == 1, Site.sent
+    name, (group, tid, entries) = Site.sent[0]
+    assert (name, group, tid) == ("frozen_shadow", "g", MAIN_TID)
+    assert [e[0] for e in entries] == list(range(11, fastgroup.KEEP_ROUNDS + 11))
+    assert not fg._pending and not fg.flush_shadows()
+
+
 def test_thawed_group_counts_shadows_of_a_member_that_ended():
     g, coord, tids = make(3, nodes=[1, 2, 3])
     [call(g, t, "freeze", count=1) for t in tids]
@@ -551,16 +707,20 @@ def test_frozen_group_runs_every_call_on_mpi():
 @pytest.mark.mpi
 def test_frozen_group_survives_a_lost_member(job, tmp_path):
     """Issue 15: a member's node is killed mid-loop; the member restarts (from scratch:
-    this app does not checkpoint), replays every round from the others' shadows, and the
-    group goes on through the coordinator with every result right."""
+    this app does not checkpoint) on a node that has a member already, replays every round
+    from the others' shadows, and the group goes on through the coordinator (it cannot be
+    one member per rank: said once in the log) with every result right."""
     j = job([str(APPS / "groups_frozen.py"), "--kill-at", "5", "--markers", str(tmp_path)],
             n=4, timeout=TIMEOUT)
     _kill_when_ready(j, tmp_path, 3)
     res = j.wait()
     _ok(res, "groups_frozen --kill-at")
     assert res.line("frozen-error:") == "frozen-error: none"
+    # the member restarted on a node that has a member already: one per rank no more
     assert res.line("frozen-survived:") == \
         "frozen-survived: sums_ok=True on_mpi=False task_errors=[]"
+    assert res.err.count("frozen group 'g' stays on the coordinator") == 1, res.err
+    assert "two of its members now run on the same node" in res.err
 
 
 # -- the examples against single-process references ---------------------------------------
@@ -667,6 +827,86 @@ def test_frozen_group_with_checkpoints_survives_a_killed_node(job, tmp_path):
     assert res.line("frozen-iter:") == base.line("frozen-iter:")
     assert res.line("frozen-iter-where:") == "frozen-iter-where: on_mpi=False"
     assert "node 2" in res.err and "lost" in res.err, res.err
+
+
+_FROZEN_ITER_BASE: dict = {}
+
+
+def _frozen_iter_base(app: str, args: list) -> str:
+    key = tuple(args)
+    if key not in _FROZEN_ITER_BASE:
+        base = run_job([app, *args], n=4, timeout=TIMEOUT)
+        _ok(base, "frozen_iter")
+        assert base.line("frozen-iter-recovery:") == ("frozen-iter-recovery: hub_steps=0 "
+                                                      "mpi_after_hub=0 nodes=[1, 2, 3] "
+                                                      "members_on_mpi=[True, True, True]")
+        _FROZEN_ITER_BASE[key] = base.line("frozen-iter:")
+    return _FROZEN_ITER_BASE[key]
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("where", ["idle-node", "spare", "spare-floats"])
+def test_frozen_group_goes_back_on_mpi_after_a_killed_node(job, tmp_path, where):
+    """Issue 15: a member's node is SIGKILLed mid-run; the member restarts from its
+    checkpoint on a node without a member (an idle one, or the spare of --spares 1),
+    catches up through the coordinator, and then the group is on MPI again, one member
+    per rank, on a new communicator: the result is the undisturbed one, bit for bit
+    also for float sums that MPI makes in its own order (spare-floats)."""
+    from test_failover import ckpt_files, wait_until
+    app, args = str(APPS / "frozen_iter.py"), ["--steps", "14", "--step-ms", "150"]
+    if where.endswith("floats"):
+        args += ["--floats", "64"]
+    expected = _frozen_iter_base(app, args)
+    ck = tmp_path / "ck"
+    run_args = ["--checkpoint-dir", str(ck)]
+    if where.startswith("spare"):
+        run_args += ["--spares", "1"]
+    else:
+        args = args + ["--idle", "1"]
+    j = job([app, *args], n=5, timeout=TIMEOUT, run_args=run_args)
+    wait_until(lambda: len(ckpt_files(ck)) >= 3, "the members' first checkpoints", j)
+    j.kill_rank(2)
+    res = j.wait()
+    _ok(res, f"frozen_iter with a node killed ({where})")
+    assert res.line("frozen-iter:") == expected
+    assert res.line("frozen-iter-where:") == "frozen-iter-where: on_mpi=True", res.err
+    # the member moved to node 4, and every member (the restarted one too, which never
+    # called freeze_group again) is on MPI at the end
+    assert re.fullmatch(r"frozen-iter-recovery: hub_steps=\d+ mpi_after_hub=\d+ "
+                        r"nodes=\[1, 3, 4\] members_on_mpi=\[True, True, True\]",
+                        res.line("frozen-iter-recovery:")), res.line("frozen-iter-recovery:")
+    assert res.err.count("frozen group 'it' is back on MPI after the loss of a member: a "
+                         "new communicator of ranks [0, 1, 3, 4]") == 1, res.err
+    assert "node 2" in res.err and "lost" in res.err, res.err
+    if where.startswith("spare"):
+        assert "spare node 4 takes over" in res.err, res.err
+    assert "stays on the coordinator" not in res.err, res.err
+
+
+@pytest.mark.mpi
+def test_frozen_group_survives_two_killed_nodes_one_after_the_other(job, tmp_path):
+    """Two members' nodes SIGKILLed 2.5 s apart (two spares): the group goes back on MPI
+    after each loss (or once, if the second comes before the first rebuild), and the
+    float result is the undisturbed one, bit for bit."""
+    from test_failover import ckpt_files, wait_until
+    app = str(APPS / "frozen_iter.py")
+    args = ["--steps", "40", "--step-ms", "150", "--floats", "64"]
+    expected = _frozen_iter_base(app, args)
+    ck = tmp_path / "ck"
+    j = job([app, *args], n=6, timeout=TIMEOUT, run_args=["--checkpoint-dir", str(ck),
+                                                         "--spares", "2"])
+    wait_until(lambda: len(ckpt_files(ck)) >= 3, "the members' first checkpoints", j)
+    j.kill_rank(2)
+    time.sleep(2.5)
+    j.kill_rank(3)
+    res = j.wait()
+    _ok(res, "frozen_iter with two nodes killed")
+    assert res.line("frozen-iter:") == expected
+    assert res.line("frozen-iter-where:") == "frozen-iter-where: on_mpi=True", res.err
+    assert re.fullmatch(r"frozen-iter-recovery: hub_steps=\d+ mpi_after_hub=\d+ "
+                        r"nodes=\[1, 4, 5\] members_on_mpi=\[True, True, True\]",
+                        res.line("frozen-iter-recovery:")), res.line("frozen-iter-recovery:")
+    assert "a new communicator of ranks [0, 1, 4, 5]" in res.err, res.err
 
 
 def test_member_failing_after_a_restart_fails_the_open_round_not_completes_it():

@@ -233,3 +233,53 @@ def test_killed_host_is_survived_in_place_by_heartbeat(two_hosts, tmp_path, reco
     print(f"\nMPICH, host's ranks killed: heartbeat loss logged {detected} s after the kill; "
           f"job ended {time.monotonic() - t_kill:.2f} s after it")
     record_property("heartbeat_detect_s", detected)
+
+
+# ------------------------------------------------------------------ frozen groups
+
+FROZEN = str(ROOT / "tests" / "apps" / "frozen_iter.py")
+FROZEN_ARGS = ["--steps", "30", "--step-ms", "150"]
+
+
+@pytest.mark.parametrize("case", ["restarts", "restarts-member-checkpoints", "no-restarts"])
+def test_frozen_group_with_a_killed_member(job, tmp_path, case):
+    """Issue 15, MPICH (no ULFM, no revoke): a member of a frozen group SIGKILLed. Hydra
+    then kills every rank of its host, so on one host the job is lost whatever the group
+    does: with --restarts it runs again from the journal and gives the undisturbed
+    result, if the members checkpoint outside the group's rounds (here: never); members
+    restored from checkpoints taken inside the group end with a GroupError that says so
+    (groups are not in the journal); without --restarts the job ends at once, not
+    zero. Never a hang."""
+    from test_failover import ckpt_files
+    ck = tmp_path / "ck"
+    every = "2" if case == "restarts-member-checkpoints" else "0"
+    args = [FROZEN, *FROZEN_ARGS, "--checkpoint-every", every]
+    run_args = ["--checkpoint-dir", str(ck)]
+    if case != "no-restarts":
+        run_args += ["--restarts", "1"]
+    j = job(args, n=4, timeout=90, run_args=run_args)
+    j.rank_pids(count=4)
+    deadline = time.monotonic() + (30 if every != "0" else 2.0)
+    while every == "0" or len(ckpt_files(ck)) < 3:
+        assert j.proc.poll() is None, j.wait()
+        if time.monotonic() > deadline:
+            assert every == "0", "no checkpoints"
+            break                         # mid-loop (30 steps of 150 ms)
+        time.sleep(0.05)
+    t_kill = time.monotonic()
+    j.kill_rank(2, signal.SIGKILL)
+    r = j.wait()
+    took = time.monotonic() - t_kill
+    if case == "restarts":
+        assert r.rc == 0, r.err
+        base = run_job([FROZEN, *FROZEN_ARGS], n=4, timeout=90)
+        assert base.rc == 0, base.err
+        assert r.line("frozen-iter:") == base.line("frozen-iter:")
+        assert "restart 1 of 1 from the journal" in r.err, r.err
+    elif case == "restarts-member-checkpoints":
+        assert r.rc != 0 and "frozen-iter:" not in r.out, r.out
+        assert "GroupError" in r.err and "not in the groups it had joined" in r.err, r.err
+    else:
+        assert r.rc != 0 and "frozen-iter:" not in r.out, r.out
+    assert took < 60, f"{case}: the job took {took:.1f} s after the kill"
+    print(f"\nMPICH frozen group, {case}: rc {r.rc}, {took:.1f} s after the kill")

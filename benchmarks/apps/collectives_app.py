@@ -26,6 +26,8 @@ BIG = 8 << 20
 #: BENCH_FROZEN_SURVIVE=0: the frozen group without the copies that let it survive a
 #: lost member (freeze_group(survive=False)); the default, as for users, survives
 SURVIVE = os.environ.get("BENCH_FROZEN_SURVIVE", "1") != "0"
+#: BENCH_OPS=barrier,bcast_8B: only these operations (default: all)
+ONLY = [o for o in os.environ.get("BENCH_OPS", "").split(",") if o]
 
 
 def ops():
@@ -41,7 +43,7 @@ def ops():
         comm.Bcast(buf, root=0)
         return buf[0] == 1.0
 
-    return [
+    every = [
         ("barrier", 300, lambda c, me: c.Barrier() or True,
          lambda x, g, me: x.barrier(g) or True),
         ("bcast_8B", 300, lambda c, me: c.bcast(b"8 bytes!" if me == 0 else None, root=0) == b"8 bytes!",
@@ -58,6 +60,7 @@ def ops():
          lambda c, me: c.Allreduce(big, out, op=MPI.SUM) or out[-1] == size,
          lambda x, g, me: x.allreduce(g, big)[-1] == size),
     ]
+    return [op for op in every if not ONLY or op[0] in ONLY]
 
 
 def run_all(ctx, me: int, rounds: int, timed: bool) -> dict:
