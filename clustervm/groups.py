@@ -216,9 +216,9 @@ class Groups:
         insts = self.members.get(name)
         if not insts or tid not in insts.values():
             restored = "" if not round_no else (
-                f". A task restored from a checkpoint after the job was resumed from its "
-                f"journal (--resume, --restarts) is not in the groups it had joined (they are "
-                f"not in the journal): checkpoint outside groups, or have it join again")
+                ". A task restored from a checkpoint after the job was resumed from its "
+                "journal (--resume, --restarts) is not in the groups it had joined (they are "
+                "not in the journal): checkpoint outside groups, or have it join again")
             raise GroupError(f"task {tid} called {op} on group {name!r} without being a member; "
                              f"call join_group({name!r}) first{restored}")
         if envelope:
