@@ -15,7 +15,7 @@ from collections import deque
 import numpy as np
 import mpi4py; mpi4py.rc.initialize = False
 from clustervm import wire, fastgroup
-from clustervm.groups import Groups
+from clustervm.core.groups import Groups
 
 class Rec:
     def __init__(s, n): s.node = n; s.state = "running"

@@ -154,41 +154,36 @@ class CoordinatorAPI:
         elif rec_rank is not None:
             self.transport.post(rec_rank, P.User.make(P.SYSTEM, tid, tag, event, 0, 0))
 
-    # groups and the VM-wide mailbox live in groups.py; these forward to it
+    # groups are the core's (clustervm.core.groups): each call is an event, answered by
+    # an Answer instruction (or an error)
     def api_join_group(self, reply: Reply, name: str, tid: int) -> None:
-        reply(True, list(self.groups.join(name, tid)))
+        self._run(E.GroupJoined(name, tid, reply))
 
     def api_leave_group(self, reply: Reply, name: str, tid: int) -> None:
-        reply(True, self.groups.leave(name, tid))
+        self._run(E.GroupLeft(name, tid, reply))
 
     def api_group_size(self, reply: Reply, name: str) -> None:
-        reply(True, self.groups.size(name))
+        self._run(E.GroupAsked("size", name, None, reply))
 
     def api_group_tids(self, reply: Reply, name: str) -> None:
-        reply(True, self.groups.tids(name))
+        self._run(E.GroupAsked("tids", name, None, reply))
 
     def api_group_tid(self, reply: Reply, name: str, inst: int) -> None:
-        reply(True, self.groups.tid(name, inst))
+        self._run(E.GroupAsked("tid", name, inst, reply))
 
     def api_group_inst(self, reply: Reply, name: str, tid: int) -> None:
-        reply(True, self.groups.inst(name, tid))
+        self._run(E.GroupAsked("inst", name, tid, reply))
 
     def api_collective(self, reply: Reply, op: str, name: str, tid: int, value: Any,
                        count: Any, root: Any, fn: Any, round_no: int | None = None,
                        envelope: bool = False) -> None:
-        self.groups.collective(reply, op, name, tid, value, count, root, fn, round_no,
-                               envelope)
+        self._run(E.GroupCalled(op, name, tid, value, count, root, fn, round_no, envelope,
+                                reply))
 
     def api_frozen_shadow(self, reply: Reply, name: str, tid: int, entries: list) -> None:
         """A member's contributions to calls of a frozen group made on MPI (never answered:
-        kept so the group can go on on the hub if a member is lost; see groups.py)."""
-        self.groups.shadow_batch(name, tid, entries)
-
-    def restartable(self, tid: int) -> bool:
-        """Will task ``tid`` come back after its node is lost (spawned tasks restart, short
-        tasks are re-run), as long as a node is left to run it?"""
-        rec = self.tasks.get(tid)
-        return rec is not None and bool(self.core.alive_ranks())
+        kept so the group can go on on the hub if a member is lost; see core/groups.py)."""
+        self._run(E.FrozenShadows(name, tid, entries))
 
     # the VM-wide mailbox is the core's (clustervm.core: InfoPut, InfoGet, InfoDeleted)
     def api_put_info(self, reply: Reply, name: str, value: Any) -> None:

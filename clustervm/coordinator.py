@@ -37,7 +37,6 @@ from .endpoint import Endpoint
 from .errors import CheckpointError, NoNodesError
 from .events import EventLog
 from .futures import ClusterFuture
-from .groups import Groups
 from .journal import Journal
 from .records import SHORT, SPAWNED, NodeInfo, Reply, TaskRecord
 from .replacement import SPAWN_HELLO_S, NodeSpawning  # noqa: F401 - SPAWN_HELLO_S re-exported
@@ -48,6 +47,13 @@ log = logging.getLogger(__name__)
 
 #: Once one node has said hello, how long main waits for the others before it starts.
 START_GRACE_S = 5.0
+
+
+def _can_rebuild() -> bool:
+    """Can a frozen group get a new communicator after a failure (asked of MPI once, by
+    the groups in the core, when one first could)."""
+    from .fastgroup import can_rebuild
+    return can_rebuild()
 
 
 class _Observers(list):
@@ -80,14 +86,14 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         ckdir = config.checkpoint_dir or None
         self.core = Core(range(1, transport.size), slots=config.slots, prefetch=config.prefetch,
                          heartbeat_s=config.heartbeat_s, replace_failed=config.replace_failed,
-                         journal=bool(ckdir), resume=config.resume, t0=self.t0)
+                         journal=bool(ckdir), resume=config.resume, t0=self.t0,
+                         resolve=self.resolve, rebuild=_can_rebuild)
         self.nodes: dict[int, NodeInfo] = self.core.nodes      # the core's, read only here
         self.stats = self.core.stats
         self.tasks: dict[int, TaskRecord] = {}      # live tasks: what to run, whom to tell
         self.exits: dict[int, tuple[bool, Any]] = {}
         self._tids = itertools.count(P.MAIN_TID + 1)
         self.events = EventLog(self.t0)
-        self.groups = Groups(self)
         self.store = CheckpointStore(ckdir)
         self.journal: Journal | None = Journal(ckdir, fsync=False) if ckdir else None
         self.main_ctx = TaskContext(self, P.MAIN_TID, None)
@@ -182,7 +188,6 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         how = n.how_lost
         log.warning("node %d (host %s, pid %d) lost: %s", n.rank, n.host, n.pid, how)
         self.events.add("NODE_DOWN", rank=n.rank, host=n.host, how=how)
-        self.groups.node_lost(n.rank)
 
     def _do_kill(self, ins: I.Kill) -> None:
         self._kill_process(self.nodes[ins.rank])    # a hung node is never trusted again
@@ -211,7 +216,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             self.exits[rec.tid] = (ok, outcome)
             if ins.reused:
                 return
-            self.groups.task_exit(rec.tid, None if ok else outcome)
+            self._run(E.MemberEnded(rec.tid, None if ok else outcome))   # leaves its groups
             for j in rec.joiners:
                 j(ok, outcome)
             rec.joiners.clear()

@@ -1,6 +1,6 @@
 """Reductions of a group's values, shared by the coordinator's groups (groups.py) and
 frozen groups (fastgroup.py): the same results on the hub and at MPI speed.
-``VECTOR_OPS`` and ``combine`` are importable from :mod:`clustervm.groups` too."""
+``VECTOR_OPS`` and ``combine`` are importable from :mod:`clustervm.core.groups` too."""
 from __future__ import annotations
 
 import functools

@@ -16,7 +16,6 @@ protocols: with specific-source receives they are).
 """
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import os
@@ -29,38 +28,11 @@ from . import remote, wire
 from .config import Config
 from .errors import DeadTaskError, WireError
 from .mailbox import Mailbox, TaskLike
+from .values import approx_size, snapshot   # noqa: F401 - importable from here too
 from .procs import hostname   # noqa: F401 - importable from here too
 from .endpoint import Endpoint, PeerFailed
 
 log = logging.getLogger(__name__)
-
-
-_IMMUTABLE = (int, float, str, bytes, bool, type(None))
-
-
-def snapshot(data: Any) -> Any:
-    """A copy of ``data`` that later changes by the sender cannot reach (for the replay log)."""
-    if isinstance(data, _IMMUTABLE):
-        return data
-    try:
-        return copy.deepcopy(data)
-    except Exception:
-        wire.dumps(data)   # unsendable: raise the WireError that names its type and path
-        raise
-
-
-def approx_size(data: Any) -> int:
-    """Bytes a message takes, roughly (arrays and byte strings counted exactly)."""
-    nbytes = getattr(data, "nbytes", None)
-    if nbytes is not None:
-        return int(nbytes)
-    if isinstance(data, (bytes, str, bytearray)):
-        return len(data)
-    if isinstance(data, (list, tuple)):
-        return 16 + sum(approx_size(x) for x in data)
-    if isinstance(data, dict):
-        return 16 + sum(approx_size(k) + approx_size(v) for k, v in data.items())
-    return 16
 
 
 class Location:

@@ -1,6 +1,6 @@
 """Groups, collectives and the VM-wide mailbox.
 
-Unit tests drive :class:`clustervm.groups.Groups` directly (no MPI) with a fake
+Unit tests drive :class:`clustervm.core.groups.Groups` directly (no MPI) with a fake
 coordinator; integration tests (marked ``mpi``) run real jobs: every group
 call from spawned tasks and main, the mailbox, a collective whose member's
 node is killed from outside, and each example against a single-process
@@ -21,7 +21,7 @@ import pytest
 
 from clustervm import wire
 from clustervm.errors import GroupError, WireError
-from clustervm.groups import Groups
+from clustervm.core.groups import Groups
 from clustervm.protocol import MAIN_TID
 from clustervm.task import _op_ref
 
@@ -262,7 +262,7 @@ def test_restarted_member_calls_its_rounds_again():
 
 
 def test_dropped_round_fails_instead_of_hanging(monkeypatch):
-    import clustervm.groups as groups
+    import clustervm.core.groups as groups
     monkeypatch.setattr(groups, "_KEEP_DONE", 2)
     g, coord, tids = make(2)
     for r in range(4):
@@ -273,7 +273,7 @@ def test_dropped_round_fails_instead_of_hanging(monkeypatch):
 
 
 def test_kept_answers_are_bounded_in_bytes(monkeypatch):
-    import clustervm.groups as groups
+    import clustervm.core.groups as groups
     monkeypatch.setattr(groups, "_KEEP_BYTES", 3 << 20)
     g, coord, tids = make(2)
     for r in range(6):

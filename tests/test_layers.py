@@ -21,10 +21,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "clustervm"
 LAYERS: list[tuple[str, set[str]]] = [
     ("base", {"errors", "protocol", "config", "events", "hostfile", "procs", "progress",
               "reduce", "mailbox", "local", "shared"}),
-    ("wire", {"wire", "refs", "remote"}),
+    ("wire", {"wire", "refs", "remote", "values"}),
     ("transport", {"endpoint", "transport", "inprocess"}),
     ("core", {"core", "core.enums", "core.events", "core.instructions", "core.state",
-              "core.view"}),
+              "core.view", "core.groups"}),
     # observers read the view the runtime hands them; they never reach into the shells
     ("observers", {"monitor", "trace", "dashboard", "status"}),
     # what both shells share: a rank's mailboxes and task locations, the files on disk
@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     # what a task holds: its context, requests, frozen groups, futures
     ("tasks", {"current", "requests", "task", "fastgroup", "futures"}),
     # the coordinator and node processes around the core
-    ("shells", {"records", "api", "groups", "replacement", "coordinator", "node"}),
+    ("shells", {"records", "api", "replacement", "coordinator", "node"}),
     ("vm", {"vm"}),
     ("cli", {"", "__main__", "runtime", "launcher", "supervisor", "preflight", "slurm",
              "cli", "testing", "testing.netns", "testing.slurm", "testing.inprocess"}),

@@ -115,7 +115,7 @@ def test_collective_timeout(app):
 
 def test_combine_unit():
     """The shared computation of the four new collectives, without MPI (gaps included)."""
-    from clustervm.groups import combine
+    from clustervm.core.groups import combine
 
     vals = [[f"{i}{j}" for j in range(4)] for i in (0, 1, 3)]
     assert combine("alltoall", "g", vals, [0, 1, 3], None, None) == [

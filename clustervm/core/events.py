@@ -205,3 +205,62 @@ class InfoDeleted(Event):
     """``del_info(name)``: remove an entry; answer ``reply``."""
     name: str
     reply: Any
+
+
+# -- PVM groups (clustervm.core.groups) --------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class GroupJoined(Event):
+    """``join_group(name)`` by task ``tid``; answered with [instance, first round]."""
+    name: str
+    tid: int
+    reply: Any
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLeft(Event):
+    """``leave_group(name)`` by task ``tid``."""
+    name: str
+    tid: int
+    reply: Any
+
+
+@dataclass(frozen=True, slots=True)
+class GroupAsked(Event):
+    """A question about group ``name``: ``what`` is "size", "tids", "tid" (of instance
+    ``arg``) or "inst" (of task ``arg``)."""
+    what: str
+    name: str
+    arg: Any
+    reply: Any
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCalled(Event):
+    """Task ``tid``'s part of a collective call on hub group ``name`` (round ``round_no``)."""
+    op: str
+    name: str
+    tid: int
+    value: Any
+    count: Any
+    root: Any
+    fn: Any
+    round_no: int | None
+    envelope: bool
+    reply: Any
+
+
+@dataclass(frozen=True, slots=True)
+class FrozenShadows(Event):
+    """A batch of a frozen group member's calls made on MPI (kept for failover)."""
+    name: str
+    tid: int
+    entries: list
+
+
+@dataclass(frozen=True, slots=True)
+class MemberEnded(Event):
+    """Task ``tid`` ended (``error``: the exception it ended with, or None): it leaves
+    its groups."""
+    tid: int
+    error: BaseException | None

@@ -22,6 +22,7 @@ from ..errors import NoNodesError
 from . import events as E
 from . import instructions as I
 from .enums import LossCause, NodeState, TaskKind, TaskState
+from .groups import Groups
 from .view import NodeView
 
 _MISSING = object()
@@ -99,7 +100,8 @@ class Core:
     def __init__(self, ranks: range | list[int], *, slots: int = 1, prefetch: int = 4,
                  heartbeat_s: float = 2.0, replace_failed: bool = False,
                  journal: bool = False, resume: bool = False, t0: float = 0.0,
-                 start_limit: float = 60.0) -> None:
+                 start_limit: float = 60.0, resolve: Callable[[str], Any] | None = None,
+                 rebuild: Callable[[], bool] | None = None) -> None:
         self.slots = max(1, slots)
         self.cap = self.slots + max(0, prefetch)
         self.heartbeat_s = heartbeat_s
@@ -119,6 +121,10 @@ class Core:
         #: the VM-wide mailbox (put_info / get_info): name -> value, and who waits for a name
         self.info: dict[str, Any] = {}
         self.info_waiters: dict[str, list[Any]] = {}
+        #: PVM groups and their collective rounds (answers leave as Answer instructions)
+        self._resolve = resolve
+        self.groups = Groups(self, answer=self._group_answer, warn=self._group_warn,
+                             rebuild=rebuild)
         self.stopping = False
         self.observing = False
         self.fatal: BaseException | None = None
@@ -155,6 +161,12 @@ class Core:
             E.InfoPut: self._info_put,
             E.InfoGet: self._info_get,
             E.InfoDeleted: self._info_deleted,
+            E.GroupJoined: self._group_joined,
+            E.GroupLeft: self._group_left,
+            E.GroupAsked: self._group_asked,
+            E.GroupCalled: self._group_called,
+            E.FrozenShadows: self._frozen_shadows,
+            E.MemberEnded: self._member_ended,
         }
 
     # -- the one entry point ----------------------------------------------------
@@ -367,6 +379,7 @@ class Core:
         if cause.hung:
             out.append(I.Kill(rank))     # a hung node is never trusted again
         if self.stopping:
+            self.groups.node_lost(rank)
             return
         if not was_spare and not self._promote_spare() and self.replace_failed:
             self.spawning += 1
@@ -395,6 +408,9 @@ class Core:
             inflight.clear()
             n.nwait = 0     # it counts only tasks in flight on this node
         spawned, n.spawned = n.spawned, set()
+        # open rounds that wait on members of this node that cannot come back fail now
+        # (a spare took over, or nodes are left: its spawned members restart elsewhere)
+        self.groups.node_lost(rank)
         if not self._alive and not self.joining():
             self._no_nodes_left()
             return
@@ -473,6 +489,64 @@ class Core:
             self._out.append(I.Answer(ev.reply, False, KeyError(
                 f"no mailbox entry named {ev.name!r}; put_info it first or "
                 f"get_info(..., wait=True)")))
+
+    # -- PVM groups (clustervm.core.groups) -------------------------------------------
+
+    def _group_answer(self, reply: Any, ok: bool, value: Any) -> None:
+        self._out.append(I.Answer(reply, ok, value))
+
+    def _group_warn(self, text: str) -> None:
+        self._out.append(I.Warn(text))
+
+    def _group_joined(self, ev: E.GroupJoined) -> None:
+        self._group_do(ev.reply, lambda: list(self.groups.join(ev.name, ev.tid)))
+
+    def _group_left(self, ev: E.GroupLeft) -> None:
+        self._group_do(ev.reply, lambda: self.groups.leave(ev.name, ev.tid))
+
+    def _group_asked(self, ev: E.GroupAsked) -> None:
+        g = self.groups
+        ask = {"size": lambda: g.size(ev.name), "tids": lambda: g.tids(ev.name),
+               "tid": lambda: g.tid(ev.name, ev.arg), "inst": lambda: g.inst(ev.name, ev.arg)}
+        self._group_do(ev.reply, ask[ev.what])
+
+    def _group_called(self, ev: E.GroupCalled) -> None:
+        try:
+            self.groups.collective(ev.reply, ev.op, ev.name, ev.tid, ev.value, ev.count,
+                                   ev.root, ev.fn, ev.round_no, envelope=ev.envelope)
+        except Exception as exc:   # noqa: BLE001 - the caller gets it, as any answer
+            self._out.append(I.Answer(ev.reply, False, exc))
+
+    def _frozen_shadows(self, ev: E.FrozenShadows) -> None:
+        self.groups.shadow_batch(ev.name, ev.tid, ev.entries)
+
+    def _member_ended(self, ev: E.MemberEnded) -> None:
+        self.groups.task_exit(ev.tid, ev.error)
+
+    def _group_do(self, reply: Any, call: Callable[[], Any]) -> None:
+        try:
+            value = call()
+        except Exception as exc:   # noqa: BLE001 - the caller gets it
+            self._out.append(I.Answer(reply, False, exc))
+            return
+        self._out.append(I.Answer(reply, True, value))
+
+    # -- what the groups ask of the core (clustervm.core.groups.Owner) -----------------
+
+    def in_world(self, rank: int) -> bool:
+        """Is ``rank`` in COMM_WORLD (the coordinator, or a node not started by spawn)?"""
+        n = self.nodes.get(rank)
+        return n.in_world if n is not None else rank == 0
+
+    def restartable(self, tid: int) -> bool:
+        """Will task ``tid`` come back after its node is lost (a node is left to run it)?"""
+        return tid in self.tasks and bool(self._alive)
+
+    def resolve(self, ref: str) -> Any:
+        """A function reference (a group's reduce function) -> the callable (the shell's)."""
+        if self._resolve is None:
+            raise ValueError(f"no resolver for the function reference {ref!r}")
+        return self._resolve(ref)
 
     def _info_deleted(self, ev: E.InfoDeleted) -> None:
         if self.info.pop(ev.name, _MISSING) is _MISSING:

@@ -1,4 +1,9 @@
-"""PVM dynamic groups and their collectives, kept by the coordinator.
+"""PVM dynamic groups and their collectives, kept by the coordinator's core.
+
+Part of the I/O-free core (:class:`clustervm.core.Core` owns one ``Groups``):
+answers go out through ``answer(reply, ok, value)`` and log lines through
+``warn(text)``, which the core turns into ``Answer`` and ``Warn`` instructions
+for its shell (standing alone, e.g. in unit tests, ``answer`` calls ``reply``).
 
 Members call collectives through the coordinator (a hub): each member's k-th
 collective on a group is round k of that group (the member's round counter
@@ -22,16 +27,13 @@ replaying that round later (restarted once more) gets the answer without it.
 """
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from typing import Any, Callable, Protocol
 
-from . import protocol as P
-from .errors import GroupError
-from .reduce import _BUILTIN, VECTOR_OPS, _reduce, combine   # noqa: F401 - importable from here too
-from .site import approx_size, snapshot
-
-log = logging.getLogger(__name__)
+from .. import protocol as P
+from ..errors import GroupError
+from ..reduce import _BUILTIN, VECTOR_OPS, _reduce, combine   # noqa: F401 - importable from here too
+from ..values import approx_size, snapshot
 
 Reply = Callable[[bool, Any], None]
 _KEEP_DONE = 64                 # finished rounds kept per group, at most ...
@@ -69,11 +71,21 @@ class Owner(Protocol):
     def resolve(self, ref: str) -> Any: ...
 
 
+def _call(reply: Reply, ok: bool, value: Any) -> None:
+    reply(ok, value)
+
+
 class Groups:
     """Group membership and collective rounds."""
 
-    def __init__(self, coord: Owner) -> None:
+    def __init__(self, coord: Owner, *, answer: Callable[[Reply, bool, Any], None] = _call,
+                 warn: Callable[[str], None] | None = None,
+                 rebuild: Callable[[], bool] | None = None) -> None:
         self.coord = coord
+        self._answer = answer
+        self._warn = warn or (lambda text: None)
+        #: asked once: can a frozen group get a new communicator after a failure (ULFM)?
+        self._can_rebuild = rebuild or (lambda: False)
         self.members: dict[str, dict[int, int]] = {}            # name -> inst -> tid
         self.rounds: dict[str, dict[int, _Round]] = {}          # name -> round -> open round
         # name -> round -> (op, {tid: answer}, error for every member or None)
@@ -250,13 +262,13 @@ class Groups:
             if f_op == "freeze" and name in self.thawed and tid in answers and answers[tid][0]:
                 # a member restarted from before the freeze: the group is on the hub now
                 plan = dict(answers[tid][1], members=None, why=f"thawed: {self.thawed[name]}")
-                reply(True, plan)
+                self._answer(reply, True, plan)
             elif tid in answers:
-                reply(*_own(tid, answers[tid]))
+                self._answer(reply, *_own(tid, answers[tid]))
             elif error is not None:
-                reply(False, error)
+                self._answer(reply, False, error)
             elif f_op == "barrier":
-                reply(True, None)    # a barrier with count= released before this member came
+                self._answer(reply, True, None)    # a barrier with count= released before this member came
             else:
                 raise GroupError(f"round {round_no} of group {name!r} ({f_op}) is over and task "
                                  f"{tid} took no part in it")
@@ -279,7 +291,7 @@ class Groups:
                              f"called {mine.call()}; every member must make the same sequence "
                              f"of collective calls on a group, with the same op, root and count")
             self._fail_round(name, round_no, err)
-            reply(False, err)
+            self._answer(reply, False, err)
             return
         if tid == P.MAIN_TID:
             value = snapshot(value)   # main may change its object once the call returns
@@ -357,8 +369,8 @@ class Groups:
         if again is not None and not any(r > again[0] for r in self.shadows.get(name, {})):
             # not one call on its new communicator: the members could not build it
             self.stay_on_hub[name] = "its new communicator could not be built"
-            log.warning("frozen group %r stays on the coordinator: %s (see the members' "
-                        "logs)", name, self.stay_on_hub[name])
+            self._warn(f"frozen group {name!r} stays on the coordinator: "
+                       f"{self.stay_on_hub[name]} (see the members' logs)")
         floor = self.shadow_floor.get(name)
         if floor is not None:
             self.next_round[name] = max(self.next_round.get(name, 0), floor)
@@ -403,7 +415,7 @@ class Groups:
             self._refreeze(name, round_no, rnd, answers, inst_of)
         self._keep(name, round_no, rnd.op, answers, None)
         for tid, (value, reply, root, fn) in rnd.parts.items():
-            reply(*_own(tid, answers[tid]))
+            self._answer(reply, *_own(tid, answers[tid]))
 
     def _keep(self, name: str, round_no: int, op: str, answers: dict, error: Any) -> None:
         """Keep a finished round's answers for members that call it again after a restart."""
@@ -423,7 +435,7 @@ class Groups:
         self._keep(name, round_no, rnd.op if rnd else "?", {}, error)
         if rnd is not None:
             for value, reply, root, fn in rnd.parts.values():
-                reply(False, error)
+                self._answer(reply, False, error)
 
     def _compute(self, name: str, rnd: _Round, inst_of: dict[int, int],
                  forced: Any = None) -> dict:
@@ -517,8 +529,7 @@ class Groups:
         if self.stay_on_hub.get(name) == "its new communicator could not be built":
             return
         if self.rebuild is None:
-            from .fastgroup import can_rebuild
-            self.rebuild = can_rebuild()
+            self.rebuild = self._can_rebuild()
         ranks = {t: self._rank_of(t) for t in members}
         if any(r is None for r in ranks.values()):
             return                              # a member is being restarted: later
@@ -532,9 +543,9 @@ class Groups:
         if why:
             if self.stay_on_hub.get(name) != why:
                 self.stay_on_hub[name] = why
-                log.warning("frozen group %r stays on the coordinator after the loss of a "
-                            "member: %s (on MPI it needs one member per rank of COMM_WORLD). "
-                            "Its collectives give the same results, more slowly", name, why)
+                self._warn(f"frozen group {name!r} stays on the coordinator after the loss "
+                           f"of a member: {why} (on MPI it needs one member per rank of "
+                           f"COMM_WORLD). Its collectives give the same results, more slowly")
             return
         self._comm_tags += 1
         ordered = sorted(members, key=lambda t: inst_of[t])
@@ -553,9 +564,9 @@ class Groups:
             d.pop(name, None)
         self.refrozen[name] = (round_no, plan)
         self.refreezes[name] = self.refreezes.get(name, 0) + 1
-        log.warning("frozen group %r is back on MPI after the loss of a member: a new "
-                    "communicator of ranks %s from round %d on", name,
-                    sorted(ranks.values()), round_no + 1)
+        self._warn(f"frozen group {name!r} is back on MPI after the loss of a member: a new "
+                   f"communicator of ranks {sorted(ranks.values())} from round {round_no + 1} "
+                   f"on")
 
     def _rank_of(self, tid: int) -> int | None:
         if tid == P.MAIN_TID:

@@ -1,0 +1,34 @@
+"""Copies and sizes of message values (used by the replay log, the groups, the tasks)."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from . import wire
+
+_IMMUTABLE = (int, float, str, bytes, bool, type(None))
+
+
+def snapshot(data: Any) -> Any:
+    """A copy of ``data`` that later changes by the sender cannot reach (for the replay log)."""
+    if isinstance(data, _IMMUTABLE):
+        return data
+    try:
+        return copy.deepcopy(data)
+    except Exception:
+        wire.dumps(data)   # unsendable: raise the WireError that names its type and path
+        raise
+
+
+def approx_size(data: Any) -> int:
+    """Bytes a message takes, roughly (arrays and byte strings counted exactly)."""
+    nbytes = getattr(data, "nbytes", None)
+    if nbytes is not None:
+        return int(nbytes)
+    if isinstance(data, (bytes, str, bytearray)):
+        return len(data)
+    if isinstance(data, (list, tuple)):
+        return 16 + sum(approx_size(x) for x in data)
+    if isinstance(data, dict):
+        return 16 + sum(approx_size(k) + approx_size(v) for k, v in data.items())
+    return 16
