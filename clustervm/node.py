@@ -1,4 +1,12 @@
-"""The node loop: one per worker rank. Runs tasks, delivers messages, sends heartbeats.
+"""The node process: one per worker rank, the shell around :class:`~clustervm.core.node.NodeCore`.
+
+It receives and decodes messages, hands what happened to the node core
+(``NodeCore.handle(*events) -> instructions``) and carries the instructions out:
+start a worker thread, run a task function, send DONE/EXITED/HELLO/BYE and
+heartbeats, mark a spawned task's context aborted, wake waiters. The core holds
+every decision (the queue and the slots, cancellations, batching, live
+incarnations, the coordinator-silence rule, shutdown); task-to-task messaging
+(mailboxes, replay logs, locations) stays in :class:`~clustervm.site.Site`.
 
 A node never exits non-zero by itself (with Open MPI that would abort the whole
 job): everything a task raises is caught and reported to the coordinator.
@@ -9,11 +17,13 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from . import protocol as P
 from . import remote, wire
 from .config import Config
+from .core import node as N
+from .core.node import COORDINATOR_SILENCE, COORDINATOR_SILENCE_MIN_S  # noqa: F401 - the rule
 from .errors import WireError
 from .futures import ClusterFuture
 from .site import Site, snapshot
@@ -22,14 +32,6 @@ from .endpoint import Endpoint, PeerFailed
 from . import current
 
 log = logging.getLogger(__name__)
-
-#: A node leaves (exit status 3) when the coordinator, once heard beating, has been
-#: silent for this many heartbeat periods (at least COORDINATOR_SILENCE_MIN_S): without
-#: ULFM (MPICH) nothing else tells it that the coordinator died or hangs.
-COORDINATOR_SILENCE = 5
-COORDINATOR_SILENCE_MIN_S = 10.0
-_BATCH_MAX = 64
-_BATCH_S = 0.002
 
 
 class Node(Site):
@@ -45,144 +47,170 @@ class Node(Site):
             P.Shutdown: self._on_shutdown,
             P.Heartbeat: self._on_heartbeat,
         })
-        self._coordinator_beats = False
-        self.queue: deque = deque()
-        self.cancelled: set[int] = set()
-        self.live: dict[int, TaskContext] = {}         # spawned tasks running here
-        self.slots = max(1, config.slots)
-        self.n_workers = 0
-        self.n_blocked = 0
-        self.stopping = False
-        self.coordinator_lost = False
-        self.failures_seen = False
+        self.core = N.NodeCore(config.slots, config.heartbeat_s, config.start_timeout_s)
+        self._core_lock = threading.Lock()               # handle() is called from workers too
+        self.live: dict[int, TaskContext] = {}            # spawned tasks running here
+        self._do: dict[type, Callable[[Any], None]] = {
+            N.SendHello: self._do_hello, N.SendBye: self._do_bye,
+            N.SendHeartbeat: self._do_heartbeat, N.MarkHeard: self._do_mark_heard,
+            N.Leave: self._do_leave, N.Notify: self._do_notify,
+            N.StartWorker: self._do_start_worker, N.StartSpawned: self._do_start_spawned,
+            N.AbortTask: self._do_abort, N.SendExited: self._do_send_exited,
+            N.SendDone: self._do_send_done,
+        }
         transport.on_failure = self._on_failure
+
+    # -- the core and its instructions ---------------------------------------------
+
+    def _run(self, *events: N.Event) -> None:
+        """Hand ``events`` to the core; carry out its instructions (outside the lock)."""
+        with self._core_lock:
+            out = self.core.handle(*events)
+        do = self._do
+        for ins in out:
+            do[type(ins)](ins)
+
+    # the core's state, read by the runtime, tests and the in-process VM
+    @property
+    def queue(self) -> deque:
+        return self.core.queue
+
+    @property
+    def cancelled(self) -> set[int]:
+        return self.core.cancelled
+
+    @property
+    def stopping(self) -> bool:
+        return self.core.stopping
+
+    @stopping.setter
+    def stopping(self, value: bool) -> None:   # the in-process VM stops frozen nodes so
+        self.core.stopping = value
+
+    @property
+    def coordinator_lost(self) -> bool:
+        return self.core.coordinator_lost
+
+    @property
+    def failures_seen(self) -> bool:
+        return self.core.failures_seen
+
+    def _do_hello(self, ins: N.SendHello) -> None:
+        self.transport.send(P.COORDINATOR, P.Hello(self.host, self.pid).encode())
+
+    def _do_bye(self, ins: N.SendBye) -> None:
+        try:
+            self.transport.send(P.COORDINATOR, P.Bye().encode())
+        except PeerFailed:
+            pass
+
+    def _do_heartbeat(self, ins: N.SendHeartbeat) -> None:
+        if not self.transport.post(P.COORDINATOR, P.Heartbeat(ins.load).encode()):
+            self._run(N.HeartbeatUnsent())
+
+    def _do_mark_heard(self, ins: N.MarkHeard) -> None:
+        self.transport.last_heard[P.COORDINATOR] = ins.now
+
+    def _do_leave(self, ins: N.Leave) -> None:
+        if ins.cause is N.LeaveCause.NO_START:
+            log.error("node %d: no word from the coordinator %.0f s after start; leaving "
+                      "(CLUSTERVM_START_TIMEOUT_S sets how long to wait)", self.rank, ins.seconds)
+        elif ins.cause is N.LeaveCause.SILENT:
+            log.error("node %d: nothing from the coordinator for %.0f s; leaving",
+                      self.rank, ins.seconds)
+        elif ins.cause is N.LeaveCause.DIED:
+            log.error("node %d: the coordinator died; leaving", self.rank)
+        else:
+            log.debug("node %d: a heartbeat cannot reach the coordinator; leaving", self.rank)
+
+    def _do_notify(self, ins: N.Notify) -> None:
+        if ins.main:
+            self.transport.notify()
+        if ins.background:
+            self.transport.notify_background()
+
+    def _do_start_worker(self, ins: N.StartWorker) -> None:
+        threading.Thread(target=self._worker, args=(ins.worker,),
+                         name=f"cvm-worker-{ins.worker}", daemon=True).start()
+
+    def _do_abort(self, ins: N.AbortTask) -> None:
+        ctx = self.live.get(ins.tid)
+        if ctx is not None and ctx.inc == ins.inc:
+            ctx.aborted = True
+
+    def _do_send_done(self, ins: N.SendDone) -> None:
+        if not self._flush(ins.results):
+            self._run(N.SendFailed())
 
     # -- main loop -----------------------------------------------------------
 
     def serve(self) -> None:
         """Run until the coordinator says shut down (or is lost)."""
-        self.transport.send(P.COORDINATOR, P.Hello(self.host, self.pid).encode())
-        for _ in range(self.slots):
-            self._start_worker()
-        interval = max(0.05, self.config.heartbeat_s / 4)
-        silence = max(COORDINATOR_SILENCE * self.config.heartbeat_s, COORDINATOR_SILENCE_MIN_S)
-        last_hb = last_loop = started = time.monotonic()
         t = self.transport
-        while not self.stopping:
+        core = self.core
+        heard = t.last_heard
+        self._run(N.Started(time.monotonic()))
+        while not core.stopping:
             t.service_step(0.05)
-            now = time.monotonic()
-            if P.COORDINATOR not in t.last_heard and now - started > self.config.start_timeout_s:
-                # the coordinator answers a hello at once: it failed before its loop ran
-                log.error("node %d: no word from the coordinator %.0f s after start; leaving "
-                          "(CLUSTERVM_START_TIMEOUT_S sets how long to wait)",
-                          self.rank, now - started)
-                self.coordinator_lost = True
-                self.stopping = True
-            if now - last_hb >= interval:
-                last_hb = now
-                if not t.post(P.COORDINATOR,
-                              P.Heartbeat(len(self.queue) + len(self.live)).encode()):
-                    self.coordinator_lost = True
-                    self.stopping = True
-            if self._coordinator_beats:
-                if now - last_loop > silence / 2:   # this process was stalled, not the coordinator
-                    t.last_heard[P.COORDINATOR] = now
-                elif now - t.last_heard.get(P.COORDINATOR, now) > silence:
-                    log.error("node %d: nothing from the coordinator for %.0f s; leaving",
-                              self.rank, now - t.last_heard[P.COORDINATOR])
-                    self.coordinator_lost = True
-                    self.stopping = True
-            last_loop = now
-        t.notify()
-        if not self.coordinator_lost:
-            try:
-                t.send(P.COORDINATOR, P.Bye().encode())
-            except PeerFailed:
-                pass
+            self._run(N.Tick(time.monotonic(), heard.get(P.COORDINATOR)))
+        self._run(N.LoopEnded())
         t.flush(2.0)
 
     def _on_heartbeat(self, src: int, msg: P.Heartbeat) -> bool:
-        self._coordinator_beats = True   # from now on its silence means it is gone
+        self._run(N.CoordinatorBeat())   # from now on its silence means it is gone
         return False                     # not work: keeps idle loops idle
 
     def _on_failure(self, ranks: set[int]) -> None:
-        if P.COORDINATOR in ranks:
-            log.error("node %d: the coordinator died; leaving", self.rank)
-            self.coordinator_lost = True
-            self.stopping = True
+        self._run(N.RanksFailed(frozenset(ranks)))
         with self.lock:
             for tid, loc in list(self.locations.items()):
                 if loc.rank in ranks:
                     del self.locations[tid]
 
     def _on_shutdown(self, src: int, msg: P.Shutdown) -> None:
-        self.stopping = True
-        self.failures_seen = bool(msg.unclean)
-        for ctx in self.live.values():
-            ctx.aborted = True
-        self.transport.notify()
-        self.transport.notify_background()
+        self._run(N.ShutdownReceived(bool(msg.unclean)))
 
     # -- short tasks -----------------------------------------------------------
-
-    def _start_worker(self) -> None:
-        with self.lock:
-            self.n_workers += 1
-        threading.Thread(target=self._worker, name=f"cvm-worker-{self.n_workers}",
-                         daemon=True).start()
 
     def wait(self, predicate, timeout=None, blocking=False) -> bool:
         if not (blocking and getattr(current._tls, "worker", False)):
             return self.transport.wait(predicate, timeout)
-        with self.lock:               # a task blocks: let another worker use its slot
-            self.n_blocked += 1
-            if self.n_workers - self.n_blocked < self.slots:
-                self._start_worker()
+        self._run(N.WorkerBlocked())      # a task blocks: another worker may use its slot
         try:
             return self.transport.wait(predicate, timeout)
         finally:
-            with self.lock:
-                self.n_blocked -= 1
+            self._run(N.WorkerUnblocked())
 
-    def _worker(self) -> None:
+    def _worker(self, worker: int) -> None:
+        """A worker thread: ask the core for work, run it, repeat until told to exit."""
         current._tls.worker = True
-        q = self.queue
+        core = self.core
+        lock = self._core_lock
         t = self.transport
-        batch: list = []
-        t0 = 0.0
-        ready = lambda: bool(q) or self.stopping  # noqa: E731
+        clock = time.perf_counter
+        ready = lambda: bool(core.queue) or core.stopping  # noqa: E731
+        RunShort, WaitForWork, SendDone = N.RunShort, N.WaitForWork, N.SendDone
+        result = None
         while True:
-            if not q and batch:
-                self._flush(batch)
-            # spin for the next task only while no spawned task computes here
-            if not t.wait(ready, None if not batch else _BATCH_S, background=True,
-                          spin=not self.live):
-                continue
-            if self.stopping:
-                break
-            with self.lock:
-                if self.n_workers - self.n_blocked > self.slots:
-                    self.n_workers -= 1      # surplus after a blocked task came back
-                    break
-            try:
-                item = q.popleft()
-            except IndexError:
-                continue
-            if item[0] in self.cancelled:
-                self.cancelled.discard(item[0])
-                continue
-            if not batch:
-                t0 = time.perf_counter()
-            batch.append(self._run_short(item))
-            # report early when the queue runs low, so the coordinator refills it in time
-            if (len(q) <= 1 or len(batch) >= _BATCH_MAX
-                    or time.perf_counter() - t0 > _BATCH_S):
-                self._flush(batch)
-        if batch:
-            self._flush(batch)
+            with lock:
+                out = core.handle(N.WorkerReady(worker, result, clock()))
+            result = None
+            for ins in out:
+                kind = type(ins)
+                if kind is RunShort:
+                    result = self._run_short(ins.item)
+                elif kind is WaitForWork:
+                    t.wait(ready, ins.timeout, background=True, spin=ins.spin)
+                elif kind is SendDone:
+                    if not self._flush(ins.results):
+                        self._run(N.SendFailed())
+                        break             # stopping: what was handed out is dropped
+                else:                     # WorkerExit
+                    return
 
-    def _flush(self, batch: list) -> None:
-        """Report finished short tasks to the coordinator, in one message.
+    def _flush(self, batch: list) -> bool:
+        """Report finished short tasks to the coordinator, in one message; False if
+        the coordinator failed.
 
         A result that cannot be sent becomes its task's WireError, naming the path
         as the task's code sees it (``result['lock']``); the others still go."""
@@ -201,15 +229,14 @@ class Node(Site):
                         self.transport.send(P.COORDINATOR,
                                             P.Done([(tid, False, packed)]).encode())
         except PeerFailed:
-            self.stopping = True
-        batch.clear()
+            return False
+        return True
 
     def _on_run(self, src: int, msg: P.Run) -> None:
-        self.queue.extend(msg.items)
-        self.transport.notify_background()     # an idle worker may be asleep
+        self._run(N.TasksArrived(msg.items))
 
     def _on_cancel(self, src: int, msg: P.Cancel) -> None:
-        self.cancelled.add(msg.tid)
+        self._run(N.CancelReceived(msg.tid))
 
     def _run_short(self, item: tuple) -> tuple:
         tid, parent, fn_ref, args, kwargs, state = item
@@ -237,20 +264,18 @@ class Node(Site):
     # -- spawned (long-lived) tasks -------------------------------------------
 
     def _on_spawn(self, src: int, msg: P.Spawn) -> None:
-        tid, parent, fn_ref, args, kwargs = msg.tid, msg.parent, msg.fn, msg.args, msg.kwargs
-        inc, ckpt, siblings = msg.inc, msg.ckpt, msg.siblings
-        old = self.live.get(tid)
-        if old is not None:
-            if old.inc >= inc:
-                return
-            old.aborted = True
-        ctx = TaskContext(self, tid, parent, inc=inc, siblings=siblings)
-        if ckpt is not None:
-            self._restore(ctx, ckpt)
+        self._run(N.SpawnReceived(msg.tid, msg.inc, msg))
+
+    def _do_start_spawned(self, ins: N.StartSpawned) -> None:
+        msg: P.Spawn = ins.task
+        tid = msg.tid
+        ctx = TaskContext(self, tid, msg.parent, inc=msg.inc, siblings=msg.siblings)
+        if msg.ckpt is not None:
+            self._restore(ctx, msg.ckpt)
         with self.lock:
             self.contexts[tid] = ctx
             self.live[tid] = ctx
-        threading.Thread(target=self._run_spawned, args=(ctx, fn_ref, args, kwargs),
+        threading.Thread(target=self._run_spawned, args=(ctx, msg.fn, msg.args, msg.kwargs),
                          name=f"cvm-task-{tid}", daemon=True).start()
 
     def _restore(self, ctx: TaskContext, ckpt: dict) -> None:
@@ -309,30 +334,28 @@ class Node(Site):
             if ctx.__dict__.get("_frozen"):      # shadows of its frozen groups, before EXITED
                 from .fastgroup import task_ended
                 task_ended(ctx)
+            self._run(N.SpawnedEnded(ctx.tid, ctx.inc))
             if not ctx.aborted:
                 ckpt_error = self.settle_checkpoint(ctx, at_end=True)
                 if ckpt_error is not None and ok:   # reaches vm.join, not only the log
                     ok, value = False, remote.pack_exception(ckpt_error, self.where())
-        if ctx.aborted:
-            return
+        self._run(N.SpawnedResult(ctx.tid, ctx.inc, ctx.aborted, ok, value))
+
+    def _do_send_exited(self, ins: N.SendExited) -> None:
+        tid, inc = ins.tid, ins.inc
         try:
             try:
-                self.transport.send(P.COORDINATOR, P.Exited(ctx.tid, ctx.inc, ok, value).encode())
+                self.transport.send(P.COORDINATOR, P.Exited(tid, inc, ins.ok, ins.value).encode())
             except WireError as exc:
                 exc = wire.relabel(exc, "[4]", "result")
-                err = WireError(f"the return value of task {ctx.tid} cannot be sent: {exc}")
+                err = WireError(f"the return value of task {tid} cannot be sent: {exc}")
                 self.transport.send(P.COORDINATOR, P.Exited(
-                    ctx.tid, ctx.inc, False, remote.pack_exception(err, self.where())).encode())
+                    tid, inc, False, remote.pack_exception(err, self.where())).encode())
         except PeerFailed:
-            self.stopping = True
+            self._run(N.SendFailed())
 
     def _on_kill(self, src: int, msg: P.Kill) -> None:
-        tid, inc = msg.tid, msg.inc
-        ctx = self.live.get(tid)
-        if ctx is not None and ctx.inc <= inc:
-            ctx.aborted = True
-            self.transport.notify()
-        self.cancelled.add(tid)
+        self._run(N.KillReceived(msg.tid, msg.inc))
 
     # -- checkpoints -----------------------------------------------------------
 
