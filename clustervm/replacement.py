@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 import time
 
+from . import procs
 from .core import SPAWN_HELLO_S
 from .core import events as E
 from .core import instructions as I
@@ -89,12 +91,38 @@ class NodeSpawning:
                 return ranks[0]
             if time.monotonic() >= deadline:
                 break
+            self._spawns_given_up = getattr(self, "_spawns_given_up", 0) + 1
             log.warning("%s: MPI_Comm_spawn has not returned in %.0f s; starting another node "
                         "beside it (a spawned process can hang in MPI_Init on a socket Open MPI "
                         "left deaf after a rank died)", why, SPAWN_RETRY_S)
         log.warning("%s: MPI_Comm_spawn has not returned in %.0f s; carrying on without "
                     "waiting for it", why, timeout)
         return None
+
+    def end_hung_spawns(self) -> None:
+        """At shutdown: end this host's processes of MPI_Comm_spawn calls given up on
+        (_spawn_retrying). One left alive keeps mpiexec from ending after the job (measured:
+        10 s, then the launcher stopped it); one ended earlier would hand its deaf socket
+        number on to the next spawn, so they are ended only now."""
+        if not getattr(self, "_spawns_given_up", 0):
+            return
+        known = {n.pid for n in self.nodes.values() if n.pid} | {os.getpid()}
+        for pid in procs.children(os.getppid()):       # mpiexec's (or its daemon's)
+            if pid in known:
+                continue
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    env = f.read().split(b"\0")
+            except OSError:
+                continue
+            spawned = any(item.startswith(b"PMIX_NAMESPACE=") and not item.endswith(b"@1")
+                          for item in env)
+            if spawned:
+                log.info("ending pid %d: a spawned process that never joined", pid)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
 
     def in_world(self, rank: int) -> bool:
         """Is ``rank`` in COMM_WORLD (not a node started later with MPI_Comm_spawn)?"""
