@@ -35,6 +35,9 @@ SPAWN_ATTEMPTS = 3
 class NodeSpawning:
     """Starting node processes while the job runs."""
 
+    #: MPI_Comm_spawn calls given up on (still hanging): their processes end at shutdown
+    _spawns_given_up = 0
+
     def _replace_async(self, lost: int) -> None:
         """--replace-failed: start a node for lost node ``lost`` without blocking handlers
         (the core counts it as on its way, and work waits for it, until ReplacementEnded).
@@ -76,6 +79,7 @@ class NodeSpawning:
             finally:
                 ranks.append(rank)
                 returned.set()
+                entered.set()        # a call that ended before MPI_Comm_spawn: no wait
 
         deadline = time.monotonic() + timeout
         for n in range(1, SPAWN_ATTEMPTS + 1):
@@ -91,7 +95,7 @@ class NodeSpawning:
                 return ranks[0]
             if time.monotonic() >= deadline:
                 break
-            self._spawns_given_up = getattr(self, "_spawns_given_up", 0) + 1
+            self._spawns_given_up += 1
             log.warning("%s: MPI_Comm_spawn has not returned in %.0f s; starting another node "
                         "beside it (a spawned process can hang in MPI_Init on a socket Open MPI "
                         "left deaf after a rank died)", why, SPAWN_RETRY_S)
@@ -104,7 +108,7 @@ class NodeSpawning:
         (_spawn_retrying). One left alive keeps mpiexec from ending after the job (measured:
         10 s, then the launcher stopped it); one ended earlier would hand its deaf socket
         number on to the next spawn, so they are ended only now."""
-        if not getattr(self, "_spawns_given_up", 0):
+        if not self._spawns_given_up:
             return
         known = {n.pid for n in self.nodes.values() if n.pid} | {os.getpid()}
         for pid in procs.children(os.getppid()):       # mpiexec's (or its daemon's)
