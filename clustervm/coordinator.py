@@ -376,6 +376,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                             n.rank, n.pid, timeout)
                 self._kill_process(n)
                 self.transport.failed.add(n.rank)   # no MPI_Finalize with a killed peer
+        self.end_hung_spawns()
         self.transport.flush(2.0)
         if self.journal is not None:
             self.journal.close()
