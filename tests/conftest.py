@@ -94,7 +94,11 @@ class Job:
         self.timeout = timeout
         self.t0 = time.monotonic()
         self.mark = f"{os.getpid()}-{next(_job_ids)}"
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=job_env({**(env or {}),
+        # one host: MPI's TCP on loopback only. The suite runs two test files at a time,
+        # and a multi-host test's bridge (10.77.x.254) can vanish between a spawned rank's
+        # choice of interfaces and its bind (seen: a replacement node failed to start)
+        local = {} if "--hostfile" in (run_args or []) else {"OMPI_MCA_btl_tcp_if_include": "lo"}
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=job_env({**local, **(env or {}),
                                                                       JOB_MARK: self.mark}),
                                      text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,

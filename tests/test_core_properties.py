@@ -1,12 +1,15 @@
 """The coordinator core under random faults (Hypothesis): submits, nested submits, spawns,
-results, checkpoints, cancels, crashes, hangs, spares, replacements and coordinator
-restarts from the journal, in random order. After every step and at the end:
+results, checkpoints, cancels, crashes, hangs, spares, replacements, coordinator
+restarts from the journal, the VM mailbox and group rounds, in random order. After
+every step and at the end:
 
 - every task submitted to a coordinator resolves exactly once there, with its own value;
 - a result a live node reported (acknowledged) is never lost;
 - a node declared lost is never trusted again (no work sent to it, what it sends ignored);
 - the journal replays to the same set of finished tasks (and a resumed coordinator
-  answers them from it, with the same outcome, without running them).
+  answers them from it, with the same outcome, without running them);
+- every request to the mailbox or a group is answered once, with what a plain dict
+  and a plain sum give (a get_info that waits, once the name is put).
 """
 from __future__ import annotations
 
@@ -68,6 +71,12 @@ class CoreMachine(RuleBasedStateMachine):
         self.resolved: dict[int, int] = {}
         self.requests = 0
         self.next_rank = self.n + 1
+        # the mailbox and the groups are not in the journal: a restarted coordinator
+        # starts them empty (requests still waiting on the old one die with it)
+        self.answers: dict[str, list] = {}
+        self.info: dict[str, int] = {}
+        self.info_waiting: dict[str, list[str]] = {}
+        self.groups = 0
         self.feed(*(E.NodeHello(r, f"h{r}", r, self.now) for r in self.world))
         self.feed(E.StartGraceOver(self.now, 60.0, self.spares))
         if resume:
@@ -120,6 +129,10 @@ class CoreMachine(RuleBasedStateMachine):
                 want = short_value(tid) if ins.kind is TaskKind.SHORT else spawned_value(tid)
                 assert (ins.ok, ins.value) == want or ins.value == "killed"
                 self.finished_by_nodes.add(tid)
+        elif kind is I.Answer:
+            got = self.answers.setdefault(ins.reply, [])
+            got.append((ins.ok, ins.value))
+            assert len(got) == 1, f"request {ins.reply} answered twice: {got}"
         elif kind is I.JournalDone:
             assert ins.tid not in self.journal
             self.journal[ins.tid] = (ins.digest, ins.ok, ins.value)
@@ -259,6 +272,61 @@ class CoreMachine(RuleBasedStateMachine):
             evs = [E.ReplacementStarted(r, "h", self.now), E.ReplacementEnded(self.now),
                    E.NodeHello(r, "h", r, self.now)]
         self.feed(*evs)
+
+    def _request(self, what: str) -> str:
+        self.requests_made = getattr(self, "requests_made", 0) + 1
+        return f"{what}#{self.requests_made}"
+
+    @rule(name=st.sampled_from("abc"), value=st.integers(0, 9))
+    def put_info(self, name: str, value: int) -> None:
+        r = self._request("put")
+        waiting = self.info_waiting.pop(name, [])
+        self.feed(E.InfoPut(name, value, r))
+        assert self.answers[r] == [(True, None)]
+        for w in waiting:
+            assert self.answers[w] == [(True, value)], (w, self.answers.get(w))
+        self.info[name] = value
+
+    @rule(name=st.sampled_from("abc"), wait=st.booleans())
+    def get_info(self, name: str, wait: bool) -> None:
+        r = self._request("get")
+        self.feed(E.InfoGet(name, wait, r))
+        if name in self.info:
+            assert self.answers[r] == [(True, self.info[name])]
+        elif wait:
+            assert r not in self.answers
+            self.info_waiting.setdefault(name, []).append(r)
+        else:
+            [(ok, err)] = self.answers[r]
+            assert not ok and isinstance(err, KeyError)
+
+    @rule(name=st.sampled_from("abc"))
+    def del_info(self, name: str) -> None:
+        r = self._request("del")
+        self.feed(E.InfoDeleted(name, r))
+        [(ok, _)] = self.answers[r]
+        assert ok == (name in self.info)
+        self.info.pop(name, None)
+
+    @rule(members=st.integers(1, 4), order=st.randoms(use_true_random=False))
+    def group_round(self, members: int, order) -> None:
+        """A new group: main and members join, each makes an allreduce (in any order)."""
+        self.groups += 1
+        name = f"g{self.groups}"
+        tids = [MAIN] + [100_000 + 10 * self.groups + i for i in range(members)]
+        for t in tids:
+            r = self._request("join")
+            self.feed(E.GroupJoined(name, t, r))
+            assert self.answers[r][0][0] is True
+        calls = {t: self._request("allreduce") for t in tids}
+        shuffled = list(tids)
+        order.shuffle(shuffled)
+        for i, t in enumerate(shuffled):
+            self.feed(E.GroupCalled("allreduce", name, t, t, None, None, "sum", None, False,
+                                    calls[t]))
+            done = [c for c in calls.values() if c in self.answers]
+            assert len(done) == (len(tids) if i == len(tids) - 1 else 0)
+        assert all(self.answers[c] == [(True, sum(tids))] for c in calls.values())
 
     @rule()
     def add_nodes(self) -> None:
