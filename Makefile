@@ -37,10 +37,17 @@ demo: $(STAMP)
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict --site-dir site
 
+# Most tests wait on MPI jobs (start, heartbeats, timeouts), not on the CPU: three test
+# files run at a time (pytest-xdist), and the MPICH run (its own venv, heartbeat-only
+# failure detection) runs beside them, its output shown after theirs.
 test: $(STAMP) browser-deps
 	sh tests/slurm_setup.sh   # Debian's Slurm and munge for tests/test_slurm.py (else they skip)
-	$(PY) -m pytest -q -n 2 --dist loadfile   # two test files at a time: most tests wait on jobs
-	bash tests/run_mpich.sh     # the core tests again on MPICH (heartbeat-only detection)
+	@bash tests/run_mpich.sh > .mpich-tests.log 2>&1 & mpich=$$!; \
+	$(PY) -m pytest -q -n 3 --dist loadfile; status=$$?; \
+	wait $$mpich; mstatus=$$?; \
+	echo "== the core tests on MPICH (tests/run_mpich.sh), exit status $$mstatus:"; \
+	cat .mpich-tests.log; \
+	test $$status -eq 0 && test $$mstatus -eq 0
 
 bench: $(STAMP)
 	$(PY) benchmarks/pingpong.py

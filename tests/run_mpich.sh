@@ -17,7 +17,7 @@ PYTHON=${PYTHON:-python3}
 ready() {
     [ -x "$VENV/bin/python" ] && [ -x "$VENV/bin/mpiexec" ] &&
         "$VENV/bin/mpiexec" --version 2>/dev/null | grep -q HYDRA &&
-        "$VENV/bin/python" -c "import mpi4py, msgpack, numpy, pytest, tqdm, xdist" 2>/dev/null
+        "$VENV/bin/python" -c "import mpi4py, msgpack, numpy, pytest, tqdm" 2>/dev/null
 }
 
 if ! ready; then
@@ -25,7 +25,7 @@ if ! ready; then
     rm -rf "$VENV"
     "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet mpi4py mpich msgpack numpy pytest pytest-xdist tqdm
+    "$VENV/bin/python" -m pip install --quiet mpi4py mpich msgpack numpy pytest tqdm
     ready || { echo "run_mpich: $VENV is not usable (no Hydra mpiexec?)" >&2; exit 1; }
 fi
 "$VENV/bin/python" -m pip install --quiet --no-deps -e .
@@ -36,7 +36,7 @@ export CLUSTERVM_TEST_MPI=mpich
 # API on real jobs, the supervisor, and the unit tests. Not here: Open MPI's own tests
 # (test_netns, test_multihost, test_failover need ULFM or prted; test_launcher checks
 # Open MPI details).
-exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider -n 2 --dist loadfile \
+exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
     tests/test_mpich.py tests/test_foundation.py tests/test_supervisor.py \
     tests/test_wire.py tests/test_checkpoint.py tests/test_hostfile.py tests/test_config.py \
     --deselect tests/test_foundation.py::test_bare_mpiexec_runs_ring \
