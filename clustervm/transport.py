@@ -90,6 +90,7 @@ HUB = 0                          # the rank that forwards routed frames (the coo
 _FAILURE_CLASSES = {MPI.ERR_PROC_FAILED, getattr(MPI, "ERR_PROC_FAILED_PENDING", -1),
                     getattr(MPI, "ERR_REVOKED", -1)}
 _testall = MPI.Request.Testall   # (a seam: tests without MPI put a fake here)
+_SEND_SPINS = 200   # tests of a waited-for send's requests before it waits as a poller
 
 __all__ = ["Transport", "PeerFailed", "Counters", "Handler", "FrameError", "Frame",
            "parse_frame", "is_failure", "memory_limit", "HUB", "TAG_MSG", "TAG_INIT"]
@@ -459,11 +460,12 @@ class Transport:
         c = self.counters
         c.msgs_out += 1
         c.bytes_out += len(out.head) + sum(memoryview(b).nbytes for b in out.bufs)
-        if out.tracked:          # small messages are out at once: no trip through _pending
-            try:
-                if _testall(reqs):
-                    out.done = True
-                    return
+        if out.tracked:          # a sender waits: drive these requests a while, as MPI_Send
+            try:                 # would (a small message is out within a few tests)
+                for _ in range(_SEND_SPINS):
+                    if _testall(reqs):
+                        out.done = True
+                        return
             except MPI.Exception as exc:
                 self._send_failed(out, exc)
                 return
