@@ -389,7 +389,7 @@ def replay_journal_dict(journal: dict) -> dict:
     return replay_journal([I.JournalDone(t, *v) for t, v in journal.items()])
 
 
-CoreMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40,
+CoreMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40,
                                          deadline=None,
                                          suppress_health_check=[HealthCheck.too_slow])
 TestCoreProperties = CoreMachine.TestCase

@@ -381,19 +381,23 @@ def test_dashboard_in_chromium(job, tmp_path):
 
         wait(lambda: rows() == {"0": "coordinator", "1": "alive", "2": "alive", "3": "alive"},
              "three alive nodes and the coordinator")
-        assert browser.find_element(By.ID, "alive").text == "3 / 3"
+        # (every read below waits: the page re-renders twice a second, so an element
+        # found a moment ago may be gone: "stale")
+        wait(lambda: browser.find_element(By.ID, "alive").text == "3 / 3", "3 / 3 alive")
         first = wait(lambda: done() >= 5 and done(), "tasks done")
         wait(lambda: done() >= first + 10, "the task count rising")
-        assert browser.find_element(By.ID, "conn").text == "live"
-        total = int(browser.find_element(By.ID, "tasks-total").text.replace(",", ""))
-        assert total >= done()
+        wait(lambda: browser.find_element(By.ID, "conn").text == "live", "the stream live")
+        wait(lambda: int(browser.find_element(By.ID, "tasks-total").text.replace(",", ""))
+             >= done(), "a total at least the tasks done")
 
         j.kill_rank(2)
         wait(lambda: rows().get("2") == "dead", "node 2 marked dead")
-        row = browser.find_element(By.CSS_SELECTOR, '#nodes tr[data-rank="2"]')
-        assert "dead" in row.text and "lost at" in row.text
-        assert browser.find_element(By.ID, "alive").text == "2 / 3"
-        assert "NODE_DOWN" in browser.find_element(By.ID, "events").text
+        wait(lambda: "dead" in (t := browser.find_element(
+            By.CSS_SELECTOR, '#nodes tr[data-rank="2"]').text) and "lost at" in t,
+             "node 2's row: dead, lost at")
+        wait(lambda: browser.find_element(By.ID, "alive").text == "2 / 3", "2 / 3 alive")
+        wait(lambda: "NODE_DOWN" in browser.find_element(By.ID, "events").text,
+             "NODE_DOWN in the events")
         after = done()
         wait(lambda: done() >= after + 10, "tasks still finishing on the survivors")
         wait(lambda: int(browser.find_element(By.ID, "tasks-failed").text) >= 1,

@@ -427,18 +427,3 @@ def test_node_stopped_during_mpi_init(job):
     # before the end of MPI_Init the launcher starts anew; after it, heartbeats find it
     assert "stopped (SIGSTOP)" in res.err or "ended while the job was starting" in res.err \
         or "no hello" in res.err, res.err
-
-
-def test_restarted_task_replays_to_a_task_that_has_ended(job, tmp_path):
-    """Task a's node dies after its partner b has ended: a restarts from its checkpoint,
-    sends again what it sent then (dropped: b has ended) and gets b's messages again
-    from b's replay log."""
-    app = str(ROOT / "tests" / "apps" / "pair_app.py")
-    expected = baseline(app, [], "pair:", n=3)
-    j = job([app, "--markers", str(tmp_path)], n=3, timeout=TIMEOUT)
-    linger = wait_until(lambda: list(tmp_path.glob("linger-*")), "task a done, lingering", j)
-    time.sleep(0.3)                        # b returns at once: it has ended by now
-    os.kill(int(linger[0].name.split("-")[1]), signal.SIGKILL)
-    res = j.wait()
-    assert_exact(res, expected, "pair:")
-    assert "1 task(s) re-run" in report(res), report(res)

@@ -125,7 +125,9 @@ def test_spawned_tasks_and_messages_reach_a_replacement(job, tmp_path):
     res = j.wait()
     check = assert_drill(res, expected)
     assert check["restored"] >= 1, res.line("drill-check:")
-    assert len(joined(res.err)) == 2, res.err
+    # one replacement per lost node is started; the second may come after the work is
+    # done (this job is short), and is then ended at shutdown: at least one joined
+    assert len(joined(res.err)) >= 1, res.err
 
 
 def test_add_nodes_spawns_nodes_that_exchange_messages():
