@@ -13,7 +13,15 @@ This module imports no MPI: the shells type their ``transport`` against it.
 """
 from __future__ import annotations
 
+import logging
+import os
+import traceback
 from typing import Any, Callable, Iterable, Protocol
+
+from . import wire
+from .errors import WireError
+
+log = logging.getLogger(__name__)
 
 #: Handles one message from rank ``src``; returns False when it was mere housekeeping
 #: (a heartbeat), which does not count as activity for the idle back-off.
@@ -134,3 +142,31 @@ class Endpoint(Protocol):
 
     def close(self, timeout: float = 1.0) -> None:
         """Stop every thread from touching the network (before leaving)."""
+
+
+def summary(msg: Any) -> str:
+    """A short description of a message for a log line (its op and shape)."""
+    if isinstance(msg, tuple) and msg:
+        return f"op {msg[0]!r}, {len(msg)} fields"
+    return f"a {type(msg).__name__}, not an op tuple"
+
+
+def dispatch(handler: Handler, src: int, payload: Any, bufs: list[Any],
+             allow_pickle: bool) -> bool:
+    """Decode a message from ``src`` and run ``handler`` on it (both transports): True if
+    it was work (the handler did not return False). A message that cannot be decoded, or
+    that the handler fails on, is logged (naming ``src``) and dropped."""
+    try:
+        msg = wire.loads(payload, bufs, allow_pickle=allow_pickle)
+    except WireError as exc:
+        log.error("a message from rank %d cannot be decoded; dropped: %s", src, exc)
+        return False
+    try:
+        return handler(src, msg) is not False
+    except Exception as exc:   # noqa: BLE001 - one bad message never stops the loop
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        log.error("the handler failed on a message from rank %d (%s): %s: %s (at %s:%d in "
+                  "%s); dropped", src, summary(msg), type(exc).__name__, exc,
+                  os.path.basename(where.filename), where.lineno, where.name)
+        log.debug("the handler's traceback", exc_info=True)
+        return False

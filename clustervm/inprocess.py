@@ -36,16 +36,14 @@ rank's condition, at most :data:`NAP_S` at a time.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import traceback
 from collections import deque
 from typing import Any, Callable, Iterable
 
 from . import wire
-from .endpoint import Counters, Handler, PeerFailed
-from .errors import ClusterVMError, WireError
+from .endpoint import Counters, Handler, PeerFailed, dispatch
+from .errors import ClusterVMError
 
 log = logging.getLogger(__name__)
 
@@ -337,25 +335,10 @@ class InProcessTransport:
         return len(items)
 
     def _deliver(self, item: _Item) -> None:
-        """Decode a message and run the handler; a message that cannot be decoded, or that
-        the handler fails on, is logged (naming its sender) and dropped, as on MPI."""
-        src = item.src
-        if src in self.ignored:
-            return
-        try:
-            msg = wire.loads(item.payload, item.bufs, allow_pickle=self.allow_pickle)
-        except WireError as exc:
-            log.error("a message from rank %d cannot be decoded; dropped: %s", src, exc)
-            return
-        try:
-            if self.handler(src, msg) is not False:
-                self._busy = True
-        except Exception as exc:   # noqa: BLE001 - one bad message never stops the loop
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            log.error("the handler failed on a message from rank %d: %s: %s (at %s:%d in %s); "
-                      "dropped", src, type(exc).__name__, exc,
-                      os.path.basename(where.filename), where.lineno, where.name)
-            log.debug("the handler's traceback", exc_info=True)
+        """Decode and handle a message, as on MPI (see :func:`endpoint.dispatch`)."""
+        if item.src not in self.ignored and dispatch(self.handler, item.src, item.payload,
+                                                     item.bufs, self.allow_pickle):
+            self._busy = True
 
     def _report_failed(self, ranks: set[int]) -> None:
         new = ranks - self.failed

@@ -55,7 +55,6 @@ import os
 import struct
 import threading
 import time
-import traceback
 from collections import deque
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -63,7 +62,7 @@ from mpi4py import MPI
 
 from . import wire
 from .config import Config
-from .endpoint import Counters, Handler, PeerFailed
+from .endpoint import Counters, Handler, PeerFailed, dispatch
 from .errors import ConfigError, WireError
 
 log = logging.getLogger(__name__)
@@ -207,13 +206,6 @@ def parse_frame(frame: Any, src: int, limit: int, *, nested: bool = False) -> Fr
                                   f"1 to {limit} bytes in one message)", tag)
         return Frame(kind, tag, (total,), None, [])
     raise FrameError(src, f"unknown frame kind {kind} (does the sender run another clustervm?)")
-
-
-def _summary(msg: Any) -> str:
-    """A short description of a message for a log line (its op and shape)."""
-    if isinstance(msg, tuple) and msg:
-        return f"op {msg[0]!r}, {len(msg)} fields"
-    return f"a {type(msg).__name__}, not an op tuple"
 
 
 class _Out:
@@ -429,17 +421,23 @@ class Transport:
         while True:
             if not token.acquire(False):
                 return
-            owner, self._owner = self._owner, threading.get_ident()
-            try:
-                self._send_outbox()
-                self._complete_pending()
-            finally:
-                self._owner = owner
-                token.release()
+            owner = self._send_owned()
             # reentrant (a handler's send): the outer holder goes on; else once more
             # if another thread handed a message over while this one held the token
             if owner is not None or not self._outbox:
                 return
+
+    def _send_owned(self) -> int | None:
+        """With the token just acquired: send the outbox, complete what can be, let go of
+        the token; the previous owner (not None: this thread held it already)."""
+        owner, self._owner = self._owner, threading.get_ident()
+        try:
+            self._send_outbox()
+            self._complete_pending()
+        finally:
+            self._owner = owner
+            self._token.release()
+        return owner
 
     def _send_outbox(self) -> None:
         """Isend everything in the outbox, in order (the caller holds the token)."""
@@ -524,13 +522,7 @@ class Transport:
         deadline = time.monotonic() + timeout
         while (self._outbox or self._pending) and time.monotonic() < deadline:
             if self._token.acquire(timeout=0.01):
-                owner, self._owner = self._owner, threading.get_ident()
-                try:
-                    self._send_outbox()
-                    self._complete_pending()
-                finally:
-                    self._owner = owner
-                    self._token.release()
+                self._send_owned()
             if self._outbox or self._pending:
                 time.sleep(0.0005)
         return not (self._outbox or self._pending)
@@ -598,24 +590,10 @@ class Transport:
         self._deliver(src, payload, bufs)
 
     def _deliver(self, src: int, payload: Any, bufs: list[Any]) -> None:
-        """Decode a message from ``src`` and run the handler; a message that cannot be
-        decoded, or that the handler fails on, is logged (naming ``src``) and dropped."""
-        if src in self.ignored:
-            return
-        try:
-            msg = wire.loads(payload, bufs, allow_pickle=self.allow_pickle)
-        except WireError as exc:
-            log.error("a message from rank %d cannot be decoded; dropped: %s", src, exc)
-            return
-        try:
-            if self.handler(src, msg) is not False:
-                self._busy = True
-        except Exception as exc:   # noqa: BLE001 - one bad message never stops the loop
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            log.error("the handler failed on a message from rank %d (%s): %s: %s (at %s:%d in "
-                      "%s); dropped", src, _summary(msg), type(exc).__name__, exc,
-                      os.path.basename(where.filename), where.lineno, where.name)
-            log.debug("the handler's traceback", exc_info=True)
+        """Decode and handle a message from ``src`` (see :func:`endpoint.dispatch`)."""
+        if src not in self.ignored and dispatch(self.handler, src, payload, bufs,
+                                                self.allow_pickle):
+            self._busy = True
 
     def _recv_part(self, comm: Any, peer: int, tag: int, size: int, src: int) -> Any:
         """Receive one ``size``-byte buffer on ``tag``: as many MPI messages as the sender
