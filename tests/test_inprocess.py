@@ -565,22 +565,8 @@ def test_every_group_call_and_the_mailbox():
 
     import test_groups
     out, _ = run_app(GROUPS_APP, ["--tasks", "3"], nodes=2)
-    r = json.loads(line(out, "groups-result=").split("=", 1)[1])
-    by_inst = test_groups._check_records(r)      # the same checks as the mpiexec test
-    n, order = 4, r["main"]["tids"]
-    for rec in by_inst.values():
-        assert rec["after_rejoin"] == n
-    assert by_inst[1]["rejoined_inst"] == 1        # the lowest free instance again
-    errors = by_inst[0]["errors"]
-    assert "GroupError" in errors["not_member"] and "call join_group(" in errors["not_member"]
-    assert "unknown reduce op 'add'" in errors["bad_op"]
-    m = r["main"]
-    assert m["size_after_leave"] == n - 1
-    box = m["mailbox"]
-    assert box["got"] == [order[0], [0, 1, 2]] and box["none"] is None
-    assert box["get_missing"].startswith("KeyError") and "from-task" in box["get_missing"]
-    assert box["del_missing"].startswith("KeyError")
-    assert box["wait_timeout"].startswith("TimeoutError") and "'never-put'" in box["wait_timeout"]
+    # the same checks as the mpiexec test
+    test_groups.check_groups_calls(json.loads(line(out, "groups-result=").split("=", 1)[1]))
 
 
 def test_freeze_group_stays_on_the_hub_in_process():
@@ -771,15 +757,8 @@ def test_corrupt_newest_checkpoint_falls_back_on_resume(tmp_path, caplog):
     ck = tmp_path / "ck"
 
     def versions() -> dict[str, list[Path]]:
-        out: dict[str, list[Path]] = {}
-        d = ck / "ckpt"
-        for p in d.iterdir() if d.is_dir() else ():
-            m = re.match(r"^(.+)\.(\d{12,})\.ckpt$", p.name)
-            if m:
-                out.setdefault(m.group(1), []).append(p)
-        for files in out.values():
-            files.sort(key=lambda p: int(p.name.rsplit(".", 2)[1]))
-        return out
+        from test_failover import ckpt_files    # checkpoint versions by task, oldest first
+        return ckpt_files(ck)
 
     def first(vm):
         [vm.submit(failover_app.work, i, *args) for i in range(4)]
