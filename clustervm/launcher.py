@@ -455,6 +455,10 @@ FINISH_GRACE_S = 10.0
 
 #: Times a job is started again when one of its ranks is lost before it is past MPI_Init.
 START_RETRIES = 2
+#: Open MPI 5's mpiexec (prterun) exits with this status, before starting any rank, when
+#: "The PMIx server's listener thread failed to start" (seen about once in 300 jobs here
+#: with other jobs starting beside it); nothing ran, so the job is started again.
+PRTE_START_FAILED = 213
 #: Where rank 0 says it is past MPI_Init (set by run for the job it watches; internal).
 STARTED_ENV = "CLUSTERVM_STARTED_FILE"
 
@@ -466,10 +470,16 @@ def watches_start(argv: Sequence[str], hostfile: str | None) -> bool:
             and _allocated_nodes(os.environ) <= 1)
 
 
+def watches_end(hostfile: str | None) -> bool:
+    """Can :func:`run` see rank 0 leave (its status file)? When rank 0 runs on this host:
+    no hostfile and no multi-node allocation, with any MPI."""
+    return hostfile is None and _allocated_nodes(os.environ) <= 1
+
+
 def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = None, *,
         finished: Callable[[], bool] | None = None,
         finish_grace: float = FINISH_GRACE_S, watch_start: bool = False,
-        ranks: int | None = None) -> int:
+        watch_end: bool = False, ranks: int | None = None) -> int:
     """Run mpiexec in its own session; return its exit status (124 on timeout).
 
     SIGINT and SIGTERM are passed on to mpiexec (a third one kills the job).
@@ -484,27 +494,34 @@ def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = Non
     MPI_Init is collective; nothing of the app has run yet). Then the job is
     stopped and started again, at most START_RETRIES times. ``ranks``: how many
     rank processes to expect (one killed before it was seen is missed otherwise).
+
+    ``watch_start`` or ``watch_end``: rank 0 leaves its exit status in a file; a rank
+    that has not ended ``finish_grace`` s after that (stuck in MPI_Finalize, stopped)
+    is ended, and the job's status is rank 0's.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     for attempt in range(START_RETRIES + 1 if watch_start else 1):
         left = None if deadline is None else max(0.1, deadline - time.monotonic())
         rc, lost = _run_once(argv, env, left, finished, finish_grace,
-                             watch_start and attempt < START_RETRIES, ranks)
+                             watch_start and attempt < START_RETRIES,
+                             watch_start or watch_end, ranks)
         if lost is None:
             return rc
-        print(f"clustervm: {lost} while the job was starting (inside MPI_Init, which Open "
-              f"MPI cannot survive); starting it again ({attempt + 1} of {START_RETRIES})",
-              file=sys.stderr, flush=True)
+        print(f"clustervm: {lost} while the job was starting (nothing of the app has run; "
+              f"Open MPI cannot survive a loss inside MPI_Init); starting it again "
+              f"({attempt + 1} of {START_RETRIES})", file=sys.stderr, flush=True)
     raise AssertionError("unreachable: the last attempt is not watched")
 
 
 def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None,
               finished: Callable[[], bool] | None, finish_grace: float,
-              watch_start: bool, ranks: int | None = None) -> tuple[int, str | None]:
-    """One mpiexec: (exit status, None), or (-1, what was lost) if lost while starting."""
+              watch_start: bool, mark: bool,
+              ranks: int | None = None) -> tuple[int, str | None]:
+    """One mpiexec: (exit status, None), or (-1, what was lost) if lost while starting.
+    ``mark``: rank 0 leaves its status in a marker file (``watch_start`` needs it)."""
     env = dict(env)
     marker_dir = None
-    if watch_start:
+    if watch_start or mark:
         marker_dir = tempfile.mkdtemp(prefix="clustervm-start-")
         env[STARTED_ENV] = os.path.join(marker_dir, "started")
     t0 = time.monotonic()
@@ -524,7 +541,7 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
     previous = _set_handlers(forward)
     try:
         try:
-            if marker_dir is not None:
+            if watch_start:
                 lost = _watch_start(proc, env[STARTED_ENV], timeout, received, ranks)
                 if lost is not None:
                     _stop(proc, KILL_GRACE_S)
@@ -594,6 +611,8 @@ def _watch_start(proc: subprocess.Popen, marker: str, timeout: float | None,
             return None           # interrupted, or out of time: the usual handling
         rc = proc.poll()
         if rc is not None:
+            if rc == PRTE_START_FAILED and not seen:
+                return f"mpiexec could not start (status {rc}, before any rank)"
             return f"mpiexec ended with status {rc}" if rc != 0 and seen else None
         seen.update(procs.children(proc.pid))
         gone = sorted(p for p in seen if not procs.alive(p))
@@ -637,7 +656,8 @@ def _wait(proc: subprocess.Popen, timeout: float | None,
         stopped = [c for c in procs.children(proc.pid) if procs.state(c) in ("T", "t")]
         if stopped or time.monotonic() - done_at > grace:
             why = (f"rank process(es) {' '.join(map(str, stopped))} stopped (SIGSTOP)" if stopped
-                   else f"{grace:g} s later (waiting for a lost host's daemon?)")
+                   else f"{grace:g} s later (a rank stuck on its way out, or a lost "
+                        f"host's daemon?)")
             print(f"clustervm: the job finished but mpiexec has not ended: {why}; stopping it",
                   file=sys.stderr, flush=True)
             _stop(proc, KILL_GRACE_S)

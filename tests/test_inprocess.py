@@ -625,13 +625,17 @@ def test_collective_fails_clearly_when_a_member_cannot_come_back():
         vm.barrier("g", count=2)
         vm.allreduce("g", 0)
         ivm.kill(1)
-        with pytest.raises(clustervm.GroupError, match=r"lost with node 1") as info:
+        with pytest.raises(clustervm.GroupError) as info:
             for _ in range(19):
                 vm.allreduce("g", 0, timeout=20)
         return str(info.value)
     ivm = InProcessVM(1, test_config())
     text = ivm.run(main)
-    assert re.search(r"member task\(s\) \[\d+\]", text), text
+    # which comes first is a race: the group sees its member lost with the node, or the
+    # member's restart fails (no node left) before the group does; both name it
+    assert (re.search(r"member task\(s\) \[\d+\] (were )?lost with node 1", text) or
+            re.search(r"member task \d+ \(instance 1\) ended with an error before taking "
+                      r"part: NoNodesError: every worker node is lost \(node 1", text)), text
 
 
 def test_checkpoints_streaming_when_the_node_dies(tmp_path):

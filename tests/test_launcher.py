@@ -444,6 +444,21 @@ def test_run_starts_again_when_a_rank_is_lost_before_mpi_init_ends(tmp_path, cap
     assert "while the job was starting" in capfd.readouterr().err
 
 
+def test_run_starts_again_when_mpiexec_cannot_start(tmp_path, capfd):
+    """Open MPI's mpiexec sometimes exits 213 before starting any rank ("The PMIx server's
+    listener thread failed to start"): nothing ran, so the job is started again. Any
+    other early failure (a wrong argument, say) is not retried."""
+    first = tmp_path / "first"
+    script = f"""
+        if [ ! -e {first} ]; then : > {first}; exit {launcher.PRTE_START_FAILED}; fi
+        : > "$CLUSTERVM_STARTED_FILE"; echo 0 > "$CLUSTERVM_STARTED_FILE.done"; exit 0
+    """
+    assert launcher.run(["sh", "-c", script], os.environ, timeout=30, watch_start=True) == 0
+    assert "mpiexec could not start (status 213" in capfd.readouterr().err
+    assert launcher.run(["sh", "-c", "exit 1"], os.environ, timeout=30, watch_start=True) == 1
+    assert "starting it again" not in capfd.readouterr().err
+
+
 def test_run_counts_ranks_it_never_saw(tmp_path, capfd):
     """Two ranks expected, one seen: one was lost before the watch could see it."""
     first, second = tmp_path / "first", tmp_path / "second"
@@ -470,6 +485,20 @@ def test_run_ends_a_job_whose_straggler_is_stopped(tmp_path, capfd):
     assert launcher.run(["sh", "-c", script], os.environ, timeout=60, watch_start=True) == 7
     assert time.monotonic() - t0 < launcher.FINISH_GRACE_S
     assert "stopped (SIGSTOP)" in capfd.readouterr().err
+
+
+def test_run_ends_a_job_whose_straggler_does_not_leave(capfd):
+    """MPICH (no start watch): rank 0 has left with its status, another rank hangs on its
+    way out; mpiexec is stopped ``finish_grace`` s later and the job has rank 0's status."""
+    script = """
+        sleep 60 & echo 3 > "$CLUSTERVM_STARTED_FILE.done"; wait
+    """
+    t0 = time.monotonic()
+    assert launcher.run(["sh", "-c", script], os.environ, timeout=60, watch_end=True,
+                        finish_grace=1.0) == 3
+    assert time.monotonic() - t0 < 20
+    assert "the job finished but mpiexec has not ended" in capfd.readouterr().err
+    assert launcher.watches_end(None) and not launcher.watches_end("hosts")
 
 
 def test_run_fails_a_job_that_ended_without_rank_0s_status(tmp_path, capfd):
