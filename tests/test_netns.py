@@ -106,7 +106,9 @@ events = []
 last_ok = time.time()
 while True:
     ok = 1
-    go = np.array([int(time.time() < t_end[0])], dtype="i8"); res = np.zeros(1, dtype="i8")
+    # past the failure a few rounds at least, however late it was found (a loaded box)
+    go = np.array([int(time.time() < t_end[0] or 0 < fails and iters_after_failure < 5)],
+                  dtype="i8"); res = np.zeros(1, dtype="i8")
     try:
         comm.Allreduce(go, res, op=MPI.MIN)
     except MPI.Exception:
