@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("wire", {"wire", "refs", "remote", "values"}),
     ("transport", {"endpoint", "transport", "inprocess"}),
     ("core", {"core", "core.enums", "core.events", "core.instructions", "core.state",
-              "core.view", "core.groups", "core.node"}),
+              "core.view", "core.groups", "core.node", "core.record"}),
     # observers read the view the runtime hands them; they never reach into the shells
     ("observers", {"monitor", "trace", "dashboard", "status"}),
     # what both shells share: a rank's mailboxes and task locations, the files on disk

@@ -9,11 +9,41 @@ out, and ``benchmarks/simulate.py`` drives the same core with simulated nodes.
 """
 from __future__ import annotations
 
-from . import events, instructions
-from .enums import FINAL, LossCause, NodeState, TaskKind, TaskState
-from .state import SPAWN_HELLO_S, Core, Node, Task, replay_journal
-from .view import NodeView, TaskView, Traffic, ViewSource, VMView
+from typing import TYPE_CHECKING
+
+# Loaded on first use (PEP 562): a node imports only core.node, the launcher only
+# core.view; the coordinator's state and its event and instruction classes cost
+# tens of milliseconds to import, on every rank of a job that starts.
+_WHERE = {"Core": "state", "Node": "state", "Task": "state", "replay_journal": "state",
+          "SPAWN_HELLO_S": "state", "FINAL": "enums", "LossCause": "enums",
+          "NodeState": "enums", "TaskKind": "enums", "TaskState": "enums",
+          "NodeView": "view", "TaskView": "view", "Traffic": "view", "ViewSource": "view",
+          "VMView": "view"}
 
 __all__ = ["Core", "Node", "Task", "NodeState", "TaskState", "TaskKind", "LossCause", "FINAL",
            "SPAWN_HELLO_S", "events", "instructions", "replay_journal", "NodeView", "TaskView",
            "Traffic", "ViewSource", "VMView"]
+
+if TYPE_CHECKING:
+    from . import events, instructions
+    from .enums import FINAL, LossCause, NodeState, TaskKind, TaskState
+    from .state import SPAWN_HELLO_S, Core, Node, Task, replay_journal
+    from .view import NodeView, TaskView, Traffic, ViewSource, VMView
+
+
+def __getattr__(name: str) -> object:
+    # importing a submodule binds it in this package's globals (no `from . import x`
+    # here: it would ask this function for x first)
+    from .enums import FINAL   # noqa: F401
+    from .events import Event   # noqa: F401
+    from .instructions import Instruction   # noqa: F401
+    from .state import Core   # noqa: F401
+    from .view import VMView   # noqa: F401
+    g = globals()
+    if name in ("events", "instructions"):
+        return g[name]
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = g[name] = getattr(g[where], name)
+    return value

@@ -1,4 +1,4 @@
-"""What the coordinator core is told: one small frozen dataclass per stimulus.
+"""What the coordinator core is told: one small frozen record (core.record) per stimulus.
 
 Every event that comes from a node carries the time it was received (``now``,
 seconds on the shell's monotonic clock): the core never reads a clock. Values
@@ -6,25 +6,25 @@ seconds on the shell's monotonic clock): the core never reads a clock. Values
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from .enums import LossCause
+from .record import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Event:
     """Base class of the core's events."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StartBegun(Event):
     """The shell starts waiting for the nodes' hellos; a node silent for ``timeout``
     seconds after the start is lost (NO_HELLO)."""
     timeout: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StartGraceOver(Event):
     """The wait for the first hellos is over (``wait_for_nodes``): nodes still starting
     are lost or waited for, and ``spares`` of the alive ones become spares."""
@@ -33,7 +33,7 @@ class StartGraceOver(Event):
     spares: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NodeHello(Event):
     """Node ``rank`` said hello (it is up)."""
     rank: int
@@ -42,14 +42,14 @@ class NodeHello(Event):
     now: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NodeBye(Event):
     """Node ``rank`` is leaving (it answers a shutdown)."""
     rank: int
     now: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NodeLost(Event):
     """Node ``rank`` is gone, for ``cause`` (``detail``: words for the log)."""
     rank: int
@@ -58,14 +58,14 @@ class NodeLost(Event):
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HeartbeatHeard(Event):
     """Something (a heartbeat or any message) came from node ``rank`` at ``now``."""
     rank: int
     now: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Tick(Event):
     """Time passes: check the heartbeat and hello deadlines at ``now``.
 
@@ -77,7 +77,7 @@ class Tick(Event):
     stalled: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TaskSubmitted(Event):
     """Short task ``tid`` was submitted by task ``parent``.
 
@@ -90,7 +90,7 @@ class TaskSubmitted(Event):
     digest: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TaskSpawned(Event):
     """Spawned (long-lived) task ``tid`` was started by task ``parent``."""
     tid: int
@@ -101,7 +101,7 @@ class TaskSpawned(Event):
     digest: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TasksDone(Event):
     """Node ``rank`` finished short tasks: ``results`` is ``[(tid, ok, value), ...]``."""
     rank: int
@@ -109,7 +109,7 @@ class TasksDone(Event):
     now: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SpawnedExited(Event):
     """Incarnation ``inc`` of spawned task ``tid`` ended on node ``rank``."""
     rank: int
@@ -120,21 +120,21 @@ class SpawnedExited(Event):
     now: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TaskCancelled(Event):
     """Cancel short task ``tid``: only if no node has it yet, or any (``running``)."""
     tid: int
     running: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TaskKilled(Event):
     """vm.kill: end task ``tid`` now; a spawned one ends with error ``value`` (packed)."""
     tid: int
     value: Any
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CheckpointStored(Event):
     """Task ``tid`` (incarnation ``inc``, on node ``rank``) sent checkpoint ``seq``."""
     rank: int
@@ -144,13 +144,13 @@ class CheckpointStored(Event):
     now: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class JournalLoaded(Event):
     """Resume: the finished tasks of an earlier run, ``[(tid, digest, ok, value), ...]``."""
     entries: Any
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ReplacementStarted(Event):
     """A node process started with MPI_Comm_spawn got rank ``rank``; its hello is due."""
     rank: int
@@ -158,25 +158,25 @@ class ReplacementStarted(Event):
     now: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ReplacementEnded(Event):
     """An attempt to start a replacement node is over (started or not)."""
     now: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SparesWanted(Event):
     """vm.add_nodes: bring up to ``count`` spare nodes into service."""
     count: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ObserversChanged(Event):
     """Observers (trace, dashboard) are attached (``on``): emit Observe instructions."""
     on: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ShutdownBegun(Event):
     """The job is ending: no more placement, re-queue or replacement."""
     now: float
@@ -184,7 +184,7 @@ class ShutdownBegun(Event):
 
 # -- the VM-wide mailbox (PVM's pvm_putinfo / pvm_recvinfo / pvm_delinfo) ----------
 
-@dataclass(frozen=True, slots=True)
+@record
 class InfoPut(Event):
     """``put_info(name, value)``: store (or replace) an entry; answer ``reply``."""
     name: str
@@ -192,7 +192,7 @@ class InfoPut(Event):
     reply: Any          # an opaque answer handle of the shell, given back in Answer
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class InfoGet(Event):
     """``get_info(name, wait)``: answer with the entry, or once it is put (``wait``)."""
     name: str
@@ -200,7 +200,7 @@ class InfoGet(Event):
     reply: Any
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class InfoDeleted(Event):
     """``del_info(name)``: remove an entry; answer ``reply``."""
     name: str
@@ -209,7 +209,7 @@ class InfoDeleted(Event):
 
 # -- PVM groups (clustervm.core.groups) --------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@record
 class GroupJoined(Event):
     """``join_group(name)`` by task ``tid``; answered with [instance, first round]."""
     name: str
@@ -217,7 +217,7 @@ class GroupJoined(Event):
     reply: Any
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class GroupLeft(Event):
     """``leave_group(name)`` by task ``tid``."""
     name: str
@@ -225,7 +225,7 @@ class GroupLeft(Event):
     reply: Any
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class GroupAsked(Event):
     """A question about group ``name``: ``what`` is "size", "tids", "tid" (of instance
     ``arg``) or "inst" (of task ``arg``)."""
@@ -235,7 +235,7 @@ class GroupAsked(Event):
     reply: Any
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class GroupCalled(Event):
     """Task ``tid``'s part of a collective call on hub group ``name`` (round ``round_no``)."""
     op: str
@@ -250,7 +250,7 @@ class GroupCalled(Event):
     reply: Any
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FrozenShadows(Event):
     """A batch of a frozen group member's calls made on MPI (kept for failover)."""
     name: str
@@ -258,7 +258,7 @@ class FrozenShadows(Event):
     entries: list
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MemberEnded(Event):
     """Task ``tid`` ended (``error``: the exception it ended with, or None): it leaves
     its groups."""

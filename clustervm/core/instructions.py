@@ -1,4 +1,4 @@
-"""What the coordinator core asks its shell to do: one small frozen dataclass each.
+"""What the coordinator core asks its shell to do: one small frozen record (core.record) each.
 
 The shell carries them out in order: send a message, kill a process, resolve a
 future, write the journal, tell observers. None of them asks the core anything
@@ -6,18 +6,18 @@ back; the shell may read the core's view (``Core.nodes``, ``Core.tasks``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from .enums import LossCause, TaskKind
+from .record import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Instruction:
     """Base class of the core's instructions."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Dispatch(Instruction):
     """Send short tasks to node ``rank`` (one RUN message): ``items`` is
     ``((tid, attempts), ...)``; a task with attempts (or on resume) may have a checkpoint."""
@@ -25,20 +25,20 @@ class Dispatch(Instruction):
     items: tuple
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CancelQueued(Instruction):
     """Tell node ``rank`` to drop short task ``tid`` (CANCEL)."""
     rank: int
     tid: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Cancelled(Instruction):
     """Short task ``tid`` is cancelled: its future says so."""
     tid: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PlaceSpawned(Instruction):
     """Start incarnation ``inc`` of spawned task ``tid`` on node ``rank`` (SPAWN).
 
@@ -52,7 +52,7 @@ class PlaceSpawned(Instruction):
     tell: tuple
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BroadcastLocation(Instruction):
     """Tell ranks ``tell`` where task ``tid`` lives now (``rank`` -1: it has ended)."""
     tid: int
@@ -62,7 +62,7 @@ class BroadcastLocation(Instruction):
     tell: tuple
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class KillTask(Instruction):
     """Abort incarnation ``inc`` of spawned task ``tid`` on node ``rank`` (KILL)."""
     rank: int
@@ -70,7 +70,7 @@ class KillTask(Instruction):
     inc: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NodeDown(Instruction):
     """Node ``rank`` is lost: log it, record NODE_DOWN, tell groups; mark it failed in the
     transport, or (``cause.hung``) declare it dead so what it still sends is dropped."""
@@ -80,20 +80,20 @@ class NodeDown(Instruction):
     was_spare: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Kill(Instruction):
     """Kill node ``rank``'s process (SIGKILL): it was lost on a deadline and may hang."""
     rank: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NodeUp(Instruction):
     """Node ``rank`` joins the work: ``how`` is "spare" (promoted) or "spawn" (new)."""
     rank: int
     how: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ResolveTask(Instruction):
     """Task ``tid`` is over, once: give ``value`` (or the error) to its future, reply,
     joiners. ``packed``: an error value is a packed remote exception (else the
@@ -106,7 +106,7 @@ class ResolveTask(Instruction):
     reused: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class JournalDone(Instruction):
     """Append "task ``tid`` finished" to the journal (digest, ok, packed value)."""
     tid: int
@@ -115,20 +115,20 @@ class JournalDone(Instruction):
     value: Any
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StoreCheckpoint(Instruction):
     """Keep checkpoint ``seq`` of task ``tid`` (the shell holds its bytes)."""
     tid: int
     seq: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DropCheckpoints(Instruction):
     """Task ``tid`` is over: its checkpoints may go."""
     tid: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Observe(Instruction):
     """Tell observers: ``kind`` "start" (on ``rank``), "end" (``ok``) or "rerun"."""
     kind: str
@@ -137,25 +137,25 @@ class Observe(Instruction):
     ok: bool | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RequestReplacement(Instruction):
     """--replace-failed: start a node process in place of lost node ``lost``."""
     lost: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Warn(Instruction):
     """Log a warning (the core has no logger that writes anywhere by itself)."""
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Fatal(Instruction):
     """The job cannot go on (every node is lost): ``error`` is raised to main."""
     error: BaseException
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Answer(Instruction):
     """Answer a request: call the shell's ``reply`` handle with ``(ok, value)`` (value is
     the result, or the exception when not ``ok``)."""

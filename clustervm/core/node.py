@@ -18,9 +18,9 @@ one lock (workers call it from their own threads).
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+from .record import record
 
 #: A node leaves (exit status 3) when the coordinator, once heard beating, has been
 #: silent for this many heartbeat periods (at least COORDINATOR_SILENCE_MIN_S): without
@@ -45,18 +45,18 @@ class LeaveCause(str, Enum):
 
 # -- events ---------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@record
 class Event:
     """Base class of the node core's events."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Started(Event):
     """The shell starts serving (its main loop is about to run)."""
     now: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Tick(Event):
     """The main loop ran once. ``heard``: when the coordinator was last heard from
     (None: never)."""
@@ -64,58 +64,58 @@ class Tick(Event):
     heard: float | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LoopEnded(Event):
     """The main loop is over (the node is stopping)."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CoordinatorBeat(Event):
     """A heartbeat came from the coordinator: from now on its silence means it is gone."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RanksFailed(Event):
     """The transport reports ``ranks`` failed."""
     ranks: frozenset
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HeartbeatUnsent(Event):
     """A heartbeat could not be posted: the coordinator cannot be reached."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SendFailed(Event):
     """A result could not be sent (the coordinator failed): stop."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ShutdownReceived(Event):
     """The coordinator says shut down; ``unclean``: it saw failures."""
     unclean: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TasksArrived(Event):
     """Short tasks to queue (a RUN message): opaque items, ``item[0]`` the task id."""
     items: Any
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CancelReceived(Event):
     """Drop short task ``tid`` if it has not started."""
     tid: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class KillReceived(Event):
     """Kill spawned task ``tid`` up to incarnation ``inc`` (and drop it if queued)."""
     tid: int
     inc: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SpawnReceived(Event):
     """Start incarnation ``inc`` of spawned task ``tid``; ``task``: the message, opaque."""
     tid: int
@@ -123,7 +123,7 @@ class SpawnReceived(Event):
     task: Any
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SpawnedEnded(Event):
     """Incarnation ``inc`` of spawned task ``tid`` stopped running (its thread is
     finishing: no longer live here)."""
@@ -131,7 +131,7 @@ class SpawnedEnded(Event):
     inc: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SpawnedResult(Event):
     """Its outcome, once its last checkpoint settled; ``aborted``: killed or
     superseded (nothing is reported)."""
@@ -142,7 +142,7 @@ class SpawnedResult(Event):
     value: Any
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WorkerReady(Event):
     """Worker ``worker`` wants work; ``result``: the short task it just ran (or None).
     ``now``: a clock read after that task (batches are timed with it)."""
@@ -151,47 +151,47 @@ class WorkerReady(Event):
     now: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WorkerBlocked(Event):
     """A task on a worker waits (on its own submissions, a message): its slot is free."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WorkerUnblocked(Event):
     """That task goes on."""
 
 
 # -- instructions ---------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@record
 class Instruction:
     """Base class of the node core's instructions."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SendHello(Instruction):
     """Say hello to the coordinator (HELLO)."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SendBye(Instruction):
     """Say goodbye to the coordinator (BYE)."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SendHeartbeat(Instruction):
     """Post a heartbeat carrying ``load`` (tasks queued or live here); if it cannot be
     posted, tell the core (HeartbeatUnsent)."""
     load: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MarkHeard(Instruction):
     """Count the coordinator as heard at ``now``: this process was stalled, not it."""
     now: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Leave(Instruction):
     """The coordinator is lost (``cause``; ``seconds``: how long it was silent): the
     node stops and leaves without a goodbye."""
@@ -199,7 +199,7 @@ class Leave(Instruction):
     seconds: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Notify(Instruction):
     """Wake waiters: ``main`` the threads waiting on the transport (tasks, the loop),
     ``background`` idle workers."""
@@ -207,19 +207,19 @@ class Notify(Instruction):
     background: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StartWorker(Instruction):
     """Start a worker thread, known to the core as ``worker``."""
     worker: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RunShort(Instruction):
     """Run this short task on the worker that asked (then it reports WorkerReady)."""
     item: Any
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WaitForWork(Instruction):
     """Nothing to run: wait until tasks arrive or the node stops, at most ``timeout``
     seconds (None: no limit); ``spin``: busy-poll (no spawned task computes here)."""
@@ -227,19 +227,19 @@ class WaitForWork(Instruction):
     spin: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WorkerExit(Instruction):
     """The worker that asked ends its thread."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SendDone(Instruction):
     """Report finished short tasks in one DONE message (``results``, a list the core
     no longer holds); if that fails, tell the core (SendFailed)."""
     results: list
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StartSpawned(Instruction):
     """Start incarnation ``inc`` of spawned task ``tid`` (``task``: its SPAWN message)
     on a thread of its own."""
@@ -248,14 +248,14 @@ class StartSpawned(Instruction):
     task: Any
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AbortTask(Instruction):
     """Mark incarnation ``inc`` of spawned task ``tid`` aborted (its waits raise)."""
     tid: int
     inc: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SendExited(Instruction):
     """Report the spawned task's outcome (EXITED)."""
     tid: int

@@ -9,11 +9,11 @@ happen through ``observe(fn)`` with a :class:`TaskView`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
+from .record import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NodeView:
     """One worker rank as the core knows it."""
     rank: int
@@ -28,7 +28,7 @@ class NodeView:
     joined_at: float    # time.monotonic() of its hello, 0.0 before
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TaskView:
     """The task an observer is told about (a run started, ended or was lost)."""
     tid: int
@@ -38,7 +38,7 @@ class TaskView:
     t_start: float      # time.monotonic() of its dispatch
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Traffic:
     """Messages and bytes through the coordinator's transport so far."""
     msgs_in: int = 0
@@ -47,7 +47,7 @@ class Traffic:
     bytes_out: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class VMView:
     """The VM at one moment, copied under the coordinator's lock."""
     t0: float                       # time.monotonic() at the start of the job
