@@ -5,6 +5,7 @@ process, ~1 s of start-up and a 16 MiB file left in /dev/shm per command
 (DESIGN.md). Only the rank processes may initialize MPI."""
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 
@@ -17,3 +18,17 @@ def test_importing_clustervm_does_not_start_mpi():
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "NO MPI"
+
+
+def test_a_node_loads_only_its_own_core():
+    """Every rank imports at start, all at once on few cores: a node (and the launcher)
+    must not load the coordinator's core (its state, events and instructions)."""
+    code = ("import sys, clustervm.node, clustervm.runtime, clustervm.cli, clustervm.status\n"
+            "print(sorted(m for m in sys.modules if m.startswith('clustervm.core')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    loaded = ast.literal_eval(out.stdout.strip())
+    assert "clustervm.core.node" in loaded, loaded
+    assert not {"clustervm.core.state", "clustervm.core.events", "clustervm.core.instructions",
+                "clustervm.core.groups"} & set(loaded), loaded

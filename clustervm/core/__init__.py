@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> object:
+    if name not in _WHERE and name not in ("events", "instructions"):
+        # `from .core import node` asks here first: no loading for a submodule's name
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     # importing a submodule binds it in this package's globals (no `from . import x`
     # here: it would ask this function for x first)
     from .enums import FINAL   # noqa: F401
@@ -42,8 +45,5 @@ def __getattr__(name: str) -> object:
     g = globals()
     if name in ("events", "instructions"):
         return g[name]
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = g[name] = getattr(g[where], name)
+    value = g[name] = getattr(g[_WHERE[name]], name)
     return value
