@@ -622,7 +622,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         next_beat = time.monotonic()
         while not self.stopping:
             try:
-                t.service_step(0.05, spin=True)
+                t.service_step(0.25, spin=True)   # sleeps are capped by the transport
                 now = time.monotonic()
                 if now >= next_beat:
                     # nodes without ULFM (MPICH) learn that the coordinator is gone only

@@ -167,6 +167,7 @@ def start(main: Callable | None, config: Config, argv: list[str]) -> int:
     # job if a rank died during it. Our tags (1, and >= 2**16 for buffers) are ours.
     comm = world
     transport = Transport(comm, spin_ms=config.spin_ms, idle_sleep_ms=config.idle_sleep_ms,
+                          deep_idle_sleep_ms=config.deep_idle_sleep_ms,
                           allow_pickle=config.pickle)
     if transport.rank != 0:
         return _serve(transport, config)
@@ -265,6 +266,7 @@ def _serve_spawned(parent, config: Config) -> int:
     logging.getLogger().handlers.clear()
     setup_logging(config.log_level, rank, hostname())
     transport = Transport(parent, spin_ms=config.spin_ms, idle_sleep_ms=config.idle_sleep_ms,
+                          deep_idle_sleep_ms=config.deep_idle_sleep_ms,
                           allow_pickle=config.pickle, rank=rank)
     log.info("spawned node %d joins the VM", rank)
     return _serve(transport, config)

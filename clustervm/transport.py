@@ -33,7 +33,10 @@ groups' collectives on their own communicators (clustervm.fastgroup) call MPI,
 which is why the ranks still ask for MPI_THREAD_MULTIPLE. The background service thread polls only
 while no user thread is waiting. An idle loop spins for ``spin_ms`` after the
 last message, then sleeps with a growing back-off up to ``idle_sleep_ms``:
-fast while busy, next to no CPU when idle.
+fast while busy, next to no CPU when idle. Background pollers of a rank that has
+had no traffic (heartbeats aside) for a second back off further, up to
+``deep_idle_sleep_ms``: the first message after a long quiet waits that long at
+most; threads waiting for a message or a result keep the short back-off.
 
 Nodes started later with ``MPI_Comm_spawn`` are outside COMM_WORLD: each is
 reached over its own intercommunicator with the coordinator (a *link*) and has
@@ -71,6 +74,9 @@ TAG_MSG = 1
 _TAG_BUF0 = 1 << 16
 _TAG_BUF_SPAN = 1 << 24
 _BACKGROUND_PAUSE_S = 0.0002   # background pollers sleep at least this between polls
+_DEEP_IDLE_AFTER_S = 1.0       # no traffic this long: background pollers back off further
+_DEEP_SERVICE_S = 0.25         # ... and a service loop whose idle workers poll ticks this often
+#                                (heartbeats go every heartbeat_s / 4 = 0.5 s: they stay on time)
 _INLINE_MAX = 1 << 16       # payloads above this go out of band, like arrays
 _KIND_INLINE = 0
 _KIND_BUFFERS = 1
@@ -231,6 +237,7 @@ class Transport:
     mpi_world = True
 
     def __init__(self, comm: MPI.Comm, *, spin_ms: float = 5.0, idle_sleep_ms: float = 10.0,
+                 deep_idle_sleep_ms: float = 100.0,
                  allow_pickle: bool = False, rank: int | None = None,
                  max_chunk_bytes: int | None = None) -> None:
         if max_chunk_bytes is None:   # CLUSTERVM_MAX_CHUNK_BYTES, on every rank alike
@@ -264,6 +271,7 @@ class Transport:
         self.counters = Counters()
         self._spin_s = spin_ms / 1000.0
         self._idle_max_s = idle_sleep_ms / 1000.0
+        self._deep_max_s = max(idle_sleep_ms, deep_idle_sleep_ms) / 1000.0
         self._token = threading.RLock()          # held by the one thread calling MPI now
         self._owner: int | None = None           # that thread (None: nobody)
         self._outbox: deque[_Out] = deque()      # messages waiting for the token
@@ -887,7 +895,7 @@ class Transport:
             if predicate is not None and predicate():
                 return
             if self._user_waiters or self._bg_poller not in (None, me):
-                pause = self._idle_max_s
+                pause = self._longest_pause(background=True)
                 self._bg_cond.wait(pause if remaining is None else min(pause, remaining))
                 return
             self._bg_poller = me
@@ -896,13 +904,20 @@ class Transport:
             if got is None:
                 time.sleep(_BACKGROUND_PAUSE_S)
             elif not got and (predicate is None or not predicate()):
-                self._pause(remaining, self._bg_cond, spin=spin)
+                self._pause(remaining, self._bg_cond, spin=spin, background=True)
         finally:
             with self._bg_cond:
                 self._bg_poller = None
 
+    def _longest_pause(self, background: bool) -> float:
+        """The back-off's ceiling now: ``idle_sleep_ms``, or ``deep_idle_sleep_ms`` for a
+        background poller after _DEEP_IDLE_AFTER_S without traffic."""
+        if background and time.perf_counter() - self._last_activity > _DEEP_IDLE_AFTER_S:
+            return self._deep_max_s
+        return self._idle_max_s
+
     def _pause(self, remaining: float | None, cond: threading.Condition,
-               spin: bool = True) -> None:
+               spin: bool = True, background: bool = False) -> None:
         """Back off after an empty poll: yield while recently busy, then sleep (wakeable).
 
         Only foreground waiters spin; background pollers always sleep a little, so
@@ -913,7 +928,8 @@ class Transport:
             os.sched_yield()
             return
         floor = 0.00005 if spin else _BACKGROUND_PAUSE_S
-        pause = min(self._idle_max_s, floor + max(0.0, idle - self._spin_s) * 0.05)
+        pause = min(self._longest_pause(background),
+                    floor + max(0.0, idle - self._spin_s) * 0.05)
         if remaining is not None:
             pause = min(pause, remaining)
         with cond:
@@ -929,8 +945,9 @@ class Transport:
             time.sleep(max_sleep)
             return
         if self._bg_waiters:          # an idle worker polls: it is the one who needs work
-            with self._bg_cond:
-                self._bg_cond.wait(max_sleep)
+            deep = self._longest_pause(background=True) > self._idle_max_s
+            with self._bg_cond:       # (state changes that need this loop wake it)
+                self._bg_cond.wait(max(max_sleep, _DEEP_SERVICE_S) if deep else max_sleep)
             return
         self._background_step(max_sleep, spin=spin)
 
