@@ -35,6 +35,10 @@ def run(cmd: list[str], timeout: float = 120.0, env: dict | None = None) -> tupl
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         raise SystemExit(f"benchmark job hung past {timeout} s: {' '.join(cmd)}\n{out}\n{err}")
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)     # whatever the job left in its session
+    except (ProcessLookupError, PermissionError):
+        pass
     return proc.returncode, out, err, time.perf_counter() - t0
 
 

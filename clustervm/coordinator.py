@@ -69,6 +69,33 @@ class _Observers(list):
         self._core.handle(E.ObserversChanged(True))
 
 
+class _Restart:
+    """One lost node's tasks on their way back: when the loss was detected, which of its
+    tasks are not yet sent to a node again, and when the last one was."""
+    __slots__ = ("rank", "t_detect", "count", "waiting", "t_sent")
+
+    def __init__(self, rank: int, t_detect: float, tids: tuple[int, ...]) -> None:
+        self.rank = rank
+        self.t_detect = t_detect
+        self.count = len(tids)
+        self.waiting = set(tids)
+        self.t_sent: float | None = None
+
+    @property
+    def seconds(self) -> float | None:
+        """Detection -> the last task sent again, once none waits (None before, or if
+        none was sent again: they ended otherwise)."""
+        return None if self.waiting or self.t_sent is None else self.t_sent - self.t_detect
+
+    def text(self) -> str:
+        if self.waiting:
+            return (f"node {self.rank} not done ({len(self.waiting)} of {self.count} "
+                    f"task(s) waiting)")
+        if self.t_sent is None:
+            return f"node {self.rank} none ({self.count} task(s) ended otherwise)"
+        return f"node {self.rank} {self.seconds:.3f} s ({self.count} task(s))"
+
+
 class Coordinator(CoordinatorAPI, NodeSpawning, Site):
     """Rank 0: schedules tasks onto nodes and recovers them when nodes fail."""
 
@@ -107,6 +134,10 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         self._blob: bytes = b""                 # the checkpoint being stored
         self._src = 0                           # the rank whose request is being served
         self._unjournaled: dict[int, CheckpointError] = {}   # tid -> why it was not
+        #: restart time per lost node (the report): detection -> the last of its tasks
+        #: sent to run again (a SPAWN with its checkpoint, or a RUN), by that node's loss
+        self.restarts: list[_Restart] = []
+        self._awaited: dict[int, _Restart] = {}    # tid lost with a node -> its _Restart
         #: Observers (trace, dashboard), attached with :meth:`observe`: ``obs(kind, task, rank,
         #: ok)`` with a TaskView; called under ``self.lock``: record and return, never block.
         self.observers: list[Observer] = _Observers(self.core)
@@ -151,6 +182,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         # arguments were checked at submit (wire.check_sendable), so this encodes
         if not self.transport.post(ins.rank, P.Run(items).encode()):
             self._run(E.NodeLost(ins.rank, LossCause.ULFM, time.monotonic()))
+        elif self._awaited:
+            self._sent_again(tid for tid, _ in ins.items)
 
     def _do_cancel_queued(self, ins: I.CancelQueued) -> None:
         self.transport.post(ins.rank, P.Cancel(ins.tid).encode())
@@ -159,6 +192,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         rec = self.tasks.pop(ins.tid, None)
         if rec is not None and rec.future is not None:
             Future.cancel(rec.future)
+        if self._awaited:
+            self._sent_again((ins.tid,), timed=False)
 
     def _do_place_spawned(self, ins: I.PlaceSpawned) -> None:
         rec = self.tasks[ins.tid]
@@ -170,6 +205,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         self._on_loc(0, loc)
         self.transport.post(ins.rank, P.Spawn(ins.tid, rec.parent, rec.fn, rec.args, rec.kwargs,
                                               ins.inc, ckpt, ins.replay, rec.siblings).encode())
+        if ins.restart and self._awaited:
+            self._sent_again((ins.tid,))
 
     def _do_broadcast_location(self, ins: I.BroadcastLocation) -> None:
         loc = P.Loc([(ins.tid, ins.rank, ins.inc, ins.replay, None)])
@@ -188,6 +225,22 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         how = n.how_lost
         log.warning("node %d (host %s, pid %d) lost: %s", n.rank, n.host, n.pid, how)
         self.events.add("NODE_DOWN", rank=n.rank, host=n.host, how=how)
+        if n.lost_tids:
+            r = _Restart(n.rank, n.lost_at, n.lost_tids)
+            self.restarts.append(r)
+            for tid in n.lost_tids:
+                self._awaited[tid] = r
+
+    def _sent_again(self, tids: Any, timed: bool = True) -> None:
+        """Tasks lost with a node are sent to a node again (or, not ``timed``, are over
+        without it): the node's restart is done when its last one is."""
+        now = time.monotonic()
+        for tid in tids:
+            r = self._awaited.pop(tid, None)
+            if r is not None:
+                r.waiting.discard(tid)
+                if timed:
+                    r.t_sent = now
 
     def _do_kill(self, ins: I.Kill) -> None:
         self._kill_process(self.nodes[ins.rank])    # a hung node is never trusted again
@@ -204,6 +257,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
     def _do_resolve(self, ins: I.ResolveTask) -> None:
         """A task is over: deliver its outcome once."""
         rec = self.tasks.pop(ins.tid, None)
+        if self._awaited:
+            self._sent_again((ins.tid,), timed=False)
         if rec is None:
             return
         ok, value, packed = ins.ok, ins.value, ins.packed
@@ -608,6 +663,11 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         parts.append(f"{s['ckpt_written']} checkpoint(s) written, {s['ckpt_restored']} restored"
                      + (f", {self.store.stats.corrupt} corrupt skipped"
                         if self.store.stats.corrupt else ""))
+        if self.restarts:
+            # measured at the coordinator: from the loss's detection to the last of the
+            # node's tasks posted to a node again (no message says when a task has started)
+            parts.append("re-dispatch after loss detected: "
+                         + ", ".join(r.text() for r in self.restarts))
         if self.config.resume:
             parts.append(f"resumed: {s['reused']} finished task(s) reused from the journal")
         return "clustervm report: " + "; ".join(parts)

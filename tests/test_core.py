@@ -90,6 +90,20 @@ def test_where_names_hosts_and_errors_say_what_exists() -> None:
         core.resolve_where("x")
 
 
+def test_lost_node_names_the_tasks_that_are_to_run_again() -> None:
+    """``Node.lost_tids`` (the shell times the restart with it): the short tasks in
+    flight on the node, then its running spawned tasks; empty for the others."""
+    core = up(2, slots=1, prefetch=1)
+    out = submit(core, 10, 11, 12, 13, 14, now=1.0)
+    on1 = [tid for d in of(out, I.Dispatch) if d.rank == 1 for tid, _ in d.items]
+    out = core.handle(E.TaskSpawned(20, 1, 1.0, frozenset({1})))
+    assert [p.rank for p in of(out, I.PlaceSpawned)] == [1]
+    out = core.handle(E.NodeLost(1, LossCause.ULFM, 2.0))
+    assert core.nodes[1].lost_tids == (*on1, 20) and len(on1) == 2
+    assert core.nodes[2].lost_tids == ()
+    assert [(p.tid, p.rank, p.restart) for p in of(out, I.PlaceSpawned)] == [(20, 2, True)]
+
+
 def test_lost_node_requeues_its_tasks_first_and_counts_the_rerun() -> None:
     core = up(2, slots=1, prefetch=1)
     out = submit(core, 10, 11, 12, 13, 14, now=1.0)

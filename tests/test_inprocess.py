@@ -791,3 +791,31 @@ def test_corrupt_newest_checkpoint_falls_back_on_resume(tmp_path, caplog):
     assert "1 corrupt skipped" in ivm.coordinator.report()
     assert re.search(r"corrupt checkpoint .* skipped, trying the previous version", caplog.text)
     assert newest.name in caplog.text
+
+
+HEAT2D = str(ROOT / "examples" / "heat2d.py")
+
+
+def test_report_says_how_soon_a_killed_nodes_tasks_run_again():
+    """heat2d, a node killed once checkpoints are stored: the checksum is the
+    undisturbed one, and the report gives, for that node, the time from the loss's
+    detection to the last of its tasks sent to run again (issue 14, item 4)."""
+    args = ["--size", "48", "--tasks", "4", "--steps", "240", "--checkpoint-every", "20",
+            "--step-ms", "2"]
+    expected = baseline(HEAT2D, args, "checksum=")
+
+    def fault(ivm):
+        def stored():
+            c = ivm.coordinator          # None until the VM is up
+            return c is not None and c.stats["ckpt_written"] >= 8
+        return when(stored, lambda _: ivm.kill(2), "checkpoints of every task")
+    out, ivm = run_app(HEAT2D, args, fault=fault)
+    assert line(out, "checksum=") == expected
+    assert list(lost(ivm.coordinator)) == [2]
+    rep = ivm.coordinator.report()
+    m = re.search(r"re-dispatch after loss detected: node 2 (\d+\.\d+) s \((\d+) task\(s\)\)",
+                  rep)
+    assert m and int(m.group(2)) >= 1, rep
+    (r,) = ivm.coordinator.restarts
+    assert r.seconds is not None and r.seconds >= 0 and f"{r.seconds:.3f}" == m.group(1)
+    assert ivm.coordinator.stats["ckpt_restored"] >= 1, rep

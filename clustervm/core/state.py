@@ -40,7 +40,7 @@ class Node:
     """What the core knows of one worker rank."""
     __slots__ = ("rank", "host", "pid", "state", "in_world", "inflight", "spawned", "nwait",
                  "done", "joined_at", "last_heard", "last_done", "lost_at", "cause", "detail",
-                 "ver")
+                 "ver", "lost_tids")
 
     def __init__(self, rank: int, in_world: bool = True) -> None:
         self.rank = rank
@@ -59,6 +59,8 @@ class Node:
         self.cause: LossCause | None = None
         self.detail = ""
         self.ver = 0            # bumped on every change of its heap entry
+        #: at its loss: the tasks it ran that are to run again (short, then spawned)
+        self.lost_tids: tuple[int, ...] = ()
 
     @property
     def load(self) -> int:
@@ -386,6 +388,9 @@ class Core:
             out.append(I.RequestReplacement(rank))
         stats = self.stats
         inflight = n.inflight
+        n.lost_tids = tuple(inflight) + tuple(
+            tid for tid in sorted(n.spawned)
+            if (t := self.tasks.get(tid)) is not None and t.state is _RUNNING)
         if inflight:
             by_start = sorted(inflight.values(), key=lambda t: t.t_start)
             # tasks queued behind the running ones (prefetch) lose no work

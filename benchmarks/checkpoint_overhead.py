@@ -1,0 +1,204 @@
+"""Checkpoint overhead of heat2d (issue 14, item 3), and its restart time after a kill.
+
+    .venv/bin/python benchmarks/checkpoint_overhead.py [--runs 9] [--size 256] [--steps 3000]
+                                                      [--kill-runs 3]
+
+``examples/heat2d.py`` with 2 tasks on ``clustervm run -n 3`` (a coordinator and
+2 nodes: ranks do not outnumber the 2 cores by much), checkpointing every 50
+steps against ``--checkpoint-every 0``, for two stores:
+
+* ``store=memory``: the default (checkpoints kept by the coordinator, in memory);
+* ``store=dir``: ``--checkpoint-dir`` on a fresh temporary directory per job
+  (deleted afterwards); the run without checkpoints gets one as well, so the
+  pair differs only in ``--checkpoint-every``.
+
+Runs are interleaved (each round runs every variant, the order of the pair
+alternating from round to round, so drifts of a shared box's load hit both
+alike), and the time compared is the one heat2d prints itself (``heat2d: ...
+<seconds> s``: from its first spawn to its result, so start-up is excluded).
+Every job runs under ``clustervm run --timeout`` in its own session, which is
+ended afterwards (benchmarks/_util.py). Every run's result line
+(``checksum=...``) must equal the first run's, with and without checkpoints;
+the benchmark fails loudly if one does not.
+
+Mode: only sender-based logging exists (every checkpoint carries the task's
+replay log), reported as ``mode=log``. The issue's other mode, ``group``
+(coordinated group checkpoints), does not exist yet: nothing is printed for it.
+
+Output: detail lines (every time, medians, spread), then exactly one line per
+store::
+
+    checkpoint mode=log store=<memory|dir> overhead_pct=<float> runs=<int>
+
+where ``overhead_pct = 100 * (median with / median without - 1)``.
+
+With ``--kill-runs N`` (default 0), N more heat2d jobs each have node rank 2
+SIGKILLed once the first checkpoints are stored (``--checkpoint-dir``, whose files
+say so); the checksum must still be the undisturbed one, and the restart time of
+the end-of-job report (loss detected -> the last of the node's tasks re-dispatched
+with its checkpoint) is printed as ``heat2d restart store=dir seconds=<median> runs=<int>``.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _util  # noqa: E402
+
+HEAT2D = str(_util.ROOT / "examples" / "heat2d.py")
+TIME = re.compile(r"^heat2d: .*, (\d+(?:\.\d+)?) s$", re.M)
+RESTART = re.compile(r"re-dispatch after loss detected: node (\d+) (\d+\.\d+) s")
+STORES = ("memory", "dir")
+
+
+class Failed(SystemExit):
+    """A run that did not give a time, or gave another result: the benchmark stops."""
+
+
+def heat2d(a: argparse.Namespace, store: str, every: int) -> tuple[float, str]:
+    """One job: (the seconds heat2d prints, its checksum line)."""
+    ckdir = tempfile.mkdtemp(prefix="cvm-ckbench-") if store == "dir" else None
+    try:
+        run_args = ("--checkpoint-dir", ckdir) if ckdir else ()
+        rc, out, err, _ = _util.clustervm(
+            3, HEAT2D, "--size", str(a.size), "--steps", str(a.steps), "--tasks", "2",
+            "--checkpoint-every", str(every), timeout=a.timeout, run_args=run_args)
+    finally:
+        if ckdir:
+            shutil.rmtree(ckdir, ignore_errors=True)
+    m = TIME.search(out)
+    check = next((ln for ln in out.splitlines() if ln.startswith("checksum=")), None)
+    if rc != 0 or m is None or check is None:
+        raise Failed(f"heat2d (store={store}, --checkpoint-every {every}) failed with "
+                     f"status {rc}\n--- stdout ---\n{out}\n--- stderr ---\n{err[-3000:]}")
+    return float(m.group(1)), check
+
+
+def spread(xs: list[float]) -> str:
+    q = statistics.quantiles(xs, n=4) if len(xs) >= 2 else [xs[0]] * 3
+    return (f"median {statistics.median(xs):.3f} s, min {min(xs):.3f}, max {max(xs):.3f}, "
+            f"IQR {q[0]:.3f}-{q[2]:.3f}")
+
+
+def killed_run(a: argparse.Namespace, expected: str) -> float:
+    """heat2d with rank 2 SIGKILLed after the first checkpoints: its restart seconds."""
+    ckdir = tempfile.mkdtemp(prefix="cvm-ckbench-kill-")
+    mark = f"CVM_CKBENCH={os.getpid()}-{time.monotonic_ns()}"
+    cmd = [_util.PY, "-m", "clustervm", "run", "-n", "3", "--timeout", str(a.timeout),
+           "--checkpoint-dir", ckdir, HEAT2D, "--size", str(a.size), "--steps", str(a.steps),
+           "--tasks", "2", "--checkpoint-every", "50"]
+    env = _util.mpi_env({"CVM_CKBENCH": mark.split("=", 1)[1]})
+    proc = subprocess.Popen(cmd, cwd=_util.ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    from clustervm import procs
+    try:
+        deadline = time.monotonic() + a.timeout
+        while len(glob.glob(os.path.join(ckdir, "ckpt", "*.ckpt"))) < 2:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
+        pid = procs.rank_pids(mark).get(2)
+        if pid is None or proc.poll() is not None:
+            raise Failed(f"killed-node run: no checkpoint stored or no rank 2 to kill "
+                         f"(job status {proc.poll()})")
+        os.kill(pid, signal.SIGKILL)
+        try:
+            out, err = proc.communicate(timeout=a.timeout + 30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            raise Failed(f"killed-node run hung past its timeout\n{err[-3000:]}")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)      # stragglers of the job's session
+        except ProcessLookupError:
+            pass
+        for p in procs.rank_pids(mark).values():
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(ckdir, ignore_errors=True)
+    check = next((ln for ln in out.splitlines() if ln.startswith("checksum=")), None)
+    if proc.returncode != 0 or check is None:
+        raise Failed(f"killed-node heat2d failed with status {proc.returncode}\n"
+                     f"--- stdout ---\n{out}\n--- stderr ---\n{err[-3000:]}")
+    if check != expected:
+        raise Failed(f"killed-node heat2d gave another result:\n  {check}\n"
+                     f"against the undisturbed\n  {expected}")
+    rep = next((ln for ln in err.splitlines() if ln.startswith("clustervm report:")), "")
+    m = RESTART.search(rep)
+    if m is None:
+        raise Failed(f"killed-node heat2d: no restart time in the report:\n{rep or err[-3000:]}")
+    return float(m.group(2))
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=9, help="runs of each variant (medians)")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=3000,
+                   help="heat2d steps (its default 500 runs 0.1-0.5 s: below the noise; "
+                        "3000 run over 1 s with 2 tasks)")
+    p.add_argument("--timeout", type=float, default=180.0, help="per job (clustervm --timeout)")
+    p.add_argument("--kill-runs", type=int, default=0,
+                   help="heat2d runs with a node SIGKILLed, for the restart time")
+    a = p.parse_args(argv)
+    if a.runs < 1:
+        p.error("--runs must be at least 1")
+    print(f"heat2d {a.size}x{a.size}, {a.steps} steps, 2 tasks, clustervm run -n 3, "
+          f"--checkpoint-every 50 against 0, {a.runs} interleaved run(s); load average "
+          f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
+    times = {(s, e): [] for s in STORES for e in (0, 50)}
+    expected: str | None = None
+    for k in range(a.runs):
+        for store in STORES:
+            for every in ((0, 50) if k % 2 == 0 else (50, 0)):
+                t, check = heat2d(a, store, every)
+                if expected is None:
+                    expected = check
+                elif check != expected:
+                    raise Failed(f"run {k}, store={store}, --checkpoint-every {every}: the "
+                                 f"result differs:\n  {check}\nagainst the first run's\n"
+                                 f"  {expected}")
+                times[(store, every)].append(t)
+        print(f"  run {k}: " + ", ".join(f"{s}/{e} {times[(s, e)][-1]:.2f} s"
+                                         for s in STORES for e in (0, 50)), flush=True)
+    print(f"every run's result: {expected}")
+    lines = []
+    for store in STORES:
+        off, on = times[(store, 0)], times[(store, 50)]
+        pct = 100.0 * (statistics.median(on) / statistics.median(off) - 1.0)
+        pairs = sorted(100.0 * (b / a_ - 1.0) for a_, b in zip(off, on))
+        print(f"store={store}: without checkpoints {spread(off)}")
+        print(f"store={store}: every 50 steps    {spread(on)}")
+        print(f"store={store}: per-round overhead % min {pairs[0]:+.1f}, median "
+              f"{statistics.median(pairs):+.1f}, max {pairs[-1]:+.1f}")
+        lines.append(f"checkpoint mode=log store={store} overhead_pct={pct:.1f} "
+                     f"runs={len(on)}")
+    if a.kill_runs > 0:
+        secs = [killed_run(a, expected) for _ in range(a.kill_runs)]
+        print(f"killed node (rank 2 of -n 3, --checkpoint-dir): restart (detection -> last "
+              f"task re-dispatched) {', '.join(f'{s:.3f}' for s in secs)} s; checksum "
+              f"undisturbed in every run")
+        lines.append(f"heat2d restart store=dir seconds={statistics.median(secs):.3f} "
+                     f"runs={len(secs)}")
+    for ln in lines:
+        print(ln, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
