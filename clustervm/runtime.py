@@ -10,6 +10,7 @@ with ``mpiexec -n N python app.py``.
 """
 from __future__ import annotations
 
+import ctypes
 import faulthandler
 import importlib.util
 import logging
@@ -19,7 +20,7 @@ import sys
 import threading
 import traceback
 from types import ModuleType
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .config import Config
 from .errors import ClusterVMError
@@ -378,6 +379,24 @@ def _exit(code: int) -> int:
                 timer = threading.Timer(_FINALIZE_S, os._exit, (code,))
                 timer.daemon = True
                 timer.start()
-                MPI.Finalize()
+                _finalize(MPI)
     finally:
         os._exit(code)
+
+
+def _finalize(MPI: Any) -> None:
+    """MPI_Finalize with the GIL released, so that the watchdog thread can run.
+
+    mpi4py's ``MPI.Finalize()`` keeps the GIL while it blocks (measured with MPICH: a
+    peer that ended without finalizing left every other rank in the PMI barrier of
+    MPI_Finalize, watchdog and all, until the job's timeout). Called through ctypes
+    (which lets go of the GIL), the same call is ended by the watchdog on time.
+    """
+    try:
+        call = ctypes.CDLL(MPI.__file__).MPI_Finalize   # libmpi is a dependency of it
+    except (OSError, AttributeError):
+        MPI.Finalize()
+        return
+    call.restype = ctypes.c_int
+    call.argtypes = []
+    call()

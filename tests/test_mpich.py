@@ -130,6 +130,31 @@ print(sorted(t.failed), revoke, MPI.ERR_PROC_FAILED == MPI.ERR_UNKNOWN)
     print(f"\nRevoke: {revoke}; ERR_PROC_FAILED is ERR_UNKNOWN: {unknown}")
 
 
+def test_exit_is_not_held_by_a_peer_that_left_without_finalizing():
+    """MPICH's MPI_Finalize waits in a PMI barrier for every rank; one that ended without
+    finalizing left the others there for good, and mpi4py's Finalize keeps the GIL, so
+    the exit watchdog could not run (a CI job hung this way after heat2d's result).
+    runtime._exit finalizes with the GIL released: its watchdog ends the rank in time,
+    with the status it was given."""
+    code = r"""
+import os
+from mpi4py import MPI
+from clustervm import runtime
+rank = MPI.COMM_WORLD.Get_rank()
+MPI.COMM_WORLD.Barrier()
+if rank == 1:
+    os._exit(0)                  # gone without MPI_Finalize
+runtime._exit(7 if rank == 0 else 0)
+"""
+    mpiexec = os.path.join(os.path.dirname(PY), "mpiexec")
+    t0 = time.monotonic()
+    out = subprocess.run([mpiexec, "-disable-auto-cleanup", "-n", "3", PY, "-c", code],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - t0
+    assert out.returncode == 7, (out.returncode, out.stdout, out.stderr)
+    assert elapsed < 30, f"{elapsed:.1f} s: the watchdog did not end the ranks"
+
+
 def _wait_for_checkpoint(j, ckdir, timeout=60.0):
     deadline = time.monotonic() + timeout
     while not glob.glob(str(ckdir / "ckpt" / "*")):
