@@ -116,10 +116,11 @@ def die_with_parent(sig: int) -> bool:
     where this cannot be set (not Linux), or when the parent is already gone.
     """
     import ctypes
-    import ctypes.util
     parent = os.getppid()
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # the process's own symbols (libc's among them): no ctypes.util.find_library,
+        # which runs `ldconfig -p` in a subprocess (every rank did, at start)
+        libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
             return False
     except (OSError, AttributeError):

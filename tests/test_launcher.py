@@ -652,3 +652,19 @@ def test_library_query_does_not_initialize_mpi():
     assert out.returncode == 0, out.stderr
     library, initialized = out.stdout.splitlines()
     assert "Open MPI" in library and initialized == "False"
+
+
+def test_mpi_probes_are_kept_on_disk_per_tool(tmp_path, monkeypatch):
+    """`mpiexec --version` and `ompi_info --parsable` ran on every `clustervm run` (0.13 s
+    of its start): their output is kept, keyed by the tool's path, size and mtime."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    calls = tmp_path / "calls"
+    tool = tmp_path / "mpiexec"
+    tool.write_text(f"#!/bin/sh\necho x >> {calls}\necho 'mpiexec (Open MPI) 5.0.9'\n")
+    tool.chmod(0o755)
+    assert "Open MPI" in launcher._tool_output(str(tool), "--version")
+    assert "Open MPI" in launcher._tool_output(str(tool), "--version")
+    assert calls.read_text().count("x") == 1                      # the second from the cache
+    tool.write_text(f"#!/bin/sh\necho x >> {calls}\necho 'HYDRA build details'\n")
+    assert "HYDRA" in launcher._tool_output(str(tool), "--version")   # changed: asked again
+    assert calls.read_text().count("x") == 2
