@@ -575,6 +575,11 @@ def loads(
     except Exception as exc:  # noqa: BLE001 - bytes from the wire: any failure is malformed input
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise WireError(f"malformed message: {detail}") from exc
+    finally:
+        # hook refers to itself (through its closure cell), and so to ``buffers``: a
+        # reference cycle that kept every received buffer alive until the cyclic GC ran,
+        # so each large message got fresh memory (page faults: ~2 ms per 8 MiB)
+        del hook
 
 
 # ---------------------------------------------------------------------------
