@@ -252,6 +252,8 @@ def _drill(hosts, tmp_path, name: str, fault: str, record_property) -> tuple[dic
         assert set(res.leftovers) <= {VICTIM}, res
     else:
         assert res.leftovers == {}, res
+    assert prefix in res.stdout, (f"no {prefix!r} line; status {res.returncode}\n--- stdout\n"
+                                  f"{res.stdout}\n--- stderr (end)\n{res.stderr[-8000:]}")
     assert result_line(res.stdout, prefix) == baseline(name), res
     probed = re.search(r"probed in ([0-9.]+) s", res.stderr)
     times = dict(watch.seen, probe_s=float(probed.group(1)) if probed else None)
