@@ -267,10 +267,12 @@ def _drill(hosts, tmp_path, name: str, fault: str, record_property) -> tuple[dic
 def test_job_survives_a_host_killed(hosts, tmp_path, name, record_property):
     times, err = _drill(hosts, tmp_path, name, "kill_host", record_property)
     # PRRTE ends the job when it loses the daemon: the supervisor restarts it; the
-    # killed host answers again (its namespace lives on), so all 3 hosts are kept
+    # killed host answers again (its namespace lives on), so all 3 hosts are kept --
+    # unless the probe comes too soon after the kill on a loaded box (seen once in CI):
+    # then that host is left out, and the job finishes on the other two
     assert "restart" in times, err
-    assert re.search(r"lost host\(s\): none \(every host answers\).*; restart 1 of 2 "
-                     r"from the journal", err), err
+    assert re.search(r"lost host\(s\): (none \(every host answers\)|[0-9.]+) .*; restart 1 "
+                     r"of 2 from the journal", err), err
     assert "finished task(s) reused from the journal" in err, err
 
 
