@@ -282,7 +282,9 @@ def test_job_survives_a_host_cut_off(hosts, tmp_path, name, record_property):
     victim = hosts.hostnames[VICTIM]
     # our heartbeats find the cut-off nodes (ranks 4 and 5) first ...
     assert "heartbeat" in times, err
-    assert re.search(rf"node [45] \(host {victim}, pid \d+\) lost: heartbeat", err), err
+    # ("node 4 (host" left out: PRRTE's own message, written to the same stderr, once
+    # landed inside that line)
+    assert re.search(rf"{victim}, pid \d+\) lost: heartbeat", err), err
     if "restart" in times:
         # ... then PRRTE ends the job and the supervisor leaves the silent host out
         assert re.search(rf"lost host\(s\): {re.escape(hosts.names[VICTIM])} \(probed in "
