@@ -904,20 +904,23 @@ class Transport:
             if got is None:
                 time.sleep(_BACKGROUND_PAUSE_S)
             elif not got and (predicate is None or not predicate()):
-                self._pause(remaining, self._bg_cond, spin=spin, background=True)
+                self._pause(remaining, self._bg_cond, spin=spin)
         finally:
             with self._bg_cond:
                 self._bg_poller = None
 
+    def _deep_idle(self) -> bool:
+        """No traffic for _DEEP_IDLE_AFTER_S (and a deeper back-off is configured)."""
+        return (self._deep_max_s > self._idle_max_s
+                and time.perf_counter() - self._last_activity > _DEEP_IDLE_AFTER_S)
+
     def _longest_pause(self, background: bool) -> float:
-        """The back-off's ceiling now: ``idle_sleep_ms``, or ``deep_idle_sleep_ms`` for a
-        background poller after _DEEP_IDLE_AFTER_S without traffic."""
-        if background and time.perf_counter() - self._last_activity > _DEEP_IDLE_AFTER_S:
-            return self._deep_max_s
-        return self._idle_max_s
+        """The back-off's ceiling now: ``deep_idle_sleep_ms`` for a background poller in
+        deep idle, else ``idle_sleep_ms``."""
+        return self._deep_max_s if background and self._deep_idle() else self._idle_max_s
 
     def _pause(self, remaining: float | None, cond: threading.Condition,
-               spin: bool = True, background: bool = False) -> None:
+               spin: bool = True) -> None:
         """Back off after an empty poll: yield while recently busy, then sleep (wakeable).
 
         Only foreground waiters spin; background pollers always sleep a little, so
@@ -928,7 +931,7 @@ class Transport:
             os.sched_yield()
             return
         floor = 0.00005 if spin else _BACKGROUND_PAUSE_S
-        pause = min(self._longest_pause(background),
+        pause = min(self._longest_pause(background=cond is self._bg_cond),
                     floor + max(0.0, idle - self._spin_s) * 0.05)
         if remaining is not None:
             pause = min(pause, remaining)
@@ -945,9 +948,9 @@ class Transport:
             time.sleep(max_sleep)
             return
         if self._bg_waiters:          # an idle worker polls: it is the one who needs work
-            deep = self._longest_pause(background=True) > self._idle_max_s
             with self._bg_cond:       # (state changes that need this loop wake it)
-                self._bg_cond.wait(max(max_sleep, _DEEP_SERVICE_S) if deep else max_sleep)
+                self._bg_cond.wait(max(max_sleep, _DEEP_SERVICE_S) if self._deep_idle()
+                                   else max_sleep)
             return
         self._background_step(max_sleep, spin=spin)
 
