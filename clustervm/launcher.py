@@ -538,7 +538,7 @@ def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = Non
         left = None if deadline is None else max(0.1, deadline - time.monotonic())
         rc, lost = _run_once(argv, env, left, finished, finish_grace,
                              watch_start and attempt < START_RETRIES,
-                             watch_start or watch_end, ranks)
+                             watch_start or watch_end, ranks, job_timeout=timeout)
         if lost is None:
             return rc
         print(f"clustervm: {lost} while the job was starting (nothing of the app has run; "
@@ -549,9 +549,10 @@ def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = Non
 
 def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None,
               finished: Callable[[], bool] | None, finish_grace: float,
-              watch_start: bool, mark: bool,
-              ranks: int | None = None) -> tuple[int, str | None]:
+              watch_start: bool, mark: bool, ranks: int | None = None,
+              job_timeout: float | None = None) -> tuple[int, str | None]:
     """One mpiexec: (exit status, None), or (-1, what was lost) if lost while starting.
+    ``timeout``: what is left of the job's (``job_timeout``, the one the user gave);
     ``mark``: rank 0 leaves its status in a marker file (``watch_start`` needs it)."""
     env = dict(env)
     marker_dir = None
@@ -598,7 +599,8 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
                 log.info("mpiexec ended with %d; the job's status (rank 0) is %d", rc, main_rc)
                 rc = main_rc
         except subprocess.TimeoutExpired:
-            print(f"clustervm: error: the job ran past its timeout of {timeout:g} s; "
+            stated = timeout if job_timeout is None else job_timeout
+            print(f"clustervm: error: the job ran past its timeout of {stated:g} s; "
                   f"stopping it (SIGTERM, then SIGKILL after {KILL_GRACE_S:g} s)",
                   file=sys.stderr, flush=True)
             _stop(proc, KILL_GRACE_S)
