@@ -493,6 +493,8 @@ START_RETRIES = 2
 #: "The PMIx server's listener thread failed to start" (seen about once in 300 jobs here
 #: with other jobs starting beside it); nothing ran, so the job is started again.
 PRTE_START_FAILED = 213
+#: ... within this many seconds of its start (any job: with a hostfile too).
+PRTE_START_FAILED_S = 5.0
 #: Where rank 0 says it is past MPI_Init (set by run for the job it watches; internal).
 STARTED_ENV = "CLUSTERVM_STARTED_FILE"
 
@@ -528,23 +530,29 @@ def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = Non
     MPI_Init is collective; nothing of the app has run yet). Then the job is
     stopped and started again, at most START_RETRIES times. ``ranks``: how many
     rank processes to expect (one killed before it was seen is missed otherwise).
+    Any job (watched or not) whose mpiexec exits PRTE_START_FAILED within
+    PRTE_START_FAILED_S could not start at all, and is started again the same way.
 
     ``watch_start`` or ``watch_end``: rank 0 leaves its exit status in a file; a rank
     that has not ended ``finish_grace`` s after that (stuck in MPI_Finalize, stopped)
     is ended, and the job's status is rank 0's.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    for attempt in range(START_RETRIES + 1 if watch_start else 1):
-        left = None if deadline is None else max(0.1, deadline - time.monotonic())
-        rc, lost = _run_once(argv, env, left, finished, finish_grace,
-                             watch_start and attempt < START_RETRIES,
+    for attempt in range(START_RETRIES + 1):
+        last = attempt == START_RETRIES
+        began = time.monotonic()
+        left = None if deadline is None else max(0.1, deadline - began)
+        rc, lost = _run_once(argv, env, left, finished, finish_grace, watch_start and not last,
                              watch_start or watch_end, ranks, job_timeout=timeout)
+        took = time.monotonic() - began
+        if lost is None and rc == PRTE_START_FAILED and took < PRTE_START_FAILED_S and not last:
+            lost = f"mpiexec could not start (status {rc} after {took:.1f} s)"
         if lost is None:
             return rc
         print(f"clustervm: {lost} while the job was starting (nothing of the app has run; "
               f"Open MPI cannot survive a loss inside MPI_Init); starting it again "
               f"({attempt + 1} of {START_RETRIES})", file=sys.stderr, flush=True)
-    raise AssertionError("unreachable: the last attempt is not watched")
+    raise AssertionError("unreachable: the last attempt returns")
 
 
 def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None,
@@ -647,8 +655,6 @@ def _watch_start(proc: subprocess.Popen, marker: str, timeout: float | None,
             return None           # interrupted, or out of time: the usual handling
         rc = proc.poll()
         if rc is not None:
-            if rc == PRTE_START_FAILED and not seen:
-                return f"mpiexec could not start (status {rc}, before any rank)"
             return f"mpiexec ended with status {rc}" if rc != 0 and seen else None
         seen.update(procs.children(proc.pid))
         gone = sorted(p for p in seen if not procs.alive(p))

@@ -459,6 +459,18 @@ def test_run_starts_again_when_mpiexec_cannot_start(tmp_path, capfd):
     assert "starting it again" not in capfd.readouterr().err
 
 
+def test_run_starts_again_an_unwatched_job_whose_mpiexec_cannot_start(tmp_path, capfd):
+    """The same with a hostfile (no start watch; the supervisor's runs): seen in CI on a
+    multi-host drill, where it had cost one of the job's restarts."""
+    first = tmp_path / "first"
+    script = f"""
+        if [ ! -e {first} ]; then : > {first}; exit {launcher.PRTE_START_FAILED}; fi
+        exit 0
+    """
+    assert launcher.run(["sh", "-c", script], os.environ, timeout=30) == 0
+    assert "mpiexec could not start (status 213" in capfd.readouterr().err
+
+
 def test_run_counts_ranks_it_never_saw(tmp_path, capfd):
     """Two ranks expected, one seen: one was lost before the watch could see it."""
     first, second = tmp_path / "first", tmp_path / "second"
