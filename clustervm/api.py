@@ -92,9 +92,8 @@ class CoordinatorAPI:
             reply(True, (rec.node, rec.inc, rec.replay))
 
     def api_checkpoint(self, reply: Reply, tid: int, inc: int, seq: int, delivered: dict,
-                       blob: bytes) -> None:
-        self.save_checkpoint(tid, inc, seq, delivered, blob, self._src or None)
-        reply(True, None)
+                       blob: bytes | None, buddy: int = 0) -> None:
+        self.save_checkpoint(tid, inc, seq, delivered, blob, self._src or None, buddy, reply)
 
     def api_submit(self, reply: Reply, parent: int, fn_ref: str, args: tuple,
                    kwargs: dict) -> None:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import queue
 import logging
 import os
 import re
@@ -48,11 +49,11 @@ import struct
 import threading
 import uuid
 import zlib
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from .errors import CheckpointError, CorruptCheckpointError
 
-__all__ = ["CheckpointStore", "CheckpointStats"]
+__all__ = ["CheckpointStore", "CheckpointStats", "WriteBehind"]
 
 log = logging.getLogger(__name__)
 
@@ -327,13 +328,15 @@ class CheckpointStore:
 
     # -- API ----------------------------------------------------------------
 
-    def save(self, key: str, seq: int, frames: Sequence[bytes | memoryview]) -> None:
+    def save(self, key: str, seq: int, frames: Sequence[bytes | memoryview],
+             write: bool = True) -> None:
         """Store ``frames`` as checkpoint ``seq`` of ``key``; durable on return.
 
         ``seq`` is the writer's increasing checkpoint number for the key; a
         save whose seq is not newer than the stored one is ignored (a
         duplicate resent after a failover). Raises CheckpointError if the
-        file cannot be written (nothing is stored then).
+        file cannot be written (nothing is stored then). ``write=False``:
+        keep it in memory only, for :meth:`write` to put on disk later.
         """
         kb = _key_bytes(key)
         if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= _MAX_SEQ:
@@ -350,32 +353,48 @@ class CheckpointStore:
             # bytes are immutable: keep them as they are, copy everything else
             # (the caller may reuse a receive buffer).
             owned = [fr if type(fr) is bytes else mv.tobytes() for fr, mv in zip(frames, views)]
-            written = 0
-            if stem is not None:
-                final, written = self._write(kb, stem, seq, owned)
+            if stem is not None and write:
+                self._write_version(kb, key, stem, seq, owned)
             with self._lock:
                 self._mem[key] = (seq, owned)
                 self.stats.saved += 1
-                self.stats.bytes_written += written
-                if stem is not None:
-                    self._disk.setdefault(stem, {})[seq] = final
-                    self._stem_key[stem] = key
-                    self._bad.discard(final)
-                    old = sorted(self._disk[stem], reverse=True)[self.keep:]
-                    doomed = [self._disk[stem].pop(s) for s in old]
-                else:
-                    doomed = []
-            for path in doomed:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    log.warning("cannot prune old checkpoint %s: %s", path, exc)
-                    continue
-                with self._lock:
-                    self._bad.discard(path)
-                    self.stats.pruned += 1
+
+    def write(self, key: str, seq: int, frames: Sequence[bytes]) -> None:
+        """Put checkpoint ``seq`` of ``key`` (kept by ``save(..., write=False)``) on disk,
+        durably, unless a newer version is there already or the key was dropped since
+        (a write behind the run). Raises CheckpointError if it cannot be written."""
+        kb = _key_bytes(key)
+        assert self.path is not None, "write() needs a store with a directory"
+        stem = safe_stem(key)
+        with self._stripe(key):
+            with self._lock:
+                versions = self._disk.get(stem)
+                if key not in self._mem or (versions and max(versions) >= seq):
+                    return
+            self._write_version(kb, key, stem, seq, list(frames))
+
+    def _write_version(self, kb: bytes, key: str, stem: str, seq: int,
+                       frames: list[bytes]) -> None:
+        """Write one version's file and prune the older ones (under the key's stripe)."""
+        final, written = self._write(kb, stem, seq, frames)
+        with self._lock:
+            self.stats.bytes_written += written
+            self._disk.setdefault(stem, {})[seq] = final
+            self._stem_key[stem] = key
+            self._bad.discard(final)
+            old = sorted(self._disk[stem], reverse=True)[self.keep:]
+            doomed = [self._disk[stem].pop(s) for s in old]
+        for path in doomed:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot prune old checkpoint %s: %s", path, exc)
+                continue
+            with self._lock:
+                self._bad.discard(path)
+                self.stats.pruned += 1
 
     def _write(self, kb: bytes, stem: str, seq: int, frames: list[bytes]) -> tuple[str, int]:
         assert self.path is not None
@@ -504,3 +523,52 @@ class CheckpointStore:
     def __repr__(self) -> str:
         where = self.path if self.path is not None else "memory"
         return f"<CheckpointStore {where} keys={len(self.keys())} keep={self.keep}>"
+
+
+class WriteBehind:
+    """Writes a store's checkpoints to its directory in a thread of its own, in the
+    order they came, so the coordinator never waits for a disk: ``write(tid, seq,
+    blob)`` returns at once; ``done(tid, seq, error)`` is called from the thread once
+    the file is durable (``error`` None) or could not be written (a CheckpointError).
+    ``drop(tid)`` forgets a task's checkpoints after the writes queued before it."""
+
+    def __init__(self, store: CheckpointStore,
+                 done: Callable[[int, int, CheckpointError | None], None]) -> None:
+        self.store = store
+        self._done = done
+        self._queue: queue.SimpleQueue[tuple[str, int, int, Any]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="cvm-ckpt-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, tid: int, seq: int, blob: bytes) -> None:
+        self._queue.put(("write", tid, seq, blob))
+
+    def drop(self, tid: int) -> None:
+        self._queue.put(("drop", tid, 0, None))
+
+    def close(self, timeout: float) -> bool:
+        """Finish what is queued (at most ``timeout`` seconds); True if all was done."""
+        self._queue.put(("stop", 0, 0, None))
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("checkpoint writer: still writing after %.0f s; leaving it", timeout)
+            return False
+        return True
+
+    def _run(self) -> None:
+        while True:
+            op, tid, seq, blob = self._queue.get()
+            if op == "stop":
+                return
+            try:
+                if op == "drop":
+                    self.store.drop(str(tid))
+                    continue
+                try:
+                    self.store.write(str(tid), seq, [blob])
+                except CheckpointError as exc:
+                    self._done(tid, seq, exc)
+                else:
+                    self._done(tid, seq, None)
+            except Exception:   # noqa: BLE001 - the writer must outlive one bad call
+                log.exception("checkpoint writer: %s of task %d failed", op, tid)

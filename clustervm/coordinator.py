@@ -27,7 +27,7 @@ from . import procs
 from . import protocol as P
 from . import remote, wire
 from .api import CoordinatorAPI
-from .checkpoint import CheckpointStore
+from .checkpoint import CheckpointStore, WriteBehind
 from .config import Config
 from .core import Core, LossCause, Traffic, VMView
 from .core import events as E
@@ -71,8 +71,10 @@ class _Observers(list):
 
 class _Restart:
     """One lost node's tasks on their way back: when the loss was detected, which of its
-    tasks are not yet sent to a node again, and when the last one was."""
-    __slots__ = ("rank", "t_detect", "count", "waiting", "t_sent")
+    tasks are not yet sent to a node again, and when the last one was; and, of its
+    spawned tasks restarted from a checkpoint, which do not run again yet (their node
+    says RESTORED once the checkpoint is back) and when the last one did."""
+    __slots__ = ("rank", "t_detect", "count", "waiting", "t_sent", "restoring", "t_running")
 
     def __init__(self, rank: int, t_detect: float, tids: tuple[int, ...]) -> None:
         self.rank = rank
@@ -80,12 +82,21 @@ class _Restart:
         self.count = len(tids)
         self.waiting = set(tids)
         self.t_sent: float | None = None
+        self.restoring: set[int] = set()
+        self.t_running: float | None = None
 
     @property
     def seconds(self) -> float | None:
         """Detection -> the last task sent again, once none waits (None before, or if
         none was sent again: they ended otherwise)."""
         return None if self.waiting or self.t_sent is None else self.t_sent - self.t_detect
+
+    @property
+    def running_s(self) -> float | None:
+        """Detection -> the last restored task running again (None: none restored, or
+        not all yet)."""
+        return None if self.restoring or self.t_running is None \
+            else self.t_running - self.t_detect
 
     def text(self) -> str:
         if self.waiting:
@@ -94,6 +105,11 @@ class _Restart:
         if self.t_sent is None:
             return f"node {self.rank} none ({self.count} task(s) ended otherwise)"
         return f"node {self.rank} {self.seconds:.3f} s ({self.count} task(s))"
+
+    def running_text(self) -> str | None:
+        if self.running_s is None:
+            return None
+        return f"node {self.rank} {self.running_s:.3f} s"
 
 
 class Coordinator(CoordinatorAPI, NodeSpawning, Site):
@@ -108,6 +124,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             P.Req: self._on_req,
             P.Heartbeat: lambda src, msg: False,      # not work: keeps idle loops idle
             P.Bye: self._on_bye,
+            P.Held: self._on_held,
+            P.Restored: self._on_restored,
         })
         self.t0 = time.monotonic()
         ckdir = config.checkpoint_dir or None
@@ -132,12 +150,20 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         self._next_rank = max(transport.size, 1)
         self._spawn_lock = threading.Lock()     # one MPI_Comm_spawn at a time
         self._blob: bytes = b""                 # the checkpoint being stored
+        #: checkpoints on their way to being acknowledged: tid -> (seq, reply, delivered)
+        self._ckpt_calls: dict[int, tuple[int, Any, dict]] = {}
+        #: what each task had received at its newest checkpoints: tid -> {seq: delivered}
+        self._delivered: dict[int, dict[int, dict]] = {}
+        self._ckpt_errors: dict[tuple[int, int], CheckpointError] = {}   # failed writes
+        #: with --checkpoint-dir, checkpoints are written by this thread, behind the run
+        self._writer = WriteBehind(self.store, self._written) if ckdir else None
         self._src = 0                           # the rank whose request is being served
         self._unjournaled: dict[int, CheckpointError] = {}   # tid -> why it was not
         #: restart time per lost node (the report): detection -> the last of its tasks
         #: sent to run again (a SPAWN with its checkpoint, or a RUN), by that node's loss
         self.restarts: list[_Restart] = []
         self._awaited: dict[int, _Restart] = {}    # tid lost with a node -> its _Restart
+        self._awaited_running: dict[int, _Restart] = {}   # restored, not running yet
         #: Observers (trace, dashboard), attached with :meth:`observe`: ``obs(kind, task, rank,
         #: ok)`` with a TaskView; called under ``self.lock``: record and return, never block.
         self.observers: list[Observer] = _Observers(self.core)
@@ -150,6 +176,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             I.NodeDown: self._do_node_down, I.Kill: self._do_kill, I.NodeUp: self._do_node_up,
             I.ResolveTask: self._do_resolve, I.JournalDone: self._do_journal_done,
             I.StoreCheckpoint: self._do_store_checkpoint,
+            I.CommitCheckpoint: self._do_commit_checkpoint,
             I.DropCheckpoints: self._do_drop_checkpoints, I.Observe: self._do_observe,
             I.RequestReplacement: self._do_request_replacement, I.Warn: self._do_warn,
             I.Fatal: self._do_fatal, I.Answer: self._do_answer,
@@ -197,16 +224,28 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
 
     def _do_place_spawned(self, ins: I.PlaceSpawned) -> None:
         rec = self.tasks[ins.tid]
-        ckpt = self._load_ckpt(ins.tid) if ins.restart else None
-        delivered = ckpt["delivered"] if ckpt is not None else {}
+        ckpt = at = None
+        if not ins.restart:
+            delivered = {}
+        elif ins.source:          # a node's copy: this one's own, or another node sends it
+            at = (ins.source, ins.seq)
+            delivered = self._delivered.get(ins.tid, {}).get(ins.seq, {})
+            self.stats["ckpt_restored"] += 1
+            self.events.add("RESTORE", tid=ins.tid, seq=ins.seq, node=ins.source)
+            if ins.source != ins.rank:
+                self.transport.post(ins.source, P.Fetch(ins.tid, ins.seq, ins.rank).encode())
+        else:
+            ckpt = self._load_ckpt(ins.tid)
+            delivered = ckpt["delivered"] if ckpt is not None else {}
         loc = P.Loc([(ins.tid, ins.rank, ins.inc, ins.replay,
                       delivered if ins.restart else None)])
         self.transport.broadcast(list(ins.tell), loc.encode())
         self._on_loc(0, loc)
         self.transport.post(ins.rank, P.Spawn(ins.tid, rec.parent, rec.fn, rec.args, rec.kwargs,
-                                              ins.inc, ckpt, ins.replay, rec.siblings).encode())
+                                              ins.inc, ckpt, ins.replay, rec.siblings,
+                                              at).encode())
         if ins.restart and self._awaited:
-            self._sent_again((ins.tid,))
+            self._sent_again((ins.tid,), restoring=ckpt is not None or at is not None)
 
     def _do_broadcast_location(self, ins: I.BroadcastLocation) -> None:
         loc = P.Loc([(ins.tid, ins.rank, ins.inc, ins.replay, None)])
@@ -231,9 +270,10 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             for tid in n.lost_tids:
                 self._awaited[tid] = r
 
-    def _sent_again(self, tids: Any, timed: bool = True) -> None:
+    def _sent_again(self, tids: Any, timed: bool = True, restoring: bool = False) -> None:
         """Tasks lost with a node are sent to a node again (or, not ``timed``, are over
-        without it): the node's restart is done when its last one is."""
+        without it): the node's restart is done when its last one is. ``restoring``: they
+        restart from a checkpoint, and say RESTORED when they run again."""
         now = time.monotonic()
         for tid in tids:
             r = self._awaited.pop(tid, None)
@@ -241,6 +281,15 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                 r.waiting.discard(tid)
                 if timed:
                     r.t_sent = now
+                if restoring:
+                    r.restoring.add(tid)
+                    self._awaited_running[tid] = r
+
+    def _running_again(self, tid: int) -> None:
+        r = self._awaited_running.pop(tid, None)
+        if r is not None:
+            r.restoring.discard(tid)
+            r.t_running = time.monotonic()
 
     def _do_kill(self, ins: I.Kill) -> None:
         self._kill_process(self.nodes[ins.rank])    # a hung node is never trusted again
@@ -303,10 +352,80 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                 f"checkpoint directory and run the job again")
 
     def _do_store_checkpoint(self, ins: I.StoreCheckpoint) -> None:
-        self.store.save(str(ins.tid), ins.seq, [self._blob])
+        blob = self._blob       # bytes, or a uint8 array (wire.as_blob_frame): made bytes
+        if type(blob) is not bytes:
+            blob = memoryview(blob).cast("B").tobytes()
+        if self._writer is None:
+            self.store.save(str(ins.tid), ins.seq, [blob])
+        else:       # kept now (a restart may need it at once), on disk behind the run
+            self.store.save(str(ins.tid), ins.seq, [blob], write=False)
+            self._writer.write(ins.tid, ins.seq, blob)
+
+    def _written(self, tid: int, seq: int, error: CheckpointError | None) -> None:
+        """The write-behind thread wrote checkpoint ``seq`` of task ``tid`` (or failed)."""
+        with self.lock:
+            if error is not None:
+                log.error("task %d: %s", tid, error)
+                self._ckpt_errors[(tid, seq)] = error
+            self._run(E.CheckpointWritten(tid, seq, error is None, time.monotonic()))
+
+    def _do_commit_checkpoint(self, ins: I.CommitCheckpoint) -> None:
+        """Every copy is held: answer the node, and let senders forget what it received."""
+        tid = ins.tid
+        call = self._ckpt_calls.pop(tid, None)
+        error = self._ckpt_errors.pop((tid, ins.seq), None)
+        if call is not None and call[0] == ins.seq:
+            _, reply, delivered = call
+            if error is not None:
+                reply(False, error)
+            else:
+                reply(True, (ins.buddy, ins.to_store))
+        else:
+            delivered = self._delivered.get(tid, {}).get(ins.seq, {})
+        if 0 not in ins.holders and self._writer is None:
+            self.store.drop(str(tid))        # the nodes hold it: rank 0 keeps no bytes
+        rec = self.tasks.get(tid)
+        if rec is None or not delivered:
+            return
+        # the senders of the messages it has received may forget them now
+        by_rank: dict[int, list] = {}
+        for src in delivered:
+            loc = self.locations.get(int(src))
+            srec = self.tasks.get(int(src))
+            rank_of = loc.rank if loc is not None else (srec.node if srec else None)
+            if rank_of is not None:
+                by_rank.setdefault(rank_of, []).append(src)
+        item = P.Loc([(tid, rec.node, rec.inc, rec.replay, delivered)])
+        for r in by_rank:
+            if r == self.rank:
+                self._on_loc(0, item)
+            else:
+                self.transport.post(r, item.encode())
+
+    def _on_held(self, src: int, msg: P.Held) -> None:
+        with self.lock:
+            self._run(E.CheckpointHeld(src, msg.tid, msg.inc, msg.seq, time.monotonic()))
+
+    def _on_restored(self, src: int, msg: P.Restored) -> None:
+        with self.lock:
+            if msg.ok and self._awaited_running:
+                self._running_again(msg.tid)
+            if not msg.ok:
+                log.warning("task %d: node %d could not get its checkpoint %d; restarting it "
+                            "from another copy", msg.tid, src, msg.seq)
+            self._run(E.TaskRestored(src, msg.tid, msg.inc, msg.seq, bool(msg.ok),
+                                     time.monotonic()))
 
     def _do_drop_checkpoints(self, ins: I.DropCheckpoints) -> None:
-        self.store.drop(str(ins.tid))
+        self._delivered.pop(ins.tid, None)
+        self._ckpt_calls.pop(ins.tid, None)
+        if self._writer is not None:
+            self._writer.drop(ins.tid)      # after the writes queued before it
+        else:
+            self.store.drop(str(ins.tid))
+        forget = P.Forget(ins.tid).encode()
+        for r in ins.holders:
+            self.transport.post(r, forget)
 
     def _do_observe(self, ins: I.Observe) -> None:
         self._observe(ins.kind, self.tasks.get(ins.tid), ins.rank, ins.ok)
@@ -433,6 +552,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                 self.transport.failed.add(n.rank)   # no MPI_Finalize with a killed peer
         self.end_hung_spawns()
         self.transport.flush(2.0)
+        if self._writer is not None:
+            self._writer.close(5.0)
         if self.journal is not None:
             self.journal.close()
 
@@ -584,39 +705,41 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         return wire.loads(frames[0], frames[1:])
 
 
-    def save_checkpoint(self, tid: int, inc: int, seq: int, delivered: dict,
-                        blob: bytes, rank: int | None = None) -> None:
-        """Store checkpoint ``seq`` of task ``tid`` (sent by node ``rank``): ``blob`` is its
-        payload as the node encoded it (wire.pack_frames), kept as it is: one frame,
-        never decoded here."""
+    def save_checkpoint(self, tid: int, inc: int, seq: int, delivered: dict, blob: bytes | None,
+                        rank: int | None = None, buddy: int = 0,
+                        reply: Reply | None = None) -> None:
+        """Checkpoint ``seq`` of task ``tid`` (sent by node ``rank``): ``blob`` is its
+        payload as the node encoded it (wire.pack_frames), kept as it is (one frame, never
+        decoded here), or None when only the nodes keep it: the node itself and node
+        ``buddy``, which says HELD. ``reply`` is answered once every copy is held."""
         rec = self.tasks.get(tid)
         if rec is None:
             if tid == P.MAIN_TID:
                 raise ValueError("main cannot checkpoint; use --checkpoint-dir and --resume, "
                                  "which journal main's finished tasks")
+            if reply is not None:
+                reply(True, (0, True))
             return                       # task already over: a late duplicate
-        self._blob = blob
+        kept = self._delivered.setdefault(tid, {})
+        kept[seq] = delivered
+        for old in sorted(kept)[:-3]:
+            del kept[old]
+        if reply is not None:
+            self._ckpt_calls[tid] = (seq, reply, delivered)
+        self._blob = blob if blob is not None else b""
         try:
-            out = self._run(E.CheckpointStored(rec.node if rank is None else rank, tid, inc,
-                                               seq, time.monotonic()))
+            self._run(E.CheckpointStored(rec.node if rank is None else rank, tid, inc, seq,
+                                         time.monotonic(), buddy, blob is not None,
+                                         bool(delivered)))
         finally:
             self._blob = b""
-        if not out:
-            return                       # an old incarnation, or from a lost node
-        # the senders of the messages it has received may forget them now
-        by_rank: dict[int, list] = {}
-        for src in delivered:
-            loc = self.locations.get(int(src))
-            srec = self.tasks.get(int(src))
-            rank_of = loc.rank if loc is not None else (srec.node if srec else None)
-            if rank_of is not None:
-                by_rank.setdefault(rank_of, []).append(src)
-        item = P.Loc([(tid, rec.node, rec.inc, rec.replay, delivered)])
-        for r in by_rank:
-            if r == self.rank:
-                self._on_loc(0, item)
-            else:
-                self.transport.post(r, item.encode())
+        call = self._ckpt_calls.get(tid)
+        t = self.core.tasks.get(tid)
+        if call is not None and call[0] == seq and (t is None or t.pend is None
+                                                    or t.pend.seq != seq):
+            # not waited for: an old incarnation, from a lost node, or a late duplicate
+            del self._ckpt_calls[tid]
+            call[1](True, (0, True))
 
     # -- resume ----------------------------------------------------------------
 
@@ -665,9 +788,14 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                         if self.store.stats.corrupt else ""))
         if self.restarts:
             # measured at the coordinator: from the loss's detection to the last of the
-            # node's tasks posted to a node again (no message says when a task has started)
+            # node's tasks posted to a node again; and to the last of its spawned tasks
+            # running again from its checkpoint (its node's RESTORED)
             parts.append("re-dispatch after loss detected: "
                          + ", ".join(r.text() for r in self.restarts))
+            running = [t for t in (r.running_text() for r in self.restarts) if t]
+            if running:
+                parts.append("running again from checkpoints after loss detected: "
+                             + ", ".join(running))
         if self.config.resume:
             parts.append(f"resumed: {s['reused']} finished task(s) reused from the journal")
         return "clustervm report: " + "; ".join(parts)

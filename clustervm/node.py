@@ -22,6 +22,7 @@ from typing import Any, Callable
 from . import protocol as P
 from . import remote, wire
 from .config import Config
+from .copies import Copies
 from .core import node as N
 from .core.node import COORDINATOR_SILENCE, COORDINATOR_SILENCE_MIN_S  # noqa: F401 - the rule
 from .errors import WireError
@@ -46,10 +47,20 @@ class Node(Site):
             P.Cancel: self._on_cancel,
             P.Shutdown: self._on_shutdown,
             P.Heartbeat: self._on_heartbeat,
+            P.Keep: self._on_keep,
+            P.Fetch: self._on_fetch,
+            P.Copy: self._on_copy,
+            P.Forget: self._on_forget,
         })
         self.core = N.NodeCore(config.slots, config.heartbeat_s, config.start_timeout_s)
         self._core_lock = threading.Lock()               # handle() is called from workers too
         self.live: dict[int, TaskContext] = {}            # spawned tasks running here
+        #: checkpoint copies held here: of this node's spawned tasks, and its buddies'
+        self.copies = Copies()
+        self._missing: set[tuple[int, int]] = set()       # copies asked for, not held there
+        #: where a spawned task's next checkpoint goes, as the coordinator said with the
+        #: last answer: (buddy node or 0, whether its bytes go to the coordinator too)
+        self.buddy: tuple[int, bool] = (0, True)
         self._do: dict[type, Callable[[Any], None]] = {
             N.SendHello: self._do_hello, N.SendBye: self._do_bye,
             N.SendHeartbeat: self._do_heartbeat, N.MarkHeard: self._do_mark_heard,
@@ -272,11 +283,58 @@ class Node(Site):
         ctx = TaskContext(self, tid, msg.parent, inc=msg.inc, siblings=msg.siblings)
         if msg.ckpt is not None:
             self._restore(ctx, msg.ckpt)
+            self.transport.post(P.COORDINATOR, P.Restored(tid, msg.inc, -1, True).encode())
         with self.lock:
             self.contexts[tid] = ctx
             self.live[tid] = ctx
-        threading.Thread(target=self._run_spawned, args=(ctx, msg.fn, msg.args, msg.kwargs),
+        at = tuple(msg.ckpt_at) if msg.ckpt_at is not None else None
+        threading.Thread(target=self._run_spawned,
+                         args=(ctx, msg.fn, msg.args, msg.kwargs, at),
                          name=f"cvm-task-{tid}", daemon=True).start()
+
+    def _restore_copy(self, ctx: TaskContext, source: int, seq: int) -> bool:
+        """Restore ``ctx`` from checkpoint copy ``seq``: this node's own, or the one node
+        ``source`` sends (waits for it; the coordinator kills this incarnation if that node
+        is lost meanwhile). Tells the coordinator RESTORED either way; False if the copy
+        was not there (the coordinator places the task again) or the wait was ended."""
+        tid, copies = ctx.tid, self.copies
+        blob = copies.get(tid, seq)
+        if blob is None and source != self.rank:
+            key = (tid, seq)
+            self.transport.wait(lambda: copies.get(tid, seq) is not None or key in self._missing
+                                or ctx.aborted or self.core.stopping)
+            self._missing.discard(key)
+            blob = copies.get(tid, seq)
+        if ctx.aborted or self.core.stopping:
+            return False
+        if blob is None:
+            log.warning("task %d: node %d holds no copy of its checkpoint %d", tid, source, seq)
+            self.transport.post(P.COORDINATOR, P.Restored(tid, ctx.inc, seq, False).encode())
+            return False
+        frames = wire.unpack_frames(bytearray(blob))    # a task may change its arrays
+        self._restore(ctx, wire.loads(frames[0], frames[1:]))
+        self.transport.post(P.COORDINATOR, P.Restored(tid, ctx.inc, seq, True).encode())
+        return True
+
+    # checkpoint copies (clustervm.copies): kept for a buddy, fetched for a restart
+    def _on_keep(self, src: int, msg: P.Keep) -> None:
+        self.copies.put(msg.tid, msg.inc, msg.seq, msg.blob)
+        self.transport.post(P.COORDINATOR, P.Held(msg.tid, msg.inc, msg.seq).encode())
+
+    def _on_fetch(self, src: int, msg: P.Fetch) -> None:
+        blob = self.copies.get(msg.tid, msg.seq)
+        self.transport.post(msg.to, P.Copy(msg.tid, msg.seq, None if blob is None
+                                           else wire.as_blob_frame(blob)).encode())
+
+    def _on_copy(self, src: int, msg: P.Copy) -> None:
+        if msg.blob is None:
+            self._missing.add((msg.tid, msg.seq))
+        else:
+            self.copies.put(msg.tid, -1, msg.seq, msg.blob)
+        self.transport.notify()
+
+    def _on_forget(self, src: int, msg: P.Forget) -> None:
+        self.copies.drop(msg.tid)
 
     def _restore(self, ctx: TaskContext, ckpt: dict) -> None:
         """Bring a checkpoint back: state, counters, the mailbox and the replay log."""
@@ -312,10 +370,17 @@ class Node(Site):
                     self.transport.post(loc.rank, P.User.make(ctx.tid, dst, tag, data,
                                                               ctx.inc, seq))
 
-    def _run_spawned(self, ctx: TaskContext, fn_ref: str, args: Any, kwargs: Any) -> None:
+    def _run_spawned(self, ctx: TaskContext, fn_ref: str, args: Any, kwargs: Any,
+                     at: tuple[int, int] | None = None) -> None:
         tls = current._tls
         tls.site, tls.tid, tls.ctx = self, ctx.tid, ctx
         ok, value = True, None
+        if at is not None and not self._restore_copy(ctx, *at):
+            with self.lock:
+                if self.live.get(ctx.tid) is ctx:
+                    del self.live[ctx.tid]
+            self._run(N.SpawnedEnded(ctx.tid, ctx.inc))
+            return          # no EXITED: the coordinator places it again, or killed it
         try:
             if getattr(ctx, "_outlog", None):
                 self._replay_outlog(ctx)
@@ -382,9 +447,18 @@ class Node(Site):
             text = text.replace(" at ['state']", " at state", 1).split("; or opt in to pickle")[0]
             raise WireError(text + ". Checkpoints are msgpack and numpy only, never pickle") \
                 from None
+        blob = wire.pack_frames([head, *bufs])
+        # a spawned task's checkpoint stays here, and a copy goes to the buddy node (the
+        # buddy store, clustervm.copies); a short task's goes to the coordinator
+        buddy, to_store = self.buddy if self.live.get(ctx.tid) is ctx else (0, True)
+        frame = wire.as_blob_frame(blob)
+        if buddy:
+            self.copies.put(ctx.tid, ctx.inc, seq, blob)
+            if not self.transport.post(buddy, P.Keep(ctx.tid, ctx.inc, seq, frame).encode()):
+                buddy, to_store = 0, True
         ctx.__dict__["_ckpt_call"] = self.call_start(
-            "checkpoint", ctx.tid, ctx.inc, seq, delivered, wire.pack_frames([head, *bufs]),
-            post=True)
+            "checkpoint", ctx.tid, ctx.inc, seq, delivered, frame if to_store or not buddy
+            else None, buddy, post=True)
 
     def settle_checkpoint(self, ctx: TaskContext | None,
                           at_end: bool = False) -> BaseException | None:
@@ -396,7 +470,9 @@ class Node(Site):
         if reqid is None:
             return None
         try:
-            self.call_result(reqid, "checkpoint")
+            answer = self.call_result(reqid, "checkpoint")
+            if answer is not None:           # where the next one goes
+                self.buddy = (int(answer[0]), bool(answer[1]))
         except SystemExit:
             raise
         except Exception as exc:   # noqa: BLE001

@@ -177,22 +177,28 @@ class Run(Message):
 
 class Spawn(Message):
     """Start incarnation ``inc`` of spawned task ``tid``: ``fn_ref(ctx, *args, **kwargs)``
-    from checkpoint ``ckpt`` (None: from the start); ``replay``: others log what they
-    send it; ``siblings``: (first tid, count) of its spawn (coordinator -> node)."""
-    __slots__ = ("tid", "parent", "fn", "args", "kwargs", "inc", "ckpt", "replay", "siblings")
+    from checkpoint ``ckpt`` (None: from the start, or from ``ckpt_at``); ``replay``:
+    others log what they send it; ``siblings``: (first tid, count) of its spawn;
+    ``ckpt_at``: ``(rank, seq)``, a node's copy of checkpoint ``seq`` to start from (this
+    node's own, or one a COPY from ``rank`` brings), or None (coordinator -> node)."""
+    __slots__ = ("tid", "parent", "fn", "args", "kwargs", "inc", "ckpt", "replay", "siblings",
+                 "ckpt_at")
     OP = 11
-    TYPES = (int, (int, _NONE), str, _SEQ, dict, int, (dict, _NONE), int, (*_SEQ, _NONE))
+    TYPES = (int, (int, _NONE), str, _SEQ, dict, int, (dict, _NONE), int, (*_SEQ, _NONE),
+             (*_SEQ, _NONE))
     TO = frozenset({"node"})
 
     def __init__(self, tid: int, parent: int | None, fn: str, args: tuple, kwargs: dict,
                  inc: int, ckpt: dict | None, replay: bool,
-                 siblings: tuple[int, int] | None) -> None:
+                 siblings: tuple[int, int] | None, ckpt_at: tuple[int, int] | None = None
+                 ) -> None:
         self.tid, self.parent, self.fn, self.args, self.kwargs = tid, parent, fn, args, kwargs
         self.inc, self.ckpt, self.replay, self.siblings = inc, ckpt, replay, siblings
+        self.ckpt_at = ckpt_at
 
     def encode(self) -> tuple:
         return (11, self.tid, self.parent, self.fn, self.args, self.kwargs, self.inc,
-                self.ckpt, self.replay, self.siblings)
+                self.ckpt, self.replay, self.siblings, self.ckpt_at)
 
 
 class Kill(Message):
@@ -272,6 +278,98 @@ class Cancel(Message):
         return (16, self.tid)
 
 
+# -- checkpoint copies (issue 14's buddy store) ---------------------------------------
+
+class Keep(Message):
+    """Hold a copy of checkpoint ``seq`` of incarnation ``inc`` of task ``tid``: ``blob``
+    as its node encoded it (bytes, or a uint8 array when large: wire.as_blob_frame);
+    answered by a HELD to the coordinator (node -> its buddy)."""
+    __slots__ = ("tid", "inc", "seq", "blob")
+    OP = 30
+    TYPES = (int, int, int, object)
+    TO = frozenset({"node"})
+
+    def __init__(self, tid: int, inc: int, seq: int, blob: Any) -> None:
+        self.tid, self.inc, self.seq, self.blob = tid, inc, seq, blob
+
+    def encode(self) -> tuple:
+        return (30, self.tid, self.inc, self.seq, self.blob)
+
+
+class Held(Message):
+    """This node holds a copy of checkpoint ``seq`` of task ``tid`` (incarnation ``inc``)
+    (buddy -> coordinator)."""
+    __slots__ = ("tid", "inc", "seq")
+    OP = 31
+    TYPES = (int, int, int)
+    TO = frozenset({"coordinator"})
+
+    def __init__(self, tid: int, inc: int, seq: int) -> None:
+        self.tid, self.inc, self.seq = tid, inc, seq
+
+    def encode(self) -> tuple:
+        return (31, self.tid, self.inc, self.seq)
+
+
+class Fetch(Message):
+    """Send your copy of checkpoint ``seq`` of task ``tid`` to node ``to`` as a COPY
+    (coordinator -> a node that holds it)."""
+    __slots__ = ("tid", "seq", "to")
+    OP = 32
+    TYPES = (int, int, int)
+    TO = frozenset({"node"})
+
+    def __init__(self, tid: int, seq: int, to: int) -> None:
+        self.tid, self.seq, self.to = tid, seq, to
+
+    def encode(self) -> tuple:
+        return (32, self.tid, self.seq, self.to)
+
+
+class Copy(Message):
+    """Checkpoint ``seq`` of task ``tid`` for the node that restarts it; ``blob`` None:
+    the sender no longer holds it (node -> node)."""
+    __slots__ = ("tid", "seq", "blob")
+    OP = 33
+    TYPES = (int, int, object)
+    TO = frozenset({"node"})
+
+    def __init__(self, tid: int, seq: int, blob: Any) -> None:
+        self.tid, self.seq, self.blob = tid, seq, blob
+
+    def encode(self) -> tuple:
+        return (33, self.tid, self.seq, self.blob)
+
+
+class Restored(Message):
+    """Incarnation ``inc`` of task ``tid`` runs again from checkpoint copy ``seq`` (``ok``),
+    or could not get that copy (not ``ok``) (node -> coordinator)."""
+    __slots__ = ("tid", "inc", "seq", "ok")
+    OP = 34
+    TYPES = (int, int, int, int)
+    TO = frozenset({"coordinator"})
+
+    def __init__(self, tid: int, inc: int, seq: int, ok: bool) -> None:
+        self.tid, self.inc, self.seq, self.ok = tid, inc, seq, ok
+
+    def encode(self) -> tuple:
+        return (34, self.tid, self.inc, self.seq, self.ok)
+
+
+class Forget(Message):
+    """Task ``tid`` is over: drop the copies of its checkpoints (coordinator -> node)."""
+    __slots__ = ("tid",)
+    OP = 35
+    TYPES = (int,)
+    TO = frozenset({"node"})
+
+    def __init__(self, tid: int) -> None:
+        self.tid = tid
+
+    def encode(self) -> tuple:
+        return (35, self.tid)
+
+
 # -- task -> task ------------------------------------------------------------------
 
 class User(Message):
@@ -312,12 +410,14 @@ def _decode_user(t: tuple) -> User:
 
 #: Every message kind, once.
 KINDS: tuple[type[Message], ...] = (Hello, Done, Exited, Req, Heartbeat, Bye, Run, Spawn,
-                                    Kill, Reply, Loc, Shutdown, Cancel, User)
+                                    Kill, Reply, Loc, Shutdown, Cancel, User,
+                                    Keep, Held, Fetch, Copy, Restored, Forget)
 
 # the op codes by name (P.USER, ...), as tests and tools spell them
 HELLO, DONE, EXITED, REQ, HEARTBEAT, BYE = (k.OP for k in KINDS[:6])
 RUN, SPAWN, KILL, REPLY, LOC, SHUTDOWN, CANCEL = (k.OP for k in KINDS[6:13])
 USER = User.OP
+KEEP, HELD, FETCH, COPY, RESTORED, FORGET = (k.OP for k in KINDS[14:20])
 
 _new = object.__new__
 
@@ -417,7 +517,10 @@ def decode(msg: Any) -> Message:
 REQUESTS: dict[str, str] = {
     "locate": "(tid, ended_ok=False) -> (rank, inc, replay): where a task runs now "
               "(rank None: being recovered; ENDED: it has ended and ended_ok)",
-    "checkpoint": "(tid, inc, seq, delivered, blob) -> None: store a task's checkpoint",
+    "checkpoint": "(tid, inc, seq, delivered, blob, buddy=0) -> (buddy, to_store): a task's "
+                  "checkpoint: blob (None: not sent here) kept by the coordinator, and/or by "
+                  "the node and a copy sent to node buddy; answered once every copy is "
+                  "held, with where to send the next one",
     "submit": "(parent, fn_ref, args, kwargs) -> the result, once the short task ran",
     "spawn": "(parent, fn_ref, args, kwargs, count, where, replay=True, per=None) -> [tid]",
     "join": "(tid) -> the return value of a spawned task, once it has ended",

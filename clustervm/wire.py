@@ -375,6 +375,20 @@ def pack_frames(frames: Sequence[Any]) -> bytes:
     return b"".join([head, *views])
 
 
+#: blobs from this size on travel as a uint8 array (out of band), not inside the payload
+BLOB_OUT_OF_BAND = 64 * 1024
+
+
+def as_blob_frame(blob: bytes) -> Any:
+    """``blob`` as a message field: a large one as a read-only uint8 numpy array over it, so
+    it leaves as its own MPI message instead of being copied into the msgpack payload (a
+    200 MB checkpoint would be copied twice); the receiver gets a uint8 array."""
+    if len(blob) < BLOB_OUT_OF_BAND:
+        return blob
+    import numpy as np
+    return np.frombuffer(blob, np.uint8)
+
+
 def unpack_frames(blob: Any) -> list[memoryview]:
     """The frames of a :func:`pack_frames` blob, as views into it (no copy)."""
     view = memoryview(blob).cast("B")

@@ -371,3 +371,121 @@ def test_vm_mailbox_put_get_wait_and_delete() -> None:
     assert (a.reply, a.ok) == ("r5", True) and "x" not in core.info
     (a,) = of(core.handle(E.InfoDeleted("x", "r6")), I.Answer)
     assert not a.ok and "nothing to delete" in str(a.value)
+
+
+# -- the buddy store (issue 14): who holds which checkpoint ---------------------------
+
+def spawned_on(core: Core, tid: int, now: float = 0.0) -> int:
+    (place,) = of(core.handle(E.TaskSpawned(tid, 1, now)), I.PlaceSpawned)
+    return place.rank
+
+
+def test_a_buddy_copy_is_acknowledged_once_the_buddy_holds_it() -> None:
+    core = up(3)
+    r = spawned_on(core, 50)
+    # the first one goes to the coordinator (no buddy known yet), and names the buddy
+    (commit,) = of(core.handle(E.CheckpointStored(r, 50, 0, 1, 1.0)), I.CommitCheckpoint)
+    buddy = commit.buddy
+    assert (commit.holders, commit.to_store) == ((0,), False)
+    assert buddy != r and buddy in core.alive_ranks()
+    # the next: the node keeps it and sends a copy to the buddy; no bytes to rank 0
+    out = core.handle(E.CheckpointStored(r, 50, 0, 2, 2.0, buddy, False))
+    assert of(out, I.CommitCheckpoint) == [] and of(out, I.StoreCheckpoint) == []
+    (commit,) = of(core.handle(E.CheckpointHeld(buddy, 50, 0, 2, 2.1)), I.CommitCheckpoint)
+    assert (commit.rank, commit.seq, commit.holders) == (r, 2, tuple(sorted((r, buddy))))
+    # HELD may come first: then the node's call completes it
+    assert of(core.handle(E.CheckpointHeld(buddy, 50, 0, 3, 3.0)), I.CommitCheckpoint) == []
+    (commit,) = of(core.handle(E.CheckpointStored(r, 50, 0, 3, 3.1, buddy, False)),
+                   I.CommitCheckpoint)
+    assert commit.seq == 3
+    # late or stale words are ignored
+    assert core.handle(E.CheckpointHeld(buddy, 50, 0, 2, 4.0)) == []
+    assert core.handle(E.CheckpointStored(r, 50, 0, 3, 4.0, buddy, False)) == []
+    assert core.stats["ckpt_written"] == 3
+
+
+def test_a_buddy_lost_before_it_holds_the_copy_is_not_waited_for() -> None:
+    core = up(3)
+    r = spawned_on(core, 50)
+    buddy = 3 if r != 3 else 1
+    core.handle(E.CheckpointStored(r, 50, 0, 1, 1.0, buddy, False))
+    (commit,) = of(core.handle(E.NodeLost(buddy, LossCause.ULFM, 2.0)), I.CommitCheckpoint)
+    assert commit.holders == (r,) and commit.buddy not in (0, r, buddy)
+
+
+def test_a_lost_nodes_task_restarts_where_its_copy_is() -> None:
+    core = up(4)
+    r = spawned_on(core, 50)
+    buddy = r % 4 + 1
+    core.handle(E.CheckpointStored(r, 50, 0, 1, 1.0, buddy, False),
+                E.CheckpointHeld(buddy, 50, 0, 1, 1.0))
+    out = core.handle(E.NodeLost(r, LossCause.ULFM, 2.0))
+    (again,) = of(out, I.PlaceSpawned)
+    assert (again.rank, again.source, again.seq, again.inc) == (buddy, buddy, 1, 1)
+    # it runs again there: the buddy is its new node and holds the copy
+    assert core.handle(E.TaskRestored(buddy, 50, 1, 1, True, 2.1)) == []
+    assert core.tasks[50].ckpt == (1, frozenset({buddy}))
+    # it ends: the holders still alive drop their copies
+    out = core.handle(E.SpawnedExited(buddy, 50, 1, True, "v", 3.0))
+    assert of(out, I.DropCheckpoints) == [I.DropCheckpoints(50, (buddy,))]
+
+
+def test_a_task_placed_away_from_its_copy_gets_it_and_a_lost_source_places_it_again() -> None:
+    core = up(4)
+    r = spawned_on(core, 50, 0.0)
+    buddy = r % 4 + 1
+    core.handle(E.CheckpointStored(r, 50, 0, 1, 1.0, buddy, False),
+                E.CheckpointHeld(buddy, 50, 0, 1, 1.0))
+    for tid in (51, 52):          # the buddy gets busier than the other nodes
+        core.handle(E.TaskSpawned(tid, 1, 0.0, frozenset({buddy})))
+    (again,) = of(core.handle(E.NodeLost(r, LossCause.ULFM, 2.0)), I.PlaceSpawned)
+    assert again.rank not in (r, buddy) and (again.source, again.seq) == (buddy, 1)
+    # the buddy dies before the copy came: that incarnation is ended, and with no copy
+    # left (and messages received) the job cannot go on exactly: a clear error
+    out = core.handle(E.NodeLost(buddy, LossCause.ULFM, 2.5))
+    assert I.KillTask(again.rank, 50, 1) in out
+    (fatal,) = of(out, I.Fatal)
+    assert "every copy of its checkpoint 1" in str(fatal.error)
+    assert "--checkpoint-dir" in str(fatal.error)
+    assert 50 not in core.tasks
+
+
+def test_copies_lost_with_no_message_received_restart_from_the_start() -> None:
+    core = up(3)
+    r = spawned_on(core, 50)
+    buddy = r % 3 + 1
+    core.handle(E.CheckpointStored(r, 50, 0, 1, 1.0, buddy, False, received=False),
+                E.CheckpointHeld(buddy, 50, 0, 1, 1.0))
+    out = core.handle(E.NodeLost(r, LossCause.ULFM, 2.0), E.NodeLost(buddy, LossCause.ULFM, 2.0))
+    again = of(out, I.PlaceSpawned)[-1]     # at the buddy first, then (lost too) anywhere
+    assert (again.source, again.restart) == (0, True) and not of(out, I.Fatal)
+    assert any("starts again from the start" in w.text for w in of(out, I.Warn))
+
+
+def test_with_a_journal_a_checkpoint_is_acknowledged_once_written() -> None:
+    core = up(3, journal=True)
+    r = spawned_on(core, 50)
+    buddy = r % 3 + 1
+    out = core.handle(E.CheckpointStored(r, 50, 0, 1, 1.0, buddy, True),
+                      E.CheckpointHeld(buddy, 50, 0, 1, 1.0))
+    assert of(out, I.StoreCheckpoint) == [I.StoreCheckpoint(50, 1)]
+    assert of(out, I.CommitCheckpoint) == []
+    (commit,) = of(core.handle(E.CheckpointWritten(50, 1, True, 1.2)), I.CommitCheckpoint)
+    assert commit.holders == tuple(sorted((0, r, buddy))) and commit.to_store
+    # a node and its buddy lost at once: the disk copy restarts it (source 0)
+    out = core.handle(E.NodeLost(r, LossCause.ULFM, 2.0), E.NodeLost(buddy, LossCause.ULFM, 2.0))
+    again = of(out, I.PlaceSpawned)[-1]
+    assert again.source == 0 and not of(out, I.Fatal)
+
+
+def test_a_copy_that_is_not_there_sends_the_restart_to_the_next_holder() -> None:
+    core = up(4)
+    r = spawned_on(core, 50)
+    buddy = r % 4 + 1
+    core.handle(E.CheckpointStored(r, 50, 0, 1, 1.0, buddy, False),
+                E.CheckpointHeld(buddy, 50, 0, 1, 1.0))
+    (again,) = of(core.handle(E.NodeLost(r, LossCause.ULFM, 2.0)), I.PlaceSpawned)
+    assert again.source == buddy
+    out = core.handle(E.TaskRestored(again.rank, 50, again.inc, 1, False, 2.2))
+    # no holder left: the job cannot go on (messages were received)
+    assert of(out, I.Fatal)

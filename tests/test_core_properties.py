@@ -67,6 +67,7 @@ class CoreMachine(RuleBasedStateMachine):
                          heartbeat_s=HEARTBEAT_S, replace_failed=self.replace, journal=True,
                          resume=resume, t0=self.now)
         self.world = {r: World(r) for r in range(1, self.n + 1)}
+        self.ckpt_seq: dict[int, int] = {}      # tid -> newest checkpoint acknowledged
         self.submitted: dict[int, TaskKind] = {}
         self.resolved: dict[int, int] = {}
         self.requests = 0
@@ -219,7 +220,16 @@ class CoreMachine(RuleBasedStateMachine):
         sent_inc = inc - 1 if stale else inc
         out = self.feed(E.CheckpointStored(w.rank, tid, sent_inc, seq, self.now))
         stored = [i for i in out if isinstance(i, I.StoreCheckpoint)]
-        assert stored == ([] if stale else [I.StoreCheckpoint(tid, seq)])
+        commits = [i for i in out if isinstance(i, I.CommitCheckpoint)]
+        newer = not stale and seq > self.ckpt_seq.get(tid, 0)
+        assert stored == ([I.StoreCheckpoint(tid, seq)] if newer else [])
+        assert commits == []      # a journal: not acknowledged before it is on disk
+        if newer:
+            out = self.feed(E.CheckpointWritten(tid, seq, True, self.now))
+            # no buddy copy: acknowledged once written, held by the coordinator's store
+            assert [(c.tid, c.seq, c.holders, c.rank, c.to_store) for c in out
+                    if isinstance(c, I.CommitCheckpoint)] == [(tid, seq, (0,), w.rank, True)]
+            self.ckpt_seq[tid] = seq
 
     @rule(pick=st.integers(0, 10))
     def crash(self, pick: int) -> None:

@@ -136,11 +136,52 @@ class TaskKilled(Event):
 
 @record
 class CheckpointStored(Event):
-    """Task ``tid`` (incarnation ``inc``, on node ``rank``) sent checkpoint ``seq``."""
+    """Task ``tid`` (incarnation ``inc``, on node ``rank``) sent checkpoint ``seq``.
+
+    ``stored``: its bytes came to the coordinator, which keeps them (and, with a
+    journal, writes them: a CheckpointWritten follows). ``buddy``: a node rank when the
+    node keeps the checkpoint itself and sent a copy to that node (a CheckpointHeld
+    follows from it); 0: no buddy copy. ``received``: the task had received messages
+    (a restart from the start would not get them again)."""
     rank: int
     tid: int
     inc: int
     seq: int
+    now: float
+    buddy: int = 0
+    stored: bool = True
+    received: bool = True
+
+
+@record
+class CheckpointHeld(Event):
+    """Node ``rank`` holds its copy of checkpoint ``seq`` of task ``tid`` (``inc``)."""
+    rank: int
+    tid: int
+    inc: int
+    seq: int
+    now: float
+
+
+@record
+class CheckpointWritten(Event):
+    """The coordinator's write of checkpoint ``seq`` of task ``tid`` to the checkpoint
+    directory ended (``ok``; if not, the shell holds the error)."""
+    tid: int
+    seq: int
+    ok: bool
+    now: float
+
+
+@record
+class TaskRestored(Event):
+    """Incarnation ``inc`` of task ``tid`` runs again on node ``rank`` from copy ``seq``
+    (``ok``), or could not get that copy (not ``ok``)."""
+    rank: int
+    tid: int
+    inc: int
+    seq: int
+    ok: bool
     now: float
 
 

@@ -43,13 +43,17 @@ class PlaceSpawned(Instruction):
     """Start incarnation ``inc`` of spawned task ``tid`` on node ``rank`` (SPAWN).
 
     ``restart``: it ran before (load its checkpoint). ``tell``: the ranks to send its
-    new location to (LOC), the coordinator's own table included by the shell."""
+    new location to (LOC), the coordinator's own table included by the shell.
+    ``source``: where its checkpoint ``seq`` is: 0, the coordinator's store (or none);
+    ``rank`` itself, the node's own copy; another node, which is to send its copy."""
     rank: int
     tid: int
     inc: int
     restart: bool
     replay: bool
     tell: tuple
+    source: int = 0
+    seq: int = 0
 
 
 @record
@@ -117,15 +121,31 @@ class JournalDone(Instruction):
 
 @record
 class StoreCheckpoint(Instruction):
-    """Keep checkpoint ``seq`` of task ``tid`` (the shell holds its bytes)."""
+    """Keep checkpoint ``seq`` of task ``tid`` (the shell holds its bytes); with a
+    journal, write it to the checkpoint directory behind the run (CheckpointWritten)."""
     tid: int
     seq: int
 
 
 @record
-class DropCheckpoints(Instruction):
-    """Task ``tid`` is over: its checkpoints may go."""
+class CommitCheckpoint(Instruction):
+    """Every copy of checkpoint ``seq`` of task ``tid`` is held (by ``holders``: node
+    ranks, 0 the coordinator's store): answer its node ``rank``, saying where the next
+    one goes (``buddy``, 0: none; ``to_store``: send its bytes to the coordinator too),
+    and let the senders of what it received forget those messages."""
+    rank: int
     tid: int
+    seq: int
+    holders: tuple
+    buddy: int
+    to_store: bool
+
+
+@record
+class DropCheckpoints(Instruction):
+    """Task ``tid`` is over: its checkpoints may go, the copies ``holders`` hold too."""
+    tid: int
+    holders: tuple = ()
 
 
 @record

@@ -18,7 +18,7 @@ from collections import deque
 from heapq import heapify, heappop, heappush
 from typing import Any, Callable
 
-from ..errors import NoNodesError
+from ..errors import CheckpointError, NoNodesError
 from . import events as E
 from . import instructions as I
 from .enums import LossCause, NodeState, TaskKind, TaskState
@@ -78,7 +78,8 @@ class Node:
 class Task:
     """What the core knows of one task (its function and arguments stay in the shell)."""
     __slots__ = ("tid", "kind", "parent", "state", "node", "where", "attempts", "inc",
-                 "replay", "t_start", "t_ckpt", "digest")
+                 "replay", "t_start", "t_ckpt", "digest", "ckpt", "pend", "restoring",
+                 "received")
 
     def __init__(self, tid: int, kind: TaskKind, parent: int, where: set[int] | None,
                  digest: int = 0) -> None:
@@ -94,6 +95,34 @@ class Task:
         self.t_start = 0.0
         self.t_ckpt = 0.0
         self.digest = digest
+        #: the newest acknowledged checkpoint: (seq, holders), holders node ranks and 0
+        #: (the coordinator's store); None: none acknowledged in this run
+        self.ckpt: tuple[int, frozenset[int]] | None = None
+        self.pend: _Pending | None = None       # the checkpoint being acknowledged
+        #: while a restarted incarnation waits for a node's copy: (that rank, seq)
+        self.restoring: tuple[int, int] | None = None
+        #: its acknowledged checkpoint counts messages it received: restarting it from
+        #: the start would not get them again (their senders have forgotten them)
+        self.received = False
+
+
+class _Pending:
+    """A checkpoint on its way to being acknowledged: who holds it so far, and whose
+    word it still waits for (node ranks; WRITE: the coordinator's disk write)."""
+    __slots__ = ("seq", "rank", "sent", "holders", "waiting", "buddy", "received")
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.rank = 0           # the node that took it (known once its call came)
+        self.sent = False       # its node's call has come
+        self.holders: set[int] = set()
+        self.waiting: set[int] = set()
+        self.buddy = 0
+        self.received = True
+
+
+#: in _Pending.waiting: the write of the coordinator's copy to the checkpoint directory
+WRITE = -1
 
 
 class Core:
@@ -154,6 +183,9 @@ class Core:
             E.TaskCancelled: self._cancelled,
             E.TaskKilled: self._killed,
             E.CheckpointStored: self._checkpoint,
+            E.CheckpointHeld: self._checkpoint_held,
+            E.CheckpointWritten: self._checkpoint_written,
+            E.TaskRestored: self._restored,
             E.JournalLoaded: self._journal_loaded,
             E.ReplacementStarted: self._replacement_started,
             E.ReplacementEnded: self._replacement_ended,
@@ -419,6 +451,7 @@ class Core:
         if not self._alive and not self.joining():
             self._no_nodes_left()
             return
+        self._copies_lost(rank)
         for tid in sorted(spawned):
             t = self.tasks.get(tid)
             if t is not None and t.state is _RUNNING:
@@ -732,7 +765,13 @@ class Core:
         if self.journal and packed:
             out.append(I.JournalDone(tid, t.digest, ok, value))
         if t.t_ckpt or t.attempts or self.resume:     # it may have checkpoints
-            out.append(I.DropCheckpoints(tid))
+            held = set(t.ckpt[1]) if t.ckpt is not None else set()
+            if t.pend is not None:
+                held |= t.pend.holders | {t.pend.buddy}
+                t.pend = None
+            held.discard(0)
+            held.intersection_update(self._alive)
+            out.append(I.DropCheckpoints(tid, tuple(sorted(held))))
         if t.kind is _SPAWNED:
             self.ended[tid] = ok
             out.append(I.BroadcastLocation(tid, -1, t.inc, False, tuple(self._alive)))
@@ -780,22 +819,68 @@ class Core:
         self._place_spawned(t, self.resume, ev.now)
 
     def _place_spawned(self, t: Task, restart: bool, now: float) -> None:
-        n = self._pick(t.where) or self._pick(None)
+        holders = () if not restart or t.ckpt is None else \
+            sorted(r for r in t.ckpt[1] if r in self._alive)
+        n = None
+        if holders:    # restart where a copy of its checkpoint is, if as little loaded
+            best = self._pick(t.where) or self._pick(None)
+            near = self._pick(set(holders) & t.where if t.where else set(holders))
+            n = near if near is not None and best is not None and near.load <= best.load \
+                else best
+        else:
+            n = self._pick(t.where) or self._pick(None)
         if n is None:
             if self.joining():
                 t.node = None
                 self.homeless.append(t)
             self._no_nodes_left()
             return
+        source = seq = 0
+        if restart and t.ckpt is not None:
+            seq = t.ckpt[0]
+            if n.rank in holders:
+                source = n.rank
+            elif holders:
+                source = holders[0]
+            elif 0 not in t.ckpt[1] and not self.journal and not self._copies_gone(t):
+                return
+        t.restoring = (source, seq) if source and source != n.rank else None
         if restart:
             t.inc += 1
+            t.pend = None       # what the old incarnation had on its way is not waited for
         t.node, t.state, t.t_start = n.rank, _RUNNING, now
         n.spawned.add(t.tid)
         self._reindex(n)
         if self.observing:
             self._out.append(I.Observe("start", t.tid, n.rank))
         tell = tuple(self._alive) if restart else (n.rank,)
-        self._out.append(I.PlaceSpawned(n.rank, t.tid, t.inc, restart, t.replay, tell))
+        self._out.append(I.PlaceSpawned(n.rank, t.tid, t.inc, restart, t.replay, tell,
+                                        source, seq))
+
+    def _copies_gone(self, t: Task) -> bool:
+        """Every copy of ``t``'s acknowledged checkpoint was on nodes now lost, and no
+        directory holds one. A task that had received no message starts again from the
+        start (True); one that had cannot (the senders have forgotten those messages), and
+        the job ends with an error that says so (False)."""
+        seq = t.ckpt[0] if t.ckpt is not None else 0
+        if not t.received:
+            self._out.append(I.Warn(
+                f"task {t.tid}: every copy of its checkpoint {seq} was on nodes that are "
+                f"lost; it starts again from the start (it had received no message)"))
+            t.ckpt = None
+            return True
+        err = CheckpointError(
+            f"task {t.tid} cannot be restarted: every copy of its checkpoint {seq} was on "
+            f"nodes that are lost at once (the node that ran it and its buddy), and the "
+            f"messages it had received before it are forgotten, so the job cannot go on. "
+            f"Run the job with --checkpoint-dir DIR to keep a copy on disk as well")
+        t.node = None
+        self.fatal = err
+        self._out.append(I.Fatal(err))
+        for other in list(self.tasks.values()):
+            self._finish(other, False, err, packed=False)
+        self.pending.clear()
+        return False
 
     def _exited(self, ev: E.SpawnedExited) -> None:
         t = self.tasks.get(ev.tid)
@@ -835,8 +920,122 @@ class Core:
             # while the task waits for a new one (same incarnation until it is placed)
             return
         t.t_ckpt = ev.now
+        p = self._pending(t, ev.seq)
+        if p is None:
+            return
+        p.sent, p.rank, p.received = True, ev.rank, ev.received
+        if ev.stored:
+            p.holders.add(0)
+            self._out.append(I.StoreCheckpoint(ev.tid, ev.seq))
+            if self.journal:
+                p.waiting.add(WRITE)
+        buddy = ev.buddy
+        if buddy:
+            p.holders.add(ev.rank)          # the node keeps its own copy
+            p.buddy = buddy
+            if buddy in self._alive and buddy not in p.holders:
+                p.waiting.add(buddy)        # until its HELD comes (or it is lost)
+        self._commit_if_held(t)
+
+    def _pending(self, t: Task, seq: int) -> _Pending | None:
+        """The pending checkpoint ``seq`` of ``t`` (made if new); None if it is older
+        than one already acknowledged or pending (a late duplicate)."""
+        p = t.pend
+        if p is not None and p.seq == seq:
+            return p
+        if (t.ckpt is not None and seq <= t.ckpt[0]) or (p is not None and seq < p.seq):
+            return None
+        t.pend = p = _Pending(seq)
+        return p
+
+    def _checkpoint_held(self, ev: E.CheckpointHeld) -> None:
+        t = self.tasks.get(ev.tid)
+        if t is None or t.inc != ev.inc or t.state is not _RUNNING \
+                or ev.rank not in self._alive:
+            return
+        p = self._pending(t, ev.seq)
+        if p is None:
+            return
+        p.holders.add(ev.rank)
+        p.waiting.discard(ev.rank)
+        self._commit_if_held(t)
+
+    def _checkpoint_written(self, ev: E.CheckpointWritten) -> None:
+        t = self.tasks.get(ev.tid)
+        p = t.pend if t is not None else None
+        if p is None or p.seq != ev.seq:
+            return
+        if not ev.ok:
+            p.holders.discard(0)
+        p.waiting.discard(WRITE)
+        self._commit_if_held(t)
+
+    def _commit_if_held(self, t: Task) -> None:
+        """Acknowledge ``t``'s pending checkpoint once its node's call came and every copy
+        it waits for is held (a buddy lost meanwhile is not waited for)."""
+        p = t.pend
+        if p is None or not p.sent or p.waiting:
+            return
+        t.pend = None
+        t.ckpt = (p.seq, frozenset(p.holders))
+        t.received = t.received or p.received
         self.stats["ckpt_written"] += 1
-        self._out.append(I.StoreCheckpoint(ev.tid, ev.seq))
+        buddy = self._buddy_of(p.rank)
+        self._out.append(I.CommitCheckpoint(p.rank, t.tid, p.seq, tuple(sorted(p.holders)),
+                                            buddy, self.journal or not buddy))
+
+    def _buddy_of(self, rank: int) -> int:
+        """The node that keeps copies of ``rank``'s checkpoints: the next alive node in
+        rank order (wrapping round); 0 (none: the coordinator keeps them) if it is alone."""
+        after = [r for r in self._alive if r != rank]
+        if not after:
+            return 0
+        later = [r for r in after if r > rank]
+        return min(later) if later else min(after)
+
+    def _copies_lost(self, rank: int) -> None:
+        """Node ``rank`` is lost: so are the checkpoint copies it held. A pending
+        checkpoint stops waiting for it; a restart that was to get its copy from it is
+        placed again with another."""
+        now = self._now
+        for t in list(self.tasks.values()):
+            if t.kind is not _SPAWNED or t.state is not _RUNNING:
+                continue
+            if t.ckpt is not None and rank in t.ckpt[1]:
+                t.ckpt = (t.ckpt[0], t.ckpt[1] - {rank})
+            p = t.pend
+            if p is not None:
+                p.holders.discard(rank)
+                if rank in p.waiting:
+                    p.waiting.discard(rank)
+                    self._commit_if_held(t)
+            if t.restoring is not None and t.restoring[0] == rank and t.node != rank:
+                n = self.nodes.get(t.node)
+                if n is not None:
+                    n.spawned.discard(t.tid)
+                    self._reindex(n)
+                    self._out.append(I.KillTask(n.rank, t.tid, t.inc))
+                t.restoring = None
+                self._place_spawned(t, True, now)
+
+    def _restored(self, ev: E.TaskRestored) -> None:
+        t = self.tasks.get(ev.tid)
+        if t is None or t.inc != ev.inc or t.node != ev.rank or t.state is not _RUNNING:
+            return
+        source, t.restoring = t.restoring, None
+        if ev.ok:
+            if t.ckpt is not None and t.ckpt[0] == ev.seq:    # it holds a copy now
+                t.ckpt = (ev.seq, t.ckpt[1] | {ev.rank})
+            return
+        # the copy it was to start from was not there: try the next one
+        gone = {ev.rank} if source is None else {ev.rank, source[0]}
+        if t.ckpt is not None and t.ckpt[0] == ev.seq:
+            t.ckpt = (ev.seq, t.ckpt[1] - gone)
+        n = self.nodes.get(t.node)
+        if n is not None:
+            n.spawned.discard(t.tid)
+            self._reindex(n)
+        self._place_spawned(t, True, ev.now)
 
     def _journal_loaded(self, ev: E.JournalLoaded) -> None:
         for tid, digest, ok, value in ev.entries:

@@ -1,0 +1,120 @@
+"""The buddy store (issue 14) under real mpiexec: checkpoints kept by the nodes, not rank 0.
+
+A spawned task's checkpoint stays on its node and one copy goes to the next
+node (its buddy); the coordinator only records who holds which. The drills kill
+real node processes with SIGKILL at a moment they wait for (marker files the
+ring app writes after its checkpoints) and assert the undisturbed result, or,
+when a node and its buddy are lost at once without a checkpoint directory, a
+clear error that says so and how to avoid it.
+
+Ring app (tests/apps/ring_ckpt_app.py): task i on node i+1 with ``-n 5`` (four
+nodes, one task each); node r's buddy is node r+1, node 4's is node 1.
+"""
+from __future__ import annotations
+
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_job
+
+pytestmark = pytest.mark.mpi
+
+RING = str(ROOT / "tests" / "apps" / "ring_ckpt_app.py")
+ARGS = ["--tasks", "4", "--steps", "240", "--every", "10", "--step-ms", "8"]
+TIMEOUT = 90.0
+_expected: list[str] = []
+
+
+def expected() -> str:
+    if not _expected:
+        res = run_job([RING, *ARGS], n=5, timeout=TIMEOUT)
+        assert res.rc == 0, f"undisturbed run failed ({res.rc}):\n{res.out}\n{res.err}"
+        _expected.append(res.line("ring:"))
+    return _expected[0]
+
+
+def ranks_with_checkpoints(d: Path, k: int) -> dict[int, int]:
+    """{task index: rank} of the tasks that made at least ``k`` checkpoint calls."""
+    out = {}
+    for p in d.iterdir():
+        m = re.match(r"^ckpt-(\d+)-(\d+)-r(\d+)$", p.name)
+        if m and int(m.group(2)) >= k:
+            out[int(m.group(1))] = int(m.group(3))
+    return out
+
+
+def wait_for(pred, what: str, j, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while not (got := pred()):
+        if j.proc.poll() is not None:
+            out, err = j.proc.communicate()
+            raise AssertionError(f"job ended ({j.proc.returncode}) before {what}:\n{out}\n{err}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+    return got
+
+
+def report(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if "clustervm report:" in ln]
+    assert lines, f"no end-of-job report:\n{err}"
+    return lines[-1]
+
+
+def kill_after_checkpoints(j, d: Path, ranks: list[int]) -> None:
+    """Wait until every task made 3 checkpoint calls (so 2 are acknowledged), then
+    SIGKILL the node processes of ``ranks`` at once."""
+    wait_for(lambda: len(ranks_with_checkpoints(d, 3)) == 4, "3 checkpoints of every task", j)
+    pids = j.rank_pids(count=5)
+    for r in ranks:
+        import os
+        os.kill(pids[r], signal.SIGKILL)
+
+
+def test_node_killed_restarts_from_its_buddys_copy(job, tmp_path):
+    """Memory only: node 2 dies; its task restarts from the copy node 3 holds (no
+    checkpoint went to the coordinator after the first), the result is exact, and
+    the report says when the task ran again."""
+    want = expected()
+    j = job([RING, *ARGS, "--markers", str(tmp_path)], n=5, timeout=TIMEOUT)
+    kill_after_checkpoints(j, tmp_path, [2])
+    res = j.wait()
+    assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
+    assert res.line("ring:") == want
+    rep = report(res.err)
+    assert "1 node(s) lost: node 2" in rep, rep
+    assert re.search(r"[1-9]\d* restored", rep), rep
+    m = re.search(r"running again from checkpoints after loss detected: node 2 (\d+\.\d+) s",
+                  rep)
+    assert m, rep
+
+
+def test_node_and_its_buddy_killed_together_without_a_directory(job, tmp_path):
+    """Nodes 2 and 3 die at once: node 2's task had its copies on both, so it cannot
+    go on; the job ends with an error that names the loss and --checkpoint-dir.
+    Node 3's task restarts from node 4's copy."""
+    j = job([RING, *ARGS, "--markers", str(tmp_path)], n=5, timeout=TIMEOUT)
+    kill_after_checkpoints(j, tmp_path, [2, 3])
+    res = j.wait()
+    assert res.rc != 0, f"the job succeeded though a checkpoint was lost:\n{res.out}"
+    assert "every copy of its checkpoint" in res.err, res.err
+    assert "--checkpoint-dir" in res.err, res.err
+
+
+def test_node_and_its_buddy_killed_together_falls_back_to_the_directory(job, tmp_path):
+    """The same double loss with --checkpoint-dir: the coordinator's copy on disk
+    (written behind the run) restores node 2's task; the result is exact."""
+    want = expected()
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    j = job([RING, *ARGS, "--markers", str(marks)], n=5, timeout=TIMEOUT,
+            run_args=["--checkpoint-dir", str(tmp_path / "ck")])
+    kill_after_checkpoints(j, marks, [2, 3])
+    res = j.wait()
+    assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
+    assert res.line("ring:") == want
+    rep = report(res.err)
+    assert "2 node(s) lost" in rep, rep

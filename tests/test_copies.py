@@ -1,0 +1,37 @@
+"""clustervm.copies: the checkpoint copies a node holds (no MPI)."""
+from __future__ import annotations
+
+import numpy as np
+
+from clustervm import wire
+from clustervm.copies import KEEP, Copies
+
+
+def test_a_task_keeps_its_newest_copies_and_forgets_them_when_it_ends() -> None:
+    c = Copies()
+    for seq in range(1, 5):
+        c.put(7, 0, seq, bytes([seq]) * 10)
+    assert KEEP == 2 and len(c) == 2
+    assert c.get(7, 1) is None and c.get(7, 2) is None
+    assert c.get(7, 3) == b"\x03" * 10 and c.get(7, 4) == b"\x04" * 10
+    c.put(8, 1, 1, b"x" * 5)
+    assert c.nbytes == 25
+    c.put(7, 1, 4, b"y" * 3)           # a restarted incarnation's same number: replaced
+    assert c.get(7, 4) == b"yyy" and c.nbytes == 18
+    c.drop(7)
+    assert c.get(7, 3) is None and len(c) == 1 and c.nbytes == 5
+
+
+def test_a_large_blob_travels_out_of_band_and_comes_back_whole() -> None:
+    small = b"s" * 100
+    assert wire.as_blob_frame(small) is small
+    big = bytes(range(256)) * 1024
+    frame = wire.as_blob_frame(big)
+    assert isinstance(frame, np.ndarray) and frame.dtype == np.uint8
+    payload, bufs = wire.dumps((30, 1, 0, 2, frame))
+    assert len(payload) < 200 and sum(b.nbytes for b in bufs) == len(big)   # not copied in
+    got = wire.loads(payload, [bytearray(b) for b in bufs])[4]
+    assert bytes(got) == big
+    c = Copies()
+    c.put(1, 0, 2, got)
+    assert c.nbytes == len(big) and bytes(c.get(1, 2)) == big
