@@ -51,7 +51,9 @@ class Config:
     #: CLUSTERVM_REPORT: print the end-of-job report: 'auto' (after failures), 'always', 'never'.
     report: str = "auto"
     #: CLUSTERVM_MAX_CHUNK_BYTES: largest single MPI message; bigger buffers are sent in chunks (1 to 2**31-1).
-    max_chunk_bytes: int = 1 << 30
+    #: 16 MiB: the receiver's poller is back between chunks (it beats, it takes other
+    #: frames); one 200 MB message into new memory kept a node silent past its heartbeat.
+    max_chunk_bytes: int = 16 << 20
     #: CLUSTERVM_START_TIMEOUT_S: seconds a node waits for the coordinator's first word before it leaves.
     start_timeout_s: float = 60.0
 

@@ -243,7 +243,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         self._on_loc(0, loc)
         self.transport.post(ins.rank, P.Spawn(ins.tid, rec.parent, rec.fn, rec.args, rec.kwargs,
                                               ins.inc, ckpt, ins.replay, rec.siblings,
-                                              at).encode())
+                                              at, (ins.buddy, ins.to_store)).encode())
         if ins.restart and self._awaited:
             self._sent_again((ins.tid,), restoring=ckpt is not None or at is not None)
 

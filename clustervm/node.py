@@ -70,6 +70,7 @@ class Node(Site):
             N.SendDone: self._do_send_done,
         }
         transport.on_failure = self._on_failure
+        transport.keepalive = self._keepalive
 
     # -- the core and its instructions ---------------------------------------------
 
@@ -118,6 +119,11 @@ class Node(Site):
     def _do_heartbeat(self, ins: N.SendHeartbeat) -> None:
         if not self.transport.post(P.COORDINATOR, P.Heartbeat(ins.load).encode()):
             self._run(N.HeartbeatUnsent())
+
+    def _keepalive(self) -> None:
+        """The poller is held up by one long frame: beat meanwhile (not through the core,
+        whose lock a worker may hold)."""
+        self.transport.post(P.COORDINATOR, P.Heartbeat(self.core.load).encode())
 
     def _do_mark_heard(self, ins: N.MarkHeard) -> None:
         self.transport.last_heard[P.COORDINATOR] = ins.now
@@ -280,6 +286,8 @@ class Node(Site):
     def _do_start_spawned(self, ins: N.StartSpawned) -> None:
         msg: P.Spawn = ins.task
         tid = msg.tid
+        if msg.buddy is not None:
+            self.buddy = (int(msg.buddy[0]), bool(msg.buddy[1]))
         ctx = TaskContext(self, tid, msg.parent, inc=msg.inc, siblings=msg.siblings)
         if msg.ckpt is not None:
             self._restore(ctx, msg.ckpt)
@@ -447,13 +455,15 @@ class Node(Site):
             text = text.replace(" at ['state']", " at state", 1).split("; or opt in to pickle")[0]
             raise WireError(text + ". Checkpoints are msgpack and numpy only, never pickle") \
                 from None
-        blob = wire.pack_frames([head, *bufs])
         # a spawned task's checkpoint stays here, and a copy goes to the buddy node (the
         # buddy store, clustervm.copies); a short task's goes to the coordinator
         buddy, to_store = self.buddy if self.live.get(ctx.tid) is ctx else (0, True)
+        big = sum(b.nbytes for b in bufs) >= wire.BLOB_OUT_OF_BAND
+        blob = wire.pack_frames([head, *bufs], mutable=bool(buddy) and big,
+                                into=self.copies.take_spare(ctx.tid) if buddy and big else None)
         frame = wire.as_blob_frame(blob)
         if buddy:
-            self.copies.put(ctx.tid, ctx.inc, seq, blob)
+            self.copies.put_own(ctx.tid, ctx.inc, seq, blob)
             if not self.transport.post(buddy, P.Keep(ctx.tid, ctx.inc, seq, frame).encode()):
                 buddy, to_store = 0, True
         ctx.__dict__["_ckpt_call"] = self.call_start(

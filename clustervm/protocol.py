@@ -180,25 +180,27 @@ class Spawn(Message):
     from checkpoint ``ckpt`` (None: from the start, or from ``ckpt_at``); ``replay``:
     others log what they send it; ``siblings``: (first tid, count) of its spawn;
     ``ckpt_at``: ``(rank, seq)``, a node's copy of checkpoint ``seq`` to start from (this
-    node's own, or one a COPY from ``rank`` brings), or None (coordinator -> node)."""
+    node's own, or one a COPY from ``rank`` brings), or None; ``buddy``: ``(rank,
+    to_store)``, where its checkpoints go (the node that keeps copies, 0 for none; and
+    whether their bytes go to the coordinator too) (coordinator -> node)."""
     __slots__ = ("tid", "parent", "fn", "args", "kwargs", "inc", "ckpt", "replay", "siblings",
-                 "ckpt_at")
+                 "ckpt_at", "buddy")
     OP = 11
     TYPES = (int, (int, _NONE), str, _SEQ, dict, int, (dict, _NONE), int, (*_SEQ, _NONE),
-             (*_SEQ, _NONE))
+             (*_SEQ, _NONE), (*_SEQ, _NONE))
     TO = frozenset({"node"})
 
     def __init__(self, tid: int, parent: int | None, fn: str, args: tuple, kwargs: dict,
                  inc: int, ckpt: dict | None, replay: bool,
-                 siblings: tuple[int, int] | None, ckpt_at: tuple[int, int] | None = None
-                 ) -> None:
+                 siblings: tuple[int, int] | None, ckpt_at: tuple[int, int] | None = None,
+                 buddy: tuple[int, bool] | None = None) -> None:
         self.tid, self.parent, self.fn, self.args, self.kwargs = tid, parent, fn, args, kwargs
         self.inc, self.ckpt, self.replay, self.siblings = inc, ckpt, replay, siblings
-        self.ckpt_at = ckpt_at
+        self.ckpt_at, self.buddy = ckpt_at, buddy
 
     def encode(self) -> tuple:
         return (11, self.tid, self.parent, self.fn, self.args, self.kwargs, self.inc,
-                self.ckpt, self.replay, self.siblings, self.ckpt_at)
+                self.ckpt, self.replay, self.siblings, self.ckpt_at, self.buddy)
 
 
 class Kill(Message):

@@ -7,7 +7,7 @@ on a tag of its own (so frames of two threads never interleave).
 
 Any size: MPI counts are 32-bit (this Open MPI has no MPI-4 large-count ``_c``
 calls, so a send of 2 GiB or more fails with ``MPI_ERR_ARG``). A buffer larger
-than ``max_chunk`` (CLUSTERVM_MAX_CHUNK_BYTES, 1 GiB by default) travels as
+than ``max_chunk`` (CLUSTERVM_MAX_CHUNK_BYTES, 16 MiB by default) travels as
 several MPI messages on its tag, in order; a first frame larger than that (a
 routed frame with big arrays inside) is announced by a small *long* frame
 (kind, size, tag) and follows in chunks on that tag. The receiver takes the
@@ -90,6 +90,7 @@ _PART_WAIT_S = 60.0              # longest wait for the next part of a frame who
 _DRAIN_WAIT_S = 0.5              # parts of a refused frame are dropped until this long silent
 _LONG_RECV = 512 << 10           # parts above this are received while crediting silence
 _CREDIT_EVERY_S = 0.05
+_KEEPALIVE_S = 0.25                # a poller held up by one frame says it is alive this often
 TAG_INIT = 3                     # the coordinator's first message to a spawned node
 HUB = 0                          # the rank that forwards routed frames (the coordinator)
 _FAILURE_CLASSES = {MPI.ERR_PROC_FAILED, getattr(MPI, "ERR_PROC_FAILED_PENDING", -1),
@@ -265,6 +266,10 @@ class Transport:
         self.allow_pickle = allow_pickle
         self.handler: Handler = lambda src, msg: None
         self.on_failure: Callable[[set[int]], None] = lambda ranks: None
+        #: called every _KEEPALIVE_S while this poller is held up by one long frame (a
+        #: node sends its heartbeat: a 200 MB receive must not make it look dead)
+        self.keepalive: Callable[[], None] | None = None
+        self._keepalive_at = 0.0
         self.failed: set[int] = set()     # dead by ULFM (or declared dead)
         self.ignored: set[int] = set()    # declared dead: drop what they send
         self.last_heard: dict[int, float] = {}
@@ -666,6 +671,11 @@ class Transport:
         for r in list(heard):
             if r != but:
                 heard[r] += seconds
+        if self.keepalive is not None:
+            now = time.monotonic()
+            if now >= self._keepalive_at:
+                self._keepalive_at = now + _KEEPALIVE_S
+                self.keepalive()
 
     def _probe_part(self, comm: Any, peer: int, tag: int, src: int, status: MPI.Status) -> Any:
         """The next part on ``tag`` from ``peer`` (matched, not yet received)."""

@@ -367,12 +367,38 @@ def dumps(obj: Any, *, allow_pickle: bool = False) -> tuple[bytes, list[memoryvi
 _FRAMES = struct.Struct("<I")
 
 
-def pack_frames(frames: Sequence[Any]) -> bytes:
+def pack_frames(frames: Sequence[Any], into: Any = None, mutable: bool = False) -> Any:
     """Join a payload and its buffers (what :func:`dumps` gives) into one blob: one
-    MPI message instead of one per array (a checkpoint holds many small ones)."""
+    MPI message instead of one per array (a checkpoint holds many small ones).
+
+    ``into``: a blob made here before (``mutable``) to fill again, if it has exactly
+    the size needed (then it is returned); ``mutable``: else make the blob a new uint8
+    numpy array (bytes otherwise), which can be filled again later. Copying 200 MB into
+    memory already touched takes a fifth of the time it takes into new memory (page
+    faults), measured here; numpy allocates and copies without holding the GIL."""
     views = [memoryview(f).cast("B") for f in frames]
     head = _FRAMES.pack(len(views)) + struct.pack(f"<{len(views)}Q", *(v.nbytes for v in views))
-    return b"".join([head, *views])
+    size = len(head) + sum(v.nbytes for v in views)
+    if into is None or len(into) != size:
+        if not mutable:
+            return b"".join([head, *views])
+        import numpy as np
+        into = np.empty(size, np.uint8)
+    out = memoryview(into)
+    out[:len(head)] = head
+    off = len(head)
+    for v in views:
+        n = v.nbytes
+        if n >= _BIG_COPY:      # numpy copies without the GIL: heartbeats go on meanwhile
+            import numpy as np
+            np.copyto(np.frombuffer(out[off:off + n], np.uint8), np.frombuffer(v, np.uint8))
+        else:
+            out[off:off + n] = v
+        off += n
+    return into
+
+
+_BIG_COPY = 1 << 20
 
 
 #: blobs from this size on travel as a uint8 array (out of band), not inside the payload

@@ -382,12 +382,12 @@ def spawned_on(core: Core, tid: int, now: float = 0.0) -> int:
 
 def test_a_buddy_copy_is_acknowledged_once_the_buddy_holds_it() -> None:
     core = up(3)
-    r = spawned_on(core, 50)
-    # the first one goes to the coordinator (no buddy known yet), and names the buddy
+    (place,) = of(core.handle(E.TaskSpawned(50, 1, 0.0)), I.PlaceSpawned)
+    r, buddy = place.rank, place.buddy         # the node learns its buddy with the task
+    assert buddy != r and buddy in core.alive_ranks() and not place.to_store
+    # a checkpoint sent to the coordinator (no buddy) is held there at once
     (commit,) = of(core.handle(E.CheckpointStored(r, 50, 0, 1, 1.0)), I.CommitCheckpoint)
-    buddy = commit.buddy
-    assert (commit.holders, commit.to_store) == ((0,), False)
-    assert buddy != r and buddy in core.alive_ranks()
+    assert (commit.holders, commit.buddy, commit.to_store) == ((0,), buddy, False)
     # the next: the node keeps it and sends a copy to the buddy; no bytes to rank 0
     out = core.handle(E.CheckpointStored(r, 50, 0, 2, 2.0, buddy, False))
     assert of(out, I.CommitCheckpoint) == [] and of(out, I.StoreCheckpoint) == []

@@ -368,9 +368,9 @@ def test_routed_frames_are_chunked_and_forwarded_by_the_hub():
 
 
 def test_max_chunk_setting():
-    assert Config().max_chunk_bytes == 1 << 30
+    assert Config().max_chunk_bytes == 16 << 20
     assert Config.from_env({"CLUSTERVM_MAX_CHUNK_BYTES": "1048576"}).max_chunk_bytes == 1 << 20
-    assert make_transport(max_chunk_bytes=None).max_chunk == 1 << 30
+    assert make_transport(max_chunk_bytes=None).max_chunk == 16 << 20
     for bad in (0, 1 << 31):
         with pytest.raises(ConfigError, match="CLUSTERVM_MAX_CHUNK_BYTES"):
             make_transport(max_chunk_bytes=bad)
@@ -563,11 +563,15 @@ def test_a_long_receive_from_a_rank_declared_dead_is_given_up():
 def test_a_2_gib_array_goes_in_mpi_sized_pieces_without_a_copy():
     """The sending side of the 2.1 GiB case (benchmarks/bigsend.py sends it for real):
     np.empty is never touched, so this costs no memory."""
-    t = make_transport(rank=1)                      # the default chunk: 1 GiB
+    t = make_transport(rank=1, max_chunk_bytes=1 << 30)
     arr = np.empty(int(2.1 * (1 << 30)), dtype=np.uint8)
     head, parts, tag = t._chunked(*t._frames((P.USER, 1, 2, 0, arr, 0, 1)))
     assert len(head) < 100 and T._valid_tag(tag)
     assert [p.nbytes for p in parts] == [1 << 30, 1 << 30, arr.nbytes - (2 << 30)]
+    # the default chunk (16 MiB) gives the same cover in smaller parts
+    parts = make_transport(rank=1)._chunked(*t._frames((P.USER, 1, 2, 0, arr, 0, 1)))[1]
+    assert {p.nbytes for p in parts[:-1]} == {16 << 20} and sum(p.nbytes for p in parts) == \
+        arr.nbytes
     assert all(p.obj is parts[0].obj for p in parts)         # views of the array itself
     f = T.parse_frame(head, 1, T.memory_limit())             # the receiver takes the claim
     assert f.sizes == (arr.nbytes,)

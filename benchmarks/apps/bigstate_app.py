@@ -9,7 +9,12 @@ checkpoints the whole array. Main (on the coordinator, rank 0) samples its own
 resident memory every 0.1 s meanwhile. Prints one line per task and::
 
     big-state mb=<int> tasks=<int> checkpoints=<int> max_stall_ms=<float>
-        median_step_ms=<float> checkpoint_call_ms=<max> coordinator_rss_mb=<start>-><max>
+        later_stall_ms=<float> median_step_ms=<float> checkpoint_call_ms=<max>
+        coordinator_rss_mb=<start>-><max>
+
+``later_stall_ms``: the longest checkpoint call after each task's first two (those
+copy the state into new memory; later ones reuse the memory of a copy no longer
+held).
 """
 import argparse
 import statistics
@@ -53,7 +58,7 @@ def worker(ctx, mb: int, seconds: float, every: float, step_ms: float) -> dict:
             break
     return {"steps": steps, "checkpoints": len(calls), "max_gap": max(gaps[1:]),
             "median_gap": statistics.median(gaps), "max_call": max(calls, default=0.0),
-            "sum": float(a.sum())}
+            "calls": calls, "sum": float(a.sum())}
 
 
 def main(vm) -> None:
@@ -79,11 +84,12 @@ def main(vm) -> None:
     t.join()
     for k, o in enumerate(outs):
         print(f"task {k}: {o['steps']} steps, {o['checkpoints']} checkpoints, longest step "
-              f"{o['max_gap'] * 1e3:.1f} ms, median {o['median_gap'] * 1e3:.2f} ms, longest "
-              f"checkpoint call {o['max_call'] * 1e3:.1f} ms")
+              f"{o['max_gap'] * 1e3:.1f} ms, median {o['median_gap'] * 1e3:.2f} ms; checkpoint "
+              f"calls (ms): {' '.join(f'{c * 1e3:.0f}' for c in o['calls'])}")
     print(f"big-state mb={a.mb} tasks={a.tasks} "
           f"checkpoints={sum(o['checkpoints'] for o in outs)} "
           f"max_stall_ms={max(o['max_gap'] for o in outs) * 1e3:.1f} "
+          f"later_stall_ms={max((max(o['calls'][2:], default=0.0) for o in outs)) * 1e3:.1f} "
           f"median_step_ms={statistics.median(o['median_gap'] for o in outs) * 1e3:.2f} "
           f"checkpoint_call_ms={max(o['max_call'] for o in outs) * 1e3:.1f} "
           f"coordinator_rss_mb={samples[0]:.0f}->{max(samples):.0f}", flush=True)

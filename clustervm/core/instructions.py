@@ -45,7 +45,8 @@ class PlaceSpawned(Instruction):
     ``restart``: it ran before (load its checkpoint). ``tell``: the ranks to send its
     new location to (LOC), the coordinator's own table included by the shell.
     ``source``: where its checkpoint ``seq`` is: 0, the coordinator's store (or none);
-    ``rank`` itself, the node's own copy; another node, which is to send its copy."""
+    ``rank`` itself, the node's own copy; another node, which is to send its copy.
+    ``buddy``, ``to_store``: where its checkpoints go (as CommitCheckpoint says)."""
     rank: int
     tid: int
     inc: int
@@ -54,6 +55,8 @@ class PlaceSpawned(Instruction):
     tell: tuple
     source: int = 0
     seq: int = 0
+    buddy: int = 0
+    to_store: bool = True
 
 
 @record

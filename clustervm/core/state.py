@@ -854,8 +854,9 @@ class Core:
         if self.observing:
             self._out.append(I.Observe("start", t.tid, n.rank))
         tell = tuple(self._alive) if restart else (n.rank,)
+        buddy = self._buddy_of(n.rank)
         self._out.append(I.PlaceSpawned(n.rank, t.tid, t.inc, restart, t.replay, tell,
-                                        source, seq))
+                                        source, seq, buddy, self.journal or not buddy))
 
     def _copies_gone(self, t: Task) -> bool:
         """Every copy of ``t``'s acknowledged checkpoint was on nodes now lost, and no
