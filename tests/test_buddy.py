@@ -12,6 +12,7 @@ nodes, one task each); node r's buddy is node r+1, node 4's is node 1.
 """
 from __future__ import annotations
 
+import os
 import re
 import signal
 import time
@@ -70,7 +71,6 @@ def kill_after_checkpoints(j, d: Path, ranks: list[int]) -> None:
     wait_for(lambda: len(ranks_with_checkpoints(d, 3)) == 4, "3 checkpoints of every task", j)
     pids = j.rank_pids(count=5)
     for r in ranks:
-        import os
         os.kill(pids[r], signal.SIGKILL)
 
 
@@ -118,3 +118,38 @@ def test_node_and_its_buddy_killed_together_falls_back_to_the_directory(job, tmp
     assert res.line("ring:") == want
     rep = report(res.err)
     assert "2 node(s) lost" in rep, rep
+
+
+def test_coordinator_killed_then_resumed_from_the_copies_on_disk(job, tmp_path):
+    """With --checkpoint-dir the coordinator writes every copy behind the run; killed,
+    the job is resumed with --resume DIR and the ring's tasks go on from the disk."""
+    want = expected()
+    marks, ck = tmp_path / "marks", tmp_path / "ck"
+    marks.mkdir()
+    j = job([RING, *ARGS, "--markers", str(marks)], n=5, timeout=TIMEOUT,
+            run_args=["--checkpoint-dir", str(ck)])
+    wait_for(lambda: len(ranks_with_checkpoints(marks, 3)) == 4, "3 checkpoints of every task", j)
+    j.kill_rank(0)
+    res = j.wait()
+    assert res.rc != 0, "the job went on without its coordinator"
+    assert len(list((ck / "ckpt").glob("*.ckpt"))) >= 4
+    res = job([RING, *ARGS], n=5, timeout=TIMEOUT, run_args=["--resume", str(ck)]).wait()
+    assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
+    assert res.line("ring:") == want
+    m = re.search(r"(\d+) restored", report(res.err))
+    assert m and int(m.group(1)) >= 4, report(res.err)
+
+
+def test_coordinator_killed_without_a_directory_ends_the_job_clearly(job, tmp_path):
+    """Without --checkpoint-dir nothing outlives the coordinator: the nodes see it gone
+    and leave, and the job ends (non-zero) instead of hanging."""
+    j = job([RING, *ARGS, "--markers", str(tmp_path)], n=5, timeout=TIMEOUT)
+    wait_for(lambda: len(ranks_with_checkpoints(tmp_path, 2)) == 4, "2 checkpoints of every task",
+             j)
+    t0 = time.monotonic()
+    j.kill_rank(0)
+    res = j.wait()
+    assert res.rc != 0
+    assert time.monotonic() - t0 < 30, "the job took long to end without its coordinator"
+    assert "ring:" not in res.out
+
