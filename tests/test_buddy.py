@@ -153,3 +153,23 @@ def test_coordinator_killed_without_a_directory_ends_the_job_clearly(job, tmp_pa
     assert time.monotonic() - t0 < 30, "the job took long to end without its coordinator"
     assert "ring:" not in res.out
 
+
+
+def test_tasks_that_received_no_message_start_again_when_both_copies_are_lost(job, tmp_path):
+    """Spawned tasks that exchange no messages (the failover drill), node 1 and its buddy
+    node 2 killed at once, no directory: node 1's tasks start again from the start on
+    node 3, with a warning that says so; the result is the undisturbed one."""
+    app = str(ROOT / "tests" / "failover_app.py")
+    drill = ["--tasks", "9", "--steps", "10", "--task-ms", "400", "--spawn", "--ckpt-kb", "4"]
+    base = run_job([app, *drill], n=4, timeout=TIMEOUT)
+    assert base.rc == 0, base.err
+    j = job([app, *drill, "--markers", str(tmp_path)], n=4, timeout=TIMEOUT)
+    wait_for(lambda: [p for p in tmp_path.iterdir() if p.name.startswith("mid-")
+                      and p.name.split("-r")[1].startswith("1-")], "a task half done on node 1", j)
+    pids = j.rank_pids(count=4)
+    os.kill(pids[1], signal.SIGKILL)
+    os.kill(pids[2], signal.SIGKILL)
+    res = j.wait()
+    assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
+    assert res.line("drill:") == base.line("drill:")
+    assert "starts again from the start (it had received no message)" in res.err, res.err

@@ -114,11 +114,16 @@ def test_spawn_hung_on_a_deaf_socket_is_tried_again(job, tmp_path):
 
 def test_spawned_tasks_and_messages_reach_a_replacement(job, tmp_path):
     """Spawned tasks with notify messages: a task restarted on a spawned node is still
-    reached by its tid (messages routed through the coordinator)."""
+    reached by its tid (messages routed through the coordinator). Both nodes die at once,
+    and each held the other's checkpoint copies (the buddy store): with
+    --checkpoint-dir the tasks go on from the copies on disk."""
     expected = baseline(APP, DRILL, "drill:", n=3)
+    marks = tmp_path / "marks"
+    marks.mkdir()
     j = job([APP, *DRILL, "--task-ms", "600", "--spawn", "--notify", "--ckpt-kb", "16",
-             "--markers", str(tmp_path)], n=3, timeout=TIMEOUT, run_args=["--replace-failed"])
-    wait_until(lambda: markers(tmp_path, "mid"), "a task half done", j)
+             "--markers", str(marks)], n=3, timeout=TIMEOUT,
+            run_args=["--replace-failed", "--checkpoint-dir", str(tmp_path / "ck")])
+    wait_until(lambda: markers(marks, "mid"), "a task half done", j)
     pids = j.rank_pids(count=3)
     for r in (1, 2):
         os.kill(pids[r], signal.SIGKILL)
