@@ -177,6 +177,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             I.ResolveTask: self._do_resolve, I.JournalDone: self._do_journal_done,
             I.StoreCheckpoint: self._do_store_checkpoint,
             I.CommitCheckpoint: self._do_commit_checkpoint,
+            I.CopyCheckpoint: self._do_copy_checkpoint,
             I.DropCheckpoints: self._do_drop_checkpoints, I.Observe: self._do_observe,
             I.RequestReplacement: self._do_request_replacement, I.Warn: self._do_warn,
             I.Fatal: self._do_fatal, I.Answer: self._do_answer,
@@ -401,6 +402,9 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                 self._on_loc(0, item)
             else:
                 self.transport.post(r, item.encode())
+
+    def _do_copy_checkpoint(self, ins: I.CopyCheckpoint) -> None:
+        self.transport.post(ins.source, P.Fetch(ins.tid, ins.seq, ins.to).encode())
 
     def _on_held(self, src: int, msg: P.Held) -> None:
         with self.lock:

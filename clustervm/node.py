@@ -335,10 +335,12 @@ class Node(Site):
                                            else wire.as_blob_frame(blob)).encode())
 
     def _on_copy(self, src: int, msg: P.Copy) -> None:
+        """A copy for a restart here, or made again after a loss: held from now on."""
         if msg.blob is None:
             self._missing.add((msg.tid, msg.seq))
         else:
             self.copies.put(msg.tid, -1, msg.seq, msg.blob)
+            self.transport.post(P.COORDINATOR, P.Held(msg.tid, -1, msg.seq).encode())
         self.transport.notify()
 
     def _on_forget(self, src: int, msg: P.Forget) -> None:

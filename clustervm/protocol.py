@@ -299,8 +299,8 @@ class Keep(Message):
 
 
 class Held(Message):
-    """This node holds a copy of checkpoint ``seq`` of task ``tid`` (incarnation ``inc``)
-    (buddy -> coordinator)."""
+    """This node holds a copy of checkpoint ``seq`` of task ``tid`` (incarnation ``inc``;
+    -1: a copy another node sent with a COPY) (buddy -> coordinator)."""
     __slots__ = ("tid", "inc", "seq")
     OP = 31
     TYPES = (int, int, int)
@@ -314,8 +314,8 @@ class Held(Message):
 
 
 class Fetch(Message):
-    """Send your copy of checkpoint ``seq`` of task ``tid`` to node ``to`` as a COPY
-    (coordinator -> a node that holds it)."""
+    """Send your copy of checkpoint ``seq`` of task ``tid`` to node ``to`` as a COPY (for
+    a restart there, or to make a lost copy again) (coordinator -> a node that holds it)."""
     __slots__ = ("tid", "seq", "to")
     OP = 32
     TYPES = (int, int, int)

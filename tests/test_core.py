@@ -422,12 +422,38 @@ def test_a_lost_nodes_task_restarts_where_its_copy_is() -> None:
     out = core.handle(E.NodeLost(r, LossCause.ULFM, 2.0))
     (again,) = of(out, I.PlaceSpawned)
     assert (again.rank, again.source, again.seq, again.inc) == (buddy, buddy, 1, 1)
-    # it runs again there: the buddy is its new node and holds the copy
-    assert core.handle(E.TaskRestored(buddy, 50, 1, 1, True, 2.1)) == []
+    # it runs again there: the buddy is its new node and holds the only copy, which it
+    # copies to the next node (two copies again, as before the loss)
+    (copy,) = core.handle(E.TaskRestored(buddy, 50, 1, 1, True, 2.1))
+    nxt = buddy % 4 + 1 if buddy % 4 + 1 != r else (buddy + 1) % 4 + 1
+    assert copy == I.CopyCheckpoint(buddy, 50, 1, nxt)
     assert core.tasks[50].ckpt == (1, frozenset({buddy}))
+    assert core.handle(E.CheckpointHeld(nxt, 50, -1, 1, 2.2)) == []
+    assert core.tasks[50].ckpt == (1, frozenset({buddy, nxt}))
     # it ends: the holders still alive drop their copies
     out = core.handle(E.SpawnedExited(buddy, 50, 1, True, "v", 3.0))
-    assert of(out, I.DropCheckpoints) == [I.DropCheckpoints(50, (buddy,))]
+    assert of(out, I.DropCheckpoints) == [I.DropCheckpoints(50, tuple(sorted((buddy, nxt))))]
+
+
+def test_a_copy_lost_with_its_node_is_made_again() -> None:
+    core = up(4)
+    r = spawned_on(core, 50)
+    buddy = r % 4 + 1
+    core.handle(E.CheckpointStored(r, 50, 0, 1, 1.0, buddy, False),
+                E.CheckpointHeld(buddy, 50, 0, 1, 1.0))
+    out = core.handle(E.NodeLost(buddy, LossCause.ULFM, 2.0))      # the buddy dies
+    (copy,) = of(out, I.CopyCheckpoint)
+    assert copy.source == r and copy.to not in (r, buddy) and (copy.tid, copy.seq) == (50, 1)
+    # asked once until it holds it (or is lost: then the next node is asked)
+    assert of(core.handle(E.NodeHello(buddy, "h", 1, 2.1)), I.CopyCheckpoint) == []
+    out = core.handle(E.NodeLost(copy.to, LossCause.ULFM, 2.5))
+    (again,) = of(out, I.CopyCheckpoint)
+    assert again.source == r and again.to not in (r, buddy, copy.to)
+    core.handle(E.CheckpointHeld(again.to, 50, -1, 1, 2.6))
+    assert core.tasks[50].ckpt == (1, frozenset({r, again.to}))
+    # the node that ran it dies: it restarts where the copy made again is
+    (place,) = of(core.handle(E.NodeLost(r, LossCause.ULFM, 3.0)), I.PlaceSpawned)
+    assert (place.rank, place.source) == (again.to, again.to)
 
 
 def test_a_task_placed_away_from_its_copy_gets_it_and_a_lost_source_places_it_again() -> None:

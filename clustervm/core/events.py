@@ -155,7 +155,8 @@ class CheckpointStored(Event):
 
 @record
 class CheckpointHeld(Event):
-    """Node ``rank`` holds its copy of checkpoint ``seq`` of task ``tid`` (``inc``)."""
+    """Node ``rank`` holds its copy of checkpoint ``seq`` of task ``tid`` (``inc``; -1:
+    a copy of an acknowledged checkpoint, made again after a loss)."""
     rank: int
     tid: int
     inc: int

@@ -145,6 +145,17 @@ class CommitCheckpoint(Instruction):
 
 
 @record
+class CopyCheckpoint(Instruction):
+    """Node ``source`` is to send its copy of acknowledged checkpoint ``seq`` of task
+    ``tid`` to node ``to`` (FETCH), which says HELD: a copy lost with a node is made
+    again, so a checkpoint is on two nodes again."""
+    source: int
+    tid: int
+    seq: int
+    to: int
+
+
+@record
 class DropCheckpoints(Instruction):
     """Task ``tid`` is over: its checkpoints may go, the copies ``holders`` hold too."""
     tid: int

@@ -79,7 +79,7 @@ class Task:
     """What the core knows of one task (its function and arguments stay in the shell)."""
     __slots__ = ("tid", "kind", "parent", "state", "node", "where", "attempts", "inc",
                  "replay", "t_start", "t_ckpt", "digest", "ckpt", "pend", "restoring",
-                 "received")
+                 "received", "copying")
 
     def __init__(self, tid: int, kind: TaskKind, parent: int, where: set[int] | None,
                  digest: int = 0) -> None:
@@ -104,6 +104,7 @@ class Task:
         #: its acknowledged checkpoint counts messages it received: restarting it from
         #: the start would not get them again (their senders have forgotten them)
         self.received = False
+        self.copying = 0        # the node a copy of its checkpoint is being made on
 
 
 class _Pending:
@@ -951,6 +952,12 @@ class Core:
 
     def _checkpoint_held(self, ev: E.CheckpointHeld) -> None:
         t = self.tasks.get(ev.tid)
+        if ev.inc == -1 and t is not None and ev.rank in self._alive:   # a copy made again
+            if t.copying == ev.rank:
+                t.copying = 0
+            if t.ckpt is not None and t.ckpt[0] == ev.seq:
+                t.ckpt = (ev.seq, t.ckpt[1] | {ev.rank})
+            return
         if t is None or t.inc != ev.inc or t.state is not _RUNNING \
                 or ev.rank not in self._alive:
             return
@@ -984,6 +991,27 @@ class Core:
         buddy = self._buddy_of(p.rank)
         self._out.append(I.CommitCheckpoint(p.rank, t.tid, p.seq, tuple(sorted(p.holders)),
                                             buddy, self.journal or not buddy))
+        if p.buddy:
+            self._replicate(t)
+
+    def _replicate(self, t: Task) -> None:
+        """If ``t``'s acknowledged checkpoint is on one node only (its other copy was
+        lost, or its buddy died before it held it), have that node copy it to the next
+        node that holds none (Charm++'s double checkpointing does the same)."""
+        if t.ckpt is None or t.restoring is not None or t.copying in self._alive:
+            return
+        seq, holders = t.ckpt
+        alive = self._alive
+        nodes = [r for r in holders if r in alive]
+        if len(nodes) != 1:
+            return
+        src = nodes[0]
+        ring = sorted(r for r in alive if r not in holders)
+        if not ring:
+            return
+        to = next((r for r in ring if r > src), ring[0])
+        t.copying = to
+        self._out.append(I.CopyCheckpoint(src, t.tid, seq, to))
 
     def _buddy_of(self, rank: int) -> int:
         """The node that keeps copies of ``rank``'s checkpoints: the next alive node in
@@ -1018,6 +1046,8 @@ class Core:
                     self._out.append(I.KillTask(n.rank, t.tid, t.inc))
                 t.restoring = None
                 self._place_spawned(t, True, now)
+            elif t.node != rank:
+                self._replicate(t)
 
     def _restored(self, ev: E.TaskRestored) -> None:
         t = self.tasks.get(ev.tid)
@@ -1027,6 +1057,7 @@ class Core:
         if ev.ok:
             if t.ckpt is not None and t.ckpt[0] == ev.seq:    # it holds a copy now
                 t.ckpt = (ev.seq, t.ckpt[1] | {ev.rank})
+                self._replicate(t)
             return
         # the copy it was to start from was not there: try the next one
         gone = {ev.rank} if source is None else {ev.rank, source[0]}
