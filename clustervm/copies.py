@@ -33,13 +33,17 @@ class Copies:
         self.nbytes = 0
 
     def put(self, tid: int, inc: int, seq: int, blob: Any) -> list[Any]:
-        """Hold ``blob`` as checkpoint ``seq`` of incarnation ``inc`` of task ``tid``;
-        the blobs no longer held because of it (the oldest beyond :data:`KEEP`)."""
+        """Hold ``blob`` as checkpoint ``seq`` of incarnation ``inc`` of task ``tid`` (-1:
+        unknown, a copy of an acknowledged one), unless a newer incarnation's checkpoint
+        ``seq`` is held; the blobs no longer held because of it (the oldest beyond
+        :data:`KEEP`, the one it replaced, or ``blob`` itself if refused)."""
         gone = []
         with self._lock:
             held = self._by_tid.setdefault(tid, {})
             old = held.get(seq)
             if old is not None:
+                if old[0] > inc:      # an old incarnation's (a hung node woke up): not ours
+                    return [blob]
                 self.nbytes -= len(old[1])
                 gone.append(old[1])
             held[seq] = (inc, blob)
@@ -58,7 +62,8 @@ class Copies:
         is complete, and the next checkpoint is copied into it. Memory already touched
         takes a 200 MB state in 20-40 ms here, new memory in 150-900 ms (page faults).
         Until a task has one, a thread touches a new one of the same size beside it."""
-        gone = [b for b in self.put(tid, inc, seq, blob) if type(b) is type(blob) is not bytes]
+        gone = [b for b in self.put(tid, inc, seq, blob)
+                if b is not blob and type(b) is type(blob) is not bytes]
         with self._lock:
             if gone:
                 self._spares[tid] = gone[-1]

@@ -18,6 +18,8 @@ def test_a_task_keeps_its_newest_copies_and_forgets_them_when_it_ends() -> None:
     assert c.nbytes == 25
     c.put(7, 1, 4, b"y" * 3)           # a restarted incarnation's same number: replaced
     assert c.get(7, 4) == b"yyy" and c.nbytes == 18
+    assert c.put(7, 0, 4, b"z" * 3) == [b"zzz"]   # an old incarnation's (woke up): refused
+    assert c.get(7, 4) == b"yyy"
     c.drop(7)
     assert c.get(7, 3) is None and len(c) == 1 and c.nbytes == 5
 
