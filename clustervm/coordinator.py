@@ -69,6 +69,17 @@ class _Observers(list):
         self._core.handle(E.ObserversChanged(True))
 
 
+class FinishedSender:
+    """A spawned task that finished before the coordinator died, as a sender: its replay
+    log from the journal (what Site._trim_and_replay sends again to restored tasks)."""
+    __slots__ = ("tid", "inc", "_outlog", "_outbytes")
+
+    def __init__(self, tid: int, inc: int, outlog: dict) -> None:
+        self.tid, self.inc = tid, inc
+        self._outlog = {int(d): [tuple(e) for e in es] for d, es in outlog.items()}
+        self._outbytes = None
+
+
 class _Restart:
     """One lost node's tasks on their way back: when the loss was detected, which of its
     tasks are not yet sent to a node again, and when the last one was; and, of its
@@ -155,6 +166,10 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         #: what each task had received at its newest checkpoints: tid -> {seq: delivered}
         self._delivered: dict[int, dict[int, dict]] = {}
         self._ckpt_errors: dict[tuple[int, int], CheckpointError] = {}   # failed writes
+        #: a spawned task's replay log as it ended (tid -> (inc, outlog)), journaled with
+        #: its result: a task restored on --resume may still need those messages
+        self._exit_outlogs: dict[int, tuple[int, dict]] = {}
+        self._finished_senders: dict[int, FinishedSender] = {}   # from the journal
         #: with --checkpoint-dir, checkpoints are written by this thread, behind the run
         self._writer = WriteBehind(self.store, self._written) if ckdir else None
         self._src = 0                           # the rank whose request is being served
@@ -320,6 +335,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         if rec.kind == SPAWNED:
             self.exits[rec.tid] = (ok, outcome)
             if ins.reused:
+                self._replay_finished(rec.tid)
                 return
             self._run(E.MemberEnded(rec.tid, None if ok else outcome))   # leaves its groups
             for j in rec.joiners:
@@ -336,11 +352,26 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         if rec.reply is not None:
             rec.reply(ok, value if ok or ins.reused else outcome)
 
+    def _replay_finished(self, tid: int) -> None:
+        """Resume: task ``tid`` finished before the coordinator died; what it had sent that
+        a restored task may not have received is sent again from the journal, now and
+        whenever a receiver is placed again (as its node would have: Site._trim_and_replay;
+        duplicates are dropped by their sequence numbers)."""
+        sender = self._finished_senders.pop(tid, None)
+        if sender is None:
+            return
+        self.contexts[tid] = sender
+        for dst, entries in sender._outlog.items():
+            loc = self.locations.get(dst)
+            if loc is not None and loc.rank >= 0:
+                self._trim_and_replay(dst, loc.rank, loc.inc, {}, replay_all=True)
+
     def _do_journal_done(self, ins: I.JournalDone) -> None:
         if self.journal is None:
             return
         try:
-            payload, bufs = wire.dumps((ins.digest, ins.ok, ins.value))
+            sent = self._exit_outlogs.pop(ins.tid, None)
+            payload, bufs = wire.dumps((ins.digest, ins.ok, ins.value, sent))
             self.journal.append("done", str(ins.tid), [payload, *bufs])
         except CheckpointError as exc:
             # the caller learns it now, from the task's future or join (the ResolveTask
@@ -584,6 +615,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
 
     def _on_exited(self, src: int, msg: P.Exited) -> None:
         with self.lock:
+            if msg.outlog and self.journal is not None:   # journaled with its result
+                self._exit_outlogs[msg.tid] = (msg.inc, msg.outlog)
             self._run(E.SpawnedExited(src, msg.tid, msg.inc, msg.ok, msg.value,
                                       time.monotonic()))
 
@@ -752,8 +785,12 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         entries = []
         for rec in self.journal.replay():
             if rec.kind == "done":
-                digest, ok, value = wire.loads(rec.frames[0], rec.frames[1:])
+                digest, ok, value, *rest = wire.loads(rec.frames[0], rec.frames[1:])
                 entries.append((int(rec.key), digest, ok, value))
+                if rest and rest[0]:
+                    inc, outlog = rest[0]
+                    self._finished_senders[int(rec.key)] = FinishedSender(int(rec.key), inc,
+                                                                          outlog)
         self.core.handle(E.JournalLoaded(entries))
         log.info("resume: %d finished tasks in the journal", len(self.core.journal_done))
 

@@ -418,9 +418,12 @@ class Node(Site):
 
     def _do_send_exited(self, ins: N.SendExited) -> None:
         tid, inc = ins.tid, ins.inc
+        ctx = self.contexts.get(tid)
+        outlog = {d: e for d, e in getattr(ctx, "_outlog", {}).items() if e} or None
         try:
             try:
-                self.transport.send(P.COORDINATOR, P.Exited(tid, inc, ins.ok, ins.value).encode())
+                self.transport.send(P.COORDINATOR, P.Exited(tid, inc, ins.ok, ins.value,
+                                                             outlog).encode())
             except WireError as exc:
                 exc = wire.relabel(exc, "[4]", "result")
                 err = WireError(f"the return value of task {tid} cannot be sent: {exc}")

@@ -103,17 +103,20 @@ class Done(Message):
 
 class Exited(Message):
     """Incarnation ``inc`` of spawned task ``tid`` ended: ``value`` is its return value,
-    or its packed exception when not ``ok`` (node -> coordinator)."""
-    __slots__ = ("tid", "inc", "ok", "value")
+    or its packed exception when not ``ok``; ``outlog``: its replay log as it ended
+    (``{dst: [(seq, tag, data), ...]}``: what receivers that have not checkpointed past
+    it may still need; journaled with the result), or None (node -> coordinator)."""
+    __slots__ = ("tid", "inc", "ok", "value", "outlog")
     OP = 3
-    TYPES = (int, int, int, object)
+    TYPES = (int, int, int, object, (dict, _NONE))
     TO = frozenset({"coordinator"})
 
-    def __init__(self, tid: int, inc: int, ok: bool, value: Any) -> None:
-        self.tid, self.inc, self.ok, self.value = tid, inc, ok, value
+    def __init__(self, tid: int, inc: int, ok: bool, value: Any,
+                 outlog: dict | None = None) -> None:
+        self.tid, self.inc, self.ok, self.value, self.outlog = tid, inc, ok, value, outlog
 
     def encode(self) -> tuple:
-        return (3, self.tid, self.inc, self.ok, self.value)
+        return (3, self.tid, self.inc, self.ok, self.value, self.outlog)
 
 
 class Req(Message):

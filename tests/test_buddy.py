@@ -173,3 +173,34 @@ def test_tasks_that_received_no_message_start_again_when_both_copies_are_lost(jo
     assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
     assert res.line("drill:") == base.line("drill:")
     assert "starts again from the start (it had received no message)" in res.err, res.err
+
+
+def test_resume_gives_a_restored_task_what_a_finished_task_had_sent(job, tmp_path):
+    """A producer answers a slow consumer and ends first (journaled as done); the
+    coordinator dies while the consumer lingers after its last item. --resume answers the
+    producer from the journal and restores the consumer from its last checkpoint: what
+    the producer had sent after that checkpoint comes from the journal too (before, the
+    resumed job ran to its timeout: found by a soak with heat2d)."""
+    app = str(ROOT / "tests" / "apps" / "producer_app.py")
+    args = ["--items", "58", "--every", "5", "--item-ms", "10", "--linger", "1.5"]
+    marks, ck = tmp_path / "marks", tmp_path / "ck"
+    marks.mkdir()
+    args += ["--markers", str(marks)]      # the same arguments both times: reused results
+    j = job([app, *args], n=3, timeout=TIMEOUT, run_args=["--checkpoint-dir", str(ck)])
+    wait_for(lambda: (marks / "received-all").exists() and journal_has_done(ck),
+             "the consumer to have every item and the producer to be journaled", j)
+    j.kill_rank(0)
+    res = j.wait()
+    assert res.rc != 0 and "producer:" not in res.out, res.out
+    res = job([app, *args], n=3, timeout=30, run_args=["--resume", str(ck)]).wait()
+    assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
+    assert res.line("producer:") == f"producer: items=58 sum={sum(i * i for i in range(58))}"
+    assert "1 finished task(s) reused" in report(res.err), report(res.err)
+
+
+def journal_has_done(ck: Path) -> bool:
+    """Does the job journal in ``ck`` hold a ``done`` record yet?"""
+    try:
+        return b"done" in (ck / "journal.log").read_bytes()
+    except FileNotFoundError:
+        return False
