@@ -135,7 +135,7 @@ class Site:
             loc = self.locations.get(src)
             if loc is not None and inc < loc.inc:
                 return   # from a replaced incarnation of src
-            box = self.mailbox(dst)
+            box = self.mailboxes.get(dst) or self.mailbox(dst)
             last = box.delivered.get(src, 0)
             if seq <= last:
                 return   # a duplicate (replayed after a failover)
@@ -183,7 +183,9 @@ class Site:
         # receiver that has ended since got those messages then: they are dropped
         ended_ok = inc > 0
         for _ in range(100):
-            loc = self.locate(dst, ended_ok=ended_ok)
+            loc = self.locations.get(dst)
+            if loc is None or loc.rank < 0:
+                loc = self.locate(dst, ended_ok=ended_ok)
             if loc.rank == ENDED:
                 log.debug("task %d (incarnation %d): task %d has ended; message seq %d "
                           "dropped", src, inc, dst, seq)

@@ -357,11 +357,14 @@ class Transport:
         """Encode ``msg`` for ``dest`` (no MPI call): the frames and how they go."""
         if dest in self.failed or self.closed:
             raise PeerFailed(dest)
-        if self._routed(dest):
+        if not self.spawned and 0 <= dest < self.world_size:   # a world rank: direct
+            comm, peer, via = self.comm, dest, None
+        elif self._routed(dest):
             comm, peer, via = self._path(HUB)
             head, bufs, tag = self._chunked(self._routed_frame(dest, msg), [], 0)
             return _Out(dest, comm, peer, via, head, bufs, tag)
-        comm, peer, via = self._path(dest)
+        else:
+            comm, peer, via = self._path(dest)
         head, bufs, tag = self._frames(msg)
         if bufs or len(head) > self.max_chunk:
             head, bufs, tag = self._chunked(head, bufs, tag)
@@ -444,8 +447,10 @@ class Transport:
         """With the token just acquired: send the outbox, complete what can be, let go of
         the token; the previous owner (not None: this thread held it already)."""
         owner, self._owner = self._owner, threading.get_ident()
+        box = self._outbox
         try:
-            self._send_outbox()
+            while box:
+                self._isend(box.popleft())
             if self._pending:
                 self._complete_pending()
         finally:
