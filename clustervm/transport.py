@@ -916,7 +916,7 @@ class Transport:
     def _poll_if_free(self, timeout: float, limit: int) -> int | None:
         """Poll (at most ``limit`` messages) if the token can be had within ``timeout``."""
         token = self._token
-        if not (token.acquire(timeout=timeout) if timeout > 0 else token.acquire(False)):
+        if not (token.acquire(False) or timeout > 0 and token.acquire(timeout=timeout)):
             return None
         owner, self._owner = self._owner, threading.get_ident()
         try:
