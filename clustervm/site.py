@@ -238,8 +238,16 @@ class Site:
     def _log_copy(self, ctx: TaskLike, dst: int, seq: int, tag: int, copy: Any) -> bool:
         """Keep ``copy`` (the sender's own, never changed) in the task's replay log for
         ``dst``; past CLUSTERVM_REPLAY_LOG_MB the log is dropped with a warning (False)."""
-        entries = ctx.__dict__.setdefault("_outlog", {}).setdefault(dst, [])
-        sizes = ctx.__dict__.setdefault("_outbytes", {})
+        fields = ctx.__dict__
+        outlog = fields.get("_outlog")
+        if outlog is None:
+            outlog = fields["_outlog"] = {}
+        entries = outlog.get(dst)
+        if entries is None:
+            entries = outlog[dst] = []
+        sizes = fields.get("_outbytes")
+        if sizes is None:
+            sizes = fields["_outbytes"] = {}
         size = sizes.get(dst, 0) + approx_size(copy)
         if size > self.config.replay_log_mb * 1e6:
             log.warning("task %d: messages to task %d are no longer kept for replay (%.0f MB "
