@@ -21,7 +21,11 @@ logged as an error naming the sender and dropped, and the loop goes on.
 Progress: one thread at a time owns MPI, the holder of the progress token
 (leader/follower): whichever thread is waiting takes the token, probes MPI and
 runs the handlers of what arrives itself, so a reply reaches the waiting
-thread without a thread switch. Every point-to-point MPI call (receives, and
+thread without a thread switch. A waiting task handles one message a poll and
+looks at what it waits for right after (no second probe before it sees its
+message); a waiter that sleeps (past the spin) counts itself a sleeper, and a
+delivery notifies the sleepers only: nobody is notified when nobody sleeps.
+Every point-to-point MPI call (receives, and
 the Isends of every message) is made by the token holder: a thread that sends
 puts the message in the outbox and sends it itself when the token is free;
 otherwise the holder sends it before it lets go (and looks again after). The
