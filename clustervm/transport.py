@@ -30,8 +30,10 @@ the Isends of every message) is made by the token holder: a thread that sends
 puts the message in the outbox and sends it itself when the token is free;
 otherwise the holder sends it before it lets go (and looks again after). The
 outbox is FIFO, so one thread's messages leave in order; ``send`` returns once
-its Isends are complete (driving progress meanwhile, so two ranks sending each
-other large messages cannot block each other). Outside the token, only
+its message is Isent and, when it carries the caller's arrays, once its Isends
+are complete (driving progress meanwhile, so two ranks sending each other large
+messages cannot block each other); a message without arrays is completed by a
+later poll. Outside the token, only
 ``MPI_Comm_spawn`` (the coordinator's replacement thread) and the frozen
 groups' collectives on their own communicators (clustervm.fastgroup) call MPI,
 which is why the ranks still ask for MPI_THREAD_MULTIPLE. The background service thread polls only
@@ -393,14 +395,14 @@ class Transport:
         Raises :class:`PeerFailed` if ``dest`` is dead (or the transport is closed).
         """
         out = self._prepare(dest, msg)
-        out.tracked = True
+        out.tracked = bool(out.bufs)         # the caller's arrays are in flight
         self._hand(out)
-        if not out.done:
+        if not _far_enough(out):
             if self._owner == threading.get_ident():
                 self._finish_owned(out)      # in a handler: no nested poll
             else:               # drive progress meanwhile (a big send needs its receiver)
-                self.wait(lambda: out.done or dest in self.ignored)
-        if out.failed or not out.done:      # the peer died, was declared dead, or we closed
+                self.wait(lambda: _far_enough(out) or dest in self.ignored)
+        if out.failed or not _far_enough(out):   # the peer died, was declared dead, or we closed
             raise PeerFailed(dest)
 
     def post(self, dest: int, msg: Any) -> bool:
@@ -1029,6 +1031,13 @@ class Transport:
         """Wake idle workers and the service thread (work arrived, or shutdown)."""
         with self._bg_cond:
             self._bg_cond.notify_all()
+
+
+def _far_enough(out: _Out) -> bool:
+    """Has ``out`` gone far enough for :meth:`Transport.send` to return? Complete when it
+    carries the caller's arrays (``tracked``); else once Isent: its first frame is the
+    transport's own copy, and a later poll completes it, off the sender's path."""
+    return out.done or (not out.tracked and out.reqs is not None)
 
 
 def _split(buf: Any, limit: int) -> list[memoryview]:

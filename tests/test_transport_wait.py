@@ -175,3 +175,66 @@ def test_sleep_returns_true_without_waiting_when_the_predicate_holds():
     t0 = time.monotonic()
     assert t._sleep(5.0, lambda: True) is True
     assert time.monotonic() - t0 < 2.5 and t._sleepers == 0
+
+
+class FakeRequest:
+    def __init__(self) -> None:
+        self.complete = False
+
+
+class SendComm(FakeComm):
+    """A FakeComm whose Isends stay incomplete until the test completes them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[FakeRequest] = []
+
+    def Isend(self, spec, dest, tag):  # noqa: N802
+        req = FakeRequest()
+        self.requests.append(req)
+        return req
+
+
+@pytest.fixture
+def sender(monkeypatch):
+    monkeypatch.setattr(T, "_testall", lambda reqs: all(r.complete for r in reqs))
+    t = T.Transport(SendComm(), spin_ms=5.0, idle_sleep_ms=10.0, max_chunk_bytes=1 << 20)
+    t._status = FakeStatus()
+    return t
+
+
+def test_a_send_without_arrays_returns_once_isent(sender):
+    """Its first frame is the transport's own copy: the sender goes on at once, and a
+    later poll completes the request, off the sender's path."""
+    returned = threading.Event()
+
+    def send() -> None:
+        sender.send(2, ("m", b"x" * 8))
+        returned.set()
+
+    threading.Thread(target=send, daemon=True).start()
+    assert returned.wait(5.0), "send waited for the completion of a message without arrays"
+    [req] = sender.comm.requests
+    assert len(sender._pending) == 1
+    req.complete = True
+    sender.try_poll()
+    assert not sender._pending
+
+
+def test_a_send_with_arrays_waits_until_they_have_left(sender):
+    np = pytest.importorskip("numpy")
+    returned = threading.Event()
+
+    def send() -> None:
+        sender.send(2, ("m", np.zeros(16)))
+        returned.set()
+
+    th = threading.Thread(target=send, daemon=True)
+    th.start()
+    time.sleep(0.2)
+    assert not returned.is_set(), "send returned while the array was still in flight"
+    assert len(sender.comm.requests) == 2          # the first frame and the array
+    for req in sender.comm.requests:
+        req.complete = True
+    assert returned.wait(5.0)
+    th.join(5.0)
