@@ -450,15 +450,17 @@ class Transport:
                 return
 
     def _send_owned(self) -> int | None:
-        """With the token just acquired: send the outbox, complete what can be, let go of
-        the token; the previous owner (not None: this thread held it already)."""
+        """With the token just acquired: complete what can be of what was sent before, send
+        the outbox, let go of the token; the previous owner (not None: this thread held
+        it already). What is sent now is completed later (a poll, the next send), off
+        the sender's path, unless its sender waits for it (``tracked``)."""
         owner, self._owner = self._owner, threading.get_ident()
         box = self._outbox
         try:
-            while box:
-                self._isend(box.popleft())
             if self._pending:
                 self._complete_pending()
+            while box:
+                self._isend(box.popleft())
         finally:
             self._owner = owner
             self._token.release()
