@@ -135,7 +135,7 @@ class Site:
             loc = self.locations.get(src)
             if loc is not None and inc < loc.inc:
                 return   # from a replaced incarnation of src
-            box = self.mailboxes.get(dst) or self.mailbox(dst)
+            box = self.mailbox(dst)
             last = box.delivered.get(src, 0)
             if seq <= last:
                 return   # a duplicate (replayed after a failover)
