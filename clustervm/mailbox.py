@@ -51,6 +51,8 @@ class Mailbox:
                 self.delivered[src] = seq
 
     def take(self, source: int, tag: int, remove: bool = True) -> Message | None:
+        if not self.items:      # nothing to look at (a put meanwhile is seen next time)
+            return None
         with self.lock:
             for i, item in enumerate(self.items):
                 # ANY never matches a notification (source SYSTEM): only SYSTEM does

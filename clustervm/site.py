@@ -183,7 +183,9 @@ class Site:
         # receiver that has ended since got those messages then: they are dropped
         ended_ok = inc > 0
         for _ in range(100):
-            loc = self.locate(dst, ended_ok=ended_ok)
+            loc = self.locations.get(dst)
+            if loc is None or loc.rank < 0:
+                loc = self.locate(dst, ended_ok=ended_ok)
             if loc.rank == ENDED:
                 log.debug("task %d (incarnation %d): task %d has ended; message seq %d "
                           "dropped", src, inc, dst, seq)
@@ -236,8 +238,16 @@ class Site:
     def _log_copy(self, ctx: TaskLike, dst: int, seq: int, tag: int, copy: Any) -> bool:
         """Keep ``copy`` (the sender's own, never changed) in the task's replay log for
         ``dst``; past CLUSTERVM_REPLAY_LOG_MB the log is dropped with a warning (False)."""
-        entries = ctx.__dict__.setdefault("_outlog", {}).setdefault(dst, [])
-        sizes = ctx.__dict__.setdefault("_outbytes", {})
+        fields = ctx.__dict__
+        outlog = fields.get("_outlog")
+        if outlog is None:
+            outlog = fields["_outlog"] = {}
+        entries = outlog.get(dst)
+        if entries is None:
+            entries = outlog[dst] = []
+        sizes = fields.get("_outbytes")
+        if sizes is None:
+            sizes = fields["_outbytes"] = {}
         size = sizes.get(dst, 0) + approx_size(copy)
         if size > self.config.replay_log_mb * 1e6:
             log.warning("task %d: messages to task %d are no longer kept for replay (%.0f MB "

@@ -106,8 +106,12 @@ class TaskContext:
         """
         self._check()
         box = self.mailbox
-        got: list[Message] = []
         posted = self.__dict__.get("_posted")
+        if not posted:                  # already here: no waiting
+            m = box.take(source, tag)
+            if m is not None:
+                return m
+        got: list[Message] = []
 
         def ready() -> bool:
             if self.aborted:

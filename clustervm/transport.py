@@ -21,13 +21,19 @@ logged as an error naming the sender and dropped, and the loop goes on.
 Progress: one thread at a time owns MPI, the holder of the progress token
 (leader/follower): whichever thread is waiting takes the token, probes MPI and
 runs the handlers of what arrives itself, so a reply reaches the waiting
-thread without a thread switch. Every point-to-point MPI call (receives, and
+thread without a thread switch. A waiting task handles one message a poll and
+looks at what it waits for right after (no second probe before it sees its
+message); a waiter that sleeps (past the spin) counts itself a sleeper, and a
+delivery notifies the sleepers only: nobody is notified when nobody sleeps.
+Every point-to-point MPI call (receives, and
 the Isends of every message) is made by the token holder: a thread that sends
 puts the message in the outbox and sends it itself when the token is free;
 otherwise the holder sends it before it lets go (and looks again after). The
 outbox is FIFO, so one thread's messages leave in order; ``send`` returns once
-its Isends are complete (driving progress meanwhile, so two ranks sending each
-other large messages cannot block each other). Outside the token, only
+its message is Isent and, when it carries the caller's arrays, once its Isends
+are complete (driving progress meanwhile, so two ranks sending each other large
+messages cannot block each other); a message without arrays is completed by a
+later poll. Outside the token, only
 ``MPI_Comm_spawn`` (the coordinator's replacement thread) and the frozen
 groups' collectives on their own communicators (clustervm.fastgroup) call MPI,
 which is why the ranks still ask for MPI_THREAD_MULTIPLE. The background service thread polls only
@@ -285,7 +291,10 @@ class Transport:
         self._bg_poller: int | None = None       # the background thread polling now
         self._bg_waiters = 0                     # idle workers waiting for work
         self._busy = False                       # a poll handled more than heartbeats
-        self._user_waiters = 0
+        self._user_waiters: list[int] = []       # foreground threads in wait() (no lock:
+        #                                          list.append/remove are atomic)
+        self._sleepers = 0                       # foreground waiters asleep on _cond
+        self._wakeups = 0                        # notify()s that found a sleeper
         self._pending: deque[_Out] = deque()      # Isent, not complete (token holder only)
         #: long receives given up (their sender declared dead): kept for MPI to finish
         self._abandoned: list[tuple[MPI.Request, Any]] = []
@@ -359,12 +368,17 @@ class Transport:
         """Encode ``msg`` for ``dest`` (no MPI call): the frames and how they go."""
         if dest in self.failed or self.closed:
             raise PeerFailed(dest)
-        if self._routed(dest):
+        if not self.spawned and 0 <= dest < self.world_size:   # a world rank: direct
+            comm, peer, via = self.comm, dest, None
+        elif self._routed(dest):
             comm, peer, via = self._path(HUB)
             head, bufs, tag = self._chunked(self._routed_frame(dest, msg), [], 0)
             return _Out(dest, comm, peer, via, head, bufs, tag)
-        comm, peer, via = self._path(dest)
-        head, bufs, tag = self._chunked(*self._frames(msg))
+        else:
+            comm, peer, via = self._path(dest)
+        head, bufs, tag = self._frames(msg)
+        if bufs or len(head) > self.max_chunk:
+            head, bufs, tag = self._chunked(head, bufs, tag)
         return _Out(dest, comm, peer, via, head, bufs, tag)
 
     def _routed_frame(self, dest: int, msg: Any) -> bytes:
@@ -386,14 +400,14 @@ class Transport:
         Raises :class:`PeerFailed` if ``dest`` is dead (or the transport is closed).
         """
         out = self._prepare(dest, msg)
-        out.tracked = True
+        out.tracked = bool(out.bufs)         # the caller's arrays are in flight
         self._hand(out)
-        if not out.done:
+        if not _far_enough(out):
             if self._owner == threading.get_ident():
                 self._finish_owned(out)      # in a handler: no nested poll
             else:               # drive progress meanwhile (a big send needs its receiver)
-                self.wait(lambda: out.done or dest in self.ignored)
-        if out.failed or not out.done:      # the peer died, was declared dead, or we closed
+                self.wait(lambda: _far_enough(out) or dest in self.ignored)
+        if out.failed or not _far_enough(out):   # the peer died, was declared dead, or we closed
             raise PeerFailed(dest)
 
     def post(self, dest: int, msg: Any) -> bool:
@@ -441,12 +455,17 @@ class Transport:
                 return
 
     def _send_owned(self) -> int | None:
-        """With the token just acquired: send the outbox, complete what can be, let go of
-        the token; the previous owner (not None: this thread held it already)."""
+        """With the token just acquired: complete what can be of what was sent before, send
+        the outbox, let go of the token; the previous owner (not None: this thread held
+        it already). What is sent now is completed later (a poll, the next send), off
+        the sender's path, unless its sender waits for it (``tracked``)."""
         owner, self._owner = self._owner, threading.get_ident()
+        box = self._outbox
         try:
-            self._send_outbox()
-            self._complete_pending()
+            if self._pending:
+                self._complete_pending()
+            while box:
+                self._isend(box.popleft())
         finally:
             self._owner = owner
             self._token.release()
@@ -459,9 +478,11 @@ class Transport:
             self._isend(box.popleft())
 
     def _isend(self, out: "_Out") -> None:
+        comm, peer, bufs = out.comm, out.peer, out.bufs
         try:
-            reqs = [out.comm.Isend([out.head, MPI.BYTE], out.peer, out.head_tag)]
-            reqs.extend(out.comm.Isend([b, MPI.BYTE], out.peer, out.tag) for b in out.bufs)
+            reqs = [comm.Isend([out.head, MPI.BYTE], peer, out.head_tag)]
+            for b in bufs:
+                reqs.append(comm.Isend([b, MPI.BYTE], peer, out.tag))
         except MPI.Exception as exc:
             if is_failure(exc):
                 out.failed = out.done = True
@@ -470,18 +491,26 @@ class Transport:
             raise
         c = self.counters
         c.msgs_out += 1
-        c.bytes_out += len(out.head) + sum(memoryview(b).nbytes for b in out.bufs)
-        if out.tracked:          # a sender waits: drive these requests a while, as MPI_Send
-            try:                 # would (a small message is out within a few tests)
-                for _ in range(_SEND_SPINS):
-                    if _testall(reqs):
-                        out.done = True
-                        return
-            except MPI.Exception as exc:
-                self._send_failed(out, exc)
-                return
+        c.bytes_out += len(out.head)
+        if bufs:
+            c.bytes_out += sum(memoryview(b).nbytes for b in bufs)
+        if out.tracked and self._test_a_while(out, reqs):
+            return
         out.reqs = reqs
         self._pending.append(out)
+
+    def _test_a_while(self, out: "_Out", reqs: list) -> bool:
+        """A sender waits for ``out``: test its requests a while, as MPI_Send would (a
+        small message is out within a few tests). True once it is done (or failed)."""
+        try:
+            for _ in range(_SEND_SPINS):
+                if _testall(reqs):
+                    out.done = True
+                    return True
+        except MPI.Exception as exc:
+            self._send_failed(out, exc)
+            return True
+        return False
 
     def _finish_owned(self, out: "_Out") -> None:
         """Complete ``out`` while this thread holds the token (a send from a handler): test
@@ -575,6 +604,9 @@ class Transport:
     def _take(self, comm: Any, peer: int, src: int, frame: Any) -> None:
         """Handle a first frame from ``src`` (``peer`` on ``comm``): receive the parts it
         announces, then decode and dispatch. Raises :class:`FrameError`."""
+        if len(frame) > 1 and frame[0] == _KIND_INLINE:   # the common case: all of it is here
+            self._deliver(src, memoryview(frame)[1:], [])
+            return
         tag = 0
         try:
             f = parse_frame(frame, src, self.max_message)
@@ -732,13 +764,12 @@ class Transport:
                 self._path_failed(link_rank)
         if self._outbox:
             self._send_outbox()
-        self._complete_pending()
+        if self._pending:
+            self._complete_pending()
         if n:
             if self._busy:   # heartbeats alone do not make an idle loop spin
                 self._last_activity = time.perf_counter()
-            cond = self._cond
-            with cond:
-                cond.notify_all()
+            self.notify()
         return n
 
     # -- links to spawned nodes ------------------------------------------------
@@ -832,30 +863,63 @@ class Transport:
         deadline = None if timeout is None else time.monotonic() + timeout
         if background:
             return self._wait_background(predicate, deadline, spin)
-        with self._cond:
-            self._user_waiters += 1
+        me = threading.get_ident()
+        waiters = self._user_waiters
+        waiters.append(me)
         try:
             return self._wait(predicate, deadline)
         finally:
             # nobody is woken: background pollers look again within idle_sleep_ms. Waking
             # them after every wait made them race the task thread for the GIL and the
             # token on each message: 8 B round trips 230-260 us against 57-85 us (measured)
-            with self._cond:
-                self._user_waiters -= 1
+            waiters.remove(me)
 
     def _wait(self, predicate: Callable[[], bool], deadline: float | None) -> bool:
-        # predicates may have side effects (take a message): once one is true, return
-        while not predicate():
+        """Poll until ``predicate()`` is true (the caller found it false). Predicates may
+        have side effects (take a message): once one is true, return."""
+        while True:
             remaining = self._left(deadline)
             if remaining == 0.0:
                 return False
-            # a foreground waiter takes the token as soon as the holder lets go
-            got = self.try_poll(0.001 if remaining is None else min(0.001, remaining))
-            if got == 0:
-                if predicate():
-                    return True
-                self._pause(remaining, self._cond)
-        return True
+            # a foreground waiter takes the token as soon as the holder lets go, and handles
+            # one message a poll: the one it waits for is taken without probing MPI again
+            got = self._poll_if_free(0.001 if remaining is None else min(0.001, remaining), 1)
+            if got == 0 and self._back_off(remaining, predicate):
+                return True
+            if predicate():
+                return True
+
+    def _back_off(self, remaining: float | None, predicate: Callable[[], bool]) -> bool:
+        """A foreground waiter's pause after an empty poll: yield while recently busy,
+        else sleep until notified (at most the back-off). True if ``predicate``, looked
+        at before sleeping, was true."""
+        idle = time.perf_counter() - self._last_activity
+        if idle < self._spin_s:
+            os.sched_yield()
+            return False
+        pause = min(self._idle_max_s, 0.00005 + (idle - self._spin_s) * 0.05)
+        return self._sleep(pause if remaining is None else min(pause, remaining), predicate)
+
+    def _sleep(self, pause: float, predicate: Callable[[], bool]) -> bool:
+        """Sleep on the foreground condition for at most ``pause`` s unless ``predicate``
+        is true (then True). The predicate is looked at once this thread counts as a
+        sleeper, outside the lock: a notifier that saw no sleeper had changed the state
+        before, and one that saw it bumps ``_wakeups`` before this thread waits, or wakes it.
+        """
+        cond = self._cond
+        with cond:
+            self._sleepers += 1
+            seen = self._wakeups
+        try:
+            if predicate():
+                return True
+            with cond:
+                if self._wakeups == seen:
+                    cond.wait(pause)
+        finally:
+            with cond:
+                self._sleepers -= 1
+        return False
 
     def _left(self, deadline: float | None) -> float | None:
         """Seconds a waiter has left: None without a deadline, 0.0 once past it or closed."""
@@ -865,12 +929,16 @@ class Transport:
 
     def try_poll(self, timeout: float = 0.0) -> int | None:
         """Poll if the poller token can be had within ``timeout``: messages handled, or None."""
+        return self._poll_if_free(timeout, 256)
+
+    def _poll_if_free(self, timeout: float, limit: int) -> int | None:
+        """Poll (at most ``limit`` messages) if the token can be had within ``timeout``."""
         token = self._token
-        if not (token.acquire(timeout=timeout) if timeout > 0 else token.acquire(False)):
+        if not (token.acquire(False) or timeout > 0 and token.acquire(timeout=timeout)):
             return None
         owner, self._owner = self._owner, threading.get_ident()
         try:
-            return self.poll()
+            return self.poll(limit)
         finally:
             self._owner = owner
             token.release()
@@ -914,7 +982,7 @@ class Transport:
             if got is None:
                 time.sleep(_BACKGROUND_PAUSE_S)
             elif not got and (predicate is None or not predicate()):
-                self._pause(remaining, self._bg_cond, spin=spin)
+                self._pause(remaining, spin=spin)
         finally:
             with self._bg_cond:
                 self._bg_poller = None
@@ -929,24 +997,22 @@ class Transport:
         deep idle, else ``idle_sleep_ms``."""
         return self._deep_max_s if background and self._deep_idle() else self._idle_max_s
 
-    def _pause(self, remaining: float | None, cond: threading.Condition,
-               spin: bool = True) -> None:
-        """Back off after an empty poll: yield while recently busy, then sleep (wakeable).
-
-        Only foreground waiters spin; background pollers always sleep a little, so
-        they never compete with a task thread for the GIL or MPI's locks.
-        """
+    def _pause(self, remaining: float | None, spin: bool) -> None:
+        """A background poller's back-off after an empty poll: yield while recently busy
+        (only with ``spin``), else sleep on the background condition (wakeable). Without
+        ``spin`` it always sleeps a little, so it never competes with a task thread for
+        the GIL or MPI's locks."""
         idle = time.perf_counter() - self._last_activity
         if spin and idle < self._spin_s:
             os.sched_yield()
             return
         floor = 0.00005 if spin else _BACKGROUND_PAUSE_S
-        pause = min(self._longest_pause(background=cond is self._bg_cond),
+        pause = min(self._longest_pause(background=True),
                     floor + max(0.0, idle - self._spin_s) * 0.05)
         if remaining is not None:
             pause = min(pause, remaining)
-        with cond:
-            cond.wait(pause)
+        with self._bg_cond:
+            self._bg_cond.wait(pause)
 
     def service_step(self, max_sleep: float, spin: bool = False) -> None:
         """One step of the background service loop: poll unless a user thread is polling.
@@ -965,14 +1031,25 @@ class Transport:
         self._background_step(max_sleep, spin=spin)
 
     def notify(self) -> None:
-        """Wake foreground waiters (state changed outside a poll: a local delivery)."""
-        with self._cond:
-            self._cond.notify_all()
+        """Wake the foreground waiters that sleep (state changed: a delivery, a poll that
+        handled messages); nobody is notified when nobody sleeps (see :meth:`_sleep`)."""
+        if self._sleepers:
+            cond = self._cond
+            with cond:
+                self._wakeups += 1
+                cond.notify_all()
 
     def notify_background(self) -> None:
         """Wake idle workers and the service thread (work arrived, or shutdown)."""
         with self._bg_cond:
             self._bg_cond.notify_all()
+
+
+def _far_enough(out: _Out) -> bool:
+    """Has ``out`` gone far enough for :meth:`Transport.send` to return? Complete when it
+    carries the caller's arrays (``tracked``); else once Isent: its first frame is the
+    transport's own copy, and a later poll completes it, off the sender's path."""
+    return out.done or (not out.tracked and out.reqs is not None)
 
 
 def _split(buf: Any, limit: int) -> list[memoryview]:

@@ -339,6 +339,10 @@ def dumps(obj: Any, *, allow_pickle: bool = False) -> tuple[bytes, list[memoryvi
     enc.buffers = buffers = []
     enc.allow_pickle = allow_pickle
     try:
+        if type(obj) is tuple:   # every protocol message: its ext made here, not in a callback
+            enc.depth = 1        # (as deep as inside pack)
+            obj = enc.default(obj)
+            enc.depth = 0
         payload = enc.pack(obj)
     except _Unsendable as exc:
         raise _wire_error(obj, exc) from None

@@ -1,0 +1,240 @@
+"""The transport's hot path for a waiting task (issue 13): the thread that waits is the
+thread that receives, one message a poll, and nobody is notified when nobody sleeps.
+
+The transport runs on a fake communicator (no MPI call is made): its ``Improbe``
+serves first frames queued by the test. The real path is covered by the jobs of
+tests/test_messaging_api.py and benchmarks/pingpong.py.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import mpi4py
+
+mpi4py.rc.initialize = False   # no singleton MPI_Init in the test process (if not done yet)
+mpi4py.rc.finalize = False
+
+import pytest  # noqa: E402
+
+from clustervm import transport as T  # noqa: E402
+from clustervm import wire  # noqa: E402
+
+
+class FakeStatus:
+    def __init__(self) -> None:
+        self.source = self.count = 0
+
+    def Get_source(self) -> int:  # noqa: N802 - MPI's names
+        return self.source
+
+    def Get_count(self, datatype) -> int:  # noqa: N802
+        return self.count
+
+
+class FakeMessage:
+    def __init__(self, frame: bytes) -> None:
+        self.frame = frame
+
+    def Recv(self, spec) -> None:  # noqa: N802
+        memoryview(spec[0])[:] = self.frame
+
+
+class FakeComm:
+    """A communicator whose Improbe serves the frames queued in ``inbox``, and counts."""
+
+    def __init__(self, rank: int = 1, size: int = 3) -> None:
+        self.rank, self.size = rank, size
+        self.inbox: deque[tuple[int, bytes]] = deque()
+        self.probes = 0
+
+    def Set_errhandler(self, handler) -> None:  # noqa: N802
+        pass
+
+    def Get_rank(self) -> int:  # noqa: N802
+        return self.rank
+
+    def Get_size(self) -> int:  # noqa: N802
+        return self.size
+
+    def Improbe(self, source, tag, status):  # noqa: N802
+        self.probes += 1
+        if not self.inbox:
+            return None
+        src, frame = self.inbox.popleft()
+        status.source, status.count = src, len(frame)
+        return FakeMessage(frame)
+
+    def queue(self, src: int, msg) -> None:
+        payload, bufs = wire.dumps(msg)
+        assert not bufs
+        self.inbox.append((src, b"\x00" + payload))
+
+
+class CountingCondition:
+    """A threading.Condition that counts how often its lock is taken."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.entered = 0
+
+    def __enter__(self):
+        self.entered += 1
+        return self.cond.__enter__()
+
+    def __exit__(self, *exc):
+        return self.cond.__exit__(*exc)
+
+    def wait(self, timeout=None):
+        return self.cond.wait(timeout)
+
+    def notify_all(self) -> None:
+        self.cond.notify_all()
+
+
+@pytest.fixture
+def transport():
+    t = T.Transport(FakeComm(), spin_ms=5.0, idle_sleep_ms=10.0, max_chunk_bytes=1 << 20)
+    t._status = FakeStatus()
+    got: list = []
+    t.handler = lambda src, msg: got.append((src, msg))
+    t.got = got   # type: ignore[attr-defined]
+    return t
+
+
+def test_a_waiter_handles_one_message_a_poll_and_probes_once_for_it(transport):
+    """The message waited for is handed to the waiter without another probe of MPI;
+    what came after it stays for the next poll."""
+    comm = transport.comm
+    for i in range(3):
+        comm.queue(2, ("m", i))
+    assert transport.wait(lambda: bool(transport.got), timeout=5.0)
+    assert transport.got == [(2, ("m", 0))]
+    assert comm.probes == 1
+    assert len(comm.inbox) == 2
+    assert transport.try_poll() == 2       # a plain poll takes everything there
+    assert [m for _, m in transport.got] == [("m", 0), ("m", 1), ("m", 2)]
+
+
+def test_nobody_is_notified_when_nobody_sleeps(transport):
+    cond = transport._cond = CountingCondition()
+    transport.comm.queue(2, ("m", 0))
+    assert transport.try_poll() == 1
+    transport.notify()
+    assert cond.entered == 0
+
+
+def test_a_sleeping_waiter_is_woken_by_notify():
+    """Past the spin, a waiter sleeps on the condition (up to idle_sleep_ms, long here);
+    a state change with notify() ends its sleep at once."""
+    t = T.Transport(FakeComm(), spin_ms=0.0, idle_sleep_ms=5000.0, max_chunk_bytes=1 << 20)
+    t._status = FakeStatus()
+    t._last_activity -= 10.0         # long idle: the back-off is at its ceiling
+    flag = threading.Event()
+    done: list[float] = []
+
+    def waiter() -> None:
+        t.wait(flag.is_set, timeout=20.0)
+        done.append(time.monotonic())
+
+    th = threading.Thread(target=waiter, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 5.0
+    while not t._sleepers and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert t._sleepers == 1, "the waiter never went to sleep"
+    flag.set()
+    woke = time.monotonic()
+    t.notify()
+    th.join(10.0)
+    assert done and done[0] - woke < 2.5, "the waiter slept on after notify()"
+    assert t._sleepers == 0
+
+
+def test_a_change_between_the_check_and_the_sleep_is_not_lost():
+    """A notifier that runs after the waiter counted itself a sleeper but before it
+    waits (here: inside the predicate) keeps it from sleeping at all."""
+    t = T.Transport(FakeComm(), spin_ms=0.0, idle_sleep_ms=5000.0, max_chunk_bytes=1 << 20)
+    calls = 0
+
+    def predicate() -> bool:
+        nonlocal calls
+        calls += 1
+        t.notify()                    # the state changed just now, from "another thread"
+        return False
+
+    t0 = time.monotonic()
+    assert t._sleep(5.0, predicate) is False
+    assert time.monotonic() - t0 < 2.5
+    assert calls == 1 and t._sleepers == 0
+
+
+def test_sleep_returns_true_without_waiting_when_the_predicate_holds():
+    t = T.Transport(FakeComm(), spin_ms=0.0, idle_sleep_ms=5000.0, max_chunk_bytes=1 << 20)
+    t0 = time.monotonic()
+    assert t._sleep(5.0, lambda: True) is True
+    assert time.monotonic() - t0 < 2.5 and t._sleepers == 0
+
+
+class FakeRequest:
+    def __init__(self) -> None:
+        self.complete = False
+
+
+class SendComm(FakeComm):
+    """A FakeComm whose Isends stay incomplete until the test completes them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[FakeRequest] = []
+
+    def Isend(self, spec, dest, tag):  # noqa: N802
+        req = FakeRequest()
+        self.requests.append(req)
+        return req
+
+
+@pytest.fixture
+def sender(monkeypatch):
+    monkeypatch.setattr(T, "_testall", lambda reqs: all(r.complete for r in reqs))
+    t = T.Transport(SendComm(), spin_ms=5.0, idle_sleep_ms=10.0, max_chunk_bytes=1 << 20)
+    t._status = FakeStatus()
+    return t
+
+
+def test_a_send_without_arrays_returns_once_isent(sender):
+    """Its first frame is the transport's own copy: the sender goes on at once, and a
+    later poll completes the request, off the sender's path."""
+    returned = threading.Event()
+
+    def send() -> None:
+        sender.send(2, ("m", b"x" * 8))
+        returned.set()
+
+    threading.Thread(target=send, daemon=True).start()
+    assert returned.wait(5.0), "send waited for the completion of a message without arrays"
+    [req] = sender.comm.requests
+    assert len(sender._pending) == 1
+    req.complete = True
+    sender.try_poll()
+    assert not sender._pending
+
+
+def test_a_send_with_arrays_waits_until_they_have_left(sender):
+    np = pytest.importorskip("numpy")
+    returned = threading.Event()
+
+    def send() -> None:
+        sender.send(2, ("m", np.zeros(16)))
+        returned.set()
+
+    th = threading.Thread(target=send, daemon=True)
+    th.start()
+    time.sleep(0.2)
+    assert not returned.is_set(), "send returned while the array was still in flight"
+    assert len(sender.comm.requests) == 2          # the first frame and the array
+    for req in sender.comm.requests:
+        req.complete = True
+    assert returned.wait(5.0)
+    th.join(5.0)
