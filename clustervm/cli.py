@@ -10,16 +10,21 @@ its options to a parser, and a function that runs it.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 import os
-import shlex
 import sys
-from typing import Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
 
-from .config import Config
 from .errors import ConfigError, HostfileError
+
+if TYPE_CHECKING:
+    import argparse
+
+    from .config import Config
+
+# argparse, dataclasses (with inspect) and the launcher's modules are imported where
+# they are used: every rank runs `python -m clustervm app.py` through this module, and
+# all of them start at once on few cores (only the launcher parses a command line).
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,7 @@ def _version() -> str:
 # ------------------------------------------------------------------ run
 
 def _positive_float(text: str) -> float:
+    import argparse
     try:
         value = float(text)
     except ValueError:
@@ -48,6 +54,7 @@ def _positive_float(text: str) -> float:
 
 def _int_at_least(low: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
+        import argparse
         try:
             value = int(text)
         except ValueError:
@@ -59,6 +66,7 @@ def _int_at_least(low: int) -> Callable[[str], int]:
 
 
 def _log_level(text: str) -> str:
+    import argparse
     name = text.upper()
     if not isinstance(logging.getLevelName(name), int):
         raise argparse.ArgumentTypeError(
@@ -67,6 +75,7 @@ def _log_level(text: str) -> str:
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
+    import argparse
     p.add_argument("-n", "--np", dest="n", type=_int_at_least(1), metavar="N",
                    help="number of ranks, coordinator included (default: every slot)")
     p.add_argument("--hostfile", metavar="FILE",
@@ -119,6 +128,9 @@ def _check_dashboard(value: str) -> None:
 
 def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None) -> Config:
     """The job's Config: CLUSTERVM_* variables, overridden by the options given."""
+    import dataclasses
+
+    from .config import Config
     changes: dict[str, object] = {
         "heartbeat_s": args.heartbeat,
         "checkpoint_dir": args.checkpoint_dir,
@@ -149,6 +161,8 @@ def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import shlex
+
     from . import launcher
 
     config = config_from_args(args)
@@ -184,6 +198,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _preflight(app: str, config: Config, or_start: bool) -> Config:
     """Check before mpiexec starts what can fail the job's start (see preflight.py)."""
+    import dataclasses
+
     from . import preflight
 
     preflight.check_app(app)
@@ -277,6 +293,7 @@ COMMANDS: dict[str, Command] = {
 
 def make_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and the parser of each subcommand."""
+    import argparse
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="A PVM-style cluster virtual machine on MPI.",
@@ -328,11 +345,12 @@ def _setup_logging(name: str) -> None:
 
 
 def _run_app(path: str, args: list[str]) -> int:
-    from .slurm import direct_launch_error
-    problem = direct_launch_error()   # srun without a PMI: every task would run alone
-    if problem:
-        print(f"{PROG}: error: {problem}", file=sys.stderr)
-        return USAGE_ERROR
+    if "SLURM_STEP_ID" in os.environ:   # started by srun (only then is the module needed)
+        from .slurm import direct_launch_error
+        problem = direct_launch_error()   # srun without a PMI: every task would run alone
+        if problem:
+            print(f"{PROG}: error: {problem}", file=sys.stderr)
+            return USAGE_ERROR
     try:
         from .runtime import run_app
     except ModuleNotFoundError as e:

@@ -6,12 +6,18 @@ Linux only; elsewhere every query answers "nothing" ([], "", None).
 from __future__ import annotations
 
 import os
-import socket
 
 
 def hostname() -> str:
-    """This host's name: $CLUSTERVM_HOSTNAME if set, else the system's."""
-    return os.environ.get("CLUSTERVM_HOSTNAME") or socket.gethostname()
+    """This host's name: $CLUSTERVM_HOSTNAME if set, else the system's (what
+    ``socket.gethostname()`` says, without loading the socket module on every rank)."""
+    name = os.environ.get("CLUSTERVM_HOSTNAME")
+    if name:
+        return name
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket
+    return socket.gethostname()
 
 
 def state(pid: int) -> str:
