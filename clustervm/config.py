@@ -44,8 +44,8 @@ class Config:
     spin_ms: float = 5.0
     #: CLUSTERVM_IDLE_SLEEP_MS: longest sleep between polls of an idle loop, in milliseconds.
     idle_sleep_ms: float = 10.0
-    #: CLUSTERVM_DEEP_IDLE_SLEEP_MS: longest sleep between background polls of a rank without traffic for a second, in milliseconds.
-    deep_idle_sleep_ms: float = 100.0
+    #: CLUSTERVM_DEEP_IDLE_SLEEP_MS: longest sleep between background polls of a rank without traffic for a quarter second, in milliseconds (at most heartbeat_s / 8).
+    deep_idle_sleep_ms: float = 250.0
     #: CLUSTERVM_REPLAY_LOG_MB: megabytes of messages kept per receiver for replay after a failover.
     replay_log_mb: float = 256.0
     #: CLUSTERVM_REPORT: print the end-of-job report: 'auto' (after failures), 'always', 'never'.

@@ -168,7 +168,7 @@ def start(main: Callable | None, config: Config, argv: list[str]) -> int:
     # job if a rank died during it. Our tags (1, and >= 2**16 for buffers) are ours.
     comm = world
     transport = Transport(comm, spin_ms=config.spin_ms, idle_sleep_ms=config.idle_sleep_ms,
-                          deep_idle_sleep_ms=config.deep_idle_sleep_ms,
+                          deep_idle_sleep_ms=deep_idle_sleep_ms(config),
                           allow_pickle=config.pickle)
     if transport.rank != 0:
         return _serve(transport, config)
@@ -179,6 +179,15 @@ def start(main: Callable | None, config: Config, argv: list[str]) -> int:
     except BaseException as exc:   # noqa: BLE001 - a failed start ends the whole job now
         return _abort_start(transport, exc)
     return coordinate(coord, main, argv)
+
+
+def deep_idle_sleep_ms(config: Config) -> float:
+    """The longest sleep of a rank in deep idle: CLUSTERVM_DEEP_IDLE_SLEEP_MS, but at most an
+    eighth of the heartbeat period. A node in deep idle ticks (and so beats) that often,
+    and the coordinator checks the heartbeats and polls MPI for failures that often: a
+    beat is at most 3/8 of the period apart, and a dead node is noticed at most 1/8 of
+    the period later than when the transport is busy."""
+    return min(config.deep_idle_sleep_ms, config.heartbeat_s * 1000.0 / 8)
 
 
 def coordinate(coord: "Coordinator", main: Callable | None, argv: list[str]) -> int:
@@ -267,7 +276,7 @@ def _serve_spawned(parent, config: Config) -> int:
     logging.getLogger().handlers.clear()
     setup_logging(config.log_level, rank, hostname())
     transport = Transport(parent, spin_ms=config.spin_ms, idle_sleep_ms=config.idle_sleep_ms,
-                          deep_idle_sleep_ms=config.deep_idle_sleep_ms,
+                          deep_idle_sleep_ms=deep_idle_sleep_ms(config),
                           allow_pickle=config.pickle, rank=rank)
     log.info("spawned node %d joins the VM", rank)
     return _serve(transport, config)
