@@ -73,6 +73,7 @@ def run_app(path: str, args: list[str]) -> int:
     except ClusterVMError as exc:
         print(f"clustervm: error: {exc}", file=sys.stderr)
         return _exit(2)
+    _import_role()
     from mpi4py import MPI
     rank = MPI.COMM_WORLD.Get_rank()
     _leave_with_launcher()
@@ -95,6 +96,24 @@ def run_app(path: str, args: list[str]) -> int:
                   f"`def main(vm): ...` (it runs on the coordinator)", file=sys.stderr)
         return _fail_start(2, rank)
     return _exit(_start_or_fail(main, config, [path, *args]))
+
+
+def _import_role() -> None:
+    """Import this rank's side of the VM (the coordinator's or a node's) before MPI_Init.
+
+    The launcher starts rank 0 first and the ranks meet in MPI_Init, where the first
+    ones wait for the last: rank 0 spent that wait idle, then built the coordinator
+    alone while every node waited for it (measured: 30 ms of CPU with bytecode
+    cached, 90 ms without, on the start's critical path). Imported here, that work
+    is done while the other ranks still start, on cores they share. The rank comes
+    from the launcher's environment; without one, nothing is imported early."""
+    from .procs import world_rank
+    rank = world_rank([f"{k}={v}".encode() for k, v in os.environ.items()
+                       if k in ("PMIX_NAMESPACE", "OMPI_COMM_WORLD_RANK", "PMI_RANK")])
+    if rank == 0:
+        from . import coordinator, vm   # noqa: F401 - loaded now, used after MPI_Init
+    elif rank is not None:
+        from . import node   # noqa: F401
 
 
 def run(main: Callable, argv: list[str] | None = None) -> None:
