@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from .config import Config
 
-# argparse, dataclasses (with inspect) and the launcher's modules are imported where
+# argparse and the launcher's modules are imported where
 # they are used: every rank runs `python -m clustervm app.py` through this module, and
 # all of them start at once on few cores (only the launcher parses a command line).
 
@@ -128,8 +128,6 @@ def _check_dashboard(value: str) -> None:
 
 def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None) -> Config:
     """The job's Config: CLUSTERVM_* variables, overridden by the options given."""
-    import dataclasses
-
     from .config import Config
     changes: dict[str, object] = {
         "heartbeat_s": args.heartbeat,
@@ -157,7 +155,7 @@ def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None
     if args.dashboard is not None:
         _check_dashboard(args.dashboard)
     given = {k: v for k, v in changes.items() if v is not None}
-    return dataclasses.replace(Config.from_env(env), **given)
+    return Config.from_env(env).replace(**given)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -198,8 +196,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _preflight(app: str, config: Config, or_start: bool) -> Config:
     """Check before mpiexec starts what can fail the job's start (see preflight.py)."""
-    import dataclasses
-
     from . import preflight
 
     preflight.check_app(app)
@@ -207,7 +203,7 @@ def _preflight(app: str, config: Config, or_start: bool) -> Config:
         if config.resume and not preflight.check_resume(config.checkpoint_dir, or_start):
             print(f"{PROG}: no journal in {config.checkpoint_dir} yet: starting the job fresh "
                   f"(--resume-or-start)", file=sys.stderr)
-            config = dataclasses.replace(config, resume=False)
+            config = config.replace(resume=False)
         preflight.check_checkpoint_dir(config.checkpoint_dir)
     return config
 

@@ -7,7 +7,6 @@ hostfile when the user's one is in a syntax the mpiexec does not read.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import os
@@ -20,10 +19,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Sequence
 
 from . import procs
-from .config import Config, env_name
+from .config import FIELDS, Config, env_name
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -50,8 +50,7 @@ _PROBE_TIMEOUT_S = 30.0
 _ROOT_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 
-@dataclasses.dataclass(frozen=True)
-class Flavor:
+class Flavor(NamedTuple):
     """What one MPI implementation's mpiexec needs from us."""
 
     name: str
@@ -67,9 +66,9 @@ class Flavor:
     hostfile_option: str | None = None
     hostfile_syntax: str = "openmpi"
     #: Variables set unless the user set them already.
-    default_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    default_env: Mapping[str, str] = MappingProxyType({})
     #: Variables set when we run as root.
-    root_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    root_env: Mapping[str, str] = MappingProxyType({})
     #: Arguments that export one variable (name, value) to every rank, also remote ones.
     export: Callable[[str, str], list[str]] = lambda name, value: []
 
@@ -273,8 +272,8 @@ def _job_env(flavor: Flavor, config: Config, base: Mapping[str, str],
     """The job's environment and the names to export to every rank."""
     env = dict(base)
     # The Config given wins over stale CLUSTERVM_* variables in the environment.
-    for f in dataclasses.fields(Config):
-        env.pop(env_name(f.name), None)
+    for field in FIELDS:
+        env.pop(env_name(field), None)
     config_env = config.to_env()
     env.update(config_env)
     env["PYTHONUNBUFFERED"] = "1"
