@@ -240,6 +240,7 @@ def coordinate(coord: "Coordinator", main: Callable | None, argv: list[str]) -> 
         code = 1
     finally:
         coord.shutdown()
+        transport.notify_background()   # the service loop may sleep up to deep_idle_sleep_ms
         service.join(2.0)   # it sends (heartbeats) without the poller token: out before Finalize
         transport.close()
         _note_failures(transport.failed or transport.links)
