@@ -594,10 +594,9 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
         env[STARTED_ENV] = os.path.join(marker_dir, "started")
     t0 = time.monotonic()
     shm_before = procs.shm_files()
-    import ctypes   # noqa: F401 - for _end_with_us, in the child: not imported after fork
     # mpiexec gets SIGTERM when we end, even by SIGKILL: no job runs on unattended
     proc = subprocess.Popen(list(argv), env=env, start_new_session=True,
-                            preexec_fn=_end_with_us)
+                            preexec_fn=procs.parent_death_setter(signal.SIGTERM))
     received: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
@@ -757,12 +756,6 @@ def _wait(proc: subprocess.Popen, timeout: float | None,
                   file=sys.stderr, flush=True)
             _stop(proc, KILL_GRACE_S)
             return proc.returncode
-
-
-def _end_with_us() -> None:
-    """In the mpiexec child, before exec: SIGTERM when the launcher ends. (ctypes is
-    imported by the parent first, so that the child only makes the call.)"""
-    procs.die_with_parent(signal.SIGTERM)
 
 
 def _set_handlers(handler: Callable[[int, Any], None]) -> dict[int, Any]:
