@@ -10,16 +10,21 @@ its options to a parser, and a function that runs it.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 import os
-import shlex
 import sys
-from typing import Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
 
-from .config import Config
 from .errors import ConfigError, HostfileError
+
+if TYPE_CHECKING:
+    import argparse
+
+    from .config import Config
+
+# argparse and the launcher's modules are imported where
+# they are used: every rank runs `python -m clustervm app.py` through this module, and
+# all of them start at once on few cores (only the launcher parses a command line).
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,7 @@ def _version() -> str:
 # ------------------------------------------------------------------ run
 
 def _positive_float(text: str) -> float:
+    import argparse
     try:
         value = float(text)
     except ValueError:
@@ -48,6 +54,7 @@ def _positive_float(text: str) -> float:
 
 def _int_at_least(low: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
+        import argparse
         try:
             value = int(text)
         except ValueError:
@@ -59,6 +66,7 @@ def _int_at_least(low: int) -> Callable[[str], int]:
 
 
 def _log_level(text: str) -> str:
+    import argparse
     name = text.upper()
     if not isinstance(logging.getLevelName(name), int):
         raise argparse.ArgumentTypeError(
@@ -67,6 +75,7 @@ def _log_level(text: str) -> str:
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
+    import argparse
     p.add_argument("-n", "--np", dest="n", type=_int_at_least(1), metavar="N",
                    help="number of ranks, coordinator included (default: every slot)")
     p.add_argument("--hostfile", metavar="FILE",
@@ -119,6 +128,7 @@ def _check_dashboard(value: str) -> None:
 
 def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None) -> Config:
     """The job's Config: CLUSTERVM_* variables, overridden by the options given."""
+    from .config import Config
     changes: dict[str, object] = {
         "heartbeat_s": args.heartbeat,
         "checkpoint_dir": args.checkpoint_dir,
@@ -145,10 +155,12 @@ def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None
     if args.dashboard is not None:
         _check_dashboard(args.dashboard)
     given = {k: v for k, v in changes.items() if v is not None}
-    return dataclasses.replace(Config.from_env(env), **given)
+    return Config.from_env(env).replace(**given)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import shlex
+
     from . import launcher
 
     config = config_from_args(args)
@@ -191,7 +203,7 @@ def _preflight(app: str, config: Config, or_start: bool) -> Config:
         if config.resume and not preflight.check_resume(config.checkpoint_dir, or_start):
             print(f"{PROG}: no journal in {config.checkpoint_dir} yet: starting the job fresh "
                   f"(--resume-or-start)", file=sys.stderr)
-            config = dataclasses.replace(config, resume=False)
+            config = config.replace(resume=False)
         preflight.check_checkpoint_dir(config.checkpoint_dir)
     return config
 
@@ -275,8 +287,12 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def make_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    """The top-level parser and the parser of each subcommand."""
+def make_parser(only: str | None = None
+                ) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and the parser of each subcommand; with ``only``, the options
+    of that subcommand alone are added (the others are listed, not built: argparse
+    costs ~0.1 ms an option, at the start of every job)."""
+    import argparse
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="A PVM-style cluster virtual machine on MPI.",
@@ -287,7 +303,8 @@ def make_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentP
     subs = {}
     for name, cmd in COMMANDS.items():
         subs[name] = sub.add_parser(name, help=cmd.help, description=cmd.help, allow_abbrev=False)
-        cmd.add_arguments(subs[name])
+        if only is None or name == only:
+            cmd.add_arguments(subs[name])
     return parser, subs
 
 
@@ -328,11 +345,12 @@ def _setup_logging(name: str) -> None:
 
 
 def _run_app(path: str, args: list[str]) -> int:
-    from .slurm import direct_launch_error
-    problem = direct_launch_error()   # srun without a PMI: every task would run alone
-    if problem:
-        print(f"{PROG}: error: {problem}", file=sys.stderr)
-        return USAGE_ERROR
+    if "SLURM_STEP_ID" in os.environ:   # started by srun (only then is the module needed)
+        from .slurm import direct_launch_error
+        problem = direct_launch_error()   # srun without a PMI: every task would run alone
+        if problem:
+            print(f"{PROG}: error: {problem}", file=sys.stderr)
+            return USAGE_ERROR
     try:
         from .runtime import run_app
     except ModuleNotFoundError as e:
@@ -350,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
         return _run_app(argv[0], argv[1:])
 
-    parser, subs = make_parser()
+    parser, subs = make_parser(argv[0] if argv and argv[0] in COMMANDS else None)
     tail: list[str] = []
     if argv and argv[0] in COMMANDS and COMMANDS[argv[0]].takes_app:
         head, tail = _split_at_app(subs[argv[0]], argv[1:])

@@ -7,12 +7,11 @@ hostfile when the user's one is in a syntax the mpiexec does not read.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import logging
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -20,13 +19,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Sequence
 
 from . import procs
-from .config import Config, env_name
+from .config import FIELDS, Config, env_name
 from .errors import ConfigError
-from .hostfile import Host, hostfile_lines, needs_rewrite, parse_hostfile, write_temp_hostfile
-from . import slurm
+
+if TYPE_CHECKING:
+    from .hostfile import Host
+
+# The hostfile and Slurm modules are imported only for a job that has a hostfile or
+# runs inside a Slurm allocation: a plain `clustervm run -n 4` needs neither.
 
 __all__ = [
     "FLAVORS", "Flavor", "MPIEXEC_VAR", "TIMEOUT_STATUS", "build_command", "find_mpiexec",
@@ -46,8 +50,7 @@ _PROBE_TIMEOUT_S = 30.0
 _ROOT_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 
-@dataclasses.dataclass(frozen=True)
-class Flavor:
+class Flavor(NamedTuple):
     """What one MPI implementation's mpiexec needs from us."""
 
     name: str
@@ -63,9 +66,9 @@ class Flavor:
     hostfile_option: str | None = None
     hostfile_syntax: str = "openmpi"
     #: Variables set unless the user set them already.
-    default_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    default_env: Mapping[str, str] = MappingProxyType({})
     #: Variables set when we run as root.
-    root_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    root_env: Mapping[str, str] = MappingProxyType({})
     #: Arguments that export one variable (name, value) to every rank, also remote ones.
     export: Callable[[str, str], list[str]] = lambda name, value: []
 
@@ -147,14 +150,9 @@ def _tool_output(tool: str, arg: str, stderr: bool = False) -> str | None:
         st = None
     key = f"{os.path.realpath(tool)} {arg} {st.st_size if st else -1} {st.st_mtime_ns if st else -1}"
     path = _probe_cache_path()
-    cache: dict[str, str] = {}
-    try:
-        with open(path) as f:
-            cache = json.load(f)
-        if isinstance(cache, dict) and isinstance(cache.get(key), str):
-            return cache[key]
-    except (OSError, ValueError):
-        cache = {}
+    cache = _read_probe_cache(path)
+    if isinstance(cache.get(key), str):
+        return cache[key]
     try:
         out = subprocess.run([tool, arg], stdin=subprocess.DEVNULL, capture_output=True,
                              text=True, timeout=_PROBE_TIMEOUT_S)
@@ -163,8 +161,10 @@ def _tool_output(tool: str, arg: str, stderr: bool = False) -> str | None:
         return None
     text = out.stdout + (out.stderr if stderr else "")
     if out.returncode == 0 and st is not None:
+        import json
         cache = {k: v for k, v in list(cache.items())[-15:] if isinstance(v, str)}
         cache[key] = text
+        _probe_cache[path] = cache
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.{os.getpid()}.tmp"
@@ -174,6 +174,22 @@ def _tool_output(tool: str, arg: str, stderr: bool = False) -> str | None:
         except OSError as e:
             log.debug("cannot keep the MPI probe in %s: %s", path, e)
     return text
+
+
+#: The probe cache files read by this process (a job's start asks two tools).
+_probe_cache: dict[str, dict[str, Any]] = {}
+
+
+def _read_probe_cache(path: str) -> dict[str, Any]:
+    if path not in _probe_cache:
+        import json
+        try:
+            with open(path) as f:
+                cache = json.load(f)
+        except (OSError, ValueError):
+            cache = {}
+        _probe_cache[path] = cache if isinstance(cache, dict) else {}
+    return _probe_cache[path]
 
 
 @functools.lru_cache(maxsize=None)
@@ -256,8 +272,8 @@ def _job_env(flavor: Flavor, config: Config, base: Mapping[str, str],
     """The job's environment and the names to export to every rank."""
     env = dict(base)
     # The Config given wins over stale CLUSTERVM_* variables in the environment.
-    for f in dataclasses.fields(Config):
-        env.pop(env_name(f.name), None)
+    for field in FIELDS:
+        env.pop(env_name(field), None)
     config_env = config.to_env()
     env.update(config_env)
     env["PYTHONUNBUFFERED"] = "1"
@@ -279,6 +295,7 @@ def _sets_mca(args: Sequence[str], param: str) -> bool:
 
 def _normalized_hostfile(hosts: list[Host], syntax: str, source: str) -> str:
     """Write ``hosts`` in ``syntax`` to a temp file named after its content; return its path."""
+    from .hostfile import hostfile_lines, write_temp_hostfile
     text = f"# {syntax} copy of {os.path.abspath(source)}, written by clustervm\n"
     text += hostfile_lines(hosts, syntax)
     return write_temp_hostfile(text, "clustervm-hostfile", syntax)
@@ -301,12 +318,19 @@ def build_command(n: int | None, app: str, app_args: Sequence[str], *,
 
     # Inside a Slurm allocation (no hostfile given): its nodes and tasks per node; a
     # multi-node one is passed on as a hostfile, one node is just "-n N" (docs/slurm.md).
-    alloc = slurm.allocation(base) if hostfile is None else None
-    if alloc is not None and len(alloc.hosts) > 1 and flavor.hostfile_option is not None:
-        hostfile = slurm.write_hostfile(alloc, flavor.hostfile_syntax)
-        log.info("Slurm job %s: hosts %s in %s", alloc.job_id, alloc.hosts, hostfile)
-    hosts = (parse_hostfile(hostfile) if hostfile is not None
-             else list(alloc.hosts) if alloc is not None else None)
+    alloc = None
+    if hostfile is None and any(name.startswith("SLURM_") for name in base):
+        from . import slurm
+        alloc = slurm.allocation(base)
+        if alloc is not None and len(alloc.hosts) > 1 and flavor.hostfile_option is not None:
+            hostfile = slurm.write_hostfile(alloc, flavor.hostfile_syntax)
+            log.info("Slurm job %s: hosts %s in %s", alloc.job_id, alloc.hosts, hostfile)
+    hosts: list[Host] | None = None
+    if hostfile is not None:
+        from .hostfile import parse_hostfile
+        hosts = parse_hostfile(hostfile)
+    elif alloc is not None:
+        hosts = list(alloc.hosts)
     slots = sum(h.slots for h in hosts) if hosts else local_slots()
     n = slots if n is None else n
     if n < 1:
@@ -332,6 +356,7 @@ def build_command(n: int | None, app: str, app_args: Sequence[str], *,
             raise ConfigError(f"don't know how to pass a hostfile to {mpiexec} (not Open MPI or "
                               f"MPICH); drop --hostfile and give its option with --mpi-arg")
         path = hostfile
+        from .hostfile import needs_rewrite
         if needs_rewrite(hostfile, flavor.hostfile_syntax):
             path = _normalized_hostfile(hosts, flavor.hostfile_syntax, hostfile)
             log.info("hostfile %s rewritten in %s syntax as %s", hostfile,
@@ -571,7 +596,7 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
     shm_before = procs.shm_files()
     # mpiexec gets SIGTERM when we end, even by SIGKILL: no job runs on unattended
     proc = subprocess.Popen(list(argv), env=env, start_new_session=True,
-                            preexec_fn=_end_with_us)
+                            preexec_fn=procs.parent_death_setter(signal.SIGTERM))
     received: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
@@ -631,6 +656,10 @@ _STOPPED_S = 1.0
 #: mpiexec forks its local ranks in one go: fewer than expected this long after the
 #: first one means one was lost before the watch saw it.
 _FORK_SPREAD_S = 2.0
+#: How often the start is looked at (the ranks' /proc entries). Each look costs ~0.5 ms
+#: of CPU while the ranks start on the same cores; the losses it looks for are seconds
+#: long (_STOPPED_S, _FORK_SPREAD_S), and the job is not waiting for it.
+_WATCH_EVERY_S = 0.05
 
 
 def _read_status(path: str) -> int | None:
@@ -672,8 +701,31 @@ def _watch_start(proc: subprocess.Popen, marker: str, timeout: float | None,
         if ranks and first is not None and len(seen) < ranks \
                 and time.monotonic() - first > _FORK_SPREAD_S:
             return f"{ranks - len(seen)} of {ranks} rank process(es) ended at once"
-        time.sleep(0.02)
+        time.sleep(_WATCH_EVERY_S)
     return None
+
+
+def _wait_exit(proc: subprocess.Popen, timeout: float | None) -> int:
+    """``proc.wait(timeout)``, woken the moment the process ends (Linux: a pidfd).
+
+    ``Popen.wait`` with a timeout polls with sleeps growing to 50 ms: every job's end
+    was seen up to that much later (and the job's start, where it is polled too).
+    """
+    if timeout is not None and hasattr(os, "pidfd_open") and proc.returncode is None:
+        try:
+            fd = os.pidfd_open(proc.pid)
+        except OSError:     # an old kernel, or the process is reaped already
+            fd = -1
+        if fd >= 0:
+            try:
+                select.select([fd], [], [], max(0.0, timeout))
+            finally:
+                os.close(fd)
+            rc = proc.poll()
+            if rc is None:
+                raise subprocess.TimeoutExpired(proc.args, timeout)
+            return rc
+    return proc.wait(timeout=timeout)
 
 
 def _wait(proc: subprocess.Popen, timeout: float | None,
@@ -688,7 +740,7 @@ def _wait(proc: subprocess.Popen, timeout: float | None,
         if left is not None and left <= 0:
             raise subprocess.TimeoutExpired(proc.args, timeout or 0)
         try:
-            return proc.wait(timeout=0.2 if left is None else min(0.2, left))
+            return _wait_exit(proc, 0.2 if left is None else min(0.2, left))
         except subprocess.TimeoutExpired:
             pass
         if done_at is None:
@@ -704,11 +756,6 @@ def _wait(proc: subprocess.Popen, timeout: float | None,
                   file=sys.stderr, flush=True)
             _stop(proc, KILL_GRACE_S)
             return proc.returncode
-
-
-def _end_with_us() -> None:
-    """In the mpiexec child, before exec: SIGTERM when the launcher ends."""
-    procs.die_with_parent(signal.SIGTERM)
 
 
 def _set_handlers(handler: Callable[[int, Any], None]) -> dict[int, Any]:

@@ -174,8 +174,11 @@ class Node(Site):
         t.flush(2.0)
 
     def _on_heartbeat(self, src: int, msg: P.Heartbeat) -> bool:
+        first = not self.core.coordinator_beats
         self._run(N.CoordinatorBeat())   # from now on its silence means it is gone
-        return False                     # not work: keeps idle loops idle
+        # not work: keeps idle loops idle. But the first one answers our hello: the VM
+        # is up and the first task is on its way, so the workers poll eagerly for it
+        return first
 
     def _on_failure(self, ranks: set[int]) -> None:
         self._run(N.RanksFailed(frozenset(ranks)))

@@ -13,7 +13,6 @@ import os
 import tempfile
 
 from .errors import CheckpointError, ConfigError
-from .journal import JOURNAL_NAME, Journal
 
 __all__ = ["check_app", "check_checkpoint_dir", "check_resume"]
 
@@ -90,6 +89,7 @@ def check_checkpoint_dir(directory: str) -> None:
 def check_resume(directory: str, or_start: bool) -> bool:
     """Is there a readable journal to resume in ``directory``? False (start fresh) only
     with ``or_start``; without it, a missing journal is an error. A corrupt one always is."""
+    from .journal import JOURNAL_NAME, Journal   # only a resumed job reads a journal here
     if not os.path.isdir(directory):
         if or_start:
             return False

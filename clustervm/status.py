@@ -23,10 +23,11 @@ import logging
 import os
 import sys
 import threading
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from .core.view import ViewSource, VMView
-from .monitor import Counts, TaskCounter, counter_of
+if TYPE_CHECKING:   # the launcher imports this module for use_terminal alone
+    from .core.view import ViewSource, VMView
+    from .monitor import Counts, TaskCounter
 
 log = logging.getLogger(__name__)
 
@@ -201,5 +202,6 @@ def start(source: ViewSource, config: Any = None) -> Callable[[], None] | None:
     fd = open_terminal()
     if fd is None:
         return None
+    from .monitor import counter_of
     status = StatusLine(source, fd, counter_of(source)).start()
     return status.stop

@@ -40,9 +40,10 @@ which is why the ranks still ask for MPI_THREAD_MULTIPLE. The background service
 while no user thread is waiting. An idle loop spins for ``spin_ms`` after the
 last message, then sleeps with a growing back-off up to ``idle_sleep_ms``:
 fast while busy, next to no CPU when idle. Background pollers of a rank that has
-had no traffic (heartbeats aside) for a second back off further, up to
+had no traffic (heartbeats aside) for a quarter second back off further, up to
 ``deep_idle_sleep_ms``: the first message after a long quiet waits that long at
-most; threads waiting for a message or a result keep the short back-off.
+most; threads waiting for a message or a result keep the short back-off. In that
+deep idle one thread per rank wakes up, the service loop (see ``service_step``).
 
 Nodes started later with ``MPI_Comm_spawn`` are outside COMM_WORLD: each is
 reached over its own intercommunicator with the coordinator (a *link*) and has
@@ -80,9 +81,16 @@ TAG_MSG = 1
 _TAG_BUF0 = 1 << 16
 _TAG_BUF_SPAN = 1 << 24
 _BACKGROUND_PAUSE_S = 0.0002   # background pollers sleep at least this between polls
-_DEEP_IDLE_AFTER_S = 1.0       # no traffic this long: background pollers back off further
-_DEEP_SERVICE_S = 0.25         # ... and a service loop whose idle workers poll ticks this often
-#                                (heartbeats go every heartbeat_s / 4 = 0.5 s: they stay on time)
+#: After an empty poll a waiter sleeps this fraction of the time since the last traffic
+#: (capped, see _pause): a message after a quiet spell of t s waits at most that part of t.
+#: Background pollers (idle workers, service loops) back off faster: every wake-up costs
+#: 50-150 us of CPU on this VM, and the first second after traffic cost an idle rank as
+#: much as the next nine (measured).
+_FOREGROUND_GROWTH = 0.05
+_BACKGROUND_GROWTH = 0.1
+_DEEP_IDLE_AFTER_S = 0.25      # no traffic this long: background pollers back off further
+_DEEP_WORKER_WAIT_S = 5.0      # idle workers of a rank in deep idle look again this often
+#                                (the service loop polls for them; work arriving wakes them)
 _INLINE_MAX = 1 << 16       # payloads above this go out of band, like arrays
 _KIND_INLINE = 0
 _KIND_BUFFERS = 1
@@ -244,7 +252,7 @@ class Transport:
     mpi_world = True
 
     def __init__(self, comm: MPI.Comm, *, spin_ms: float = 5.0, idle_sleep_ms: float = 10.0,
-                 deep_idle_sleep_ms: float = 100.0,
+                 deep_idle_sleep_ms: float = 250.0,
                  allow_pickle: bool = False, rank: int | None = None,
                  max_chunk_bytes: int | None = None) -> None:
         if max_chunk_bytes is None:   # CLUSTERVM_MAX_CHUNK_BYTES, on every rank alike
@@ -289,6 +297,7 @@ class Transport:
         self._cond = threading.Condition()       # foreground waiters sleep here
         self._bg_cond = threading.Condition()    # idle workers and the service thread
         self._bg_poller: int | None = None       # the background thread polling now
+        self._deep_poller: int | None = None     # the service thread, polling in deep idle
         self._bg_waiters = 0                     # idle workers waiting for work
         self._busy = False                       # a poll handled more than heartbeats
         self._user_waiters: list[int] = []       # foreground threads in wait() (no lock:
@@ -897,7 +906,7 @@ class Transport:
         if idle < self._spin_s:
             os.sched_yield()
             return False
-        pause = min(self._idle_max_s, 0.00005 + (idle - self._spin_s) * 0.05)
+        pause = min(self._idle_max_s, 0.00005 + (idle - self._spin_s) * _FOREGROUND_GROWTH)
         return self._sleep(pause if remaining is None else min(pause, remaining), predicate)
 
     def _sleep(self, pause: float, predicate: Callable[[], bool]) -> bool:
@@ -972,6 +981,12 @@ class Transport:
         with self._bg_cond:
             if predicate is not None and predicate():
                 return
+            if self._deep_poller not in (None, me) and self._deep_idle():
+                # the service loop polls for the whole rank: an idle worker sleeps until
+                # work wakes it (one thread per rank wakes up in deep idle, not each)
+                self._bg_cond.wait(_DEEP_WORKER_WAIT_S if remaining is None
+                                   else min(_DEEP_WORKER_WAIT_S, remaining))
+                return
             if self._user_waiters or self._bg_poller not in (None, me):
                 pause = self._longest_pause(background=True)
                 self._bg_cond.wait(pause if remaining is None else min(pause, remaining))
@@ -1008,7 +1023,7 @@ class Transport:
             return
         floor = 0.00005 if spin else _BACKGROUND_PAUSE_S
         pause = min(self._longest_pause(background=True),
-                    floor + max(0.0, idle - self._spin_s) * 0.05)
+                    floor + max(0.0, idle - self._spin_s) * _BACKGROUND_GROWTH)
         if remaining is not None:
             pause = min(pause, remaining)
         with self._bg_cond:
@@ -1018,15 +1033,25 @@ class Transport:
         """One step of the background service loop: poll unless a user thread is polling.
 
         The coordinator's service thread spins while busy (it schedules while main
-        computes); a node's only polls now and then while its tasks run.
+        computes); a node's only polls now and then while its tasks run. While idle
+        workers wait for work they poll (the thread that gets the task runs it), and
+        this loop only wakes every ``max_sleep``; in deep idle it is the other way
+        round: this loop is the rank's one poller, sleeping up to ``deep_idle_sleep_ms``
+        between polls (its caller's ticks, the heartbeats, come as often), and the
+        workers sleep until work comes. Each wake-up costs 50-150 us of CPU here
+        (measured), so an idle rank wakes up a few times a second, not 15.
         """
         if self.closed:
             time.sleep(max_sleep)
             return
+        if self._deep_idle():
+            self._deep_poller = threading.get_ident()
+            self._background_step(max(max_sleep, self._deep_max_s), spin=spin)
+            return
+        self._deep_poller = None
         if self._bg_waiters:          # an idle worker polls: it is the one who needs work
             with self._bg_cond:       # (state changes that need this loop wake it)
-                self._bg_cond.wait(max(max_sleep, _DEEP_SERVICE_S) if self._deep_idle()
-                                   else max_sleep)
+                self._bg_cond.wait(max_sleep)
             return
         self._background_step(max_sleep, spin=spin)
 
