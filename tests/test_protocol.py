@@ -214,7 +214,10 @@ def test_a_malformed_or_unknown_message_is_logged_naming_the_sender(sides, caplo
 
 def test_a_well_formed_message_reaches_its_handler(sides) -> None:
     node = sides["node"]
-    assert node._handle(0, P.Heartbeat(0).encode()) is False     # not work: loops stay idle
+    # the first heartbeat answers the node's hello (work: the first task is on its way);
+    # later ones are not work: idle loops stay idle
+    assert node._handle(0, P.Heartbeat(0).encode()) is True
+    assert node._handle(0, P.Heartbeat(0).encode()) is False
     node._handle(0, P.Cancel(12).encode())
     assert 12 in node.cancelled
     node._handle(0, P.Run([(13, 1, "mod:fn", (), {}, None)]).encode())
