@@ -22,14 +22,17 @@ ended afterwards (benchmarks/_util.py). Every run's result line
 (``checksum=...``) must equal the first run's, with and without checkpoints;
 the benchmark fails loudly if one does not.
 
-Mode: only sender-based logging exists (every checkpoint carries the task's
-replay log), reported as ``mode=log``. The issue's other mode, ``group``
-(coordinated group checkpoints), does not exist yet: nothing is printed for it.
+Modes (``--modes log,group``, both by default): ``log``, each task checkpoints on
+its own and every message is logged for replay (each checkpoint carries the
+task's log); ``group``, heat2d ``--checkpoint-mode group`` (``spawn(...,
+checkpoint="group")``: coordinated checkpoints, no log, the group rolled back
+together). Each mode's runs without checkpoints are its own baseline (a group
+logs no messages, so it runs faster without checkpoints too).
 
-Output: detail lines (every time, medians, spread), then exactly one line per
+Output: detail lines (every time, medians, spread), then exactly one line per mode and
 store::
 
-    checkpoint mode=log store=<memory|dir> overhead_pct=<float> runs=<int>
+    checkpoint mode=<log|group> store=<memory|dir> overhead_pct=<float> runs=<int>
 
 where ``overhead_pct = 100 * (median with / median without - 1)``.
 
@@ -70,21 +73,22 @@ class Failed(SystemExit):
     """A run that did not give a time, or gave another result: the benchmark stops."""
 
 
-def heat2d(a: argparse.Namespace, store: str, every: int) -> tuple[float, str]:
+def heat2d(a: argparse.Namespace, mode: str, store: str, every: int) -> tuple[float, str]:
     """One job: (the seconds heat2d prints, its checksum line)."""
     ckdir = tempfile.mkdtemp(prefix="cvm-ckbench-") if store == "dir" else None
     try:
         run_args = ("--checkpoint-dir", ckdir) if ckdir else ()
         rc, out, err, _ = _util.clustervm(
             3, HEAT2D, "--size", str(a.size), "--steps", str(a.steps), "--tasks", "2",
-            "--checkpoint-every", str(every), timeout=a.timeout, run_args=run_args)
+            "--checkpoint-every", str(every), "--checkpoint-mode", mode, timeout=a.timeout,
+            run_args=run_args)
     finally:
         if ckdir:
             shutil.rmtree(ckdir, ignore_errors=True)
     m = TIME.search(out)
     check = next((ln for ln in out.splitlines() if ln.startswith("checksum=")), None)
     if rc != 0 or m is None or check is None:
-        raise Failed(f"heat2d (store={store}, --checkpoint-every {every}) failed with "
+        raise Failed(f"heat2d (mode={mode}, store={store}, --checkpoint-every {every}) failed with "
                      f"status {rc}\n--- stdout ---\n{out}\n--- stderr ---\n{err[-3000:]}")
     return float(m.group(1)), check
 
@@ -160,38 +164,46 @@ def main(argv: list[str]) -> int:
     p.add_argument("--timeout", type=float, default=180.0, help="per job (clustervm --timeout)")
     p.add_argument("--kill-runs", type=int, default=0,
                    help="heat2d runs with a node SIGKILLed, for the restart time")
+    p.add_argument("--modes", default="log,group",
+                   help="checkpoint modes, comma-separated: log (each task on its own, "
+                        "messages logged) and/or group (spawn(checkpoint='group'))")
     a = p.parse_args(argv)
+    modes = [m for m in a.modes.split(",") if m]
+    if not modes or set(modes) - {"log", "group"}:
+        p.error("--modes takes log and/or group")
     if a.runs < 1:
         p.error("--runs must be at least 1")
     print(f"heat2d {a.size}x{a.size}, {a.steps} steps, 2 tasks, clustervm run -n 3, "
           f"--checkpoint-every 50 against 0, {a.runs} interleaved run(s); load average "
           f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
-    times = {(s, e): [] for s in STORES for e in (0, 50)}
+    variants = [(m, s) for m in modes for s in STORES]
+    times = {(m, s, e): [] for m, s in variants for e in (0, 50)}
     expected: str | None = None
     for k in range(a.runs):
-        for store in STORES:
+        for mode, store in variants:
             for every in ((0, 50) if k % 2 == 0 else (50, 0)):
-                t, check = heat2d(a, store, every)
+                t, check = heat2d(a, mode, store, every)
                 if expected is None:
                     expected = check
                 elif check != expected:
-                    raise Failed(f"run {k}, store={store}, --checkpoint-every {every}: the "
-                                 f"result differs:\n  {check}\nagainst the first run's\n"
-                                 f"  {expected}")
-                times[(store, every)].append(t)
-        print(f"  run {k}: " + ", ".join(f"{s}/{e} {times[(s, e)][-1]:.2f} s"
-                                         for s in STORES for e in (0, 50)), flush=True)
+                    raise Failed(f"run {k}, mode={mode}, store={store}, --checkpoint-every "
+                                 f"{every}: the result differs:\n  {check}\nagainst the first "
+                                 f"run's\n  {expected}")
+                times[(mode, store, every)].append(t)
+        print(f"  run {k}: " + ", ".join(f"{m}/{s}/{e} {times[(m, s, e)][-1]:.2f} s"
+                                         for m, s in variants for e in (0, 50)), flush=True)
     print(f"every run's result: {expected}")
     lines = []
-    for store in STORES:
-        off, on = times[(store, 0)], times[(store, 50)]
+    for mode, store in variants:
+        off, on = times[(mode, store, 0)], times[(mode, store, 50)]
         pct = 100.0 * (statistics.median(on) / statistics.median(off) - 1.0)
         pairs = sorted(100.0 * (b / a_ - 1.0) for a_, b in zip(off, on))
-        print(f"store={store}: without checkpoints {spread(off)}")
-        print(f"store={store}: every 50 steps    {spread(on)}")
-        print(f"store={store}: per-round overhead % min {pairs[0]:+.1f}, median "
+        name = f"mode={mode} store={store}"
+        print(f"{name}: without checkpoints {spread(off)}")
+        print(f"{name}: every 50 steps    {spread(on)}")
+        print(f"{name}: per-round overhead % min {pairs[0]:+.1f}, median "
               f"{statistics.median(pairs):+.1f}, max {pairs[-1]:+.1f}")
-        lines.append(f"checkpoint mode=log store={store} overhead_pct={pct:.1f} "
+        lines.append(f"checkpoint mode={mode} store={store} overhead_pct={pct:.1f} "
                      f"runs={len(on)}")
     if a.kill_runs > 0:
         both = [killed_run(a, expected) for _ in range(a.kill_runs)]

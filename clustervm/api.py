@@ -26,7 +26,7 @@ class CoordinatorAPI:
     def _api_table(self) -> dict[str, Callable[..., None]]:
         """The request handlers by name: an explicit table (nothing is found by name)."""
         return {
-            "locate": self.api_locate, "checkpoint": self.api_checkpoint,
+            "locate": self.api_locate, "checkpoint": self.api_checkpoint, "cut": self.api_cut,
             "submit": self.api_submit, "spawn": self.api_spawn, "join": self.api_join,
             "tasks": self.api_tasks, "kill": self.api_kill, "notify": self.api_notify,
             "join_group": self.api_join_group, "leave_group": self.api_leave_group,
@@ -95,13 +95,19 @@ class CoordinatorAPI:
                        blob: bytes | None, buddy: int = 0) -> None:
         self.save_checkpoint(tid, inc, seq, delivered, blob, self._src or None, buddy, reply)
 
+    def api_cut(self, reply: Reply, group: int, tid: int, inc: int, seq: int,
+                sent: dict) -> None:
+        self.cut(group, tid, inc, seq, sent, reply)
+
     def api_submit(self, reply: Reply, parent: int, fn_ref: str, args: tuple,
                    kwargs: dict) -> None:
         self.submit(parent, fn_ref, args, kwargs, reply=reply)
 
     def api_spawn(self, reply: Reply, parent: int, fn_ref: str, args: tuple, kwargs: dict,
-                  count: int, where: Any, replay: bool = True, per: list | None = None) -> None:
-        reply(True, self.spawn(parent, fn_ref, args, kwargs, count, where, replay, per))
+                  count: int, where: Any, replay: bool = True, per: list | None = None,
+                  checkpoint: str = "log") -> None:
+        reply(True, self.spawn(parent, fn_ref, args, kwargs, count, where, replay, per,
+                               checkpoint))
 
     def api_join(self, reply: Reply, tid: int) -> None:
         if tid in self.exits:

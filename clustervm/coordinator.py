@@ -170,6 +170,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         #: its result: a task restored on --resume may still need those messages
         self._exit_outlogs: dict[int, tuple[int, dict]] = {}
         self._finished_senders: dict[int, FinishedSender] = {}   # from the journal
+        #: coordinated checkpoints' cuts not complete: (group, seq) -> tid -> (sent, reply)
+        self._cuts: dict[tuple[int, int], dict[int, tuple[dict, Reply]]] = {}
         #: with --checkpoint-dir, checkpoints are written by this thread, behind the run
         self._writer = WriteBehind(self.store, self._written) if ckdir else None
         self._src = 0                           # the rank whose request is being served
@@ -193,6 +195,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             I.StoreCheckpoint: self._do_store_checkpoint,
             I.CommitCheckpoint: self._do_commit_checkpoint,
             I.CopyCheckpoint: self._do_copy_checkpoint,
+            I.GroupRolledBack: self._do_group_rolled_back,
             I.DropCheckpoints: self._do_drop_checkpoints, I.Observe: self._do_observe,
             I.RequestReplacement: self._do_request_replacement, I.Warn: self._do_warn,
             I.Fatal: self._do_fatal, I.Answer: self._do_answer,
@@ -259,7 +262,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         self._on_loc(0, loc)
         self.transport.post(ins.rank, P.Spawn(ins.tid, rec.parent, rec.fn, rec.args, rec.kwargs,
                                               ins.inc, ckpt, ins.replay, rec.siblings,
-                                              at, (ins.buddy, ins.to_store)).encode())
+                                              at, (ins.buddy, ins.to_store),
+                                              ins.group).encode())
         if ins.restart and self._awaited:
             self._sent_again((ins.tid,), restoring=ckpt is not None or at is not None)
 
@@ -433,6 +437,31 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                 self._on_loc(0, item)
             else:
                 self.transport.post(r, item.encode())
+
+    def cut(self, group: int, tid: int, inc: int, seq: int, sent: dict, reply: Reply) -> None:
+        """Member ``tid`` of checkpoint group ``group`` is at checkpoint ``seq`` having
+        sent ``sent`` (tid -> last sequence number); once every member is, each is told
+        what the others had sent it (see Node._cut)."""
+        t = self.core.tasks.get(tid)
+        if t is None or t.group != group or t.inc != inc:
+            raise CheckpointError(f"task {tid} (incarnation {inc}) is not a running member "
+                                  f"of checkpoint group {group}")
+        waiting = self._cuts.setdefault((group, seq), {})
+        waiting[tid] = (sent, reply)
+        members = self.core.ckgroups.get(group, ())
+        if not all(m in waiting for m in members):
+            return
+        del self._cuts[(group, seq)]
+        for m, (_, answer) in waiting.items():
+            answer(True, {src: int(s.get(m, 0)) for src, (s, _) in waiting.items() if src != m})
+
+    def _do_group_rolled_back(self, ins: I.GroupRolledBack) -> None:
+        log.warning("checkpoint group %d (%d task(s)) rolled back to its checkpoint %d",
+                    ins.group, len(self.core.ckgroups.get(ins.group, ())), ins.seq)
+        self.events.add("ROLLBACK", group=ins.group, seq=ins.seq)
+        for key in [k for k in self._cuts if k[0] == ins.group]:
+            for _, answer in self._cuts.pop(key).values():
+                answer(False, CheckpointError(f"checkpoint group {ins.group} rolled back"))
 
     def _do_copy_checkpoint(self, ins: I.CopyCheckpoint) -> None:
         self.transport.post(ins.source, P.Fetch(ins.tid, ins.seq, ins.to).encode())
@@ -691,10 +720,18 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
     # -- spawned tasks ---------------------------------------------------------
 
     def spawn(self, parent: int, fn_ref: str, args: tuple, kwargs: dict, count: int,
-              where: Any = None, replay: bool = True, per: list | None = None) -> list[int]:
+              where: Any = None, replay: bool = True, per: list | None = None,
+              checkpoint: str = "log") -> list[int]:
         """Start ``count`` spawned tasks; ``per`` (one argument list per instance, appended
         to ``args``) gives each its own. The tids are consecutive: (first, count) are the
-        siblings every instance learns (ctx.siblings, ctx.rank)."""
+        siblings every instance learns (ctx.siblings, ctx.rank). ``checkpoint="group"``:
+        they checkpoint together and are rolled back together (no message logging)."""
+        if checkpoint not in ("log", "group"):
+            raise ValueError(f"checkpoint must be 'log' (each task on its own, messages "
+                             f"logged) or 'group' (coordinated), not {checkpoint!r}")
+        group = checkpoint == "group"
+        if group:
+            replay = False
         if per is not None:
             count = len(per)
         if count < 1:
@@ -719,7 +756,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                     rec.digest = _digest(fn_ref, own, kwargs)
                 self.tasks[tid] = rec
                 out = self.core.handle(E.TaskSpawned(tid, parent, time.monotonic(), wset,
-                                                     replay, rec.digest))
+                                                     replay, rec.digest,
+                                                     rec.siblings[0] if group else 0))
                 rec.sched = self.core.tasks.get(tid)
                 self._execute(out)
                 tids.append(tid)

@@ -37,11 +37,14 @@ class TaskAborted(BaseException):
 class Mailbox:
     """Messages delivered to one task and not yet received, in arrival order."""
 
-    __slots__ = ("items", "delivered", "lock")
+    __slots__ = ("items", "delivered", "lock", "incs", "group")
 
     def __init__(self) -> None:
         self.items: deque[tuple[int, int, Any, int, int]] = deque()  # src, tag, data, inc, seq
         self.delivered: dict[int, int] = {}      # src tid -> highest seq delivered
+        self.incs: dict[int, int] = {}           # src tid -> newest incarnation delivered
+        #: its task is in a checkpoint group (rolled back with the others on a loss)
+        self.group = False
         self.lock = threading.Lock()
 
     def put(self, src: int, tag: int, data: Any, inc: int, seq: int) -> None:
@@ -49,6 +52,8 @@ class Mailbox:
             self.items.append((src, tag, data, inc, seq))
             if seq > self.delivered.get(src, 0):
                 self.delivered[src] = seq
+            if inc > self.incs.get(src, -1):
+                self.incs[src] = inc
 
     def take(self, source: int, tag: int, remove: bool = True) -> Message | None:
         if not self.items:      # nothing to look at (a put meanwhile is seen next time)

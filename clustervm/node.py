@@ -28,6 +28,7 @@ from .core.node import COORDINATOR_SILENCE, COORDINATOR_SILENCE_MIN_S  # noqa: F
 from .errors import WireError
 from .futures import ClusterFuture
 from .site import Site, snapshot
+from .mailbox import Mailbox
 from .task import TaskAborted, TaskContext, TaskExit
 from .endpoint import Endpoint, PeerFailed
 from . import current
@@ -291,7 +292,15 @@ class Node(Site):
         tid = msg.tid
         if msg.buddy is not None:
             self.buddy = (int(msg.buddy[0]), bool(msg.buddy[1]))
+        if msg.group and msg.inc > 0:
+            # its group rolled back: a new mailbox (the old incarnation, aborted, keeps
+            # the old one); what peers' new incarnations sent is in the holdback
+            with self.lock:
+                self.mailboxes[tid] = Mailbox()
         ctx = TaskContext(self, tid, msg.parent, inc=msg.inc, siblings=msg.siblings)
+        if msg.group:
+            ctx.__dict__["_group"] = msg.group
+            ctx.mailbox.group = True
         if msg.ckpt is not None:
             self._restore(ctx, msg.ckpt)
             self.transport.post(P.COORDINATOR, P.Restored(tid, msg.inc, -1, True).encode())
@@ -449,10 +458,14 @@ class Node(Site):
         what storing it raised (a full disk, say).
         """
         self.settle_checkpoint(ctx)
-        box = ctx.mailbox
-        with box.lock:
-            delivered = dict(box.delivered)
-            mailbox = [list(i) for i in box.items]
+        group = ctx.__dict__.get("_group")
+        if group:
+            delivered, mailbox = self._cut(ctx, group, seq)
+        else:
+            box = ctx.mailbox
+            with box.lock:
+                delivered = dict(box.delivered)
+                mailbox = [list(i) for i in box.items]
         payload = {"state": state, "seqs": ctx._seqs(), "delivered": delivered,
                    "mailbox": mailbox, "outlog": getattr(ctx, "_outlog", {})}
         # encoded once, here, and stored as it is: the coordinator never decodes it
@@ -477,6 +490,23 @@ class Node(Site):
         ctx.__dict__["_ckpt_call"] = self.call_start(
             "checkpoint", ctx.tid, ctx.inc, seq, delivered, frame if to_store or not buddy
             else None, buddy, post=True)
+
+    def _cut(self, ctx: TaskContext, group: int, seq: int) -> tuple[dict, list]:
+        """A coordinated checkpoint of checkpoint group ``group``: every member calls CUT
+        with what it has sent to each; once all have, each learns what the others had
+        sent it, waits until it has received that much from each (the messages in
+        flight at the cut), and keeps in its checkpoint what it had received up to the
+        cut, nothing after it (a peer sends that again after a rollback)."""
+        upto = {int(s): int(n) for s, n in
+                self.call("cut", group, ctx.tid, ctx.inc, seq, dict(ctx._sent)).items()}
+        box = ctx.mailbox
+        self.wait(lambda: all(box.delivered.get(s, 0) >= n for s, n in upto.items()),
+                  blocking=True)
+        with box.lock:
+            delivered = {s: min(n, upto[s]) if s in upto else n
+                         for s, n in box.delivered.items()}
+            mailbox = [list(i) for i in box.items if i[0] not in upto or i[4] <= upto[i[0]]]
+        return delivered, mailbox
 
     def settle_checkpoint(self, ctx: TaskContext | None,
                           at_end: bool = False) -> BaseException | None:

@@ -185,25 +185,26 @@ class Spawn(Message):
     ``ckpt_at``: ``(rank, seq)``, a node's copy of checkpoint ``seq`` to start from (this
     node's own, or one a COPY from ``rank`` brings), or None; ``buddy``: ``(rank,
     to_store)``, where its checkpoints go (the node that keeps copies, 0 for none; and
-    whether their bytes go to the coordinator too) (coordinator -> node)."""
+    whether their bytes go to the coordinator too); ``group``: its checkpoint group (the
+    first tid of its spawn, coordinated checkpoints) or 0 (coordinator -> node)."""
     __slots__ = ("tid", "parent", "fn", "args", "kwargs", "inc", "ckpt", "replay", "siblings",
-                 "ckpt_at", "buddy")
+                 "ckpt_at", "buddy", "group")
     OP = 11
     TYPES = (int, (int, _NONE), str, _SEQ, dict, int, (dict, _NONE), int, (*_SEQ, _NONE),
-             (*_SEQ, _NONE), (*_SEQ, _NONE))
+             (*_SEQ, _NONE), (*_SEQ, _NONE), int)
     TO = frozenset({"node"})
 
     def __init__(self, tid: int, parent: int | None, fn: str, args: tuple, kwargs: dict,
                  inc: int, ckpt: dict | None, replay: bool,
                  siblings: tuple[int, int] | None, ckpt_at: tuple[int, int] | None = None,
-                 buddy: tuple[int, bool] | None = None) -> None:
+                 buddy: tuple[int, bool] | None = None, group: int = 0) -> None:
         self.tid, self.parent, self.fn, self.args, self.kwargs = tid, parent, fn, args, kwargs
         self.inc, self.ckpt, self.replay, self.siblings = inc, ckpt, replay, siblings
-        self.ckpt_at, self.buddy = ckpt_at, buddy
+        self.ckpt_at, self.buddy, self.group = ckpt_at, buddy, group
 
     def encode(self) -> tuple:
         return (11, self.tid, self.parent, self.fn, self.args, self.kwargs, self.inc,
-                self.ckpt, self.replay, self.siblings, self.ckpt_at, self.buddy)
+                self.ckpt, self.replay, self.siblings, self.ckpt_at, self.buddy, self.group)
 
 
 class Kill(Message):
@@ -522,12 +523,16 @@ def decode(msg: Any) -> Message:
 REQUESTS: dict[str, str] = {
     "locate": "(tid, ended_ok=False) -> (rank, inc, replay): where a task runs now "
               "(rank None: being recovered; ENDED: it has ended and ended_ok)",
+    "cut": "(group, tid, inc, seq, sent) -> {tid: n}: a coordinated checkpoint's cut: once "
+           "every member of checkpoint group `group` has called it for `seq`, each gets how "
+           "many messages each other member had sent it",
     "checkpoint": "(tid, inc, seq, delivered, blob, buddy=0) -> (buddy, to_store): a task's "
                   "checkpoint: blob (None: not sent here) kept by the coordinator, and/or by "
                   "the node and a copy sent to node buddy; answered once every copy is "
                   "held, with where to send the next one",
     "submit": "(parent, fn_ref, args, kwargs) -> the result, once the short task ran",
-    "spawn": "(parent, fn_ref, args, kwargs, count, where, replay=True, per=None) -> [tid]",
+    "spawn": "(parent, fn_ref, args, kwargs, count, where, replay=True, per=None, "
+             "checkpoint='log') -> [tid]",
     "join": "(tid) -> the return value of a spawned task, once it has ended",
     "tasks": "() -> [row]: the live tasks, main first",
     "kill": "(tid) -> None: cancel a short task, abort a spawned one",

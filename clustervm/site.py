@@ -136,6 +136,11 @@ class Site:
             if loc is not None and inc < loc.inc:
                 return   # from a replaced incarnation of src
             box = self.mailbox(dst)
+            if box.group and inc > box.incs.get(src, inc):
+                # a group peer's new incarnation: its group rolled back, and so does dst;
+                # dst's restore delivers this against its restored counters
+                self.holdback.setdefault(dst, {})[(src, seq)] = (tag, data, inc)
+                return
             last = box.delivered.get(src, 0)
             if seq <= last:
                 return   # a duplicate (replayed after a failover)

@@ -208,17 +208,19 @@ class TaskContext:
     # -- tasks ---------------------------------------------------------------
 
     def spawn(self, fn: Callable, /, *common: Any, count: int | None = None, where: Any = None,
-              replay: bool = True, args: Sequence | None = None, **kwargs: Any) -> list[int]:
+              replay: bool = True, args: Sequence | None = None, checkpoint: str = "log",
+              **kwargs: Any) -> list[int]:
         """Start long-lived tasks running ``fn(ctx, *common, **kwargs)``; returns their tids.
 
         ``count`` instances (default 1), or one per item of ``args``: instance ``i`` runs
         ``fn(ctx, *common, *args[i], **kwargs)`` (an item that is not a tuple is one
         argument). Inside, ``ctx.siblings``, ``ctx.rank`` and ``ctx.size`` say which it is.
+        ``replay`` and ``checkpoint`` ("log" or "group") as for :meth:`clustervm.vm.VM.spawn`.
         """
         self._check()
         count, per = spawn_args(count, args)
         return self._site.call("spawn", self.tid, self._site.ref(fn), common, kwargs, count,
-                               where, replay, per)
+                               where, replay, per, checkpoint)
 
     def submit(self, fn: Callable, *args: Any, **kwargs: Any):
         """Run ``fn(*args, **kwargs)`` somewhere on the VM; returns a Future."""

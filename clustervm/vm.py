@@ -218,7 +218,8 @@ class VM:
     # -- PVM-style tasks and messages ----------------------------------------
 
     def spawn(self, fn: Callable, /, *common: Any, count: int | None = None, where: Any = None,
-              replay: bool = True, args: Sequence | None = None, **kwargs: Any) -> list[int]:
+              replay: bool = True, args: Sequence | None = None, checkpoint: str = "log",
+              **kwargs: Any) -> list[int]:
         """Start long-lived tasks ``fn(ctx, *common, **kwargs)``; returns their tids.
 
         ``count`` instances (default 1), or one per item of ``args``: instance ``i``
@@ -227,10 +228,14 @@ class VM:
         ``ctx.rank`` (its index) and ``ctx.size``, the same after a failover.
         ``replay=False`` switches off message logging for these tasks (faster for
         large messages; messages in flight to them may be lost on a failover).
+        ``checkpoint="group"``: the instances checkpoint together (every one calls
+        ``ctx.checkpoint`` at the same points, as an MPI collective; the messages in
+        flight between them are part of it) and, when one is lost, all go back to their
+        last such checkpoint; no message is logged and no log is carried in checkpoints.
         """
         count, per = spawn_args(count, args)
         tids = self._c.spawn(P.MAIN_TID, self._c.ref(fn), common, kwargs, count, where, replay,
-                             per)
+                             per, checkpoint)
         self._spawned.update(tids)
         return tids
 

@@ -79,11 +79,15 @@ def main(vm) -> None:
     p.add_argument("--tasks", type=int, default=4)
     p.add_argument("--checkpoint-every", type=int, default=50, metavar="STEPS")
     p.add_argument("--step-ms", type=float, default=0.0, help="extra time per step (drills)")
+    p.add_argument("--checkpoint-mode", choices=("log", "group"), default="log",
+                   help="log: each strip on its own, messages logged for replay (default); "
+                        "group: the strips checkpoint together and roll back together")
     a = p.parse_args(vm.argv[1:])
     if a.tasks < 1 or a.size < a.tasks:
         p.error("need 1 <= --tasks <= --size")
     t0 = time.perf_counter()
-    tids = vm.spawn(solver, a.tasks, a.size, a.steps, a.checkpoint_every, a.step_ms, count=a.tasks)
+    tids = vm.spawn(solver, a.tasks, a.size, a.steps, a.checkpoint_every, a.step_ms, count=a.tasks,
+                    checkpoint=a.checkpoint_mode)
     parts = sorted((vm.join(t) for t in tids), key=lambda r: r["me"])
     grid = np.vstack([p["rows"] for p in parts])
     digest = hashlib.sha256(np.ascontiguousarray(grid).tobytes()).hexdigest()[:16]

@@ -204,3 +204,36 @@ def journal_has_done(ck: Path) -> bool:
         return b"done" in (ck / "journal.log").read_bytes()
     except FileNotFoundError:
         return False
+
+
+# -- coordinated group checkpoints: spawn(checkpoint="group") -----------------------------
+
+def test_a_checkpoint_group_rolls_back_together_when_a_member_is_lost(job, tmp_path):
+    """The ring spawned with checkpoint="group": no message is logged; node 2 is
+    SIGKILLed, every member (the survivors too) goes back to the group's last
+    checkpoint, and the result is the undisturbed one."""
+    want = expected()
+    j = job([RING, *ARGS, "--group", "--markers", str(tmp_path)], n=5, timeout=TIMEOUT)
+    kill_after_checkpoints(j, tmp_path, [2])
+    res = j.wait()
+    assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
+    assert res.line("ring:") == want
+    assert re.search(r"checkpoint group \d+ \(4 task\(s\)\) rolled back to its checkpoint "
+                     r"[1-9]", res.err), res.err
+    assert re.search(r"4 task\(s\) re-run", report(res.err)), report(res.err)
+
+
+def test_a_node_lost_during_a_group_checkpoint(job, tmp_path):
+    """Members checkpoint every step, so the kill lands inside a checkpoint (its cut or
+    the copy) almost surely: the group still goes back to one it completed, exactly."""
+    args = ["--tasks", "4", "--steps", "150", "--every", "1", "--step-ms", "2"]
+    base = run_job([RING, *args, "--group"], n=5, timeout=TIMEOUT)
+    assert base.rc == 0, base.err
+    j = job([RING, *args, "--group", "--markers", str(tmp_path)], n=5, timeout=TIMEOUT)
+    wait_for(lambda: len(ranks_with_checkpoints(tmp_path, 30)) == 4,
+             "30 checkpoints of every task", j)
+    j.kill_rank(3)
+    res = j.wait()
+    assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
+    assert res.line("ring:") == base.line("ring:")
+    assert "rolled back to its checkpoint" in res.err, res.err

@@ -515,3 +515,31 @@ def test_a_copy_that_is_not_there_sends_the_restart_to_the_next_holder() -> None
     out = core.handle(E.TaskRestored(again.rank, 50, again.inc, 1, False, 2.2))
     # no holder left: the job cannot go on (messages were received)
     assert of(out, I.Fatal)
+
+
+def test_a_checkpoint_group_goes_back_to_the_checkpoint_all_acknowledged() -> None:
+    core = up(3)
+    places = {}
+    for tid in (50, 51, 52):            # one spawn: group 50
+        (p,) = of(core.handle(E.TaskSpawned(tid, 1, 0.0, None, False, 0, 50)), I.PlaceSpawned)
+        places[tid] = p.rank
+        assert p.group == 50
+    assert core.ckgroups == {50: [50, 51, 52]}
+
+    def commit(tid: int, seq: int) -> None:
+        r = places[tid]
+        b = r % 3 + 1
+        core.handle(E.CheckpointStored(r, tid, 0, seq, 1.0, b, False),
+                    E.CheckpointHeld(b, tid, 0, seq, 1.0))
+    for tid in (50, 51, 52):
+        commit(tid, 1)
+    commit(50, 2)                        # one member is a checkpoint ahead
+    lost = places[51]
+    out = core.handle(E.NodeLost(lost, LossCause.ULFM, 2.0))
+    assert I.GroupRolledBack(50, 1) in out
+    again = {p.tid: p for p in of(out, I.PlaceSpawned)}
+    assert set(again) == {50, 51, 52} and all(p.restart and p.inc == 1 for p in again.values())
+    assert all(p.seq == 1 for p in again.values())          # the one all acknowledged
+    for tid in (50, 52):                 # survivors: where they run, from their own copy
+        assert again[tid].rank == places[tid] == again[tid].source
+    assert again[51].rank != lost and again[51].source in (again[51].rank, lost % 3 + 1)

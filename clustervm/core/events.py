@@ -99,6 +99,9 @@ class TaskSpawned(Event):
     where: frozenset[int] | None = None
     replay: bool = True
     digest: int = 0
+    #: its checkpoint group: the first tid of its spawn when spawned with
+    #: checkpoint="group" (coordinated checkpoints, rolled back together); 0: none
+    group: int = 0
 
 
 @record

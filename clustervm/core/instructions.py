@@ -57,6 +57,7 @@ class PlaceSpawned(Instruction):
     seq: int = 0
     buddy: int = 0
     to_store: bool = True
+    group: int = 0          # its checkpoint group (coordinated checkpoints), or 0
 
 
 @record
@@ -153,6 +154,14 @@ class CopyCheckpoint(Instruction):
     tid: int
     seq: int
     to: int
+
+
+@record
+class GroupRolledBack(Instruction):
+    """Checkpoint group ``group`` goes back to its checkpoint ``seq`` (a member was
+    lost): its members' unanswered CUT calls are over."""
+    group: int
+    seq: int
 
 
 @record

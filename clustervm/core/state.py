@@ -79,7 +79,7 @@ class Task:
     """What the core knows of one task (its function and arguments stay in the shell)."""
     __slots__ = ("tid", "kind", "parent", "state", "node", "where", "attempts", "inc",
                  "replay", "t_start", "t_ckpt", "digest", "ckpt", "pend", "restoring",
-                 "received", "copying")
+                 "received", "copying", "group", "prev")
 
     def __init__(self, tid: int, kind: TaskKind, parent: int, where: set[int] | None,
                  digest: int = 0) -> None:
@@ -105,6 +105,8 @@ class Task:
         #: the start would not get them again (their senders have forgotten them)
         self.received = False
         self.copying = 0        # the node a copy of its checkpoint is being made on
+        self.group = 0          # its checkpoint group (the first tid of its spawn), or 0
+        self.prev: tuple[int, frozenset[int]] | None = None   # the acknowledged one before
 
 
 class _Pending:
@@ -148,6 +150,8 @@ class Core:
         self.waiting: dict[int, int] = {}       # task -> tasks it submitted, not done
         self.ended: dict[int, bool] = {}        # spawned tasks over: tid -> ok
         self.homeless: list[Task] = []          # spawned tasks waiting for a node to join
+        #: checkpoint groups (spawn(checkpoint="group")): first tid -> member tids
+        self.ckgroups: dict[int, list[int]] = {}
         self.journal_done: dict[int, tuple[int, bool, Any]] = {}
         self.spawning = 0                       # replacements asked for, not started yet
         #: the VM-wide mailbox (put_info / get_info): name -> value, and who waits for a name
@@ -453,6 +457,7 @@ class Core:
             self._no_nodes_left()
             return
         self._copies_lost(rank)
+        groups = set()
         for tid in sorted(spawned):
             t = self.tasks.get(tid)
             if t is not None and t.state is _RUNNING:
@@ -460,7 +465,12 @@ class Core:
                 stats["redone_s"] += now - max(t.t_start, t.t_ckpt)
                 if self.observing:
                     out.append(I.Observe("rerun", tid, rank))
-                self._place_spawned(t, True, now)
+                if t.group:
+                    groups.add(t.group)
+                else:
+                    self._place_spawned(t, True, now)
+        for g in sorted(groups):
+            self._roll_back(g, now)
         self._want_dispatch = True
 
     def _promote_spare(self) -> bool:
@@ -775,6 +785,12 @@ class Core:
             out.append(I.DropCheckpoints(tid, tuple(sorted(held))))
         if t.kind is _SPAWNED:
             self.ended[tid] = ok
+            if t.group:
+                members = self.ckgroups.get(t.group)
+                if members is not None and tid in members:
+                    members.remove(tid)
+                    if not members:
+                        del self.ckgroups[t.group]
             out.append(I.BroadcastLocation(tid, -1, t.inc, False, tuple(self._alive)))
         out.append(I.resolved(tid, t.kind, ok, value, packed))
 
@@ -816,14 +832,20 @@ class Core:
             return
         t = Task(tid, _SPAWNED, ev.parent, set(ev.where) if ev.where else None, ev.digest)
         t.replay = ev.replay
+        if ev.group:
+            t.group = ev.group
+            self.ckgroups.setdefault(ev.group, []).append(tid)
         self.tasks[tid] = t
         self._place_spawned(t, self.resume, ev.now)
 
-    def _place_spawned(self, t: Task, restart: bool, now: float) -> None:
+    def _place_spawned(self, t: Task, restart: bool, now: float,
+                       prefer: Node | None = None) -> None:
         holders = () if not restart or t.ckpt is None else \
             sorted(r for r in t.ckpt[1] if r in self._alive)
         n = None
-        if holders:    # restart where a copy of its checkpoint is, if as little loaded
+        if prefer is not None:       # a group member rolled back where it runs
+            n = prefer
+        elif holders:    # restart where a copy of its checkpoint is, if as little loaded
             best = self._pick(t.where) or self._pick(None)
             near = self._pick(set(holders) & t.where if t.where else set(holders))
             n = near if near is not None and best is not None and near.load <= best.load \
@@ -857,7 +879,33 @@ class Core:
         tell = tuple(self._alive) if restart else (n.rank,)
         buddy = self._buddy_of(n.rank)
         self._out.append(I.PlaceSpawned(n.rank, t.tid, t.inc, restart, t.replay, tell,
-                                        source, seq, buddy, self.journal or not buddy))
+                                        source, seq, buddy, self.journal or not buddy,
+                                        t.group))
+
+    def _roll_back(self, group: int, now: float) -> None:
+        """A member of checkpoint group ``group`` was lost: every member goes back to the
+        group's newest checkpoint that all of them have acknowledged (survivors too, on
+        their own nodes, from their own copies; a new incarnation there aborts the old)."""
+        members = [t for t in (self.tasks.get(m) for m in self.ckgroups.get(group, ()))
+                   if t is not None and t.state is _RUNNING]
+        if not members:
+            return
+        epoch = min(t.ckpt[0] if t.ckpt is not None else 0 for t in members)
+        self._out.append(I.GroupRolledBack(group, epoch))
+        for t in members:
+            if epoch == 0:
+                t.ckpt = None
+            elif t.ckpt is not None and t.ckpt[0] != epoch:
+                t.ckpt = t.prev          # one ahead: its previous one is the group's
+            t.pend, t.restoring = None, None
+            n = self.nodes.get(t.node) if t.node is not None else None
+            if n is not None and n.state is _ALIVE:
+                n.spawned.discard(t.tid)
+                self._reindex(n)
+                self.stats["rerun"] += 1
+                self._place_spawned(t, True, now, prefer=n)
+            else:
+                self._place_spawned(t, True, now)
 
     def _copies_gone(self, t: Task) -> bool:
         """Every copy of ``t``'s acknowledged checkpoint was on nodes now lost, and no
@@ -985,7 +1033,7 @@ class Core:
         if p is None or not p.sent or p.waiting:
             return
         t.pend = None
-        t.ckpt = (p.seq, frozenset(p.holders))
+        t.prev, t.ckpt = t.ckpt, (p.seq, frozenset(p.holders))
         t.received = t.received or p.received
         self.stats["ckpt_written"] += 1
         buddy = self._buddy_of(p.rank)

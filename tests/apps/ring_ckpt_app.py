@@ -68,9 +68,10 @@ def main(vm) -> None:
     p.add_argument("--step-ms", type=float, default=0.0)
     p.add_argument("--state-kb", type=int, default=4)
     p.add_argument("--markers", default="")
+    p.add_argument("--group", action="store_true", help="spawn(checkpoint='group')")
     a = p.parse_args(vm.argv[1:])
     tids = vm.spawn(member, a.steps, a.every, a.step_ms, a.state_kb, a.markers,
-                    count=a.tasks)
+                    count=a.tasks, checkpoint="group" if a.group else "log")
     accs = [vm.join(t) for t in tids]
     digest = hashlib.sha256(repr(accs).encode()).hexdigest()[:16]
     print(f"ring: tasks={a.tasks} steps={a.steps} digest={digest}", flush=True)
