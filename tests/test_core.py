@@ -537,6 +537,10 @@ def test_a_checkpoint_group_goes_back_to_the_checkpoint_all_acknowledged() -> No
     lost = places[51]
     out = core.handle(E.NodeLost(lost, LossCause.ULFM, 2.0))
     assert I.GroupRolledBack(50, 1) in out
+    # every node learns all the new places before any member starts again
+    first_place = min(i for i, x in enumerate(out) if isinstance(x, I.PlaceSpawned))
+    told = [x.tid for x in out[:first_place] if isinstance(x, I.BroadcastLocation)]
+    assert sorted(told) == [50, 51, 52]
     again = {p.tid: p for p in of(out, I.PlaceSpawned)}
     assert set(again) == {50, 51, 52} and all(p.restart and p.inc == 1 for p in again.values())
     assert all(p.seq == 1 for p in again.values())          # the one all acknowledged

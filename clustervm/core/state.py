@@ -892,6 +892,7 @@ class Core:
             return
         epoch = min(t.ckpt[0] if t.ckpt is not None else 0 for t in members)
         self._out.append(I.GroupRolledBack(group, epoch))
+        start = len(self._out)
         for t in members:
             if epoch == 0:
                 t.ckpt = None
@@ -906,6 +907,12 @@ class Core:
                 self._place_spawned(t, True, now, prefer=n)
             else:
                 self._place_spawned(t, True, now)
+        # every node learns every member's new place before any member starts again:
+        # a member's first messages would otherwise go to a lost peer's old node (an
+        # MPI send to a dead rank may complete, and no log sends it again)
+        placed = [i for i in self._out[start:] if isinstance(i, I.PlaceSpawned)]
+        told = [I.BroadcastLocation(p.tid, p.rank, p.inc, p.replay, p.tell) for p in placed]
+        self._out[start:start] = told
 
     def _copies_gone(self, t: Task) -> bool:
         """Every copy of ``t``'s acknowledged checkpoint was on nodes now lost, and no
