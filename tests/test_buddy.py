@@ -65,39 +65,50 @@ def report(err: str) -> str:
     return lines[-1]
 
 
-def kill_after_checkpoints(j, d: Path, ranks: list[int]) -> None:
-    """Wait until every task made 3 checkpoint calls (so 2 are acknowledged), then
-    SIGKILL the node processes of ``ranks`` at once."""
-    wait_for(lambda: len(ranks_with_checkpoints(d, 3)) == 4, "3 checkpoints of every task", j)
+def kill_after_checkpoints(j, d: Path, ranks: list[int] | None = None, k: int = 3,
+                           pair: bool = True) -> None:
+    """Wait until every task made ``k`` checkpoint calls (so ``k - 1`` are acknowledged),
+    then SIGKILL the node processes of ``ranks`` at once; None: the node that runs task 0
+    and its buddy, the next node (main may start before every node has said hello, so
+    tasks are not always one a node, and a node learns its buddy again with every
+    acknowledgment: after a few it is the next node); without ``pair``, that node alone."""
+    got = wait_for(lambda: (lambda m: m if len(m) == 4 else None)(ranks_with_checkpoints(d, k)),
+                   f"{k} checkpoints of every task", j)
+    if ranks is None:
+        a = got[0]
+        ranks = [a, a % 4 + 1] if pair else [a]
     pids = j.rank_pids(count=5)
     for r in ranks:
         os.kill(pids[r], signal.SIGKILL)
 
 
 def test_node_killed_restarts_from_its_buddys_copy(job, tmp_path):
-    """Memory only: node 2 dies; its task restarts from the copy node 3 holds (no
-    checkpoint went to the coordinator after the first), the result is exact, and
-    the report says when the task ran again."""
+    """Memory only: the node of task 0 dies; its task restarts from the copy its buddy
+    holds (no checkpoint went to the coordinator), the result is exact, and the report
+    says when the task ran again."""
     want = expected()
     j = job([RING, *ARGS, "--markers", str(tmp_path)], n=5, timeout=TIMEOUT)
-    kill_after_checkpoints(j, tmp_path, [2])
+    got = wait_for(lambda: (lambda m: m if len(m) == 4 else None)(
+        ranks_with_checkpoints(tmp_path, 3)), "3 checkpoints of every task", j)
+    victim = got[0]
+    os.kill(j.rank_pids(count=5)[victim], signal.SIGKILL)
     res = j.wait()
     assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
     assert res.line("ring:") == want
     rep = report(res.err)
-    assert "1 node(s) lost: node 2" in rep, rep
+    assert f"1 node(s) lost: node {victim}" in rep, rep
     assert re.search(r"[1-9]\d* restored", rep), rep
-    m = re.search(r"running again from checkpoints after loss detected: node 2 (\d+\.\d+) s",
-                  rep)
+    m = re.search(rf"running again from checkpoints after loss detected: node {victim} "
+                  rf"(\d+\.\d+) s", rep)
     assert m, rep
 
 
 def test_node_and_its_buddy_killed_together_without_a_directory(job, tmp_path):
-    """Nodes 2 and 3 die at once: node 2's task had its copies on both, so it cannot
-    go on; the job ends with an error that names the loss and --checkpoint-dir.
-    Node 3's task restarts from node 4's copy."""
+    """The node of task 0 and its buddy (the next node) die at once: task 0 had its
+    copies on both, so it cannot go on; the job ends with an error that names the loss
+    and --checkpoint-dir."""
     j = job([RING, *ARGS, "--markers", str(tmp_path)], n=5, timeout=TIMEOUT)
-    kill_after_checkpoints(j, tmp_path, [2, 3])
+    kill_after_checkpoints(j, tmp_path, None, k=6)
     res = j.wait()
     assert res.rc != 0, f"the job succeeded though a checkpoint was lost:\n{res.out}"
     assert "every copy of its checkpoint" in res.err, res.err
@@ -106,13 +117,13 @@ def test_node_and_its_buddy_killed_together_without_a_directory(job, tmp_path):
 
 def test_node_and_its_buddy_killed_together_falls_back_to_the_directory(job, tmp_path):
     """The same double loss with --checkpoint-dir: the coordinator's copy on disk
-    (written behind the run) restores node 2's task; the result is exact."""
+    (written behind the run) restores task 0; the result is exact."""
     want = expected()
     marks = tmp_path / "marks"
     marks.mkdir()
     j = job([RING, *ARGS, "--markers", str(marks)], n=5, timeout=TIMEOUT,
             run_args=["--checkpoint-dir", str(tmp_path / "ck")])
-    kill_after_checkpoints(j, marks, [2, 3])
+    kill_after_checkpoints(j, marks, None, k=6)
     res = j.wait()
     assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
     assert res.line("ring:") == want
@@ -209,12 +220,12 @@ def journal_has_done(ck: Path) -> bool:
 # -- coordinated group checkpoints: spawn(checkpoint="group") -----------------------------
 
 def test_a_checkpoint_group_rolls_back_together_when_a_member_is_lost(job, tmp_path):
-    """The ring spawned with checkpoint="group": no message is logged; node 2 is
-    SIGKILLed, every member (the survivors too) goes back to the group's last
+    """The ring spawned with checkpoint="group": no message is logged; the node of task
+    0 is SIGKILLed, every member (the survivors too) goes back to the group's last
     checkpoint, and the result is the undisturbed one."""
     want = expected()
     j = job([RING, *ARGS, "--group", "--markers", str(tmp_path)], n=5, timeout=TIMEOUT)
-    kill_after_checkpoints(j, tmp_path, [2])
+    kill_after_checkpoints(j, tmp_path, None, pair=False)
     res = j.wait()
     assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
     assert res.line("ring:") == want
@@ -230,9 +241,7 @@ def test_a_node_lost_during_a_group_checkpoint(job, tmp_path):
     base = run_job([RING, *args, "--group"], n=5, timeout=TIMEOUT)
     assert base.rc == 0, base.err
     j = job([RING, *args, "--group", "--markers", str(tmp_path)], n=5, timeout=TIMEOUT)
-    wait_for(lambda: len(ranks_with_checkpoints(tmp_path, 30)) == 4,
-             "30 checkpoints of every task", j)
-    j.kill_rank(3)
+    kill_after_checkpoints(j, tmp_path, None, k=30, pair=False)
     res = j.wait()
     assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
     assert res.line("ring:") == base.line("ring:")
