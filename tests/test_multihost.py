@@ -245,7 +245,9 @@ def _drill(hosts, tmp_path, name: str, fault: str, record_property) -> tuple[dic
         hosts.cut_link(VICTIM)
     res = watch.until_end()
     assert not res.timed_out, res
-    assert res.returncode == 0, res
+    assert res.returncode == 0, (f"status {res.returncode} after {res.elapsed:.0f} s, leftovers "
+                                 f"{res.leftovers}\n--- stdout\n{res.stdout}\n--- stderr (end)\n"
+                                 f"{res.stderr[-8000:]}")
     if fault == "cut_link":
         # nothing can reach the cut-off host to end its prted and ranks: they end by
         # themselves when that prted gives up on its link (netns.Job ends them here)
