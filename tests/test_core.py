@@ -380,6 +380,12 @@ def spawned_on(core: Core, tid: int, now: float = 0.0) -> int:
     return place.rank
 
 
+def held(core: Core, r: int, buddy: int, tid: int = 50, seq: int = 1) -> list:
+    """Task ``tid`` on node ``r`` checkpoints ``seq`` with a copy on ``buddy``, which holds it."""
+    return core.handle(E.CheckpointStored(r, tid, 0, seq, 1.0, buddy, False),
+                       E.CheckpointHeld(buddy, tid, 0, seq, 1.0))
+
+
 def test_a_buddy_copy_is_acknowledged_once_the_buddy_holds_it() -> None:
     core = up(3)
     (place,) = of(core.handle(E.TaskSpawned(50, 1, 0.0)), I.PlaceSpawned)
@@ -417,8 +423,7 @@ def test_a_lost_nodes_task_restarts_where_its_copy_is() -> None:
     core = up(4)
     r = spawned_on(core, 50)
     buddy = r % 4 + 1
-    core.handle(E.CheckpointStored(r, 50, 0, 1, 1.0, buddy, False),
-                E.CheckpointHeld(buddy, 50, 0, 1, 1.0))
+    held(core, r, buddy)
     out = core.handle(E.NodeLost(r, LossCause.ULFM, 2.0))
     (again,) = of(out, I.PlaceSpawned)
     assert (again.rank, again.source, again.seq, again.inc) == (buddy, buddy, 1, 1)
@@ -439,8 +444,7 @@ def test_a_copy_lost_with_its_node_is_made_again() -> None:
     core = up(4)
     r = spawned_on(core, 50)
     buddy = r % 4 + 1
-    core.handle(E.CheckpointStored(r, 50, 0, 1, 1.0, buddy, False),
-                E.CheckpointHeld(buddy, 50, 0, 1, 1.0))
+    held(core, r, buddy)
     out = core.handle(E.NodeLost(buddy, LossCause.ULFM, 2.0))      # the buddy dies
     (copy,) = of(out, I.CopyCheckpoint)
     assert copy.source == r and copy.to not in (r, buddy) and (copy.tid, copy.seq) == (50, 1)
@@ -460,8 +464,7 @@ def test_a_task_placed_away_from_its_copy_gets_it_and_a_lost_source_places_it_ag
     core = up(4)
     r = spawned_on(core, 50, 0.0)
     buddy = r % 4 + 1
-    core.handle(E.CheckpointStored(r, 50, 0, 1, 1.0, buddy, False),
-                E.CheckpointHeld(buddy, 50, 0, 1, 1.0))
+    held(core, r, buddy)
     for tid in (51, 52):          # the buddy gets busier than the other nodes
         core.handle(E.TaskSpawned(tid, 1, 0.0, frozenset({buddy})))
     (again,) = of(core.handle(E.NodeLost(r, LossCause.ULFM, 2.0)), I.PlaceSpawned)
@@ -508,8 +511,7 @@ def test_a_copy_that_is_not_there_sends_the_restart_to_the_next_holder() -> None
     core = up(4)
     r = spawned_on(core, 50)
     buddy = r % 4 + 1
-    core.handle(E.CheckpointStored(r, 50, 0, 1, 1.0, buddy, False),
-                E.CheckpointHeld(buddy, 50, 0, 1, 1.0))
+    held(core, r, buddy)
     (again,) = of(core.handle(E.NodeLost(r, LossCause.ULFM, 2.0)), I.PlaceSpawned)
     assert again.source == buddy
     out = core.handle(E.TaskRestored(again.rank, 50, again.inc, 1, False, 2.2))

@@ -1061,21 +1061,25 @@ class Core:
         if len(nodes) != 1:
             return
         src = nodes[0]
-        ring = sorted(r for r in alive if r not in holders)
-        if not ring:
+        to = self._next_alive(src, holders)
+        if not to:
             return
-        to = next((r for r in ring if r > src), ring[0])
         t.copying = to
         self._out.append(I.CopyCheckpoint(src, t.tid, seq, to))
 
     def _buddy_of(self, rank: int) -> int:
         """The node that keeps copies of ``rank``'s checkpoints: the next alive node in
         rank order (wrapping round); 0 (none: the coordinator keeps them) if it is alone."""
-        after = [r for r in self._alive if r != rank]
-        if not after:
+        return self._next_alive(rank, (rank,))
+
+    def _next_alive(self, rank: int, skip: Any) -> int:
+        """The first alive node after ``rank`` in rank order, wrapping round, that is not
+        in ``skip``; 0 if there is none."""
+        others = [r for r in self._alive if r not in skip]
+        if not others:
             return 0
-        later = [r for r in after if r > rank]
-        return min(later) if later else min(after)
+        later = [r for r in others if r > rank]
+        return min(later) if later else min(others)
 
     def _copies_lost(self, rank: int) -> None:
         """Node ``rank`` is lost: so are the checkpoint copies it held. A pending
