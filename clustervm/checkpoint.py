@@ -429,8 +429,15 @@ class CheckpointStore:
             _fsync_dir(self.path)
         return final, total
 
-    def load(self, key: str) -> tuple[int, list[bytes]] | None:
-        """The latest valid checkpoint of ``key`` as ``(seq, frames)``, or None.
+    def newest(self, key: str) -> int | None:
+        """The seq of the newest checkpoint of ``key`` held (in memory or on disk)."""
+        _key_bytes(key)
+        with self._lock:
+            return self._newest_seq(key, safe_stem(key) if self.path is not None else None)
+
+    def load(self, key: str, upto: int | None = None) -> tuple[int, list[bytes]] | None:
+        """The latest valid checkpoint of ``key`` as ``(seq, frames)``, or None;
+        with ``upto``, the latest whose seq is at most that.
 
         Memory first; then the disk versions, newest first. A corrupt or
         truncated file is reported with a warning (file and reason) and the
@@ -440,13 +447,14 @@ class CheckpointStore:
         with self._stripe(key):
             with self._lock:
                 hit = self._mem.get(key)
-                if hit is not None:
+                if hit is not None and (upto is None or hit[0] <= upto):
                     self.stats.loaded += 1
                     return hit[0], list(hit[1])
                 if self.path is None:
                     return None
                 stem = safe_stem(key)
-                versions = sorted(self._disk.get(stem, {}).items(), reverse=True)
+                versions = sorted(((s, p) for s, p in self._disk.get(stem, {}).items()
+                                   if upto is None or s <= upto), reverse=True)
             for seq, path in versions:
                 with self._lock:
                     if path in self._bad:
@@ -467,7 +475,8 @@ class CheckpointStore:
                     )
                     continue
                 with self._lock:
-                    self._mem[key] = (seq, frames)
+                    if upto is None:
+                        self._mem[key] = (seq, frames)
                     self._stem_key[stem] = key
                     self.stats.loaded += 1
                 return seq, list(frames)
@@ -526,49 +535,74 @@ class CheckpointStore:
 
 
 class WriteBehind:
-    """Writes a store's checkpoints to its directory in a thread of its own, in the
-    order they came, so the coordinator never waits for a disk: ``write(tid, seq,
-    blob)`` returns at once; ``done(tid, seq, error)`` is called from the thread once
-    the file is durable (``error`` None) or could not be written (a CheckpointError).
+    """Writes a store's checkpoints to its directory in a thread of its own, so the
+    coordinator never waits for a disk: ``write(tid, inc, seq, blob)`` returns at once;
+    ``done(tid, inc, seq, error)`` is called from the thread once the file is durable
+    (``error`` None) or could not be written (a CheckpointError). Writes are done in
+    the order they came, except that a ``skippable`` checkpoint whose task has a newer
+    one queued behind it is skipped (no ``done``): the disk then only needs each
+    task's newest. (A checkpoint group's are never skipped: on ``--resume`` its members
+    need a checkpoint they all have on disk.)
     ``drop(tid)`` forgets a task's checkpoints after the writes queued before it."""
 
     def __init__(self, store: CheckpointStore,
-                 done: Callable[[int, int, CheckpointError | None], None]) -> None:
+                 done: Callable[[int, int, int, CheckpointError | None], None]) -> None:
         self.store = store
         self._done = done
-        self._queue: queue.SimpleQueue[tuple[str, int, int, Any]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[str, int, int, int, Any]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="cvm-ckpt-writer", daemon=True)
         self._thread.start()
 
-    def write(self, tid: int, seq: int, blob: bytes) -> None:
-        self._queue.put(("write", tid, seq, blob))
+    def write(self, tid: int, inc: int, seq: int, blob: bytes, skippable: bool = True) -> None:
+        self._queue.put(("write" if skippable else "write-all", tid, inc, seq, blob))
 
     def drop(self, tid: int) -> None:
-        self._queue.put(("drop", tid, 0, None))
+        self._queue.put(("drop", tid, 0, 0, None))
 
     def close(self, timeout: float) -> bool:
         """Finish what is queued (at most ``timeout`` seconds); True if all was done."""
-        self._queue.put(("stop", 0, 0, None))
+        self._queue.put(("stop", 0, 0, 0, None))
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning("checkpoint writer: still writing after %.0f s; leaving it", timeout)
             return False
         return True
 
+    def _batch(self) -> list[tuple[str, int, int, int, Any]]:
+        """What is queued (waiting for one item), without the writes a later write of
+        the same task supersedes."""
+        items = [self._queue.get()]
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        newest: dict[int, int] = {}
+        for i, (op, tid, *_rest) in enumerate(items):
+            if op == "write":
+                newest[tid] = i
+            elif op == "drop":
+                newest.pop(tid, None)
+        return [item for i, item in enumerate(items)
+                if item[0] != "write" or newest.get(item[1]) == i]
+
     def _run(self) -> None:
         while True:
-            op, tid, seq, blob = self._queue.get()
-            if op == "stop":
+            for op, tid, inc, seq, blob in self._batch():
+                if op == "stop":
+                    return
+                self._do(op, tid, inc, seq, blob)
+
+    def _do(self, op: str, tid: int, inc: int, seq: int, blob: Any) -> None:
+        try:
+            if op == "drop":
+                self.store.drop(str(tid))
                 return
             try:
-                if op == "drop":
-                    self.store.drop(str(tid))
-                    continue
-                try:
-                    self.store.write(str(tid), seq, [blob])
-                except CheckpointError as exc:
-                    self._done(tid, seq, exc)
-                else:
-                    self._done(tid, seq, None)
-            except Exception:   # noqa: BLE001 - the writer must outlive one bad call
-                log.exception("checkpoint writer: %s of task %d failed", op, tid)
+                self.store.write(str(tid), seq, [blob])
+            except CheckpointError as exc:
+                self._done(tid, inc, seq, exc)
+            else:
+                self._done(tid, inc, seq, None)
+        except Exception:   # noqa: BLE001 - the writer must outlive one bad call
+            log.exception("checkpoint writer: %s of task %d failed", op, tid)

@@ -165,7 +165,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         self._ckpt_calls: dict[int, tuple[int, Any, dict]] = {}
         #: what each task had received at its newest checkpoints: tid -> {seq: delivered}
         self._delivered: dict[int, dict[int, dict]] = {}
-        self._ckpt_errors: dict[tuple[int, int], CheckpointError] = {}   # failed writes
+        #: failed writes to the checkpoint directory, told at the task's next acknowledgment
+        self._ckpt_errors: dict[int, CheckpointError] = {}
         #: a spawned task's replay log as it ended (tid -> (inc, outlog)), journaled with
         #: its result: a task restored on --resume may still need those messages
         self._exit_outlogs: dict[int, tuple[int, dict]] = {}
@@ -194,6 +195,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             I.ResolveTask: self._do_resolve, I.JournalDone: self._do_journal_done,
             I.StoreCheckpoint: self._do_store_checkpoint,
             I.CommitCheckpoint: self._do_commit_checkpoint,
+            I.ForgetReceived: self._do_forget_received,
             I.CopyCheckpoint: self._do_copy_checkpoint,
             I.GroupRolledBack: self._do_group_rolled_back,
             I.DropCheckpoints: self._do_drop_checkpoints, I.Observe: self._do_observe,
@@ -395,22 +397,25 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             self.store.save(str(ins.tid), ins.seq, [blob])
         else:       # kept now (a restart may need it at once), on disk behind the run
             self.store.save(str(ins.tid), ins.seq, [blob], write=False)
-            self._writer.write(ins.tid, ins.seq, blob)
+            t = self.core.tasks.get(ins.tid)
+            self._writer.write(ins.tid, ins.inc, ins.seq, blob,
+                               skippable=t is None or not t.group)
 
-    def _written(self, tid: int, seq: int, error: CheckpointError | None) -> None:
+    def _written(self, tid: int, inc: int, seq: int, error: CheckpointError | None) -> None:
         """The write-behind thread wrote checkpoint ``seq`` of task ``tid`` (or failed)."""
         with self.lock:
             if error is not None:
                 log.error("task %d: %s", tid, error)
-                self._ckpt_errors[(tid, seq)] = error
-            self._run(E.CheckpointWritten(tid, seq, error is None, time.monotonic()))
+                self._ckpt_errors.setdefault(tid, error)
+            self._run(E.CheckpointWritten(tid, inc, seq, error is None, time.monotonic()))
 
     def _do_commit_checkpoint(self, ins: I.CommitCheckpoint) -> None:
-        """Every copy is held: answer the node, and let senders forget what it received."""
+        """Every copy is held: answer the node, and (unless the disk is waited for) let
+        senders forget what it received."""
         tid = ins.tid
         call = self._ckpt_calls.pop(tid, None)
-        error = self._ckpt_errors.pop((tid, ins.seq), None)
         if call is not None and call[0] == ins.seq:
+            error = self._ckpt_errors.pop(tid, None)
             _, reply, delivered = call
             if error is not None:
                 reply(False, error)
@@ -420,10 +425,20 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             delivered = self._delivered.get(tid, {}).get(ins.seq, {})
         if 0 not in ins.holders and self._writer is None:
             self.store.drop(str(tid))        # the nodes hold it: rank 0 keeps no bytes
+        if ins.forget:
+            self._forget_received(tid, delivered)
+
+    def _do_forget_received(self, ins: I.ForgetReceived) -> None:
+        delivered = self._delivered.get(ins.tid, {}).get(ins.seq)
+        if delivered:       # None: long superseded; a newer one forgets as much and more
+            self._forget_received(ins.tid, delivered)
+
+    def _forget_received(self, tid: int, delivered: dict) -> None:
+        """Tell the senders of the messages task ``tid`` has received (``delivered``: per
+        sender, how many) that they may forget them."""
         rec = self.tasks.get(tid)
         if rec is None or not delivered:
             return
-        # the senders of the messages it has received may forget them now
         by_rank: dict[int, list] = {}
         for src in delivered:
             loc = self.locations.get(int(src))
@@ -767,7 +782,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
 
     def _load_ckpt(self, tid: int) -> Any:
         try:
-            got = self.store.load(str(tid))
+            got = self.store.load(str(tid), self._group_epoch(tid))
         except CheckpointError as exc:
             log.warning("checkpoint of task %d unusable: %s", tid, exc)
             return None
@@ -797,7 +812,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             return                       # task already over: a late duplicate
         kept = self._delivered.setdefault(tid, {})
         kept[seq] = delivered
-        for old in sorted(kept)[:-3]:
+        for old in sorted(kept)[:-4]:
             del kept[old]
         if reply is not None:
             self._ckpt_calls[tid] = (seq, reply, delivered)
@@ -815,6 +830,20 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             # not waited for: an old incarnation, from a lost node, or a late duplicate
             del self._ckpt_calls[tid]
             call[1](True, (0, True))
+
+    def _group_epoch(self, tid: int) -> int | None:
+        """On ``--resume``, a member of a checkpoint group goes back to the newest
+        checkpoint every member has on disk (the whole job may have died between two
+        members' writes); None for any other task, or in a running job (where the core
+        says which copy restores a member)."""
+        t = self.core.tasks.get(tid)
+        rec = self.tasks.get(tid)
+        if not self.config.resume or t is None or not t.group or t.ckpt is not None \
+                or rec is None or rec.siblings is None:
+            return None
+        first, count = rec.siblings
+        seqs = [self.store.newest(str(m)) for m in range(first, first + count)]
+        return min(s or 0 for s in seqs)
 
     # -- resume ----------------------------------------------------------------
 

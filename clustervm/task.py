@@ -191,7 +191,7 @@ class TaskContext:
         Returns once the state is encoded (a copy: change ``state`` freely after);
         the coordinator stores it in order with everything the task sends next, so
         no later message or result overtakes it. A failure to store it (an
-        unwritable ``--checkpoint-dir``) is raised by the next ``checkpoint`` call.
+        unwritable ``--checkpoint-dir``) is raised by a later ``checkpoint`` call.
         """
         self._check()
         self._ckpt_seq += 1

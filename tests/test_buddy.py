@@ -246,3 +246,27 @@ def test_a_node_lost_during_a_group_checkpoint(job, tmp_path):
     assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
     assert res.line("ring:") == base.line("ring:")
     assert "rolled back to its checkpoint" in res.err, res.err
+
+
+def test_a_checkpoint_group_resumed_goes_back_to_a_checkpoint_every_member_has(job, tmp_path):
+    """Members checkpoint every step with --checkpoint-dir, and the coordinator is
+    SIGKILLed among them: the members' newest files on disk may be one checkpoint apart
+    (the files are written behind the run). --resume puts every member back at the
+    newest checkpoint all have, and the result is the undisturbed one."""
+    args = ["--tasks", "4", "--steps", "150", "--every", "1", "--step-ms", "2", "--group"]
+    base = run_job([RING, *args], n=5, timeout=TIMEOUT)
+    assert base.rc == 0, base.err
+    marks, ck = tmp_path / "marks", tmp_path / "ck"
+    marks.mkdir()
+    j = job([RING, *args, "--markers", str(marks)], n=5, timeout=TIMEOUT,
+            run_args=["--checkpoint-dir", str(ck)])
+    wait_for(lambda: len(ranks_with_checkpoints(marks, 30)) == 4, "30 checkpoints of each", j)
+    j.kill_rank(0)
+    res = j.wait()
+    assert res.rc != 0, "the job went on without its coordinator"
+    res = job([RING, *args], n=5, timeout=TIMEOUT, run_args=["--resume", str(ck)]).wait()
+    assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
+    assert res.line("ring:") == base.line("ring:")
+    m = re.search(r"(\d+) restored", report(res.err))
+    assert m and int(m.group(1)) >= 4, report(res.err)
+

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from clustervm.checkpoint import CheckpointStore, safe_stem
+from clustervm.checkpoint import CheckpointStore, WriteBehind, safe_stem
 from clustervm.errors import CheckpointError, CorruptCheckpointError
 from clustervm.journal import Journal, Record
 
@@ -522,3 +522,41 @@ def test_journal_bad_input(tmp_path):
         with pytest.raises(CheckpointError):
             j.append("done", "k", [42])
         assert list(j.replay()) == []
+
+
+def test_write_behind_writes_each_tasks_newest_in_order(tmp_path):
+    """The writer skips a checkpoint whose task has a newer one queued behind it, tells
+    every write it made (durable or failed), and a drop goes after the writes before it."""
+    store = CheckpointStore(tmp_path)
+    started, go = threading.Event(), threading.Event()
+    real_write = store.write
+
+    def write(key, seq, frames):
+        started.set()
+        go.wait(10)
+        if key == "7":
+            raise CheckpointError("disk full")
+        return real_write(key, seq, frames)
+
+    store.write = write
+    done = []
+    writer = WriteBehind(store, lambda tid, inc, seq, err: done.append((tid, inc, seq, err)))
+
+    def queue(tid, inc, seq, blob):     # as the coordinator does: kept, then written behind
+        store.save(str(tid), seq, [blob], write=False)
+        writer.write(tid, inc, seq, blob)
+
+    queue(5, 0, 1, b"a")
+    assert started.wait(10)             # the writer is inside seq 1: the rest queues up
+    for seq in (2, 3, 4):
+        queue(5, 0, seq, b"b%d" % seq)
+    queue(6, 1, 1, b"c")
+    queue(7, 0, 1, b"d")
+    queue(6, 1, 2, b"e")
+    writer.drop(6)
+    go.set()
+    assert writer.close(10)
+    assert [d[:3] for d in done] == [(5, 0, 1), (5, 0, 4), (7, 0, 1)]
+    assert [d[3] is None for d in done] == [True, True, False]
+    assert CheckpointStore(tmp_path).load("5") == (4, [b"b4"])
+    assert CheckpointStore(tmp_path).load("6") is None

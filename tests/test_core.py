@@ -289,7 +289,7 @@ def test_checkpoints_of_old_incarnations_and_ended_tasks_are_refused() -> None:
     (place,) = of(core.handle(E.TaskSpawned(50, 1, 0.0)), I.PlaceSpawned)
     r = place.rank
     assert of(core.handle(E.CheckpointStored(r, 50, 0, 1, 1.0)), I.StoreCheckpoint) == \
-        [I.StoreCheckpoint(50, 1)]
+        [I.StoreCheckpoint(50, 0, 1)]
     assert core.handle(E.CheckpointStored(r, 50, 3, 2, 1.0)) == []      # other incarnation
     assert core.handle(E.CheckpointStored(3 - r, 50, 0, 2, 1.0)) == []  # other node
     assert core.handle(E.CheckpointStored(r, 99, 0, 1, 1.0)) == []      # no such task
@@ -491,20 +491,45 @@ def test_copies_lost_with_no_message_received_restart_from_the_start() -> None:
     assert any("starts again from the start" in w.text for w in of(out, I.Warn))
 
 
-def test_with_a_journal_a_checkpoint_is_acknowledged_once_written() -> None:
+def test_with_a_journal_a_checkpoint_is_acknowledged_in_memory_and_forgotten_once_written(
+        ) -> None:
+    """The task does not wait for the disk: its checkpoint is acknowledged once the
+    copies in memory are held (the coordinator's among them); its senders forget what
+    it received only once it is on disk too, so --resume still finds those messages."""
     core = up(3, journal=True)
     r = spawned_on(core, 50)
     buddy = r % 3 + 1
     out = core.handle(E.CheckpointStored(r, 50, 0, 1, 1.0, buddy, True),
                       E.CheckpointHeld(buddy, 50, 0, 1, 1.0))
-    assert of(out, I.StoreCheckpoint) == [I.StoreCheckpoint(50, 1)]
-    assert of(out, I.CommitCheckpoint) == []
-    (commit,) = of(core.handle(E.CheckpointWritten(50, 1, True, 1.2)), I.CommitCheckpoint)
+    assert of(out, I.StoreCheckpoint) == [I.StoreCheckpoint(50, 0, 1)]
+    (commit,) = of(out, I.CommitCheckpoint)
     assert commit.holders == tuple(sorted((0, r, buddy))) and commit.to_store
-    # a node and its buddy lost at once: the disk copy restarts it (source 0)
+    assert not commit.forget and of(out, I.ForgetReceived) == []
+    assert of(core.handle(E.CheckpointWritten(50, 0, 1, False, 1.1)), I.ForgetReceived) == []
+    assert of(core.handle(E.CheckpointWritten(50, 0, 1, True, 1.2)),
+              I.ForgetReceived) == [I.ForgetReceived(50, 1)]
+    # a newer one on disk before it is acknowledged: forgotten up to the acknowledged one
+    core.handle(E.CheckpointStored(r, 50, 0, 2, 1.3, buddy, True))
+    assert of(core.handle(E.CheckpointWritten(50, 0, 2, True, 1.4)), I.ForgetReceived) == []
+    out = core.handle(E.CheckpointHeld(buddy, 50, 0, 2, 1.5))
+    assert of(out, I.ForgetReceived) == [I.ForgetReceived(50, 2)]
+    assert not of(out, I.CommitCheckpoint)[0].forget
+    # a node and its buddy lost at once: the coordinator's copy restarts it (source 0)
     out = core.handle(E.NodeLost(r, LossCause.ULFM, 2.0), E.NodeLost(buddy, LossCause.ULFM, 2.0))
     again = of(out, I.PlaceSpawned)[-1]
     assert again.source == 0 and not of(out, I.Fatal)
+    # the old incarnation's late write says nothing of the new one
+    assert of(core.handle(E.CheckpointWritten(50, 0, 3, True, 2.1)), I.ForgetReceived) == []
+
+
+def test_without_a_journal_senders_forget_at_the_acknowledgment() -> None:
+    core = up(3)
+    r = spawned_on(core, 50)
+    buddy = r % 3 + 1
+    out = core.handle(E.CheckpointStored(r, 50, 0, 1, 1.0, buddy, False),
+                      E.CheckpointHeld(buddy, 50, 0, 1, 1.0))
+    (commit,) = of(out, I.CommitCheckpoint)
+    assert commit.forget and of(out, I.ForgetReceived) == []
 
 
 def test_a_copy_that_is_not_there_sends_the_restart_to_the_next_holder() -> None:

@@ -222,13 +222,15 @@ class CoreMachine(RuleBasedStateMachine):
         stored = [i for i in out if isinstance(i, I.StoreCheckpoint)]
         commits = [i for i in out if isinstance(i, I.CommitCheckpoint)]
         newer = not stale and seq > self.ckpt_seq.get(tid, 0)
-        assert stored == ([I.StoreCheckpoint(tid, seq)] if newer else [])
-        assert commits == []      # a journal: not acknowledged before it is on disk
+        assert stored == ([I.StoreCheckpoint(tid, inc, seq)] if newer else [])
+        # no buddy copy: acknowledged at once, held by the coordinator's store; with a
+        # journal its senders forget what it received only once it is on disk
+        assert [(c.tid, c.seq, c.holders, c.rank, c.to_store, c.forget) for c in commits] \
+            == ([(tid, seq, (0,), w.rank, True, False)] if newer else [])
         if newer:
-            out = self.feed(E.CheckpointWritten(tid, seq, True, self.now))
-            # no buddy copy: acknowledged once written, held by the coordinator's store
-            assert [(c.tid, c.seq, c.holders, c.rank, c.to_store) for c in out
-                    if isinstance(c, I.CommitCheckpoint)] == [(tid, seq, (0,), w.rank, True)]
+            out = self.feed(E.CheckpointWritten(tid, inc, seq, True, self.now))
+            assert [i for i in out if isinstance(i, I.ForgetReceived)] == \
+                [I.ForgetReceived(tid, seq)]
             self.ckpt_seq[tid] = seq
 
     @rule(pick=st.integers(0, 10))

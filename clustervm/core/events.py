@@ -169,9 +169,11 @@ class CheckpointHeld(Event):
 
 @record
 class CheckpointWritten(Event):
-    """The coordinator's write of checkpoint ``seq`` of task ``tid`` to the checkpoint
-    directory ended (``ok``; if not, the shell holds the error)."""
+    """The coordinator's write of checkpoint ``seq`` of task ``tid`` (incarnation
+    ``inc``) to the checkpoint directory ended (``ok``; if not, the shell holds the
+    error). A checkpoint superseded before its turn is not written (no event)."""
     tid: int
+    inc: int
     seq: int
     ok: bool
     now: float

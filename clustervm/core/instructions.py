@@ -125,9 +125,11 @@ class JournalDone(Instruction):
 
 @record
 class StoreCheckpoint(Instruction):
-    """Keep checkpoint ``seq`` of task ``tid`` (the shell holds its bytes); with a
-    journal, write it to the checkpoint directory behind the run (CheckpointWritten)."""
+    """Keep checkpoint ``seq`` of task ``tid`` (incarnation ``inc``; the shell holds its
+    bytes); with a journal, write it to the checkpoint directory behind the run
+    (CheckpointWritten)."""
     tid: int
+    inc: int
     seq: int
 
 
@@ -136,13 +138,23 @@ class CommitCheckpoint(Instruction):
     """Every copy of checkpoint ``seq`` of task ``tid`` is held (by ``holders``: node
     ranks, 0 the coordinator's store): answer its node ``rank``, saying where the next
     one goes (``buddy``, 0: none; ``to_store``: send its bytes to the coordinator too),
-    and let the senders of what it received forget those messages."""
+    and, if ``forget``, let the senders of what it received forget those messages (with
+    a journal a ForgetReceived says so once it is on disk)."""
     rank: int
     tid: int
     seq: int
     holders: tuple
     buddy: int
     to_store: bool
+    forget: bool = True
+
+
+@record
+class ForgetReceived(Instruction):
+    """Checkpoint ``seq`` of task ``tid`` is acknowledged and on disk: the senders of
+    the messages it had received may forget them."""
+    tid: int
+    seq: int
 
 
 @record

@@ -79,7 +79,7 @@ class Task:
     """What the core knows of one task (its function and arguments stay in the shell)."""
     __slots__ = ("tid", "kind", "parent", "state", "node", "where", "attempts", "inc",
                  "replay", "t_start", "t_ckpt", "digest", "ckpt", "pend", "restoring",
-                 "received", "copying", "group", "prev")
+                 "received", "copying", "group", "prev", "durable", "forgot")
 
     def __init__(self, tid: int, kind: TaskKind, parent: int, where: set[int] | None,
                  digest: int = 0) -> None:
@@ -107,11 +107,15 @@ class Task:
         self.copying = 0        # the node a copy of its checkpoint is being made on
         self.group = 0          # its checkpoint group (the first tid of its spawn), or 0
         self.prev: tuple[int, frozenset[int]] | None = None   # the acknowledged one before
+        #: with a journal: the newest checkpoint of this incarnation on disk, and the newest
+        #: one whose received messages their senders were told to forget
+        self.durable = 0
+        self.forgot = 0
 
 
 class _Pending:
     """A checkpoint on its way to being acknowledged: who holds it so far, and whose
-    word it still waits for (node ranks; WRITE: the coordinator's disk write)."""
+    word it still waits for (node ranks)."""
     __slots__ = ("seq", "rank", "sent", "holders", "waiting", "buddy", "received")
 
     def __init__(self, seq: int) -> None:
@@ -122,10 +126,6 @@ class _Pending:
         self.waiting: set[int] = set()
         self.buddy = 0
         self.received = True
-
-
-#: in _Pending.waiting: the write of the coordinator's copy to the checkpoint directory
-WRITE = -1
 
 
 class Core:
@@ -871,6 +871,7 @@ class Core:
         if restart:
             t.inc += 1
             t.pend = None       # what the old incarnation had on its way is not waited for
+            t.durable = t.forgot = 0
         t.node, t.state, t.t_start = n.rank, _RUNNING, now
         n.spawned.add(t.tid)
         self._reindex(n)
@@ -983,9 +984,7 @@ class Core:
         p.sent, p.rank, p.received = True, ev.rank, ev.received
         if ev.stored:
             p.holders.add(0)
-            self._out.append(I.StoreCheckpoint(ev.tid, ev.seq))
-            if self.journal:
-                p.waiting.add(WRITE)
+            self._out.append(I.StoreCheckpoint(ev.tid, ev.inc, ev.seq))
         buddy = ev.buddy
         if buddy:
             p.holders.add(ev.rank)          # the node keeps its own copy
@@ -1025,17 +1024,19 @@ class Core:
 
     def _checkpoint_written(self, ev: E.CheckpointWritten) -> None:
         t = self.tasks.get(ev.tid)
-        p = t.pend if t is not None else None
-        if p is None or p.seq != ev.seq:
-            return
-        if not ev.ok:
-            p.holders.discard(0)
-        p.waiting.discard(WRITE)
-        self._commit_if_held(t)
+        if t is None or t.inc != ev.inc or not ev.ok:
+            return      # an older incarnation's, or failed (the shell tells the task)
+        t.durable = max(t.durable, ev.seq)
+        self._forget_durable(t)
 
     def _commit_if_held(self, t: Task) -> None:
         """Acknowledge ``t``'s pending checkpoint once its node's call came and every copy
-        it waits for is held (a buddy lost meanwhile is not waited for)."""
+        it waits for is held (a buddy lost meanwhile is not waited for).
+
+        With a journal the acknowledgment does not wait for the disk (the coordinator
+        holds a copy in memory, written behind the run); the senders of what the task
+        received forget those messages only once a checkpoint at least as new is on disk
+        too (``_forget_durable``), so ``--resume`` still finds them."""
         p = t.pend
         if p is None or not p.sent or p.waiting:
             return
@@ -1044,10 +1045,21 @@ class Core:
         t.received = t.received or p.received
         self.stats["ckpt_written"] += 1
         buddy = self._buddy_of(p.rank)
+        on_disk = self.journal and 0 in p.holders
         self._out.append(I.CommitCheckpoint(p.rank, t.tid, p.seq, tuple(sorted(p.holders)),
-                                            buddy, self.journal or not buddy))
+                                            buddy, self.journal or not buddy, not on_disk))
+        if on_disk:
+            self._forget_durable(t)
         if p.buddy:
             self._replicate(t)
+
+    def _forget_durable(self, t: Task) -> None:
+        """Let the senders of what ``t`` received forget those messages up to its newest
+        checkpoint that is both acknowledged and (one as new or newer) on disk."""
+        seq = min(t.durable, t.ckpt[0]) if t.ckpt is not None else 0
+        if seq > t.forgot:
+            t.forgot = seq
+            self._out.append(I.ForgetReceived(t.tid, seq))
 
     def _replicate(self, t: Task) -> None:
         """If ``t``'s acknowledged checkpoint is on one node only (its other copy was
