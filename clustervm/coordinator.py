@@ -497,6 +497,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
 
     def _do_drop_checkpoints(self, ins: I.DropCheckpoints) -> None:
         self._delivered.pop(ins.tid, None)
+        self._ckpt_errors.pop(ins.tid, None)
         self._ckpt_calls.pop(ins.tid, None)
         if self._writer is not None:
             self._writer.drop(ins.tid)      # after the writes queued before it
