@@ -26,7 +26,7 @@ class CoordinatorAPI:
     def _api_table(self) -> dict[str, Callable[..., None]]:
         """The request handlers by name: an explicit table (nothing is found by name)."""
         return {
-            "locate": self.api_locate, "checkpoint": self.api_checkpoint, "cut": self.api_cut,
+            "locate": self.api_locate, "checkpoint": self.api_checkpoint,
             "submit": self.api_submit, "spawn": self.api_spawn, "join": self.api_join,
             "tasks": self.api_tasks, "kill": self.api_kill, "notify": self.api_notify,
             "join_group": self.api_join_group, "leave_group": self.api_leave_group,
@@ -94,10 +94,6 @@ class CoordinatorAPI:
     def api_checkpoint(self, reply: Reply, tid: int, inc: int, seq: int, delivered: dict,
                        blob: bytes | None, buddy: int = 0) -> None:
         self.save_checkpoint(tid, inc, seq, delivered, blob, self._src or None, buddy, reply)
-
-    def api_cut(self, reply: Reply, group: int, tid: int, inc: int, seq: int,
-                sent: dict) -> None:
-        self.cut(group, tid, inc, seq, sent, reply)
 
     def api_submit(self, reply: Reply, parent: int, fn_ref: str, args: tuple,
                    kwargs: dict) -> None:

@@ -261,6 +261,7 @@ class CheckpointStore:
         self._lock = threading.Lock()  # guards the dicts and stats below
         self._stripes = [threading.Lock() for _ in range(_LOCK_STRIPES)]  # serialise per key
         self._mem: dict[str, tuple[int, list[bytes]]] = {}
+        self._prev: dict[str, tuple[int, list[bytes]]] = {}    # save(keep_previous=True)
         # On disk, indexed by stem: {stem: {seq: path}}, {stem: key}
         self._disk: dict[str, dict[int, str]] = {}
         self._stem_key: dict[str, str] = {}
@@ -329,7 +330,7 @@ class CheckpointStore:
     # -- API ----------------------------------------------------------------
 
     def save(self, key: str, seq: int, frames: Sequence[bytes | memoryview],
-             write: bool = True) -> None:
+             write: bool = True, keep_previous: bool = False) -> None:
         """Store ``frames`` as checkpoint ``seq`` of ``key``; durable on return.
 
         ``seq`` is the writer's increasing checkpoint number for the key; a
@@ -337,6 +338,8 @@ class CheckpointStore:
         duplicate resent after a failover). Raises CheckpointError if the
         file cannot be written (nothing is stored then). ``write=False``:
         keep it in memory only, for :meth:`write` to put on disk later.
+        ``keep_previous``: the one it replaces stays in memory too (a checkpoint
+        group may go back to it: ``load(key, upto)``).
         """
         kb = _key_bytes(key)
         if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= _MAX_SEQ:
@@ -356,6 +359,8 @@ class CheckpointStore:
             if stem is not None and write:
                 self._write_version(kb, key, stem, seq, owned)
             with self._lock:
+                if keep_previous and key in self._mem:
+                    self._prev[key] = self._mem[key]
                 self._mem[key] = (seq, owned)
                 self.stats.saved += 1
 
@@ -446,10 +451,10 @@ class CheckpointStore:
         _key_bytes(key)
         with self._stripe(key):
             with self._lock:
-                hit = self._mem.get(key)
-                if hit is not None and (upto is None or hit[0] <= upto):
-                    self.stats.loaded += 1
-                    return hit[0], list(hit[1])
+                for hit in (self._mem.get(key), self._prev.get(key)):
+                    if hit is not None and (upto is None or hit[0] <= upto):
+                        self.stats.loaded += 1
+                        return hit[0], list(hit[1])
                 if self.path is None:
                     return None
                 stem = safe_stem(key)
@@ -492,6 +497,7 @@ class CheckpointStore:
         _key_bytes(key)
         with self._stripe(key):
             with self._lock:
+                self._prev.pop(key, None)
                 found = self._mem.pop(key, None) is not None
                 paths: list[str] = []
                 if self.path is not None:

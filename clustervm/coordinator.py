@@ -171,8 +171,6 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         #: its result: a task restored on --resume may still need those messages
         self._exit_outlogs: dict[int, tuple[int, dict]] = {}
         self._finished_senders: dict[int, FinishedSender] = {}   # from the journal
-        #: coordinated checkpoints' cuts not complete: (group, seq) -> tid -> (sent, reply)
-        self._cuts: dict[tuple[int, int], dict[int, tuple[dict, Reply]]] = {}
         #: with --checkpoint-dir, checkpoints are written by this thread, behind the run
         self._writer = WriteBehind(self.store, self._written) if ckdir else None
         self._src = 0                           # the rank whose request is being served
@@ -256,7 +254,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             if ins.source != ins.rank:
                 self.transport.post(ins.source, P.Fetch(ins.tid, ins.seq, ins.rank).encode())
         else:
-            ckpt = self._load_ckpt(ins.tid)
+            ckpt = self._load_ckpt(ins.tid, ins.seq)
             delivered = ckpt["delivered"] if ckpt is not None else {}
         loc = P.Loc([(ins.tid, ins.rank, ins.inc, ins.replay,
                       delivered if ins.restart else None)])
@@ -396,10 +394,10 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         if self._writer is None:
             self.store.save(str(ins.tid), ins.seq, [blob])
         else:       # kept now (a restart may need it at once), on disk behind the run
-            self.store.save(str(ins.tid), ins.seq, [blob], write=False)
             t = self.core.tasks.get(ins.tid)
-            self._writer.write(ins.tid, ins.inc, ins.seq, blob,
-                               skippable=t is None or not t.group)
+            group = t is not None and bool(t.group)
+            self.store.save(str(ins.tid), ins.seq, [blob], write=False, keep_previous=group)
+            self._writer.write(ins.tid, ins.inc, ins.seq, blob, skippable=not group)
 
     def _written(self, tid: int, inc: int, seq: int, error: CheckpointError | None) -> None:
         """The write-behind thread wrote checkpoint ``seq`` of task ``tid`` (or failed)."""
@@ -453,30 +451,10 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             else:
                 self.transport.post(r, item.encode())
 
-    def cut(self, group: int, tid: int, inc: int, seq: int, sent: dict, reply: Reply) -> None:
-        """Member ``tid`` of checkpoint group ``group`` is at checkpoint ``seq`` having
-        sent ``sent`` (tid -> last sequence number); once every member is, each is told
-        what the others had sent it (see Node._cut)."""
-        t = self.core.tasks.get(tid)
-        if t is None or t.group != group or t.inc != inc:
-            raise CheckpointError(f"task {tid} (incarnation {inc}) is not a running member "
-                                  f"of checkpoint group {group}")
-        waiting = self._cuts.setdefault((group, seq), {})
-        waiting[tid] = (sent, reply)
-        members = self.core.ckgroups.get(group, ())
-        if not all(m in waiting for m in members):
-            return
-        del self._cuts[(group, seq)]
-        for m, (_, answer) in waiting.items():
-            answer(True, {src: int(s.get(m, 0)) for src, (s, _) in waiting.items() if src != m})
-
     def _do_group_rolled_back(self, ins: I.GroupRolledBack) -> None:
         log.warning("checkpoint group %d (%d task(s)) rolled back to its checkpoint %d",
                     ins.group, len(self.core.ckgroups.get(ins.group, ())), ins.seq)
         self.events.add("ROLLBACK", group=ins.group, seq=ins.seq)
-        for key in [k for k in self._cuts if k[0] == ins.group]:
-            for _, answer in self._cuts.pop(key).values():
-                answer(False, CheckpointError(f"checkpoint group {ins.group} rolled back"))
 
     def _do_copy_checkpoint(self, ins: I.CopyCheckpoint) -> None:
         self.transport.post(ins.source, P.Fetch(ins.tid, ins.seq, ins.to).encode())
@@ -781,9 +759,16 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
 
     # -- checkpoints -----------------------------------------------------------
 
-    def _load_ckpt(self, tid: int) -> Any:
+    def _load_ckpt(self, tid: int, seq: int = 0) -> Any:
+        """The newest checkpoint of task ``tid`` the coordinator holds, decoded; for a
+        member of a checkpoint group the one at the group's epoch ``seq`` (0: none, the
+        member starts again from the start) or, on ``--resume``, the one all members
+        have on disk."""
+        upto = self._group_epoch(tid, seq)
+        if upto == 0:
+            return None
         try:
-            got = self.store.load(str(tid), self._group_epoch(tid))
+            got = self.store.load(str(tid), upto)
         except CheckpointError as exc:
             log.warning("checkpoint of task %d unusable: %s", tid, exc)
             return None
@@ -832,16 +817,17 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             del self._ckpt_calls[tid]
             call[1](True, (0, True))
 
-    def _group_epoch(self, tid: int) -> int | None:
-        """On ``--resume``, a member of a checkpoint group goes back to the newest
-        checkpoint every member has on disk (the whole job may have died between two
-        members' writes); None for any other task, or in a running job (where the core
-        says which copy restores a member)."""
+    def _group_epoch(self, tid: int, seq: int) -> int | None:
+        """Which checkpoint restores task ``tid``: None (the newest) for a task outside
+        checkpoint groups; for a member, its group's epoch ``seq``, or, on ``--resume``
+        before the group has a checkpoint in this run, the newest every member has on
+        disk (the whole job may have died between two members' writes)."""
         t = self.core.tasks.get(tid)
         rec = self.tasks.get(tid)
-        if not self.config.resume or t is None or not t.group or t.ckpt is not None \
-                or rec is None or rec.siblings is None:
+        if t is None or not t.group or rec is None or rec.siblings is None:
             return None
+        if not (self.config.resume and t.ckpt is None):
+            return seq
         first, count = rec.siblings
         seqs = [self.store.newest(str(m)) for m in range(first, first + count)]
         return min(s or 0 for s in seqs)

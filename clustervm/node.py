@@ -27,7 +27,7 @@ from .core import node as N
 from .core.node import COORDINATOR_SILENCE, COORDINATOR_SILENCE_MIN_S  # noqa: F401 - the rule
 from .errors import WireError
 from .futures import ClusterFuture
-from .site import Site, snapshot
+from .site import ENDED, Site, snapshot
 from .mailbox import Mailbox
 from .task import TaskAborted, TaskContext, TaskExit
 from .endpoint import Endpoint, PeerFailed
@@ -52,6 +52,7 @@ class Node(Site):
             P.Fetch: self._on_fetch,
             P.Copy: self._on_copy,
             P.Forget: self._on_forget,
+            P.Mark: self._on_mark,
         })
         self.core = N.NodeCore(config.slots, config.heartbeat_s, config.start_timeout_s)
         self._core_lock = threading.Lock()               # handle() is called from workers too
@@ -59,6 +60,8 @@ class Node(Site):
         #: checkpoint copies held here: of this node's spawned tasks, and its buddies'
         self.copies = Copies()
         self._missing: set[tuple[int, int]] = set()       # copies asked for, not held there
+        #: checkpoint groups' MARKs: (member tid, seq) -> peer tid -> (its inc, sent to it)
+        self._marks: dict[tuple[int, int], dict[int, tuple[int, int]]] = {}
         #: where a spawned task's next checkpoint goes, as the coordinator said with the
         #: last answer: (buddy node or 0, whether its bytes go to the coordinator too)
         self.buddy: tuple[int, bool] = (0, True)
@@ -300,7 +303,18 @@ class Node(Site):
         ctx = TaskContext(self, tid, msg.parent, inc=msg.inc, siblings=msg.siblings)
         if msg.group:
             ctx.__dict__["_group"] = msg.group
-            ctx.mailbox.group = True
+            box = ctx.mailbox
+            box.group = True
+            # the incarnations of its peers it runs with (their locations came before
+            # this SPAWN): a message from a newer one, sent after another rollback, is
+            # then held back for the incarnation that replaces this one, not put into
+            # this mailbox, which that one does not take over
+            first, count = ctx._sib
+            with self.lock, box.lock:
+                for peer in range(first, first + count):
+                    loc = self.locations.get(peer)
+                    if loc is not None and loc.inc > box.incs.get(peer, -1):
+                        box.incs[peer] = loc.inc
         if msg.ckpt is not None:
             self._restore(ctx, msg.ckpt)
             self.transport.post(P.COORDINATOR, P.Restored(tid, msg.inc, -1, True).encode())
@@ -418,6 +432,8 @@ class Node(Site):
             with self.lock:
                 if self.live.get(ctx.tid) is ctx:
                     del self.live[ctx.tid]
+                    for key in [k for k in self._marks if k[0] == ctx.tid]:
+                        del self._marks[key]
             if ctx.__dict__.get("_frozen"):      # shadows of its frozen groups, before EXITED
                 from .fastgroup import task_ended
                 task_ended(ctx)
@@ -492,21 +508,56 @@ class Node(Site):
             else None, buddy, post=True)
 
     def _cut(self, ctx: TaskContext, group: int, seq: int) -> tuple[dict, list]:
-        """A coordinated checkpoint of checkpoint group ``group``: every member calls CUT
-        with what it has sent to each; once all have, each learns what the others had
-        sent it, waits until it has received that much from each (the messages in
-        flight at the cut), and keeps in its checkpoint what it had received up to the
-        cut, nothing after it (a peer sends that again after a rollback)."""
-        upto = {int(s): int(n) for s, n in
-                self.call("cut", group, ctx.tid, ctx.inc, seq, dict(ctx._sent)).items()}
+        """A coordinated checkpoint of checkpoint group ``group``: every member sends each
+        other member a MARK with how many messages it has sent it; once a member has every
+        other's MARK (from its current incarnation), it waits until it has received that
+        much from each (the messages in flight at the cut), and keeps in its checkpoint
+        what it had received up to the cut, nothing after it (a peer sends that again
+        after a rollback). The coordinator takes no part: a member waits for its peers,
+        not for a round trip to rank 0."""
+        first, count = ctx._sib
+        incs: dict[int, int] = {}
+        for peer in range(first, first + count):
+            if peer == ctx.tid:
+                continue
+            loc = self.locate(peer, ended_ok=True)
+            if loc.rank == ENDED:
+                continue        # it left the group (ended): nothing more comes from it
+            incs[peer] = loc.inc
+            mark = P.Mark(peer, seq, ctx.tid, ctx.inc, ctx._sent.get(peer, 0))
+            if loc.rank == self.rank:
+                self._on_mark(self.rank, mark)
+            else:
+                self.transport.post(loc.rank, mark.encode())
+        key = (ctx.tid, seq)
+        marks = self._marks
+        self.wait(lambda: ctx.aborted or all(marks.get(key, {}).get(p, (-1, 0))[0] >= inc
+                                             for p, inc in incs.items()), blocking=True)
+        if ctx.aborted:
+            raise TaskAborted(ctx.tid)
+        with self.lock:
+            got = marks.pop(key, {})
+            for old in [k for k in marks if k[0] == ctx.tid and k[1] < seq]:
+                del marks[old]
+        upto = {p: got[p][1] for p in incs}
         box = ctx.mailbox
-        self.wait(lambda: all(box.delivered.get(s, 0) >= n for s, n in upto.items()),
-                  blocking=True)
+        self.wait(lambda: ctx.aborted or all(box.delivered.get(s, 0) >= n
+                                             for s, n in upto.items()), blocking=True)
+        if ctx.aborted:
+            raise TaskAborted(ctx.tid)
         with box.lock:
             delivered = {s: min(n, upto[s]) if s in upto else n
                          for s, n in box.delivered.items()}
             mailbox = [list(i) for i in box.items if i[0] not in upto or i[4] <= upto[i[0]]]
         return delivered, mailbox
+
+    def _on_mark(self, src: int, msg: P.Mark) -> None:
+        """A peer's MARK for a checkpoint of one of this node's group members (kept until
+        that member takes it; a newer incarnation's replaces an older one's)."""
+        with self.lock:
+            got = self._marks.setdefault((msg.dst, msg.seq), {})
+            if got.get(msg.src, (-1, 0))[0] <= msg.inc:
+                got[msg.src] = (msg.inc, msg.sent)
 
     def settle_checkpoint(self, ctx: TaskContext | None,
                           at_end: bool = False) -> BaseException | None:

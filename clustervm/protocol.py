@@ -376,6 +376,22 @@ class Forget(Message):
         return (35, self.tid)
 
 
+class Mark(Message):
+    """Member ``src`` (incarnation ``inc``) of a checkpoint group is at checkpoint ``seq``
+    and had sent ``sent`` messages to member ``dst`` then (a coordinated checkpoint's cut,
+    node -> the node of ``dst``; see Node._cut)."""
+    __slots__ = ("dst", "seq", "src", "inc", "sent")
+    OP = 36
+    TYPES = (int, int, int, int, int)
+    TO = frozenset({"node"})
+
+    def __init__(self, dst: int, seq: int, src: int, inc: int, sent: int) -> None:
+        self.dst, self.seq, self.src, self.inc, self.sent = dst, seq, src, inc, sent
+
+    def encode(self) -> tuple:
+        return (36, self.dst, self.seq, self.src, self.inc, self.sent)
+
+
 # -- task -> task ------------------------------------------------------------------
 
 class User(Message):
@@ -417,13 +433,13 @@ def _decode_user(t: tuple) -> User:
 #: Every message kind, once.
 KINDS: tuple[type[Message], ...] = (Hello, Done, Exited, Req, Heartbeat, Bye, Run, Spawn,
                                     Kill, Reply, Loc, Shutdown, Cancel, User,
-                                    Keep, Held, Fetch, Copy, Restored, Forget)
+                                    Keep, Held, Fetch, Copy, Restored, Forget, Mark)
 
 # the op codes by name (P.USER, ...), as tests and tools spell them
 HELLO, DONE, EXITED, REQ, HEARTBEAT, BYE = (k.OP for k in KINDS[:6])
 RUN, SPAWN, KILL, REPLY, LOC, SHUTDOWN, CANCEL = (k.OP for k in KINDS[6:13])
 USER = User.OP
-KEEP, HELD, FETCH, COPY, RESTORED, FORGET = (k.OP for k in KINDS[14:20])
+KEEP, HELD, FETCH, COPY, RESTORED, FORGET, MARK = (k.OP for k in KINDS[14:21])
 
 _new = object.__new__
 
@@ -523,9 +539,6 @@ def decode(msg: Any) -> Message:
 REQUESTS: dict[str, str] = {
     "locate": "(tid, ended_ok=False) -> (rank, inc, replay): where a task runs now "
               "(rank None: being recovered; ENDED: it has ended and ended_ok)",
-    "cut": "(group, tid, inc, seq, sent) -> {tid: n}: a coordinated checkpoint's cut: once "
-           "every member of checkpoint group `group` has called it for `seq`, each gets how "
-           "many messages each other member had sent it",
     "checkpoint": "(tid, inc, seq, delivered, blob, buddy=0) -> (buddy, to_store): a task's "
                   "checkpoint: blob (None: not sent here) kept by the coordinator, and/or by "
                   "the node and a copy sent to node buddy; answered once every copy is "

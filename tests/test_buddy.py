@@ -270,3 +270,35 @@ def test_a_checkpoint_group_resumed_goes_back_to_a_checkpoint_every_member_has(j
     m = re.search(r"(\d+) restored", report(res.err))
     assert m and int(m.group(1)) >= 4, report(res.err)
 
+
+
+def test_a_checkpoint_group_rolled_back_twice_in_quick_succession(job, tmp_path):
+    """One node hangs (SIGSTOP) and, before its heartbeat runs out, another dies: the
+    group rolls back with members placed on the hung node, then again once that node is
+    found dead, all members now on the one node left (-n 4: three nodes). The result is
+    the undisturbed one. (Messages of the second rollback's incarnations used to go into
+    the mailbox of a survivor's first-rollback incarnation, which its next incarnation
+    does not take over: lost, and the job hung, 3 times in 3 with heat2d.)"""
+    want = expected()
+    marks, ck = tmp_path / "marks", tmp_path / "ck"
+    marks.mkdir()
+    j = job([RING, *ARGS, "--group", "--markers", str(marks)], n=4, timeout=TIMEOUT,
+            run_args=["--checkpoint-dir", str(ck)])
+    got = wait_for(lambda: (lambda m: m if len(m) == 4 else None)(
+        ranks_with_checkpoints(marks, 3)), "3 checkpoints of every task", j)
+    pids = j.rank_pids(count=4)
+    hung, dead = got[0] % 3 + 1, got[0]
+    os.kill(pids[hung], signal.SIGSTOP)
+    try:
+        time.sleep(0.3)
+        os.kill(pids[dead], signal.SIGKILL)
+        res = j.wait()
+    finally:
+        try:
+            os.kill(pids[hung], signal.SIGKILL)
+        except ProcessLookupError:
+            pass        # ended with the job
+    assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
+    assert res.line("ring:") == want
+    assert len(re.findall(r"checkpoint group \d+ \(4 task\(s\)\) rolled back", res.err)) == 2, \
+        res.err

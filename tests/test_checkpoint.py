@@ -560,3 +560,20 @@ def test_write_behind_writes_each_tasks_newest_in_order(tmp_path):
     assert [d[3] is None for d in done] == [True, True, False]
     assert CheckpointStore(tmp_path).load("5") == (4, [b"b4"])
     assert CheckpointStore(tmp_path).load("6") is None
+
+
+def test_load_upto_finds_the_previous_version_kept_in_memory(tmp_path):
+    """A checkpoint group may go back to a member's previous checkpoint, which may not be
+    on disk yet (written behind the run): save(keep_previous=True) keeps it in memory."""
+    store = CheckpointStore(tmp_path)
+    store.save("g", 3, [b"three"], write=False, keep_previous=True)
+    store.save("g", 4, [b"four"], write=False, keep_previous=True)
+    assert store.load("g") == (4, [b"four"]) and store.newest("g") == 4
+    assert store.load("g", upto=3) == (3, [b"three"])
+    assert store.load("g", upto=2) is None
+    plain = CheckpointStore(tmp_path / "plain")
+    plain.save("k", 3, [b"three"], write=False)
+    plain.save("k", 4, [b"four"], write=False)
+    assert plain.load("k", upto=3) is None      # not kept, and not on disk
+    store.drop("g")
+    assert store.load("g", upto=3) is None and store.newest("g") is None

@@ -1,6 +1,6 @@
 """Chaos drill: kill or stop a random node of a running job at a random moment.
 
-    python tools/chaos.py --trials 20 [--app pi|heat] [--seed 1] [-- extra clustervm run args]
+    python tools/chaos.py --trials 20 [--app pi|heat|heat-group] [--seed 1] [-- extra clustervm run args]
 
 Each trial starts ``clustervm run -n 4`` on pi_montecarlo.py (``--task-ms``) or
 heat2d.py, waits a random time between 0 and the undisturbed run's wall time,
@@ -38,6 +38,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APPS = {
     "pi": (["examples/pi_montecarlo.py", "--tasks", "24", "--task-ms", "200"], "hits="),
     "heat": (["examples/heat2d.py", "--steps", "1500", "--step-ms", "1"], "checksum="),
+    # coordinated checkpoints: the strips are rolled back together
+    "heat-group": (["examples/heat2d.py", "--steps", "1500", "--step-ms", "1",
+                    "--checkpoint-mode", "group"], "checksum="),
 }
 
 
