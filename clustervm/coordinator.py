@@ -856,7 +856,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
     def make_context(self, tid: int, parent: int | None, ckpt: Any) -> TaskContext:
         return self.main_ctx
 
-    def checkpoint(self, ctx: TaskContext, seq: int, state: Any) -> None:
+    def checkpoint(self, ctx: TaskContext, seq: int, state: Any) -> bool:
         raise ValueError("main cannot checkpoint; run with --checkpoint-dir and resume with "
                          "--resume DIR: finished tasks are journaled and not run again")
 

@@ -465,16 +465,26 @@ class Node(Site):
 
     # -- checkpoints -----------------------------------------------------------
 
-    def checkpoint(self, ctx: TaskContext, seq: int, state: Any) -> None:
+    def checkpoint(self, ctx: TaskContext, seq: int, state: Any) -> bool:
         """Encode the task's checkpoint and send it; do not wait for the coordinator.
 
         The coordinator handles it in order with everything else the task sends, so
         a later message or result never overtakes it. One checkpoint is in flight
-        at most: this waits for the previous one's answer first, and raises here
-        what storing it raised (a full disk, say).
+        at most: while the previous one is still on its way (a big state to its
+        buddy), this one is skipped (False) rather than waited for; a restart from
+        the previous one is as exact (the messages since are replayed). A checkpoint
+        group's members always wait: their checkpoints are cuts they take together.
+        Raises here what storing the previous one raised (a full disk, say).
         """
-        self.settle_checkpoint(ctx)
         group = ctx.__dict__.get("_group")
+        reqid = ctx.__dict__.get("_ckpt_call")
+        if reqid is not None and not group:
+            self.progress()             # its answer may have come: handle what has
+            if reqid not in self._replies:
+                log.debug("task %d: checkpoint %d skipped: the one before is still on "
+                          "its way", ctx.tid, seq)
+                return False
+        self.settle_checkpoint(ctx)
         if group:
             delivered, mailbox = self._cut(ctx, group, seq)
         else:
@@ -506,6 +516,7 @@ class Node(Site):
         ctx.__dict__["_ckpt_call"] = self.call_start(
             "checkpoint", ctx.tid, ctx.inc, seq, delivered, frame if to_store or not buddy
             else None, buddy, post=True)
+        return True
 
     def _cut(self, ctx: TaskContext, group: int, seq: int) -> tuple[dict, list]:
         """A coordinated checkpoint of checkpoint group ``group``: every member sends each

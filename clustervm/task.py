@@ -184,19 +184,27 @@ class TaskContext:
 
     # -- checkpoints ---------------------------------------------------------
 
-    def checkpoint(self, state: Any) -> None:
+    def checkpoint(self, state: Any) -> bool:
         """Save ``state`` (msgpack + numpy, never pickle): after a failover the task
         restarts from it, with the messages it had received but not consumed.
 
         Returns once the state is encoded (a copy: change ``state`` freely after);
         the coordinator stores it in order with everything the task sends next, so
-        no later message or result overtakes it. A failure to store it (an
+        no later message or result overtakes it. It never waits for the copies of
+        the one before: if that one is still on its way (a big state), this call
+        returns at once without a new checkpoint (the task then restarts from the
+        one before, as exactly). Members of a checkpoint group (``spawn(...,
+        checkpoint="group")``) always take it together. A failure to store one (an
         unwritable ``--checkpoint-dir``) is raised by a later ``checkpoint`` call.
+        Returns whether a checkpoint was taken.
         """
         self._check()
         self._ckpt_seq += 1
-        self._site.checkpoint(self, self._ckpt_seq, state)
+        taken = self._site.checkpoint(self, self._ckpt_seq, state)
+        if not taken:
+            self._ckpt_seq -= 1
         self._state = state
+        return taken
 
     def restore(self) -> Any:
         """The last checkpointed state after a failover (None on a first run)."""

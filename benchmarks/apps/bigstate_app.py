@@ -10,11 +10,12 @@ resident memory every 0.1 s meanwhile. Prints one line per task and::
 
     big-state mb=<int> tasks=<int> checkpoints=<int> max_stall_ms=<float>
         later_stall_ms=<float> median_step_ms=<float> checkpoint_call_ms=<max>
-        coordinator_rss_mb=<start>-><max>
+        coordinator_rss_mb=<start>-><max> skipped=<int>
 
 ``later_stall_ms``: the longest checkpoint call after each task's first two (those
 copy the state into new memory; later ones reuse the memory of a copy no longer
-held).
+held). ``skipped``: calls that took no checkpoint because the one before was still
+on its way to the buddy (``ctx.checkpoint`` never waits for it).
 """
 import argparse
 import statistics
@@ -37,7 +38,7 @@ def worker(ctx, mb: int, seconds: float, every: float, step_ms: float) -> dict:
     a = np.zeros(mb * 1024 * 1024 // 8) if st is None else st["a"]
     n = len(a)
     chunk = max(1, int(n * step_ms / 40.0))      # ~40 ms to touch the whole array
-    steps, calls, gaps = 0, [], []
+    steps, calls, gaps, skipped = 0, [], [], 0
     t_end = time.perf_counter() + seconds
     next_ckpt = time.perf_counter() + every
     last = time.perf_counter()
@@ -48,7 +49,8 @@ def worker(ctx, mb: int, seconds: float, every: float, step_ms: float) -> dict:
         now = time.perf_counter()
         if now >= next_ckpt:
             c0 = time.perf_counter()
-            ctx.checkpoint({"a": a})
+            if not ctx.checkpoint({"a": a}):
+                skipped += 1        # the one before was still on its way: not waited for
             calls.append(time.perf_counter() - c0)
             next_ckpt = time.perf_counter() + every
             now = time.perf_counter()
@@ -58,7 +60,7 @@ def worker(ctx, mb: int, seconds: float, every: float, step_ms: float) -> dict:
             break
     return {"steps": steps, "checkpoints": len(calls), "max_gap": max(gaps[1:]),
             "median_gap": statistics.median(gaps), "max_call": max(calls, default=0.0),
-            "calls": calls, "sum": float(a.sum())}
+            "calls": calls, "skipped": skipped, "sum": float(a.sum())}
 
 
 def main(vm) -> None:
@@ -83,7 +85,8 @@ def main(vm) -> None:
     stop.set()
     t.join()
     for k, o in enumerate(outs):
-        print(f"task {k}: {o['steps']} steps, {o['checkpoints']} checkpoints, longest step "
+        print(f"task {k}: {o['steps']} steps, {o['checkpoints']} checkpoint calls "
+              f"({o['skipped']} skipped), longest step "
               f"{o['max_gap'] * 1e3:.1f} ms, median {o['median_gap'] * 1e3:.2f} ms; checkpoint "
               f"calls (ms): {' '.join(f'{c * 1e3:.0f}' for c in o['calls'])}")
     print(f"big-state mb={a.mb} tasks={a.tasks} "
@@ -92,4 +95,5 @@ def main(vm) -> None:
           f"later_stall_ms={max((max(o['calls'][2:], default=0.0) for o in outs)) * 1e3:.1f} "
           f"median_step_ms={statistics.median(o['median_gap'] for o in outs) * 1e3:.2f} "
           f"checkpoint_call_ms={max(o['max_call'] for o in outs) * 1e3:.1f} "
-          f"coordinator_rss_mb={samples[0]:.0f}->{max(samples):.0f}", flush=True)
+          f"coordinator_rss_mb={samples[0]:.0f}->{max(samples):.0f} "
+          f"skipped={sum(o['skipped'] for o in outs)}", flush=True)
