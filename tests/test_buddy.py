@@ -131,24 +131,33 @@ def test_node_and_its_buddy_killed_together_falls_back_to_the_directory(job, tmp
     assert "2 node(s) lost" in rep, rep
 
 
-def test_coordinator_killed_then_resumed_from_the_copies_on_disk(job, tmp_path):
-    """With --checkpoint-dir the coordinator writes every copy behind the run; killed,
-    the job is resumed with --resume DIR and the ring's tasks go on from the disk."""
-    want = expected()
+def resumed_after_the_coordinator_is_killed(job, tmp_path, args: list[str], k: int):
+    """Run the ring with --checkpoint-dir, SIGKILL the coordinator once every task made
+    ``k`` checkpoint calls, then --resume it: the resumed job's result (checked to have
+    restored every task from the disk)."""
     marks, ck = tmp_path / "marks", tmp_path / "ck"
     marks.mkdir()
-    j = job([RING, *ARGS, "--markers", str(marks)], n=5, timeout=TIMEOUT,
+    j = job([RING, *args, "--markers", str(marks)], n=5, timeout=TIMEOUT,
             run_args=["--checkpoint-dir", str(ck)])
-    wait_for(lambda: len(ranks_with_checkpoints(marks, 3)) == 4, "3 checkpoints of every task", j)
+    wait_for(lambda: len(ranks_with_checkpoints(marks, k)) == 4,
+             f"{k} checkpoints of every task", j)
     j.kill_rank(0)
     res = j.wait()
     assert res.rc != 0, "the job went on without its coordinator"
     assert len(list((ck / "ckpt").glob("*.ckpt"))) >= 4
-    res = job([RING, *ARGS], n=5, timeout=TIMEOUT, run_args=["--resume", str(ck)]).wait()
+    res = job([RING, *args], n=5, timeout=TIMEOUT, run_args=["--resume", str(ck)]).wait()
     assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
-    assert res.line("ring:") == want
     m = re.search(r"(\d+) restored", report(res.err))
     assert m and int(m.group(1)) >= 4, report(res.err)
+    return res
+
+
+def test_coordinator_killed_then_resumed_from_the_copies_on_disk(job, tmp_path):
+    """With --checkpoint-dir the coordinator writes every copy behind the run; killed,
+    the job is resumed with --resume DIR and the ring's tasks go on from the disk."""
+    want = expected()
+    res = resumed_after_the_coordinator_is_killed(job, tmp_path, ARGS, 3)
+    assert res.line("ring:") == want
 
 
 def test_coordinator_killed_without_a_directory_ends_the_job_clearly(job, tmp_path):
@@ -256,20 +265,8 @@ def test_a_checkpoint_group_resumed_goes_back_to_a_checkpoint_every_member_has(j
     args = ["--tasks", "4", "--steps", "150", "--every", "1", "--step-ms", "2", "--group"]
     base = run_job([RING, *args], n=5, timeout=TIMEOUT)
     assert base.rc == 0, base.err
-    marks, ck = tmp_path / "marks", tmp_path / "ck"
-    marks.mkdir()
-    j = job([RING, *args, "--markers", str(marks)], n=5, timeout=TIMEOUT,
-            run_args=["--checkpoint-dir", str(ck)])
-    wait_for(lambda: len(ranks_with_checkpoints(marks, 30)) == 4, "30 checkpoints of each", j)
-    j.kill_rank(0)
-    res = j.wait()
-    assert res.rc != 0, "the job went on without its coordinator"
-    res = job([RING, *args], n=5, timeout=TIMEOUT, run_args=["--resume", str(ck)]).wait()
-    assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
+    res = resumed_after_the_coordinator_is_killed(job, tmp_path, args, 30)
     assert res.line("ring:") == base.line("ring:")
-    m = re.search(r"(\d+) restored", report(res.err))
-    assert m and int(m.group(1)) >= 4, report(res.err)
-
 
 
 def test_a_checkpoint_group_rolled_back_twice_in_quick_succession(job, tmp_path):
