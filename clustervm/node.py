@@ -295,10 +295,12 @@ class Node(Site):
         tid = msg.tid
         if msg.buddy is not None:
             self.buddy = (int(msg.buddy[0]), bool(msg.buddy[1]))
+        earlier = None
         if msg.group and msg.inc > 0:
             # its group rolled back: a new mailbox (the old incarnation, aborted, keeps
             # the old one); what peers' new incarnations sent is in the holdback
             with self.lock:
+                earlier = self.mailboxes.get(tid)
                 self.mailboxes[tid] = Mailbox()
         ctx = TaskContext(self, tid, msg.parent, inc=msg.inc, siblings=msg.siblings)
         if msg.group:
@@ -315,9 +317,13 @@ class Node(Site):
                     loc = self.locations.get(peer)
                     if loc is not None and loc.inc > box.incs.get(peer, -1):
                         box.incs[peer] = loc.inc
+            if earlier is not None:
+                self._hold_back(tid, earlier)
         if msg.ckpt is not None:
             self._restore(ctx, msg.ckpt)
             self.transport.post(P.COORDINATOR, P.Restored(tid, msg.inc, -1, True).encode())
+        elif msg.group and msg.inc > 0 and msg.ckpt_at is None:
+            self._release_holdback(ctx)     # its group went back to the start
         with self.lock:
             self.contexts[tid] = ctx
             self.live[tid] = ctx
@@ -389,6 +395,23 @@ class Node(Site):
             for s, seq in saved.items():
                 if seq > box.delivered.get(s, 0):
                     box.delivered[s] = seq
+        self._release_holdback(ctx)
+
+    def _hold_back(self, tid: int, box: Mailbox) -> None:
+        """What came into ``box`` (an older incarnation's mailbox, or one made for
+        messages that came before the task's SPAWN) is held back for the incarnation
+        that replaces it, and delivered against its counters (a stale incarnation's
+        messages are dropped then)."""
+        with self.lock, box.lock:
+            held = self.holdback.setdefault(tid, {})
+            for src, tag, data, inc, seq in box.items:
+                cur = held.get((src, seq))
+                if src >= 0 and (cur is None or cur[2] < inc):
+                    held[(src, seq)] = (tag, data, inc)
+
+    def _release_holdback(self, ctx: TaskContext) -> None:
+        """Deliver what was held back for ``ctx`` (its group peers' new incarnations sent
+        it before it was restored), against its counters as they are now."""
         held = self.holdback.pop(ctx.tid, {})
         for (s, seq), (tag, data, inc) in sorted(held.items()):
             self.deliver(s, ctx.tid, tag, data, inc, seq)

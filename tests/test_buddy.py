@@ -299,3 +299,26 @@ def test_a_checkpoint_group_rolled_back_twice_in_quick_succession(job, tmp_path)
     assert res.line("ring:") == want
     assert len(re.findall(r"checkpoint group \d+ \(4 task\(s\)\) rolled back", res.err)) == 2, \
         res.err
+
+
+def test_a_checkpoint_group_lost_before_its_first_checkpoint_starts_again(job, tmp_path):
+    """A member is lost before the group took any checkpoint: every member goes back
+    to the start, the survivors too. What a peer's new incarnation sends a member before
+    that member's own new incarnation is placed is held back, and must be delivered when
+    it starts from the start (it used to be kept for a restore that never came: a hang).
+    """
+    args = [*ARGS, "--steps", "400", "--every", "100000", "--group"]
+    base = run_job([RING, *args], n=5, timeout=TIMEOUT)
+    assert base.rc == 0, base.err
+    j = job([RING, *args, "--markers", str(tmp_path)], n=5, timeout=TIMEOUT)
+    runs = wait_for(lambda: (lambda m: m if len(m) == 4 else None)({
+        int(m.group(1)): int(m.group(2)) for m in (
+            re.match(r"^run-(\d+)-inc0-r(\d+)$", p.name) for p in tmp_path.iterdir()) if m}),
+        "every task running", j)
+    time.sleep(0.5)
+    os.kill(j.rank_pids(count=5)[runs[0]], signal.SIGKILL)
+    res = j.wait()
+    assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
+    assert res.line("ring:") == base.line("ring:")
+    assert re.search(r"checkpoint group \d+ \(4 task\(s\)\) rolled back to its checkpoint 0",
+                     res.err), res.err

@@ -45,6 +45,8 @@ def member(ctx, steps: int, every: int, step_ms: float, state_kb: int, markers: 
             raise RuntimeError(f"task {i}: restored state does not match its acc")
         state["pad"][0] += np.uint64(0)      # a restored array is the task's own: writable
     k = step // every
+    if markers:         # where each incarnation runs
+        open(os.path.join(markers, f"run-{i}-inc{ctx.inc}-r{ctx.node}"), "w").close()
     while step < steps:
         ctx.send(right, step, acc)
         got = ctx.recv(left, step).data
