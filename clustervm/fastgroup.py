@@ -95,6 +95,7 @@ and ``join_group`` again make it a hub group.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import struct
@@ -109,7 +110,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import wire
-from .errors import GroupError
+from .errors import GroupError, Thawed
 from .mailbox import TaskAborted
 from .reduce import VECTOR_OPS, _reduce, combine
 from .site import approx_size, snapshot
@@ -135,6 +136,8 @@ _yield = getattr(os, "sched_yield", lambda: time.sleep(0))
 _IMMUTABLE = (int, float, str, bytes, bool, type(None))
 KEEP_ROUNDS = 64                    # shadows kept by a member, at most (as the hub keeps) ...
 KEEP_BYTES = 64 << 20               # ... and about this many bytes of them (the hub: 256 MiB)
+_RECYCLE_BYTES = 1 << 20            # shadows of arrays this large reuse dropped ones' memory
+_SPARES = 2                         # dropped shadows' arrays kept for that, at most
 IDLE_FLUSH_S = 0.05                 # a member this long without a call sends its shadows
 BUILD_S = 10.0                      # longest wait for a group's new communicator
 log = logging.getLogger(__name__)
@@ -163,6 +166,14 @@ class FrozenGroup:
         self._own_error: BaseException | None = None     # this member's own failed value
         self._mpi_result: Any = None                     # an allreduce computed by MPI
         self.deadline: float | None = None
+        # the first exchange's buffers, the same every call (each call waits for its own
+        # exchange; what a call returns is copied out of them)
+        self._slot = np.zeros(SLOT, np.uint8)
+        self._slots = np.empty(len(self.members) * SLOT, np.uint8)
+        self._raw_metas: dict[tuple, bytes] = {}         # (dtype, shape) -> raw meta
+        #: arrays of shadows dropped unsent (past KEEP_ROUNDS/KEEP_BYTES), to copy the
+        #: next large shadows into: no new pages to fault in for each call
+        self._spare: list[np.ndarray] = []
         world = MPI.COMM_WORLD
         group = world.Get_group().Incl([r for _, _, r in self.members])
         try:
@@ -230,7 +241,7 @@ class FrozenGroup:
             _HDR.pack_into(slot, 0, _OPS[op], -2, -2, 0, _FAILED, 0, 0, 0)
         self._own_error = failed
         n = len(self.members)
-        slots = np.empty(n * SLOT, np.uint8)
+        slots = self._slots
         self._wait(self.comm.Iallgather(slot, slots), op)
         hdrs = [_HDR.unpack_from(slots, p * SLOT) for p in range(n)]
         if failed is not None:
@@ -277,7 +288,7 @@ class FrozenGroup:
         """This member's slot (and its value's meta and buffers when they do not fit)."""
         has_value = (op in ("bcast", "scatter") and root == self.insts[self.me]) or \
             op in ("reduce", "allreduce", "gather", "allgather", *VECTOR_OPS)
-        slot = np.zeros(SLOT, np.uint8)
+        slot = self._slot
         meta = head = None
         bufs: list = []
         flags = 0
@@ -285,8 +296,11 @@ class FrozenGroup:
                 value.nbytes + 16 + 8 * value.ndim <= _ROOM:
             # a small array: its raw bytes in the slot, reduced by every member at once
             value = np.ascontiguousarray(value)
-            meta = struct.pack(f"<q{value.ndim}q", value.ndim, *value.shape) + \
-                value.dtype.str.encode()
+            key = (value.dtype.str, value.shape)
+            meta = self._raw_metas.get(key)
+            if meta is None:
+                meta = self._raw_metas[key] = struct.pack(
+                    f"<q{value.ndim}q", value.ndim, *value.shape) + value.dtype.str.encode()
             flags = _HAS_VALUE | _RAW | _META_INLINE | _BUFS_INLINE
             slot[_HDR.size:_HDR.size + len(meta)] = np.frombuffer(meta, np.uint8)
             slot[_HDR.size + len(meta):_HDR.size + len(meta) + value.nbytes] = \
@@ -328,12 +342,14 @@ class FrozenGroup:
         member is lost, the group goes on on the hub from these (see groups.py)."""
         why = None
         if result is not None:
-            result, value = snapshot(result), None      # the caller may change its copy
+            result, value = self._copy(result), None    # the caller may change its copy
         elif failed is not None:
             why = (f"{op} on frozen group {self.name!r}: instance(s) [{self.insts[self.me]}] "
                    f"could not make their contribution (their own call raised the error); no "
                    f"member got a result")
             value = None
+        elif isinstance(value, np.ndarray) and value.dtype.kind in _FAST_KINDS + "c":
+            value = self._copy(value)       # the caller may change it once the call returns
         elif not isinstance(value, _IMMUTABLE):
             try:
                 value = snapshot(value)     # the caller may change it once the call returns
@@ -348,10 +364,35 @@ class FrozenGroup:
             self._pending_bytes += size
             while len(pending) > KEEP_ROUNDS or (len(pending) > 1 and
                                                  self._pending_bytes > KEEP_BYTES):
-                self._pending_bytes -= pending.popleft()[0]
+                gone, entry = pending.popleft()
+                self._pending_bytes -= gone
+                self._recycle(entry[2], entry[7])
             self._last_call = time.monotonic()
         if not _FLUSHER.kick.is_set():
             _FLUSHER.wake(self)
+
+    def _copy(self, a: np.ndarray) -> np.ndarray:
+        """A copy of array ``a`` for a shadow: into a dropped shadow's array of the same
+        dtype and shape if one is spare (large arrays only), else a new one."""
+        spare = self._spare
+        if spare and a.nbytes >= _RECYCLE_BYTES:
+            with self._lock:
+                for i, b in enumerate(spare):
+                    if b.shape == a.shape and b.dtype == a.dtype:
+                        del spare[i]
+                        np.copyto(b, a)
+                        return b
+        return a.copy()
+
+    def _recycle(self, *arrays: Any) -> None:
+        """Arrays of a shadow dropped unsent (the caller holds ``_lock``): nobody else
+        holds them, so later shadows may be copied into them."""
+        for a in arrays:
+            if isinstance(a, np.ndarray) and a.nbytes >= _RECYCLE_BYTES and \
+                    a.flags.c_contiguous and a.flags.writeable and a.base is None:
+                self._spare.append(a)
+                if len(self._spare) > _SPARES:
+                    del self._spare[0]
 
     def flush_shadows(self, idle_s: float = 0.0) -> bool:
         """Send the kept shadows to the coordinator (if this member has made no call for
@@ -693,10 +734,6 @@ def _sendable(entry: tuple, name: str) -> tuple:
                 why or f"{op} on frozen group {name!r}: a value that cannot be sent", result)
 
 
-class Thawed(GroupError):
-    """A frozen group that survives lost a member: the call is retried on the hub."""
-
-
 def _no_reply(ok: bool, value: Any) -> None:
     """Shadows are never answered."""
 
@@ -708,6 +745,7 @@ def _fast_ok(value: Any, fn: str | None) -> bool:
     return kind in _FAST_KINDS or (kind == "c" and fn in ("sum", "prod"))
 
 
+@functools.lru_cache(maxsize=256)
 def _raw_meta(meta: bytes) -> tuple[tuple, np.dtype]:
     (ndim,) = struct.unpack_from("<q", meta)
     return struct.unpack_from(f"<{ndim}q", meta, 8), np.dtype(meta[8 + 8 * ndim:].decode())

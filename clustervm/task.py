@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, NoReturn, Sequence
 
-from .errors import GroupError
+from .errors import GroupError, Thawed
 # Message, Mailbox and TaskAborted live in mailbox.py (site.py, below this module, uses them);
 # they stay importable from here
 from .mailbox import Mailbox, Message, TaskAborted   # noqa: F401 - Mailbox too
@@ -367,7 +367,6 @@ class TaskContext:
         self._coll[name] = round_no + 1       # frozen calls count too: a restart resumes here
         frozen = self.__dict__.get("_frozen")
         if frozen and name in frozen:
-            from .fastgroup import Thawed
             try:
                 return frozen[name].call(op, value, count, root, fn_ref, timeout, round_no)
             except Thawed:
@@ -379,7 +378,7 @@ class TaskContext:
             raise TimeoutError(f"{op} on group {name!r}: not every member took part within "
                                f"{timeout} s (task {self.tid}, round {round_no})") from None
         if plan is not None:             # a frozen group that lost a member goes back on MPI
-            from .fastgroup import Thawed, refreeze
+            from .fastgroup import refreeze
             fg = refreeze(self, name, plan)
             if fg is not None and plan.get("retry"):
                 # a reduction MPI computes in its own order: made again on the new

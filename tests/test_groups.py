@@ -549,6 +549,7 @@ def test_member_that_stops_calling_sends_its_shadows():
     fg = fastgroup.FrozenGroup.__new__(fastgroup.FrozenGroup)
     fg.site, fg.ctx, fg.name, fg.insts, fg.me, fg.survive = Site(), Ctx(), "g", [0], 0, True
     fg._lock, fg._pending, fg._pending_bytes, fg._last_call = threading.Lock(), deque(), 0, 0.0
+    fg._spare = []
     for r in range(1, fastgroup.KEEP_ROUNDS + 11):
         fg._shadow(r, "allreduce", np.array([r]), None, None, "sum", None)
     assert not Site.sent                      # the member keeps calling: nothing sent
@@ -560,6 +561,55 @@ def test_member_that_stops_calling_sends_its_shadows():
     assert (name, group, tid) == ("frozen_shadow", "g", MAIN_TID)
     assert [e[0] for e in entries] == list(range(11, fastgroup.KEEP_ROUNDS + 11))
     assert not fg._pending and not fg.flush_shadows()
+
+
+def test_large_shadows_reuse_only_the_arrays_of_shadows_dropped_unsent(monkeypatch):
+    """A member copies each large result into the array of a shadow it dropped unsent
+    (past KEEP_ROUNDS), not into new memory; what it keeps and what it has sent hold the
+    values of their own calls, whatever the caller does with its arrays afterwards."""
+    import threading
+    import types
+    from collections import deque
+    import mpi4py
+    if "mpi4py.MPI" not in sys.modules:
+        mpi4py.rc.initialize = False          # no MPI_Init in the test process
+    from clustervm import fastgroup
+    monkeypatch.setattr(fastgroup, "KEEP_ROUNDS", 2)
+    kick = threading.Event()
+    kick.set()                                # no flusher thread: this test flushes
+    monkeypatch.setattr(fastgroup, "_FLUSHER", types.SimpleNamespace(kick=kick))
+    sent: list = []
+
+    class Site:
+        rank = 0
+
+        def _serve(self, name, args, reply):
+            sent.append(args)
+
+    fg = fastgroup.FrozenGroup.__new__(fastgroup.FrozenGroup)
+    fg.site, fg.ctx, fg.name, fg.insts, fg.me, fg.survive = \
+        Site(), types.SimpleNamespace(tid=MAIN_TID), "g", [0], 0, True
+    fg._lock, fg._pending, fg._pending_bytes, fg._last_call = threading.Lock(), deque(), 0, 0.0
+    fg._spare = []
+    result = np.zeros(fastgroup._RECYCLE_BYTES // 8)
+    kept: list = []
+
+    def calls(rounds):
+        for r in rounds:
+            result[:] = r
+            fg._shadow(r, "allreduce", None, None, None, "sum", None, result)
+            result[:] = -1                    # the caller changes the array it got
+            kept.extend(e[7] for _, e in fg._pending)
+
+    calls(range(1, 6))
+    assert [(e[0], e[7][0], e[7][-1]) for _, e in fg._pending] == [(4, 4, 4), (5, 5, 5)]
+    assert len({id(a) for a in kept}) == 3    # KEEP_ROUNDS + 1 arrays for five calls
+    fg.flush_shadows()
+    (_, _, entries), = sent
+    calls(range(6, 10))
+    assert [(e[0], e[7].min(), e[7].max()) for e in entries] == [(4, 4, 4), (5, 5, 5)]
+    assert [(e[0], e[7][0]) for _, e in fg._pending] == [(8, 8), (9, 9)]
+    assert all(e[7] is not a for e in entries for _, (*_, a) in fg._pending)
 
 
 def test_thawed_group_counts_shadows_of_a_member_that_ended():
