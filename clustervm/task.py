@@ -9,6 +9,7 @@ from .errors import GroupError, Thawed
 # they stay importable from here
 from .mailbox import Mailbox, Message, TaskAborted   # noqa: F401 - Mailbox too
 from .protocol import ANY, MAIN_TID
+from .values import snapshot
 
 if TYPE_CHECKING:
     from .requests import Request
@@ -371,6 +372,10 @@ class TaskContext:
                 return frozen[name].call(op, value, count, root, fn_ref, timeout, round_no)
             except Thawed:
                 frozen.pop(name, None)       # a member was lost: this call again, on the hub
+        if timeout is not None and self.tid == MAIN_TID:
+            # main's value goes to the coordinator's groups without a copy when main waits
+            # for the answer; it may leave first (TimeoutError) and change it then
+            value = snapshot(value)
         try:
             answer, plan = self._site.call("collective", op, name, self.tid, value, count,
                                            root, fn_ref, round_no, True, timeout=timeout)

@@ -186,6 +186,31 @@ def test_numpy_reduce_in_place_leaves_the_members_values_alone():
     assert mixed.dtype == np.float64 and list(mixed) == [1.5, 2.5, 3.5]
 
 
+def test_mains_array_is_only_read_by_a_reduction():
+    """Main's array in a built-in reduction goes into the round without a copy (main
+    waits for the answer): the sum is a new array, and main changing its array after
+    the answer changes no member's answer, kept or replayed; alone, main gets a copy."""
+    g, coord, tids = make(2)
+    assert g.join("g", MAIN_TID) == (2, 0)
+    mine = np.array([1.0, 2.0])
+    b_main = call(g, MAIN_TID, "allreduce", mine, fn="sum", round_no=0)
+    boxes = [call(g, t, "allreduce", np.array([10.0, 20.0]), fn="sum", round_no=0)
+             for t in tids]
+    mine[:] = -1                                  # main goes on with its array
+    for b in boxes + [b_main]:
+        np.testing.assert_array_equal(b.value, [21.0, 42.0])
+    assert b_main.value is not boxes[0].value
+    replay = call(g, tids[0], "allreduce", np.array([10.0, 20.0]), fn="sum", round_no=0)
+    np.testing.assert_array_equal(replay.value, [21.0, 42.0])
+    g2 = Groups(FakeCoord())
+    g2.join("solo", MAIN_TID)
+    alone = np.array([3.0])
+    got = call(g2, MAIN_TID, "allreduce", alone, name="solo", fn="max", round_no=0).value
+    alone[:] = 0
+    assert got is not alone and list(got) == [3.0]
+    np.testing.assert_array_equal(g2.done["solo"][0][1][MAIN_TID][1], [3.0])
+
+
 def test_user_reduce_function_by_reference_in_instance_order():
     g, coord, tids = make(3)
     assert everyone(g, tids, "allreduce", [12, 18, 27], fn="math:gcd")[0].value == 3
