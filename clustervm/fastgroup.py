@@ -170,6 +170,9 @@ class FrozenGroup:
         # exchange; what a call returns is copied out of them)
         self._slot = np.zeros(SLOT, np.uint8)
         self._slots = np.empty(len(self.members) * SLOT, np.uint8)
+        self._slot_mv = memoryview(self._slot)
+        self._slots_mv = memoryview(self._slots)
+        self._rows = self._slots.reshape(len(self.members), SLOT)     # one member's slot a row
         self._raw_metas: dict[tuple, bytes] = {}         # (dtype, shape) -> raw meta
         #: arrays of shadows dropped unsent (past KEEP_ROUNDS/KEEP_BYTES), to copy the
         #: next large shadows into: no new pages to fault in for each call
@@ -266,13 +269,11 @@ class FrozenGroup:
                                  f"{max(self.insts) + 1} instances")
             return values[self.insts[self.me]]
         if op in ("reduce", "allreduce") and all(h[4] & _RAW for h in hdrs) and \
-                len({bytes(slots[p * SLOT + _HDR.size:p * SLOT + _HDR.size + h[5]])
-                     for p, h in enumerate(hdrs)}) == 1:
+                self._same_meta(hdrs):
             result = self._raw_reduce(hdrs, slots, fn)
             return result if op == "allreduce" or self.me == root_pos else None
         if op in ("reduce", "allreduce") and all(h[4] & _FAST for h in hdrs) and \
-                len({bytes(slots[p * SLOT + _HDR.size:p * SLOT + _HDR.size + h[5]])
-                     for p, h in enumerate(hdrs)}) == 1:
+                self._same_meta(hdrs):
             return self._fast_reduce(op, value, fn, root_pos)
         values = self._everyone(hdrs, slots, op, bufs, meta)
         if op == "allgather":
@@ -302,9 +303,9 @@ class FrozenGroup:
                 meta = self._raw_metas[key] = struct.pack(
                     f"<q{value.ndim}q", value.ndim, *value.shape) + value.dtype.str.encode()
             flags = _HAS_VALUE | _RAW | _META_INLINE | _BUFS_INLINE
-            slot[_HDR.size:_HDR.size + len(meta)] = np.frombuffer(meta, np.uint8)
-            slot[_HDR.size + len(meta):_HDR.size + len(meta) + value.nbytes] = \
-                value.reshape(-1).view(np.uint8)
+            mv, at = self._slot_mv, _HDR.size + len(meta)
+            mv[_HDR.size:at] = meta
+            mv[at:at + value.nbytes] = memoryview(value).cast("B")
             total = value.nbytes
         elif has_value:
             flags |= _HAS_VALUE
@@ -525,17 +526,25 @@ class FrozenGroup:
             values.append(wire.loads(head, bufs, allow_pickle=self.site.transport.allow_pickle))
         return values
 
+    def _same_meta(self, hdrs: list) -> bool:
+        """Did every member's slot carry the same meta (its inline part: for raw arrays,
+        dtype and shape) as the first's?"""
+        mv = self._slots_mv
+        first = mv[_HDR.size:_HDR.size + hdrs[0][5]]
+        return all(mv[p * SLOT + _HDR.size:p * SLOT + _HDR.size + h[5]] == first
+                   for p, h in enumerate(hdrs) if p)
+
     def _raw_reduce(self, hdrs: list, slots: np.ndarray, fn: str) -> np.ndarray:
         """Small arrays of one dtype and shape: combined left to right in instance order,
         as the hub does (so results are bit for bit the same)."""
         mlen, nbytes = hdrs[0][5], hdrs[0][6]
-        shape, dtype = _raw_meta(bytes(slots[_HDR.size:_HDR.size + mlen]))
+        shape, dtype = _raw_meta(bytes(self._slots_mv[_HDR.size:_HDR.size + mlen]))
         ufunc = _UFUNCS[fn]
         at = _HDR.size + mlen
-        acc = slots[at:at + nbytes].view(dtype).copy()
+        values = self._rows[:, at:at + nbytes].view(dtype)     # row p: instance p's array
+        acc = values[0].copy()
         for p in range(1, len(hdrs)):
-            b = p * SLOT + at
-            ufunc(acc, slots[b:b + nbytes].view(dtype), out=acc)
+            ufunc(acc, values[p], out=acc)
         return acc.reshape(shape)
 
     def _fast_reduce(self, op: str, value: np.ndarray, fn: str, root_pos: int | None) -> Any:
