@@ -36,7 +36,8 @@ allreduce that MPI computed, the result itself), the last 64 calls and at most
 when it sees a member lost, when it leaves or ends, or when it has made no call
 for ``IDLE_FLUSH_S`` (a member busy elsewhere must not hold back what the hub
 needs). A member that keeps calling sends nothing: the cost of survival is a
-tuple per call (and a copy of a mutable value). On a loss:
+tuple per call (and a copy of a mutable value; a large array is copied into the
+memory of a shadow dropped unsent, so no new pages are faulted in). On a loss:
 
 1. The members that see it revoke the communicator, send their shadows and
    retry the call in progress through the coordinator. The first such call
