@@ -46,6 +46,11 @@ class GroupError(ClusterVMError):
     """A group operation cannot complete (e.g. a member was lost)."""
 
 
+class Thawed(GroupError):
+    """A frozen group that survives lost a member: the call is retried on the hub
+    (raised by clustervm/fastgroup.py, caught by the task's collective call)."""
+
+
 class RemoteTraceback(Exception):
     """The traceback of an exception raised on another node (set as __cause__)."""
 

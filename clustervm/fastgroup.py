@@ -36,7 +36,8 @@ allreduce that MPI computed, the result itself), the last 64 calls and at most
 when it sees a member lost, when it leaves or ends, or when it has made no call
 for ``IDLE_FLUSH_S`` (a member busy elsewhere must not hold back what the hub
 needs). A member that keeps calling sends nothing: the cost of survival is a
-tuple per call (and a copy of a mutable value). On a loss:
+tuple per call (and a copy of a mutable value; a large array is copied into the
+memory of a shadow dropped unsent, so no new pages are faulted in). On a loss:
 
 1. The members that see it revoke the communicator, send their shadows and
    retry the call in progress through the coordinator. The first such call
@@ -95,6 +96,7 @@ and ``join_group`` again make it a hub group.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import struct
@@ -109,7 +111,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import wire
-from .errors import GroupError
+from .errors import GroupError, Thawed
 from .mailbox import TaskAborted
 from .reduce import VECTOR_OPS, _reduce, combine
 from .site import approx_size, snapshot
@@ -135,6 +137,8 @@ _yield = getattr(os, "sched_yield", lambda: time.sleep(0))
 _IMMUTABLE = (int, float, str, bytes, bool, type(None))
 KEEP_ROUNDS = 64                    # shadows kept by a member, at most (as the hub keeps) ...
 KEEP_BYTES = 64 << 20               # ... and about this many bytes of them (the hub: 256 MiB)
+_RECYCLE_BYTES = 1 << 20            # shadows of arrays this large reuse dropped ones' memory
+_SPARES = 2                         # dropped shadows' arrays kept for that, at most
 IDLE_FLUSH_S = 0.05                 # a member this long without a call sends its shadows
 BUILD_S = 10.0                      # longest wait for a group's new communicator
 log = logging.getLogger(__name__)
@@ -163,6 +167,17 @@ class FrozenGroup:
         self._own_error: BaseException | None = None     # this member's own failed value
         self._mpi_result: Any = None                     # an allreduce computed by MPI
         self.deadline: float | None = None
+        # the first exchange's buffers, the same every call (each call waits for its own
+        # exchange; what a call returns is copied out of them)
+        self._slot = np.zeros(SLOT, np.uint8)
+        self._slots = np.empty(len(self.members) * SLOT, np.uint8)
+        self._slot_mv = memoryview(self._slot)
+        self._slots_mv = memoryview(self._slots)
+        self._rows = self._slots.reshape(len(self.members), SLOT)     # one member's slot a row
+        self._raw_metas: dict[tuple, bytes] = {}         # (dtype, shape) -> raw meta
+        #: arrays of shadows dropped unsent (past KEEP_ROUNDS/KEEP_BYTES), to copy the
+        #: next large shadows into: no new pages to fault in for each call
+        self._spare: list[np.ndarray] = []
         world = MPI.COMM_WORLD
         group = world.Get_group().Incl([r for _, _, r in self.members])
         try:
@@ -230,7 +245,7 @@ class FrozenGroup:
             _HDR.pack_into(slot, 0, _OPS[op], -2, -2, 0, _FAILED, 0, 0, 0)
         self._own_error = failed
         n = len(self.members)
-        slots = np.empty(n * SLOT, np.uint8)
+        slots = self._slots
         self._wait(self.comm.Iallgather(slot, slots), op)
         hdrs = [_HDR.unpack_from(slots, p * SLOT) for p in range(n)]
         if failed is not None:
@@ -255,13 +270,11 @@ class FrozenGroup:
                                  f"{max(self.insts) + 1} instances")
             return values[self.insts[self.me]]
         if op in ("reduce", "allreduce") and all(h[4] & _RAW for h in hdrs) and \
-                len({bytes(slots[p * SLOT + _HDR.size:p * SLOT + _HDR.size + h[5]])
-                     for p, h in enumerate(hdrs)}) == 1:
+                self._same_meta(hdrs):
             result = self._raw_reduce(hdrs, slots, fn)
             return result if op == "allreduce" or self.me == root_pos else None
         if op in ("reduce", "allreduce") and all(h[4] & _FAST for h in hdrs) and \
-                len({bytes(slots[p * SLOT + _HDR.size:p * SLOT + _HDR.size + h[5]])
-                     for p, h in enumerate(hdrs)}) == 1:
+                self._same_meta(hdrs):
             return self._fast_reduce(op, value, fn, root_pos)
         values = self._everyone(hdrs, slots, op, bufs, meta)
         if op == "allgather":
@@ -277,7 +290,7 @@ class FrozenGroup:
         """This member's slot (and its value's meta and buffers when they do not fit)."""
         has_value = (op in ("bcast", "scatter") and root == self.insts[self.me]) or \
             op in ("reduce", "allreduce", "gather", "allgather", *VECTOR_OPS)
-        slot = np.zeros(SLOT, np.uint8)
+        slot = self._slot
         meta = head = None
         bufs: list = []
         flags = 0
@@ -285,12 +298,15 @@ class FrozenGroup:
                 value.nbytes + 16 + 8 * value.ndim <= _ROOM:
             # a small array: its raw bytes in the slot, reduced by every member at once
             value = np.ascontiguousarray(value)
-            meta = struct.pack(f"<q{value.ndim}q", value.ndim, *value.shape) + \
-                value.dtype.str.encode()
+            key = (value.dtype.str, value.shape)
+            meta = self._raw_metas.get(key)
+            if meta is None:
+                meta = self._raw_metas[key] = struct.pack(
+                    f"<q{value.ndim}q", value.ndim, *value.shape) + value.dtype.str.encode()
             flags = _HAS_VALUE | _RAW | _META_INLINE | _BUFS_INLINE
-            slot[_HDR.size:_HDR.size + len(meta)] = np.frombuffer(meta, np.uint8)
-            slot[_HDR.size + len(meta):_HDR.size + len(meta) + value.nbytes] = \
-                value.reshape(-1).view(np.uint8)
+            mv, at = self._slot_mv, _HDR.size + len(meta)
+            mv[_HDR.size:at] = meta
+            mv[at:at + value.nbytes] = memoryview(value).cast("B")
             total = value.nbytes
         elif has_value:
             flags |= _HAS_VALUE
@@ -328,12 +344,14 @@ class FrozenGroup:
         member is lost, the group goes on on the hub from these (see groups.py)."""
         why = None
         if result is not None:
-            result, value = snapshot(result), None      # the caller may change its copy
+            result, value = self._copy(result), None    # the caller may change its copy
         elif failed is not None:
             why = (f"{op} on frozen group {self.name!r}: instance(s) [{self.insts[self.me]}] "
                    f"could not make their contribution (their own call raised the error); no "
                    f"member got a result")
             value = None
+        elif isinstance(value, np.ndarray) and value.dtype.kind in _FAST_KINDS + "c":
+            value = self._copy(value)       # the caller may change it once the call returns
         elif not isinstance(value, _IMMUTABLE):
             try:
                 value = snapshot(value)     # the caller may change it once the call returns
@@ -348,10 +366,35 @@ class FrozenGroup:
             self._pending_bytes += size
             while len(pending) > KEEP_ROUNDS or (len(pending) > 1 and
                                                  self._pending_bytes > KEEP_BYTES):
-                self._pending_bytes -= pending.popleft()[0]
+                gone, entry = pending.popleft()
+                self._pending_bytes -= gone
+                self._recycle(entry[2], entry[7])
             self._last_call = time.monotonic()
         if not _FLUSHER.kick.is_set():
             _FLUSHER.wake(self)
+
+    def _copy(self, a: np.ndarray) -> np.ndarray:
+        """A copy of array ``a`` for a shadow: into a dropped shadow's array of the same
+        dtype and shape if one is spare (large arrays only), else a new one."""
+        spare = self._spare
+        if spare and a.nbytes >= _RECYCLE_BYTES:
+            with self._lock:
+                for i, b in enumerate(spare):
+                    if b.shape == a.shape and b.dtype == a.dtype:
+                        del spare[i]
+                        np.copyto(b, a)
+                        return b
+        return a.copy()
+
+    def _recycle(self, *arrays: Any) -> None:
+        """Arrays of a shadow dropped unsent (the caller holds ``_lock``): nobody else
+        holds them, so later shadows may be copied into them."""
+        for a in arrays:
+            if isinstance(a, np.ndarray) and a.nbytes >= _RECYCLE_BYTES and \
+                    a.flags.c_contiguous and a.flags.writeable and a.base is None:
+                self._spare.append(a)
+                if len(self._spare) > _SPARES:
+                    del self._spare[0]
 
     def flush_shadows(self, idle_s: float = 0.0) -> bool:
         """Send the kept shadows to the coordinator (if this member has made no call for
@@ -484,17 +527,25 @@ class FrozenGroup:
             values.append(wire.loads(head, bufs, allow_pickle=self.site.transport.allow_pickle))
         return values
 
+    def _same_meta(self, hdrs: list) -> bool:
+        """Did every member's slot carry the same meta (its inline part: for raw arrays,
+        dtype and shape) as the first's?"""
+        mv = self._slots_mv
+        first = mv[_HDR.size:_HDR.size + hdrs[0][5]]
+        return all(mv[p * SLOT + _HDR.size:p * SLOT + _HDR.size + h[5]] == first
+                   for p, h in enumerate(hdrs) if p)
+
     def _raw_reduce(self, hdrs: list, slots: np.ndarray, fn: str) -> np.ndarray:
         """Small arrays of one dtype and shape: combined left to right in instance order,
         as the hub does (so results are bit for bit the same)."""
         mlen, nbytes = hdrs[0][5], hdrs[0][6]
-        shape, dtype = _raw_meta(bytes(slots[_HDR.size:_HDR.size + mlen]))
+        shape, dtype = _raw_meta(bytes(self._slots_mv[_HDR.size:_HDR.size + mlen]))
         ufunc = _UFUNCS[fn]
         at = _HDR.size + mlen
-        acc = slots[at:at + nbytes].view(dtype).copy()
+        values = self._rows[:, at:at + nbytes].view(dtype)     # row p: instance p's array
+        acc = values[0].copy()
         for p in range(1, len(hdrs)):
-            b = p * SLOT + at
-            ufunc(acc, slots[b:b + nbytes].view(dtype), out=acc)
+            ufunc(acc, values[p], out=acc)
         return acc.reshape(shape)
 
     def _fast_reduce(self, op: str, value: np.ndarray, fn: str, root_pos: int | None) -> Any:
@@ -693,10 +744,6 @@ def _sendable(entry: tuple, name: str) -> tuple:
                 why or f"{op} on frozen group {name!r}: a value that cannot be sent", result)
 
 
-class Thawed(GroupError):
-    """A frozen group that survives lost a member: the call is retried on the hub."""
-
-
 def _no_reply(ok: bool, value: Any) -> None:
     """Shadows are never answered."""
 
@@ -708,6 +755,7 @@ def _fast_ok(value: Any, fn: str | None) -> bool:
     return kind in _FAST_KINDS or (kind == "c" and fn in ("sum", "prod"))
 
 
+@functools.lru_cache(maxsize=256)
 def _raw_meta(meta: bytes) -> tuple[tuple, np.dtype]:
     (ndim,) = struct.unpack_from("<q", meta)
     return struct.unpack_from(f"<{ndim}q", meta, 8), np.dtype(meta[8 + 8 * ndim:].decode())

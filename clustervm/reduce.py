@@ -68,9 +68,30 @@ def _reduce(values: list, fn: Any, resolver: Any) -> Any:
             import numpy as np
             ufunc = getattr(np, np_name)
             acc = values[0]
+            fresh = False           # acc is a large array made here (no caller holds it)
             for v in values[1:]:
-                acc = ufunc(acc, v)
+                if fresh and _fits(np, acc, v):
+                    ufunc(acc, v, out=acc)      # the same sums in the same order, in place
+                else:
+                    acc = ufunc(acc, v)
+                    fresh = isinstance(acc, np.ndarray) and acc.nbytes >= _IN_PLACE_BYTES
             return acc
         return functools.reduce(py_op, values)
     f = resolver.resolve(fn) if isinstance(fn, str) else fn
     return functools.reduce(f, values)
+
+
+#: arrays from this size on are summed in place (smaller ones: checking costs more than
+#: a new array)
+_IN_PLACE_BYTES = 1 << 16
+
+
+def _fits(np: Any, acc: Any, v: Any) -> bool:
+    """Can ``ufunc(acc, v)`` be written into ``acc``: the result has acc's dtype and
+    shape, and ``v`` does not share acc's memory (then it is what a new array holds)."""
+    try:
+        return (np.result_type(acc, v) == acc.dtype
+                and np.broadcast_shapes(acc.shape, np.shape(v)) == acc.shape
+                and not np.may_share_memory(acc, v))
+    except (TypeError, ValueError):
+        return False

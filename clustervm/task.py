@@ -4,11 +4,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, NoReturn, Sequence
 
-from .errors import GroupError
+from .errors import GroupError, Thawed
 # Message, Mailbox and TaskAborted live in mailbox.py (site.py, below this module, uses them);
 # they stay importable from here
 from .mailbox import Mailbox, Message, TaskAborted   # noqa: F401 - Mailbox too
 from .protocol import ANY, MAIN_TID
+from .values import snapshot
 
 if TYPE_CHECKING:
     from .requests import Request
@@ -375,11 +376,14 @@ class TaskContext:
         self._coll[name] = round_no + 1       # frozen calls count too: a restart resumes here
         frozen = self.__dict__.get("_frozen")
         if frozen and name in frozen:
-            from .fastgroup import Thawed
             try:
                 return frozen[name].call(op, value, count, root, fn_ref, timeout, round_no)
             except Thawed:
                 frozen.pop(name, None)       # a member was lost: this call again, on the hub
+        if timeout is not None and self.tid == MAIN_TID:
+            # main's value goes to the coordinator's groups without a copy when main waits
+            # for the answer; it may leave first (TimeoutError) and change it then
+            value = snapshot(value)
         try:
             answer, plan = self._site.call("collective", op, name, self.tid, value, count,
                                            root, fn_ref, round_no, True, timeout=timeout)
@@ -387,7 +391,7 @@ class TaskContext:
             raise TimeoutError(f"{op} on group {name!r}: not every member took part within "
                                f"{timeout} s (task {self.tid}, round {round_no})") from None
         if plan is not None:             # a frozen group that lost a member goes back on MPI
-            from .fastgroup import Thawed, refreeze
+            from .fastgroup import refreeze
             fg = refreeze(self, name, plan)
             if fg is not None and plan.get("retry"):
                 # a reduction MPI computes in its own order: made again on the new

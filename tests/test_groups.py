@@ -170,6 +170,50 @@ def test_numpy_reduce_is_elementwise_and_keeps_dtype(dtype, op):
     assert np.asarray(got).dtype == np.dtype(dtype)
 
 
+def test_numpy_reduce_in_place_leaves_the_members_values_alone():
+    """The hub sums into an array of its own (no new array per member): the members'
+    values are unchanged, the sum is left to right, and mixed dtypes promote as before."""
+    from clustervm.reduce import _reduce
+    n = 1 << 14                                   # 128 KiB: summed in place
+    values = [np.full(n, 1e16), np.full(n, 1.0), np.full(n, -1e16), np.full(n, 1.0)]
+    before = [v.copy() for v in values]
+    got = _reduce(values, "sum", None)
+    np.testing.assert_array_equal(got, ((values[0] + values[1]) + values[2]) + values[3])
+    assert got[0] == 1.0                  # left to right: 1e16 + 1 is 1e16 in float64
+    for v, b in zip(values, before):
+        np.testing.assert_array_equal(v, b)
+    m = 1 << 16
+    mixed = _reduce([np.arange(m, dtype=np.int8), np.ones(m, np.int8), np.full(m, 0.5)],
+                    "sum", None)
+    assert mixed.dtype == np.float64 and list(mixed[:3]) == [1.5, 2.5, 3.5]
+    assert mixed[-1] == np.int8(np.arange(m, dtype=np.int8)[-1] + 1) + 0.5
+
+
+def test_mains_array_is_only_read_by_a_reduction():
+    """Main's array in a built-in reduction goes into the round without a copy (main
+    waits for the answer): the sum is a new array, and main changing its array after
+    the answer changes no member's answer, kept or replayed; alone, main gets a copy."""
+    g, coord, tids = make(2)
+    assert g.join("g", MAIN_TID) == (2, 0)
+    mine = np.array([1.0, 2.0])
+    b_main = call(g, MAIN_TID, "allreduce", mine, fn="sum", round_no=0)
+    boxes = [call(g, t, "allreduce", np.array([10.0, 20.0]), fn="sum", round_no=0)
+             for t in tids]
+    mine[:] = -1                                  # main goes on with its array
+    for b in boxes + [b_main]:
+        np.testing.assert_array_equal(b.value, [21.0, 42.0])
+    assert b_main.value is not boxes[0].value
+    replay = call(g, tids[0], "allreduce", np.array([10.0, 20.0]), fn="sum", round_no=0)
+    np.testing.assert_array_equal(replay.value, [21.0, 42.0])
+    g2 = Groups(FakeCoord())
+    g2.join("solo", MAIN_TID)
+    alone = np.array([3.0])
+    got = call(g2, MAIN_TID, "allreduce", alone, name="solo", fn="max", round_no=0).value
+    alone[:] = 0
+    assert got is not alone and list(got) == [3.0]
+    np.testing.assert_array_equal(g2.done["solo"][0][1][MAIN_TID][1], [3.0])
+
+
 def test_user_reduce_function_by_reference_in_instance_order():
     g, coord, tids = make(3)
     assert everyone(g, tids, "allreduce", [12, 18, 27], fn="math:gcd")[0].value == 3
@@ -533,6 +577,7 @@ def test_member_that_stops_calling_sends_its_shadows():
     fg = fastgroup.FrozenGroup.__new__(fastgroup.FrozenGroup)
     fg.site, fg.ctx, fg.name, fg.insts, fg.me, fg.survive = Site(), Ctx(), "g", [0], 0, True
     fg._lock, fg._pending, fg._pending_bytes, fg._last_call = threading.Lock(), deque(), 0, 0.0
+    fg._spare = []
     for r in range(1, fastgroup.KEEP_ROUNDS + 11):
         fg._shadow(r, "allreduce", np.array([r]), None, None, "sum", None)
     assert not Site.sent                      # the member keeps calling: nothing sent
@@ -544,6 +589,55 @@ def test_member_that_stops_calling_sends_its_shadows():
     assert (name, group, tid) == ("frozen_shadow", "g", MAIN_TID)
     assert [e[0] for e in entries] == list(range(11, fastgroup.KEEP_ROUNDS + 11))
     assert not fg._pending and not fg.flush_shadows()
+
+
+def test_large_shadows_reuse_only_the_arrays_of_shadows_dropped_unsent(monkeypatch):
+    """A member copies each large result into the array of a shadow it dropped unsent
+    (past KEEP_ROUNDS), not into new memory; what it keeps and what it has sent hold the
+    values of their own calls, whatever the caller does with its arrays afterwards."""
+    import threading
+    import types
+    from collections import deque
+    import mpi4py
+    if "mpi4py.MPI" not in sys.modules:
+        mpi4py.rc.initialize = False          # no MPI_Init in the test process
+    from clustervm import fastgroup
+    monkeypatch.setattr(fastgroup, "KEEP_ROUNDS", 2)
+    kick = threading.Event()
+    kick.set()                                # no flusher thread: this test flushes
+    monkeypatch.setattr(fastgroup, "_FLUSHER", types.SimpleNamespace(kick=kick))
+    sent: list = []
+
+    class Site:
+        rank = 0
+
+        def _serve(self, name, args, reply):
+            sent.append(args)
+
+    fg = fastgroup.FrozenGroup.__new__(fastgroup.FrozenGroup)
+    fg.site, fg.ctx, fg.name, fg.insts, fg.me, fg.survive = \
+        Site(), types.SimpleNamespace(tid=MAIN_TID), "g", [0], 0, True
+    fg._lock, fg._pending, fg._pending_bytes, fg._last_call = threading.Lock(), deque(), 0, 0.0
+    fg._spare = []
+    result = np.zeros(fastgroup._RECYCLE_BYTES // 8)
+    kept: list = []
+
+    def calls(rounds):
+        for r in rounds:
+            result[:] = r
+            fg._shadow(r, "allreduce", None, None, None, "sum", None, result)
+            result[:] = -1                    # the caller changes the array it got
+            kept.extend(e[7] for _, e in fg._pending)
+
+    calls(range(1, 6))
+    assert [(e[0], e[7][0], e[7][-1]) for _, e in fg._pending] == [(4, 4, 4), (5, 5, 5)]
+    assert len({id(a) for a in kept}) == 3    # KEEP_ROUNDS + 1 arrays for five calls
+    fg.flush_shadows()
+    (_, _, entries), = sent
+    calls(range(6, 10))
+    assert [(e[0], e[7].min(), e[7].max()) for e in entries] == [(4, 4, 4), (5, 5, 5)]
+    assert [(e[0], e[7][0]) for _, e in fg._pending] == [(8, 8), (9, 9)]
+    assert all(e[7] is not a for e in entries for _, (*_, a) in fg._pending)
 
 
 def test_thawed_group_counts_shadows_of_a_member_that_ended():

@@ -293,8 +293,10 @@ class Groups:
             self._fail_round(name, round_no, err)
             self._answer(reply, False, err)
             return
-        if tid == P.MAIN_TID:
-            value = snapshot(value)   # main may change its object once the call returns
+        if tid == P.MAIN_TID and not _only_read(op, fn, value):
+            # main may change its object once the call returns (main's call waits for
+            # its answer, or passes a copy when it may leave first: task.py)
+            value = snapshot(value)
         rnd.parts[tid] = (value, reply, root, fn)
         doomed = self.doomed.get(name)
         if doomed and round_no in doomed:
@@ -463,6 +465,8 @@ class Groups:
                     for t in parts}
         if op in ("reduce", "allreduce"):
             result = _reduce([parts[t][0] for t in ordered], any_part[3], self.coord)
+            if any(result is part[0] for part in parts.values()):
+                result = snapshot(result)     # one member alone: main's own object, maybe
             if op == "allreduce":
                 return {t: (True, result) for t in parts}
             return {t: (True, result if t == root_tid else None) for t in parts}
@@ -595,6 +599,13 @@ class Groups:
                     self._fail_round(name, round_no, GroupError(
                         f"{rnd.op} on group {name!r} cannot complete: member task(s) {lost} "
                         f"were lost with node {rank} and cannot be restarted"))
+
+
+def _only_read(op: str, fn: Any, value: Any) -> bool:
+    """Is main's value of this call only read to compute a new result (a built-in
+    reduction of numpy arrays), so that the round need not keep a copy of it?"""
+    return op in ("reduce", "allreduce") and fn in _BUILTIN and \
+        type(value).__module__ == "numpy" and getattr(value, "ndim", 0) > 0
 
 
 def _ignore(ok: bool, value: Any) -> None:
