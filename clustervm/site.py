@@ -45,6 +45,7 @@ class Location:
 
 #: The rank ``locate`` gives for a task that has ended (when asked to tolerate it).
 ENDED = -2
+_USER = P.User.OP
 
 
 class Site:
@@ -80,6 +81,13 @@ class Site:
     def _handle(self, src: int, raw: Any) -> bool | None:
         """Decode a message tuple from rank ``src`` and run its kind's handler; a malformed
         one is logged, naming the sender, and dropped."""
+        if type(raw) is tuple and len(raw) == 7 and raw[0] == _USER:
+            # the hot path: a task's message, checked as protocol.User's decoder does,
+            # delivered without making the message object
+            _, src_tid, dst, tag, data, inc, seq = raw
+            if type(src_tid) is int and type(inc) is int and type(seq) is int:
+                self.deliver(src_tid, dst, tag, data, inc, seq)
+                return None
         try:
             msg = P.decode(raw)
         except P.MessageError as exc:
@@ -135,7 +143,7 @@ class Site:
             loc = self.locations.get(src)
             if loc is not None and inc < loc.inc:
                 return   # from a replaced incarnation of src
-            box = self.mailbox(dst)
+            box = self.mailboxes.get(dst) or self.mailbox(dst)
             if box.group and inc > box.incs.get(src, inc):
                 # a group peer's new incarnation: its group rolled back, and so does dst;
                 # dst's restore delivers this against its restored counters

@@ -318,6 +318,20 @@ class _Encoder:
 
 
 _tls = threading.local()
+_FIXEXT = {1: b"\xd4\x01", 2: b"\xd5\x01", 4: b"\xd6\x01", 8: b"\xd7\x01", 16: b"\xd8\x01"}
+_EXT8, _EXT16, _EXT32 = struct.Struct(">BBb"), struct.Struct(">BHb"), struct.Struct(">BIb")
+
+
+def _tuple_header(size: int) -> bytes:
+    """The msgpack header of an EXT_TUPLE ext of ``size`` bytes (as msgpack packs one)."""
+    fixed = _FIXEXT.get(size)
+    if fixed is not None:
+        return fixed
+    if size < 0x100:
+        return _EXT8.pack(0xC7, size, EXT_TUPLE)
+    if size < 0x10000:
+        return _EXT16.pack(0xC8, size, EXT_TUPLE)
+    return _EXT32.pack(0xC9, size, EXT_TUPLE)
 
 
 def dumps(obj: Any, *, allow_pickle: bool = False) -> tuple[bytes, list[memoryview]]:
@@ -341,9 +355,14 @@ def dumps(obj: Any, *, allow_pickle: bool = False) -> tuple[bytes, list[memoryvi
     try:
         if type(obj) is tuple:   # every protocol message: its ext made here, not in a callback
             enc.depth = 1        # (as deep as inside pack)
-            obj = enc.default(obj)
-            enc.depth = 0
-        payload = enc.pack(obj)
+            free = enc.free
+            packer = free.pop() if free else enc.new_packer()
+            data = packer.pack(list(obj))
+            if len(data) <= _KEEP_PACKER_BYTES:
+                free.append(packer)
+            payload = _tuple_header(len(data)) + data   # as packing ExtType(EXT_TUPLE, data)
+        else:
+            payload = enc.pack(obj)
     except _Unsendable as exc:
         raise _wire_error(obj, exc) from None
     except _TooDeep:
