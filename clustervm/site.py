@@ -62,6 +62,7 @@ class Site:
         self.holdback: dict[int, dict[tuple[int, int], tuple]] = {}   # dst -> (src, seq) -> msg
         self.locations: dict[int, Location] = {}
         self.contexts: dict[int, TaskLike] = {}     # tasks running here
+        self._log_limit = config.replay_log_mb * 1e6   # bytes of a replay log per receiver
         self._replies: dict[int, tuple[bool, Any]] = {}
         self._reqids = itertools.count(1)
         self._waiting: set[int] = set()
@@ -209,7 +210,7 @@ class Site:
                 if loc.rank == self.rank:   # a copy, as a send over MPI would make
                     self.deliver(src, dst, tag, snapshot(data), inc, seq)
                     return
-                self.transport.send(loc.rank, P.User.make(src, dst, tag, data, inc, seq))
+                self.transport.send(loc.rank, (_USER, src, dst, tag, data, inc, seq))   # USER
                 return
             except WireError as exc:      # nothing was sent: forget it, name the path in data
                 logged = getattr(ctx, "_outlog", {}).get(dst) if loc.replay else None
@@ -252,17 +253,14 @@ class Site:
         """Keep ``copy`` (the sender's own, never changed) in the task's replay log for
         ``dst``; past CLUSTERVM_REPLAY_LOG_MB the log is dropped with a warning (False)."""
         fields = ctx.__dict__
-        outlog = fields.get("_outlog")
-        if outlog is None:
-            outlog = fields["_outlog"] = {}
-        entries = outlog.get(dst)
-        if entries is None:
-            entries = outlog[dst] = []
-        sizes = fields.get("_outbytes")
-        if sizes is None:
-            sizes = fields["_outbytes"] = {}
-        size = sizes.get(dst, 0) + approx_size(copy)
-        if size > self.config.replay_log_mb * 1e6:
+        try:
+            entries = fields["_outlog"][dst]
+            sizes = fields["_outbytes"]
+        except KeyError:
+            entries = fields.setdefault("_outlog", {}).setdefault(dst, [])
+            sizes = fields.setdefault("_outbytes", {})
+        size = sizes.get(dst, 0) + (len(copy) if type(copy) is bytes else approx_size(copy))
+        if size > self._log_limit:
             log.warning("task %d: messages to task %d are no longer kept for replay (%.0f MB "
                         "since its last checkpoint); if its node fails before it checkpoints, "
                         "they are lost. Checkpoint more often or raise CLUSTERVM_REPLAY_LOG_MB",

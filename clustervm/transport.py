@@ -110,6 +110,7 @@ HUB = 0                          # the rank that forwards routed frames (the coo
 _FAILURE_CLASSES = {MPI.ERR_PROC_FAILED, getattr(MPI, "ERR_PROC_FAILED_PENDING", -1),
                     getattr(MPI, "ERR_REVOKED", -1)}
 _testall = MPI.Request.Testall   # (a seam: tests without MPI put a fake here)
+_ANY_SOURCE, _BYTE, _monotonic = MPI.ANY_SOURCE, MPI.BYTE, time.monotonic
 _LIGHT_MAX = 32     # requests of messages sent at once kept before the sender completes them
 _SEND_SPINS = 200   # tests of a waited-for send's requests before it waits as a poller
 
@@ -448,7 +449,7 @@ class Transport:
             return False
         try:
             try:
-                req = self.comm.Isend([frame, MPI.BYTE], dest, TAG_MSG)
+                req = self.comm.Isend([frame, _BYTE], dest, TAG_MSG)
             except MPI.Exception as exc:
                 if not is_failure(exc):
                     raise
@@ -650,13 +651,13 @@ class Transport:
 
     def _recv_one(self, comm: MPI.Comm, link_rank: int | None) -> bool:
         status = self._status
-        m = comm.Improbe(MPI.ANY_SOURCE, TAG_MSG, status)
+        m = comm.Improbe(_ANY_SOURCE, TAG_MSG, status)
         if m is None:
             return False
         peer = status.Get_source()
         src = peer if link_rank is None else link_rank
-        count = status.Get_count(MPI.BYTE)
-        self.last_heard[src] = time.monotonic()
+        count = status.Get_count(_BYTE)
+        self.last_heard[src] = _monotonic()
         if count < 0:       # MPI_UNDEFINED: beyond a 32-bit count, not from a clustervm
             _drop(m)
             log.error("a first frame from rank %d is larger than 2 GiB; dropped", src)
@@ -668,7 +669,7 @@ class Transport:
             log.error("a first frame of %d bytes from rank %d: no memory for it; dropped",
                       count, src)
             return True
-        m.Recv([frame, MPI.BYTE])
+        m.Recv([frame, _BYTE])
         c = self.counters
         c.msgs_in += 1
         c.bytes_in += count
