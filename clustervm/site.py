@@ -171,7 +171,11 @@ class Site:
 
     def locate(self, tid: int, ended_ok: bool = False) -> Location:
         """Where task ``tid`` runs. With ``ended_ok``, a task that has ended gives
-        rank ENDED instead of DeadTaskError."""
+        rank ENDED instead of DeadTaskError.
+
+        Usually known already: every node is told each placement before the task starts
+        (Coordinator._announce). The coordinator is asked only when it is not: a LOC
+        still on its way, or a location forgotten with a failed node."""
         loc = self.locations.get(tid)
         if loc is None or loc.rank < 0:
             for attempt in range(200):
