@@ -189,6 +189,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             I.Dispatch: self._do_dispatch, I.CancelQueued: self._do_cancel_queued,
             I.Cancelled: self._do_cancelled, I.PlaceSpawned: self._do_place_spawned,
             I.BroadcastLocation: self._do_broadcast_location, I.KillTask: self._do_kill_task,
+            I.TellLocations: self._do_tell_locations,
             I.NodeDown: self._do_node_down, I.Kill: self._do_kill, I.NodeUp: self._do_node_up,
             I.ResolveTask: self._do_resolve, I.JournalDone: self._do_journal_done,
             I.StoreCheckpoint: self._do_store_checkpoint,
@@ -214,8 +215,24 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
 
     def _execute(self, out: list[I.Instruction]) -> None:
         do = self._do
+        first = [ins for ins in out if type(ins) is I.PlaceSpawned and not ins.restart]
+        if first:
+            self._announce(first)
         for ins in out:
             do[type(ins)](ins)
+
+    def _announce(self, placed: list[I.PlaceSpawned]) -> None:
+        """The LOCs of first placements, one per rank, before any of their SPAWNs: a task
+        of a spawn call knows where its siblings are (MPI keeps a pair's messages in
+        order), and a node where every task of the VM is, before their first messages."""
+        by_rank: dict[int, list] = {}
+        for ins in placed:
+            item = (ins.tid, ins.rank, ins.inc, ins.replay, None)
+            for r in ins.tell:
+                by_rank.setdefault(r, []).append(item)
+        for r, items in by_rank.items():
+            self.transport.post(r, P.Loc(items).encode())
+        self._on_loc(0, P.Loc([(i.tid, i.rank, i.inc, i.replay, None) for i in placed]))
 
     def _do_dispatch(self, ins: I.Dispatch) -> None:
         tasks = self.tasks
@@ -256,10 +273,10 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         else:
             ckpt = self._load_ckpt(ins.tid, ins.seq)
             delivered = ckpt["delivered"] if ckpt is not None else {}
-        loc = P.Loc([(ins.tid, ins.rank, ins.inc, ins.replay,
-                      delivered if ins.restart else None)])
-        self.transport.broadcast(list(ins.tell), loc.encode())
-        self._on_loc(0, loc)
+        if ins.restart:          # a first placement's LOC went out already (_announce)
+            loc = P.Loc([(ins.tid, ins.rank, ins.inc, ins.replay, delivered)])
+            self.transport.broadcast(list(ins.tell), loc.encode())
+            self._on_loc(0, loc)
         self.transport.post(ins.rank, P.Spawn(ins.tid, rec.parent, rec.fn, rec.args, rec.kwargs,
                                               ins.inc, ckpt, ins.replay, rec.siblings,
                                               at, (ins.buddy, ins.to_store),
@@ -271,6 +288,10 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         loc = P.Loc([(ins.tid, ins.rank, ins.inc, ins.replay, None)])
         self.transport.broadcast(list(ins.tell), loc.encode())
         self._on_loc(0, loc)
+
+    def _do_tell_locations(self, ins: I.TellLocations) -> None:
+        loc = P.Loc([(tid, rank, inc, replay, None) for tid, rank, inc, replay in ins.items])
+        self.transport.post(ins.rank, loc.encode())
 
     def _do_kill_task(self, ins: I.KillTask) -> None:
         self.transport.post(ins.rank, P.Kill(ins.tid, ins.inc).encode())
@@ -741,6 +762,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                 raise NoNodesError("no worker node is alive to spawn on")
             wset = self.core.resolve_where(where) if where is not None else None
             tids: list[int] = []
+            out: list[I.Instruction] = []
             for i in range(count):
                 tid = next(self._tids)
                 own = args if per is None else (*args, *per[i])
@@ -749,12 +771,13 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                 if self.journal is not None:
                     rec.digest = _digest(fn_ref, own, kwargs)
                 self.tasks[tid] = rec
-                out = self.core.handle(E.TaskSpawned(tid, parent, time.monotonic(), wset,
-                                                     replay, rec.digest,
-                                                     rec.siblings[0] if group else 0))
+                out += self.core.handle(E.TaskSpawned(tid, parent, time.monotonic(), wset,
+                                                      replay, rec.digest,
+                                                      rec.siblings[0] if group else 0))
                 rec.sched = self.core.tasks.get(tid)
-                self._execute(out)
                 tids.append(tid)
+            # carried out together: every node hears where all of them are before any starts
+            self._execute(out)
             return tids
 
     # -- checkpoints -----------------------------------------------------------

@@ -30,6 +30,9 @@ class Message(NamedTuple):
         return None
 
 
+_message = tuple.__new__    # Message(source, tag, data) without the Python-level __new__
+
+
 class TaskAborted(BaseException):
     """Raised inside an incarnation that the coordinator has replaced or killed."""
 
@@ -56,16 +59,22 @@ class Mailbox:
                 self.incs[src] = inc
 
     def take(self, source: int, tag: int, remove: bool = True) -> Message | None:
-        if not self.items:      # nothing to look at (a put meanwhile is seen next time)
+        items = self.items
+        if not items:      # nothing to look at (a put meanwhile is seen next time)
             return None
         with self.lock:
-            for i, item in enumerate(self.items):
+            i = 0
+            for item in items:
                 # ANY never matches a notification (source SYSTEM): only SYSTEM does
                 if (item[0] == source or source == ANY and item[0] >= 0) and \
                         (tag == ANY or item[1] == tag):
                     if remove:
-                        del self.items[i]
-                    return Message(item[0], item[1], item[2])
+                        if i:
+                            del items[i]
+                        else:
+                            items.popleft()
+                    return _message(Message, item[:3])
+                i += 1
         return None
 
     def snapshot(self) -> list:

@@ -27,7 +27,7 @@ from .core import node as N
 from .core.node import COORDINATOR_SILENCE, COORDINATOR_SILENCE_MIN_S  # noqa: F401 - the rule
 from .errors import WireError
 from .futures import ClusterFuture
-from .site import ENDED, Site, snapshot
+from .site import ENDED, Location, Site, snapshot
 from .mailbox import Mailbox
 from .task import TaskAborted, TaskContext, TaskExit
 from .endpoint import Endpoint, PeerFailed
@@ -54,6 +54,8 @@ class Node(Site):
             P.Forget: self._on_forget,
             P.Mark: self._on_mark,
         })
+        # main never moves (it is the coordinator's): a task's first message to it asks nothing
+        self.locations[P.MAIN_TID] = Location(P.COORDINATOR, 0, False)
         self.core = N.NodeCore(config.slots, config.heartbeat_s, config.start_timeout_s)
         self._core_lock = threading.Lock()               # handle() is called from workers too
         self.live: dict[int, TaskContext] = {}            # spawned tasks running here

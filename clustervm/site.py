@@ -45,6 +45,7 @@ class Location:
 
 #: The rank ``locate`` gives for a task that has ended (when asked to tolerate it).
 ENDED = -2
+_USER = P.User.OP
 
 
 class Site:
@@ -61,6 +62,7 @@ class Site:
         self.holdback: dict[int, dict[tuple[int, int], tuple]] = {}   # dst -> (src, seq) -> msg
         self.locations: dict[int, Location] = {}
         self.contexts: dict[int, TaskLike] = {}     # tasks running here
+        self._log_limit = config.replay_log_mb * 1e6   # bytes of a replay log per receiver
         self._replies: dict[int, tuple[bool, Any]] = {}
         self._reqids = itertools.count(1)
         self._waiting: set[int] = set()
@@ -80,6 +82,13 @@ class Site:
     def _handle(self, src: int, raw: Any) -> bool | None:
         """Decode a message tuple from rank ``src`` and run its kind's handler; a malformed
         one is logged, naming the sender, and dropped."""
+        if type(raw) is tuple and len(raw) == 7 and raw[0] == _USER:
+            # the hot path: a task's message, checked as protocol.User's decoder does,
+            # delivered without making the message object
+            _, src_tid, dst, tag, data, inc, seq = raw
+            if type(src_tid) is int and type(inc) is int and type(seq) is int:
+                self.deliver(src_tid, dst, tag, data, inc, seq)
+                return None
         try:
             msg = P.decode(raw)
         except P.MessageError as exc:
@@ -135,7 +144,7 @@ class Site:
             loc = self.locations.get(src)
             if loc is not None and inc < loc.inc:
                 return   # from a replaced incarnation of src
-            box = self.mailbox(dst)
+            box = self.mailboxes.get(dst) or self.mailbox(dst)
             if box.group and inc > box.incs.get(src, inc):
                 # a group peer's new incarnation: its group rolled back, and so does dst;
                 # dst's restore delivers this against its restored counters
@@ -162,7 +171,11 @@ class Site:
 
     def locate(self, tid: int, ended_ok: bool = False) -> Location:
         """Where task ``tid`` runs. With ``ended_ok``, a task that has ended gives
-        rank ENDED instead of DeadTaskError."""
+        rank ENDED instead of DeadTaskError.
+
+        Usually known already: every node is told each placement before the task starts
+        (Coordinator._announce). The coordinator is asked only when it is not: a LOC
+        still on its way, or a location forgotten with a failed node."""
         loc = self.locations.get(tid)
         if loc is None or loc.rank < 0:
             for attempt in range(200):
@@ -201,7 +214,7 @@ class Site:
                 if loc.rank == self.rank:   # a copy, as a send over MPI would make
                     self.deliver(src, dst, tag, snapshot(data), inc, seq)
                     return
-                self.transport.send(loc.rank, P.User.make(src, dst, tag, data, inc, seq))
+                self.transport.send(loc.rank, (_USER, src, dst, tag, data, inc, seq))   # USER
                 return
             except WireError as exc:      # nothing was sent: forget it, name the path in data
                 logged = getattr(ctx, "_outlog", {}).get(dst) if loc.replay else None
@@ -244,17 +257,14 @@ class Site:
         """Keep ``copy`` (the sender's own, never changed) in the task's replay log for
         ``dst``; past CLUSTERVM_REPLAY_LOG_MB the log is dropped with a warning (False)."""
         fields = ctx.__dict__
-        outlog = fields.get("_outlog")
-        if outlog is None:
-            outlog = fields["_outlog"] = {}
-        entries = outlog.get(dst)
-        if entries is None:
-            entries = outlog[dst] = []
-        sizes = fields.get("_outbytes")
-        if sizes is None:
-            sizes = fields["_outbytes"] = {}
-        size = sizes.get(dst, 0) + approx_size(copy)
-        if size > self.config.replay_log_mb * 1e6:
+        try:
+            entries = fields["_outlog"][dst]
+            sizes = fields["_outbytes"]
+        except KeyError:
+            entries = fields.setdefault("_outlog", {}).setdefault(dst, [])
+            sizes = fields.setdefault("_outbytes", {})
+        size = sizes.get(dst, 0) + (len(copy) if type(copy) is bytes else approx_size(copy))
+        if size > self._log_limit:
             log.warning("task %d: messages to task %d are no longer kept for replay (%.0f MB "
                         "since its last checkpoint); if its node fails before it checkpoints, "
                         "they are lost. Checkpoint more often or raise CLUSTERVM_REPLAY_LOG_MB",

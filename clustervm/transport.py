@@ -110,6 +110,8 @@ HUB = 0                          # the rank that forwards routed frames (the coo
 _FAILURE_CLASSES = {MPI.ERR_PROC_FAILED, getattr(MPI, "ERR_PROC_FAILED_PENDING", -1),
                     getattr(MPI, "ERR_REVOKED", -1)}
 _testall = MPI.Request.Testall   # (a seam: tests without MPI put a fake here)
+_ANY_SOURCE, _BYTE, _monotonic = MPI.ANY_SOURCE, MPI.BYTE, time.monotonic
+_LIGHT_MAX = 32     # requests of messages sent at once kept before the sender completes them
 _SEND_SPINS = 200   # tests of a waited-for send's requests before it waits as a poller
 
 __all__ = ["Transport", "PeerFailed", "Counters", "Handler", "FrameError", "Frame",
@@ -305,6 +307,8 @@ class Transport:
         self._sleepers = 0                       # foreground waiters asleep on _cond
         self._wakeups = 0                        # notify()s that found a sleeper
         self._pending: deque[_Out] = deque()      # Isent, not complete (token holder only)
+        #: requests of small messages sent by their sender at once (see _send_now)
+        self._light: deque[MPI.Request] = deque()
         #: long receives given up (their sender declared dead): kept for MPI to finish
         self._abandoned: list[tuple[MPI.Request, Any]] = []
         self._bufseq = itertools.count()
@@ -315,7 +319,10 @@ class Transport:
     # -- sending -------------------------------------------------------------
 
     def _frames(self, msg: Any) -> tuple[bytes, list[Any], int]:
-        payload, bufs = wire.dumps(msg, allow_pickle=self.allow_pickle)
+        return self._frames_of(*wire.dumps(msg, allow_pickle=self.allow_pickle))
+
+    def _frames_of(self, payload: bytes, bufs: list[Any]) -> tuple[bytes, list[Any], int]:
+        """The first frame, the parts and their tag of an encoded message."""
         if not bufs and len(payload) <= _INLINE_MAX:
             return b"\x00" + payload, [], 0
         if len(payload) > _INLINE_MAX:
@@ -408,7 +415,20 @@ class Transport:
 
         Raises :class:`PeerFailed` if ``dest`` is dead (or the transport is closed).
         """
-        out = self._prepare(dest, msg)
+        if 0 <= dest < self.world_size:      # a world rank (none on a spawned node): direct
+            if dest in self.failed or self.closed:
+                raise PeerFailed(dest)
+            payload, bufs = wire.dumps(msg, allow_pickle=self.allow_pickle)
+            if not bufs and len(payload) <= _INLINE_MAX and len(payload) < self.max_chunk:
+                frame = b"\x00" + payload
+                if not self._outbox and self._send_now(dest, frame):
+                    return
+                out = _Out(dest, self.comm, dest, None, frame, [], 0)
+            else:
+                out = _Out(dest, self.comm, dest, None, *self._chunked(*self._frames_of(
+                    payload, bufs)))
+        else:
+            out = self._prepare(dest, msg)
         out.tracked = bool(out.bufs)         # the caller's arrays are in flight
         self._hand(out)
         if not _far_enough(out):
@@ -418,6 +438,37 @@ class Transport:
                 self.wait(lambda: _far_enough(out) or dest in self.ignored)
         if out.failed or not _far_enough(out):   # the peer died, was declared dead, or we closed
             raise PeerFailed(dest)
+
+    def _send_now(self, dest: int, frame: bytes) -> bool:
+        """Isend a small first frame to world rank ``dest`` at once if the token is free
+        (the sender's own path: no outbox, no _Out; its request is completed later by
+        whoever holds the token). False if it is not: the caller goes through the outbox.
+        Raises PeerFailed if MPI says ``dest`` is dead."""
+        token = self._token
+        if not token.acquire(False):
+            return False
+        try:
+            try:
+                req = self.comm.Isend([frame, _BYTE], dest, TAG_MSG)
+            except MPI.Exception as exc:
+                if not is_failure(exc):
+                    raise
+                self._path_failed(None)
+                raise PeerFailed(dest) from None
+            c = self.counters
+            c.msgs_out += 1
+            c.bytes_out += len(frame)
+            light = self._light
+            light.append(req)
+            if len(light) > _LIGHT_MAX:
+                self._complete_light()
+            if self._outbox:         # handed over while this thread held the token
+                self._send_outbox()
+        finally:
+            token.release()
+        if self._outbox:
+            self._try_flush()
+        return True
 
     def post(self, dest: int, msg: Any) -> bool:
         """Send without blocking (for handlers); the transport completes it later.
@@ -473,6 +524,8 @@ class Transport:
         try:
             if self._pending:
                 self._complete_pending()
+            if self._light:
+                self._complete_light()
             while box:
                 self._isend(box.popleft())
         finally:
@@ -568,42 +621,63 @@ class Transport:
             else:
                 pending.append(out)
 
+    def _complete_light(self) -> None:
+        """Forget the requests of the messages :meth:`_send_now` sent that are complete, in
+        order (the caller holds the token); a failed one reports its peer dead."""
+        light = self._light
+        while light:
+            try:
+                if not light[0].Test():
+                    return
+            except MPI.Exception as exc:
+                if not is_failure(exc):
+                    log.warning("send failed: %s", exc)
+                light.popleft()
+                self._path_failed(None)   # the peer is gone; the message is dropped with it
+                continue
+            light.popleft()
+
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every posted message has left; False on timeout."""
         deadline = time.monotonic() + timeout
-        while (self._outbox or self._pending) and time.monotonic() < deadline:
+        while (self._outbox or self._pending or self._light) and time.monotonic() < deadline:
             if self._token.acquire(timeout=0.01):
                 self._send_owned()
-            if self._outbox or self._pending:
+            if self._outbox or self._pending or self._light:
                 time.sleep(0.0005)
-        return not (self._outbox or self._pending)
+        return not (self._outbox or self._pending or self._light)
 
     # -- receiving -----------------------------------------------------------
 
     def _recv_one(self, comm: MPI.Comm, link_rank: int | None) -> bool:
         status = self._status
-        m = comm.Improbe(MPI.ANY_SOURCE, TAG_MSG, status)
+        m = comm.Improbe(_ANY_SOURCE, TAG_MSG, status)
         if m is None:
             return False
         peer = status.Get_source()
         src = peer if link_rank is None else link_rank
-        count = status.Get_count(MPI.BYTE)
-        self.last_heard[src] = time.monotonic()
+        count = status.Get_count(_BYTE)
+        self.last_heard[src] = _monotonic()
         if count < 0:       # MPI_UNDEFINED: beyond a 32-bit count, not from a clustervm
             _drop(m)
             log.error("a first frame from rank %d is larger than 2 GiB; dropped", src)
             return True
         try:
-            frame = _empty_buffer(count)
+            frame = bytearray(count) if count < 4096 else _empty_buffer(count)
         except MemoryError:
             _drop(m)
             log.error("a first frame of %d bytes from rank %d: no memory for it; dropped",
                       count, src)
             return True
-        m.Recv([frame, MPI.BYTE])
+        m.Recv([frame, _BYTE])
         c = self.counters
         c.msgs_in += 1
         c.bytes_in += count
+        if count > 1 and frame[0] == _KIND_INLINE:    # the common case: all of it is here
+            if src not in self.ignored and dispatch(self.handler, src, memoryview(frame)[1:],
+                                                    (), self.allow_pickle):
+                self._busy = True
+            return True
         try:
             self._take(comm, peer, src, frame)
         except FrameError as exc:
@@ -775,6 +849,8 @@ class Transport:
             self._send_outbox()
         if self._pending:
             self._complete_pending()
+        if self._light:
+            self._complete_light()
         if n:
             if self._busy:   # heartbeats alone do not make an idle loop spin
                 self._last_activity = time.perf_counter()
@@ -886,15 +962,30 @@ class Transport:
     def _wait(self, predicate: Callable[[], bool], deadline: float | None) -> bool:
         """Poll until ``predicate()`` is true (the caller found it false). Predicates may
         have side effects (take a message): once one is true, return."""
+        token = self._token
+        me = threading.get_ident()
+        remaining = None
         while True:
-            remaining = self._left(deadline)
-            if remaining == 0.0:
+            if self.closed:
                 return False
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0.0:
+                    return False
             # a foreground waiter takes the token as soon as the holder lets go, and handles
             # one message a poll: the one it waits for is taken without probing MPI again
-            got = self._poll_if_free(0.001 if remaining is None else min(0.001, remaining), 1)
-            if got == 0 and self._back_off(remaining, predicate):
-                return True
+            if token.acquire(False) or token.acquire(
+                    timeout=0.001 if remaining is None else min(0.001, remaining)):
+                owner, self._owner = self._owner, me
+                try:
+                    got = self.poll(1)
+                finally:
+                    self._owner = owner
+                    token.release()
+                    if self._outbox and owner is None:   # handed over while we polled
+                        self._try_flush()
+                if got == 0 and self._back_off(remaining, predicate):
+                    return True
             if predicate():
                 return True
 

@@ -318,6 +318,21 @@ class _Encoder:
 
 
 _tls = threading.local()
+_FIXEXT = {1: b"\xd4\x01", 2: b"\xd5\x01", 4: b"\xd6\x01", 8: b"\xd7\x01", 16: b"\xd8\x01"}
+_EXT8, _EXT16, _EXT32 = struct.Struct(">BBb"), struct.Struct(">BHb"), struct.Struct(">BIb")
+
+
+#: the headers of the EXT_TUPLE exts shorter than 256 bytes, by size
+_SHORT_HEADERS = [_FIXEXT.get(n) or _EXT8.pack(0xC7, n, EXT_TUPLE) for n in range(0x100)]
+
+
+def _tuple_header(size: int) -> bytes:
+    """The msgpack header of an EXT_TUPLE ext of ``size`` bytes (as msgpack packs one)."""
+    if size < 0x100:
+        return _SHORT_HEADERS[size]
+    if size < 0x10000:
+        return _EXT16.pack(0xC8, size, EXT_TUPLE)
+    return _EXT32.pack(0xC9, size, EXT_TUPLE)
 
 
 def dumps(obj: Any, *, allow_pickle: bool = False) -> tuple[bytes, list[memoryview]]:
@@ -341,9 +356,15 @@ def dumps(obj: Any, *, allow_pickle: bool = False) -> tuple[bytes, list[memoryvi
     try:
         if type(obj) is tuple:   # every protocol message: its ext made here, not in a callback
             enc.depth = 1        # (as deep as inside pack)
-            obj = enc.default(obj)
-            enc.depth = 0
-        payload = enc.pack(obj)
+            free = enc.free
+            packer = free.pop() if free else enc.new_packer()
+            data = packer.pack(list(obj))
+            if len(data) <= _KEEP_PACKER_BYTES:
+                free.append(packer)
+            size = len(data)        # the bytes of packing ExtType(EXT_TUPLE, data):
+            payload = (_SHORT_HEADERS[size] if size < 0x100 else _tuple_header(size)) + data
+        else:
+            payload = enc.pack(obj)
     except _Unsendable as exc:
         raise _wire_error(obj, exc) from None
     except _TooDeep:
@@ -584,6 +605,13 @@ def loads(
 
     def hook(code: int, data: bytes) -> Any:
         nonlocal depth
+        if code == EXT_TUPLE:     # every protocol message is one: first
+            if depth >= MAX_NESTING:
+                raise WireError(f"malformed message: nested more than {MAX_NESTING} levels deep")
+            depth += 1
+            value: Any = tuple(_unpackb(data, ext_hook=hook, raw=False, strict_map_key=False))
+            depth -= 1
+            return value
         if code == EXT_BIGINT:
             return int.from_bytes(data, "little", signed=True)
         if code == EXT_COMPLEX:
@@ -593,9 +621,7 @@ def loads(
         if depth >= MAX_NESTING:
             raise WireError(f"malformed message: nested more than {MAX_NESTING} levels deep")
         depth += 1
-        if code == EXT_TUPLE:
-            value: Any = tuple(_unpackb(data, ext_hook=hook, raw=False, strict_map_key=False))
-        elif code == EXT_NDARRAY:
+        if code == EXT_NDARRAY:
             value = _dec_ndarray(data, buffers, hook)
         elif code == EXT_NPSCALAR:
             value = _dec_npscalar(data, hook)

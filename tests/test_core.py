@@ -191,6 +191,28 @@ def test_spares_take_over_and_replacements_are_asked_for() -> None:
     assert core.joining()
 
 
+def test_every_node_learns_where_spawned_tasks_run_before_they_start() -> None:
+    """A first message to a task never has to ask the coordinator where it is: every alive
+    node is told each placement, and a node that joins later the placements so far."""
+    core = Core(range(1, 5))
+    core.handle(*(E.NodeHello(r, "h", r, 0.0) for r in range(1, 5)))
+    core.handle(E.StartGraceOver(0.1, 60.0, spares=1))
+    placed = {}
+    for tid in (50, 51, 52):
+        (p,) = of(core.handle(E.TaskSpawned(tid, 1, 0.0, where=frozenset({tid - 49}))),
+                  I.PlaceSpawned)
+        assert set(p.tell) == {1, 2, 3}       # the alive nodes, not the spare
+        placed[tid] = p.rank
+    assert placed == {50: 1, 51: 2, 52: 3}
+    out = core.handle(E.NodeLost(1, LossCause.ULFM, 1.0))
+    (told,) = of(out, I.TellLocations)
+    assert told.rank == 4 and {i[0]: i[1:] for i in told.items} == \
+        {51: (2, 0, True), 52: (3, 0, True)}      # task 50 is placed again, after
+    assert of(out, I.NodeUp) == [I.NodeUp(4, "spare")]
+    (again,) = of(out, I.PlaceSpawned)
+    assert again.tid == 50 and set(again.tell) == {2, 3, 4}
+
+
 def test_spares_never_take_the_last_node() -> None:
     core = up(2)
     core.handle(E.StartGraceOver(0.1, 60.0, spares=5))
@@ -248,7 +270,8 @@ def test_spawned_task_restarts_elsewhere_with_a_new_incarnation() -> None:
     core = up(3)
     out = core.handle(E.TaskSpawned(50, 1, 0.0))
     (place,) = of(out, I.PlaceSpawned)
-    assert (place.inc, place.restart, place.tell) == (0, False, (place.rank,))
+    assert (place.inc, place.restart) == (0, False)
+    assert set(place.tell) == set(core.alive_ranks())   # every node knows where it is
     core.handle(E.CheckpointStored(place.rank, 50, 0, 1, 1.0))
     out = core.handle(E.NodeLost(place.rank, LossCause.ULFM, 2.0))
     (again,) = of(out, I.PlaceSpawned)

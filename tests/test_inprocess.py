@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import clustervm
+from clustervm.coordinator import Coordinator
 from clustervm.endpoint import PeerFailed
 from clustervm.errors import DeadTaskError, NoNodesError, WireError
 from clustervm.inprocess import InProcessWorld
@@ -387,6 +388,49 @@ def test_spawned_tasks_messages_tags_and_any():
     (back, got), _ = run_vm(main)
     assert back == ["abab", 20, [1, 1]]
     assert got == [(1, 10), (2, "ab"), (1, [1])]
+
+
+def pong_side(ctx):
+    m = ctx.recv()
+    ctx.send(m.source, 2, m.data + 1)         # to a task it learned of from the message
+    ctx.send(ctx.parent, 3, "hi")             # to main
+    return m.data
+
+
+def ping_side(ctx, peer):
+    ctx.send(peer, 1, 41)                     # to a task of an earlier spawn, elsewhere
+    return ctx.recv(peer, 2).data
+
+
+def ring_once(ctx):
+    ctx.send(ctx.siblings[(ctx.rank + 1) % ctx.size], 4, ctx.rank)   # first: a sibling
+    return ctx.recv(tag=4).data
+
+
+def parent_of_one(ctx):
+    [child] = ctx.spawn(echo, 1, where=ctx.node % 3 + 1)
+    ctx.send(child, 1, 5)                     # to the task it just spawned
+    return ctx.recv(child).data
+
+
+def test_a_first_message_does_not_ask_where_its_receiver_is(monkeypatch):
+    asked = []
+    locate = Coordinator.api_locate
+
+    def counting(self, reply, tid, *args):
+        asked.append(tid)
+        return locate(self, reply, tid, *args)
+    monkeypatch.setattr(Coordinator, "api_locate", counting)
+
+    def main(vm):
+        [pong] = vm.spawn(pong_side, where=2)
+        [ping] = vm.spawn(ping_side, pong, where=1)
+        ring = vm.spawn(ring_once, count=3)
+        [parent] = vm.spawn(parent_of_one, where=3)
+        return ([vm.join(t) for t in (pong, ping, *ring, parent)], vm.recv(pong, 3).data)
+    got, _ = run_vm(main, nodes=3)
+    assert got == ([41, 42, 2, 0, 1, 10], "hi")
+    assert asked == []
 
 
 def test_message_to_a_task_that_ended_fails_clearly():

@@ -181,6 +181,9 @@ class FakeRequest:
     def __init__(self) -> None:
         self.complete = False
 
+    def Test(self) -> bool:  # noqa: N802
+        return self.complete
+
 
 class SendComm(FakeComm):
     """A FakeComm whose Isends stay incomplete until the test completes them."""
@@ -215,10 +218,12 @@ def test_a_send_without_arrays_returns_once_isent(sender):
     threading.Thread(target=send, daemon=True).start()
     assert returned.wait(5.0), "send waited for the completion of a message without arrays"
     [req] = sender.comm.requests
-    assert len(sender._pending) == 1
+    assert len(sender._pending) + len(sender._light) == 1     # Isent, not complete
+    sender.try_poll()
+    assert len(sender._pending) + len(sender._light) == 1
     req.complete = True
     sender.try_poll()
-    assert not sender._pending
+    assert not sender._pending and not sender._light
 
 
 def test_a_send_with_arrays_waits_until_they_have_left(sender):

@@ -43,7 +43,9 @@ class PlaceSpawned(Instruction):
     """Start incarnation ``inc`` of spawned task ``tid`` on node ``rank`` (SPAWN).
 
     ``restart``: it ran before (load its checkpoint). ``tell``: the ranks to send its
-    new location to (LOC), the coordinator's own table included by the shell.
+    new location to (LOC), every alive node (so that no task's first message to it has
+    to ask where it is), the coordinator's own table included by the shell; the
+    shell sends the LOC of every placement of one batch before any of its SPAWNs.
     ``source``: where its checkpoint ``seq`` is: 0, the coordinator's store (or none);
     ``rank`` itself, the node's own copy; another node, which is to send its copy.
     ``buddy``, ``to_store``: where its checkpoints go (as CommitCheckpoint says)."""
@@ -68,6 +70,15 @@ class BroadcastLocation(Instruction):
     inc: int
     replay: bool
     tell: tuple
+
+
+@record
+class TellLocations(Instruction):
+    """Node ``rank`` has joined the work: tell it where the spawned tasks run now
+    (``items``: ``((tid, rank, inc, replay), ...)``), so that its tasks' first messages
+    need not ask; every later placement and end reaches it as every alive node."""
+    rank: int
+    items: tuple
 
 
 @record

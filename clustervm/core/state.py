@@ -343,6 +343,7 @@ class Core:
         self._set_state(n, _ALIVE)
         if not n.in_world:
             self._out.append(I.NodeUp(n.rank, "spawn"))
+        self._tell_locations(n.rank)
         homeless, self.homeless = self.homeless, []
         for t in homeless:     # running: lost with its node; pending: never placed
             if t.state in (_RUNNING, _PENDING) and t.node is None:
@@ -479,7 +480,16 @@ class Core:
         n = self._spares[min(self._spares)]     # the lowest rank first, as before
         self._set_state(n, _ALIVE)
         self._out.append(I.NodeUp(n.rank, "spare"))
+        self._tell_locations(n.rank)
         return True
+
+    def _tell_locations(self, rank: int) -> None:
+        """Node ``rank`` joins the work after tasks were placed: it learns where they run."""
+        alive = self._alive     # (a task of a node being lost is placed again, after)
+        items = tuple((t.tid, t.node, t.inc, t.replay) for t in self.tasks.values()
+                      if t.kind is _SPAWNED and t.state is _RUNNING and t.node in alive)
+        if items:
+            self._out.append(I.TellLocations(rank, items))
 
     def _no_nodes_left(self) -> None:
         if self.joining():
@@ -877,7 +887,7 @@ class Core:
         self._reindex(n)
         if self.observing:
             self._out.append(I.Observe("start", t.tid, n.rank))
-        tell = tuple(self._alive) if restart else (n.rank,)
+        tell = tuple(self._alive)      # every node: a first message to it need not ask
         buddy = self._buddy_of(n.rank)
         self._out.append(I.PlaceSpawned(n.rank, t.tid, t.inc, restart, t.replay, tell,
                                         source, seq, buddy, self.journal or not buddy,
