@@ -440,6 +440,16 @@ class CheckpointStore:
         with self._lock:
             return self._newest_seq(key, safe_stem(key) if self.path is not None else None)
 
+    def seqs(self, key: str) -> set[int]:
+        """The seqs of every checkpoint of ``key`` held, in memory or on disk (not
+        checked: a corrupt file is found by :meth:`load`)."""
+        _key_bytes(key)
+        with self._lock:
+            held = {hit[0] for hit in (self._mem.get(key), self._prev.get(key)) if hit}
+            if self.path is not None:
+                held.update(self._disk.get(safe_stem(key), {}))
+            return held
+
     def load(self, key: str, upto: int | None = None) -> tuple[int, list[bytes]] | None:
         """The latest valid checkpoint of ``key`` as ``(seq, frames)``, or None;
         with ``upto``, the latest whose seq is at most that.
@@ -545,10 +555,8 @@ class WriteBehind:
     coordinator never waits for a disk: ``write(tid, inc, seq, blob)`` returns at once;
     ``done(tid, inc, seq, error)`` is called from the thread once the file is durable
     (``error`` None) or could not be written (a CheckpointError). Writes are done in
-    the order they came, except that a ``skippable`` checkpoint whose task has a newer
-    one queued behind it is skipped (no ``done``): the disk then only needs each
-    task's newest. (A checkpoint group's are never skipped: on ``--resume`` its members
-    need a checkpoint they all have on disk.)
+    the order they came, except that a checkpoint whose task has a newer one queued
+    behind it is skipped (no ``done``): the disk only needs each task's newest.
     ``drop(tid)`` forgets a task's checkpoints after the writes queued before it."""
 
     def __init__(self, store: CheckpointStore,
@@ -559,8 +567,8 @@ class WriteBehind:
         self._thread = threading.Thread(target=self._run, name="cvm-ckpt-writer", daemon=True)
         self._thread.start()
 
-    def write(self, tid: int, inc: int, seq: int, blob: bytes, skippable: bool = True) -> None:
-        self._queue.put(("write" if skippable else "write-all", tid, inc, seq, blob))
+    def write(self, tid: int, inc: int, seq: int, blob: bytes) -> None:
+        self._queue.put(("write", tid, inc, seq, blob))
 
     def drop(self, tid: int) -> None:
         self._queue.put(("drop", tid, 0, 0, None))

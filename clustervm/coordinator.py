@@ -143,6 +143,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         self.core = Core(range(1, transport.size), slots=config.slots, prefetch=config.prefetch,
                          heartbeat_s=config.heartbeat_s, replace_failed=config.replace_failed,
                          journal=bool(ckdir), resume=config.resume, t0=self.t0,
+                         disk_every_s=config.checkpoint_disk_s,
                          resolve=self.resolve, rebuild=_can_rebuild)
         self.nodes: dict[int, NodeInfo] = self.core.nodes      # the core's, read only here
         self.stats = self.core.stats
@@ -274,6 +275,11 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             ckpt = self._load_ckpt(ins.tid, ins.seq)
             delivered = ckpt["delivered"] if ckpt is not None else {}
         if ins.restart:          # a first placement's LOC went out already (_announce)
+            if self.journal is not None:
+                # its senders forget only what a checkpoint of it on disk had received: an
+                # older copy may restore it yet (this node lost too, or --resume), so they
+                # send again all they still hold, and it drops what it has had
+                delivered = {}
             loc = P.Loc([(ins.tid, ins.rank, ins.inc, ins.replay, delivered)])
             self.transport.broadcast(list(ins.tell), loc.encode())
             self._on_loc(0, loc)
@@ -418,7 +424,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             t = self.core.tasks.get(ins.tid)
             group = t is not None and bool(t.group)
             self.store.save(str(ins.tid), ins.seq, [blob], write=False, keep_previous=group)
-            self._writer.write(ins.tid, ins.inc, ins.seq, blob, skippable=not group)
+            self._writer.write(ins.tid, ins.inc, ins.seq, blob)
 
     def _written(self, tid: int, inc: int, seq: int, error: CheckpointError | None) -> None:
         """The write-behind thread wrote checkpoint ``seq`` of task ``tid`` (or failed)."""
@@ -821,7 +827,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             return                       # task already over: a late duplicate
         kept = self._delivered.setdefault(tid, {})
         kept[seq] = delivered
-        for old in sorted(kept)[:-4]:
+        for old in sorted(kept)[:-16]:
             del kept[old]
         if reply is not None:
             self._ckpt_calls[tid] = (seq, reply, delivered)
@@ -844,7 +850,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         """Which checkpoint restores task ``tid``: None (the newest) for a task outside
         checkpoint groups; for a member, its group's epoch ``seq``, or, on ``--resume``
         before the group has a checkpoint in this run, the newest every member has on
-        disk (the whole job may have died between two members' writes)."""
+        disk (the whole job may have died between two members' writes; 0: none, every
+        member starts again from the start)."""
         t = self.core.tasks.get(tid)
         rec = self.tasks.get(tid)
         if t is None or not t.group or rec is None or rec.siblings is None:
@@ -852,8 +859,9 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         if not (self.config.resume and t.ckpt is None):
             return seq
         first, count = rec.siblings
-        seqs = [self.store.newest(str(m)) for m in range(first, first + count)]
-        return min(s or 0 for s in seqs)
+        common = set.intersection(*(self.store.seqs(str(m))
+                                    for m in range(first, first + count)))
+        return max(common, default=0)
 
     # -- resume ----------------------------------------------------------------
 

@@ -597,3 +597,30 @@ def test_a_checkpoint_group_goes_back_to_the_checkpoint_all_acknowledged() -> No
     for tid in (50, 52):                 # survivors: where they run, from their own copy
         assert again[tid].rank == places[tid] == again[tid].source
     assert again[51].rank != lost and again[51].source in (again[51].rank, lost % 3 + 1)
+
+
+def test_with_a_journal_a_tasks_checkpoints_go_to_disk_at_most_every_disk_every_s() -> None:
+    """Every checkpoint is held by the node and its buddy; the coordinator asks for the
+    bytes (to write them) at most every disk_every_s, and the senders of what the task
+    received forget those messages only up to the newest one on disk."""
+    core = up(3, journal=True, disk_every_s=1.0)
+    r = spawned_on(core, 50)
+    buddy = r % 3 + 1
+
+    def commit(seq: int, now: float, stored: bool) -> list:
+        return core.handle(E.CheckpointStored(r, 50, 0, seq, now, buddy, stored),
+                           E.CheckpointHeld(buddy, 50, 0, seq, now))
+
+    (c1,) = of(commit(1, 1.0, True), I.CommitCheckpoint)
+    assert not c1.to_store and not c1.forget    # 0.0 s since the last disk copy
+    assert of(core.handle(E.CheckpointWritten(50, 0, 1, True, 1.05)),
+              I.ForgetReceived) == [I.ForgetReceived(50, 1)]
+    (c2,) = of(commit(2, 1.5, False), I.CommitCheckpoint)
+    assert not c2.to_store and c2.holders == tuple(sorted((r, buddy)))
+    (c3,) = of(commit(3, 2.1, False), I.CommitCheckpoint)
+    assert c3.to_store                          # 1.1 s: the next one goes to disk
+    out = commit(4, 2.2, True)
+    assert of(out, I.StoreCheckpoint) == [I.StoreCheckpoint(50, 0, 4)]
+    assert of(out, I.ForgetReceived) == []      # 2 and 3 are not on disk: kept for replay
+    assert of(core.handle(E.CheckpointWritten(50, 0, 4, True, 2.3)),
+              I.ForgetReceived) == [I.ForgetReceived(50, 4)]

@@ -79,7 +79,7 @@ class Task:
     """What the core knows of one task (its function and arguments stay in the shell)."""
     __slots__ = ("tid", "kind", "parent", "state", "node", "where", "attempts", "inc",
                  "replay", "t_start", "t_ckpt", "digest", "ckpt", "pend", "restoring",
-                 "received", "copying", "group", "prev", "durable", "forgot")
+                 "received", "copying", "group", "prev", "durable", "forgot", "t_disk")
 
     def __init__(self, tid: int, kind: TaskKind, parent: int, where: set[int] | None,
                  digest: int = 0) -> None:
@@ -111,6 +111,7 @@ class Task:
         #: one whose received messages their senders were told to forget
         self.durable = 0
         self.forgot = 0
+        self.t_disk = float("-inf")   # when its checkpoint's bytes last went to the coordinator
 
 
 class _Pending:
@@ -135,12 +136,15 @@ class Core:
                  heartbeat_s: float = 2.0, replace_failed: bool = False,
                  journal: bool = False, resume: bool = False, t0: float = 0.0,
                  start_limit: float = 60.0, resolve: Callable[[str], Any] | None = None,
-                 rebuild: Callable[[], bool] | None = None) -> None:
+                 rebuild: Callable[[], bool] | None = None, disk_every_s: float = 0.0) -> None:
         self.slots = max(1, slots)
         self.cap = self.slots + max(0, prefetch)
         self.heartbeat_s = heartbeat_s
         self.replace_failed = replace_failed
         self.journal = journal
+        #: with a journal: a task's checkpoint goes to the coordinator (and its disk) at
+        #: most this often; the ones between stay with the node and its buddy
+        self.disk_every_s = disk_every_s
         self.resume = resume
         self.t0 = t0
         self.start_limit = start_limit
@@ -994,6 +998,7 @@ class Core:
         p.sent, p.rank, p.received = True, ev.rank, ev.received
         if ev.stored:
             p.holders.add(0)
+            t.t_disk = ev.now
             self._out.append(I.StoreCheckpoint(ev.tid, ev.inc, ev.seq))
         buddy = ev.buddy
         if buddy:
@@ -1055,13 +1060,20 @@ class Core:
         t.received = t.received or p.received
         self.stats["ckpt_written"] += 1
         buddy = self._buddy_of(p.rank)
-        on_disk = self.journal and 0 in p.holders
         self._out.append(I.CommitCheckpoint(p.rank, t.tid, p.seq, tuple(sorted(p.holders)),
-                                            buddy, self.journal or not buddy, not on_disk))
-        if on_disk:
+                                            buddy, not buddy or self._to_disk(t),
+                                            not self.journal))
+        if self.journal:
             self._forget_durable(t)
         if p.buddy:
             self._replicate(t)
+
+    def _to_disk(self, t: Task) -> bool:
+        """With a journal, whether ``t``'s next checkpoint goes to the coordinator too (to
+        be written): at most every ``disk_every_s`` (FTI's and SCR's levels: every one in
+        memory on two nodes, some on disk). A checkpoint group's always do: its members'
+        disk copies must be the same cuts."""
+        return self.journal and (bool(t.group) or self._now - t.t_disk >= self.disk_every_s)
 
     def _forget_durable(self, t: Task) -> None:
         """Let the senders of what ``t`` received forget those messages up to its newest
