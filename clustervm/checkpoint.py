@@ -555,8 +555,10 @@ class WriteBehind:
     coordinator never waits for a disk: ``write(tid, inc, seq, blob)`` returns at once;
     ``done(tid, inc, seq, error)`` is called from the thread once the file is durable
     (``error`` None) or could not be written (a CheckpointError). Writes are done in
-    the order they came, except that a checkpoint whose task has a newer one queued
-    behind it is skipped (no ``done``): the disk only needs each task's newest.
+    the order they came, except that a ``skippable`` checkpoint whose task has a newer
+    one queued behind it is skipped (no ``done``): the disk then only needs each
+    task's newest. (A checkpoint group's are not skipped: on ``--resume`` its members
+    go back to the newest checkpoint they all have on disk.)
     ``drop(tid)`` forgets a task's checkpoints after the writes queued before it."""
 
     def __init__(self, store: CheckpointStore,
@@ -567,8 +569,8 @@ class WriteBehind:
         self._thread = threading.Thread(target=self._run, name="cvm-ckpt-writer", daemon=True)
         self._thread.start()
 
-    def write(self, tid: int, inc: int, seq: int, blob: bytes) -> None:
-        self._queue.put(("write", tid, inc, seq, blob))
+    def write(self, tid: int, inc: int, seq: int, blob: bytes, skippable: bool = True) -> None:
+        self._queue.put(("write" if skippable else "write-all", tid, inc, seq, blob))
 
     def drop(self, tid: int) -> None:
         self._queue.put(("drop", tid, 0, 0, None))

@@ -424,7 +424,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             t = self.core.tasks.get(ins.tid)
             group = t is not None and bool(t.group)
             self.store.save(str(ins.tid), ins.seq, [blob], write=False, keep_previous=group)
-            self._writer.write(ins.tid, ins.inc, ins.seq, blob)
+            self._writer.write(ins.tid, ins.inc, ins.seq, blob, skippable=not group)
 
     def _written(self, tid: int, inc: int, seq: int, error: CheckpointError | None) -> None:
         """The write-behind thread wrote checkpoint ``seq`` of task ``tid`` (or failed)."""
