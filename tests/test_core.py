@@ -624,3 +624,20 @@ def test_with_a_journal_a_tasks_checkpoints_go_to_disk_at_most_every_disk_every_
     assert of(out, I.ForgetReceived) == []      # 2 and 3 are not on disk: kept for replay
     assert of(core.handle(E.CheckpointWritten(50, 0, 4, True, 2.3)),
               I.ForgetReceived) == [I.ForgetReceived(50, 4)]
+
+
+def test_nodes_lost_together_are_all_out_before_any_is_failed_over() -> None:
+    """A task's buddy and the node after it found lost at once (a host cut off): the
+    copy of its checkpoint is made again on a node that is alive, not on the second one
+    (its node would be told to send to a rank it may not reach, and MPI can block)."""
+    for events in (lambda a, b: [E.NodeLost(a, LossCause.HEARTBEAT, 9.0),
+                                 E.NodeLost(b, LossCause.HEARTBEAT, 9.0)],
+                   lambda a, b: [E.Tick(9.0, {r: (9.0 if r not in (a, b) else 0.0)
+                                              for r in range(1, 5)})]):
+        core = up(4)
+        r = spawned_on(core, 50)
+        buddy = r % 4 + 1
+        held(core, r, buddy)
+        after = buddy % 4 + 1            # where the copy would go if it were alive
+        (copy,) = of(core.handle(*events(buddy, after)), I.CopyCheckpoint)
+        assert (copy.source, copy.to) == (r, after % 4 + 1), copy

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from heapq import heapify, heappop, heappush
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ..errors import CheckpointError, NoNodesError
 from . import events as E
@@ -217,6 +217,9 @@ class Core:
     def handle(self, *events: E.Event) -> list[I.Instruction]:
         """Apply ``events`` in order; the instructions that carry them out, in order."""
         table = self._table
+        if len(events) > 1:
+            self._out_of_reach((ev.rank, ev.cause, ev.detail) for ev in events
+                               if type(ev) is E.NodeLost)
         for ev in events:
             now = getattr(ev, "now", None)
             if now is not None:
@@ -404,8 +407,18 @@ class Core:
                 elif due < earliest:
                     earliest = due
         self._next_check = earliest
+        self._out_of_reach(lost)
         for rank, cause, detail in lost:
             self._lose(rank, cause, now, detail)
+
+    def _out_of_reach(self, lost: Iterable[tuple[int, LossCause, str]]) -> None:
+        """Nodes found lost together leave the alive ones before any is failed over: a
+        task of the first must not be restarted, nor a copy of its checkpoint made, on
+        the next (a node told to send to a rank on a host cut off can block in MPI)."""
+        for rank, cause, detail in lost:
+            n = self._alive.pop(rank, None)
+            if n is not None:
+                n.cause, n.detail = cause, detail     # said if no node is left
 
     def _lost_event(self, ev: E.NodeLost) -> None:
         self._lose(ev.rank, ev.cause, ev.now, ev.detail)
@@ -500,7 +513,8 @@ class Core:
             return    # a replacement is on its way: the work waits for it
         self.homeless.clear()
         lost = ", ".join(f"node {n.rank} ({n.host}: {n.how_lost})"
-                         for n in self.nodes.values() if n.state is _DEAD)
+                         for n in self.nodes.values() if n.state is _DEAD
+                         or (n.state is _ALIVE and n.rank not in self._alive))
         err = NoNodesError(f"every worker node is lost ({lost}); the job cannot go on. "
                            "Start it with more nodes, with --spares K, or resume it with "
                            "--resume DIR if it ran with --checkpoint-dir")
