@@ -567,25 +567,27 @@ class Node(Site):
                 self.transport.post(loc.rank, mark.encode())
         key = (ctx.tid, seq)
         marks = self._marks
-        self.wait(lambda: ctx.aborted or all(marks.get(key, {}).get(p, (-1, 0))[0] >= inc
-                                             for p, inc in incs.items()), blocking=True)
-        if ctx.aborted:
-            raise TaskAborted(ctx.tid)
+        self._wait_alive(ctx, lambda: all(marks.get(key, {}).get(p, (-1, 0))[0] >= inc
+                                          for p, inc in incs.items()))
         with self.lock:
             got = marks.pop(key, {})
             for old in [k for k in marks if k[0] == ctx.tid and k[1] < seq]:
                 del marks[old]
         upto = {p: got[p][1] for p in incs}
         box = ctx.mailbox
-        self.wait(lambda: ctx.aborted or all(box.delivered.get(s, 0) >= n
-                                             for s, n in upto.items()), blocking=True)
-        if ctx.aborted:
-            raise TaskAborted(ctx.tid)
+        self._wait_alive(ctx, lambda: all(box.delivered.get(s, 0) >= n
+                                          for s, n in upto.items()))
         with box.lock:
             delivered = {s: min(n, upto[s]) if s in upto else n
                          for s, n in box.delivered.items()}
             mailbox = [list(i) for i in box.items if i[0] not in upto or i[4] <= upto[i[0]]]
         return delivered, mailbox
+
+    def _wait_alive(self, ctx: TaskContext, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate`` holds; raise TaskAborted if ``ctx`` is aborted first."""
+        self.wait(lambda: ctx.aborted or predicate(), blocking=True)
+        if ctx.aborted:
+            raise TaskAborted(ctx.tid)
 
     def _on_mark(self, src: int, msg: P.Mark) -> None:
         """A peer's MARK for a checkpoint of one of this node's group members (kept until
