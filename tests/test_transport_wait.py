@@ -191,8 +191,10 @@ class SendComm(FakeComm):
     def __init__(self) -> None:
         super().__init__()
         self.requests: list[FakeRequest] = []
+        self.sent: list[tuple[bytes, int, int]] = []
 
     def Isend(self, spec, dest, tag):  # noqa: N802
+        self.sent.append((bytes(spec[0]), dest, tag))
         req = FakeRequest()
         self.requests.append(req)
         return req
@@ -226,12 +228,27 @@ def test_a_send_without_arrays_returns_once_isent(sender):
     assert not sender._pending and not sender._light
 
 
+def test_a_send_with_small_arrays_packs_them_and_returns_once_isent(sender):
+    """Arrays of up to _PACK_MAX bytes are copied into the one frame: the sender's
+    arrays are free at once, nothing waits for the receiver."""
+    np = pytest.importorskip("numpy")
+    row = np.arange(256.0)
+    sender.send(2, ("m", row))
+    [req] = sender.comm.requests
+    assert not req.complete
+    frame = T.parse_frame(sender.comm.sent[0][0], 1, 1 << 30)
+    assert frame.kind == T._KIND_PACKED
+    got = wire.loads(frame.payload, frame.bufs)[1]
+    row[:] = -1.0                       # the sender reuses its array: the frame is a copy
+    assert got.flags.aligned and got.tolist() == list(range(256))
+
+
 def test_a_send_with_arrays_waits_until_they_have_left(sender):
     np = pytest.importorskip("numpy")
     returned = threading.Event()
 
     def send() -> None:
-        sender.send(2, ("m", np.zeros(16)))
+        sender.send(2, ("m", np.zeros(T._PACK_MAX // 8 + 1)))
         returned.set()
 
     th = threading.Thread(target=send, daemon=True)

@@ -240,9 +240,15 @@ def test_parse_frame_round_trip_of_each_kind():
     inline, _, _ = t._frames((P.USER, 1, 2, 3, "x", 0, 1))
     f = T.parse_frame(inline, SENDER, 1 << 30)
     assert f.kind == 0 and wire.loads(f.payload)[4] == "x"
-    head, bufs, tag = t._frames({"a": np.arange(10)})
+    head, bufs, tag = t._frames({"a": np.arange(10_000)})
     f = T.parse_frame(head, SENDER, 1 << 30)
-    assert f.kind == 1 and f.tag == tag and f.sizes == (80,)
+    assert f.kind == 1 and f.tag == tag and f.sizes == (80_000,)
+    packed, bufs, tag = t._frames({"a": np.arange(3), "b": np.arange(10, dtype=np.int8)})
+    assert not bufs and not tag
+    f = T.parse_frame(packed, SENDER, 1 << 30)
+    assert f.kind == T._KIND_PACKED and [b.nbytes for b in f.bufs] == [24, 10]
+    assert {k: v.tolist() for k, v in wire.loads(f.payload, f.bufs).items()} == {
+        "a": [0, 1, 2], "b": list(range(10))}
     routed = t._routed_frame(2, [np.arange(3), b"y" * 70_000])
     f = T.parse_frame(routed, SENDER, 1 << 30)
     assert (f.kind, f.origin, f.dest) == (2, 1, 2)
@@ -262,6 +268,7 @@ def _sample_frames() -> list[bytes]:
     t = make_transport(rank=1, max_chunk_bytes=1 << 20)
     frames = [t._frames((P.DONE, [(5, True, 1)]))[0],
               t._frames((P.DONE, [(5, True, np.arange(4))]))[0],
+              t._frames((P.DONE, [(5, True, np.arange(10_000))]))[0],
               t._frames((P.DONE, [(5, True, b"z" * 70_000)]))[0],
               t._routed_frame(2, (P.USER, 1, 2, 3, np.arange(5), 0, 1)),
               T._LONG.pack(T._KIND_LONG, 5000, T._TAG_BUF0 + 7)]
