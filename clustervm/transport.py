@@ -268,20 +268,21 @@ def _aligned(n: int) -> int:
     return (n + 7) & ~7
 
 
-def _packed(payload: bytes, bufs: list[memoryview], total: int) -> bytearray:
+def _packed(payload: bytes, bufs: list[memoryview], total: int) -> bytes:
     """One frame holding ``payload`` and (copies of) ``bufs``, each buffer 8-aligned."""
     n = len(bufs)
-    off = _PACKED.size + 8 * (n + 1)
-    frame = bytearray(off + total + 8 * n + len(payload))
-    _PACKED.pack_into(frame, 0, _KIND_PACKED, n)
-    struct.pack_into(f"<{n + 1}Q", frame, _PACKED.size, *(b.nbytes for b in bufs),
-                     len(payload))
+    parts: list[Any] = [_PACKED.pack(_KIND_PACKED, n),
+                        struct.pack(f"<{n + 1}Q", *(b.nbytes for b in bufs), len(payload))]
     for b in bufs:
-        end = off + b.nbytes
-        frame[off:end] = b
-        off = _aligned(end)
-    frame[off:] = payload
-    return frame
+        parts.append(b)
+        pad = -b.nbytes & 7
+        if pad:
+            parts.append(_PAD[pad])
+    parts.append(payload)
+    return b"".join(parts)
+
+
+_PAD = [b"\0" * i for i in range(8)]
 
 
 class _Out:
@@ -380,10 +381,11 @@ class Transport:
         if not bufs and len(payload) <= _INLINE_MAX:
             return b"\x00" + payload, [], 0
         if bufs and len(payload) <= _INLINE_MAX:
-            views = [memoryview(b).cast("B") for b in bufs]
-            total = sum(v.nbytes for v in views)
+            total = 0
+            for b in bufs:        # wire's buffers are flat byte views
+                total += b.nbytes
             if total <= _PACK_MAX:
-                return _packed(payload, views, total), [], 0
+                return _packed(payload, bufs, total), [], 0
         if len(payload) > _INLINE_MAX:
             bufs = [memoryview(payload), *bufs]
             inline = b""

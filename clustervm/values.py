@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from sys import modules as _modules
 from typing import Any
 
 from . import wire
@@ -13,6 +14,9 @@ def snapshot(data: Any) -> Any:
     """A copy of ``data`` that later changes by the sender cannot reach (for the replay log)."""
     if isinstance(data, _IMMUTABLE):
         return data
+    np = _modules.get("numpy")
+    if np is not None and type(data) is np.ndarray and not data.dtype.hasobject:
+        return data.copy()         # what deepcopy makes of it, a fifth of the time
     try:
         return copy.deepcopy(data)
     except Exception:

@@ -167,6 +167,12 @@ def _descr(dtype: Any) -> Any:
     return descr
 
 
+#: (dtype, shape) -> the msgpack of an array record [descr, shape, False, index] but its
+#: index: a C-contiguous array of a shape and dtype sent before skips the checks
+_array_prefix: dict[tuple[Any, tuple[int, ...]], bytes] = {}
+_FIXINT = [bytes([i]) for i in range(128)]
+
+
 class _Encoder:
     __slots__ = ("free", "buffers", "allow_pickle", "busy", "depth")
 
@@ -252,6 +258,14 @@ class _Encoder:
         return self.pickled(obj, reason)
 
     def numpy(self, obj: Any, np: Any) -> Any:
+        if type(obj) is np.ndarray:     # the common case: a shape and dtype seen before
+            prefix = _array_prefix.get((obj.dtype, obj.shape))
+            if prefix is not None and obj.flags.c_contiguous:
+                buffers = self.buffers
+                index = len(buffers)
+                if index < 128:          # a msgpack positive fixint: one byte
+                    buffers.append(memoryview(obj).cast("B"))
+                    return _tuple_new(ExtType, (EXT_NDARRAY, prefix + _FIXINT[index]))
         if isinstance(obj, np.generic):
             dtype = obj.dtype
             if dtype.hasobject:
@@ -292,6 +306,15 @@ class _Encoder:
         buffers = self.buffers
         buffers.append(raw)
         record = self.pack([descr, list(obj.shape), fortran, len(buffers) - 1])
+        if (not fortran and obj.nbytes and type(obj) is np.ndarray and obj.dtype.isnative
+                and len(_array_prefix) < 1024):
+            try:
+                memoryview(obj).cast("B")   # the fast path's view (not every dtype has one)
+            except (ValueError, TypeError):
+                pass
+            else:
+                _array_prefix[(obj.dtype, obj.shape)] = self.pack([descr, list(obj.shape),
+                                                                   False, 0])[:-1]
         return _tuple_new(ExtType, (EXT_NDARRAY, record))
 
     def pickled(self, obj: Any, reason: str) -> ExtType:

@@ -223,6 +223,32 @@ def test_array_shapes(shape):
     check_array(a, out)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: np.arange(12.0).reshape(3, 4),
+    lambda: np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+    lambda: np.arange(12.0).reshape(3, 4)[:, ::2].copy(),
+    lambda: np.arange(12, dtype=">f8").reshape(3, 4),
+    lambda: np.zeros(4, [("a", "<i4"), ("b", "<f8")]),
+    lambda: np.array(2.5),
+], ids=["c", "fortran", "strided-copy", "big-endian", "structured", "0-d"])
+def test_an_array_of_a_shape_and_dtype_seen_before_comes_back_the_same(make):
+    """The second array of a (dtype, shape) takes the encoder's fast path; one of the same
+    shape but other layout or byte order must not be mistaken for it."""
+    first, again = make(), make()
+    for a in (first, again, np.arange(12.0).reshape(3, 4), np.zeros((3, 4), order="F")):
+        back = rt((1, a))[1]
+        assert back.dtype == a.dtype and back.shape == a.shape
+        assert back.tobytes(order="A") == a.tobytes(order="A")
+        if a.flags.f_contiguous and not a.flags.c_contiguous:
+            assert back.flags.f_contiguous and not back.flags.c_contiguous
+
+
+def test_more_than_128_arrays_of_one_shape_in_one_message():
+    arrays = [np.full(3, i, dtype=np.int32) for i in range(300)]
+    back = rt(arrays)
+    assert [b.tolist() for b in back] == [[i] * 3 for i in range(300)]
+
+
 def test_zero_d_array_stays_array():
     out = rt(np.array(7, dtype=np.int16))
     assert type(out) is np.ndarray and out.shape == () and out.dtype == np.int16 and out == 7
