@@ -15,6 +15,9 @@ files the test waits for before it kills a node from outside:
 
     start-<i>-r<rank>-p<pid>   the task began on that rank
     mid-<i>-r<rank>-p<pid>     half of its steps are done
+    held-<i>-r<rank>-p<pid>    a checkpoint of it is held (the call after it was taken:
+                               a spawned task's call is skipped until the one before
+                               is acknowledged)
     end-<i>-r<rank>-p<pid>     about to return (the result is sent next)
 
 Main prints one line that depends only on --tasks, --steps and --seed::
@@ -72,7 +75,7 @@ def run_steps(ctx, i: int, seed: int, steps: int, task_ms: float, ckpt_kb: int,
     rank = ctx.node
     _mark(markers, "start", i, rank)
     state = ctx.restore() if ckpt_kb else None
-    step, acc, restored = 0, 0, False
+    step, acc, restored, taken, held = 0, 0, False, False, False
     if state is not None:
         step, acc = state["step"], state["acc"]
         if not np.array_equal(state["blob"], blob(acc, ckpt_kb)):
@@ -86,7 +89,11 @@ def run_steps(ctx, i: int, seed: int, steps: int, task_ms: float, ckpt_kb: int,
         if step == steps // 2:
             _mark(markers, "mid", i, rank)
         if ckpt_kb and step < steps:
-            ctx.checkpoint({"step": step, "acc": acc, "blob": blob(acc, ckpt_kb)})
+            now = ctx.checkpoint({"step": step, "acc": acc, "blob": blob(acc, ckpt_kb)})
+            if now and taken and not held:
+                _mark(markers, "held", i, rank)
+                held = True
+            taken = taken or now
     out = blob(acc, result_kb) if result_kb else None
     _mark(markers, "end", i, rank)
     return {"i": i, "acc": acc, "blob": out, "restored": restored}
