@@ -243,6 +243,10 @@ def test_parse_frame_round_trip_of_each_kind():
     head, bufs, tag = t._frames({"a": np.arange(10_000)})
     f = T.parse_frame(head, SENDER, 1 << 30)
     assert f.kind == 1 and f.tag == tag and f.sizes == (80_000,)
+    bundled, bufs, tag = t._frames([np.arange(10_000), *(np.arange(3) for _ in range(40))])
+    f = T.parse_frame(bundled, SENDER, 1 << 30)
+    assert f.kind == T._KIND_BUNDLED and f.sizes == (40 * 24, 80_000) and len(bufs) == 2
+    assert [n for n, _ in f.layout] == [80_000] + [24] * 40 and sum(b for _, b in f.layout) == 40
     packed, bufs, tag = t._frames({"a": np.arange(3), "b": np.arange(10, dtype=np.int8)})
     assert not bufs and not tag
     f = T.parse_frame(packed, SENDER, 1 << 30)
@@ -269,6 +273,7 @@ def _sample_frames() -> list[bytes]:
     frames = [t._frames((P.DONE, [(5, True, 1)]))[0],
               t._frames((P.DONE, [(5, True, np.arange(4))]))[0],
               t._frames((P.DONE, [(5, True, np.arange(10_000))]))[0],
+              t._frames((P.DONE, [(5, True, [np.arange(9_000), np.arange(3), np.ones(5)])]))[0],
               t._frames((P.DONE, [(5, True, b"z" * 70_000)]))[0],
               t._routed_frame(2, (P.USER, 1, 2, 3, np.arange(5), 0, 1)),
               T._LONG.pack(T._KIND_LONG, 5000, T._TAG_BUF0 + 7)]
@@ -350,6 +355,36 @@ def test_chunked_frames_round_trip_without_mpi(dest_rank):
     got.clear()
     wire_take(receiver, head, parts, src=1)
     assert got[0][1] == big
+
+
+def test_small_arrays_of_a_big_message_travel_bundled():
+    """3000 rows of 56 bytes, one big array and a payload beyond the inline limit: three
+    parts, not 3002; the rows come back as aligned, writable views of the bundle."""
+    sender = make_transport(rank=1, max_chunk_bytes=50_000)   # the bundle is chunked too
+    receiver = make_transport(rank=2)
+    got = []
+    receiver.handler = lambda src, msg: got.append(msg)
+    rows = [np.arange(i, i + 7, dtype=np.float64) for i in range(3000)]
+    big = np.arange(100_000, dtype=np.int32)
+    msg = (P.USER, 1, 2, 0, {"rows": rows, "big": big, "e": np.zeros(0), "s": "y" * 70_000},
+           0, 1)
+    head, parts = sent_by(sender, 2, msg)
+    f = T.parse_frame(head, 1, 1 << 30)
+    assert f.kind == T._KIND_BUNDLED and len(f.sizes) == 3 and f.sizes[0] == 3000 * 56
+    wire_take(receiver, head, parts, src=1)
+    out = got[0][4]
+    assert len(out["rows"]) == 3000 and out["s"] == "y" * 70_000 and out["e"].shape == (0,)
+    for a, b in zip(out["rows"], rows):
+        np.testing.assert_array_equal(a, b)
+        assert a.flags.aligned and a.flags.writeable
+    np.testing.assert_array_equal(out["big"], big)
+
+
+def test_a_bundled_frame_with_a_bad_table_is_refused():
+    head = (T._PREFIX.pack(T._KIND_BUNDLED, 2, T._TAG_BUF0 + 1)
+            + struct.pack("<B2Q", 0, 8, 8) + bytes([1, 2]))
+    with pytest.raises(T.FrameError, match="rank 3: bundled frame with a bad table"):
+        T.parse_frame(head, SENDER, 1 << 30)
 
 
 def test_routed_frames_are_chunked_and_forwarded_by_the_hub():
