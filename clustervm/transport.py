@@ -522,7 +522,11 @@ class Transport:
         if 0 <= dest < self.world_size:      # a world rank (none on a spawned node): direct
             if dest in self.failed or self.closed:
                 raise PeerFailed(dest)
-            head, bufs, tag = self._frames_of(*wire.dumps(msg, allow_pickle=self.allow_pickle))
+            payload, bufs = wire.dumps(msg, allow_pickle=self.allow_pickle)
+            if not bufs and len(payload) <= _INLINE_MAX and len(payload) < self.max_chunk:
+                head = b"\x00" + payload               # the common case, inlined
+            else:
+                head, bufs, tag = self._frames_of(payload, bufs)
             if not bufs and len(head) <= self.max_chunk:     # one frame, our own copy
                 if not self._outbox and self._send_now(dest, head):
                     return
