@@ -110,6 +110,7 @@ _PREFIX = struct.Struct("<BIi")  # kind, number of buffers, buffer tag
 _ROUTE = struct.Struct("<BiiI")  # kind, sender, final destination, number of buffers
 _LONG = struct.Struct("<BQi")    # kind, size of the frame that follows in chunks, their tag
 _PACKED = struct.Struct("<B3xI")  # kind, number of buffers; then sizes, buffers, payload
+_PACKED1 = struct.Struct("<B3xIQQ")  # the same with one buffer: its size, the payload's
 _COUNT_MAX = (1 << 31) - 1       # largest count of one MPI call (no large-count calls here)
 _PART_WAIT_S = 60.0              # longest wait for the next part of a frame whose head came
 _DRAIN_WAIT_S = 0.5              # parts of a refused frame are dropped until this long silent
@@ -257,7 +258,19 @@ def parse_frame(frame: Any, src: int, limit: int, *, nested: bool = False) -> Fr
 
 
 def _parse_packed(view: memoryview, src: int) -> Frame:
+    payload, bufs = _packed_parts(view, src)
+    return Frame(_KIND_PACKED, 0, (), payload, bufs)
+
+
+def _packed_parts(frame: Any, src: int) -> tuple[memoryview, list[memoryview]]:
+    """The payload and the buffers of a packed frame (views). Raises FrameError."""
+    view = memoryview(frame)
     size = view.nbytes
+    if size >= _PACKED1.size and view[4] == 1 and not view[5] and not view[6] and not view[7]:
+        _, _, n, n_payload = _PACKED1.unpack_from(view)    # one array: the common case
+        end = _PACKED1.size + n
+        if end <= size and _aligned(end) + n_payload == size:
+            return view[_aligned(end):], [view[_PACKED1.size:end]]
     if size < _PACKED.size:
         raise FrameError(src, f"packed frame of {size} bytes is shorter than its header")
     _, nbuf = _PACKED.unpack_from(view)
@@ -276,7 +289,7 @@ def _parse_packed(view: memoryview, src: int) -> Frame:
     if off + n_payload != size:
         raise FrameError(src, f"packed frame holds {size} bytes, its table says "
                               f"{off + n_payload}")
-    return Frame(_KIND_PACKED, 0, (), view[off:], bufs)
+    return view[off:], bufs
 
 
 def _unbundled(layout: tuple[tuple[int, bool], ...], parts: list[Any]) -> list[Any]:
@@ -302,6 +315,9 @@ def _aligned(n: int) -> int:
 def _packed(payload: bytes, bufs: list[memoryview], total: int) -> bytes:
     """One frame holding ``payload`` and (copies of) ``bufs``, each buffer 8-aligned."""
     n = len(bufs)
+    if n == 1:
+        return b"".join((_PACKED1.pack(_KIND_PACKED, 1, total, len(payload)), bufs[0],
+                         _PAD[-total & 7], payload))
     parts: list[Any] = [_PACKED.pack(_KIND_PACKED, n),
                         struct.pack(f"<{n + 1}Q", *(b.nbytes for b in bufs), len(payload))]
     for b in bufs:
@@ -795,6 +811,9 @@ class Transport:
         announces, then decode and dispatch. Raises :class:`FrameError`."""
         if len(frame) > 1 and frame[0] == _KIND_INLINE:   # the common case: all of it is here
             self._deliver(src, memoryview(frame)[1:], [])
+            return
+        if len(frame) > 1 and frame[0] == _KIND_PACKED:   # small arrays inside: here too
+            self._deliver(src, *_packed_parts(frame, src))
             return
         tag = 0
         try:

@@ -559,9 +559,23 @@ def _dtype(descr: Any) -> Any:
     return dt
 
 
+#: an array record seen before -> (dtype, shape, index, bytes): a C-ordered array of it
+#: is made without decoding the record again (the receiving side of _array_prefix)
+_record_cache: dict[bytes, tuple[Any, tuple[int, ...], int, int]] = {}
+
+
 def _dec_ndarray(data: bytes, buffers: Sequence, hook: Any) -> Any:
     import numpy as np
 
+    known = _record_cache.get(data)
+    if known is not None:
+        dtype, shape, index, nbytes = known
+        try:
+            buf = buffers[index]
+            if memoryview(buf).nbytes == nbytes:
+                return np.ndarray(shape, dtype, buffer=buf)
+        except (IndexError, TypeError, ValueError):
+            pass                # a buffer that does not fit: the checks below say how
     descr, shape, fortran, index = _unpackb(data, ext_hook=hook, raw=False, strict_map_key=False)
     dtype = _dtype(descr)
     try:
@@ -586,6 +600,9 @@ def _dec_ndarray(data: bytes, buffers: Sequence, hook: Any) -> Any:
             f"out-of-band buffer {index} holds {flat.size} item(s) of {dtype} "
             f"but the array has shape {tuple(shape)}"
         )
+    if (not fortran and type(index) is int and len(_record_cache) < 1024
+            and all(type(n) is int for n in shape)):
+        _record_cache[bytes(data)] = (dtype, tuple(shape), index, count * dtype.itemsize)
     return flat.reshape(shape, order=order)
 
 

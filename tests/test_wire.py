@@ -243,6 +243,13 @@ def test_an_array_of_a_shape_and_dtype_seen_before_comes_back_the_same(make):
             assert back.flags.f_contiguous and not back.flags.c_contiguous
 
 
+def test_a_known_array_record_with_a_buffer_of_the_wrong_size_is_refused():
+    payload, bufs = wire.dumps((1, np.arange(4.0)))
+    rt((1, np.arange(4.0)))               # the record is known from now on
+    with pytest.raises(WireError, match="holds 5 item"):
+        wire.loads(payload, [bytearray(40)])
+
+
 def test_more_than_128_arrays_of_one_shape_in_one_message():
     arrays = [np.full(3, i, dtype=np.int32) for i in range(300)]
     back = rt(arrays)
