@@ -106,6 +106,7 @@ _KIND_LONG = 3
 _KIND_PACKED = 4
 _KIND_BUNDLED = 5
 _PACK_MAX = 1 << 16         # messages with arrays up to this size (in all) travel packed
+_BUNDLE_MAX = 64 << 20      # a bigger message's small arrays are copied up to this size
 _PREFIX = struct.Struct("<BIi")  # kind, number of buffers, buffer tag
 _ROUTE = struct.Struct("<BiiI")  # kind, sender, final destination, number of buffers
 _LONG = struct.Struct("<BQi")    # kind, size of the frame that follows in chunks, their tag
@@ -442,7 +443,11 @@ class Transport:
             kind_payload_oob = 0
         tag = self._new_tag()
         sizes = [memoryview(b).nbytes for b in bufs]
-        small = [n < _PACK_MAX for n in sizes]
+        small, bundled = [], 0
+        for n in sizes:                 # the small ones, up to _BUNDLE_MAX in all
+            inb = n < _PACK_MAX and bundled + n <= _BUNDLE_MAX
+            small.append(inb)
+            bundled += n if inb else 0
         if small.count(True) > 1:       # one part for the small ones, a copy
             parts: list[Any] = []
             for b, n, inb in zip(bufs, sizes, small):

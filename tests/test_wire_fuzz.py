@@ -380,6 +380,17 @@ def test_small_arrays_of_a_big_message_travel_bundled():
     np.testing.assert_array_equal(out["big"], big)
 
 
+def test_the_bundle_has_a_ceiling(monkeypatch):
+    """Small arrays are copied into the bundle up to _BUNDLE_MAX bytes; the others keep
+    their own zero-copy parts (many of them are not copied into one huge blob)."""
+    monkeypatch.setattr(T, "_BUNDLE_MAX", 2000)
+    t = make_transport(rank=1)
+    head, parts, _ = t._frames([np.zeros(100) for _ in range(200)])   # 800 bytes each
+    f = T.parse_frame(head, SENDER, 1 << 30)
+    assert f.kind == T._KIND_BUNDLED and [inb for _, inb in f.layout][:3] == [True, True, False]
+    assert len(parts) == 199 and len(parts[0]) == 1600
+
+
 def test_a_bundled_frame_with_a_bad_table_is_refused():
     head = (T._PREFIX.pack(T._KIND_BUNDLED, 2, T._TAG_BUF0 + 1)
             + struct.pack("<B2Q", 0, 8, 8) + bytes([1, 2]))
