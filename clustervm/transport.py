@@ -319,15 +319,20 @@ def _packed(payload: bytes, bufs: list[memoryview], total: int) -> bytes:
     if n == 1:
         return b"".join((_PACKED1.pack(_KIND_PACKED, 1, total, len(payload)), bufs[0],
                          _PAD[-total & 7], payload))
-    parts: list[Any] = [_PACKED.pack(_KIND_PACKED, n),
-                        struct.pack(f"<{n + 1}Q", *(b.nbytes for b in bufs), len(payload))]
+    return b"".join([_PACKED.pack(_KIND_PACKED, n),
+                     struct.pack(f"<{n + 1}Q", *(b.nbytes for b in bufs), len(payload)),
+                     *_padded(bufs), payload])
+
+
+def _padded(bufs: Iterable[Any]) -> list[Any]:
+    """``bufs``, each followed by the zero bytes that align the next to 8 (to be joined)."""
+    parts: list[Any] = []
     for b in bufs:
         parts.append(b)
-        pad = -b.nbytes & 7
+        pad = -memoryview(b).nbytes & 7
         if pad:
             parts.append(_PAD[pad])
-    parts.append(payload)
-    return b"".join(parts)
+    return parts
 
 
 _PAD = [b"\0" * i for i in range(8)]
@@ -449,16 +454,11 @@ class Transport:
             small.append(inb)
             bundled += n if inb else 0
         if small.count(True) > 1:       # one part for the small ones, a copy
-            parts: list[Any] = []
-            for b, n, inb in zip(bufs, sizes, small):
-                if inb:
-                    parts.append(b)
-                    if n & 7:
-                        parts.append(_PAD[-n & 7])
+            bundle = b"".join(_padded(b for b, inb in zip(bufs, small) if inb))
             head = (_PREFIX.pack(_KIND_BUNDLED, len(bufs), tag)
                     + struct.pack(f"<B{len(sizes)}Q", kind_payload_oob, *sizes)
                     + bytes(small) + inline)
-            return head, [b"".join(parts), *(b for b, inb in zip(bufs, small) if not inb)], tag
+            return head, [bundle, *(b for b, inb in zip(bufs, small) if not inb)], tag
         head = (_PREFIX.pack(_KIND_BUFFERS, len(bufs), tag)
                 + struct.pack(f"<B{len(sizes)}Q", kind_payload_oob, *sizes) + inline)
         return head, bufs, tag

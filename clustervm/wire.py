@@ -305,16 +305,16 @@ class _Encoder:
             raw = memoryview(b"")
         buffers = self.buffers
         buffers.append(raw)
-        record = self.pack([descr, list(obj.shape), fortran, len(buffers) - 1])
-        if (not fortran and obj.nbytes and type(obj) is np.ndarray and obj.dtype.isnative
-                and len(_array_prefix) < 1024):
+        index = len(buffers) - 1
+        record = self.pack([descr, list(obj.shape), fortran, index])
+        if (not fortran and index < 128 and obj.nbytes and type(obj) is np.ndarray
+                and obj.dtype.isnative and len(_array_prefix) < 1024):
             try:
                 memoryview(obj).cast("B")   # the fast path's view (not every dtype has one)
             except (ValueError, TypeError):
                 pass
-            else:
-                _array_prefix[(obj.dtype, obj.shape)] = self.pack([descr, list(obj.shape),
-                                                                   False, 0])[:-1]
+            else:     # the record but its index (a one-byte fixint: the last byte)
+                _array_prefix[(obj.dtype, obj.shape)] = record[:-1]
         return _tuple_new(ExtType, (EXT_NDARRAY, record))
 
     def pickled(self, obj: Any, reason: str) -> ExtType:
