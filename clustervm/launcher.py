@@ -684,7 +684,9 @@ def _watch_start(proc: subprocess.Popen, marker: str, timeout: float | None,
             return None           # interrupted, or out of time: the usual handling
         rc = proc.poll()
         if rc is not None:
-            return f"mpiexec ended with status {rc}" if rc != 0 and seen else None
+            if os.path.exists(marker) or not seen:
+                return None   # rank 0 marked its way out (a failed start says why itself)
+            return f"mpiexec ended with status {rc}"
         seen.update(procs.children(proc.pid))
         gone = sorted(p for p in seen if not procs.alive(p))
         if gone:

@@ -152,13 +152,24 @@ def _leave_with_launcher() -> None:
 
 
 def _mark_started(MPI, rank: int) -> None:
-    """Rank 0 is past MPI_Init, so every rank is (its last fence is behind them): tell
-    the launcher, which starts the job again if a rank is lost before this."""
+    """Rank 0 of a job the launcher watches: remember its start marker, written by
+    :func:`mark_started` once every node is known to be past MPI_Init."""
     global _marker
     path = os.environ.get("CLUSTERVM_STARTED_FILE")
     if path and rank == 0 and MPI.Comm.Get_parent() == MPI.COMM_NULL:
         _marker = path
-        _write_marker(path, "")
+
+
+def mark_started() -> None:
+    """Tell the launcher that the start is over: it starts the job again if a rank is
+    lost before this. Called when every node has said hello (each is past MPI_Init),
+    before ``main`` runs, and on any way out. Rank 0 being past MPI_Init is not
+    enough: measured (soak, seed 77), a rank killed while another was still in
+    MPI_Init crashed that one, after rank 0's marker, and the job was lost."""
+    global _started
+    if _marker and not _started:
+        _started = True
+        _write_marker(_marker, "")
 
 
 def _write_marker(path: str, text: str) -> None:
@@ -223,6 +234,7 @@ def coordinate(coord: "Coordinator", main: Callable | None, argv: list[str]) -> 
         coord.wait_for_nodes(config.start_timeout_s)
     except BaseException as exc:   # noqa: BLE001 - a failed start ends the whole job now
         return _abort_start(transport, exc)
+    mark_started()
     service = threading.Thread(target=coord.service_loop, name="cvm-service", daemon=True)
     service.start()
     extras = _start_extras(coord, config)
@@ -380,6 +392,7 @@ def _fail_start(code: int, rank: int) -> int:
 
 _FINALIZE_S = 3.0
 _marker = ""      # rank 0: the launcher's start marker (its ".done" gets the exit status)
+_started = False  # the marker is written
 _clean = True     # no failure seen: MPI_Finalize is safe (it can hang after failures)
 
 
@@ -401,6 +414,7 @@ def _exit(code: int) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         if _marker:    # the result is out: the launcher need not wait for stragglers
+            mark_started()
             _write_marker(_marker + ".done", str(code))
         if "mpi4py.MPI" in sys.modules and _clean:
             from mpi4py import MPI
