@@ -4,8 +4,8 @@
 #   bash tests/run_mpich.sh [pytest args...]
 #
 # Builds (once) a venv of its own with mpi4py + mpich: never the project's .venv, where
-# mpi4py would load whichever MPI wheel it finds first. Then installs this checkout into
-# it (editable, no deps) and runs the MPICH tests with CLUSTERVM_TEST_MPI=mpich (conftest
+# mpi4py would load whichever MPI wheel it finds first. Then puts this checkout on its
+# path and runs the MPICH tests with CLUSTERVM_TEST_MPI=mpich (conftest
 # stops at once if that Python loads another MPI). Takes ~1-2 min plus ~1 min the first
 # time (the wheels). Where: $CLUSTERVM_MPICH_VENV, default $TMPDIR/clustervm-mpich-venv.
 set -euo pipefail
@@ -28,7 +28,15 @@ if ! ready; then
     "$VENV/bin/python" -m pip install --quiet mpi4py mpich msgpack numpy pytest tqdm
     ready || { echo "run_mpich: $VENV is not usable (no Hydra mpiexec?)" >&2; exit 1; }
 fi
-"$VENV/bin/python" -m pip install --quiet --no-deps -e .
+# this checkout on the venv's path by a .pth file, not `pip install -e .`: that writes
+# clustervm.egg-info into the checkout, which `make test` installs into .venv at the same time
+# (an editable install left by an earlier version of this script would shadow it: removed)
+"$VENV/bin/python" -m pip uninstall --quiet --yes clustervm >/dev/null 2>&1 || true
+"$VENV/bin/python" - "$PWD" <<'PY'
+import pathlib, sys, sysconfig
+pth = pathlib.Path(sysconfig.get_paths()["purelib"]) / "clustervm-checkout.pth"
+pth.write_text(sys.argv[1] + "\n")
+PY
 
 export PATH="$VENV/bin:$PATH"
 export CLUSTERVM_TEST_MPI=mpich

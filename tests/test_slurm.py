@@ -9,7 +9,7 @@ and no ``-n``: it finds the nodes and tasks per node in Slurm's variables.
 
 Every result line is compared with the same app run locally with ``-n 4``; the job's
 exit status is read from ``scontrol show job`` (ExitCode; no accounting, so no sacct).
-Needs root, network namespaces and Debian's slurm-wlm and munge (tests/slurm_setup.sh);
+Needs root, network namespaces and Debian's slurm-wlm and munge (tests/system_deps.sh);
 skipped otherwise, with the reason.
 """
 from __future__ import annotations

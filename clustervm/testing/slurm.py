@@ -63,7 +63,7 @@ def available() -> tuple[bool, str]:
     missing = [p for p in PROGRAMS if _program(p) is None]
     if missing:
         return False, (f"not found (PATH, sbin): {', '.join(missing)} (Debian: apt-get install "
-                       f"slurm-wlm munge; tests/slurm_setup.sh does it as root)")
+                       f"slurm-wlm munge; tests/system_deps.sh does it as root)")
     ok, why = netns_available()
     if not ok:
         return False, f"the Slurm nodes are network namespaces: {why}"
