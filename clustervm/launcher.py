@@ -662,6 +662,14 @@ _FORK_SPREAD_S = 2.0
 _WATCH_EVERY_S = 0.05
 
 
+def _read_text(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def _read_status(path: str) -> int | None:
     try:
         with open(path) as f:
@@ -682,11 +690,14 @@ def _watch_start(proc: subprocess.Popen, marker: str, timeout: float | None,
     while not os.path.exists(marker):
         if received or (deadline is not None and time.monotonic() > deadline):
             return None           # interrupted, or out of time: the usual handling
+        why = _read_text(marker + ".lost")     # rank 0 saw a node lost before main
+        if why:
+            return why
         rc = proc.poll()
         if rc is not None:
             if os.path.exists(marker) or not seen:
                 return None   # rank 0 marked its way out (a failed start says why itself)
-            return f"mpiexec ended with status {rc}"
+            return _read_text(marker + ".lost") or f"mpiexec ended with status {rc}"
         seen.update(procs.children(proc.pid))
         gone = sorted(p for p in seen if not procs.alive(p))
         if gone:

@@ -160,6 +160,18 @@ def _mark_started(MPI, rank: int) -> None:
         _marker = path
 
 
+def lose_start(reason: str) -> bool:
+    """A rank was lost before ``main`` ran, in a start the launcher watches: leave word
+    for it (it starts the job again, as for a loss inside MPI_Init) and write no start
+    marker or status on the way out. False when no launcher watches this start."""
+    global _lost
+    if not _marker or _started:
+        return False
+    _lost = True
+    _write_marker(_marker + ".lost", reason)
+    return True
+
+
 def mark_started() -> None:
     """Tell the launcher that the start is over: it starts the job again if a rank is
     lost before this. Called when every node has said hello (each is past MPI_Init),
@@ -234,6 +246,9 @@ def coordinate(coord: "Coordinator", main: Callable | None, argv: list[str]) -> 
         coord.wait_for_nodes(config.start_timeout_s)
     except BaseException as exc:   # noqa: BLE001 - a failed start ends the whole job now
         return _abort_start(transport, exc)
+    lost = sorted(r for r, n in coord.nodes.items() if n.state == "dead")
+    if lost and lose_start(f"node(s) {', '.join(map(str, lost))} lost"):
+        return _leave_lost_start(transport)
     mark_started()
     service = threading.Thread(target=coord.service_loop, name="cvm-service", daemon=True)
     service.start()
@@ -375,6 +390,18 @@ def _abort_start(transport, exc: BaseException) -> int:
     return 2
 
 
+def _leave_lost_start(transport) -> int:
+    """Rank 0 after :func:`lose_start`: every node leaves, and so does this rank, without
+    MPI_Finalize; the launcher starts the job again."""
+    from . import protocol as P
+    for rank in range(1, transport.size):
+        transport.post(rank, P.Shutdown(True).encode())
+    transport.flush(1.0)
+    transport.closed = True
+    _note_failures(True)
+    return 1
+
+
 #: Seconds the other ranks give rank 0 to say why a start failed before they end: the
 #: first rank to exit non-zero makes mpiexec kill the rest, rank 0 mid-sentence included.
 _FAIL_START_GRACE_S = 2.0
@@ -393,6 +420,7 @@ def _fail_start(code: int, rank: int) -> int:
 _FINALIZE_S = 3.0
 _marker = ""      # rank 0: the launcher's start marker (its ".done" gets the exit status)
 _started = False  # the marker is written
+_lost = False     # the start was lost (lose_start): no marker, no status
 _clean = True     # no failure seen: MPI_Finalize is safe (it can hang after failures)
 
 
@@ -413,7 +441,7 @@ def _exit(code: int) -> int:
     try:
         sys.stdout.flush()
         sys.stderr.flush()
-        if _marker:    # the result is out: the launcher need not wait for stragglers
+        if _marker and not _lost:   # the result is out: the launcher need not wait
             mark_started()
             _write_marker(_marker + ".done", str(code))
         if "mpi4py.MPI" in sys.modules and _clean:
