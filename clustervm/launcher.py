@@ -522,6 +522,9 @@ PRTE_START_FAILED = 213
 PRTE_START_FAILED_S = 5.0
 #: Where rank 0 says it is past MPI_Init (set by run for the job it watches; internal).
 STARTED_ENV = "CLUSTERVM_STARTED_FILE"
+#: Set when this launch watches the start and starts the job again on a loss (rank 0 may
+#: then end a start that lost a node, see runtime.lose_start; else it goes on without it)
+WATCHED_ENV = "CLUSTERVM_START_WATCHED"
 
 
 def watches_start(argv: Sequence[str], hostfile: str | None) -> bool:
@@ -592,6 +595,9 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
     if watch_start or mark:
         marker_dir = tempfile.mkdtemp(prefix="clustervm-start-")
         env[STARTED_ENV] = os.path.join(marker_dir, "started")
+    env.pop(WATCHED_ENV, None)
+    if watch_start:
+        env[WATCHED_ENV] = "1"
     t0 = time.monotonic()
     shm_before = procs.shm_files()
     # mpiexec gets SIGTERM when we end, even by SIGKILL: no job runs on unattended

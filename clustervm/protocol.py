@@ -550,7 +550,7 @@ REQUESTS: dict[str, str] = {
     "tasks": "() -> [row]: the live tasks, main first",
     "kill": "(tid) -> None: cancel a short task, abort a spawned one",
     "notify": "(tid, kinds, tids, tag) -> None: send VM events to task tid (pvm_notify)",
-    "join_group": "(name, tid) -> [inst, ...]: join a dynamic group",
+    "join_group": "(name, tid) -> [inst, first round, new member]: join a dynamic group",
     "leave_group": "(name, tid) -> the instance number it had",
     "group_size": "(name) -> int",
     "group_tids": "(name) -> [tid] by instance",

@@ -154,18 +154,20 @@ def _leave_with_launcher() -> None:
 def _mark_started(MPI, rank: int) -> None:
     """Rank 0 of a job the launcher watches: remember its start marker, written by
     :func:`mark_started` once every node is known to be past MPI_Init."""
-    global _marker
+    global _marker, _watched
     path = os.environ.get("CLUSTERVM_STARTED_FILE")
     if path and rank == 0 and MPI.Comm.Get_parent() == MPI.COMM_NULL:
         _marker = path
+        _watched = os.environ.get("CLUSTERVM_START_WATCHED") == "1"
 
 
 def lose_start(reason: str) -> bool:
     """A rank was lost before ``main`` ran, in a start the launcher watches: leave word
     for it (it starts the job again, as for a loss inside MPI_Init) and write no start
-    marker or status on the way out. False when no launcher watches this start."""
+    marker or status on the way out. False when no launcher watches this start (its
+    last attempt, MPICH, ranks on other hosts): the VM goes on without the node."""
     global _lost
-    if not _marker or _started:
+    if not _watched or _started:
         return False
     _lost = True
     _write_marker(_marker + ".lost", reason)
@@ -421,6 +423,7 @@ _FINALIZE_S = 3.0
 _marker = ""      # rank 0: the launcher's start marker (its ".done" gets the exit status)
 _started = False  # the marker is written
 _lost = False     # the start was lost (lose_start): no marker, no status
+_watched = False  # the launcher watches this start (and starts the job again on a loss)
 _clean = True     # no failure seen: MPI_Finalize is safe (it can hang after failures)
 
 

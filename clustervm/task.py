@@ -252,8 +252,11 @@ class TaskContext:
 
     def join_group(self, name: str) -> int:
         """Join group ``name``; returns this task's instance number in it."""
-        inst, base = self._site.call("join_group", name, self.tid)
-        self._coll.setdefault(name, base)
+        inst, base, new = self._site.call("join_group", name, self.tid)
+        if new:     # its rounds are the group's from here, whatever a checkpoint said
+            self._coll[name] = base
+        else:       # still a member (restarted on a lost node): its own count goes on
+            self._coll.setdefault(name, base)
         return inst
 
     def leave_group(self, name: str) -> None:

@@ -641,3 +641,14 @@ def test_nodes_lost_together_are_all_out_before_any_is_failed_over() -> None:
         after = buddy % 4 + 1            # where the copy would go if it were alive
         (copy,) = of(core.handle(*events(buddy, after)), I.CopyCheckpoint)
         assert (copy.source, copy.to) == (r, after % 4 + 1), copy
+
+
+def test_join_group_says_whether_the_task_is_a_new_member() -> None:
+    """[instance, first round, new]: a task that restored a checkpoint after the
+    coordinator itself was restarted (--resume: groups are not journaled) joins a new
+    group, and must take the group's rounds, not the count its checkpoint had."""
+    core = up(2)
+    answers = [a.value for a in of(core.handle(E.GroupJoined("g", 50, "r1"),
+                                               E.GroupJoined("g", 51, "r2"),
+                                               E.GroupJoined("g", 50, "r3")), I.Answer)]
+    assert answers == [[0, 0, True], [1, 0, True], [0, 0, False]]

@@ -1021,3 +1021,30 @@ def test_member_failing_after_a_restart_fails_the_open_round_not_completes_it():
     g.task_exit(12, GroupError("round 1 is over and its result is no longer kept"))
     assert isinstance(a.error, GroupError) and "task 12" in str(a.error)
     assert isinstance(b.error, GroupError) and "round 3" in str(b.error)
+
+
+class _JoinSite:
+    """A site whose coordinator answers join_group with a fixed [inst, round, new]."""
+
+    def __init__(self, answer: list) -> None:
+        self.answer = answer
+
+    def mailbox(self, tid: int):
+        return None
+
+    def call(self, name: str, *args):
+        assert name == "join_group"
+        return self.answer
+
+
+@pytest.mark.parametrize("new, expected", [(True, 0), (False, 11)])
+def test_a_restored_task_joining_a_new_group_takes_the_groups_rounds(new, expected):
+    """Found by tools/soak.py (kmeans, rank 0 SIGKILLed, --resume): the members restored
+    checkpoints of different iterations (round 11 and round 21), found their group gone
+    (groups are not journaled) and joined it anew, each keeping its checkpoint's round
+    count: their barriers waited for each other forever. A new member takes the group's
+    first round; a task still a member (restarted on a lost node) keeps its own count."""
+    from clustervm.task import TaskContext
+    ctx = TaskContext(_JoinSite([0, 0, new]), 50, None, seqs={"coll": {"kmeans": 11}})
+    assert ctx.join_group("kmeans") == 0
+    assert ctx._coll["kmeans"] == expected

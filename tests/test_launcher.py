@@ -444,6 +444,29 @@ def test_run_starts_again_when_a_rank_is_lost_before_mpi_init_ends(tmp_path, cap
     assert "while the job was starting" in capfd.readouterr().err
 
 
+def test_run_starts_again_when_rank_0_saw_a_node_lost_before_main(tmp_path, capfd):
+    """A stand-in mpiexec whose "rank 0" leaves word of a node lost before main (the
+    .lost file beside the start marker) and exits 1: started again, told it is watched;
+    the last attempt is not told, so rank 0 would go on without the node there."""
+    first, seen = tmp_path / "first", tmp_path / "seen"
+    script = f"""
+        echo "${{CLUSTERVM_START_WATCHED:-unset}}" >> {seen}
+        if [ ! -e {first} ]; then
+            : > {first}; sleep 30 &
+            echo "node(s) 2 lost" > "$CLUSTERVM_STARTED_FILE.lost"; exit 1
+        fi
+        : > "$CLUSTERVM_STARTED_FILE"; echo 0 > "$CLUSTERVM_STARTED_FILE.done"; exit 0
+    """
+    env = {**os.environ, "CLUSTERVM_START_WATCHED": "1"}     # a stale one is not passed on
+    assert launcher.run(["sh", "-c", script], env, timeout=30, watch_start=True) == 0
+    assert "node(s) 2 lost while the job was starting" in capfd.readouterr().err
+    assert seen.read_text().split() == ["1", "1"]
+    seen.unlink()
+    assert launcher.run(["sh", "-c", f'echo "${{CLUSTERVM_START_WATCHED:-unset}}" > {seen}'],
+                        env, timeout=30) == 0
+    assert seen.read_text().split() == ["unset"]
+
+
 def test_run_starts_again_when_mpiexec_cannot_start(tmp_path, capfd):
     """Open MPI's mpiexec sometimes exits 213 before starting any rank ("The PMIx server's
     listener thread failed to start"): nothing ran, so the job is started again. Any

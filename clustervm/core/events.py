@@ -258,7 +258,8 @@ class InfoDeleted(Event):
 
 @record
 class GroupJoined(Event):
-    """``join_group(name)`` by task ``tid``; answered with [instance, first round]."""
+    """``join_group(name)`` by task ``tid``; answered with [instance, first round, whether
+    this call made it a member]."""
     name: str
     tid: int
     reply: Any

@@ -576,7 +576,10 @@ class Core:
         self._out.append(I.Warn(text))
 
     def _group_joined(self, ev: E.GroupJoined) -> None:
-        self._group_do(ev.reply, lambda: list(self.groups.join(ev.name, ev.tid)))
+        def join() -> list:
+            new = ev.tid not in self.groups.members.get(ev.name, {}).values()
+            return [*self.groups.join(ev.name, ev.tid), new]
+        self._group_do(ev.reply, join)
 
     def _group_left(self, ev: E.GroupLeft) -> None:
         self._group_do(ev.reply, lambda: self.groups.leave(ev.name, ev.tid))
