@@ -250,7 +250,7 @@ def coordinate(coord: "Coordinator", main: Callable | None, argv: list[str]) -> 
         return _abort_start(transport, exc)
     lost = sorted(r for r, n in coord.nodes.items() if n.state == "dead")
     if lost and lose_start(f"node(s) {', '.join(map(str, lost))} lost"):
-        return _leave_lost_start(transport)
+        return _end_start(transport, 1)     # the launcher starts the job again
     mark_started()
     service = threading.Thread(target=coord.service_loop, name="cvm-service", daemon=True)
     service.start()
@@ -377,31 +377,25 @@ def _start_extras(coord, config: Config) -> list[Callable[[], None]]:
 def _abort_start(transport, exc: BaseException) -> int:
     """Rank 0 could not start the VM: say why in one line, tell every node to leave, and
     end without MPI_Finalize (a non-zero exit makes mpiexec end the other ranks too)."""
-    from . import protocol as P
     if isinstance(exc, ClusterVMError):
         print(f"clustervm: error: {exc}", file=sys.stderr, flush=True)
     else:
         traceback.print_exc()
         print(f"clustervm: error: the coordinator failed to start: {type(exc).__name__}: "
               f"{exc}", file=sys.stderr, flush=True)
-    for rank in range(1, transport.size):
-        transport.post(rank, P.Shutdown(True).encode())
-    transport.flush(1.0)
-    transport.closed = True
-    _note_failures(True)
-    return 2
+    return _end_start(transport, 2)
 
 
-def _leave_lost_start(transport) -> int:
-    """Rank 0 after :func:`lose_start`: every node leaves, and so does this rank, without
-    MPI_Finalize; the launcher starts the job again."""
+def _end_start(transport, code: int) -> int:
+    """Rank 0 ends a start (failed, or lost: :func:`lose_start`): every node leaves, and
+    so does this rank, with ``code`` and without MPI_Finalize."""
     from . import protocol as P
     for rank in range(1, transport.size):
         transport.post(rank, P.Shutdown(True).encode())
     transport.flush(1.0)
     transport.closed = True
     _note_failures(True)
-    return 1
+    return code
 
 
 #: Seconds the other ranks give rank 0 to say why a start failed before they end: the
