@@ -520,7 +520,7 @@ START_RETRIES = 2
 PRTE_START_FAILED = 213
 #: ... within this many seconds of its start (any job: with a hostfile too).
 PRTE_START_FAILED_S = 5.0
-#: Where rank 0 says it is past MPI_Init (set by run for the job it watches; internal).
+#: Where rank 0 says the start is over, every node past MPI_Init (set by run; internal).
 STARTED_ENV = "CLUSTERVM_STARTED_FILE"
 #: Set when this launch watches the start and starts the job again on a loss (rank 0 may
 #: then end a start that lost a node, see runtime.lose_start; else it goes on without it)
@@ -686,7 +686,8 @@ def _read_status(path: str) -> int | None:
 
 def _watch_start(proc: subprocess.Popen, marker: str, timeout: float | None,
                  received: list[int], ranks: int | None = None) -> str | None:
-    """Until rank 0 is past MPI_Init (``marker`` exists): what was lost, or None.
+    """Until the start is over (``marker`` exists: every node said hello): what was lost,
+    or None.
 
     The rank processes are mpiexec's children here (every rank on this host)."""
     seen: set[int] = set()
