@@ -678,9 +678,8 @@ def _read_text(path: str) -> str:
 
 def _read_status(path: str) -> int | None:
     try:
-        with open(path) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
+        return int(_read_text(path))
+    except ValueError:      # missing, empty or not a number
         return None
 
 
@@ -697,14 +696,14 @@ def _watch_start(proc: subprocess.Popen, marker: str, timeout: float | None,
     while not os.path.exists(marker):
         if received or (deadline is not None and time.monotonic() > deadline):
             return None           # interrupted, or out of time: the usual handling
+        rc = proc.poll()
         why = _read_text(marker + ".lost")     # rank 0 saw a node lost before main
         if why:
             return why
-        rc = proc.poll()
         if rc is not None:
             if os.path.exists(marker) or not seen:
                 return None   # rank 0 marked its way out (a failed start says why itself)
-            return _read_text(marker + ".lost") or f"mpiexec ended with status {rc}"
+            return f"mpiexec ended with status {rc}"
         seen.update(procs.children(proc.pid))
         gone = sorted(p for p in seen if not procs.alive(p))
         if gone:

@@ -166,11 +166,11 @@ def lose_start(reason: str) -> bool:
     for it (it starts the job again, as for a loss inside MPI_Init) and write no start
     marker or status on the way out. False when no launcher watches this start (its
     last attempt, MPICH, ranks on other hosts): the VM goes on without the node."""
-    global _lost
+    global _marker
     if not _watched or _started:
         return False
-    _lost = True
     _write_marker(_marker + ".lost", reason)
+    _marker = ""
     return True
 
 
@@ -416,7 +416,6 @@ def _fail_start(code: int, rank: int) -> int:
 _FINALIZE_S = 3.0
 _marker = ""      # rank 0: the launcher's start marker (its ".done" gets the exit status)
 _started = False  # the marker is written
-_lost = False     # the start was lost (lose_start): no marker, no status
 _watched = False  # the launcher watches this start (and starts the job again on a loss)
 _clean = True     # no failure seen: MPI_Finalize is safe (it can hang after failures)
 
@@ -438,7 +437,7 @@ def _exit(code: int) -> int:
     try:
         sys.stdout.flush()
         sys.stderr.flush()
-        if _marker and not _lost:   # the result is out: the launcher need not wait
+        if _marker:    # the result is out: the launcher need not wait for stragglers
             mark_started()
             _write_marker(_marker + ".done", str(code))
         if "mpi4py.MPI" in sys.modules and _clean:

@@ -324,12 +324,12 @@ def _packed(payload: bytes, bufs: list[memoryview], total: int) -> bytes:
                      *_padded(bufs), payload])
 
 
-def _padded(bufs: Iterable[Any]) -> list[Any]:
+def _padded(bufs: Iterable[memoryview]) -> list[Any]:
     """``bufs``, each followed by the zero bytes that align the next to 8 (to be joined)."""
     parts: list[Any] = []
     for b in bufs:
         parts.append(b)
-        pad = -memoryview(b).nbytes & 7
+        pad = -b.nbytes & 7
         if pad:
             parts.append(_PAD[pad])
     return parts

@@ -577,7 +577,7 @@ class Core:
 
     def _group_joined(self, ev: E.GroupJoined) -> None:
         def join() -> list:
-            new = ev.tid not in self.groups.members.get(ev.name, {}).values()
+            new = ev.tid not in self.groups.tids(ev.name)
             return [*self.groups.join(ev.name, ev.tid), new]
         self._group_do(ev.reply, join)
 
