@@ -1,0 +1,67 @@
+"""What a copy into new memory costs here, beside the same copy into memory touched before.
+
+    python benchmarks/copycost.py [--mb 8] [--count 40]
+
+The replay log keeps a copy of every array a task sends until a checkpoint trims it,
+and a first checkpoint copies the whole state: both copy into memory the process has
+never touched. numpy asks for transparent huge pages for arrays of 4 MiB and more
+(where THP is ``madvise``); each case runs in a fresh process, with and without
+them. Prints one line a case::
+
+    copycost mb=<n> hugepages=<0|1> new_ms=<median> reused_ms=<median> ratio=<new/reused> anon_huge_kb=<n>
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+
+def measure(mb: int, count: int, hugepages: bool) -> str:
+    import numpy as np
+    try:
+        from numpy._core import multiarray as ma
+    except ImportError:           # numpy < 2
+        from numpy.core import multiarray as ma
+    ma._set_madvise_hugepage(hugepages)
+    src = np.ones(mb << 20, dtype=np.uint8)
+    kept, new = [], []
+    for _ in range(count):        # every copy kept: always new memory, as a growing log
+        t0 = time.perf_counter()
+        kept.append(src.copy())
+        new.append(time.perf_counter() - t0)
+    dst, reused = kept[0], []
+    for _ in range(count):        # into the same buffer again: memory touched before
+        t0 = time.perf_counter()
+        dst[...] = src
+        reused.append(time.perf_counter() - t0)
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            huge = next(ln.split()[1] for ln in f if ln.startswith("AnonHugePages"))
+    except (OSError, StopIteration):
+        huge = "?"
+    a, b = sorted(new)[count // 2] * 1e3, sorted(reused)[count // 2] * 1e3
+    return (f"copycost mb={mb} hugepages={int(hugepages)} new_ms={a:.2f} reused_ms={b:.2f} "
+            f"ratio={a / b:.1f} anon_huge_kb={huge}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mb", type=int, default=8)
+    p.add_argument("--count", type=int, default=40)
+    p.add_argument("--inner", type=int, choices=(0, 1), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.inner is not None:
+        print(measure(a.mb, a.count, bool(a.inner)), flush=True)
+        return
+    for _ in range(2):
+        for hp in (1, 0):
+            out = subprocess.run([sys.executable, __file__, "--mb", str(a.mb), "--count",
+                                  str(a.count), "--inner", str(hp)],
+                                 capture_output=True, text=True, timeout=300, check=True)
+            sys.stdout.write(out.stdout)
+
+
+if __name__ == "__main__":
+    main()
