@@ -47,6 +47,10 @@ TIMEOUT_STATUS = 124
 KILL_GRACE_S = 5.0
 
 _PROBE_TIMEOUT_S = 30.0
+#: Open MPI 5's mpiexec (prterun) exits with this status, before starting any rank, when
+#: "The PMIx server's listener thread failed to start" (seen about once in 300 jobs here
+#: with other jobs starting beside it); nothing ran, so the job is started again.
+PRTE_START_FAILED = 213
 _ROOT_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 
@@ -447,8 +451,20 @@ def _probe(mpiexec: str, code: str, extra: Sequence[str] = ()) -> subprocess.Com
     flavor = FLAVORS[mpi_flavor(mpiexec)]
     env, _ = _job_env(flavor, Config(), os.environ, ())
     argv = [mpiexec, *extra, *flavor.base_args, "-n", "1", sys.executable, "-c", code]
-    return subprocess.run(argv, env=env, capture_output=True, text=True,
-                          timeout=_PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    for attempt in range(START_RETRIES + 1):
+        out = subprocess.run(argv, env=env, capture_output=True, text=True,
+                             timeout=_PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        if out.returncode != PRTE_START_FAILED:
+            break
+        log.info("probe %s: mpiexec could not start (exit status %d); trying again",
+                 " ".join(extra) or "job", out.returncode)
+    return out
+
+
+def _failure(out: subprocess.CompletedProcess) -> str:
+    """A failed probe's exit status and the last line it wrote to stderr."""
+    last = (out.stderr.strip().splitlines() or [""])[-1][-160:]
+    return f"exit status {out.returncode}" + (f": {last}" if last else "")
 
 
 def mpi_info() -> dict[str, str]:
@@ -485,9 +501,9 @@ def mpi_info() -> dict[str, str]:
         if ok and mismatch:
             ok, why = False, f"mpi4py does not load the library of {mpiexec}"
         elif ok:
-            accepted = _probe(mpiexec, "pass", FLAVORS[flavor].ulfm_args).returncode == 0
-            ok = accepted
-            why += "; mpiexec --with-ft ulfm " + ("works" if accepted else "FAILS")
+            out = _probe(mpiexec, "pass", FLAVORS[flavor].ulfm_args)
+            ok = out.returncode == 0
+            why += "; mpiexec --with-ft ulfm " + ("works" if ok else f"FAILS ({_failure(out)})")
         info["ulfm"] = f"{'yes' if ok else 'no'} ({why})"
 
     if mpiexec is None:
@@ -498,7 +514,7 @@ def mpi_info() -> dict[str, str]:
         out = _probe(mpiexec, _THREAD_PROBE)
         level = out.stdout.strip().splitlines()[-1:] if out.returncode == 0 else []
         info["thread_level"] = (f"{level[0]} (Query_thread in a 1-rank mpiexec job)" if level
-                                else f"unknown (probe failed: {out.stderr.strip()[-200:]})")
+                                else f"unknown (probe failed: {_failure(out)})")
     info["mpiexec"] = mpiexec or "not found"
     info["flavor"] = flavor
     for i, w in enumerate(warnings):
@@ -514,10 +530,6 @@ FINISH_GRACE_S = 10.0
 
 #: Times a job is started again when one of its ranks is lost before it is past MPI_Init.
 START_RETRIES = 2
-#: Open MPI 5's mpiexec (prterun) exits with this status, before starting any rank, when
-#: "The PMIx server's listener thread failed to start" (seen about once in 300 jobs here
-#: with other jobs starting beside it); nothing ran, so the job is started again.
-PRTE_START_FAILED = 213
 #: ... within this many seconds of its start (any job: with a hostfile too).
 PRTE_START_FAILED_S = 5.0
 #: Where rank 0 says the start is over, every node past MPI_Init (set by run; internal).
