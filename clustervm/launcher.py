@@ -447,17 +447,21 @@ def _library() -> tuple[str, str]:
 
 
 def _probe(mpiexec: str, code: str, extra: Sequence[str] = ()) -> subprocess.CompletedProcess:
-    """Run ``python -c code`` as a 1-rank job of ``mpiexec`` (not a singleton)."""
+    """Run ``python -c code`` as a 1-rank job of ``mpiexec`` (not a singleton).
+
+    A failed run is tried again, up to START_RETRIES times.
+    """
     flavor = FLAVORS[mpi_flavor(mpiexec)]
     env, _ = _job_env(flavor, Config(), os.environ, ())
     argv = [mpiexec, *extra, *flavor.base_args, "-n", "1", sys.executable, "-c", code]
-    for attempt in range(START_RETRIES + 1):
+    for attempt in range(1, START_RETRIES + 2):
         out = subprocess.run(argv, env=env, capture_output=True, text=True,
                              timeout=_PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
-        if out.returncode != PRTE_START_FAILED:
+        if out.returncode == 0:
             break
-        log.info("probe %s: mpiexec could not start (exit status %d); trying again",
-                 " ".join(extra) or "job", out.returncode)
+        # A busy machine can fail a start (PRTE_START_FAILED; CI once reported ULFM
+        # missing from one failed probe): a feature is missing when every try fails.
+        log.info("probe %s, try %d: %s", " ".join(extra) or "job", attempt, _failure(out))
     return out
 
 
