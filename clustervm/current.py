@@ -16,13 +16,13 @@ def context() -> "TaskContext":
     context, to checkpoint or send messages, through this call; spawned tasks
     get it as their first argument.
     """
-    ctx = getattr(_tls, "ctx", None)
+    ctx = _tls.ctx
     if ctx is not None:
         return ctx
-    tid = getattr(_tls, "tid", None)
+    tid = _tls.tid
     if tid is None:
         raise RuntimeError("clustervm.context() was called outside a clustervm task; call it "
                            "inside a function run by vm.submit/vm.map/vm.spawn")
-    ctx = _tls.site.make_context(tid, _tls.parent, getattr(_tls, "state", None))
+    ctx = _tls.site.make_context(tid, _tls.parent, _tls.state)
     _tls.ctx = ctx
     return ctx

@@ -199,7 +199,7 @@ class Node(Site):
     # -- short tasks -----------------------------------------------------------
 
     def wait(self, predicate, timeout=None, blocking=False) -> bool:
-        if not (blocking and getattr(current._tls, "worker", False)):
+        if not (blocking and current._tls.worker):
             return self.transport.wait(predicate, timeout)
         self._run(N.WorkerBlocked())      # a task blocks: another worker may use its slot
         try:

@@ -23,7 +23,7 @@ class Shared:
 
     def get(self) -> Any:
         """The stored object (fetched once per node, then cached there)."""
-        site = getattr(_tls, "site", None)
+        site = _tls.site
         if site is None:
             raise RuntimeError("Shared.get() works inside a task or main")
         cache = site.__dict__.setdefault("_shared", {})
