@@ -16,6 +16,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from . import wire
+
 __all__ = ["Copies"]
 
 #: copies kept per task: the acknowledged one and the one being acknowledged
@@ -75,9 +77,8 @@ class Copies:
                          name=f"cvm-ckpt-spare-{tid}").start()
 
     def _warm(self, tid: int, size: int) -> None:
-        import numpy as np
-        buf = np.empty(size, np.uint8)
-        buf[::4096] = 0              # one write a page: the page faults happen here, not
+        buf = wire.blob_memory(size)
+        buf.base[::4096] = 0         # one write a page: the page faults happen here, not
         with self._lock:             # in the task's next checkpoint (numpy lets go of the GIL)
             self._warming.discard(tid)
             if tid in self._by_tid:

@@ -620,6 +620,31 @@ def test_pack_frames_round_trip_and_truncation():
         wire.unpack_frames(b"\x01")
 
 
+def test_mutable_blob_puts_its_largest_buffer_at_its_sources_page_offset():
+    # a copy to a few bytes further into a page than its source runs 3-4x slower here
+    big = np.arange(300_000, dtype=np.float64)[1:]       # a view: 8 bytes into its page
+    head, bufs = wire.dumps({"small": np.ones(3), "big": big, "n": 7})
+    frames = [head, *bufs]
+
+    def where_big(blob):
+        sizes = [memoryview(f).cast("B").nbytes for f in frames]
+        i = sizes.index(big.nbytes)
+        off = 4 + 8 * len(frames) + sum(sizes[:i])
+        return blob.ctypes.data + off
+
+    blob = wire.pack_frames(frames, mutable=True)
+    assert where_big(blob) % 4096 == big.ctypes.data % 4096
+    again = wire.pack_frames(frames, into=blob, mutable=True)   # filled again, same memory
+    assert again.base is blob.base and where_big(again) % 4096 == big.ctypes.data % 4096
+    back = wire.unpack_frames(again)
+    out = wire.loads(back[0], back[1:])
+    assert np.array_equal(out["big"], big) and out["n"] == 7
+    plain = np.zeros(len(blob), np.uint8)      # memory without room to move: used as it is
+    assert wire.pack_frames(frames, into=plain, mutable=True) is plain
+    back = wire.unpack_frames(plain)
+    assert np.array_equal(wire.loads(back[0], back[1:])["big"], big)
+
+
 # --------------------------------------------------------------------------- issue 11
 
 
