@@ -58,6 +58,7 @@ import pickle
 import struct
 import sys
 import threading
+import weakref
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
@@ -455,6 +456,10 @@ _PAGE = 4096
 _MATCH_MIN = 64 * 1024
 
 
+#: the memory blob_memory made, by id (a view may move within it, and within nothing else)
+_blob_bases: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
 def blob_memory(size: int) -> Any:
     """Memory for a mutable blob of ``size`` bytes: a uint8 array viewing a page more
     than it needs, so that :func:`pack_frames` can move the view. A copy whose target
@@ -462,15 +467,18 @@ def blob_memory(size: int) -> Any:
     runs 3-4x slower here (200 MB: 19 ms at the same offset, 73-90 ms 8 or 64 bytes
     further; 4K aliasing of the loads on the stores)."""
     import numpy as np
-    return np.empty(size + _PAGE, np.uint8)[:size]
+    base = np.empty(size + _PAGE, np.uint8)
+    _blob_bases[id(base)] = base
+    return base[:size]
 
 
 def _page_matched(blob: Any, head: bytes, views: list[memoryview]) -> Any:
     """``blob`` moved within its memory (from :func:`blob_memory`) so that the largest
     of ``views`` is copied to the same offset in a page as it comes from; ``blob``
-    itself if it is not such a view or no buffer is big."""
+    itself if its memory is not blob_memory's (a copy received from a buddy, say) or
+    no buffer is big."""
     base = getattr(blob, "base", None)
-    if base is None or len(base) - len(blob) < _PAGE or not views:
+    if base is None or _blob_bases.get(id(base)) is not base or not views:
         return blob
     import numpy as np
     i = max(range(len(views)), key=lambda k: views[k].nbytes)

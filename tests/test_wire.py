@@ -641,6 +641,10 @@ def test_mutable_blob_puts_its_largest_buffer_at_its_sources_page_offset():
     assert np.array_equal(out["big"], big) and out["n"] == 7
     plain = np.zeros(len(blob), np.uint8)      # memory without room to move: used as it is
     assert wire.pack_frames(frames, into=plain, mutable=True) is plain
+    received = np.zeros(len(blob) + 3 * 4096, np.uint8)   # part of a bigger buffer (a
+    inside = received[100:100 + len(blob)]                # copy from a buddy): kept in place
+    assert wire.pack_frames(frames, into=inside, mutable=True) is inside
+    assert not received[:100].any() and not received[100 + len(blob):].any()
     back = wire.unpack_frames(plain)
     assert np.array_equal(wire.loads(back[0], back[1:])["big"], big)
 
