@@ -1,6 +1,6 @@
 """What a copy into new memory costs here, beside the same copy into memory touched before.
 
-    python benchmarks/copycost.py [--mb 8] [--count 40]
+    python benchmarks/copycost.py [--mb 8] [--count 40] [--offsets]
 
 The replay log keeps a copy of every array a task sends until a checkpoint trims it,
 and a first checkpoint copies the whole state: both copy into memory the process has
@@ -9,6 +9,12 @@ never touched. numpy asks for transparent huge pages for arrays of 4 MiB and mor
 them. Prints one line a case::
 
     copycost mb=<n> hugepages=<0|1> new_ms=<median> reused_ms=<median> ratio=<new/reused> anon_huge_kb=<n>
+
+With ``--offsets``: copies into memory touched before whose target lies 0, 8, 64, 512
+and 2048 bytes further into its page than the source (what ``wire.pack_frames``
+avoids for a checkpoint's largest buffer)::
+
+    copycost mb=<n> offset=<bytes> ms=<median>
 """
 from __future__ import annotations
 
@@ -46,12 +52,34 @@ def measure(mb: int, count: int, hugepages: bool) -> str:
             f"ratio={a / b:.1f} anon_huge_kb={huge}")
 
 
+def offsets(mb: int, count: int) -> None:
+    import numpy as np
+    n = mb << 20
+    src = np.ones(n, dtype=np.uint8)
+    base = np.zeros(n + 8192, dtype=np.uint8)
+    gap = (src.ctypes.data - base.ctypes.data) % 4096     # dst at base + gap: same offset
+    for extra in (0, 8, 64, 512, 2048):
+        dst = base[gap + extra:gap + extra + n]
+        times = []
+        for _ in range(count):
+            t0 = time.perf_counter()
+            np.copyto(dst, src)
+            times.append(time.perf_counter() - t0)
+        print(f"copycost mb={mb} offset={extra} ms={sorted(times)[count // 2] * 1e3:.2f}",
+              flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mb", type=int, default=8)
     p.add_argument("--count", type=int, default=40)
+    p.add_argument("--offsets", action="store_true",
+                   help="copies at five offsets in a page from their source instead")
     p.add_argument("--inner", type=int, choices=(0, 1), help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.offsets:
+        offsets(a.mb, a.count)
+        return
     if a.inner is not None:
         print(measure(a.mb, a.count, bool(a.inner)), flush=True)
         return

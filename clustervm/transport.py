@@ -790,7 +790,7 @@ class Transport:
             log.error("a first frame from rank %d is larger than 2 GiB; dropped", src)
             return True
         try:
-            frame = bytearray(count) if count < 4096 else _empty_buffer(count)
+            frame = bytearray(count) if count < _NUMPY_BUFFER_MIN else _empty_buffer(count)
         except MemoryError:
             _drop(m)
             log.error("a first frame of %d bytes from rank %d: no memory for it; dropped",
@@ -1317,8 +1317,14 @@ def _drop(m: Any) -> None:
         pass
 
 
+#: buffers from this size on are numpy's (not zero-filled); smaller ones are bytearrays,
+#: so that a rank whose tasks never use numpy does not import it (100-150 ms here) on the
+#: first message of a few KB it receives
+_NUMPY_BUFFER_MIN = 1 << 20
+
+
 def _empty_buffer(size: int) -> Any:
-    if size < 4096:
+    if size < _NUMPY_BUFFER_MIN:
         return bytearray(size)
     import numpy as np   # large buffers: no zero-filling
     return np.empty(size, dtype=np.uint8)

@@ -8,6 +8,11 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_job
 
 
 def test_importing_clustervm_does_not_start_mpi():
@@ -32,3 +37,13 @@ def test_a_node_loads_only_its_own_core():
     assert "clustervm.core.node" in loaded, loaded
     assert not {"clustervm.core.state", "clustervm.core.events", "clustervm.core.instructions",
                 "clustervm.core.groups"} & set(loaded), loaded
+
+
+@pytest.mark.mpi
+def test_a_job_without_numpy_does_not_import_it_to_receive():
+    """numpy takes 100-150 ms to import here: a node that received a message of a few KB
+    imported it for the receive buffer, and a job's first big map waited for that."""
+    r = run_job([str(Path(__file__).resolve().parent / "apps" / "no_numpy_app.py")], n=2)
+    assert r.rc == 0, r.err
+    assert r.line("no-numpy:") == ("no-numpy: bytes=100000 numpy_on_node=False "
+                                   "numpy_on_coordinator=False")

@@ -29,8 +29,7 @@ def main(vm) -> None:
     n_ms = int(vm.argv[2]) if len(vm.argv) > 2 else 2000
     workers = len(vm.nodes) - 1                          # rank 0 runs no tasks
     list(vm.map(noop, range(500)))                       # warm up, one by one
-    # and in chunks of the size measured: the first map in big chunks after the start
-    # takes 0.1-0.3 s more than the next (benchmarks/RESULTS.md, seventh session)
+    # and in chunks of the size measured, as the peers are (their first call pays too)
     list(vm.map(noop, range(n_noop), chunksize=pool_chunksize(n_noop, workers)))
     for name, fn, n in (("noop", noop, n_noop), ("1ms", sleep_ms, n_ms)):
         for how in ("map", "chunked", "submit"):

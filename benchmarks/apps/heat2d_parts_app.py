@@ -1,0 +1,77 @@
+"""Where a heat2d task's time goes: examples/heat2d.py's own solver, its send, recv and
+checkpoint calls timed from outside (issue 14's checkpoint overhead, taken apart).
+
+    clustervm run -n 3 benchmarks/apps/heat2d_parts_app.py [--size 256] [--steps 3000]
+        [--tasks 2] [--checkpoint-every 50] [--checkpoint-mode log|group]
+
+Each task runs ``heat2d.solver`` with a context that times the calls it passes on.
+Prints one line per task, in milliseconds (compute: the rest of the task's time)::
+
+    parts task=<i> send_ms=<f> recv_ms=<f> checkpoint_ms=<f> checkpoints=<n> compute_ms=<f>
+
+Run it with ``--checkpoint-every 0`` beside the same with checkpoints, and with
+``clustervm run --checkpoint-dir DIR``, to see what checkpoints add where.
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                "examples"))
+import heat2d  # noqa: E402
+
+TIMED = ("send", "recv", "checkpoint")
+
+
+class Timed:
+    """A task context whose send, recv and checkpoint calls add up their time."""
+
+    def __init__(self, ctx) -> None:
+        self._ctx = ctx
+        self.spent = dict.fromkeys(TIMED, 0.0)
+        self.checkpoints = 0
+        for name in TIMED:
+            setattr(self, name, self._timed(name, getattr(ctx, name)))
+
+    def _timed(self, name, call):
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                self.spent[name] += time.perf_counter() - t0
+                self.checkpoints += name == "checkpoint"
+        return timed
+
+    def __getattr__(self, name):
+        return getattr(self._ctx, name)
+
+
+def solver(ctx, *args) -> dict:
+    timed = Timed(ctx)
+    t0 = time.perf_counter()
+    out = heat2d.solver(timed, *args)
+    total = time.perf_counter() - t0
+    s = timed.spent
+    print(f"parts task={out['me']} send_ms={s['send'] * 1e3:.1f} recv_ms={s['recv'] * 1e3:.1f} "
+          f"checkpoint_ms={s['checkpoint'] * 1e3:.1f} checkpoints={timed.checkpoints} "
+          f"compute_ms={(total - sum(s.values())) * 1e3:.1f}", flush=True)
+    return out
+
+
+def main(vm) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--tasks", type=int, default=2)
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--checkpoint-mode", choices=("log", "group"), default="log")
+    a = p.parse_args(vm.argv[1:])
+    t0 = time.perf_counter()
+    tids = vm.spawn(solver, a.tasks, a.size, a.steps, a.checkpoint_every, 0.0, count=a.tasks,
+                    checkpoint=a.checkpoint_mode)
+    for t in tids:
+        vm.join(t)
+    print(f"heat2d parts: {a.size}x{a.size}, {a.tasks} tasks, {time.perf_counter() - t0:.2f} s",
+          flush=True)
