@@ -790,6 +790,7 @@ class Transport:
             log.error("a first frame from rank %d is larger than 2 GiB; dropped", src)
             return True
         try:
+            # _empty_buffer's test inlined: a call here costs ~0.1 us a message (measured)
             frame = bytearray(count) if count < _NUMPY_BUFFER_MIN else _empty_buffer(count)
         except MemoryError:
             _drop(m)

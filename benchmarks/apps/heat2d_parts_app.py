@@ -25,12 +25,12 @@ TIMED = ("send", "recv", "checkpoint")
 
 
 class Timed:
-    """A task context whose send, recv and checkpoint calls add up their time."""
+    """A task context whose send, recv and checkpoint calls add up their time and count."""
 
     def __init__(self, ctx) -> None:
         self._ctx = ctx
         self.spent = dict.fromkeys(TIMED, 0.0)
-        self.checkpoints = 0
+        self.calls = dict.fromkeys(TIMED, 0)
         for name in TIMED:
             setattr(self, name, self._timed(name, getattr(ctx, name)))
 
@@ -41,7 +41,7 @@ class Timed:
                 return call(*args, **kwargs)
             finally:
                 self.spent[name] += time.perf_counter() - t0
-                self.checkpoints += name == "checkpoint"
+                self.calls[name] += 1
         return timed
 
     def __getattr__(self, name):
@@ -55,7 +55,7 @@ def solver(ctx, *args) -> dict:
     total = time.perf_counter() - t0
     s = timed.spent
     print(f"parts task={out['me']} send_ms={s['send'] * 1e3:.1f} recv_ms={s['recv'] * 1e3:.1f} "
-          f"checkpoint_ms={s['checkpoint'] * 1e3:.1f} checkpoints={timed.checkpoints} "
+          f"checkpoint_ms={s['checkpoint'] * 1e3:.1f} checkpoints={timed.calls['checkpoint']} "
           f"compute_ms={(total - sum(s.values())) * 1e3:.1f}", flush=True)
     return out
 
