@@ -24,6 +24,16 @@ import sys
 import time
 
 
+def median_ms(count: int, copy) -> float:
+    """The median time of ``count`` calls of ``copy()``, in milliseconds."""
+    times = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        copy()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[count // 2] * 1e3
+
+
 def measure(mb: int, count: int, hugepages: bool) -> str:
     import numpy as np
     try:
@@ -32,22 +42,16 @@ def measure(mb: int, count: int, hugepages: bool) -> str:
         from numpy.core import multiarray as ma
     ma._set_madvise_hugepage(hugepages)
     src = np.ones(mb << 20, dtype=np.uint8)
-    kept, new = [], []
-    for _ in range(count):        # every copy kept: always new memory, as a growing log
-        t0 = time.perf_counter()
-        kept.append(src.copy())
-        new.append(time.perf_counter() - t0)
-    dst, reused = kept[0], []
-    for _ in range(count):        # into the same buffer again: memory touched before
-        t0 = time.perf_counter()
-        dst[...] = src
-        reused.append(time.perf_counter() - t0)
+    kept: list = []
+    # every copy kept: always new memory, as a growing log
+    a = median_ms(count, lambda: kept.append(src.copy()))
+    # into the same buffer again: memory touched before
+    b = median_ms(count, lambda: np.copyto(kept[0], src))
     try:
         with open("/proc/self/smaps_rollup") as f:
             huge = next(ln.split()[1] for ln in f if ln.startswith("AnonHugePages"))
     except (OSError, StopIteration):
         huge = "?"
-    a, b = sorted(new)[count // 2] * 1e3, sorted(reused)[count // 2] * 1e3
     return (f"copycost mb={mb} hugepages={int(hugepages)} new_ms={a:.2f} reused_ms={b:.2f} "
             f"ratio={a / b:.1f} anon_huge_kb={huge}")
 
@@ -60,13 +64,8 @@ def offsets(mb: int, count: int) -> None:
     gap = (src.ctypes.data - base.ctypes.data) % 4096     # dst at base + gap: same offset
     for extra in (0, 8, 64, 512, 2048):
         dst = base[gap + extra:gap + extra + n]
-        times = []
-        for _ in range(count):
-            t0 = time.perf_counter()
-            np.copyto(dst, src)
-            times.append(time.perf_counter() - t0)
-        print(f"copycost mb={mb} offset={extra} ms={sorted(times)[count // 2] * 1e3:.2f}",
-              flush=True)
+        ms = median_ms(count, lambda: np.copyto(dst, src))  # noqa: B023 - called right here
+        print(f"copycost mb={mb} offset={extra} ms={ms:.2f}", flush=True)
 
 
 def main() -> None:
