@@ -15,6 +15,7 @@ from typing import Any, Callable
 from . import protocol as P
 from . import remote
 from .core import events as E
+from .endpoint import QUIET
 from .errors import DeadTaskError, UnknownTaskError
 from .records import SHORT, SPAWNED, Reply
 from .site import ENDED
@@ -37,7 +38,7 @@ class CoordinatorAPI:
             "del_info": self.api_del_info,
         }
 
-    def _on_req(self, src: int, msg: P.Req) -> None:
+    def _on_req(self, src: int, msg: P.Req) -> str | None:
         reqid = msg.reqid
 
         def reply(ok: bool, value: Any) -> None:
@@ -46,6 +47,8 @@ class CoordinatorAPI:
             self.transport.post(src, P.Reply(reqid, ok, value).encode())
 
         self._serve(msg.name, msg.args, reply, src)
+        # a node posts its task's checkpoint and reads the answer at the next one
+        return QUIET if msg.name == "checkpoint" else None
 
     def _serve(self, name: str, args: tuple, reply: Reply, src: int = 0) -> None:
         fn = self.api.get(name)

@@ -33,7 +33,7 @@ from .core import Core, LossCause, Traffic, VMView
 from .core import events as E
 from .core import instructions as I
 from .core.view import Observer
-from .endpoint import Endpoint
+from .endpoint import QUIET, Endpoint
 from .errors import CheckpointError, NoNodesError
 from .events import EventLog
 from .futures import ClusterFuture
@@ -486,9 +486,11 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
     def _do_copy_checkpoint(self, ins: I.CopyCheckpoint) -> None:
         self.transport.post(ins.source, P.Fetch(ins.tid, ins.seq, ins.to).encode())
 
-    def _on_held(self, src: int, msg: P.Held) -> None:
+    def _on_held(self, src: int, msg: P.Held) -> str:
         with self.lock:
             self._run(E.CheckpointHeld(src, msg.tid, msg.inc, msg.seq, time.monotonic()))
+        # nobody waits for its answer now: the task reads it at its next checkpoint
+        return QUIET
 
     def _on_restored(self, src: int, msg: P.Restored) -> None:
         with self.lock:

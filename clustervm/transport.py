@@ -79,7 +79,7 @@ from mpi4py import MPI
 
 from . import wire
 from .config import Config
-from .endpoint import Counters, Handler, PeerFailed, dispatch
+from .endpoint import QUIET, Counters, Handler, PeerFailed, dispatch
 from .errors import ConfigError, WireError
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,13 @@ _BACKGROUND_PAUSE_S = 0.0002   # background pollers sleep at least this between 
 _FOREGROUND_GROWTH = 0.05
 _BACKGROUND_GROWTH = 0.1
 _DEEP_IDLE_AFTER_S = 0.25      # no traffic this long: background pollers back off further
+#: After QUIET work (see endpoint.QUIET) a loop does not spin: it looks again after 1 ms,
+#: then after as long as it has been since, at most 4 ms, for 50 ms (unless its usual
+#: back-off is shorter): five wake-ups between two of heat2d's checkpoints instead of
+#: sixty, and a checkpoint acknowledged within 4 ms, before a group member needs it.
+_QUIET_PAUSE_S = 0.001
+_QUIET_PAUSE_MAX_S = 0.004
+_QUIET_WINDOW_S = 0.05
 _DEEP_WORKER_WAIT_S = 5.0      # idle workers of a rank in deep idle look again this often
 #                                (the service loop polls for them; work arriving wakes them)
 _INLINE_MAX = 1 << 16       # payloads above this go out of band, like arrays
@@ -409,6 +416,7 @@ class Transport:
         self._deep_poller: int | None = None     # the service thread, polling in deep idle
         self._bg_waiters = 0                     # idle workers waiting for work
         self._busy = False                       # a poll handled more than heartbeats
+        self._quiet = False                      # ... or only QUIET work and heartbeats
         self._user_waiters: list[int] = []       # foreground threads in wait() (no lock:
         #                                          list.append/remove are atomic)
         self._sleepers = 0                       # foreground waiters asleep on _cond
@@ -420,7 +428,9 @@ class Transport:
         self._abandoned: list[tuple[MPI.Request, Any]] = []
         self._bufseq = itertools.count()
         self._status = MPI.Status()
-        self._last_activity = time.perf_counter()
+        #: the last message that makes a waiting loop spin, and the last of any work (a
+        #: loop goes into deep idle after none for _DEEP_IDLE_AFTER_S)
+        self._last_activity = self._last_work = time.perf_counter()
         self.closed = False
 
     # -- sending -------------------------------------------------------------
@@ -802,9 +812,9 @@ class Transport:
         c.msgs_in += 1
         c.bytes_in += count
         if count > 1 and frame[0] == _KIND_INLINE:    # the common case: all of it is here
-            if src not in self.ignored and dispatch(self.handler, src, memoryview(frame)[1:],
-                                                    (), self.allow_pickle):
-                self._busy = True
+            if src not in self.ignored:
+                self._note(dispatch(self.handler, src, memoryview(frame)[1:], (),
+                                    self.allow_pickle))
             return True
         try:
             self._take(comm, peer, src, frame)
@@ -852,8 +862,14 @@ class Transport:
 
     def _deliver(self, src: int, payload: Any, bufs: list[Any]) -> None:
         """Decode and handle a message from ``src`` (see :func:`endpoint.dispatch`)."""
-        if src not in self.ignored and dispatch(self.handler, src, payload, bufs,
-                                                self.allow_pickle):
+        if src not in self.ignored:
+            self._note(dispatch(self.handler, src, payload, bufs, self.allow_pickle))
+
+    def _note(self, verdict: bool | str) -> None:
+        """Count a handled message as activity (see :data:`endpoint.QUIET`)."""
+        if verdict is QUIET:
+            self._quiet = True
+        elif verdict:
             self._busy = True
 
     def _recv_part(self, comm: Any, peer: int, tag: int, size: int, src: int) -> Any:
@@ -967,7 +983,7 @@ class Transport:
     def poll(self, limit: int = 256) -> int:
         """Receive and handle what has arrived (at most ``limit``); caller holds the token."""
         n = 0
-        self._busy = False
+        self._busy = self._quiet = False
         if self._outbox:
             self._send_outbox()
         for comm, link_rank in self._inbound:
@@ -985,8 +1001,11 @@ class Transport:
         if self._light:
             self._complete_light()
         if n:
-            if self._busy:   # heartbeats alone do not make an idle loop spin
-                self._last_activity = time.perf_counter()
+            if self._busy or self._quiet:   # heartbeats alone do not make an idle loop spin
+                now = time.perf_counter()
+                self._last_work = now
+                if self._busy:
+                    self._last_activity = now
             self.notify()
         return n
 
@@ -1126,12 +1145,21 @@ class Transport:
         """A foreground waiter's pause after an empty poll: yield while recently busy,
         else sleep until notified (at most the back-off). True if ``predicate``, looked
         at before sleeping, was true."""
-        idle = time.perf_counter() - self._last_activity
+        now = time.perf_counter()
+        idle = now - self._last_activity
         if idle < self._spin_s:
             os.sched_yield()
             return False
-        pause = min(self._idle_max_s, 0.00005 + (idle - self._spin_s) * _FOREGROUND_GROWTH)
+        pause = self._after_quiet(now, min(
+            self._idle_max_s, 0.00005 + (idle - self._spin_s) * _FOREGROUND_GROWTH))
         return self._sleep(pause if remaining is None else min(pause, remaining), predicate)
+
+    def _after_quiet(self, now: float, pause: float) -> float:
+        """``pause``, shortened while QUIET work is recent (see _QUIET_PAUSE_S)."""
+        since = now - self._last_work
+        if since < _QUIET_WINDOW_S:
+            return min(pause, max(_QUIET_PAUSE_S, min(since, _QUIET_PAUSE_MAX_S)))
+        return pause
 
     def _sleep(self, pause: float, predicate: Callable[[], bool]) -> bool:
         """Sleep on the foreground condition for at most ``pause`` s unless ``predicate``
@@ -1229,7 +1257,7 @@ class Transport:
     def _deep_idle(self) -> bool:
         """No traffic for _DEEP_IDLE_AFTER_S (and a deeper back-off is configured)."""
         return (self._deep_max_s > self._idle_max_s
-                and time.perf_counter() - self._last_activity > _DEEP_IDLE_AFTER_S)
+                and time.perf_counter() - self._last_work > _DEEP_IDLE_AFTER_S)
 
     def _longest_pause(self, background: bool) -> float:
         """The back-off's ceiling now: ``deep_idle_sleep_ms`` for a background poller in
@@ -1241,13 +1269,14 @@ class Transport:
         (only with ``spin``), else sleep on the background condition (wakeable). Without
         ``spin`` it always sleeps a little, so it never competes with a task thread for
         the GIL or MPI's locks."""
-        idle = time.perf_counter() - self._last_activity
+        now = time.perf_counter()
+        idle = now - self._last_activity
         if spin and idle < self._spin_s:
             os.sched_yield()
             return
         floor = 0.00005 if spin else _BACKGROUND_PAUSE_S
-        pause = min(self._longest_pause(background=True),
-                    floor + max(0.0, idle - self._spin_s) * _BACKGROUND_GROWTH)
+        grown = floor + max(0.0, idle - self._spin_s) * _BACKGROUND_GROWTH
+        pause = self._after_quiet(now, min(self._longest_pause(background=True), grown))
         if remaining is not None:
             pause = min(pause, remaining)
         with self._bg_cond:

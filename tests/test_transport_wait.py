@@ -125,6 +125,37 @@ def test_nobody_is_notified_when_nobody_sleeps(transport):
     assert cond.entered == 0
 
 
+def test_quiet_work_keeps_a_waiter_from_spinning_but_looks_again_within_4_ms(transport):
+    """A message whose handler says QUIET (a posted checkpoint at the coordinator) is
+    handled, keeps the rank out of deep idle, but does not start the spin: the waiter
+    sleeps 1-4 ms between polls for a while instead of yielding for spin_ms; other work
+    still starts the spin."""
+    from clustervm.endpoint import QUIET
+    t = transport
+    t.handler = lambda src, msg: QUIET if msg[0] == "quiet" else None
+    pauses: list[float] = []
+    t._sleep = lambda pause, predicate: pauses.append(pause) or False
+    t._last_activity = t._last_work = time.perf_counter() - 10.0   # long idle
+    t.comm.queue(2, ("quiet", 1))
+    assert t.try_poll() == 1
+    assert time.perf_counter() - t._last_activity > 9.0          # no spin started
+    assert time.perf_counter() - t._last_work < 1.0              # but it was work
+    assert not t._deep_idle()
+    assert t._back_off(None, lambda: False) is False
+    assert pauses and T._QUIET_PAUSE_S <= pauses[-1] <= T._QUIET_PAUSE_MAX_S
+    t._last_work -= 0.02      # 20 ms later: still at most 4 ms between two looks
+    t._back_off(None, lambda: False)
+    assert pauses[-1] == T._QUIET_PAUSE_MAX_S
+    t._last_work -= 1.0       # long after: the usual back-off, up to idle_sleep_ms
+    t._back_off(None, lambda: False)
+    assert pauses[-1] == pytest.approx(0.010)
+    t.comm.queue(2, ("work", 2))
+    assert t.try_poll() == 1
+    n = len(pauses)
+    t._back_off(None, lambda: False)  # just after other work: it yields, does not sleep
+    assert len(pauses) == n
+
+
 def test_a_sleeping_waiter_is_woken_by_notify():
     """Past the spin, a waiter sleeps on the condition (up to idle_sleep_ms, long here);
     a state change with notify() ends its sleep at once."""
