@@ -529,6 +529,35 @@ class CheckpointStore:
                 assert self.path is not None
                 _fsync_dir(self.path)
 
+    def drop_after(self, key: str, seq: int) -> None:
+        """Forget the checkpoints of ``key`` newer than ``seq`` (its checkpoint group went
+        back to ``seq``: they are of a course it no longer takes), in memory and on disk."""
+        _key_bytes(key)
+        with self._stripe(key):
+            with self._lock:
+                for held in (self._prev, self._mem):
+                    hit = held.get(key)
+                    if hit is not None and hit[0] > seq:
+                        del held[key]
+                if key not in self._mem and key in self._prev:
+                    self._mem[key] = self._prev.pop(key)
+                paths: list[str] = []
+                if self.path is not None:
+                    versions = self._disk.get(safe_stem(key), {})
+                    paths = [versions.pop(s) for s in sorted(versions) if s > seq]
+                    for p in paths:
+                        self._bad.discard(p)
+            for p in paths:
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    log.warning("cannot delete checkpoint %s of %r: %s", p, key, exc)
+            if paths and self.fsync:
+                assert self.path is not None
+                _fsync_dir(self.path)
+
     def keys(self) -> list[str]:
         """Keys that have a checkpoint (in memory, or on disk with a readable header)."""
         with self._lock:
@@ -559,7 +588,8 @@ class WriteBehind:
     one queued behind it is skipped (no ``done``): the disk then only needs each
     task's newest. (A checkpoint group's are not skipped: on ``--resume`` its members
     go back to the newest checkpoint they all have on disk.)
-    ``drop(tid)`` forgets a task's checkpoints after the writes queued before it."""
+    ``drop(tid)`` forgets a task's checkpoints after the writes queued before it;
+    ``drop_after(tid, seq)`` those newer than ``seq``, likewise."""
 
     def __init__(self, store: CheckpointStore,
                  done: Callable[[int, int, int, CheckpointError | None], None]) -> None:
@@ -574,6 +604,9 @@ class WriteBehind:
 
     def drop(self, tid: int) -> None:
         self._queue.put(("drop", tid, 0, 0, None))
+
+    def drop_after(self, tid: int, seq: int) -> None:
+        self._queue.put(("drop-after", tid, 0, seq, None))
 
     def close(self, timeout: float) -> bool:
         """Finish what is queued (at most ``timeout`` seconds); True if all was done."""
@@ -613,6 +646,9 @@ class WriteBehind:
         try:
             if op == "drop":
                 self.store.drop(str(tid))
+                return
+            if op == "drop-after":
+                self.store.drop_after(str(tid), seq)
                 return
             try:
                 self.store.write(str(tid), seq, [blob])

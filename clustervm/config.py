@@ -69,6 +69,8 @@ class Config:
     checkpoint_dir: str = ""
     #: CLUSTERVM_CHECKPOINT_DISK_S: with checkpoint_dir, the shortest time between two disk copies of one task's checkpoints, in seconds (the ones between stay in memory on two nodes; 0: every one).
     checkpoint_disk_s: float = 0.0
+    #: CLUSTERVM_CHECKPOINT_GROUP_DISK_S: with checkpoint_dir, the shortest time between two epochs of a checkpoint group that go to disk, in seconds (every epoch is held in memory on two nodes; 0: every one).
+    checkpoint_group_disk_s: float = 0.25
     #: CLUSTERVM_RESUME: resume the job journaled in checkpoint_dir (1/0).
     resume: bool = False
     #: CLUSTERVM_SLOTS: tasks run at the same time by one node.

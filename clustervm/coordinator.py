@@ -144,6 +144,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                          heartbeat_s=config.heartbeat_s, replace_failed=config.replace_failed,
                          journal=bool(ckdir), resume=config.resume, t0=self.t0,
                          disk_every_s=config.checkpoint_disk_s,
+                         group_disk_every_s=config.checkpoint_group_disk_s,
                          resolve=self.resolve, rebuild=_can_rebuild)
         self.nodes: dict[int, NodeInfo] = self.core.nodes      # the core's, read only here
         self.stats = self.core.stats
@@ -199,6 +200,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             I.CopyCheckpoint: self._do_copy_checkpoint,
             I.GroupRolledBack: self._do_group_rolled_back,
             I.DropCheckpoints: self._do_drop_checkpoints, I.Observe: self._do_observe,
+            I.DropCheckpointsAfter: self._do_drop_checkpoints_after,
             I.RequestReplacement: self._do_request_replacement, I.Warn: self._do_warn,
             I.Fatal: self._do_fatal, I.Answer: self._do_answer,
         }
@@ -513,6 +515,12 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         forget = P.Forget(ins.tid).encode()
         for r in ins.holders:
             self.transport.post(r, forget)
+
+    def _do_drop_checkpoints_after(self, ins: I.DropCheckpointsAfter) -> None:
+        if self._writer is not None:
+            self._writer.drop_after(ins.tid, ins.seq)   # after the writes queued before it
+        else:
+            self.store.drop_after(str(ins.tid), ins.seq)
 
     def _do_observe(self, ins: I.Observe) -> None:
         self._observe(ins.kind, self.tasks.get(ins.tid), ins.rank, ins.ok)

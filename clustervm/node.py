@@ -305,6 +305,8 @@ class Node(Site):
                 earlier = self.mailboxes.get(tid)
                 self.mailboxes[tid] = Mailbox()
         ctx = TaskContext(self, tid, msg.parent, inc=msg.inc, siblings=msg.siblings)
+        if msg.buddy is not None:
+            ctx.__dict__["_to_store"] = bool(msg.buddy[1])
         if msg.group:
             ctx.__dict__["_group"] = msg.group
             box = ctx.mailbox
@@ -535,6 +537,7 @@ class Node(Site):
         # a spawned task's checkpoint stays here, and a copy goes to the buddy node (the
         # buddy store, clustervm.copies); a short task's goes to the coordinator
         buddy, to_store = self.buddy if self.live.get(ctx.tid) is ctx else (0, True)
+        to_store = ctx.__dict__.get("_to_store", to_store)     # as its last answer said
         big = sum(b.nbytes for b in bufs) >= wire.BLOB_OUT_OF_BAND
         blob = wire.pack_frames([head, *bufs], mutable=bool(buddy) and big,
                                 into=self.copies.take_spare(ctx.tid) if buddy and big else None)
@@ -615,6 +618,7 @@ class Node(Site):
             answer = self.call_result(reqid, "checkpoint")
             if answer is not None:           # where the next one goes
                 self.buddy = (int(answer[0]), bool(answer[1]))
+                ctx.__dict__["_to_store"] = bool(answer[1])
         except SystemExit:
             raise
         except Exception as exc:   # noqa: BLE001

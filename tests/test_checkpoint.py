@@ -577,3 +577,21 @@ def test_load_upto_finds_the_previous_version_kept_in_memory(tmp_path):
     assert plain.load("k", upto=3) is None      # not kept, and not on disk
     store.drop("g")
     assert store.load("g", upto=3) is None and store.newest("g") is None
+
+
+def test_drop_after_forgets_the_newer_checkpoints_in_memory_and_on_disk(tmp_path):
+    """A checkpoint group rolled back to seq 2: its member's seq 3 is of a course it no
+    longer takes; after drop_after the store holds 2 as the newest, and a new seq 3
+    is stored again (not ignored as a duplicate)."""
+    store = CheckpointStore(tmp_path)
+    for seq in (1, 2, 3):
+        store.save("7", seq, [b"old %d" % seq], keep_previous=True)
+    assert store.newest("7") == 3
+    store.drop_after("7", 2)
+    assert store.newest("7") == 2
+    assert store.load("7") == (2, [b"old 2"])
+    assert not [n for n in os.listdir(tmp_path / "ckpt") if ".000000000003." in n]
+    store.save("7", 3, [b"new 3"])
+    assert store.load("7") == (3, [b"new 3"])
+    again = CheckpointStore(tmp_path)       # what --resume finds
+    assert again.load("7") == (3, [b"new 3"])

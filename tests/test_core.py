@@ -626,6 +626,63 @@ def test_with_a_journal_a_tasks_checkpoints_go_to_disk_at_most_every_disk_every_
               I.ForgetReceived) == [I.ForgetReceived(50, 4)]
 
 
+def test_a_checkpoint_groups_epochs_go_to_disk_for_every_member_or_none() -> None:
+    """With a journal, a group's epoch goes to the coordinator's disk at most every
+    group_disk_every_s, and the decision is the same for every member, whenever each
+    member's checkpoint before it is acknowledged (a disk copy is a cut: all or none)."""
+    core = up(3, journal=True, group_disk_every_s=1.0)
+    places = {}
+    for tid in (50, 51):
+        (p,) = of(core.handle(E.TaskSpawned(tid, 1, 0.0, None, False, 0, 50)), I.PlaceSpawned)
+        places[tid] = p.rank
+        assert p.to_store                  # the first epoch goes to disk
+
+    def commit(tid: int, seq: int, now: float, stored: bool) -> bool:
+        r = places[tid]
+        b = r % 3 + 1
+        (c,) = of(core.handle(E.CheckpointStored(r, tid, 0, seq, now, b, stored),
+                              E.CheckpointHeld(b, tid, 0, seq, now)), I.CommitCheckpoint)
+        return c.to_store
+
+    assert [commit(t, 1, 1.0, True) for t in (50, 51)] == [False, False]
+    # 0.9 s since the last epoch on disk when the first member decides for epoch 3; the
+    # second's acknowledgment comes 1.05 s after: it follows the first
+    assert [commit(50, 2, 1.9, False), commit(51, 2, 2.05, False)] == [False, False]
+    assert [commit(50, 3, 2.1, False), commit(51, 3, 2.1, False)] == [True, True]
+    assert [commit(t, 4, 2.2, True) for t in (50, 51)] == [False, False]
+
+
+def test_a_group_whose_epoch_is_lost_in_memory_goes_back_to_its_newest_epoch_on_disk() -> None:
+    """A member's node and its buddy lost together (a Tick finds both silent): no copy in
+    memory of the group's epoch is left for that member, so the whole group goes back to
+    the newest epoch every member has at the coordinator (on disk); the store keeps
+    nothing of the course it leaves."""
+    core = up(4, journal=True, group_disk_every_s=1.0)
+    places = {}
+    for tid in (50, 51):
+        (p,) = of(core.handle(E.TaskSpawned(tid, 1, 0.0, None, False, 0, 50)), I.PlaceSpawned)
+        places[tid] = p.rank
+
+    def commit(tid: int, seq: int, now: float, stored: bool) -> None:
+        r = places[tid]
+        core.handle(E.CheckpointStored(r, tid, 0, seq, now, r % 4 + 1, stored),
+                    E.CheckpointHeld(r % 4 + 1, tid, 0, seq, now))
+    for tid in (50, 51):
+        commit(tid, 1, 1.0, True)        # on disk
+        commit(tid, 2, 1.2, False)       # in memory only
+    commit(50, 3, 2.1, True)             # member 50 is one ahead, on disk too
+    r = places[51]
+    gone = (r, r % 4 + 1)                # member 51's node and its buddy
+    out = core.handle(E.Tick(9.0, {n: (0.0 if n in gone else 9.0) for n in range(1, 5)}))
+    warn = " ".join(w.text for w in of(out, I.Warn))
+    assert "checkpoint group 50" in warn and "goes back to its checkpoint 1" in warn, warn
+    assert I.GroupRolledBack(50, 1) in out
+    assert of(out, I.DropCheckpointsAfter) == [I.DropCheckpointsAfter(50, 1)]
+    again = {p.tid: p for p in of(out, I.PlaceSpawned)}
+    assert {t: (p.seq, p.source) for t, p in again.items()} == {50: (1, 0), 51: (1, 0)}
+    assert all(p.rank not in gone for p in again.values())
+
+
 def test_nodes_lost_together_are_all_out_before_any_is_failed_over() -> None:
     """A task's buddy and the node after it found lost at once (a host cut off): the
     copy of its checkpoint is made again on a node that is alive, not on the second one

@@ -35,6 +35,30 @@ def test_a_checkpoint_group_rolls_back_together_when_a_member_is_lost(job, tmp_p
     assert re.search(r"4 task\(s\) re-run", report(res.err)), report(res.err)
 
 
+def test_a_member_and_its_buddy_lost_together_send_the_group_back_to_its_disk_epoch(
+        job, tmp_path):
+    """With --checkpoint-dir a group's epochs go to disk at most every
+    CLUSTERVM_CHECKPOINT_GROUP_DISK_S (here a minute: only the first; every one is held
+    in memory on two nodes). The node of task 0 and its buddy are SIGKILLed at once: no
+    copy in memory of task 0's epoch is left, so the whole group goes back to the newest
+    epoch every member has on disk, says so, and the result is exact."""
+    want = expected()
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    j = job([RING, *ARGS, "--group", "--markers", str(marks)], n=5, timeout=TIMEOUT,
+            env={"CLUSTERVM_CHECKPOINT_GROUP_DISK_S": "60"},
+            run_args=["--checkpoint-dir", str(tmp_path / "ck")])
+    kill_after_checkpoints(j, marks, None, k=6)
+    res = j.wait()
+    assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
+    assert res.line("ring:") == want
+    assert re.search(r"checkpoint group \d+: every copy in memory of checkpoint \d+ of "
+                     r"task\(s\) [\d, ]+ was on nodes lost at once; the group goes back to "
+                     r"its checkpoint 1, the newest on disk for every member",
+                     res.err), res.err
+    assert "2 node(s) lost" in report(res.err), report(res.err)
+
+
 def test_a_node_lost_during_a_group_checkpoint(job, tmp_path):
     """Members checkpoint every step, so the kill lands inside a checkpoint (its cut or
     the copy) almost surely: the group still goes back to one it completed, exactly."""

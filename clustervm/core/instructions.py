@@ -195,6 +195,14 @@ class DropCheckpoints(Instruction):
 
 
 @record
+class DropCheckpointsAfter(Instruction):
+    """Task ``tid``'s checkpoints newer than ``seq`` are of a course its checkpoint group
+    rolled back from: the coordinator's store (memory and disk) keeps none of them."""
+    tid: int
+    seq: int
+
+
+@record
 class Observe(Instruction):
     """Tell observers: ``kind`` "start" (on ``rank``), "end" (``ok``) or "rerun"."""
     kind: str

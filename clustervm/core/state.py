@@ -79,7 +79,8 @@ class Task:
     """What the core knows of one task (its function and arguments stay in the shell)."""
     __slots__ = ("tid", "kind", "parent", "state", "node", "where", "attempts", "inc",
                  "replay", "t_start", "t_ckpt", "digest", "ckpt", "pend", "restoring",
-                 "received", "copying", "group", "prev", "durable", "forgot", "t_disk")
+                 "received", "copying", "group", "prev", "durable", "forgot", "t_disk",
+                 "stored")
 
     def __init__(self, tid: int, kind: TaskKind, parent: int, where: set[int] | None,
                  digest: int = 0) -> None:
@@ -112,6 +113,8 @@ class Task:
         self.durable = 0
         self.forgot = 0
         self.t_disk = float("-inf")   # when its checkpoint's bytes last went to the coordinator
+        #: the seqs of its checkpoints the coordinator's store holds (the newest two)
+        self.stored: tuple[int, ...] = ()
 
 
 class _Pending:
@@ -136,7 +139,8 @@ class Core:
                  heartbeat_s: float = 2.0, replace_failed: bool = False,
                  journal: bool = False, resume: bool = False, t0: float = 0.0,
                  start_limit: float = 60.0, resolve: Callable[[str], Any] | None = None,
-                 rebuild: Callable[[], bool] | None = None, disk_every_s: float = 0.0) -> None:
+                 rebuild: Callable[[], bool] | None = None, disk_every_s: float = 0.0,
+                 group_disk_every_s: float = 0.0) -> None:
         self.slots = max(1, slots)
         self.cap = self.slots + max(0, prefetch)
         self.heartbeat_s = heartbeat_s
@@ -145,6 +149,13 @@ class Core:
         #: with a journal: a task's checkpoint goes to the coordinator (and its disk) at
         #: most this often; the ones between stay with the node and its buddy
         self.disk_every_s = disk_every_s
+        #: the same for a checkpoint group's epochs: every member's copy of an epoch, or none
+        self.group_disk_every_s = group_disk_every_s
+        #: per checkpoint group: the next epoch and whether it goes to disk (decided by the
+        #: first member's acknowledgment of the epoch before, read by the others), and
+        #: when an epoch was last sent to disk
+        self._group_disk: dict[int, tuple[int, bool]] = {}
+        self._group_t_disk: dict[int, float] = {}
         self.resume = resume
         self.t0 = t0
         self.start_limit = start_limit
@@ -923,13 +934,36 @@ class Core:
         if not members:
             return
         epoch = min(t.ckpt[0] if t.ckpt is not None else 0 for t in members)
-        self._out.append(I.GroupRolledBack(group, epoch))
-        start = len(self._out)
         for t in members:
             if epoch == 0:
                 t.ckpt = None
             elif t.ckpt is not None and t.ckpt[0] != epoch:
                 t.ckpt = t.prev          # one ahead: its previous one is the group's
+        lost = [t.tid for t in members if t.ckpt is not None and 0 not in t.ckpt[1]
+                and not any(r in self._alive for r in t.ckpt[1])]
+        if lost and self.journal:
+            # every copy in memory of a member's epoch was on nodes lost at once (its node
+            # and its buddy): the group goes back to the newest epoch every member has at
+            # the coordinator (on disk), or to the start
+            stored = set.intersection(*(set(t.stored) for t in members))
+            older = max((s for s in stored if s <= epoch), default=0)
+            self._out.append(I.Warn(
+                f"checkpoint group {group}: every copy in memory of checkpoint {epoch} of "
+                f"task(s) {', '.join(map(str, lost))} was on nodes lost at once; the group "
+                + (f"goes back to its checkpoint {older}, the newest on disk for every "
+                   f"member" if older else "starts again from the start (no checkpoint "
+                   f"of it is on disk for every member yet)")))
+            epoch = older
+            for t in members:
+                t.ckpt, t.prev = ((epoch, frozenset({0})) if epoch else None), None
+        self._out.append(I.GroupRolledBack(group, epoch))
+        start = len(self._out)
+        for t in members:
+            if self.journal and any(s > epoch for s in t.stored):
+                # checkpoints past the group's epoch are of a course it no longer takes:
+                # the store keeps none of them (a later one with the same seq replaces it)
+                t.stored = tuple(s for s in t.stored if s <= epoch)
+                self._out.append(I.DropCheckpointsAfter(t.tid, epoch))
             t.pend, t.restoring = None, None
             n = self.nodes.get(t.node) if t.node is not None else None
             if n is not None and n.state is _ALIVE:
@@ -1016,6 +1050,9 @@ class Core:
         if ev.stored:
             p.holders.add(0)
             t.t_disk = ev.now
+            t.stored = (ev.seq, *t.stored[:1])
+            if t.group:
+                self._group_t_disk[t.group] = ev.now
             self._out.append(I.StoreCheckpoint(ev.tid, ev.inc, ev.seq))
         buddy = ev.buddy
         if buddy:
@@ -1078,19 +1115,33 @@ class Core:
         self.stats["ckpt_written"] += 1
         buddy = self._buddy_of(p.rank)
         self._out.append(I.CommitCheckpoint(p.rank, t.tid, p.seq, tuple(sorted(p.holders)),
-                                            buddy, not buddy or self._to_disk(t),
+                                            buddy, not buddy or self._to_disk(t, p.seq),
                                             not self.journal))
         if self.journal:
             self._forget_durable(t)
         if p.buddy:
             self._replicate(t)
 
-    def _to_disk(self, t: Task) -> bool:
-        """With a journal, whether ``t``'s next checkpoint goes to the coordinator too (to
-        be written): at most every ``disk_every_s`` (FTI's and SCR's levels: every one in
-        memory on two nodes, some on disk). A checkpoint group's always do: its members'
-        disk copies must be the same cuts."""
-        return self.journal and (bool(t.group) or self._now - t.t_disk >= self.disk_every_s)
+    def _to_disk(self, t: Task, seq: int) -> bool:
+        """With a journal, whether ``t``'s next checkpoint (after ``seq``) goes to the
+        coordinator too (to be written): at most every ``disk_every_s`` (FTI's and SCR's
+        levels: every one in memory on two nodes, some on disk). A checkpoint group's
+        epoch goes for every member or for none (its disk copies must be the same cuts):
+        at most every ``group_disk_every_s``, decided once per epoch. (Members take an
+        epoch only after every member's epoch before was acknowledged: the cut waits for
+        each other's MARK, sent once the previous answer is in.)"""
+        if not self.journal:
+            return False
+        if not t.group:
+            return self._now - t.t_disk >= self.disk_every_s
+        epoch, to_disk = self._group_disk.get(t.group, (-1, False))
+        if epoch != seq + 1:
+            to_disk = self._now - self._group_t_disk.get(t.group, float("-inf")) \
+                >= self.group_disk_every_s
+            if to_disk:
+                self._group_t_disk[t.group] = self._now
+            self._group_disk[t.group] = (seq + 1, to_disk)
+        return to_disk
 
     def _forget_durable(self, t: Task) -> None:
         """Let the senders of what ``t`` received forget those messages up to its newest
