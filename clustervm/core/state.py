@@ -928,7 +928,9 @@ class Core:
     def _roll_back(self, group: int, now: float) -> None:
         """A member of checkpoint group ``group`` was lost: every member goes back to the
         group's newest checkpoint that all of them have acknowledged (survivors too, on
-        their own nodes, from their own copies; a new incarnation there aborts the old)."""
+        their own nodes, from their own copies; a new incarnation there aborts the old).
+        If a member's every copy of it was lost (its node and its buddy at once), with a
+        journal the group goes back to its newest epoch on disk instead (or the start)."""
         members = [t for t in (self.tasks.get(m) for m in self.ckgroups.get(group, ()))
                    if t is not None and t.state is _RUNNING]
         if not members:
