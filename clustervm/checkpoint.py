@@ -518,16 +518,20 @@ class CheckpointStore:
                         self._bad.discard(p)
                 if found or paths:
                     self.stats.dropped += 1
-            for p in paths:
-                try:
-                    os.unlink(p)
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    log.warning("cannot delete checkpoint %s of finished task %r: %s", p, key, exc)
-            if paths and self.fsync:
-                assert self.path is not None
-                _fsync_dir(self.path)
+            self._delete(paths, key)
+
+    def _delete(self, paths: list[str], key: str) -> None:
+        """Delete the files ``paths`` of ``key`` (durably if ``fsync``)."""
+        for p in paths:
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot delete checkpoint %s of %r: %s", p, key, exc)
+        if paths and self.fsync:
+            assert self.path is not None
+            _fsync_dir(self.path)
 
     def drop_after(self, key: str, seq: int) -> None:
         """Forget the checkpoints of ``key`` newer than ``seq`` (its checkpoint group went
@@ -547,16 +551,7 @@ class CheckpointStore:
                     paths = [versions.pop(s) for s in sorted(versions) if s > seq]
                     for p in paths:
                         self._bad.discard(p)
-            for p in paths:
-                try:
-                    os.unlink(p)
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    log.warning("cannot delete checkpoint %s of %r: %s", p, key, exc)
-            if paths and self.fsync:
-                assert self.path is not None
-                _fsync_dir(self.path)
+            self._delete(paths, key)
 
     def keys(self) -> list[str]:
         """Keys that have a checkpoint (in memory, or on disk with a readable header)."""
