@@ -79,7 +79,7 @@ from mpi4py import MPI
 
 from . import wire
 from .config import Config
-from .endpoint import QUIET, Counters, Handler, PeerFailed, dispatch
+from .endpoint import Counters, Handler, PeerFailed, dispatch
 from .errors import ConfigError, WireError
 
 log = logging.getLogger(__name__)
@@ -813,8 +813,12 @@ class Transport:
         c.bytes_in += count
         if count > 1 and frame[0] == _KIND_INLINE:    # the common case: all of it is here
             if src not in self.ignored:
-                self._note(dispatch(self.handler, src, memoryview(frame)[1:], (),
-                                    self.allow_pickle))
+                verdict = dispatch(self.handler, src, memoryview(frame)[1:], (),
+                                   self.allow_pickle)
+                if verdict is True:     # work (see endpoint.QUIET), as in _deliver
+                    self._busy = True
+                elif verdict:
+                    self._quiet = True
             return True
         try:
             self._take(comm, peer, src, frame)
@@ -863,14 +867,11 @@ class Transport:
     def _deliver(self, src: int, payload: Any, bufs: list[Any]) -> None:
         """Decode and handle a message from ``src`` (see :func:`endpoint.dispatch`)."""
         if src not in self.ignored:
-            self._note(dispatch(self.handler, src, payload, bufs, self.allow_pickle))
-
-    def _note(self, verdict: bool | str) -> None:
-        """Count a handled message as activity (see :data:`endpoint.QUIET`)."""
-        if verdict is QUIET:
-            self._quiet = True
-        elif verdict:
-            self._busy = True
+            verdict = dispatch(self.handler, src, payload, bufs, self.allow_pickle)
+            if verdict is True:         # work; QUIET: work after which the loop need not spin
+                self._busy = True
+            elif verdict:
+                self._quiet = True
 
     def _recv_part(self, comm: Any, peer: int, tag: int, size: int, src: int) -> Any:
         """Receive one ``size``-byte buffer on ``tag``: as many MPI messages as the sender
