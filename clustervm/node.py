@@ -64,9 +64,10 @@ class Node(Site):
         self._missing: set[tuple[int, int]] = set()       # copies asked for, not held there
         #: checkpoint groups' MARKs: (member tid, seq) -> peer tid -> (its inc, sent to it)
         self._marks: dict[tuple[int, int], dict[int, tuple[int, int]]] = {}
-        #: where a spawned task's next checkpoint goes, as the coordinator said with the
-        #: last answer: (buddy node or 0, whether its bytes go to the coordinator too)
-        self.buddy: tuple[int, bool] = (0, True)
+        #: the node that keeps copies of this node's spawned tasks' checkpoints (0: none),
+        #: as the coordinator said last; whether a task's next one goes to the coordinator
+        #: too is the task's own (``_to_store``, from its SPAWN and its last answer)
+        self.buddy = 0
         self._do: dict[type, Callable[[Any], None]] = {
             N.SendHello: self._do_hello, N.SendBye: self._do_bye,
             N.SendHeartbeat: self._do_heartbeat, N.MarkHeard: self._do_mark_heard,
@@ -296,7 +297,7 @@ class Node(Site):
         msg: P.Spawn = ins.task
         tid = msg.tid
         if msg.buddy is not None:
-            self.buddy = (int(msg.buddy[0]), bool(msg.buddy[1]))
+            self.buddy = int(msg.buddy[0])
         earlier = None
         if msg.group and msg.inc > 0:
             # its group rolled back: a new mailbox (the old incarnation, aborted, keeps
@@ -536,8 +537,8 @@ class Node(Site):
                 from None
         # a spawned task's checkpoint stays here, and a copy goes to the buddy node (the
         # buddy store, clustervm.copies); a short task's goes to the coordinator
-        buddy, to_store = self.buddy if self.live.get(ctx.tid) is ctx else (0, True)
-        to_store = ctx.__dict__.get("_to_store", to_store)     # as its last answer said
+        buddy, to_store = (self.buddy, ctx.__dict__.get("_to_store", True)) \
+            if self.live.get(ctx.tid) is ctx else (0, True)
         big = sum(b.nbytes for b in bufs) >= wire.BLOB_OUT_OF_BAND
         blob = wire.pack_frames([head, *bufs], mutable=bool(buddy) and big,
                                 into=self.copies.take_spare(ctx.tid) if buddy and big else None)
@@ -617,7 +618,7 @@ class Node(Site):
         try:
             answer = self.call_result(reqid, "checkpoint")
             if answer is not None:           # where the next one goes
-                self.buddy = (int(answer[0]), bool(answer[1]))
+                self.buddy = int(answer[0])
                 ctx.__dict__["_to_store"] = bool(answer[1])
         except SystemExit:
             raise

@@ -5,15 +5,21 @@ checkpoint calls timed from outside (issue 14's checkpoint overhead, taken apart
         [--tasks 2] [--checkpoint-every 50] [--checkpoint-mode log|group]
 
 Each task runs ``heat2d.solver`` with a context that times the calls it passes on.
-Prints one line per task, in milliseconds (compute: the rest of the task's time)::
+Prints one line per task, in milliseconds (compute: the rest of the task's time; the
+median wait of one ``recv``; the task thread's CPU time), then rank 0's CPU time::
 
     parts task=<i> send_ms=<f> recv_ms=<f> checkpoint_ms=<f> checkpoints=<n> compute_ms=<f>
+          recv_median_us=<f> thread_cpu_ms=<f>
+    parts coordinator_cpu_ms=<f>
 
 Run it with ``--checkpoint-every 0`` beside the same with checkpoints, and with
-``clustervm run --checkpoint-dir DIR``, to see what checkpoints add where.
+``clustervm run --checkpoint-dir DIR``, to see what checkpoints add where. (A rise of
+the median ``recv`` at every step, with rank 0 busier, is how the coordinator's eager
+polls after each checkpoint message were found: benchmarks/RESULTS.md, 2026-12-03.)
 """
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -31,6 +37,7 @@ class Timed:
         self._ctx = ctx
         self.spent = dict.fromkeys(TIMED, 0.0)
         self.calls = dict.fromkeys(TIMED, 0)
+        self.recv_waits: list[float] = []
         for name in TIMED:
             setattr(self, name, self._timed(name, getattr(ctx, name)))
 
@@ -40,8 +47,11 @@ class Timed:
             try:
                 return call(*args, **kwargs)
             finally:
-                self.spent[name] += time.perf_counter() - t0
+                spent = time.perf_counter() - t0
+                self.spent[name] += spent
                 self.calls[name] += 1
+                if name == "recv":
+                    self.recv_waits.append(spent)
         return timed
 
     def __getattr__(self, name):
@@ -56,7 +66,9 @@ def solver(ctx, *args) -> dict:
     s = timed.spent
     print(f"parts task={out['me']} send_ms={s['send'] * 1e3:.1f} recv_ms={s['recv'] * 1e3:.1f} "
           f"checkpoint_ms={s['checkpoint'] * 1e3:.1f} checkpoints={timed.calls['checkpoint']} "
-          f"compute_ms={(total - sum(s.values())) * 1e3:.1f}", flush=True)
+          f"compute_ms={(total - sum(s.values())) * 1e3:.1f} "
+          f"recv_median_us={statistics.median(timed.recv_waits or [0.0]) * 1e6:.1f} "
+          f"thread_cpu_ms={time.thread_time() * 1e3:.1f}", flush=True)
     return out
 
 
@@ -68,10 +80,13 @@ def main(vm) -> None:
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--checkpoint-mode", choices=("log", "group"), default="log")
     a = p.parse_args(vm.argv[1:])
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), os.times()
     tids = vm.spawn(solver, a.tasks, a.size, a.steps, a.checkpoint_every, 0.0, count=a.tasks,
                     checkpoint=a.checkpoint_mode)
     for t in tids:
         vm.join(t)
+    c1 = os.times()
+    print(f"parts coordinator_cpu_ms="
+          f"{((c1.user - c0.user) + (c1.system - c0.system)) * 1e3:.0f}", flush=True)
     print(f"heat2d parts: {a.size}x{a.size}, {a.tasks} tasks, {time.perf_counter() - t0:.2f} s",
           flush=True)

@@ -833,6 +833,8 @@ class Core:
                     members.remove(tid)
                     if not members:
                         del self.ckgroups[t.group]
+                        self._group_disk.pop(t.group, None)
+                        self._group_t_disk.pop(t.group, None)
             out.append(I.BroadcastLocation(tid, -1, t.inc, False, tuple(self._alive)))
         out.append(I.resolved(tid, t.kind, ok, value, packed))
 
