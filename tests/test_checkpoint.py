@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from clustervm.checkpoint import CheckpointStore, WriteBehind, safe_stem
+from clustervm.checkpoint import CheckpointStore, WriteBehind, file_version, safe_stem
 from clustervm.errors import CheckpointError, CorruptCheckpointError
 from clustervm.journal import Journal, Record
 
@@ -20,13 +20,14 @@ def frames_for(seq: int) -> list[bytes]:
 
 
 def ckpt_files(d, key=None) -> list[str]:
-    """Checkpoint files in d/ckpt (of one key if given), oldest seq first."""
+    """Checkpoint files in d/ckpt (of one key if given), oldest seq first (the seq in
+    each file's header: a key's slot files are reused)."""
     names = [n for n in os.listdir(os.path.join(d, "ckpt")) if n.endswith(".ckpt")]
     if key is not None:
         stem = safe_stem(key)
         names = [n for n in names if n.split(".")[0] == stem]
-    names.sort(key=lambda n: int(n.split(".")[1]))
-    return [os.path.join(d, "ckpt", n) for n in names]
+    paths = [os.path.join(d, "ckpt", n) for n in names]
+    return sorted(paths, key=lambda p: file_version(p)[1])
 
 
 def flip_byte(path: str, offset: int) -> None:
@@ -69,15 +70,19 @@ def test_keep_and_prune(tmp_path):
     store = CheckpointStore(tmp_path, keep=2)
     for seq in range(1, 6):
         store.save("k", seq, frames_for(seq))
+    # keep + 1 slot files: the two kept, and the one the next save rewrites
     files = ckpt_files(tmp_path)
-    assert [int(os.path.basename(f).split(".")[1]) for f in files] == [4, 5]
+    assert [file_version(f)[1] for f in files] == [3, 4, 5]
+    assert sorted(os.path.basename(f).split(".")[1] for f in files) == ["s0", "s1", "s2"]
+    assert store.seqs("k") == {4, 5}
     assert store.stats.pruned == 3 and store.stats.saved == 5
     assert store.load("k") == (5, frames_for(5))
+    assert CheckpointStore(tmp_path).load("k", upto=4) == (4, frames_for(4))
 
     one = CheckpointStore(tmp_path / "one", keep=1)
     for seq in range(3):
         one.save("k", seq, frames_for(seq))
-    assert len(ckpt_files(tmp_path / "one")) == 1
+    assert len(ckpt_files(tmp_path / "one")) == 2
     with pytest.raises(ValueError):
         CheckpointStore(tmp_path, keep=0)
 
@@ -299,7 +304,7 @@ def test_threads(tmp_path):
     for k in range(4):
         seq, _ = fresh.load(f"k{k}")
         assert seq == store.load(f"k{k}")[0]
-        assert len(ckpt_files(tmp_path, f"k{k}")) == 2
+        assert len(ckpt_files(tmp_path, f"k{k}")) == 3     # keep + 1 slots
 
 
 def test_write_failure_raises_and_stores_nothing(tmp_path, monkeypatch):
@@ -590,8 +595,61 @@ def test_drop_after_forgets_the_newer_checkpoints_in_memory_and_on_disk(tmp_path
     store.drop_after("7", 2)
     assert store.newest("7") == 2
     assert store.load("7") == (2, [b"old 2"])
-    assert not [n for n in os.listdir(tmp_path / "ckpt") if ".000000000003." in n]
+    assert [file_version(p)[1] for p in ckpt_files(tmp_path)] == [2]
     store.save("7", 3, [b"new 3"])
     assert store.load("7") == (3, [b"new 3"])
     again = CheckpointStore(tmp_path)       # what --resume finds
     assert again.load("7") == (3, [b"new 3"])
+
+
+def test_drop_after_deletes_the_free_slot_too(tmp_path):
+    """The free slot may hold a version newer than the point a group went back to: it
+    goes too, so that --resume cannot find the abandoned course."""
+    store = CheckpointStore(tmp_path)
+    for seq in (1, 2, 3, 4):        # slots: s0 = 4, s1 = 2 (free), s2 = 3
+        store.save("7", seq, [b"v%d" % seq])
+    store.drop_after("7", 1)
+    assert ckpt_files(tmp_path) == []
+    assert CheckpointStore(tmp_path).load("7") is None
+
+
+def test_interrupted_rewrite_keeps_the_versions_kept(tmp_path, monkeypatch, caplog):
+    """A write that stops after the slot's magic was zeroed (a crash): the kept versions
+    are whole, a fresh store ignores the slot without calling it corrupt, and reuses it."""
+    store = CheckpointStore(tmp_path)
+    for seq in (1, 2, 3):
+        store.save("k", seq, frames_for(seq))       # s0 = 1 (free), s1 = 2, s2 = 3
+
+    def crash(fd, length):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "ftruncate", crash)
+    with pytest.raises(CheckpointError, match="No space left"):
+        store.save("k", 4, frames_for(4))
+    monkeypatch.undo()
+    assert store.load("k") == (3, frames_for(3))
+    with caplog.at_level(logging.INFO, logger="clustervm.checkpoint"):
+        fresh = CheckpointStore(tmp_path)
+        assert fresh.load("k") == (3, frames_for(3))
+        assert fresh.load("k", upto=2) == (2, frames_for(2))
+    assert fresh.stats.corrupt == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("interrupted" in r.getMessage() for r in caplog.records)
+    fresh.save("k", 4, frames_for(4))
+    assert len(ckpt_files(tmp_path)) == 3
+    assert CheckpointStore(tmp_path).load("k") == (4, frames_for(4))
+
+
+def test_files_of_the_layout_before_slots_are_read_then_deleted(tmp_path):
+    """A directory written by clustervm before slot files (one file per version, its seq
+    in the name) is resumed from; its files are deleted once superseded."""
+    store = CheckpointStore(tmp_path)
+    store.save("k", 7, [b"seven"])
+    (slot,) = ckpt_files(tmp_path)
+    old_name = os.path.join(os.path.dirname(slot), f"{safe_stem('k')}.{7:012d}.ckpt")
+    os.replace(slot, old_name)
+    fresh = CheckpointStore(tmp_path)
+    assert fresh.load("k") == (7, [b"seven"])
+    for seq in (8, 9):
+        fresh.save("k", seq, [b"v%d" % seq])
+    assert not os.path.exists(old_name)
+    assert [file_version(p)[1] for p in ckpt_files(tmp_path)] == [8, 9]

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from clustervm import procs
+from clustervm.checkpoint import file_version
+from clustervm.errors import CorruptCheckpointError
 
 from conftest import EXAMPLES, ROOT, JobResult, run_job
 
@@ -93,12 +95,18 @@ def ckpt_files(d: Path) -> dict[str, list[Path]]:
     ck = d / "ckpt"
     if not ck.is_dir():
         return out
+    seqs: dict[Path, int] = {}
     for p in ck.iterdir():
-        m = re.match(r"^(.+)\.(\d{12,})\.ckpt$", p.name)
-        if m:
+        m = re.match(r"^(.+)\.(s\d+|\d{12,})\.ckpt$", p.name)
+        try:
+            version = file_version(p) if m else None    # its seq: slot files are reused
+        except CorruptCheckpointError:      # a file being written, or deleted
+            version = None
+        if version is not None:
+            seqs[p] = version[1]
             out.setdefault(m.group(1), []).append(p)
     for files in out.values():
-        files.sort(key=lambda p: int(p.name.rsplit(".", 2)[1]))
+        files.sort(key=seqs.__getitem__)
     return out
 
 
