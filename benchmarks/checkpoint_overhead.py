@@ -190,7 +190,7 @@ def main(argv: list[str]) -> int:
                                  f"{every}: the result differs:\n  {check}\nagainst the first "
                                  f"run's\n  {expected}")
                 times[(mode, store, every)].append(t)
-        print(f"  run {k}: " + ", ".join(f"{m}/{s}/{e} {times[(m, s, e)][-1]:.2f} s"
+        print(f"  run {k}: " + ", ".join(f"{m}/{s}/{e} {times[(m, s, e)][-1]:.3f} s"
                                          for m, s in variants for e in (0, 50)), flush=True)
     print(f"every run's result: {expected}")
     lines = []

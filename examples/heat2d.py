@@ -92,5 +92,5 @@ def main(vm) -> None:
     grid = np.vstack([p["rows"] for p in parts])
     digest = hashlib.sha256(np.ascontiguousarray(grid).tobytes()).hexdigest()[:16]
     print(f"checksum={digest} total={float(grid.sum())!r} steps={a.steps}")
-    print(f"heat2d: {a.size}x{a.size}, {a.tasks} tasks, {time.perf_counter() - t0:.2f} s",
+    print(f"heat2d: {a.size}x{a.size}, {a.tasks} tasks, {time.perf_counter() - t0:.3f} s",
           flush=True)
