@@ -371,7 +371,7 @@ class CheckpointStore:
     # -- API ----------------------------------------------------------------
 
     def save(self, key: str, seq: int, frames: Sequence[bytes | memoryview],
-             write: bool = True, keep_previous: bool = False) -> None:
+             write: bool = True, keep_previous: bool = False, copy: bool = True) -> None:
         """Store ``frames`` as checkpoint ``seq`` of ``key``; durable on return.
 
         ``seq`` is the writer's increasing checkpoint number for the key; a
@@ -380,7 +380,9 @@ class CheckpointStore:
         file cannot be written (nothing is stored then). ``write=False``:
         keep it in memory only, for :meth:`write` to put on disk later.
         ``keep_previous``: the one it replaces stays in memory too (a checkpoint
-        group may go back to it: ``load(key, upto)``).
+        group may go back to it: ``load(key, upto)``). ``copy=False``: the frames are
+        given away (a buffer nobody changes or reuses, such as a message's receive
+        buffer) and kept without a copy.
         """
         kb = _key_bytes(key)
         if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= _MAX_SEQ:
@@ -394,9 +396,10 @@ class CheckpointStore:
                     self.stats.ignored += 1
                     log.debug("checkpoint %r seq %d ignored: %d is stored", key, seq, newest)
                     return
-            # bytes are immutable: keep them as they are, copy everything else
-            # (the caller may reuse a receive buffer).
-            owned = [fr if type(fr) is bytes else mv.tobytes() for fr, mv in zip(frames, views)]
+            # bytes are immutable: keep them as they are, copy everything else unless
+            # given away (the caller may reuse a receive buffer).
+            owned = [fr if type(fr) is bytes else mv if not copy else mv.tobytes()
+                     for fr, mv in zip(frames, views)]
             if stem is not None and write:
                 self._write_version(kb, key, stem, seq, owned)
             with self._lock:

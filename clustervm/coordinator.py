@@ -417,15 +417,17 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                 f"checkpoint directory and run the job again")
 
     def _do_store_checkpoint(self, ins: I.StoreCheckpoint) -> None:
-        blob = self._blob       # bytes, or a uint8 array (wire.as_blob_frame): made bytes
-        if type(blob) is not bytes:
-            blob = memoryview(blob).cast("B").tobytes()
+        # bytes, or a uint8 array (wire.as_blob_frame) over the message's own receive
+        # buffer: kept without a copy (a copy into new memory took ~0.16 ms of rank 0's
+        # time for each of heat2d's 370 KB checkpoints, most of it page faults)
+        blob = self._blob
         if self._writer is None:
-            self.store.save(str(ins.tid), ins.seq, [blob])
+            self.store.save(str(ins.tid), ins.seq, [blob], copy=False)
         else:       # kept now (a restart may need it at once), on disk behind the run
             t = self.core.tasks.get(ins.tid)
             group = t is not None and bool(t.group)
-            self.store.save(str(ins.tid), ins.seq, [blob], write=False, keep_previous=group)
+            self.store.save(str(ins.tid), ins.seq, [blob], write=False, keep_previous=group,
+                            copy=False)
             self._writer.write(ins.tid, ins.inc, ins.seq, blob, skippable=not group)
 
     def _written(self, tid: int, inc: int, seq: int, error: CheckpointError | None) -> None:

@@ -653,3 +653,19 @@ def test_files_of_the_layout_before_slots_are_read_then_deleted(tmp_path):
         fresh.save("k", seq, [b"v%d" % seq])
     assert not os.path.exists(old_name)
     assert [file_version(p)[1] for p in ckpt_files(tmp_path)] == [8, 9]
+
+
+def test_save_without_copy_keeps_the_buffer_given_away(tmp_path):
+    """copy=False (the coordinator's receive buffers): kept as they are, not copied; with
+    a directory the file holds the same bytes."""
+    for store in (CheckpointStore(), CheckpointStore(tmp_path)):
+        buf = np.arange(100_000, dtype=np.uint8)
+        store.save("k", 1, [buf], copy=False)
+        seq, (got,) = store.load("k")
+        assert seq == 1 and bytes(got) == buf.tobytes()
+        assert np.shares_memory(np.frombuffer(got, np.uint8), buf)
+        kept = bytearray(b"abc")
+        store.save("k", 2, [kept])          # copied: the caller may change it after
+        kept[0] = ord("x")
+        assert store.load("k") == (2, [b"abc"])
+    assert CheckpointStore(tmp_path).load("k") == (2, [b"abc"])
