@@ -80,6 +80,14 @@ class FinishedSender:
         self._outbytes = None
 
 
+class _CannotResume(Exception):
+    """A checkpoint group member cannot be resumed exactly: ``error`` says why."""
+
+    def __init__(self, error: CheckpointError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _Restart:
     """One lost node's tasks on their way back: when the loss was detected, which of its
     tasks are not yet sent to a node again, and when the last one was; and, of its
@@ -173,6 +181,9 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         #: its result: a task restored on --resume may still need those messages
         self._exit_outlogs: dict[int, tuple[int, dict]] = {}
         self._finished_senders: dict[int, FinishedSender] = {}   # from the journal
+        #: finished tasks in the journal: tid -> its cut (a checkpoint group member's last
+        #: checkpoint after which it sent the others nothing, else -1; E.SpawnedExited)
+        self._ended_cuts: dict[int, int] = {}
         #: with --checkpoint-dir, checkpoints are written by this thread, behind the run
         self._writer = WriteBehind(self.store, self._written) if ckdir else None
         self._src = 0                           # the rank whose request is being served
@@ -274,7 +285,13 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             if ins.source != ins.rank:
                 self.transport.post(ins.source, P.Fetch(ins.tid, ins.seq, ins.rank).encode())
         else:
-            ckpt = self._load_ckpt(ins.tid, ins.seq)
+            try:
+                ckpt = self._load_ckpt(ins.tid, ins.seq)
+            except _CannotResume as exc:
+                log.error("task %d: %s", ins.tid, exc.error)
+                self._run(E.TaskKilled(ins.tid, remote.pack_exception(exc.error,
+                                                                      "the coordinator")))
+                return
             delivered = ckpt["delivered"] if ckpt is not None else {}
         if ins.restart:          # a first placement's LOC went out already (_announce)
             if self.journal is not None:
@@ -404,7 +421,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             return
         try:
             sent = self._exit_outlogs.pop(ins.tid, None)
-            payload, bufs = wire.dumps((ins.digest, ins.ok, ins.value, sent))
+            payload, bufs = wire.dumps((ins.digest, ins.ok, ins.value, sent, ins.cut))
             self.journal.append("done", str(ins.tid), [payload, *bufs])
         except CheckpointError as exc:
             # the caller learns it now, from the task's future or join (the ResolveTask
@@ -680,7 +697,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             if msg.outlog and self.journal is not None:   # journaled with its result
                 self._exit_outlogs[msg.tid] = (msg.inc, msg.outlog)
             self._run(E.SpawnedExited(src, msg.tid, msg.inc, msg.ok, msg.value,
-                                      time.monotonic()))
+                                      time.monotonic(), msg.cut))
 
     def check_heartbeats(self) -> None:
         """Declare dead the nodes silent for longer than the heartbeat timeout."""
@@ -871,9 +888,24 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         if not (self.config.resume and t.ckpt is None):
             return seq
         first, count = rec.siblings
-        common = set.intersection(*(self.store.seqs(str(m))
-                                    for m in range(first, first + count)))
-        return max(common, default=0)
+        members = range(first, first + count)
+        # members the journal answered (they had finished): they do not run again (the
+        # whole spawn is in the core by now: api_spawn hands it over before placing it)
+        reused = [m for m in members if m not in self.core.tasks]
+        common = set.intersection(*(self.store.seqs(str(m)) for m in members
+                                    if m not in reused))     # tid's own is among them
+        epoch = max(common, default=0)
+        gone = [m for m in reused if not 0 <= self._ended_cuts.get(m, -1) <= epoch]
+        if gone:
+            # the others would wait for what those sent them after the epoch, forever
+            raise _CannotResume(CheckpointError(
+                f"checkpoint group {first} cannot be resumed: task(s) "
+                f"{', '.join(map(str, gone))} of it had finished after its checkpoint "
+                f"{epoch} on disk (the newest every unfinished member has), and what they "
+                f"sent the other members since is not kept (a checkpoint group logs no "
+                f"messages). Have every member checkpoint after its last message to the "
+                f"others, just before it returns, or spawn with checkpoint='log'"))
+        return epoch
 
     # -- resume ----------------------------------------------------------------
 
@@ -888,6 +920,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                     inc, outlog = rest[0]
                     self._finished_senders[int(rec.key)] = FinishedSender(int(rec.key), inc,
                                                                           outlog)
+                self._ended_cuts[int(rec.key)] = rest[1] if len(rest) > 1 else -1
         self.core.handle(E.JournalLoaded(entries))
         log.info("resume: %d finished tasks in the journal", len(self.core.journal_done))
 

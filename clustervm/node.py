@@ -36,6 +36,18 @@ from . import current
 log = logging.getLogger(__name__)
 
 
+
+def _quiet_since_cut(ctx: TaskContext) -> int:
+    """A checkpoint group member's last checkpoint (its seq) if it has sent the other
+    members nothing since (0: it took none and sent them nothing), else -1: whether the
+    group can go back to a checkpoint after it ended (core: Core._roll_back)."""
+    first, count = ctx._sib
+
+    def to_peers(sent: dict) -> dict:
+        return {p: n for p, n in sent.items() if n and first <= p < first + count}
+    seq, at = ctx.__dict__.get("_cut_sent", (0, {}))
+    return seq if to_peers(ctx._sent) == to_peers(at) else -1
+
 class Node(Site):
     """A worker rank."""
 
@@ -388,6 +400,7 @@ class Node(Site):
         ctx._state = ckpt["state"]
         ctx._ckpt_seq = ckpt["seqs"]["ckpt"]
         ctx._sent = {int(k): v for k, v in ckpt["seqs"]["sent"].items()}
+        ctx.__dict__["_cut_sent"] = (ctx._ckpt_seq, dict(ctx._sent))   # _quiet_since_cut
         ctx._coll = dict(ckpt["seqs"].get("coll", {}))
         ctx._outlog = {int(k): [tuple(e) for e in v] for k, v in ckpt["outlog"].items()}
         box = ctx.mailbox
@@ -481,15 +494,17 @@ class Node(Site):
         # to vm.join (2000 buffers)
         outlog = ({d: e for d, e in getattr(ctx, "_outlog", {}).items() if e} or None
                   if self.config.checkpoint_dir else None)
+        cut = _quiet_since_cut(ctx) if ctx is not None and ctx.__dict__.get("_group") else -1
         try:
             try:
                 self.transport.send(P.COORDINATOR, P.Exited(tid, inc, ins.ok, ins.value,
-                                                             outlog).encode())
+                                                             outlog, cut).encode())
             except WireError as exc:
                 exc = wire.relabel(exc, "[4]", "result")
                 err = WireError(f"the return value of task {tid} cannot be sent: {exc}")
                 self.transport.send(P.COORDINATOR, P.Exited(
-                    tid, inc, False, remote.pack_exception(err, self.where())).encode())
+                    tid, inc, False, remote.pack_exception(err, self.where()), None,
+                    cut).encode())
         except PeerFailed:
             self._run(N.SendFailed())
 
@@ -583,6 +598,7 @@ class Node(Site):
             for old in [k for k in marks if k[0] == ctx.tid and k[1] < seq]:
                 del marks[old]
         upto = {p: got[p][1] for p in incs}
+        ctx.__dict__["_cut_sent"] = (seq, dict(ctx._sent))     # see _quiet_since_cut
         box = ctx.mailbox
         self._wait_alive(ctx, lambda: all(box.delivered.get(s, 0) >= n
                                           for s, n in upto.items()))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -597,6 +598,44 @@ def test_a_checkpoint_group_goes_back_to_the_checkpoint_all_acknowledged() -> No
     for tid in (50, 52):                 # survivors: where they run, from their own copy
         assert again[tid].rank == places[tid] == again[tid].source
     assert again[51].rank != lost and again[51].source in (again[51].rank, lost % 3 + 1)
+
+
+def _group_of_three(core) -> tuple[dict, Callable[[int, int], None]]:
+    places = {}
+    for tid in (50, 51, 52):            # one spawn: group 50
+        (p,) = of(core.handle(E.TaskSpawned(tid, 1, 0.0, None, False, 0, 50)), I.PlaceSpawned)
+        places[tid] = p.rank
+
+    def commit(tid: int, seq: int) -> None:
+        r = places[tid]
+        b = r % 3 + 1
+        core.handle(E.CheckpointStored(r, tid, 0, seq, 1.0, b, False),
+                    E.CheckpointHeld(b, tid, 0, seq, 1.0))
+    return places, commit
+
+
+@pytest.mark.parametrize("cut, exact", [(-1, False), (2, False), (1, True), (0, True)])
+def test_a_group_member_that_ended_after_the_epoch_makes_a_rollback_an_error(
+        cut: int, exact: bool) -> None:
+    """A member that ended sends nothing again: the group goes back to an epoch only if
+    that member sent the others nothing after it (cut <= epoch: its last checkpoint, after
+    which it was quiet); else the job ends with an error that says why (not a hang)."""
+    core = up(3)
+    places, commit = _group_of_three(core)
+    for tid in (50, 51, 52):
+        commit(tid, 1)
+    out = core.handle(E.SpawnedExited(places[52], 52, 0, True, "done", 1.5, cut))
+    assert core.ckgroups == {50: [50, 51]}
+    out = core.handle(E.NodeLost(places[51], LossCause.ULFM, 2.0))
+    if exact:
+        assert I.GroupRolledBack(50, 1) in out and not of(out, I.Fatal)
+        assert {p.tid for p in of(out, I.PlaceSpawned)} == {50, 51}
+    else:
+        (fatal,) = of(out, I.Fatal)
+        assert "checkpoint group 50 cannot go back to its checkpoint 1: task(s) 52" in \
+            str(fatal.error) and "checkpoint='log'" in str(fatal.error)
+        assert not of(out, I.PlaceSpawned) and not core.tasks
+        assert {r.tid for r in of(out, I.ResolveTask)} == {50, 51}
 
 
 def test_with_a_journal_a_tasks_checkpoints_go_to_disk_at_most_every_disk_every_s() -> None:

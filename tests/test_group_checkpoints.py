@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +139,38 @@ def test_a_checkpoint_group_lost_before_its_first_checkpoint_starts_again(job, t
     assert res.line("ring:") == base.line("ring:")
     assert re.search(r"checkpoint group \d+ \(4 task\(s\)\) rolled back to its checkpoint 0",
                      res.err), res.err
+
+
+PAIR = str(Path(__file__).parent / "apps" / "pair_app.py")
+
+
+@pytest.mark.parametrize("final", [False, True])
+def test_a_checkpoint_group_resumed_after_one_member_finished(job, tmp_path, final):
+    """A group of two: b finishes, a lingers, and the coordinator is SIGKILLed then. On
+    --resume b's result is reused and a goes back to its newest checkpoint on disk. If b
+    sent a messages after it (no checkpoint after the last round), nobody can send them
+    again: the resumed job ends with an error that says so, instead of waiting forever.
+    With one (--final; every epoch on disk), a resumes from it and the result is exact."""
+    args = [PAIR, "--group", *(["--final"] if final else [])]
+    env = {"CLUSTERVM_CHECKPOINT_GROUP_DISK_S": "0"}
+    base = run_job(args, n=3, timeout=TIMEOUT, env=env)
+    assert base.rc == 0, base.err
+    marks, ck = tmp_path / "marks", tmp_path / "ck"
+    marks.mkdir()
+    j = job([*args, "--markers", str(marks)], n=3, timeout=TIMEOUT, env=env,
+            run_args=["--checkpoint-dir", str(ck)])
+    wait_for(lambda: list(marks.glob("linger-*")), "task a lingering", j)
+    time.sleep(0.4)                     # b returns at once: it has finished by now
+    j.kill_rank(0)
+    assert j.wait().rc != 0, "the job went on without its coordinator"
+    res = job([*args, "--markers", str(marks)], n=3, timeout=TIMEOUT, env=env,
+              run_args=["--resume", str(ck)]).wait()
+    if final:
+        assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
+        assert res.line("pair:") == base.line("pair:")
+        assert re.search(r"resumed: 1 finished task\(s\) reused", report(res.err)), \
+            report(res.err)
+    else:
+        assert res.rc not in (0, 124), f"{res.rc}\n{res.out}\n{res.err}"
+        assert re.search(r"checkpoint group \d+ cannot be resumed: task\(s\) \d+ of it had "
+                         r"finished after its checkpoint \d+ on disk", res.err), res.err

@@ -22,6 +22,7 @@ import pytest
 import clustervm
 from clustervm.coordinator import Coordinator
 from clustervm.endpoint import PeerFailed
+from clustervm.errors import CheckpointError
 from clustervm.errors import DeadTaskError, NoNodesError, WireError
 from clustervm.inprocess import InProcessWorld
 from clustervm.testing.inprocess import InProcessVM, VMTimeout, run_vm, test_config
@@ -512,6 +513,33 @@ def test_restarted_task_replays_to_a_task_that_has_ended(tmp_path):
     out, ivm = run_app(PAIR_APP, ["--markers", str(tmp_path)], nodes=2, fault=fault)
     assert line(out, "pair:") == expected
     assert ivm.coordinator.stats["rerun"] == 1
+
+
+@pytest.mark.parametrize("final", [False, True])
+def test_a_group_member_lost_after_its_peer_ended(tmp_path, final):
+    """A checkpoint group of two: b returns, a lingers, and a's node is lost. Without a
+    checkpoint after the last round, a would go back to a checkpoint before b's last
+    messages, which nobody can send again (a group logs none): the job ends with an
+    error that says so, instead of waiting forever. With one (--final), a goes back to it
+    and the result is exact."""
+    args = ["--group", *(["--final"] if final else [])]
+    expected = baseline(PAIR_APP, args, "pair:", nodes=2)
+
+    def fault(ivm):
+        def kill(found):
+            time.sleep(0.3)                   # b returns at once: it has ended by now
+            tid = int(found[0].name.rsplit("-", 1)[1])
+            ivm.kill(ivm.coordinator.tasks[tid].node)
+        return when(lambda: list(tmp_path.glob("linger-*")), kill, "task a lingering")
+    if final:
+        out, ivm = run_app(PAIR_APP, [*args, "--markers", str(tmp_path)], nodes=2,
+                           fault=fault)
+        assert line(out, "pair:") == expected
+        assert ivm.coordinator.stats["rerun"] == 1
+    else:
+        with pytest.raises(CheckpointError, match=r"checkpoint group \d+ cannot go back to its "
+                           r"checkpoint 2: task\(s\) \d+ of it ended after that checkpoint"):
+            run_app(PAIR_APP, [*args, "--markers", str(tmp_path)], nodes=2, fault=fault)
 
 
 def test_notify_callbacks_and_messages_on_a_lost_node(tmp_path):

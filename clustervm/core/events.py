@@ -114,13 +114,16 @@ class TasksDone(Event):
 
 @record
 class SpawnedExited(Event):
-    """Incarnation ``inc`` of spawned task ``tid`` ended on node ``rank``."""
+    """Incarnation ``inc`` of spawned task ``tid`` ended on node ``rank``; ``cut``: for a
+    checkpoint group member, its last checkpoint if it sent the other members nothing
+    after it (0: none, and nothing sent), else -1 (protocol.Exited)."""
     rank: int
     tid: int
     inc: int
     ok: bool
     value: Any
     now: float
+    cut: int = -1
 
 
 @record

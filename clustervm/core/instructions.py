@@ -127,11 +127,13 @@ class ResolveTask(Instruction):
 
 @record
 class JournalDone(Instruction):
-    """Append "task ``tid`` finished" to the journal (digest, ok, packed value)."""
+    """Append "task ``tid`` finished" to the journal (digest, ok, packed value; ``cut``:
+    a checkpoint group member's, as E.SpawnedExited says it)."""
     tid: int
     digest: int
     ok: bool
     value: Any
+    cut: int = -1
 
 
 @record
@@ -225,7 +227,7 @@ class Warn(Instruction):
 
 @record
 class Fatal(Instruction):
-    """The job cannot go on (every node is lost): ``error`` is raised to main."""
+    """The job cannot go on (every node is lost, say): ``error`` is raised to main."""
     error: BaseException
 
 

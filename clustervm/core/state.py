@@ -167,6 +167,9 @@ class Core:
         self.homeless: list[Task] = []          # spawned tasks waiting for a node to join
         #: checkpoint groups (spawn(checkpoint="group")): first tid -> member tids
         self.ckgroups: dict[int, list[int]] = {}
+        #: a checkpoint group's members that ended while others run: group -> {tid: the
+        #: last checkpoint after which it sent the other members nothing, or -1}
+        self._group_ended: dict[int, dict[int, int]] = {}
         self.journal_done: dict[int, tuple[int, bool, Any]] = {}
         self.spawning = 0                       # replacements asked for, not started yet
         #: the VM-wide mailbox (put_info / get_info): name -> value, and who waits for a name
@@ -529,6 +532,10 @@ class Core:
         err = NoNodesError(f"every worker node is lost ({lost}); the job cannot go on. "
                            "Start it with more nodes, with --spares K, or resume it with "
                            "--resume DIR if it ran with --checkpoint-dir")
+        self._fail_job(err)
+
+    def _fail_job(self, err: BaseException) -> None:
+        """The job cannot go on: every task ends with ``err``, and so does the job."""
         self.fatal = err
         self._out.append(I.Fatal(err))
         for t in list(self.tasks.values()):
@@ -794,8 +801,10 @@ class Core:
         self._reindex(n)
         self._want_dispatch = True
 
-    def _finish(self, t: Task, ok: bool, value: Any, packed: bool = True) -> None:
-        """A task is over: deliver its outcome once, journal it, drop its checkpoints."""
+    def _finish(self, t: Task, ok: bool, value: Any, packed: bool = True,
+                cut: int = -1) -> None:
+        """A task is over: deliver its outcome once, journal it, drop its checkpoints.
+        ``cut``: see E.SpawnedExited."""
         state = t.state
         if state is not _RUNNING and state is not _PENDING:
             return            # over already (identity tests: an Enum's hash is slow)
@@ -816,7 +825,7 @@ class Core:
         if self.observing:
             out.append(I.Observe("end", tid, t.node, ok))
         if self.journal and packed:
-            out.append(I.JournalDone(tid, t.digest, ok, value))
+            out.append(I.JournalDone(tid, t.digest, ok, value, cut))
         if t.t_ckpt or t.attempts or self.resume:     # it may have checkpoints
             held = set(t.ckpt[1]) if t.ckpt is not None else set()
             if t.pend is not None:
@@ -835,6 +844,9 @@ class Core:
                         del self.ckgroups[t.group]
                         self._group_disk.pop(t.group, None)
                         self._group_t_disk.pop(t.group, None)
+                        self._group_ended.pop(t.group, None)
+                    else:
+                        self._group_ended.setdefault(t.group, {})[tid] = cut
             out.append(I.BroadcastLocation(tid, -1, t.inc, False, tuple(self._alive)))
         out.append(I.resolved(tid, t.kind, ok, value, packed))
 
@@ -960,6 +972,18 @@ class Core:
             epoch = older
             for t in members:
                 t.ckpt, t.prev = ((epoch, frozenset({0})) if epoch else None), None
+        gone = sorted(tid for tid, cut in self._group_ended.get(group, {}).items()
+                      if cut < 0 or cut > epoch)
+        if gone:
+            # what they sent the others after the epoch is needed again, and nobody can
+            # send it: waiting for it would hang the job
+            self._fail_job(CheckpointError(
+                f"checkpoint group {group} cannot go back to its checkpoint {epoch}: task(s) "
+                f"{', '.join(map(str, gone))} of it ended after that checkpoint, and what "
+                f"they sent the other members since is not kept (a checkpoint group logs no "
+                f"messages). Have every member checkpoint after its last message to the "
+                f"others, just before it returns, or spawn with checkpoint='log'"))
+            return
         self._out.append(I.GroupRolledBack(group, epoch))
         start = len(self._out)
         for t in members:
@@ -1002,11 +1026,7 @@ class Core:
             f"messages it had received before it are forgotten, so the job cannot go on. "
             f"Run the job with --checkpoint-dir DIR to keep a copy on disk as well")
         t.node = None
-        self.fatal = err
-        self._out.append(I.Fatal(err))
-        for other in list(self.tasks.values()):
-            self._finish(other, False, err, packed=False)
-        self.pending.clear()
+        self._fail_job(err)
         return False
 
     def _exited(self, ev: E.SpawnedExited) -> None:
@@ -1020,7 +1040,7 @@ class Core:
             n.last_heard = ev.now
         n.spawned.discard(t.tid)
         self._reindex(n)
-        self._finish(t, ev.ok, ev.value)
+        self._finish(t, ev.ok, ev.value, cut=ev.cut)
         self._want_dispatch = True
 
     def _killed(self, ev: E.TaskKilled) -> None:
