@@ -81,7 +81,8 @@ def main(vm) -> None:
     p.add_argument("--checkpoint-mode", choices=("log", "group"), default="log")
     a = p.parse_args(vm.argv[1:])
     t0, c0 = time.perf_counter(), os.times()
-    tids = vm.spawn(solver, a.tasks, a.size, a.steps, a.checkpoint_every, 0.0, count=a.tasks,
+    tids = vm.spawn(solver, a.tasks, a.size, a.steps, a.checkpoint_every, 0.0,
+                    a.checkpoint_mode == "group", count=a.tasks,
                     checkpoint=a.checkpoint_mode)
     for t in tids:
         vm.join(t)
