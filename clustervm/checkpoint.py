@@ -251,6 +251,9 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> int:
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 
+#: a checkpoint frame as the store keeps it
+Frame = bytes | memoryview
+
 
 @dataclasses.dataclass
 class CheckpointStats:
@@ -288,8 +291,9 @@ class CheckpointStore:
         self.stats = CheckpointStats()
         self._lock = threading.Lock()  # guards the dicts and stats below
         self._stripes = [threading.Lock() for _ in range(_LOCK_STRIPES)]  # serialise per key
-        self._mem: dict[str, tuple[int, list[bytes]]] = {}
-        self._prev: dict[str, tuple[int, list[bytes]]] = {}    # save(keep_previous=True)
+        # frames are bytes, or memoryviews of buffers given away (save(copy=False))
+        self._mem: dict[str, tuple[int, list[Frame]]] = {}
+        self._prev: dict[str, tuple[int, list[Frame]]] = {}    # save(keep_previous=True)
         # On disk, indexed by stem: {stem: {seq: path}} (the versions kept), {stem: key}
         self._disk: dict[str, dict[int, str]] = {}
         self._slots: dict[str, set[str]] = {}   # {stem: its slot files, kept or free}
@@ -423,7 +427,7 @@ class CheckpointStore:
             self._write_version(kb, key, stem, seq, list(frames))
 
     def _write_version(self, kb: bytes, key: str, stem: str, seq: int,
-                       frames: list[bytes]) -> None:
+                       frames: list[Frame]) -> None:
         """Write one version into a free slot of the key (a new slot if it has none) and
         forget the versions beyond ``keep`` (under the key's stripe)."""
         with self._lock:
@@ -463,7 +467,7 @@ class CheckpointStore:
             with self._lock:
                 self._bad.discard(p)
 
-    def _encode(self, kb: bytes, seq: int, frames: list[bytes]) -> tuple[bytes, bytes, int]:
+    def _encode(self, kb: bytes, seq: int, frames: list[Frame]) -> tuple[bytes, bytes, int]:
         """A version's header and trailer, and its file's size."""
         header = _encode_header(kb, seq, [len(fr) for fr in frames])
         crc = zlib.crc32(header)
@@ -476,7 +480,7 @@ class CheckpointStore:
             f"cannot write checkpoint {path}: {exc}; check free space and permissions "
             f"of {self.path}")
 
-    def _create(self, final: str, kb: bytes, seq: int, frames: list[bytes]) -> int:
+    def _create(self, final: str, kb: bytes, seq: int, frames: list[Frame]) -> int:
         """A new slot file holding one version, created atomically; its size."""
         assert self.path is not None
         tmp = os.path.join(self.path, f"{_TMP_PREFIX}{os.getpid()}.{uuid.uuid4().hex}")
@@ -501,13 +505,16 @@ class CheckpointStore:
             _fsync_dir(self.path)
         return total
 
-    def _rewrite(self, path: str, kb: bytes, seq: int, frames: list[bytes]) -> int:
+    def _rewrite(self, path: str, kb: bytes, seq: int, frames: list[Frame]) -> int:
         """Put one version into the free slot ``path``, in place; its size. The magic is
         zeroed first and the header written last: a crash in between leaves a slot that
         reads as an interrupted write (the slot stays free if this fails)."""
         header, trailer, total = self._encode(kb, seq, frames)
         try:
-            fd = os.open(path, os.O_WRONLY)
+            try:
+                fd = os.open(path, os.O_WRONLY)
+            except FileNotFoundError:       # deleted behind the store's back: made anew
+                return self._create(path, kb, seq, frames)
             try:
                 _pwrite_all(fd, _INTERRUPTED, 0)
                 at = len(header)
@@ -540,7 +547,7 @@ class CheckpointStore:
                 held.update(self._disk.get(safe_stem(key), {}))
             return held
 
-    def load(self, key: str, upto: int | None = None) -> tuple[int, list[bytes]] | None:
+    def load(self, key: str, upto: int | None = None) -> tuple[int, list[Frame]] | None:
         """The latest valid checkpoint of ``key`` as ``(seq, frames)``, or None;
         with ``upto``, the latest whose seq is at most that.
 

@@ -669,3 +669,15 @@ def test_save_without_copy_keeps_the_buffer_given_away(tmp_path):
         kept[0] = ord("x")
         assert store.load("k") == (2, [b"abc"])
     assert CheckpointStore(tmp_path).load("k") == (2, [b"abc"])
+
+
+def test_a_slot_deleted_behind_the_stores_back_is_made_anew(tmp_path):
+    store = CheckpointStore(tmp_path)
+    for seq in (1, 2, 3):
+        store.save("k", seq, [b"v%d" % seq])        # s0 = 1 (free), s1 = 2, s2 = 3
+    free = ckpt_files(tmp_path)[0]
+    assert file_version(free) == ("k", 1)
+    os.unlink(free)
+    store.save("k", 4, [b"v4"])
+    assert [file_version(p)[1] for p in ckpt_files(tmp_path)] == [2, 3, 4]
+    assert CheckpointStore(tmp_path).load("k") == (4, [b"v4"])
