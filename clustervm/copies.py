@@ -32,6 +32,7 @@ class Copies:
         self._by_tid: dict[int, dict[int, tuple[int, Any]]] = {}   # tid -> seq -> (inc, blob)
         self._spares: dict[int, Any] = {}     # tid -> memory for its next checkpoint
         self._warming: set[int] = set()
+        self._first: set[int] = set()         # warming for a first checkpoint (prepare)
         self.nbytes = 0
 
     def put(self, tid: int, inc: int, seq: int, blob: Any) -> list[Any]:
@@ -76,13 +77,30 @@ class Copies:
         threading.Thread(target=self._warm, args=(tid, len(blob)), daemon=True,
                          name=f"cvm-ckpt-spare-{tid}").start()
 
+    def prepare(self, tid: int, size: int) -> bool:
+        """For a task none of whose checkpoints is held here: True while memory of
+        ``size`` bytes for its first one is made ready by a thread (started by the first
+        call), so that the caller skips this one; False once it is ready (take_spare
+        gives it) or when a checkpoint of the task is held."""
+        with self._lock:
+            if self._by_tid.get(tid) or tid in self._spares:
+                return False
+            if tid in self._warming:
+                return True
+            self._warming.add(tid)
+            self._first.add(tid)
+        threading.Thread(target=self._warm, args=(tid, size), daemon=True,
+                         name=f"cvm-ckpt-spare-{tid}").start()
+        return True
+
     def _warm(self, tid: int, size: int) -> None:
         buf = wire.blob_memory(size)
         buf.base[::4096] = 0         # one write a page: the page faults happen here, not
         with self._lock:             # in the task's next checkpoint (numpy lets go of the GIL)
             self._warming.discard(tid)
-            if tid in self._by_tid:
+            if tid in self._by_tid or tid in self._first:
                 self._spares.setdefault(tid, buf)
+            self._first.discard(tid)
 
     def take_spare(self, tid: int) -> Any | None:
         """The memory kept for task ``tid``'s next checkpoint (see :meth:`put_own`)."""
@@ -101,6 +119,7 @@ class Copies:
             held = self._by_tid.pop(tid, None) or {}
             self.nbytes -= sum(len(b) for _, b in held.values())
             self._spares.pop(tid, None)
+            self._first.discard(tid)
 
     def __len__(self) -> int:
         with self._lock:

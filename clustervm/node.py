@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 
 
 
+#: a spawned task's first checkpoint with this much array data is skipped while memory
+#: for it is made ready (Copies.prepare); group members' never are (they take cuts together)
+FIRST_BIG_CHECKPOINT = 32 << 20
+
+
 def _quiet_since_cut(ctx: TaskContext) -> int:
     """A checkpoint group member's last checkpoint (its seq) if it has sent the other
     members nothing since (0: it took none and sent them nothing), else -1: whether the
@@ -554,9 +559,18 @@ class Node(Site):
         # buddy store, clustervm.copies); a short task's goes to the coordinator
         buddy, to_store = (self.buddy, ctx.__dict__.get("_to_store", True)) \
             if self.live.get(ctx.tid) is ctx else (0, True)
-        big = sum(b.nbytes for b in bufs) >= wire.BLOB_OUT_OF_BAND
-        blob = wire.pack_frames([head, *bufs], mutable=bool(buddy) and big,
-                                into=self.copies.take_spare(ctx.tid) if buddy and big else None)
+        nbytes = sum(b.nbytes for b in bufs)
+        big = nbytes >= wire.BLOB_OUT_OF_BAND
+        spare = self.copies.take_spare(ctx.tid) if buddy and big else None
+        if spare is None and buddy and not group and nbytes >= FIRST_BIG_CHECKPOINT \
+                and self.copies.prepare(ctx.tid, wire.packed_size([head, *bufs])):
+            # nothing of it is held yet: a copy into new memory would stop the task for
+            # the page faults (200 MB: 180-250 ms here); a thread makes memory ready, and
+            # the next call copies into it (the task restarts from the start meanwhile)
+            log.debug("task %d: checkpoint %d skipped: memory for it is made ready",
+                      ctx.tid, seq)
+            return False
+        blob = wire.pack_frames([head, *bufs], mutable=bool(buddy) and big, into=spare)
         frame = wire.as_blob_frame(blob)
         if buddy:
             self.copies.put_own(ctx.tid, ctx.inc, seq, blob)

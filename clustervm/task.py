@@ -194,10 +194,14 @@ class TaskContext:
         no later message or result overtakes it. It never waits for the copies of
         the one before: if that one is still on its way (a big state), this call
         returns at once without a new checkpoint (the task then restarts from the
-        one before, as exactly). Members of a checkpoint group (``spawn(...,
-        checkpoint="group")``) always take it together. A failure to store one (an
-        unwritable ``--checkpoint-dir``) is raised by a later ``checkpoint`` call.
-        Returns whether a checkpoint was taken.
+        one before, as exactly). A spawned task's first checkpoint of a big state
+        (32 MB of arrays and more) is skipped the same way while memory for it is
+        made ready behind the task (a copy into new memory would stop the task for
+        its page faults: 180-250 ms for 200 MB here); a later call copies into it.
+        Members of a checkpoint group (``spawn(..., checkpoint="group")``) always
+        take it together. A failure to store one (an unwritable
+        ``--checkpoint-dir``) is raised by a later ``checkpoint`` call. Returns
+        whether a checkpoint was taken.
         """
         self._check()
         self._ckpt_seq += 1

@@ -416,6 +416,11 @@ def dumps(obj: Any, *, allow_pickle: bool = False) -> tuple[bytes, list[memoryvi
 _FRAMES = struct.Struct("<I")
 
 
+def packed_size(frames: Sequence[Any]) -> int:
+    """The size of :func:`pack_frames`'s blob of ``frames``."""
+    return _FRAMES.size + 8 * len(frames) + sum(memoryview(f).nbytes for f in frames)
+
+
 def pack_frames(frames: Sequence[Any], into: Any = None, mutable: bool = False) -> Any:
     """Join a payload and its buffers (what :func:`dumps` gives) into one blob: one
     MPI message instead of one per array (a checkpoint holds many small ones).

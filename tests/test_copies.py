@@ -37,3 +37,30 @@ def test_a_large_blob_travels_out_of_band_and_comes_back_whole() -> None:
     c = Copies()
     c.put(1, 0, 2, got)
     assert c.nbytes == len(big) and bytes(c.get(1, 2)) == big
+
+
+def test_memory_for_a_first_big_checkpoint_is_made_ready_behind_the_task() -> None:
+    """prepare: True (skip) while a thread touches the memory, then False and the memory
+    is the task's spare, of the size asked for; a task with a copy held needs none; a
+    task that ends while its memory is made ready leaves none behind."""
+    import time
+    c = Copies()
+    size = 3 << 20
+    assert c.prepare(5, size) is True
+    deadline = time.monotonic() + 10
+    while c.prepare(5, size):
+        assert time.monotonic() < deadline, "the memory was never made ready"
+        time.sleep(0.005)
+    spare = c.take_spare(5)
+    assert spare is not None and len(spare) == size
+    blob = wire.pack_frames([b"h" * (size - wire.packed_size([b""]))], into=spare, mutable=True)
+    assert len(blob) == size and np.shares_memory(blob, spare)
+    c.put_own(6, 0, 1, b"small")            # held: nothing to make ready
+    assert c.prepare(6, size) is False
+    assert c.prepare(9, size) is True
+    c.drop(9)
+    deadline = time.monotonic() + 10
+    while 9 in c._warming:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    assert c.take_spare(9) is None

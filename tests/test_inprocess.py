@@ -175,6 +175,24 @@ def group_member(ctx, rounds, size):
     return acc
 
 
+def big_state(ctx, mb):
+    """A spawned task with ``mb`` MB of state: checkpoints until one is taken (the first is
+    skipped while memory for it is made ready), says so (mailbox), waits to be told to
+    finish, and returns what it restored or kept."""
+    st = ctx.restore()
+    if st is None:
+        a = np.arange(mb * (1 << 20) // 8, dtype=np.float64)
+        calls = [ctx.checkpoint({"a": a, "calls": 0})]
+        while not calls[-1]:
+            assert len(calls) < 2000, "no checkpoint was ever taken"
+            time.sleep(0.01)
+            calls.append(ctx.checkpoint({"a": a, "calls": len(calls)}))
+        st = {"a": a, "calls": len(calls) - 1}
+        ctx.put_info("big-taken", calls)
+    ctx.recv(tag=7)
+    return [ctx.inc, st["calls"], float(st["a"].sum())]
+
+
 def held_forever(ctx):
     ctx.recv(tag=999)          # never comes: a kill or the end stops it
 
@@ -540,6 +558,27 @@ def test_a_group_member_lost_after_its_peer_ended(tmp_path, final):
         with pytest.raises(CheckpointError, match=r"checkpoint group \d+ cannot go back to its "
                            r"checkpoint 2: task\(s\) \d+ of it ended after that checkpoint"):
             run_app(PAIR_APP, [*args, "--markers", str(tmp_path)], nodes=2, fault=fault)
+
+
+def test_a_first_big_checkpoint_is_skipped_then_taken_and_restores():
+    """A 40 MB state: the first checkpoint returns False (memory for it is made ready
+    behind the task: a copy into new memory would stop it for the page faults), a later
+    one is taken; the task's node is lost and it comes back from that one, whole."""
+    def main(vm, kill):
+        (tid,) = vm.spawn(big_state, 40)
+        calls = vm.get_info("big-taken", wait=True, timeout=30)
+        deadline = time.monotonic() + 30
+        while vm._c.core.tasks[tid].ckpt is None:      # held by the node and its buddy
+            assert time.monotonic() < deadline, "the checkpoint was never acknowledged"
+            time.sleep(0.01)
+        kill(vm._c.tasks[tid].node)
+        vm.send(tid, 7, None)
+        return calls, vm.join(tid)
+    ivm = InProcessVM(3, test_config(), timeout=60)
+    calls, (inc, kept_calls, total) = ivm.run(lambda vm: main(vm, ivm.kill))
+    assert calls[0] is False and calls[-1] is True and kept_calls == len(calls) - 1
+    n = 40 * (1 << 20) // 8
+    assert inc == 1 and total == float(n * (n - 1) // 2)
 
 
 def test_notify_callbacks_and_messages_on_a_lost_node(tmp_path):
