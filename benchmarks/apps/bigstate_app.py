@@ -12,10 +12,11 @@ resident memory every 0.1 s meanwhile. Prints one line per task and::
         later_stall_ms=<float> median_step_ms=<float> checkpoint_call_ms=<max>
         coordinator_rss_mb=<start>-><max> skipped=<int>
 
-``later_stall_ms``: the longest checkpoint call after each task's first two (those
-copy the state into new memory; later ones reuse the memory of a copy no longer
-held). ``skipped``: calls that took no checkpoint because the one before was still
-on its way to the buddy (``ctx.checkpoint`` never waits for it).
+``later_stall_ms``: the longest checkpoint call after each task's first two (the
+first is skipped while memory for it is made ready behind the task; the others copy
+into memory touched before: made ready, or a copy no longer held). ``skipped``: calls
+that took no checkpoint, that first one, or because the one before was still on its
+way to the buddy (``ctx.checkpoint`` never waits for it).
 """
 import argparse
 import statistics
