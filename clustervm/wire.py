@@ -425,8 +425,8 @@ def pack_frames(frames: Sequence[Any], into: Any = None, mutable: bool = False) 
     """Join a payload and its buffers (what :func:`dumps` gives) into one blob: one
     MPI message instead of one per array (a checkpoint holds many small ones).
 
-    ``into``: a blob made here before (``mutable``) to fill again, if it has exactly
-    the size needed (then it, or another view of its memory, is returned); ``mutable``:
+    ``into``: a blob made here before (``mutable``) to fill again, if its memory holds
+    the size needed (then a view of its memory is returned); ``mutable``:
     else make the blob a new uint8 numpy array (bytes otherwise), which can be filled
     again later. Copying 200 MB into memory already touched takes a fifth of the time
     it takes into new memory (page faults), measured here; numpy allocates and copies
@@ -436,7 +436,9 @@ def pack_frames(frames: Sequence[Any], into: Any = None, mutable: bool = False) 
     views = [memoryview(f).cast("B") for f in frames]
     head = _FRAMES.pack(len(views)) + struct.pack(f"<{len(views)}Q", *(v.nbytes for v in views))
     size = len(head) + sum(v.nbytes for v in views)
-    if into is None or len(into) != size:
+    if into is not None and len(into) != size:
+        into = _resized(into, size)
+    if into is None:
         if not mutable:
             return b"".join([head, *views])
         into = blob_memory(size)
@@ -470,10 +472,23 @@ def blob_memory(size: int) -> Any:
     than it needs, so that :func:`pack_frames` can move the view. A copy whose target
     lies a few bytes to a few hundred bytes further into its page than its source
     runs 3-4x slower here (200 MB: 19 ms at the same offset, 73-90 ms 8 or 64 bytes
-    further; 4K aliasing of the loads on the stores)."""
+    further; 4K aliasing of the loads on the stores). A big one has 1/16 more room,
+    so that the next blob, a little larger (a checkpoint whose messages differ), fits
+    in it too: new memory costs its page faults (180-250 ms for 200 MB here)."""
     import numpy as np
-    base = np.empty(size + _PAGE, np.uint8)
+    spare = size // 16 if size >= _BIG_COPY else 0
+    base = np.empty(size + spare + _PAGE, np.uint8)
     _blob_bases[id(base)] = base
+    return base[:size]
+
+
+def _resized(blob: Any, size: int) -> Any:
+    """A view of ``size`` bytes of the memory of ``blob`` (from :func:`blob_memory`), or
+    None if it is not blob_memory's or too small (a page of room is kept for
+    :func:`_page_matched`)."""
+    base = getattr(blob, "base", None)
+    if base is None or _blob_bases.get(id(base)) is not base or len(base) < size + _PAGE:
+        return None
     return base[:size]
 
 

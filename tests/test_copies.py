@@ -64,3 +64,17 @@ def test_memory_for_a_first_big_checkpoint_is_made_ready_behind_the_task() -> No
         assert time.monotonic() < deadline
         time.sleep(0.005)
     assert c.take_spare(9) is None
+
+
+def test_a_big_blob_refills_the_memory_of_one_a_little_smaller_or_larger() -> None:
+    """A checkpoint's size moves with the messages it carries: its next blob goes into
+    the old one's memory if it fits (big blobs get 1/16 more room), else into new."""
+    n = 4 << 20
+    first = wire.pack_frames([b"h", np.ones(n, np.uint8)], mutable=True)
+    for m in (n - 1000, n + 1000, n + n // 32):
+        again = wire.pack_frames([b"h", np.full(m, 7, np.uint8)], into=first, mutable=True)
+        assert np.shares_memory(again, first) and len(again) == wire.packed_size(
+            [b"h", np.empty(m, np.uint8)])
+        assert bytes(wire.unpack_frames(again)[1][-3:]) == b"\x07\x07\x07"
+    bigger = wire.pack_frames([b"h", np.ones(2 * n, np.uint8)], into=first, mutable=True)
+    assert not np.shares_memory(bigger, first)
