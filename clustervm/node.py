@@ -28,6 +28,7 @@ from .core.node import COORDINATOR_SILENCE, COORDINATOR_SILENCE_MIN_S  # noqa: F
 from .errors import WireError
 from .futures import ClusterFuture
 from .site import ENDED, Location, Site, snapshot
+from .values import approx_size
 from .mailbox import Mailbox
 from .task import TaskAborted, TaskContext, TaskExit
 from .endpoint import Endpoint, PeerFailed
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 #: a spawned task's first checkpoint with this much array data is skipped while memory
-#: for it is made ready (Copies.prepare); group members' never are (they take cuts together)
+#: for it is made ready (Copies.prepare); a checkpoint group's members skip it together
 FIRST_BIG_CHECKPOINT = 32 << 20
 
 
@@ -539,7 +540,15 @@ class Node(Site):
                 return False
         self.settle_checkpoint(ctx)
         if group:
-            delivered, mailbox = self._cut(ctx, group, seq)
+            delivered, mailbox, ready = self._cut(ctx, group, seq, self._ready(ctx, state))
+            if not ready:
+                # a member's memory for its first big state is being made ready (see
+                # below): every member skips this one, and its number (the next cut's
+                # marks are the next number's, never mixed up with these)
+                log.debug("task %d: group checkpoint %d skipped: a member's memory for it "
+                          "is made ready", ctx.tid, seq)
+                return False
+            ctx.__dict__["_cut_sent"] = (seq, dict(ctx._sent))     # see _quiet_since_cut
         else:
             box = ctx.mailbox
             with box.lock:
@@ -581,14 +590,24 @@ class Node(Site):
             else None, buddy, post=True)
         return True
 
-    def _cut(self, ctx: TaskContext, group: int, seq: int) -> tuple[dict, list]:
+    def _ready(self, ctx: TaskContext, state: Any) -> bool:
+        """A checkpoint group member's vote for its cut: False while memory for its first
+        checkpoint of a big state is made ready (Copies.prepare; see checkpoint)."""
+        if self.live.get(ctx.tid) is not ctx or not self.buddy:
+            return True
+        size = approx_size(state)
+        return size < FIRST_BIG_CHECKPOINT or not self.copies.prepare(ctx.tid, size + (1 << 20))
+
+    def _cut(self, ctx: TaskContext, group: int, seq: int,
+             ready: bool) -> tuple[dict, list, bool]:
         """A coordinated checkpoint of checkpoint group ``group``: every member sends each
         other member a MARK with how many messages it has sent it; once a member has every
         other's MARK (from its current incarnation), it waits until it has received that
         much from each (the messages in flight at the cut), and keeps in its checkpoint
         what it had received up to the cut, nothing after it (a peer sends that again
         after a rollback). The coordinator takes no part: a member waits for its peers,
-        not for a round trip to rank 0."""
+        not for a round trip to rank 0. Each MARK carries the member's vote (``ready``);
+        the cut is taken if every member voted for it (the third value returned)."""
         first, count = ctx._sib
         incs: dict[int, int] = {}
         for peer in range(first, first + count):
@@ -598,21 +617,21 @@ class Node(Site):
             if loc.rank == ENDED:
                 continue        # it left the group (ended): nothing more comes from it
             incs[peer] = loc.inc
-            mark = P.Mark(peer, seq, ctx.tid, ctx.inc, ctx._sent.get(peer, 0))
+            mark = P.Mark(peer, seq, ctx.tid, ctx.inc, ctx._sent.get(peer, 0), int(ready))
             if loc.rank == self.rank:
                 self._on_mark(self.rank, mark)
             else:
                 self.transport.post(loc.rank, mark.encode())
         key = (ctx.tid, seq)
         marks = self._marks
-        self._wait_alive(ctx, lambda: all(marks.get(key, {}).get(p, (-1, 0))[0] >= inc
+        self._wait_alive(ctx, lambda: all(marks.get(key, {}).get(p, (-1, 0, 1))[0] >= inc
                                           for p, inc in incs.items()))
         with self.lock:
             got = marks.pop(key, {})
             for old in [k for k in marks if k[0] == ctx.tid and k[1] < seq]:
                 del marks[old]
         upto = {p: got[p][1] for p in incs}
-        ctx.__dict__["_cut_sent"] = (seq, dict(ctx._sent))     # see _quiet_since_cut
+        ready = ready and all(got[p][2] for p in incs)
         box = ctx.mailbox
         self._wait_alive(ctx, lambda: all(box.delivered.get(s, 0) >= n
                                           for s, n in upto.items()))
@@ -620,7 +639,7 @@ class Node(Site):
             delivered = {s: min(n, upto[s]) if s in upto else n
                          for s, n in box.delivered.items()}
             mailbox = [list(i) for i in box.items if i[0] not in upto or i[4] <= upto[i[0]]]
-        return delivered, mailbox
+        return delivered, mailbox, ready
 
     def _wait_alive(self, ctx: TaskContext, predicate: Callable[[], bool]) -> None:
         """Wait until ``predicate`` holds; raise TaskAborted if ``ctx`` is aborted first."""
@@ -633,8 +652,8 @@ class Node(Site):
         that member takes it; a newer incarnation's replaces an older one's)."""
         with self.lock:
             got = self._marks.setdefault((msg.dst, msg.seq), {})
-            if got.get(msg.src, (-1, 0))[0] <= msg.inc:
-                got[msg.src] = (msg.inc, msg.sent)
+            if got.get(msg.src, (-1, 0, 1))[0] <= msg.inc:
+                got[msg.src] = (msg.inc, msg.sent, msg.ready)
 
     def settle_checkpoint(self, ctx: TaskContext | None,
                           at_end: bool = False) -> BaseException | None:

@@ -382,17 +382,20 @@ class Forget(Message):
 class Mark(Message):
     """Member ``src`` (incarnation ``inc``) of a checkpoint group is at checkpoint ``seq``
     and had sent ``sent`` messages to member ``dst`` then (a coordinated checkpoint's cut,
-    node -> the node of ``dst``; see Node._cut)."""
-    __slots__ = ("dst", "seq", "src", "inc", "sent")
+    node -> the node of ``dst``; see Node._cut); ``ready``: 0 if its node asks every
+    member to skip this one (memory for its first big state is being made ready)."""
+    __slots__ = ("dst", "seq", "src", "inc", "sent", "ready")
     OP = 36
-    TYPES = (int, int, int, int, int)
+    TYPES = (int, int, int, int, int, int)
     TO = frozenset({"node"})
 
-    def __init__(self, dst: int, seq: int, src: int, inc: int, sent: int) -> None:
+    def __init__(self, dst: int, seq: int, src: int, inc: int, sent: int,
+                 ready: int = 1) -> None:
         self.dst, self.seq, self.src, self.inc, self.sent = dst, seq, src, inc, sent
+        self.ready = ready
 
     def encode(self) -> tuple:
-        return (36, self.dst, self.seq, self.src, self.inc, self.sent)
+        return (36, self.dst, self.seq, self.src, self.inc, self.sent, self.ready)
 
 
 # -- task -> task ------------------------------------------------------------------

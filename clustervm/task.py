@@ -198,16 +198,16 @@ class TaskContext:
         (32 MB of arrays and more) is skipped the same way while memory for it is
         made ready behind the task (a copy into new memory would stop the task for
         its page faults: 180-250 ms for 200 MB here); a later call copies into it.
-        Members of a checkpoint group (``spawn(..., checkpoint="group")``) always
-        take it together. A failure to store one (an unwritable
+        Members of a checkpoint group (``spawn(..., checkpoint="group")``) take it,
+        or skip it, together. A failure to store one (an unwritable
         ``--checkpoint-dir``) is raised by a later ``checkpoint`` call. Returns
         whether a checkpoint was taken.
         """
         self._check()
         self._ckpt_seq += 1
         taken = self._site.checkpoint(self, self._ckpt_seq, state)
-        if not taken:
-            self._ckpt_seq -= 1
+        if not taken and not self.__dict__.get("_group"):
+            self._ckpt_seq -= 1     # a group's members skip a number together (Node._cut)
         self._state = state
         return taken
 

@@ -193,6 +193,23 @@ def big_state(ctx, mb):
     return [ctx.inc, st["calls"], float(st["a"].sum())]
 
 
+def group_big(ctx, mb):
+    """big_state for a checkpoint group's members: they skip their first checkpoint
+    together (the cut's vote), take a later one together, and wait to be told."""
+    st = ctx.restore()
+    if st is None:
+        a = np.full(mb * (1 << 20) // 8, float(ctx.rank))
+        calls = [ctx.checkpoint({"a": a, "calls": 0})]
+        while not calls[-1]:
+            assert len(calls) < 2000, "no checkpoint was ever taken"
+            time.sleep(0.01)
+            calls.append(ctx.checkpoint({"a": a, "calls": len(calls)}))
+        st = {"a": a, "calls": len(calls) - 1}
+        ctx.put_info(f"group-big-{ctx.rank}", calls)
+    ctx.recv(tag=7)
+    return [ctx.inc, st["calls"], float(st["a"][-1])]
+
+
 def held_forever(ctx):
     ctx.recv(tag=999)          # never comes: a kill or the end stops it
 
@@ -579,6 +596,27 @@ def test_a_first_big_checkpoint_is_skipped_then_taken_and_restores():
     assert calls[0] is False and calls[-1] is True and kept_calls == len(calls) - 1
     n = 40 * (1 << 20) // 8
     assert inc == 1 and total == float(n * (n - 1) // 2)
+
+
+def test_a_checkpoint_groups_first_big_checkpoint_is_skipped_by_every_member():
+    """Two members with 40 MB each: their first checkpoint is skipped by both (a member's
+    vote in the cut), a later one is taken by both; a member's node is lost and the
+    group goes back to that one, whole."""
+    def main(vm, kill):
+        tids = vm.spawn(group_big, 40, count=2, checkpoint="group")
+        calls = [vm.get_info(f"group-big-{i}", wait=True, timeout=30) for i in range(2)]
+        deadline = time.monotonic() + 30
+        while any(vm._c.core.tasks[t].ckpt is None for t in tids):
+            assert time.monotonic() < deadline, "the checkpoints were never acknowledged"
+            time.sleep(0.01)
+        kill(vm._c.tasks[tids[1]].node)
+        for t in tids:
+            vm.send(t, 7, None)
+        return calls, [vm.join(t) for t in tids]
+    ivm = InProcessVM(3, test_config(), timeout=60)
+    calls, results = ivm.run(lambda vm: main(vm, ivm.kill))
+    assert calls[0] == calls[1] and calls[0][0] is False and calls[0][-1] is True
+    assert results == [[1, len(calls[0]) - 1, 0.0], [1, len(calls[0]) - 1, 1.0]]
 
 
 def test_notify_callbacks_and_messages_on_a_lost_node(tmp_path):

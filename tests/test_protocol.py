@@ -47,7 +47,7 @@ SAMPLES: dict[type[P.Message], P.Message] = {
     P.Copy: P.Copy(20, 3, b"\x05" * 9),
     P.Restored: P.Restored(20, 2, 3, True),
     P.Forget: P.Forget(20),
-    P.Mark: P.Mark(21, 4, 20, 1, 17),
+    P.Mark: P.Mark(21, 4, 20, 1, 17, 0),
 }
 
 
