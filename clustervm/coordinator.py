@@ -179,7 +179,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         self._ckpt_errors: dict[int, CheckpointError] = {}
         #: a spawned task's replay log as it ended (tid -> (inc, outlog)), journaled with
         #: its result: a task restored on --resume may still need those messages
-        self._exit_outlogs: dict[int, tuple[int, dict]] = {}
+        self._exit_outlogs: dict[int, tuple[int, Any]] = {}    # outlog: packed
         self._finished_senders: dict[int, FinishedSender] = {}   # from the journal
         #: finished tasks in the journal: tid -> its cut (a checkpoint group member's last
         #: checkpoint after which it sent the others nothing, else -1; E.SpawnedExited)
@@ -694,7 +694,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
 
     def _on_exited(self, src: int, msg: P.Exited) -> None:
         with self.lock:
-            if msg.outlog and self.journal is not None:   # journaled with its result
+            if msg.outlog is not None and self.journal is not None:   # journaled with it
                 self._exit_outlogs[msg.tid] = (msg.inc, msg.outlog)
             self._run(E.SpawnedExited(src, msg.tid, msg.inc, msg.ok, msg.value,
                                       time.monotonic(), msg.cut))
@@ -918,6 +918,9 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                 entries.append((int(rec.key), digest, ok, value))
                 if rest and rest[0]:
                     inc, outlog = rest[0]
+                    if not isinstance(outlog, dict):        # packed (Node._do_send_exited)
+                        frames = wire.unpack_frames(outlog)
+                        outlog = wire.loads(frames[0], frames[1:])
                     self._finished_senders[int(rec.key)] = FinishedSender(int(rec.key), inc,
                                                                           outlog)
                 self._ended_cuts[int(rec.key)] = rest[1] if len(rest) > 1 else -1

@@ -105,16 +105,17 @@ class Exited(Message):
     """Incarnation ``inc`` of spawned task ``tid`` ended: ``value`` is its return value,
     or its packed exception when not ``ok``; ``outlog``: its replay log as it ended
     (``{dst: [(seq, tag, data), ...]}``: what receivers that have not checkpointed past
-    it may still need; journaled with the result), or None; ``cut``: a checkpoint group
-    member's last checkpoint if it sent the other members nothing after it (0: it took
-    none and sent them nothing), else -1 (node -> coordinator)."""
+    it may still need; journaled with the result), encoded and packed into one blob
+    (``wire.pack_frames``), or None; ``cut``: a checkpoint group member's last
+    checkpoint if it sent the other members nothing after it (0: it took none and sent
+    them nothing), else -1 (node -> coordinator)."""
     __slots__ = ("tid", "inc", "ok", "value", "outlog", "cut")
     OP = 3
-    TYPES = (int, int, int, object, (dict, _NONE), int)
+    TYPES = (int, int, int, object, object, int)
     TO = frozenset({"coordinator"})
 
     def __init__(self, tid: int, inc: int, ok: bool, value: Any,
-                 outlog: dict | None = None, cut: int = -1) -> None:
+                 outlog: Any = None, cut: int = -1) -> None:
         self.tid, self.inc, self.ok, self.value, self.outlog = tid, inc, ok, value, outlog
         self.cut = cut
 
