@@ -175,19 +175,24 @@ def group_member(ctx, rounds, size):
     return acc
 
 
+def checkpoint_until_taken(ctx, a) -> tuple[dict, list]:
+    """Checkpoint {"a": a, "calls": k} until one is taken: (the state taken, each call's
+    answer)."""
+    calls = [ctx.checkpoint({"a": a, "calls": 0})]
+    while not calls[-1]:
+        assert len(calls) < 2000, "no checkpoint was ever taken"
+        time.sleep(0.01)
+        calls.append(ctx.checkpoint({"a": a, "calls": len(calls)}))
+    return {"a": a, "calls": len(calls) - 1}, calls
+
+
 def big_state(ctx, mb):
     """A spawned task with ``mb`` MB of state: checkpoints until one is taken (the first is
     skipped while memory for it is made ready), says so (mailbox), waits to be told to
     finish, and returns what it restored or kept."""
     st = ctx.restore()
     if st is None:
-        a = np.arange(mb * (1 << 20) // 8, dtype=np.float64)
-        calls = [ctx.checkpoint({"a": a, "calls": 0})]
-        while not calls[-1]:
-            assert len(calls) < 2000, "no checkpoint was ever taken"
-            time.sleep(0.01)
-            calls.append(ctx.checkpoint({"a": a, "calls": len(calls)}))
-        st = {"a": a, "calls": len(calls) - 1}
+        st, calls = checkpoint_until_taken(ctx, np.arange(mb * (1 << 20) // 8, dtype=np.float64))
         ctx.put_info("big-taken", calls)
     ctx.recv(tag=7)
     return [ctx.inc, st["calls"], float(st["a"].sum())]
@@ -198,13 +203,7 @@ def group_big(ctx, mb):
     together (the cut's vote), take a later one together, and wait to be told."""
     st = ctx.restore()
     if st is None:
-        a = np.full(mb * (1 << 20) // 8, float(ctx.rank))
-        calls = [ctx.checkpoint({"a": a, "calls": 0})]
-        while not calls[-1]:
-            assert len(calls) < 2000, "no checkpoint was ever taken"
-            time.sleep(0.01)
-            calls.append(ctx.checkpoint({"a": a, "calls": len(calls)}))
-        st = {"a": a, "calls": len(calls) - 1}
+        st, calls = checkpoint_until_taken(ctx, np.full(mb * (1 << 20) // 8, float(ctx.rank)))
         ctx.put_info(f"group-big-{ctx.rank}", calls)
     # told by the VM mailbox, not a message: a message from outside the group that the
     # old incarnation took is not sent again after a rollback (only the members' own
