@@ -36,8 +36,6 @@ from . import current
 
 log = logging.getLogger(__name__)
 
-
-
 #: a spawned task's first checkpoint with this much array data is skipped while memory
 #: for it is made ready (Copies.prepare); a checkpoint group's members skip it together
 FIRST_BIG_CHECKPOINT = 32 << 20
@@ -53,6 +51,7 @@ def _quiet_since_cut(ctx: TaskContext) -> int:
         return {p: n for p, n in sent.items() if n and first <= p < first + count}
     seq, at = ctx.__dict__.get("_cut_sent", (0, {}))
     return seq if to_peers(ctx._sent) == to_peers(at) else -1
+
 
 class Node(Site):
     """A worker rank."""
