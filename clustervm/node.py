@@ -503,8 +503,14 @@ class Node(Site):
             # one blob, kept by the coordinator as it is and decoded only on --resume:
             # decoding and encoding again heat2d's 3000 rows there (one buffer each) took
             # 45 ms of rank 0's time per task (wire.pack_frames/unpack_frames)
-            payload, bufs = wire.dumps(outlog)
-            outlog = wire.as_blob_frame(wire.pack_frames([payload, *bufs]))
+            try:
+                payload, bufs = wire.dumps(outlog)
+                outlog = wire.as_blob_frame(wire.pack_frames([payload, *bufs]))
+            except Exception as exc:     # noqa: BLE001 - the task's end must still be told
+                log.error("task %d: its replay log cannot go to the job journal (%s: %s); "
+                          "a --resume after the whole job died may not give the messages "
+                          "it sent again", tid, type(exc).__name__, exc)
+                outlog = None
         cut = _quiet_since_cut(ctx) if ctx is not None and ctx.__dict__.get("_group") else -1
         try:
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import re
 import threading
 import time
@@ -618,6 +619,29 @@ def test_a_checkpoint_groups_first_big_checkpoint_is_skipped_by_every_member():
     calls, results = ivm.run(lambda vm: main(vm, ivm.kill))
     assert calls[0] == calls[1] and calls[0][0] is False and calls[0][-1] is True
     assert results == [[1, len(calls[0]) - 1, 0.0], [1, len(calls[0]) - 1, 1.0]]
+
+
+def test_a_replay_log_that_cannot_be_packed_at_the_end_does_not_stop_the_job(
+        tmp_path, monkeypatch, caplog):
+    """With a journal a task's replay log goes along with its end; if packing it fails
+    (no memory, say), the end is still told (the job does not wait forever), and the
+    error says what a --resume may lack."""
+    import sys
+
+    from clustervm import wire
+    pack = wire.pack_frames
+
+    def failing(frames, *args, **kwargs):
+        if sys._getframe(1).f_code.co_name == "_do_send_exited":
+            raise MemoryError("no memory for it")
+        return pack(frames, *args, **kwargs)
+    expected = baseline(PAIR_APP, [], "pair:", nodes=2)
+    monkeypatch.setattr(wire, "pack_frames", failing)
+    with caplog.at_level(logging.ERROR, logger="clustervm.node"):
+        out, _ = run_app(PAIR_APP, [], nodes=2, checkpoint_dir=str(tmp_path / "ck"))
+    assert line(out, "pair:") == expected
+    assert any("its replay log cannot go to the job journal (MemoryError" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 
 def test_notify_callbacks_and_messages_on_a_lost_node(tmp_path):
