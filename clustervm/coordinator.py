@@ -29,7 +29,7 @@ from . import remote, wire
 from .api import CoordinatorAPI
 from .checkpoint import CheckpointStore, WriteBehind
 from .config import Config
-from .core import Core, LossCause, Traffic, VMView
+from .core import Core, LossCause, Traffic, VMView, cannot_go_back, ended_after
 from .core import events as E
 from .core import instructions as I
 from .core.view import Observer
@@ -78,14 +78,6 @@ class FinishedSender:
         self.tid, self.inc = tid, inc
         self._outlog = {int(d): [tuple(e) for e in es] for d, es in outlog.items()}
         self._outbytes = None
-
-
-class _CannotResume(Exception):
-    """A checkpoint group member cannot be resumed exactly: ``error`` says why."""
-
-    def __init__(self, error: CheckpointError) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 class _Restart:
@@ -287,10 +279,9 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         else:
             try:
                 ckpt = self._load_ckpt(ins.tid, ins.seq)
-            except _CannotResume as exc:
-                log.error("task %d: %s", ins.tid, exc.error)
-                self._run(E.TaskKilled(ins.tid, remote.pack_exception(exc.error,
-                                                                      "the coordinator")))
+            except CheckpointError as exc:       # _group_epoch: it cannot be resumed
+                log.error("task %d: %s", ins.tid, exc)
+                self._run(E.TaskKilled(ins.tid, remote.pack_exception(exc, "the coordinator")))
                 return
             delivered = ckpt["delivered"] if ckpt is not None else {}
         if ins.restart:          # a first placement's LOC went out already (_announce)
@@ -880,7 +871,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         checkpoint groups; for a member, its group's epoch ``seq``, or, on ``--resume``
         before the group has a checkpoint in this run, the newest every member has on
         disk (the whole job may have died between two members' writes; 0: none, every
-        member starts again from the start)."""
+        member starts again from the start). Raises CheckpointError if a member that had
+        finished sent the others something after that one (see core.ended_after)."""
         t = self.core.tasks.get(tid)
         rec = self.tasks.get(tid)
         if t is None or not t.group or rec is None or rec.siblings is None:
@@ -895,16 +887,9 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         common = set.intersection(*(self.store.seqs(str(m)) for m in members
                                     if m not in reused))     # tid's own is among them
         epoch = max(common, default=0)
-        gone = [m for m in reused if not 0 <= self._ended_cuts.get(m, -1) <= epoch]
-        if gone:
-            # the others would wait for what those sent them after the epoch, forever
-            raise _CannotResume(CheckpointError(
-                f"checkpoint group {first} cannot be resumed: task(s) "
-                f"{', '.join(map(str, gone))} of it had finished after its checkpoint "
-                f"{epoch} on disk (the newest every unfinished member has), and what they "
-                f"sent the other members since is not kept (a checkpoint group logs no "
-                f"messages). Have every member checkpoint after its last message to the "
-                f"others, just before it returns, or spawn with checkpoint='log'"))
+        gone = ended_after({m: self._ended_cuts.get(m, -1) for m in reused}, epoch)
+        if gone:      # the others would wait for what those sent them after it, forever
+            raise cannot_go_back(first, epoch, gone, resumed=True)
         return epoch
 
     # -- resume ----------------------------------------------------------------

@@ -551,7 +551,8 @@ class Node(Site):
                 return False
         self.settle_checkpoint(ctx)
         if group:
-            delivered, mailbox, ready = self._cut(ctx, group, seq, self._ready(ctx, state))
+            ready = not self._first_big_pending(ctx, approx_size(state) + (1 << 20))
+            delivered, mailbox, ready = self._cut(ctx, group, seq, ready)
             if not ready:
                 # a member's memory for its first big state is being made ready (see
                 # below): every member skips this one, and its number (the next cut's
@@ -579,18 +580,14 @@ class Node(Site):
         # buddy store, clustervm.copies); a short task's goes to the coordinator
         buddy, to_store = (self.buddy, ctx.__dict__.get("_to_store", True)) \
             if self.live.get(ctx.tid) is ctx else (0, True)
-        nbytes = sum(b.nbytes for b in bufs)
-        big = nbytes >= wire.BLOB_OUT_OF_BAND
-        spare = self.copies.take_spare(ctx.tid) if buddy and big else None
-        if spare is None and buddy and not group and nbytes >= FIRST_BIG_CHECKPOINT \
-                and self.copies.prepare(ctx.tid, wire.packed_size([head, *bufs])):
-            # nothing of it is held yet: a copy into new memory would stop the task for
-            # the page faults (200 MB: 180-250 ms here); a thread makes memory ready, and
-            # the next call copies into it (the task restarts from the start meanwhile)
+        size = wire.packed_size([head, *bufs])
+        if not group and self._first_big_pending(ctx, size):
             log.debug("task %d: checkpoint %d skipped: memory for it is made ready",
                       ctx.tid, seq)
             return False
-        blob = wire.pack_frames([head, *bufs], mutable=bool(buddy) and big, into=spare)
+        big = size >= wire.BLOB_OUT_OF_BAND
+        blob = wire.pack_frames([head, *bufs], mutable=bool(buddy) and big,
+                                into=self.copies.take_spare(ctx.tid) if buddy and big else None)
         frame = wire.as_blob_frame(blob)
         if buddy:
             self.copies.put_own(ctx.tid, ctx.inc, seq, blob)
@@ -601,13 +598,14 @@ class Node(Site):
             else None, buddy, post=True)
         return True
 
-    def _ready(self, ctx: TaskContext, state: Any) -> bool:
-        """A checkpoint group member's vote for its cut: False while memory for its first
-        checkpoint of a big state is made ready (Copies.prepare; see checkpoint)."""
-        if self.live.get(ctx.tid) is not ctx or not self.buddy:
-            return True
-        size = approx_size(state)
-        return size < FIRST_BIG_CHECKPOINT or not self.copies.prepare(ctx.tid, size + (1 << 20))
+    def _first_big_pending(self, ctx: TaskContext, size: int) -> bool:
+        """Whether the task's checkpoint of ``size`` bytes is skipped (a group member: its
+        vote in the cut): nothing of it is held here yet, and a copy into new memory would
+        stop the task for the page faults (200 MB: 180-250 ms here), so a thread makes the
+        memory ready (Copies.prepare) and a later checkpoint copies into it; meanwhile the
+        task restarts from the start, or its group from the epoch before."""
+        return (self.live.get(ctx.tid) is ctx and bool(self.buddy)
+                and size >= FIRST_BIG_CHECKPOINT and self.copies.prepare(ctx.tid, size))
 
     def _cut(self, ctx: TaskContext, group: int, seq: int,
              ready: bool) -> tuple[dict, list, bool]:

@@ -15,19 +15,21 @@ from typing import TYPE_CHECKING
 # core.view; the coordinator's state and its event and instruction classes cost
 # tens of milliseconds to import, on every rank of a job that starts.
 _WHERE = {"Core": "state", "Node": "state", "Task": "state", "replay_journal": "state",
+          "cannot_go_back": "state", "ended_after": "state",
           "SPAWN_HELLO_S": "state", "FINAL": "enums", "LossCause": "enums",
           "NodeState": "enums", "TaskKind": "enums", "TaskState": "enums",
           "NodeView": "view", "TaskView": "view", "Traffic": "view", "ViewSource": "view",
           "VMView": "view"}
 
 __all__ = ["Core", "Node", "Task", "NodeState", "TaskState", "TaskKind", "LossCause", "FINAL",
-           "SPAWN_HELLO_S", "events", "instructions", "replay_journal", "NodeView", "TaskView",
-           "Traffic", "ViewSource", "VMView"]
+           "SPAWN_HELLO_S", "events", "instructions", "replay_journal", "cannot_go_back",
+           "ended_after", "NodeView", "TaskView", "Traffic", "ViewSource", "VMView"]
 
 if TYPE_CHECKING:
     from . import events, instructions
     from .enums import FINAL, LossCause, NodeState, TaskKind, TaskState
-    from .state import SPAWN_HELLO_S, Core, Node, Task, replay_journal
+    from .state import (SPAWN_HELLO_S, Core, Node, Task, cannot_go_back, ended_after,
+                        replay_journal)
     from .view import NodeView, TaskView, Traffic, ViewSource, VMView
 
 

@@ -972,17 +972,11 @@ class Core:
             epoch = older
             for t in members:
                 t.ckpt, t.prev = ((epoch, frozenset({0})) if epoch else None), None
-        gone = sorted(tid for tid, cut in self._group_ended.get(group, {}).items()
-                      if cut < 0 or cut > epoch)
+        gone = ended_after(self._group_ended.get(group, {}), epoch)
         if gone:
             # what they sent the others after the epoch is needed again, and nobody can
             # send it: waiting for it would hang the job
-            self._fail_job(CheckpointError(
-                f"checkpoint group {group} cannot go back to its checkpoint {epoch}: task(s) "
-                f"{', '.join(map(str, gone))} of it ended after that checkpoint, and what "
-                f"they sent the other members since is not kept (a checkpoint group logs no "
-                f"messages). Have every member checkpoint after its last message to the "
-                f"others, just before it returns, or spawn with checkpoint='log'"))
+            self._fail_job(cannot_go_back(group, epoch, gone))
             return
         self._out.append(I.GroupRolledBack(group, epoch))
         start = len(self._out)
@@ -1262,6 +1256,30 @@ class Core:
     _next_check = 0.0   # no heartbeat or hello deadline falls before this time
 
 
+def ended_after(cuts: dict[int, int], epoch: int) -> list[int]:
+    """The checkpoint group members among ``cuts`` (tid -> its cut, see E.SpawnedExited:
+    they have ended) that sent the others something after ``epoch``, which they cannot
+    send again: the group cannot go back to ``epoch``."""
+    return sorted(tid for tid, cut in cuts.items() if not 0 <= cut <= epoch)
+
+
+def cannot_go_back(group: int, epoch: int, gone: list[int],
+                   resumed: bool = False) -> CheckpointError:
+    """The error that ends a job whose checkpoint group ``group`` would have to go back
+    to ``epoch`` (on ``--resume``: ``resumed``, its newest epoch on disk) without what
+    its ended members ``gone`` sent after it (see :func:`ended_after`)."""
+    tids = ", ".join(map(str, gone))
+    what = (f"cannot be resumed: task(s) {tids} of it had finished after its checkpoint "
+            f"{epoch} on disk (the newest every unfinished member has)" if resumed else
+            f"cannot go back to its checkpoint {epoch}: task(s) {tids} of it ended after "
+            f"that checkpoint")
+    return CheckpointError(
+        f"checkpoint group {group} {what}, and what they sent the other members since is "
+        f"not kept (a checkpoint group logs no messages). Have every member checkpoint "
+        f"after its last message to the others, just before it returns, or spawn with "
+        f"checkpoint='log'")
+
+
 def replay_journal(instructions: list[I.Instruction]) -> dict[int, tuple[int, bool, Any]]:
     """The finished tasks that the JournalDone records among ``instructions`` describe,
     as a resumed coordinator loads them (tid -> (digest, ok, value))."""
@@ -1269,4 +1287,5 @@ def replay_journal(instructions: list[I.Instruction]) -> dict[int, tuple[int, bo
             if isinstance(i, I.JournalDone)}
 
 
-__all__ = ["Core", "Node", "Task", "SPAWN_HELLO_S", "replay_journal"]
+__all__ = ["Core", "Node", "Task", "SPAWN_HELLO_S", "cannot_go_back", "ended_after",
+           "replay_journal"]
