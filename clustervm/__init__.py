@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .current import context
     from .errors import (CheckpointError, ClusterVMError, ConfigError, CorruptCheckpointError,
-                         DeadTaskError, GroupError, HostfileError, NodeLostError, NoNodesError,
-                         RemoteError, RemoteTraceback, UnknownTaskError, WireError)
+                         DeadTaskError, GroupError, HostfileError, InternalError, NodeLostError,
+                         NoNodesError, RemoteError, RemoteTraceback, UnknownTaskError, WireError)
     from .events import NODE_ADDED, NODE_DOWN, TASK_EXIT
     from .protocol import ANY, SYSTEM
     from .requests import Request, testall, testany, waitall, waitany, waitsome
@@ -24,8 +24,9 @@ __all__ = [
     "ANY", "SYSTEM", "Request", "waitall", "waitany", "waitsome", "testall", "testany",
     "TASK_EXIT", "NODE_DOWN", "NODE_ADDED", "Message", "TaskContext", "TaskExit",
     "context", "run", "ClusterVMError", "CheckpointError", "ConfigError",
-    "CorruptCheckpointError", "DeadTaskError", "GroupError", "HostfileError", "NodeLostError",
-    "NoNodesError", "RemoteError", "RemoteTraceback", "UnknownTaskError", "WireError",
+    "CorruptCheckpointError", "DeadTaskError", "GroupError", "HostfileError", "InternalError",
+    "NodeLostError", "NoNodesError", "RemoteError", "RemoteTraceback", "UnknownTaskError",
+    "WireError",
 ]
 
 #: Where each public name lives. They are imported when first asked for (PEP 562):
@@ -35,8 +36,8 @@ __all__ = [
 _HOME = {
     "context": "current",
     **dict.fromkeys(("CheckpointError", "ClusterVMError", "ConfigError", "CorruptCheckpointError",
-                     "DeadTaskError", "GroupError", "HostfileError", "NodeLostError",
-                     "NoNodesError", "RemoteError", "RemoteTraceback", "UnknownTaskError",
+                     "DeadTaskError", "GroupError", "HostfileError", "InternalError",
+                     "NodeLostError", "NoNodesError", "RemoteError", "RemoteTraceback", "UnknownTaskError",
                      "WireError"), "errors"),
     **dict.fromkeys(("NODE_ADDED", "NODE_DOWN", "TASK_EXIT"), "events"),
     **dict.fromkeys(("ANY", "SYSTEM"), "protocol"),

@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 import time
+import traceback
 import zlib
 from concurrent.futures import Future
 from typing import Any, Callable
@@ -34,7 +35,7 @@ from .core import events as E
 from .core import instructions as I
 from .core.view import Observer
 from .endpoint import QUIET, Endpoint
-from .errors import CheckpointError, NoNodesError
+from .errors import CheckpointError, InternalError, NoNodesError
 from .events import EventLog
 from .futures import ClusterFuture
 from .journal import Journal
@@ -669,6 +670,35 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
 
     # -- node messages ---------------------------------------------------------
 
+    def _handle(self, src: int, raw: Any) -> bool | None:
+        """Site's dispatch, and a handler that fails here is clustervm's own bug: the
+        message it drops may be one a caller waits on (a task's end, a checkpoint's
+        acknowledgment), so the job ends with an :class:`InternalError` naming it
+        rather than waiting forever."""
+        try:
+            return super()._handle(src, raw)
+        except Exception as exc:   # noqa: BLE001 - told to every waiter, not dropped
+            self._internal_error(f"{_kind(raw)} from rank {src}", exc)
+            return True
+
+    def _internal_error(self, what: str, exc: BaseException) -> None:
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        err = InternalError(
+            f"clustervm's coordinator failed on {what}: {type(exc).__name__}: {exc} (at "
+            f"{os.path.basename(where.filename)}:{where.lineno} in {where.name}). The job "
+            f"cannot go on exactly and ends here. This is a bug in clustervm: please "
+            f"report it with the traceback in the log; a job run with "
+            f"--checkpoint-dir may be finished with --resume DIR")
+        err.__cause__ = exc
+        log.error("%s", err, exc_info=exc)
+        with self.lock:
+            try:
+                self._run(E.JobFailed(err))
+            except Exception:   # noqa: BLE001 - the core itself is broken: end the waits
+                log.exception("the core failed while ending the job")
+                self.fatal = err
+                self.transport.notify()
+
     def _on_hello(self, src: int, msg: P.Hello) -> None:
         with self.lock:
             if src in self.nodes:   # the node's start deadline is met
@@ -992,6 +1022,14 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             except Exception:   # noqa: BLE001 - never lose the service loop silently
                 log.exception("coordinator service loop")
                 time.sleep(0.05)
+
+
+def _kind(raw: Any) -> str:
+    """A message's kind for an error (EXITED), or its shape if it does not decode."""
+    try:
+        return f"message {type(P.decode(raw)).__name__.upper()}"
+    except Exception:   # noqa: BLE001 - only a name for the error
+        return f"a message ({P.summary(raw)})"
 
 
 def _local_rank_pid(rank: int) -> int:

@@ -34,6 +34,10 @@ class NoNodesError(NodeLostError):
     """Every worker node is gone; the job cannot go on."""
 
 
+class InternalError(ClusterVMError):
+    """clustervm itself failed (a bug): the job cannot go on exactly, so it ends."""
+
+
 class CheckpointError(ClusterVMError):
     """A checkpoint could not be written or read."""
 

@@ -644,6 +644,28 @@ def test_a_replay_log_that_cannot_be_packed_at_the_end_does_not_stop_the_job(
                for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 
+def test_a_coordinator_bug_on_a_tasks_end_ends_the_job_clearly(monkeypatch, caplog):
+    """A coordinator handler that raises (a bug of ours) used to drop the message and
+    leave ``vm.join`` waiting forever; now the job ends with an InternalError naming the
+    message and where it failed."""
+    def broken(self, src, msg):
+        raise KeyError("injected")
+    monkeypatch.setattr(Coordinator, "_on_exited", broken)
+
+    def main(vm):
+        tid = vm.spawn(slow_square, 3, 0.0)[0]
+        t0 = time.monotonic()
+        with pytest.raises(clustervm.InternalError) as info:
+            vm.join(tid)
+        return str(info.value), time.monotonic() - t0
+    with caplog.at_level(logging.ERROR, logger="clustervm.coordinator"):
+        text, waited = InProcessVM(2, test_config(), timeout=30).run(main)
+    assert "failed on message EXITED from rank 1" in text and "KeyError: 'injected'" in text, text
+    assert "in broken" in text and "bug in clustervm" in text, text
+    assert waited < 10
+    assert any("Traceback" in (r.exc_text or "") or r.exc_info for r in caplog.records)
+
+
 def test_notify_callbacks_and_messages_on_a_lost_node(tmp_path):
     args = [*DRILL, "--spawn", "--notify", "--ckpt-kb", "16"]
     expected = baseline(DRILL_APP, args, "drill:")

@@ -227,6 +227,12 @@ class ObserversChanged(Event):
 
 
 @record
+class JobFailed(Event):
+    """The coordinator cannot go on (``error``, e.g. its own bug): every task ends with it."""
+    error: BaseException
+
+
+@record
 class ShutdownBegun(Event):
     """The job is ending: no more placement, re-queue or replacement."""
     now: float

@@ -215,6 +215,7 @@ class Core:
             E.SparesWanted: self._spares_wanted,
             E.ObserversChanged: self._observers,
             E.ShutdownBegun: self._shutdown,
+            E.JobFailed: self._job_failed,
             E.InfoPut: self._info_put,
             E.InfoGet: self._info_get,
             E.InfoDeleted: self._info_deleted,
@@ -533,6 +534,10 @@ class Core:
                            "Start it with more nodes, with --spares K, or resume it with "
                            "--resume DIR if it ran with --checkpoint-dir")
         self._fail_job(err)
+
+    def _job_failed(self, ev: E.JobFailed) -> None:
+        if self.fatal is None:      # the first cause is the one told
+            self._fail_job(ev.error)
 
     def _fail_job(self, err: BaseException) -> None:
         """The job cannot go on: every task ends with ``err``, and so does the job."""
