@@ -138,6 +138,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             P.Bye: self._on_bye,
             P.Held: self._on_held,
             P.Restored: self._on_restored,
+            P.Holding: self._on_holding,
         })
         self.t0 = time.monotonic()
         ckdir = config.checkpoint_dir or None
@@ -207,6 +208,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             I.DropCheckpointsAfter: self._do_drop_checkpoints_after,
             I.RequestReplacement: self._do_request_replacement, I.Warn: self._do_warn,
             I.Fatal: self._do_fatal, I.Answer: self._do_answer,
+            I.AskHeld: self._do_ask_held, I.TellBuddy: self._do_tell_buddy,
         }
         if self.journal is not None and config.resume:
             self._load_journal()
@@ -495,6 +497,18 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         log.warning("checkpoint group %d (%d task(s)) rolled back to its checkpoint %d",
                     ins.group, len(self.core.ckgroups.get(ins.group, ())), ins.seq)
         self.events.add("ROLLBACK", group=ins.group, seq=ins.seq)
+
+    def _do_ask_held(self, ins: I.AskHeld) -> None:
+        msg = P.AskHeld(ins.qid, list(ins.tids)).encode()
+        for r in ins.ranks:
+            self.transport.post(r, msg)      # a rank lost meanwhile: NodeLost ends the wait
+
+    def _on_holding(self, src: int, msg: P.Holding) -> None:
+        with self.lock:
+            self._run(E.HeldReported(src, msg.qid, msg.items, time.monotonic()))
+
+    def _do_tell_buddy(self, ins: I.TellBuddy) -> None:
+        self.transport.post(ins.rank, P.Buddy(ins.buddy).encode())
 
     def _do_copy_checkpoint(self, ins: I.CopyCheckpoint) -> None:
         self.transport.post(ins.source, P.Fetch(ins.tid, ins.seq, ins.to).encode())

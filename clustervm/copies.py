@@ -14,7 +14,7 @@ the next is on its way, that next one. Thread-safe.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Iterable
 
 from . import wire
 
@@ -109,9 +109,19 @@ class Copies:
 
     def get(self, tid: int, seq: int) -> Any | None:
         """The blob of checkpoint ``seq`` of task ``tid``, or None if not held here."""
-        with self._lock:
-            got = self._by_tid.get(tid, {}).get(seq)
+        got = self.entry(tid, seq)
         return None if got is None else got[1]
+
+    def entry(self, tid: int, seq: int) -> tuple[int, Any] | None:
+        """(incarnation, blob) of checkpoint ``seq`` of task ``tid``, or None."""
+        with self._lock:
+            return self._by_tid.get(tid, {}).get(seq)
+
+    def holding(self, tids: Iterable[int]) -> list[tuple[int, int, int]]:
+        """``[(tid, seq, inc), ...]``: every copy held of tasks ``tids``."""
+        with self._lock:
+            return [(tid, seq, inc) for tid in tids
+                    for seq, (inc, _) in sorted(self._by_tid.get(tid, {}).items())]
 
     def drop(self, tid: int) -> None:
         """Forget every copy of task ``tid`` (it is over)."""

@@ -70,6 +70,9 @@ class Node(Site):
             P.Copy: self._on_copy,
             P.Forget: self._on_forget,
             P.Mark: self._on_mark,
+            P.Held: self._on_held,
+            P.AskHeld: self._on_ask_held,
+            P.Buddy: self._on_buddy,
         })
         # main never moves (it is the coordinator's): a task's first message to it asks nothing
         self.locations[P.MAIN_TID] = Location(P.COORDINATOR, 0, False)
@@ -80,11 +83,22 @@ class Node(Site):
         self.copies = Copies()
         self._missing: set[tuple[int, int]] = set()       # copies asked for, not held there
         #: checkpoint groups' MARKs: (member tid, seq) -> peer tid -> (its inc, sent to it)
-        self._marks: dict[tuple[int, int], dict[int, tuple[int, int]]] = {}
+        #: (their inc, sent to it, ready vote, disk vote)
+        self._marks: dict[tuple[int, int], dict[int, tuple[int, int, int, int]]] = {}
         #: the node that keeps copies of this node's spawned tasks' checkpoints (0: none),
         #: as the coordinator said last; whether a task's next one goes to the coordinator
         #: too is the task's own (``_to_store``, from its SPAWN and its last answer)
         self.buddy = 0
+        #: a checkpoint group's epochs are not told to the coordinator (it asks the nodes
+        #: what they hold when a member is lost, Core._roll_back): the buddy's HELD of
+        #: each comes here, tid -> (inc, seq), and a member takes its next epoch only once
+        #: the one before is held there too
+        self._acked: dict[int, tuple[int, int]] = {}
+        #: members whose group is going back (an ASKHELD came), tid -> the incarnation
+        #: then: it takes no checkpoint more, so the copies this node said it holds stay
+        self._rolling: dict[int, int] = {}
+        #: when each checkpoint group last sent an epoch to the coordinator's disk
+        self._group_disk_t: dict[int, float] = {}
         self._do: dict[type, Callable[[Any], None]] = {
             N.SendHello: self._do_hello, N.SendBye: self._do_bye,
             N.SendHeartbeat: self._do_heartbeat, N.MarkHeard: self._do_mark_heard,
@@ -381,24 +395,91 @@ class Node(Site):
     # checkpoint copies (clustervm.copies): kept for a buddy, fetched for a restart
     def _on_keep(self, src: int, msg: P.Keep) -> None:
         self.copies.put(msg.tid, msg.inc, msg.seq, msg.blob)
-        self.transport.post(P.COORDINATOR, P.Held(msg.tid, msg.inc, msg.seq).encode())
+        # a checkpoint group's epoch: its node is told (msg.ack), not the coordinator
+        self.transport.post(msg.ack or P.COORDINATOR,
+                            P.Held(msg.tid, msg.inc, msg.seq).encode())
+
+    def _on_held(self, src: int, msg: P.Held) -> None:
+        """The buddy holds this node's copy of a checkpoint group member's epoch."""
+        with self.lock:
+            if (msg.inc, msg.seq) > self._acked.get(msg.tid, (-1, -1)):
+                self._acked[msg.tid] = (msg.inc, msg.seq)
+        self.transport.notify()
+
+    def _on_buddy(self, src: int, msg: P.Buddy) -> None:
+        """The nodes alive changed: copies go to node ``msg.rank`` from now on. The
+        newest epoch of each checkpoint group member here is copied there at once: the
+        buddy that held it may be the node lost (the member waits for that copy before
+        its next epoch, see _wait_held)."""
+        if msg.rank:
+            for ctx in list(self.live.values()):
+                sent = ctx.__dict__.get("_keep_wait")
+                if sent is not None and sent[1] != msg.rank and not ctx.aborted:
+                    self._keep(ctx, sent[0], msg.rank)
+        self.buddy = msg.rank
+        self.transport.notify()
+
+    def _keep(self, ctx: TaskContext, seq: int, buddy: int) -> None:
+        """Send node ``buddy`` a copy of this node's checkpoint ``seq`` of group member
+        ``ctx`` (answered by a HELD to this node); the member's next epoch waits for it."""
+        blob = self.copies.get(ctx.tid, seq)
+        if blob is None:
+            return
+        ctx.__dict__["_keep_wait"] = (seq, buddy)
+        self.transport.post(buddy, P.Keep(ctx.tid, ctx.inc, seq, wire.as_blob_frame(blob),
+                                          self.rank).encode())
+
+    def _wait_held(self, ctx: TaskContext) -> None:
+        """A checkpoint group member's previous epoch is held by the buddy too (or there
+        is no buddy left): the next may be taken. Every epoch a member can be sent back
+        to is then on two nodes (Core._roll_back asks them)."""
+        sent = ctx.__dict__.get("_keep_wait")
+        if sent is None:
+            return
+        tid, inc = ctx.tid, ctx.inc
+
+        def held() -> bool:
+            seq, buddy = ctx.__dict__["_keep_wait"]
+            return (self._acked.get(tid, (-1, -1)) >= (inc, seq) or self.buddy != buddy
+                    or not buddy or buddy in self.transport.failed)
+        self._wait_alive(ctx, held)
+
+    def _on_ask_held(self, src: int, msg: P.AskHeld) -> None:
+        """A checkpoint group goes back: say which copies of its members this node holds.
+        Its members here take no checkpoint from now on (their new incarnations will),
+        so none of these copies is dropped before the coordinator has chosen one."""
+        with self.lock:
+            for tid in msg.tids:
+                ctx = self.live.get(tid)
+                if ctx is not None:
+                    self._rolling[tid] = ctx.inc
+            items = self.copies.holding(msg.tids)
+        self.transport.post(P.COORDINATOR, P.Holding(items, msg.qid).encode())
+
+    def _frozen(self, ctx: TaskContext) -> bool:
+        """Its group goes back (see _on_ask_held): it takes no checkpoint more."""
+        return self._rolling.get(ctx.tid, -1) >= ctx.inc
 
     def _on_fetch(self, src: int, msg: P.Fetch) -> None:
-        blob = self.copies.get(msg.tid, msg.seq)
-        self.transport.post(msg.to, P.Copy(msg.tid, msg.seq, None if blob is None
-                                           else wire.as_blob_frame(blob)).encode())
+        got = self.copies.entry(msg.tid, msg.seq)
+        self.transport.post(msg.to, P.Copy(msg.tid, msg.seq, None if got is None
+                                           else wire.as_blob_frame(got[1]),
+                                           -1 if got is None else got[0]).encode())
 
     def _on_copy(self, src: int, msg: P.Copy) -> None:
         """A copy for a restart here, or made again after a loss: held from now on."""
         if msg.blob is None:
             self._missing.add((msg.tid, msg.seq))
         else:
-            self.copies.put(msg.tid, -1, msg.seq, msg.blob)
+            self.copies.put(msg.tid, msg.inc, msg.seq, msg.blob)
             self.transport.post(P.COORDINATOR, P.Held(msg.tid, -1, msg.seq).encode())
         self.transport.notify()
 
     def _on_forget(self, src: int, msg: P.Forget) -> None:
         self.copies.drop(msg.tid)
+        with self.lock:
+            self._acked.pop(msg.tid, None)
+            self._rolling.pop(msg.tid, None)
 
     def _restore(self, ctx: TaskContext, ckpt: dict) -> None:
         """Bring a checkpoint back: state, counters, the mailbox and the replay log."""
@@ -550,9 +631,13 @@ class Node(Site):
                           "its way", ctx.tid, seq)
                 return False
         self.settle_checkpoint(ctx)
+        disk = False
         if group:
+            self._wait_held(ctx)
+            self._wait_alive(ctx, lambda: not self._frozen(ctx))     # until aborted
             ready = not self._first_big_pending(ctx, approx_size(state) + (1 << 20))
-            delivered, mailbox, ready = self._cut(ctx, group, seq, ready)
+            delivered, mailbox, ready, disk = self._cut(ctx, group, seq, ready,
+                                                        self._disk_vote(group))
             if not ready:
                 # a member's memory for its first big state is being made ready (see
                 # below): every member skips this one, and its number (the next cut's
@@ -580,6 +665,8 @@ class Node(Site):
         # buddy store, clustervm.copies); a short task's goes to the coordinator
         buddy, to_store = (self.buddy, ctx.__dict__.get("_to_store", True)) \
             if self.live.get(ctx.tid) is ctx else (0, True)
+        if group:
+            to_store = disk         # the group's vote (every member's the same)
         size = wire.packed_size([head, *bufs])
         if not group and self._first_big_pending(ctx, size):
             log.debug("task %d: checkpoint %d skipped: memory for it is made ready",
@@ -589,6 +676,21 @@ class Node(Site):
         blob = wire.pack_frames([head, *bufs], mutable=bool(buddy) and big,
                                 into=self.copies.take_spare(ctx.tid) if buddy and big else None)
         frame = wire.as_blob_frame(blob)
+        if group and buddy and not disk:
+            # the coordinator is not told: the buddy says HELD to this node, and the next
+            # epoch waits for it (_wait_held); after a loss the coordinator asks the nodes
+            # what they hold (ASKHELD) and picks the newest epoch held for every member
+            with self.lock:
+                rolling = self._frozen(ctx)
+                if not rolling:
+                    self.copies.put_own(ctx.tid, ctx.inc, seq, blob)
+            if rolling:     # its group goes back: the copies said to be held stay as they are
+                self._wait_alive(ctx, lambda: False)
+            ctx.__dict__["_keep_wait"] = (seq, buddy)
+            self.transport.post(buddy, P.Keep(ctx.tid, ctx.inc, seq, frame, self.rank).encode())
+            return True
+        if group:
+            self._group_disk_t[group] = time.monotonic()
         if buddy:
             self.copies.put_own(ctx.tid, ctx.inc, seq, blob)
             if not self.transport.post(buddy, P.Keep(ctx.tid, ctx.inc, seq, frame).encode()):
@@ -607,16 +709,25 @@ class Node(Site):
         return (self.live.get(ctx.tid) is ctx and bool(self.buddy)
                 and size >= FIRST_BIG_CHECKPOINT and self.copies.prepare(ctx.tid, size))
 
+    def _disk_vote(self, group: int) -> bool:
+        """Whether this node asks that the group's next epoch go to the coordinator's
+        disk: with a checkpoint directory, at most every checkpoint_group_disk_s (the
+        epochs between are held in memory on two nodes only)."""
+        return bool(self.config.checkpoint_dir) and (
+            time.monotonic() - self._group_disk_t.get(group, float("-inf"))
+            >= self.config.checkpoint_group_disk_s)
+
     def _cut(self, ctx: TaskContext, group: int, seq: int,
-             ready: bool) -> tuple[dict, list, bool]:
+             ready: bool, disk: bool = False) -> tuple[dict, list, bool, bool]:
         """A coordinated checkpoint of checkpoint group ``group``: every member sends each
         other member a MARK with how many messages it has sent it; once a member has every
         other's MARK (from its current incarnation), it waits until it has received that
         much from each (the messages in flight at the cut), and keeps in its checkpoint
         what it had received up to the cut, nothing after it (a peer sends that again
         after a rollback). The coordinator takes no part: a member waits for its peers,
-        not for a round trip to rank 0. Each MARK carries the member's vote (``ready``);
-        the cut is taken if every member voted for it (the third value returned)."""
+        not for a round trip to rank 0. Each MARK carries the member's votes: the cut is
+        taken if every member voted ``ready`` (the third value returned), and goes to
+        disk if any voted ``disk`` (the fourth): every member decides the same."""
         first, count = ctx._sib
         incs: dict[int, int] = {}
         for peer in range(first, first + count):
@@ -626,14 +737,15 @@ class Node(Site):
             if loc.rank == ENDED:
                 continue        # it left the group (ended): nothing more comes from it
             incs[peer] = loc.inc
-            mark = P.Mark(peer, seq, ctx.tid, ctx.inc, ctx._sent.get(peer, 0), int(ready))
+            mark = P.Mark(peer, seq, ctx.tid, ctx.inc, ctx._sent.get(peer, 0), int(ready),
+                          int(disk))
             if loc.rank == self.rank:
                 self._on_mark(self.rank, mark)
             else:
                 self.transport.post(loc.rank, mark.encode())
         key = (ctx.tid, seq)
         marks = self._marks
-        self._wait_alive(ctx, lambda: all(marks.get(key, {}).get(p, (-1, 0, 1))[0] >= inc
+        self._wait_alive(ctx, lambda: all(marks.get(key, {}).get(p, (-1, 0, 1, 0))[0] >= inc
                                           for p, inc in incs.items()))
         with self.lock:
             got = marks.pop(key, {})
@@ -641,6 +753,7 @@ class Node(Site):
                 del marks[old]
         upto = {p: got[p][1] for p in incs}
         ready = ready and all(got[p][2] for p in incs)
+        disk = disk or any(got[p][3] for p in incs)
         box = ctx.mailbox
         self._wait_alive(ctx, lambda: all(box.delivered.get(s, 0) >= n
                                           for s, n in upto.items()))
@@ -648,7 +761,7 @@ class Node(Site):
             delivered = {s: min(n, upto[s]) if s in upto else n
                          for s, n in box.delivered.items()}
             mailbox = [list(i) for i in box.items if i[0] not in upto or i[4] <= upto[i[0]]]
-        return delivered, mailbox, ready
+        return delivered, mailbox, ready, disk
 
     def _wait_alive(self, ctx: TaskContext, predicate: Callable[[], bool]) -> None:
         """Wait until ``predicate`` holds; raise TaskAborted if ``ctx`` is aborted first."""
@@ -661,8 +774,8 @@ class Node(Site):
         that member takes it; a newer incarnation's replaces an older one's)."""
         with self.lock:
             got = self._marks.setdefault((msg.dst, msg.seq), {})
-            if got.get(msg.src, (-1, 0, 1))[0] <= msg.inc:
-                got[msg.src] = (msg.inc, msg.sent, msg.ready)
+            if got.get(msg.src, (-1, 0, 1, 0))[0] <= msg.inc:
+                got[msg.src] = (msg.inc, msg.sent, msg.ready, msg.disk)
 
     def settle_checkpoint(self, ctx: TaskContext | None,
                           at_end: bool = False) -> BaseException | None:

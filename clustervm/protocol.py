@@ -293,26 +293,28 @@ class Cancel(Message):
 class Keep(Message):
     """Hold a copy of checkpoint ``seq`` of incarnation ``inc`` of task ``tid``: ``blob``
     as its node encoded it (bytes, or a uint8 array when large: wire.as_blob_frame);
-    answered by a HELD to the coordinator (node -> its buddy)."""
-    __slots__ = ("tid", "inc", "seq", "blob")
+    answered by a HELD to rank ``ack``: the coordinator (0), or the node that took it (a
+    checkpoint group's epoch, which the coordinator is not told of) (node -> its buddy)."""
+    __slots__ = ("tid", "inc", "seq", "blob", "ack")
     OP = 30
-    TYPES = (int, int, int, object)
+    TYPES = (int, int, int, object, int)
     TO = frozenset({"node"})
 
-    def __init__(self, tid: int, inc: int, seq: int, blob: Any) -> None:
-        self.tid, self.inc, self.seq, self.blob = tid, inc, seq, blob
+    def __init__(self, tid: int, inc: int, seq: int, blob: Any, ack: int = 0) -> None:
+        self.tid, self.inc, self.seq, self.blob, self.ack = tid, inc, seq, blob, ack
 
     def encode(self) -> tuple:
-        return (30, self.tid, self.inc, self.seq, self.blob)
+        return (30, self.tid, self.inc, self.seq, self.blob, self.ack)
 
 
 class Held(Message):
     """This node holds a copy of checkpoint ``seq`` of task ``tid`` (incarnation ``inc``;
-    -1: a copy another node sent with a COPY) (buddy -> coordinator)."""
+    -1: a copy another node sent with a COPY) (buddy -> coordinator, or -> the node that
+    took it: KEEP's ``ack``)."""
     __slots__ = ("tid", "inc", "seq")
     OP = 31
     TYPES = (int, int, int)
-    TO = frozenset({"coordinator"})
+    TO = frozenset({"coordinator", "node"})
 
     def __init__(self, tid: int, inc: int, seq: int) -> None:
         self.tid, self.inc, self.seq = tid, inc, seq
@@ -338,17 +340,17 @@ class Fetch(Message):
 
 class Copy(Message):
     """Checkpoint ``seq`` of task ``tid`` for the node that restarts it; ``blob`` None:
-    the sender no longer holds it (node -> node)."""
-    __slots__ = ("tid", "seq", "blob")
+    the sender no longer holds it; ``inc``: the incarnation that took it (node -> node)."""
+    __slots__ = ("tid", "seq", "blob", "inc")
     OP = 33
-    TYPES = (int, int, object)
+    TYPES = (int, int, object, int)
     TO = frozenset({"node"})
 
-    def __init__(self, tid: int, seq: int, blob: Any) -> None:
-        self.tid, self.seq, self.blob = tid, seq, blob
+    def __init__(self, tid: int, seq: int, blob: Any, inc: int = -1) -> None:
+        self.tid, self.seq, self.blob, self.inc = tid, seq, blob, inc
 
     def encode(self) -> tuple:
-        return (33, self.tid, self.seq, self.blob)
+        return (33, self.tid, self.seq, self.blob, self.inc)
 
 
 class Restored(Message):
@@ -384,19 +386,69 @@ class Mark(Message):
     """Member ``src`` (incarnation ``inc``) of a checkpoint group is at checkpoint ``seq``
     and had sent ``sent`` messages to member ``dst`` then (a coordinated checkpoint's cut,
     node -> the node of ``dst``; see Node._cut); ``ready``: 0 if its node asks every
-    member to skip this one (memory for its first big state is being made ready)."""
-    __slots__ = ("dst", "seq", "src", "inc", "sent", "ready")
+    member to skip this one (memory for its first big state is being made ready);
+    ``disk``: 1 if its node asks that this one go to the coordinator's disk (every
+    member's does if one member's node asks)."""
+    __slots__ = ("dst", "seq", "src", "inc", "sent", "ready", "disk")
     OP = 36
-    TYPES = (int, int, int, int, int, int)
+    TYPES = (int, int, int, int, int, int, int)
     TO = frozenset({"node"})
 
     def __init__(self, dst: int, seq: int, src: int, inc: int, sent: int,
-                 ready: int = 1) -> None:
+                 ready: int = 1, disk: int = 0) -> None:
         self.dst, self.seq, self.src, self.inc, self.sent = dst, seq, src, inc, sent
-        self.ready = ready
+        self.ready, self.disk = ready, disk
 
     def encode(self) -> tuple:
-        return (36, self.dst, self.seq, self.src, self.inc, self.sent, self.ready)
+        return (36, self.dst, self.seq, self.src, self.inc, self.sent, self.ready, self.disk)
+
+
+class AskHeld(Message):
+    """Which checkpoint copies do you hold of tasks ``tids``? (a checkpoint group lost a
+    member: the group goes back to the newest epoch held for every member). The node's
+    members among ``tids`` take no checkpoint after this; answered by HOLDING
+    (coordinator -> node)."""
+    __slots__ = ("qid", "tids")
+    OP = 37
+    TYPES = (int, list)
+    TO = frozenset({"node"})
+
+    def __init__(self, qid: int, tids: list) -> None:
+        self.qid, self.tids = qid, tids
+
+    def encode(self) -> tuple:
+        return (37, self.qid, self.tids)
+
+
+class Holding(Message):
+    """The answer to ASKHELD ``qid``: ``items`` is ``[(tid, seq, inc), ...]``, each copy
+    this node holds (node -> coordinator)."""
+    __slots__ = ("items", "qid")
+    OP = 38
+    TYPES = (list, int)
+    TO = frozenset({"coordinator"})
+    ITEM = 3
+
+    def __init__(self, items: list, qid: int) -> None:
+        self.items, self.qid = items, qid
+
+    def encode(self) -> tuple:
+        return (38, self.items, self.qid)
+
+
+class Buddy(Message):
+    """From now on copies of this node's checkpoints go to node ``rank`` (0: none, the
+    coordinator keeps them) (coordinator -> node, when the nodes alive change)."""
+    __slots__ = ("rank",)
+    OP = 39
+    TYPES = (int,)
+    TO = frozenset({"node"})
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def encode(self) -> tuple:
+        return (39, self.rank)
 
 
 # -- task -> task ------------------------------------------------------------------
@@ -440,13 +492,15 @@ def _decode_user(t: tuple) -> User:
 #: Every message kind, once.
 KINDS: tuple[type[Message], ...] = (Hello, Done, Exited, Req, Heartbeat, Bye, Run, Spawn,
                                     Kill, Reply, Loc, Shutdown, Cancel, User,
-                                    Keep, Held, Fetch, Copy, Restored, Forget, Mark)
+                                    Keep, Held, Fetch, Copy, Restored, Forget, Mark,
+                                    AskHeld, Holding, Buddy)
 
 # the op codes by name (P.USER, ...), as tests and tools spell them
 HELLO, DONE, EXITED, REQ, HEARTBEAT, BYE = (k.OP for k in KINDS[:6])
 RUN, SPAWN, KILL, REPLY, LOC, SHUTDOWN, CANCEL = (k.OP for k in KINDS[6:13])
 USER = User.OP
 KEEP, HELD, FETCH, COPY, RESTORED, FORGET, MARK = (k.OP for k in KINDS[14:21])
+ASKHELD, HOLDING, BUDDY = (k.OP for k in KINDS[21:24])
 
 _new = object.__new__
 

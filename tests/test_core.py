@@ -568,25 +568,47 @@ def test_a_copy_that_is_not_there_sends_the_restart_to_the_next_holder() -> None
     assert of(out, I.Fatal)
 
 
-def test_a_checkpoint_group_goes_back_to_the_checkpoint_all_acknowledged() -> None:
-    core = up(3)
+def _group_of_three(core) -> dict[int, int]:
+    """Tasks 50-52 spawned as checkpoint group 50, one per node: tid -> its node."""
     places = {}
     for tid in (50, 51, 52):            # one spawn: group 50
         (p,) = of(core.handle(E.TaskSpawned(tid, 1, 0.0, None, False, 0, 50)), I.PlaceSpawned)
-        places[tid] = p.rank
         assert p.group == 50
-    assert core.ckgroups == {50: [50, 51, 52]}
+        places[tid] = p.rank
+    return places
 
-    def commit(tid: int, seq: int) -> None:
-        r = places[tid]
-        b = r % 3 + 1
-        core.handle(E.CheckpointStored(r, tid, 0, seq, 1.0, b, False),
-                    E.CheckpointHeld(b, tid, 0, seq, 1.0))
-    for tid in (50, 51, 52):
-        commit(tid, 1)
-    commit(50, 2)                        # one member is a checkpoint ahead
+
+def answer(core, out: list, holding: dict, now: float = 2.0) -> list:
+    """Answer the query of ``out`` (I.AskHeld) as the nodes would: ``holding`` is node ->
+    its copies ``[(tid, seq, inc), ...]``. The instructions of the last answer."""
+    (ask,) = of(out, I.AskHeld)
+    got = []
+    for r in ask.ranks:
+        got = core.handle(E.HeldReported(r, ask.qid, holding.get(r, []), now))
+    return got
+
+
+def test_a_checkpoint_group_goes_back_to_the_newest_epoch_its_nodes_hold_for_every_member(
+        ) -> None:
+    """The coordinator is told of no epoch in memory: when a member is lost it asks every
+    node alive what it holds, and once all have answered the group goes back to the
+    newest epoch held for every member."""
+    core = up(3)
+    places = _group_of_three(core)
+    assert core.ckgroups == {50: [50, 51, 52]}
     lost = places[51]
     out = core.handle(E.NodeLost(lost, LossCause.ULFM, 2.0))
+    (ask,) = of(out, I.AskHeld)
+    alive = sorted(set(places.values()) - {lost})
+    assert ask.ranks == tuple(alive) and ask.tids == (50, 51, 52)
+    assert not of(out, I.PlaceSpawned)           # nothing moves before the answers
+    # each node holds its member's newest two epochs, and its buddy's copies: 51's
+    # node was lost, its buddy holds 51's epochs 1 and 2, but 50 is only at 1
+    holding = {places[50]: [(50, 1, 0)], places[52]: [(52, 1, 0), (52, 2, 0)]}
+    holding[lost % 3 + 1] = holding.get(lost % 3 + 1, []) + [(51, 1, 0), (51, 2, 0)]
+    first = core.handle(E.HeldReported(alive[0], ask.qid, holding.get(alive[0], []), 2.1))
+    assert not of(first, I.PlaceSpawned)         # one node has not answered yet
+    out = core.handle(E.HeldReported(alive[1], ask.qid, holding.get(alive[1], []), 2.1))
     assert I.GroupRolledBack(50, 1) in out
     # every node learns all the new places before any member starts again
     first_place = min(i for i, x in enumerate(out) if isinstance(x, I.PlaceSpawned))
@@ -594,24 +616,67 @@ def test_a_checkpoint_group_goes_back_to_the_checkpoint_all_acknowledged() -> No
     assert sorted(told) == [50, 51, 52]
     again = {p.tid: p for p in of(out, I.PlaceSpawned)}
     assert set(again) == {50, 51, 52} and all(p.restart and p.inc == 1 for p in again.values())
-    assert all(p.seq == 1 for p in again.values())          # the one all acknowledged
+    assert all(p.seq == 1 for p in again.values())
     for tid in (50, 52):                 # survivors: where they run, from their own copy
         assert again[tid].rank == places[tid] == again[tid].source
     assert again[51].rank != lost and again[51].source in (again[51].rank, lost % 3 + 1)
+    # a late answer to that query changes nothing
+    assert not core.handle(E.HeldReported(alive[0], ask.qid, [(51, 2, 0)], 2.2))
 
 
-def _group_of_three(core) -> tuple[dict, Callable[[int, int], None]]:
-    places = {}
-    for tid in (50, 51, 52):            # one spawn: group 50
-        (p,) = of(core.handle(E.TaskSpawned(tid, 1, 0.0, None, False, 0, 50)), I.PlaceSpawned)
-        places[tid] = p.rank
+def test_a_node_lost_while_its_answer_is_awaited_is_not_waited_for() -> None:
+    """A second node lost during the query: its answer (and its copies) no longer count,
+    and the group goes back with what the nodes left hold."""
+    core = up(4)
+    places = _group_of_three(core)
+    spare = ({1, 2, 3, 4} - set(places.values())).pop()
+    out = core.handle(E.NodeLost(places[51], LossCause.ULFM, 2.0))
+    (ask,) = of(out, I.AskHeld)
+    assert set(ask.ranks) == {places[50], places[52], spare}
+    core.handle(E.HeldReported(places[50], ask.qid, [(50, 3, 0), (51, 3, 0)], 2.1),
+                E.HeldReported(places[52], ask.qid, [(52, 3, 0), (50, 3, 0)], 2.1))
+    out = core.handle(E.NodeLost(spare, LossCause.ULFM, 2.2))
+    assert I.GroupRolledBack(50, 3) in out
+    assert {p.tid: p.seq for p in of(out, I.PlaceSpawned)} == {50: 3, 51: 3, 52: 3}
 
-    def commit(tid: int, seq: int) -> None:
-        r = places[tid]
-        b = r % 3 + 1
-        core.handle(E.CheckpointStored(r, tid, 0, seq, 1.0, b, False),
-                    E.CheckpointHeld(b, tid, 0, seq, 1.0))
-    return places, commit
+
+def test_a_node_silent_to_the_query_is_not_waited_for_long() -> None:
+    """A node that does not answer (hung, not yet found so by its heartbeat) holds the
+    group back ASK_WAIT_S at most: the next Tick after it decides with the others."""
+    from clustervm.core.state import ASK_WAIT_S
+    core = up(4)
+    places = _group_of_three(core)
+    spare = ({1, 2, 3, 4} - set(places.values())).pop()
+    out = core.handle(E.NodeLost(places[51], LossCause.ULFM, 2.0))
+    (ask,) = of(out, I.AskHeld)
+    core.handle(E.HeldReported(places[50], ask.qid, [(50, 2, 0), (51, 2, 0)], 2.01),
+                E.HeldReported(spare, ask.qid, [], 2.01))
+    heard = {r: 2.0 for r in range(1, 5)}
+    assert not of(core.handle(E.Tick(2.0 + ASK_WAIT_S / 2, heard)), I.PlaceSpawned)
+    out = core.handle(E.Tick(2.0 + ASK_WAIT_S, heard))
+    assert "did not say within" in " ".join(w.text for w in of(out, I.Warn))
+    # 52's own copies were not told: it goes back to the start with the others
+    assert I.GroupRolledBack(50, 0) in out and len(of(out, I.PlaceSpawned)) == 3
+
+
+def test_copies_of_an_abandoned_course_are_not_gone_back_to() -> None:
+    """After a rollback to epoch 2 a node may still hold epoch 3 of the incarnation
+    before (the course left): a later rollback counts it only up to epoch 2."""
+    core = up(3)
+    places = _group_of_three(core)
+    out = core.handle(E.NodeLost(places[51], LossCause.ULFM, 2.0))
+    alive = [r for r in places.values() if r != places[51]]
+    out = answer(core, out, {alive[0]: [(t, s, 0) for t in (50, 51, 52) for s in (2, 3)]})
+    assert I.GroupRolledBack(50, 3) in out
+    again = {p.tid: p.rank for p in of(out, I.PlaceSpawned)}
+    victim = again[50]
+    out = core.handle(E.NodeLost(victim, LossCause.ULFM, 3.0))
+    rest = [r for r in core.alive_ranks()]
+    # incarnation 1 took epoch 4 of 52 only; 3 and 2 of incarnation 0 are still of it
+    stale = [(t, 4, 0) for t in (50, 51, 52)]
+    out = answer(core, out, {rest[0]: stale + [(t, s, 0) for t in (50, 51, 52) for s in (2, 3)]
+                                      + [(52, 4, 1)]})
+    assert I.GroupRolledBack(50, 3) in out
 
 
 @pytest.mark.parametrize("cut, exact", [(-1, False), (2, False), (1, True), (0, True)])
@@ -621,12 +686,11 @@ def test_a_group_member_that_ended_after_the_epoch_makes_a_rollback_an_error(
     that member sent the others nothing after it (cut <= epoch: its last checkpoint, after
     which it was quiet); else the job ends with an error that says why (not a hang)."""
     core = up(3)
-    places, commit = _group_of_three(core)
-    for tid in (50, 51, 52):
-        commit(tid, 1)
+    places = _group_of_three(core)
     out = core.handle(E.SpawnedExited(places[52], 52, 0, True, "done", 1.5, cut))
     assert core.ckgroups == {50: [50, 51]}
     out = core.handle(E.NodeLost(places[51], LossCause.ULFM, 2.0))
+    out = answer(core, out, {places[50]: [(50, 1, 0), (51, 1, 0)]})
     if exact:
         assert I.GroupRolledBack(50, 1) in out and not of(out, I.Fatal)
         assert {p.tid for p in of(out, I.PlaceSpawned)} == {50, 51}
@@ -665,54 +729,30 @@ def test_with_a_journal_a_tasks_checkpoints_go_to_disk_at_most_every_disk_every_
               I.ForgetReceived) == [I.ForgetReceived(50, 4)]
 
 
-def test_a_checkpoint_groups_epochs_go_to_disk_for_every_member_or_none() -> None:
-    """With a journal, a group's epoch goes to the coordinator's disk at most every
-    group_disk_every_s, and the decision is the same for every member, whenever each
-    member's checkpoint before it is acknowledged (a disk copy is a cut: all or none)."""
-    core = up(3, journal=True, group_disk_every_s=1.0)
-    places = {}
-    for tid in (50, 51):
-        (p,) = of(core.handle(E.TaskSpawned(tid, 1, 0.0, None, False, 0, 50)), I.PlaceSpawned)
-        places[tid] = p.rank
-        assert p.to_store                  # the first epoch goes to disk
-
-    def commit(tid: int, seq: int, now: float, stored: bool) -> bool:
-        r = places[tid]
-        b = r % 3 + 1
-        (c,) = of(core.handle(E.CheckpointStored(r, tid, 0, seq, now, b, stored),
-                              E.CheckpointHeld(b, tid, 0, seq, now)), I.CommitCheckpoint)
-        return c.to_store
-
-    assert [commit(t, 1, 1.0, True) for t in (50, 51)] == [False, False]
-    # 0.9 s since the last epoch on disk when the first member decides for epoch 3; the
-    # second's acknowledgment comes 1.05 s after: it follows the first
-    assert [commit(50, 2, 1.9, False), commit(51, 2, 2.05, False)] == [False, False]
-    assert [commit(50, 3, 2.1, False), commit(51, 3, 2.1, False)] == [True, True]
-    assert [commit(t, 4, 2.2, True) for t in (50, 51)] == [False, False]
-
-
 def test_a_group_whose_epoch_is_lost_in_memory_goes_back_to_its_newest_epoch_on_disk() -> None:
     """A member's node and its buddy lost together (a Tick finds both silent): no copy in
-    memory of the group's epoch is left for that member, so the whole group goes back to
-    the newest epoch every member has at the coordinator (on disk); the store keeps
-    nothing of the course it leaves."""
-    core = up(4, journal=True, group_disk_every_s=1.0)
+    memory of the group's epochs is left for that member, so the whole group goes back
+    to the newest epoch every member has at the coordinator (on disk: the epochs its
+    nodes sent there, as they decided together); the store keeps nothing of the course
+    it leaves."""
+    core = up(4, journal=True)
     places = {}
     for tid in (50, 51):
         (p,) = of(core.handle(E.TaskSpawned(tid, 1, 0.0, None, False, 0, 50)), I.PlaceSpawned)
         places[tid] = p.rank
 
-    def commit(tid: int, seq: int, now: float, stored: bool) -> None:
+    def to_disk(tid: int, seq: int, now: float) -> None:
         r = places[tid]
-        core.handle(E.CheckpointStored(r, tid, 0, seq, now, r % 4 + 1, stored),
+        core.handle(E.CheckpointStored(r, tid, 0, seq, now, r % 4 + 1, True),
                     E.CheckpointHeld(r % 4 + 1, tid, 0, seq, now))
     for tid in (50, 51):
-        commit(tid, 1, 1.0, True)        # on disk
-        commit(tid, 2, 1.2, False)       # in memory only
-    commit(50, 3, 2.1, True)             # member 50 is one ahead, on disk too
+        to_disk(tid, 1, 1.0)             # epoch 1 on disk; 2 and 3 in memory only
+    to_disk(50, 4, 2.1)                  # member 50 is one ahead, on disk too
     r = places[51]
     gone = (r, r % 4 + 1)                # member 51's node and its buddy
     out = core.handle(E.Tick(9.0, {n: (0.0 if n in gone else 9.0) for n in range(1, 5)}))
+    rest = [n for n in range(1, 5) if n not in gone]
+    out = answer(core, out, {n: [(50, 3, 0), (50, 4, 0)] for n in rest}, now=9.1)
     warn = " ".join(w.text for w in of(out, I.Warn))
     assert "checkpoint group 50" in warn and "goes back to its checkpoint 1" in warn, warn
     assert I.GroupRolledBack(50, 1) in out
@@ -720,6 +760,16 @@ def test_a_group_whose_epoch_is_lost_in_memory_goes_back_to_its_newest_epoch_on_
     again = {p.tid: p for p in of(out, I.PlaceSpawned)}
     assert {t: (p.seq, p.source) for t, p in again.items()} == {50: (1, 0), 51: (1, 0)}
     assert all(p.rank not in gone for p in again.values())
+
+
+def test_a_node_is_told_its_buddy_when_the_nodes_alive_change() -> None:
+    """A checkpoint group's epochs are not answered, so the nodes learn their buddies
+    from the coordinator whenever the nodes alive change."""
+    core = Core(range(1, 4))
+    out = core.handle(*(E.NodeHello(r, f"h{r}", 100 + r, 0.0) for r in range(1, 4)))
+    assert sorted((b.rank, b.buddy) for b in of(out, I.TellBuddy)) == [(1, 2), (2, 3), (3, 1)]
+    out = core.handle(E.NodeLost(2, LossCause.ULFM, 1.0))
+    assert of(out, I.TellBuddy) == [I.TellBuddy(1, 3)]
 
 
 def test_nodes_lost_together_are_all_out_before_any_is_failed_over() -> None:

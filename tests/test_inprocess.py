@@ -604,15 +604,20 @@ def test_a_first_big_checkpoint_is_skipped_then_taken_and_restores():
 def test_a_checkpoint_groups_first_big_checkpoint_is_skipped_by_every_member():
     """Two members with 40 MB each: their first checkpoint is skipped by both (a member's
     vote in the cut), a later one is taken by both; a member's node is lost and the
-    group goes back to that one, whole."""
+    group goes back to that one, whole (the coordinator, told of no epoch, asks the
+    nodes what they hold)."""
     def main(vm, kill):
         tids = vm.spawn(group_big, 40, count=2, checkpoint="group")
         calls = [vm.get_info(f"group-big-{i}", wait=True, timeout=30) for i in range(2)]
         deadline = time.monotonic() + 30
-        while any(vm._c.core.tasks[t].ckpt is None for t in tids):
-            assert time.monotonic() < deadline, "the checkpoints were never acknowledged"
+        while any(t not in ivm.nodes[vm._c.tasks[t].node]._acked for t in tids):
+            assert time.monotonic() < deadline, "no buddy said it holds the checkpoints"
             time.sleep(0.01)
+        assert all(vm._c.core.tasks[t].ckpt is None for t in tids)   # not told of them
         kill(vm._c.tasks[tids[1]].node)
+        while any(vm._c.core.tasks[t].inc == 0 for t in tids):   # after the nodes' answers
+            assert time.monotonic() < deadline, "the group never went back"
+            time.sleep(0.01)
         vm.put_info("group-big-go", True)
         return calls, [vm.join(t) for t in tids]
     ivm = InProcessVM(3, test_config(), timeout=60)

@@ -171,6 +171,16 @@ class CheckpointHeld(Event):
 
 
 @record
+class HeldReported(Event):
+    """Node ``rank`` answers query ``qid`` (I.AskHeld): the copies it holds, ``items``
+    ``[(tid, seq, inc), ...]``."""
+    rank: int
+    qid: int
+    items: Any
+    now: float
+
+
+@record
 class CheckpointWritten(Event):
     """The coordinator's write of checkpoint ``seq`` of task ``tid`` (incarnation
     ``inc``) to the checkpoint directory ended (``ok``; if not, the shell holds the

@@ -197,6 +197,22 @@ class DropCheckpoints(Instruction):
 
 
 @record
+class AskHeld(Instruction):
+    """Ask nodes ``ranks`` which copies they hold of checkpoint group members ``tids``
+    (query ``qid``; their answers come as E.HeldReported): a member was lost."""
+    qid: int
+    ranks: tuple
+    tids: tuple
+
+
+@record
+class TellBuddy(Instruction):
+    """Node ``rank``'s checkpoint copies go to node ``buddy`` from now on (0: none)."""
+    rank: int
+    buddy: int
+
+
+@record
 class DropCheckpointsAfter(Instruction):
     """Task ``tid``'s checkpoints newer than ``seq`` are of a course its checkpoint group
     rolled back from: the coordinator's store (memory and disk) keeps none of them."""

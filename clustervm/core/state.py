@@ -40,7 +40,7 @@ class Node:
     """What the core knows of one worker rank."""
     __slots__ = ("rank", "host", "pid", "state", "in_world", "inflight", "spawned", "nwait",
                  "done", "joined_at", "last_heard", "last_done", "lost_at", "cause", "detail",
-                 "ver", "lost_tids")
+                 "ver", "lost_tids", "buddy")
 
     def __init__(self, rank: int, in_world: bool = True) -> None:
         self.rank = rank
@@ -61,6 +61,7 @@ class Node:
         self.ver = 0            # bumped on every change of its heap entry
         #: at its loss: the tasks it ran that are to run again (short, then spawned)
         self.lost_tids: tuple[int, ...] = ()
+        self.buddy = 0          # the buddy it was last told of (I.TellBuddy)
 
     @property
     def load(self) -> int:
@@ -80,7 +81,7 @@ class Task:
     __slots__ = ("tid", "kind", "parent", "state", "node", "where", "attempts", "inc",
                  "replay", "t_start", "t_ckpt", "digest", "ckpt", "pend", "restoring",
                  "received", "copying", "group", "prev", "durable", "forgot", "t_disk",
-                 "stored")
+                 "stored", "bases")
 
     def __init__(self, tid: int, kind: TaskKind, parent: int, where: set[int] | None,
                  digest: int = 0) -> None:
@@ -115,6 +116,9 @@ class Task:
         self.t_disk = float("-inf")   # when its checkpoint's bytes last went to the coordinator
         #: the seqs of its checkpoints the coordinator's store holds (the newest two)
         self.stored: tuple[int, ...] = ()
+        #: per incarnation, the checkpoint it started from (0: the start): a copy an
+        #: older incarnation took is of this one's course only up to there (_valid_copy)
+        self.bases: list[int] = [0]
 
 
 class _Pending:
@@ -130,6 +134,31 @@ class _Pending:
         self.waiting: set[int] = set()
         self.buddy = 0
         self.received = True
+
+
+#: how long a checkpoint group going back waits for a node's answer (I.AskHeld)
+ASK_WAIT_S = 0.25
+
+
+class _Ask:
+    """A checkpoint group's query of the nodes' copies (I.AskHeld): the nodes whose
+    answer it waits for, and per member and epoch the nodes that hold a copy of it."""
+    __slots__ = ("qid", "waiting", "held", "t0")
+
+    def __init__(self, qid: int, ranks: Iterable[int], t0: float) -> None:
+        self.qid = qid
+        self.t0 = t0
+        self.waiting = set(ranks)
+        self.held: dict[int, dict[int, set[int]]] = {}
+
+
+def _valid_copy(t: Task, seq: int, inc: int) -> bool:
+    """Is a copy of checkpoint ``seq`` taken by incarnation ``inc`` of ``t`` on the course
+    ``t`` runs now? Its own incarnation's are; an older one's only up to where every
+    incarnation since started from (what came after it there was gone back on)."""
+    if inc == t.inc:
+        return True
+    return 0 <= inc < t.inc and all(seq <= b for b in t.bases[inc + 1:t.inc + 1])
 
 
 class Core:
@@ -149,13 +178,9 @@ class Core:
         #: with a journal: a task's checkpoint goes to the coordinator (and its disk) at
         #: most this often; the ones between stay with the node and its buddy
         self.disk_every_s = disk_every_s
-        #: the same for a checkpoint group's epochs: every member's copy of an epoch, or none
+        #: (a checkpoint group's epochs go to disk as its members' nodes decide together:
+        #: Node._cut; the argument is kept for the shell's one call)
         self.group_disk_every_s = group_disk_every_s
-        #: per checkpoint group: the next epoch and whether it goes to disk (decided by the
-        #: first member's acknowledgment of the epoch before, read by the others), and
-        #: when an epoch was last sent to disk
-        self._group_disk: dict[int, tuple[int, bool]] = {}
-        self._group_t_disk: dict[int, float] = {}
         self.resume = resume
         self.t0 = t0
         self.start_limit = start_limit
@@ -170,6 +195,10 @@ class Core:
         #: a checkpoint group's members that ended while others run: group -> {tid: the
         #: last checkpoint after which it sent the other members nothing, or -1}
         self._group_ended: dict[int, dict[int, int]] = {}
+        #: checkpoint groups going back: group -> the query of the nodes' copies (_Ask)
+        self._asks: dict[int, _Ask] = {}
+        self._qid = 0
+        self._buddies_changed = False
         self.journal_done: dict[int, tuple[int, bool, Any]] = {}
         self.spawning = 0                       # replacements asked for, not started yet
         #: the VM-wide mailbox (put_info / get_info): name -> value, and who waits for a name
@@ -208,6 +237,7 @@ class Core:
             E.CheckpointStored: self._checkpoint,
             E.CheckpointHeld: self._checkpoint_held,
             E.CheckpointWritten: self._checkpoint_written,
+            E.HeldReported: self._held_reported,
             E.TaskRestored: self._restored,
             E.JournalLoaded: self._journal_loaded,
             E.ReplacementStarted: self._replacement_started,
@@ -243,6 +273,8 @@ class Core:
         if self._want_dispatch:
             self._want_dispatch = False
             self._dispatch()
+        if self._buddies_changed:
+            self._tell_buddies()
         out, self._out = self._out, []
         return out
 
@@ -317,9 +349,11 @@ class Core:
         elif state is _STARTING:
             self._next_check = 0.0
         if state is _ALIVE:
-            self._alive[n.rank] = n
-        else:
-            self._alive.pop(n.rank, None)
+            if n.rank not in self._alive:
+                self._alive[n.rank] = n
+                self._buddies_changed = True
+        elif self._alive.pop(n.rank, None) is not None:
+            self._buddies_changed = True
         if state is _SPARE:
             self._spares[n.rank] = n
         else:
@@ -394,6 +428,8 @@ class Core:
             for n in nodes.values():
                 n.last_heard = max(n.last_heard, now)
             return
+        if self._asks:
+            self._asks_overdue(now)
         if now < self._next_check:
             return         # no deadline can have passed (what is heard only delays them)
         # one pass over the nodes, O(n), but only when the earliest deadline of the last
@@ -490,7 +526,8 @@ class Core:
             self._no_nodes_left()
             return
         self._copies_lost(rank)
-        groups = set()
+        self._asks_lost(rank)
+        groups = set(self._asks)        # their queries may wait for this node no more
         for tid in sorted(spawned):
             t = self.tasks.get(tid)
             if t is not None and t.state is _RUNNING:
@@ -505,6 +542,18 @@ class Core:
         for g in sorted(groups):
             self._roll_back(g, now)
         self._want_dispatch = True
+
+    def _tell_buddies(self) -> None:
+        """The nodes alive changed: tell each whose buddy (_buddy_of) changed. A node
+        learns it with its tasks' SPAWNs and checkpoint answers too, but a checkpoint
+        group's epochs are not answered (Node.checkpoint), and its copies must go to a
+        node alive."""
+        self._buddies_changed = False
+        for n in self._alive.values():
+            b = self._buddy_of(n.rank)
+            if b != n.buddy:
+                n.buddy = b
+                self._out.append(I.TellBuddy(n.rank, b))
 
     def _promote_spare(self) -> bool:
         if not self._spares:
@@ -831,8 +880,11 @@ class Core:
             out.append(I.Observe("end", tid, t.node, ok))
         if self.journal and packed:
             out.append(I.JournalDone(tid, t.digest, ok, value, cut))
-        if t.t_ckpt or t.attempts or self.resume:     # it may have checkpoints
+        if t.t_ckpt or t.attempts or self.resume or t.group:     # it may have checkpoints
+            # a checkpoint group's epochs are held where its nodes sent them, untold
             held = set(t.ckpt[1]) if t.ckpt is not None else set()
+            if t.group:
+                held |= set(self._alive)
             if t.pend is not None:
                 held |= t.pend.holders | {t.pend.buddy}
                 t.pend = None
@@ -847,8 +899,6 @@ class Core:
                     members.remove(tid)
                     if not members:
                         del self.ckgroups[t.group]
-                        self._group_disk.pop(t.group, None)
-                        self._group_t_disk.pop(t.group, None)
                         self._group_ended.pop(t.group, None)
                     else:
                         self._group_ended.setdefault(t.group, {})[tid] = cut
@@ -931,6 +981,7 @@ class Core:
         t.restoring = (source, seq) if source and source != n.rank else None
         if restart:
             t.inc += 1
+            t.bases.append(seq)
             t.pend = None       # what the old incarnation had on its way is not waited for
             t.durable = t.forgot = 0
         t.node, t.state, t.t_start = n.rank, _RUNNING, now
@@ -946,37 +997,103 @@ class Core:
 
     def _roll_back(self, group: int, now: float) -> None:
         """A member of checkpoint group ``group`` was lost: every member goes back to the
-        group's newest checkpoint that all of them have acknowledged (survivors too, on
-        their own nodes, from their own copies; a new incarnation there aborts the old).
-        If a member's every copy of it was lost (its node and its buddy at once), with a
-        journal the group goes back to its newest epoch on disk instead (or the start)."""
-        members = [t for t in (self.tasks.get(m) for m in self.ckgroups.get(group, ()))
-                   if t is not None and t.state is _RUNNING]
+        group's newest epoch held for all of them (survivors too, on their own nodes,
+        from their own copies; a new incarnation there aborts the old). Nobody told the
+        coordinator of the epochs in memory (Node.checkpoint): it asks every node alive
+        which copies it holds (I.AskHeld) and decides once all have answered or are lost
+        (_go_back); a node lost meanwhile only takes its copies out of the count."""
+        members = self._running_members(group)
+        if not members:
+            self._asks.pop(group, None)
+            return
+        ask = self._asks.get(group)
+        if ask is None:
+            self._qid += 1
+            ask = self._asks[group] = _Ask(self._qid, self._alive, now)
+            if ask.waiting:
+                self._out.append(I.AskHeld(ask.qid, tuple(sorted(ask.waiting)),
+                                           tuple(t.tid for t in members)))
+        if not ask.waiting:
+            self._go_back(group, now)
+
+    def _running_members(self, group: int) -> list[Task]:
+        return [t for t in (self.tasks.get(m) for m in self.ckgroups.get(group, ()))
+                if t is not None and t.state is _RUNNING]
+
+    def _held_reported(self, ev: E.HeldReported) -> None:
+        for group, ask in self._asks.items():
+            if ask.qid == ev.qid:
+                break
+        else:
+            return      # a late answer: that query is decided
+        if ev.rank not in ask.waiting or ev.rank not in self._alive:
+            return
+        ask.waiting.discard(ev.rank)
+        for tid, seq, inc in ev.items:
+            t = self.tasks.get(tid)
+            if t is not None and t.group == group and _valid_copy(t, seq, inc):
+                ask.held.setdefault(tid, {}).setdefault(seq, set()).add(ev.rank)
+        if not ask.waiting:
+            self._go_back(group, ev.now)
+
+    def _asks_overdue(self, now: float) -> None:
+        """A node that has not answered within ASK_WAIT_S (hung, say, and not yet found
+        so by its heartbeat) is not waited for: the group goes back with the copies the
+        others hold (if it is hung, its members go back again once it is found lost)."""
+        for group, ask in list(self._asks.items()):
+            if ask.waiting and now - ask.t0 >= ASK_WAIT_S:
+                self._out.append(I.Warn(
+                    f"checkpoint group {group}: node(s) {', '.join(map(str, sorted(ask.waiting)))} "
+                    f"did not say within {ASK_WAIT_S} s which copies of its checkpoints they "
+                    f"hold; it goes back to the newest epoch the other nodes hold"))
+                ask.waiting.clear()
+                self._go_back(group, now)
+
+    def _asks_lost(self, rank: int) -> None:
+        """Node ``rank`` is lost: its copies no longer count, and its answer is not waited
+        for (the groups whose query it ends go back: _lose)."""
+        for ask in self._asks.values():
+            ask.waiting.discard(rank)
+            for by_seq in ask.held.values():
+                for ranks in by_seq.values():
+                    ranks.discard(rank)
+
+    def _stored_epochs(self, t: Task) -> set[int]:
+        """The epochs of ``t`` the coordinator holds (on disk with a journal; else those
+        of its acknowledged checkpoints it was sent, with no buddy)."""
+        if self.journal:
+            return set(t.stored)
+        return {c[0] for c in (t.ckpt, t.prev) if c is not None and 0 in c[1]}
+
+    def _go_back(self, group: int, now: float) -> None:
+        """Every node alive has said what it holds: the group goes back to the newest
+        epoch held for every running member, in memory on a node alive or at the
+        coordinator (its disk), else to the start. A member whose every copy in memory
+        was lost (its node and its buddy at once) is said to be so."""
+        ask = self._asks.pop(group)
+        members = self._running_members(group)
         if not members:
             return
-        epoch = min(t.ckpt[0] if t.ckpt is not None else 0 for t in members)
-        for t in members:
-            if epoch == 0:
-                t.ckpt = None
-            elif t.ckpt is not None and t.ckpt[0] != epoch:
-                t.ckpt = t.prev          # one ahead: its previous one is the group's
-        lost = [t.tid for t in members if t.ckpt is not None and 0 not in t.ckpt[1]
-                and not any(r in self._alive for r in t.ckpt[1])]
-        if lost and self.journal:
-            # every copy in memory of a member's epoch was on nodes lost at once (its node
-            # and its buddy): the group goes back to the newest epoch every member has at
-            # the coordinator (on disk), or to the start
-            stored = set.intersection(*(set(t.stored) for t in members))
-            older = max((s for s in stored if s <= epoch), default=0)
+        alive = self._alive
+        memory = {t.tid: {s for s, ranks in ask.held.get(t.tid, {}).items() if ranks & alive.keys()}
+                  for t in members}
+        stored = {t.tid: self._stored_epochs(t) for t in members}
+        epoch = max(set.intersection(*({0} | memory[t.tid] | stored[t.tid]
+                                       for t in members)))
+        newest = max((max(s) for s in memory.values() if s), default=0)
+        lost = [t.tid for t in members if not memory[t.tid]]
+        if lost and epoch < newest:
             self._out.append(I.Warn(
-                f"checkpoint group {group}: every copy in memory of checkpoint {epoch} of "
+                f"checkpoint group {group}: every copy in memory of checkpoint {newest} of "
                 f"task(s) {', '.join(map(str, lost))} was on nodes lost at once; the group "
-                + (f"goes back to its checkpoint {older}, the newest on disk for every "
-                   f"member" if older else "starts again from the start (no checkpoint "
+                + (f"goes back to its checkpoint {epoch}, the newest on disk for every "
+                   f"member" if epoch else "starts again from the start (no checkpoint "
                    f"of it is on disk for every member yet)")))
-            epoch = older
-            for t in members:
-                t.ckpt, t.prev = ((epoch, frozenset({0})) if epoch else None), None
+        for t in members:
+            holders = ask.held.get(t.tid, {}).get(epoch, set()) & alive.keys()
+            if epoch in stored[t.tid]:
+                holders.add(0)
+            t.ckpt, t.prev = ((epoch, frozenset(holders)) if epoch else None), None
         gone = ended_after(self._group_ended.get(group, {}), epoch)
         if gone:
             # what they sent the others after the epoch is needed again, and nobody can
@@ -1074,8 +1191,6 @@ class Core:
             p.holders.add(0)
             t.t_disk = ev.now
             t.stored = (ev.seq, *t.stored[:1])
-            if t.group:
-                self._group_t_disk[t.group] = ev.now
             self._out.append(I.StoreCheckpoint(ev.tid, ev.inc, ev.seq))
         buddy = ev.buddy
         if buddy:
@@ -1138,33 +1253,19 @@ class Core:
         self.stats["ckpt_written"] += 1
         buddy = self._buddy_of(p.rank)
         self._out.append(I.CommitCheckpoint(p.rank, t.tid, p.seq, tuple(sorted(p.holders)),
-                                            buddy, not buddy or self._to_disk(t, p.seq),
+                                            buddy, not buddy or self._to_disk(t),
                                             not self.journal))
         if self.journal:
             self._forget_durable(t)
         if p.buddy:
             self._replicate(t)
 
-    def _to_disk(self, t: Task, seq: int) -> bool:
+    def _to_disk(self, t: Task) -> bool:
         """With a journal, whether ``t``'s next checkpoint (after ``seq``) goes to the
         coordinator too (to be written): at most every ``disk_every_s`` (FTI's and SCR's
         levels: every one in memory on two nodes, some on disk). A checkpoint group's
-        epoch goes for every member or for none (its disk copies must be the same cuts):
-        at most every ``group_disk_every_s``, decided once per epoch. (Members take an
-        epoch only after every member's epoch before was acknowledged: the cut waits for
-        each other's MARK, sent once the previous answer is in.)"""
-        if not self.journal:
-            return False
-        if not t.group:
-            return self._now - t.t_disk >= self.disk_every_s
-        epoch, to_disk = self._group_disk.get(t.group, (-1, False))
-        if epoch != seq + 1:
-            to_disk = self._now - self._group_t_disk.get(t.group, float("-inf")) \
-                >= self.group_disk_every_s
-            if to_disk:
-                self._group_t_disk[t.group] = self._now
-            self._group_disk[t.group] = (seq + 1, to_disk)
-        return to_disk
+        members' nodes decide that together in the cut (Node._cut): not here."""
+        return bool(self.journal) and not t.group and self._now - t.t_disk >= self.disk_every_s
 
     def _forget_durable(self, t: Task) -> None:
         """Let the senders of what ``t`` received forget those messages up to its newest
