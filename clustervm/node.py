@@ -619,18 +619,20 @@ class Node(Site):
         at most: while the previous one is still on its way (a big state to its
         buddy), this one is skipped (False) rather than waited for; a restart from
         the previous one is as exact (the messages since are replayed). A checkpoint
-        group's members always wait: their checkpoints are cuts they take together.
+        group's members always wait: their checkpoints are cuts they take together
+        (for its buddy's copy of the one before, not for the coordinator).
         Raises here what storing the previous one raised (a full disk, say).
         """
         group = ctx.__dict__.get("_group")
         reqid = ctx.__dict__.get("_ckpt_call")
-        if reqid is not None and not group:
+        if reqid is not None:
             self.progress()             # its answer may have come: handle what has
-            if reqid not in self._replies:
+            if reqid in self._replies:
+                self.settle_checkpoint(ctx)
+            elif not group:
                 log.debug("task %d: checkpoint %d skipped: the one before is still on "
                           "its way", ctx.tid, seq)
                 return False
-        self.settle_checkpoint(ctx)
         disk = False
         if group:
             self._wait_held(ctx)
@@ -676,7 +678,7 @@ class Node(Site):
         blob = wire.pack_frames([head, *bufs], mutable=bool(buddy) and big,
                                 into=self.copies.take_spare(ctx.tid) if buddy and big else None)
         frame = wire.as_blob_frame(blob)
-        if group and buddy and not disk:
+        if group and buddy:
             # the coordinator is not told: the buddy says HELD to this node, and the next
             # epoch waits for it (_wait_held); after a loss the coordinator asks the nodes
             # what they hold (ASKHELD) and picks the newest epoch held for every member
@@ -688,8 +690,14 @@ class Node(Site):
                 self._wait_alive(ctx, lambda: False)
             ctx.__dict__["_keep_wait"] = (seq, buddy)
             self.transport.post(buddy, P.Keep(ctx.tid, ctx.inc, seq, frame, self.rank).encode())
-            return True
+            if not disk:
+                return True
+            # an epoch for the disk also goes to the coordinator, which answers at once
+            # (its buddy's copy is this node's affair): the member does not wait for that
+            # answer, which a coordinator idle since the last one gives late (5-10 ms)
+            buddy = 0
         if group:
+            self.settle_checkpoint(ctx)       # the one before (answered long ago, as a rule)
             self._group_disk_t[group] = time.monotonic()
         if buddy:
             self.copies.put_own(ctx.tid, ctx.inc, seq, blob)
