@@ -732,7 +732,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             if msg.outlog is not None and self.journal is not None:   # journaled with it
                 self._exit_outlogs[msg.tid] = (msg.inc, msg.outlog)
             self._run(E.SpawnedExited(src, msg.tid, msg.inc, msg.ok, msg.value,
-                                      time.monotonic(), msg.cut))
+                                      time.monotonic(), msg.cut, msg.ckpts))
 
     def check_heartbeats(self) -> None:
         """Declare dead the nodes silent for longer than the heartbeat timeout."""

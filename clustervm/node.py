@@ -404,7 +404,29 @@ class Node(Site):
         with self.lock:
             if (msg.inc, msg.seq) > self._acked.get(msg.tid, (-1, -1)):
                 self._acked[msg.tid] = (msg.inc, msg.seq)
+        ctx = self.live.get(msg.tid)
+        if ctx is not None and ctx.inc == msg.inc:
+            got = ctx.__dict__.get("_keep_delivered")
+            if got is not None and got[0] == msg.seq:
+                del ctx.__dict__["_keep_delivered"]
+                self._forget_received(ctx, got[1])
         self.transport.notify()
+
+    def _forget_received(self, ctx: TaskContext, delivered: dict) -> None:
+        """A checkpoint of log-mode task ``ctx`` that counts ``delivered`` (per sender) is
+        held here and by the buddy: its senders' nodes may forget those messages (the
+        coordinator's Coordinator._forget_received, without it)."""
+        loc = self.locations.get(ctx.tid)
+        if not delivered or loc is None or not loc.replay:
+            return
+        item = P.Loc([(ctx.tid, self.rank, ctx.inc, True, delivered)])
+        ranks = {src.rank for src in (self.locations.get(int(s)) for s in delivered)
+                 if src is not None and src.rank >= 0}
+        for r in ranks:
+            if r == self.rank:
+                self._on_loc(r, item)
+            else:
+                self.transport.post(r, item.encode())
 
     def _on_buddy(self, src: int, msg: P.Buddy) -> None:
         """The nodes alive changed: copies go to node ``msg.rank`` from now on. The
@@ -429,20 +451,22 @@ class Node(Site):
         self.transport.post(buddy, P.Keep(ctx.tid, ctx.inc, seq, wire.as_blob_frame(blob),
                                           self.rank).encode())
 
+    def _held(self, ctx: TaskContext) -> bool:
+        """Is the copy this node last sent the buddy of ``ctx``'s checkpoints held there
+        (or is there no such buddy any more)?"""
+        sent = ctx.__dict__.get("_keep_wait")
+        if sent is None:
+            return True
+        seq, buddy = sent
+        return (self._acked.get(ctx.tid, (-1, -1)) >= (ctx.inc, seq) or self.buddy != buddy
+                or not buddy or buddy in self.transport.failed)
+
     def _wait_held(self, ctx: TaskContext) -> None:
         """A checkpoint group member's previous epoch is held by the buddy too (or there
         is no buddy left): the next may be taken. Every epoch a member can be sent back
         to is then on two nodes (Core._roll_back asks them)."""
-        sent = ctx.__dict__.get("_keep_wait")
-        if sent is None:
-            return
-        tid, inc = ctx.tid, ctx.inc
-
-        def held() -> bool:
-            seq, buddy = ctx.__dict__["_keep_wait"]
-            return (self._acked.get(tid, (-1, -1)) >= (inc, seq) or self.buddy != buddy
-                    or not buddy or buddy in self.transport.failed)
-        self._wait_alive(ctx, held)
+        if ctx.__dict__.get("_keep_wait") is not None:
+            self._wait_alive(ctx, lambda: self._held(ctx))
 
     def _on_ask_held(self, src: int, msg: P.AskHeld) -> None:
         """A checkpoint group goes back: say which copies of its members this node holds.
@@ -593,16 +617,17 @@ class Node(Site):
                           "it sent again", tid, type(exc).__name__, exc)
                 outlog = None
         cut = _quiet_since_cut(ctx) if ctx is not None and ctx.__dict__.get("_group") else -1
+        untold = ctx.__dict__.get("_untold", 0) if ctx is not None else 0
         try:
             try:
                 self.transport.send(P.COORDINATOR, P.Exited(tid, inc, ins.ok, ins.value,
-                                                             outlog, cut).encode())
+                                                             outlog, cut, untold).encode())
             except WireError as exc:
                 exc = wire.relabel(exc, "[4]", "result")
                 err = WireError(f"the return value of task {tid} cannot be sent: {exc}")
                 self.transport.send(P.COORDINATOR, P.Exited(
                     tid, inc, False, remote.pack_exception(err, self.where()), None,
-                    cut).encode())
+                    cut, untold).encode())
         except PeerFailed:
             self._run(N.SendFailed())
 
@@ -632,6 +657,12 @@ class Node(Site):
             elif not group:
                 log.debug("task %d: checkpoint %d skipped: the one before is still on "
                           "its way", ctx.tid, seq)
+                return False
+        if not group and not self._held(ctx):
+            self.progress()
+            if not self._held(ctx):
+                log.debug("task %d: checkpoint %d skipped: its buddy does not hold the one "
+                          "before yet", ctx.tid, seq)
                 return False
         disk = False
         if group:
@@ -678,6 +709,20 @@ class Node(Site):
         blob = wire.pack_frames([head, *bufs], mutable=bool(buddy) and big,
                                 into=self.copies.take_spare(ctx.tid) if buddy and big else None)
         frame = wire.as_blob_frame(blob)
+        told = ctx.__dict__.get("_told", 0)
+        if not group and buddy and not to_store and not self.config.checkpoint_dir and \
+                told and (not delivered or told > 1):
+            # log mode without a journal: the coordinator is not told either. The buddy's
+            # HELD comes here, and then this node tells the senders of what the task had
+            # received to forget it (_on_held). The first checkpoint, and the first that
+            # counts received messages, go to the coordinator (below): it must know that
+            # a restart from the start loses work, or would miss messages (_copies_gone)
+            self.copies.put_own(ctx.tid, ctx.inc, seq, blob)
+            ctx.__dict__["_keep_wait"] = (seq, buddy)
+            ctx.__dict__["_keep_delivered"] = (seq, delivered)
+            ctx.__dict__["_untold"] = ctx.__dict__.get("_untold", 0) + 1   # for the report
+            self.transport.post(buddy, P.Keep(ctx.tid, ctx.inc, seq, frame, self.rank).encode())
+            return True
         if group and buddy:
             # the coordinator is not told: the buddy says HELD to this node, and the next
             # epoch waits for it (_wait_held); after a loss the coordinator asks the nodes
@@ -691,6 +736,7 @@ class Node(Site):
             ctx.__dict__["_keep_wait"] = (seq, buddy)
             self.transport.post(buddy, P.Keep(ctx.tid, ctx.inc, seq, frame, self.rank).encode())
             if not disk:
+                ctx.__dict__["_untold"] = ctx.__dict__.get("_untold", 0) + 1
                 return True
             # an epoch for the disk also goes to the coordinator, which answers at once
             # (its buddy's copy is this node's affair): the member does not wait for that
@@ -706,6 +752,7 @@ class Node(Site):
         ctx.__dict__["_ckpt_call"] = self.call_start(
             "checkpoint", ctx.tid, ctx.inc, seq, delivered, frame if to_store or not buddy
             else None, buddy, post=True)
+        ctx.__dict__["_call_received"] = bool(delivered)
         return True
 
     def _first_big_pending(self, ctx: TaskContext, size: int) -> bool:
@@ -799,6 +846,9 @@ class Node(Site):
             if answer is not None:           # where the next one goes
                 self.buddy = int(answer[0])
                 ctx.__dict__["_to_store"] = bool(answer[1])
+            # see checkpoint(): 1, told of a checkpoint; 2, of one with received messages
+            told = 2 if ctx.__dict__.pop("_call_received", False) else 1
+            ctx.__dict__["_told"] = max(told, ctx.__dict__.get("_told", 0))
         except SystemExit:
             raise
         except Exception as exc:   # noqa: BLE001

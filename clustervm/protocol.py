@@ -108,19 +108,21 @@ class Exited(Message):
     it may still need; journaled with the result), encoded and packed into one blob
     (``wire.pack_frames``), or None; ``cut``: a checkpoint group member's last
     checkpoint if it sent the other members nothing after it (0: it took none and sent
-    them nothing), else -1 (node -> coordinator)."""
-    __slots__ = ("tid", "inc", "ok", "value", "outlog", "cut")
+    them nothing), else -1; ``ckpts``: how many checkpoints it took that the coordinator
+    was not told of (held by its node and buddy only; the end-of-job report counts them)
+    (node -> coordinator)."""
+    __slots__ = ("tid", "inc", "ok", "value", "outlog", "cut", "ckpts")
     OP = 3
-    TYPES = (int, int, int, object, object, int)
+    TYPES = (int, int, int, object, object, int, int)
     TO = frozenset({"coordinator"})
 
     def __init__(self, tid: int, inc: int, ok: bool, value: Any,
-                 outlog: Any = None, cut: int = -1) -> None:
+                 outlog: Any = None, cut: int = -1, ckpts: int = 0) -> None:
         self.tid, self.inc, self.ok, self.value, self.outlog = tid, inc, ok, value, outlog
-        self.cut = cut
+        self.cut, self.ckpts = cut, ckpts
 
     def encode(self) -> tuple:
-        return (3, self.tid, self.inc, self.ok, self.value, self.outlog, self.cut)
+        return (3, self.tid, self.inc, self.ok, self.value, self.outlog, self.cut, self.ckpts)
 
 
 class Req(Message):

@@ -26,6 +26,26 @@ def up(n: int = 3, **kw) -> Core:
     return core
 
 
+def lose(core: Core, *events: E.Event, holding: dict | None = None) -> list:
+    """Handle ``events`` (losses) and answer the nodes' query they start (I.AskHeld: a
+    log-mode task's checkpoints are not told to the coordinator) as the nodes would:
+    every alive holder of a checkpoint the coordinator knows of holds it, or as
+    ``holding`` says (node -> ``[(tid, seq, inc), ...]``)."""
+    out = core.handle(*events)
+    for ask in of(out, I.AskHeld):
+        if holding is None:
+            have: dict = {}
+            for t in core.tasks.values():
+                for c in (t.ckpt, t.prev):
+                    for r in (c[1] if c is not None else ()):
+                        have.setdefault(r, []).append((t.tid, c[0], t.inc))
+        else:
+            have = holding
+        for r in ask.ranks:
+            out += core.handle(E.HeldReported(r, ask.qid, have.get(r, []), 9.0))
+    return out
+
+
 def submit(core: Core, *tids: int, parent: int = 1, now: float = 0.0, where=None) -> list:
     return core.handle(*(E.TaskSubmitted(t, parent, now, where) for t in tids))
 
@@ -99,7 +119,7 @@ def test_lost_node_names_the_tasks_that_are_to_run_again() -> None:
     on1 = [tid for d in of(out, I.Dispatch) if d.rank == 1 for tid, _ in d.items]
     out = core.handle(E.TaskSpawned(20, 1, 1.0, frozenset({1})))
     assert [p.rank for p in of(out, I.PlaceSpawned)] == [1]
-    out = core.handle(E.NodeLost(1, LossCause.ULFM, 2.0))
+    out = lose(core, E.NodeLost(1, LossCause.ULFM, 2.0))
     assert core.nodes[1].lost_tids == (*on1, 20) and len(on1) == 2
     assert core.nodes[2].lost_tids == ()
     assert [(p.tid, p.rank, p.restart) for p in of(out, I.PlaceSpawned)] == [(20, 2, True)]
@@ -109,7 +129,7 @@ def test_lost_node_requeues_its_tasks_first_and_counts_the_rerun() -> None:
     core = up(2, slots=1, prefetch=1)
     out = submit(core, 10, 11, 12, 13, 14, now=1.0)
     on1 = [tid for d in of(out, I.Dispatch) if d.rank == 1 for tid, _ in d.items]
-    out = core.handle(E.NodeLost(1, LossCause.ULFM, 3.0))
+    out = lose(core, E.NodeLost(1, LossCause.ULFM, 3.0))
     assert of(out, I.NodeDown) == [I.NodeDown(1, LossCause.ULFM, "", False)]
     assert not of(out, I.Kill)                       # an MPI failure: the process is gone
     assert core.stats["rerun"] == 2
@@ -205,7 +225,7 @@ def test_every_node_learns_where_spawned_tasks_run_before_they_start() -> None:
         assert set(p.tell) == {1, 2, 3}       # the alive nodes, not the spare
         placed[tid] = p.rank
     assert placed == {50: 1, 51: 2, 52: 3}
-    out = core.handle(E.NodeLost(1, LossCause.ULFM, 1.0))
+    out = lose(core, E.NodeLost(1, LossCause.ULFM, 1.0))
     (told,) = of(out, I.TellLocations)
     assert told.rank == 4 and {i[0]: i[1:] for i in told.items} == \
         {51: (2, 0, True), 52: (3, 0, True)}      # task 50 is placed again, after
@@ -223,7 +243,7 @@ def test_spares_never_take_the_last_node() -> None:
 def test_every_node_lost_fails_every_task_once() -> None:
     core = up(1)
     submit(core, 10, 11)
-    out = core.handle(E.NodeLost(1, LossCause.ULFM, 1.0))
+    out = lose(core, E.NodeLost(1, LossCause.ULFM, 1.0))
     fatal = of(out, I.Fatal)
     assert len(fatal) == 1 and isinstance(fatal[0].error, NoNodesError)
     assert "node 1 (h1: MPI (ULFM))" in str(fatal[0].error)
@@ -236,7 +256,7 @@ def test_every_node_lost_fails_every_task_once() -> None:
 def test_a_replacement_on_its_way_keeps_the_work_waiting() -> None:
     core = up(1, replace_failed=True)
     submit(core, 10)
-    out = core.handle(E.NodeLost(1, LossCause.ULFM, 1.0))
+    out = lose(core, E.NodeLost(1, LossCause.ULFM, 1.0))
     assert of(out, I.RequestReplacement) and not of(out, I.Fatal)
     core.handle(E.ReplacementStarted(2, "h", 2.0))
     out = core.handle(E.ReplacementEnded(2.0), E.NodeHello(2, "h", 7, 3.0))
@@ -274,7 +294,7 @@ def test_spawned_task_restarts_elsewhere_with_a_new_incarnation() -> None:
     assert (place.inc, place.restart) == (0, False)
     assert set(place.tell) == set(core.alive_ranks())   # every node knows where it is
     core.handle(E.CheckpointStored(place.rank, 50, 0, 1, 1.0))
-    out = core.handle(E.NodeLost(place.rank, LossCause.ULFM, 2.0))
+    out = lose(core, E.NodeLost(place.rank, LossCause.ULFM, 2.0))
     (again,) = of(out, I.PlaceSpawned)
     assert again.rank != place.rank and again.inc == 1 and again.restart
     assert set(again.tell) == set(core.alive_ranks())
@@ -286,7 +306,9 @@ def test_spawned_task_restarts_elsewhere_with_a_new_incarnation() -> None:
     assert of(out, I.ResolveTask) == [I.ResolveTask(50, TaskKind.SPAWNED, True, "new")]
     (gone,) = of(out, I.BroadcastLocation)
     assert gone.rank == -1 and gone.inc == 1
-    assert of(out, I.DropCheckpoints) == [I.DropCheckpoints(50)]
+    # its node and that node's buddy may hold copies it was not told of
+    (drop,) = of(out, I.DropCheckpoints)
+    assert drop.tid == 50 and again.rank in drop.holders and len(drop.holders) == 2
     assert core.ended == {50: True}
 
 
@@ -448,7 +470,7 @@ def test_a_lost_nodes_task_restarts_where_its_copy_is() -> None:
     r = spawned_on(core, 50)
     buddy = r % 4 + 1
     held(core, r, buddy)
-    out = core.handle(E.NodeLost(r, LossCause.ULFM, 2.0))
+    out = lose(core, E.NodeLost(r, LossCause.ULFM, 2.0))
     (again,) = of(out, I.PlaceSpawned)
     assert (again.rank, again.source, again.seq, again.inc) == (buddy, buddy, 1, 1)
     # it runs again there: the buddy is its new node and holds the only copy, which it
@@ -469,18 +491,18 @@ def test_a_copy_lost_with_its_node_is_made_again() -> None:
     r = spawned_on(core, 50)
     buddy = r % 4 + 1
     held(core, r, buddy)
-    out = core.handle(E.NodeLost(buddy, LossCause.ULFM, 2.0))      # the buddy dies
+    out = lose(core, E.NodeLost(buddy, LossCause.ULFM, 2.0))      # the buddy dies
     (copy,) = of(out, I.CopyCheckpoint)
     assert copy.source == r and copy.to not in (r, buddy) and (copy.tid, copy.seq) == (50, 1)
     # asked once until it holds it (or is lost: then the next node is asked)
     assert of(core.handle(E.NodeHello(buddy, "h", 1, 2.1)), I.CopyCheckpoint) == []
-    out = core.handle(E.NodeLost(copy.to, LossCause.ULFM, 2.5))
+    out = lose(core, E.NodeLost(copy.to, LossCause.ULFM, 2.5))
     (again,) = of(out, I.CopyCheckpoint)
     assert again.source == r and again.to not in (r, buddy, copy.to)
     core.handle(E.CheckpointHeld(again.to, 50, -1, 1, 2.6))
     assert core.tasks[50].ckpt == (1, frozenset({r, again.to}))
     # the node that ran it dies: it restarts where the copy made again is
-    (place,) = of(core.handle(E.NodeLost(r, LossCause.ULFM, 3.0)), I.PlaceSpawned)
+    (place,) = of(lose(core, E.NodeLost(r, LossCause.ULFM, 3.0)), I.PlaceSpawned)
     assert (place.rank, place.source) == (again.to, again.to)
 
 
@@ -491,16 +513,36 @@ def test_a_task_placed_away_from_its_copy_gets_it_and_a_lost_source_places_it_ag
     held(core, r, buddy)
     for tid in (51, 52):          # the buddy gets busier than the other nodes
         core.handle(E.TaskSpawned(tid, 1, 0.0, frozenset({buddy})))
-    (again,) = of(core.handle(E.NodeLost(r, LossCause.ULFM, 2.0)), I.PlaceSpawned)
+    (again,) = of(lose(core, E.NodeLost(r, LossCause.ULFM, 2.0)), I.PlaceSpawned)
     assert again.rank not in (r, buddy) and (again.source, again.seq) == (buddy, 1)
     # the buddy dies before the copy came: that incarnation is ended, and with no copy
     # left (and messages received) the job cannot go on exactly: a clear error
-    out = core.handle(E.NodeLost(buddy, LossCause.ULFM, 2.5))
+    out = lose(core, E.NodeLost(buddy, LossCause.ULFM, 2.5))
     assert I.KillTask(again.rank, 50, 1) in out
     (fatal,) = of(out, I.Fatal)
     assert "every copy of its checkpoint 1" in str(fatal.error)
     assert "--checkpoint-dir" in str(fatal.error)
     assert 50 not in core.tasks
+
+
+def test_a_lost_log_mode_task_restarts_from_the_newest_copy_its_nodes_hold() -> None:
+    """Without a journal a log-mode task's checkpoints after its first are held by its
+    node and its buddy only, untold: lost with its node, it restarts once the nodes
+    alive have said what they hold, from the newest copy of its incarnation there."""
+    core = up(3)
+    r = spawned_on(core, 50)
+    buddy = r % 3 + 1
+    held(core, r, buddy, seq=1)                  # told: it counted received messages
+    out = core.handle(E.NodeLost(r, LossCause.ULFM, 2.0))
+    (ask,) = of(out, I.AskHeld)
+    assert ask.tids == (50,) and r not in ask.ranks and not of(out, I.PlaceSpawned)
+    out = lose(core, E.NodeLost(r, LossCause.ULFM, 2.0))     # a duplicate: nothing new
+    assert not of(out, I.PlaceSpawned)
+    other = ({1, 2, 3} - {r, buddy}).pop()
+    out = core.handle(E.HeldReported(buddy, ask.qid, [(50, 4, 0), (50, 5, 0)], 2.1))
+    assert not of(out, I.PlaceSpawned)
+    (again,) = of(core.handle(E.HeldReported(other, ask.qid, [], 2.1)), I.PlaceSpawned)
+    assert (again.seq, again.source, again.inc) == (5, buddy, 1)
 
 
 def test_copies_lost_with_no_message_received_restart_from_the_start() -> None:
@@ -509,7 +551,7 @@ def test_copies_lost_with_no_message_received_restart_from_the_start() -> None:
     buddy = r % 3 + 1
     core.handle(E.CheckpointStored(r, 50, 0, 1, 1.0, buddy, False, received=False),
                 E.CheckpointHeld(buddy, 50, 0, 1, 1.0))
-    out = core.handle(E.NodeLost(r, LossCause.ULFM, 2.0), E.NodeLost(buddy, LossCause.ULFM, 2.0))
+    out = lose(core, E.NodeLost(r, LossCause.ULFM, 2.0), E.NodeLost(buddy, LossCause.ULFM, 2.0))
     again = of(out, I.PlaceSpawned)[-1]     # at the buddy first, then (lost too) anywhere
     assert (again.source, again.restart) == (0, True) and not of(out, I.Fatal)
     assert any("starts again from the start" in w.text for w in of(out, I.Warn))
@@ -539,7 +581,7 @@ def test_with_a_journal_a_checkpoint_is_acknowledged_in_memory_and_forgotten_onc
     assert of(out, I.ForgetReceived) == [I.ForgetReceived(50, 2)]
     assert not of(out, I.CommitCheckpoint)[0].forget
     # a node and its buddy lost at once: the coordinator's copy restarts it (source 0)
-    out = core.handle(E.NodeLost(r, LossCause.ULFM, 2.0), E.NodeLost(buddy, LossCause.ULFM, 2.0))
+    out = lose(core, E.NodeLost(r, LossCause.ULFM, 2.0), E.NodeLost(buddy, LossCause.ULFM, 2.0))
     again = of(out, I.PlaceSpawned)[-1]
     assert again.source == 0 and not of(out, I.Fatal)
     # the old incarnation's late write says nothing of the new one
@@ -561,7 +603,7 @@ def test_a_copy_that_is_not_there_sends_the_restart_to_the_next_holder() -> None
     r = spawned_on(core, 50)
     buddy = r % 4 + 1
     held(core, r, buddy)
-    (again,) = of(core.handle(E.NodeLost(r, LossCause.ULFM, 2.0)), I.PlaceSpawned)
+    (again,) = of(lose(core, E.NodeLost(r, LossCause.ULFM, 2.0)), I.PlaceSpawned)
     assert again.source == buddy
     out = core.handle(E.TaskRestored(again.rank, 50, again.inc, 1, False, 2.2))
     # no holder left: the job cannot go on (messages were received)

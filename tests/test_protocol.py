@@ -27,7 +27,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "clustervm"
 SAMPLES: dict[type[P.Message], P.Message] = {
     P.Hello: P.Hello("node-a", 4242),
     P.Done: P.Done([(5, True, {"x": np.arange(3.0)}), (6, False, b"\x00" * 40)]),
-    P.Exited: P.Exited(7, 2, True, [1, (2, 3)], {8: [(5, 1, "x"), (6, 1, b"y")]}, 4),
+    P.Exited: P.Exited(7, 2, True, [1, (2, 3)], {8: [(5, 1, "x"), (6, 1, b"y")]}, 4, 12),
     P.Req: P.Req(9, "submit", (1, "mod:fn", (np.float32(2.5), 2**100, 1 + 2j), {})),
     P.Heartbeat: P.Heartbeat(3),
     P.Bye: P.Bye(),
@@ -126,7 +126,7 @@ def test_messages_compare_by_kind_and_fields() -> None:
 
 @pytest.mark.parametrize("raw, text", [
     ((P.DONE, 5), "DONE (op 2): field items is int, not list"),
-    ((P.EXITED, "x"), "EXITED (op 3) has 1 field(s), not 6 (tid, inc, ok, value, outlog, cut)"),
+    ((P.EXITED, "x"), "EXITED (op 3) has 1 field(s), not 7 (tid, inc, ok, value, outlog, cut, ckpts)"),
     ((P.REQ, [1], {"a": 1}, 5), "REQ (op 4): field reqid is list, not int"),
     ((P.HELLO,), "HELLO (op 1) has 0 field(s), not 2 (host, pid)"),
     ((P.HELLO, "h", 1, 2), "HELLO (op 1) has 3 field(s), not 2"),

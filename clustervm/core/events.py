@@ -116,7 +116,8 @@ class TasksDone(Event):
 class SpawnedExited(Event):
     """Incarnation ``inc`` of spawned task ``tid`` ended on node ``rank``; ``cut``: for a
     checkpoint group member, its last checkpoint if it sent the other members nothing
-    after it (0: none, and nothing sent), else -1 (protocol.Exited)."""
+    after it (0: none, and nothing sent), else -1; ``ckpts``: its checkpoints the
+    coordinator was not told of (protocol.Exited)."""
     rank: int
     tid: int
     inc: int
@@ -124,6 +125,7 @@ class SpawnedExited(Event):
     value: Any
     now: float
     cut: int = -1
+    ckpts: int = 0
 
 
 @record

@@ -527,7 +527,8 @@ class Core:
             return
         self._copies_lost(rank)
         self._asks_lost(rank)
-        groups = set(self._asks)        # their queries may wait for this node no more
+        waiting = set(self._asks)       # their queries may wait for this node no more
+        groups = set()
         for tid in sorted(spawned):
             t = self.tasks.get(tid)
             if t is not None and t.state is _RUNNING:
@@ -537,10 +538,16 @@ class Core:
                     out.append(I.Observe("rerun", tid, rank))
                 if t.group:
                     groups.add(t.group)
-                else:
+                elif self.journal:      # every checkpoint is told (Node.checkpoint)
                     self._place_spawned(t, True, now)
+                else:
+                    self._ask(-tid, [t], now)      # restarted once the nodes answered
         for g in sorted(groups):
             self._roll_back(g, now)
+        for key in sorted(waiting - groups):
+            ask = self._asks.get(key)
+            if ask is not None and not ask.waiting:
+                self._answered(key, now)
         self._want_dispatch = True
 
     def _tell_buddies(self) -> None:
@@ -880,11 +887,12 @@ class Core:
             out.append(I.Observe("end", tid, t.node, ok))
         if self.journal and packed:
             out.append(I.JournalDone(tid, t.digest, ok, value, cut))
-        if t.t_ckpt or t.attempts or self.resume or t.group:     # it may have checkpoints
-            # a checkpoint group's epochs are held where its nodes sent them, untold
+        if t.kind is _SPAWNED or t.t_ckpt or t.attempts or self.resume:   # its checkpoints
+            # a spawned task's node and its buddy may hold copies the coordinator was not
+            # told of (Node.checkpoint)
             held = set(t.ckpt[1]) if t.ckpt is not None else set()
-            if t.group:
-                held |= set(self._alive)
+            if t.kind is _SPAWNED and t.node is not None:
+                held |= {t.node, self._buddy_of(t.node)}
             if t.pend is not None:
                 held |= t.pend.holders | {t.pend.buddy}
                 t.pend = None
@@ -1008,20 +1016,58 @@ class Core:
             return
         ask = self._asks.get(group)
         if ask is None:
-            self._qid += 1
-            ask = self._asks[group] = _Ask(self._qid, self._alive, now)
-            if ask.waiting:
-                self._out.append(I.AskHeld(ask.qid, tuple(sorted(ask.waiting)),
-                                           tuple(t.tid for t in members)))
-        if not ask.waiting:
+            self._ask(group, members, now)
+        elif not ask.waiting:
             self._go_back(group, now)
+
+    def _ask(self, key: int, tasks: list[Task], now: float) -> None:
+        """Ask every node alive which copies it holds of ``tasks`` (I.AskHeld); the
+        answers decide query ``key``: a checkpoint group (its first tid), or -tid for a
+        log-mode task lost with its node (_answered)."""
+        if key in self._asks:
+            return
+        self._qid += 1
+        ask = self._asks[key] = _Ask(self._qid, self._alive, now)
+        if ask.waiting:
+            self._out.append(I.AskHeld(ask.qid, tuple(sorted(ask.waiting)),
+                                       tuple(t.tid for t in tasks)))
+        else:
+            self._answered(key, now)
+
+    def _answered(self, key: int, now: float) -> None:
+        if key > 0:
+            self._go_back(key, now)
+        else:
+            self._restart_held(-key, now)
+
+    def _restart_held(self, tid: int, now: float) -> None:
+        """Log-mode task ``tid`` (lost with its node) restarts from its newest checkpoint
+        held on a node alive or by the coordinator, the nodes have said (its node told
+        the coordinator of its checkpoints only until one counted received messages:
+        Node.checkpoint). None left: from the start, unless it had received messages
+        its senders may have forgotten (Core._copies_gone ends the job then)."""
+        ask = self._asks.pop(-tid)
+        t = self.tasks.get(tid)
+        if t is None or t.state is not _RUNNING:
+            return
+        alive = self._alive.keys()
+        held = {s: ranks & alive for s, ranks in ask.held.get(tid, {}).items()}
+        stored = self._stored_epochs(t)
+        best = max({s for s, ranks in held.items() if ranks} | stored | {0})
+        if best:
+            t.ckpt = (best, frozenset(held.get(best, set()) | ({0} if best in stored else set())))
+        elif t.ckpt is not None:
+            t.ckpt = (t.ckpt[0], frozenset())     # every copy lost: _copies_gone says so
+        # (else it told of none: it had received nothing its senders may have forgotten)
+        t.prev = None
+        self._place_spawned(t, True, now)
 
     def _running_members(self, group: int) -> list[Task]:
         return [t for t in (self.tasks.get(m) for m in self.ckgroups.get(group, ()))
                 if t is not None and t.state is _RUNNING]
 
     def _held_reported(self, ev: E.HeldReported) -> None:
-        for group, ask in self._asks.items():
+        for key, ask in self._asks.items():
             if ask.qid == ev.qid:
                 break
         else:
@@ -1031,23 +1077,25 @@ class Core:
         ask.waiting.discard(ev.rank)
         for tid, seq, inc in ev.items:
             t = self.tasks.get(tid)
-            if t is not None and t.group == group and _valid_copy(t, seq, inc):
+            if t is not None and (t.group == key if key > 0 else tid == -key) \
+                    and _valid_copy(t, seq, inc):
                 ask.held.setdefault(tid, {}).setdefault(seq, set()).add(ev.rank)
         if not ask.waiting:
-            self._go_back(group, ev.now)
+            self._answered(key, ev.now)
 
     def _asks_overdue(self, now: float) -> None:
         """A node that has not answered within ASK_WAIT_S (hung, say, and not yet found
         so by its heartbeat) is not waited for: the group goes back with the copies the
         others hold (if it is hung, its members go back again once it is found lost)."""
-        for group, ask in list(self._asks.items()):
+        for key, ask in list(self._asks.items()):
             if ask.waiting and now - ask.t0 >= ASK_WAIT_S:
+                what = f"checkpoint group {key}" if key > 0 else f"task {-key}"
                 self._out.append(I.Warn(
-                    f"checkpoint group {group}: node(s) {', '.join(map(str, sorted(ask.waiting)))} "
-                    f"did not say within {ASK_WAIT_S} s which copies of its checkpoints they "
-                    f"hold; it goes back to the newest epoch the other nodes hold"))
+                    f"{what}: node(s) {', '.join(map(str, sorted(ask.waiting)))} did not "
+                    f"say within {ASK_WAIT_S} s which copies of its checkpoints they hold; "
+                    f"it goes back to the newest the other nodes hold"))
                 ask.waiting.clear()
-                self._go_back(group, now)
+                self._answered(key, now)
 
     def _asks_lost(self, rank: int) -> None:
         """Node ``rank`` is lost: its copies no longer count, and its answer is not waited
@@ -1156,6 +1204,7 @@ class Core:
             n.last_heard = ev.now
         n.spawned.discard(t.tid)
         self._reindex(n)
+        self.stats["ckpt_written"] += ev.ckpts
         self._finish(t, ev.ok, ev.value, cut=ev.cut)
         self._want_dispatch = True
 
