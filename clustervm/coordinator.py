@@ -288,10 +288,11 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                 return
             delivered = ckpt["delivered"] if ckpt is not None else {}
         if ins.restart:          # a first placement's LOC went out already (_announce)
-            if self.journal is not None:
+            if self.journal is not None or ins.group:
                 # its senders forget only what a checkpoint of it on disk had received: an
                 # older copy may restore it yet (this node lost too, or --resume), so they
-                # send again all they still hold, and it drops what it has had
+                # send again all they still hold, and it drops what it has had (a
+                # checkpoint group's member the same: its group may go back further yet)
                 delivered = {}
             loc = P.Loc([(ins.tid, ins.rank, ins.inc, ins.replay, delivered)])
             self.transport.broadcast(list(ins.tell), loc.encode())
@@ -304,7 +305,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             self._sent_again((ins.tid,), restoring=ckpt is not None or at is not None)
 
     def _do_broadcast_location(self, ins: I.BroadcastLocation) -> None:
-        loc = P.Loc([(ins.tid, ins.rank, ins.inc, ins.replay, None)])
+        loc = P.Loc([(ins.tid, ins.rank, ins.inc, ins.replay, {} if ins.resend else None)])
         self.transport.broadcast(list(ins.tell), loc.encode())
         self._on_loc(0, loc)
 
@@ -810,13 +811,12 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         """Start ``count`` spawned tasks; ``per`` (one argument list per instance, appended
         to ``args``) gives each its own. The tids are consecutive: (first, count) are the
         siblings every instance learns (ctx.siblings, ctx.rank). ``checkpoint="group"``:
-        they checkpoint together and are rolled back together (no message logging)."""
+        they checkpoint together and are rolled back together, and log no message to
+        each other (others log theirs to them, to send again after a rollback)."""
         if checkpoint not in ("log", "group"):
             raise ValueError(f"checkpoint must be 'log' (each task on its own, messages "
                              f"logged) or 'group' (coordinated), not {checkpoint!r}")
         group = checkpoint == "group"
-        if group:
-            replay = False
         if per is not None:
             count = len(per)
         if count < 1:

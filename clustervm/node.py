@@ -94,9 +94,6 @@ class Node(Site):
         #: each comes here, tid -> (inc, seq), and a member takes its next epoch only once
         #: the one before is held there too
         self._acked: dict[int, tuple[int, int]] = {}
-        #: members whose group is going back (an ASKHELD came), tid -> the incarnation
-        #: then: it takes no checkpoint more, so the copies this node said it holds stay
-        self._rolling: dict[int, int] = {}
         #: when each checkpoint group last sent an epoch to the coordinator's disk
         self._group_disk_t: dict[int, float] = {}
         self._do: dict[type, Callable[[Any], None]] = {
@@ -330,6 +327,8 @@ class Node(Site):
         if msg.buddy is not None:
             self.buddy = int(msg.buddy[0])
         earlier = None
+        with self.lock:
+            self.rolling.pop(tid, None)     # what was held back comes after the restore
         if msg.group and msg.inc > 0:
             # its group rolled back: a new mailbox (the old incarnation, aborted, keeps
             # the old one); what peers' new incarnations sent is in the holdback
@@ -341,6 +340,8 @@ class Node(Site):
             ctx.__dict__["_to_store"] = bool(msg.buddy[1])
         if msg.group:
             ctx.__dict__["_group"] = msg.group
+            first, count = ctx._sib
+            ctx.__dict__["_peers"] = range(first, first + count)    # Site.send_user
             box = ctx.mailbox
             box.group = True
             # the incarnations of its peers it runs with (their locations came before
@@ -476,13 +477,13 @@ class Node(Site):
             for tid in msg.tids:
                 ctx = self.live.get(tid)
                 if ctx is not None:
-                    self._rolling[tid] = ctx.inc
+                    self.rolling[tid] = ctx.inc
             items = self.copies.holding(msg.tids)
         self.transport.post(P.COORDINATOR, P.Holding(items, msg.qid).encode())
 
     def _frozen(self, ctx: TaskContext) -> bool:
         """Its group goes back (see _on_ask_held): it takes no checkpoint more."""
-        return self._rolling.get(ctx.tid, -1) >= ctx.inc
+        return self.rolling.get(ctx.tid, -1) >= ctx.inc
 
     def _on_fetch(self, src: int, msg: P.Fetch) -> None:
         got = self.copies.entry(msg.tid, msg.seq)
@@ -503,7 +504,7 @@ class Node(Site):
         self.copies.drop(msg.tid)
         with self.lock:
             self._acked.pop(msg.tid, None)
-            self._rolling.pop(msg.tid, None)
+            self.rolling.pop(msg.tid, None)
 
     def _restore(self, ctx: TaskContext, ckpt: dict) -> None:
         """Bring a checkpoint back: state, counters, the mailbox and the replay log."""

@@ -60,6 +60,10 @@ class Site:
         self.lock = threading.RLock()
         self.mailboxes: dict[int, Mailbox] = {}
         self.holdback: dict[int, dict[tuple[int, int], tuple]] = {}   # dst -> (src, seq) -> msg
+        #: checkpoint group members here whose group is going back (tid -> incarnation
+        #: then): they take no checkpoint more, and what comes for them is held back for
+        #: the incarnation that replaces them (Node._on_ask_held)
+        self.rolling: dict[int, int] = {}
         self.locations: dict[int, Location] = {}
         self.contexts: dict[int, TaskLike] = {}     # tasks running here
         self._log_limit = config.replay_log_mb * 1e6   # bytes of a replay log per receiver
@@ -144,6 +148,9 @@ class Site:
             loc = self.locations.get(src)
             if loc is not None and inc < loc.inc:
                 return   # from a replaced incarnation of src
+            if dst in self.rolling:
+                self.holdback.setdefault(dst, {})[(src, seq)] = (tag, data, inc)
+                return
             box = self.mailboxes.get(dst) or self.mailbox(dst)
             if box.group and inc > box.incs.get(src, inc):
                 # a group peer's new incarnation: its group rolled back, and so does dst;
@@ -208,7 +215,9 @@ class Site:
                 log.debug("task %d (incarnation %d): task %d has ended; message seq %d "
                           "dropped", src, inc, dst, seq)
                 return
-            if loc.replay and ctx is not None:
+            if loc.replay and ctx is not None and dst not in ctx.__dict__.get("_peers", ()):
+                # (a checkpoint group's members log nothing to each other: they go back
+                # together, and the cut keeps what is in flight between them)
                 self._log_message(ctx, dst, seq, tag, data)
             try:
                 if loc.rank == self.rank:   # a copy, as a send over MPI would make

@@ -231,7 +231,9 @@ class VM:
         ``checkpoint="group"``: the instances checkpoint together (every one calls
         ``ctx.checkpoint`` at the same points, as an MPI collective; the messages in
         flight between them are part of it) and, when one is lost, all go back to their
-        last such checkpoint; no message is logged and no log is carried in checkpoints.
+        last such checkpoint; they log no message to each other and carry no log of
+        theirs in checkpoints (messages from outside the group are logged by their
+        senders, as in log mode, and sent again after a rollback).
         """
         count, per = spawn_args(count, args)
         tids = self._c.spawn(P.MAIN_TID, self._c.ref(fn), common, kwargs, count, where, replay,

@@ -206,9 +206,8 @@ def group_big(ctx, mb):
     if st is None:
         st, calls = checkpoint_until_taken(ctx, np.full(mb * (1 << 20) // 8, float(ctx.rank)))
         ctx.put_info(f"group-big-{ctx.rank}", calls)
-    # told by the VM mailbox, not a message: a message from outside the group that the
-    # old incarnation took is not sent again after a rollback (only the members' own
-    # messages are in the cut)
+    # told by the VM mailbox (a message from main would do as well: it is logged by
+    # main and sent again after a rollback, test_a_message_from_outside_...)
     ctx.get_info("group-big-go", wait=True, timeout=30)
     return [ctx.inc, st["calls"], float(st["a"][-1])]
 
@@ -626,6 +625,41 @@ def test_a_checkpoint_groups_first_big_checkpoint_is_skipped_by_every_member():
     calls, results = ivm.run(lambda vm: main(vm, ivm.kill))
     assert calls[0] == calls[1] and calls[0][0] is False and calls[0][-1] is True
     assert results == [[1, len(calls[0]) - 1, 0.0], [1, len(calls[0]) - 1, 1.0]]
+
+
+def outside_member(ctx):
+    """A checkpoint group member that takes one checkpoint, then (rank 1) a message from
+    main: after a rollback to that checkpoint it must get that message again."""
+    st = ctx.restore()
+    if st is None:
+        st = {"n": ctx.rank}
+        assert ctx.checkpoint(st)
+    got = ctx.recv(tag=5).data if ctx.rank == 1 else None
+    ctx.put_info(f"outside-{ctx.rank}-{ctx.inc}", True)
+    ctx.get_info("outside-go", wait=True, timeout=30)
+    return [ctx.inc, got]
+
+
+def test_a_message_from_outside_a_checkpoint_group_is_sent_again_after_a_rollback():
+    """Main's message to a member, taken after the member's checkpoint, is logged by main
+    (members log nothing to each other), so the member's incarnation after the rollback
+    gets it again (it was lost before: only the members' own messages are in the cut)."""
+    def main(vm, kill):
+        tids = vm.spawn(outside_member, count=2, checkpoint="group")
+        deadline = time.monotonic() + 30
+        while any(t not in ivm.nodes[vm._c.tasks[t].node]._acked for t in tids):
+            assert time.monotonic() < deadline, "no buddy said it holds the checkpoints"
+            time.sleep(0.01)
+        vm.send(tids[1], 5, 42)
+        vm.get_info("outside-1-0", wait=True, timeout=30)      # taken by incarnation 0
+        kill(vm._c.tasks[tids[1]].node)
+        while any(vm._c.core.tasks[t].inc == 0 for t in tids):
+            assert time.monotonic() < deadline, "the group never went back"
+            time.sleep(0.01)
+        vm.put_info("outside-go", True)
+        return [vm.join(t) for t in tids]
+    ivm = InProcessVM(3, test_config(), timeout=60)
+    assert ivm.run(lambda vm: main(vm, ivm.kill)) == [[1, None], [1, 42]]
 
 
 def test_a_replay_log_that_cannot_be_packed_at_the_end_does_not_stop_the_job(

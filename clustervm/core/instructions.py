@@ -64,12 +64,15 @@ class PlaceSpawned(Instruction):
 
 @record
 class BroadcastLocation(Instruction):
-    """Tell ranks ``tell`` where task ``tid`` lives now (``rank`` -1: it has ended)."""
+    """Tell ranks ``tell`` where task ``tid`` lives now (``rank`` -1: it has ended);
+    ``resend``: its senders send it again all they hold (a checkpoint group's member
+    going back: it drops what its checkpoint had)."""
     tid: int
     rank: int
     inc: int
     replay: bool
     tell: tuple
+    resend: bool = False
 
 
 @record

@@ -1169,7 +1169,8 @@ class Core:
         # a member's first messages would otherwise go to a lost peer's old node (an
         # MPI send to a dead rank may complete, and no log sends it again)
         placed = [i for i in self._out[start:] if isinstance(i, I.PlaceSpawned)]
-        told = [I.BroadcastLocation(p.tid, p.rank, p.inc, p.replay, p.tell) for p in placed]
+        told = [I.BroadcastLocation(p.tid, p.rank, p.inc, p.replay, p.tell, True)
+                for p in placed]
         self._out[start:start] = told
 
     def _copies_gone(self, t: Task) -> bool:
