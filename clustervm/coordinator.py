@@ -134,7 +134,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             P.Done: self._on_done,
             P.Exited: self._on_exited,
             P.Req: self._on_req,
-            P.Heartbeat: lambda src, msg: False,      # not work: keeps idle loops idle
+            P.Heartbeat: self._on_heartbeat,
             P.Bye: self._on_bye,
             P.Held: self._on_held,
             P.Restored: self._on_restored,
@@ -182,6 +182,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         self._writer = WriteBehind(self.store, self._written) if ckdir else None
         self._src = 0                           # the rank whose request is being served
         self._unjournaled: dict[int, CheckpointError] = {}   # tid -> why it was not
+        self._untold: dict[int, int] = {}       # rank -> its HEARTBEAT's ckpts, last seen
         #: restart time per lost node (the report): detection -> the last of its tasks
         #: sent to run again (a SPAWN with its checkpoint, or a RUN), by that node's loss
         self.restarts: list[_Restart] = []
@@ -719,6 +720,15 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             if src in self.nodes:   # the node's start deadline is met
                 self.transport.post(src, P.Heartbeat(0).encode())
             self._run(E.NodeHello(src, msg.host, msg.pid, time.monotonic()))
+
+    def _on_heartbeat(self, src: int, msg: P.Heartbeat) -> bool:
+        """Not work (keeps idle loops idle); the core hears of it only for a new count of
+        checkpoints it was not told of."""
+        if msg.ckpts != self._untold.get(src, 0):
+            self._untold[src] = msg.ckpts
+            with self.lock:
+                self._run(E.CheckpointsUntold(src, msg.ckpts))
+        return False
 
     def _on_bye(self, src: int, msg: P.Bye) -> None:
         with self.lock:

@@ -96,6 +96,9 @@ class Node(Site):
         self._acked: dict[int, tuple[int, int]] = {}
         #: when each checkpoint group last sent an epoch to the coordinator's disk
         self._group_disk_t: dict[int, float] = {}
+        #: checkpoints taken here that the coordinator was not told of (its count of
+        #: checkpoints written adds them up: HEARTBEAT, EXITED)
+        self.untold = 0
         self._do: dict[type, Callable[[Any], None]] = {
             N.SendHello: self._do_hello, N.SendBye: self._do_bye,
             N.SendHeartbeat: self._do_heartbeat, N.MarkHeard: self._do_mark_heard,
@@ -152,13 +155,13 @@ class Node(Site):
             pass
 
     def _do_heartbeat(self, ins: N.SendHeartbeat) -> None:
-        if not self.transport.post(P.COORDINATOR, P.Heartbeat(ins.load).encode()):
+        if not self.transport.post(P.COORDINATOR, P.Heartbeat(ins.load, self.untold).encode()):
             self._run(N.HeartbeatUnsent())
 
     def _keepalive(self) -> None:
         """The poller is held up by one long frame: beat meanwhile (not through the core,
         whose lock a worker may hold)."""
-        self.transport.post(P.COORDINATOR, P.Heartbeat(self.core.load).encode())
+        self.transport.post(P.COORDINATOR, P.Heartbeat(self.core.load, self.untold).encode())
 
     def _do_mark_heard(self, ins: N.MarkHeard) -> None:
         self.transport.last_heard[P.COORDINATOR] = ins.now
@@ -618,7 +621,7 @@ class Node(Site):
                           "it sent again", tid, type(exc).__name__, exc)
                 outlog = None
         cut = _quiet_since_cut(ctx) if ctx is not None and ctx.__dict__.get("_group") else -1
-        untold = ctx.__dict__.get("_untold", 0) if ctx is not None else 0
+        untold = self.untold
         try:
             try:
                 self.transport.send(P.COORDINATOR, P.Exited(tid, inc, ins.ok, ins.value,
@@ -721,7 +724,7 @@ class Node(Site):
             self.copies.put_own(ctx.tid, ctx.inc, seq, blob)
             ctx.__dict__["_keep_wait"] = (seq, buddy)
             ctx.__dict__["_keep_delivered"] = (seq, delivered)
-            ctx.__dict__["_untold"] = ctx.__dict__.get("_untold", 0) + 1   # for the report
+            self.untold += 1        # counted by the coordinator (HEARTBEAT, EXITED)
             self.transport.post(buddy, P.Keep(ctx.tid, ctx.inc, seq, frame, self.rank).encode())
             return True
         if group and buddy:
@@ -737,7 +740,7 @@ class Node(Site):
             ctx.__dict__["_keep_wait"] = (seq, buddy)
             self.transport.post(buddy, P.Keep(ctx.tid, ctx.inc, seq, frame, self.rank).encode())
             if not disk:
-                ctx.__dict__["_untold"] = ctx.__dict__.get("_untold", 0) + 1
+                self.untold += 1
                 return True
             # an epoch for the disk also goes to the coordinator, which answers at once
             # (its buddy's copy is this node's affair): the member does not wait for that

@@ -108,9 +108,8 @@ class Exited(Message):
     it may still need; journaled with the result), encoded and packed into one blob
     (``wire.pack_frames``), or None; ``cut``: a checkpoint group member's last
     checkpoint if it sent the other members nothing after it (0: it took none and sent
-    them nothing), else -1; ``ckpts``: how many checkpoints it took that the coordinator
-    was not told of (held by its node and buddy only; the end-of-job report counts them)
-    (node -> coordinator)."""
+    them nothing), else -1; ``ckpts``: as HEARTBEAT's, the node's count of checkpoints
+    the coordinator was not told of, all so far (node -> coordinator)."""
     __slots__ = ("tid", "inc", "ok", "value", "outlog", "cut", "ckpts")
     OP = 3
     TYPES = (int, int, int, object, object, int, int)
@@ -141,18 +140,20 @@ class Req(Message):
 
 
 class Heartbeat(Message):
-    """I am alive: a node says how many tasks it holds (``running``); the coordinator
-    beats with 0, and answers a HELLO with one (both ways)."""
-    __slots__ = ("running",)
+    """I am alive: a node says how many tasks it holds (``running``) and how many
+    checkpoints its tasks took that the coordinator was not told of (``ckpts``, all so
+    far: the report's and the dashboard's count); the coordinator beats with 0, and
+    answers a HELLO with one (both ways)."""
+    __slots__ = ("running", "ckpts")
     OP = 5
-    TYPES = (int,)
+    TYPES = (int, int)
     TO = frozenset({"coordinator", "node"})
 
-    def __init__(self, running: int) -> None:
-        self.running = running
+    def __init__(self, running: int, ckpts: int = 0) -> None:
+        self.running, self.ckpts = running, ckpts
 
     def encode(self) -> tuple:
-        return (5, self.running)
+        return (5, self.running, self.ckpts)
 
 
 class Bye(Message):

@@ -545,6 +545,18 @@ def test_a_lost_log_mode_task_restarts_from_the_newest_copy_its_nodes_hold() -> 
     assert (again.seq, again.source, again.inc) == (5, buddy, 1)
 
 
+def test_checkpoints_the_coordinator_was_not_told_of_are_counted_once() -> None:
+    """Nodes say how many checkpoints they held untold, all so far (HEARTBEAT, EXITED):
+    the count of checkpoints written grows by what is new, never twice."""
+    core = up(2)
+    r = spawned_on(core, 50)
+    core.handle(E.CheckpointsUntold(r, 3))
+    core.handle(E.CheckpointsUntold(r, 3), E.CheckpointsUntold(r, 2))   # old news
+    assert core.stats["ckpt_written"] == 3
+    core.handle(E.SpawnedExited(r, 50, 0, True, "v", 1.0, -1, 5))
+    assert core.stats["ckpt_written"] == 5
+
+
 def test_copies_lost_with_no_message_received_restart_from_the_start() -> None:
     core = up(3)
     r = spawned_on(core, 50)

@@ -29,7 +29,7 @@ SAMPLES: dict[type[P.Message], P.Message] = {
     P.Done: P.Done([(5, True, {"x": np.arange(3.0)}), (6, False, b"\x00" * 40)]),
     P.Exited: P.Exited(7, 2, True, [1, (2, 3)], {8: [(5, 1, "x"), (6, 1, b"y")]}, 4, 12),
     P.Req: P.Req(9, "submit", (1, "mod:fn", (np.float32(2.5), 2**100, 1 + 2j), {})),
-    P.Heartbeat: P.Heartbeat(3),
+    P.Heartbeat: P.Heartbeat(3, 40),
     P.Bye: P.Bye(),
     P.Run: P.Run([(12, 1, "mod:fn", (1, 2), {"k": 3}, None),
                   (13, 1, "mod:fn", (), {}, {"state": 1})]),

@@ -116,8 +116,8 @@ class TasksDone(Event):
 class SpawnedExited(Event):
     """Incarnation ``inc`` of spawned task ``tid`` ended on node ``rank``; ``cut``: for a
     checkpoint group member, its last checkpoint if it sent the other members nothing
-    after it (0: none, and nothing sent), else -1; ``ckpts``: its checkpoints the
-    coordinator was not told of (protocol.Exited)."""
+    after it (0: none, and nothing sent), else -1; ``ckpts``: its node's checkpoints the
+    coordinator was not told of, all so far (protocol.Exited)."""
     rank: int
     tid: int
     inc: int
@@ -180,6 +180,14 @@ class HeldReported(Event):
     qid: int
     items: Any
     now: float
+
+
+@record
+class CheckpointsUntold(Event):
+    """Node ``rank`` says its tasks have taken ``count`` checkpoints the coordinator was
+    not told of, all so far (HEARTBEAT, EXITED): the count of checkpoints written."""
+    rank: int
+    count: int
 
 
 @record

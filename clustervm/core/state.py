@@ -40,7 +40,7 @@ class Node:
     """What the core knows of one worker rank."""
     __slots__ = ("rank", "host", "pid", "state", "in_world", "inflight", "spawned", "nwait",
                  "done", "joined_at", "last_heard", "last_done", "lost_at", "cause", "detail",
-                 "ver", "lost_tids", "buddy")
+                 "ver", "lost_tids", "buddy", "untold")
 
     def __init__(self, rank: int, in_world: bool = True) -> None:
         self.rank = rank
@@ -62,6 +62,7 @@ class Node:
         #: at its loss: the tasks it ran that are to run again (short, then spawned)
         self.lost_tids: tuple[int, ...] = ()
         self.buddy = 0          # the buddy it was last told of (I.TellBuddy)
+        self.untold = 0         # its checkpoints not told of, as it said last
 
     @property
     def load(self) -> int:
@@ -238,6 +239,7 @@ class Core:
             E.CheckpointHeld: self._checkpoint_held,
             E.CheckpointWritten: self._checkpoint_written,
             E.HeldReported: self._held_reported,
+            E.CheckpointsUntold: lambda ev: self._count_untold(ev.rank, ev.count),
             E.TaskRestored: self._restored,
             E.JournalLoaded: self._journal_loaded,
             E.ReplacementStarted: self._replacement_started,
@@ -1205,7 +1207,7 @@ class Core:
             n.last_heard = ev.now
         n.spawned.discard(t.tid)
         self._reindex(n)
-        self.stats["ckpt_written"] += ev.ckpts
+        self._count_untold(ev.rank, ev.ckpts)
         self._finish(t, ev.ok, ev.value, cut=ev.cut)
         self._want_dispatch = True
 
@@ -1278,6 +1280,14 @@ class Core:
         p.holders.add(ev.rank)
         p.waiting.discard(ev.rank)
         self._commit_if_held(t)
+
+    def _count_untold(self, rank: int, count: int) -> None:
+        """Node ``rank``'s count of checkpoints the coordinator was not told of (all so
+        far) is ``count``: the report's count of checkpoints written grows by what is new."""
+        n = self.nodes.get(rank)
+        if n is not None and count > n.untold:
+            self.stats["ckpt_written"] += count - n.untold
+            n.untold = count
 
     def _checkpoint_written(self, ev: E.CheckpointWritten) -> None:
         t = self.tasks.get(ev.tid)
