@@ -35,7 +35,7 @@ class CoordinatorAPI:
             "group_tid": self.api_group_tid, "group_inst": self.api_group_inst,
             "collective": self.api_collective, "frozen_shadow": self.api_frozen_shadow,
             "put_info": self.api_put_info, "get_info": self.api_get_info,
-            "del_info": self.api_del_info,
+            "del_info": self.api_del_info, "node_failed": self.api_node_failed,
         }
 
     def _on_req(self, src: int, msg: P.Req) -> str | None:
@@ -198,4 +198,7 @@ class CoordinatorAPI:
 
     def api_del_info(self, reply: Reply, name: str) -> None:
         self._run(E.InfoDeleted(name, reply))
+
+    def api_node_failed(self, reply: Reply, text: str) -> None:
+        self.internal_error(f"clustervm's node {self._src} {text}")
 

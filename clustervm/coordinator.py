@@ -19,7 +19,6 @@ import os
 import signal
 import threading
 import time
-import traceback
 import zlib
 from concurrent.futures import Future
 from typing import Any, Callable
@@ -694,19 +693,23 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         try:
             return super()._handle(src, raw)
         except Exception as exc:   # noqa: BLE001 - told to every waiter, not dropped
-            self._internal_error(f"{_kind(raw)} from rank {src}", exc)
+            log.error("the coordinator failed on %s from rank %d", P.kind_of(raw), src,
+                      exc_info=exc)
+            self.internal_error(f"clustervm's coordinator failed on {P.kind_of(raw)} from "
+                                f"rank {src}: {type(exc).__name__}: {exc} (at "
+                                f"{remote.raised_at(exc)})", exc)
             return True
 
-    def _internal_error(self, what: str, exc: BaseException) -> None:
-        where = traceback.extract_tb(exc.__traceback__)[-1]
+    def internal_error(self, what: str, exc: BaseException | None = None) -> None:
+        """clustervm failed (``what`` happened; a bug of ours): the job ends with an
+        InternalError told to every waiter, rather than going on inexactly or waiting
+        forever for what was dropped."""
         err = InternalError(
-            f"clustervm's coordinator failed on {what}: {type(exc).__name__}: {exc} (at "
-            f"{os.path.basename(where.filename)}:{where.lineno} in {where.name}). The job "
-            f"cannot go on exactly and ends here. This is a bug in clustervm: please "
-            f"report it with the traceback in the log; a job run with "
+            f"{what}. The job cannot go on exactly and ends here. This is a bug in "
+            f"clustervm: please report it with the traceback in the log; a job run with "
             f"--checkpoint-dir may be finished with --resume DIR")
         err.__cause__ = exc
-        log.error("%s", err, exc_info=exc)
+        log.error("%s", err)
         with self.lock:
             try:
                 self._run(E.JobFailed(err))
@@ -1046,14 +1049,6 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             except Exception:   # noqa: BLE001 - never lose the service loop silently
                 log.exception("coordinator service loop")
                 time.sleep(0.05)
-
-
-def _kind(raw: Any) -> str:
-    """A message's kind for an error (EXITED), or its shape if it does not decode."""
-    try:
-        return f"message {type(P.decode(raw)).__name__.upper()}"
-    except Exception:   # noqa: BLE001 - only a name for the error
-        return f"a message ({P.summary(raw)})"
 
 
 def _local_rank_pid(rank: int) -> int:

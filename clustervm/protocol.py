@@ -550,6 +550,14 @@ def summary(msg: Any) -> str:
     return f"a {type(msg).__name__}, not an op tuple"
 
 
+def kind_of(msg: Any) -> str:
+    """A received message's kind for an error ("message EXITED"), or its shape."""
+    try:
+        return f"message {type(decode(msg)).__name__.upper()}"
+    except Exception:   # noqa: BLE001 - only a name for an error
+        return f"a message ({summary(msg)})"
+
+
 def _short(v: Any) -> str:
     text = repr(v)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -628,4 +636,6 @@ REQUESTS: dict[str, str] = {
     "put_info": "(name, value) -> None: the VM-wide mailbox",
     "get_info": "(name, wait) -> the value (waits for it with wait)",
     "del_info": "(name) -> None",
+    "node_failed": "(text) -> never answered: a node's handler failed on a message (a bug "
+                   "of clustervm's); the job ends with an InternalError that says so",
 }

@@ -8,6 +8,15 @@ from . import wire
 from .errors import RemoteError, RemoteTraceback
 
 
+def raised_at(exc: BaseException) -> str:
+    """Where ``exc`` was raised, for an error message: ``file.py:12 in fn``."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    if not tb:
+        return "an unknown place"
+    last = tb[-1]
+    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name}"
+
+
 def pack_exception(exc: BaseException, where: str) -> tuple:
     """Encode ``exc`` raised on ``where`` (e.g. 'node 2 (host a, pid 7)') for the wire."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -707,6 +707,26 @@ def test_a_coordinator_bug_on_a_tasks_end_ends_the_job_clearly(monkeypatch, capl
     assert any("Traceback" in (r.exc_text or "") or r.exc_info for r in caplog.records)
 
 
+def test_a_node_bug_on_a_spawn_ends_the_job_clearly(monkeypatch):
+    """A node's handler that raises (a bug of ours) dropped the message: a SPAWN lost so
+    left vm.join waiting forever. Now the node tells the coordinator, and the job ends
+    with an InternalError naming the node, the message and where it failed."""
+    from clustervm.node import Node
+
+    def broken(self, src, msg):
+        raise KeyError("injected")
+    monkeypatch.setattr(Node, "_on_spawn", broken)
+
+    def main(vm):
+        tid = vm.spawn(slow_square, 3, 0.0)[0]
+        with pytest.raises(clustervm.InternalError) as info:
+            vm.join(tid)
+        return str(info.value)
+    text = InProcessVM(2, test_config(), timeout=30).run(main)
+    assert re.search(r"clustervm's node \d failed on message SPAWN from rank 0: KeyError: "
+                     r"'injected' \(at test_inprocess.py:\d+ in broken\)", text), text
+
+
 def test_notify_callbacks_and_messages_on_a_lost_node(tmp_path):
     args = [*DRILL, "--spawn", "--notify", "--ckpt-kb", "16"]
     expected = baseline(DRILL_APP, args, "drill:")
