@@ -89,10 +89,10 @@ class Node(Site):
         #: as the coordinator said last; whether a task's next one goes to the coordinator
         #: too is the task's own (``_to_store``, from its SPAWN and its last answer)
         self.buddy = 0
-        #: a checkpoint group's epochs are not told to the coordinator (it asks the nodes
-        #: what they hold when a member is lost, Core._roll_back): the buddy's HELD of
-        #: each comes here, tid -> (inc, seq), and a member takes its next epoch only once
-        #: the one before is held there too
+        #: checkpoints not told to the coordinator (a group's epochs; a log-mode task's
+        #: after its first without a journal: it asks the nodes what they hold after a
+        #: loss, Core._ask): the buddy's HELD of each comes here, tid -> (inc, seq), and
+        #: a task takes its next one only once the one before is held there too
         self._acked: dict[int, tuple[int, int]] = {}
         #: when each checkpoint group last sent an epoch to the coordinator's disk
         self._group_disk_t: dict[int, float] = {}
@@ -416,12 +416,13 @@ class Node(Site):
     # checkpoint copies (clustervm.copies): kept for a buddy, fetched for a restart
     def _on_keep(self, src: int, msg: P.Keep) -> None:
         self.copies.put(msg.tid, msg.inc, msg.seq, msg.blob)
-        # a checkpoint group's epoch: its node is told (msg.ack), not the coordinator
+        # a checkpoint not told to the coordinator: its node is (msg.ack)
         self.transport.post(msg.ack or P.COORDINATOR,
                             P.Held(msg.tid, msg.inc, msg.seq).encode())
 
     def _on_held(self, src: int, msg: P.Held) -> None:
-        """The buddy holds this node's copy of a checkpoint group member's epoch."""
+        """The buddy holds a checkpoint of a task here that the coordinator is not told
+        of; for a log-mode task, the senders of what it had received may forget it."""
         with self.lock:
             if (msg.inc, msg.seq) > self._acked.get(msg.tid, (-1, -1)):
                 self._acked[msg.tid] = (msg.inc, msg.seq)
@@ -451,9 +452,9 @@ class Node(Site):
 
     def _on_buddy(self, src: int, msg: P.Buddy) -> None:
         """The nodes alive changed: copies go to node ``msg.rank`` from now on. The
-        newest epoch of each checkpoint group member here is copied there at once: the
-        buddy that held it may be the node lost (the member waits for that copy before
-        its next epoch, see _wait_held)."""
+        newest untold checkpoint of each task here is copied there at once: the buddy
+        that held it may be the node lost (the task's next one waits for that copy:
+        _held)."""
         if msg.rank:
             for ctx in list(self.live.values()):
                 sent = ctx.__dict__.get("_keep_wait")
@@ -463,8 +464,8 @@ class Node(Site):
         self.transport.notify()
 
     def _keep(self, ctx: TaskContext, seq: int, buddy: int) -> None:
-        """Send node ``buddy`` a copy of this node's checkpoint ``seq`` of group member
-        ``ctx`` (answered by a HELD to this node); the member's next epoch waits for it."""
+        """Send node ``buddy`` a copy of this node's checkpoint ``seq`` of task ``ctx``
+        (answered by a HELD to this node); the task's next checkpoint waits for it."""
         blob = self.copies.get(ctx.tid, seq)
         if blob is None:
             return
