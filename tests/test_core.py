@@ -696,7 +696,8 @@ def test_a_node_lost_while_its_answer_is_awaited_is_not_waited_for() -> None:
 
 def test_a_node_silent_to_the_query_is_not_waited_for_long() -> None:
     """A node that does not answer (hung, not yet found so by its heartbeat) holds the
-    group back ASK_WAIT_S at most: the next Tick after it decides with the others."""
+    group back ASK_WAIT_S at most when the others hold a copy of every member: the next
+    Tick after it decides with them."""
     from clustervm.core.state import ASK_WAIT_S
     core = up(4)
     places = _group_of_three(core)
@@ -704,13 +705,33 @@ def test_a_node_silent_to_the_query_is_not_waited_for_long() -> None:
     out = core.handle(E.NodeLost(places[51], LossCause.ULFM, 2.0))
     (ask,) = of(out, I.AskHeld)
     core.handle(E.HeldReported(places[50], ask.qid, [(50, 2, 0), (51, 2, 0)], 2.01),
-                E.HeldReported(spare, ask.qid, [], 2.01))
+                E.HeldReported(spare, ask.qid, [(52, 2, 0)], 2.01))
     heard = {r: 2.0 for r in range(1, 5)}
     assert not of(core.handle(E.Tick(2.0 + ASK_WAIT_S / 2, heard)), I.PlaceSpawned)
     out = core.handle(E.Tick(2.0 + ASK_WAIT_S, heard))
     assert "did not say within" in " ".join(w.text for w in of(out, I.Warn))
-    # 52's own copies were not told: it goes back to the start with the others
-    assert I.GroupRolledBack(50, 0) in out and len(of(out, I.PlaceSpawned)) == 3
+    assert I.GroupRolledBack(50, 2) in out and len(of(out, I.PlaceSpawned)) == 3
+
+
+def test_a_silent_node_that_may_hold_what_spares_an_error_is_waited_for() -> None:
+    """Log-mode task 50 received messages its senders have forgotten, and no node that
+    answered holds a copy of its checkpoints: going on would end the job, so the silent
+    node (its buddy) is waited for until it answers."""
+    from clustervm.core.state import ASK_WAIT_S
+    core = up(3)
+    r = spawned_on(core, 50)
+    buddy = r % 3 + 1
+    held(core, r, buddy, seq=1)
+    out = core.handle(E.NodeLost(r, LossCause.ULFM, 2.0))
+    (ask,) = of(out, I.AskHeld)
+    other = ({1, 2, 3} - {r, buddy}).pop()
+    core.handle(E.HeldReported(other, ask.qid, [], 2.01))
+    heard = {n: 2.0 for n in range(1, 4)}
+    out = core.handle(E.Tick(2.0 + 2 * ASK_WAIT_S, heard))
+    assert not of(out, I.PlaceSpawned) and not of(out, I.Fatal)
+    (again,) = of(core.handle(E.HeldReported(buddy, ask.qid, [(50, 3, 0)], 2.6)),
+                  I.PlaceSpawned)
+    assert (again.seq, again.source) == (3, buddy)
 
 
 def test_copies_of_an_abandoned_course_are_not_gone_back_to() -> None:

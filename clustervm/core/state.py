@@ -1036,26 +1036,34 @@ class Core:
         else:
             self._answered(key, now)
 
-    def _answered(self, key: int, now: float) -> None:
+    def _answered(self, key: int, now: float, silent: frozenset[int] = frozenset()) -> None:
+        """Query ``key`` is answered (or, ``silent``: those nodes have not answered in
+        time; see _asks_overdue)."""
         if key > 0:
-            self._go_back(key, now)
+            self._go_back(key, now, silent)
         else:
-            self._restart_held(-key, now)
+            self._restart_held(-key, now, silent)
 
-    def _restart_held(self, tid: int, now: float) -> None:
+    def _restart_held(self, tid: int, now: float, silent: frozenset[int] = frozenset()) -> None:
         """Log-mode task ``tid`` (lost with its node) restarts from its newest checkpoint
         held on a node alive or by the coordinator, the nodes have said (its node told
         the coordinator of its checkpoints only until one counted received messages:
         Node.checkpoint). None left: from the start, unless it had received messages
         its senders may have forgotten (Core._copies_gone ends the job then)."""
-        ask = self._asks.pop(-tid)
+        ask = self._asks[-tid]
         t = self.tasks.get(tid)
         if t is None or t.state is not _RUNNING:
+            del self._asks[-tid]
             return
         alive = self._alive.keys()
         held = {s: ranks & alive for s, ranks in ask.held.get(tid, {}).items()}
         stored = self._stored_epochs(t)
         best = max({s for s, ranks in held.items() if ranks} | stored | {0})
+        if silent and not best and t.ckpt is not None and t.received:
+            return          # only a silent node may hold its copy, or the job fails: wait
+        del self._asks[-tid]
+        if silent:
+            self._silent(-tid, silent)
         if best:
             t.ckpt = (best, frozenset(held.get(best, set()) | ({0} if best in stored else set())))
         elif t.ckpt is not None:
@@ -1087,17 +1095,19 @@ class Core:
 
     def _asks_overdue(self, now: float) -> None:
         """A node that has not answered within ASK_WAIT_S (hung, say, and not yet found
-        so by its heartbeat) is not waited for: the group goes back with the copies the
-        others hold (if it is hung, its members go back again once it is found lost)."""
+        so by its heartbeat) is not waited for (its members then go back again once it
+        is found lost), unless going on without what it may hold would end the job with
+        an error: then it is waited for until it answers or is lost."""
         for key, ask in list(self._asks.items()):
             if ask.waiting and now - ask.t0 >= ASK_WAIT_S:
-                what = f"checkpoint group {key}" if key > 0 else f"task {-key}"
-                self._out.append(I.Warn(
-                    f"{what}: node(s) {', '.join(map(str, sorted(ask.waiting)))} did not "
-                    f"say within {ASK_WAIT_S} s which copies of its checkpoints they hold; "
-                    f"it goes back to the newest the other nodes hold"))
-                ask.waiting.clear()
-                self._answered(key, now)
+                self._answered(key, now, frozenset(ask.waiting))
+
+    def _silent(self, key: int, silent: frozenset[int]) -> None:
+        what = f"checkpoint group {key}" if key > 0 else f"task {-key}"
+        self._out.append(I.Warn(
+            f"{what}: node(s) {', '.join(map(str, sorted(silent)))} did not say within "
+            f"{ASK_WAIT_S} s which checkpoint copies they hold; going back to the newest "
+            f"the other nodes hold"))
 
     def _asks_lost(self, rank: int) -> None:
         """Node ``rank`` is lost: its copies no longer count, and its answer is not waited
@@ -1115,14 +1125,16 @@ class Core:
             return set(t.stored)
         return {c[0] for c in (t.ckpt, t.prev) if c is not None and 0 in c[1]}
 
-    def _go_back(self, group: int, now: float) -> None:
-        """Every node alive has said what it holds: the group goes back to the newest
-        epoch held for every running member, in memory on a node alive or at the
-        coordinator (its disk), else to the start. A member whose every copy in memory
-        was lost (its node and its buddy at once) is said to be so."""
-        ask = self._asks.pop(group)
+    def _go_back(self, group: int, now: float, silent: frozenset[int] = frozenset()) -> None:
+        """Every node alive has said what it holds (or ``silent`` ones have not, in
+        time): the group goes back to the newest epoch held for every running member, in
+        memory on a node alive or at the coordinator (its disk), else to the start. A
+        member whose every copy in memory was lost (its node and its buddy at once) is
+        said to be so."""
+        ask = self._asks[group]
         members = self._running_members(group)
         if not members:
+            del self._asks[group]
             return
         alive = self._alive
         memory = {t.tid: {s for s, ranks in ask.held.get(t.tid, {}).items() if ranks & alive.keys()}
@@ -1132,6 +1144,12 @@ class Core:
                                        for t in members)))
         newest = max((max(s) for s in memory.values() if s), default=0)
         lost = [t.tid for t in members if not memory[t.tid]]
+        gone = ended_after(self._group_ended.get(group, {}), epoch)
+        if silent and gone:
+            return          # a silent node may hold what spares the job its end: wait
+        del self._asks[group]
+        if silent:
+            self._silent(group, silent)
         if lost and epoch < newest:
             self._out.append(I.Warn(
                 f"checkpoint group {group}: every copy in memory of checkpoint {newest} of "
@@ -1144,7 +1162,6 @@ class Core:
             if epoch in stored[t.tid]:
                 holders.add(0)
             t.ckpt, t.prev = ((epoch, frozenset(holders)) if epoch else None), None
-        gone = ended_after(self._group_ended.get(group, {}), epoch)
         if gone:
             # what they sent the others after the epoch is needed again, and nobody can
             # send it: waiting for it would hang the job
