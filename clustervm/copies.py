@@ -14,6 +14,7 @@ the next is on its way, that next one. Thread-safe.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Iterable
 
 from . import wire
@@ -29,7 +30,8 @@ class Copies:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_tid: dict[int, dict[int, tuple[int, Any]]] = {}   # tid -> seq -> (inc, blob)
+        #: tid -> seq -> (inc, blob, when it came: time.monotonic())
+        self._by_tid: dict[int, dict[int, tuple[int, Any, float]]] = {}
         self._spares: dict[int, Any] = {}     # tid -> memory for its next checkpoint
         self._warming: set[int] = set()
         self._first: set[int] = set()         # warming for a first checkpoint (prepare)
@@ -49,10 +51,10 @@ class Copies:
                     return [blob]
                 self.nbytes -= len(old[1])
                 gone.append(old[1])
-            held[seq] = (inc, blob)
+            held[seq] = (inc, blob, time.monotonic())
             self.nbytes += len(blob)
             while len(held) > KEEP:
-                _, out = held.pop(min(held))
+                out = held.pop(min(held))[1]
                 self.nbytes -= len(out)
                 gone.append(out)
         return gone
@@ -115,19 +117,22 @@ class Copies:
     def entry(self, tid: int, seq: int) -> tuple[int, Any] | None:
         """(incarnation, blob) of checkpoint ``seq`` of task ``tid``, or None."""
         with self._lock:
-            return self._by_tid.get(tid, {}).get(seq)
+            got = self._by_tid.get(tid, {}).get(seq)
+        return None if got is None else got[:2]
 
-    def holding(self, tids: Iterable[int]) -> list[tuple[int, int, int]]:
-        """``[(tid, seq, inc), ...]``: every copy held of tasks ``tids``."""
+    def holding(self, tids: Iterable[int]) -> list[tuple[int, int, int, float]]:
+        """``[(tid, seq, inc, age), ...]``: every copy held of tasks ``tids``, with how
+        many seconds ago it came (what a restart from it redoes, about)."""
+        now = time.monotonic()
         with self._lock:
-            return [(tid, seq, inc) for tid in tids
-                    for seq, (inc, _) in sorted(self._by_tid.get(tid, {}).items())]
+            return [(tid, seq, inc, round(now - t, 4)) for tid in tids
+                    for seq, (inc, _, t) in sorted(self._by_tid.get(tid, {}).items())]
 
     def drop(self, tid: int) -> None:
         """Forget every copy of task ``tid`` (it is over)."""
         with self._lock:
             held = self._by_tid.pop(tid, None) or {}
-            self.nbytes -= sum(len(b) for _, b in held.values())
+            self.nbytes -= sum(len(e[1]) for e in held.values())
             self._spares.pop(tid, None)
             self._first.discard(tid)
 

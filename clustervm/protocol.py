@@ -424,13 +424,13 @@ class AskHeld(Message):
 
 
 class Holding(Message):
-    """The answer to ASKHELD ``qid``: ``items`` is ``[(tid, seq, inc), ...]``, each copy
-    this node holds (node -> coordinator)."""
+    """The answer to ASKHELD ``qid``: ``items`` is ``[(tid, seq, inc, age), ...]``, each
+    copy this node holds and how many seconds ago it came (node -> coordinator)."""
     __slots__ = ("items", "qid")
     OP = 38
     TYPES = (list, int)
     TO = frozenset({"coordinator"})
-    ITEM = 3
+    ITEM = 4
 
     def __init__(self, items: list, qid: int) -> None:
         self.items, self.qid = items, qid

@@ -545,6 +545,23 @@ def test_a_lost_log_mode_task_restarts_from_the_newest_copy_its_nodes_hold() -> 
     assert (again.seq, again.source, again.inc) == (5, buddy, 1)
 
 
+def test_work_redone_counts_from_the_copy_the_task_restarts_from() -> None:
+    """The coordinator was told of checkpoint 1 only (t=1.0); the node lost at t=10 had
+    taken more: the work redone is counted from when the copy it restarts from came,
+    as its holder says (its age), not from checkpoint 1."""
+    core = up(3)
+    r = spawned_on(core, 50)
+    buddy = r % 3 + 1
+    held(core, r, buddy, seq=1)
+    out = core.handle(E.NodeLost(r, LossCause.ULFM, 10.0))
+    assert core.stats["redone_s"] == pytest.approx(9.0)          # from checkpoint 1
+    (ask,) = of(out, I.AskHeld)
+    for n in ask.ranks:
+        items = [(50, 4, 0, 1.5), (50, 5, 0, 0.5)] if n == buddy else []
+        core.handle(E.HeldReported(n, ask.qid, items, 10.1))
+    assert core.stats["redone_s"] == pytest.approx(0.4)          # 10.0 - (10.1 - 0.5)
+
+
 def test_checkpoints_the_coordinator_was_not_told_of_are_counted_once() -> None:
     """Nodes say how many checkpoints they held untold, all so far (HEARTBEAT, EXITED):
     the count of checkpoints written grows by what is new, never twice."""

@@ -49,7 +49,7 @@ SAMPLES: dict[type[P.Message], P.Message] = {
     P.Forget: P.Forget(20),
     P.Mark: P.Mark(21, 4, 20, 1, 17, 0, 1),
     P.AskHeld: P.AskHeld(3, [20, 21]),
-    P.Holding: P.Holding([(20, 3, 1), (21, 4, 1)], 3),
+    P.Holding: P.Holding([(20, 3, 1, 0.25), (21, 4, 1, 0.0)], 3),
     P.Buddy: P.Buddy(2),
 }
 

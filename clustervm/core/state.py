@@ -144,13 +144,15 @@ ASK_WAIT_S = 0.25
 class _Ask:
     """A checkpoint group's query of the nodes' copies (I.AskHeld): the nodes whose
     answer it waits for, and per member and epoch the nodes that hold a copy of it."""
-    __slots__ = ("qid", "waiting", "held", "t0")
+    __slots__ = ("qid", "waiting", "held", "t0", "taken")
 
     def __init__(self, qid: int, ranks: Iterable[int], t0: float) -> None:
         self.qid = qid
         self.t0 = t0
         self.waiting = set(ranks)
         self.held: dict[int, dict[int, set[int]]] = {}
+        #: tid -> seq -> when its newest copy came, as the nodes said (its age)
+        self.taken: dict[int, dict[int, float]] = {}
 
 
 def _valid_copy(t: Task, seq: int, inc: int) -> bool:
@@ -1064,6 +1066,7 @@ class Core:
         del self._asks[-tid]
         if silent:
             self._silent(-tid, silent)
+        self._redone(t, ask, best)
         if best:
             t.ckpt = (best, frozenset(held.get(best, set()) | ({0} if best in stored else set())))
         elif t.ckpt is not None:
@@ -1085,11 +1088,15 @@ class Core:
         if ev.rank not in ask.waiting or ev.rank not in self._alive:
             return
         ask.waiting.discard(ev.rank)
-        for tid, seq, inc in ev.items:
+        for item in ev.items:
+            tid, seq, inc = item[:3]
             t = self.tasks.get(tid)
             if t is not None and (t.group == key if key > 0 else tid == -key) \
                     and _valid_copy(t, seq, inc):
                 ask.held.setdefault(tid, {}).setdefault(seq, set()).add(ev.rank)
+                if len(item) > 3:
+                    taken = ask.taken.setdefault(tid, {})
+                    taken[seq] = max(taken.get(seq, float("-inf")), ev.now - item[3])
         if not ask.waiting:
             self._answered(key, ev.now)
 
@@ -1117,6 +1124,21 @@ class Core:
             for by_seq in ask.held.values():
                 for ranks in by_seq.values():
                     ranks.discard(rank)
+
+    def _redone(self, t: Task, ask: _Ask, seq: int) -> None:
+        """``t``, lost with its node, goes back to its checkpoint ``seq`` (0: the start):
+        correct the work redone that its loss counted from the last checkpoint the core
+        was told of (_lose), with when that copy came, as its holders said."""
+        n = self.nodes.get(t.node) if t.node is not None else None
+        if n is None or n.state is not _DEAD:
+            return          # a survivor going back with its group: not counted
+        counted = max(t.t_start, t.t_ckpt)
+        base = t.t_start if not seq else ask.taken.get(t.tid, {}).get(seq)
+        if base is None:
+            return          # at the coordinator (disk): its time is the one counted
+        base = min(max(base, t.t_start), n.lost_at)
+        self.stats["redone_s"] += counted - base
+        t.t_ckpt = base
 
     def _stored_epochs(self, t: Task) -> set[int]:
         """The epochs of ``t`` the coordinator holds (on disk with a journal; else those
@@ -1158,6 +1180,7 @@ class Core:
                    f"member" if epoch else "starts again from the start (no checkpoint "
                    f"of it is on disk for every member yet)")))
         for t in members:
+            self._redone(t, ask, epoch)
             holders = ask.held.get(t.tid, {}).get(epoch, set()) & alive.keys()
             if epoch in stored[t.tid]:
                 holders.add(0)
