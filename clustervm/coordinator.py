@@ -685,20 +685,15 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
 
     # -- node messages ---------------------------------------------------------
 
-    def _handle(self, src: int, raw: Any) -> bool | None:
-        """Site's dispatch, and a handler that fails here is clustervm's own bug: the
-        message it drops may be one a caller waits on (a task's end, a checkpoint's
-        acknowledgment), so the job ends with an :class:`InternalError` naming it
-        rather than waiting forever."""
-        try:
-            return super()._handle(src, raw)
-        except Exception as exc:   # noqa: BLE001 - told to every waiter, not dropped
-            log.error("the coordinator failed on %s from rank %d", P.kind_of(raw), src,
-                      exc_info=exc)
-            self.internal_error(f"clustervm's coordinator failed on {P.kind_of(raw)} from "
-                                f"rank {src}: {type(exc).__name__}: {exc} (at "
-                                f"{remote.raised_at(exc)})", exc)
-            return True
+    def _handler_failed(self, src: int, raw: Any, exc: Exception) -> None:
+        """The message dropped may be one a caller waits on (a task's end, a
+        checkpoint's acknowledgment): the job ends with an :class:`InternalError`
+        naming it rather than waiting forever."""
+        log.error("the coordinator failed on %s from rank %d", P.kind_of(raw), src,
+                  exc_info=exc)
+        self.internal_error(f"clustervm's coordinator failed on {P.kind_of(raw)} from "
+                            f"rank {src}: {type(exc).__name__}: {exc} (at "
+                            f"{remote.raised_at(exc)})", exc)
 
     def internal_error(self, what: str, exc: BaseException | None = None) -> None:
         """clustervm failed (``what`` happened; a bug of ours): the job ends with an

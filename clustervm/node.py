@@ -211,22 +211,17 @@ class Node(Site):
         self._run(N.LoopEnded())
         t.flush(2.0)
 
-    def _handle(self, src: int, raw: Any) -> bool | None:
-        """Site's dispatch; a handler that fails here is clustervm's own bug, and the
-        message it drops (a SPAWN, a COPY) may be one the job waits on: the coordinator
-        is told, and ends the job with an InternalError naming it (not a hang)."""
+    def _handler_failed(self, src: int, raw: Any, exc: Exception) -> None:
+        """The message dropped (a SPAWN, a COPY) may be one the job waits on: the
+        coordinator is told, and ends the job with an InternalError naming it."""
+        what = P.kind_of(raw)
+        log.error("node %d failed on %s from rank %d", self.rank, what, src, exc_info=exc)
         try:
-            return super()._handle(src, raw)
-        except Exception as exc:   # noqa: BLE001 - told to the coordinator, not dropped
-            what = P.kind_of(raw)
-            log.error("node %d failed on %s from rank %d", self.rank, what, src, exc_info=exc)
-            try:
-                self.call_start("node_failed", f"failed on {what} from rank {src}: "
-                                f"{type(exc).__name__}: {exc} (at {remote.raised_at(exc)})",
-                                post=True)
-            except PeerFailed:
-                pass        # the coordinator is gone: the node leaves anyway
-            return True
+            self.call_start("node_failed", f"failed on {what} from rank {src}: "
+                            f"{type(exc).__name__}: {exc} (at {remote.raised_at(exc)})",
+                            post=True)
+        except PeerFailed:
+            pass        # the coordinator is gone: the node leaves anyway
 
     def _on_heartbeat(self, src: int, msg: P.Heartbeat) -> bool:
         first = not self.core.coordinator_beats

@@ -85,25 +85,36 @@ class Site:
 
     def _handle(self, src: int, raw: Any) -> bool | None:
         """Decode a message tuple from rank ``src`` and run its kind's handler; a malformed
-        one is logged, naming the sender, and dropped."""
-        if type(raw) is tuple and len(raw) == 7 and raw[0] == _USER:
-            # the hot path: a task's message, checked as protocol.User's decoder does,
-            # delivered without making the message object
-            _, src_tid, dst, tag, data, inc, seq = raw
-            if type(src_tid) is int and type(inc) is int and type(seq) is int:
-                self.deliver(src_tid, dst, tag, data, inc, seq)
-                return None
+        one is logged, naming the sender, and dropped. A handler that raises is a bug of
+        clustervm's: :meth:`_handler_failed` (the shells end the job with it)."""
         try:
-            msg = P.decode(raw)
-        except P.MessageError as exc:
-            log.error("bad message from rank %d (%s): %s; dropped", src, P.summary(raw), exc)
-            return None
-        handler = self.handlers.get(type(msg))
-        if handler is None:
-            log.error("bad message from rank %d: rank %d takes no %s message; dropped",
-                      src, self.rank, type(msg).__name__.upper())
-            return None
-        return handler(src, msg)
+            if type(raw) is tuple and len(raw) == 7 and raw[0] == _USER:
+                # the hot path: a task's message, checked as protocol.User's decoder does,
+                # delivered without making the message object
+                _, src_tid, dst, tag, data, inc, seq = raw
+                if type(src_tid) is int and type(inc) is int and type(seq) is int:
+                    self.deliver(src_tid, dst, tag, data, inc, seq)
+                    return None
+            try:
+                msg = P.decode(raw)
+            except P.MessageError as exc:
+                log.error("bad message from rank %d (%s): %s; dropped", src, P.summary(raw),
+                          exc)
+                return None
+            handler = self.handlers.get(type(msg))
+            if handler is None:
+                log.error("bad message from rank %d: rank %d takes no %s message; dropped",
+                          src, self.rank, type(msg).__name__.upper())
+                return None
+            return handler(src, msg)
+        except Exception as exc:   # noqa: BLE001 - the shells say what becomes of it
+            self._handler_failed(src, raw, exc)
+            return True
+
+    def _handler_failed(self, src: int, raw: Any, exc: Exception) -> None:
+        """Handling ``raw`` from ``src`` raised ``exc`` (a bug of clustervm's): the
+        message is lost, so the job cannot go on exactly; each shell says how it ends."""
+        raise exc
 
     def where(self) -> str:
         return f"node {self.rank} (host {self.host}, pid {self.pid})"
