@@ -145,7 +145,6 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                          heartbeat_s=config.heartbeat_s, replace_failed=config.replace_failed,
                          journal=bool(ckdir), resume=config.resume, t0=self.t0,
                          disk_every_s=config.checkpoint_disk_s,
-                         group_disk_every_s=config.checkpoint_group_disk_s,
                          resolve=self.resolve, rebuild=_can_rebuild)
         self.nodes: dict[int, NodeInfo] = self.core.nodes      # the core's, read only here
         self.stats = self.core.stats
@@ -181,7 +180,6 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         self._writer = WriteBehind(self.store, self._written) if ckdir else None
         self._src = 0                           # the rank whose request is being served
         self._unjournaled: dict[int, CheckpointError] = {}   # tid -> why it was not
-        self._untold: dict[int, int] = {}       # rank -> its HEARTBEAT's ckpts, last seen
         #: restart time per lost node (the report): detection -> the last of its tasks
         #: sent to run again (a SPAWN with its checkpoint, or a RUN), by that node's loss
         self.restarts: list[_Restart] = []
@@ -722,8 +720,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
     def _on_heartbeat(self, src: int, msg: P.Heartbeat) -> bool:
         """Not work (keeps idle loops idle); the core hears of it only for a new count of
         checkpoints it was not told of."""
-        if msg.ckpts != self._untold.get(src, 0):
-            self._untold[src] = msg.ckpts
+        n = self.nodes.get(src)
+        if n is not None and msg.ckpts > n.untold:     # (the core's, read only here)
             with self.lock:
                 self._run(E.CheckpointsUntold(src, msg.ckpts))
         return False

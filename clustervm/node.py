@@ -458,15 +458,17 @@ class Node(Site):
         self.buddy = msg.rank
         self.transport.notify()
 
-    def _keep(self, ctx: TaskContext, seq: int, buddy: int) -> None:
+    def _keep(self, ctx: TaskContext, seq: int, buddy: int, frame: Any = None) -> None:
         """Send node ``buddy`` a copy of this node's checkpoint ``seq`` of task ``ctx``
-        (answered by a HELD to this node); the task's next checkpoint waits for it."""
-        blob = self.copies.get(ctx.tid, seq)
-        if blob is None:
-            return
+        (``frame``, or the copy held here), answered by a HELD to this node; the task's
+        next checkpoint waits for it."""
+        if frame is None:
+            blob = self.copies.get(ctx.tid, seq)
+            if blob is None:
+                return
+            frame = wire.as_blob_frame(blob)
         ctx.__dict__["_keep_wait"] = (seq, buddy)
-        self.transport.post(buddy, P.Keep(ctx.tid, ctx.inc, seq, wire.as_blob_frame(blob),
-                                          self.rank).encode())
+        self.transport.post(buddy, P.Keep(ctx.tid, ctx.inc, seq, frame, self.rank).encode())
 
     def _held(self, ctx: TaskContext) -> bool:
         """Is the copy this node last sent the buddy of ``ctx``'s checkpoints held there
@@ -727,33 +729,25 @@ class Node(Site):
                                 into=self.copies.take_spare(ctx.tid) if buddy and big else None)
         frame = wire.as_blob_frame(blob)
         told = ctx.__dict__.get("_told", 0)
-        if not group and buddy and not to_store and not self.config.checkpoint_dir and \
-                told and (not delivered or told > 1):
-            # log mode without a journal: the coordinator is not told either. The buddy's
-            # HELD comes here, and then this node tells the senders of what the task had
-            # received to forget it (_on_held). The first checkpoint, and the first that
-            # counts received messages, go to the coordinator (below): it must know that
-            # a restart from the start loses work, or would miss messages (_copies_gone)
-            self.copies.put_own(ctx.tid, ctx.inc, seq, blob)
-            ctx.__dict__["_keep_wait"] = (seq, buddy)
-            ctx.__dict__["_keep_delivered"] = (seq, delivered)
-            self.untold += 1        # counted by the coordinator (HEARTBEAT, EXITED)
-            self.transport.post(buddy, P.Keep(ctx.tid, ctx.inc, seq, frame, self.rank).encode())
-            return True
-        if group and buddy:
-            # the coordinator is not told: the buddy says HELD to this node, and the next
-            # epoch waits for it (_wait_held); after a loss the coordinator asks the nodes
-            # what they hold (ASKHELD) and picks the newest epoch held for every member
+        if buddy and (group or not to_store and not self.config.checkpoint_dir and told
+                      and (not delivered or told > 1)):
+            # the coordinator is not told (a group's epoch; in log mode without a journal,
+            # a checkpoint after the first and after the first that counts received
+            # messages, which it must know of: _copies_gone). The buddy says HELD to this
+            # node, and the next one waits for it (_held); in log mode this node then
+            # tells the senders to forget what the task had received (_on_held). After a
+            # loss the coordinator asks the nodes what they hold (ASKHELD).
             with self.lock:
                 rolling = self._frozen(ctx)
                 if not rolling:
                     self.copies.put_own(ctx.tid, ctx.inc, seq, blob)
             if rolling:     # its group goes back: the copies said to be held stay as they are
                 self._wait_alive(ctx, lambda: False)
-            ctx.__dict__["_keep_wait"] = (seq, buddy)
-            self.transport.post(buddy, P.Keep(ctx.tid, ctx.inc, seq, frame, self.rank).encode())
+            if not group:
+                ctx.__dict__["_keep_delivered"] = (seq, delivered)
+            self._keep(ctx, seq, buddy, frame)
             if not disk:
-                self.untold += 1
+                self.untold += 1        # counted by the coordinator (HEARTBEAT, EXITED)
                 return True
             # an epoch for the disk also goes to the coordinator, which answers at once
             # (its buddy's copy is this node's affair): the member does not wait for that

@@ -30,7 +30,7 @@ def lose(core: Core, *events: E.Event, holding: dict | None = None) -> list:
     """Handle ``events`` (losses) and answer the nodes' query they start (I.AskHeld: a
     log-mode task's checkpoints are not told to the coordinator) as the nodes would:
     every alive holder of a checkpoint the coordinator knows of holds it, or as
-    ``holding`` says (node -> ``[(tid, seq, inc), ...]``)."""
+    ``holding`` says (node -> ``[(tid, seq, inc, age), ...]``)."""
     out = core.handle(*events)
     for ask in of(out, I.AskHeld):
         if holding is None:
@@ -38,7 +38,7 @@ def lose(core: Core, *events: E.Event, holding: dict | None = None) -> list:
             for t in core.tasks.values():
                 for c in (t.ckpt, t.prev):
                     for r in (c[1] if c is not None else ()):
-                        have.setdefault(r, []).append((t.tid, c[0], t.inc))
+                        have.setdefault(r, []).append((t.tid, c[0], t.inc, 0.0))
         else:
             have = holding
         for r in ask.ranks:
@@ -539,7 +539,7 @@ def test_a_lost_log_mode_task_restarts_from_the_newest_copy_its_nodes_hold() -> 
     out = lose(core, E.NodeLost(r, LossCause.ULFM, 2.0))     # a duplicate: nothing new
     assert not of(out, I.PlaceSpawned)
     other = ({1, 2, 3} - {r, buddy}).pop()
-    out = core.handle(E.HeldReported(buddy, ask.qid, [(50, 4, 0), (50, 5, 0)], 2.1))
+    out = core.handle(E.HeldReported(buddy, ask.qid, [(50, 4, 0, 0.0), (50, 5, 0, 0.0)], 2.1))
     assert not of(out, I.PlaceSpawned)
     (again,) = of(core.handle(E.HeldReported(other, ask.qid, [], 2.1)), I.PlaceSpawned)
     assert (again.seq, again.source, again.inc) == (5, buddy, 1)
@@ -651,7 +651,7 @@ def _group_of_three(core) -> dict[int, int]:
 
 def answer(core, out: list, holding: dict, now: float = 2.0) -> list:
     """Answer the query of ``out`` (I.AskHeld) as the nodes would: ``holding`` is node ->
-    its copies ``[(tid, seq, inc), ...]``. The instructions of the last answer."""
+    its copies ``[(tid, seq, inc, age), ...]``. The instructions of the last answer."""
     (ask,) = of(out, I.AskHeld)
     got = []
     for r in ask.ranks:
@@ -675,8 +675,8 @@ def test_a_checkpoint_group_goes_back_to_the_newest_epoch_its_nodes_hold_for_eve
     assert not of(out, I.PlaceSpawned)           # nothing moves before the answers
     # each node holds its member's newest two epochs, and its buddy's copies: 51's
     # node was lost, its buddy holds 51's epochs 1 and 2, but 50 is only at 1
-    holding = {places[50]: [(50, 1, 0)], places[52]: [(52, 1, 0), (52, 2, 0)]}
-    holding[lost % 3 + 1] = holding.get(lost % 3 + 1, []) + [(51, 1, 0), (51, 2, 0)]
+    holding = {places[50]: [(50, 1, 0, 0.0)], places[52]: [(52, 1, 0, 0.0), (52, 2, 0, 0.0)]}
+    holding[lost % 3 + 1] = holding.get(lost % 3 + 1, []) + [(51, 1, 0, 0.0), (51, 2, 0, 0.0)]
     first = core.handle(E.HeldReported(alive[0], ask.qid, holding.get(alive[0], []), 2.1))
     assert not of(first, I.PlaceSpawned)         # one node has not answered yet
     out = core.handle(E.HeldReported(alive[1], ask.qid, holding.get(alive[1], []), 2.1))
@@ -692,7 +692,7 @@ def test_a_checkpoint_group_goes_back_to_the_newest_epoch_its_nodes_hold_for_eve
         assert again[tid].rank == places[tid] == again[tid].source
     assert again[51].rank != lost and again[51].source in (again[51].rank, lost % 3 + 1)
     # a late answer to that query changes nothing
-    assert not core.handle(E.HeldReported(alive[0], ask.qid, [(51, 2, 0)], 2.2))
+    assert not core.handle(E.HeldReported(alive[0], ask.qid, [(51, 2, 0, 0.0)], 2.2))
 
 
 def test_a_node_lost_while_its_answer_is_awaited_is_not_waited_for() -> None:
@@ -704,8 +704,8 @@ def test_a_node_lost_while_its_answer_is_awaited_is_not_waited_for() -> None:
     out = core.handle(E.NodeLost(places[51], LossCause.ULFM, 2.0))
     (ask,) = of(out, I.AskHeld)
     assert set(ask.ranks) == {places[50], places[52], spare}
-    core.handle(E.HeldReported(places[50], ask.qid, [(50, 3, 0), (51, 3, 0)], 2.1),
-                E.HeldReported(places[52], ask.qid, [(52, 3, 0), (50, 3, 0)], 2.1))
+    core.handle(E.HeldReported(places[50], ask.qid, [(50, 3, 0, 0.0), (51, 3, 0, 0.0)], 2.1),
+                E.HeldReported(places[52], ask.qid, [(52, 3, 0, 0.0), (50, 3, 0, 0.0)], 2.1))
     out = core.handle(E.NodeLost(spare, LossCause.ULFM, 2.2))
     assert I.GroupRolledBack(50, 3) in out
     assert {p.tid: p.seq for p in of(out, I.PlaceSpawned)} == {50: 3, 51: 3, 52: 3}
@@ -721,8 +721,8 @@ def test_a_node_silent_to_the_query_is_not_waited_for_long() -> None:
     spare = ({1, 2, 3, 4} - set(places.values())).pop()
     out = core.handle(E.NodeLost(places[51], LossCause.ULFM, 2.0))
     (ask,) = of(out, I.AskHeld)
-    core.handle(E.HeldReported(places[50], ask.qid, [(50, 2, 0), (51, 2, 0)], 2.01),
-                E.HeldReported(spare, ask.qid, [(52, 2, 0)], 2.01))
+    core.handle(E.HeldReported(places[50], ask.qid, [(50, 2, 0, 0.0), (51, 2, 0, 0.0)], 2.01),
+                E.HeldReported(spare, ask.qid, [(52, 2, 0, 0.0)], 2.01))
     heard = {r: 2.0 for r in range(1, 5)}
     assert not of(core.handle(E.Tick(2.0 + ASK_WAIT_S / 2, heard)), I.PlaceSpawned)
     out = core.handle(E.Tick(2.0 + ASK_WAIT_S, heard))
@@ -746,7 +746,7 @@ def test_a_silent_node_that_may_hold_what_spares_an_error_is_waited_for() -> Non
     heard = {n: 2.0 for n in range(1, 4)}
     out = core.handle(E.Tick(2.0 + 2 * ASK_WAIT_S, heard))
     assert not of(out, I.PlaceSpawned) and not of(out, I.Fatal)
-    (again,) = of(core.handle(E.HeldReported(buddy, ask.qid, [(50, 3, 0)], 2.6)),
+    (again,) = of(core.handle(E.HeldReported(buddy, ask.qid, [(50, 3, 0, 0.0)], 2.6)),
                   I.PlaceSpawned)
     assert (again.seq, again.source) == (3, buddy)
 
@@ -758,16 +758,16 @@ def test_copies_of_an_abandoned_course_are_not_gone_back_to() -> None:
     places = _group_of_three(core)
     out = core.handle(E.NodeLost(places[51], LossCause.ULFM, 2.0))
     alive = [r for r in places.values() if r != places[51]]
-    out = answer(core, out, {alive[0]: [(t, s, 0) for t in (50, 51, 52) for s in (2, 3)]})
+    out = answer(core, out, {alive[0]: [(t, s, 0, 0.0) for t in (50, 51, 52) for s in (2, 3)]})
     assert I.GroupRolledBack(50, 3) in out
     again = {p.tid: p.rank for p in of(out, I.PlaceSpawned)}
     victim = again[50]
     out = core.handle(E.NodeLost(victim, LossCause.ULFM, 3.0))
     rest = [r for r in core.alive_ranks()]
     # incarnation 1 took epoch 4 of 52 only; 3 and 2 of incarnation 0 are still of it
-    stale = [(t, 4, 0) for t in (50, 51, 52)]
-    out = answer(core, out, {rest[0]: stale + [(t, s, 0) for t in (50, 51, 52) for s in (2, 3)]
-                                      + [(52, 4, 1)]})
+    stale = [(t, 4, 0, 0.0) for t in (50, 51, 52)]
+    out = answer(core, out, {rest[0]: stale + [(t, s, 0, 0.0) for t in (50, 51, 52) for s in (2, 3)]
+                                      + [(52, 4, 1, 0.0)]})
     assert I.GroupRolledBack(50, 3) in out
 
 
@@ -782,7 +782,7 @@ def test_a_group_member_that_ended_after_the_epoch_makes_a_rollback_an_error(
     out = core.handle(E.SpawnedExited(places[52], 52, 0, True, "done", 1.5, cut))
     assert core.ckgroups == {50: [50, 51]}
     out = core.handle(E.NodeLost(places[51], LossCause.ULFM, 2.0))
-    out = answer(core, out, {places[50]: [(50, 1, 0), (51, 1, 0)]})
+    out = answer(core, out, {places[50]: [(50, 1, 0, 0.0), (51, 1, 0, 0.0)]})
     if exact:
         assert I.GroupRolledBack(50, 1) in out and not of(out, I.Fatal)
         assert {p.tid for p in of(out, I.PlaceSpawned)} == {50, 51}
@@ -844,7 +844,7 @@ def test_a_group_whose_epoch_is_lost_in_memory_goes_back_to_its_newest_epoch_on_
     gone = (r, r % 4 + 1)                # member 51's node and its buddy
     out = core.handle(E.Tick(9.0, {n: (0.0 if n in gone else 9.0) for n in range(1, 5)}))
     rest = [n for n in range(1, 5) if n not in gone]
-    out = answer(core, out, {n: [(50, 3, 0), (50, 4, 0)] for n in rest}, now=9.1)
+    out = answer(core, out, {n: [(50, 3, 0, 0.0), (50, 4, 0, 0.0)] for n in rest}, now=9.1)
     warn = " ".join(w.text for w in of(out, I.Warn))
     assert "checkpoint group 50" in warn and "goes back to its checkpoint 1" in warn, warn
     assert I.GroupRolledBack(50, 1) in out

@@ -171,8 +171,8 @@ class Core:
                  heartbeat_s: float = 2.0, replace_failed: bool = False,
                  journal: bool = False, resume: bool = False, t0: float = 0.0,
                  start_limit: float = 60.0, resolve: Callable[[str], Any] | None = None,
-                 rebuild: Callable[[], bool] | None = None, disk_every_s: float = 0.0,
-                 group_disk_every_s: float = 0.0) -> None:
+                 rebuild: Callable[[], bool] | None = None,
+                 disk_every_s: float = 0.0) -> None:
         self.slots = max(1, slots)
         self.cap = self.slots + max(0, prefetch)
         self.heartbeat_s = heartbeat_s
@@ -180,10 +180,7 @@ class Core:
         self.journal = journal
         #: with a journal: a task's checkpoint goes to the coordinator (and its disk) at
         #: most this often; the ones between stay with the node and its buddy
-        self.disk_every_s = disk_every_s
-        #: (a checkpoint group's epochs go to disk as its members' nodes decide together:
-        #: Node._cut; the argument is kept for the shell's one call)
-        self.group_disk_every_s = group_disk_every_s
+        self.disk_every_s = disk_every_s      # (a group's epochs: its nodes decide, Node._cut)
         self.resume = resume
         self.t0 = t0
         self.start_limit = start_limit
@@ -1088,15 +1085,13 @@ class Core:
         if ev.rank not in ask.waiting or ev.rank not in self._alive:
             return
         ask.waiting.discard(ev.rank)
-        for item in ev.items:
-            tid, seq, inc = item[:3]
+        for tid, seq, inc, age in ev.items:
             t = self.tasks.get(tid)
             if t is not None and (t.group == key if key > 0 else tid == -key) \
                     and _valid_copy(t, seq, inc):
                 ask.held.setdefault(tid, {}).setdefault(seq, set()).add(ev.rank)
-                if len(item) > 3:
-                    taken = ask.taken.setdefault(tid, {})
-                    taken[seq] = max(taken.get(seq, float("-inf")), ev.now - item[3])
+                taken = ask.taken.setdefault(tid, {})
+                taken[seq] = max(taken.get(seq, float("-inf")), ev.now - age)
         if not ask.waiting:
             self._answered(key, ev.now)
 
@@ -1117,13 +1112,11 @@ class Core:
             f"the other nodes hold"))
 
     def _asks_lost(self, rank: int) -> None:
-        """Node ``rank`` is lost: its copies no longer count, and its answer is not waited
-        for (the groups whose query it ends go back: _lose)."""
+        """Node ``rank`` is lost: its answer is not waited for (the queries it ends are
+        decided: _lose), and its copies do not count (the decisions count the nodes
+        alive only)."""
         for ask in self._asks.values():
             ask.waiting.discard(rank)
-            for by_seq in ask.held.values():
-                for ranks in by_seq.values():
-                    ranks.discard(rank)
 
     def _redone(self, t: Task, ask: _Ask, seq: int) -> None:
         """``t``, lost with its node, goes back to its checkpoint ``seq`` (0: the start):
