@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from clustervm import procs
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 BIN = Path(PY).parent
@@ -34,11 +36,13 @@ def run(cmd: list[str], timeout: float = 120.0, env: dict | None = None) -> tupl
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
+        procs.remove_stale_session_dirs([proc.pid])  # a killed mpiexec's, if it was one
         raise SystemExit(f"benchmark job hung past {timeout} s: {' '.join(cmd)}\n{out}\n{err}")
     try:
         os.killpg(proc.pid, signal.SIGKILL)     # whatever the job left in its session
     except (ProcessLookupError, PermissionError):
         pass
+    procs.remove_stale_session_dirs([proc.pid])  # a killed mpiexec's, if it was one
     return proc.returncode, out, err, time.perf_counter() - t0
 
 

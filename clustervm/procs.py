@@ -6,7 +6,9 @@ Linux only; elsewhere every query answers "nothing" ([], "", None).
 from __future__ import annotations
 
 import os
-from typing import Callable
+import shutil
+import tempfile
+from typing import Callable, Iterable
 
 
 def hostname() -> str:
@@ -197,4 +199,36 @@ def remove_stale_shm(before: set[str]) -> list[str]:
             removed.append(name)
         except OSError:
             pass
+    return removed
+
+
+#: Open MPI's mpiexec (prterun) keeps its session in ``$TMPDIR/ompi.<its pid>``.
+SESSION_PREFIX = "ompi."
+
+
+def session_dirs(tmpdir: str | None = None) -> dict[int, str]:
+    """{pid: path} of the mpiexec session directories in ``tmpdir`` (default $TMPDIR)."""
+    base = tmpdir or tempfile.gettempdir()
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return {}
+    return {int(n[len(SESSION_PREFIX):]): os.path.join(base, n) for n in names
+            if n.startswith(SESSION_PREFIX) and n[len(SESSION_PREFIX):].isdigit()}
+
+
+def remove_stale_session_dirs(pids: Iterable[int] | None = None,
+                              tmpdir: str | None = None) -> list[str]:
+    """Remove the session directories of mpiexecs that are gone (``pids``: only theirs).
+
+    A SIGKILLed mpiexec leaves its directory behind; a later mpiexec that gets the same
+    pid (pid_max is 32768 on many hosts) finds it and exits at once with status 213,
+    "The PMIx server's listener thread failed to start". Returns the paths removed."""
+    wanted = None if pids is None else set(pids)
+    removed = []
+    for pid, path in session_dirs(tmpdir).items():
+        if (wanted is not None and pid not in wanted) or alive(pid):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
     return removed

@@ -217,12 +217,15 @@ def job():
 def no_leftovers(request):
     """Jobs must leave no process behind; shared-memory files they left are removed."""
     before = procs.shm_files()
+    sessions = set(procs.session_dirs())
     own = os.getpid()
     yield
     if "mpi" not in request.keywords and "netns" not in request.keywords:
         return
     time.sleep(0.2)
     procs.remove_stale_shm(before)   # left by this test's jobs, and no live process maps them
+    # a killed mpiexec's: a later one with its pid would not start
+    procs.remove_stale_session_dirs(set(procs.session_dirs()) - sessions)
     orphans = _marked(own)
     for pid in orphans:
         try:

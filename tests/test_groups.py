@@ -744,7 +744,7 @@ def _kill_when_ready(job, markers: Path, rank: int) -> None:
     deadline = time.monotonic() + 60
     while not (markers / "ready").exists():
         assert time.monotonic() < deadline, "the victim never got ready"
-        assert job.proc.poll() is None, job.wait()
+        assert job.proc.poll() is None, str(job.wait())
         time.sleep(0.05)
     time.sleep(0.3)                   # main and the others now wait in the round
     job.kill_rank(rank)

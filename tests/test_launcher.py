@@ -665,6 +665,45 @@ def test_real_job_sigint_is_passed_on(job):
 
 
 @pytest.mark.mpi
+def test_a_killed_mpiexec_leaves_no_session_directory(job):
+    """A third Ctrl-C SIGKILLs mpiexec, which then leaves $TMPDIR/ompi.<pid> behind; a
+    later mpiexec that gets the same pid would exit 213 at once (seen in CI, where
+    pid_max is 32768). run() removes it."""
+    argv, env = job(2, 60)
+
+    def three_interrupts():
+        for _ in range(3):  # apart: pending signals of one kind merge into one
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.02)
+
+    timer = threading.Timer(2.5, three_interrupts)
+    timer.start()
+    try:
+        rc = launcher.run(argv, env, timeout=30)
+    finally:
+        timer.cancel()
+    assert rc != 0
+    ranks = job.ranks()
+    assert ranks, "the ranks never started"
+    mpiexec_pid = ranks[0]["sid"]  # run() starts mpiexec in a session of its own
+    assert not os.path.exists(os.path.join(tempfile.gettempdir(), f"ompi.{mpiexec_pid}"))
+
+
+def test_only_the_session_directories_of_ended_mpiexecs_are_removed(tmp_path):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    for pid in (gone.pid, os.getpid()):
+        (tmp_path / f"ompi.{pid}" / "0").mkdir(parents=True)
+    (tmp_path / "ompi.x").mkdir()
+    assert procs.session_dirs(str(tmp_path)) == {gone.pid: str(tmp_path / f"ompi.{gone.pid}"),
+                                                 os.getpid(): str(tmp_path / f"ompi.{os.getpid()}")}
+    assert procs.remove_stale_session_dirs([os.getpid()], str(tmp_path)) == []
+    assert procs.remove_stale_session_dirs(None, str(tmp_path)) == [
+        str(tmp_path / f"ompi.{gone.pid}")]
+    assert {p.name for p in tmp_path.iterdir()} == {"ompi.x", f"ompi.{os.getpid()}"}
+
+
+@pytest.mark.mpi
 def test_info_subprocess():
     out = subprocess.run([PY, "-m", "clustervm", "info"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)

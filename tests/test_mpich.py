@@ -235,7 +235,7 @@ def test_killed_host_is_survived_in_place_by_heartbeat(two_hosts, tmp_path, reco
     job = _start(two_hosts, tmp_path, [PI, *DRILL_ARGS], "--checkpoint-dir", str(ck))
     deadline = time.monotonic() + 60
     while not glob.glob(str(ck / "ckpt" / "*")):
-        assert job.running(), job.wait()
+        assert job.running(), str(job.wait())
         assert time.monotonic() < deadline, job.wait(timeout=0)
         time.sleep(0.05)
     ranks = [p for p in two_hosts.pids(1) if _comm(p).startswith("python")]

@@ -211,7 +211,7 @@ def _start_loop(hosts, tmp_path, duration: float, exit_mode: str, *extra: str,
     except AssertionError:
         print(job.wait())
         raise
-    assert job.running(), job.wait()
+    assert job.running(), str(job.wait())
     return job, rundir
 
 

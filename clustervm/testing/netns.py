@@ -61,6 +61,8 @@ import time
 import warnings
 from typing import Iterator, Mapping, Sequence
 
+from .. import procs
+
 __all__ = [
     "TestHosts",
     "TestHostsError",
@@ -792,11 +794,9 @@ class Job:
         return outs[0], outs[1]
 
     def _remove_hnp_dir(self) -> None:
-        """mpiexec (prterun, same pid) killed: remove its session dir $TMPDIR/ompi.<pid>."""
-        hnp_dir = os.path.join(tempfile.gettempdir(), f"ompi.{self.proc.pid}")
-        with contextlib.suppress(OSError):
-            if os.stat(hnp_dir).st_mtime >= self.started_at - 1:
-                shutil.rmtree(hnp_dir, ignore_errors=True)
+        """mpiexec (prterun, same pid) ended: remove its session dir $TMPDIR/ompi.<pid>
+        if it was killed and left it (a later mpiexec with that pid could not start)."""
+        procs.remove_stale_session_dirs([self.proc.pid])
 
     def _kill_group(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -832,7 +832,7 @@ class Job:
             self.hosts.kill_all()
         if timed_out or leftovers:  # killed processes do not clean up after themselves
             _remove_mpi_leftovers(self.hosts.hostnames)
-            self._remove_hnp_dir()
+        self._remove_hnp_dir()
         out, err = self.output()
         self._out.close()
         self._err.close()
