@@ -277,6 +277,11 @@ def coordinate(coord: "Coordinator", main: Callable | None, argv: list[str]) -> 
             stop()
         if config.checkpoint_dir:
             from .supervisor import write_done
+            # done.json says the result is out: main's output must not wait in our
+            # buffer (a pipe to Open MPI's daemon) when a lost host makes PRRTE end
+            # the job, or the supervisor stops it, right after (seen in CI)
+            sys.stdout.flush()
+            sys.stderr.flush()
             write_done(config.checkpoint_dir, code)
         lost = any(n.state == "dead" for n in coord.nodes.values())
         if config.report == "always" or (config.report == "auto" and
