@@ -275,6 +275,10 @@ def coordinate(coord: "Coordinator", main: Callable | None, argv: list[str]) -> 
         _note_failures(transport.failed or transport.links)
         for stop in extras:
             stop()
+        lost = any(n.state == "dead" for n in coord.nodes.values())
+        if config.report == "always" or (config.report == "auto" and
+                                         (lost or coord.stats["rerun"] or config.resume)):
+            print(coord.report(), file=sys.stderr, flush=True)
         if config.checkpoint_dir:
             from .supervisor import write_done
             # done.json says the result is out: main's output must not wait in our
@@ -283,10 +287,6 @@ def coordinate(coord: "Coordinator", main: Callable | None, argv: list[str]) -> 
             sys.stdout.flush()
             sys.stderr.flush()
             write_done(config.checkpoint_dir, code)
-        lost = any(n.state == "dead" for n in coord.nodes.values())
-        if config.report == "always" or (config.report == "auto" and
-                                         (lost or coord.stats["rerun"] or config.resume)):
-            print(coord.report(), file=sys.stderr, flush=True)
     return code
 
 
