@@ -1079,3 +1079,27 @@ def test_report_says_how_soon_a_killed_nodes_tasks_run_again():
     (r,) = ivm.coordinator.restarts
     assert r.seconds is not None and r.seconds >= 0 and f"{r.seconds:.3f}" == m.group(1)
     assert ivm.coordinator.stats["ckpt_restored"] >= 1, rep
+
+
+def test_mains_output_is_out_before_the_job_is_marked_finished(tmp_path, monkeypatch):
+    """done.json tells the supervisor the result is out, and a lost host's PRRTE may end
+    the job right after (seen in CI: status 0, the result line lost in rank 0's buffer):
+    main's output and the report are flushed before it is written."""
+    import sys
+
+    import clustervm.supervisor as supervisor
+
+    out = io.BytesIO()
+    stdout = io.TextIOWrapper(out, encoding="utf-8")      # block-buffered, as a pipe
+    seen: list[bytes] = []
+
+    def write_done(directory: str, status: int) -> None:
+        seen.append(out.getvalue())
+        real_write_done(directory, status)
+
+    real_write_done = supervisor.write_done
+    monkeypatch.setattr(supervisor, "write_done", write_done)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    run_vm(lambda vm: print("result=42"), checkpoint_dir=str(tmp_path / "ck"))
+    assert seen == [b"result=42\n"]
+    assert supervisor.read_done(str(tmp_path / "ck")) == 0
