@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from . import launcher
+from . import launcher, procs
 from .config import Config
 from .hostfile import Host, hostfile_lines, parse_hostfile
 
@@ -66,6 +66,7 @@ def probe_host(mpiexec: str, host: Host, extra: Sequence[str], env: dict) -> boo
         return proc.wait(timeout=PROBE_TIMEOUT_S) == 0
     except subprocess.TimeoutExpired:
         launcher._stop(proc, 1.0)
+        procs.remove_stale_session_dirs([proc.pid], env.get("TMPDIR"))  # if it was SIGKILLed
         return False
 
 
