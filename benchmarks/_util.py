@@ -28,7 +28,8 @@ def mpi_env(extra: dict | None = None) -> dict:
 def run(cmd: list[str], timeout: float = 120.0, env: dict | None = None) -> tuple[int, str, str, float]:
     """Run a command in its own session; kill the session if it outlives ``timeout``."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=mpi_env(env), text=True, stdout=subprocess.PIPE,
+    env = mpi_env(env)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             start_new_session=True)
     try:
@@ -36,13 +37,13 @@ def run(cmd: list[str], timeout: float = 120.0, env: dict | None = None) -> tupl
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        procs.remove_stale_session_dirs([proc.pid])  # a killed mpiexec's, if it was one
+        procs.remove_stale_session_dirs([proc.pid], procs.session_base(env))  # a killed mpiexec's
         raise SystemExit(f"benchmark job hung past {timeout} s: {' '.join(cmd)}\n{out}\n{err}")
     try:
         os.killpg(proc.pid, signal.SIGKILL)     # whatever the job left in its session
     except (ProcessLookupError, PermissionError):
         pass
-    procs.remove_stale_session_dirs([proc.pid])  # a killed mpiexec's, if it was one
+    procs.remove_stale_session_dirs([proc.pid], procs.session_base(env))  # a killed mpiexec's
     return proc.returncode, out, err, time.perf_counter() - t0
 
 

@@ -668,7 +668,7 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
         if marker_dir is not None:
             shutil.rmtree(marker_dir, ignore_errors=True)
         procs.remove_stale_shm(shm_before)
-        procs.remove_stale_session_dirs([proc.pid], env.get("TMPDIR"))
+        procs.remove_stale_session_dirs([proc.pid], procs.session_base(env))
     if received:
         log.info("mpiexec ended after %s", ", ".join(signal.Signals(s).name for s in received))
     return (128 - rc if rc < 0 else rc), None

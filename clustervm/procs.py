@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 
 def hostname() -> str:
@@ -202,13 +201,21 @@ def remove_stale_shm(before: set[str]) -> list[str]:
     return removed
 
 
-#: Open MPI's mpiexec (prterun) keeps its session in ``$TMPDIR/ompi.<its pid>``.
+#: Open MPI's mpiexec (prterun) keeps its session in ``<session base>/ompi.<its pid>``.
 SESSION_PREFIX = "ompi."
 
 
-def session_dirs(tmpdir: str | None = None) -> dict[int, str]:
-    """{pid: path} of the mpiexec session directories in ``tmpdir`` (default $TMPDIR)."""
-    base = tmpdir or tempfile.gettempdir()
+def session_base(env: Mapping[str, str] | None = None) -> str:
+    """Where Open MPI puts session directories for a process with environment ``env``
+    (default ours): $TMPDIR, else $TEMP, else $TMP, else /tmp (as Open MPI chooses; not
+    ``tempfile.gettempdir()``, which a program may have changed for itself)."""
+    env = os.environ if env is None else env
+    return env.get("TMPDIR") or env.get("TEMP") or env.get("TMP") or "/tmp"
+
+
+def session_dirs(base: str | None = None) -> dict[int, str]:
+    """{pid: path} of the mpiexec session directories in ``base`` (default: ours)."""
+    base = base or session_base()
     try:
         names = os.listdir(base)
     except OSError:
@@ -218,15 +225,16 @@ def session_dirs(tmpdir: str | None = None) -> dict[int, str]:
 
 
 def remove_stale_session_dirs(pids: Iterable[int] | None = None,
-                              tmpdir: str | None = None) -> list[str]:
+                              base: str | None = None) -> list[str]:
     """Remove the session directories of mpiexecs that are gone (``pids``: only theirs).
 
-    A SIGKILLed mpiexec leaves its directory behind; a later mpiexec that gets the same
-    pid (pid_max is 32768 on many hosts) finds it and exits at once with status 213,
-    "The PMIx server's listener thread failed to start". Returns the paths removed."""
+    A SIGKILLed mpiexec whose ranks were killed too leaves its directory behind; a
+    later mpiexec that gets the same pid (pid_max is 32768 on many hosts) finds it and
+    exits at once with status 213, "The PMIx server's listener thread failed to
+    start". Returns the paths removed."""
     wanted = None if pids is None else set(pids)
     removed = []
-    for pid, path in session_dirs(tmpdir).items():
+    for pid, path in session_dirs(base).items():
         if (wanted is not None and pid not in wanted) or alive(pid):
             continue
         shutil.rmtree(path, ignore_errors=True)

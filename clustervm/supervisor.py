@@ -66,7 +66,7 @@ def probe_host(mpiexec: str, host: Host, extra: Sequence[str], env: dict) -> boo
         return proc.wait(timeout=PROBE_TIMEOUT_S) == 0
     except subprocess.TimeoutExpired:
         launcher._stop(proc, 1.0)
-        procs.remove_stale_session_dirs([proc.pid], env.get("TMPDIR"))  # if it was SIGKILLed
+        procs.remove_stale_session_dirs([proc.pid], procs.session_base(env))  # if SIGKILLed
         return False
 
 

@@ -665,28 +665,40 @@ def test_real_job_sigint_is_passed_on(job):
 
 
 @pytest.mark.mpi
-def test_a_killed_mpiexec_leaves_no_session_directory(job):
-    """A third Ctrl-C SIGKILLs mpiexec, which then leaves $TMPDIR/ompi.<pid> behind; a
-    later mpiexec that gets the same pid would exit 213 at once (seen in CI, where
-    pid_max is 32768). run() removes it."""
+def test_a_killed_mpiexec_leaves_no_session_directory(job, monkeypatch):
+    """A job that does not end on SIGTERM (stopped here, mpiexec and ranks) is SIGKILLed
+    after the grace, and mpiexec then leaves $TMPDIR/ompi.<pid> behind (the ranks remove
+    it when they get to end on SIGTERM); a later mpiexec that gets the same pid would
+    exit 213 at once (seen in CI, where pid_max is 32768). run() removes it."""
+    monkeypatch.setattr(launcher, "KILL_GRACE_S", 1.0)
     argv, env = job(2, 60)
+    stopped: list[int] = []
 
-    def three_interrupts():
-        for _ in range(3):  # apart: pending signals of one kind merge into one
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.02)
+    def stop_mpiexec():
+        deadline = time.monotonic() + 20
+        while len(job.ranks()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if job.ranks():
+            stopped.append(job.ranks()[0]["sid"])   # run() starts mpiexec as a session
+            for pid in procs.session(stopped[0]):   # mpiexec and the ranks: all stuck
+                os.kill(pid, signal.SIGSTOP)
 
-    timer = threading.Timer(2.5, three_interrupts)
+    timer = threading.Thread(target=stop_mpiexec)
     timer.start()
     try:
-        rc = launcher.run(argv, env, timeout=30)
+        assert launcher.run(argv, env, timeout=10) == launcher.TIMEOUT_STATUS
     finally:
-        timer.cancel()
-    assert rc != 0
-    ranks = job.ranks()
-    assert ranks, "the ranks never started"
-    mpiexec_pid = ranks[0]["sid"]  # run() starts mpiexec in a session of its own
-    assert not os.path.exists(os.path.join(tempfile.gettempdir(), f"ompi.{mpiexec_pid}"))
+        timer.join()
+    assert stopped, "the ranks never started"
+    assert not procs.alive(stopped[0])
+    # (not tempfile.gettempdir(): this file's fixture points it at the test's directory)
+    assert not os.path.exists(os.path.join(procs.session_base(env), f"ompi.{stopped[0]}"))
+
+
+def test_session_directories_are_where_open_mpi_puts_them():
+    assert procs.session_base({}) == "/tmp"
+    assert procs.session_base({"TMP": "/c", "TEMP": "/b"}) == "/b"
+    assert procs.session_base({"TMP": "/c", "TEMP": "/b", "TMPDIR": "/a"}) == "/a"
 
 
 def test_only_the_session_directories_of_ended_mpiexecs_are_removed(tmp_path):

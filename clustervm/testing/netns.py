@@ -767,6 +767,7 @@ class Job:
         self.cmd = list(cmd)
         full_env = dict(os.environ)
         full_env.update(env or {})
+        self._session_base = procs.session_base(full_env)   # where mpiexec's session goes
         self._out = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
         self._err = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
         self.t0 = time.monotonic()
@@ -796,7 +797,7 @@ class Job:
     def _remove_hnp_dir(self) -> None:
         """mpiexec (prterun, same pid) ended: remove its session dir $TMPDIR/ompi.<pid>
         if it was killed and left it (a later mpiexec with that pid could not start)."""
-        procs.remove_stale_session_dirs([self.proc.pid])
+        procs.remove_stale_session_dirs([self.proc.pid], self._session_base)
 
     def _kill_group(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
