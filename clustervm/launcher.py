@@ -616,6 +616,9 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
         env[WATCHED_ENV] = "1"
     t0 = time.monotonic()
     shm_before = procs.shm_files()
+    # an earlier mpiexec killed with its ranks left its session directory: one that gets
+    # its pid now would exit 213 at once (docs/troubleshooting.md)
+    procs.remove_stale_session_dirs(base=procs.session_base(env))
     # mpiexec gets SIGTERM when we end, even by SIGKILL: no job runs on unattended
     proc = subprocess.Popen(list(argv), env=env, start_new_session=True,
                             preexec_fn=procs.parent_death_setter(signal.SIGTERM))

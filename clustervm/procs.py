@@ -226,7 +226,8 @@ def session_dirs(base: str | None = None) -> dict[int, str]:
 
 def remove_stale_session_dirs(pids: Iterable[int] | None = None,
                               base: str | None = None) -> list[str]:
-    """Remove the session directories of mpiexecs that are gone (``pids``: only theirs).
+    """Remove the session directories of mpiexecs that are gone (``pids``: only theirs;
+    else every one of ours, that is, owned by this user).
 
     A SIGKILLed mpiexec whose ranks were killed too leaves its directory behind; a
     later mpiexec that gets the same pid (pid_max is 32768 on many hosts) finds it and
@@ -237,6 +238,15 @@ def remove_stale_session_dirs(pids: Iterable[int] | None = None,
     for pid, path in session_dirs(base).items():
         if (wanted is not None and pid not in wanted) or alive(pid):
             continue
+        if wanted is None and not _owned(path):
+            continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
+
+
+def _owned(path: str) -> bool:
+    try:
+        return os.stat(path).st_uid == os.getuid()
+    except OSError:
+        return False

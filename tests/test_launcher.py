@@ -695,6 +695,26 @@ def test_a_killed_mpiexec_leaves_no_session_directory(job, monkeypatch):
     assert not os.path.exists(os.path.join(procs.session_base(env), f"ompi.{stopped[0]}"))
 
 
+def test_run_first_removes_the_session_directories_killed_jobs_left(tmp_path):
+    """Before it starts mpiexec, run() removes the session directories of ours whose
+    mpiexec is gone (one with the new mpiexec's pid would make it exit 213 at once);
+    a running one's, and another user's, stay."""
+    gone = [subprocess.Popen(["true"]) for _ in range(2)]
+    for p in gone:
+        p.wait()
+    stale, live, other = (tmp_path / f"ompi.{gone[0].pid}", tmp_path / f"ompi.{os.getpid()}",
+                          tmp_path / f"ompi.{gone[1].pid}")
+    for d in (stale, live, other):
+        (d / "0").mkdir(parents=True)
+    if os.getuid() == 0:
+        os.chown(other, 65534, 65534)
+    else:
+        other = live        # not ours cannot be made without root: keep checking the live one
+    assert launcher.run(["sh", "-c", "exit 0"], {**os.environ, "TMPDIR": str(tmp_path)},
+                        timeout=10) == 0
+    assert not stale.exists() and live.exists() and other.exists()
+
+
 def test_session_directories_are_where_open_mpi_puts_them():
     assert procs.session_base({}) == "/tmp"
     assert procs.session_base({"TMP": "/c", "TEMP": "/b"}) == "/b"
