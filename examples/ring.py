@@ -39,6 +39,5 @@ def main(vm) -> None:
     for t in tids[1:]:
         vm.join(t)
     hops = a.tasks * a.rounds
-    nodes = sorted({row["node"] for row in vm.tasks() if row["tid"] in tids} or {"-"})
     print(f"ring: {a.tasks} tasks, {a.rounds} rounds, final token={out['token']} "
           f"(expected {hops}), {out['seconds'] / hops * 1e6:.1f} us per hop")

@@ -98,7 +98,7 @@ def test_nrecv_and_probe(app):
 
 def test_mcast(app):
     c = app["mcast"]
-    main, tids = c["main"], c["tids"]
+    main = c["main"]
     first, *others = c["got"]
     assert first == [main, [1, 2.5, "z"], None, False]     # the relay did not get its own
     assert others == [[main, [1, 2.5, "z"], "relayed", False]] * 2

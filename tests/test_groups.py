@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import operator
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from clustervm.core.groups import Groups
 from clustervm.protocol import MAIN_TID
 from clustervm.task import _op_ref
 
-from conftest import EXAMPLES, ROOT, run_job
+from conftest import EXAMPLES, run_job
 
 APPS = Path(__file__).resolve().parent / "apps"
 sys.path.insert(0, str(EXAMPLES))

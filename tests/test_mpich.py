@@ -26,7 +26,6 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 import time
 
 import pytest

@@ -1171,7 +1171,7 @@ class Core:
                 f"task(s) {', '.join(map(str, lost))} was on nodes lost at once; the group "
                 + (f"goes back to its checkpoint {epoch}, the newest on disk for every "
                    f"member" if epoch else "starts again from the start (no checkpoint "
-                   f"of it is on disk for every member yet)")))
+                   "of it is on disk for every member yet)")))
         for t in members:
             self._redone(t, ask, epoch)
             holders = ask.held.get(t.tid, {}).get(epoch, set()) & alive.keys()

@@ -20,7 +20,6 @@ import time
 
 import numpy as np
 
-import clustervm
 
 MASK = (1 << 61) - 1
 
