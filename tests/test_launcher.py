@@ -665,32 +665,36 @@ def test_real_job_sigint_is_passed_on(job):
 
 
 @pytest.mark.mpi
-def test_a_killed_mpiexec_leaves_no_session_directory(job, monkeypatch):
-    """A job that does not end on SIGTERM (stopped here, mpiexec and ranks) is SIGKILLed
-    after the grace, and mpiexec then leaves $TMPDIR/ompi.<pid> behind (the ranks remove
-    it when they get to end on SIGTERM); a later mpiexec that gets the same pid would
-    exit 213 at once (seen in CI, where pid_max is 32768). run() removes it."""
-    monkeypatch.setattr(launcher, "KILL_GRACE_S", 1.0)
+def test_a_killed_mpiexec_leaves_no_session_directory(job):
+    """A job stuck so that it cannot end on a signal (stopped here, mpiexec and ranks) is
+    SIGKILLed at the third Ctrl-C, and mpiexec then leaves $TMPDIR/ompi.<pid> behind
+    (ranks that get to end on SIGTERM remove it); a later mpiexec that gets the same pid
+    would exit 213 at once (seen in CI, where pid_max is 32768). run() removes it."""
     argv, env = job(2, 60)
     stopped: list[int] = []
 
-    def stop_mpiexec():
+    def stop_then_interrupt():
         deadline = time.monotonic() + 20
         while len(job.ranks()) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        if job.ranks():
+        if len(job.ranks()) == 2:
             stopped.append(job.ranks()[0]["sid"])   # run() starts mpiexec as a session
             for pid in procs.session(stopped[0]):   # mpiexec and the ranks: all stuck
                 os.kill(pid, signal.SIGSTOP)
+        for _ in range(3):      # apart: pending signals of one kind merge into one
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
 
-    timer = threading.Thread(target=stop_mpiexec)
-    timer.start()
+    handler = signal.getsignal(signal.SIGINT)
+    helper = threading.Thread(target=stop_then_interrupt)
+    helper.start()
     try:
-        assert launcher.run(argv, env, timeout=10) == launcher.TIMEOUT_STATUS
+        rc = launcher.run(argv, env, timeout=30)
     finally:
-        timer.join()
+        helper.join()
     assert stopped, "the ranks never started"
-    assert not procs.alive(stopped[0])
+    assert rc != 0 and signal.getsignal(signal.SIGINT) is handler
+    assert wait_gone([stopped[0]], 5)
     # (not tempfile.gettempdir(): this file's fixture points it at the test's directory)
     assert not os.path.exists(os.path.join(procs.session_base(env), f"ompi.{stopped[0]}"))
 
