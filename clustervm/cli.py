@@ -344,7 +344,19 @@ def _setup_logging(name: str) -> None:
                         format=f"{PROG}: %(levelname)s: %(message)s")
 
 
+#: Set in every rank by the launchers clustervm knows (Open MPI, MPICH's Hydra, Slurm,
+#: Cray PALS): an app started without any of them runs alone (an MPI "singleton").
+_LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE",
+                  "SLURM_STEP_ID", "MPI_LOCALNRANKS", "PALS_RANKID")
+
+
 def _run_app(path: str, args: list[str]) -> int:
+    if not os.path.isfile(path) and not any(v in os.environ for v in _LAUNCHER_VARS):
+        # typed in a shell, most likely: say so without starting MPI (under a launcher,
+        # rank 0 says it once, after MPI_Init)
+        print(f"{PROG}: error: {path!r} is neither a command ({', '.join(COMMANDS)}) nor an "
+              f"application file; run an app with `{PROG} run -n 3 app.py`", file=sys.stderr)
+        return USAGE_ERROR
     if "SLURM_STEP_ID" in os.environ:   # started by srun (only then is the module needed)
         from .slurm import direct_launch_error
         problem = direct_launch_error()   # srun without a PMI: every task would run alone

@@ -49,11 +49,15 @@ def setup_logging(level: str, rank: int, host: str) -> None:
         log.warning("CLUSTERVM_LOG_LEVEL=%r is not a logging level; using WARNING", level)
 
 
+def _missing_app(path: str) -> str:
+    return (f"application file {path!r} not found; give the path of a Python file that "
+            f"defines main(vm)")
+
+
 def load_app(path: str) -> ModuleType:
     """Import the application file as module ``__clustervm_app__`` (same on every rank)."""
     if not os.path.isfile(path):
-        raise ClusterVMError(f"application file {path!r} not found; give the path of a Python "
-                             f"file that defines main(vm)")
+        raise ClusterVMError(_missing_app(path))
     path = os.path.abspath(path)
     sys.path.insert(0, os.path.dirname(path))
     spec = importlib.util.spec_from_file_location(APP_MODULE, path)
@@ -80,6 +84,10 @@ def run_app(path: str, args: list[str]) -> int:
     _mark_started(MPI, rank)
     from .site import hostname
     setup_logging(config.log_level, rank, hostname())
+    if not os.path.isfile(path):    # no traceback to show (load_app's own check)
+        if rank == 0:
+            print(f"clustervm: error: {_missing_app(path)}", file=sys.stderr)
+        return _fail_start(1, rank)
     try:
         module = load_app(path)
     except BaseException as exc:   # noqa: BLE001 - the app cannot be loaded on this rank

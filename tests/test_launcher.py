@@ -408,13 +408,41 @@ def test_cli_version(capsys):
     assert capsys.readouterr().out.startswith("clustervm ")
 
 
-def test_cli_app_mode_calls_runtime(monkeypatch):
+def test_cli_app_mode_calls_runtime(monkeypatch, tmp_path):
     calls = []
     fake = types.ModuleType("clustervm.runtime")
     fake.run_app = lambda path, args: calls.append((path, args)) or 7
     monkeypatch.setitem(sys.modules, "clustervm.runtime", fake)
-    assert cli.main(["app.py", "--x", "1", "run"]) == 7
-    assert calls == [("app.py", ["--x", "1", "run"])]
+    app = tmp_path / "app.py"
+    app.write_text("def main(vm): pass\n")
+    assert cli.main([str(app), "--x", "1", "run"]) == 7
+    assert calls == [(str(app), ["--x", "1", "run"])]
+
+
+def test_cli_neither_command_nor_file_outside_a_launcher_starts_no_mpi():
+    """`clustervm simulate` typed in a shell: a usage error, without starting MPI (which
+    would leave a 16 MiB /dev/shm segment behind as a singleton); under a launcher the
+    app mode goes on (rank 0 says the file is missing, once)."""
+    env = {k: v for k, v in os.environ.items() if k not in cli._LAUNCHER_VARS}
+    code = ("import sys; from clustervm import cli; rc = cli.main(['simulate', '--nodes', "
+            "'3']); print('mpi' if 'mpi4py.MPI' in sys.modules else 'no mpi'); sys.exit(rc)")
+    out = subprocess.run([PY, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert out.returncode == 2, out
+    assert out.stdout.strip() == "no mpi"
+    assert ("'simulate' is neither a command (run, info, timeline) nor an application file"
+            in out.stderr), out.stderr
+
+
+@pytest.mark.mpi
+def test_a_missing_app_file_under_mpiexec_is_said_once_without_a_traceback(tmp_path):
+    argv, env = launcher.build_command(2, str(tmp_path / "missing.py"), [],
+                                       mpiexec=real_mpiexec())
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert out.stderr.count("missing.py' not found; give the path of a Python file") == 1, \
+        out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
 
 
 # ---------------------------------------------------------------- run()
