@@ -164,11 +164,12 @@ def shm_files() -> set[str]:
         return set()
 
 
-def mapped_shm() -> set[str]:
-    """/dev/shm paths some live process has mapped (a running job's: never removed)."""
+def mapped_shm(but: int | None = None) -> set[str]:
+    """/dev/shm paths some live process (other than ``but``) has mapped (a running
+    job's: never removed)."""
     used: set[str] = set()
     for pid in os.listdir("/proc"):
-        if not pid.isdigit():
+        if not pid.isdigit() or int(pid) == but:
             continue
         try:
             with open(f"/proc/{pid}/maps") as f:
@@ -181,13 +182,15 @@ def mapped_shm() -> set[str]:
     return used
 
 
-def remove_stale_shm(before: set[str]) -> list[str]:
+def remove_stale_shm(before: set[str], ours: bool = False) -> list[str]:
     """Remove the MPI shared-memory files made since ``before`` that no live process maps:
-    what a killed job leaves behind (16 MiB each, DESIGN.md). Returns the names removed."""
+    what a killed job leaves behind (16 MiB each, DESIGN.md); with ``ours``, also those
+    this process maps (it is leaving: the mapping lasts until it exits). Returns the
+    names removed."""
     new = shm_files() - before
     if not new:
         return []
-    in_use = mapped_shm()
+    in_use = mapped_shm(but=os.getpid() if ours else None)
     removed = []
     for name in sorted(new):
         path = os.path.join(SHM_DIR, name)

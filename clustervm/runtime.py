@@ -22,6 +22,7 @@ import traceback
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable
 
+from . import procs
 from .config import Config
 from .errors import ClusterVMError
 
@@ -78,8 +79,14 @@ def run_app(path: str, args: list[str]) -> int:
         print(f"clustervm: error: {exc}", file=sys.stderr)
         return _exit(2)
     _import_role()
+    shm_before = procs.shm_files()
     from mpi4py import MPI
     rank = MPI.COMM_WORLD.Get_rank()
+    if MPI.COMM_WORLD.Get_size() == 1 and MPI.Comm.Get_parent() == MPI.COMM_NULL:
+        # alone (`clustervm app.py` typed without a launcher, as a rule): Open MPI 5 leaves
+        # this process's 16 MiB shared-memory segment behind even after MPI_Finalize
+        global _own_shm_before
+        _own_shm_before = shm_before
     _leave_with_launcher()
     _mark_started(MPI, rank)
     from .site import hostname
@@ -431,6 +438,7 @@ _marker = ""      # rank 0: the launcher's start marker (its ".done" gets the ex
 _started = False  # the marker is written
 _watched = False  # the launcher watches this start (and starts the job again on a loss)
 _clean = True     # no failure seen: MPI_Finalize is safe (it can hang after failures)
+_own_shm_before: set[str] | None = None   # a one-rank job: /dev/shm before MPI_Init
 
 
 def _note_failures(failed: object) -> None:
@@ -460,6 +468,8 @@ def _exit(code: int) -> int:
                 timer.daemon = True
                 timer.start()
                 _finalize(MPI)
+        if _own_shm_before is not None:
+            procs.remove_stale_shm(_own_shm_before, ours=True)
     finally:
         os._exit(code)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -432,6 +433,29 @@ def test_cli_neither_command_nor_file_outside_a_launcher_starts_no_mpi():
     assert out.stdout.strip() == "no mpi"
     assert ("'simulate' is neither a command (run, info, timeline) nor an application file"
             in out.stderr), out.stderr
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="needs root and unshare (a hostname of its own for the singleton)")
+def test_an_app_run_alone_leaves_no_shared_memory_behind():
+    """`clustervm app.py` typed without a launcher: Open MPI 5 starts as a singleton and
+    leaves its 16 MiB /dev/shm/sm_segment.<host>.* behind even after MPI_Finalize; the
+    rank removes it. A hostname of its own (a UTS namespace) names its segment."""
+    host = f"cvm1r{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if k not in cli._LAUNCHER_VARS}
+    out = subprocess.run(["unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$@"',
+                          "sh", PY, "-m", "clustervm", str(ROOT / "examples" / "hello.py")],
+                         env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    try:
+        assert out.returncode == 2, out
+        assert "a VM needs at least 2 ranks" in out.stderr, out.stderr
+        assert not [n for n in os.listdir("/dev/shm") if f".{host}." in n]
+    finally:
+        shutil.rmtree(os.path.join(procs.session_base(), f"ompi.{host}.0"), ignore_errors=True)
+        for n in os.listdir("/dev/shm"):
+            if f".{host}." in n:
+                os.unlink(os.path.join("/dev/shm", n))
 
 
 @pytest.mark.mpi
