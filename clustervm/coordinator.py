@@ -478,19 +478,12 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         rec = self.tasks.get(tid)
         if rec is None or not delivered:
             return
-        by_rank: dict[int, list] = {}
-        for src in delivered:
-            loc = self.locations.get(int(src))
-            srec = self.tasks.get(int(src))
-            rank_of = loc.rank if loc is not None else (srec.node if srec else None)
-            if rank_of is not None:
-                by_rank.setdefault(rank_of, []).append(src)
-        item = P.Loc([(tid, rec.node, rec.inc, rec.replay, delivered)])
-        for r in by_rank:
-            if r == self.rank:
-                self._on_loc(0, item)
-            else:
-                self.transport.post(r, item.encode())
+
+        def rank_of(src: int) -> int | None:
+            loc, srec = self.locations.get(int(src)), self.tasks.get(int(src))
+            return loc.rank if loc is not None else (srec.node if srec else None)
+
+        self._tell_senders(tid, rec.node, rec.inc, rec.replay, delivered, rank_of)
 
     def _do_group_rolled_back(self, ins: I.GroupRolledBack) -> None:
         log.warning("checkpoint group %d (%d task(s)) rolled back to its checkpoint %d",
@@ -689,9 +682,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         naming it rather than waiting forever."""
         log.error("the coordinator failed on %s from rank %d", P.kind_of(raw), src,
                   exc_info=exc)
-        self.internal_error(f"clustervm's coordinator failed on {P.kind_of(raw)} from "
-                            f"rank {src}: {type(exc).__name__}: {exc} (at "
-                            f"{remote.raised_at(exc)})", exc)
+        self.internal_error(f"clustervm's coordinator {self._failed_on(src, raw, exc)}", exc)
 
     def internal_error(self, what: str, exc: BaseException | None = None) -> None:
         """clustervm failed (``what`` happened; a bug of ours): the job ends with an

@@ -14,12 +14,11 @@ This module imports no MPI: the shells type their ``transport`` against it.
 from __future__ import annotations
 
 import logging
-import os
-import traceback
 from typing import Any, Callable, Iterable, Protocol
 
 from . import wire
 from .errors import WireError
+from .remote import raised_at
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +173,7 @@ def dispatch(handler: Handler, src: int, payload: Any, bufs: list[Any],
         verdict = handler(src, msg)
         return verdict if verdict is QUIET else verdict is not False
     except Exception as exc:   # noqa: BLE001 - one bad message never stops the loop
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        log.error("the handler failed on a message from rank %d (%s): %s: %s (at %s:%d in "
-                  "%s); dropped", src, summary(msg), type(exc).__name__, exc,
-                  os.path.basename(where.filename), where.lineno, where.name)
+        log.error("the handler failed on a message from rank %d (%s): %s: %s (at %s); "
+                  "dropped", src, summary(msg), type(exc).__name__, exc, raised_at(exc))
         log.debug("the handler's traceback", exc_info=True)
         return False

@@ -214,12 +214,10 @@ class Node(Site):
     def _handler_failed(self, src: int, raw: Any, exc: Exception) -> None:
         """The message dropped (a SPAWN, a COPY) may be one the job waits on: the
         coordinator is told, and ends the job with an InternalError naming it."""
-        what = P.kind_of(raw)
-        log.error("node %d failed on %s from rank %d", self.rank, what, src, exc_info=exc)
+        log.error("node %d failed on %s from rank %d", self.rank, P.kind_of(raw), src,
+                  exc_info=exc)
         try:
-            self.call_start("node_failed", f"failed on {what} from rank {src}: "
-                            f"{type(exc).__name__}: {exc} (at {remote.raised_at(exc)})",
-                            post=True)
+            self.call_start("node_failed", self._failed_on(src, raw, exc), post=True)
         except PeerFailed:
             pass        # the coordinator is gone: the node leaves anyway
 
@@ -436,14 +434,12 @@ class Node(Site):
         loc = self.locations.get(ctx.tid)
         if not delivered or loc is None or not loc.replay:
             return
-        item = P.Loc([(ctx.tid, self.rank, ctx.inc, True, delivered)])
-        ranks = {src.rank for src in (self.locations.get(int(s)) for s in delivered)
-                 if src is not None and src.rank >= 0}
-        for r in ranks:
-            if r == self.rank:
-                self._on_loc(r, item)
-            else:
-                self.transport.post(r, item.encode())
+
+        def rank_of(src: int) -> int | None:
+            at = self.locations.get(int(src))
+            return None if at is None else at.rank
+
+        self._tell_senders(ctx.tid, self.rank, ctx.inc, True, delivered, rank_of)
 
     def _on_buddy(self, src: int, msg: P.Buddy) -> None:
         """The nodes alive changed: copies go to node ``msg.rank`` from now on. The

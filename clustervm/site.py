@@ -116,6 +116,13 @@ class Site:
         message is lost, so the job cannot go on exactly; each shell says how it ends."""
         raise exc
 
+    @staticmethod
+    def _failed_on(src: int, raw: Any, exc: Exception) -> str:
+        """What :meth:`_handler_failed` says: the message, its sender, the error and
+        where it was raised."""
+        return (f"failed on {P.kind_of(raw)} from rank {src}: {type(exc).__name__}: {exc} "
+                f"(at {remote.raised_at(exc)})")
+
     def where(self) -> str:
         return f"node {self.rank} (host {self.host}, pid {self.pid})"
 
@@ -295,6 +302,19 @@ class Site:
         entries.append((seq, tag, copy))
         sizes[dst] = size
         return True
+
+    def _tell_senders(self, tid: int, rank: int, inc: int, replay: bool, delivered: dict,
+                      rank_of: Callable[[int], int | None]) -> None:
+        """Task ``tid`` (incarnation ``inc`` on ``rank``) has a checkpoint held that counts
+        ``delivered`` (per sender): one LOC to each node where a sender runs
+        (``rank_of``), which then forgets those messages."""
+        item = P.Loc([(tid, rank, inc, replay, delivered)])
+        ranks = {r for r in map(rank_of, delivered) if r is not None and r >= 0}
+        for r in ranks:
+            if r == self.rank:
+                self._on_loc(r, item)
+            else:
+                self.transport.post(r, item.encode())
 
     def _on_loc(self, src_rank: int, msg: P.Loc) -> None:
         """Locations changed: forget stale ones; replay logged messages to moved tasks."""
