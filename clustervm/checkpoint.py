@@ -57,6 +57,7 @@ import os
 import re
 import struct
 import threading
+import time
 import uuid
 import zlib
 from typing import Any, Callable, Sequence
@@ -299,6 +300,17 @@ class CheckpointStore:
         self._slots: dict[str, set[str]] = {}   # {stem: its slot files, kept or free}
         self._stem_key: dict[str, str] = {}
         self._bad: set[str] = set()  # paths already reported corrupt
+        # Without ``fsync`` (a write-behind store): what :meth:`sync` makes durable and
+        # what it must keep meanwhile. Written since the last sync: files, and whether
+        # the directory changed (a slot created or deleted).
+        self._dirty: set[str] = set()
+        self._dir_dirty = False
+        #: the versions the last sync made durable, as its record names them: {stem:
+        #: (key, {seq: path})}. Their files are neither rewritten nor deleted until the
+        #: next sync's record is durable (a power cut meanwhile goes back to them).
+        self._pins: dict[str, tuple[str, dict[int, str]]] = {}
+        self._pinned: set[str] = set()          # their paths
+        self._deferred: set[str] = set()        # pinned files to delete after the next sync
         self.directory: str | None = None
         self.path: str | None = None  # DIR/ckpt
         if directory is not None:
@@ -433,7 +445,7 @@ class CheckpointStore:
         with self._lock:
             versions = self._disk.setdefault(stem, {})
             slots = self._slots.setdefault(stem, set())
-            free = sorted(slots.difference(versions.values()))
+            free = sorted(slots.difference(versions.values(), self._pinned))
         if free:
             path = free[0]
             written = self._rewrite(path, kb, seq, frames)
@@ -448,15 +460,18 @@ class CheckpointStore:
             versions[seq] = path
             self._stem_key[stem] = key
             self._bad.discard(path)
+            if not self.fsync:
+                self._dirty.add(path)
             old = sorted(versions, reverse=True)[self.keep:]
             released = [versions.pop(s) for s in old]
             self.stats.pruned += len(old)
             # a version in a file of its own (the layout before slots), and free slots
-            # beyond one, are deleted
+            # beyond one, are deleted (a pinned one after the next sync)
             doomed = [p for p in released if p not in slots]
-            for p in sorted(slots.difference(versions.values()))[1:]:
+            for p in sorted(slots.difference(versions.values(), self._pinned))[1:]:
                 slots.discard(p)
                 doomed.append(p)
+            doomed = self._not_pinned(doomed)
         for p in doomed:
             try:
                 os.unlink(p)
@@ -503,6 +518,9 @@ class CheckpointStore:
             raise self._failed(final, exc) from None
         if self.fsync:
             _fsync_dir(self.path)
+        else:
+            with self._lock:
+                self._dir_dirty = True
         return total
 
     def _rewrite(self, path: str, kb: bytes, seq: int, frames: list[Frame]) -> int:
@@ -616,10 +634,19 @@ class CheckpointStore:
                         self._bad.discard(p)
                 if found or paths:
                     self.stats.dropped += 1
+                paths = self._not_pinned(paths)
             self._delete(paths, key)
 
+    def _not_pinned(self, paths: list[str]) -> list[str]:
+        """Of the files ``paths`` to delete, those the last sync did not pin; the pinned
+        ones are deleted after the next sync (under ``self._lock``)."""
+        keep = [p for p in paths if p in self._pinned]
+        self._deferred.update(keep)
+        return [p for p in paths if p not in self._pinned]
+
     def _delete(self, paths: list[str], key: str) -> None:
-        """Delete the files ``paths`` of ``key`` (durably if ``fsync``)."""
+        """Delete the files ``paths`` of ``key`` (durably if ``fsync``, else at the next
+        :meth:`sync`)."""
         for p in paths:
             try:
                 os.unlink(p)
@@ -630,11 +657,15 @@ class CheckpointStore:
         if paths and self.fsync:
             assert self.path is not None
             _fsync_dir(self.path)
+        elif paths:
+            with self._lock:
+                self._dir_dirty = True
 
     def drop_after(self, key: str, seq: int) -> None:
         """Forget the checkpoints of ``key`` newer than ``seq`` (its checkpoint group went
         back to ``seq``: they are of a course it no longer takes), in memory and on disk."""
         _key_bytes(key)
+        voided: list[str] = []
         with self._stripe(key):
             with self._lock:
                 for held in (self._prev, self._mem):
@@ -654,8 +685,122 @@ class CheckpointStore:
                     paths += sorted(slots.difference(versions.values()).difference(paths))
                     for p in paths:
                         self._bad.discard(p)
+                    # a pinned one stays until the next sync (a power cut before it goes
+                    # back to it) but is marked unfinished now: a resume of this boot
+                    # does not find it
+                    voided = [p for p in paths if p in self._pinned]
+                    paths = self._not_pinned(paths)
+                    for p in paths:
                         slots.discard(p)
+            for p in voided:
+                self._void(p)
             self._delete(paths, key)
+
+    def _void(self, path: str) -> None:
+        """Mark the version in ``path`` unfinished (its magic zeroed): never read again."""
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                _pwrite_all(fd, _INTERRUPTED, 0)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("cannot void the checkpoint %s: %s", path, exc)
+            return
+        with self._lock:
+            self._dirty.add(path)
+
+    # -- syncs (a store without ``fsync``) -----------------------------------
+
+    @property
+    def dirty(self) -> bool:
+        """Has anything been written or deleted since the last :meth:`sync`?"""
+        with self._lock:
+            return bool(self._dirty or self._dir_dirty or self._deferred)
+
+    def sync(self, commit: Callable[[dict[str, list[int]], list[str]], None] | None = None,
+             full: bool = False) -> None:
+        """Make the versions kept now durable (``fdatasync``; of the directory too if a
+        file was created or deleted) and pin them in place of the last sync's.
+
+        ``commit(kept, gone)`` records that durably before the old pins are let go (the
+        job journal's ``synced`` record): ``kept`` maps each key whose kept versions
+        changed since the last sync (every key if ``full``) to their seqs, ``gone`` lists
+        the keys that have none any more. Until then the last sync's versions are neither
+        rewritten nor deleted, so a power cut at any moment finds the versions of the
+        last recorded sync whole. Raises CheckpointError if a file cannot be synced (the
+        old pins stay)."""
+        if self.path is None:
+            return
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+            dir_dirty, self._dir_dirty = self._dir_dirty, False
+            kept = {stem: (self._stem_key[stem], dict(v))
+                    for stem, v in self._disk.items() if v and stem in self._stem_key}
+        try:
+            paths = {p for _, v in kept.values() for p in v.values()}
+            for path in sorted(dirty & paths):
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue
+                try:
+                    _fdatasync(fd)
+                finally:
+                    os.close(fd)
+            if dir_dirty:
+                _fsync_dir(self.path)
+        except OSError as exc:
+            with self._lock:
+                self._dirty |= dirty
+                self._dir_dirty |= dir_dirty
+            raise CheckpointError(f"cannot sync the checkpoints in {self.path}: {exc}") from None
+        changed = {key: sorted(v) for stem, (key, v) in kept.items()
+                   if full or self._pins.get(stem) != (key, v)}
+        gone = sorted(key for stem, (key, _) in self._pins.items() if stem not in kept)
+        if commit is not None:
+            commit(changed, gone)
+        with self._lock:
+            self._pins = kept
+            self._pinned = set(paths)
+            released = sorted(self._deferred - self._pinned)
+            self._deferred &= self._pinned
+        for p in released:
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot delete old checkpoint %s: %s", p, exc)
+        if released:
+            with self._lock:
+                self._dir_dirty = True
+                for p in released:
+                    for slots in self._slots.values():
+                        slots.discard(p)
+
+    def restrict(self, allowed: dict[str, set[int]]) -> int:
+        """Keep only the versions ``allowed`` names (key -> seqs): the others are marked
+        unfinished or deleted, on disk too. After a power cut: a resume goes back to the
+        last sync's versions (a newer one may have reached the disk while another that
+        it depends on did not). Returns how many versions were given up."""
+        if self.path is None:
+            return 0
+        voided: list[str] = []
+        doomed: list[str] = []
+        with self._lock:
+            for stem, versions in self._disk.items():
+                key = self._stem_key.get(stem)
+                ok = allowed.get(key, set()) if key is not None else set()
+                for seq in [s for s in versions if s not in ok]:
+                    path = versions.pop(seq)
+                    (voided if path in self._slots.get(stem, ()) else doomed).append(path)
+            self._mem.clear()
+            self._prev.clear()
+        for p in voided:
+            self._void(p)
+        self._delete(doomed, "(versions newer than the last sync)")
+        return len(voided) + len(doomed)
 
     def keys(self) -> list[str]:
         """Keys that have a checkpoint (in memory, or on disk with a readable header)."""
@@ -681,19 +826,32 @@ class CheckpointStore:
 class WriteBehind:
     """Writes a store's checkpoints to its directory in a thread of its own, so the
     coordinator never waits for a disk: ``write(tid, inc, seq, blob)`` returns at once;
-    ``done(tid, inc, seq, error)`` is called from the thread once the file is durable
+    ``done(tid, inc, seq, error)`` is called from the thread once the file is written
     (``error`` None) or could not be written (a CheckpointError). Writes are done in
     the order they came, except that a ``skippable`` checkpoint whose task has a newer
     one queued behind it is skipped (no ``done``): the disk then only needs each
     task's newest. (A checkpoint group's are not skipped: on ``--resume`` its members
     go back to the newest checkpoint they all have on disk.)
     ``drop(tid)`` forgets a task's checkpoints after the writes queued before it;
-    ``drop_after(tid, seq)`` those newer than ``seq``, likewise."""
+    ``drop_after(tid, seq)`` those newer than ``seq``, likewise.
+
+    Written means durable with a store that syncs every write (``fsync``). Otherwise
+    a written file survives the death of any process at once, and at most
+    ``sync_every_s`` after a write the thread syncs the store and ``commit`` records
+    what that made durable (:meth:`CheckpointStore.sync`), which a power cut goes back
+    to. ``also_dirty()`` says whether something else the sync makes durable (the
+    journal, through ``commit``) was written: :meth:`poke` after writing it."""
 
     def __init__(self, store: CheckpointStore,
-                 done: Callable[[int, int, int, CheckpointError | None], None]) -> None:
+                 done: Callable[[int, int, int, CheckpointError | None], None],
+                 sync_every_s: float = 0.5,
+                 commit: Callable[[dict[str, list[int]], list[str]], None] | None = None,
+                 also_dirty: Callable[[], bool] | None = None) -> None:
         self.store = store
         self._done = done
+        self._every = sync_every_s
+        self._commit = commit
+        self._also_dirty = also_dirty
         self._queue: queue.SimpleQueue[tuple[str, int, int, int, Any]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="cvm-ckpt-writer", daemon=True)
         self._thread.start()
@@ -707,8 +865,13 @@ class WriteBehind:
     def drop_after(self, tid: int, seq: int) -> None:
         self._queue.put(("drop-after", tid, 0, seq, None))
 
+    def poke(self) -> None:
+        """Something ``also_dirty`` watches was written: sync within ``sync_every_s``."""
+        self._queue.put(("poke", 0, 0, 0, None))
+
     def close(self, timeout: float) -> bool:
-        """Finish what is queued (at most ``timeout`` seconds); True if all was done."""
+        """Finish what is queued and sync (at most ``timeout`` seconds); True if all was
+        done."""
         self._queue.put(("stop", 0, 0, 0, None))
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -716,10 +879,13 @@ class WriteBehind:
             return False
         return True
 
-    def _batch(self) -> list[tuple[str, int, int, int, Any]]:
-        """What is queued (waiting for one item), without the writes a later write of
-        the same task supersedes."""
-        items = [self._queue.get()]
+    def _batch(self, timeout: float | None) -> list[tuple[str, int, int, int, Any]]:
+        """What is queued (waiting for one item at most ``timeout`` seconds), without the
+        writes a later write of the same task supersedes."""
+        try:
+            items = [self._queue.get(timeout=timeout)]
+        except queue.Empty:
+            return []
         while True:
             try:
                 items.append(self._queue.get_nowait())
@@ -735,11 +901,34 @@ class WriteBehind:
                 if item[0] != "write" or newest.get(item[1]) == i]
 
     def _run(self) -> None:
+        due: float | None = None     # when to sync what was written since the last sync
         while True:
-            for op, tid, inc, seq, blob in self._batch():
+            timeout = None if due is None else max(0.0, due - time.monotonic())
+            for op, tid, inc, seq, blob in self._batch(timeout):
                 if op == "stop":
+                    self._sync()
                     return
-                self._do(op, tid, inc, seq, blob)
+                if op != "poke":
+                    self._do(op, tid, inc, seq, blob)
+            if self.store.fsync:
+                continue
+            now = time.monotonic()
+            if due is None and (self.store.dirty or (self._also_dirty is not None
+                                                     and self._also_dirty())):
+                due = now + self._every
+            if due is not None and now >= due:
+                self._sync()
+                due = None
+
+    def _sync(self) -> None:
+        if self.store.fsync:
+            return
+        try:
+            self.store.sync(self._commit)
+        except CheckpointError as exc:
+            log.error("checkpoint writer: %s", exc)
+        except Exception:   # noqa: BLE001 - the writer must outlive one bad call
+            log.exception("checkpoint writer: sync failed")
 
     def _do(self, op: str, tid: int, inc: int, seq: int, blob: Any) -> None:
         try:

@@ -71,6 +71,8 @@ class Config:
     checkpoint_disk_s: float = 0.0
     #: CLUSTERVM_CHECKPOINT_GROUP_DISK_S: with checkpoint_dir, the shortest time between two epochs of a checkpoint group that go to disk, in seconds (every epoch is held in memory on two nodes; 0: every one).
     checkpoint_group_disk_s: float = 0.25
+    #: CLUSTERVM_CHECKPOINT_SYNC_S: with checkpoint_dir, how often what was written there is synced to the disk, in seconds: a power cut of rank 0's machine goes back at most about that far (a killed job: not at all); 0: every checkpoint is synced before it counts (slower).
+    checkpoint_sync_s: float = 0.5
     #: CLUSTERVM_RESUME: resume the job journaled in checkpoint_dir (1/0).
     resume: bool = False
     #: CLUSTERVM_SLOTS: tasks run at the same time by one node.

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from . import procs
 from . import protocol as P
-from . import remote, wire
+from . import remote, syncs, wire
 from .api import CoordinatorAPI
 from .checkpoint import CheckpointStore, WriteBehind
 from .config import Config
@@ -152,7 +152,9 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         self.exits: dict[int, tuple[bool, Any]] = {}
         self._tids = itertools.count(P.MAIN_TID + 1)
         self.events = EventLog(self.t0)
-        self.store = CheckpointStore(ckdir)
+        #: with a directory, written files are synced every checkpoint_sync_s (clustervm.syncs)
+        strict = config.checkpoint_sync_s <= 0
+        self.store = CheckpointStore(ckdir, fsync=strict)
         self.journal: Journal | None = Journal(ckdir, fsync=False) if ckdir else None
         self.main_ctx = TaskContext(self, P.MAIN_TID, None)
         self.contexts[P.MAIN_TID] = self.main_ctx
@@ -177,7 +179,11 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         #: checkpoint after which it sent the others nothing, else -1; E.SpawnedExited)
         self._ended_cuts: dict[int, int] = {}
         #: with --checkpoint-dir, checkpoints are written by this thread, behind the run
-        self._writer = WriteBehind(self.store, self._written) if ckdir else None
+        self._writer = WriteBehind(
+            self.store, self._written, config.checkpoint_sync_s, self._synced,
+            lambda: self.journal is not None and self.journal.dirty) if ckdir else None
+        #: what a resume after a power cut gave up (clustervm.syncs), for the report
+        self._went_back: str | None = None
         self._src = 0                           # the rank whose request is being served
         self._unjournaled: dict[int, CheckpointError] = {}   # tid -> why it was not
         #: restart time per lost node (the report): detection -> the last of its tasks
@@ -208,8 +214,16 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             I.Fatal: self._do_fatal, I.Answer: self._do_answer,
             I.AskHeld: self._do_ask_held, I.TellBuddy: self._do_tell_buddy,
         }
-        if self.journal is not None and config.resume:
-            self._load_journal()
+        if self.journal is not None:
+            if config.resume:
+                self._went_back = syncs.back_to_last_sync(self.journal, self.store)
+                self._load_journal()
+            # a power cut from here on goes back to what is on disk now, or later
+            if strict:
+                syncs.record_sync(self.journal, {}, [], full=True, strict=True)
+            else:
+                self.store.sync(lambda kept, gone: syncs.record_sync(
+                    self.journal, kept, gone, full=True), full=True)
 
     # -- the core and its instructions ---------------------------------------------
 
@@ -416,6 +430,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             sent = self._exit_outlogs.pop(ins.tid, None)
             payload, bufs = wire.dumps((ins.digest, ins.ok, ins.value, sent, ins.cut))
             self.journal.append("done", str(ins.tid), [payload, *bufs])
+            if self._writer is not None:
+                self._writer.poke()         # synced with the next checkpoints
         except CheckpointError as exc:
             # the caller learns it now, from the task's future or join (the ResolveTask
             # that follows): a result that is not journaled would be lost to --resume
@@ -439,6 +455,11 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             self.store.save(str(ins.tid), ins.seq, [blob], write=False, keep_previous=group,
                             copy=False)
             self._writer.write(ins.tid, ins.inc, ins.seq, blob, skippable=not group)
+
+    def _synced(self, kept: dict[str, list[int]], gone: list[str]) -> None:
+        """The writer synced the store: journal what is durable now (its thread)."""
+        assert self.journal is not None
+        syncs.record_sync(self.journal, kept, gone)
 
     def _written(self, tid: int, inc: int, seq: int, error: CheckpointError | None) -> None:
         """The write-behind thread wrote checkpoint ``seq`` of task ``tid`` (or failed)."""
@@ -997,7 +1018,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                 parts.append("running again from checkpoints after loss detected: "
                              + ", ".join(running))
         if self.config.resume:
-            parts.append(f"resumed: {s['reused']} finished task(s) reused from the journal")
+            parts.append(f"resumed: {s['reused']} finished task(s) reused from the journal"
+                         + (f" ({self._went_back})" if self._went_back else ""))
         return "clustervm report: " + "; ".join(parts)
 
     def service_loop(self) -> None:
@@ -1026,8 +1048,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                             t.last_heard[r] = now
                     else:
                         self.check_heartbeats()
-                    if self.journal is not None:
-                        self.journal.sync()
+                    if self.journal is not None and self.store.fsync:
+                        self.journal.sync()     # else the writer's syncs (clustervm.syncs)
                     next_check = now + 0.1
                 last_loop = now
             except Exception:   # noqa: BLE001 - never lose the service loop silently

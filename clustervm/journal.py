@@ -284,6 +284,34 @@ class Journal:
                     "check free space and permissions"
                 ) from None
 
+    @property
+    def dirty(self) -> bool:
+        """Has a record been appended since the last sync?"""
+        return self._dirty
+
+    def cut(self, keep: int) -> int:
+        """Keep the first ``keep`` records and cut the others off, durably (a resume that
+        goes back to an earlier moment of the job); returns how many were cut."""
+        with self._lock:
+            if self._fd < 0:
+                raise CheckpointError(f"journal {self.path} is closed")
+            size = self._end
+            if size <= len(FILE_MAGIC):
+                return 0
+            with mmap.mmap(self._fd, size, access=mmap.ACCESS_READ) as buf:
+                spans = _scan(buf, size).spans
+            if keep >= len(spans):
+                return 0
+            end = spans[keep - 1][0] + spans[keep - 1][1] if keep > 0 else len(FILE_MAGIC)
+            try:
+                os.ftruncate(self._fd, end)
+                self._sync_now()
+            except OSError as exc:
+                raise CheckpointError(f"cannot cut the journal {self.path}: {exc}") from None
+            self._end = end
+            self._tail = 0
+            return len(spans) - keep
+
     def sync(self) -> None:
         """Make every record appended so far durable (flush + fsync)."""
         with self._lock:

@@ -22,6 +22,15 @@ def hostname() -> str:
     return socket.gethostname()
 
 
+def boot_id() -> str:
+    """This machine's boot id (Linux: a new one each boot), or "" where there is none."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def state(pid: int) -> str:
     """The state letter of ``pid`` ("R", "S", "T" stopped, "Z" zombie...; "" if gone)."""
     try:

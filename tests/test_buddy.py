@@ -154,3 +154,52 @@ def journal_has_done(ck: Path) -> bool:
         return b"done" in (ck / "journal.log").read_bytes()
     except FileNotFoundError:
         return False
+
+
+def _as_if_written_on_another_boot(ck: Path) -> int:
+    """Rewrite the journal of ``ck`` as if an earlier boot of this machine had written
+    it (its ``synced`` records name another boot id); returns how many there are."""
+    from clustervm import wire
+    from clustervm.journal import JOURNAL_NAME, Journal
+    from clustervm.syncs import SYNCED
+    with Journal(ck, fsync=False) as old:
+        records = list(old.replay())
+    fresh = ck / "rewritten"
+    synced = 0
+    with Journal(fresh) as new:
+        for rec in records:
+            frames = rec.frames
+            if rec.kind == SYNCED:
+                info = wire.loads(frames[0], frames[1:])
+                info["boot"] = "an-earlier-boot"
+                payload, bufs = wire.dumps(info)
+                frames = [payload, *bufs]
+                synced += 1
+            new.append(rec.kind, rec.key, frames)
+    os.replace(fresh / JOURNAL_NAME, ck / JOURNAL_NAME)
+    return synced
+
+
+def test_resumed_after_a_power_cut_goes_back_to_the_last_sync(job, tmp_path):
+    """The coordinator is killed; its journal then reads as written on an earlier boot
+    (a power cut: what the OS had not put on the disk may be lost, in any order). The
+    resume goes back to the last sync (journal cut there, only the checkpoints it named
+    kept), says so, and the result is still exact."""
+    want = expected()
+    marks, ck = tmp_path / "marks", tmp_path / "ck"
+    marks.mkdir()
+    env = {"CLUSTERVM_CHECKPOINT_SYNC_S": "0.2"}
+    j = job([RING, *ARGS, "--markers", str(marks)], n=5, timeout=TIMEOUT, env=env,
+            run_args=["--checkpoint-dir", str(ck)])
+    wait_for(lambda: len(ranks_with_checkpoints(marks, 12)) == 4, "12 checkpoints of every task",
+             j)
+    j.kill_rank(0)
+    assert j.wait().rc != 0, "the job went on without its coordinator"
+    assert _as_if_written_on_another_boot(ck) >= 2     # the one at the start, and later ones
+    res = job([RING, *ARGS], n=5, timeout=TIMEOUT, env=env,
+              run_args=["--resume", str(ck)]).wait()
+    assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
+    assert res.line("ring:") == want
+    assert "the machine restarted since the job directory was last synced" in res.err, res.err
+    m = re.search(r"(\d+) restored", report(res.err))
+    assert m and int(m.group(1)) >= 4, report(res.err)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -330,8 +331,8 @@ import sys
 from clustervm.checkpoint import CheckpointStore
 from clustervm.journal import Journal
 d = sys.argv[1]
-store = CheckpointStore(d, keep=2)
-journal = Journal(d)
+store = CheckpointStore(d, keep=2, fsync=sys.argv[2] == "1")
+journal = Journal(d, fsync=sys.argv[2] == "1")
 seq = 0
 while True:
     seq += 1
@@ -341,8 +342,10 @@ while True:
 """
 
 
-def test_killed_writer_loses_nothing_acknowledged(tmp_path):
-    """SIGKILL a process mid-save/append: everything it acknowledged is still there."""
+@pytest.mark.parametrize("fsync", [True, False], ids=["fsync", "no-fsync"])
+def test_killed_writer_loses_nothing_acknowledged(tmp_path, fsync):
+    """SIGKILL a process mid-save/append: everything it acknowledged is still there
+    (without fsync too: what was written survives the process)."""
     import signal
     import subprocess
     import sys
@@ -351,7 +354,8 @@ def test_killed_writer_loses_nothing_acknowledged(tmp_path):
     for _ in range(3):
         d = tmp_path / f"run{_}"
         proc = subprocess.Popen(
-            [sys.executable, "-c", CRASH_WRITER, str(d)], stdout=subprocess.PIPE,
+            [sys.executable, "-c", CRASH_WRITER, str(d), "1" if fsync else "0"],
+            stdout=subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": root}, text=True,
         )
         acked = 0
@@ -681,3 +685,172 @@ def test_a_slot_deleted_behind_the_stores_back_is_made_anew(tmp_path):
     store.save("k", 4, [b"v4"])
     assert [file_version(p)[1] for p in ckpt_files(tmp_path)] == [2, 3, 4]
     assert CheckpointStore(tmp_path).load("k") == (4, [b"v4"])
+
+
+# -- syncs (a store without fsync, as the coordinator's writer uses it) ---------
+
+
+def test_sync_pins_the_versions_it_made_durable_until_the_next(tmp_path):
+    """A store without fsync never rewrites nor deletes what the last sync recorded, so a
+    power cut finds it whole; the next sync lets it go. ``commit`` gets what changed."""
+    store = CheckpointStore(tmp_path, keep=2, fsync=False)
+    records = []
+    for seq in (1, 2):
+        store.save("a", seq, frames_for(seq))
+    store.save("b", 1, frames_for(1))
+    assert store.dirty
+    store.sync(lambda kept, gone: records.append((kept, gone)))
+    assert records == [({"a": [1, 2], "b": [1]}, [])]
+    assert not store.dirty
+    pinned = {p: open(p, "rb").read() for p in ckpt_files(tmp_path)}
+    for seq in range(3, 9):             # the kept versions move on: new slots, pins whole
+        store.save("a", seq, frames_for(seq))
+    store.drop("b")
+    for p, data in pinned.items():
+        assert open(p, "rb").read() == data
+    assert store.load("a") == (8, frames_for(8))
+    store.sync(lambda kept, gone: records.append((kept, gone)))
+    assert records[-1] == ({"a": [7, 8]}, ["b"])
+    assert not ckpt_files(tmp_path, "b")        # deleted once the sync let it go
+    store.save("a", 9, frames_for(9))
+    # a's old pins are free slots again, all but one deleted: 7 and 8 pinned, 9, a free one
+    assert len(os.listdir(tmp_path / "ckpt")) <= 4
+    store.sync(lambda kept, gone: records.append((kept, gone)), full=True)
+    assert records[-1] == ({"a": [8, 9]}, [])
+    assert CheckpointStore(tmp_path).load("a") == (9, frames_for(9))
+
+
+def test_a_failed_commit_keeps_the_old_pins(tmp_path):
+    store = CheckpointStore(tmp_path, keep=1, fsync=False)
+    store.save("a", 1, frames_for(1))
+    store.sync()
+    first = ckpt_files(tmp_path, "a")
+
+    def fail(kept, gone):
+        raise CheckpointError("journal full")
+
+    store.save("a", 2, frames_for(2))
+    with pytest.raises(CheckpointError):
+        store.sync(fail)
+    for seq in (3, 4):
+        store.save("a", seq, frames_for(seq))
+    assert file_version(first[0]) == ("a", 1)   # still pinned: its record is the last
+
+
+def test_restrict_goes_back_to_the_versions_named(tmp_path):
+    store = CheckpointStore(tmp_path, keep=2, fsync=False)
+    for seq in (1, 2, 3):
+        store.save("a", seq, frames_for(seq))
+    store.save("b", 1, frames_for(1))
+    store.save("c", 4, frames_for(4))
+    again = CheckpointStore(tmp_path, keep=2, fsync=False)     # a resume
+    # a's 3, c's 4, and a's 1 (pruned, in its free slot: a scan finds it)
+    assert again.restrict({"a": {2}, "b": {1}}) == 3
+    assert again.load("a") == (2, frames_for(2))
+    assert again.load("c") is None
+    later = CheckpointStore(tmp_path)                          # and any later one
+    assert later.load("a") == (2, frames_for(2)) and later.load("b") == (1, frames_for(1))
+    assert later.load("c") is None
+
+
+def test_drop_after_voids_a_pinned_version_at_once(tmp_path):
+    """A checkpoint group went back: its newer versions are not found by a resume even
+    while the last sync still pins them."""
+    store = CheckpointStore(tmp_path, keep=2, fsync=False)
+    for seq in (1, 2):
+        store.save("m", seq, frames_for(seq))
+    store.sync()
+    store.drop_after("m", 1)
+    assert CheckpointStore(tmp_path).seqs("m") == {1}
+    store.save("m", 3, frames_for(3))
+    assert CheckpointStore(tmp_path).load("m") == (3, frames_for(3))
+
+
+def test_write_behind_tells_a_write_before_it_syncs_and_syncs_soon_after(tmp_path):
+    store = CheckpointStore(tmp_path, fsync=False)
+    done, commits = [], []
+    synced = threading.Event()
+
+    def commit(kept, gone):
+        commits.append((list(done), kept, gone))
+        synced.set()
+
+    writer = WriteBehind(store, lambda tid, inc, seq, err: done.append((tid, seq, err)),
+                         sync_every_s=0.05, commit=commit)
+    store.save("1", 1, [b"x"], write=False)
+    writer.write(1, 0, 1, b"x")
+    assert synced.wait(10)
+    assert commits == [([(1, 1, None)], {"1": [1]}, [])]
+    writer.drop(1)
+    assert writer.close(10)
+    assert commits[-1][1:] == ({}, ["1"])
+    assert not ckpt_files(tmp_path)
+
+
+def test_back_to_last_sync_after_a_restart(tmp_path):
+    """A resume on another boot goes back to the last sync: the journal's later records
+    are cut off and only the versions it named are kept; on the same boot nothing is."""
+    from clustervm import syncs
+
+    def run(boot: str) -> None:
+        store = CheckpointStore(tmp_path, keep=2, fsync=False)
+        journal = Journal(tmp_path, fsync=False)
+        store.save("a", 1, frames_for(1))
+        store.save("b", 1, frames_for(1))
+        journal.append("done", "t1", [b"r1"])
+        store.sync(lambda kept, gone: syncs.record_sync(journal, kept, gone, boot=boot))
+        store.save("a", 2, frames_for(2))           # after the sync: not durable yet
+        journal.append("done", "t2", [b"r2"])
+        journal.close()
+
+    run("boot-1")
+    store, journal = CheckpointStore(tmp_path), Journal(tmp_path)
+    assert syncs.back_to_last_sync(journal, store, boot="boot-1") is None
+    assert store.load("a")[0] == 2 and [r.key for r in journal.replay()][-1] == "t2"
+    journal.close()
+
+    store, journal = CheckpointStore(tmp_path), Journal(tmp_path)
+    what = syncs.back_to_last_sync(journal, store, boot="boot-2")
+    assert "1 journal record(s) and 1 checkpoint version(s)" in what
+    assert [(r.kind, r.key) for r in journal.replay()] == [("done", "t1"), ("synced", "")]
+    assert store.load("a") == (1, frames_for(1)) and store.load("b") == (1, frames_for(1))
+    journal.close()
+    assert CheckpointStore(tmp_path).load("a") == (1, frames_for(1))
+
+
+def test_back_to_last_sync_keeps_everything_after_a_strict_run(tmp_path):
+    from clustervm import syncs
+    store, journal = CheckpointStore(tmp_path), Journal(tmp_path)
+    syncs.record_sync(journal, {}, [], full=True, strict=True, boot="boot-1")
+    store.save("a", 1, frames_for(1))
+    assert syncs.back_to_last_sync(journal, CheckpointStore(tmp_path), boot="boot-2") is None
+    assert CheckpointStore(tmp_path).load("a") == (1, frames_for(1))
+
+
+def test_journal_cut(tmp_path):
+    write_journal(tmp_path, sample_records())
+    with Journal(tmp_path) as j:
+        assert j.cut(2) == 3
+        assert j.cut(5) == 0
+        j.append("done", "t9", [b"r9"])
+    assert [r.key for r in Journal(tmp_path).replay()] == ["t1", "t1", "t9"]
+
+
+def test_write_behind_syncs_the_journal_alone_when_poked(tmp_path):
+    """A job whose tasks take no checkpoint still has its journal synced (a power cut
+    goes back to the last sync, and would otherwise lose every finished task)."""
+    from clustervm import syncs
+    store = CheckpointStore(tmp_path, fsync=False)
+    journal = Journal(tmp_path, fsync=False)
+    writer = WriteBehind(store, lambda *a: None, sync_every_s=0.05,
+                         commit=lambda kept, gone: syncs.record_sync(journal, kept, gone),
+                         also_dirty=lambda: journal.dirty)
+    journal.append("done", "t1", [b"r1"])
+    writer.poke()
+    deadline = time.monotonic() + 10
+    while journal.dirty and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not journal.dirty
+    assert [r.kind for r in journal.replay()] == ["done", syncs.SYNCED]
+    assert writer.close(10)
+    journal.close()
