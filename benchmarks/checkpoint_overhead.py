@@ -11,7 +11,10 @@ steps against ``--checkpoint-every 0``, for two stores:
   node and copied to the next node; nothing at the coordinator);
 * ``store=dir``: ``--checkpoint-dir`` on a fresh temporary directory per job
   (deleted afterwards); the run without checkpoints gets one as well, so the
-  pair differs only in ``--checkpoint-every``. That run journals, at its end, what
+  pair differs only in ``--checkpoint-every``. With ``--sync-every-checkpoint``
+  a third store, ``dir-sync0``: the same with ``CLUSTERVM_CHECKPOINT_SYNC_S=0``
+  (every checkpoint synced to the disk before it counts, as before the twelfth
+  session; a detail line only). That run journals, at its end, what
   a task finished with: in log mode its replay log, never trimmed without
   checkpoints (13 MB here, ~0.05 s; 0.12 s before it went as one packed blob), so
   it is slower than the in-memory run without checkpoints; a detail line also
@@ -71,6 +74,7 @@ RESTART = re.compile(r"re-dispatch after loss detected: node (\d+) (\d+\.\d+) s"
 RUNNING = re.compile(r"running again from checkpoints after loss detected: node (\d+) "
                      r"(\d+\.\d+) s")
 STORES = ("memory", "dir")
+SYNC0 = "dir-sync0"     # --sync-every-checkpoint: CLUSTERVM_CHECKPOINT_SYNC_S=0
 
 
 class Failed(SystemExit):
@@ -78,14 +82,16 @@ class Failed(SystemExit):
 
 
 def heat2d(a: argparse.Namespace, mode: str, store: str, every: int) -> tuple[float, str]:
-    """One job: (the seconds heat2d prints, its checksum line)."""
-    ckdir = tempfile.mkdtemp(prefix="cvm-ckbench-") if store == "dir" else None
+    """One job: (the seconds heat2d prints, its checksum line). ``store`` ``memory``,
+    ``dir``, or ``dir-sync0`` (a directory, every checkpoint synced before it counts)."""
+    ckdir = tempfile.mkdtemp(prefix="cvm-ckbench-") if store != "memory" else None
+    env = {"CLUSTERVM_CHECKPOINT_SYNC_S": "0"} if store == SYNC0 else None
     try:
         run_args = ("--checkpoint-dir", ckdir) if ckdir else ()
         rc, out, err, _ = _util.clustervm(
             3, HEAT2D, "--size", str(a.size), "--steps", str(a.steps), "--tasks", "2",
             "--checkpoint-every", str(every), "--checkpoint-mode", mode, timeout=a.timeout,
-            run_args=run_args)
+            run_args=run_args, env=env)
     finally:
         if ckdir:
             shutil.rmtree(ckdir, ignore_errors=True)
@@ -168,6 +174,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--timeout", type=float, default=180.0, help="per job (clustervm --timeout)")
     p.add_argument("--kill-runs", type=int, default=0,
                    help="heat2d runs with a node SIGKILLed, for the restart time")
+    p.add_argument("--sync-every-checkpoint", action="store_true",
+                   help="also runs with a directory and CLUSTERVM_CHECKPOINT_SYNC_S=0 (each "
+                        "checkpoint synced before it counts; a detail line, store=dir-sync0)")
     p.add_argument("--modes", default="log,group",
                    help="checkpoint modes, comma-separated: log (each task on its own, "
                         "messages logged) and/or group (spawn(checkpoint='group'))")
@@ -180,7 +189,8 @@ def main(argv: list[str]) -> int:
     print(f"heat2d {a.size}x{a.size}, {a.steps} steps, 2 tasks, clustervm run -n 3, "
           f"--checkpoint-every 50 against 0, {a.runs} interleaved run(s); load average "
           f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
-    variants = [(m, s) for m in modes for s in STORES]
+    stores = STORES + ((SYNC0,) if a.sync_every_checkpoint else ())
+    variants = [(m, s) for m in modes for s in stores]
     times = {(m, s, e): [] for m, s in variants for e in (0, 50)}
     expected: str | None = None
     for k in range(a.runs):
@@ -207,7 +217,7 @@ def main(argv: list[str]) -> int:
         print(f"{name}: every 50 steps    {spread(on)}")
         print(f"{name}: per-round overhead % min {pairs[0]:+.1f}, median "
               f"{statistics.median(pairs):+.1f}, max {pairs[-1]:+.1f}")
-        if store == "dir" and (mode, "memory", 0) in times:
+        if store != "memory" and (mode, "memory", 0) in times:
             # the run without checkpoints pays, with a directory, for what it journals at its
             # end: in log mode its whole replay log, never trimmed (13 MB for heat2d's
             # defaults), which makes it the slower baseline; this says what checkpoints to
@@ -216,6 +226,10 @@ def main(argv: list[str]) -> int:
             print(f"{name}: without checkpoints {statistics.median(off) / bare - 1:+.1%} "
                   f"against store=memory's; every 50 steps "
                   f"{statistics.median(on) / bare - 1:+.1%} against it")
+        if store == SYNC0:
+            print(f"{name}: overhead_pct={pct:.1f} runs={len(on)} (a directory, "
+                  f"CLUSTERVM_CHECKPOINT_SYNC_S=0)")
+            continue
         lines.append(f"checkpoint mode={mode} store={store} overhead_pct={pct:.1f} "
                      f"runs={len(on)}")
     if a.kill_runs > 0:

@@ -726,7 +726,9 @@ class CheckpointStore:
         ``commit(kept, gone)`` records that durably before the old pins are let go (the
         job journal's ``synced`` record): ``kept`` maps each key whose kept versions
         changed since the last sync (every key if ``full``) to their seqs, ``gone`` lists
-        the keys that have none any more. Until then the last sync's versions are neither
+        the keys that have none any more. ``full`` syncs every version kept, written by
+        this store or found on disk (a resume's first sync). A store with ``fsync`` pins
+        nothing (its writes are durable as they are made). Until then the last sync's versions are neither
         rewritten nor deleted, so a power cut at any moment finds the versions of the
         last recorded sync whole. Raises CheckpointError if a file cannot be synced (the
         old pins stay)."""
@@ -739,7 +741,7 @@ class CheckpointStore:
                     for stem, v in self._disk.items() if v and stem in self._stem_key}
         try:
             paths = {p for _, v in kept.values() for p in v.values()}
-            for path in sorted(dirty & paths):
+            for path in sorted(paths if full else dirty & paths):
                 try:
                     fd = os.open(path, os.O_RDONLY)
                 except FileNotFoundError:
@@ -748,7 +750,7 @@ class CheckpointStore:
                     _fdatasync(fd)
                 finally:
                     os.close(fd)
-            if dir_dirty:
+            if dir_dirty or full:
                 _fsync_dir(self.path)
         except OSError as exc:
             with self._lock:
@@ -760,6 +762,8 @@ class CheckpointStore:
         gone = sorted(key for stem, (key, _) in self._pins.items() if stem not in kept)
         if commit is not None:
             commit(changed, gone)
+        if self.fsync:
+            return      # every write is synced: nothing to keep for a power cut
         with self._lock:
             self._pins = kept
             self._pinned = set(paths)

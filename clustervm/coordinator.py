@@ -218,12 +218,10 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             if config.resume:
                 self._went_back = syncs.back_to_last_sync(self.journal, self.store)
                 self._load_journal()
-            # a power cut from here on goes back to what is on disk now, or later
-            if strict:
-                syncs.record_sync(self.journal, {}, [], full=True, strict=True)
-            else:
-                self.store.sync(lambda kept, gone: syncs.record_sync(
-                    self.journal, kept, gone, full=True), full=True)
+            # what a resume found may not be on the disk yet (the job was killed before
+            # it synced): a power cut from here on goes back to this, or to a later sync
+            self.store.sync(lambda kept, gone: syncs.record_sync(
+                self.journal, kept, gone, full=True, strict=strict), full=True)
 
     # -- the core and its instructions ---------------------------------------------
 

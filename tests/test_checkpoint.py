@@ -854,3 +854,14 @@ def test_write_behind_syncs_the_journal_alone_when_poked(tmp_path):
     assert [r.kind for r in journal.replay()] == ["done", syncs.SYNCED]
     assert writer.close(10)
     journal.close()
+
+
+def test_a_store_that_syncs_every_write_pins_nothing(tmp_path):
+    store = CheckpointStore(tmp_path, keep=2)
+    records = []
+    store.save("a", 1, frames_for(1))
+    store.sync(lambda kept, gone: records.append(kept), full=True)
+    assert records == [{"a": [1]}]
+    for seq in range(2, 9):
+        store.save("a", seq, frames_for(seq))
+    assert len(os.listdir(tmp_path / "ckpt")) == 3      # 2 kept, 1 free: slot 1 reused
