@@ -311,6 +311,7 @@ class CheckpointStore:
         self._pins: dict[str, tuple[str, dict[int, str]]] = {}
         self._pinned: set[str] = set()          # their paths
         self._deferred: set[str] = set()        # pinned files to delete after the next sync
+        self._sizes: dict[str, int] = {}        # slot file sizes this store made
         self.directory: str | None = None
         self.path: str | None = None  # DIR/ckpt
         if directory is not None:
@@ -521,6 +522,7 @@ class CheckpointStore:
         else:
             with self._lock:
                 self._dir_dirty = True
+        self._sizes[final] = total
         return total
 
     def _rewrite(self, path: str, kb: bytes, seq: int, frames: list[Frame]) -> int:
@@ -539,7 +541,9 @@ class CheckpointStore:
                 for fr in frames:
                     at = _pwrite_all(fd, fr, at)
                 _pwrite_all(fd, trailer, at)
-                os.ftruncate(fd, total)
+                if self._sizes.get(path) != total:     # as a rule the slot's size is
+                    os.ftruncate(fd, total)
+                    self._sizes[path] = total
                 _pwrite_all(fd, header, 0)
                 if self.fsync:
                     _fdatasync(fd)

@@ -624,9 +624,14 @@ def test_interrupted_rewrite_keeps_the_versions_kept(tmp_path, monkeypatch, capl
     for seq in (1, 2, 3):
         store.save("k", seq, frames_for(seq))       # s0 = 1 (free), s1 = 2, s2 = 3
 
-    def crash(fd, length):
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(os, "ftruncate", crash)
+    import clustervm.checkpoint as ck
+    real = ck._pwrite_all
+
+    def crash(fd, data, offset):       # before the header, written last
+        if offset == 0 and bytes(memoryview(data)[:len(ck.MAGIC)]) == ck.MAGIC:
+            raise OSError(28, "No space left on device")
+        return real(fd, data, offset)
+    monkeypatch.setattr(ck, "_pwrite_all", crash)
     with pytest.raises(CheckpointError, match="No space left"):
         store.save("k", 4, frames_for(4))
     monkeypatch.undo()
