@@ -73,8 +73,9 @@ def back_to_last_sync(journal: Journal, store: CheckpointStore,
         return None     # written by an older clustervm, synced at every write, or no restart
     records = journal.cut(last)
     versions = store.restrict(pins)
-    what = (f"the machine restarted since the job directory was last synced (its boot id "
-            f"changed): going back to that sync, {records} journal record(s) and "
+    what = (f"the job directory was last synced on another boot (this machine restarted "
+            f"since, or it is another machine): a power cut may have lost what was written "
+            f"after that sync, so the job goes back to it; {records} journal record(s) and "
             f"{versions} checkpoint version(s) after it given up")
     log.warning("resume: %s", what)
     return what
