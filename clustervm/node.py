@@ -715,6 +715,11 @@ class Node(Site):
             if self.live.get(ctx.tid) is ctx else (0, True)
         if group:
             to_store = disk         # the group's vote (every member's the same)
+        elif to_store and self.config.checkpoint_dir:
+            # the coordinator keeps it in memory and writes it: that is its second copy;
+            # a third on the buddy cost heat2d ~3-5 points (benchmarks/RESULTS.md, twelfth
+            # session), and restarting from the coordinator's copy is as exact
+            buddy = 0
         size = wire.packed_size([head, *bufs])
         if not group and self._first_big_pending(ctx, size):
             log.debug("task %d: checkpoint %d skipped: memory for it is made ready",
