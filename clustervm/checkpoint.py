@@ -730,12 +730,12 @@ class CheckpointStore:
         ``commit(kept, gone)`` records that durably before the old pins are let go (the
         job journal's ``synced`` record): ``kept`` maps each key whose kept versions
         changed since the last sync (every key if ``full``) to their seqs, ``gone`` lists
-        the keys that have none any more. ``full`` syncs every version kept, written by
+        the keys that have none any more. Until then the last sync's versions are
+        neither rewritten nor deleted, so a power cut at any moment finds the versions
+        of the last recorded sync whole. ``full`` syncs every version kept, written by
         this store or found on disk (a resume's first sync). A store with ``fsync`` pins
-        nothing (its writes are durable as they are made). Until then the last sync's versions are neither
-        rewritten nor deleted, so a power cut at any moment finds the versions of the
-        last recorded sync whole. Raises CheckpointError if a file cannot be synced (the
-        old pins stay)."""
+        nothing (its writes are durable as they are made). Raises CheckpointError if a
+        file cannot be synced or ``commit`` fails (the old pins stay)."""
         if self.path is None:
             return
         with self._lock:
