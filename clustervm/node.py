@@ -715,11 +715,6 @@ class Node(Site):
             if self.live.get(ctx.tid) is ctx else (0, True)
         if group:
             to_store = disk         # the group's vote (every member's the same)
-        # with a directory the coordinator keeps a log-mode checkpoint in memory and
-        # writes it: that is its second copy, and none goes to the buddy (a third cost
-        # heat2d ~3-5 points, benchmarks/RESULTS.md, twelfth session). This node still
-        # keeps its own, whose memory the next big state is packed into.
-        solo = not group and to_store and bool(self.config.checkpoint_dir)
         size = wire.packed_size([head, *bufs])
         if not group and self._first_big_pending(ctx, size):
             log.debug("task %d: checkpoint %d skipped: memory for it is made ready",
@@ -759,8 +754,7 @@ class Node(Site):
             self._group_disk_t[group] = time.monotonic()
         if buddy:
             self.copies.put_own(ctx.tid, ctx.inc, seq, blob)
-            if solo or not self.transport.post(buddy, P.Keep(ctx.tid, ctx.inc, seq,
-                                                             frame).encode()):
+            if not self.transport.post(buddy, P.Keep(ctx.tid, ctx.inc, seq, frame).encode()):
                 buddy, to_store = 0, True
         ctx.__dict__["_ckpt_call"] = self.call_start(
             "checkpoint", ctx.tid, ctx.inc, seq, delivered, frame if to_store or not buddy

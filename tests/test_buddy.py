@@ -63,8 +63,7 @@ def test_node_and_its_buddy_killed_together_without_a_directory(job, tmp_path):
 
 def test_node_and_its_buddy_killed_together_falls_back_to_the_directory(job, tmp_path):
     """The same double loss with --checkpoint-dir: the coordinator's copy (kept in
-    memory, and written behind the run; with a directory no buddy copy is made)
-    restores task 0; the result is exact."""
+    memory, and written behind the run) restores task 0; the result is exact."""
     want = expected()
     marks = tmp_path / "marks"
     marks.mkdir()
