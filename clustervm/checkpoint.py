@@ -860,6 +860,7 @@ class WriteBehind:
         self._every = sync_every_s
         self._commit = commit
         self._also_dirty = also_dirty
+        self._poked = False     # a poke is queued, or a sync is due: the next need not be
         self._queue: queue.SimpleQueue[tuple[str, int, int, int, Any]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="cvm-ckpt-writer", daemon=True)
         self._thread.start()
@@ -874,8 +875,11 @@ class WriteBehind:
         self._queue.put(("drop-after", tid, 0, seq, None))
 
     def poke(self) -> None:
-        """Something ``also_dirty`` watches was written: sync within ``sync_every_s``."""
-        self._queue.put(("poke", 0, 0, 0, None))
+        """Something ``also_dirty`` watches was written: sync within ``sync_every_s``
+        (one wake-up of the thread for all the pokes before that sync)."""
+        if not self._poked and not self.store.fsync:
+            self._poked = True
+            self._queue.put(("poke", 0, 0, 0, None))
 
     def close(self, timeout: float) -> bool:
         """Finish what is queued and sync (at most ``timeout`` seconds); True if all was
@@ -931,6 +935,7 @@ class WriteBehind:
     def _sync(self) -> None:
         if self.store.fsync:
             return
+        self._poked = False     # what is written from here on pokes again
         try:
             self.store.sync(self._commit)
         except CheckpointError as exc:
