@@ -621,6 +621,23 @@ class CheckpointStore:
                 )
             return None
 
+    def release(self, key: str, seq: int) -> None:
+        """Let go of the frames of version ``seq`` of ``key`` held in memory once that
+        version is on disk (it is read from its file if ever loaded again); a newer one
+        kept meanwhile stays."""
+        if self.path is None:
+            return
+        stem = safe_stem(key)
+        with self._lock:
+            on_disk = self._disk.get(stem, {})
+            if seq not in on_disk:
+                return
+            hit = self._mem.get(key)
+            if hit is not None and hit[0] == seq:
+                del self._mem[key]
+                if key in self._prev and self._prev[key][0] in on_disk:
+                    del self._prev[key]
+
     def drop(self, key: str) -> None:
         """Forget ``key`` (its task finished): memory and every file on disk."""
         _key_bytes(key)
@@ -922,6 +939,7 @@ class WriteBehind:
                     return
                 if op != "poke":
                     self._do(op, tid, inc, seq, blob)
+                del blob            # not held while this thread waits (a big state)
             if self.store.fsync:
                 continue
             now = time.monotonic()

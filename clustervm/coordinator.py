@@ -466,6 +466,10 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                 log.error("task %d: %s", tid, error)
                 self._ckpt_errors.setdefault(tid, error)
             self._run(E.CheckpointWritten(tid, inc, seq, error is None, time.monotonic()))
+            if error is None:
+                # its nodes hold it in memory, and a restart that needs this copy reads
+                # the file: the coordinator's memory does not grow with the VM's states
+                self.store.release(str(tid), seq)
 
     def _do_commit_checkpoint(self, ins: I.CommitCheckpoint) -> None:
         """Every copy is held: answer the node, and (unless the disk is waited for) let

@@ -870,3 +870,21 @@ def test_a_store_that_syncs_every_write_pins_nothing(tmp_path):
     for seq in range(2, 9):
         store.save("a", seq, frames_for(seq))
     assert len(os.listdir(tmp_path / "ckpt")) == 3      # 2 kept, 1 free: slot 1 reused
+
+
+def test_release_lets_go_of_a_version_once_it_is_on_disk(tmp_path):
+    """The coordinator lets go of a checkpoint's bytes once written: loaded again, it
+    comes from its file; a newer one kept meanwhile (not written yet) stays in memory."""
+    store = CheckpointStore(tmp_path, fsync=False)
+    store.save("a", 1, frames_for(1), write=False)
+    store.release("a", 1)                       # not on disk yet: kept
+    assert store._mem["a"][0] == 1
+    store.write("a", 1, frames_for(1))
+    store.save("a", 2, frames_for(2), write=False)
+    store.release("a", 1)                       # 2 is newer: kept
+    assert store._mem["a"][0] == 2
+    store.write("a", 2, frames_for(2))
+    store.release("a", 2)
+    assert "a" not in store._mem
+    assert store.load("a") == (2, frames_for(2)) and store.stats.loaded == 1
+    assert store.load("a", upto=1) == (1, frames_for(1))
