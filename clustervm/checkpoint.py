@@ -263,6 +263,7 @@ class CheckpointStats:
     saved: int = 0          #: checkpoints stored
     ignored: int = 0        #: saves ignored because their seq was not newer
     loaded: int = 0         #: successful loads
+    read: int = 0           #: of them, read from a file (not held in memory)
     corrupt: int = 0        #: corrupt/truncated files found (each counted once)
     pruned: int = 0         #: old versions given up (keep)
     dropped: int = 0        #: keys dropped
@@ -613,6 +614,7 @@ class CheckpointStore:
                         self._mem[key] = (seq, frames)
                     self._stem_key[stem] = key
                     self.stats.loaded += 1
+                    self.stats.read += 1
                 return seq, list(frames)
             if versions:
                 log.warning(

@@ -1006,7 +1006,9 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         if s["spawned"]:
             parts.append(f"{s['spawned']} node(s) started with MPI_Comm_spawn")
         parts.append(f"{s['rerun']} task(s) re-run, {s['redone_s']:.2f} s of work redone")
+        read = self.store.stats.read
         parts.append(f"{s['ckpt_written']} checkpoint(s) written, {s['ckpt_restored']} restored"
+                     + (f" ({read} read back from the checkpoint directory)" if read else "")
                      + (f", {self.store.stats.corrupt} corrupt skipped"
                         if self.store.stats.corrupt else ""))
         if self.restarts:

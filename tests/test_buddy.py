@@ -75,6 +75,7 @@ def test_node_and_its_buddy_killed_together_falls_back_to_the_directory(job, tmp
     assert res.line("ring:") == want
     rep = report(res.err)
     assert "2 node(s) lost" in rep, rep
+    assert re.search(r"restored \([1-9]\d* read back from the checkpoint directory\)", rep), rep
 
 
 def test_coordinator_killed_then_resumed_from_the_copies_on_disk(job, tmp_path):
