@@ -252,6 +252,16 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> int:
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 
+
+def _unlink(path: str) -> None:
+    """Delete a checkpoint file; one already gone is fine, a failure is logged."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot delete the checkpoint file %s: %s", path, exc)
+
 #: a checkpoint frame as the store keeps it
 Frame = bytes | memoryview
 
@@ -475,12 +485,7 @@ class CheckpointStore:
                 doomed.append(p)
             doomed = self._not_pinned(doomed)
         for p in doomed:
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.warning("cannot delete old checkpoint %s: %s", p, exc)
+            _unlink(p)
             with self._lock:
                 self._bad.discard(p)
 
@@ -658,7 +663,7 @@ class CheckpointStore:
                 if found or paths:
                     self.stats.dropped += 1
                 paths = self._not_pinned(paths)
-            self._delete(paths, key)
+            self._delete(paths)
 
     def _not_pinned(self, paths: list[str]) -> list[str]:
         """Of the files ``paths`` to delete, those the last sync did not pin; the pinned
@@ -667,16 +672,11 @@ class CheckpointStore:
         self._deferred.update(keep)
         return [p for p in paths if p not in self._pinned]
 
-    def _delete(self, paths: list[str], key: str) -> None:
-        """Delete the files ``paths`` of ``key`` (durably if ``fsync``, else at the next
+    def _delete(self, paths: list[str]) -> None:
+        """Delete the files ``paths`` (durably if ``fsync``, else at the next
         :meth:`sync`)."""
         for p in paths:
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.warning("cannot delete checkpoint %s of %r: %s", p, key, exc)
+            _unlink(p)
         if paths and self.fsync:
             assert self.path is not None
             _fsync_dir(self.path)
@@ -717,7 +717,7 @@ class CheckpointStore:
                         slots.discard(p)
             for p in voided:
                 self._void(p)
-            self._delete(paths, key)
+            self._delete(paths)
 
     def _void(self, path: str) -> None:
         """Mark the version in ``path`` unfinished (its magic zeroed): never read again."""
@@ -793,12 +793,7 @@ class CheckpointStore:
             released = sorted(self._deferred - self._pinned)
             self._deferred &= self._pinned
         for p in released:
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.warning("cannot delete old checkpoint %s: %s", p, exc)
+            _unlink(p)
         if released:
             with self._lock:
                 self._dir_dirty = True
@@ -826,7 +821,7 @@ class CheckpointStore:
             self._prev.clear()
         for p in voided:
             self._void(p)
-        self._delete(doomed, "(versions newer than the last sync)")
+        self._delete(doomed)
         return len(voided) + len(doomed)
 
     def keys(self) -> list[str]:
