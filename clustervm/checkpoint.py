@@ -50,6 +50,7 @@ directory.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import queue
 import logging
@@ -87,12 +88,14 @@ def _key_bytes(key: str) -> bytes:
     return key.encode("utf-8", "surrogatepass")
 
 
+@functools.lru_cache(maxsize=4096)
 def safe_stem(key: str) -> str:
     """The file-name stem of ``key``: a readable escaped prefix + ``~`` + hash.
 
     Unique per key (by the hash), at most 101 characters, and made only of
     ``[A-Za-z0-9_%~-]`` so it is safe on every file system and never contains
-    the ``.`` that separates the stem from the seq.
+    the ``.`` that separates the stem from the seq. (Cached: a checkpoint's write
+    asked for it three times, ~28 us each, profiled at the coordinator.)
     """
     raw = _key_bytes(key)
     out: list[str] = []
