@@ -70,6 +70,7 @@ import itertools
 import logging
 import os
 import struct
+import sys
 import threading
 import time
 from collections import deque
@@ -426,6 +427,7 @@ class Transport:
         self._light: deque[MPI.Request] = deque()
         #: long receives given up (their sender declared dead): kept for MPI to finish
         self._abandoned: list[tuple[MPI.Request, Any]] = []
+        self._parts = _PartBuffers()     # memory for big parts, used again (the poller's)
         self._bufseq = itertools.count()
         self._status = MPI.Status()
         #: the last message that makes a waiting loop spin, and the last of any work (a
@@ -878,7 +880,7 @@ class Transport:
         cut it into. Raises :class:`FrameError` for a part that does not fit or does
         not come within _PART_WAIT_S."""
         try:
-            buf = _empty_buffer(size)
+            buf = self._parts.take(size)
         except MemoryError:
             raise FrameError(src, f"cannot allocate {size} bytes for its buffer") from None
         view = memoryview(buf).cast("B")
@@ -1359,3 +1361,36 @@ def _empty_buffer(size: int) -> Any:
         return bytearray(size)
     import numpy as np   # large buffers: no zero-filling
     return np.empty(size, dtype=np.uint8)
+
+
+class _PartBuffers:
+    """Memory for the big parts of messages, used again: a part is received into a view
+    of a block kept here that nothing else refers to any more (whoever held the last
+    part in it let go of it), else into a new block, kept for next time. Receiving into
+    new memory pays its page faults: the coordinator's 370 KB checkpoints of heat2d
+    took 0.24 ms each for that alone (profiled), a fifth of its time per checkpoint.
+    Blocks are numpy arrays (1/16 larger than the first part they took, so parts of
+    varying size fit), used only once numpy is loaded (a rank that never uses numpy
+    does not import it for this), from 64 KiB to 16 MiB, 32 MiB of them at most. Only
+    the poller holding the token takes one."""
+
+    MIN = 64 << 10
+    MAX = 16 << 20
+    KEEP_BYTES = 32 << 20
+
+    def __init__(self) -> None:
+        self._blocks: list[Any] = []
+
+    def take(self, size: int) -> Any:
+        if not self.MIN <= size <= self.MAX or "numpy" not in sys.modules:
+            return _empty_buffer(size)
+        for block in self._blocks:
+            # referred to by the list, ``block`` and the call alone: nobody uses it
+            if block.nbytes >= size and sys.getrefcount(block) <= 3:
+                return block[:size]
+        import numpy as np
+        block = np.empty(size + (size >> 4), dtype=np.uint8)
+        self._blocks.append(block)
+        while sum(b.nbytes for b in self._blocks) > self.KEEP_BYTES:
+            del self._blocks[0]        # one still in use is freed by its last user
+        return block[:size]
