@@ -1380,13 +1380,22 @@ class _PartBuffers:
 
     def __init__(self) -> None:
         self._blocks: list[Any] = []
+        self._free = self._refs_of_unused()
+
+    @staticmethod
+    def _refs_of_unused() -> int:
+        """What ``sys.getrefcount`` says, in a loop like :meth:`take`'s, of an object that
+        only the list refers to (measured, not assumed: interpreters count differently)."""
+        blocks = [bytearray(1)]
+        for block in blocks:
+            return sys.getrefcount(block)
+        raise AssertionError("unreachable")
 
     def take(self, size: int) -> Any:
         if not self.MIN <= size <= self.MAX or "numpy" not in sys.modules:
             return _empty_buffer(size)
         for block in self._blocks:
-            # referred to by the list, ``block`` and the call alone: nobody uses it
-            if block.nbytes >= size and sys.getrefcount(block) <= 3:
+            if block.nbytes >= size and sys.getrefcount(block) <= self._free:   # unused
                 return block[:size]
         import numpy as np
         block = np.empty(size + (size >> 4), dtype=np.uint8)
