@@ -38,7 +38,7 @@ import struct
 import threading
 import uuid
 import zlib
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, Collection, Iterator, NamedTuple, Sequence
 
 from .checkpoint import _fsync_dir
 from .errors import CheckpointError, CorruptCheckpointError
@@ -119,6 +119,12 @@ def _scan(buf, size: int) -> _Scan:
         spans.append((off + _REC.size, nxt - off - _REC.size))
         off = nxt
     return _Scan(spans, off, None, "", -1)
+
+
+def _kind_of(buf: memoryview, start: int) -> str:
+    """The kind of the record whose body starts at ``start`` (its frames unread)."""
+    klen = buf[start]
+    return bytes(buf[start + 1:start + 1 + klen]).decode("utf-8", "replace")
 
 
 def _parse_body(body: memoryview, where: str) -> Record:
@@ -284,6 +290,19 @@ class Journal:
                     "check free space and permissions"
                 ) from None
 
+    def cut_after_last(self, kind: str) -> int:
+        """Cut off the records after the last one of ``kind`` (all of them if there is
+        none), durably; returns how many were cut."""
+        with self._lock:
+            size = self._end
+            if self._fd < 0 or size <= len(FILE_MAGIC):
+                return 0
+            with mmap.mmap(self._fd, size, access=mmap.ACCESS_READ) as buf:
+                with memoryview(buf) as mv:
+                    kinds = [_kind_of(mv, start) for start, _ in _scan(buf, size).spans]
+        keep = max((i + 1 for i, k in enumerate(kinds) if k == kind), default=0)
+        return self.cut(keep)
+
     @property
     def dirty(self) -> bool:
         """Has a record been appended since the last sync?"""
@@ -341,8 +360,9 @@ class Journal:
 
     # -- reading ------------------------------------------------------------
 
-    def replay(self) -> Iterator[Record]:
-        """The records in the order they were appended.
+    def replay(self, kinds: Collection[str] | None = None) -> Iterator[Record]:
+        """The records in the order they were appended (only those of ``kinds`` if given:
+        the others' frames are not read).
 
         The file is checked when replay() is called, before any record is
         read: a damaged last record (torn by a crash) is skipped with a
@@ -382,13 +402,16 @@ class Journal:
         except BaseException:
             buf.close()
             raise
-        return self._records(buf, sc.spans)
+        return self._records(buf, sc.spans, kinds)
 
-    def _records(self, buf: mmap.mmap, spans: list[tuple[int, int]]) -> Iterator[Record]:
+    def _records(self, buf: mmap.mmap, spans: list[tuple[int, int]],
+                 kinds: Collection[str] | None) -> Iterator[Record]:
         try:
             mv = memoryview(buf)
             try:
                 for start, length in spans:
+                    if kinds is not None and _kind_of(mv, start) not in kinds:
+                        continue
                     body = mv[start:start + length]
                     try:
                         rec = _parse_body(

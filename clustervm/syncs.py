@@ -21,6 +21,7 @@ counts and the record says so (``strict``): nothing is given up.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -35,12 +36,17 @@ log = logging.getLogger(__name__)
 SYNCED = "synced"       #: the journal record's kind
 
 
+@functools.lru_cache(maxsize=1)
+def _boot_id() -> str:
+    return procs.boot_id()      # read once: it does not change while this process runs
+
+
 def record_sync(journal: Journal, kept: dict[str, list[int]], gone: list[str], *,
                 full: bool = False, strict: bool = False, boot: str | None = None) -> None:
     """Append a durable ``synced`` record: the versions ``kept`` (key -> seqs) changed
     since the last one (``full``: every key's), the keys ``gone``; ``strict``: from
     here on every checkpoint is synced before it counts."""
-    info = {"boot": procs.boot_id() if boot is None else boot, "full": full,
+    info = {"boot": _boot_id() if boot is None else boot, "full": full,
             "strict": strict, "kept": kept, "gone": gone}
     payload, bufs = wire.dumps(info)
     journal.append(SYNCED, "", [payload, *bufs])
@@ -53,25 +59,20 @@ def back_to_last_sync(journal: Journal, store: CheckpointStore,
     (``boot``, default this machine's, is not the record's), go back to it: cut the
     journal's later records off and keep only the checkpoint versions it names. Returns
     what was done (for the log and the report), or None if nothing had to be."""
-    count = last = 0
     info: dict[str, Any] | None = None
     pins: dict[str, set[int]] = {}
-    for rec in journal.replay():
-        count += 1
-        if rec.kind != SYNCED:
-            continue
+    for rec in journal.replay(kinds=(SYNCED,)):     # the results' frames are not read
         info = wire.loads(rec.frames[0], rec.frames[1:])
-        last = count
         if info["full"]:
             pins = {}
         for key, seqs in info["kept"].items():
             pins[key] = set(seqs)
         for key in info["gone"]:
             pins.pop(key, None)
-    now = procs.boot_id() if boot is None else boot
+    now = _boot_id() if boot is None else boot
     if info is None or info["strict"] or (now and info["boot"] == now):
         return None     # written by an older clustervm, synced at every write, or no restart
-    records = journal.cut(last)
+    records = journal.cut_after_last(SYNCED)
     versions = store.restrict(pins)
     what = (f"the job directory was last synced on another boot (this machine restarted "
             f"since, or it is another machine): a power cut may have lost what was written "
