@@ -91,10 +91,12 @@ class Endpoint(Protocol):
     on_failure: Callable[[set[int]], None]
     counters: Counters
 
-    def send(self, dest: int, msg: Any) -> None:
+    def send(self, dest: int, msg: Any, meanwhile: Callable[[], Any] | None = None) -> None:
         """Send ``msg`` to ``dest``; returns when the caller may change what it sent.
         Raises PeerFailed if ``dest`` is dead (or this endpoint is closed), WireError
-        if ``msg`` cannot be encoded."""
+        if ``msg`` cannot be encoded. ``meanwhile`` is called once the message is on its
+        way (not if encoding it failed), before waiting for it to leave: work that
+        overlaps the transfer (it may read, never change, what is sent)."""
 
     def post(self, dest: int, msg: Any) -> bool:
         """Send without blocking (for handlers); False (message dropped) if ``dest`` is

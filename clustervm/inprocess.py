@@ -231,9 +231,11 @@ class InProcessTransport:
         c.msgs_out += 1
         c.bytes_out += len(payload) + sum(len(b) for b in bufs)
 
-    def send(self, dest: int, msg: Any) -> None:
+    def send(self, dest: int, msg: Any, meanwhile: Callable[[], Any] | None = None) -> None:
         self._gate()
         self._transmit(dest, msg)
+        if meanwhile is not None:
+            meanwhile()
 
     def post(self, dest: int, msg: Any) -> bool:
         self._gate()

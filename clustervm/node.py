@@ -28,7 +28,7 @@ from .core.node import COORDINATOR_SILENCE, COORDINATOR_SILENCE_MIN_S  # noqa: F
 from .errors import WireError
 from .futures import ClusterFuture
 from .site import ENDED, Location, Site, snapshot
-from .values import approx_size
+from .values import ARRAY_COPIES, approx_size
 from .mailbox import Mailbox
 from .task import TaskAborted, TaskContext, TaskExit
 from .endpoint import Endpoint, PeerFailed
@@ -155,6 +155,7 @@ class Node(Site):
             pass
 
     def _do_heartbeat(self, ins: N.SendHeartbeat) -> None:
+        ARRAY_COPIES.let_go_idle()        # memory for copies of big arrays, unused a while
         if not self.transport.post(P.COORDINATOR, P.Heartbeat(ins.load, self.untold).encode()):
             self._run(N.HeartbeatUnsent())
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -41,6 +42,16 @@ class Location:
 
     def __init__(self, rank: int, inc: int, replay: bool) -> None:
         self.rank, self.inc, self.replay = rank, inc, replay
+
+
+#: a message that is one numpy array this big is logged for replay while it is sent
+#: (the copy overlaps the transfer: Site._log_message)
+_OVERLAP_MIN = 1 << 20
+
+
+def _ndarray() -> Any:
+    np = sys.modules.get("numpy")
+    return None if np is None else np.ndarray
 
 
 #: The rank ``locate`` gives for a task that has ended (when asked to tolerate it).
@@ -233,17 +244,22 @@ class Site:
                 log.debug("task %d (incarnation %d): task %d has ended; message seq %d "
                           "dropped", src, inc, dst, seq)
                 return
+            copy_later = None
             if loc.replay and ctx is not None and dst not in ctx.__dict__.get("_peers", ()):
                 # (a checkpoint group's members log nothing to each other: they go back
                 # together, and the cut keeps what is in flight between them)
-                self._log_message(ctx, dst, seq, tag, data)
+                copy_later = self._log_message(ctx, dst, seq, tag, data,
+                                               overlap=loc.rank != self.rank)
             try:
                 if loc.rank == self.rank:   # a copy, as a send over MPI would make
                     self.deliver(src, dst, tag, snapshot(data), inc, seq)
                     return
-                self.transport.send(loc.rank, (_USER, src, dst, tag, data, inc, seq))   # USER
+                self.transport.send(loc.rank, (_USER, src, dst, tag, data, inc, seq),   # USER
+                                    copy_later)
                 return
             except WireError as exc:      # nothing was sent: forget it, name the path in data
+                if copy_later is not None:
+                    ctx.__dict__["_uncopied"] = None
                 logged = getattr(ctx, "_outlog", {}).get(dst) if loc.replay else None
                 if logged:
                     logged.pop()
@@ -261,6 +277,7 @@ class Site:
                         del self.locations[dst]
                 if loc.replay and ctx is not None:
                     self._unlog(ctx, dst, seq)
+                    ctx.__dict__["_uncopied"] = None
                 # the receiver's node died while this was on its way: its restarted
                 # incarnation gets the message from the replay log, and may even end
                 # before we try again (found by tools/soak.py on wordcount): then there
@@ -276,32 +293,72 @@ class Site:
         if entries and entries[-1][0] == seq:
             entries.pop()
 
-    def _log_message(self, ctx: TaskLike, dst: int, seq: int, tag: int, data: Any) -> None:
-        """Keep a copy of a message to ``dst`` until ``dst`` checkpoints past it."""
+    def _log_message(self, ctx: TaskLike, dst: int, seq: int, tag: int, data: Any,
+                     overlap: bool = False) -> Callable[[], None] | None:
+        """Keep a copy of a message to ``dst`` until ``dst`` checkpoints past it.
+
+        With ``overlap``, a big array (the 8 MiB of issue 13) is logged as it is and
+        copied while it is sent: the function returned makes the copy and puts it in its
+        place (Transport.send's ``meanwhile``); until then a replay sends a copy of its
+        own (:meth:`_trim_and_replay`). The copy goes into memory used before
+        (values.ARRAY_COPIES)."""
+        if overlap and getattr(data, "nbytes", 0) >= _OVERLAP_MIN and type(data) is _ndarray():
+            if not self._log_copy(ctx, dst, seq, tag, data):
+                return None
+            ctx.__dict__["_uncopied"] = (dst, seq)
+            return lambda: self._copy_logged(ctx, dst, seq, data)
         self._log_copy(ctx, dst, seq, tag, snapshot(data))
+        return None
+
+    def _copy_logged(self, ctx: TaskLike, dst: int, seq: int, data: Any) -> None:
+        """Put a copy of ``data`` in place of message ``seq`` to ``dst`` (logged as it was
+        sent, see :meth:`_log_message`), unless the log has forgotten it meanwhile."""
+        try:
+            copy = snapshot(data)
+        except MemoryError:
+            copy = None
+        with self.lock:
+            ctx.__dict__["_uncopied"] = None
+            entries = ctx.__dict__.get("_outlog", {}).get(dst)
+            if not entries:
+                return
+            for i in range(len(entries) - 1, -1, -1):
+                if entries[i][0] == seq:
+                    if copy is not None:
+                        entries[i] = (seq, entries[i][1], copy)
+                    else:
+                        self._drop_log(ctx, dst, "no memory for a copy of a message to it")
+                    return
+                if entries[i][0] < seq:
+                    return
 
     def _log_copy(self, ctx: TaskLike, dst: int, seq: int, tag: int, copy: Any) -> bool:
         """Keep ``copy`` (the sender's own, never changed) in the task's replay log for
         ``dst``; past CLUSTERVM_REPLAY_LOG_MB the log is dropped with a warning (False)."""
         fields = ctx.__dict__
-        try:
-            entries = fields["_outlog"][dst]
-            sizes = fields["_outbytes"]
-        except KeyError:
-            entries = fields.setdefault("_outlog", {}).setdefault(dst, [])
+        sizes = fields.get("_outbytes")
+        if sizes is None or dst not in fields.get("_outlog", ()):
+            fields.setdefault("_outlog", {}).setdefault(dst, [])
             sizes = fields.setdefault("_outbytes", {})
         size = sizes.get(dst, 0) + (len(copy) if type(copy) is bytes else approx_size(copy))
         if size > self._log_limit:
-            log.warning("task %d: messages to task %d are no longer kept for replay (%.0f MB "
-                        "since its last checkpoint); if its node fails before it checkpoints, "
-                        "they are lost. Checkpoint more often or raise CLUSTERVM_REPLAY_LOG_MB",
-                        ctx.tid, dst, size / 1e6)
-            entries.clear()
-            sizes[dst] = 0
+            with self.lock:
+                self._drop_log(ctx, dst, f"{size / 1e6:.0f} MB since its last checkpoint")
             return False
-        entries.append((seq, tag, copy))
+        with self.lock:      # not into a list _trim_and_replay has just replaced
+            fields["_outlog"][dst].append((seq, tag, copy))
         sizes[dst] = size
         return True
+
+    @staticmethod
+    def _drop_log(ctx: TaskLike, dst: int, why: str) -> None:
+        """Forget the replay log of ``ctx`` for ``dst``, with a warning (hold the lock)."""
+        log.warning("task %d: messages to task %d are no longer kept for replay (%s); if "
+                    "its node fails before it checkpoints, they are lost. Checkpoint more "
+                    "often or raise CLUSTERVM_REPLAY_LOG_MB", ctx.tid, dst, why)
+        fields = ctx.__dict__
+        fields["_outlog"][dst] = []
+        fields["_outbytes"][dst] = 0
 
     def _tell_senders(self, tid: int, rank: int, inc: int, replay: bool, delivered: dict,
                       rank_of: Callable[[int], int | None]) -> None:
@@ -342,13 +399,17 @@ class Site:
             if not outlog or dst not in outlog:
                 continue
             upto = delivered.get(ctx.tid, delivered.get(str(ctx.tid), 0))
-            entries = [e for e in outlog[dst] if e[0] > upto]
-            outlog[dst] = entries
+            with self.lock:       # (a task thread appends under it)
+                entries = [e for e in outlog[dst] if e[0] > upto]
+                outlog[dst] = entries
+                uncopied = ctx.__dict__.get("_uncopied")
             sizes = getattr(ctx, "_outbytes", None)
             if sizes is not None:
                 sizes[dst] = sum(approx_size(e[2]) for e in entries)
             if replay_all:
                 for seq, tag, data in entries:
+                    if uncopied == (dst, seq):   # still the sender's (being sent, copied)
+                        data = snapshot(data)
                     if rank == self.rank:
                         self.deliver(ctx.tid, dst, tag, snapshot(data), ctx.inc, seq)
                     else:

@@ -70,7 +70,6 @@ import itertools
 import logging
 import os
 import struct
-import sys
 import threading
 import time
 from collections import deque
@@ -79,6 +78,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 from mpi4py import MPI
 
 from . import wire
+from .blocks import Blocks
 from .config import Config
 from .endpoint import Counters, Handler, PeerFailed, dispatch
 from .errors import ConfigError, WireError
@@ -427,7 +427,8 @@ class Transport:
         self._light: deque[MPI.Request] = deque()
         #: long receives given up (their sender declared dead): kept for MPI to finish
         self._abandoned: list[tuple[MPI.Request, Any]] = []
-        self._parts = _PartBuffers()     # memory for big parts, used again (the poller's)
+        #: memory for big parts, used again (clustervm.blocks): 64 KiB to 16 MiB, 32 MiB kept
+        self._parts = Blocks(64 << 10, 16 << 20, 32 << 20)
         self._bufseq = itertools.count()
         self._status = MPI.Status()
         #: the last message that makes a waiting loop spin, and the last of any work (a
@@ -547,10 +548,12 @@ class Transport:
     # go (and checks the outbox again after, so nothing waits for the next poll).
     # The outbox is FIFO, so messages of one thread leave in the order it sent them.
 
-    def send(self, dest: int, msg: Any) -> None:
+    def send(self, dest: int, msg: Any, meanwhile: Callable[[], Any] | None = None) -> None:
         """Send ``msg`` to rank ``dest``; returns when the caller may reuse its arrays.
 
         Raises :class:`PeerFailed` if ``dest`` is dead (or the transport is closed).
+        ``meanwhile``: called once the message is handed over, before waiting for its
+        arrays to leave (the replay log's copy of a big array overlaps its transfer).
         """
         if 0 <= dest < self.world_size:      # a world rank (none on a spawned node): direct
             if dest in self.failed or self.closed:
@@ -562,6 +565,8 @@ class Transport:
                 head, bufs, tag = self._frames_of(payload, bufs)
             if not bufs and len(head) <= self.max_chunk:     # one frame, our own copy
                 if not self._outbox and self._send_now(dest, head):
+                    if meanwhile is not None:
+                        meanwhile()
                     return
                 out = _Out(dest, self.comm, dest, None, head, [], 0)
             else:
@@ -570,6 +575,8 @@ class Transport:
             out = self._prepare(dest, msg)
         out.tracked = bool(out.bufs)         # the caller's arrays are in flight
         self._hand(out)
+        if meanwhile is not None:
+            meanwhile()
         if not _far_enough(out):
             if self._owner == threading.get_ident():
                 self._finish_owned(out)      # in a handler: no nested poll
@@ -881,6 +888,8 @@ class Transport:
         not come within _PART_WAIT_S."""
         try:
             buf = self._parts.take(size)
+            if buf is None:
+                buf = _empty_buffer(size)
         except MemoryError:
             raise FrameError(src, f"cannot allocate {size} bytes for its buffer") from None
         view = memoryview(buf).cast("B")
@@ -1361,45 +1370,3 @@ def _empty_buffer(size: int) -> Any:
         return bytearray(size)
     import numpy as np   # large buffers: no zero-filling
     return np.empty(size, dtype=np.uint8)
-
-
-class _PartBuffers:
-    """Memory for the big parts of messages, used again: a part is received into a view
-    of a block kept here that nothing else refers to any more (whoever held the last
-    part in it let go of it), else into a new block, kept for next time. Receiving into
-    new memory pays its page faults: the coordinator's 370 KB checkpoints of heat2d
-    took 0.24 ms each for that alone (profiled), a fifth of its time per checkpoint.
-    Blocks are numpy arrays (1/16 larger than the first part they took, so parts of
-    varying size fit), used only once numpy is loaded (a rank that never uses numpy
-    does not import it for this), from 64 KiB to 16 MiB, 32 MiB of them at most. Only
-    the poller holding the token takes one."""
-
-    MIN = 64 << 10
-    MAX = 16 << 20
-    KEEP_BYTES = 32 << 20
-
-    def __init__(self) -> None:
-        self._blocks: list[Any] = []
-        self._free = self._refs_of_unused()
-
-    @staticmethod
-    def _refs_of_unused() -> int:
-        """What ``sys.getrefcount`` says, in a loop like :meth:`take`'s, of an object that
-        only the list refers to (measured, not assumed: interpreters count differently)."""
-        blocks = [bytearray(1)]
-        for block in blocks:
-            return sys.getrefcount(block)
-        raise AssertionError("unreachable")
-
-    def take(self, size: int) -> Any:
-        if not self.MIN <= size <= self.MAX or "numpy" not in sys.modules:
-            return _empty_buffer(size)
-        for block in self._blocks:
-            if block.nbytes >= size and sys.getrefcount(block) <= self._free:   # unused
-                return block[:size]
-        import numpy as np
-        block = np.empty(size + (size >> 4), dtype=np.uint8)
-        self._blocks.append(block)
-        while sum(b.nbytes for b in self._blocks) > self.KEEP_BYTES:
-            del self._blocks[0]        # one still in use is freed by its last user
-        return block[:size]

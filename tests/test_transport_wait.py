@@ -291,22 +291,3 @@ def test_a_send_with_arrays_waits_until_they_have_left(sender):
         req.complete = True
     assert returned.wait(5.0)
     th.join(5.0)
-
-
-def test_big_parts_are_received_into_memory_used_before():
-    """A big part goes into a block nobody refers to any more (no page faults: the
-    8 MiB bandwidth and the coordinator's checkpoints), never into one still in use."""
-    import numpy  # noqa: F401 - the blocks are numpy's once numpy is loaded
-    parts = T._PartBuffers()
-    a = parts.take(370_000)
-    a_block = id(a.base)
-    b = parts.take(370_000)
-    assert id(b.base) != a_block                 # a is in use
-    kept = memoryview(b).cast("B")[100:]          # a view of b keeps b's block in use
-    del a, b
-    c = parts.take(380_000)                       # fits a's block (1/16 more room)
-    assert id(c.base) == a_block
-    d = parts.take(300_000)
-    assert id(d.base) not in (a_block, id(kept.obj.base))
-    small, huge = parts.take(1000), parts.take((16 << 20) + 1)
-    assert isinstance(small, bytearray) and huge.base is None     # outside the pool

@@ -1,0 +1,65 @@
+"""Memory used again for big buffers (clustervm.blocks): no MPI, one process."""
+from __future__ import annotations
+
+import numpy as np
+
+from clustervm.blocks import Blocks
+
+
+def test_a_block_is_used_again_only_once_nothing_refers_to_it():
+    """A big part goes into a block nobody refers to any more (no page faults: the
+    8 MiB bandwidth and the coordinator's checkpoints), never into one still in use."""
+    parts = Blocks(64 << 10, 16 << 20, 32 << 20)
+    a = parts.take(370_000)
+    a_block = id(a.base)
+    b = parts.take(370_000)
+    assert id(b.base) != a_block                 # a is in use
+    kept = memoryview(b).cast("B")[100:]          # a view of b keeps b's block in use
+    del a, b
+    c = parts.take(380_000)                       # fits a's block (1/16 more room)
+    assert id(c.base) == a_block
+    d = parts.take(300_000)
+    assert id(d.base) not in (a_block, id(kept.obj.base))
+    assert parts.take(1000) is None and parts.take((16 << 20) + 1) is None   # out of range
+
+
+def test_blocks_kept_are_bounded_and_the_oldest_let_go_first():
+    parts = Blocks(1 << 20, 16 << 20, 4 << 20)
+    first = parts.take(1 << 20)
+    first_block = first.base
+    taken = [parts.take(1 << 20) for _ in range(4)]
+    assert parts.nbytes <= 4 << 20
+    assert all(t.base is not first_block for t in taken)
+    del first
+    assert parts.take(1 << 20).base is not first_block      # let go: not kept any more
+
+
+def test_idle_blocks_are_let_go():
+    parts = Blocks(1 << 20, 16 << 20, 64 << 20, idle_s=0.0)
+    a = parts.take(2 << 20)
+    held = parts.take(2 << 20)
+    del a
+    c = parts.take(8 << 20)       # nothing fits: a new block; the idle one is let go
+    assert parts.nbytes == held.base.nbytes + c.base.nbytes
+
+
+def test_copy_is_an_equal_array_of_its_own():
+    parts = Blocks(1 << 20, 16 << 20, 32 << 20)
+    src = np.arange(300_000, dtype=np.float64).reshape(1000, 300)[:, ::2]   # not contiguous
+    out = parts.copy(src)
+    assert out.dtype == src.dtype and out.shape == src.shape and out.flags.c_contiguous
+    assert np.array_equal(out, src)
+    src[0, 0] = -1.0
+    assert out[0, 0] == 0.0                       # a copy, not a view
+    rec = np.zeros(3, dtype=[("a", "i4"), ("b", "f8")])
+    assert np.array_equal(parts.copy(rec), rec)   # small: a plain copy
+    again = parts.copy(np.ones((1000, 150)))
+    assert again.base is not out.base             # out is still in use
+
+
+def test_let_go_idle_keeps_blocks_in_use():
+    parts = Blocks(1 << 20, 16 << 20, 64 << 20, idle_s=0.0)
+    used = parts.take(1 << 20)
+    parts.take(2 << 20)                   # dropped at once: unused
+    parts.let_go_idle()
+    assert parts.nbytes == used.base.nbytes
