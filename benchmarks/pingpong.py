@@ -6,6 +6,9 @@
    two tasks on two nodes, next to raw mpi4py (``comm.send/recv`` and
    ``Send/Recv``) between the same two ranks in the same job. Medians of
    ``--rounds`` rounds; ratios are ours / raw for times, ours / raw for bandwidth.
+   A last row runs raw ``Send/Recv`` where each side also copies the array it sends
+   while its ``Isend`` is under way, as a replay log must keep a copy: the most a
+   logged send of a big array can reach here (the memory bandwidth is shared).
 2. Start of a 4-rank job to its first task result (``clustervm run -n 4``) next
    to a bare ``mpiexec -n 4`` + Barrier (with and without btl/ofi): medians of 5.
 3. CPU seconds an idle 4-rank VM burns in 10 s (all ranks together).
@@ -43,6 +46,12 @@ def messages(rounds: int) -> None:
         raw_up = 2 * size / res[f"Send:{size}"] / 1e9
         print(f"{label:24}{ours:>9.2f} GB/s{raw_up:>9.2f} GB/s{ours / raw_up:>7.2f}x  "
               f"(vs Send/Recv; pickled send/recv: {2 * size / res[f'send:{size}'] / 1e9:.2f} GB/s)")
+    # the ceiling of a logged send: raw Send/Recv that also copies each array it sends
+    # (into memory used before) while its Isend is under way
+    copying = 2 * size / res[f"SendCopy:{size}"] / 1e9
+    print(f"{'  raw, copy during Isend':24}{'':>14}{copying:>9.2f} GB/s"
+          f"{copying / (2 * size / res[f'Send:{size}'] / 1e9):>7.2f}x  (what a replay log "
+          f"can reach: {2 * size / res[f'cvm:{size}:replay'] / 1e9 / copying:.2f}x of it)")
 
 
 def startup() -> None:
