@@ -402,7 +402,7 @@ class Site:
             with self.lock:       # (a task thread appends under it)
                 entries = [e for e in outlog[dst] if e[0] > upto]
                 outlog[dst] = entries
-                uncopied = ctx.__dict__.get("_uncopied")
+                uncopied = getattr(ctx, "_uncopied", None)
             sizes = getattr(ctx, "_outbytes", None)
             if sizes is not None:
                 sizes[dst] = sum(approx_size(e[2]) for e in entries)
