@@ -32,7 +32,8 @@ def refs_of_unused() -> int:
 class Blocks:
     """Blocks of ``min_bytes`` to ``max_bytes`` used again, ``keep_bytes`` of them kept at
     most (the oldest let go first: one still in use is freed by its last user). Each
-    block is 1/16 larger than the first size it took, so sizes that vary a little fit.
+    block is 1/16 larger than the first size it took, so sizes that vary a little fit;
+    a size takes the smallest unused block that fits, none twice as big as it needs.
     With ``idle_s``, a block unused that long is let go at the next :meth:`take`."""
 
     def __init__(self, min_bytes: int, max_bytes: int, keep_bytes: int,
@@ -53,11 +54,15 @@ class Blocks:
         with self._lock:
             now = time.monotonic()
             blocks = self._blocks
+            best, most = -1, 2 * size + self.min_bytes   # no block twice too big
             for i in range(len(blocks)):
                 block = blocks[i]
-                if block.nbytes >= size and sys.getrefcount(block) <= free:   # unused
-                    self._used[i] = now
-                    return block[:size]
+                n = block.nbytes
+                if size <= n <= most and sys.getrefcount(block) <= free:   # unused
+                    best, most = i, n - 1       # the smallest that fits
+            if best >= 0:
+                self._used[best] = now
+                return blocks[best][:size]
             if self.idle_s is not None:
                 self._let_go_idle(now - self.idle_s)
             import numpy as np

@@ -14,8 +14,9 @@ _IMMUTABLE = (int, float, str, bytes, bool, type(None))
 #: keeps a copy of each message until its receiver checkpoints past it, and a copy into
 #: new memory costs several times the send it is for (8 MiB: 3-13 ms here, 0.8 ms into
 #: memory touched before). As much is kept as one receiver's replay log may hold by
-#: default (CLUSTERVM_REPLAY_LOG_MB); blocks unused for a minute are let go.
-ARRAY_COPIES = Blocks(64 << 10, 256 << 20, 256 << 20, idle_s=60.0)
+#: default (CLUSTERVM_REPLAY_LOG_MB); blocks unused for 10 s are let go (a node does at its
+#: heartbeats, any rank when it takes one).
+ARRAY_COPIES = Blocks(64 << 10, 256 << 20, 256 << 20, idle_s=10.0)
 
 
 def snapshot(data: Any) -> Any:

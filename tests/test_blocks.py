@@ -63,3 +63,15 @@ def test_let_go_idle_keeps_blocks_in_use():
     parts.take(2 << 20)                   # dropped at once: unused
     parts.let_go_idle()
     assert parts.nbytes == used.base.nbytes
+
+
+def test_a_size_takes_the_smallest_block_that_fits_never_one_twice_too_big():
+    parts = Blocks(64 << 10, 16 << 20, 64 << 20)
+    big, mid = parts.take(8 << 20), parts.take(1 << 20)
+    big_block, mid_block = id(big.base), id(mid.base)        # (ids: a reference is a use)
+    del big, mid
+    near = parts.take(900_000)
+    assert id(near.base) == mid_block                         # not the 8 MiB one
+    small = parts.take(100_000)                               # the 8 MiB one is too big
+    assert id(small.base) not in (big_block, mid_block)
+    assert id(parts.take(8 << 20).base) == big_block          # still there for its size
