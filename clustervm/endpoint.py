@@ -96,7 +96,7 @@ class Endpoint(Protocol):
         Raises PeerFailed if ``dest`` is dead (or this endpoint is closed), WireError
         if ``msg`` cannot be encoded. ``meanwhile`` is called once the message is on its
         way (not if encoding it failed), before waiting for it to leave: work that
-        overlaps the transfer (it may read, never change, what is sent)."""
+        overlaps the transfer (it may read, never change, what is sent; it must not raise)."""
 
     def post(self, dest: int, msg: Any) -> bool:
         """Send without blocking (for handlers); False (message dropped) if ``dest`` is
