@@ -115,6 +115,7 @@ from .errors import GroupError, Thawed
 from .mailbox import TaskAborted
 from .reduce import VECTOR_OPS, _reduce, combine
 from .site import approx_size, snapshot
+from .values import IMMUTABLE
 
 if TYPE_CHECKING:
     from .mailbox import TaskLike as TaskContext   # task.py imports this module
@@ -134,7 +135,6 @@ _SPIN_S = 0.02                      # poll flat out this long, then back off
 _CHECK_EVERY = 64                   # polls between looks at the members' whereabouts
 _GRACE_S = 1.0                      # a member seen gone may still complete the call
 _yield = getattr(os, "sched_yield", lambda: time.sleep(0))
-_IMMUTABLE = (int, float, str, bytes, bool, type(None))
 KEEP_ROUNDS = 64                    # shadows kept by a member, at most (as the hub keeps) ...
 KEEP_BYTES = 64 << 20               # ... and about this many bytes of them (the hub: 256 MiB)
 _RECYCLE_BYTES = 1 << 20            # shadows of arrays this large reuse dropped ones' memory
@@ -352,12 +352,12 @@ class FrozenGroup:
             value = None
         elif isinstance(value, np.ndarray) and value.dtype.kind in _FAST_KINDS + "c":
             value = self._copy(value)       # the caller may change it once the call returns
-        elif not isinstance(value, _IMMUTABLE):
+        elif not isinstance(value, IMMUTABLE):
             try:
                 value = snapshot(value)     # the caller may change it once the call returns
             except Exception:   # noqa: BLE001 - unsendable: the MPI exchange fails alike
                 value = None
-        size = 64 if value is None or isinstance(value, _IMMUTABLE) else approx_size(value)
+        size = 64 if value is None or isinstance(value, IMMUTABLE) else approx_size(value)
         if result is not None:
             size += approx_size(result)
         with self._lock:

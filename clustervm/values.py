@@ -8,7 +8,8 @@ from typing import Any
 from . import wire
 from .blocks import Blocks
 
-_IMMUTABLE = (int, float, str, bytes, bool, type(None))
+#: values that cannot change: a snapshot of one is the value itself
+IMMUTABLE = (int, float, str, bytes, bool, type(None))
 
 #: memory for copies of big arrays, used again (clustervm.blocks): a sender's replay log
 #: keeps a copy of each message until its receiver checkpoints past it, and a copy into
@@ -21,7 +22,7 @@ ARRAY_COPIES = Blocks(64 << 10, 256 << 20, 256 << 20, idle_s=10.0)
 
 def snapshot(data: Any) -> Any:
     """A copy of ``data`` that later changes by the sender cannot reach (for the replay log)."""
-    if isinstance(data, _IMMUTABLE):
+    if isinstance(data, IMMUTABLE):
         return data
     np = _modules.get("numpy")
     if np is not None and type(data) is np.ndarray and not data.dtype.hasobject:
