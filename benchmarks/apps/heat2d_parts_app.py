@@ -6,11 +6,19 @@ checkpoint calls timed from outside (issue 14's checkpoint overhead, taken apart
 
 Each task runs ``heat2d.solver`` with a context that times the calls it passes on.
 Prints one line per task, in milliseconds (compute: the rest of the task's time; the
-median wait of one ``recv``; the task thread's CPU time), then rank 0's CPU time::
+median wait of one ``recv``; the task thread's CPU time; what a checkpoint costs the
+task's steps, below), then rank 0's CPU time::
 
     parts task=<i> send_ms=<f> recv_ms=<f> checkpoint_ms=<f> checkpoints=<n> compute_ms=<f>
-          recv_median_us=<f> thread_cpu_ms=<f>
+          recv_median_us=<f> thread_cpu_ms=<f> excess_per_checkpoint_us=<f>
     parts coordinator_cpu_ms=<f>
+
+``excess_per_checkpoint_us``: every step's time (from one step's first ``send`` to the
+next's) past the median step, summed over the run (its first and last 5 % left out)
+and divided by the checkpoints taken: what a checkpoint costs the task, its call and
+whatever it sets off afterwards (a coordinator busy with it, say), several times less
+noisy than comparing whole runs on a shared box (thirteenth session). Without
+checkpoints it is the same sum divided by the run's steps / 50: the noise floor.
 
 Run it with ``--checkpoint-every 0`` beside the same with checkpoints, and with
 ``clustervm run --checkpoint-dir DIR``, to see what checkpoints add where. (A rise of
@@ -38,12 +46,15 @@ class Timed:
         self.spent = dict.fromkeys(TIMED, 0.0)
         self.calls = dict.fromkeys(TIMED, 0)
         self.recv_waits: list[float] = []
+        self.sends: list[float] = []        # when each send started
         for name in TIMED:
             setattr(self, name, self._timed(name, getattr(ctx, name)))
 
     def _timed(self, name, call):
         def timed(*args, **kwargs):
             t0 = time.perf_counter()
+            if name == "send":
+                self.sends.append(t0)
             try:
                 return call(*args, **kwargs)
             finally:
@@ -58,17 +69,33 @@ class Timed:
         return getattr(self._ctx, name)
 
 
+def excess_per_checkpoint(sends: list[float], steps: int, checkpoints: int) -> float:
+    """Seconds of step time past the median step, per checkpoint (see the module doc)."""
+    per_step = max(1, round(len(sends) / max(1, steps)))       # a task's neighbours
+    starts = sends[::per_step]
+    lengths = [b - a for a, b in zip(starts, starts[1:])]
+    cut = len(lengths) // 20
+    lengths = lengths[cut:len(lengths) - cut] or lengths
+    if not lengths:
+        return 0.0
+    median = statistics.median(lengths)
+    share = checkpoints * len(lengths) / max(1, len(starts) - 1)
+    return (sum(lengths) - median * len(lengths)) / max(share, len(lengths) / 50)
+
+
 def solver(ctx, *args) -> dict:
     timed = Timed(ctx)
     t0 = time.perf_counter()
     out = heat2d.solver(timed, *args)
     total = time.perf_counter() - t0
+    excess = excess_per_checkpoint(timed.sends, args[2], timed.calls["checkpoint"])
     s = timed.spent
     print(f"parts task={out['me']} send_ms={s['send'] * 1e3:.1f} recv_ms={s['recv'] * 1e3:.1f} "
           f"checkpoint_ms={s['checkpoint'] * 1e3:.1f} checkpoints={timed.calls['checkpoint']} "
           f"compute_ms={(total - sum(s.values())) * 1e3:.1f} "
           f"recv_median_us={statistics.median(timed.recv_waits or [0.0]) * 1e6:.1f} "
-          f"thread_cpu_ms={time.thread_time() * 1e3:.1f}", flush=True)
+          f"thread_cpu_ms={time.thread_time() * 1e3:.1f} "
+          f"excess_per_checkpoint_us={excess * 1e6:.0f}", flush=True)
     return out
 
 
