@@ -349,7 +349,7 @@ _PAD = [b"\0" * i for i in range(8)]
 class _Out:
     """One outgoing message: its frames, where they go, and how far it got."""
     __slots__ = ("dest", "comm", "peer", "via", "head", "bufs", "tag", "head_tag", "reqs",
-                 "tracked", "done", "failed")
+                 "tracked", "patient", "done", "failed")
 
     def __init__(self, dest: int, comm: Any, peer: int, via: int | None, head: Any,
                  bufs: list, tag: int, head_tag: int = TAG_MSG) -> None:
@@ -357,6 +357,7 @@ class _Out:
         self.head, self.bufs, self.tag, self.head_tag = head, bufs, tag, head_tag
         self.reqs: list | None = None
         self.tracked = False      # a sender waits for it (send, isend): set done promptly
+        self.patient = False      # ... after work of its own (send's meanwhile): no spin
         self.done = False         # its Isends completed (or it failed)
         self.failed = False
 
@@ -574,6 +575,7 @@ class Transport:
         else:
             out = self._prepare(dest, msg)
         out.tracked = bool(out.bufs)         # the caller's arrays are in flight
+        out.patient = meanwhile is not None   # it has work to do before it waits
         self._hand(out)
         if meanwhile is not None:
             meanwhile()
@@ -702,7 +704,7 @@ class Transport:
         c.bytes_out += len(out.head)
         if bufs:
             c.bytes_out += sum(memoryview(b).nbytes for b in bufs)
-        if out.tracked and self._test_a_while(out, reqs):
+        if out.tracked and not out.patient and self._test_a_while(out, reqs):
             return
         out.reqs = reqs
         self._pending.append(out)
