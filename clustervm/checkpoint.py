@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import queue
 import logging
 import os
@@ -59,7 +58,6 @@ import re
 import struct
 import threading
 import time
-import uuid
 import zlib
 from typing import Any, Callable, Sequence
 
@@ -107,6 +105,7 @@ def safe_stem(key: str) -> str:
             break
         out.append(piece)
         n += len(piece)
+    import hashlib   # here: 4 ms of a rank 0's start otherwise (its OpenSSL binding)
     digest = hashlib.blake2b(raw, digest_size=10).hexdigest()
     return "".join(out) + "~" + digest
 
@@ -508,7 +507,7 @@ class CheckpointStore:
     def _create(self, final: str, kb: bytes, seq: int, frames: list[Frame]) -> int:
         """A new slot file holding one version, created atomically; its size."""
         assert self.path is not None
-        tmp = os.path.join(self.path, f"{_TMP_PREFIX}{os.getpid()}.{uuid.uuid4().hex}")
+        tmp = os.path.join(self.path, f"{_TMP_PREFIX}{os.getpid()}.{os.urandom(16).hex()}")
         header, trailer, total = self._encode(kb, seq, frames)
         try:
             with open(tmp, "wb") as f:

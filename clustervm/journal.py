@@ -36,7 +36,6 @@ import mmap
 import os
 import struct
 import threading
-import uuid
 import zlib
 from typing import Any, Collection, Iterator, NamedTuple, Sequence
 
@@ -433,7 +432,7 @@ class Journal:
             data = json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"job header is not JSON-serialisable: {exc}") from None
-        tmp = os.path.join(self.directory, f".{META_NAME}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        tmp = os.path.join(self.directory, f".{META_NAME}.{os.getpid()}.{os.urandom(16).hex()}.tmp")
         try:
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(data)
