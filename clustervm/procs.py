@@ -6,7 +6,6 @@ Linux only; elsewhere every query answers "nothing" ([], "", None).
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Callable, Iterable, Mapping
 
 
@@ -252,6 +251,7 @@ def remove_stale_session_dirs(pids: Iterable[int] | None = None,
             continue
         if wanted is None and not _owned(path):
             continue
+        import shutil   # here: 3 ms of every rank's start otherwise (it imports lzma)
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
