@@ -17,10 +17,10 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["Blocks", "refs_of_unused"]
+__all__ = ["Blocks"]
 
 
-def refs_of_unused() -> int:
+def _refs_of_unused() -> int:
     """What ``sys.getrefcount`` says of an object that only a list refers to, when it is
     looked at as :class:`Blocks` does (measured, not assumed: interpreters count
     differently)."""
@@ -42,7 +42,7 @@ class Blocks:
         self.idle_s = idle_s
         self._blocks: list[Any] = []
         self._used: list[float] = []           # when each block was last handed out
-        self._free = refs_of_unused()
+        self._free = _refs_of_unused()
         self._lock = threading.Lock()
 
     def take(self, size: int) -> Any:

@@ -37,7 +37,7 @@ import os
 import struct
 import threading
 import zlib
-from typing import Any, Collection, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Collection, Iterator, NamedTuple, Sequence
 
 from .checkpoint import _fsync_dir
 from .errors import CheckpointError, CorruptCheckpointError
@@ -292,15 +292,10 @@ class Journal:
     def cut_after_last(self, kind: str) -> int:
         """Cut off the records after the last one of ``kind`` (all of them if there is
         none), durably; returns how many were cut."""
-        with self._lock:
-            size = self._end
-            if self._fd < 0 or size <= len(FILE_MAGIC):
-                return 0
-            with mmap.mmap(self._fd, size, access=mmap.ACCESS_READ) as buf:
-                with memoryview(buf) as mv:
-                    kinds = [_kind_of(mv, start) for start, _ in _scan(buf, size).spans]
-        keep = max((i + 1 for i, k in enumerate(kinds) if k == kind), default=0)
-        return self.cut(keep)
+        def keep(mv: memoryview, spans: list[tuple[int, int]]) -> int:
+            return max((i + 1 for i, (start, _) in enumerate(spans)
+                        if _kind_of(mv, start) == kind), default=0)
+        return self._cut(keep)
 
     @property
     def dirty(self) -> bool:
@@ -310,6 +305,11 @@ class Journal:
     def cut(self, keep: int) -> int:
         """Keep the first ``keep`` records and cut the others off, durably (a resume that
         goes back to an earlier moment of the job); returns how many were cut."""
+        return self._cut(lambda mv, spans: keep)
+
+    def _cut(self, keep_of: Callable[[memoryview, list[tuple[int, int]]], int]) -> int:
+        """Keep the first ``keep_of(records, their spans)`` records (one scan, under the
+        lock) and cut the others off, durably."""
         with self._lock:
             if self._fd < 0:
                 raise CheckpointError(f"journal {self.path} is closed")
@@ -318,6 +318,8 @@ class Journal:
                 return 0
             with mmap.mmap(self._fd, size, access=mmap.ACCESS_READ) as buf:
                 spans = _scan(buf, size).spans
+                with memoryview(buf) as mv:
+                    keep = keep_of(mv, spans)
             if keep >= len(spans):
                 return 0
             end = spans[keep - 1][0] + spans[keep - 1][1] if keep > 0 else len(FILE_MAGIC)
