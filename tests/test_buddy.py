@@ -28,6 +28,16 @@ from ring_drills import (ARGS, RING, TIMEOUT, expected, kill_after_checkpoints,
 pytestmark = pytest.mark.mpi
 
 
+@pytest.mark.parametrize("mode", ["log", "group"])
+def test_undisturbed_ring_jobs_give_the_computed_result(mode):
+    """The drills compare with the ring's result computed in one process
+    (ring_drills.expected): real jobs without a fault, in both checkpoint modes, give it."""
+    res = run_job([RING, *ARGS, *(["--group"] if mode == "group" else [])], n=5,
+                  timeout=TIMEOUT)
+    assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
+    assert res.line("ring:") == expected() == "ring: tasks=4 steps=240 digest=3e54494a3fa577c8"
+
+
 def test_node_killed_restarts_from_its_buddys_copy(job, tmp_path):
     """Memory only: the node of task 0 dies; its task restarts from the copy its buddy
     holds (no checkpoint went to the coordinator), the result is exact, and the report

@@ -12,6 +12,8 @@ file ``ckpt-<i>-<k>-r<rank>`` in ``--markers`` (the checkpoint before it is then
 acknowledged: a task waits for one before it sends the next). Main prints::
 
     ring: tasks=N steps=S digest=<hex>
+
+``undisturbed(N, S)`` computes that line in one process, without a VM.
 """
 import argparse
 import hashlib
@@ -61,6 +63,18 @@ def member(ctx, steps: int, every: int, step_ms: float, state_kb: int, markers: 
     return acc
 
 
+def undisturbed(tasks: int, steps: int) -> str:
+    """The line main prints, computed in one process (the tests' expected result)."""
+    accs = [mix(i) for i in range(tasks)]
+    for step in range(steps):
+        accs = [mix(i, step, accs[i], accs[i - 1]) for i in range(tasks)]
+    return f"ring: tasks={tasks} steps={steps} digest={_digest(accs)}"
+
+
+def _digest(accs: list) -> str:
+    return hashlib.sha256(repr(accs).encode()).hexdigest()[:16]
+
+
 def main(vm) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--tasks", type=int, default=4)
@@ -74,5 +88,4 @@ def main(vm) -> None:
     tids = vm.spawn(member, a.steps, a.every, a.step_ms, a.state_kb, a.markers,
                     count=a.tasks, checkpoint="group" if a.group else "log")
     accs = [vm.join(t) for t in tids]
-    digest = hashlib.sha256(repr(accs).encode()).hexdigest()[:16]
-    print(f"ring: tasks={a.tasks} steps={a.steps} digest={digest}", flush=True)
+    print(f"ring: tasks={a.tasks} steps={a.steps} digest={_digest(accs)}", flush=True)
