@@ -131,8 +131,9 @@ def _sh_env() -> dict:
                    "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
                    "OMPI_MCA_btl": "^ofi",
                    "PYTHONPATH": str(ROOT)})
-    if "CLUSTERVM_LOG_LEVEL" not in os.environ:
-        env.pop("CLUSTERVM_LOG_LEVEL", None)     # job_env's default: not in what the page shows
+    for name in ("CLUSTERVM_LOG_LEVEL", "CLUSTERVM_SPIN_MS"):
+        if name not in os.environ:
+            env.pop(name, None)          # job_env's defaults: not in what the pages show
     return env
 
 
