@@ -76,7 +76,9 @@ def idle(seconds: float) -> None:
     if rc != 0:
         sys.exit(f"idle job failed:\n{err}")
     line = next(l for l in out.splitlines() if l.startswith("idle "))
+    steady = next(l for l in out.splitlines() if l.startswith("idle-steady "))
     print(f"3. idle 4-rank VM: {line}")
+    print(f"   settled, from /proc: {steady}")
 
 
 def main() -> None:

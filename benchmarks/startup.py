@@ -6,7 +6,9 @@
    task, the whole command timed), next to a bare ``mpiexec -n 4`` + Barrier
    run right after it, alternating: medians, and the CPU seconds of every
    process of the job (the launcher, mpiexec and the ranks).
-2. CPU seconds an idle 4-rank VM burns in 10 s (all ranks together): medians.
+2. CPU seconds an idle 4-rank VM burns in 10 s (all ranks together): medians; read by
+   tasks on the nodes (a round trip to each node at both ends), then again once the VM
+   has settled, from /proc (benchmarks/apps/idle_app.py).
 
 Each rank compiles clustervm's modules again when their bytecode is not cached
 (PYTHONDONTWRITEBYTECODE set and no __pycache__, as in an editable install under
@@ -22,7 +24,7 @@ import os
 import resource
 import sys
 
-from _util import PY, ROOT, clustervm, median, mpiexec
+from _util import PY, ROOT, clustervm, median, mpiexec, parse
 
 BARRIER = "from mpi4py import MPI; MPI.COMM_WORLD.Barrier()"
 
@@ -65,16 +67,18 @@ def startup(runs: int) -> None:
 
 
 def idle(runs: int, seconds: float) -> None:
-    totals = []
+    totals, steady = [], []
     for _ in range(runs):
         rc, out, err, _ = clustervm(4, "benchmarks/apps/idle_app.py", str(seconds),
-                                    timeout=seconds + 60)
+                                    timeout=2 * seconds + 60)
         if rc != 0:
             sys.exit(f"idle job failed:\n{err}")
-        line = next(l for l in out.splitlines() if l.startswith("idle "))
-        totals.append(float(line.split("cpu_total=")[1].split()[0]))
+        totals.append(float(parse(out, "idle ")["cpu_total"]))
+        steady.append(float(parse(out, "idle-steady ")["cpu_total"]))
     print(f"2. idle 4-rank VM, CPU-s in {seconds:g} s (all ranks; median of {runs}): "
           f"{median(totals):.3f} (runs {' '.join(f'{t:.3f}' for t in totals)})")
+    print(f"   settled, read from /proc (no task of the benchmark's in it):  "
+          f"{median(steady):.3f} (runs {' '.join(f'{t:.3f}' for t in steady)})")
 
 
 def main() -> None:
