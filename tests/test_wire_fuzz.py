@@ -509,7 +509,7 @@ def node_messages(draw):
 
 @settings(max_examples=400, deadline=2000, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(st.lists(node_messages(), min_size=1, max_size=5), st.integers(1, 3))
+@given(st.lists(node_messages(), min_size=1, max_size=3), st.integers(1, 3))
 def test_coordinator_survives_wrong_typed_messages(coordinator, messages, src):
     t = coordinator.transport
     for msg in messages:
