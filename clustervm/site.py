@@ -408,10 +408,12 @@ class Site:
                 sizes[dst] = sum(approx_size(e[2]) for e in entries)
             if replay_all:
                 for seq, tag, data in entries:
-                    if uncopied == (dst, seq):   # still the sender's (being sent, copied)
+                    # a copy of its own for a local receiver (as a send over MPI makes),
+                    # or if the entry is still the sender's array (being sent, copied)
+                    if rank == self.rank or uncopied == (dst, seq):
                         data = snapshot(data)
                     if rank == self.rank:
-                        self.deliver(ctx.tid, dst, tag, snapshot(data), ctx.inc, seq)
+                        self.deliver(ctx.tid, dst, tag, data, ctx.inc, seq)
                     else:
                         self.transport.post(rank, P.User.make(ctx.tid, dst, tag, data,
                                                               ctx.inc, seq))
