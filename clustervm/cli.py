@@ -187,7 +187,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # every rank on this host: a rank lost inside MPI_Init is survived by a new start
         return launcher.run(argv, env, args.timeout,
                             watch_start=launcher.watches_start(argv, args.hostfile),
-                            watch_end=launcher.watches_end(args.hostfile), ranks=args.n)
+                            watch_end=launcher.watches_end(args.hostfile), ranks=args.n,
+                            init_timeout=config.init_timeout_s)
     from .supervisor import supervise
     return supervise(args.n, args.app, args.app_args, hostfile=args.hostfile,
                      mpiexec=args.mpiexec, config=config, extra=extra, restarts=restarts,

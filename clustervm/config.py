@@ -109,6 +109,8 @@ class Config:
     max_chunk_bytes: int = 16 << 20
     #: CLUSTERVM_START_TIMEOUT_S: seconds a node waits for the coordinator's first word before it leaves.
     start_timeout_s: float = 60.0
+    #: CLUSTERVM_INIT_TIMEOUT_S: seconds the launcher waits for rank 0 to get past MPI_Init before it stops the job (one rank hung before or in MPI_Init holds every rank there); 0: no limit.
+    init_timeout_s: float = 60.0
 
     _fields: tuple[str, ...]
     _defaults: dict[str, Any]

@@ -541,6 +541,10 @@ STARTED_ENV = "CLUSTERVM_STARTED_FILE"
 #: Set when this launch watches the start and starts the job again on a loss (rank 0 may
 #: then end a start that lost a node, see runtime.lose_start; else it goes on without it)
 WATCHED_ENV = "CLUSTERVM_START_WATCHED"
+#: Where rank 0 says it is past MPI_Init (set by run; internal): CLUSTERVM_INIT_TIMEOUT_S.
+INIT_ENV = "CLUSTERVM_INIT_FILE"
+#: _run_once's status for a job it stopped: rank 0 was not past MPI_Init in time.
+_INIT_HUNG = -2
 
 
 def watches_start(argv: Sequence[str], hostfile: str | None) -> bool:
@@ -559,7 +563,8 @@ def watches_end(hostfile: str | None) -> bool:
 def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = None, *,
         finished: Callable[[], bool] | None = None,
         finish_grace: float = FINISH_GRACE_S, watch_start: bool = False,
-        watch_end: bool = False, ranks: int | None = None) -> int:
+        watch_end: bool = False, ranks: int | None = None,
+        init_timeout: float | None = None, marker_dir: str | None = None) -> int:
     """Run mpiexec in its own session; return its exit status (124 on timeout).
 
     SIGINT and SIGTERM are passed on to mpiexec (a third one kills the job).
@@ -580,19 +585,40 @@ def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = Non
     ``watch_start`` or ``watch_end``: rank 0 leaves its exit status in a file; a rank
     that has not ended ``finish_grace`` s after that (stuck in MPI_Finalize, stopped)
     is ended, and the job's status is rank 0's.
+
+    ``init_timeout`` (CLUSTERVM_INIT_TIMEOUT_S; None or 0: none): rank 0 not past
+    MPI_Init that many seconds after mpiexec started (a rank hung before or in it holds
+    every other there, watched or not) stops the job. Rank 0 says when it is past it in
+    a file: in ``marker_dir`` if given, a directory it can write (the supervisor's job
+    directory, which every host shares), else on this host, so only when rank 0 runs
+    here (``watch_start`` or ``watch_end``; else there is no such limit). A job on this
+    host is started again as above; one with a ``marker_dir`` is not (the supervisor
+    starts it again on the hosts that answer): run says why and returns 1, as on the
+    last attempt.
     """
+    if not (watch_start or watch_end or marker_dir):
+        init_timeout = None         # rank 0 may be on another host: it could not say
     deadline = None if timeout is None else time.monotonic() + timeout
     for attempt in range(START_RETRIES + 1):
         last = attempt == START_RETRIES
         began = time.monotonic()
         left = None if deadline is None else max(0.1, deadline - began)
         rc, lost = _run_once(argv, env, left, finished, finish_grace, watch_start and not last,
-                             watch_start or watch_end, ranks, job_timeout=timeout)
+                             watch_start or watch_end, ranks, job_timeout=timeout,
+                             init_timeout=init_timeout, marker_dir=marker_dir)
         took = time.monotonic() - began
         if lost is None and rc == PRTE_START_FAILED and took < PRTE_START_FAILED_S and not last:
             lost = f"mpiexec could not start (status {rc} after {took:.1f} s)"
         if lost is None:
             return rc
+        if rc == _INIT_HUNG:
+            if last or marker_dir:
+                print(f"clustervm: error: {lost}; the job was stopped", file=sys.stderr,
+                      flush=True)
+                return 1
+            print(f"clustervm: {lost}; starting the job again ({attempt + 1} of "
+                  f"{START_RETRIES})", file=sys.stderr, flush=True)
+            continue
         print(f"clustervm: {lost} while the job was starting (nothing of the app has run; "
               f"Open MPI cannot survive a loss inside MPI_Init); starting it again "
               f"({attempt + 1} of {START_RETRIES})", file=sys.stderr, flush=True)
@@ -602,18 +628,30 @@ def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = Non
 def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None,
               finished: Callable[[], bool] | None, finish_grace: float,
               watch_start: bool, mark: bool, ranks: int | None = None,
-              job_timeout: float | None = None) -> tuple[int, str | None]:
-    """One mpiexec: (exit status, None), or (-1, what was lost) if lost while starting.
+              job_timeout: float | None = None, init_timeout: float | None = None,
+              marker_dir: str | None = None) -> tuple[int, str | None]:
+    """One mpiexec: (exit status, None), or (-1, what was lost) if lost while starting
+    (_INIT_HUNG: rank 0 was not past MPI_Init ``init_timeout`` s after the start).
     ``timeout``: what is left of the job's (``job_timeout``, the one the user gave);
-    ``mark``: rank 0 leaves its status in a marker file (``watch_start`` needs it)."""
+    ``mark``: rank 0 leaves its status in a marker file (``watch_start`` needs it);
+    ``marker_dir``: where rank 0 says it is past MPI_Init (see :func:`run`)."""
     env = dict(env)
-    marker_dir = None
+    own_dir = None
     if watch_start or mark:
-        marker_dir = tempfile.mkdtemp(prefix="clustervm-start-")
-        env[STARTED_ENV] = os.path.join(marker_dir, "started")
+        own_dir = tempfile.mkdtemp(prefix="clustervm-start-")
+        env[STARTED_ENV] = os.path.join(own_dir, "started")
     env.pop(WATCHED_ENV, None)
     if watch_start:
         env[WATCHED_ENV] = "1"
+    env.pop(INIT_ENV, None)
+    init_file = None
+    if init_timeout and (marker_dir or own_dir):
+        init_file = os.path.join(marker_dir or own_dir, f"mpi-init.{os.getpid()}")
+        _remove(init_file)
+        env[INIT_ENV] = init_file
+        if marker_dir is not None:      # rank 0 may be on another host: pass it on
+            argv = [argv[0], *FLAVORS[mpi_flavor(argv[0])].export(INIT_ENV, init_file),
+                    *argv[1:]]
     t0 = time.monotonic()
     shm_before = procs.shm_files()
     # an earlier mpiexec killed with its ranks left its session directory: one that gets
@@ -634,20 +672,31 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
     previous = _set_handlers(forward)
     try:
         try:
+            init_by = None if init_file is None else t0 + init_timeout
             if watch_start:
-                lost = _watch_start(proc, env[STARTED_ENV], timeout, received, ranks)
-                if lost is not None:
-                    _stop(proc, KILL_GRACE_S)
+                lost = _watch_start(proc, env[STARTED_ENV], timeout, received, ranks,
+                                    init_file, init_by)
+            elif init_file is not None:
+                lost = _watch_init(proc, init_file, init_by, timeout, received)
+            else:
+                lost = None
+            if lost is not None:
+                _stop(proc, KILL_GRACE_S)
+                if lost != _NOT_PAST_INIT:
                     return -1, lost
+                return _INIT_HUNG, (
+                    f"rank 0 was not past MPI_Init {init_timeout:g} s after the start "
+                    f"(CLUSTERVM_INIT_TIMEOUT_S): a rank is hung before or in MPI_Init (a "
+                    f"stalled file system?), or a host does not answer")
             left = None if timeout is None else max(0.1, timeout - (time.monotonic() - t0))
             done = env.get(STARTED_ENV, "") + ".done"
-            if finished is None and marker_dir is not None:
+            if finished is None and (watch_start or mark):
                 # rank 0 has left with its status: a rank that does not end (stopped,
                 # say) must not keep mpiexec, and us, waiting
                 finished = functools.partial(os.path.exists, done)
             rc = _wait(proc, left, finished, finish_grace)
-            main_rc = _read_status(done) if marker_dir is not None else None
-            if marker_dir is not None and main_rc is None and rc == 0:
+            main_rc = _read_status(done) if (watch_start or mark) else None
+            if (watch_start or mark) and main_rc is None and rc == 0:
                 # rank 0 leaves its status on every way out; mpiexec exits 0 on a SIGINT
                 # of its own: the job did not finish
                 print("clustervm: error: mpiexec ended before the job finished (interrupted?)",
@@ -668,8 +717,10 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
         if proc.poll() is None:
             _stop(proc, KILL_GRACE_S)
         _restore_handlers(previous)
-        if marker_dir is not None:
-            shutil.rmtree(marker_dir, ignore_errors=True)
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
+        if init_file is not None and marker_dir is not None:
+            _remove(init_file)
         procs.remove_stale_shm(shm_before)
         procs.remove_stale_session_dirs([proc.pid], procs.session_base(env))
     if received:
@@ -703,10 +754,41 @@ def _read_status(path: str) -> int | None:
         return None
 
 
+#: What the watches return for a rank 0 not past MPI_Init in time (_run_once says more).
+_NOT_PAST_INIT = "rank 0 not past MPI_Init"
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _watch_init(proc: subprocess.Popen, init_file: str, init_by: float,
+                timeout: float | None, received: list[int]) -> str | None:
+    """Until rank 0 is past MPI_Init (``init_file`` exists) or mpiexec has ended:
+    :data:`_NOT_PAST_INIT` if that is not so by ``init_by`` (time.monotonic), else None."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not os.path.exists(init_file):
+        now = time.monotonic()
+        if received or (deadline is not None and now > deadline):
+            return None           # interrupted, or out of time: the usual handling
+        if now > init_by:
+            return _NOT_PAST_INIT
+        try:
+            _wait_exit(proc, _WATCH_EVERY_S)
+            return None           # mpiexec ended (the usual handling says how)
+        except subprocess.TimeoutExpired:
+            pass
+    return None
+
+
 def _watch_start(proc: subprocess.Popen, marker: str, timeout: float | None,
-                 received: list[int], ranks: int | None = None) -> str | None:
+                 received: list[int], ranks: int | None = None,
+                 init_file: str | None = None, init_by: float | None = None) -> str | None:
     """Until the start is over (``marker`` exists: every node said hello): what was lost,
-    or None.
+    or None; :data:`_NOT_PAST_INIT` if ``init_file`` does not exist by ``init_by``.
 
     The rank processes are mpiexec's children here (every rank on this host)."""
     seen: set[int] = set()
@@ -724,6 +806,9 @@ def _watch_start(proc: subprocess.Popen, marker: str, timeout: float | None,
             if os.path.exists(marker) or not seen:
                 return None   # rank 0 marked its way out (a failed start says why itself)
             return f"mpiexec ended with status {rc}"
+        if init_by is not None and time.monotonic() > init_by and init_file is not None \
+                and not os.path.exists(init_file):
+            return _NOT_PAST_INIT
         seen.update(procs.children(proc.pid))
         gone = sorted(p for p in seen if not procs.alive(p))
         if gone:

@@ -167,11 +167,18 @@ def _leave_with_launcher() -> None:
 
 
 def _mark_started(MPI, rank: int) -> None:
-    """Rank 0 of a job the launcher watches: remember its start marker, written by
-    :func:`mark_started` once every node is known to be past MPI_Init."""
+    """Rank 0 of a job the launcher watches, just past MPI_Init: say so (the launcher
+    stops a job whose rank 0 is not past it within CLUSTERVM_INIT_TIMEOUT_S), and
+    remember the start marker, written by :func:`mark_started` once every node is known
+    to be past MPI_Init."""
     global _marker, _watched
+    if rank != 0 or MPI.Comm.Get_parent() != MPI.COMM_NULL:
+        return
+    init = os.environ.get("CLUSTERVM_INIT_FILE")
+    if init:
+        _write_marker(init, "")
     path = os.environ.get("CLUSTERVM_STARTED_FILE")
-    if path and rank == 0 and MPI.Comm.Get_parent() == MPI.COMM_NULL:
+    if path:
         _marker = path
         _watched = os.environ.get("CLUSTERVM_START_WATCHED") == "1"
 

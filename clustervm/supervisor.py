@@ -104,7 +104,9 @@ def supervise(n: int | None, app: str, app_args: Sequence[str], *, hostfile: str
             left = None if deadline is None else max(1.0, deadline - time.monotonic())
             rc = launcher.run(argv, env, left,
                               finished=lambda: read_done(config.checkpoint_dir) is not None,
-                              watch_start=launcher.watches_start(argv, current), ranks=n)
+                              watch_start=launcher.watches_start(argv, current), ranks=n,
+                              init_timeout=config.init_timeout_s,
+                              marker_dir=os.path.abspath(config.checkpoint_dir))
             status = read_done(config.checkpoint_dir)
             if status is not None:
                 # main ended and its result is out: a host lost afterwards (mpiexec ends

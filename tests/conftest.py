@@ -169,6 +169,28 @@ def load_module(path: str | Path):
     return module
 
 
+#: A sitecustomize that makes one rank hang before MPI_Init on its job's first start (a
+#: rank stuck in a stalled file system, say): rank HANG_RANK, while HANG_FLAG does not exist.
+_HANG_SITE = """\
+import os, time
+if (os.environ.get("OMPI_COMM_WORLD_RANK") == os.environ.get("HANG_RANK")
+        and not os.path.exists(os.environ["HANG_FLAG"])):
+    open(os.environ["HANG_FLAG"], "w").close()
+    while True:
+        time.sleep(1)
+"""
+
+
+def hang_before_mpi_init(tmp_path: Path, rank: int) -> dict:
+    """The environment that makes rank ``rank`` of a job hang before MPI_Init on the job's
+    first start (its HANG_FLAG file is made then; every later start goes on)."""
+    site = tmp_path / "hang-site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_HANG_SITE)
+    return {"PYTHONPATH": str(site), "HANG_FLAG": str(tmp_path / "hung"),
+            "HANG_RANK": str(rank)}
+
+
 _procs_with = procs.with_env
 _rank_of = procs.world_rank
 

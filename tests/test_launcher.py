@@ -546,6 +546,76 @@ def test_run_starts_again_an_unwatched_job_whose_mpiexec_cannot_start(tmp_path, 
     assert "mpiexec could not start (status 213" in capfd.readouterr().err
 
 
+def test_run_starts_again_when_rank_0_is_not_past_mpi_init_in_time(tmp_path, capfd):
+    """A stand-in mpiexec whose first start hangs before its "rank 0" is past MPI_Init
+    (no rank lost or stopped: one hung in a stalled file system, say, holds every other
+    in MPI_Init): stopped ``init_timeout`` s after the start and started again."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    script = f"""
+        if [ ! -e {first} ]; then : > {first}; sleep 30 & wait; fi
+        : > {second}; : > "$CLUSTERVM_INIT_FILE"; : > "$CLUSTERVM_STARTED_FILE"
+        echo 0 > "$CLUSTERVM_STARTED_FILE.done"; exit 0
+    """
+    t0 = time.monotonic()
+    assert launcher.run(["sh", "-c", script], os.environ, timeout=60, watch_start=True,
+                        init_timeout=1.0) == 0
+    assert first.exists() and second.exists()
+    assert time.monotonic() - t0 < 20
+    err = capfd.readouterr().err
+    assert "rank 0 was not past MPI_Init 1 s after the start" in err
+    assert "starting the job again (1 of 2)" in err
+
+
+def fake_mpiexec(directory: Path, body: str) -> str:
+    """An Open MPI mpiexec stand-in running ``body`` (sh) when started as a job."""
+    path = directory / "bin" / "mpiexec"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\nif [ \"$1\" = --version ]; then printf '{OMPI_VERSION}'; "
+                    f"exit 0; fi\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_run_stops_a_job_whose_rank_0_never_gets_past_mpi_init(tmp_path, capfd):
+    """Every start hangs: after the retries the job fails with the reason, and nothing of
+    it is left running. A job with a ``marker_dir`` (the supervisor's, which starts it
+    again itself) is not started again by run. Without either (rank 0 may be on another
+    host, and could not say) there is no such limit."""
+    script = "sleep 30 & wait"
+    t0 = time.monotonic()
+    assert launcher.run(["sh", "-c", script], os.environ, timeout=60, watch_start=True,
+                        init_timeout=0.5) == 1
+    err = capfd.readouterr().err
+    assert err.count("starting the job again") == launcher.START_RETRIES
+    assert "error: rank 0 was not past MPI_Init 0.5 s after the start" in err
+    hung = fake_mpiexec(tmp_path, script)
+    (tmp_path / "job").mkdir()
+    assert launcher.run([hung, "app.py"], os.environ, timeout=60, init_timeout=0.5,
+                        marker_dir=str(tmp_path / "job")) == 1
+    err = capfd.readouterr().err
+    assert "error: rank 0 was not past MPI_Init" in err and "starting" not in err
+    assert time.monotonic() - t0 < 30
+    for kw in ({"init_timeout": 0, "watch_start": True}, {"init_timeout": 0.5}):
+        assert launcher.run(["sh", "-c", script], os.environ, timeout=1.5,
+                            **kw) == launcher.TIMEOUT_STATUS      # the job's own timeout
+        assert "MPI_Init" not in capfd.readouterr().err
+
+
+def test_run_passes_the_init_marker_to_ranks_on_other_hosts(tmp_path):
+    """With ``marker_dir`` (the supervisor's job directory, which every host shares) rank
+    0 says it is past MPI_Init there, and mpiexec exports the variable naming the file
+    (ranks on other hosts get only what is exported); the file is removed afterwards."""
+    job_dir, args, where = tmp_path / "job", tmp_path / "args", tmp_path / "where"
+    job_dir.mkdir()
+    mpiexec = fake_mpiexec(tmp_path, f"""echo "$@" > {args}; echo "$CLUSTERVM_INIT_FILE" > {where}
+: > "$CLUSTERVM_INIT_FILE"; exit 0""")
+    assert launcher.run([mpiexec, "-n", "2", "app.py"], os.environ, timeout=30,
+                        init_timeout=5, marker_dir=str(job_dir)) == 0
+    assert args.read_text().split() == ["-x", launcher.INIT_ENV, "-n", "2", "app.py"]
+    assert Path(where.read_text().strip()).parent == job_dir
+    assert list(job_dir.iterdir()) == []
+
+
 def test_run_counts_ranks_it_never_saw(tmp_path, capfd):
     """Two ranks expected, one seen: one was lost before the watch could see it."""
     first, second = tmp_path / "first", tmp_path / "second"
@@ -696,6 +766,38 @@ def test_real_job_timeout(job, capfd):
     assert all(r["sid"] == sid for r in ranks)  # the session run() made for mpiexec
     assert wait_gone([r["pid"] for r in ranks] + [sid], 2)
     assert not session_alive(sid)
+
+
+def pi_hits(tasks: int, samples: int, seed: int) -> int:
+    """examples/pi_montecarlo.py's result, computed here."""
+    import numpy as np
+    per, extra = divmod(samples, tasks)
+    hits = 0
+    for i in range(tasks):
+        n_i = per + (i < extra)
+        for block in range(-(-n_i // 10_000)):
+            n = min(10_000, n_i - block * 10_000)
+            xy = np.random.default_rng([seed, i, block]).random((n, 2))
+            hits += int(np.count_nonzero((xy * xy).sum(axis=1) <= 1.0))
+    return hits
+
+
+@pytest.mark.mpi
+def test_a_job_with_a_rank_hung_before_mpi_init_is_started_again(tmp_path):
+    """Rank 2 hangs before MPI_Init on the first start (not lost, not stopped: the start
+    watch sees nothing wrong), holding every rank in MPI_Init: ``clustervm run`` stops
+    the job CLUSTERVM_INIT_TIMEOUT_S after its start and starts it again, which gives
+    the result."""
+    from conftest import hang_before_mpi_init, run_job
+    env = hang_before_mpi_init(tmp_path, rank=2)
+    r = run_job(["examples/pi_montecarlo.py", "--tasks", "6", "--samples", "60000",
+                 "--seed", "3"], n=3, timeout=120, env={**env, "CLUSTERVM_INIT_TIMEOUT_S": "3"})
+    assert r.rc == 0, r.err
+    assert os.path.exists(env["HANG_FLAG"]), "rank 2 never ran the sitecustomize"
+    assert "rank 0 was not past MPI_Init 3 s after the start" in r.err
+    assert "starting the job again (1 of 2)" in r.err
+    hits = pi_hits(6, 60000, 3)
+    assert r.line("hits=") == f"hits={hits} samples=60000 pi={4.0 * hits / 60000!r}"
 
 
 @pytest.mark.mpi

@@ -42,7 +42,7 @@ import pytest
 
 from clustervm.testing import netns
 from clustervm.testing.netns import TestHosts
-from conftest import EXAMPLES, MARK, ROOT, run_job
+from conftest import EXAMPLES, MARK, ROOT, hang_before_mpi_init, run_job
 
 _OK, _WHY = netns.available()
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
@@ -101,14 +101,17 @@ def hosts(record_property):
 
 
 def start(hosts: TestHosts, tmp_path: Path, app: list[str], *run_args: str,
-          timeout: float = JOB_TIMEOUT) -> netns.Job:
-    """``clustervm run --hostfile ... app`` over the test hosts (bounded; see netns.Job)."""
+          timeout: float = JOB_TIMEOUT, env: dict | None = None) -> netns.Job:
+    """``clustervm run --hostfile ... app`` over the test hosts (bounded; see netns.Job).
+    ``env``: more variables, exported to every rank."""
     hostfile = hosts.hostfile(2, tmp_path / "hostfile")
+    exported = [a for name in (env or {}) for a in ("-x", name)]
     cmd = [PY, "-m", "clustervm", "run", "--hostfile", hostfile,
-           "--mpi-arg", shlex.join(hosts.mpiexec_args()), "--timeout", str(timeout),
+           "--mpi-arg", shlex.join(hosts.mpiexec_args() + exported), "--timeout", str(timeout),
            *run_args, *app]
     return hosts.start_job(cmd, timeout=timeout + 30, cwd=str(ROOT),
-                           env={MARK: str(os.getpid()), "CLUSTERVM_LOG_LEVEL": "WARNING"})
+                           env={MARK: str(os.getpid()), "CLUSTERVM_LOG_LEVEL": "WARNING",
+                                **(env or {})})
 
 
 def veth_bytes(hosts: TestHosts) -> list[tuple[int, int]]:
@@ -263,6 +266,29 @@ def _drill(hosts, tmp_path, name: str, fault: str, record_property) -> tuple[dic
     for k, v in times.items():
         record_property(k, v)
     return times, res.stderr
+
+
+def test_a_rank_hung_before_mpi_init_on_another_host_is_started_again(hosts, tmp_path,
+                                                                     record_property):
+    """Rank 4 (host 2) hangs before MPI_Init on the first start (a stalled file system,
+    say): every rank waits in MPI_Init, nothing of the app runs, and the launcher cannot
+    look into the hosts. Rank 0 says in the job's directory (which the hosts share) when
+    it is past MPI_Init; it is not within CLUSTERVM_INIT_TIMEOUT_S, so the job is
+    stopped, and the supervisor starts it again on the hosts that answer (all three):
+    the undisturbed result. Before, the job waited in MPI_Init for ever."""
+    env = hang_before_mpi_init(tmp_path, rank=4)
+    t0 = time.monotonic()
+    job = start(hosts, tmp_path, [PI, *PI_ARGS],
+                env={**env, "CLUSTERVM_INIT_TIMEOUT_S": "3"})
+    res = job.wait()
+    record_property("seconds", round(time.monotonic() - t0, 2))
+    assert res.returncode == 0 and not res.timed_out, res
+    assert res.leftovers == {}, res
+    assert os.path.exists(env["HANG_FLAG"]), "rank 4 never ran the sitecustomize"
+    assert "error: rank 0 was not past MPI_Init 3 s after the start" in res.stderr, res
+    assert re.search(r"lost host\(s\): none \(every host answers\) .*; restart 1 of 2 from "
+                     r"the journal", res.stderr), res
+    assert result_line(res.stdout, "hits=") == baseline("pi")
 
 
 @pytest.mark.parametrize("name", ["pi", "heat2d"])
