@@ -39,6 +39,21 @@ def test_a_node_loads_only_its_own_core():
                 "clustervm.core.groups"} & set(loaded), loaded
 
 
+def test_no_rank_loads_dataclasses_or_argparse():
+    """What every rank imports at start (the coordinator's side and a node's) loads neither
+    ``dataclasses`` (with ``inspect``, ``ast``, ``dis``: 7-13 ms of CPU each start) nor
+    ``argparse`` (only the launcher parses a command line)."""
+    code = ("import mpi4py\n"
+            "mpi4py.rc.initialize = mpi4py.rc.finalize = False   # no MPI_Init here\n"
+            "import sys, clustervm.coordinator, clustervm.vm, clustervm.node, "
+            "clustervm.runtime, clustervm.cli\n"
+            "print([m for m in ('dataclasses', 'inspect', 'argparse') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert ast.literal_eval(out.stdout.strip()) == []
+
+
 @pytest.mark.mpi
 def test_a_job_without_numpy_does_not_import_it_to_receive():
     """numpy takes 100-150 ms to import here: a node that received a message of a few KB
