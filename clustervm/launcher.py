@@ -545,6 +545,8 @@ WATCHED_ENV = "CLUSTERVM_START_WATCHED"
 INIT_ENV = "CLUSTERVM_INIT_FILE"
 #: _run_once's status for a job it stopped: rank 0 was not past MPI_Init in time.
 _INIT_HUNG = -2
+#: The start markers' directories: <tmp>/clustervm-start-<launcher pid>-<random>.
+_MARKER_PREFIX = "clustervm-start-"
 
 
 def watches_start(argv: Sequence[str], hostfile: str | None) -> bool:
@@ -638,7 +640,9 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
     env = dict(env)
     own_dir = None
     if watch_start or mark:
-        own_dir = tempfile.mkdtemp(prefix="clustervm-start-")
+        # <tmp>/clustervm-start-<our pid>-...: a later launch removes it if we are killed
+        procs.remove_stale_pid_dirs(_MARKER_PREFIX, tempfile.gettempdir())
+        own_dir = tempfile.mkdtemp(prefix=f"{_MARKER_PREFIX}{os.getpid()}-")
         env[STARTED_ENV] = os.path.join(own_dir, "started")
     env.pop(WATCHED_ENV, None)
     if watch_start:

@@ -257,6 +257,25 @@ def remove_stale_session_dirs(pids: Iterable[int] | None = None,
     return removed
 
 
+def remove_stale_pid_dirs(prefix: str, base: str) -> list[str]:
+    """Remove the directories ``base/<prefix><pid>-...`` of ours whose process ``pid`` is
+    gone (a SIGKILLed launcher cannot remove its own). Returns the paths removed."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        pid = name[len(prefix):].split("-", 1)[0] if name.startswith(prefix) else ""
+        path = os.path.join(base, name)
+        if not pid.isdigit() or alive(int(pid)) or not _owned(path):
+            continue
+        import shutil
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 def _owned(path: str) -> bool:
     try:
         return os.stat(path).st_uid == os.getuid()

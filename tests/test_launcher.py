@@ -566,6 +566,23 @@ def test_run_starts_again_when_rank_0_is_not_past_mpi_init_in_time(tmp_path, cap
     assert "starting the job again (1 of 2)" in err
 
 
+def test_run_removes_the_marker_directories_of_killed_launchers(tmp_path):
+    """A SIGKILLed ``clustervm run`` leaves its start markers' directory behind (seen: 96
+    in /tmp after two days of tests); the next launch removes those of launchers that are
+    gone, and its own when it ends. (The autouse fixture makes tmp_path the temp dir.)"""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = tmp_path / f"clustervm-start-{gone.pid}-abc"
+    live = tmp_path / f"clustervm-start-{os.getpid()}-def"     # a launcher still running
+    for d in (stale, live):
+        d.mkdir()
+        (d / "started").write_text("")
+    assert launcher.run(["sh", "-c", 'echo 0 > "$CLUSTERVM_STARTED_FILE.done"'],
+                        os.environ, timeout=30, watch_end=True) == 0
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.glob("clustervm-start-*")) == [live.name]
+
+
 def fake_mpiexec(directory: Path, body: str) -> str:
     """An Open MPI mpiexec stand-in running ``body`` (sh) when started as a job."""
     path = directory / "bin" / "mpiexec"
