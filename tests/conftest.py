@@ -191,6 +191,21 @@ def hang_before_mpi_init(tmp_path: Path, rank: int) -> dict:
             "HANG_RANK": str(rank)}
 
 
+def pi_line(tasks: int, samples: int, seed: int) -> str:
+    """The result line of examples/pi_montecarlo.py with these arguments, computed here
+    (its tasks' arithmetic; 0.1 s for 1.5 million samples), not by a job."""
+    import numpy as np
+    per, extra = divmod(samples, tasks)
+    hits = 0
+    for i in range(tasks):
+        n_i = per + (i < extra)
+        for block in range(-(-n_i // 10_000)):
+            n = min(10_000, n_i - block * 10_000)
+            xy = np.random.default_rng([seed, i, block]).random((n, 2))
+            hits += int(np.count_nonzero((xy * xy).sum(axis=1) <= 1.0))
+    return f"hits={hits} samples={samples} pi={4.0 * hits / samples!r}"
+
+
 _procs_with = procs.with_env
 _rank_of = procs.world_rank
 
