@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 MPIEXEC_VAR = "CLUSTERVM_MPIEXEC"
 #: Exit status of :func:`run` when the job outlived its timeout (as timeout(1)).
 TIMEOUT_STATUS = 124
+#: Exit status of :func:`run` when the job could not start: rank 0 never got past
+#: MPI_Init (CLUSTERVM_INIT_TIMEOUT_S); as the CLI's other failed starts.
+START_FAILED_STATUS = 2
 #: Seconds between SIGTERM and SIGKILL when a job is stopped.
 KILL_GRACE_S = 5.0
 
@@ -595,8 +598,8 @@ def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = Non
     directory, which every host shares), else on this host, so only when rank 0 runs
     here (``watch_start`` or ``watch_end``; else there is no such limit). A job on this
     host is started again as above; one with a ``marker_dir`` is not (the supervisor
-    starts it again on the hosts that answer): run says why and returns 1, as on the
-    last attempt.
+    starts it again on the hosts that answer): run says why and returns
+    :data:`START_FAILED_STATUS`, as on the last attempt.
     """
     if not (watch_start or watch_end or marker_dir):
         init_timeout = None         # rank 0 may be on another host: it could not say
@@ -615,9 +618,10 @@ def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = Non
             return rc
         if rc == _INIT_HUNG:
             if last or marker_dir:
-                print(f"clustervm: error: {lost}; the job was stopped", file=sys.stderr,
-                      flush=True)
-                return 1
+                print(f"clustervm: error: {lost}; the job was stopped. Find the rank that "
+                      f"hangs (its host, its file systems), or raise CLUSTERVM_INIT_TIMEOUT_S "
+                      f"if MPI_Init takes that long here", file=sys.stderr, flush=True)
+                return START_FAILED_STATUS
             print(f"clustervm: {lost}; starting the job again ({attempt + 1} of "
                   f"{START_RETRIES})", file=sys.stderr, flush=True)
             continue

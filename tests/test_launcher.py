@@ -594,21 +594,22 @@ def fake_mpiexec(directory: Path, body: str) -> str:
 
 
 def test_run_stops_a_job_whose_rank_0_never_gets_past_mpi_init(tmp_path, capfd):
-    """Every start hangs: after the retries the job fails with the reason, and nothing of
-    it is left running. A job with a ``marker_dir`` (the supervisor's, which starts it
+    """Every start hangs: after the retries the job fails with the reason and status 2 (a
+    failed start), and nothing of it is left running. A job with a ``marker_dir`` (the supervisor's, which starts it
     again itself) is not started again by run. Without either (rank 0 may be on another
     host, and could not say) there is no such limit."""
     script = "sleep 30 & wait"
     t0 = time.monotonic()
     assert launcher.run(["sh", "-c", script], os.environ, timeout=60, watch_start=True,
-                        init_timeout=0.5) == 1
+                        init_timeout=0.5) == launcher.START_FAILED_STATUS
     err = capfd.readouterr().err
     assert err.count("starting the job again") == launcher.START_RETRIES
     assert "error: rank 0 was not past MPI_Init 0.5 s after the start" in err
+    assert "raise CLUSTERVM_INIT_TIMEOUT_S" in err
     hung = fake_mpiexec(tmp_path, script)
     (tmp_path / "job").mkdir()
     assert launcher.run([hung, "app.py"], os.environ, timeout=60, init_timeout=0.5,
-                        marker_dir=str(tmp_path / "job")) == 1
+                        marker_dir=str(tmp_path / "job")) == launcher.START_FAILED_STATUS
     err = capfd.readouterr().err
     assert "error: rank 0 was not past MPI_Init" in err and "starting" not in err
     assert time.monotonic() - t0 < 30
