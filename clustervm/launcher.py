@@ -695,7 +695,11 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
                 return _INIT_HUNG, (
                     f"rank 0 was not past MPI_Init {init_timeout:g} s after the start "
                     f"(CLUSTERVM_INIT_TIMEOUT_S): a rank is hung before or in MPI_Init (a "
-                    f"stalled file system?), or a host does not answer")
+                    f"stalled file system?), or a host does not answer"
+                    + ("" if marker_dir is None else
+                       f"; or rank 0 cannot see {marker_dir}, where it says so (with a "
+                       f"hostfile the job's directory must be on storage the first host "
+                       f"shares, as for done.json, or clustervm run started there)"))
             left = None if timeout is None else max(0.1, timeout - (time.monotonic() - t0))
             done = env.get(STARTED_ENV, "") + ".done"
             if finished is None and (watch_start or mark):

@@ -612,6 +612,7 @@ def test_run_stops_a_job_whose_rank_0_never_gets_past_mpi_init(tmp_path, capfd):
                         marker_dir=str(tmp_path / "job")) == launcher.START_FAILED_STATUS
     err = capfd.readouterr().err
     assert "error: rank 0 was not past MPI_Init" in err and "starting" not in err
+    assert f"or rank 0 cannot see {tmp_path / 'job'}" in err
     assert time.monotonic() - t0 < 30
     for kw in ({"init_timeout": 0, "watch_start": True}, {"init_timeout": 0.5}):
         assert launcher.run(["sh", "-c", script], os.environ, timeout=1.5,
