@@ -548,7 +548,7 @@ WATCHED_ENV = "CLUSTERVM_START_WATCHED"
 INIT_ENV = "CLUSTERVM_INIT_FILE"
 #: _run_once's status for a job it stopped: rank 0 was not past MPI_Init in time.
 _INIT_HUNG = -2
-#: The start markers' directories: <tmp>/clustervm-start-<launcher pid>-<random>.
+#: The start markers' directories: <tmp>/clustervm-start-<host>-<launcher pid>-<random>.
 _MARKER_PREFIX = "clustervm-start-"
 
 
@@ -644,9 +644,11 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
     env = dict(env)
     own_dir = None
     if watch_start or mark:
-        # <tmp>/clustervm-start-<our pid>-...: a later launch removes it if we are killed
-        procs.remove_stale_pid_dirs(_MARKER_PREFIX, tempfile.gettempdir())
-        own_dir = tempfile.mkdtemp(prefix=f"{_MARKER_PREFIX}{os.getpid()}-")
+        # <tmp>/clustervm-start-<host>-<our pid>-...: a later launch here removes it if we
+        # are killed (the host name keeps apart containers that share /tmp, not pids)
+        prefix = f"{_MARKER_PREFIX}{os.uname().nodename}-"
+        procs.remove_stale_pid_dirs(prefix, tempfile.gettempdir())
+        own_dir = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
         env[STARTED_ENV] = os.path.join(own_dir, "started")
     env.pop(WATCHED_ENV, None)
     if watch_start:

@@ -258,17 +258,19 @@ def remove_stale_session_dirs(pids: Iterable[int] | None = None,
 
 
 def remove_stale_pid_dirs(prefix: str, base: str) -> list[str]:
-    """Remove the directories ``base/<prefix><pid>-...`` of ours whose process ``pid`` is
-    gone (a SIGKILLed launcher cannot remove its own). Returns the paths removed."""
+    """Remove the directories ``base/<prefix><pid>-<random>`` (``tempfile.mkdtemp``'s
+    random part has no "-") of ours whose process ``pid`` is gone: a SIGKILLed launcher
+    cannot remove its own. Returns the paths removed."""
     try:
         names = os.listdir(base)
     except OSError:
         return []
     removed = []
     for name in names:
-        pid = name[len(prefix):].split("-", 1)[0] if name.startswith(prefix) else ""
+        rest = name[len(prefix):].split("-") if name.startswith(prefix) else ()
         path = os.path.join(base, name)
-        if not pid.isdigit() or alive(int(pid)) or not _owned(path):
+        if len(rest) != 2 or not rest[0].isdigit() or alive(int(rest[0])) \
+                or not _owned(path):
             continue
         import shutil
         shutil.rmtree(path, ignore_errors=True)

@@ -572,15 +572,20 @@ def test_run_removes_the_marker_directories_of_killed_launchers(tmp_path):
     gone, and its own when it ends. (The autouse fixture makes tmp_path the temp dir.)"""
     gone = subprocess.Popen(["true"])
     gone.wait()
-    stale = tmp_path / f"clustervm-start-{gone.pid}-abc"
-    live = tmp_path / f"clustervm-start-{os.getpid()}-def"     # a launcher still running
-    for d in (stale, live):
+    here = os.uname().nodename
+    stale = tmp_path / f"clustervm-start-{here}-{gone.pid}-abc"
+    live = tmp_path / f"clustervm-start-{here}-{os.getpid()}-def"     # a launcher running
+    # other hosts' (containers sharing /tmp, with pids of their own): never ours to judge
+    other = tmp_path / f"clustervm-start-{here}x-{gone.pid}-ghi"
+    longer = tmp_path / f"clustervm-start-{here}-{gone.pid}-{gone.pid}-jkl"   # host "<here>-<n>"
+    for d in (stale, live, other, longer):
         d.mkdir()
         (d / "started").write_text("")
     assert launcher.run(["sh", "-c", 'echo 0 > "$CLUSTERVM_STARTED_FILE.done"'],
                         os.environ, timeout=30, watch_end=True) == 0
-    assert not stale.exists() and live.exists()
-    assert sorted(p.name for p in tmp_path.glob("clustervm-start-*")) == [live.name]
+    assert not stale.exists() and live.exists() and other.exists() and longer.exists()
+    assert sorted(p.name for p in tmp_path.glob("clustervm-start-*")) == sorted(
+        [live.name, other.name, longer.name])
 
 
 def fake_mpiexec(directory: Path, body: str) -> str:
