@@ -42,7 +42,9 @@ import time
 N = 2000
 
 
-def measure(size: int, replay: bool, repeat: int) -> str:
+def _tasks(replay: bool) -> tuple:
+    """(comm, transport, sender, receiver): two task contexts of this rank whose messages
+    go through MPI to this same rank, the whole stack a task uses."""
     from mpi4py import MPI
 
     from clustervm.config import Config
@@ -52,12 +54,17 @@ def measure(size: int, replay: bool, repeat: int) -> str:
 
     comm = MPI.COMM_WORLD.Dup()
     t = Transport(comm, spin_ms=5.0, idle_sleep_ms=10.0)
+    site = Site(t, Config())
+    site.rank = -1            # not this rank: a message to task 11 goes through MPI
+    site.locations[11] = Location(0, 0, replay)
+    sender, receiver = TaskContext(site, 10, None), TaskContext(site, 11, None)
+    site.contexts[10] = sender
+    return comm, t, sender, receiver
+
+
+def measure(size: int, replay: bool, repeat: int) -> str:
+    comm, t, sender, receiver = _tasks(replay)
     try:
-        site = Site(t, Config())
-        site.rank = -1            # not this rank: a message to task 11 goes through MPI
-        site.locations[11] = Location(0, 0, replay)
-        sender, receiver = TaskContext(site, 10, None), TaskContext(site, 11, None)
-        site.contexts[10] = sender
         data = b"x" * size
         best = [1e9, 1e9, 1e9, 1e9]
         for _ in range(repeat):
@@ -93,15 +100,8 @@ def measure_cold(replay: bool) -> str:
     import statistics
 
     import numpy as np
-    from mpi4py import MPI
 
-    from clustervm.config import Config
-    from clustervm.site import Location, Site
-    from clustervm.task import TaskContext
-    from clustervm.transport import Transport
-
-    comm = MPI.COMM_WORLD.Dup()
-    t = Transport(comm, spin_ms=5.0, idle_sleep_ms=10.0)
+    comm, t, sender, receiver = _tasks(replay)
     u = np.random.default_rng(0).random((130, 256))
 
     def step() -> None:       # examples/heat2d.py's update of one strip
@@ -110,11 +110,6 @@ def measure_cold(replay: bool) -> str:
         u[1:-1, 1:-1] = inner + 0.24 * lap
 
     try:
-        site = Site(t, Config())
-        site.rank = -1            # not this rank: a message to task 11 goes through MPI
-        site.locations[11] = Location(0, 0, replay)
-        sender, receiver = TaskContext(site, 10, None), TaskContext(site, 11, None)
-        site.contexts[10] = sender
         sends, recvs, raws = [], [], []
         buf = np.empty(256)
         for i in range(N):
