@@ -245,16 +245,8 @@ def remove_stale_session_dirs(pids: Iterable[int] | None = None,
     exits at once with status 213, "The PMIx server's listener thread failed to
     start". Returns the paths removed."""
     wanted = None if pids is None else set(pids)
-    removed = []
-    for pid, path in session_dirs(base).items():
-        if (wanted is not None and pid not in wanted) or alive(pid):
-            continue
-        if wanted is None and not _owned(path):
-            continue
-        import shutil   # here: 3 ms of every rank's start otherwise (it imports lzma)
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
-    return removed
+    return _remove_dead([(pid, path) for pid, path in session_dirs(base).items()
+                         if wanted is None or pid in wanted], owned_only=wanted is None)
 
 
 def remove_stale_pid_dirs(prefix: str, base: str) -> list[str]:
@@ -265,14 +257,22 @@ def remove_stale_pid_dirs(prefix: str, base: str) -> list[str]:
         names = os.listdir(base)
     except OSError:
         return []
-    removed = []
+    found = []
     for name in names:
         rest = name[len(prefix):].split("-") if name.startswith(prefix) else ()
-        path = os.path.join(base, name)
-        if len(rest) != 2 or not rest[0].isdigit() or alive(int(rest[0])) \
-                or not _owned(path):
+        if len(rest) == 2 and rest[0].isdigit():
+            found.append((int(rest[0]), os.path.join(base, name)))
+    return _remove_dead(found, owned_only=True)
+
+
+def _remove_dead(found: Iterable[tuple[int, str]], owned_only: bool) -> list[str]:
+    """Remove each directory of ``found`` (pid, path) whose process is gone (with
+    ``owned_only``, only if this user owns it); the paths removed."""
+    removed = []
+    for pid, path in found:
+        if alive(pid) or (owned_only and not _owned(path)):
             continue
-        import shutil
+        import shutil   # here: 3 ms of every rank's start otherwise (it imports lzma)
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
