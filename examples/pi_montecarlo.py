@@ -21,8 +21,8 @@ BLOCK = 10_000
 
 def count_hits(index: int, samples: int, seed: int, task_ms: float, every: int) -> int:
     """Hits inside the unit quarter circle among ``samples`` points of task ``index``."""
-    ctx = clustervm.context()
-    state = ctx.restore() if every else None
+    ctx = clustervm.context() if every else None
+    state = ctx.restore() if ctx is not None else None
     block, hits = (state["block"], state["hits"]) if state else (0, 0)
     nblocks = -(-samples // BLOCK)
     pause = task_ms / 1000.0 / max(1, nblocks)
@@ -36,10 +36,20 @@ def count_hits(index: int, samples: int, seed: int, task_ms: float, every: int) 
         since += n
         if pause:
             time.sleep(pause)
-        if every and since >= every and block < nblocks:
+        if ctx is not None and since >= every and block < nblocks:
             ctx.checkpoint({"block": block, "hits": hits})
             since = 0
     return hits
+
+
+def task_sizes(samples: int, tasks: int) -> list[int]:
+    """The samples of each task: ``samples`` split as evenly as can be."""
+    per, extra = divmod(samples, tasks)
+    return [per + (i < extra) for i in range(tasks)]
+
+
+def result_line(hits: int, samples: int) -> str:
+    return f"hits={hits} samples={samples} pi={4.0 * hits / samples!r}"
 
 
 def main(vm) -> None:
@@ -53,8 +63,7 @@ def main(vm) -> None:
     a = p.parse_args(vm.argv[1:])
     if a.tasks < 1 or a.samples < a.tasks:
         p.error("need --tasks >= 1 and --samples >= --tasks")
-    per, extra = divmod(a.samples, a.tasks)
-    sizes = [per + (i < extra) for i in range(a.tasks)]
+    sizes = task_sizes(a.samples, a.tasks)
     hits = sum(vm.map(count_hits, range(a.tasks), sizes, [a.seed] * a.tasks,
                       [a.task_ms] * a.tasks, [a.checkpoint_every] * a.tasks))
-    print(f"hits={hits} samples={a.samples} pi={4.0 * hits / a.samples!r}")
+    print(result_line(hits, a.samples))
