@@ -111,6 +111,8 @@ class Config:
     start_timeout_s: float = 60.0
     #: CLUSTERVM_INIT_TIMEOUT_S: seconds the launcher waits for rank 0 to get past MPI_Init before it stops the job (one rank hung before or in MPI_Init holds every rank there); 0: no limit.
     init_timeout_s: float = 60.0
+    #: CLUSTERVM_PROBE_TIMEOUT_S: with several hosts, seconds the supervisor waits for each host's one-rank probe job after a lost host before it leaves that host out of the restart.
+    probe_timeout_s: float = 10.0
 
     _fields: tuple[str, ...]
     _defaults: dict[str, Any]

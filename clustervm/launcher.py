@@ -28,6 +28,7 @@ from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .hostfile import Host
+    from .output import Relay
 
 # The hostfile and Slurm modules are imported only for a job that has a hostfile or
 # runs inside a Slurm allocation: a plain `clustervm run -n 4` needs neither.
@@ -533,6 +534,10 @@ def mpi_info() -> dict[str, str]:
 
 #: Seconds mpiexec may take to end once the job said it has finished (run's ``finished``).
 FINISH_GRACE_S = 10.0
+#: ... and then after a SIGTERM (also for processes of the job that outlived mpiexec):
+#: the job is over; what is still there waits on a lost host's daemon (srun under
+#: Slurm, mpiexec itself) or is stopped, and SIGKILL is all that ends it.
+FINISHED_KILL_GRACE_S = 2.0
 
 
 #: Times a job is started again when one of its ranks is lost before it is past MPI_Init.
@@ -569,7 +574,8 @@ def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = Non
         finished: Callable[[], bool] | None = None,
         finish_grace: float = FINISH_GRACE_S, watch_start: bool = False,
         watch_end: bool = False, ranks: int | None = None,
-        init_timeout: float | None = None, marker_dir: str | None = None) -> int:
+        init_timeout: float | None = None, marker_dir: str | None = None,
+        relays: Mapping[str, Relay] | None = None) -> int:
     """Run mpiexec in its own session; return its exit status (124 on timeout).
 
     SIGINT and SIGTERM are passed on to mpiexec (a third one kills the job).
@@ -600,6 +606,9 @@ def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = Non
     host is started again as above; one with a ``marker_dir`` is not (the supervisor
     starts it again on the hosts that answer): run says why and returns
     :data:`START_FAILED_STATUS`, as on the last attempt.
+
+    ``relays`` ({"stdout": ..., "stderr": ...}): mpiexec's output goes through these
+    (clustervm.output), not straight to ours; they have seen all of it when run returns.
     """
     if not (watch_start or watch_end or marker_dir):
         init_timeout = None         # rank 0 may be on another host: it could not say
@@ -610,7 +619,8 @@ def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = Non
         left = None if deadline is None else max(0.1, deadline - began)
         rc, lost = _run_once(argv, env, left, finished, finish_grace, watch_start and not last,
                              watch_start or watch_end, ranks, job_timeout=timeout,
-                             init_timeout=init_timeout, marker_dir=marker_dir)
+                             init_timeout=init_timeout, marker_dir=marker_dir,
+                             relays=relays)
         took = time.monotonic() - began
         if lost is None and rc == PRTE_START_FAILED and took < PRTE_START_FAILED_S and not last:
             lost = f"mpiexec could not start (status {rc} after {took:.1f} s)"
@@ -635,7 +645,8 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
               finished: Callable[[], bool] | None, finish_grace: float,
               watch_start: bool, mark: bool, ranks: int | None = None,
               job_timeout: float | None = None, init_timeout: float | None = None,
-              marker_dir: str | None = None) -> tuple[int, str | None]:
+              marker_dir: str | None = None,
+              relays: Mapping[str, Relay] | None = None) -> tuple[int, str | None]:
     """One mpiexec: (exit status, None), or (-1, what was lost) if lost while starting
     (_INIT_HUNG: rank 0 was not past MPI_Init ``init_timeout`` s after the start).
     ``timeout``: what is left of the job's (``job_timeout``, the one the user gave);
@@ -668,8 +679,11 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
     # its pid now would exit 213 at once (docs/troubleshooting.md)
     procs.remove_stale_session_dirs(base=procs.session_base(env))
     # mpiexec gets SIGTERM when we end, even by SIGKILL: no job runs on unattended
-    proc = subprocess.Popen(list(argv), env=env, start_new_session=True,
-                            preexec_fn=procs.parent_death_setter(signal.SIGTERM))
+    piped = subprocess.PIPE if relays else None
+    proc = subprocess.Popen(list(argv), env=env, start_new_session=True, stdout=piped,
+                            stderr=piped, preexec_fn=procs.parent_death_setter(signal.SIGTERM))
+    for name, relay in (relays or {}).items():
+        relay.start(getattr(proc, name))
     received: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
@@ -726,10 +740,12 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
                   file=sys.stderr, flush=True)
             _stop(proc, KILL_GRACE_S)
             return TIMEOUT_STATUS, None
-        _stop(proc, KILL_GRACE_S, leftovers_only=True)
+        _stop(proc, FINISHED_KILL_GRACE_S, leftovers_only=True)
     finally:
         if proc.poll() is None:
             _stop(proc, KILL_GRACE_S)
+        for relay in (relays or {}).values():
+            relay.join(_RELAY_DRAIN_S)   # every writer of its pipe has ended
         _restore_handlers(previous)
         if own_dir is not None:
             shutil.rmtree(own_dir, ignore_errors=True)
@@ -742,6 +758,8 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
     return (128 - rc if rc < 0 else rc), None
 
 
+#: How long the rest of mpiexec's output may take to pass once no process of its job is left.
+_RELAY_DRAIN_S = 2.0
 #: A rank stopped this long while the job starts: it holds every other rank in MPI_Init.
 _STOPPED_S = 1.0
 #: mpiexec forks its local ranks in one go: fewer than expected this long after the
@@ -892,7 +910,7 @@ def _wait(proc: subprocess.Popen, timeout: float | None,
                         f"host's daemon?)")
             print(f"clustervm: the job finished but mpiexec has not ended: {why}; stopping it",
                   file=sys.stderr, flush=True)
-            _stop(proc, KILL_GRACE_S)
+            _stop(proc, FINISHED_KILL_GRACE_S)
             return proc.returncode
 
 

@@ -177,6 +177,10 @@ def _mark_started(MPI, rank: int) -> None:
     init = os.environ.get("CLUSTERVM_INIT_FILE")
     if init:
         _write_marker(init, "")
+    kept = os.environ.get("CLUSTERVM_OUTPUT_DIR")
+    if kept:
+        from . import output
+        output.keep(kept)
     path = os.environ.get("CLUSTERVM_STARTED_FILE")
     if path:
         _marker = path
@@ -302,12 +306,13 @@ def coordinate(coord: "Coordinator", main: Callable | None, argv: list[str]) -> 
                                          (lost or coord.stats["rerun"] or config.resume)):
             print(coord.report(), file=sys.stderr, flush=True)
         if config.checkpoint_dir:
+            from .output import sync_kept
             from .supervisor import write_done
             # done.json says the result is out: main's output must not wait in our
             # buffer (a pipe to Open MPI's daemon) when a lost host makes PRRTE end
-            # the job, or the supervisor stops it, right after (seen in CI)
-            sys.stdout.flush()
-            sys.stderr.flush()
+            # the job, or the supervisor stops it, right after (seen in CI); what is
+            # still on its way then, the supervisor prints from what rank 0 kept
+            sync_kept()
             write_done(config.checkpoint_dir, code)
     return code
 

@@ -24,14 +24,17 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from . import launcher, procs
+from . import launcher, output, procs
 from .config import Config
 from .hostfile import Host, hostfile_lines, parse_hostfile
 
 log = logging.getLogger(__name__)
 
 DONE_FILE = "done.json"
-PROBE_TIMEOUT_S = 10.0
+#: Seconds mpiexec may take to end once the job wrote done.json (it waits for as long as
+#: TCP retransmits to a cut-off host's daemon). Main's output still on its way when it
+#: is stopped is printed from what rank 0 kept (clustervm.output).
+FINISH_GRACE_S = 3.0
 #: PRRTE's daemon keepalive for multi-host jobs (the launcher adds it to every job
 #: with a hostfile): a host whose link is cut ends the job after ~5 + 3 x 2 s
 #: instead of the default 300 + 9 x 20 s.
@@ -53,8 +56,10 @@ def read_done(directory: str) -> int | None:
         return None
 
 
-def probe_host(mpiexec: str, host: Host, extra: Sequence[str], env: dict) -> bool:
-    """Does ``host`` still run a one-rank job (through the same launcher agent)?"""
+def probe_host(mpiexec: str, host: Host, extra: Sequence[str], env: dict,
+               timeout: float) -> bool:
+    """Does ``host`` still run a one-rank job (through the same launcher agent) within
+    ``timeout`` seconds?"""
     argv = [mpiexec, *extra, "--host", f"{host.name}:1", "-n", "1", "true"]
     try:
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
@@ -63,7 +68,7 @@ def probe_host(mpiexec: str, host: Host, extra: Sequence[str], env: dict) -> boo
     except OSError:
         return False
     try:
-        return proc.wait(timeout=PROBE_TIMEOUT_S) == 0
+        return proc.wait(timeout=timeout) == 0
     except subprocess.TimeoutExpired:
         launcher._stop(proc, 1.0)
         procs.remove_stale_session_dirs([proc.pid], procs.session_base(env))  # if SIGKILLed
@@ -71,12 +76,13 @@ def probe_host(mpiexec: str, host: Host, extra: Sequence[str], env: dict) -> boo
 
 
 def probe_hosts(mpiexec: str, hosts: Sequence[Host], extra: Sequence[str],
-                env: dict) -> list[Host]:
-    """The hosts that answer, probed at the same time (a dead one takes PROBE_TIMEOUT_S)."""
+                env: dict, timeout: float) -> list[Host]:
+    """The hosts that answer within ``timeout`` s, probed at the same time (a dead one
+    takes that long: CLUSTERVM_PROBE_TIMEOUT_S)."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
-        answers = list(pool.map(lambda h: probe_host(mpiexec, h, extra, env), hosts))
+        answers = list(pool.map(lambda h: probe_host(mpiexec, h, extra, env, timeout), hosts))
     return [h for h, ok in zip(hosts, answers) if ok]
 
 
@@ -102,13 +108,20 @@ def supervise(n: int | None, app: str, app_args: Sequence[str], *, hostfile: str
                                                mpiexec=mpiexec, config=config,
                                                extra_mpiexec_args=extra)
             left = None if deadline is None else max(1.0, deadline - time.monotonic())
+            kept = os.path.abspath(config.checkpoint_dir)
+            env[output.OUTPUT_DIR_ENV] = kept       # rank 0 keeps main's output there
+            argv = [argv[0], *launcher.FLAVORS[launcher.mpi_flavor(argv[0])].export(
+                output.OUTPUT_DIR_ENV, kept), *argv[1:]]
+            relays = {name: output.Relay(getattr(sys, name).buffer) for name in output.KEPT}
             rc = launcher.run(argv, env, left,
                               finished=lambda: read_done(config.checkpoint_dir) is not None,
+                              finish_grace=FINISH_GRACE_S, relays=relays,
                               watch_start=launcher.watches_start(argv, current), ranks=n,
                               init_timeout=config.init_timeout_s,
                               marker_dir=os.path.abspath(config.checkpoint_dir))
             status = read_done(config.checkpoint_dir)
             if status is not None:
+                output.recover(kept, relays)
                 # main ended and its result is out: a host lost afterwards (mpiexec ends
                 # non-zero once PRRTE notices its daemon gone) does not fail the job.
                 if rc != 0 and status == 0:
@@ -126,7 +139,7 @@ def supervise(n: int | None, app: str, app_args: Sequence[str], *, hostfile: str
             lost: list[str] = []
             ended = time.monotonic()
             if hosts:
-                alive = probe_hosts(argv[0], hosts, extra, env)
+                alive = probe_hosts(argv[0], hosts, extra, env, config.probe_timeout_s)
                 lost = [h.name for h in hosts if h not in alive]
                 if not alive:
                     print("clustervm: no host of the hostfile answers; giving up", file=sys.stderr)

@@ -84,6 +84,9 @@ def job_env(extra: dict | None = None) -> dict:
     # ranks share the 2 cores here, and their yielding spins were a fifth of the suite's
     # CPU time (the code paths are the same; benchmarks and the demo keep the default)
     env.setdefault("CLUSTERVM_SPIN_MS", "0.5")
+    # a host that is down holds the supervisor's restart for this long (10 s by default);
+    # one that is up answers the probe in under a second here
+    env.setdefault("CLUSTERVM_PROBE_TIMEOUT_S", "4")
     env[MARK] = str(os.getpid())          # finds orphans later, even re-parented ones
     env.update(extra or {})
     return env

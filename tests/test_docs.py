@@ -131,7 +131,7 @@ def _sh_env() -> dict:
                    "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
                    "OMPI_MCA_btl": "^ofi",
                    "PYTHONPATH": str(ROOT)})
-    for name in ("CLUSTERVM_LOG_LEVEL", "CLUSTERVM_SPIN_MS"):
+    for name in ("CLUSTERVM_LOG_LEVEL", "CLUSTERVM_SPIN_MS", "CLUSTERVM_PROBE_TIMEOUT_S"):
         if name not in os.environ:
             env.pop(name, None)          # job_env's defaults: not in what the pages show
     return env

@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     # the coordinator and node processes around the core
     ("shells", {"records", "api", "replacement", "coordinator", "node"}),
     ("vm", {"vm"}),
-    ("cli", {"", "__main__", "runtime", "launcher", "supervisor", "preflight", "slurm",
+    ("cli", {"", "__main__", "runtime", "launcher", "supervisor", "output", "preflight", "slurm",
              "cli", "testing", "testing.netns", "testing.slurm", "testing.inprocess"}),
 ]
 
