@@ -507,7 +507,7 @@ def node_messages(draw):
     return draw(st.sampled_from([op, [op, *fields], {"op": op}, ()]))
 
 
-@settings(max_examples=400, deadline=2000, derandomize=True, database=None,
+@settings(max_examples=200, deadline=2000, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.lists(node_messages(), min_size=1, max_size=3), st.integers(1, 3))
 def test_coordinator_survives_wrong_typed_messages(coordinator, messages, src):
