@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Sequence
 
 from . import procs
 from .config import FIELDS, Config, env_name
-from .errors import ConfigError
+from .errors import ConfigError, HostfileError
 
 if TYPE_CHECKING:
     from .hostfile import Host
@@ -560,14 +560,33 @@ _MARKER_PREFIX = "clustervm-start-"
 def watches_start(argv: Sequence[str], hostfile: str | None) -> bool:
     """Can :func:`run` watch this job's start? Open MPI (its ranks are mpiexec's own
     children; Hydra puts a proxy between), and every rank on this host."""
-    return (hostfile is None and mpi_flavor(argv[0]) == "openmpi"
-            and _allocated_nodes(os.environ) <= 1)
+    return (mpi_flavor(argv[0]) == "openmpi" and _allocated_nodes(os.environ) <= 1
+            and on_this_host(hostfile))
 
 
 def watches_end(hostfile: str | None) -> bool:
     """Can :func:`run` see rank 0 leave (its status file)? When rank 0 runs on this host:
-    no hostfile and no multi-node allocation, with any MPI."""
-    return hostfile is None and _allocated_nodes(os.environ) <= 1
+    every rank does (:func:`on_this_host`) and no multi-node allocation, with any MPI."""
+    return _allocated_nodes(os.environ) <= 1 and on_this_host(hostfile)
+
+
+#: What a hostfile may call this host, besides its own name (``uname -n``).
+_LOOPBACK = frozenset({"localhost", "localhost.localdomain", "127.0.0.1", "::1"})
+
+
+def on_this_host(hostfile: str | None) -> bool:
+    """Does every rank run on this host: no hostfile, or one that names this host only
+    (``localhost``, a loopback address, or exactly its own name)?"""
+    if hostfile is None:
+        return True
+    from .hostfile import parse_hostfile
+    try:
+        names = {h.name.lower() for h in parse_hostfile(hostfile)}
+    except (OSError, HostfileError):
+        return False
+    me = os.uname().nodename.lower()
+    return bool(names) and all(n == me or n in _LOOPBACK or n.startswith("127.")
+                               for n in names)
 
 
 def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = None, *,

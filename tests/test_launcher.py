@@ -682,6 +682,23 @@ def test_run_ends_a_job_whose_straggler_does_not_leave(capfd):
     assert launcher.watches_end(None) and not launcher.watches_end("hosts")
 
 
+@pytest.mark.parametrize(("text", "here"), [
+    ("localhost slots=4\n", True),
+    ("127.0.0.1 slots=2\nlocalhost\n", True),
+    (f"{os.uname().nodename} slots=2\n", True),
+    ("localhost:4\n", True),                           # MPICH's syntax
+    ("localhost slots=2\nnode07 slots=2\n", False),
+    (f"{os.uname().nodename}.elsewhere.org\n", False),    # only exactly its own name
+    ("localhost slots=x\n", False),                   # malformed: said by preflight
+])
+def test_a_hostfile_of_this_host_only_is_watched_as_no_hostfile(tmp_path, text, here):
+    path = tmp_path / "hosts"
+    path.write_text(text)
+    assert launcher.on_this_host(str(path)) is here
+    assert launcher.watches_end(str(path)) is here
+    assert launcher.on_this_host(None) and not launcher.on_this_host(str(tmp_path / "none"))
+
+
 def test_run_fails_a_job_that_ended_without_rank_0s_status(tmp_path, capfd):
     """mpiexec exits 0 on a SIGINT of its own: without rank 0's status the job did not
     finish, and the launcher says so with status 1."""
@@ -793,15 +810,21 @@ def test_real_job_timeout(job, capfd):
 
 
 @pytest.mark.mpi
-def test_a_job_with_a_rank_hung_before_mpi_init_is_started_again(tmp_path):
+@pytest.mark.parametrize("hostfile", [None, "localhost slots=4\n"])
+def test_a_job_with_a_rank_hung_before_mpi_init_is_started_again(tmp_path, hostfile):
     """Rank 2 hangs before MPI_Init on the first start (not lost, not stopped: the start
     watch sees nothing wrong), holding every rank in MPI_Init: ``clustervm run`` stops
     the job CLUSTERVM_INIT_TIMEOUT_S after its start and starts it again, which gives
-    the result."""
+    the result. The same with a hostfile that names this host only (it waited for ever)."""
     from conftest import hang_before_mpi_init, pi_line, run_job
     env = hang_before_mpi_init(tmp_path, rank=2)
+    run_args = []
+    if hostfile:
+        (tmp_path / "hosts").write_text(hostfile)
+        run_args = ["--hostfile", str(tmp_path / "hosts")]
     r = run_job(["examples/pi_montecarlo.py", "--tasks", "6", "--samples", "60000",
-                 "--seed", "3"], n=3, timeout=120, env={**env, "CLUSTERVM_INIT_TIMEOUT_S": "3"})
+                 "--seed", "3"], n=3, timeout=120, env={**env, "CLUSTERVM_INIT_TIMEOUT_S": "3"},
+                run_args=run_args)
     assert r.rc == 0, r.err
     assert os.path.exists(env["HANG_FLAG"]), "rank 2 never ran the sitecustomize"
     assert "rank 0 was not past MPI_Init 3 s after the start" in r.err
