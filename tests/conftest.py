@@ -93,10 +93,11 @@ def job_env(extra: dict | None = None) -> dict:
 
 
 class Job:
-    """A running ``clustervm run`` job."""
+    """A running ``clustervm run`` job; ``own_launcher``: ``mpiexec ... python -m clustervm``
+    started directly, as with a launcher of one's own (nothing watches its start or end)."""
 
     def __init__(self, args: list[str], n: int, timeout: float, env: dict | None = None,
-                 run_args: list[str] | None = None) -> None:
+                 run_args: list[str] | None = None, own_launcher: bool = False) -> None:
         self.cmd = [PY, "-m", "clustervm", "run", "-n", str(n), "--timeout", str(timeout),
                     *(run_args or []), *args]
         self.timeout = timeout
@@ -106,8 +107,12 @@ class Job:
         # and a multi-host test's bridge (10.77.x.254) can vanish between a spawned rank's
         # choice of interfaces and its bind (seen: a replacement node failed to start)
         local = {} if "--hostfile" in (run_args or []) else {"OMPI_MCA_btl_tcp_if_include": "lo"}
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=job_env({**local, **(env or {}),
-                                                                      JOB_MARK: self.mark}),
+        full_env = job_env({**local, **(env or {}), JOB_MARK: self.mark})
+        if own_launcher:
+            assert not run_args, "options of clustervm run do not apply to a job of its own"
+            from clustervm import launcher
+            self.cmd, full_env = launcher.build_command(n, args[0], args[1:], env=full_env)
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=full_env,
                                      text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
@@ -251,8 +256,8 @@ def job():
     jobs: list[Job] = []
 
     def start(args: list[str], n: int = 4, timeout: float = 60.0, env: dict | None = None,
-              run_args: list[str] | None = None) -> Job:
-        j = Job(args, n, timeout, env, run_args)
+              run_args: list[str] | None = None, own_launcher: bool = False) -> Job:
+        j = Job(args, n, timeout, env, run_args, own_launcher)
         jobs.append(j)
         return j
 
