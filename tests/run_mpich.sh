@@ -41,11 +41,11 @@ PY
 export PATH="$VENV/bin:$PATH"
 export CLUSTERVM_TEST_MPI=mpich
 # test_mpich.py: what differs on MPICH (killed nodes, Hydra, no ULFM); the rest: the core
-# API on real jobs, the supervisor, and the unit tests. Not here: Open MPI's own tests
+# API on real jobs, the supervisor (and its relay of main's output), and the unit tests. Not here: Open MPI's own tests
 # (test_netns, test_multihost, test_failover need ULFM or prted; test_launcher checks
 # Open MPI details).
 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-    tests/test_mpich.py tests/test_foundation.py tests/test_supervisor.py \
+    tests/test_mpich.py tests/test_foundation.py tests/test_supervisor.py tests/test_output.py \
     tests/test_wire.py tests/test_checkpoint.py tests/test_hostfile.py tests/test_config.py \
     --deselect tests/test_foundation.py::test_bare_mpiexec_runs_ring \
     "$@"
