@@ -180,6 +180,11 @@ def env_name(field: str) -> str:
     return "CLUSTERVM_" + field.upper()
 
 
+#: Numeric settings that must be above 0 (the others must be 0 or more).
+_ABOVE_ZERO = frozenset({"CLUSTERVM_HEARTBEAT_S", "CLUSTERVM_SLOTS", "CLUSTERVM_MAX_CHUNK_BYTES",
+                         "CLUSTERVM_START_TIMEOUT_S", "CLUSTERVM_PROBE_TIMEOUT_S"})
+
+
 def _parse(name: str, raw: str, default: Any) -> Any:
     try:
         if isinstance(default, bool):
@@ -190,14 +195,21 @@ def _parse(name: str, raw: str, default: Any) -> Any:
                 return False
             raise ValueError(raw)
         if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-        return raw
+            value: Any = int(raw)
+        elif isinstance(default, float):
+            value = float(raw)
+        else:
+            return raw
     except ValueError:
         kind = type(default).__name__
         raise ConfigError(f"{name}={raw!r} is not a valid {kind}; set it to a {kind} "
                           f"(default {default!r}) or unset it") from None
+    above_zero = name in _ABOVE_ZERO
+    if not (value > 0 if above_zero else value >= 0):     # nan too
+        raise ConfigError(f"{name}={raw!r} is out of range: it must be "
+                          f"{'above 0' if above_zero else '0 or more'} (default {default!r}); "
+                          f"set it so or unset it")
+    return value
 
 
 def _format(value: Any) -> str:

@@ -48,3 +48,22 @@ def test_bad_values_name_the_variable_and_the_fix(name, value):
     with pytest.raises(ConfigError) as e:
         Config.from_env({name: value})
     assert name in str(e.value) and "unset it" in str(e.value)
+
+
+@pytest.mark.parametrize("name,value,rule", [("CLUSTERVM_HEARTBEAT_S", "0", "above 0"),
+                                             ("CLUSTERVM_HEARTBEAT_S", "nan", "above 0"),
+                                             ("CLUSTERVM_SLOTS", "0", "above 0"),
+                                             ("CLUSTERVM_PROBE_TIMEOUT_S", "-1", "above 0"),
+                                             ("CLUSTERVM_SPIN_MS", "-0.5", "0 or more"),
+                                             ("CLUSTERVM_SPARES", "-1", "0 or more")])
+def test_numbers_out_of_range_name_the_variable_and_the_rule(name, value, rule):
+    with pytest.raises(ConfigError) as e:
+        Config.from_env({name: value})
+    assert name in str(e.value) and f"must be {rule}" in str(e.value), str(e.value)
+
+
+def test_zero_is_a_setting_where_the_docs_give_it_a_meaning():
+    c = Config.from_env({"CLUSTERVM_INIT_TIMEOUT_S": "0", "CLUSTERVM_CHECKPOINT_DISK_S": "0",
+                         "CLUSTERVM_CHECKPOINT_SYNC_S": "0", "CLUSTERVM_SPIN_MS": "0",
+                         "CLUSTERVM_SPARES": "0", "CLUSTERVM_PREFETCH": "0"})
+    assert (c.init_timeout_s, c.checkpoint_sync_s, c.spin_ms) == (0.0, 0.0, 0.0)
