@@ -290,11 +290,10 @@ def test_heat2d_node_killed_mid_run(job, tmp_path):
     assert m and int(m.group(1)) >= 1, rep
 
 
-#: With a hostfile the launcher does not watch the start (the ranks may be on other
-#: hosts): a node lost after MPI_Init, before its hello, is the VM's to handle.
 #: mpiexec started directly (a launcher of one's own): nothing watches the job's start, as
-#: across hosts (a hostfile of this host only is watched as no hostfile, since the
-#: sixteenth session)
+#: with ranks on other hosts, and a node lost after MPI_Init, before its hello, is the
+#: VM's to handle. (A hostfile of this host only did this until the sixteenth session;
+#: it is watched as no hostfile now.)
 UNWATCHED = {"own_launcher": True}
 LOOPBACK = {"OMPI_MCA_btl_tcp_if_include": "lo"}
 
