@@ -570,6 +570,13 @@ def watches_end(hostfile: str | None) -> bool:
     return _allocated_nodes(os.environ) <= 1 and on_this_host(hostfile)
 
 
+def exporting(argv: Sequence[str], name: str, value: str) -> list[str]:
+    """``argv`` (an mpiexec command) that also passes the variable ``name`` (``value`` in
+    the environment it runs in) on to every rank, remote ones too, as its MPI's flavor
+    does (an unknown one: the ranks inherit it, on this host only)."""
+    return [argv[0], *FLAVORS[mpi_flavor(argv[0])].export(name, value), *argv[1:]]
+
+
 #: What a hostfile may call this host, besides its own name (``uname -n``).
 _LOOPBACK = frozenset({"localhost", "localhost.localdomain", "127.0.0.1", "::1"})
 
@@ -672,8 +679,9 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
     ``mark``: rank 0 leaves its status in a marker file (``watch_start`` needs it);
     ``marker_dir``: where rank 0 says it is past MPI_Init (see :func:`run`)."""
     env = dict(env)
+    mark = mark or watch_start
     own_dir = None
-    if watch_start or mark:
+    if mark:
         # <tmp>/clustervm-start-<host>-<our pid>-...: a later launch here removes it if we
         # are killed (the host name keeps apart containers that share /tmp, not pids)
         prefix = f"{_MARKER_PREFIX}{os.uname().nodename}-"
@@ -690,8 +698,7 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
         _remove(init_file)
         env[INIT_ENV] = init_file
         if marker_dir is not None:      # rank 0 may be on another host: pass it on
-            argv = [argv[0], *FLAVORS[mpi_flavor(argv[0])].export(INIT_ENV, init_file),
-                    *argv[1:]]
+            argv = exporting(argv, INIT_ENV, init_file)
     t0 = time.monotonic()
     shm_before = procs.shm_files()
     # an earlier mpiexec killed with its ranks left its session directory: one that gets
@@ -737,13 +744,13 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
                        f"shares, as for done.json, or clustervm run started there)"))
             left = None if timeout is None else max(0.1, timeout - (time.monotonic() - t0))
             done = env.get(STARTED_ENV, "") + ".done"
-            if finished is None and (watch_start or mark):
+            if finished is None and mark:
                 # rank 0 has left with its status: a rank that does not end (stopped,
                 # say) must not keep mpiexec, and us, waiting
                 finished = functools.partial(os.path.exists, done)
             rc = _wait(proc, left, finished, finish_grace)
-            main_rc = _read_status(done) if (watch_start or mark) else None
-            if (watch_start or mark) and main_rc is None and rc == 0:
+            main_rc = _read_status(done) if mark else None
+            if mark and main_rc is None and rc == 0:
                 # rank 0 leaves its status on every way out; mpiexec exits 0 on a SIGINT
                 # of its own: the job did not finish
                 print("clustervm: error: mpiexec ended before the job finished (interrupted?)",
@@ -857,7 +864,7 @@ def _watch_start(proc: subprocess.Popen, marker: str, timeout: float | None,
             if os.path.exists(marker) or not seen:
                 return None   # rank 0 marked its way out (a failed start says why itself)
             return f"mpiexec ended with status {rc}"
-        if init_by is not None and time.monotonic() > init_by and init_file is not None \
+        if init_file is not None and time.monotonic() > init_by \
                 and not os.path.exists(init_file):
             return _NOT_PAST_INIT
         seen.update(procs.children(proc.pid))

@@ -95,6 +95,9 @@ def supervise(n: int | None, app: str, app_args: Sequence[str], *, hostfile: str
         own_dir = tempfile.mkdtemp(prefix="clustervm-journal-")
         config = dataclasses.replace(config, checkpoint_dir=own_dir)
     Path(config.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    # as every host sees it: rank 0 says there when it is past MPI_Init, and keeps
+    # main's output there
+    job_dir = os.path.abspath(config.checkpoint_dir)
     done = Path(config.checkpoint_dir) / DONE_FILE
     done.unlink(missing_ok=True)
     hosts = parse_hostfile(hostfile) if hostfile else None
@@ -108,20 +111,18 @@ def supervise(n: int | None, app: str, app_args: Sequence[str], *, hostfile: str
                                                mpiexec=mpiexec, config=config,
                                                extra_mpiexec_args=extra)
             left = None if deadline is None else max(1.0, deadline - time.monotonic())
-            kept = os.path.abspath(config.checkpoint_dir)
-            env[output.OUTPUT_DIR_ENV] = kept       # rank 0 keeps main's output there
-            argv = [argv[0], *launcher.FLAVORS[launcher.mpi_flavor(argv[0])].export(
-                output.OUTPUT_DIR_ENV, kept), *argv[1:]]
+            env[output.OUTPUT_DIR_ENV] = job_dir    # rank 0 keeps main's output there
+            argv = launcher.exporting(argv, output.OUTPUT_DIR_ENV, job_dir)
             relays = {name: output.Relay(getattr(sys, name).buffer) for name in output.KEPT}
             rc = launcher.run(argv, env, left,
                               finished=lambda: read_done(config.checkpoint_dir) is not None,
                               finish_grace=FINISH_GRACE_S, relays=relays,
                               watch_start=launcher.watches_start(argv, current), ranks=n,
                               init_timeout=config.init_timeout_s,
-                              marker_dir=os.path.abspath(config.checkpoint_dir))
+                              marker_dir=job_dir)
             status = read_done(config.checkpoint_dir)
             if status is not None:
-                output.recover(kept, relays)
+                output.recover(job_dir, relays)
                 # main ended and its result is out: a host lost afterwards (mpiexec ends
                 # non-zero once PRRTE notices its daemon gone) does not fail the job.
                 if rc != 0 and status == 0:
