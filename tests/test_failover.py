@@ -25,7 +25,7 @@ from clustervm import procs
 from clustervm.checkpoint import file_version
 from clustervm.errors import CorruptCheckpointError
 
-from conftest import EXAMPLES, ROOT, JobResult, run_job
+from conftest import EXAMPLES, ROOT, JobResult, run_job, without_options
 
 pytestmark = pytest.mark.mpi
 
@@ -46,18 +46,10 @@ HEAT_ARGS = ["--size", "64", "--steps", "300", "--tasks", "3", "--checkpoint-eve
 _baselines: dict[tuple, str] = {}
 
 
-#: Options that only pace an app (sleeps, so that a drill strikes mid-run): a baseline
-#: runs without them, to the same result.
-PACING = ("--task-ms", "--step-ms")
-
-
 def baseline(app: str, args: list[str], prefix: str, n: int = 4) -> str:
     """The result line of an undisturbed run (once per module for the same arguments),
     run without the pacing options."""
-    for option in PACING:
-        if option in args:
-            at = args.index(option)
-            args = [*args[:at], *args[at + 2:]]
+    args = without_options(args)
     if app == APP:
         args = [*args, "--task-ms", "0"]        # its default is 200
     key = (app, tuple(args), prefix)

@@ -24,7 +24,7 @@ from clustervm.core.groups import Groups
 from clustervm.protocol import MAIN_TID
 from clustervm.task import _op_ref
 
-from conftest import EXAMPLES, run_job
+from conftest import EXAMPLES, run_job, without_options
 
 APPS = Path(__file__).resolve().parent / "apps"
 sys.path.insert(0, str(EXAMPLES))
@@ -932,9 +932,7 @@ _FROZEN_ITER_BASE: dict = {}
 def _frozen_iter_base(app: str, args: list) -> str:
     """The undisturbed result of frozen_iter.py with ``args``: the same without its
     sleeps (``--step-ms`` only paces the steps, so that a drill can strike mid-run)."""
-    if "--step-ms" in args:
-        at = args.index("--step-ms")
-        args = [*args[:at], *args[at + 2:]]
+    args = without_options(args)
     key = tuple(args)
     if key not in _FROZEN_ITER_BASE:
         base = run_job([app, *args], n=4, timeout=TIMEOUT)

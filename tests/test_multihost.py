@@ -42,7 +42,8 @@ import pytest
 
 from clustervm.testing import netns
 from clustervm.testing.netns import TestHosts
-from conftest import EXAMPLES, MARK, ROOT, hang_before_mpi_init, pi_line, run_job
+from conftest import (EXAMPLES, MARK, ROOT, hang_before_mpi_init, pi_line, run_job,
+                      without_options)
 
 _OK, _WHY = netns.available()
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
@@ -74,10 +75,7 @@ def baseline(name: str) -> str:
     """The result line of the app on one host (4 ranks, no hostfile), once per module."""
     if name not in _baselines:
         app, args, prefix = APPS[name]
-        if "--step-ms" in args:     # only slows each step down; the result is the same
-            i = args.index("--step-ms")
-            args = args[:i] + args[i + 2:]
-        res = run_job([app, *args], n=4, timeout=120)
+        res = run_job([app, *without_options(args)], n=4, timeout=120)
         assert res.rc == 0, f"single-host run failed ({res.rc}):\n{res.out}\n{res.err}"
         _baselines[name] = res.line(prefix)
     return _baselines[name]
