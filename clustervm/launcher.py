@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import re
+import secrets
 import select
 import shlex
 import shutil
@@ -551,6 +552,13 @@ STARTED_ENV = "CLUSTERVM_STARTED_FILE"
 WATCHED_ENV = "CLUSTERVM_START_WATCHED"
 #: Where rank 0 says it is past MPI_Init (set by run; internal): CLUSTERVM_INIT_TIMEOUT_S.
 INIT_ENV = "CLUSTERVM_INIT_FILE"
+#: The line rank 0 writes to its stderr once past MPI_Init, when it may run on another
+#: host and no directory is shared (see :func:`run`); the launcher's relay takes it out.
+INIT_TOKEN_ENV = "CLUSTERVM_INIT_TOKEN"
+#: mpiexec options that send the ranks' output to files, not through mpiexec: rank 0's
+#: stderr line would not reach the launcher (Open MPI's, then MPICH's).
+_OUTPUT_TO_FILES = ("--output-filename", "-output-filename", "-outfile-pattern",
+                    "-errfile-pattern")
 #: _run_once's status for a job it stopped: rank 0 was not past MPI_Init in time.
 _INIT_HUNG = -2
 #: The start markers' directories: <tmp>/clustervm-start-<host>-<launcher pid>-<random>.
@@ -579,6 +587,21 @@ def exporting(argv: Sequence[str], name: str, value: str) -> list[str]:
 
 #: What a hostfile may call this host, besides its own name (``uname -n``).
 _LOOPBACK = frozenset({"localhost", "localhost.localdomain", "127.0.0.1", "::1"})
+
+
+def says_past_init_on_stderr(argv: Sequence[str]) -> bool:
+    """Can rank 0 on any host say on its stderr that it is past MPI_Init? Its MPI passes a
+    variable on to ranks on other hosts, and their output goes through mpiexec (not to
+    files: ``--output-filename``, or Open MPI 5's ``--output file=...|dir=...``)."""
+    if mpi_flavor(argv[0]) == "unknown":
+        return False
+    for i, arg in enumerate(argv):
+        if arg.split("=", 1)[0] in _OUTPUT_TO_FILES:
+            return False
+        if arg == "--output" and i + 1 < len(argv) and any(
+                part.split("=", 1)[0] in ("file", "dir") for part in argv[i + 1].split(",")):
+            return False
+    return True
 
 
 def on_this_host(hostfile: str | None) -> bool:
@@ -627,16 +650,21 @@ def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = Non
     MPI_Init that many seconds after mpiexec started (a rank hung before or in it holds
     every other there, watched or not) stops the job. Rank 0 says when it is past it in
     a file: in ``marker_dir`` if given, a directory it can write (the supervisor's job
-    directory, which every host shares), else on this host, so only when rank 0 runs
-    here (``watch_start`` or ``watch_end``; else there is no such limit). A job on this
-    host is started again as above; one with a ``marker_dir`` is not (the supervisor
-    starts it again on the hosts that answer): run says why and returns
-    :data:`START_FAILED_STATUS`, as on the last attempt.
+    directory, which every host shares), else on this host when rank 0 runs here
+    (``watch_start`` or ``watch_end``). Else (rank 0 may be on another host, and no
+    directory is shared) it says so in a line on its stderr, which mpiexec passes on and
+    a relay of ours takes out (:func:`says_past_init_on_stderr`; when its output cannot
+    come that way, there is no such limit). A job on this host is started again as
+    above; the others are not (the supervisor starts one with a ``marker_dir`` again on
+    the hosts that answer): run says why and returns :data:`START_FAILED_STATUS`, as on
+    the last attempt.
 
     ``relays`` ({"stdout": ..., "stderr": ...}): mpiexec's output goes through these
     (clustervm.output), not straight to ours; they have seen all of it when run returns.
     """
-    if not (watch_start or watch_end or marker_dir):
+    by_stderr = bool(init_timeout) and not (watch_start or watch_end or marker_dir) \
+        and says_past_init_on_stderr(argv)
+    if not (watch_start or watch_end or marker_dir or by_stderr):
         init_timeout = None         # rank 0 may be on another host: it could not say
     deadline = None if timeout is None else time.monotonic() + timeout
     for attempt in range(START_RETRIES + 1):
@@ -646,14 +674,14 @@ def run(argv: Sequence[str], env: Mapping[str, str], timeout: float | None = Non
         rc, lost = _run_once(argv, env, left, finished, finish_grace, watch_start and not last,
                              watch_start or watch_end, ranks, job_timeout=timeout,
                              init_timeout=init_timeout, marker_dir=marker_dir,
-                             relays=relays)
+                             relays=relays, by_stderr=by_stderr)
         took = time.monotonic() - began
         if lost is None and rc == PRTE_START_FAILED and took < PRTE_START_FAILED_S and not last:
             lost = f"mpiexec could not start (status {rc} after {took:.1f} s)"
         if lost is None:
             return rc
         if rc == _INIT_HUNG:
-            if last or marker_dir:
+            if last or marker_dir or by_stderr:
                 print(f"clustervm: error: {lost}; the job was stopped. Find the rank that "
                       f"hangs (its host, its file systems), or raise CLUSTERVM_INIT_TIMEOUT_S "
                       f"if MPI_Init takes that long here", file=sys.stderr, flush=True)
@@ -672,12 +700,14 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
               watch_start: bool, mark: bool, ranks: int | None = None,
               job_timeout: float | None = None, init_timeout: float | None = None,
               marker_dir: str | None = None,
-              relays: Mapping[str, Relay] | None = None) -> tuple[int, str | None]:
+              relays: Mapping[str, Relay] | None = None,
+              by_stderr: bool = False) -> tuple[int, str | None]:
     """One mpiexec: (exit status, None), or (-1, what was lost) if lost while starting
     (_INIT_HUNG: rank 0 was not past MPI_Init ``init_timeout`` s after the start).
     ``timeout``: what is left of the job's (``job_timeout``, the one the user gave);
     ``mark``: rank 0 leaves its status in a marker file (``watch_start`` needs it);
-    ``marker_dir``: where rank 0 says it is past MPI_Init (see :func:`run`)."""
+    ``marker_dir``: where rank 0 says it is past MPI_Init; ``by_stderr``: in a line on
+    its stderr instead (see :func:`run`)."""
     env = dict(env)
     mark = mark or watch_start
     own_dir = None
@@ -692,22 +722,34 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
     if watch_start:
         env[WATCHED_ENV] = "1"
     env.pop(INIT_ENV, None)
+    env.pop(INIT_TOKEN_ENV, None)
     init_file = None
+    past_init: Callable[[], bool] | None = None
     if init_timeout and (marker_dir or own_dir):
         init_file = os.path.join(marker_dir or own_dir, f"mpi-init.{os.getpid()}")
         _remove(init_file)
         env[INIT_ENV] = init_file
         if marker_dir is not None:      # rank 0 may be on another host: pass it on
             argv = exporting(argv, INIT_ENV, init_file)
+        past_init = functools.partial(os.path.exists, init_file)
+    elif init_timeout and by_stderr:
+        token = f"[clustervm: rank 0 past MPI_Init {secrets.token_hex(8)}]"
+        env[INIT_TOKEN_ENV] = token
+        argv = exporting(argv, INIT_TOKEN_ENV, token)
+        relays = dict(relays or {})
+        from .output import Relay
+        relay = relays.setdefault("stderr", Relay(sys.stderr.buffer))
+        relay.watch_for(token.encode())
+        past_init = relay.found.is_set
     t0 = time.monotonic()
     shm_before = procs.shm_files()
     # an earlier mpiexec killed with its ranks left its session directory: one that gets
     # its pid now would exit 213 at once (docs/troubleshooting.md)
     procs.remove_stale_session_dirs(base=procs.session_base(env))
     # mpiexec gets SIGTERM when we end, even by SIGKILL: no job runs on unattended
-    piped = subprocess.PIPE if relays else None
-    proc = subprocess.Popen(list(argv), env=env, start_new_session=True, stdout=piped,
-                            stderr=piped, preexec_fn=procs.parent_death_setter(signal.SIGTERM))
+    piped = {name: subprocess.PIPE for name in relays or {}}     # the others: ours
+    proc = subprocess.Popen(list(argv), env=env, start_new_session=True, **piped,
+                            preexec_fn=procs.parent_death_setter(signal.SIGTERM))
     for name, relay in (relays or {}).items():
         relay.start(getattr(proc, name))
     received: list[int] = []
@@ -722,12 +764,12 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
     previous = _set_handlers(forward)
     try:
         try:
-            init_by = None if init_file is None else t0 + init_timeout
+            init_by = None if past_init is None else t0 + init_timeout
             if watch_start:
                 lost = _watch_start(proc, env[STARTED_ENV], timeout, received, ranks,
                                     init_file, init_by)
-            elif init_file is not None:
-                lost = _watch_init(proc, init_file, init_by, timeout, received)
+            elif past_init is not None:
+                lost = _watch_init(proc, past_init, init_by, timeout, received)
             else:
                 lost = None
             if lost is not None:
@@ -741,7 +783,10 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
                     + ("" if marker_dir is None else
                        f"; or rank 0 cannot see {marker_dir}, where it says so (with a "
                        f"hostfile the job's directory must be on storage the first host "
-                       f"shares, as for done.json, or clustervm run started there)"))
+                       f"shares, as for done.json, or clustervm run started there)")
+                    + ("" if not by_stderr else
+                       "; or rank 0's stderr does not reach mpiexec, where it says so (set "
+                       "CLUSTERVM_INIT_TIMEOUT_S=0 to run without this limit)"))
             left = None if timeout is None else max(0.1, timeout - (time.monotonic() - t0))
             done = env.get(STARTED_ENV, "") + ".done"
             if finished is None and mark:
@@ -823,12 +868,12 @@ def _remove(path: str) -> None:
         pass
 
 
-def _watch_init(proc: subprocess.Popen, init_file: str, init_by: float,
+def _watch_init(proc: subprocess.Popen, past_init: Callable[[], bool], init_by: float,
                 timeout: float | None, received: list[int]) -> str | None:
-    """Until rank 0 is past MPI_Init (``init_file`` exists) or mpiexec has ended:
+    """Until rank 0 is past MPI_Init (``past_init()``) or mpiexec has ended:
     :data:`_NOT_PAST_INIT` if that is not so by ``init_by`` (time.monotonic), else None."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    while not os.path.exists(init_file):
+    while not past_init():
         now = time.monotonic()
         if received or (deadline is not None and now > deadline):
             return None           # interrupted, or out of time: the usual handling

@@ -7,7 +7,8 @@ and they are gone, though the job finished (seen once: a heat2d drill whose resu
 never arrived, exit status 0). So under the supervisor rank 0 also keeps what it
 writes, in the job's directory (:func:`keep`), the supervisor relays mpiexec's output
 itself (:class:`Relay`), and after the job it prints what never arrived
-(:func:`undelivered`).
+(:func:`undelivered`). A relay of ``clustervm run`` also takes out the line in which
+rank 0 on another host says it is past MPI_Init (:meth:`Relay.watch_for`).
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ OUTPUT_DIR_ENV = "CLUSTERVM_OUTPUT_DIR"
 KEPT = {"stdout": "main.stdout", "stderr": "main.stderr"}
 #: Output kept (per stream, either side) up to this many bytes; past it there is no check.
 LIMIT = 64 << 20
+#: A line start held while a relay looks for its token, at most (binary output: passed on).
+_HELD_MAX = 1 << 16
 
 
 class Tee(io.TextIOBase):
@@ -107,13 +110,26 @@ def sync_kept() -> None:
 
 class Relay:
     """Copies a pipe (mpiexec's stdout or stderr) to ``sink`` in a thread of its own,
-    and remembers what passed (up to :data:`LIMIT` bytes)."""
+    and remembers what passed (up to :data:`LIMIT` bytes).
+
+    ``token`` (:meth:`watch_for`): the first line that holds it is taken out, and
+    :attr:`found` is set (how rank 0 on another host says it is past MPI_Init,
+    clustervm.launcher). Until then output is passed on by whole lines only."""
 
     def __init__(self, sink: BinaryIO) -> None:
         self.sink = sink
         self.seen = bytearray()
         self.complete = True
+        self.found = threading.Event()
+        self._token: bytes | None = None
+        self._held = b""            # the start of a line, while the token is looked for
+        self._skip_line = False     # the token's line goes on in the next read
         self._thread: threading.Thread | None = None
+
+    def watch_for(self, token: bytes) -> None:
+        """Take the first line holding ``token`` out, and set :attr:`found` (before
+        :meth:`start`)."""
+        self._token = token
 
     def start(self, pipe: BinaryIO) -> None:
         self._thread = threading.Thread(target=self._copy, args=(pipe.fileno(), pipe),
@@ -123,8 +139,11 @@ class Relay:
     def _copy(self, fd: int, pipe: BinaryIO) -> None:
         sink: BinaryIO | None = self.sink
         try:
-            while data := os.read(fd, 1 << 16):
-                if sink is not None:
+            while True:
+                data = os.read(fd, 1 << 16)
+                last = not data
+                data = self._filter(data, last)
+                if data and sink is not None:
                     try:
                         sink.write(data)
                         sink.flush()
@@ -134,10 +153,35 @@ class Relay:
                     self.seen += data
                 else:
                     self.complete = False
+                if last:
+                    break
         except OSError:
             self.complete = False
         finally:
             pipe.close()
+
+    def _filter(self, data: bytes, last: bool) -> bytes:
+        """``data`` without the token's line; while it has not come, whole lines only
+        (the rest is held for the next read, or passed on at the end: ``last``)."""
+        if self._skip_line:
+            end = data.find(b"\n")
+            if end < 0:
+                return b""
+            self._skip_line, data = False, data[end + 1:]
+        if self._token is None or self.found.is_set():
+            return data
+        data, self._held = self._held + data, b""
+        at = data.find(self._token)
+        if at < 0:
+            cut = len(data) if last or len(data) > _HELD_MAX else data.rfind(b"\n") + 1
+            self._held = data[cut:]
+            return data[:cut]
+        self.found.set()
+        start, end = data.rfind(b"\n", 0, at) + 1, data.find(b"\n", at)
+        if end < 0:
+            self._skip_line = not last
+            return data[:start]
+        return data[:start] + data[end + 1:]
 
     def join(self, timeout: float) -> None:
         """Wait until the pipe is closed (every process that could write it has ended)."""

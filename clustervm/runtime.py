@@ -177,6 +177,12 @@ def _mark_started(MPI, rank: int) -> None:
     init = os.environ.get("CLUSTERVM_INIT_FILE")
     if init:
         _write_marker(init, "")
+    token = os.environ.get("CLUSTERVM_INIT_TOKEN")
+    if token:           # a line of its own, which the launcher's relay takes out
+        try:
+            os.write(2, f"{token}\n".encode())
+        except OSError:
+            log.debug("cannot say on stderr that rank 0 is past MPI_Init")
     kept = os.environ.get("CLUSTERVM_OUTPUT_DIR")
     if kept:
         from . import output

@@ -600,9 +600,10 @@ def fake_mpiexec(directory: Path, body: str) -> str:
 
 def test_run_stops_a_job_whose_rank_0_never_gets_past_mpi_init(tmp_path, capfd):
     """Every start hangs: after the retries the job fails with the reason and status 2 (a
-    failed start), and nothing of it is left running. A job with a ``marker_dir`` (the supervisor's, which starts it
-    again itself) is not started again by run. Without either (rank 0 may be on another
-    host, and could not say) there is no such limit."""
+    failed start), and nothing of it is left running. A job with a ``marker_dir`` (the
+    supervisor's, which starts it again itself) is not started again by run. Without
+    either, with an mpiexec that cannot pass a variable on to other hosts (rank 0 may be
+    on one, and could not say), there is no such limit."""
     script = "sleep 30 & wait"
     t0 = time.monotonic()
     assert launcher.run(["sh", "-c", script], os.environ, timeout=60, watch_start=True,
@@ -623,6 +624,53 @@ def test_run_stops_a_job_whose_rank_0_never_gets_past_mpi_init(tmp_path, capfd):
         assert launcher.run(["sh", "-c", script], os.environ, timeout=1.5,
                             **kw) == launcher.TIMEOUT_STATUS      # the job's own timeout
         assert "MPI_Init" not in capfd.readouterr().err
+
+
+def test_run_stops_a_job_on_other_hosts_whose_rank_0_never_says_it_is_past_mpi_init(
+        tmp_path, capfd):
+    """Rank 0 may be on another host and no directory is shared (a multi-host hostfile and
+    ``--restarts 0``): it says it is past MPI_Init in a line on its stderr, which mpiexec
+    passes on. A start where it never does is stopped with the reason, not started again
+    (the same hosts would hang again), and nothing of it is left running."""
+    hung = fake_mpiexec(tmp_path, "echo before MPI_Init >&2; sleep 30 & wait")
+    t0 = time.monotonic()
+    assert launcher.run([hung, "app.py"], os.environ, timeout=60,
+                        init_timeout=0.5) == launcher.START_FAILED_STATUS
+    assert time.monotonic() - t0 < 15
+    err = capfd.readouterr().err
+    assert "before MPI_Init\n" in err         # the rank's own lines pass
+    assert "error: rank 0 was not past MPI_Init 0.5 s after the start" in err
+    assert "or rank 0's stderr does not reach mpiexec" in err
+    assert "CLUSTERVM_INIT_TIMEOUT_S=0" in err and "starting" not in err
+
+
+def test_run_takes_rank_0s_past_init_line_out_of_the_output(tmp_path, capfd):
+    """The job whose rank 0 says it is past MPI_Init runs on past the limit; its line never
+    reaches our stderr (with ``--tag-output``'s prefix too, cut across two writes), the
+    lines around it do, and mpiexec exports the variable to every rank."""
+    args = tmp_path / "args"
+    body = f"""echo "$@" > {args}
+printf 'line 1\\n[1,0]<stderr>:' >&2; sleep 0.2
+echo "$CLUSTERVM_INIT_TOKEN" >&2; echo 'line 2' >&2; sleep 1.5; echo done; exit 0"""
+    mpiexec = fake_mpiexec(tmp_path, body)
+    assert launcher.run([mpiexec, "-n", "2", "app.py"], os.environ, timeout=30,
+                        init_timeout=0.5) == 0
+    out, err = capfd.readouterr()
+    assert out == "done\n"
+    assert err == "line 1\nline 2\n", err
+    assert args.read_text().split() == ["-x", launcher.INIT_TOKEN_ENV, "-n", "2", "app.py"]
+
+
+@pytest.mark.parametrize("option", [["--output-filename", "out"], ["--output", "tag,file=x"],
+                                    ["--output-filename=out"]])
+def test_run_sets_no_init_limit_when_the_output_goes_to_files(tmp_path, capfd, option):
+    """With the ranks' output sent to files, rank 0's line could not reach the launcher:
+    no limit (the job's own timeout still holds)."""
+    assert not launcher.says_past_init_on_stderr(["mpiexec", *option, "app.py"])
+    hung = fake_mpiexec(tmp_path, "sleep 30 & wait")
+    assert launcher.run([hung, *option, "app.py"], os.environ, timeout=1.5,
+                        init_timeout=0.5) == launcher.TIMEOUT_STATUS
+    assert "MPI_Init" not in capfd.readouterr().err
 
 
 def test_run_passes_the_init_marker_to_ranks_on_other_hosts(tmp_path):

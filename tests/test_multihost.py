@@ -40,6 +40,7 @@ from pathlib import Path
 
 import pytest
 
+from clustervm import launcher
 from clustervm.testing import netns
 from clustervm.testing.netns import TestHosts
 from conftest import (EXAMPLES, MARK, ROOT, hang_before_mpi_init, pi_line, run_job,
@@ -290,6 +291,30 @@ def test_a_rank_hung_before_mpi_init_on_another_host_is_started_again(hosts, tmp
     assert re.search(r"lost host\(s\): (none \(every host answers\)|[0-9.]+) .*; restart 1 "
                      r"of 2 from the journal", res.stderr), res
     assert result_line(res.stdout, "hits=") == pi_line(15, 1500000, 7)
+
+
+def test_a_start_hung_on_another_host_ends_without_a_shared_directory(hosts, tmp_path,
+                                                                     record_property):
+    """The same hang with ``--restarts 0`` (no supervisor, so no job directory the hosts
+    share): rank 0 says on its stderr when it is past MPI_Init, which it never is, so the
+    job ends CLUSTERVM_INIT_TIMEOUT_S after its start with the reason and status 2, and
+    nothing of it is left on the hosts. Before, it waited in MPI_Init for ever. The next
+    start goes on: the exact result, and rank 0's line is not in the job's output."""
+    env = {**hang_before_mpi_init(tmp_path, rank=4), "CLUSTERVM_INIT_TIMEOUT_S": "3"}
+    app = [PI, "--tasks", "15", "--samples", "1500000", "--seed", "7"]
+    t0 = time.monotonic()
+    res = start(hosts, tmp_path, app, "--restarts", "0", env=env).wait()
+    record_property("seconds", round(time.monotonic() - t0, 2))
+    assert res.returncode == launcher.START_FAILED_STATUS and not res.timed_out, res
+    assert res.leftovers == {}, res
+    assert os.path.exists(env["HANG_FLAG"]), "rank 4 never ran the sitecustomize"
+    assert "error: rank 0 was not past MPI_Init 3 s after the start" in res.stderr, res
+    assert "hits=" not in res.stdout, res
+    res = start(hosts, tmp_path, app, "--restarts", "0", env=env).wait()
+    assert res.returncode == 0 and not res.timed_out, res
+    assert res.leftovers == {}, res
+    assert result_line(res.stdout, "hits=") == pi_line(15, 1500000, 7)
+    assert "past MPI_Init" not in res.stdout + res.stderr, res
 
 
 @pytest.mark.parametrize("name", ["pi", "heat2d"])

@@ -31,6 +31,26 @@ def test_undelivered_looks_at_the_last_lines_only():
     assert output.undelivered(b"", kept) == b"".join(b"line %d\n" % i for i in range(744, 1000))
 
 
+def relayed(chunks: list[bytes], token: bytes = b"TOKEN") -> tuple[bytes, bool]:
+    """What a relay watching for ``token`` passes on of ``chunks`` (each its own read)."""
+    relay = output.Relay(io.BytesIO())
+    relay.watch_for(token)
+    out = b"".join(relay._filter(c, False) for c in chunks) + relay._filter(b"", True)
+    return out, relay.found.is_set()
+
+
+@pytest.mark.parametrize(("chunks", "passed", "found"), [
+    ([b"a\nTOKEN\nb\n"], b"a\nb\n", True),
+    ([b"a\n[1,0]<stderr>:TO", b"KEN\nb\n"], b"a\nb\n", True),     # --tag-output, cut up
+    ([b"a\nTOKEN", b" still its line", b"\nb\n"], b"a\nb\n", True),
+    ([b"a\nno token\npart", b"ial"], b"a\nno token\npartial", False),   # all at the end
+    ([b"TOKEN\n", b"TOKEN\n"], b"TOKEN\n", True),                  # only the first one
+    ([b"x" * (output._HELD_MAX + 1)], b"x" * (output._HELD_MAX + 1), False),   # no line end
+])
+def test_a_relay_takes_out_the_first_line_holding_its_token(chunks, passed, found):
+    assert relayed(chunks) == (passed, found)
+
+
 def test_tee_writes_both_and_keeps_bytes_as_the_stream_encodes(tmp_path):
     stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
     with open(tmp_path / "kept", "wb") as f:
