@@ -889,6 +889,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             return None
         seq, (blob,) = got
         self.stats["ckpt_restored"] += 1
+        self.stats["ckpt_from_store"] += 1
         self.events.add("RESTORE", tid=tid, seq=seq)
         frames = wire.unpack_frames(blob)
         return wire.loads(frames[0], frames[1:])
@@ -1006,9 +1007,12 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         if s["spawned"]:
             parts.append(f"{s['spawned']} node(s) started with MPI_Comm_spawn")
         parts.append(f"{s['rerun']} task(s) re-run, {s['redone_s']:.2f} s of work redone")
-        read = self.store.stats.read
+        # the coordinator's own copies (its memory, or read back from the directory), the
+        # others the nodes' (buddy store)
+        ours, read = s["ckpt_from_store"], self.store.stats.read
         parts.append(f"{s['ckpt_written']} checkpoint(s) written, {s['ckpt_restored']} restored"
-                     + (f" ({read} read back from the checkpoint directory)" if read else "")
+                     + (f" ({ours} by the coordinator, {read} of them read back from the "
+                        f"checkpoint directory)" if ours else "")
                      + (f", {self.store.stats.corrupt} corrupt skipped"
                         if self.store.stats.corrupt else ""))
         if self.restarts:

@@ -211,10 +211,11 @@ class Core:
         self.stopping = False
         self.observing = False
         self.fatal: BaseException | None = None
-        #: the end-of-job report's counters (the shell counts ckpt_restored and corrupt)
+        #: the end-of-job report's counters (the shell counts ckpt_restored, of them
+        #: ckpt_from_store from the coordinator's own store, and corrupt)
         self.stats: dict[str, Any] = {"rerun": 0, "redone_s": 0.0, "ckpt_written": 0,
-                                      "ckpt_restored": 0, "reused": 0, "corrupt": 0,
-                                      "spawned": 0}
+                                      "ckpt_restored": 0, "ckpt_from_store": 0, "reused": 0,
+                                      "corrupt": 0, "spawned": 0}
         self._alive: dict[int, Node] = {}       # ALIVE nodes, by rank
         self._spares: dict[int, Node] = {}      # SPARE nodes, by rank
         self._room: list[tuple[int, int, int]] = []   # heap of (load, rank, ver)
