@@ -1048,7 +1048,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                     next_beat = now + beat_every
                     for n in list(self.nodes.values()):
                         if n.state in ("alive", "spare"):
-                            t.post(n.rank, beat)
+                            t.post(n.rank, beat, wake=False)
                 if now >= next_check:
                     if now - last_loop > self.config.heartbeat_s / 2:
                         # this process itself was stalled: do not blame the nodes

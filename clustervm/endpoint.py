@@ -98,9 +98,10 @@ class Endpoint(Protocol):
         way (not if encoding it failed), before waiting for it to leave: work that
         overlaps the transfer (it may read, never change, what is sent; it must not raise)."""
 
-    def post(self, dest: int, msg: Any) -> bool:
+    def post(self, dest: int, msg: Any, wake: bool = True) -> bool:
         """Send without blocking (for handlers); False (message dropped) if ``dest`` is
-        known dead. The caller must not change ``msg`` until it has left."""
+        known dead. The caller must not change ``msg`` until it has left. ``wake``: an
+        idle ``dest`` should see it at once (not so for a heartbeat)."""
 
     def isend(self, dest: int, msg: Any) -> Any:
         """:meth:`post`, raising PeerFailed instead of returning False; returns a handle

@@ -237,7 +237,7 @@ class InProcessTransport:
         if meanwhile is not None:
             meanwhile()
 
-    def post(self, dest: int, msg: Any) -> bool:
+    def post(self, dest: int, msg: Any, wake: bool = True) -> bool:
         self._gate()
         try:
             self._transmit(dest, msg)

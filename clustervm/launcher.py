@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Sequence
 
 from . import procs
 from .config import FIELDS, Config, env_name
+from .doorbell import JOB_KEY_ENV
 from .errors import ConfigError, HostfileError
 
 if TYPE_CHECKING:
@@ -723,6 +724,8 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
         env[WATCHED_ENV] = "1"
     env.pop(INIT_ENV, None)
     env.pop(INIT_TOKEN_ENV, None)
+    # this start's ranks on this host name their doorbells after it (clustervm.doorbell)
+    env[JOB_KEY_ENV] = secrets.token_hex(8)
     init_file = None
     past_init: Callable[[], bool] | None = None
     if init_timeout and (marker_dir or own_dir):

@@ -156,13 +156,15 @@ class Node(Site):
 
     def _do_heartbeat(self, ins: N.SendHeartbeat) -> None:
         ARRAY_COPIES.let_go_idle()        # memory for copies of big arrays, unused a while
-        if not self.transport.post(P.COORDINATOR, P.Heartbeat(ins.load, self.untold).encode()):
+        if not self.transport.post(P.COORDINATOR, P.Heartbeat(ins.load, self.untold).encode(),
+                                   wake=False):
             self._run(N.HeartbeatUnsent())
 
     def _keepalive(self) -> None:
         """The poller is held up by one long frame: beat meanwhile (not through the core,
         whose lock a worker may hold)."""
-        self.transport.post(P.COORDINATOR, P.Heartbeat(self.core.load, self.untold).encode())
+        self.transport.post(P.COORDINATOR, P.Heartbeat(self.core.load, self.untold).encode(),
+                            wake=False)
 
     def _do_mark_heard(self, ins: N.MarkHeard) -> None:
         self.transport.last_heard[P.COORDINATOR] = ins.now

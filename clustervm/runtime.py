@@ -245,7 +245,7 @@ def start(main: Callable | None, config: Config, argv: list[str]) -> int:
     comm = world
     transport = Transport(comm, spin_ms=config.spin_ms, idle_sleep_ms=config.idle_sleep_ms,
                           deep_idle_sleep_ms=deep_idle_sleep_ms(config),
-                          allow_pickle=config.pickle)
+                          allow_pickle=config.pickle, doorbell=config.doorbell)
     if transport.rank != 0:
         return _serve(transport, config)
     from .coordinator import Coordinator

@@ -80,6 +80,7 @@ from mpi4py import MPI
 from . import wire
 from .blocks import Blocks
 from .config import Config
+from .doorbell import open_doorbell
 from .endpoint import Counters, Handler, PeerFailed, dispatch
 from .errors import ConfigError, WireError
 
@@ -372,7 +373,7 @@ class Transport:
     def __init__(self, comm: MPI.Comm, *, spin_ms: float = 5.0, idle_sleep_ms: float = 10.0,
                  deep_idle_sleep_ms: float = 250.0,
                  allow_pickle: bool = False, rank: int | None = None,
-                 max_chunk_bytes: int | None = None) -> None:
+                 max_chunk_bytes: int | None = None, doorbell: bool = False) -> None:
         if max_chunk_bytes is None:   # CLUSTERVM_MAX_CHUNK_BYTES, on every rank alike
             max_chunk_bytes = Config.from_env().max_chunk_bytes
         if not 1 <= max_chunk_bytes <= _COUNT_MAX:
@@ -417,6 +418,7 @@ class Transport:
         self._bg_poller: int | None = None       # the background thread polling now
         self._deep_poller: int | None = None     # the service thread, polling in deep idle
         self._bg_waiters = 0                     # idle workers waiting for work
+        self._turn_waiters = 0                   # background threads waiting for a turn
         self._busy = False                       # a poll handled more than heartbeats
         self._quiet = False                      # ... or only QUIET work and heartbeats
         self._user_waiters: list[int] = []       # foreground threads in wait() (no lock:
@@ -436,6 +438,10 @@ class Transport:
         #: loop goes into deep idle after none for _DEEP_IDLE_AFTER_S)
         self._last_activity = self._last_work = time.perf_counter()
         self.closed = False
+        #: wakes this rank's pollers when a rank on this host sends after a quiet spell,
+        #: and rings theirs (clustervm.doorbell); None: found at the next poll
+        self._bell = open_doorbell(self.rank, self._rung) if doorbell and not self.spawned \
+            else None
 
     # -- sending -------------------------------------------------------------
 
@@ -559,6 +565,8 @@ class Transport:
         if 0 <= dest < self.world_size:      # a world rank (none on a spawned node): direct
             if dest in self.failed or self.closed:
                 raise PeerFailed(dest)
+            if self._bell is not None:
+                self._bell.sending(dest)
             payload, bufs = wire.dumps(msg, allow_pickle=self.allow_pickle)
             if not bufs and len(payload) <= _INLINE_MAX and len(payload) < self.max_chunk:
                 head = b"\x00" + payload               # the common case, inlined
@@ -574,6 +582,8 @@ class Transport:
                 out = _Out(dest, self.comm, dest, None, *self._chunked(head, bufs, tag))
         else:
             out = self._prepare(dest, msg)
+            if self._bell is not None and 0 <= dest < self.world_size:
+                self._bell.sending(dest)
         out.tracked = bool(out.bufs)         # the caller's arrays are in flight
         out.patient = meanwhile is not None   # it has work to do before it waits
         self._hand(out)
@@ -618,15 +628,18 @@ class Transport:
             self._try_flush()
         return True
 
-    def post(self, dest: int, msg: Any) -> bool:
+    def post(self, dest: int, msg: Any, wake: bool = True) -> bool:
         """Send without blocking (for handlers); the transport completes it later.
 
         Returns False (and drops the message) if ``dest`` is known to be dead.
+        ``wake``: ring ``dest``'s doorbell if it may be idle (not for a heartbeat).
         """
         try:
             out = self._prepare(dest, msg)
         except PeerFailed:
             return False
+        if wake and self._bell is not None and 0 <= dest < self.world_size:
+            self._bell.sending(dest)
         self._hand(out)
         return not out.failed
 
@@ -635,6 +648,8 @@ class Transport:
         returns tells :meth:`sent` when the message has left."""
         out = self._prepare(dest, msg)
         out.tracked = True
+        if self._bell is not None and 0 <= dest < self.world_size:
+            self._bell.sending(dest)
         self._hand(out)
         if out.failed:
             raise PeerFailed(dest)
@@ -1084,6 +1099,8 @@ class Transport:
     def close(self, timeout: float = 1.0) -> None:
         """Stop every thread from touching MPI (before MPI_Finalize)."""
         self.closed = True
+        if self._bell is not None:
+            self._bell.close()
         self.notify()
         self.notify_background()
         if self._token.acquire(timeout=timeout):   # kept: nobody polls or sends after this
@@ -1255,7 +1272,11 @@ class Transport:
                 return
             if self._user_waiters or self._bg_poller not in (None, me):
                 pause = self._longest_pause(background=True)
-                self._bg_cond.wait(pause if remaining is None else min(pause, remaining))
+                self._turn_waiters += 1
+                try:
+                    self._bg_cond.wait(pause if remaining is None else min(pause, remaining))
+                finally:
+                    self._turn_waiters -= 1
                 return
             self._bg_poller = me
         try:
@@ -1267,6 +1288,10 @@ class Transport:
         finally:
             with self._bg_cond:
                 self._bg_poller = None
+                if self._turn_waiters:
+                    # one waits for this turn (an idle worker woken with this poller, say,
+                    # by a doorbell): it polls now, not after its pause (idle_sleep_ms)
+                    self._bg_cond.notify_all()
 
     def _deep_idle(self) -> bool:
         """No traffic for _DEEP_IDLE_AFTER_S (and a deeper back-off is configured)."""
@@ -1321,6 +1346,13 @@ class Transport:
                 self._bg_cond.wait(max_sleep)
             return
         self._background_step(max_sleep, spin=spin)
+
+    def _rung(self) -> None:
+        """Our doorbell rang (its thread): a rank of this host sent a message after a quiet
+        spell. Traffic now: every poller looks at once and backs off from scratch."""
+        self._last_work = self._last_activity = time.perf_counter()
+        self.notify_background()
+        self.notify()
 
     def notify(self) -> None:
         """Wake the foreground waiters that sleep (state changed: a delivery, a poll that

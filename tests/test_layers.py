@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("base", {"errors", "protocol", "config", "events", "hostfile", "procs", "progress",
               "reduce", "mailbox", "local", "shared", "blocks"}),
     ("wire", {"wire", "refs", "remote", "values"}),
-    ("transport", {"endpoint", "transport", "inprocess"}),
+    ("transport", {"endpoint", "doorbell", "transport", "inprocess"}),
     ("core", {"core", "core.enums", "core.events", "core.instructions", "core.state",
               "core.view", "core.groups", "core.node", "core.record"}),
     # observers read the view the runtime hands them; they never reach into the shells

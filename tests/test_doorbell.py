@@ -1,0 +1,113 @@
+"""Doorbells (clustervm/doorbell.py): ranks on one host wake each other's idle pollers.
+
+Unit tests on real sockets in one process, then a real job: after a second of quiet
+the coordinator's message to a node rings that node's bell. (What it saves, one task
+after 1 s of quiet back in ~1 ms instead of 160-210 ms, is measured by
+benchmarks/idle_latency.py, not asserted here.)
+"""
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+
+import pytest
+
+from clustervm import doorbell
+from clustervm.doorbell import Doorbell, job_key, open_doorbell
+from conftest import ROOT, run_job
+
+
+def bells(*ranks: int) -> tuple[dict[int, Doorbell], dict[int, threading.Event]]:
+    key = secrets.token_hex(8)
+    rang = {r: threading.Event() for r in ranks}
+    out = {r: Doorbell(key, r, rang[r].set) for r in ranks}
+    for b in out.values():
+        b.start()
+    return out, rang
+
+
+def test_a_message_after_a_quiet_spell_rings_once():
+    b, rang = bells(0, 1)
+    try:
+        b[0].sending(1)                     # nothing sent to rank 1 before: it may sleep
+        assert rang[1].wait(5) and b[0].rings == 1
+        rang[1].clear()
+        b[0].sending(1)                     # right after: rank 1 is polling, no ring
+        assert b[0].rings == 1
+        time.sleep(doorbell.RING_AFTER_S * 2)
+        b[0].sending(1)
+        assert rang[1].wait(5) and b[0].rings == 2
+        deadline = time.monotonic() + 5
+        while b[1].rung < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert b[1].rung == 2 and not rang[0].is_set()
+    finally:
+        for x in b.values():
+            x.close()
+
+
+def test_a_rank_without_a_bell_is_tried_again_later(monkeypatch):
+    """No bell for rank 1 yet (it has not opened it, or it is on another host): the ring
+    is dropped, and tried again only after RETRY_S, when it is there."""
+    monkeypatch.setattr(doorbell, "RETRY_S", 0.2)
+    monkeypatch.setattr(doorbell, "RING_AFTER_S", 0.0)
+    b, _ = bells(0)
+    late = None
+    try:
+        b[0].sending(1)
+        assert b[0].rings == 0
+        rang = threading.Event()
+        late = Doorbell(b[0]._key, 1, rang.set)
+        late.start()
+        b[0].sending(1)                     # within RETRY_S: not tried
+        assert b[0].rings == 0
+        time.sleep(0.3)
+        b[0].sending(1)
+        assert rang.wait(5) and b[0].rings == 1
+    finally:
+        for x in (*b.values(), late):
+            if x is not None:
+                x.close()
+
+
+def test_closing_a_bell_ends_its_thread_and_frees_its_name():
+    b, rang = bells(0)
+    thread = b[0]._thread
+    b[0].close()
+    thread.join(5)
+    assert not thread.is_alive() and not rang[0].is_set()
+    again = Doorbell(b[0]._key, 0, lambda: None)     # the name can be bound again
+    again.close()
+
+
+def test_job_key_comes_from_the_launcher_or_open_mpi(monkeypatch):
+    assert job_key({doorbell.JOB_KEY_ENV: "abc", "PMIX_NAMESPACE": "x"}) == "abc"
+    assert job_key({"PMIX_NAMESPACE": "prterun-vm-12@1"}) == "prterun-vm-12@1"
+    assert job_key({}) is None
+    long = job_key({"PMIX_NAMESPACE": "n" * 200})
+    assert len(long) <= 64 and long != job_key({"PMIX_NAMESPACE": "n" * 199 + "m"})
+    monkeypatch.delenv(doorbell.JOB_KEY_ENV, raising=False)
+    monkeypatch.delenv("PMIX_NAMESPACE", raising=False)
+    assert open_doorbell(0, lambda: None) is None     # no key: no doorbell
+    monkeypatch.setenv(doorbell.JOB_KEY_ENV, secrets.token_hex(8))
+    first = open_doorbell(0, lambda: None)
+    assert first is not None
+    try:
+        assert open_doorbell(0, lambda: None) is None    # its name is taken: none
+    finally:
+        first.close()
+
+
+@pytest.mark.mpi
+def test_a_node_idle_for_a_second_is_rung():
+    """A real job: after a second of quiet, the task the coordinator sends a node rings
+    that node's bell (the task reads the count), and the node's answer rings rank 0's;
+    with CLUSTERVM_DOORBELL=0 nobody has one."""
+    app = str(ROOT / "tests" / "apps" / "doorbell_app.py")
+    res = run_job([app], n=3, timeout=60)
+    assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
+    assert "rung=yes coordinator=yes" in res.out, res.out
+    res = run_job([app], n=3, timeout=60, env={"CLUSTERVM_DOORBELL": "0"})
+    assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
+    assert "rung=none coordinator=none" in res.out, res.out
