@@ -49,8 +49,10 @@ last message, then sleeps with a growing back-off up to ``idle_sleep_ms``:
 fast while busy, next to no CPU when idle. Background pollers of a rank that has
 had no traffic (heartbeats aside) for a quarter second back off further, up to
 ``deep_idle_sleep_ms``: the first message after a long quiet waits that long at
-most; threads waiting for a message or a result keep the short back-off. In that
-deep idle one thread per rank wakes up, the service loop (see ``service_step``).
+most, unless its sender is on the same host: then it also rings the rank's
+doorbell (clustervm.doorbell), whose thread wakes the pollers at once. Threads
+waiting for a message or a result keep the short back-off. In that deep idle one
+thread per rank wakes up, the service loop (see ``service_step``).
 
 Nodes started later with ``MPI_Comm_spawn`` are outside COMM_WORLD: each is
 reached over its own intercommunicator with the coordinator (a *link*) and has
