@@ -60,6 +60,7 @@ test:
 bench: $(STAMP)
 	$(PY) benchmarks/pingpong.py
 	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/idle_latency.py
 	$(PY) benchmarks/failover.py
 
 clean:
