@@ -729,6 +729,9 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         with self.lock:
             if src in self.nodes:   # the node's start deadline is met
                 self.transport.post(src, P.Heartbeat(0).encode())
+                bell = self.transport.bell()
+                if bell is not None:    # it knocks there: each rings the other across hosts
+                    self.transport.post(src, P.Bell(*bell).encode())
             self._run(E.NodeHello(src, msg.host, msg.pid, time.monotonic()))
 
     def _on_heartbeat(self, src: int, msg: P.Heartbeat) -> bool:

@@ -1,4 +1,4 @@
-"""Doorbells: ranks on one host wake each other's idle pollers when a message comes.
+"""Doorbells: ranks wake each other's idle pollers when a message comes.
 
 MPI cannot wake a thread that sleeps: a rank learns of a message only when it
 probes. So an idle rank polls with a growing back-off, and one idle for a while
@@ -18,14 +18,24 @@ namespace, where the name does not exist, or it has no doorbell) is dropped, and
 the receiver finds the message at its next poll, as before. Heartbeats do not ring
 (they need no prompt answer, and an idle VM must stay idle).
 
-The job's name comes from ``CLUSTERVM_JOB_KEY`` (set by ``clustervm run`` for each
-start of mpiexec) or, under a bare mpiexec, from ``PMIX_NAMESPACE`` (Open MPI); with
-neither there is no doorbell.
+Across hosts, between the coordinator and the nodes: each bell also has a UDP port.
+The coordinator tells each node its port and its host's IPv4 addresses (a BELL, in
+answer to the node's HELLO); the node *knocks* from its own port on each address
+(:meth:`Doorbell.knock`), the coordinator keeps where a knock came from and answers
+it, and the node keeps where the answer came from. A ring the abstract socket cannot
+deliver goes there. Each datagram carries the job's key: others are ignored. Where no
+knock gets through (a firewall), nothing changes. Nodes on two other hosts do not ring
+each other.
+
+The job's key comes from ``CLUSTERVM_JOB_KEY`` (set by ``clustervm run`` for each
+start of mpiexec and passed to every rank) or, under a bare mpiexec, from
+``PMIX_NAMESPACE`` (Open MPI); with neither there is no doorbell.
 """
 from __future__ import annotations
 
 import logging
 import os
+import select
 import sys
 import threading
 import time
@@ -35,7 +45,8 @@ from typing import Callable, Mapping
 # the C module: ``socket`` itself takes 2.5 ms to import here (its enums), on every rank
 import _socket
 
-__all__ = ["Doorbell", "JOB_KEY_ENV", "RING_AFTER_S", "job_key", "open_doorbell"]
+__all__ = ["Doorbell", "JOB_KEY_ENV", "RING_AFTER_S", "host_addresses", "job_key",
+           "open_doorbell"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +61,7 @@ RING_AFTER_S = 0.02
 #: syscall; a rank on another host never has one here).
 RETRY_S = 1.0
 _KEY_MAX = 64
+_SIOCGIFADDR = 0x8915           # Linux: an interface's IPv4 address
 
 
 def job_key(env: Mapping[str, str] | None = None) -> str | None:
@@ -58,6 +70,7 @@ def job_key(env: Mapping[str, str] | None = None) -> str | None:
     key = env.get(JOB_KEY_ENV) or env.get("PMIX_NAMESPACE")
     if not key:
         return None
+    key = "_".join(key.split())     # a datagram's fields are separated by spaces
     if len(key) > _KEY_MAX:         # an abstract socket name holds 107 bytes
         key = f"{key[:_KEY_MAX - 9]}~{zlib.crc32(key.encode()):08x}"
     return key
@@ -69,17 +82,32 @@ class Doorbell:
 
     def __init__(self, key: str, rank: int, on_ring: Callable[[], None]) -> None:
         self._key = key
+        self._rank = rank
         self._on_ring = on_ring
         self._out = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
         self._out.setblocking(False)
         self._in = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
         self._in.bind(self.address(rank))      # OSError: the caller goes without one
+        # across hosts: a UDP port (None if it cannot be had), and where other ranks'
+        # are, as knocks and their answers said
+        self._udp: _socket.socket | None = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+        try:
+            self._udp.bind(("0.0.0.0", 0))
+            self._udp.setblocking(False)
+            self.udp_port = self._udp.getsockname()[1]
+        except OSError:
+            self._udp.close()
+            self._udp, self.udp_port = None, 0
+        self._udp_at: dict[int, tuple[str, int]] = {}
+        self._tag = key.encode()
+        self._me = str(rank).encode()
         self._last: dict[int, float] = {}      # rank -> when it was last sent a message
         #: rank -> when to try again its bell, which could not be rung (none here: another
         #: host; or not yet: a rank that sends before the other has opened its bell)
         self._none: dict[int, float] = {}
         self.rings = 0                         # rung by this rank
         self.rung = 0                          # rung by others
+        self.rung_by: dict[int, int] = {}      # ... by rank
         self.closed = False
         self._thread: threading.Thread | None = None
 
@@ -91,17 +119,69 @@ class Doorbell:
         self._thread.start()
 
     def _answer(self) -> None:
+        socks = [self._in] if self._udp is None else [self._in, self._udp]
         try:
             while True:
-                self._in.recv(64)
+                ready, _, _ = select.select(socks, [], [])
                 if self.closed:
                     return
-                self.rung += 1
-                self._on_ring()
-        except OSError:
+                rang = -1
+                for sock in ready:
+                    if sock is self._in:
+                        data = self._in.recv(64)
+                        rang = int(data) if data.isdigit() else rang
+                    else:
+                        rang = max(rang, self._udp_datagram())
+                if rang >= 0:
+                    self.rung += 1
+                    self.rung_by[rang] = self.rung_by.get(rang, 0) + 1
+                    self._on_ring()
+        except (OSError, ValueError):
             return
         finally:
             self._in.close()
+            if self._udp is not None:
+                self._udp.close()
+
+    def _udp_datagram(self) -> int:
+        """Handle what came to the UDP port: ``ring <key> <rank>`` (that rank is
+        returned), ``knock <key> <rank>`` (answered, and where it came from kept) or
+        ``answer <key> <rank>`` (the same, kept); anything else is dropped (-1)."""
+        assert self._udp is not None
+        try:
+            data, addr = self._udp.recvfrom(256)
+        except BlockingIOError:
+            return -1
+        kind, key, rank = (data.split(b" ") + [b"", b""])[:3]
+        if key != self._tag or not rank.isdigit():
+            return -1
+        if kind == b"ring":
+            return int(rank)
+        if kind == b"knock":
+            self._send_udp(b"answer " + self._tag + b" " + self._me, addr)
+        elif kind != b"answer":
+            return -1
+        self._udp_at[int(rank)] = addr
+        self._none.pop(int(rank), None)     # rung in vain before it knocked: ring now
+        return -1
+
+    def _send_udp(self, data: bytes, addr: tuple[str, int]) -> bool:
+        try:
+            assert self._udp is not None
+            self._udp.sendto(data, addr)
+            return True
+        except OSError:
+            return False
+
+    def knock(self, port: int, addrs: list[str]) -> None:
+        """Make this rank known to the bell at ``port`` on one of ``addrs`` (the
+        coordinator's host): a knock from this rank's UDP port to each, answered by the
+        one that gets it."""
+        if self._udp is None or not 0 < port < 65536:
+            return
+        knock = b"knock " + self._tag + b" " + self._me
+        for a in addrs:
+            self._send_udp(knock, (a, port))
 
     def sending(self, rank: int) -> None:
         """A message goes to ``rank`` now: ring its bell if it has had none for a while."""
@@ -113,12 +193,18 @@ class Doorbell:
 
     def ring(self, rank: int, now: float = 0.0) -> None:
         try:
-            self._out.sendto(b"!", self.address(rank))
+            self._out.sendto(self._me, self.address(rank))
             self.rings += 1
+            return
         except BlockingIOError:
-            pass                        # its queue is full: it has been rung already
-        except OSError:                 # no such bell here (another host), or not yet
-            self._none[rank] = (now or time.perf_counter()) + RETRY_S
+            return                      # its queue is full: it has been rung already
+        except OSError:                 # no such bell on this host (yet)
+            pass
+        at = self._udp_at.get(rank)
+        if at is not None and self._send_udp(b"ring " + self._tag + b" " + self._me, at):
+            self.rings += 1
+            return
+        self._none[rank] = (now or time.perf_counter()) + RETRY_S
 
     def close(self) -> None:
         """Stop answering (the thread sees a last ring of its own) and let go of both
@@ -131,6 +217,8 @@ class Doorbell:
         self._out.close()
         if self._thread is None:
             self._in.close()
+            if self._udp is not None:
+                self._udp.close()
 
 
 def open_doorbell(rank: int, on_ring: Callable[[], None]) -> Doorbell | None:
@@ -146,3 +234,24 @@ def open_doorbell(rank: int, on_ring: Callable[[], None]) -> Doorbell | None:
         return None
     bell.start()
     return bell
+
+
+def host_addresses() -> list[str]:
+    """This host's IPv4 addresses, loopback last (Linux: each interface's, by ioctl)."""
+    import fcntl
+    import struct
+    found: list[str] = []
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
+        for _, name in _socket.if_nameindex():
+            try:
+                got = fcntl.ioctl(sock.fileno(), _SIOCGIFADDR,
+                                  struct.pack("256s", name[:15].encode()))
+            except OSError:
+                continue            # no IPv4 address
+            found.append(_socket.inet_ntoa(got[20:24]))
+    except OSError:
+        pass
+    finally:
+        sock.close()
+    return sorted(set(found), key=lambda a: (a.startswith("127."), a))

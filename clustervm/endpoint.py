@@ -150,6 +150,14 @@ class Endpoint(Protocol):
         """Rank 0: take a node started later in as ``rank`` (reached through ``inter``,
         MPI: its intercommunicator) and send it ``init``."""
 
+    def bell(self) -> tuple[int, list[str]] | None:
+        """Rank 0: where ranks on other hosts knock to be rung when a message comes after a
+        quiet spell (its doorbell's UDP port, this host's IPv4 addresses); None: nowhere."""
+
+    def knock(self, port: int, addrs: list[str]) -> None:
+        """A node: knock at rank 0's doorbell (:meth:`bell`), so that each rings the
+        other's across hosts."""
+
     def close(self, timeout: float = 1.0) -> None:
         """Stop every thread from touching the network (before leaving)."""
 

@@ -475,6 +475,12 @@ class InProcessTransport:
                              "started with MPI_Comm_spawn here; start the world with more "
                              "ranks (or spares) instead")
 
+    def bell(self) -> tuple[int, list[str]] | None:
+        return None             # threads: a delivery wakes the waiters itself
+
+    def knock(self, port: int, addrs: list[str]) -> None:
+        pass
+
     def close(self, timeout: float = 1.0) -> None:
         self.closed = True
         self.notify()

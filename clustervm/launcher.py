@@ -724,8 +724,10 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
         env[WATCHED_ENV] = "1"
     env.pop(INIT_ENV, None)
     env.pop(INIT_TOKEN_ENV, None)
-    # this start's ranks on this host name their doorbells after it (clustervm.doorbell)
+    # this start's ranks name their doorbells after it, and check it on what rings them
+    # across hosts (clustervm.doorbell)
     env[JOB_KEY_ENV] = secrets.token_hex(8)
+    argv = exporting(argv, JOB_KEY_ENV, env[JOB_KEY_ENV])
     init_file = None
     past_init: Callable[[], bool] | None = None
     if init_timeout and (marker_dir or own_dir):

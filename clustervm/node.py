@@ -73,6 +73,7 @@ class Node(Site):
             P.Held: self._on_held,
             P.AskHeld: self._on_ask_held,
             P.Buddy: self._on_buddy,
+            P.Bell: self._on_bell,
         })
         # main never moves (it is the coordinator's): a task's first message to it asks nothing
         self.locations[P.MAIN_TID] = Location(P.COORDINATOR, 0, False)
@@ -443,6 +444,9 @@ class Node(Site):
             return None if at is None else at.rank
 
         self._tell_senders(ctx.tid, self.rank, ctx.inc, True, delivered, rank_of)
+
+    def _on_bell(self, src: int, msg: P.Bell) -> None:
+        self.transport.knock(msg.port, [str(a) for a in msg.addrs])
 
     def _on_buddy(self, src: int, msg: P.Buddy) -> None:
         """The nodes alive changed: copies go to node ``msg.rank`` from now on. The

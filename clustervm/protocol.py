@@ -454,6 +454,22 @@ class Buddy(Message):
         return (39, self.rank)
 
 
+class Bell(Message):
+    """The coordinator's doorbell, for nodes on other hosts: its UDP ``port`` and its
+    host's IPv4 ``addrs``, where the node knocks (coordinator -> node, after a HELLO;
+    clustervm.doorbell)."""
+    __slots__ = ("port", "addrs")
+    OP = 40
+    TYPES = (int, list)
+    TO = frozenset({"node"})
+
+    def __init__(self, port: int, addrs: list) -> None:
+        self.port, self.addrs = port, addrs
+
+    def encode(self) -> tuple:
+        return (40, self.port, self.addrs)
+
+
 # -- task -> task ------------------------------------------------------------------
 
 class User(Message):
@@ -496,14 +512,14 @@ def _decode_user(t: tuple) -> User:
 KINDS: tuple[type[Message], ...] = (Hello, Done, Exited, Req, Heartbeat, Bye, Run, Spawn,
                                     Kill, Reply, Loc, Shutdown, Cancel, User,
                                     Keep, Held, Fetch, Copy, Restored, Forget, Mark,
-                                    AskHeld, Holding, Buddy)
+                                    AskHeld, Holding, Buddy, Bell)
 
 # the op codes by name (P.USER, ...), as tests and tools spell them
 HELLO, DONE, EXITED, REQ, HEARTBEAT, BYE = (k.OP for k in KINDS[:6])
 RUN, SPAWN, KILL, REPLY, LOC, SHUTDOWN, CANCEL = (k.OP for k in KINDS[6:13])
 USER = User.OP
 KEEP, HELD, FETCH, COPY, RESTORED, FORGET, MARK = (k.OP for k in KINDS[14:21])
-ASKHELD, HOLDING, BUDDY = (k.OP for k in KINDS[21:24])
+ASKHELD, HOLDING, BUDDY, BELL = (k.OP for k in KINDS[21:25])
 
 _new = object.__new__
 

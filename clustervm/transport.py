@@ -82,7 +82,7 @@ from mpi4py import MPI
 from . import wire
 from .blocks import Blocks
 from .config import Config
-from .doorbell import open_doorbell
+from .doorbell import host_addresses, open_doorbell
 from .endpoint import Counters, Handler, PeerFailed, dispatch
 from .errors import ConfigError, WireError
 
@@ -1348,6 +1348,15 @@ class Transport:
                 self._bg_cond.wait(max_sleep)
             return
         self._background_step(max_sleep, spin=spin)
+
+    def bell(self) -> tuple[int, list[str]] | None:
+        if self._bell is None or not self._bell.udp_port:
+            return None
+        return self._bell.udp_port, host_addresses()
+
+    def knock(self, port: int, addrs: list[str]) -> None:
+        if self._bell is not None:
+            self._bell.knock(port, addrs)
 
     def _rung(self) -> None:
         """Our doorbell rang (its thread): a rank of this host sent a message after a quiet

@@ -1,7 +1,8 @@
-"""Doorbells (clustervm/doorbell.py): ranks on one host wake each other's idle pollers.
+"""Doorbells (clustervm/doorbell.py): ranks wake each other's idle pollers.
 
 Unit tests on real sockets in one process, then a real job: after a second of quiet
-the coordinator's message to a node rings that node's bell. (What it saves, one task
+the coordinator's message to a node rings that node's bell (across hosts:
+tests/test_multihost.py). (What it saves, one task
 after 1 s of quiet back in ~1 ms instead of 160-210 ms, is measured by
 benchmarks/idle_latency.py, not asserted here.)
 """
@@ -69,6 +70,36 @@ def test_a_rank_without_a_bell_is_tried_again_later(monkeypatch):
         for x in (*b.values(), late):
             if x is not None:
                 x.close()
+
+
+def test_knocks_make_ranks_known_across_hosts_and_foreign_datagrams_are_dropped():
+    """Across hosts (UDP, here over loopback): a node knocks at the coordinator's port on
+    its host's addresses; both keep where the other is; a ring there wakes the other,
+    which knows who rang. A datagram without the job's key changes nothing."""
+    b, rang = bells(0, 1)
+    try:
+        assert b[0].udp_port and b[1].udp_port
+        b[1].knock(b[0].udp_port, ["127.0.0.1"])
+        deadline = time.monotonic() + 5
+        while (1 not in b[0]._udp_at or 0 not in b[1]._udp_at) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert b[0]._udp_at[1][1] == b[1].udp_port and b[1]._udp_at[0][1] == b[0].udp_port
+        assert b[1]._send_udp(b"ring " + b[1]._tag + b" 1", b[1]._udp_at[0])
+        assert rang[0].wait(5)
+        assert b[0].rung_by == {1: 1}
+        rang[0].clear()
+        for junk in (b"ring wrongkey 1", b"knock " + b[1]._tag + b" x", b"hello"):
+            b[1]._send_udp(junk, b[1]._udp_at[0])
+        assert not rang[0].wait(0.3) and b[0].rung_by == {1: 1}
+    finally:
+        for x in b.values():
+            x.close()
+
+
+def test_host_addresses_are_ipv4_with_loopback_last():
+    found = doorbell.host_addresses()
+    assert "127.0.0.1" in found and found[-1].startswith("127.")
+    assert all(len(a.split(".")) == 4 for a in found)
 
 
 def test_closing_a_bell_ends_its_thread_and_frees_its_name():

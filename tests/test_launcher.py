@@ -658,7 +658,8 @@ echo "$CLUSTERVM_INIT_TOKEN" >&2; echo 'line 2' >&2; sleep 1.5; echo done; exit 
     out, err = capfd.readouterr()
     assert out == "done\n"
     assert err == "line 1\nline 2\n", err
-    assert args.read_text().split() == ["-x", launcher.INIT_TOKEN_ENV, "-n", "2", "app.py"]
+    assert args.read_text().split() == ["-x", launcher.INIT_TOKEN_ENV, "-x", launcher.JOB_KEY_ENV,
+                                        "-n", "2", "app.py"]
 
 
 @pytest.mark.parametrize("option", [["--output-filename", "out"], ["--output", "tag,file=x"],
@@ -683,7 +684,8 @@ def test_run_passes_the_init_marker_to_ranks_on_other_hosts(tmp_path):
 : > "$CLUSTERVM_INIT_FILE"; exit 0""")
     assert launcher.run([mpiexec, "-n", "2", "app.py"], os.environ, timeout=30,
                         init_timeout=5, marker_dir=str(job_dir)) == 0
-    assert args.read_text().split() == ["-x", launcher.INIT_ENV, "-n", "2", "app.py"]
+    assert args.read_text().split() == ["-x", launcher.INIT_ENV, "-x", launcher.JOB_KEY_ENV,
+                                        "-n", "2", "app.py"]
     assert Path(where.read_text().strip()).parent == job_dir
     assert list(job_dir.iterdir()) == []
 

@@ -317,6 +317,17 @@ def test_a_start_hung_on_another_host_ends_without_a_shared_directory(hosts, tmp
     assert "past MPI_Init" not in res.stdout + res.stderr, res
 
 
+def test_a_node_on_another_host_is_rung_after_a_quiet_spell(hosts, tmp_path):
+    """Doorbells across hosts: the coordinator's BELL tells the last node (host 2) where
+    to knock; after a second of quiet, the task the coordinator sends it rings its bell
+    over UDP, and its answer rings the coordinator's."""
+    res = start(hosts, tmp_path, [str(ROOT / "tests" / "apps" / "doorbell_app.py"),
+                                  "last"]).wait()
+    assert res.returncode == 0 and not res.timed_out, res
+    assert res.leftovers == {}, res
+    assert "rung=yes coordinator=yes" in res.stdout, res
+
+
 @pytest.mark.parametrize("name", ["pi", "heat2d"])
 def test_job_survives_a_host_killed(hosts, tmp_path, name, record_property):
     times, err = _drill(hosts, tmp_path, name, "kill_host", record_property)

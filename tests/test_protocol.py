@@ -51,6 +51,7 @@ SAMPLES: dict[type[P.Message], P.Message] = {
     P.AskHeld: P.AskHeld(3, [20, 21]),
     P.Holding: P.Holding([(20, 3, 1, 0.25), (21, 4, 1, 0.0)], 3),
     P.Buddy: P.Buddy(2),
+    P.Bell: P.Bell(41233, ["10.0.0.1", "127.0.0.1"]),
 }
 
 
@@ -166,12 +167,19 @@ class StubTransport:
         self.failed: set[int] = set()
         self.links: dict = {}
 
-    def post(self, dest: int, msg: tuple) -> bool:
+    def post(self, dest: int, msg: tuple, wake: bool = True) -> bool:
         assert type(msg) is tuple, msg           # what travels is the encoded tuple
         self.sent.append((dest, msg))
         return True
 
-    send = post
+    def send(self, dest: int, msg: tuple) -> bool:
+        return self.post(dest, msg)
+
+    def bell(self) -> None:
+        return None
+
+    def knock(self, port: int, addrs: list[str]) -> None:
+        self.knocked = (port, addrs)
 
     def broadcast(self, dests: list[int], msg: tuple) -> None:
         for d in dests:
