@@ -112,6 +112,7 @@ class Doorbell:
         self._thread: threading.Thread | None = None
 
     def address(self, rank: int) -> bytes:
+        """The name of ``rank``'s bell on this host (Linux's abstract namespace)."""
         return f"\0clustervm.{self._key}.{rank}".encode()
 
     def start(self) -> None:
@@ -119,15 +120,19 @@ class Doorbell:
         self._thread.start()
 
     def _answer(self) -> None:
-        socks = [self._in] if self._udp is None else [self._in, self._udp]
+        waiting = select.poll()
+        waiting.register(self._in.fileno(), select.POLLIN)
+        if self._udp is not None:
+            waiting.register(self._udp.fileno(), select.POLLIN)
+        unix = self._in.fileno()
         try:
             while True:
-                ready, _, _ = select.select(socks, [], [])
+                ready = waiting.poll()
                 if self.closed:
                     return
                 rang = -1
-                for sock in ready:
-                    if sock is self._in:
+                for fd, _ in ready:
+                    if fd == unix:
                         data = self._in.recv(64)
                         rang = int(data) if data.isdigit() else rang
                     else:
@@ -192,6 +197,8 @@ class Doorbell:
             self.ring(rank, now)
 
     def ring(self, rank: int, now: float = 0.0) -> None:
+        """Ring ``rank``'s bell: on this host, else where its knock came from; if neither
+        can be rung, not again for :data:`RETRY_S`."""
         try:
             self._out.sendto(self._me, self.address(rank))
             self.rings += 1
