@@ -50,7 +50,8 @@ __all__ = ["Doorbell", "JOB_KEY_ENV", "RING_AFTER_S", "host_addresses", "job_key
 
 log = logging.getLogger(__name__)
 
-#: Set by ``clustervm run`` for every start of mpiexec: the ranks' doorbells' names.
+#: Set by ``clustervm run`` for every start of mpiexec (and passed to every rank): the
+#: ranks' doorbells' names, and the key each datagram between them carries.
 JOB_KEY_ENV = "CLUSTERVM_JOB_KEY"
 #: A message to a rank this rank has sent nothing to (heartbeats aside) for this long
 #: rings its doorbell: that rank may be in deep idle. Less than that, it is polling

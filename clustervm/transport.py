@@ -49,8 +49,9 @@ last message, then sleeps with a growing back-off up to ``idle_sleep_ms``:
 fast while busy, next to no CPU when idle. Background pollers of a rank that has
 had no traffic (heartbeats aside) for a quarter second back off further, up to
 ``deep_idle_sleep_ms``: the first message after a long quiet waits that long at
-most, unless its sender is on the same host: then it also rings the rank's
-doorbell (clustervm.doorbell), whose thread wakes the pollers at once. Threads
+most, unless its sender also rings the rank's doorbell (clustervm.doorbell: any
+rank on the same host; the coordinator and its nodes across hosts), whose thread
+wakes the pollers at once. Threads
 waiting for a message or a result keep the short back-off. In that deep idle one
 thread per rank wakes up, the service loop (see ``service_step``).
 
@@ -440,8 +441,8 @@ class Transport:
         #: loop goes into deep idle after none for _DEEP_IDLE_AFTER_S)
         self._last_activity = self._last_work = time.perf_counter()
         self.closed = False
-        #: wakes this rank's pollers when a rank on this host sends after a quiet spell,
-        #: and rings theirs (clustervm.doorbell); None: found at the next poll
+        #: wakes this rank's pollers when another rank sends after a quiet spell, and
+        #: rings theirs (clustervm.doorbell); None: found at the next poll
         self._bell = open_doorbell(self.rank, self._rung) if doorbell and not self.spawned \
             else None
 
@@ -584,8 +585,7 @@ class Transport:
                 out = _Out(dest, self.comm, dest, None, *self._chunked(head, bufs, tag))
         else:
             out = self._prepare(dest, msg)
-            if self._bell is not None and 0 <= dest < self.world_size:
-                self._bell.sending(dest)
+            self._wake(dest)
         out.tracked = bool(out.bufs)         # the caller's arrays are in flight
         out.patient = meanwhile is not None   # it has work to do before it waits
         self._hand(out)
@@ -640,8 +640,8 @@ class Transport:
             out = self._prepare(dest, msg)
         except PeerFailed:
             return False
-        if wake and self._bell is not None and 0 <= dest < self.world_size:
-            self._bell.sending(dest)
+        if wake:
+            self._wake(dest)
         self._hand(out)
         return not out.failed
 
@@ -650,8 +650,7 @@ class Transport:
         returns tells :meth:`sent` when the message has left."""
         out = self._prepare(dest, msg)
         out.tracked = True
-        if self._bell is not None and 0 <= dest < self.world_size:
-            self._bell.sending(dest)
+        self._wake(dest)
         self._hand(out)
         if out.failed:
             raise PeerFailed(dest)
@@ -662,6 +661,13 @@ class Transport:
         if not handle.done:
             self._try_flush()      # no poller about: complete what can be completed
         return handle.done
+
+    def _wake(self, dest: int) -> None:
+        """A message goes to ``dest``: ring its doorbell if it may be idle (world ranks:
+        a spawned node's messages go through the coordinator)."""
+        bell = self._bell
+        if bell is not None and 0 <= dest < self.world_size:
+            bell.sending(dest)
 
     def _hand(self, out: "_Out") -> None:
         self._outbox.append(out)
@@ -1359,7 +1365,7 @@ class Transport:
             self._bell.knock(port, addrs)
 
     def _rung(self) -> None:
-        """Our doorbell rang (its thread): a rank of this host sent a message after a quiet
+        """Our doorbell rang (its thread): another rank sent a message after a quiet
         spell. Traffic now: every poller looks at once and backs off from scratch."""
         self._last_work = self._last_activity = time.perf_counter()
         self.notify_background()
