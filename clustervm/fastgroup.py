@@ -9,9 +9,11 @@ through the coordinator as a hub.
 
 Every collective starts with one ``Iallgather`` of a fixed-size slot per
 member: what the member called (op, root, count, reduce op) plus its value
-when that is small. Every member sees every slot, so a mismatch (different
-calls, a bad root) is the same GroupError everywhere, as on the hub, and small
-values need no further step. Larger values follow: ``Ibcast`` from the root,
+when that is small: an int of 64 bits, a float, bytes or a str as its raw bytes,
+a small numpy array raw (8-byte aligned, reduced in place by every member), any
+other value in the wire format. Every member sees every slot, so a mismatch
+(different calls, a bad root) is the same GroupError everywhere, as on the hub,
+and small values need no further step. Larger values follow: ``Ibcast`` from the root,
 ``Iallgatherv`` of everyone's bytes, or, for numpy arrays of the same dtype
 and shape with sum/prod/min/max, ``Iallreduce`` / ``Ireduce`` straight on the
 arrays. Reductions of anything else combine the gathered values in instance
@@ -127,7 +129,8 @@ _ROOM = SLOT - _HDR.size
 _OPS = {"barrier": 1, "bcast": 2, "reduce": 3, "allreduce": 4, "gather": 5, "allgather": 6,
         "scatter": 7, "alltoall": 8, "reduce_scatter": 9, "scan": 10, "exscan": 11}
 _NAMES = {v: k for k, v in _OPS.items()}
-_HAS_VALUE, _META_INLINE, _BUFS_INLINE, _FAST, _RAW, _FAILED = 1, 2, 4, 8, 16, 32
+_HAS_VALUE, _META_INLINE, _BUFS_INLINE, _FAST, _RAW, _FAILED, _SCALAR = 1, 2, 4, 8, 16, 32, 64
+_I64, _F64 = struct.Struct("<q"), struct.Struct("<d")
 _UFUNCS = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maximum}
 _MPI_OPS = {"sum": MPI.SUM, "prod": MPI.PROD, "min": MPI.MIN, "max": MPI.MAX}
 _FAST_KINDS = "biuf"                # integer, unsigned, float (complex: sum/prod only)
@@ -144,12 +147,43 @@ BUILD_S = 10.0                      # longest wait for a group's new communicato
 log = logging.getLogger(__name__)
 
 
+def _communicator(ranks: list[int], tag: int, after_loss: bool,
+                  hold: "Callable[[bool], None] | None") -> MPI.Intracomm:
+    """A new communicator of ``ranks`` of COMM_WORLD (collective over them alone)."""
+    world = MPI.COMM_WORLD
+    group = world.Get_group().Incl(ranks)
+    try:
+        if not after_loss:
+            # 65536 > tag >= 2: never clustervm's point-to-point tags (1 and >= 65536)
+            return world.Create_group(group, 2 + tag % 60000)
+        # after a rank of COMM_WORLD failed, MPI_Comm_create_group on it fails
+        # (MPI_ERR_PROC_FAILED, also after Ack_failed: measured with Open MPI 5 ULFM);
+        # MPI-4's MPI_Comm_create_from_group needs no parent and works (~10 ms). The
+        # string tag is the coordinator's: unique, the same at all. Another thread polling
+        # MPI meanwhile (Iprobe + Ack_failed, as the transport does) made it hang in ~1 of
+        # 10 tries, or crash, in a probe (never in 12 with the polls held off): ``hold``
+        # holds them off
+        if hold is not None:
+            hold(True)
+        try:
+            return MPI.Intracomm.Create_from_group(
+                group, f"clustervm.frozen.{tag}", MPI.INFO_NULL, MPI.ERRORS_RETURN)
+        finally:
+            if hold is not None:
+                hold(False)
+    finally:
+        group.Free()
+
+
 class FrozenGroup:
     """One member's view of a frozen group: the communicator and how to use it."""
 
     def __init__(self, ctx: "TaskContext", name: str, members: list, tag: int,
                  survive: bool = False, after_loss: bool = False,
-                 hold: "Callable[[bool], None] | None" = None) -> None:
+                 hold: "Callable[[bool], None] | None" = None, comm: Any = None) -> None:
+        """Member ``ctx.tid`` of group ``name`` (``members``: (instance, tid, rank)); its
+        communicator is built here (see :func:`_communicator`) unless ``comm`` is given
+        (tests: a stand-in with the non-blocking collectives used here)."""
         self.ctx = ctx
         self.survive = survive
         self.site: "Site" = ctx._site
@@ -175,33 +209,14 @@ class FrozenGroup:
         self._slots_mv = memoryview(self._slots)
         self._rows = self._slots.reshape(len(self.members), SLOT)     # one member's slot a row
         self._raw_metas: dict[tuple, bytes] = {}         # (dtype, shape) -> raw meta
+        #: raw meta -> each member's array in its slot (views of ``_slots``, which every
+        #: exchange fills in place)
+        self._raw_views: dict[bytes, list[np.ndarray]] = {}
         #: arrays of shadows dropped unsent (past KEEP_ROUNDS/KEEP_BYTES), to copy the
         #: next large shadows into: no new pages to fault in for each call
         self._spare: list[np.ndarray] = []
-        world = MPI.COMM_WORLD
-        group = world.Get_group().Incl([r for _, _, r in self.members])
-        try:
-            if after_loss:
-                # after a rank of COMM_WORLD failed, MPI_Comm_create_group on it fails
-                # (MPI_ERR_PROC_FAILED, also after Ack_failed: measured with Open MPI 5
-                # ULFM); MPI-4's MPI_Comm_create_from_group needs no parent and works
-                # (~10 ms). The string tag is the coordinator's: unique, the same at all.
-                # Another thread polling MPI meanwhile (Iprobe + Ack_failed, as the
-                # transport does) made it hang in ~1 of 10 tries, or crash, in a probe
-                # (never in 12 with the polls held off): ``hold`` holds them off
-                if hold is not None:
-                    hold(True)
-                try:
-                    self.comm = MPI.Intracomm.Create_from_group(
-                        group, f"clustervm.frozen.{tag}", MPI.INFO_NULL, MPI.ERRORS_RETURN)
-                finally:
-                    if hold is not None:
-                        hold(False)
-            else:
-                # 65536 > tag >= 2: never clustervm's point-to-point tags (1 and >= 65536)
-                self.comm = world.Create_group(group, 2 + tag % 60000)
-        finally:
-            group.Free()
+        self.comm = comm if comm is not None else _communicator(
+            [r for _, _, r in self.members], tag, after_loss, hold)
         self.comm.Set_errhandler(MPI.ERRORS_RETURN)
         # where the other members are now: a change means their node was lost
         from .protocol import MAIN_TID
@@ -271,12 +286,15 @@ class FrozenGroup:
             return values[self.insts[self.me]]
         if op in ("reduce", "allreduce") and all(h[4] & _RAW for h in hdrs) and \
                 self._same_meta(hdrs):
-            result = self._raw_reduce(hdrs, slots, fn)
+            result = self._raw_reduce(hdrs, fn, meta)
             return result if op == "allreduce" or self.me == root_pos else None
         if op in ("reduce", "allreduce") and all(h[4] & _FAST for h in hdrs) and \
                 self._same_meta(hdrs):
             return self._fast_reduce(op, value, fn, root_pos)
-        values = self._everyone(hdrs, slots, op, bufs, meta)
+        if all(h[4] & _SCALAR for h in hdrs):       # every value in its member's slot
+            values = [self._scalar_at(p, h) for p, h in enumerate(hdrs)]
+        else:
+            values = self._everyone(hdrs, slots, op, bufs, meta)
         if op == "allgather":
             return values
         if op in VECTOR_OPS:      # computed by every member from everyone's value
@@ -295,19 +313,27 @@ class FrozenGroup:
         bufs: list = []
         flags = 0
         if has_value and op in ("reduce", "allreduce") and _fast_ok(value, fn) and \
-                value.nbytes + 16 + 8 * value.ndim <= _ROOM:
+                value.nbytes + 32 + 8 * value.ndim <= _ROOM:
             # a small array: its raw bytes in the slot, reduced by every member at once
+            key = (value.dtype.str, value.shape)      # (a 0-d array stays one)
             value = np.ascontiguousarray(value)
-            key = (value.dtype.str, value.shape)
             meta = self._raw_metas.get(key)
             if meta is None:
                 meta = self._raw_metas[key] = struct.pack(
-                    f"<q{value.ndim}q", value.ndim, *value.shape) + value.dtype.str.encode()
+                    f"<q{len(key[1])}q", len(key[1]), *key[1]) + key[0].encode()
             flags = _HAS_VALUE | _RAW | _META_INLINE | _BUFS_INLINE
-            mv, at = self._slot_mv, _HDR.size + len(meta)
-            mv[_HDR.size:at] = meta
+            mv, at = self._slot_mv, _raw_at(len(meta))
+            mv[_HDR.size:_HDR.size + len(meta)] = meta
             mv[at:at + value.nbytes] = memoryview(value).cast("B")
             total = value.nbytes
+        elif has_value and (scalar := _scalar(value)) is not None:
+            # an int, float, bytes or str that fits: its raw bytes after a type code
+            meta, payload = scalar
+            flags = _HAS_VALUE | _SCALAR | _META_INLINE | _BUFS_INLINE
+            mv, at = self._slot_mv, _HDR.size + 1
+            mv[_HDR.size] = meta[0]
+            mv[at:at + len(payload)] = payload
+            total = len(payload)
         elif has_value:
             flags |= _HAS_VALUE
             if op in ("reduce", "allreduce") and _fast_ok(value, fn):
@@ -446,6 +472,8 @@ class FrozenGroup:
               my_meta: bytes | None) -> Any:
         """The value of member ``pos`` (the root), sent to every member."""
         flags, mlen = hdr[4], hdr[5]
+        if flags & _SCALAR:
+            return self._scalar_at(pos, hdr)
         base = pos * SLOT + _HDR.size
         if self.me == pos:
             meta = my_meta
@@ -497,7 +525,8 @@ class FrozenGroup:
             if metas[p] is None:
                 base = p * SLOT + _HDR.size
                 metas[p] = bytes(slots[base:base + h[5]])
-        parsed = [_parse_meta(m) if not hdrs[p][4] & _RAW else None for p, m in enumerate(metas)]
+        parsed = [_parse_meta(m) if not hdrs[p][4] & (_RAW | _SCALAR) else None
+                  for p, m in enumerate(metas)]
         blobs: list = [None] * n
         need = [h[6] if not h[4] & _BUFS_INLINE else 0 for h in hdrs]
         if any(need):
@@ -510,8 +539,11 @@ class FrozenGroup:
                     blobs[p], at = view[at:at + need[p]], at + need[p]
         values = []
         for p, got in enumerate(parsed):
+            if hdrs[p][4] & _SCALAR:
+                values.append(self._scalar_at(p, hdrs[p]))
+                continue
             if got is None:                       # a small array sent raw
-                values.append(_raw_value(metas[p], slots, p * SLOT + _HDR.size + hdrs[p][5],
+                values.append(_raw_value(metas[p], slots, p * SLOT + _raw_at(hdrs[p][5]),
                                          hdrs[p][6]))
                 continue
             nb, lens, head = got
@@ -535,18 +567,34 @@ class FrozenGroup:
         return all(mv[p * SLOT + _HDR.size:p * SLOT + _HDR.size + h[5]] == first
                    for p, h in enumerate(hdrs) if p)
 
-    def _raw_reduce(self, hdrs: list, slots: np.ndarray, fn: str) -> np.ndarray:
-        """Small arrays of one dtype and shape: combined left to right in instance order,
-        as the hub does (so results are bit for bit the same)."""
-        mlen, nbytes = hdrs[0][5], hdrs[0][6]
-        shape, dtype = _raw_meta(bytes(self._slots_mv[_HDR.size:_HDR.size + mlen]))
+    def _raw_reduce(self, hdrs: list, fn: str, meta: bytes) -> np.ndarray:
+        """Small arrays of one dtype and shape (``meta``, every member's): combined left to
+        right in instance order, as the hub does (so results are bit for bit the same)."""
+        views = self._raw_views.get(meta)
+        if views is None:
+            shape, dtype = _raw_meta(meta)
+            at, nbytes = _raw_at(len(meta)), hdrs[0][6]
+            views = self._raw_views[meta] = [
+                row[at:at + nbytes].view(dtype).reshape(shape) for row in self._rows]
         ufunc = _UFUNCS[fn]
-        at = _HDR.size + mlen
-        values = self._rows[:, at:at + nbytes].view(dtype)     # row p: instance p's array
-        acc = values[0].copy()
-        for p in range(1, len(hdrs)):
-            ufunc(acc, values[p], out=acc)
-        return acc.reshape(shape)
+        acc = views[0].copy()
+        for v in views[1:]:
+            ufunc(acc, v, out=acc)
+        # 0-d arrays: the hub's ufuncs give a numpy scalar (a lone member: its array)
+        return acc[()] if acc.ndim == 0 and len(views) > 1 else acc
+
+    def _scalar_at(self, pos: int, hdr: tuple) -> Any:
+        """The value member ``pos`` sent in its slot (see :func:`_scalar`)."""
+        at = pos * SLOT + _HDR.size
+        mv = self._slots_mv
+        code, data = mv[at], mv[at + 1:at + 1 + hdr[6]]
+        if code == 0x66:                      # b"f"
+            return _F64.unpack_from(data)[0]
+        if code == 0x69:                      # b"i"
+            return _I64.unpack_from(data)[0]
+        if code == 0x62:                      # b"b"
+            return bytes(data)
+        return str(data, "utf-8")             # b"s"
 
     def _fast_reduce(self, op: str, value: np.ndarray, fn: str, root_pos: int | None) -> Any:
         # not np.empty_like: numpy asks for huge pages, whose faults can stall for ms
@@ -755,10 +803,38 @@ def _fast_ok(value: Any, fn: str | None) -> bool:
     return kind in _FAST_KINDS or (kind == "c" and fn in ("sum", "prod"))
 
 
+def _scalar(value: Any) -> tuple[bytes, bytes] | None:
+    """(type code, bytes) of a value a frozen group sends in the slot itself, without
+    the wire format: an int of 64 bits, a float, bytes or a str (exactly those types, so
+    that every member gets what the wire gives: the same type and value); None for any
+    other value, or one too large for the slot."""
+    t = type(value)
+    if t is float:
+        return b"f", _F64.pack(value)
+    if t is int:
+        return (b"i", _I64.pack(value)) if -(1 << 63) <= value < (1 << 63) else None
+    if t is bytes:
+        data = value
+    elif t is str:
+        try:
+            data = value.encode()
+        except UnicodeEncodeError:            # (the wire says what is wrong with it)
+            return None
+    else:
+        return None
+    return ((b"b" if t is bytes else b"s"), data) if len(data) < _ROOM else None
+
+
 @functools.lru_cache(maxsize=256)
 def _raw_meta(meta: bytes) -> tuple[tuple, np.dtype]:
     (ndim,) = struct.unpack_from("<q", meta)
     return struct.unpack_from(f"<{ndim}q", meta, 8), np.dtype(meta[8 + 8 * ndim:].decode())
+
+
+def _raw_at(mlen: int) -> int:
+    """Where a small array sent raw starts in its slot, after a meta of ``mlen`` bytes:
+    8-byte aligned, so that numpy reads it at full speed."""
+    return (_HDR.size + mlen + 7) & ~7
 
 
 def _raw_value(meta: bytes, slots: np.ndarray, at: int, nbytes: int) -> np.ndarray:
