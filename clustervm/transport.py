@@ -558,12 +558,16 @@ class Transport:
     # go (and checks the outbox again after, so nothing waits for the next poll).
     # The outbox is FIFO, so messages of one thread leave in the order it sent them.
 
-    def send(self, dest: int, msg: Any, meanwhile: Callable[[], Any] | None = None) -> None:
+    def send(self, dest: int, msg: Any, meanwhile: Callable[[], Any] | None = None,
+             settle: bool = True) -> None:
         """Send ``msg`` to rank ``dest``; returns when the caller may reuse its arrays.
 
         Raises :class:`PeerFailed` if ``dest`` is dead (or the transport is closed).
         ``meanwhile``: called once the message is handed over, before waiting for its
         arrays to leave (the replay log's copy of a big array overlaps its transfer).
+        ``settle=False``: a message without the caller's arrays is left in the outbox
+        when another thread holds the token (it sends it before it lets go) instead of
+        waiting for that thread to Isend it (see Endpoint.send).
         """
         if 0 <= dest < self.world_size:      # a world rank (none on a spawned node): direct
             if dest in self.failed or self.closed:
@@ -591,6 +595,8 @@ class Transport:
         self._hand(out)
         if meanwhile is not None:
             meanwhile()
+        if not (settle or out.tracked or out.failed):
+            return
         if not _far_enough(out):
             if self._owner == threading.get_ident():
                 self._finish_owned(out)      # in a handler: no nested poll

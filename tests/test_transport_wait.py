@@ -291,3 +291,49 @@ def test_a_send_with_arrays_waits_until_they_have_left(sender):
         req.complete = True
     assert returned.wait(5.0)
     th.join(5.0)
+
+
+def test_an_unsettled_send_leaves_its_message_to_the_token_holder(sender):
+    """settle=False (a node's DONE): while another thread holds the token, a message
+    without the sender's arrays stays in the outbox and the sender goes on; the next
+    poller sends it (in a job, the holder before it lets go). One with arrays still
+    waits for them to leave."""
+    np = pytest.importorskip("numpy")
+    held, let_go = threading.Event(), threading.Event()
+
+    def holder() -> None:                          # another thread polls meanwhile
+        with sender._token:
+            held.set()
+            let_go.wait(10)
+
+    threading.Thread(target=holder, daemon=True).start()
+    assert held.wait(5.0)
+    done = threading.Event()
+    threading.Thread(target=lambda: sender.send(2, ("done", [1, 2.5, b"r"]), settle=False)
+                     or done.set(), daemon=True).start()
+    assert done.wait(5.0), "an unsettled send waited for the token's holder"
+    assert not sender.comm.sent and len(sender._outbox) == 1
+    returned = threading.Event()
+
+    def send_array() -> None:
+        sender.send(2, ("m", np.zeros(T._PACK_MAX // 8 + 1)), settle=False)
+        returned.set()
+
+    th = threading.Thread(target=send_array, daemon=True)
+    th.start()
+    time.sleep(0.2)
+    assert not returned.is_set(), "an unsettled send with arrays returned before they left"
+    let_go.set()
+    deadline = time.monotonic() + 5
+    while sender._outbox and time.monotonic() < deadline:
+        sender.try_poll()                          # the next holder sends the outbox
+    assert sender.comm.sent[0][1] == 2
+    assert wire.loads(sender.comm.sent[0][0][1:], []) == ("done", [1, 2.5, b"r"])
+    deadline = time.monotonic() + 5
+    while not returned.is_set() and time.monotonic() < deadline:
+        for req in sender.comm.requests:
+            req.complete = True
+        sender.try_poll()
+        time.sleep(0.01)
+    assert returned.is_set()
+    th.join(5.0)
