@@ -99,7 +99,7 @@ class Config:
     idle_sleep_ms: float = 10.0
     #: CLUSTERVM_DEEP_IDLE_SLEEP_MS: longest sleep between background polls of a rank without traffic for a quarter second, in milliseconds (at most heartbeat_s / 8).
     deep_idle_sleep_ms: float = 250.0
-    #: CLUSTERVM_DOORBELL: ranks wake each other's idle pollers with a datagram when a message comes after a quiet spell (on one host any two; across hosts the coordinator and a node), instead of waiting for their next poll (up to deep_idle_sleep_ms) (1/0).
+    #: CLUSTERVM_DOORBELL: ranks wake each other's idle pollers with a datagram when a message comes after a quiet spell (on one host over Linux's abstract sockets, across hosts over UDP), instead of waiting for their next poll (up to deep_idle_sleep_ms) (1/0).
     doorbell: bool = True
     #: CLUSTERVM_REPLAY_LOG_MB: megabytes of messages kept per receiver for replay after a failover.
     replay_log_mb: float = 256.0

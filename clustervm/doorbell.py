@@ -23,9 +23,11 @@ The coordinator tells each node its port and its host's IPv4 addresses (a BELL, 
 answer to the node's HELLO); the node *knocks* from its own port on each address
 (:meth:`Doorbell.knock`), the coordinator keeps where a knock came from and answers
 it, and the node keeps where the answer came from. A ring the abstract socket cannot
-deliver goes there. Each datagram carries the job's key: others are ignored. Where no
-knock gets through (a firewall), nothing changes. Nodes on two other hosts do not ring
-each other.
+deliver goes there. Between two nodes on other hosts: the first ring that finds
+neither asks (``on_unknown``) where the other's port is; the node asks the coordinator,
+which knows it from that node's knock, and :meth:`Doorbell.learn` keeps the answer for
+the rings after. Each datagram carries the job's key: others are ignored. Where no
+knock gets through (a firewall), nothing changes.
 
 The job's key comes from ``CLUSTERVM_JOB_KEY`` (set by ``clustervm run`` for each
 start of mpiexec and passed to every rank) or, under a bare mpiexec, from
@@ -61,6 +63,8 @@ RING_AFTER_S = 0.02
 #: A bell that could not be rung is tried again after this long (a failed ring costs a
 #: syscall; a rank on another host never has one here).
 RETRY_S = 1.0
+#: Where a rank's bell is (``on_unknown``) is asked again after this long at the soonest.
+ASK_AGAIN_S = 5.0
 _KEY_MAX = 64
 _SIOCGIFADDR = 0x8915           # Linux: an interface's IPv4 address
 
@@ -109,6 +113,10 @@ class Doorbell:
         self.rings = 0                         # rung by this rank
         self.rung = 0                          # rung by others
         self.rung_by: dict[int, int] = {}      # ... by rank
+        #: called (with the rank) when a ring finds neither a bell on this host nor a UDP
+        #: address for it: someone may know where it is (:meth:`learn` takes the answer)
+        self.on_unknown: Callable[[int], None] | None = None
+        self._asked: dict[int, float] = {}     # rank -> when on_unknown may be called again
         self.closed = False
         self._thread: threading.Thread | None = None
 
@@ -179,6 +187,20 @@ class Doorbell:
         except OSError:
             return False
 
+    def udp_at(self, rank: int) -> tuple[str, int] | None:
+        """Where ``rank``'s UDP port is, as its knock (or the answer to ours) said."""
+        return self._udp_at.get(rank)
+
+    def learn(self, rank: int, addr: tuple[str, int] | list | None) -> None:
+        """``rank``'s bell is at ``addr`` (host, port), as another rank said: ring it there.
+        None: not known there (yet: that rank may not have knocked when this one asked,
+        at the job's start); asked again at the next ring that fails after RETRY_S."""
+        if addr is None:
+            self._asked[rank] = time.perf_counter() + RETRY_S
+        elif rank not in self._udp_at:
+            self._udp_at[rank] = (str(addr[0]), int(addr[1]))
+            self._none.pop(rank, None)
+
     def knock(self, port: int, addrs: list[str]) -> None:
         """Make this rank known to the bell at ``port`` on one of ``addrs`` (the
         coordinator's host): a knock from this rank's UDP port to each, answered by the
@@ -212,7 +234,16 @@ class Doorbell:
         if at is not None and self._send_udp(b"ring " + self._tag + b" " + self._me, at):
             self.rings += 1
             return
-        self._none[rank] = (now or time.perf_counter()) + RETRY_S
+        now = now or time.perf_counter()
+        self._none[rank] = now + RETRY_S
+        ask = self.on_unknown
+        if at is None and ask is not None and now >= self._asked.get(rank, 0.0):
+            self._asked[rank] = now + ASK_AGAIN_S
+            try:
+                ask(rank)
+            except Exception:   # noqa: BLE001 - a ring is a hint: never fail a send for it
+                log.debug("rank %d: asking where rank %d's bell is failed", self._rank, rank,
+                          exc_info=True)
 
     def close(self) -> None:
         """Stop answering (the thread sees a last ring of its own) and let go of both

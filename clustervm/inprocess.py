@@ -482,6 +482,15 @@ class InProcessTransport:
     def knock(self, port: int, addrs: list[str]) -> None:
         pass
 
+    def bell_of(self, rank: int) -> tuple[str, int] | None:
+        return None
+
+    def find_bells(self, ask: Callable[[int], None]) -> None:
+        pass
+
+    def learn_bell(self, rank: int, addr: tuple[str, int] | list | None) -> None:
+        pass
+
     def close(self, timeout: float = 1.0) -> None:
         self.closed = True
         self.notify()

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from typing import Any, Callable
 
 from . import protocol as P
@@ -110,6 +111,7 @@ class Node(Site):
         }
         transport.on_failure = self._on_failure
         transport.keepalive = self._keepalive
+        transport.find_bells(self._ask_bell)
 
     # -- the core and its instructions ---------------------------------------------
 
@@ -450,6 +452,20 @@ class Node(Site):
 
     def _on_bell(self, src: int, msg: P.Bell) -> None:
         self.transport.knock(msg.port, [str(a) for a in msg.addrs])
+
+    def _ask_bell(self, rank: int) -> None:
+        """A ring found node ``rank``'s doorbell neither on this host nor across hosts:
+        ask the coordinator, which knows where it is from that node's knock; the rings
+        after this go there (clustervm.doorbell)."""
+        if rank == P.COORDINATOR:
+            return                           # its BELL says where it is
+        reqid = next(self._reqids)
+        fut: Future = Future()
+        fut.add_done_callback(lambda f: f.exception() is None
+                              and self.transport.learn_bell(rank, f.result()))
+        self._futures[reqid] = fut
+        self.transport.post(P.COORDINATOR, P.Req(reqid, "bell_of", (rank,)).encode(),
+                            wake=False)
 
     def _on_buddy(self, src: int, msg: P.Buddy) -> None:
         """The nodes alive changed: copies go to node ``msg.rank`` from now on. The

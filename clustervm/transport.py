@@ -1370,6 +1370,17 @@ class Transport:
         if self._bell is not None:
             self._bell.knock(port, addrs)
 
+    def bell_of(self, rank: int) -> tuple[str, int] | None:
+        return None if self._bell is None else self._bell.udp_at(rank)
+
+    def find_bells(self, ask: Callable[[int], None]) -> None:
+        if self._bell is not None:
+            self._bell.on_unknown = ask
+
+    def learn_bell(self, rank: int, addr: tuple[str, int] | list | None) -> None:
+        if self._bell is not None:
+            self._bell.learn(rank, addr)
+
     def _rung(self) -> None:
         """Our doorbell rang (its thread): another rank sent a message after a quiet
         spell. Traffic now: every poller looks at once and backs off from scratch."""

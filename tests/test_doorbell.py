@@ -96,6 +96,44 @@ def test_knocks_make_ranks_known_across_hosts_and_foreign_datagrams_are_dropped(
             x.close()
 
 
+def test_nodes_on_two_other_hosts_find_each_others_bell_through_the_coordinator(monkeypatch):
+    """Ranks 1 and 2 knock at rank 0 (each on its own host: no bell of the other on
+    theirs). Rank 1's first ring of rank 2 finds no bell: it asks where it is (once,
+    not again within ASK_AGAIN_S; after an answer that it is not known yet, again at
+    the next ring that fails after RETRY_S); with what rank 0 knows from rank 2's
+    knock, its next ring wakes rank 2."""
+    monkeypatch.setattr(doorbell, "RING_AFTER_S", 0.0)
+    monkeypatch.setattr(doorbell, "RETRY_S", 0.2)
+    b, rang = bells(0, 1, 2)
+    try:
+        for r in (1, 2):
+            monkeypatch.setattr(b[r], "address", lambda rank: b"\0clustervm.elsewhere")
+            b[r].knock(b[0].udp_port, ["127.0.0.1"])
+        deadline = time.monotonic() + 5
+        while (b[0].udp_at(1) is None or b[0].udp_at(2) is None) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        asked: list[int] = []
+        b[1].on_unknown = asked.append
+        b[1].sending(2)
+        assert asked == [2] and b[1].rings == 0 and not rang[2].is_set()
+        b[1].sending(2)                     # not asked again so soon
+        assert asked == [2]
+        b[1].learn(2, None)                 # "not known yet": asked again after RETRY_S
+        time.sleep(0.3)
+        b[1].sending(2)
+        assert asked == [2, 2] and b[1].rings == 0
+        b[1].learn(2, list(b[0].udp_at(2)))     # the coordinator's answer (a msgpack list)
+        b[1].sending(2)
+        assert rang[2].wait(5) and b[1].rings == 1
+        deadline = time.monotonic() + 5
+        while 1 not in b[2].rung_by and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert b[2].rung_by == {1: 1}
+    finally:
+        for x in b.values():
+            x.close()
+
+
 def test_host_addresses_are_ipv4_with_loopback_last():
     found = doorbell.host_addresses()
     assert "127.0.0.1" in found and found[-1].startswith("127.")

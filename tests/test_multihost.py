@@ -328,6 +328,17 @@ def test_a_node_on_another_host_is_rung_after_a_quiet_spell(hosts, tmp_path):
     assert "rung=yes coordinator=yes" in res.stdout, res
 
 
+def test_nodes_on_two_other_hosts_ring_each_other_after_a_quiet_spell(hosts, tmp_path):
+    """Doorbells between two nodes, neither on the coordinator's host: the first ring
+    finds no bell, so the node asks the coordinator where the other's is; after a
+    second of quiet, a task's message to a task on the other host rings its bell."""
+    res = start(hosts, tmp_path, [str(ROOT / "tests" / "apps" / "doorbell_app.py"),
+                                  "pair"]).wait()
+    assert res.returncode == 0 and not res.timed_out, res
+    assert res.leftovers == {}, res
+    assert "pair rung=yes" in res.stdout, res
+
+
 @pytest.mark.parametrize("name", ["pi", "heat2d"])
 def test_job_survives_a_host_killed(hosts, tmp_path, name, record_property):
     times, err = _drill(hosts, tmp_path, name, "kill_host", record_property)

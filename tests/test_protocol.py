@@ -181,6 +181,15 @@ class StubTransport:
     def knock(self, port: int, addrs: list[str]) -> None:
         self.knocked = (port, addrs)
 
+    def bell_of(self, rank: int) -> None:
+        return None
+
+    def find_bells(self, ask) -> None:
+        self.ask_bell = ask
+
+    def learn_bell(self, rank: int, addr) -> None:
+        self.learnt = (rank, addr)
+
     def broadcast(self, dests: list[int], msg: tuple) -> None:
         for d in dests:
             self.post(d, msg)
