@@ -1238,7 +1238,11 @@ class Transport:
         return self._poll_if_free(timeout, 256)
 
     def _poll_if_free(self, timeout: float, limit: int) -> int | None:
-        """Poll (at most ``limit`` messages) if the token can be had within ``timeout``."""
+        """Poll (at most ``limit`` messages) if the token can be had within ``timeout``;
+        never inside a poll of this thread (a handler that submits a task, say): a
+        nested poll would handle later messages before the one in hand is done."""
+        if self._owner == threading.get_ident():
+            return None
         token = self._token
         if not (token.acquire(False) or timeout > 0 and token.acquire(timeout=timeout)):
             return None

@@ -337,3 +337,22 @@ def test_an_unsettled_send_leaves_its_message_to_the_token_holder(sender):
         time.sleep(0.01)
     assert returned.is_set()
     th.join(5.0)
+
+
+def test_a_handler_that_polls_does_not_nest_a_poll(transport):
+    """A handler that asks for a poll (main's submission from a future's callback, say,
+    clustervm.coordinator.MAIN_POLL_S) gets None: the messages after the one in hand
+    are handled after it, in order, by the poll under way."""
+    comm = transport.comm
+    for i in range(3):
+        comm.queue(2, ("m", i))
+    inner: list = []
+
+    def handler(src, msg):
+        inner.append(transport.try_poll())
+        transport.got.append(msg)
+
+    transport.handler = handler
+    assert transport.try_poll() == 3
+    assert inner == [None, None, None]
+    assert transport.got == [("m", 0), ("m", 1), ("m", 2)]
