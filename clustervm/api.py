@@ -36,7 +36,7 @@ class CoordinatorAPI:
             "collective": self.api_collective, "frozen_shadow": self.api_frozen_shadow,
             "put_info": self.api_put_info, "get_info": self.api_get_info,
             "del_info": self.api_del_info, "node_failed": self.api_node_failed,
-            "bell_of": self.api_bell_of,
+            "bells": self.api_bells,
         }
 
     def _on_req(self, src: int, msg: P.Req) -> str | None:
@@ -200,8 +200,8 @@ class CoordinatorAPI:
     def api_del_info(self, reply: Reply, name: str) -> None:
         self._run(E.InfoDeleted(name, reply))
 
-    def api_bell_of(self, reply: Reply, rank: int) -> None:
-        reply(True, self.transport.bell_of(int(rank)))
+    def api_bells(self, reply: Reply) -> None:
+        reply(True, self.transport.bells())
 
     def api_node_failed(self, reply: Reply, text: str) -> None:
         self.internal_error(f"clustervm's node {self._src} {text}")

@@ -24,9 +24,9 @@ answer to the node's HELLO); the node *knocks* from its own port on each address
 (:meth:`Doorbell.knock`), the coordinator keeps where a knock came from and answers
 it, and the node keeps where the answer came from. A ring the abstract socket cannot
 deliver goes there. Between two nodes on other hosts: the first ring that finds
-neither asks (``on_unknown``) where the other's port is; the node asks the coordinator,
-which knows it from that node's knock, and :meth:`Doorbell.learn` keeps the answer for
-the rings after. Each datagram carries the job's key: others are ignored. Where no
+neither asks (``on_unknown``) where the other's port is; the node asks the coordinator
+for every node's it knows from their knocks, and :meth:`Doorbell.learn` keeps them for
+the rings after (to any of those nodes). Each datagram carries the job's key: others are ignored. Where no
 knock gets through (a firewall), nothing changes.
 
 The job's key comes from ``CLUSTERVM_JOB_KEY`` (set by ``clustervm run`` for each
@@ -190,6 +190,10 @@ class Doorbell:
     def udp_at(self, rank: int) -> tuple[str, int] | None:
         """Where ``rank``'s UDP port is, as its knock (or the answer to ours) said."""
         return self._udp_at.get(rank)
+
+    def known(self) -> dict[int, tuple[str, int]]:
+        """Every rank's UDP port known here (rank -> host, port)."""
+        return dict(self._udp_at)
 
     def learn(self, rank: int, addr: tuple[str, int] | list | None) -> None:
         """``rank``'s bell is at ``addr`` (host, port), as another rank said: ring it there.

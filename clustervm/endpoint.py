@@ -162,16 +162,17 @@ class Endpoint(Protocol):
         """A node: knock at rank 0's doorbell (:meth:`bell`), so that each rings the
         other's across hosts."""
 
-    def bell_of(self, rank: int) -> tuple[str, int] | None:
-        """Rank 0: where ``rank``'s doorbell is across hosts (host, UDP port), as its
-        knock said; None: not known."""
+    def bells(self) -> dict[int, tuple[str, int]]:
+        """Rank 0: where the nodes' doorbells are across hosts (rank -> host, UDP port),
+        as their knocks said."""
 
     def find_bells(self, ask: Callable[[int], None]) -> None:
         """A node: ``ask(rank)`` when a ring finds ``rank``'s doorbell neither on this
         host nor across hosts; :meth:`learn_bell` takes the answer."""
 
     def learn_bell(self, rank: int, addr: tuple[str, int] | list | None) -> None:
-        """``rank``'s doorbell is at ``addr`` (what :meth:`bell_of` said at rank 0)."""
+        """``rank``'s doorbell is at ``addr`` (as :meth:`bells` said at rank 0); None:
+        not known there yet."""
 
     def close(self, timeout: float = 1.0) -> None:
         """Stop every thread from touching the network (before leaving)."""

@@ -482,8 +482,8 @@ class InProcessTransport:
     def knock(self, port: int, addrs: list[str]) -> None:
         pass
 
-    def bell_of(self, rank: int) -> tuple[str, int] | None:
-        return None
+    def bells(self) -> dict[int, tuple[str, int]]:
+        return {}
 
     def find_bells(self, ask: Callable[[int], None]) -> None:
         pass

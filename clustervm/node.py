@@ -455,17 +455,24 @@ class Node(Site):
 
     def _ask_bell(self, rank: int) -> None:
         """A ring found node ``rank``'s doorbell neither on this host nor across hosts:
-        ask the coordinator, which knows where it is from that node's knock; the rings
+        ask the coordinator where the nodes' are (it knows from their knocks); the rings
         after this go there (clustervm.doorbell)."""
         if rank == P.COORDINATOR:
             return                           # its BELL says where it is
         reqid = next(self._reqids)
         fut: Future = Future()
-        fut.add_done_callback(lambda f: f.exception() is None
-                              and self.transport.learn_bell(rank, f.result()))
+        fut.add_done_callback(lambda f: self._learn_bells(rank, f))
         self._futures[reqid] = fut
-        self.transport.post(P.COORDINATOR, P.Req(reqid, "bell_of", (rank,)).encode(),
-                            wake=False)
+        self.transport.post(P.COORDINATOR, P.Req(reqid, "bells", ()).encode(), wake=False)
+
+    def _learn_bells(self, wanted: int, answer: Future) -> None:
+        """The coordinator's answer to :meth:`_ask_bell` (``wanted``: the rank asked for)."""
+        bells = answer.result() if answer.exception() is None else {}
+        for rank, addr in bells.items():
+            if int(rank) != self.rank:
+                self.transport.learn_bell(int(rank), addr)
+        if wanted not in bells:
+            self.transport.learn_bell(wanted, None)
 
     def _on_buddy(self, src: int, msg: P.Buddy) -> None:
         """The nodes alive changed: copies go to node ``msg.rank`` from now on. The

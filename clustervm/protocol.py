@@ -654,6 +654,6 @@ REQUESTS: dict[str, str] = {
     "del_info": "(name) -> None",
     "node_failed": "(text) -> never answered: a node's handler failed on a message (a bug "
                    "of clustervm's); the job ends with an InternalError that says so",
-    "bell_of": "(rank) -> [host, port] of that node's doorbell across hosts, or None "
-               "(clustervm.doorbell)",
+    "bells": "() -> {rank: [host, port]}: the nodes' doorbells across hosts, as their "
+             "knocks said (clustervm.doorbell)",
 }

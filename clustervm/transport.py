@@ -1374,8 +1374,8 @@ class Transport:
         if self._bell is not None:
             self._bell.knock(port, addrs)
 
-    def bell_of(self, rank: int) -> tuple[str, int] | None:
-        return None if self._bell is None else self._bell.udp_at(rank)
+    def bells(self) -> dict[int, tuple[str, int]]:
+        return {} if self._bell is None else self._bell.known()
 
     def find_bells(self, ask: Callable[[int], None]) -> None:
         if self._bell is not None:

@@ -181,8 +181,8 @@ class StubTransport:
     def knock(self, port: int, addrs: list[str]) -> None:
         self.knocked = (port, addrs)
 
-    def bell_of(self, rank: int) -> None:
-        return None
+    def bells(self) -> dict:
+        return {}
 
     def find_bells(self, ask) -> None:
         self.ask_bell = ask
