@@ -889,3 +889,43 @@ def test_join_group_says_whether_the_task_is_a_new_member() -> None:
                                                E.GroupJoined("g", 51, "r2"),
                                                E.GroupJoined("g", 50, "r3")), I.Answer)]
     assert answers == [[0, 0, True], [1, 0, True], [0, 0, False]]
+
+
+def test_a_silent_node_is_waited_for_rather_than_a_group_going_back_to_its_start() -> None:
+    """The nodes that answered hold no epoch of every member: going on without the
+    silent node would send the group back to its start. It is waited for past
+    ASK_WAIT_S, and its late answer (the newest epoch of every member) is used; had it
+    been lost instead, the group would go back without it."""
+    from clustervm.core.state import ASK_WAIT_S
+    core = up(4)
+    places = _group_of_three(core)
+    spare = ({1, 2, 3, 4} - set(places.values())).pop()
+    out = core.handle(E.NodeLost(places[51], LossCause.ULFM, 2.0))
+    (ask,) = of(out, I.AskHeld)
+    core.handle(E.HeldReported(places[50], ask.qid, [(50, 2, 0, 0.0)], 2.01),
+                E.HeldReported(spare, ask.qid, [], 2.01))
+    heard = {r: 2.0 for r in range(1, 5)}
+    out = core.handle(E.Tick(2.0 + 2 * ASK_WAIT_S, heard))
+    assert not of(out, I.PlaceSpawned) and not of(out, I.GroupRolledBack)
+    out = core.handle(E.HeldReported(places[52], ask.qid,
+                                     [(52, 2, 0, 0.0), (51, 2, 0, 0.0)], 2.0 + 3 * ASK_WAIT_S))
+    assert I.GroupRolledBack(50, 2) in out
+    assert {p.tid: p.seq for p in of(out, I.PlaceSpawned)} == {50: 2, 51: 2, 52: 2}
+
+
+def test_a_silent_node_is_waited_for_ask_longest_s_at_most() -> None:
+    """The same without an answer: after ASK_LONGEST_S the group goes back to its start
+    without it, and says so (a node that answers no query must not hang the job)."""
+    from clustervm.core.state import ASK_LONGEST_S
+    core = up(4)
+    places = _group_of_three(core)
+    spare = ({1, 2, 3, 4} - set(places.values())).pop()
+    out = core.handle(E.NodeLost(places[51], LossCause.ULFM, 2.0))
+    (ask,) = of(out, I.AskHeld)
+    core.handle(E.HeldReported(places[50], ask.qid, [(50, 2, 0, 0.0)], 2.01),
+                E.HeldReported(spare, ask.qid, [], 2.01))
+    heard = {r: 2.0 + ASK_LONGEST_S for r in range(1, 5)}
+    assert not of(core.handle(E.Tick(2.0 + ASK_LONGEST_S / 2, heard)), I.GroupRolledBack)
+    out = core.handle(E.Tick(2.0 + ASK_LONGEST_S, heard))
+    assert "did not say within" in " ".join(w.text for w in of(out, I.Warn))
+    assert I.GroupRolledBack(50, 0) in out and len(of(out, I.PlaceSpawned)) == 3

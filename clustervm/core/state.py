@@ -139,6 +139,8 @@ class _Pending:
 
 #: how long a checkpoint group going back waits for a node's answer (I.AskHeld)
 ASK_WAIT_S = 0.25
+#: ... and at most, when going on without it would send the group back to its start
+ASK_LONGEST_S = 10.0
 
 
 class _Ask:
@@ -1063,7 +1065,7 @@ class Core:
             return          # only a silent node may hold its copy, or the job fails: wait
         del self._asks[-tid]
         if silent:
-            self._silent(-tid, silent)
+            self._silent(-tid, silent, now - ask.t0)
         self._redone(t, ask, best)
         if best:
             t.ckpt = (best, frozenset(held.get(best, set()) | ({0} if best in stored else set())))
@@ -1100,16 +1102,19 @@ class Core:
         """A node that has not answered within ASK_WAIT_S (hung, say, and not yet found
         so by its heartbeat) is not waited for (its members then go back again once it
         is found lost), unless going on without what it may hold would end the job with
-        an error: then it is waited for until it answers or is lost."""
+        an error (then it is waited for until it answers or is lost), or send a
+        checkpoint group back to its start (then for ASK_LONGEST_S at most: a node slow
+        to answer on a loaded box held the group's newest epoch, seen in a full test
+        run)."""
         for key, ask in list(self._asks.items()):
             if ask.waiting and now - ask.t0 >= ASK_WAIT_S:
                 self._answered(key, now, frozenset(ask.waiting))
 
-    def _silent(self, key: int, silent: frozenset[int]) -> None:
+    def _silent(self, key: int, silent: frozenset[int], waited: float) -> None:
         what = f"checkpoint group {key}" if key > 0 else f"task {-key}"
         self._out.append(I.Warn(
             f"{what}: node(s) {', '.join(map(str, sorted(silent)))} did not say within "
-            f"{ASK_WAIT_S} s which checkpoint copies they hold; going back to the newest "
+            f"{waited:.2f} s which checkpoint copies they hold; going back to the newest "
             f"the other nodes hold"))
 
     def _asks_lost(self, rank: int) -> None:
@@ -1161,11 +1166,12 @@ class Core:
         newest = max((max(s) for s in memory.values() if s), default=0)
         lost = [t.tid for t in members if not memory[t.tid]]
         gone = ended_after(self._group_ended.get(group, {}), epoch)
-        if silent and gone:
-            return          # a silent node may hold what spares the job its end: wait
+        if silent and (gone or not epoch and now - ask.t0 < ASK_LONGEST_S):
+            return          # a silent node may hold what spares the job its end, or the
+            #                 group's work since its start: wait (see _asks_overdue)
         del self._asks[group]
         if silent:
-            self._silent(group, silent)
+            self._silent(group, silent, now - ask.t0)
         if lost and epoch < newest:
             self._out.append(I.Warn(
                 f"checkpoint group {group}: every copy in memory of checkpoint {newest} of "
