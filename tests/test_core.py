@@ -891,12 +891,9 @@ def test_join_group_says_whether_the_task_is_a_new_member() -> None:
     assert answers == [[0, 0, True], [1, 0, True], [0, 0, False]]
 
 
-def test_a_silent_node_is_waited_for_rather_than_a_group_going_back_to_its_start() -> None:
-    """The nodes that answered hold no epoch of every member: going on without the
-    silent node would send the group back to its start. It is waited for past
-    ASK_WAIT_S, and its late answer (the newest epoch of every member) is used; had it
-    been lost instead, the group would go back without it."""
-    from clustervm.core.state import ASK_WAIT_S
+def _silent_about_the_only_full_epoch() -> tuple:
+    """Group 50-52 on 3 of 4 nodes; 51's node is lost; 50's node and the spare answer
+    (50 at epoch 2; nothing of 51), 52's node is silent: (core, places, the query)."""
     core = up(4)
     places = _group_of_three(core)
     spare = ({1, 2, 3, 4} - set(places.values())).pop()
@@ -904,6 +901,16 @@ def test_a_silent_node_is_waited_for_rather_than_a_group_going_back_to_its_start
     (ask,) = of(out, I.AskHeld)
     core.handle(E.HeldReported(places[50], ask.qid, [(50, 2, 0, 0.0)], 2.01),
                 E.HeldReported(spare, ask.qid, [], 2.01))
+    return core, places, ask
+
+
+def test_a_silent_node_is_waited_for_rather_than_a_group_going_back_to_its_start() -> None:
+    """The nodes that answered hold no epoch of every member: going on without the
+    silent node would send the group back to its start. It is waited for past
+    ASK_WAIT_S, and its late answer (the newest epoch of every member) is used; had it
+    been lost instead, the group would go back without it."""
+    from clustervm.core.state import ASK_WAIT_S
+    core, places, ask = _silent_about_the_only_full_epoch()
     heard = {r: 2.0 for r in range(1, 5)}
     out = core.handle(E.Tick(2.0 + 2 * ASK_WAIT_S, heard))
     assert not of(out, I.PlaceSpawned) and not of(out, I.GroupRolledBack)
@@ -917,13 +924,7 @@ def test_a_silent_node_is_waited_for_ask_longest_s_at_most() -> None:
     """The same without an answer: after ASK_LONGEST_S the group goes back to its start
     without it, and says so (a node that answers no query must not hang the job)."""
     from clustervm.core.state import ASK_LONGEST_S
-    core = up(4)
-    places = _group_of_three(core)
-    spare = ({1, 2, 3, 4} - set(places.values())).pop()
-    out = core.handle(E.NodeLost(places[51], LossCause.ULFM, 2.0))
-    (ask,) = of(out, I.AskHeld)
-    core.handle(E.HeldReported(places[50], ask.qid, [(50, 2, 0, 0.0)], 2.01),
-                E.HeldReported(spare, ask.qid, [], 2.01))
+    core, places, ask = _silent_about_the_only_full_epoch()
     heard = {r: 2.0 + ASK_LONGEST_S for r in range(1, 5)}
     assert not of(core.handle(E.Tick(2.0 + ASK_LONGEST_S / 2, heard)), I.GroupRolledBack)
     out = core.handle(E.Tick(2.0 + ASK_LONGEST_S, heard))
