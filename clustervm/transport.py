@@ -572,7 +572,7 @@ class Transport:
         if 0 <= dest < self.world_size:      # a world rank (none on a spawned node): direct
             if dest in self.failed or self.closed:
                 raise PeerFailed(dest)
-            if self._bell is not None:
+            if self._bell is not None:       # _wake inlined: dest is a world rank already
                 self._bell.sending(dest)
             payload, bufs = wire.dumps(msg, allow_pickle=self.allow_pickle)
             if not bufs and len(payload) <= _INLINE_MAX and len(payload) < self.max_chunk:
