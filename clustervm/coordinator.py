@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from . import procs
 from . import protocol as P
-from . import remote, syncs, wire
+from . import remote, replaylog, syncs, wire
 from .api import CoordinatorAPI
 from .checkpoint import CheckpointStore, WriteBehind
 from .config import Config
@@ -83,7 +83,7 @@ class FinishedSender:
 
     def __init__(self, tid: int, inc: int, outlog: dict) -> None:
         self.tid, self.inc = tid, inc
-        self._outlog = {int(d): [tuple(e) for e in es] for d, es in outlog.items()}
+        self._outlog = replaylog.unpack(outlog)
         self._outbytes = None
 
 

@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from typing import Any, Callable
 
 from . import protocol as P
-from . import remote, wire
+from . import remote, replaylog, wire
 from .config import Config
 from .copies import Copies
 from .core import node as N
@@ -560,7 +560,7 @@ class Node(Site):
         ctx._sent = {int(k): v for k, v in ckpt["seqs"]["sent"].items()}
         ctx.__dict__["_cut_sent"] = (ctx._ckpt_seq, dict(ctx._sent))   # _quiet_since_cut
         ctx._coll = dict(ckpt["seqs"].get("coll", {}))
-        ctx._outlog = {int(k): [tuple(e) for e in v] for k, v in ckpt["outlog"].items()}
+        ctx._outlog = replaylog.unpack(ckpt["outlog"])
         box = ctx.mailbox
         with self.lock, box.lock:
             saved = {int(k): v for k, v in ckpt["delivered"].items()}
@@ -657,7 +657,7 @@ class Node(Site):
             # decoding and encoding again heat2d's 3000 rows there (one buffer each) took
             # 45 ms of rank 0's time per task (wire.pack_frames/unpack_frames)
             try:
-                payload, bufs = wire.dumps(outlog)
+                payload, bufs = wire.dumps(replaylog.pack(outlog, ARRAY_COPIES))
                 outlog = wire.as_blob_frame(wire.pack_frames([payload, *bufs]))
             except Exception as exc:     # noqa: BLE001 - the task's end must still be told
                 log.error("task %d: its replay log cannot go to the job journal (%s: %s); "
@@ -733,7 +733,7 @@ class Node(Site):
                 delivered = dict(box.delivered)
                 mailbox = [list(i) for i in box.items]
         payload = {"state": state, "seqs": ctx._seqs(), "delivered": delivered,
-                   "mailbox": mailbox, "outlog": getattr(ctx, "_outlog", {})}
+                   "mailbox": mailbox, "outlog": replaylog.pack(getattr(ctx, "_outlog", {}), ARRAY_COPIES)}
         # encoded once, here, and stored as it is: the coordinator never decodes it
         try:
             head, bufs = wire.dumps(payload, allow_pickle=False)

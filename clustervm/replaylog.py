@@ -1,0 +1,86 @@
+"""A sender's replay log in the form its checkpoints and the job journal keep it.
+
+In memory, a task's replay log (sender-based message logging, ``ctx._outlog``) is
+per receiver a list of ``(seq, tag, data)`` entries. Encoded as it is, every entry
+costs the wire format a tuple and every array an out-of-band buffer of its own:
+heat2d's 100 halo rows took 186 us to encode and 44 us to pack into a checkpoint,
+on the critical path of every log-mode checkpoint. When a receiver's entries are
+all numpy arrays of one dtype and shape (halo rows, blocks), they are kept here
+as one stacked array instead: 42 us to stack, 7 to encode, 15 to pack.
+
+:func:`pack` gives that form, :func:`unpack` the entries back; a receiver's log
+whose data differ stays a list of entries, which :func:`unpack` also takes (as
+it takes checkpoints made before this form).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from .blocks import Blocks
+from .errors import CorruptCheckpointError
+
+__all__ = ["pack", "unpack"]
+
+#: fewer entries than this are kept as they are (stacking gains nothing)
+MIN_STACKED = 4
+
+
+def _stackable(entries: list) -> bool:
+    """Whether every entry's data is a plain numpy array (1-d or more, no objects) of
+    the first one's dtype and shape."""
+    np = sys.modules.get("numpy")
+    if np is None or len(entries) < MIN_STACKED:
+        return False
+    first = entries[0][2]
+    if type(first) is not np.ndarray or first.ndim == 0 or first.dtype.hasobject:
+        return False
+    dtype, shape = first.dtype, first.shape
+    for e in entries:
+        data = e[2]
+        if type(data) is not np.ndarray or data.shape != shape or data.dtype != dtype:
+            return False
+    return True
+
+
+def pack(outlog: dict[int, list], blocks: Blocks | None = None) -> dict[int, Any]:
+    """The checkpointed form of ``outlog`` (receiver tid -> entries): per receiver the
+    entries as they are, or ``{"seq": [...], "tag": [...], "rows": stacked array}``.
+    The stacked arrays go into memory from ``blocks`` if given (new memory pays its
+    page faults: 50 us for heat2d's rows): use them before the next call."""
+    out: dict[int, Any] = {}
+    for dst, entries in list(outlog.items()):   # (another thread may drop a receiver)
+        if _stackable(entries):
+            out[dst] = {"seq": [e[0] for e in entries], "tag": [e[1] for e in entries],
+                        "rows": _stack([e[2] for e in entries], blocks)}
+        else:
+            out[dst] = entries
+    return out
+
+
+def _stack(arrays: list, blocks: Blocks | None) -> Any:
+    import numpy as np
+    first = arrays[0]
+    block = blocks.take(first.nbytes * len(arrays)) if blocks is not None else None
+    if block is None:
+        return np.stack(arrays)
+    rows = block.view(first.dtype).reshape((len(arrays), *first.shape))
+    return np.stack(arrays, out=rows)
+
+
+def unpack(form: dict) -> dict[int, list[tuple]]:
+    """The replay log :func:`pack` made (decoded by the wire format), as entries
+    ``(seq, tag, data)``; a stacked receiver's data are views of its rows."""
+    out: dict[int, list[tuple]] = {}
+    for dst, kept in form.items():
+        if isinstance(kept, dict):
+            seqs, tags, rows = kept["seq"], kept["tag"], kept["rows"]
+            if not len(seqs) == len(tags) == len(rows):
+                raise CorruptCheckpointError(
+                    f"a replay log for task {dst} holds {len(seqs)} sequence numbers, "
+                    f"{len(tags)} tags and {len(rows)} messages; the checkpoint is damaged: "
+                    "delete it (or its directory) to start the task again")
+            out[int(dst)] = [(seqs[i], tags[i], rows[i]) for i in range(len(seqs))]
+        else:
+            out[int(dst)] = [tuple(e) for e in kept]
+    return out

@@ -1,0 +1,64 @@
+"""The replay log's checkpointed form (clustervm.replaylog): no MPI."""
+import numpy as np
+import pytest
+
+from clustervm import replaylog, wire
+from clustervm.blocks import Blocks
+from clustervm.errors import CorruptCheckpointError
+
+
+def _through_wire(form):
+    head, bufs = wire.dumps({"outlog": form}, allow_pickle=False)
+    frames = wire.unpack_frames(bytearray(wire.pack_frames([head, *bufs])))
+    return wire.loads(frames[0], frames[1:])["outlog"]
+
+
+def _same(a, b):
+    assert a[0] == b[0] and a[1] == b[1] and type(a[2]) is type(b[2])
+    if isinstance(a[2], np.ndarray):
+        assert a[2].dtype == b[2].dtype and a[2].shape == b[2].shape
+        assert np.array_equal(a[2], b[2])
+    else:
+        assert a[2] == b[2]
+
+
+@pytest.mark.parametrize("blocks", [None, Blocks(1 << 10, 1 << 20, 1 << 20)])
+def test_arrays_of_one_shape_are_stacked_and_come_back_entry_by_entry(blocks):
+    rows = [np.arange(256, dtype=np.float64) * i for i in range(10)]
+    log = {7: [(i + 1, 3, r) for i, r in enumerate(rows)]}
+    form = replaylog.pack(log, blocks)
+    assert set(form[7]) == {"seq", "tag", "rows"} and form[7]["rows"].shape == (10, 256)
+    back = replaylog.unpack(_through_wire(form))
+    assert list(back) == [7] and len(back[7]) == 10
+    for a, b in zip(log[7], back[7]):
+        _same(a, b)
+
+
+def test_other_logs_stay_lists_of_entries():
+    log = {
+        1: [(1, 0, "text"), (2, 0, b"raw"), (3, 0, {"k": [1, 2]})],     # not arrays
+        2: [(i, 0, np.zeros(3 + i)) for i in range(5)],                   # shapes differ
+        3: [(i, 0, np.zeros(3, np.int32 if i else np.int64)) for i in range(5)],  # dtypes
+        4: [(i, 0, np.float64(i)) for i in range(5)],                     # numpy scalars
+        5: [(i, 0, np.array(float(i))) for i in range(5)],                # 0-d arrays
+        6: [(1, 0, np.zeros(4)), (2, 0, np.ones(4))],                     # too few to stack
+    }
+    form = replaylog.pack(log)
+    assert all(isinstance(form[d], list) for d in log)
+    back = replaylog.unpack(_through_wire(form))
+    for d in log:
+        assert len(back[d]) == len(log[d])
+        for a, b in zip(log[d], back[d]):
+            _same(a, b)
+
+
+def test_a_log_in_the_form_before_stacking_is_read():
+    old = {"9": [[1, 2, "x"], [2, 2, "y"]]}      # as checkpoints before this form hold it
+    assert replaylog.unpack(old) == {9: [(1, 2, "x"), (2, 2, "y")]}
+
+
+def test_a_stacked_log_that_does_not_add_up_is_a_corrupt_checkpoint():
+    form = replaylog.pack({4: [(i, 0, np.zeros(8)) for i in range(6)]})
+    form[4]["seq"].pop()
+    with pytest.raises(CorruptCheckpointError, match="task 4 holds 5 sequence numbers"):
+        replaylog.unpack(form)
