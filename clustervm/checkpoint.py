@@ -62,7 +62,8 @@ from typing import Any, Callable, Sequence
 
 from .errors import CheckpointError, CorruptCheckpointError
 
-__all__ = ["CheckpointStore", "CheckpointStats", "WriteBehind", "file_version"]
+__all__ = ["CheckpointStore", "CheckpointStats", "WriteBehind", "file_version", "read_version",
+           "versions_in"]
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +241,41 @@ def file_version(path: str | os.PathLike) -> tuple[str, int] | None:
     except OSError as exc:
         raise CorruptCheckpointError(f"{path}: cannot read: {exc}") from None
     return key, seq
+
+
+def versions_in(directory: str | os.PathLike) -> list[tuple[str, int, str]]:
+    """``(key, seq, path)`` of every checkpoint version in store directory ``directory``
+    (its ``ckpt`` folder), from their headers only; without touching anything (another
+    process may write there: slots being rewritten, temp files and damaged headers are
+    left out)."""
+    path = os.path.join(os.fspath(directory), "ckpt")
+    try:
+        names = os.listdir(path)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise CheckpointError(f"cannot list {path}: {exc}") from None
+    found = []
+    for name in names:
+        if _NAME_RE.match(name) is None:
+            continue
+        full = os.path.join(path, name)
+        try:
+            got = file_version(full)
+        except CorruptCheckpointError:
+            continue
+        if got is not None:
+            found.append((got[0], got[1], full))
+    return found
+
+
+def read_version(path: str, key: str, seq: int) -> list[bytes]:
+    """The frames of version ``seq`` of ``key`` in file ``path``, verified. Raises
+    CorruptCheckpointError (the file, and why) if it is damaged or now holds another."""
+    _key, fseq, frames = _read_checkpoint(path, expect_key=key)
+    if fseq != seq:
+        raise CorruptCheckpointError(f"{path}: holds seq {fseq}, expected {seq} (rewritten)")
+    return frames
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> int:

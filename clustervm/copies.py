@@ -35,6 +35,7 @@ class Copies:
         self._spares: dict[int, Any] = {}     # tid -> memory for its next checkpoint
         self._warming: set[int] = set()
         self._first: set[int] = set()         # warming for a first checkpoint (prepare)
+        self._pinned: set[int] = set()        # ids of blobs being written (never spares)
         self.nbytes = 0
 
     def put(self, tid: int, inc: int, seq: int, blob: Any) -> list[Any]:
@@ -70,6 +71,7 @@ class Copies:
         gone = [b for b in self.put(tid, inc, seq, blob)
                 if b is not blob and type(b) is type(blob) is not bytes]
         with self._lock:
+            gone = [b for b in gone if id(b) not in self._pinned]
             if gone:
                 self._spares[tid] = gone[-1]
                 return
@@ -103,6 +105,16 @@ class Copies:
             if tid in self._by_tid or tid in self._first:
                 self._spares.setdefault(tid, buf)
             self._first.discard(tid)
+
+    def pin(self, blob: Any) -> None:
+        """``blob`` is being written to a file (clustervm.nodefiles): it never becomes a
+        spare, even once no longer held, until :meth:`unpin`."""
+        with self._lock:
+            self._pinned.add(id(blob))
+
+    def unpin(self, blob: Any) -> None:
+        with self._lock:
+            self._pinned.discard(id(blob))
 
     def take_spare(self, tid: int) -> Any | None:
         """The memory kept for task ``tid``'s next checkpoint (see :meth:`put_own`)."""
