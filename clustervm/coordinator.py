@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from . import procs
 from . import protocol as P
-from . import remote, replaylog, syncs, wire
+from . import nodefiles, remote, replaylog, syncs, wire
 from .api import CoordinatorAPI
 from .checkpoint import CheckpointStore, WriteBehind
 from .config import Config
@@ -33,6 +33,7 @@ from .core import Core, LossCause, Traffic, VMView, cannot_go_back, ended_after
 from .core import events as E
 from .core import instructions as I
 from .core.view import Observer
+from .doorbell import job_key
 from .endpoint import QUIET, Endpoint
 from .errors import CheckpointError, InternalError, NoNodesError
 from .events import EventLog
@@ -148,10 +149,14 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         })
         self.t0 = time.monotonic()
         ckdir = config.checkpoint_dir or None
+        # nodes that see the directory write their tasks' checkpoints there themselves
+        job = job_key()
+        #: the checkpoint files the nodes write (read after a loss, and on --resume)
+        self.node_files = nodefiles.NodeFiles(ckdir) if ckdir else None
         self.core = Core(range(1, transport.size), slots=config.slots, prefetch=config.prefetch,
                          heartbeat_s=config.heartbeat_s, replace_failed=config.replace_failed,
                          journal=bool(ckdir), resume=config.resume, t0=self.t0,
-                         disk_every_s=config.checkpoint_disk_s,
+                         disk_every_s=config.checkpoint_disk_s, node_files=bool(ckdir and job),
                          resolve=self.resolve, rebuild=_can_rebuild)
         self.nodes: dict[int, NodeInfo] = self.core.nodes      # the core's, read only here
         self.stats = self.core.stats
@@ -164,6 +169,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         strict = config.checkpoint_sync_s <= 0
         self.store = CheckpointStore(ckdir, fsync=strict)
         self.journal: Journal | None = Journal(ckdir, fsync=False) if ckdir else None
+        if ckdir and job:
+            nodefiles.announce(ckdir, job)
         self.main_ctx = TaskContext(self, P.MAIN_TID, None)
         self.contexts[P.MAIN_TID] = self.main_ctx
         self.stopping = False
@@ -173,6 +180,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         self._next_rank = max(transport.size, 1)
         self._spawn_lock = threading.Lock()     # one MPI_Comm_spawn at a time
         self._blob: bytes = b""                 # the checkpoint being stored
+        self._deferred: list[E.Event] = []      # handled once the instructions are carried out
         #: checkpoints on their way to being acknowledged: tid -> (seq, reply, delivered)
         self._ckpt_calls: dict[int, tuple[int, Any, dict]] = {}
         #: what each task had received at its newest checkpoints: tid -> {seq: delivered}
@@ -247,6 +255,10 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             self._announce(first)
         for ins in out:
             do[type(ins)](ins)
+        while self._deferred:       # events that instructions carried out made
+            more = self.core.handle(self._deferred.pop(0))
+            if more:
+                self._execute(more)
 
     def _announce(self, placed: list[I.PlaceSpawned]) -> None:
         """The LOCs of first placements, one per rank, before any of their SPAWNs: a task
@@ -305,6 +317,12 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                 self._run(E.TaskKilled(ins.tid, remote.pack_exception(exc, "the coordinator")))
                 return
             delivered = ckpt["delivered"] if ckpt is not None else {}
+        if ins.restart and self.node_files is not None and not ins.group:
+            # files its lost incarnations' nodes wrote after the checkpoint it starts from
+            # again are of a course it no longer takes: never a copy to restore it from
+            base = ins.seq if ins.source else ckpt["seqs"]["ckpt"] if ckpt is not None else 0
+            self.node_files.drop(ins.tid, self.core.alive_ranks(), newer_than=base,
+                                 below_inc=ins.inc)
         if ins.restart:          # a first placement's LOC went out already (_announce)
             if self.journal is not None or ins.group:
                 # its senders forget only what a checkpoint of it on disk had received: an
@@ -524,7 +542,12 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
     def _do_ask_held(self, ins: I.AskHeld) -> None:
         msg = P.AskHeld(ins.qid, list(ins.tids)).encode()
         for r in ins.ranks:
-            self.transport.post(r, msg)      # a rank lost meanwhile: NodeLost ends the wait
+            if r == 0:      # the files the nodes wrote: the coordinator answers for them
+                assert self.node_files is not None
+                items = self.node_files.held(ins.tids)
+                self._deferred.append(E.HeldReported(0, ins.qid, items, time.monotonic()))
+            else:
+                self.transport.post(r, msg)  # a rank lost meanwhile: NodeLost ends the wait
 
     def _on_holding(self, src: int, msg: P.Holding) -> None:
         with self.lock:
@@ -560,6 +583,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             self._writer.drop(ins.tid)      # after the writes queued before it
         else:
             self.store.drop(str(ins.tid))
+        if self.node_files is not None:     # the files of nodes lost (the others: FORGET)
+            self.node_files.drop(ins.tid, self.core.alive_ranks())
         forget = P.Forget(ins.tid).encode()
         for r in ins.holders:
             self.transport.post(r, forget)
@@ -894,16 +919,29 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         upto = self._group_epoch(tid, seq)
         if upto == 0:
             return None
+        read = self.store.stats.read
         try:
             got = self.store.load(str(tid), upto)
         except CheckpointError as exc:
             log.warning("checkpoint of task %d unusable: %s", tid, exc)
             return None
+        from_file = self.store.stats.read > read
+        if upto is None and self.node_files is not None:    # a log-mode task: a newer
+            theirs = self.node_files.load(tid, seq) if seq else None    # one of a node's?
+            if theirs is None:
+                theirs = self.node_files.load(tid, upto=seq or None)
+            if theirs is not None and (got is None or theirs[0] > got[0]):
+                got, from_file = theirs, True
         if got is None:
+            if seq:     # the core counted on one (a node's loss took the other copies)
+                log.warning("task %d: the coordinator holds no checkpoint of it (its "
+                            "checkpoint %d was expected); it starts again from the start",
+                            tid, seq)
             return None
         seq, (blob,) = got
         self.stats["ckpt_restored"] += 1
         self.stats["ckpt_from_store"] += 1
+        self.stats["ckpt_read_back"] += from_file
         self.events.add("RESTORE", tid=tid, seq=seq)
         frames = wire.unpack_frames(blob)
         return wire.loads(frames[0], frames[1:])
@@ -1023,7 +1061,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         parts.append(f"{s['rerun']} task(s) re-run, {s['redone_s']:.2f} s of work redone")
         # the coordinator's own copies (its memory, or read back from the directory), the
         # others the nodes' (buddy store)
-        ours, read = s["ckpt_from_store"], self.store.stats.read
+        ours, read = s["ckpt_from_store"], s["ckpt_read_back"]
         parts.append(f"{s['ckpt_written']} checkpoint(s) written, {s['ckpt_restored']} restored"
                      + (f" ({ours} by the coordinator, {read} of them read back from the "
                         f"checkpoint directory)" if ours else "")

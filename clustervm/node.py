@@ -21,12 +21,13 @@ from concurrent.futures import Future
 from typing import Any, Callable
 
 from . import protocol as P
-from . import remote, replaylog, wire
+from . import nodefiles, remote, replaylog, wire
 from .config import Config
 from .copies import Copies
 from .core import node as N
 from .core.node import COORDINATOR_SILENCE, COORDINATOR_SILENCE_MIN_S  # noqa: F401 - the rule
-from .errors import WireError
+from .doorbell import job_key
+from .errors import CheckpointError, WireError
 from .futures import ClusterFuture
 from .site import ENDED, Location, Site, snapshot
 from .values import ARRAY_COPIES, approx_size
@@ -96,6 +97,10 @@ class Node(Site):
         #: loss, Core._ask): the buddy's HELD of each comes here, tid -> (inc, seq), and
         #: a task takes its next one only once the one before is held there too
         self._acked: dict[int, tuple[int, int]] = {}
+        #: this node's writer of its log-mode tasks' checkpoint files, if it sees the job's
+        #: checkpoint directory (clustervm.nodefiles; looked for at the first checkpoint)
+        self._own_files: nodefiles.OwnFiles | None = None
+        self._own_looked = False
         #: when each checkpoint group last sent an epoch to the coordinator's disk
         self._group_disk_t: dict[int, float] = {}
         #: checkpoints taken here that the coordinator was not told of (its count of
@@ -430,11 +435,53 @@ class Node(Site):
                 self._acked[msg.tid] = (msg.inc, msg.seq)
         ctx = self.live.get(msg.tid)
         if ctx is not None and ctx.inc == msg.inc:
-            got = ctx.__dict__.get("_keep_delivered")
-            if got is not None and got[0] == msg.seq:
-                del ctx.__dict__["_keep_delivered"]
-                self._forget_received(ctx, got[1])
+            self._forget_if_kept(ctx)
         self.transport.notify()
+
+    def _forget_if_kept(self, ctx: TaskContext) -> None:
+        """The checkpoint of log-mode task ``ctx`` the coordinator is not told of counts
+        once its buddy holds it and, if this node writes its file, that file is written
+        (synced): then its senders may forget what it had received."""
+        with self.lock:
+            got = ctx.__dict__.get("_keep_delivered")
+            if got is None or self._acked.get(ctx.tid, (-1, -1)) < (ctx.inc, got[0]):
+                return
+            if ctx.__dict__.get("_own") and ctx.__dict__.get("_written", -1) < got[0]:
+                return
+            del ctx.__dict__["_keep_delivered"]
+        self._forget_received(ctx, got[1])
+
+    def _own_writer(self) -> nodefiles.OwnFiles | None:
+        """This node's writer of its tasks' checkpoint files, or None: no checkpoint
+        directory, or not the coordinator's (another host's that is not shared)."""
+        with self.lock:
+            if not self._own_looked:
+                self._own_looked = True
+                folder = self.config.checkpoint_dir
+                if folder and nodefiles.shared(folder, job_key()):
+                    try:
+                        self._own_files = nodefiles.OwnFiles(folder, self.rank,
+                                                             self._disk_written,
+                                                             self.copies.unpin)
+                    except CheckpointError as exc:
+                        log.warning("node %d: cannot write checkpoint files itself (%s); "
+                                    "they go to the coordinator", self.rank, exc)
+            return self._own_files
+
+    def _disk_written(self, tid: int, inc: int, seq: int,
+                      error: CheckpointError | None) -> None:
+        """The writer's word on checkpoint ``seq`` of task ``tid`` (its thread)."""
+        ctx = self.live.get(tid)
+        if ctx is None or ctx.inc != inc:
+            return
+        if error is not None:
+            log.error("task %d: %s", tid, error)
+            ctx.__dict__["_own_error"] = error     # raised by its next checkpoint
+            return
+        with self.lock:
+            if seq > ctx.__dict__.get("_written", -1):
+                ctx.__dict__["_written"] = seq
+        self._forget_if_kept(ctx)
 
     def _forget_received(self, ctx: TaskContext, delivered: dict) -> None:
         """A checkpoint of log-mode task ``ctx`` that counts ``delivered`` (per sender) is
@@ -549,6 +596,8 @@ class Node(Site):
 
     def _on_forget(self, src: int, msg: P.Forget) -> None:
         self.copies.drop(msg.tid)
+        if self._own_files is not None:
+            self._own_files.drop(msg.tid)
         with self.lock:
             self._acked.pop(msg.tid, None)
             self.rolling.pop(msg.tid, None)
@@ -697,6 +746,9 @@ class Node(Site):
         Raises here what storing the previous one raised (a full disk, say).
         """
         group = ctx.__dict__.get("_group")
+        error = ctx.__dict__.pop("_own_error", None)
+        if error is not None:
+            raise error
         reqid = ctx.__dict__.get("_ckpt_call")
         if reqid is not None:
             self.progress()             # its answer may have come: handle what has
@@ -758,8 +810,12 @@ class Node(Site):
                                 into=self.copies.take_spare(ctx.tid) if buddy and big else None)
         frame = wire.as_blob_frame(blob)
         told = ctx.__dict__.get("_told", 0)
-        if buddy and (group or not to_store and not self.config.checkpoint_dir and told
-                      and (not delivered or told > 1)):
+        # with a checkpoint directory it sees, this node writes the file itself
+        own = self._own_writer() if buddy and not group and self.config.checkpoint_dir \
+            else None
+        if buddy and (group or (own is not None or not to_store
+                                and not self.config.checkpoint_dir)
+                      and told and (not delivered or told > 1)):
             # the coordinator is not told (a group's epoch; in log mode without a journal,
             # a checkpoint after the first and after the first that counts received
             # messages, which it must know of: _copies_gone). The buddy says HELD to this
@@ -774,6 +830,10 @@ class Node(Site):
                 self._wait_alive(ctx, lambda: False)
             if not group:
                 ctx.__dict__["_keep_delivered"] = (seq, delivered)
+            if own is not None:
+                ctx.__dict__["_own"] = True
+                self.copies.pin(blob)           # not a spare until written
+                own.write(ctx.tid, ctx.inc, seq, blob)
             self._keep(ctx, seq, buddy, frame)
             if not disk:
                 self.untold += 1        # counted by the coordinator (HEARTBEAT, EXITED)

@@ -21,14 +21,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "clustervm"
 LAYERS: list[tuple[str, set[str]]] = [
     ("base", {"errors", "protocol", "config", "events", "hostfile", "procs", "progress",
               "reduce", "mailbox", "local", "shared", "blocks"}),
-    ("wire", {"wire", "refs", "remote", "values"}),
+    ("wire", {"wire", "refs", "remote", "values", "replaylog"}),
     ("transport", {"endpoint", "doorbell", "transport", "inprocess"}),
     ("core", {"core", "core.enums", "core.events", "core.instructions", "core.state",
               "core.view", "core.groups", "core.node", "core.record"}),
     # observers read the view the runtime hands them; they never reach into the shells
     ("observers", {"monitor", "trace", "dashboard", "status"}),
     # what both shells share: a rank's mailboxes and task locations, the files on disk
-    ("site", {"site", "checkpoint", "copies", "journal", "syncs"}),
+    ("site", {"site", "checkpoint", "copies", "journal", "syncs", "nodefiles"}),
     # what a task holds: its context, requests, frozen groups, futures
     ("tasks", {"current", "requests", "task", "fastgroup", "futures"}),
     # the coordinator and node processes around the core

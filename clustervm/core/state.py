@@ -174,7 +174,7 @@ class Core:
                  journal: bool = False, resume: bool = False, t0: float = 0.0,
                  start_limit: float = 60.0, resolve: Callable[[str], Any] | None = None,
                  rebuild: Callable[[], bool] | None = None,
-                 disk_every_s: float = 0.0) -> None:
+                 disk_every_s: float = 0.0, node_files: bool = False) -> None:
         self.slots = max(1, slots)
         self.cap = self.slots + max(0, prefetch)
         self.heartbeat_s = heartbeat_s
@@ -183,6 +183,10 @@ class Core:
         #: with a journal: a task's checkpoint goes to the coordinator (and its disk) at
         #: most this often; the ones between stay with the node and its buddy
         self.disk_every_s = disk_every_s      # (a group's epochs: its nodes decide, Node._cut)
+        #: with a journal: nodes may write their log-mode tasks' checkpoints to files of
+        #: their own without telling (clustervm.nodefiles), so a lost task's newest copy
+        #: is asked for, and the coordinator (rank 0) answers for those files
+        self.node_files = journal and node_files
         self.resume = resume
         self.t0 = t0
         self.start_limit = start_limit
@@ -214,9 +218,11 @@ class Core:
         self.observing = False
         self.fatal: BaseException | None = None
         #: the end-of-job report's counters (the shell counts ckpt_restored, of them
-        #: ckpt_from_store from the coordinator's own store, and corrupt)
+        #: ckpt_from_store by the coordinator, ckpt_read_back of those from a file, and
+        #: corrupt)
         self.stats: dict[str, Any] = {"rerun": 0, "redone_s": 0.0, "ckpt_written": 0,
-                                      "ckpt_restored": 0, "ckpt_from_store": 0, "reused": 0,
+                                      "ckpt_restored": 0, "ckpt_from_store": 0,
+                                      "ckpt_read_back": 0, "reused": 0,
                                       "corrupt": 0, "spawned": 0}
         self._alive: dict[int, Node] = {}       # ALIVE nodes, by rank
         self._spares: dict[int, Node] = {}      # SPARE nodes, by rank
@@ -542,7 +548,7 @@ class Core:
                     out.append(I.Observe("rerun", tid, rank))
                 if t.group:
                     groups.add(t.group)
-                elif self.journal:      # every checkpoint is told (Node.checkpoint)
+                elif self.journal and not self.node_files:  # every checkpoint is told
                     self._place_spawned(t, True, now)
                 else:
                     self._ask(-tid, [t], now)      # restarted once the nodes answered
@@ -1031,7 +1037,8 @@ class Core:
         if key in self._asks:
             return
         self._qid += 1
-        ask = self._asks[key] = _Ask(self._qid, self._alive, now)
+        ranks = set(self._alive) | ({0} if self.node_files else set())
+        ask = self._asks[key] = _Ask(self._qid, ranks, now)
         if ask.waiting:
             self._out.append(I.AskHeld(ask.qid, tuple(sorted(ask.waiting)),
                                        tuple(t.tid for t in tasks)))
@@ -1057,7 +1064,7 @@ class Core:
         if t is None or t.state is not _RUNNING:
             del self._asks[-tid]
             return
-        alive = self._alive.keys()
+        alive = self._alive.keys() | {0}        # 0: the nodes' files (clustervm.nodefiles)
         held = {s: ranks & alive for s, ranks in ask.held.get(tid, {}).items()}
         stored = self._stored_epochs(t)
         best = max({s for s, ranks in held.items() if ranks} | stored | {0})
@@ -1085,7 +1092,7 @@ class Core:
                 break
         else:
             return      # a late answer: that query is decided
-        if ev.rank not in ask.waiting or ev.rank not in self._alive:
+        if ev.rank not in ask.waiting or ev.rank not in self._alive and ev.rank != 0:
             return
         ask.waiting.discard(ev.rank)
         for tid, seq, inc, age in ev.items:
