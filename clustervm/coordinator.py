@@ -317,7 +317,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                 self._run(E.TaskKilled(ins.tid, remote.pack_exception(exc, "the coordinator")))
                 return
             delivered = ckpt["delivered"] if ckpt is not None else {}
-        if ins.restart and self.node_files is not None and not ins.group:
+        if ins.restart and self.node_files is not None:
             # files its lost incarnations' nodes wrote after the checkpoint it starts from
             # again are of a course it no longer takes: never a copy to restore it from
             base = ins.seq if ins.source else ckpt["seqs"]["ckpt"] if ckpt is not None else 0
@@ -926,10 +926,11 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             log.warning("checkpoint of task %d unusable: %s", tid, exc)
             return None
         from_file = self.store.stats.read > read
-        if upto is None and self.node_files is not None:    # a log-mode task: a newer
-            theirs = self.node_files.load(tid, seq) if seq else None    # one of a node's?
+        if self.node_files is not None:     # a newer one (or the epoch) in a node's files?
+            want = seq if upto is None else upto
+            theirs = self.node_files.load(tid, want) if want else None
             if theirs is None:
-                theirs = self.node_files.load(tid, upto=seq or None)
+                theirs = self.node_files.load(tid, upto=want or None)
             if theirs is not None and (got is None or theirs[0] > got[0]):
                 got, from_file = theirs, True
         if got is None:
@@ -1001,8 +1002,9 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         # members the journal answered (they had finished): they do not run again (the
         # whole spawn is in the core by now: api_spawn hands it over before placing it)
         reused = [m for m in members if m not in self.core.tasks]
-        common = set.intersection(*(self.store.seqs(str(m)) for m in members
-                                    if m not in reused))     # tid's own is among them
+        files = self.node_files.versions(members) if self.node_files is not None else {}
+        common = set.intersection(*(self.store.seqs(str(m)) | {v[0] for v in files.get(m, ())}
+                                    for m in members if m not in reused))  # tid's own too
         epoch = max(common, default=0)
         gone = ended_after({m: self._ended_cuts.get(m, -1) for m in reused}, epoch)
         if gone:      # the others would wait for what those sent them after it, forever

@@ -221,6 +221,8 @@ class Node(Site):
             self._run(N.Tick(time.monotonic(), heard.get(P.COORDINATOR)))
         self._run(N.LoopEnded())
         t.flush(2.0)
+        if self._own_files is not None:
+            self._own_files.close(2.0)      # what is queued: the last writes, and deletes
 
     def _handler_failed(self, src: int, raw: Any, exc: Exception) -> None:
         """The message dropped (a SPAWN, a COPY) may be one the job waits on: the
@@ -610,6 +612,8 @@ class Node(Site):
         ctx.__dict__["_cut_sent"] = (ctx._ckpt_seq, dict(ctx._sent))   # _quiet_since_cut
         ctx._coll = dict(ckpt["seqs"].get("coll", {}))
         ctx._outlog = replaylog.unpack(ckpt["outlog"])
+        if self._own_files is not None:     # what its older incarnations wrote after it
+            self._own_files.forget_after(ctx.tid, ctx.inc, ctx._ckpt_seq)
         box = ctx.mailbox
         with self.lock, box.lock:
             saved = {int(k): v for k, v in ckpt["delivered"].items()}
@@ -811,8 +815,9 @@ class Node(Site):
         frame = wire.as_blob_frame(blob)
         told = ctx.__dict__.get("_told", 0)
         # with a checkpoint directory it sees, this node writes the file itself
-        own = self._own_writer() if buddy and not group and self.config.checkpoint_dir \
-            else None
+        # (a checkpoint group's epochs that go to disk, too)
+        own = self._own_writer() if buddy and self.config.checkpoint_dir \
+            and (disk or not group) else None
         if buddy and (group or (own is not None or not to_store
                                 and not self.config.checkpoint_dir)
                       and told and (not delivered or told > 1)):
@@ -835,8 +840,10 @@ class Node(Site):
                 self.copies.pin(blob)           # not a spare until written
                 own.write(ctx.tid, ctx.inc, seq, blob)
             self._keep(ctx, seq, buddy, frame)
-            if not disk:
+            if not disk or own is not None:
                 self.untold += 1        # counted by the coordinator (HEARTBEAT, EXITED)
+                if disk:
+                    self._group_disk_t[group] = time.monotonic()
                 return True
             # an epoch for the disk also goes to the coordinator, which answers at once
             # (its buddy's copy is this node's affair): the member does not wait for that

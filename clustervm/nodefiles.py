@@ -85,6 +85,8 @@ class OwnFiles:
         self.store = CheckpointStore(os.path.join(_root(directory), str(rank)), keep=2,
                                      fsync=True)
         self._done, self._release = done, release
+        self._lock = threading.Lock()            # a write, or forget_after, at a time
+        self._floor: dict[int, int] = {}         # tid -> its incarnations before are over
         self._queue: queue.SimpleQueue[tuple[str, int, int, int, Any]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="cvm-own-files", daemon=True)
         self._thread.start()
@@ -95,6 +97,18 @@ class OwnFiles:
     def drop(self, tid: int) -> None:
         """Delete task ``tid``'s files (every incarnation's), after the writes queued."""
         self._queue.put(("drop", tid, 0, 0, None))
+
+    def forget_after(self, tid: int, inc: int, seq: int) -> None:
+        """Incarnation ``inc`` of task ``tid`` starts from its checkpoint ``seq``: delete
+        what its older incarnations wrote after it (a course it no longer takes), now,
+        and write nothing more of theirs that is still queued."""
+        with self._lock:
+            if inc > self._floor.get(tid, -1):
+                self._floor[tid] = inc
+            for key in self.store.keys():
+                got = _parse(key)
+                if got is not None and got[0] == tid and got[1] < inc:
+                    self.store.drop_after(key, seq)
 
     def flush(self, timeout: float) -> bool:
         """Wait until what was queued before is done; False if not within ``timeout``."""
@@ -139,7 +153,14 @@ class OwnFiles:
                     log.exception("checkpoint files: %s of task %d failed", op, tid)
 
     def _write(self, tid: int, inc: int, seq: int, blob: Any) -> None:
+        with self._lock:
+            self._write_locked(tid, inc, seq, blob)
+
+    def _write_locked(self, tid: int, inc: int, seq: int, blob: Any) -> None:
         key = _key(tid, inc)
+        if inc < self._floor.get(tid, -1):       # an incarnation over: not on its course
+            self._release(blob)
+            return
         try:
             try:
                 self.store.save(key, seq, [blob], copy=False)

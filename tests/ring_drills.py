@@ -82,7 +82,8 @@ def resumed_after_the_coordinator_is_killed(job, tmp_path, args: list[str], k: i
     j.kill_rank(0)
     res = j.wait()
     assert res.rc != 0, "the job went on without its coordinator"
-    assert len(list((ck / "ckpt").glob("*.ckpt"))) >= 4
+    # the coordinator's files, and those the nodes wrote themselves (clustervm.nodefiles)
+    assert len([*(ck / "ckpt").glob("*.ckpt"), *(ck / "nodes").glob("*/ckpt/*.ckpt")]) >= 4
     res = job([RING, *args], n=5, timeout=TIMEOUT, run_args=["--resume", str(ck)]).wait()
     assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
     m = re.search(r"(\d+) restored \((\d+) by the coordinator, (\d+) of them read back from "

@@ -206,8 +206,10 @@ def test_sigkill_during_checkpoint_writes(job, tmp_path):
     assert lost_ranks(rep) == {rank}, rep
     m = re.search(r"(\d+) checkpoint\(s\) written, (\d+) restored", rep)
     assert m and int(m.group(2)) >= 1, rep
-    # finished tasks leave no checkpoint behind; no temp file is left either
+    # finished tasks leave no checkpoint behind (nor files their nodes wrote: nodefiles);
+    # no temp file is left either
     assert not ckpt_files(ck)
+    assert not list(ck.glob("nodes/*/ckpt/*")), list(ck.glob("nodes/*/ckpt/*"))
     assert not [p for p in (ck / "ckpt").iterdir() if p.name.startswith(".tmp.")]
 
 

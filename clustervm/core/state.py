@@ -1167,7 +1167,9 @@ class Core:
         alive = self._alive
         memory = {t.tid: {s for s, ranks in ask.held.get(t.tid, {}).items() if ranks & alive.keys()}
                   for t in members}
-        stored = {t.tid: self._stored_epochs(t) for t in members}
+        # on disk: the coordinator's, and the files the nodes wrote (rank 0 answers for them)
+        stored = {t.tid: self._stored_epochs(t) | {s for s, ranks in ask.held.get(t.tid, {}).items()
+                                                    if 0 in ranks} for t in members}
         epoch = max(set.intersection(*({0} | memory[t.tid] | stored[t.tid]
                                        for t in members)))
         newest = max((max(s) for s in memory.values() if s), default=0)
