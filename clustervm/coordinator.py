@@ -181,6 +181,10 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         self._spawn_lock = threading.Lock()     # one MPI_Comm_spawn at a time
         self._blob: bytes = b""                 # the checkpoint being stored
         self._deferred: list[E.Event] = []      # handled once the instructions are carried out
+        #: tasks over whose files the nodes wrote are deleted once their results in the
+        #: journal are synced (a power cut must not find neither: _drop_files_of_ended)
+        self._ended_files: list[int] = []
+        self._ended_files_lock = threading.Lock()
         #: checkpoints on their way to being acknowledged: tid -> (seq, reply, delivered)
         self._ckpt_calls: dict[int, tuple[int, Any, dict]] = {}
         #: what each task had received at its newest checkpoints: tid -> {seq: delivered}
@@ -483,7 +487,20 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
     def _synced(self, kept: dict[str, list[int]], gone: list[str]) -> None:
         """The writer synced the store: journal what is durable now (its thread)."""
         assert self.journal is not None
-        syncs.record_sync(self.journal, kept, gone)
+        with self._ended_files_lock:
+            ended = len(self._ended_files)
+        syncs.record_sync(self.journal, kept, gone)      # syncs the journal
+        self._drop_files_of_ended(ended)
+
+    def _drop_files_of_ended(self, count: int) -> None:
+        """The first ``count`` tasks of _ended_files have their results (journaled before
+        they were added) synced: delete the files the nodes wrote of them."""
+        if not count or self.node_files is None:
+            return
+        with self._ended_files_lock:
+            tids, self._ended_files[:count] = self._ended_files[:count], []
+        for tid in tids:
+            self.node_files.drop(tid, ())
 
     def _written(self, tid: int, inc: int, seq: int, error: CheckpointError | None) -> None:
         """The write-behind thread wrote checkpoint ``seq`` of task ``tid`` (or failed)."""
@@ -583,8 +600,11 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             self._writer.drop(ins.tid)      # after the writes queued before it
         else:
             self.store.drop(str(ins.tid))
-        if self.node_files is not None:     # the files of nodes lost (the others: FORGET)
-            self.node_files.drop(ins.tid, self.core.alive_ranks())
+        if self.node_files is not None:     # once its result is synced (_synced)
+            with self._ended_files_lock:
+                self._ended_files.append(ins.tid)
+            if self._writer is not None:
+                self._writer.poke()
         forget = P.Forget(ins.tid).encode()
         for r in ins.holders:
             self.transport.post(r, forget)
@@ -721,8 +741,13 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         self.end_hung_spawns()
         self.transport.flush(2.0)
         if self._writer is not None:
-            self._writer.close(5.0)
+            self._writer.close(5.0)         # its last sync deletes the files of tasks over
         if self.journal is not None:
+            if self.store.fsync:            # (no such sync: the journal is synced here)
+                with self._ended_files_lock:
+                    ended = len(self._ended_files)
+                self.journal.sync()
+                self._drop_files_of_ended(ended)
             self.journal.close()
 
     def _unclean(self) -> bool:
@@ -1112,7 +1137,10 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                     else:
                         self.check_heartbeats()
                     if self.journal is not None and self.store.fsync:
+                        with self._ended_files_lock:
+                            ended = len(self._ended_files)
                         self.journal.sync()     # else the writer's syncs (clustervm.syncs)
+                        self._drop_files_of_ended(ended)
                     next_check = now + 0.1
                 last_loop = now
             except Exception:   # noqa: BLE001 - never lose the service loop silently

@@ -599,7 +599,7 @@ class Node(Site):
     def _on_forget(self, src: int, msg: P.Forget) -> None:
         self.copies.drop(msg.tid)
         if self._own_files is not None:
-            self._own_files.drop(msg.tid)
+            self._own_files.forget(msg.tid)   # its files: the coordinator's to delete
         with self.lock:
             self._acked.pop(msg.tid, None)
             self.rolling.pop(msg.tid, None)

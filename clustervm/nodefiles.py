@@ -62,6 +62,9 @@ def shared(directory: str, job: str | None) -> bool:
         return False
 
 
+_OVER = 1 << 62      # an incarnation floor: the task is over
+
+
 def _key(tid: int, inc: int) -> str:
     return f"{tid}.{inc}"
 
@@ -94,9 +97,11 @@ class OwnFiles:
     def write(self, tid: int, inc: int, seq: int, blob: Any) -> None:
         self._queue.put(("write", tid, inc, seq, blob))
 
-    def drop(self, tid: int) -> None:
-        """Delete task ``tid``'s files (every incarnation's), after the writes queued."""
-        self._queue.put(("drop", tid, 0, 0, None))
+    def forget(self, tid: int) -> None:
+        """Task ``tid`` is over: write nothing more of it (its files are the coordinator's
+        to delete, once its result is durable: :meth:`NodeFiles.drop`)."""
+        with self._lock:
+            self._floor[tid] = _OVER
 
     def forget_after(self, tid: int, inc: int, seq: int) -> None:
         """Incarnation ``inc`` of task ``tid`` starts from its checkpoint ``seq``: delete
@@ -145,10 +150,7 @@ class OwnFiles:
                     blob.set()
                     continue
                 try:
-                    if op == "drop":
-                        self._drop(tid)
-                    else:
-                        self._write(tid, inc, seq, blob)
+                    self._write(tid, inc, seq, blob)
                 except Exception:   # noqa: BLE001 - the writer must outlive one bad call
                     log.exception("checkpoint files: %s of task %d failed", op, tid)
 
@@ -175,12 +177,6 @@ class OwnFiles:
             got = _parse(old)
             if got is not None and got[0] == tid and got[1] < inc:
                 self.store.drop(old)
-
-    def _drop(self, tid: int) -> None:
-        for key in self.store.keys():
-            got = _parse(key)
-            if got is not None and got[0] == tid:
-                self.store.drop(key)
 
 
 class NodeFiles:
@@ -245,10 +241,11 @@ class NodeFiles:
 
     def drop(self, tid: int, alive: Iterable[int], newer_than: int | None = None,
              below_inc: int | None = None) -> None:
-        """Delete files of task ``tid`` that nodes lost wrote (a node alive deletes its
-        own): all of them, or with ``newer_than`` those of a course the task no longer
-        takes: newer than the checkpoint it starts again from, of incarnations before
-        ``below_inc``."""
+        """Delete files of task ``tid`` but those of nodes ``alive``: all of them (the task
+        is over, its nodes write no more of it: OwnFiles.forget), or with ``newer_than``
+        those of a course the task no longer takes: newer than the checkpoint it starts
+        again from, of incarnations before ``below_inc`` (a node alive deletes its own:
+        OwnFiles.forget_after)."""
         alive = set(alive)
         for seq, inc, path, rank in self.versions([tid]).get(tid, []):
             if rank in alive:

@@ -109,8 +109,26 @@ def test_a_newer_incarnation_drops_the_older_ones_files_on_its_node(tmp_path):
     w.settle()
     assert [(s, i) for s, i, _p, _r in nodefiles.NodeFiles(str(tmp_path)).versions([4])[4]] \
         == [(4, 1)]
-    w.files.drop(4)
+    w.files.close(5)
+
+
+def test_a_restored_incarnation_deletes_what_the_older_ones_wrote_after_its_checkpoint(
+        tmp_path):
+    w = Writer(tmp_path)
+    for seq in (5, 6):
+        w.files.write(4, 0, seq, blob(seq))
+        w.settle()
+    w.files.forget_after(4, 1, 5)              # incarnation 1 starts from checkpoint 5
+    w.files.write(4, 0, 7, blob(7))            # incarnation 0's, still queued: not written
     w.settle()
+    assert [(s, i) for s, i, _p, _r in nodefiles.NodeFiles(str(tmp_path)).versions([4])[4]] \
+        == [(5, 0)]
+    assert [d[2] for d in w.done] == [5, 6]
+    w.files.forget(4)                          # the task is over: nothing more of it
+    w.files.write(4, 1, 8, blob(8))
+    w.settle()
+    assert [d[2] for d in w.done] == [5, 6]
+    nodefiles.NodeFiles(str(tmp_path)).drop(4, ())    # the coordinator's, once durable
     assert nodefiles.NodeFiles(str(tmp_path)).versions([4]) == {}
     w.files.close(5)
 
