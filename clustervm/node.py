@@ -836,9 +836,13 @@ class Node(Site):
             if not group:
                 ctx.__dict__["_keep_delivered"] = (seq, delivered)
             if own is not None:
-                ctx.__dict__["_own"] = True
-                self.copies.pin(blob)           # not a spare until written
-                own.write(ctx.tid, ctx.inc, seq, blob)
+                ctx.__dict__["_own"] = True     # its senders forget what a file counts
+                now = time.monotonic()          # (a log-mode task's at most every
+                if group or now - ctx.__dict__.get("_own_t", float("-inf")) \
+                        >= self.config.checkpoint_disk_s:       # checkpoint_disk_s)
+                    ctx.__dict__["_own_t"] = now
+                    self.copies.pin(blob)       # not a spare until written
+                    own.write(ctx.tid, ctx.inc, seq, blob)
             self._keep(ctx, seq, buddy, frame)
             if not disk or own is not None:
                 self.untold += 1        # counted by the coordinator (HEARTBEAT, EXITED)
