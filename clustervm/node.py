@@ -97,8 +97,9 @@ class Node(Site):
         #: loss, Core._ask): the buddy's HELD of each comes here, tid -> (inc, seq), and
         #: a task takes its next one only once the one before is held there too
         self._acked: dict[int, tuple[int, int]] = {}
-        #: this node's writer of its log-mode tasks' checkpoint files, if it sees the job's
-        #: checkpoint directory (clustervm.nodefiles; looked for at the first checkpoint)
+        #: this node's writer of its tasks' checkpoint files (a log-mode task's, a group's
+        #: epochs for the disk), if it sees the job's checkpoint directory
+        #: (clustervm.nodefiles; looked for at the first checkpoint that would use it)
         self._own_files: nodefiles.OwnFiles | None = None
         self._own_looked = False
         #: when each checkpoint group last sent an epoch to the coordinator's disk
@@ -788,8 +789,9 @@ class Node(Site):
             with box.lock:
                 delivered = dict(box.delivered)
                 mailbox = [list(i) for i in box.items]
+        outlog = replaylog.pack(getattr(ctx, "_outlog", {}), ARRAY_COPIES)
         payload = {"state": state, "seqs": ctx._seqs(), "delivered": delivered,
-                   "mailbox": mailbox, "outlog": replaylog.pack(getattr(ctx, "_outlog", {}), ARRAY_COPIES)}
+                   "mailbox": mailbox, "outlog": outlog}
         # encoded once, here, and stored as it is: the coordinator never decodes it
         try:
             head, bufs = wire.dumps(payload, allow_pickle=False)
@@ -822,8 +824,9 @@ class Node(Site):
                                 and not self.config.checkpoint_dir)
                       and told and (not delivered or told > 1)):
             # the coordinator is not told (a group's epoch; in log mode without a journal,
-            # a checkpoint after the first and after the first that counts received
-            # messages, which it must know of: _copies_gone). The buddy says HELD to this
+            # or with one this node writes the files of itself, a checkpoint after the
+            # first and after the first that counts received messages, which it must
+            # know of: _copies_gone). The buddy says HELD to this
             # node, and the next one waits for it (_held); in log mode this node then
             # tells the senders to forget what the task had received (_on_held). After a
             # loss the coordinator asks the nodes what they hold (ASKHELD).
