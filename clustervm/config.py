@@ -73,6 +73,8 @@ class Config:
     checkpoint_group_disk_s: float = 0.25
     #: CLUSTERVM_CHECKPOINT_SYNC_S: with checkpoint_dir, how often what was written there is synced to the disk, in seconds: a power cut of rank 0's machine goes back at most about that far (a killed job: not at all); 0: every checkpoint is synced before it counts (slower).
     checkpoint_sync_s: float = 0.5
+    #: CLUSTERVM_NODE_FILES: with checkpoint_dir, nodes that see the directory write their tasks' checkpoints there themselves, rank 0 not told of each (1/0; 0: every one goes to the coordinator, which writes it).
+    node_files: bool = True
     #: CLUSTERVM_RESUME: resume the job journaled in checkpoint_dir (1/0).
     resume: bool = False
     #: CLUSTERVM_SLOTS: tasks run at the same time by one node.

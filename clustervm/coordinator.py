@@ -150,7 +150,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         self.t0 = time.monotonic()
         ckdir = config.checkpoint_dir or None
         # nodes that see the directory write their tasks' checkpoints there themselves
-        job = job_key()
+        job = job_key() if config.node_files else None
         #: the checkpoint files the nodes write (read after a loss, and on --resume)
         self.node_files = nodefiles.NodeFiles(ckdir) if ckdir else None
         self.core = Core(range(1, transport.size), slots=config.slots, prefetch=config.prefetch,

@@ -71,14 +71,19 @@ def test_node_and_its_buddy_killed_together_without_a_directory(job, tmp_path):
     assert "--checkpoint-dir" in res.err, res.err
 
 
-def test_node_and_its_buddy_killed_together_falls_back_to_the_directory(job, tmp_path):
+@pytest.mark.parametrize("node_files", ["1", "0"])
+def test_node_and_its_buddy_killed_together_falls_back_to_the_directory(job, tmp_path,
+                                                                       node_files):
     """The same double loss with --checkpoint-dir: the coordinator restores task 0 from
     the disk (the file its node wrote, clustervm.nodefiles, or its own copy of one of
-    the first checkpoints, which it is told of); the result is exact."""
+    the first checkpoints, which it is told of); the result is exact. With
+    CLUSTERVM_NODE_FILES=0 (as nodes that do not see the directory: another host, not
+    shared) every checkpoint goes to the coordinator, which writes it."""
     want = expected()
     marks = tmp_path / "marks"
     marks.mkdir()
     j = job([RING, *ARGS, "--markers", str(marks)], n=5, timeout=TIMEOUT,
+            env={"CLUSTERVM_NODE_FILES": node_files},
             run_args=["--checkpoint-dir", str(tmp_path / "ck")])
     kill_after_checkpoints(j, marks, None, k=6)
     res = j.wait()
@@ -90,6 +95,8 @@ def test_node_and_its_buddy_killed_together_falls_back_to_the_directory(job, tmp
     # whole stderr if not: seen once, "3 restored" and none by the coordinator)
     assert re.search(r"restored \([1-9]\d* by the coordinator, \d+ of them read back from the "
                      r"checkpoint directory\)", rep), res.err
+    # the coordinator names the job where nodes may write only if they are to
+    assert (tmp_path / "ck" / "nodes" / "JOB").exists() == (node_files == "1")
 
 
 def test_coordinator_killed_then_resumed_from_the_copies_on_disk(job, tmp_path):
