@@ -62,8 +62,8 @@ from typing import Any, Callable, Sequence
 
 from .errors import CheckpointError, CorruptCheckpointError
 
-__all__ = ["CheckpointStore", "CheckpointStats", "WriteBehind", "file_version", "read_version",
-           "versions_in"]
+__all__ = ["CheckpointStore", "CheckpointStats", "WriteBehind", "delete_file", "file_version",
+           "read_version", "versions_in"]
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> int:
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 
 
-def _unlink(path: str) -> None:
+def delete_file(path: str) -> None:
     """Delete a checkpoint file; one already gone is fine, a failure is logged."""
     try:
         os.unlink(path)
@@ -531,7 +531,7 @@ class CheckpointStore:
                 doomed.append(p)
             doomed = self._not_pinned(doomed)
         for p in doomed:
-            _unlink(p)
+            delete_file(p)
             with self._lock:
                 self._bad.discard(p)
 
@@ -722,7 +722,7 @@ class CheckpointStore:
         """Delete the files ``paths`` (durably if ``fsync``, else at the next
         :meth:`sync`)."""
         for p in paths:
-            _unlink(p)
+            delete_file(p)
         if paths and self.fsync:
             assert self.path is not None
             _fsync_dir(self.path)
@@ -839,7 +839,7 @@ class CheckpointStore:
             released = sorted(self._deferred - self._pinned)
             self._deferred &= self._pinned
         for p in released:
-            _unlink(p)
+            delete_file(p)
         if released:
             with self._lock:
                 self._dir_dirty = True

@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
-from .checkpoint import CheckpointStore, read_version, versions_in
+from .checkpoint import CheckpointStore, delete_file, read_version, versions_in
 from .errors import CheckpointError, CorruptCheckpointError
 
 __all__ = ["NodeFiles", "OwnFiles", "announce", "shared"]
@@ -253,9 +253,4 @@ class NodeFiles:
             if newer_than is not None and (seq <= newer_than
                                            or (below_inc is not None and inc >= below_inc)):
                 continue
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.warning("cannot delete %s: %s", path, exc)
+            delete_file(path)
