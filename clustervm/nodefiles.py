@@ -10,7 +10,14 @@ each file is synced before it counts), and tells nobody: its node tells the task
 senders what they may forget once the buddy holds the checkpoint *and* its file is
 written (``Node._forget_if_kept``). After a loss the coordinator looks at what the nodes
 wrote (:class:`NodeFiles`) as at one more holder of copies, and on ``--resume`` it
-restores from the newest checkpoint of each task, its own or a node's.
+restores from the newest checkpoint of each task, its own or a node's. A checkpoint
+group's epochs for the disk go the same way.
+
+A node restoring a task deletes what the task's older incarnations wrote there after
+the checkpoint it starts from (:meth:`OwnFiles.forget_after`); the coordinator does so
+in the directories of nodes lost, and deletes a finished task's files once the sync
+that makes its result durable is done (``CLUSTERVM_NODE_FILES=0``: none of this, every
+checkpoint goes to the coordinator).
 
 Layout: ``DIR/nodes/<rank>/ckpt/``, one :class:`~clustervm.checkpoint.CheckpointStore`
 per node rank (slots, CRCs, as the coordinator's own), key ``"<tid>.<incarnation>"``.
