@@ -170,7 +170,11 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         self.store = CheckpointStore(ckdir, fsync=strict)
         self.journal: Journal | None = Journal(ckdir, fsync=False) if ckdir else None
         if ckdir and job:
-            nodefiles.announce(ckdir, job)
+            try:
+                nodefiles.announce(ckdir, job)
+            except OSError as exc:      # the nodes then send every checkpoint here
+                log.warning("cannot name the job in %s (%s): every checkpoint goes to the "
+                            "coordinator", ckdir, exc)
         self.main_ctx = TaskContext(self, P.MAIN_TID, None)
         self.contexts[P.MAIN_TID] = self.main_ctx
         self.stopping = False
