@@ -18,7 +18,10 @@ steps against ``--checkpoint-every 0``, for two stores:
   a task finished with: in log mode its replay log, never trimmed without
   checkpoints (13 MB here, ~0.05 s; 0.12 s before it went as one packed blob), so
   it is slower than the in-memory run without checkpoints; a detail line also
-  compares both dir runs with that one.
+  compares both dir runs with that one. With ``--coordinator-writes`` another,
+  ``dir-coordinator``: a directory and ``CLUSTERVM_NODE_FILES=0`` (every checkpoint
+  sent to the coordinator, which writes it: how a node that does not see the directory
+  works, and how every node did before the nineteenth session; a detail line only).
 
 Runs are interleaved (each round runs every variant, the order of the pair
 alternating from round to round, so drifts of a shared box's load hit both
@@ -75,6 +78,9 @@ RUNNING = re.compile(r"running again from checkpoints after loss detected: node 
                      r"(\d+\.\d+) s")
 STORES = ("memory", "dir")
 SYNC0 = "dir-sync0"     # --sync-every-checkpoint: CLUSTERVM_CHECKPOINT_SYNC_S=0
+COORD = "dir-coordinator"   # --coordinator-writes: CLUSTERVM_NODE_FILES=0
+#: the detail stores: what each sets
+DETAIL = {SYNC0: ("CLUSTERVM_CHECKPOINT_SYNC_S", "0"), COORD: ("CLUSTERVM_NODE_FILES", "0")}
 
 
 class Failed(SystemExit):
@@ -83,9 +89,10 @@ class Failed(SystemExit):
 
 def heat2d(a: argparse.Namespace, mode: str, store: str, every: int) -> tuple[float, str]:
     """One job: (the seconds heat2d prints, its checksum line). ``store`` ``memory``,
-    ``dir``, or ``dir-sync0`` (a directory, every checkpoint synced before it counts)."""
+    ``dir``, ``dir-sync0`` (a directory, every checkpoint synced before it counts) or
+    ``dir-coordinator`` (a directory, every checkpoint written by the coordinator)."""
     ckdir = tempfile.mkdtemp(prefix="cvm-ckbench-") if store != "memory" else None
-    env = {"CLUSTERVM_CHECKPOINT_SYNC_S": "0"} if store == SYNC0 else None
+    env = dict([DETAIL[store]]) if store in DETAIL else None
     try:
         run_args = ("--checkpoint-dir", ckdir) if ckdir else ()
         rc, out, err, _ = _util.clustervm(
@@ -177,6 +184,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--sync-every-checkpoint", action="store_true",
                    help="also runs with a directory and CLUSTERVM_CHECKPOINT_SYNC_S=0 (each "
                         "checkpoint synced before it counts; a detail line, store=dir-sync0)")
+    p.add_argument("--coordinator-writes", action="store_true",
+                   help="also runs with a directory and CLUSTERVM_NODE_FILES=0 (every "
+                        "checkpoint sent to the coordinator, which writes it, as before the "
+                        "nineteenth session; a detail line, store=dir-coordinator)")
     p.add_argument("--modes", default="log,group",
                    help="checkpoint modes, comma-separated: log (each task on its own, "
                         "messages logged) and/or group (spawn(checkpoint='group'))")
@@ -189,7 +200,8 @@ def main(argv: list[str]) -> int:
     print(f"heat2d {a.size}x{a.size}, {a.steps} steps, 2 tasks, clustervm run -n 3, "
           f"--checkpoint-every 50 against 0, {a.runs} interleaved run(s); load average "
           f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
-    stores = STORES + ((SYNC0,) if a.sync_every_checkpoint else ())
+    stores = STORES + ((SYNC0,) if a.sync_every_checkpoint else ()) \
+        + ((COORD,) if a.coordinator_writes else ())
     variants = [(m, s) for m in modes for s in stores]
     times = {(m, s, e): [] for m, s in variants for e in (0, 50)}
     expected: str | None = None
@@ -226,9 +238,9 @@ def main(argv: list[str]) -> int:
             print(f"{name}: without checkpoints {statistics.median(off) / bare - 1:+.1%} "
                   f"against store=memory's; every 50 steps "
                   f"{statistics.median(on) / bare - 1:+.1%} against it")
-        if store == SYNC0:
+        if store in DETAIL:
             print(f"{name}: overhead_pct={pct:.1f} runs={len(on)} (a directory, "
-                  f"CLUSTERVM_CHECKPOINT_SYNC_S=0)")
+                  f"{'='.join(DETAIL[store])})")
             continue
         lines.append(f"checkpoint mode={mode} store={store} overhead_pct={pct:.1f} "
                      f"runs={len(on)}")
