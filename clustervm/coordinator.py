@@ -186,7 +186,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         self._blob: bytes = b""                 # the checkpoint being stored
         self._deferred: list[E.Event] = []      # handled once the instructions are carried out
         #: tasks over whose files the nodes wrote are deleted once their results in the
-        #: journal are synced (a power cut must not find neither: _drop_files_of_ended)
+        #: journal are synced (a power cut must not find neither: _sync_journal)
         self._ended_files: list[int] = []
         self._ended_files_lock = threading.Lock()
         #: checkpoints on their way to being acknowledged: tid -> (seq, reply, delivered)
@@ -491,14 +491,15 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
     def _synced(self, kept: dict[str, list[int]], gone: list[str]) -> None:
         """The writer synced the store: journal what is durable now (its thread)."""
         assert self.journal is not None
-        with self._ended_files_lock:
-            ended = len(self._ended_files)
-        syncs.record_sync(self.journal, kept, gone)      # syncs the journal
-        self._drop_files_of_ended(ended)
+        self._sync_journal(lambda: syncs.record_sync(self.journal, kept, gone))
 
-    def _drop_files_of_ended(self, count: int) -> None:
-        """The first ``count`` tasks of _ended_files have their results (journaled before
-        they were added) synced: delete the files the nodes wrote of them."""
+    def _sync_journal(self, sync: Callable[[], None]) -> None:
+        """Run ``sync`` (it syncs the journal), then delete the files the nodes wrote of
+        the tasks over whose results it made durable (those of _ended_files before it:
+        their results were journaled before they were added)."""
+        with self._ended_files_lock:
+            count = len(self._ended_files)
+        sync()
         if not count or self.node_files is None:
             return
         with self._ended_files_lock:
@@ -748,10 +749,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             self._writer.close(5.0)         # its last sync deletes the files of tasks over
         if self.journal is not None:
             if self.store.fsync:            # (no such sync: the journal is synced here)
-                with self._ended_files_lock:
-                    ended = len(self._ended_files)
-                self.journal.sync()
-                self._drop_files_of_ended(ended)
+                self._sync_journal(self.journal.sync)
             self.journal.close()
 
     def _unclean(self) -> bool:
@@ -956,10 +954,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             return None
         from_file = self.store.stats.read > read
         if self.node_files is not None:     # a newer one (or the epoch) in a node's files?
-            want = seq if upto is None else upto
-            theirs = self.node_files.load(tid, want) if want else None
-            if theirs is None:
-                theirs = self.node_files.load(tid, upto=want or None)
+            theirs = self.node_files.load(tid, upto=(seq if upto is None else upto) or None)
             if theirs is not None and (got is None or theirs[0] > got[0]):
                 got, from_file = theirs, True
         if got is None:
@@ -1141,10 +1136,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                     else:
                         self.check_heartbeats()
                     if self.journal is not None and self.store.fsync:
-                        with self._ended_files_lock:
-                            ended = len(self._ended_files)
-                        self.journal.sync()     # else the writer's syncs (clustervm.syncs)
-                        self._drop_files_of_ended(ended)
+                        # (else the writer's syncs: clustervm.syncs)
+                        self._sync_journal(self.journal.sync)
                     next_check = now + 0.1
                 last_loop = now
             except Exception:   # noqa: BLE001 - never lose the service loop silently
