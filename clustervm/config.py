@@ -75,6 +75,8 @@ class Config:
     checkpoint_sync_s: float = 0.5
     #: CLUSTERVM_NODE_FILES: with checkpoint_dir, nodes that see the directory write their tasks' checkpoints there themselves, rank 0 not told of each (1/0; 0: every one goes to the coordinator, which writes it).
     node_files: bool = True
+    #: CLUSTERVM_SHM_COPIES: a checkpoint's copy for a buddy node on the same host goes through a file in /dev/shm that the buddy reads only to restore, not over MPI (1/0; 0: every copy over MPI).
+    shm_copies: bool = True
     #: CLUSTERVM_RESUME: resume the job journaled in checkpoint_dir (1/0).
     resume: bool = False
     #: CLUSTERVM_SLOTS: tasks run at the same time by one node.

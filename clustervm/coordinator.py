@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from . import procs
 from . import protocol as P
-from . import nodefiles, remote, replaylog, syncs, wire
+from . import nodefiles, remote, replaylog, shmcopies, syncs, wire
 from .api import CoordinatorAPI
 from .checkpoint import CheckpointStore, WriteBehind
 from .config import Config
@@ -745,6 +745,9 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                 self.transport.failed.add(n.rank)   # no MPI_Finalize with a killed peer
         self.end_hung_spawns()
         self.transport.flush(2.0)
+        key = shmcopies.enabled_key(job_key())
+        if key:     # checkpoint copies in /dev/shm the nodes left (a lost node's, say)
+            shmcopies.sweep(key)
         if self._writer is not None:
             self._writer.close(5.0)         # its last sync deletes the files of tasks over
         if self.journal is not None:

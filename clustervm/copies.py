@@ -67,7 +67,12 @@ class Copies:
         longer held becomes the task's *spare*: it was acknowledged, so every send of it
         is complete, and the next checkpoint is copied into it. Memory already touched
         takes a 200 MB state in 20-40 ms here, new memory in 150-900 ms (page faults).
-        Until a task has one, a thread touches a new one of the same size beside it."""
+        Until a task has one, a thread touches a new one of the same size beside it.
+        A copy in a file of /dev/shm (clustervm.shmcopies) is only held: its files are
+        the memory used again."""
+        if getattr(blob, "shared", False):
+            self.put(tid, inc, seq, blob)
+            return
         gone = [b for b in self.put(tid, inc, seq, blob)
                 if b is not blob and type(b) is type(blob) is not bytes]
         with self._lock:

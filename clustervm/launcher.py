@@ -23,7 +23,7 @@ import time
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Sequence
 
-from . import procs
+from . import procs, shmcopies
 from .config import FIELDS, Config, env_name
 from .doorbell import JOB_KEY_ENV
 from .errors import ConfigError, HostfileError
@@ -828,6 +828,9 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
         if init_file is not None and marker_dir is not None:
             _remove(init_file)
         procs.remove_stale_shm(shm_before)
+        key = shmcopies.enabled_key(env[JOB_KEY_ENV])
+        if key:     # this start's checkpoint copies a killed node left (only its own job's)
+            shmcopies.sweep(key)
         procs.remove_stale_session_dirs([proc.pid], procs.session_base(env))
     if received:
         log.info("mpiexec ended after %s", ", ".join(signal.Signals(s).name for s in received))

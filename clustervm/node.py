@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from typing import Any, Callable
 
 from . import protocol as P
-from . import nodefiles, remote, replaylog, wire
+from . import nodefiles, remote, replaylog, shmcopies, wire
 from .config import Config
 from .copies import Copies
 from .core import node as N
@@ -68,6 +68,8 @@ class Node(Site):
             P.Shutdown: self._on_shutdown,
             P.Heartbeat: self._on_heartbeat,
             P.Keep: self._on_keep,
+            P.KeepRef: self._on_keep_ref,
+            P.Unshared: self._on_unshared,
             P.Fetch: self._on_fetch,
             P.Copy: self._on_copy,
             P.Forget: self._on_forget,
@@ -102,6 +104,12 @@ class Node(Site):
         #: (clustervm.nodefiles; looked for at the first checkpoint that would use it)
         self._own_files: nodefiles.OwnFiles | None = None
         self._own_looked = False
+        #: checkpoint copies for a buddy on this host go through files in /dev/shm
+        #: (clustervm.shmcopies; None: not used); the buddies that cannot read them
+        key = shmcopies.enabled_key(job_key()) if config.shm_copies else None
+        self._shm = shmcopies.ShmCopies(key, self.rank) if key else None
+        self._host = shmcopies.host_id() if key else ""
+        self._unshared: set[int] = set()
         #: when each checkpoint group last sent an epoch to the coordinator's disk
         self._group_disk_t: dict[int, float] = {}
         #: checkpoints taken here that the coordinator was not told of (its count of
@@ -224,6 +232,8 @@ class Node(Site):
         t.flush(2.0)
         if self._own_files is not None:
             self._own_files.close(2.0)      # what is queued: the last writes, and deletes
+        if self._shm is not None:
+            self._shm.close()
 
     def _handler_failed(self, src: int, raw: Any, exc: Exception) -> None:
         """The message dropped (a SPAWN, a COPY) may be one the job waits on: the
@@ -414,11 +424,15 @@ class Node(Site):
             blob = copies.get(tid, seq)
         if ctx.aborted or self.core.stopping:
             return False
+        if getattr(blob, "shared", False):
+            blob = blob.read()      # a copy already (None: the file holds another one now)
+        elif blob is not None:
+            blob = bytearray(blob)  # a task may change its arrays
         if blob is None:
             log.warning("task %d: node %d holds no copy of its checkpoint %d", tid, source, seq)
             self.transport.post(P.COORDINATOR, P.Restored(tid, ctx.inc, seq, False).encode())
             return False
-        frames = wire.unpack_frames(bytearray(blob))    # a task may change its arrays
+        frames = wire.unpack_frames(blob)
         self._restore(ctx, wire.loads(frames[0], frames[1:]))
         self.transport.post(P.COORDINATOR, P.Restored(tid, ctx.inc, seq, True).encode())
         return True
@@ -429,6 +443,26 @@ class Node(Site):
         # a checkpoint not told to the coordinator: its node is (msg.ack)
         self.transport.post(msg.ack or P.COORDINATOR,
                             P.Held(msg.tid, msg.inc, msg.seq).encode())
+
+    def _on_keep_ref(self, src: int, msg: P.KeepRef) -> None:
+        """A copy in a file of /dev/shm (clustervm.shmcopies): held as that file, if this
+        node sees the same /dev/shm; else the sender is told to send the bytes."""
+        if not self._host or msg.host != self._host:
+            self.transport.post(src, P.Unshared(msg.tid, msg.inc, msg.seq).encode())
+            return
+        self.copies.put(msg.tid, msg.inc, msg.seq, shmcopies.ShmRef(
+            msg.path, msg.tid, msg.inc, msg.seq, msg.size, msg.gen))
+        self.transport.post(msg.ack or P.COORDINATOR,
+                            P.Held(msg.tid, msg.inc, msg.seq).encode())
+
+    def _on_unshared(self, src: int, msg: P.Unshared) -> None:
+        """Buddy ``src`` cannot read this node's /dev/shm: it gets bytes from now on,
+        first those of the copy it could not hold."""
+        self._unshared.add(src)
+        ctx = self.live.get(msg.tid)
+        sent = ctx.__dict__.get("_keep_wait") if ctx is not None else None
+        if ctx is not None and ctx.inc == msg.inc and sent == (msg.seq, src):
+            self._keep(ctx, msg.seq, src)
 
     def _on_held(self, src: int, msg: P.Held) -> None:
         """The buddy holds a checkpoint of a task here that the coordinator is not told
@@ -542,10 +576,19 @@ class Node(Site):
         (``frame``, or the copy held here), answered by a HELD to this node; the task's
         next checkpoint waits for it."""
         if frame is None:
-            blob = self.copies.get(ctx.tid, seq)
-            if blob is None:
+            frame = self.copies.get(ctx.tid, seq)
+            if frame is None:
                 return
-            frame = wire.as_blob_frame(blob)
+        if getattr(frame, "shared", False):
+            if buddy not in self._unshared:
+                ctx.__dict__["_keep_wait"] = (seq, buddy)
+                self.transport.post(buddy, P.KeepRef(ctx.tid, ctx.inc, seq, *frame.fields(),
+                                                     self._host, self.rank).encode())
+                return
+            frame = frame.read()
+            if frame is None:
+                return
+        frame = wire.as_blob_frame(frame)
         ctx.__dict__["_keep_wait"] = (seq, buddy)
         self.transport.post(buddy, P.Keep(ctx.tid, ctx.inc, seq, frame, self.rank).encode())
 
@@ -584,9 +627,12 @@ class Node(Site):
 
     def _on_fetch(self, src: int, msg: P.Fetch) -> None:
         got = self.copies.entry(msg.tid, msg.seq)
-        self.transport.post(msg.to, P.Copy(msg.tid, msg.seq, None if got is None
-                                           else wire.as_blob_frame(got[1]),
-                                           -1 if got is None else got[0]).encode())
+        blob = None if got is None else got[1]
+        if getattr(blob, "shared", False):
+            blob = blob.read()
+        self.transport.post(msg.to, P.Copy(msg.tid, msg.seq, None if blob is None
+                                           else wire.as_blob_frame(blob),
+                                           -1 if blob is None else got[0]).encode())
 
     def _on_copy(self, src: int, msg: P.Copy) -> None:
         """A copy for a restart here, or made again after a loss: held from now on."""
@@ -599,6 +645,8 @@ class Node(Site):
 
     def _on_forget(self, src: int, msg: P.Forget) -> None:
         self.copies.drop(msg.tid)
+        if self._shm is not None:
+            self._shm.drop(msg.tid)
         if self._own_files is not None:
             self._own_files.forget(msg.tid)   # its files: the coordinator's to delete
         with self.lock:
@@ -811,18 +859,31 @@ class Node(Site):
             log.debug("task %d: checkpoint %d skipped: memory for it is made ready",
                       ctx.tid, seq)
             return False
-        big = size >= wire.BLOB_OUT_OF_BAND
-        blob = wire.pack_frames([head, *bufs], mutable=bool(buddy) and big,
-                                into=self.copies.take_spare(ctx.tid) if buddy and big else None)
-        frame = wire.as_blob_frame(blob)
         told = ctx.__dict__.get("_told", 0)
         # with a checkpoint directory it sees, this node writes the file itself
         # (a checkpoint group's epochs that go to disk, too)
         own = self._own_writer() if buddy and self.config.checkpoint_dir \
             and (disk or not group) else None
-        if buddy and (group or (own is not None or not to_store
-                                and not self.config.checkpoint_dir)
-                      and told and (not delivered or told > 1)):
+        untold = buddy and (group or (own is not None or not to_store
+                                      and not self.config.checkpoint_dir)
+                            and told and (not delivered or told > 1))
+        now = time.monotonic()      # a log-mode task's file at most every checkpoint_disk_s
+        to_file = own is not None and (group or now - ctx.__dict__.get(
+            "_own_t", float("-inf")) >= self.config.checkpoint_disk_s)
+        blob = None
+        if untold and not to_file and not disk and self._shm is not None \
+                and buddy not in self._unshared and size < shmcopies.MAX_SIZE:
+            # the buddy on this host reads it from /dev/shm (None: the file cannot be had)
+            blob = self._shm.write(ctx.tid, ctx.inc, seq, [head, *bufs])
+        if blob is None:
+            big = size >= wire.BLOB_OUT_OF_BAND
+            blob = wire.pack_frames([head, *bufs], mutable=bool(buddy) and big,
+                                    into=self.copies.take_spare(ctx.tid) if buddy and big
+                                    else None)
+            frame = wire.as_blob_frame(blob)
+        else:
+            frame = blob
+        if untold:
             # the coordinator is not told (a group's epoch; in log mode without a journal,
             # or with one this node writes the files of itself, a checkpoint after the
             # first and after the first that counts received messages, which it must
@@ -840,9 +901,7 @@ class Node(Site):
                 ctx.__dict__["_keep_delivered"] = (seq, delivered)
             if own is not None:
                 ctx.__dict__["_own"] = True     # its senders forget what a file counts
-                now = time.monotonic()          # (a log-mode task's at most every
-                if group or now - ctx.__dict__.get("_own_t", float("-inf")) \
-                        >= self.config.checkpoint_disk_s:       # checkpoint_disk_s)
+                if to_file:
                     ctx.__dict__["_own_t"] = now
                     self.copies.pin(blob)       # not a spare until written
                     own.write(ctx.tid, ctx.inc, seq, blob)

@@ -310,6 +310,41 @@ class Keep(Message):
         return (30, self.tid, self.inc, self.seq, self.blob, self.ack)
 
 
+class KeepRef(Message):
+    """As KEEP, for a buddy on the same host: the copy is ``size`` bytes in the file
+    ``path`` of /dev/shm (write count ``gen``; clustervm.shmcopies), if the buddy's
+    ``host`` (shmcopies.host_id) is the sender's; else the buddy answers UNSHARED and
+    gets a KEEP (node -> its buddy)."""
+    __slots__ = ("tid", "inc", "seq", "path", "size", "gen", "host", "ack")
+    OP = 41
+    TYPES = (int, int, int, str, int, int, str, int)
+    TO = frozenset({"node"})
+
+    def __init__(self, tid: int, inc: int, seq: int, path: str, size: int, gen: int,
+                 host: str, ack: int) -> None:
+        self.tid, self.inc, self.seq, self.path = tid, inc, seq, path
+        self.size, self.gen, self.host, self.ack = size, gen, host, ack
+
+    def encode(self) -> tuple:
+        return (41, self.tid, self.inc, self.seq, self.path, self.size, self.gen,
+                self.host, self.ack)
+
+
+class Unshared(Message):
+    """This node cannot read your /dev/shm: send copy ``seq`` of incarnation ``inc`` of
+    task ``tid`` as a KEEP, and every copy from now on (buddy -> node, after KEEPREF)."""
+    __slots__ = ("tid", "inc", "seq")
+    OP = 42
+    TYPES = (int, int, int)
+    TO = frozenset({"node"})
+
+    def __init__(self, tid: int, inc: int, seq: int) -> None:
+        self.tid, self.inc, self.seq = tid, inc, seq
+
+    def encode(self) -> tuple:
+        return (42, self.tid, self.inc, self.seq)
+
+
 class Held(Message):
     """This node holds a copy of checkpoint ``seq`` of task ``tid`` (incarnation ``inc``;
     -1: a copy another node sent with a COPY) (buddy -> coordinator, or -> the node that
@@ -512,14 +547,14 @@ def _decode_user(t: tuple) -> User:
 KINDS: tuple[type[Message], ...] = (Hello, Done, Exited, Req, Heartbeat, Bye, Run, Spawn,
                                     Kill, Reply, Loc, Shutdown, Cancel, User,
                                     Keep, Held, Fetch, Copy, Restored, Forget, Mark,
-                                    AskHeld, Holding, Buddy, Bell)
+                                    AskHeld, Holding, Buddy, Bell, KeepRef, Unshared)
 
 # the op codes by name (P.USER, ...), as tests and tools spell them
 HELLO, DONE, EXITED, REQ, HEARTBEAT, BYE = (k.OP for k in KINDS[:6])
 RUN, SPAWN, KILL, REPLY, LOC, SHUTDOWN, CANCEL = (k.OP for k in KINDS[6:13])
 USER = User.OP
 KEEP, HELD, FETCH, COPY, RESTORED, FORGET, MARK = (k.OP for k in KINDS[14:21])
-ASKHELD, HOLDING, BUDDY, BELL = (k.OP for k in KINDS[21:25])
+ASKHELD, HOLDING, BUDDY, BELL, KEEPREF, UNSHARED = (k.OP for k in KINDS[21:27])
 
 _new = object.__new__
 

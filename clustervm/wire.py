@@ -500,14 +500,23 @@ def _page_matched(blob: Any, head: bytes, views: list[memoryview]) -> Any:
     base = getattr(blob, "base", None)
     if base is None or _blob_bases.get(id(base)) is not base or not views:
         return blob
-    import numpy as np
+    shift = (page_offset(views) - base.ctypes.data) % _PAGE
+    return base[shift:shift + len(blob)]
+
+
+def page_offset(frames: Sequence[Any]) -> int:
+    """Where in a page a :func:`pack_frames` blob of ``frames`` best starts: its largest
+    buffer is then copied to the same offset in a page as it comes from (0 if no buffer
+    is big enough to matter)."""
+    views = [memoryview(f).cast("B") for f in frames]
+    if not views:
+        return 0
     i = max(range(len(views)), key=lambda k: views[k].nbytes)
     if views[i].nbytes < _MATCH_MIN:
-        return blob
-    off = len(head) + sum(v.nbytes for v in views[:i])
-    src = np.frombuffer(views[i], np.uint8).ctypes.data
-    shift = (src - base.ctypes.data - off) % _PAGE
-    return base[shift:shift + len(blob)]
+        return 0
+    import numpy as np
+    off = _FRAMES.size + 8 * len(views) + sum(v.nbytes for v in views[:i])
+    return (np.frombuffer(views[i], np.uint8).ctypes.data - off) % _PAGE
 
 
 _BIG_COPY = 1 << 20

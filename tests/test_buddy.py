@@ -38,17 +38,31 @@ def test_undisturbed_ring_jobs_give_the_computed_result(mode):
     assert res.line("ring:") == expected() == "ring: tasks=4 steps=240 digest=3e54494a3fa577c8"
 
 
-def test_node_killed_restarts_from_its_buddys_copy(job, tmp_path):
+def _shm_copies(pid: int) -> set[str]:
+    """The checkpoint files of /dev/shm (clustervm.shmcopies) process ``pid`` maps."""
+    with open(f"/proc/{pid}/maps") as f:
+        return {ln.split()[-1] for ln in f if "/dev/shm/cvm-ck-" in ln}
+
+
+@pytest.mark.parametrize("shm", ["1", "0"])
+def test_node_killed_restarts_from_its_buddys_copy(job, tmp_path, shm):
     """Memory only: the node of task 0 dies; its task restarts from the copy its buddy
     holds (no checkpoint went to the coordinator), the result is exact, and the report
-    says when the task ran again."""
+    says when the task ran again. The buddies are on this host, so the copies are files
+    in /dev/shm their nodes wrote (CLUSTERVM_SHM_COPIES=1, the default: the killed node
+    had them mapped, and none is left after the job), or went over MPI (0)."""
     want = expected()
-    j = job([RING, *ARGS, "--markers", str(tmp_path)], n=5, timeout=TIMEOUT)
+    j = job([RING, *ARGS, "--markers", str(tmp_path)], n=5, timeout=TIMEOUT,
+            env={"CLUSTERVM_SHM_COPIES": shm})
     got = wait_for(lambda: (lambda m: m if len(m) == 4 else None)(
         ranks_with_checkpoints(tmp_path, 3)), "3 checkpoints of every task", j)
     victim = got[0]
-    os.kill(j.rank_pids(count=5)[victim], signal.SIGKILL)
+    pid = j.rank_pids(count=5)[victim]
+    files = _shm_copies(pid)
+    assert bool(files) == (shm == "1"), files
+    os.kill(pid, signal.SIGKILL)
     res = j.wait()
+    assert not [f for f in files if os.path.exists(f)], files
     assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
     assert res.line("ring:") == want
     rep = report(res.err)

@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     # observers read the view the runtime hands them; they never reach into the shells
     ("observers", {"monitor", "trace", "dashboard", "status"}),
     # what both shells share: a rank's mailboxes and task locations, the files on disk
-    ("site", {"site", "checkpoint", "copies", "journal", "syncs", "nodefiles"}),
+    ("site", {"site", "checkpoint", "copies", "journal", "syncs", "nodefiles", "shmcopies"}),
     # what a task holds: its context, requests, frozen groups, futures
     ("tasks", {"current", "requests", "task", "fastgroup", "futures"}),
     # the coordinator and node processes around the core

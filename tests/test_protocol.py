@@ -42,6 +42,8 @@ SAMPLES: dict[type[P.Message], P.Message] = {
     P.Cancel: P.Cancel(12),
     P.User: P.User(7, 8, 1, {"k": [1, 2.5, None, (1, 2), {3, 4}, frozenset({5})]}, 0, 7),
     P.Keep: P.Keep(20, 1, 3, b"\x01\x02" * 10, 2),
+    P.KeepRef: P.KeepRef(20, 1, 3, "/dev/shm/cvm-ck-j-1-20-1-0", 4096, 7, "boot:1.2:3.4", 2),
+    P.Unshared: P.Unshared(20, 1, 3),
     P.Held: P.Held(20, 1, 3),
     P.Fetch: P.Fetch(20, 3, 2),
     P.Copy: P.Copy(20, 3, b"\x05" * 9, 1),
