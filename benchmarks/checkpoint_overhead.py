@@ -22,6 +22,10 @@ steps against ``--checkpoint-every 0``, for two stores:
   ``dir-coordinator``: a directory and ``CLUSTERVM_NODE_FILES=0`` (every checkpoint
   sent to the coordinator, which writes it: how a node that does not see the directory
   works, and how every node did before the nineteenth session; a detail line only).
+  With ``--mpi-copies`` another, ``memory-mpi``: in memory with
+  ``CLUSTERVM_SHM_COPIES=0`` (each checkpoint's copy sent to the buddy over MPI, as a
+  buddy on another host gets it, and as every buddy did before the twentieth session;
+  a detail line only).
 
 Runs are interleaved (each round runs every variant, the order of the pair
 alternating from round to round, so drifts of a shared box's load hit both
@@ -79,8 +83,10 @@ RUNNING = re.compile(r"running again from checkpoints after loss detected: node 
 STORES = ("memory", "dir")
 SYNC0 = "dir-sync0"     # --sync-every-checkpoint: CLUSTERVM_CHECKPOINT_SYNC_S=0
 COORD = "dir-coordinator"   # --coordinator-writes: CLUSTERVM_NODE_FILES=0
+MPI_COPIES = "memory-mpi"   # --mpi-copies: CLUSTERVM_SHM_COPIES=0
 #: the detail stores: what each sets
-DETAIL = {SYNC0: ("CLUSTERVM_CHECKPOINT_SYNC_S", "0"), COORD: ("CLUSTERVM_NODE_FILES", "0")}
+DETAIL = {SYNC0: ("CLUSTERVM_CHECKPOINT_SYNC_S", "0"), COORD: ("CLUSTERVM_NODE_FILES", "0"),
+          MPI_COPIES: ("CLUSTERVM_SHM_COPIES", "0")}
 
 
 class Failed(SystemExit):
@@ -91,7 +97,8 @@ def heat2d(a: argparse.Namespace, mode: str, store: str, every: int) -> tuple[fl
     """One job: (the seconds heat2d prints, its checksum line). ``store`` ``memory``,
     ``dir``, ``dir-sync0`` (a directory, every checkpoint synced before it counts) or
     ``dir-coordinator`` (a directory, every checkpoint written by the coordinator)."""
-    ckdir = tempfile.mkdtemp(prefix="cvm-ckbench-") if store != "memory" else None
+    ckdir = tempfile.mkdtemp(prefix="cvm-ckbench-") if not store.startswith("memory") \
+        else None
     env = dict([DETAIL[store]]) if store in DETAIL else None
     try:
         run_args = ("--checkpoint-dir", ckdir) if ckdir else ()
@@ -188,6 +195,10 @@ def main(argv: list[str]) -> int:
                    help="also runs with a directory and CLUSTERVM_NODE_FILES=0 (every "
                         "checkpoint sent to the coordinator, which writes it, as before the "
                         "nineteenth session; a detail line, store=dir-coordinator)")
+    p.add_argument("--mpi-copies", action="store_true",
+                   help="also runs in memory with CLUSTERVM_SHM_COPIES=0 (each checkpoint's "
+                        "copy sent to the buddy over MPI, not through /dev/shm, as before the "
+                        "twentieth session; a detail line, store=memory-mpi)")
     p.add_argument("--modes", default="log,group",
                    help="checkpoint modes, comma-separated: log (each task on its own, "
                         "messages logged) and/or group (spawn(checkpoint='group'))")
@@ -201,7 +212,7 @@ def main(argv: list[str]) -> int:
           f"--checkpoint-every 50 against 0, {a.runs} interleaved run(s); load average "
           f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
     stores = STORES + ((SYNC0,) if a.sync_every_checkpoint else ()) \
-        + ((COORD,) if a.coordinator_writes else ())
+        + ((COORD,) if a.coordinator_writes else ()) + ((MPI_COPIES,) if a.mpi_copies else ())
     variants = [(m, s) for m in modes for s in stores]
     times = {(m, s, e): [] for m, s in variants for e in (0, 50)}
     expected: str | None = None
@@ -229,7 +240,7 @@ def main(argv: list[str]) -> int:
         print(f"{name}: every 50 steps    {spread(on)}")
         print(f"{name}: per-round overhead % min {pairs[0]:+.1f}, median "
               f"{statistics.median(pairs):+.1f}, max {pairs[-1]:+.1f}")
-        if store != "memory" and (mode, "memory", 0) in times:
+        if store not in ("memory", MPI_COPIES) and (mode, "memory", 0) in times:
             # the run without checkpoints pays, with a directory, for what it journals at its
             # end: in log mode its whole replay log, never trimmed (13 MB for heat2d's
             # defaults), which makes it the slower baseline; this says what checkpoints to
@@ -239,7 +250,8 @@ def main(argv: list[str]) -> int:
                   f"against store=memory's; every 50 steps "
                   f"{statistics.median(on) / bare - 1:+.1%} against it")
         if store in DETAIL:
-            print(f"{name}: overhead_pct={pct:.1f} runs={len(on)} (a directory, "
+            where = "in memory" if store == MPI_COPIES else "a directory"
+            print(f"{name}: overhead_pct={pct:.1f} runs={len(on)} ({where}, "
                   f"{'='.join(DETAIL[store])})")
             continue
         lines.append(f"checkpoint mode={mode} store={store} overhead_pct={pct:.1f} "
