@@ -131,6 +131,11 @@ class _Restart:
         return f"node {self.rank} {self.running_s:.3f} s"
 
 
+#: the journal's record of a spawned task going on from a checkpoint as a new incarnation
+#: (its key the tid, its frame [inc, seq]): NodeFiles.restarted
+RESTART = "restart"
+
+
 class Coordinator(CoordinatorAPI, NodeSpawning, Site):
     """Rank 0: schedules tasks onto nodes and recovers them when nodes fail."""
 
@@ -329,6 +334,9 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             # files its lost incarnations' nodes wrote after the checkpoint it starts from
             # again are of a course it no longer takes: never a copy to restore it from
             base = ins.seq if ins.source else ckpt["seqs"]["ckpt"] if ckpt is not None else 0
+            self.node_files.restarted(ins.tid, ins.inc, base)
+            if self.journal is not None:    # for --resume: a hung node may write them later
+                self.journal.append(RESTART, str(ins.tid), [wire.dumps([ins.inc, base])[0]])
             self.node_files.drop(ins.tid, self.core.alive_ranks(), newer_than=base,
                                  below_inc=ins.inc)
         if ins.restart:          # a first placement's LOC went out already (_announce)
@@ -1044,6 +1052,11 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         assert self.journal is not None
         entries = []
         for rec in self.journal.replay():
+            if rec.kind == RESTART:
+                if self.node_files is not None:
+                    inc, base = wire.loads(rec.frames[0], [])
+                    self.node_files.restarted(int(rec.key), inc, base)
+                continue
             if rec.kind == "done":
                 digest, ok, value, *rest = wire.loads(rec.frames[0], rec.frames[1:])
                 entries.append((int(rec.key), digest, ok, value))

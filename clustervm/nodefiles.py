@@ -192,6 +192,8 @@ class NodeFiles:
 
     def __init__(self, directory: str) -> None:
         self.root = _root(directory)
+        #: tid -> [(incarnation, the checkpoint it went on from)] (see restarted)
+        self._courses: dict[int, list[tuple[int, int]]] = {}
 
     def _ranks(self) -> list[int]:
         try:
@@ -199,8 +201,23 @@ class NodeFiles:
         except OSError:
             return []
 
-    def versions(self, tids: Iterable[int]) -> dict[int, list[tuple[int, int, str, int]]]:
-        """Per task of ``tids``: ``(seq, inc, path, rank)`` of every version on disk."""
+    def restarted(self, tid: int, inc: int, base: int) -> None:
+        """Task ``tid`` went on as incarnation ``inc`` from its checkpoint ``base`` (0: the
+        start): a file of an older incarnation with a later checkpoint is of a course it
+        no longer takes (a node found dead that was only hung, and wrote after it woke),
+        never a version to restore it from (the coordinator journals these: ``--resume``
+        knows them too)."""
+        self._courses.setdefault(tid, []).append((inc, base))
+
+    def on_course(self, tid: int, seq: int, inc: int) -> bool:
+        """Is version ``seq`` of incarnation ``inc`` of task ``tid`` on the task's course
+        (see :meth:`restarted`)?"""
+        return not any(inc < rinc and seq > base for rinc, base in self._courses.get(tid, ()))
+
+    def versions(self, tids: Iterable[int], every: bool = False
+                 ) -> dict[int, list[tuple[int, int, str, int]]]:
+        """Per task of ``tids``: ``(seq, inc, path, rank)`` of every version on disk on the
+        task's course (``every``: off it too)."""
         want = set(tids)
         out: dict[int, list[tuple[int, int, str, int]]] = {}
         for rank in self._ranks():
@@ -211,7 +228,8 @@ class NodeFiles:
                 continue
             for key, seq, path in found:
                 got = _parse(key)
-                if got is not None and got[0] in want:
+                if got is not None and got[0] in want and (
+                        every or self.on_course(got[0], seq, got[1])):
                     out.setdefault(got[0], []).append((seq, got[1], path, rank))
         return out
 
@@ -254,7 +272,7 @@ class NodeFiles:
         again from, of incarnations before ``below_inc`` (a node alive deletes its own:
         OwnFiles.forget_after)."""
         alive = set(alive)
-        for seq, inc, path, rank in self.versions([tid]).get(tid, []):
+        for seq, inc, path, rank in self.versions([tid], every=True).get(tid, []):
             if rank in alive:
                 continue
             if newer_than is not None and (seq <= newer_than

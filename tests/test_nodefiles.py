@@ -152,6 +152,32 @@ def test_the_coordinator_deletes_a_lost_nodes_files_of_a_course_not_taken(tmp_pa
         w.files.close(5)
 
 
+def test_a_file_written_after_the_task_went_on_without_it_is_never_read(tmp_path):
+    """Task 9 went on from its checkpoint 5 as incarnation 1; its node 1, found dead but
+    only hung, wakes and writes checkpoint 6 of incarnation 0 afterwards (after the
+    coordinator deleted what it found). That file is off the task's course: neither read
+    nor reported, by this run or by a resume that replays the journaled restart; only
+    a drop deletes it."""
+    hung = Writer(tmp_path, rank=1)
+    hung.files.write(9, 0, 5, blob(5))
+    hung.settle()
+    files = nodefiles.NodeFiles(str(tmp_path))
+    files.restarted(9, 1, 5)
+    hung.files.write(9, 0, 6, blob(6))      # late
+    hung.settle()
+    for reader in (files, nodefiles.NodeFiles(str(tmp_path))):
+        if reader is not files:             # --resume: the journal's record replayed
+            reader.restarted(9, 1, 5)
+        assert reader.load(9)[0] == 5 and reader.load(9, 6) is None
+        assert [(t, s, i) for t, s, i, _age in reader.held([9])] == [(9, 5, 0)]
+        assert not reader.on_course(9, 6, 0) and reader.on_course(9, 6, 1)
+    assert sorted(s for s, *_ in files.versions([9], every=True)[9]) == [5, 6]
+    assert nodefiles.NodeFiles(str(tmp_path)).load(9)[0] == 6     # without the record
+    files.drop(9, alive=[])
+    assert files.versions([9], every=True) == {}
+    hung.files.close(5)
+
+
 def test_a_blob_being_written_never_becomes_the_next_checkpoints_memory():
     copies = Copies()
     blobs = [wire.blob_memory(1 << 16) for _ in range(4)]
