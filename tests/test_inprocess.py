@@ -965,6 +965,48 @@ def test_resume_reuses_journaled_results(tmp_path):
     assert 4 <= reused < 12, reused
 
 
+def test_resume_never_takes_a_file_a_hung_node_wrote_after_its_task_went_on(
+        tmp_path, monkeypatch):
+    """A node is lost and its ring task goes on elsewhere from a checkpoint (the
+    coordinator journals where from); the job then stops. A late file of the lost
+    incarnation, newer than that checkpoint, appears in the lost node's directory (a
+    node found dead that was only hung, and wrote when it woke): ``--resume`` leaves it
+    out and gives the undisturbed result (before, it took the newest file)."""
+    from clustervm import journal as J
+    from clustervm import nodefiles
+    from clustervm.coordinator import RESTART
+    from clustervm.wire import loads
+    monkeypatch.setenv("CLUSTERVM_JOB_KEY", "test-late-file")      # nodes write files
+
+    def main(vm, kill=None):
+        tids = vm.spawn(ring, 3000, 7, count=4)
+        if kill is not None:
+            vm.get_info("ring-half", wait=True, timeout=20)
+            kill(2)
+            deadline = time.monotonic() + 20
+            while not ivm.coordinator.stats["ckpt_restored"] and time.monotonic() < deadline:
+                time.sleep(0.005)
+            raise SystemExit(3)
+        return [vm.join(t) for t in tids]
+    expected, _ = run_vm(main, nodes=3)
+    ck = str(tmp_path / "ck")
+    ivm = InProcessVM(3, test_config(checkpoint_dir=ck))
+    with pytest.raises(SystemExit):
+        ivm.run(lambda vm: main(vm, ivm.kill))
+    restarts = [(int(r.key), *loads(r.frames[0], [])) for r in J.Journal(ck).replay()
+                if r.kind == RESTART]
+    assert restarts, "no restart journaled"
+    late = nodefiles.OwnFiles(ck, 2, lambda *a: None, lambda b: None)
+    for tid, inc, base in restarts:
+        late.write(tid, inc - 1, base + 1000, b"not a checkpoint of this course")
+    assert late.flush(10)
+    late.close(5)
+    ivm2 = InProcessVM(3, test_config(checkpoint_dir=ck, resume=True))
+    assert ivm2.run(main) == expected
+    files = ivm2.coordinator.node_files
+    assert all(not files.on_course(tid, base + 1000, inc - 1) for tid, inc, base in restarts)
+
+
 def test_add_nodes_takes_spares_first_and_spawns_nothing_in_process():
     def main(vm):
         before = vm.workers
