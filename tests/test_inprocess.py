@@ -519,10 +519,9 @@ def test_two_nodes_killed_at_once(tmp_path):
     assert len(lost(ivm.coordinator)) == 2
 
 
-def test_spawned_task_restarts_from_checkpoint_with_replayed_messages():
-    """A ring of spawned tasks checkpointing every few rounds; a node dies mid-ring: its
-    task restarts from its checkpoint, the senders replay what it had not received,
-    and every value is the undisturbed one."""
+def ring_killed_half_way() -> tuple[list, list, InProcessVM]:
+    """A ring of 4 spawned tasks on 3 nodes, run undisturbed and then with node 2 killed
+    half way: (the undisturbed results, the results with the kill, that run's VM)."""
     def main(vm, kill=None):
         tids = vm.spawn(ring, 60, 7, count=4)
         if kill is not None:
@@ -531,7 +530,14 @@ def test_spawned_task_restarts_from_checkpoint_with_replayed_messages():
         return [vm.join(t) for t in tids]
     expected, _ = run_vm(main, nodes=3)
     ivm = InProcessVM(3, test_config())
-    got = ivm.run(lambda vm: main(vm, ivm.kill))
+    return expected, ivm.run(lambda vm: main(vm, ivm.kill)), ivm
+
+
+def test_spawned_task_restarts_from_checkpoint_with_replayed_messages():
+    """A ring of spawned tasks checkpointing every few rounds; a node dies mid-ring: its
+    task restarts from its checkpoint, the senders replay what it had not received,
+    and every value is the undisturbed one."""
+    expected, got, ivm = ring_killed_half_way()
     assert got == expected
     coord = ivm.coordinator
     assert list(lost(coord)) == [2] and coord.stats["rerun"] >= 1

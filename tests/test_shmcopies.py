@@ -168,10 +168,9 @@ def test_a_killed_nodes_task_restarts_from_its_buddys_copy(monkeypatch, same_hos
     with every node on its own host (another host id each) each buddy answers UNSHARED
     once and gets the bytes over the transport from then on. Both give the undisturbed
     result, and leave no file behind."""
-    from test_inprocess import lost, ring
+    from test_inprocess import lost, ring_killed_half_way
 
     from clustervm.node import Node
-    from clustervm.testing.inprocess import InProcessVM, run_vm, test_config
 
     job = f"test-{secrets.token_hex(4)}"
     monkeypatch.setenv("CLUSTERVM_JOB_KEY", job)
@@ -189,15 +188,7 @@ def test_a_killed_nodes_task_restarts_from_its_buddys_copy(monkeypatch, same_hos
     monkeypatch.setattr(Node, "_on_unshared", counting("unshared", Node._on_unshared))
     monkeypatch.setattr(Node, "_on_keep", counting("keep", Node._on_keep))
 
-    def main(vm, kill=None):
-        tids = vm.spawn(ring, 60, 7, count=4)
-        if kill is not None:
-            vm.get_info("ring-half", wait=True, timeout=20)
-            kill(2)
-        return [vm.join(t) for t in tids]
-    expected, _ = run_vm(main, nodes=3)
-    ivm = InProcessVM(3, test_config())
-    got = ivm.run(lambda vm: main(vm, ivm.kill))
+    expected, got, ivm = ring_killed_half_way()
     assert got == expected
     coord = ivm.coordinator
     assert list(lost(coord)) == [2]
