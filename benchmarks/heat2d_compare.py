@@ -1,6 +1,7 @@
 """heat2d end to end: the same halo-exchange algorithm against clustervm and raw mpi4py.
 
     python benchmarks/heat2d_compare.py [--tasks 2] [--size 256] [--steps 2000] [--repeat 5]
+                                        [--checkpoint-mode log|group]
 
 clustervm: ``clustervm run -n K+1 examples/heat2d.py --tasks K --checkpoint-every 0``
 (K spawned tasks, one per node, plus the coordinator); mpi4py: K ranks running
@@ -9,6 +10,11 @@ solve from its start to the gathered grid (clustervm: spawn to the last join);
 MPI_Init and interpreter start are outside both. Runs are interleaved; medians.
 Checks that both give the same checksum, then prints
 ``heat2d clustervm_s=<float> mpi4py_s=<float> ratio=<float>``.
+
+``--checkpoint-mode`` is heat2d's (``spawn(..., checkpoint=...)``): ``log``, the
+default, keeps every halo row a task sends in its replay log (never trimmed without
+checkpoints), so that a lost task can be replayed from the start; ``group`` logs
+nothing (a lost task's whole group starts again together).
 """
 from __future__ import annotations
 
@@ -23,7 +29,8 @@ from _util import BIN, PY, run
 def clustervm_run(a: argparse.Namespace) -> tuple[float, str]:
     rc, out, err, _ = run([PY, "-m", "clustervm", "run", "-n", str(a.tasks + 1), "--timeout",
                            "300", "examples/heat2d.py", "--tasks", str(a.tasks), "--size",
-                           str(a.size), "--steps", str(a.steps), "--checkpoint-every", "0"],
+                           str(a.size), "--steps", str(a.steps), "--checkpoint-every", "0",
+                           "--checkpoint-mode", a.checkpoint_mode],
                           timeout=330)
     m = re.search(r"^heat2d: .* ([0-9.]+) s$", out, re.MULTILINE)
     if rc != 0 or not m:
@@ -47,6 +54,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--checkpoint-mode", choices=("log", "group"), default="log",
+                   help="heat2d's: log (replay log kept, the default) or group (no log)")
     a = p.parse_args(argv)
     ours, theirs = [], []
     for i in range(a.repeat):
