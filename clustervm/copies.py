@@ -1,8 +1,8 @@
 """The checkpoint copies a node holds in memory: its own tasks' and its buddies'.
 
 The buddy store (issue 14): a spawned task's checkpoint stays on the node that
-took it, and one copy goes to a *buddy* node (the next live node after it, as
-the coordinator says); the coordinator only records which checkpoint of which
+took it, and one copy goes to a *buddy* node (on another host if there is one,
+else the next live node after it, as the coordinator says: Core._next_alive); the coordinator only records which checkpoint of which
 task is held where. When a node is lost, its tasks restart on a node that holds
 their copy (or get it from one), so no checkpoint crosses rank 0.
 

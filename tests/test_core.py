@@ -455,6 +455,26 @@ def test_a_buddy_copy_is_acknowledged_once_the_buddy_holds_it() -> None:
     assert core.stats["ckpt_written"] == 3
 
 
+def test_copies_go_to_nodes_on_another_host_spread_over_them() -> None:
+    """A node's buddy is on another host when there is one (a lost host then takes no
+    task's both copies), each host's nodes spread over the other's; with one host left,
+    the next node alive; the nodes are told when theirs changes."""
+    core = Core(range(1, 5))
+
+    def told(out: list) -> dict:
+        return {i.rank: i.buddy for i in of(out, I.TellBuddy)}
+    core.handle(*(E.NodeHello(r, h, 100 + r, 0.0)
+                  for r, h in ((1, "a"), (2, "a"), (3, "b"), (4, "b"))))
+    assert {r: core._buddy_of(r) for r in range(1, 5)} == {1: 3, 2: 4, 3: 1, 4: 2}
+    assert told(lose(core, E.NodeLost(3, LossCause.ULFM, 1.0))) == {1: 4, 4: 1}
+    assert told(lose(core, E.NodeLost(4, LossCause.ULFM, 2.0))) == {1: 2, 2: 1}
+    one = up(4)                     # every node on a host of its own: the next one
+    assert [one._buddy_of(r) for r in range(1, 5)] == [2, 3, 4, 1]
+    same = Core(range(1, 4))
+    same.handle(*(E.NodeHello(r, "h", 100 + r, 0.0) for r in range(1, 4)))
+    assert [same._buddy_of(r) for r in range(1, 4)] == [2, 3, 1]
+
+
 def test_a_buddy_lost_before_it_holds_the_copy_is_not_waited_for() -> None:
     core = up(3)
     r = spawned_on(core, 50)

@@ -45,6 +45,8 @@ from clustervm.testing import netns
 from clustervm.testing.netns import TestHosts
 from conftest import (EXAMPLES, MARK, ROOT, hang_before_mpi_init, pi_line, run_job,
                       without_options)
+from ring_drills import RING, ranks_with_checkpoints
+from ring_drills import expected as ring_expected
 
 _OK, _WHY = netns.available()
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
@@ -337,6 +339,32 @@ def test_nodes_on_two_other_hosts_ring_each_other_after_a_quiet_spell(hosts, tmp
     assert res.returncode == 0 and not res.timed_out, res
     assert res.leftovers == {}, res
     assert "pair rung=yes" in res.stdout, res
+
+
+def test_a_hosts_nodes_killed_at_once_restart_from_copies_on_other_hosts(hosts, tmp_path):
+    """A node's checkpoint copies go to a node on another host (Core._next_alive): both
+    nodes of host 2 (ranks 4 and 5, each running a ring task) SIGKILLed at once, without
+    a checkpoint directory (``--restarts 0``: no supervisor, so no job directory either),
+    take no task's both copies, and the ring goes on from the copies in memory on the
+    other hosts: the undisturbed result. Before, node 4's buddy was node 5, on the same
+    host, and such a job ended with a CheckpointError (checked by hand: status 1). Killing
+    the host's daemon too ends the whole job under PRRTE (test_job_survives_a_host_killed:
+    the supervisor starts it again from its directory)."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    args = ["--tasks", "5", "--steps", "240", "--every", "10", "--step-ms", "8"]
+    job = start(hosts, tmp_path, [RING, *args, "--markers", str(marks)], "--restarts", "0")
+    wait_for(lambda: len(ranks_with_checkpoints(marks, 3)) == 5, "3 checkpoints of every task",
+             job, timeout=90)
+    killed = hosts.kill_ranks(VICTIM)
+    assert len(killed) == 2, killed
+    res = job.wait()
+    assert res.returncode == 0 and not res.timed_out, res
+    assert res.leftovers == {}, res
+    assert result_line(res.stdout, "ring:") == ring_expected(args)
+    rep = [ln for ln in res.stderr.splitlines() if "clustervm report:" in ln]
+    assert rep and "2 node(s) lost" in rep[-1] and re.search(r"[1-9]\d* restored", rep[-1]), \
+        res.stderr[-6000:]
 
 
 @pytest.mark.parametrize("name", ["pi", "heat2d"])

@@ -1403,18 +1403,30 @@ class Core:
         self._out.append(I.CopyCheckpoint(src, t.tid, seq, to))
 
     def _buddy_of(self, rank: int) -> int:
-        """The node that keeps copies of ``rank``'s checkpoints: the next alive node in
-        rank order (wrapping round); 0 (none: the coordinator keeps them) if it is alone."""
+        """The node that keeps copies of ``rank``'s checkpoints (see :meth:`_next_alive`);
+        0 (none: the coordinator keeps them) if it is alone."""
         return self._next_alive(rank, (rank,))
 
     def _next_alive(self, rank: int, skip: Any) -> int:
-        """The first alive node after ``rank`` in rank order, wrapping round, that is not
-        in ``skip``; 0 if there is none."""
-        others = [r for r in self._alive if r not in skip]
+        """An alive node not in ``skip`` for copies of ``rank``'s checkpoints: on another
+        host than ``rank``'s if there is one (the loss of a host then takes no task's
+        both copies), the ``k``-th after ``rank`` in rank order among those, wrapping
+        round, where ``rank`` is the ``k``-th node alive on its host (each host's nodes
+        spread their copies over the other hosts' nodes); else the next alive node after
+        ``rank``. 0 if there is none."""
+        alive = self._alive
+        others = sorted(r for r in alive if r not in skip)
         if not others:
             return 0
+        me = self.nodes.get(rank)
+        host = me.host if me is not None else None
+        apart = [r for r in others if alive[r].host != host]
+        if apart:
+            k = sum(1 for r, n in alive.items() if r < rank and n.host == host)
+            ring = [r for r in apart if r > rank] + [r for r in apart if r < rank]
+            return ring[k % len(ring)]
         later = [r for r in others if r > rank]
-        return min(later) if later else min(others)
+        return later[0] if later else others[0]
 
     def _copies_lost(self, rank: int) -> None:
         """Node ``rank`` is lost: so are the checkpoint copies it held. A pending
