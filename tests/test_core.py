@@ -50,7 +50,7 @@ def submit(core: Core, *tids: int, parent: int = 1, now: float = 0.0, where=None
 
 
 def test_core_imports_no_io() -> None:
-    allowed = {"__future__", "dataclasses", "enum", "heapq", "collections", "typing",
+    allowed = {"__future__", "bisect", "dataclasses", "enum", "heapq", "collections", "typing",
                "clustervm.errors", "clustervm.protocol",
                # the groups' reductions and the copies of values they keep (pure)
                "clustervm.reduce", "clustervm.values"}

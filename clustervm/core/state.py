@@ -14,6 +14,7 @@ is O(log n), never a scan of every node; a dispatch runs once per
 """
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from heapq import heapify, heappop, heappush
 from typing import Any, Callable, Iterable
@@ -34,6 +35,26 @@ _ALIVE, _SPARE, _STARTING = NodeState.ALIVE, NodeState.SPARE, NodeState.STARTING
 _DEAD, _LEFT = NodeState.DEAD, NodeState.LEFT
 _PENDING, _RUNNING = TaskState.PENDING, TaskState.RUNNING
 _SHORT, _SPAWNED = TaskKind.SHORT, TaskKind.SPAWNED
+
+
+
+def _buddies(alive: dict[int, "Node"]) -> dict[int, int]:
+    """Every alive node's buddy (see Core._buddy_of), in one pass: O(hosts x nodes)."""
+    order = sorted(alive)
+    if len(order) < 2:
+        return {r: 0 for r in order}
+    by_host: dict[str, list[int]] = {}
+    for r in order:
+        by_host.setdefault(alive[r].host, []).append(r)
+    if len(by_host) in (1, len(order)):     # one host, or a host each: the next node
+        return {r: order[(i + 1) % len(order)] for i, r in enumerate(order)}
+    out = {}
+    for mine in by_host.values():
+        ours = set(mine)
+        apart = [r for r in order if r not in ours]
+        for k, r in enumerate(mine):
+            out[r] = apart[(bisect.bisect_right(apart, r) + k) % len(apart)]
+    return out
 
 
 class Node:
@@ -205,6 +226,11 @@ class Core:
         self._asks: dict[int, _Ask] = {}
         self._qid = 0
         self._buddies_changed = False
+        #: the nodes alive change: counted, and each one's buddy worked out again once
+        #: asked for (_buddy_of)
+        self._alive_ver = 0
+        self._buddies_ver = -1
+        self._buddies: dict[int, int] = {}
         self.journal_done: dict[int, tuple[int, bool, Any]] = {}
         self.spawning = 0                       # replacements asked for, not started yet
         #: the VM-wide mailbox (put_info / get_info): name -> value, and who waits for a name
@@ -361,8 +387,10 @@ class Core:
         if state is _ALIVE:
             if n.rank not in self._alive:
                 self._alive[n.rank] = n
+                self._alive_ver += 1
                 self._buddies_changed = True
         elif self._alive.pop(n.rank, None) is not None:
+            self._alive_ver += 1
             self._buddies_changed = True
         if state is _SPARE:
             self._spares[n.rank] = n
@@ -479,6 +507,7 @@ class Core:
         for rank, cause, detail in lost:
             n = self._alive.pop(rank, None)
             if n is not None:
+                self._alive_ver += 1
                 n.cause, n.detail = cause, detail     # said if no node is left
 
     def _lost_event(self, ev: E.NodeLost) -> None:
@@ -1403,30 +1432,30 @@ class Core:
         self._out.append(I.CopyCheckpoint(src, t.tid, seq, to))
 
     def _buddy_of(self, rank: int) -> int:
-        """The node that keeps copies of ``rank``'s checkpoints (see :meth:`_next_alive`);
-        0 (none: the coordinator keeps them) if it is alone."""
-        return self._next_alive(rank, (rank,))
+        """The node that keeps copies of ``rank``'s checkpoints: on another host than
+        ``rank``'s if there is one (the loss of a host's nodes then takes no task's both
+        copies), else the next alive node in rank order, wrapping round; 0 (none: the
+        coordinator keeps them) if it is alone. Each host's nodes spread their copies
+        over the other hosts' nodes: the ``k``-th node alive on a host sends its copies
+        to the ``k``-th node after it, in rank order, of those on other hosts."""
+        if self._buddies_ver != self._alive_ver:
+            self._buddies_ver = self._alive_ver
+            self._buddies = _buddies(self._alive)
+        got = self._buddies.get(rank)
+        return got if got is not None else self._next_alive(rank, (rank,))
 
     def _next_alive(self, rank: int, skip: Any) -> int:
-        """An alive node not in ``skip`` for copies of ``rank``'s checkpoints: on another
-        host than ``rank``'s if there is one (the loss of a host then takes no task's
-        both copies), the ``k``-th after ``rank`` in rank order among those, wrapping
-        round, where ``rank`` is the ``k``-th node alive on its host (each host's nodes
-        spread their copies over the other hosts' nodes); else the next alive node after
-        ``rank``. 0 if there is none."""
+        """The first alive node after ``rank`` in rank order, wrapping round, that is not
+        in ``skip``, on another host than ``rank``'s if there is one; 0 if there is none."""
         alive = self._alive
-        others = sorted(r for r in alive if r not in skip)
+        others = [r for r in alive if r not in skip]
         if not others:
             return 0
         me = self.nodes.get(rank)
         host = me.host if me is not None else None
-        apart = [r for r in others if alive[r].host != host]
-        if apart:
-            k = sum(1 for r, n in alive.items() if r < rank and n.host == host)
-            ring = [r for r in apart if r > rank] + [r for r in apart if r < rank]
-            return ring[k % len(ring)]
+        others = [r for r in others if alive[r].host != host] or others
         later = [r for r in others if r > rank]
-        return later[0] if later else others[0]
+        return min(later) if later else min(others)
 
     def _copies_lost(self, rank: int) -> None:
         """Node ``rank`` is lost: so are the checkpoint copies it held. A pending
