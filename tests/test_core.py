@@ -475,6 +475,22 @@ def test_copies_go_to_nodes_on_another_host_spread_over_them() -> None:
     assert [same._buddy_of(r) for r in range(1, 4)] == [2, 3, 1]
 
 
+def test_nodes_lost_together_or_by_heartbeat_tell_the_others_their_new_buddy() -> None:
+    """Nodes found lost together (one call of handle, as ULFM reports them), and a node
+    found silent, leave the alive ones before they are failed over: the nodes whose
+    buddy they were are told their new one. (Before, those nodes kept their dead buddy:
+    a checkpoint group's epochs, which no answer carries a buddy in, were then held on
+    their own node only.)"""
+    core = up(4)
+    out = lose(core, E.NodeLost(2, LossCause.ULFM, 1.0), E.NodeLost(3, LossCause.ULFM, 1.0))
+    assert {i.rank: i.buddy for i in of(out, I.TellBuddy)} == {1: 4}
+    core = up(4, heartbeat_s=2.0)
+    core.handle(*(E.HeartbeatHeard(r, 1.0 if r == 2 else 2.5) for r in range(1, 5)))
+    out = lose(core, E.Tick(3.1))
+    assert [d.rank for d in of(out, I.NodeDown)] == [2]
+    assert {i.rank: i.buddy for i in of(out, I.TellBuddy)} == {1: 3}
+
+
 def test_a_buddy_lost_before_it_holds_the_copy_is_not_waited_for() -> None:
     core = up(3)
     r = spawned_on(core, 50)

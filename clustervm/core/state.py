@@ -508,6 +508,7 @@ class Core:
             n = self._alive.pop(rank, None)
             if n is not None:
                 self._alive_ver += 1
+                self._buddies_changed = True          # (_set_state finds it gone)
                 n.cause, n.detail = cause, detail     # said if no node is left
 
     def _lost_event(self, ev: E.NodeLost) -> None:
