@@ -383,6 +383,22 @@ def test_shutdown_stops_placement_and_requeue() -> None:
     assert core.nodes[2].state is NodeState.LEFT
 
 
+def test_a_node_gone_at_shutdown_with_nothing_to_do_left() -> None:
+    """After failures no rank calls MPI_Finalize, so ULFM may report a node that exits at
+    the job's end before its goodbye is handled: with nothing left to do it counts as
+    having left, not as lost (seen once: a report of "3 node(s) lost" for 2 killed). A
+    node with work, or one found hung, is still lost."""
+    core = up(3)
+    submit(core, 10)
+    busy = core.tasks[10].node
+    idle = next(r for r in (1, 2, 3) if r != busy)
+    core.handle(E.ShutdownBegun(1.0))
+    assert not of(core.handle(E.NodeLost(idle, LossCause.ULFM, 1.1)), I.NodeDown)
+    assert core.nodes[idle].state is NodeState.LEFT
+    assert of(core.handle(E.NodeLost(busy, LossCause.ULFM, 1.2)), I.NodeDown)
+    assert core.nodes[busy].state is NodeState.DEAD
+
+
 def test_a_task_state_is_an_enum() -> None:
     core = up(1)
     submit(core, 10)

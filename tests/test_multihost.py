@@ -363,8 +363,12 @@ def test_a_hosts_nodes_killed_at_once_restart_from_copies_on_other_hosts(hosts, 
     assert res.leftovers == {}, res
     assert result_line(res.stdout, "ring:") == ring_expected(args)
     rep = [ln for ln in res.stderr.splitlines() if "clustervm report:" in ln]
-    assert rep and "2 node(s) lost" in rep[-1] and re.search(r"[1-9]\d* restored", rep[-1]), \
-        res.stderr[-6000:]
+    # (once a third node, whose work was done, was also reported lost at the job's end:
+    # ranks that skip MPI_Finalize after failures look failed to ULFM, and its goodbye
+    # was not handled yet; such a node now counts as having left: docs/status.md item 10)
+    assert rep and re.search(r"[1-9]\d* restored", rep[-1]), res.stderr[-6000:]
+    for rank in (4, 5):
+        assert re.search(rf"node {rank} \(host [^)]*\) at [0-9.]+ s by MPI", rep[-1]), rep[-1]
 
 
 @pytest.mark.parametrize("name", ["pi", "heat2d"])

@@ -519,6 +519,14 @@ class Core:
         n = self.nodes.get(rank)
         if n is None or n.state is _DEAD or n.state is _LEFT:
             return
+        if self.stopping and not cause.hung and n.state is not _STARTING \
+                and not n.inflight and not n.spawned:
+            # told to leave with nothing left to do, and gone: it left (after failures no
+            # rank calls MPI_Finalize, so ULFM may report a node that exits before its
+            # goodbye is handled here)
+            self._set_state(n, _LEFT)
+            self.groups.node_lost(rank)
+            return
         out = self._out
         was_spare = n.state is _SPARE
         n.cause, n.detail, n.lost_at = cause, detail, now
