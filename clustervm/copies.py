@@ -2,9 +2,10 @@
 
 The buddy store (issue 14): a spawned task's checkpoint stays on the node that
 took it, and one copy goes to a *buddy* node (on another host if there is one,
-else the next live node after it, as the coordinator says: Core._next_alive); the coordinator only records which checkpoint of which
-task is held where. When a node is lost, its tasks restart on a node that holds
-their copy (or get it from one), so no checkpoint crosses rank 0.
+else the next live node after it, as the coordinator says: Core._buddy_of); the
+coordinator only records which checkpoint of which task is held where. When a node
+is lost, its tasks restart on a node that holds their copy (or get it from one), so
+no checkpoint crosses rank 0.
 
 A copy is the blob the owner's node encoded (``wire.pack_frames`` of the
 checkpoint's frames), kept as it is: it is decoded only to restore. Each task

@@ -37,7 +37,6 @@ _PENDING, _RUNNING = TaskState.PENDING, TaskState.RUNNING
 _SHORT, _SPAWNED = TaskKind.SHORT, TaskKind.SPAWNED
 
 
-
 def _buddies(alive: dict[int, "Node"]) -> dict[int, int]:
     """Every alive node's buddy (see Core._buddy_of), in one pass: O(hosts x nodes)."""
     order = sorted(alive)
