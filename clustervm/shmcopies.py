@@ -50,6 +50,9 @@ SLOTS = 3
 #: page faults in the task's checkpoint call: 200 MB, 180-250 ms here)
 MAX_SIZE = 32 * 1024 * 1024
 _PAGE = 4096
+#: room a new file leaves free in /dev/shm (MPI's own segments, a spawned node's among
+#: them, are made there too: 16 MiB each with Open MPI)
+RESERVE = 64 * 1024 * 1024
 #: magic, tid, inc, seq, write count, complete (0/1), blob offset, blob size
 _HEADER = struct.Struct("<8sqqqqqqq")
 _MAGIC = b"cvmckpt1"
@@ -211,7 +214,12 @@ class ShmCopies:
                 if slot is not None:
                     slot.close()
                 slots[i] = None
-                slot = _Slot(f"{self._stem}{tid}-{inc}-{i}", size + size // 16)
+                capacity = size + size // 16
+                st = os.statvfs(SHM_DIR)
+                if st.f_bavail * st.f_frsize < capacity + _DATA + _PAGE + RESERVE:
+                    raise OSError(28, f"{st.f_bavail * st.f_frsize >> 20} MiB free, "
+                                      f"{(capacity + RESERVE) >> 20} MiB wanted")
+                slot = _Slot(f"{self._stem}{tid}-{inc}-{i}", capacity)
                 slots[i] = slot
         except OSError as exc:
             if not self._failed:

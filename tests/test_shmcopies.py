@@ -135,6 +135,24 @@ def test_a_full_dev_shm_gives_none_not_a_crash(shm, monkeypatch, caplog):
                 and n.startswith(shmcopies.PREFIX + shm[0])]
 
 
+def test_a_small_dev_shm_keeps_room_for_mpi(shm, monkeypatch, caplog):
+    """A file is made only if /dev/shm keeps RESERVE bytes free after it (MPI's own
+    segments go there too): else the node sends the bytes over MPI, said once."""
+    _, copies = shm
+    real = os.statvfs
+
+    class Small:
+        f_frsize = 4096
+        f_bavail = (shmcopies.RESERVE >> 12) + 8        # 32 KiB more than the reserve
+
+    monkeypatch.setattr(os, "statvfs", lambda path: Small())
+    with caplog.at_level(logging.WARNING, logger="clustervm.shmcopies"):
+        assert copies.write(5, 0, 1, frames_of({"a": np.zeros(100000)})) is None
+    assert "MiB free" in caplog.text and "over MPI" in caplog.text
+    monkeypatch.setattr(os, "statvfs", real)
+    assert copies.write(6, 0, 1, frames_of({"a": np.zeros(10)})) is not None
+
+
 def test_a_node_holds_a_shared_copy_without_a_spare():
     """Copies.put_own of a copy in /dev/shm only holds it: its files are the memory
     used again, so no spare is kept and no thread warms one."""
