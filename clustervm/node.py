@@ -424,10 +424,8 @@ class Node(Site):
             blob = copies.get(tid, seq)
         if ctx.aborted or self.core.stopping:
             return False
-        if getattr(blob, "shared", False):
-            blob = blob.read()      # a copy already (None: the file holds another one now)
-        elif blob is not None:
-            blob = bytearray(blob)  # a task may change its arrays
+        if blob is not None:        # a copy: a task may change its arrays
+            blob = blob.read() if getattr(blob, "shared", False) else bytearray(blob)
         if blob is None:
             log.warning("task %d: node %d holds no copy of its checkpoint %d", tid, source, seq)
             self.transport.post(P.COORDINATOR, P.Restored(tid, ctx.inc, seq, False).encode())
@@ -577,20 +575,16 @@ class Node(Site):
         next checkpoint waits for it."""
         if frame is None:
             frame = self.copies.get(ctx.tid, seq)
+        if getattr(frame, "shared", False) and buddy not in self._unshared:
+            msg: P.Message = P.KeepRef(ctx.tid, ctx.inc, seq, *frame.fields(), self._host,
+                                       self.rank)
+        else:
+            frame = shmcopies.contents(frame)
             if frame is None:
                 return
-        if getattr(frame, "shared", False):
-            if buddy not in self._unshared:
-                ctx.__dict__["_keep_wait"] = (seq, buddy)
-                self.transport.post(buddy, P.KeepRef(ctx.tid, ctx.inc, seq, *frame.fields(),
-                                                     self._host, self.rank).encode())
-                return
-            frame = frame.read()
-            if frame is None:
-                return
-        frame = wire.as_blob_frame(frame)
+            msg = P.Keep(ctx.tid, ctx.inc, seq, wire.as_blob_frame(frame), self.rank)
         ctx.__dict__["_keep_wait"] = (seq, buddy)
-        self.transport.post(buddy, P.Keep(ctx.tid, ctx.inc, seq, frame, self.rank).encode())
+        self.transport.post(buddy, msg.encode())
 
     def _held(self, ctx: TaskContext) -> bool:
         """Is the copy this node last sent the buddy of ``ctx``'s checkpoints held there
@@ -627,9 +621,7 @@ class Node(Site):
 
     def _on_fetch(self, src: int, msg: P.Fetch) -> None:
         got = self.copies.entry(msg.tid, msg.seq)
-        blob = None if got is None else got[1]
-        if getattr(blob, "shared", False):
-            blob = blob.read()
+        blob = None if got is None else shmcopies.contents(got[1])
         self.transport.post(msg.to, P.Copy(msg.tid, msg.seq, None if blob is None
                                            else wire.as_blob_frame(blob),
                                            -1 if blob is None else got[0]).encode())

@@ -38,7 +38,8 @@ from typing import Any, Sequence
 
 from . import wire
 
-__all__ = ["ShmCopies", "ShmRef", "SLOTS", "PREFIX", "host_id", "sweep", "enabled_key"]
+__all__ = ["ShmCopies", "ShmRef", "SLOTS", "PREFIX", "contents", "host_id", "sweep",
+           "enabled_key"]
 
 log = logging.getLogger("clustervm.shmcopies")
 
@@ -76,6 +77,12 @@ def host_id() -> str:
         except OSError:
             parts.append("-")
     return ":".join(parts)
+
+
+def contents(blob: Any) -> Any:
+    """The bytes of a held copy: a :class:`ShmRef`'s, read from its file (None if it
+    holds another checkpoint now, or is gone), or ``blob`` itself."""
+    return blob.read() if type(blob) is ShmRef else blob
 
 
 def enabled_key(job: str | None) -> str | None:
