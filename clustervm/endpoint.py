@@ -14,7 +14,7 @@ This module imports no MPI: the shells type their ``transport`` against it.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, ContextManager, Iterable, Protocol
 
 from . import wire
 from .errors import WireError
@@ -122,6 +122,11 @@ class Endpoint(Protocol):
         """Drive progress until ``predicate()`` is true; False if ``timeout`` passed
         first (or the endpoint closed). A ``background`` waiter (an idle worker) lets
         foreground waiters poll first."""
+
+    def foreground(self) -> ContextManager[None]:
+        """While in it, this thread waits for something else than a message (a frozen
+        group's collective) and calls :meth:`try_poll` now and then: background
+        pollers let it poll for the rank, as while it is in :meth:`wait`."""
 
     def try_poll(self, timeout: float = 0.0) -> int | None:
         """Handle what has arrived if the poller token can be had within ``timeout``:

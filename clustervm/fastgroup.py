@@ -618,6 +618,16 @@ class FrozenGroup:
     def _wait(self, req: MPI.Request, op: str) -> None:
         """Poll ``req`` until done: flat out at first, then with short sleeps; meanwhile
         look out for a lost member, an aborted task and the caller's timeout."""
+        try:
+            if req.Test():
+                return
+        except MPI.Exception as exc:
+            self._break(op, f"MPI reported an error ({exc.Get_error_string()})")
+        transport = self.site.transport
+        with transport.foreground():    # this thread polls for the rank meanwhile
+            self._poll(req, op, transport)
+
+    def _poll(self, req: MPI.Request, op: str, transport: Any) -> None:
         t0 = time.perf_counter()
         polls = 0
         pause = 0.00005
@@ -633,6 +643,7 @@ class FrozenGroup:
             spinning = now - t0 < _SPIN_S
             if spinning and polls % _CHECK_EVERY:
                 continue
+            transport.try_poll()  # messages for this rank (background pollers keep off)
             _yield()              # more ranks than cores: let the others run now and then
             if self.ctx.aborted:
                 self._revoke()

@@ -39,7 +39,8 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Iterable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator
 
 from . import wire
 from .endpoint import Counters, Handler, PeerFailed, dispatch
@@ -384,6 +385,22 @@ class InProcessTransport:
                     self._changes += 1
                     self._cond.notify_all()
 
+    @contextmanager
+    def foreground(self) -> Iterator[None]:
+        with self._cond:
+            self._user_waiters += 1
+        try:
+            yield
+        finally:
+            self._left_foreground()
+
+    def _left_foreground(self) -> None:
+        with self._cond:
+            self._user_waiters -= 1
+            if not self._user_waiters:     # background waiters may poll again
+                self._changes += 1
+                self._cond.notify_all()
+
     def wait(self, predicate: Callable[[], bool], timeout: float | None = None,
              background: bool = False, spin: bool = False) -> bool:
         if predicate():
@@ -411,14 +428,11 @@ class InProcessTransport:
                         return True
                 self._sleep(seen, left)
         finally:
-            with self._cond:
-                if background:
+            if background:
+                with self._cond:
                     self._bg_waiters -= 1
-                else:
-                    self._user_waiters -= 1
-                    if not self._user_waiters:     # background waiters may poll again
-                        self._changes += 1
-                        self._cond.notify_all()
+            else:
+                self._left_foreground()
 
     def _left(self, deadline: float | None) -> float | None:
         """Seconds a waiter has left: None without a deadline, 0.0 once past it or closed."""

@@ -76,7 +76,8 @@ import struct
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Iterable, NamedTuple
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from mpi4py import MPI
 
@@ -1155,6 +1156,19 @@ class Transport:
             # them after every wait made them race the task thread for the GIL and the
             # token on each message: 8 B round trips 230-260 us against 57-85 us (measured)
             waiters.remove(me)
+
+    @contextmanager
+    def foreground(self) -> Iterator[None]:
+        """This thread waits for MPI to complete something of its own (a frozen group's
+        collective) and calls :meth:`try_poll` now and then meanwhile: background
+        pollers keep off the GIL and MPI until it is done, as while a thread is in
+        :meth:`wait` (a frozen barrier of 4 ranks on 2 cores: 29-36 us against 41-52)."""
+        me = threading.get_ident()
+        self._user_waiters.append(me)
+        try:
+            yield
+        finally:
+            self._user_waiters.remove(me)
 
     def _wait(self, predicate: Callable[[], bool], deadline: float | None) -> bool:
         """Poll until ``predicate()`` is true (the caller found it false). Predicates may
