@@ -615,20 +615,7 @@ class Transport:
         if not token.acquire(False):
             return False
         try:
-            try:
-                req = self.comm.Isend([frame, _BYTE], dest, TAG_MSG)
-            except MPI.Exception as exc:
-                if not is_failure(exc):
-                    raise
-                self._path_failed(None)
-                raise PeerFailed(dest) from None
-            c = self.counters
-            c.msgs_out += 1
-            c.bytes_out += len(frame)
-            light = self._light
-            light.append(req)
-            if len(light) > _LIGHT_MAX:
-                self._complete_light()
+            self._isend_light(dest, frame)
             if self._outbox:         # handed over while this thread held the token
                 self._send_outbox()
         finally:
@@ -637,6 +624,24 @@ class Transport:
             self._try_flush()
         return True
 
+    def _isend_light(self, dest: int, frame: bytes | bytearray) -> None:
+        """Isend a small first frame to world rank ``dest``, its request kept with the
+        others completed in bulk (the caller holds the token). Raises PeerFailed."""
+        try:
+            req = self.comm.Isend([frame, _BYTE], dest, TAG_MSG)
+        except MPI.Exception as exc:
+            if not is_failure(exc):
+                raise
+            self._path_failed(None)
+            raise PeerFailed(dest) from None
+        c = self.counters
+        c.msgs_out += 1
+        c.bytes_out += len(frame)
+        light = self._light
+        light.append(req)
+        if len(light) > _LIGHT_MAX:
+            self._complete_light()
+
     def post(self, dest: int, msg: Any, wake: bool = True) -> bool:
         """Send without blocking (for handlers); the transport completes it later.
 
@@ -644,7 +649,22 @@ class Transport:
         ``wake``: ring ``dest``'s doorbell if it may be idle (not for a heartbeat).
         """
         try:
-            out = self._prepare(dest, msg)
+            if 0 <= dest < self.world_size and self._owner == threading.get_ident() \
+                    and not self._outbox:
+                # a handler's answer (this thread polls, holding the token): a small one
+                # leaves at once, as a task's send does (_send_now), not through the outbox
+                if dest in self.failed or self.closed:
+                    return False
+                payload, bufs = wire.dumps(msg, allow_pickle=self.allow_pickle)
+                if not bufs and len(payload) <= _INLINE_MAX and len(payload) < self.max_chunk:
+                    if wake and self._bell is not None:
+                        self._bell.sending(dest)
+                    self._isend_light(dest, b"\x00" + payload)
+                    return True
+                out = _Out(dest, self.comm, dest, None,
+                           *self._chunked(*self._frames_of(payload, bufs)))
+            else:
+                out = self._prepare(dest, msg)
         except PeerFailed:
             return False
         if wake:

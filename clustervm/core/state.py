@@ -958,7 +958,7 @@ class Core:
                     else:
                         self._group_ended.setdefault(t.group, {})[tid] = cut
             out.append(I.BroadcastLocation(tid, -1, t.inc, False, tuple(self._alive)))
-        out.append(I.resolved(tid, t.kind, ok, value, packed))
+        out.append(I.ResolveTask(tid, t.kind, ok, value, packed))
 
     def _cancelled(self, ev: E.TaskCancelled) -> None:
         t = self.tasks.get(ev.tid)
