@@ -185,10 +185,12 @@ class CoordinatorAPI:
         self._run(E.GroupCalled(op, name, tid, value, count, root, fn, round_no, envelope,
                                 reply))
 
-    def api_frozen_shadow(self, reply: Reply, name: str, tid: int, entries: list) -> None:
+    def api_frozen_shadow(self, reply: Reply, name: str, tid: int, entries: list,
+                          off: bool = False) -> None:
         """A member's contributions to calls of a frozen group made on MPI (never answered:
-        kept so the group can go on on the hub if a member is lost; see core/groups.py)."""
-        self._run(E.FrozenShadows(name, tid, entries))
+        kept so the group can go on on the hub if a member is lost; see core/groups.py);
+        ``off``: the member's last, it makes no more calls on MPI."""
+        self._run(E.FrozenShadows(name, tid, entries, bool(off)))
 
     # the VM-wide mailbox is the core's (clustervm.core: InfoPut, InfoGet, InfoDeleted)
     def api_put_info(self, reply: Reply, name: str, value: Any) -> None:

@@ -89,6 +89,8 @@ class Config:
     replace_failed: bool = False
     #: CLUSTERVM_SPARES: nodes held back at start to take over for lost ones.
     spares: int = 0
+    #: CLUSTERVM_AUTO_FREEZE: a hub group whose members (one a rank) made this many collective calls in a row together, membership unchanged, moves onto MPI by itself, member to member, as with freeze_group (0: never); a join, leave or end takes it back to the coordinator first.
+    auto_freeze: int = 16
     #: CLUSTERVM_PROGRESS: show a progress bar for vm.map (1/0).
     progress: bool = False
     #: CLUSTERVM_DASHBOARD: [HOST:]PORT to serve the live dashboard on ('' = off).

@@ -162,7 +162,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
                          heartbeat_s=config.heartbeat_s, replace_failed=config.replace_failed,
                          journal=bool(ckdir), resume=config.resume, t0=self.t0,
                          disk_every_s=config.checkpoint_disk_s, node_files=bool(ckdir and job),
-                         resolve=self.resolve, rebuild=_can_rebuild)
+                         resolve=self.resolve, rebuild=_can_rebuild,
+                         auto_freeze=config.auto_freeze if transport.mpi_world else 0)
         self.nodes: dict[int, NodeInfo] = self.core.nodes      # the core's, read only here
         self.stats = self.core.stats
         self.tasks: dict[int, TaskRecord] = {}      # live tasks: what to run, whom to tell
@@ -240,7 +241,7 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             I.DropCheckpoints: self._do_drop_checkpoints, I.Observe: self._do_observe,
             I.DropCheckpointsAfter: self._do_drop_checkpoints_after,
             I.RequestReplacement: self._do_request_replacement, I.Warn: self._do_warn,
-            I.Fatal: self._do_fatal, I.Answer: self._do_answer,
+            I.Fatal: self._do_fatal, I.Answer: self._do_answer, I.ThawGroup: self._do_thaw_group,
             I.AskHeld: self._do_ask_held, I.TellBuddy: self._do_tell_buddy,
         }
         if self.journal is not None:
@@ -639,6 +640,17 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
 
     def _do_answer(self, ins: I.Answer) -> None:
         ins.reply(ins.ok, ins.value)
+
+    def _do_thaw_group(self, ins: I.ThawGroup) -> None:
+        by_rank: dict[int, list[int]] = {}
+        for tid, rank in zip(ins.tids, ins.ranks):
+            by_rank.setdefault(rank, []).append(tid)
+        for rank, tids in by_rank.items():
+            if rank == self.rank:                               # main, here
+                from .fastgroup import thaw
+                thaw(self, ins.name, tids)
+            else:
+                self.transport.post(rank, P.Thaw(ins.name, tids).encode())
 
     def _do_fatal(self, ins: I.Fatal) -> None:
         self.fatal = ins.error

@@ -180,12 +180,19 @@ class FrozenGroup:
 
     def __init__(self, ctx: "TaskContext", name: str, members: list, tag: int,
                  survive: bool = False, after_loss: bool = False,
-                 hold: "Callable[[bool], None] | None" = None, comm: Any = None) -> None:
+                 hold: "Callable[[bool], None] | None" = None, comm: Any = None,
+                 auto: bool = False) -> None:
         """Member ``ctx.tid`` of group ``name`` (``members``: (instance, tid, rank)); its
         communicator is built here (see :func:`_communicator`) unless ``comm`` is given
-        (tests: a stand-in with the non-blocking collectives used here)."""
+        (tests: a stand-in with the non-blocking collectives used here). ``auto``: the
+        coordinator put this hub group on MPI itself (core/groups.py, ``_auto_freeze``):
+        a call with ``count`` or a timeout, or the coordinator's asking (a task joins,
+        a member left: :meth:`thaw_request`), takes it back to the coordinator."""
         self.ctx = ctx
         self.survive = survive
+        self.auto = auto
+        self._in_call = False           # a call of this member is under way (on MPI)
+        self._thaw_asked = False        # the coordinator asked this member off MPI
         self.site: "Site" = ctx._site
         self.name = name
         self.members = sorted((int(i), int(t), int(r)) for i, t, r in members)   # by instance
@@ -232,6 +239,50 @@ class FrozenGroup:
              timeout: float | None = None, round_no: int | None = None) -> Any:
         if self.broken is not None:
             raise self.broken
+        if self.auto and (timeout is not None or (op == "barrier" and count)):
+            # the hub's own kind of call: every member makes it (the same sequence of
+            # calls), so every one takes the group back to the coordinator here; none
+            # waits for this one on MPI (each completes the call before, which all made)
+            self._go_off(f"{op} with {'a timeout' if timeout is not None else 'count='}")
+            raise self.broken
+        with self._lock:
+            asked = self._thaw_asked
+            self._in_call = not asked
+        if asked:
+            self._go_off("the coordinator asked (a task joins, or a member left)")
+            raise self.broken
+        try:
+            return self._member_call(op, value, count, root, fn, timeout, round_no)
+        finally:
+            with self._lock:
+                self._in_call = False
+                asked = self._thaw_asked
+            if asked and self.broken is None:     # asked while this call ran: the next
+                self._go_off("the coordinator asked (a task joins, or a member left)")
+
+    def _go_off(self, why: str) -> None:
+        """Off MPI for good: this member's calls go through the coordinator from now on
+        (Thawed); its shadows go there, the last batch saying so (``off``)."""
+        if self.broken is None:
+            self.broken = Thawed(f"frozen group {self.name!r}: {why}; the group goes on "
+                                 f"through the coordinator")
+        self.flush_shadows(off=True)
+
+    def thaw_request(self) -> None:
+        """The coordinator asks every member off MPI (a THAW, in a handler's thread). A
+        call under way is ended by revoking the communicator (it may wait for a member
+        that makes no more calls there: :meth:`_break`); a member not in a call is off
+        at once, with no revoke (every member is asked)."""
+        with self._lock:
+            self._thaw_asked = True
+            busy = self._in_call
+        if busy:
+            self._revoke()
+        else:
+            self._go_off("the coordinator asked (a task joins, or a member left)")
+
+    def _member_call(self, op: str, value: Any, count: Any, root: Any, fn: str | None,
+                     timeout: float | None, round_no: int | None) -> Any:
         self.calls += 1
         self.deadline = None if timeout is None else time.perf_counter() + timeout
         self._own_error = self._mpi_result = None
@@ -422,11 +473,12 @@ class FrozenGroup:
                 if len(self._spare) > _SPARES:
                     del self._spare[0]
 
-    def flush_shadows(self, idle_s: float = 0.0) -> bool:
+    def flush_shadows(self, idle_s: float = 0.0, off: bool = False) -> bool:
         """Send the kept shadows to the coordinator (if this member has made no call for
-        ``idle_s``); True if some are still kept (the member was busy)."""
+        ``idle_s``); True if some are still kept (the member was busy). ``off``: the last
+        batch, sent even if empty: this member makes no more calls on MPI."""
         with self._lock:       # held while posting: batches leave in order
-            if not self._pending:
+            if not self._pending and not off:
                 return False
             if idle_s and time.monotonic() - self._last_call < idle_s:
                 return True
@@ -434,7 +486,7 @@ class FrozenGroup:
             self._pending.clear()
             self._pending_bytes = 0
             site = self.site
-            args = (self.name, self.ctx.tid, entries)
+            args = (self.name, self.ctx.tid, entries) + ((True,) if off else ())
             if site.rank == 0:            # main, on the coordinator itself
                 site._serve("frozen_shadow", args, _no_reply)
                 return False
@@ -442,7 +494,8 @@ class FrozenGroup:
             try:
                 site.transport.post(P.COORDINATOR, _request("frozen_shadow", args))
             except Exception:   # noqa: BLE001 - a value that is not wire data: say so instead
-                args = (self.name, self.ctx.tid, [_sendable(e, self.name) for e in entries])
+                args = (self.name, self.ctx.tid, [_sendable(e, self.name) for e in entries],
+                        *args[3:])
                 try:
                     site.transport.post(P.COORDINATOR, _request("frozen_shadow", args))
                 except Exception:   # noqa: BLE001 - the coordinator is gone: nothing to keep
@@ -688,9 +741,12 @@ class FrozenGroup:
     def _break(self, op: str, why: str) -> None:
         self._revoke()
         if self.survive:             # go on on the hub: the caller retries this call there
-            self.flush_shadows()     # (the shadows first: the hub rebuilds rounds from them)
-            self.broken = Thawed(f"{op} on frozen group {self.name!r}: a member was lost "
-                                 f"({why}); the group goes on through the coordinator")
+            what = "the coordinator asked it off MPI" if self._thaw_asked else \
+                "a member was lost"
+            self.broken = Thawed(f"{op} on frozen group {self.name!r}: {what} ({why}); the "
+                                 f"group goes on through the coordinator")
+            # (the shadows first: the hub rebuilds rounds from them)
+            self.flush_shadows(off=True)
             raise self.broken
         failed: set = set()
         try:                                   # ULFM: which ranks of the communicator failed
@@ -722,10 +778,11 @@ class FrozenGroup:
             pass
 
     def close(self) -> None:
-        """This member leaves: the others' calls on the communicator must not wait for it."""
-        if self.broken is None:
+        """This member leaves: the others' calls on the communicator must not wait for it
+        (an auto-frozen group's: the coordinator asks the others off MPI instead)."""
+        if self.broken is None and not self.auto:
             self._revoke()
-        self.flush_shadows()
+        self.flush_shadows(off=True)
         self.broken = self.broken or GroupError(f"this task left frozen group {self.name!r}")
 
     def free(self) -> None:
@@ -734,6 +791,24 @@ class FrozenGroup:
             self.comm.Free()
         except Exception:   # noqa: BLE001
             pass
+
+
+def thaw(site: "Site", name: str, tids: list) -> None:
+    """A THAW: members ``tids`` (tasks of this rank) of auto-frozen group ``name`` go
+    off MPI. One that has no communicator for it (its build failed, or it is a new
+    incarnation) is off already, and says so."""
+    for tid in tids:
+        ctx = site.contexts.get(tid)
+        fg = ctx.__dict__.get("_frozen", {}).get(name) if ctx is not None else None
+        if fg is not None:
+            fg.thaw_request()
+        elif ctx is not None:
+            args = (name, tid, [], True)
+            if site.rank == 0:
+                site._serve("frozen_shadow", args, _no_reply)
+            else:
+                from . import protocol as P
+                site.transport.post(P.COORDINATOR, _request("frozen_shadow", args))
 
 
 def task_ended(ctx: "TaskContext") -> None:
@@ -897,7 +972,8 @@ def refreeze(ctx: "TaskContext", name: str, plan: dict) -> "FrozenGroup | None":
     def build() -> None:
         try:
             fg = FrozenGroup(ctx, name, plan["members"], plan["tag"],
-                             bool(plan.get("survive")), after_loss=True, hold=hold)
+                             bool(plan.get("survive")), after_loss=plan.get("after_loss", True),
+                             hold=hold, auto=bool(plan.get("auto")))
         except BaseException as exc:   # noqa: BLE001 - told below
             with lock:
                 state["error"] = exc

@@ -73,7 +73,7 @@ class Node(Site):
             P.Fetch: self._on_fetch,
             P.Copy: self._on_copy,
             P.Forget: self._on_forget,
-            P.Mark: self._on_mark,
+            P.Mark: self._on_mark, P.Thaw: self._on_thaw,
             P.Held: self._on_held,
             P.AskHeld: self._on_ask_held,
             P.Buddy: self._on_buddy,
@@ -988,6 +988,11 @@ class Node(Site):
         self.wait(lambda: ctx.aborted or predicate(), blocking=True)
         if ctx.aborted:
             raise TaskAborted(ctx.tid)
+
+    def _on_thaw(self, src: int, msg: P.Thaw) -> None:
+        """The coordinator asks this node's members of an auto-frozen group off MPI."""
+        from .fastgroup import thaw     # (imports MPI: only frozen groups need it)
+        thaw(self, msg.name, list(msg.tids))
 
     def _on_mark(self, src: int, msg: P.Mark) -> None:
         """A peer's MARK for a checkpoint of one of this node's group members (kept until

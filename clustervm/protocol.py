@@ -345,6 +345,22 @@ class Unshared(Message):
         return (42, self.tid, self.inc, self.seq)
 
 
+class Thaw(Message):
+    """Members ``tids`` of group ``name``, which the coordinator put on MPI by itself
+    (auto-frozen, core/groups.py): go off MPI, each saying so with its last shadows; a
+    task joins the group, or a member ended (coordinator -> node)."""
+    __slots__ = ("name", "tids")
+    OP = 43
+    TYPES = (str, _SEQ)
+    TO = frozenset({"node"})
+
+    def __init__(self, name: str, tids: list) -> None:
+        self.name, self.tids = name, tids
+
+    def encode(self) -> tuple:
+        return (43, self.name, self.tids)
+
+
 class Held(Message):
     """This node holds a copy of checkpoint ``seq`` of task ``tid`` (incarnation ``inc``;
     -1: a copy another node sent with a COPY) (buddy -> coordinator, or -> the node that
@@ -547,14 +563,14 @@ def _decode_user(t: tuple) -> User:
 KINDS: tuple[type[Message], ...] = (Hello, Done, Exited, Req, Heartbeat, Bye, Run, Spawn,
                                     Kill, Reply, Loc, Shutdown, Cancel, User,
                                     Keep, Held, Fetch, Copy, Restored, Forget, Mark,
-                                    AskHeld, Holding, Buddy, Bell, KeepRef, Unshared)
+                                    AskHeld, Holding, Buddy, Bell, KeepRef, Unshared, Thaw)
 
 # the op codes by name (P.USER, ...), as tests and tools spell them
 HELLO, DONE, EXITED, REQ, HEARTBEAT, BYE = (k.OP for k in KINDS[:6])
 RUN, SPAWN, KILL, REPLY, LOC, SHUTDOWN, CANCEL = (k.OP for k in KINDS[6:13])
 USER = User.OP
 KEEP, HELD, FETCH, COPY, RESTORED, FORGET, MARK = (k.OP for k in KINDS[14:21])
-ASKHELD, HOLDING, BUDDY, BELL, KEEPREF, UNSHARED = (k.OP for k in KINDS[21:27])
+ASKHELD, HOLDING, BUDDY, BELL, KEEPREF, UNSHARED, THAW = (k.OP for k in KINDS[21:28])
 
 _new = object.__new__
 

@@ -134,7 +134,7 @@ def main(vm) -> None:
     init = initial_centroids(a.seed, a.points, a.clusters, a.dim)
     tids = vm.spawn(worker, a.tasks, a.points, a.clusters, a.dim, a.seed, init, a.max_iter,
                     a.mpi, count=a.tasks)
-    r = next(r for r in (vm.join(t) for t in tids) if r is not None)
+    r = next(r for r in [vm.join(t) for t in tids] if r is not None)    # (every one joined)
     cents = np.round(r["centroids"], 6) + 0.0          # + 0.0: no "-0.0"
     print(f"kmeans: clusters={a.clusters} iters={r['iters']} inertia={r['inertia']:.6f} "
           f"centroids={cents.tolist()}")

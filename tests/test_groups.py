@@ -53,6 +53,9 @@ class FakeCoord:
     def in_world(self, rank: int) -> bool:
         return rank < 100      # ranks from 100 on play nodes started with MPI_Comm_spawn
 
+    def lost_nodes(self) -> int:
+        return 0 if self.alive else 1
+
 
 class Box:
     """Collects the answer of one collective call."""
@@ -498,6 +501,93 @@ def test_group_whose_new_communicator_saw_no_call_stays_on_the_hub():
     assert [b.value for b in got] == [(3, None)] * 2 and g.refreezes["g"] == 1
 
 
+def _auto(n: int, after: int = 3, nodes=None):
+    """Groups that put a hub group on MPI after ``after`` full rounds (ULFM as if there);
+    the ThawGroup asks it makes are in ``asks``."""
+    g, coord, tids = make(n, nodes=nodes)
+    asks: list = []
+    g.auto_after, g.rebuild = after, True
+    g._thaw = lambda name, t, r: asks.append((name, list(t), list(r)))
+    return g, coord, tids, asks
+
+
+def test_hub_group_moves_onto_mpi_after_full_rounds_with_the_same_members():
+    g, coord, tids, asks = _auto(3)
+    everyone(g, tids, "barrier", round_no=0, envelope=True)
+    # a barrier with count= is the hub's own: the rounds in a row start again
+    everyone(g, tids, "barrier", count=3, round_no=1, envelope=True)
+    for r in (2, 3):
+        got = everyone(g, tids, "allreduce", [1, 2, 3], fn="sum", round_no=r, envelope=True)
+        assert [b.value for b in got] == [(6, None)] * 3
+    got = [b.value for b in everyone(g, tids, "bcast", ["x", None, None], root=0,
+                                      round_no=4, envelope=True)]
+    plan = got[0][1]
+    assert [v for v, _ in got] == ["x"] * 3 and all(p == plan for _, p in got)
+    assert plan["members"] == [(0, 10, 1), (1, 11, 2), (2, 12, 3)]
+    assert plan["auto"] and plan["survive"] and not plan["retry"]
+    assert plan["after_loss"] is False           # no node lost: MPI_Comm_create_group
+    assert g.frozen["g"] and "g" in g.auto and not asks
+    # a member replaying that round (restarted: its node was lost) thaws the group and
+    # gets the answer without the plan
+    assert call(g, 11, "bcast", None, root=0, round_no=4, envelope=True).value == ("x", None)
+    assert "g" in g.thawed
+
+
+def test_hub_group_stays_on_the_hub_when_members_share_a_node_or_auto_freeze_is_off():
+    g, coord, tids, asks = _auto(3, nodes=[1, 1, 2])
+    for r in range(5):
+        assert [b.value for b in everyone(g, tids, "barrier", round_no=r, envelope=True)] == \
+            [(None, None)] * 3
+    assert "g" not in g.frozen and "g" not in g.auto
+    g, coord, tids = make(3)                     # auto_after 0 (the Groups default)
+    g.rebuild = True
+    for r in range(20):
+        everyone(g, tids, "barrier", round_no=r, envelope=True)
+    assert "g" not in g.frozen
+
+
+def test_a_task_joining_an_auto_frozen_group_waits_until_its_members_are_off_mpi():
+    g, coord, tids, asks = _auto(3, after=1)
+    plan = everyone(g, tids, "barrier", round_no=0, envelope=True)[0].value[1]
+    assert plan["members"]                       # on MPI from round 1 on
+    for r in (1, 2):                             # rounds 1 and 2 made on MPI
+        g.shadow_batch("g", 10, [(r, "allreduce", 1, None, None, "sum", None)])
+    coord.tasks[13] = _Rec(4)
+    joined = Box()
+    assert g.join_when_off("g", 13, joined)
+    assert not joined.done and asks == [("g", tids, [1, 2, 3])]
+    # members 10 and 11 are off (not in a call): their last shadows, saying so
+    g.shadow_batch("g", 11, [(r, "allreduce", 2, None, None, "sum", None) for r in (1, 2)],
+                   off=True)
+    g.shadow_batch("g", 10, [], off=True)
+    assert not joined.done
+    # member 12 was in round 3 (revoked): its shadows, then its retry through the hub
+    g.shadow_batch("g", 12, [(r, "allreduce", 3, None, None, "sum", None) for r in (1, 2)],
+                   off=True)
+    assert joined.value == [3, 3, True]          # instance 3, first round 3, new
+    assert g.join_when_off("g", 13, Box()) is False     # a member already
+    got = [b.value for b in [call(g, t, "allreduce", 1, fn="sum", round_no=3, envelope=True)
+                             for t in tids + [13]]]
+    assert [v for v, _ in got] == [4] * 4        # the new member is in round 3 ...
+    plan = got[0][1]                             # ... which puts the group back on MPI
+    assert all(p == plan for _, p in got)
+    assert [t for _, t, _ in plan["members"]] == tids + [13] and plan["auto"]
+
+
+def test_a_member_leaving_an_auto_frozen_group_is_not_waited_for():
+    g, coord, tids, asks = _auto(3, after=1)
+    everyone(g, tids, "barrier", round_no=0, envelope=True)
+    g.shadow_batch("g", 12, [(1, "allreduce", 3, None, None, "sum", None)], off=True)
+    g.leave("g", 12)
+    assert asks == [("g", [10, 11], [1, 2])]     # the others are asked off MPI
+    got = [call(g, t, "allreduce", v, fn="sum", round_no=1, envelope=True)
+           for t, v in zip(tids[:2], [1, 2])]
+    assert [b.value for b in got] == [(6, None)] * 2   # round 1 with 12's part (made it)
+    got = [call(g, t, "allreduce", v, fn="sum", round_no=2, envelope=True)
+           for t, v in zip(tids[:2], [1, 2])]
+    assert [b.value[0] for b in got] == [3, 3]
+
+
 def test_member_gives_up_a_new_communicator_that_does_not_come(monkeypatch):
     """MPI_Comm_create_from_group after a failure sometimes never returns (Open MPI 5
     ULFM, ~1 in 10 here): the member waits BUILD_S at most, goes on through the
@@ -510,8 +600,9 @@ def test_member_gives_up_a_new_communicator_that_does_not_come(monkeypatch):
     came, revoked = threading.Event(), []
 
     class Slow:
-        def __init__(self, ctx, name, members, tag, survive, after_loss=False, hold=None):
-            assert after_loss and survive
+        def __init__(self, ctx, name, members, tag, survive, after_loss=False, hold=None,
+                     auto=False):
+            assert after_loss and survive and not auto
             came.wait(5)
 
         def _revoke(self):
@@ -799,6 +890,46 @@ def test_frozen_group_runs_every_call_on_mpi():
         assert e["after"] == 4
     mismatches = {rec["errors"]["mismatch"] for rec in by_inst.values()}
     assert len(mismatches) == 1                   # the same error at every member
+
+
+def _auto_result(res) -> dict:
+    import json
+    _ok(res, "groups_auto")
+    r = json.loads(res.line("auto-result:").split(":", 1)[1])
+    return r
+
+
+@pytest.mark.mpi
+def test_hub_group_moves_onto_mpi_and_back_for_a_join_and_a_leave():
+    """CLUSTERVM_AUTO_FREEZE (16): after 16 full rounds a hub group of one member per rank
+    runs on MPI; a task that joins while the members wait elsewhere is answered once they
+    are off MPI (asked, no revoke), and the five are on MPI again; after a leave, the four."""
+    r = _auto_result(run_job([str(APPS / "groups_auto.py")], n=5, timeout=TIMEOUT))
+    rounds = 24
+    olds = [r["main"], *r["tasks"]]
+    for rec in olds:
+        assert rec["a"] == [4 * i for i in range(rounds)]
+        assert rec["b"] == [5] * rounds and rec["c"] == [4] * rounds
+        assert rec["on_mpi_a"] is rec["on_mpi_b"] is rec["on_mpi_c"] is True
+    assert r["joiner"]["b"] == [5] * rounds and r["joiner"]["on_mpi_b"] is True
+    assert r["main"]["joined_inst"] == r["joiner"]["inst"] == 4
+
+
+@pytest.mark.mpi
+def test_a_task_joins_an_auto_frozen_group_while_its_members_call_on_mpi():
+    """The members are in the middle of an allreduce on MPI when the join comes: asked
+    off, they revoke the communicator and go on through the coordinator, and every member
+    counts the new one from the same round on (the joiner's first)."""
+    r = _auto_result(run_job([str(APPS / "groups_auto.py"), "--busy"], n=5, timeout=TIMEOUT))
+    olds = [r["main"], *r["tasks"]]
+    first = olds[0]["b"]
+    k = first.index(5)
+    assert first == [4] * k + [5] * 21      # (the app's AFTER: 20 more)
+    for rec in olds:
+        assert rec["a"] == [4] * 24 and rec["on_mpi_a"] is True
+        assert rec["b"] == first              # the same round for every member
+    # on MPI again (16 full rounds of the five)
+    assert r["joiner"]["b"] == [5] * 21 and r["joiner"]["on_mpi_b"] is True
 
 
 @pytest.mark.mpi

@@ -44,6 +44,7 @@ SAMPLES: dict[type[P.Message], P.Message] = {
     P.Keep: P.Keep(20, 1, 3, b"\x01\x02" * 10, 2),
     P.KeepRef: P.KeepRef(20, 1, 3, "/dev/shm/cvm-ck-j-1-20-1-0", 4096, 7, "boot:1.2:3.4", 2),
     P.Unshared: P.Unshared(20, 1, 3),
+    P.Thaw: P.Thaw("ring", [20, 21]),
     P.Held: P.Held(20, 1, 3),
     P.Fetch: P.Fetch(20, 3, 2),
     P.Copy: P.Copy(20, 3, b"\x05" * 9, 1),
@@ -159,6 +160,8 @@ def test_malformed_tuples_give_a_clear_error(raw: Any, text: str) -> None:
 
 class StubTransport:
     """What the shells' constructors touch of a transport; records what is sent."""
+
+    mpi_world = False
 
     def __init__(self, rank: int, size: int = 4) -> None:
         self.rank, self.size = rank, size

@@ -1,6 +1,6 @@
 """Chaos drill: kill or stop a random node of a running job at a random moment.
 
-    python tools/chaos.py --trials 20 [--app pi|heat|heat-group] [--seed 1] [-- extra clustervm run args]
+    python tools/chaos.py --trials 20 [--app pi|heat|heat-group|kmeans] [--seed 1] [-- extra clustervm run args]
 
 Each trial starts ``clustervm run -n 4`` on pi_montecarlo.py (``--task-ms``) or
 heat2d.py, waits a random time between 0 and the undisturbed run's wall time,
@@ -41,6 +41,9 @@ APPS = {
     # coordinated checkpoints: the strips are rolled back together
     "heat-group": (["examples/heat2d.py", "--steps", "1500", "--step-ms", "1",
                     "--checkpoint-mode", "group"], "checksum="),
+    # a hub group's allreduce a round, one task per node: on MPI after 16 rounds by
+    # itself (CLUSTERVM_AUTO_FREEZE), thawed onto the hub by the loss
+    "kmeans": (["examples/kmeans.py", "--points", "300000", "--tasks", "3"], "kmeans: clusters="),
 }
 
 

@@ -329,10 +329,12 @@ class GroupCalled(Event):
 
 @record
 class FrozenShadows(Event):
-    """A batch of a frozen group member's calls made on MPI (kept for failover)."""
+    """A batch of a frozen group member's calls made on MPI (kept for failover); ``off``:
+    its last, the member makes no more calls there (it goes on through the hub)."""
     name: str
     tid: int
     entries: list
+    off: bool = False
 
 
 @record

@@ -70,6 +70,8 @@ class Owner(Protocol):
 
     def resolve(self, ref: str) -> Any: ...
 
+    def lost_nodes(self) -> int: ...
+
 
 def _call(reply: Reply, ok: bool, value: Any) -> None:
     reply(ok, value)
@@ -80,10 +82,24 @@ class Groups:
 
     def __init__(self, coord: Owner, *, answer: Callable[[Reply, bool, Any], None] = _call,
                  warn: Callable[[str], None] | None = None,
-                 rebuild: Callable[[], bool] | None = None) -> None:
+                 rebuild: Callable[[], bool] | None = None, auto_freeze: int = 0,
+                 thaw: Callable[[str, list[int], list[int]], None] | None = None) -> None:
         self.coord = coord
         self._answer = answer
         self._warn = warn or (lambda text: None)
+        #: asks members (tids, ranks) of an auto-frozen group off MPI (ThawGroup)
+        self._thaw = thaw or (lambda name, tids, ranks: None)
+        #: a hub group moves onto MPI by itself after this many full rounds in a row with
+        #: the same members (0: never; see _auto_freeze)
+        self.auto_after = auto_freeze
+        self.streak: dict[str, int] = {}                        # name -> full rounds in a row
+        self.auto: set[str] = set()             # groups the coordinator put on MPI itself
+        #: tasks joining an auto-frozen group, answered once its members are off MPI
+        self.joining: dict[str, list[tuple[int, Reply]]] = {}
+        self.off: dict[str, set[int]] = {}      # members off MPI since the group thawed
+        self.asked: dict[str, set[int]] = {}    # members asked off MPI (ThawGroup)
+        self.mpi_done: dict[str, int] = {}      # the newest round a member made on MPI
+        self.losses: dict[str, int] = {}        # nodes lost when it last went on MPI
         #: asked once: can a frozen group get a new communicator after a failure (ULFM)?
         self._can_rebuild = rebuild or (lambda: False)
         self.members: dict[str, dict[int, int]] = {}            # name -> inst -> tid
@@ -133,25 +149,86 @@ class Groups:
         insts[inst] = tid
         self.counter.pop((name, tid), None)     # a member that left and came back
         open_rounds = self.rounds.get(name)
-        # the oldest open round, else the next one (rounds may finish out of order)
+        # the oldest open round, else the next one (rounds may finish out of order); never
+        # one that a member made on MPI (the others retry it here without the new member)
         base = min(open_rounds) if open_rounds else self.next_round.get(name, 0)
+        base = max(base, self.mpi_done.get(name, -1) + 1)
         self.base[(name, tid)] = base
+        self.streak.pop(name, None)
         if name in self.shadowed:               # a thawed group: needed from now on
             self.shadowed[name].add(tid)
-            for rnd in (open_rounds or {}).values():
-                if rnd.need is not None:
+            for round_no, rnd in (open_rounds or {}).items():
+                if rnd.need is not None and round_no >= base:
                     rnd.need.add(tid)
         self._recheck(name)
         return inst, base
+
+    def join_when_off(self, name: str, tid: int, reply: Reply) -> bool:
+        """Task ``tid`` joins ``name``: if the coordinator put that group on MPI itself (its
+        members run its collectives without the coordinator), the join waits until every
+        member is off MPI (asked with a ThawGroup), so that the new member's first round
+        is one no member made there; ``reply`` then gets ``[instance, first round, new]``.
+        False if it need not wait (the caller joins it at once)."""
+        if name not in self.auto or tid in self.members.get(name, {}).values() or \
+                not self._on_mpi_yet(name):
+            return False
+        self.joining.setdefault(name, []).append((tid, reply))
+        self._ask_off(name)
+        self._settle(name)
+        return True
+
+    def _on_mpi_yet(self, name: str) -> bool:
+        """Is a member of auto-frozen ``name`` maybe still on MPI (not said it is off)?"""
+        if name not in self.shadowed:
+            return False
+        members = set(self.members.get(name, {}).values())
+        off = self.off.get(name, set())
+        return any(t in members and t not in off and self._rank_of(t) is not None
+                   for t in self.shadowed[name])
+
+    def _ask_off(self, name: str) -> None:
+        """Ask the members of ``name`` still on MPI off it (once each)."""
+        asked = self.asked.setdefault(name, set())
+        off = self.off.get(name, set())
+        members = set(self.members.get(name, {}).values())
+        tids, ranks = [], []
+        for t in sorted(self.shadowed.get(name, ())):
+            rank = self._rank_of(t)
+            if t in members and t not in off and t not in asked and rank is not None:
+                asked.add(t)
+                tids.append(t)
+                ranks.append(rank)
+        if tids:
+            self._thaw(name, tids, ranks)
+
+    def _settle(self, name: str) -> None:
+        """Answer the joins of ``name`` that wait, once every member is off MPI."""
+        if not self.joining.get(name) or self._on_mpi_yet(name):
+            return
+        self.thaw(name, "a task joins it")      # (no-op if a member's call thawed it)
+        waiting = self.joining.pop(name)
+        for tid, reply in waiting:
+            try:
+                new = tid not in self.tids(name)
+                inst, base = self.join(name, tid)
+            except Exception as exc:   # noqa: BLE001 - the joining task gets it
+                self._answer(reply, False, exc)
+            else:
+                self._answer(reply, True, [inst, base, new])
 
     def leave(self, name: str, tid: int) -> None:
         insts = self.members.get(name, {})
         for inst, t in list(insts.items()):
             if t == tid:
+                on_mpi = name in self.auto and self._on_mpi_yet(name)
                 del insts[inst]
                 self.frozen.pop(name, None)     # membership changed: not frozen any more
+                self.streak.pop(name, None)
                 self._not_needed(name, tid)
+                if on_mpi:          # the others, on MPI, would wait for it: asked off
+                    self._ask_off(name)         # (freeze_group's: revoked by the leaver)
                 self._recheck(name)
+                self._settle(name)
                 return
         raise GroupError(f"task {tid} is not a member of group {name!r}")
 
@@ -189,8 +266,12 @@ class Groups:
                         self._member_failed(name, tid, inst, error)
                     del insts[inst]
                     self.frozen.pop(name, None)
-                    self._not_needed(name, tid)     # its shadows came before its exit
+                    self.streak.pop(name, None)
+                    # its shadows came before its exit; on MPI, a member that waits for
+                    # it there goes on through the hub (fastgroup: an ended member)
+                    self._not_needed(name, tid)
                     self._recheck(name)
+                    self._settle(name)
 
     def _member_failed(self, name: str, tid: int, inst: int, error: BaseException) -> None:
         """A member ended with an error: the round it would have called next fails for
@@ -239,9 +320,11 @@ class Groups:
             reply = self._enveloped(reply, name, round_no)
         hub_call = op != "freeze" or (round_no is not None and
                                       round_no < self.next_round.get(name, 0))
-        if hub_call and name in self.shadowed and name not in self.thawed:
-            # a member that saw a member lost, or one restarted after the loss
-            self.thaw(name, f"task {tid} called {op} through the coordinator")
+        if hub_call and name in self.shadowed:
+            if name not in self.thawed:
+                # a member that saw a member lost, or one restarted after the loss
+                self.thaw(name, f"task {tid} called {op} through the coordinator")
+            self.off.setdefault(name, set()).add(tid)   # its shadows came before this
         if self.frozen.get(name) and hub_call:
             raise GroupError(
                 f"group {name!r} is frozen onto MPI collectives (freeze_group(..., "
@@ -250,6 +333,7 @@ class Groups:
                 f"not survive that. Have every member leave_group({name!r}) and "
                 f"join_group again to go on as a hub group")
         self._contribute(reply, op, name, tid, value, count, root, fn, round_no)
+        self._settle(name)
 
     def _contribute(self, reply: Reply, op: str, name: str, tid: int, value: Any, count: Any,
                     root: Any, fn: Any, round_no: int | None) -> None:
@@ -340,6 +424,8 @@ class Groups:
         round's result as MPI computed it (an allreduce), which a replay gets as is."""
         if name not in self.shadowed:
             return
+        if failed is None and round_no > self.mpi_done.get(name, -1):
+            self.mpi_done[name] = round_no
         entry = (op, value, count, root, fn, failed, result)
         if name in self.thawed:
             self._replay(name, round_no, tid, entry)
@@ -353,11 +439,15 @@ class Groups:
             sizes.pop(old, None)
             self.shadow_floor[name] = next(iter(kept))
 
-    def shadow_batch(self, name: str, tid: int, entries: list) -> None:
+    def shadow_batch(self, name: str, tid: int, entries: list, off: bool = False) -> None:
         """Shadows of member ``tid``, in call order: ``(round, op, value, count, root, fn,
-        failed)`` each (fastgroup.py sends them in batches)."""
+        failed)`` each (fastgroup.py sends them in batches); ``off``: its last batch, the
+        member makes no more calls on MPI."""
         for round_no, op, value, count, root, fn, failed, *result in entries:
             self.shadow(name, tid, round_no, op, value, count, root, fn, failed, *result)
+        if off and name in self.shadowed:
+            self.off.setdefault(name, set()).add(tid)
+            self._settle(name)
 
     def thaw(self, name: str, why: str) -> None:
         """A member of frozen group ``name`` was lost: the group goes on on the hub. Its
@@ -368,7 +458,8 @@ class Groups:
         self.thawed[name] = why
         self.frozen.pop(name, None)
         again = self.refrozen.pop(name, None)
-        if again is not None and not any(r > again[0] for r in self.shadows.get(name, {})):
+        if again is not None and not self.asked.get(name) and \
+                not any(r > again[0] for r in self.shadows.get(name, {})):
             # not one call on its new communicator: the members could not build it
             self.stay_on_hub[name] = "its new communicator could not be built"
             self._warn(f"frozen group {name!r} stays on the coordinator: "
@@ -414,7 +505,16 @@ class Groups:
         except Exception as exc:   # noqa: BLE001 - every member gets the error
             answers = {tid: (False, exc) for tid in rnd.parts}
         if name in self.thawed and name in self.shadowed and rnd.op != "freeze":
-            self._refreeze(name, round_no, rnd, answers, inst_of)
+            if self.joining.get(name):
+                pass                            # (its members are asked off MPI)
+            elif name in self.auto and self.coord.lost_nodes() == self.losses.get(name):
+                # off MPI for a join, a leave, count= or a timeout, not a loss: back on
+                # MPI as it went the first time (no build for every such call)
+                self._auto_freeze(name, round_no, rnd, answers, inst_of)
+            else:
+                self._refreeze(name, round_no, rnd, answers, inst_of)
+        elif self.auto_after and name not in self.shadowed and name not in self.frozen:
+            self._auto_freeze(name, round_no, rnd, answers, inst_of)
         self._keep(name, round_no, rnd.op, answers, None)
         for tid, (value, reply, root, fn) in rnd.parts.items():
             self._answer(reply, *_own(tid, answers[tid]))
@@ -559,18 +659,65 @@ class Groups:
             all(hasattr(part[0], "dtype") for part in rnd.parts.values())
         plan = {"size": len(ordered), "tag": self._comm_tags, "survive": True,
                 "why": f"back on MPI after round {round_no}", "retry": retry,
+                "auto": name in self.auto, "after_loss": self.coord.lost_nodes() > 0,
                 "members": [(inst_of[t], t, ranks[t]) for t in ordered]}
+        self._on_mpi(name, round_no, plan, inst_of)
+        self.refreezes[name] = self.refreezes.get(name, 0) + 1
+        if name in self.auto:
+            return              # (joined or left: back on MPI, as it went the first time)
+        self._warn(f"frozen group {name!r} is back on MPI after the loss of a member: a new "
+                   f"communicator of ranks {sorted(ranks.values())} from round {round_no + 1} "
+                   f"on")
+
+    def _on_mpi(self, name: str, round_no: int, plan: dict, inst_of: dict) -> None:
+        """The answers of round ``round_no`` carry ``plan``: the group's members build its
+        communicator and make its calls on MPI from the next round on, keeping shadows."""
+        ordered = [t for _, t, _ in plan["members"]]
         self.frozen[name] = True
         self.shadowed[name] = set(ordered)
         self.frozen_insts[name] = {t: inst_of[t] for t in ordered}
         for d in (self.thawed, self.shadows, self.shadow_bytes, self.shadow_floor,
-                  self.stay_on_hub):
+                  self.stay_on_hub, self.off, self.asked, self.streak):
             d.pop(name, None)
         self.refrozen[name] = (round_no, plan)
-        self.refreezes[name] = self.refreezes.get(name, 0) + 1
-        self._warn(f"frozen group {name!r} is back on MPI after the loss of a member: a new "
-                   f"communicator of ranks {sorted(ranks.values())} from round {round_no + 1} "
-                   f"on")
+        self.losses[name] = self.coord.lost_nodes()
+
+    def _auto_freeze(self, name: str, round_no: int, rnd: _Round, answers: dict,
+                     inst_of: dict) -> None:
+        """Round ``round_no`` of hub group ``name`` is complete. After ``auto_after`` such
+        rounds in a row, each made by every member itself (no ``count``, no error) with
+        the same members, one per rank of COMM_WORLD, its answers carry a plan that puts
+        the group on MPI (as ``freeze_group`` does, surviving a lost member): member to
+        member from the next round on, the coordinator only keeping the membership. A
+        task that joins it, or a member that leaves or ends, takes it back here first
+        (``join_when_off``; a member that leaves revokes its communicator); a call with a
+        ``count`` or a timeout goes back here too (fastgroup.FrozenGroup.call)."""
+        members = set(self.members.get(name, {}).values())
+        if len(members) < 2 or set(rnd.parts) != members or rnd.op == "freeze" or \
+                (rnd.op == "barrier" and rnd.count) or \
+                any(part[1] is _ignore for part in rnd.parts.values()) or \
+                not all(ok for ok, _ in answers.values()):
+            self.streak.pop(name, None)
+            return
+        streak = self.streak[name] = self.streak.get(name, 0) + 1
+        if streak < self.auto_after:
+            return
+        self.streak[name] = 0                   # (not possible now: asked again later)
+        if self.rebuild is None:
+            self.rebuild = self._can_rebuild()
+        ranks = {t: self._rank_of(t) for t in members}
+        if not self.rebuild or any(r is None for r in ranks.values()) or \
+                len(set(ranks.values())) < len(members) or \
+                not all(self.coord.in_world(r) for r in ranks.values()):
+            return
+        self._comm_tags += 1
+        ordered = sorted(members, key=lambda t: inst_of[t])
+        plan = {"size": len(ordered), "tag": self._comm_tags, "survive": True,
+                "why": f"on MPI after {streak} rounds", "retry": False, "auto": True,
+                "after_loss": self.coord.lost_nodes() > 0,
+                "members": [(inst_of[t], t, ranks[t]) for t in ordered]}
+        self.auto.add(name)
+        self._on_mpi(name, round_no, plan, inst_of)
 
     def _rank_of(self, tid: int) -> int | None:
         if tid == P.MAIN_TID:

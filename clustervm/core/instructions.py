@@ -251,6 +251,15 @@ class Fatal(Instruction):
 
 
 @record
+class ThawGroup(Instruction):
+    """Ask members ``tids`` of auto-frozen group ``name`` (on the nodes ``ranks``, in the
+    same order) off MPI: the shell sends each node a THAW, and handles main's itself."""
+    name: str
+    tids: tuple
+    ranks: tuple
+
+
+@record
 class Answer(Instruction):
     """Answer a request: call the shell's ``reply`` handle with ``(ok, value)`` (value is
     the result, or the exception when not ``ok``)."""

@@ -193,7 +193,7 @@ class Core:
                  heartbeat_s: float = 2.0, replace_failed: bool = False,
                  journal: bool = False, resume: bool = False, t0: float = 0.0,
                  start_limit: float = 60.0, resolve: Callable[[str], Any] | None = None,
-                 rebuild: Callable[[], bool] | None = None,
+                 rebuild: Callable[[], bool] | None = None, auto_freeze: int = 0,
                  disk_every_s: float = 0.0, node_files: bool = False) -> None:
         self.slots = max(1, slots)
         self.cap = self.slots + max(0, prefetch)
@@ -238,7 +238,7 @@ class Core:
         #: PVM groups and their collective rounds (answers leave as Answer instructions)
         self._resolve = resolve
         self.groups = Groups(self, answer=self._group_answer, warn=self._group_warn,
-                             rebuild=rebuild)
+                             rebuild=rebuild, auto_freeze=auto_freeze, thaw=self._group_thaw)
         self.stopping = False
         self.observing = False
         self.fatal: BaseException | None = None
@@ -701,7 +701,12 @@ class Core:
     def _group_warn(self, text: str) -> None:
         self._out.append(I.Warn(text))
 
+    def _group_thaw(self, name: str, tids: list[int], ranks: list[int]) -> None:
+        self._out.append(I.ThawGroup(name, tuple(tids), tuple(ranks)))
+
     def _group_joined(self, ev: E.GroupJoined) -> None:
+        if self.groups.join_when_off(ev.name, ev.tid, ev.reply):
+            return              # answered once the group's members are off MPI
         def join() -> list:
             new = ev.tid not in self.groups.tids(ev.name)
             return [*self.groups.join(ev.name, ev.tid), new]
@@ -724,7 +729,7 @@ class Core:
             self._out.append(I.Answer(ev.reply, False, exc))
 
     def _frozen_shadows(self, ev: E.FrozenShadows) -> None:
-        self.groups.shadow_batch(ev.name, ev.tid, ev.entries)
+        self.groups.shadow_batch(ev.name, ev.tid, ev.entries, ev.off)
 
     def _member_ended(self, ev: E.MemberEnded) -> None:
         self.groups.task_exit(ev.tid, ev.error)
@@ -743,6 +748,10 @@ class Core:
         """Is ``rank`` in COMM_WORLD (the coordinator, or a node not started by spawn)?"""
         n = self.nodes.get(rank)
         return n.in_world if n is not None else rank == 0
+
+    def lost_nodes(self) -> int:
+        """Nodes lost so far (once one is, MPI_Comm_create_group on COMM_WORLD fails)."""
+        return sum(1 for n in self.nodes.values() if n.state is _DEAD)
 
     def restartable(self, tid: int) -> bool:
         """Will task ``tid`` come back after its node is lost (a node is left to run it)?"""
