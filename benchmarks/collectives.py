@@ -12,7 +12,10 @@ collectives on an MPI communicator of those ranks, non-blocking collectives
 polled from Python, one slot exchange first to check the calls match), and a
 hub one (every member sends its contribution to the coordinator, which
 combines them and answers each member: the general case, which survives
-failover).
+failover). A hub group of one member per rank goes on MPI by itself after 16
+calls (``CLUSTERVM_AUTO_FREEZE``, the default): the "hub group" column is that;
+``--no-auto`` runs the job a second time with ``CLUSTERVM_AUTO_FREEZE=0`` and adds
+a column of the hub group kept on the coordinator.
 """
 from __future__ import annotations
 
@@ -39,9 +42,29 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-n", type=int, default=4, help="ranks, coordinator included")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--no-auto", action="store_true",
+                   help="also the hub group kept on the coordinator (CLUSTERVM_AUTO_FREEZE=0)")
     a = p.parse_args()
-    rc, out, err, _ = clustervm(a.n, "benchmarks/apps/collectives_app.py", str(a.rounds),
-                                timeout=600)
+    res = measure(a.n, a.rounds)
+    kept = measure(a.n, a.rounds, {"CLUSTERVM_AUTO_FREEZE": "0"}) if a.no_auto else {}
+    print(f"{'':24}{'raw mpi4py':>13}{'frozen group':>14}{'ratio':>7}{'hub group':>13}"
+          f"{'ratio':>8}" + (f"{'hub, kept':>13}{'ratio':>8}" if kept else "") + "   raw call")
+    for name, (label, raw_call) in LABELS.items():
+        if (name, "raw") not in res:
+            continue                      # left out by BENCH_OPS
+        raw, frozen, hub = res[(name, "raw")], res[(name, "frozen")], res[(name, "group")]
+        line = (f"{label:24}{fmt(raw):>13}{fmt(frozen):>14}{frozen / raw:>6.1f}x{fmt(hub):>13}"
+                f"{hub / raw:>7.1f}x")
+        if kept:      # its own job: against the raw call of that job
+            k, kraw = kept[(name, "group")], kept[(name, "raw")]
+            line += f"{fmt(k):>13}{k / kraw:>7.1f}x"
+        print(line + f"   {raw_call}")
+
+
+def measure(n: int, rounds: int, env: dict | None = None) -> dict:
+    """{(op, raw|group|frozen): seconds per call} of one job."""
+    rc, out, err, _ = clustervm(n, "benchmarks/apps/collectives_app.py", str(rounds),
+                                timeout=600, env=env)
     if rc != 0:
         sys.exit(f"collectives job failed ({rc}):\n{out}\n{err}")
     res: dict = {}
@@ -49,16 +72,9 @@ def main() -> None:
         if line.startswith("result "):
             _, name, kind, value = line.split()
             res[(name, kind)] = float(value)
-        elif line.startswith("members "):
+        elif line.startswith("members ") and env is None:
             print(line)
-    print(f"{'':24}{'raw mpi4py':>13}{'frozen group':>14}{'ratio':>7}{'hub group':>13}"
-          f"{'ratio':>8}   raw call")
-    for name, (label, raw_call) in LABELS.items():
-        if (name, "raw") not in res:
-            continue                      # left out by BENCH_OPS
-        raw, frozen, hub = res[(name, "raw")], res[(name, "frozen")], res[(name, "group")]
-        print(f"{label:24}{fmt(raw):>13}{fmt(frozen):>14}{frozen / raw:>6.1f}x{fmt(hub):>13}"
-              f"{hub / raw:>7.1f}x   {raw_call}")
+    return res
 
 
 if __name__ == "__main__":
