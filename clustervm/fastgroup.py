@@ -239,11 +239,13 @@ class FrozenGroup:
              timeout: float | None = None, round_no: int | None = None) -> Any:
         if self.broken is not None:
             raise self.broken
-        if self.auto and (timeout is not None or (op == "barrier" and count)):
+        if self.auto and (timeout is not None or (op == "barrier" and count) or
+                          op == "freeze"):
             # the hub's own kind of call: every member makes it (the same sequence of
             # calls), so every one takes the group back to the coordinator here; none
             # waits for this one on MPI (each completes the call before, which all made)
-            self._go_off(f"{op} with {'a timeout' if timeout is not None else 'count='}")
+            self._go_off(f"{op} with a timeout" if timeout is not None else
+                         "freeze_group" if op == "freeze" else f"{op} with count=")
             raise self.broken
         with self._lock:
             asked = self._thaw_asked

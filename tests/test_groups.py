@@ -588,6 +588,20 @@ def test_a_member_leaving_an_auto_frozen_group_is_not_waited_for():
     assert [b.value[0] for b in got] == [3, 3]
 
 
+def test_freeze_group_on_an_auto_frozen_group_keeps_its_rounds_made_on_mpi():
+    g, coord, tids, asks = _auto(3, after=1)
+    everyone(g, tids, "barrier", round_no=0, envelope=True)
+    for t, v in zip(tids, [1, 2, 3]):            # round 1 on MPI
+        g.shadow_batch("g", t, [(1, "allreduce", v, None, None, "sum", None)], off=True)
+    plan = [b.value[0] for b in everyone(g, tids, "freeze", count=1, round_no=2,
+                                         envelope=True)][0]
+    assert plan["members"] and plan["survive"] and "g" not in g.auto
+    with pytest.raises(GroupError, match="is frozen"):
+        g.join("g", 99)                          # frozen by its members: PVM's rule
+    # a member restarted from before round 1 still gets round 1's answer
+    assert call(g, 12, "allreduce", 3, fn="sum", round_no=1).value == 6
+
+
 def test_member_gives_up_a_new_communicator_that_does_not_come(monkeypatch):
     """MPI_Comm_create_from_group after a failure sometimes never returns (Open MPI 5
     ULFM, ~1 in 10 here): the member waits BUILD_S at most, goes on through the

@@ -318,8 +318,8 @@ class Groups:
             if round_no is None:
                 round_no = self.counter.get((name, tid), 0)
             reply = self._enveloped(reply, name, round_no)
-        hub_call = op != "freeze" or (round_no is not None and
-                                      round_no < self.next_round.get(name, 0))
+        hub_call = op != "freeze" or name in self.auto or (
+            round_no is not None and round_no < self.next_round.get(name, 0))
         if hub_call and name in self.shadowed:
             if name not in self.thawed:
                 # a member that saw a member lost, or one restarted after the loss
@@ -607,6 +607,7 @@ class Groups:
             plan["members"] = [(inst_of[t], t, ranks[t]) for t in ordered]
             plan["tag"] = self._comm_tags
         self.frozen[name] = plan["members"] is not None
+        self.auto.discard(name)       # frozen by its members now: nobody joins it
         survive = rnd.count == 1      # freeze_group(..., survive=False) asks with count 2
         plan["survive"] = bool(plan["members"] is not None and survive)
         if plan["survive"]:
