@@ -130,6 +130,7 @@ _OPS = {"barrier": 1, "bcast": 2, "reduce": 3, "allreduce": 4, "gather": 5, "all
         "scatter": 7, "alltoall": 8, "reduce_scatter": 9, "scan": 10, "exscan": 11}
 _NAMES = {v: k for k, v in _OPS.items()}
 _HAS_VALUE, _META_INLINE, _BUFS_INLINE, _FAST, _RAW, _FAILED, _SCALAR = 1, 2, 4, 8, 16, 32, 64
+_OFF = 128                          # not a call: this member is off MPI (auto-frozen groups)
 _I64, _F64 = struct.Struct("<q"), struct.Struct("<d")
 _UFUNCS = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maximum}
 _MPI_OPS = {"sum": MPI.SUM, "prod": MPI.PROD, "min": MPI.MIN, "max": MPI.MAX}
@@ -137,6 +138,7 @@ _FAST_KINDS = "biuf"                # integer, unsigned, float (complex: sum/pro
 _SPIN_S = 0.02                      # poll flat out this long, then back off
 _CHECK_EVERY = 64                   # polls between looks at the members' whereabouts
 _GRACE_S = 1.0                      # a member seen gone may still complete the call
+_THAW_GRACE_S = 5.0                 # a call under way when asked off MPI must complete
 _yield = getattr(os, "sched_yield", lambda: time.sleep(0))
 KEEP_ROUNDS = 64                    # shadows kept by a member, at most (as the hub keeps) ...
 KEEP_BYTES = 64 << 20               # ... and about this many bytes of them (the hub: 256 MiB)
@@ -192,7 +194,10 @@ class FrozenGroup:
         self.survive = survive
         self.auto = auto
         self._in_call = False           # a call of this member is under way (on MPI)
-        self._thaw_asked = False        # the coordinator asked this member off MPI
+        self._thaw_asked = False        # the coordinator asked this member off MPI ...
+        self._thaw_t = 0.0              # ... then (perf_counter)
+        self._off: tuple | None = None  # its last exchange (request, buffers), posted off
+        self._saw_off = False           # an exchange showed a member off: all are now
         self.site: "Site" = ctx._site
         self.name = name
         self.members = sorted((int(i), int(t), int(r)) for i, t, r in members)   # by instance
@@ -242,8 +247,7 @@ class FrozenGroup:
         if self.auto and (timeout is not None or (op == "barrier" and count) or
                           op == "freeze"):
             # the hub's own kind of call: every member makes it (the same sequence of
-            # calls), so every one takes the group back to the coordinator here; none
-            # waits for this one on MPI (each completes the call before, which all made)
+            # calls), so every one takes the group back to the coordinator here
             self._go_off(f"{op} with a timeout" if timeout is not None else
                          "freeze_group" if op == "freeze" else f"{op} with count=")
             raise self.broken
@@ -264,23 +268,41 @@ class FrozenGroup:
 
     def _go_off(self, why: str) -> None:
         """Off MPI for good: this member's calls go through the coordinator from now on
-        (Thawed); its shadows go there, the last batch saying so (``off``)."""
-        if self.broken is None:
-            self.broken = Thawed(f"frozen group {self.name!r}: {why}; the group goes on "
-                                 f"through the coordinator")
+        (Thawed); its shadows go there, the last batch saying so (``off``).
+
+        Its next call's exchange is posted now, marked _OFF, and never waited for: every
+        member makes exactly one more exchange (a call, or this), so whoever is in that
+        call, or comes to it, sees the mark, and every member takes that call through the
+        coordinator. No member waits on MPI for one that is off, and no communicator is
+        revoked (unless a member is lost). Not after an exchange that showed a mark: all
+        are off from that call on."""
+        with self._lock:
+            post = self._off is None and not self._saw_off and self.broken is None
+            if self.broken is None:
+                self.broken = Thawed(f"frozen group {self.name!r}: {why}; the group goes "
+                                     f"on through the coordinator")
+            if post:
+                slot = np.zeros(SLOT, np.uint8)
+                _HDR.pack_into(slot, 0, 0, -1, -1, 0, _OFF, 0, 0, 0)
+                slots = np.empty(len(self.members) * SLOT, np.uint8)
+                try:
+                    self._off = (self.comm.Iallgather(slot, slots), slot, slots)
+                except MPI.Exception:   # (revoked: a member was lost, and all see it)
+                    self._off = (None, slot, slots)
         self.flush_shadows(off=True)
 
     def thaw_request(self) -> None:
         """The coordinator asks every member off MPI (a THAW, in a handler's thread). A
-        call under way is ended by revoking the communicator (it may wait for a member
-        that makes no more calls there: :meth:`_break`); a member not in a call is off
-        at once, with no revoke (every member is asked)."""
+        member not in a call is off at once (:meth:`_go_off`). A call under way
+        completes, as every member makes that exchange (a call, or its last one, marked
+        off): off after it. (One not complete within _THAW_GRACE_S is given up:
+        :meth:`_poll` revokes the communicator, and Open MPI prints ``NBC_Progress: an
+        error 77 ...``.)"""
         with self._lock:
+            self._thaw_t = time.perf_counter()
             self._thaw_asked = True
             busy = self._in_call
-        if busy:
-            self._revoke()
-        else:
+        if not busy:
             self._go_off("the coordinator asked (a task joins, or a member left)")
 
     def _member_call(self, op: str, value: Any, count: Any, root: Any, fn: str | None,
@@ -316,6 +338,12 @@ class FrozenGroup:
         slots = self._slots
         self._wait(self.comm.Iallgather(slot, slots), op)
         hdrs = [_HDR.unpack_from(slots, p * SLOT) for p in range(n)]
+        if any(h[4] & _OFF for h in hdrs):
+            # a member is off MPI (asked, left, or a call of the hub's own): every member
+            # takes this call through the coordinator; no exchange follows
+            self._saw_off = True
+            self._go_off("a member went off MPI")
+            raise self.broken
         if failed is not None:
             raise failed
         bad = [self.insts[p] for p, h in enumerate(hdrs) if h[4] & _FAILED]
@@ -700,6 +728,8 @@ class FrozenGroup:
                 continue
             transport.try_poll()  # messages for this rank (background pollers keep off)
             _yield()              # more ranks than cores: let the others run now and then
+            if self._thaw_asked and now - self._thaw_t > _THAW_GRACE_S:
+                self._break(op, "this call did not complete")    # (revokes)
             if self.ctx.aborted:
                 self._revoke()
                 raise TaskAborted(self.ctx.tid)
@@ -782,7 +812,9 @@ class FrozenGroup:
     def close(self) -> None:
         """This member leaves: the others' calls on the communicator must not wait for it
         (an auto-frozen group's: the coordinator asks the others off MPI instead)."""
-        if self.broken is None and not self.auto:
+        if self.auto:
+            self._go_off("this task left it")
+        elif self.broken is None:
             self._revoke()
         self.flush_shadows(off=True)
         self.broken = self.broken or GroupError(f"this task left frozen group {self.name!r}")
