@@ -180,3 +180,34 @@ def test_scalars_travel_in_the_slot():
         assert code in (b"i", b"f", b"b", b"s") and len(data) < fastgroup._ROOM
     for v in (2 ** 63, True, np.float64(1.0), None, [1], b"x" * fastgroup._ROOM, "\udc80"):
         assert fastgroup._scalar(v) is None, v
+
+
+def test_a_member_asked_off_mpi_marks_its_next_exchange_and_every_member_goes_off():
+    """An auto-frozen group (core/groups.py): member 2, not in a call, is asked off MPI
+    (a THAW). It posts the exchange of its next call marked off and waits for nothing;
+    the two members in that call see the mark and take it through the coordinator
+    (Thawed), with no revoke; later calls go there at once."""
+    from clustervm.errors import Thawed
+    fgs = _group(3)
+    for fg in fgs:
+        fg.auto = True
+    out: list = [None] * 3
+
+    def member(p: int) -> None:
+        try:
+            out[p] = ("ok", fgs[p].call("allreduce", 1, None, None, "sum"))
+        except Exception as exc:   # noqa: BLE001
+            out[p] = ("raised", exc)
+
+    threads = [threading.Thread(target=member, args=(p,)) for p in (0, 1)]
+    threads.append(threading.Thread(target=fgs[2].thaw_request))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert [o[0] for o in out[:2]] == ["raised", "raised"], out
+    assert all(isinstance(o[1], Thawed) for o in out[:2]), out
+    assert all(isinstance(fg.broken, Thawed) for fg in fgs)
+    assert fgs[2]._off is not None and not fgs[2]._saw_off and fgs[0]._saw_off
+    with pytest.raises(Thawed):                  # no exchange: at once
+        fgs[0].call("barrier", None, None, None, None)
