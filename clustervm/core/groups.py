@@ -24,6 +24,12 @@ restarted and caught up) *re-freezes* the group: its answers carry a new plan
 (the members' current ranks, a new communicator tag), every member builds the
 new communicator from it, and the next rounds run on MPI again. A member
 replaying that round later (restarted once more) gets the answer without it.
+
+A hub group goes on MPI the same way by itself (*auto-frozen*, ``auto_freeze``
+full rounds in a row with the same members, one per rank: ``_auto_freeze``) and
+stays a dynamic group: a join waits until its members are off MPI (the shell
+sends them a THAW: ``ThawGroup``), a leave asks them off, and rounds that a
+member made on MPI never count a task that joined after.
 """
 from __future__ import annotations
 
@@ -690,9 +696,11 @@ class Groups:
         the same members, one per rank of COMM_WORLD, its answers carry a plan that puts
         the group on MPI (as ``freeze_group`` does, surviving a lost member): member to
         member from the next round on, the coordinator only keeping the membership. A
-        task that joins it, or a member that leaves or ends, takes it back here first
-        (``join_when_off``; a member that leaves revokes its communicator); a call with a
-        ``count`` or a timeout goes back here too (fastgroup.FrozenGroup.call)."""
+        task that joins it, or a member that leaves, takes it back here first
+        (``join_when_off``: the members are asked off MPI, fastgroup.FrozenGroup.
+        thaw_request); a call with a ``count`` or a timeout goes back here too
+        (FrozenGroup.call). After such a change, as many full rounds again put it back
+        on MPI; after a loss, the first round every member makes itself (_refreeze)."""
         members = set(self.members.get(name, {}).values())
         if len(members) < 2 or set(rnd.parts) != members or rnd.op == "freeze" or \
                 (rnd.op == "barrier" and rnd.count) or \
