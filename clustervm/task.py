@@ -284,7 +284,10 @@ class TaskContext:
         clustervm/fastgroup.py). With ``survive=False`` (no such copies) the loss of a
         member makes its collectives raise GroupError naming it (never hang).
         After freezing, no task can join. On a transport without MPI (clustervm.inprocess)
-        the group is frozen but its collectives stay on the coordinator.
+        the group is frozen but its collectives stay on the coordinator. (A hub group of
+        one member per node goes on MPI by itself after ``CLUSTERVM_AUTO_FREEZE`` calls
+        and stays open to joins, which take it back to the coordinator for a while;
+        ``freeze_group`` fixes the membership, and puts it on MPI from its call on.)
         """
         if not self._site.transport.mpi_world:
             mpi = False         # no MPI communicators to build: the hub, as with mpi=False
