@@ -2,8 +2,9 @@
 
     python tools/chaos.py --trials 20 [--app pi|heat|heat-group|kmeans] [--seed 1] [-- extra clustervm run args]
 
-Each trial starts ``clustervm run -n 4`` on pi_montecarlo.py (``--task-ms``) or
-heat2d.py, waits a random time between 0 and the undisturbed run's wall time,
+Each trial starts ``clustervm run -n 4`` on pi_montecarlo.py (``--task-ms``),
+heat2d.py or kmeans.py (3 tasks, one a node: its hub group's allreduce goes on MPI by
+itself after 16 rounds), waits a random time between 0 and the undisturbed run's wall time,
 sends SIGKILL or SIGSTOP to a random worker rank (found by its
 OMPI_COMM_WORLD_RANK, the way an outside checker would; ``--victims 2``: two
 workers, each at its own moment), and checks that the job prints the
