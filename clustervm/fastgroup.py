@@ -135,6 +135,7 @@ _I64, _F64 = struct.Struct("<q"), struct.Struct("<d")
 _UFUNCS = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maximum}
 _MPI_OPS = {"sum": MPI.SUM, "prod": MPI.PROD, "min": MPI.MIN, "max": MPI.MAX}
 _FAST_KINDS = "biuf"                # integer, unsigned, float (complex: sum/prod only)
+_SHADOW_KINDS = _FAST_KINDS + "c"   # arrays a shadow copies (any other value: snapshot)
 _SPIN_S = 0.02                      # poll flat out this long, then back off
 _CHECK_EVERY = 64                   # polls between looks at the members' whereabouts
 _GRACE_S = 1.0                      # a member seen gone may still complete the call
@@ -340,7 +341,11 @@ class FrozenGroup:
         slots = self._slots
         self._wait(self.comm.Iallgather(slot, slots), op)
         hdrs = [_HDR.unpack_from(slots, p * SLOT) for p in range(n)]
-        if any(h[4] & _OFF for h in hdrs):
+        some = every = hdrs[0][4]          # the members' flags: in any slot, in all
+        for h in hdrs:
+            some |= h[4]
+            every &= h[4]
+        if some & _OFF:
             # a member is off MPI (asked, left, or a call of the hub's own): every member
             # takes this call through the coordinator; no exchange follows
             self._saw_off = True
@@ -348,8 +353,8 @@ class FrozenGroup:
             raise self.broken
         if failed is not None:
             raise failed
-        bad = [self.insts[p] for p, h in enumerate(hdrs) if h[4] & _FAILED]
-        if bad:
+        if some & _FAILED:
+            bad = [self.insts[p] for p, h in enumerate(hdrs) if h[4] & _FAILED]
             raise GroupError(f"{op} on frozen group {self.name!r}: instance(s) {bad} could not "
                              f"make their contribution (their own call raised the error); no "
                              f"member got a result")
@@ -367,14 +372,12 @@ class FrozenGroup:
                                  f"{0 if values is None else len(values)} values for "
                                  f"{max(self.insts) + 1} instances")
             return values[self.insts[self.me]]
-        if op in ("reduce", "allreduce") and all(h[4] & _RAW for h in hdrs) and \
-                self._same_meta(hdrs):
+        if op in ("reduce", "allreduce") and every & _RAW and self._same_meta(hdrs):
             result = self._raw_reduce(hdrs, fn, meta)
             return result if op == "allreduce" or self.me == root_pos else None
-        if op in ("reduce", "allreduce") and all(h[4] & _FAST for h in hdrs) and \
-                self._same_meta(hdrs):
+        if op in ("reduce", "allreduce") and every & _FAST and self._same_meta(hdrs):
             return self._fast_reduce(op, value, fn, root_pos)
-        if all(h[4] & _SCALAR for h in hdrs):       # every value in its member's slot
+        if every & _SCALAR:                         # every value in its member's slot
             values = [self._scalar_at(p, h) for p, h in enumerate(hdrs)]
         else:
             values = self._everyone(hdrs, slots, op, bufs, meta)
@@ -459,7 +462,7 @@ class FrozenGroup:
                    f"could not make their contribution (their own call raised the error); no "
                    f"member got a result")
             value = None
-        elif isinstance(value, np.ndarray) and value.dtype.kind in _FAST_KINDS + "c":
+        elif isinstance(value, np.ndarray) and value.dtype.kind in _SHADOW_KINDS:
             value = self._copy(value)       # the caller may change it once the call returns
         elif not isinstance(value, IMMUTABLE):
             try:
