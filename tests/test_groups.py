@@ -950,6 +950,20 @@ def test_a_task_joins_an_auto_frozen_group_while_its_members_call_on_mpi():
 
 
 @pytest.mark.mpi
+def test_a_hub_group_on_mpi_by_itself_survives_a_killed_node(job, tmp_path):
+    """The group went on MPI by itself (16 rounds); the node of one member is SIGKILLed
+    at step 30; the member restarts from the start on a node that has a member already,
+    gets every answer the others got, and the group goes on through the coordinator."""
+    j = job([str(APPS / "groups_auto.py"), "--kill-at", "30", "--markers", str(tmp_path)],
+            n=4, timeout=TIMEOUT)
+    _kill_when_ready(j, tmp_path, 3)
+    res = j.wait()
+    _ok(res, "groups_auto --kill-at")
+    assert res.line("auto-kill:") == "auto-kill: sums_ok=True task_errors=[]"
+    assert "two of its members now run on the same node" in res.err
+
+
+@pytest.mark.mpi
 def test_frozen_group_survives_a_lost_member(job, tmp_path):
     """Issue 15: a member's node is killed mid-loop; the member restarts (from scratch:
     this app does not checkpoint) on a node that has a member already, replays every round

@@ -10,14 +10,60 @@ MPI again); then that task leaves (phase C: four members, on MPI again). Prints
 With ``--busy`` the fourth task joins while the others keep calling allreduce on MPI
 (they are asked off in the middle of a call): every member counts 4 until the round
 the new one takes part in, then 5, and makes ``AFTER`` rounds more.
+
+With ``--kill-at K --markers DIR`` (``-n 4``) main and a task a node make
+``K + KILL_MORE`` allreduces of their step; the group is on MPI by itself after 16; the
+member on the last rank creates ``DIR/ready`` before step K and sleeps (the test kills
+its node). It restarts from the start elsewhere and gets every answer the others got.
+Prints ``auto-kill: sums_ok=<bool> task_errors=[...]``.
 """
 import json
-import sys
+import os
+import time
 
 G = "auto"
 ROUNDS = 24
 GO, JOINED, LEFT, GO2 = 1, 2, 3, 4
 AFTER = 20
+KILL_MORE = 40
+
+
+def steps(ctx, n, kill_at, markers, last_rank):
+    """allreduce(step) for kill_at + KILL_MORE steps (--kill-at); the member on the last
+    rank stops before step kill_at until its node is killed."""
+    out = []
+    for step in range(kill_at + KILL_MORE):
+        if step == kill_at and ctx.node == last_rank and markers and \
+                not os.path.exists(os.path.join(markers, "ready")):
+            open(os.path.join(markers, "ready"), "w").close()
+            time.sleep(60)
+        out.append(ctx.allreduce(G, step))
+    return out
+
+
+def kill_member(ctx, n, kill_at, markers, last_rank):
+    ctx.join_group(G)
+    ctx.barrier(G, count=n)
+    return steps(ctx, n, kill_at, markers, last_rank)
+
+
+def kill_drill(vm, kill_at, markers):
+    ranks = sorted(nd.rank for nd in vm.nodes if nd.rank > 0)
+    n = len(ranks) + 1
+    ctx = vm.context
+    ctx.join_group(G)
+    tids = [vm.spawn(kill_member, n, kill_at, markers, ranks[-1], where=r)[0] for r in ranks]
+    ctx.barrier(G, count=n)
+    sums = steps(ctx, n, kill_at, "", ranks[-1])
+    errors, theirs = [], []
+    for t in tids:
+        try:
+            theirs.append(vm.join(t, timeout=60))
+        except Exception as exc:   # noqa: BLE001
+            errors.append(f"{type(exc).__name__}: {exc}")
+    want = [n * s for s in range(kill_at + KILL_MORE)]
+    ok = sums == want and all(x == want for x in theirs)
+    print(f"auto-kill: sums_ok={ok} task_errors={errors}", flush=True)
 
 
 def until_five(ctx) -> list:
@@ -91,6 +137,11 @@ def joiner(ctx, main_tid):
 
 def main(vm):
     ctx = vm.context
+    if "--kill-at" in vm.argv:
+        args = vm.argv[1:]
+        kill_drill(vm, int(args[args.index("--kill-at") + 1]),
+                   args[args.index("--markers") + 1])
+        return
     ranks = sorted(n.rank for n in vm.nodes if n.rank > 0)
     assert len(ranks) == 4, "run with -n 5"
     if "--busy" in vm.argv[1:]:
