@@ -522,17 +522,13 @@ class FrozenGroup:
             self._pending_bytes = 0
             site = self.site
             args = (self.name, self.ctx.tid, entries) + ((True,) if off else ())
-            if site.rank == 0:            # main, on the coordinator itself
-                site._serve("frozen_shadow", args, _no_reply)
-                return False
-            from . import protocol as P
             try:
-                site.transport.post(P.COORDINATOR, _request("frozen_shadow", args))
+                _send_shadows(site, args)
             except Exception:   # noqa: BLE001 - a value that is not wire data: say so instead
                 args = (self.name, self.ctx.tid, [_sendable(e, self.name) for e in entries],
                         *args[3:])
                 try:
-                    site.transport.post(P.COORDINATOR, _request("frozen_shadow", args))
+                    _send_shadows(site, args)
                 except Exception:   # noqa: BLE001 - the coordinator is gone: nothing to keep
                     log.debug("frozen group %r: shadows not sent", self.name, exc_info=True)
         return False
@@ -845,12 +841,17 @@ def thaw(site: "Site", name: str, tids: list) -> None:
         if fg is not None:
             fg.thaw_request()
         elif ctx is not None:
-            args = (name, tid, [], True)
-            if site.rank == 0:
-                site._serve("frozen_shadow", args, _no_reply)
-            else:
-                from . import protocol as P
-                site.transport.post(P.COORDINATOR, _request("frozen_shadow", args))
+            _send_shadows(site, (name, tid, [], True))
+
+
+def _send_shadows(site: "Site", args: tuple) -> None:
+    """A member's ``frozen_shadow`` call (never answered): main's is served on the
+    coordinator itself, a task's posted to it. Raises what encoding it raises."""
+    if site.rank == 0:
+        site._serve("frozen_shadow", args, _no_reply)
+        return
+    from . import protocol as P
+    site.transport.post(P.COORDINATOR, _request("frozen_shadow", args))
 
 
 def task_ended(ctx: "TaskContext") -> None:

@@ -949,16 +949,23 @@ def test_a_task_joins_an_auto_frozen_group_while_its_members_call_on_mpi():
     assert r["joiner"]["b"] == [5] * 21 and r["joiner"]["on_mpi_b"] is True
 
 
+def _killed_at(job, tmp_path, app: str, step: int):
+    """Run ``app --kill-at step`` on 4 ranks, SIGKILL rank 3 once its member is ready:
+    the job's result (checked to have ended with status 0)."""
+    j = job([str(APPS / app), "--kill-at", str(step), "--markers", str(tmp_path)],
+            n=4, timeout=TIMEOUT)
+    _kill_when_ready(j, tmp_path, 3)
+    res = j.wait()
+    _ok(res, f"{app} --kill-at")
+    return res
+
+
 @pytest.mark.mpi
 def test_a_hub_group_on_mpi_by_itself_survives_a_killed_node(job, tmp_path):
     """The group went on MPI by itself (16 rounds); the node of one member is SIGKILLed
     at step 30; the member restarts from the start on a node that has a member already,
     gets every answer the others got, and the group goes on through the coordinator."""
-    j = job([str(APPS / "groups_auto.py"), "--kill-at", "30", "--markers", str(tmp_path)],
-            n=4, timeout=TIMEOUT)
-    _kill_when_ready(j, tmp_path, 3)
-    res = j.wait()
-    _ok(res, "groups_auto --kill-at")
+    res = _killed_at(job, tmp_path, "groups_auto.py", 30)
     assert res.line("auto-kill:") == "auto-kill: sums_ok=True task_errors=[]"
     assert "two of its members now run on the same node" in res.err
 
@@ -969,11 +976,7 @@ def test_frozen_group_survives_a_lost_member(job, tmp_path):
     this app does not checkpoint) on a node that has a member already, replays every round
     from the others' shadows, and the group goes on through the coordinator (it cannot be
     one member per rank: said once in the log) with every result right."""
-    j = job([str(APPS / "groups_frozen.py"), "--kill-at", "5", "--markers", str(tmp_path)],
-            n=4, timeout=TIMEOUT)
-    _kill_when_ready(j, tmp_path, 3)
-    res = j.wait()
-    _ok(res, "groups_frozen --kill-at")
+    res = _killed_at(job, tmp_path, "groups_frozen.py", 5)
     assert res.line("frozen-error:") == "frozen-error: none"
     # the member restarted on a node that has a member already: one per rank no more
     assert res.line("frozen-survived:") == \

@@ -228,6 +228,7 @@ class Core:
         #: the nodes alive change: counted, and each one's buddy worked out again once
         #: asked for (_buddy_of)
         self._alive_ver = 0
+        self._lost_nodes = 0                    # nodes found dead so far (lost_nodes)
         self._buddies_ver = -1
         self._buddies: dict[int, int] = {}
         self.journal_done: dict[int, tuple[int, bool, Any]] = {}
@@ -376,6 +377,8 @@ class Core:
     # -- node states ------------------------------------------------------------
 
     def _set_state(self, n: Node, state: NodeState) -> None:
+        if state is _DEAD and n.state is not _DEAD:
+            self._lost_nodes += 1
         n.state = state
         if state is _ALIVE or state is _SPARE:     # its deadline may be the earliest now
             due = max(n.last_heard, n.joined_at) + self.heartbeat_s
@@ -751,7 +754,7 @@ class Core:
 
     def lost_nodes(self) -> int:
         """Nodes lost so far (once one is, MPI_Comm_create_group on COMM_WORLD fails)."""
-        return sum(1 for n in self.nodes.values() if n.state is _DEAD)
+        return self._lost_nodes
 
     def restartable(self, tid: int) -> bool:
         """Will task ``tid`` come back after its node is lost (a node is left to run it)?"""

@@ -28,7 +28,7 @@ AFTER = 20
 KILL_MORE = 40
 
 
-def steps(ctx, n, kill_at, markers, last_rank):
+def steps(ctx, kill_at, markers, last_rank):
     """allreduce(step) for kill_at + KILL_MORE steps (--kill-at); the member on the last
     rank stops before step kill_at until its node is killed."""
     out = []
@@ -44,7 +44,7 @@ def steps(ctx, n, kill_at, markers, last_rank):
 def kill_member(ctx, n, kill_at, markers, last_rank):
     ctx.join_group(G)
     ctx.barrier(G, count=n)
-    return steps(ctx, n, kill_at, markers, last_rank)
+    return steps(ctx, kill_at, markers, last_rank)
 
 
 def kill_drill(vm, kill_at, markers):
@@ -54,7 +54,7 @@ def kill_drill(vm, kill_at, markers):
     ctx.join_group(G)
     tids = [vm.spawn(kill_member, n, kill_at, markers, ranks[-1], where=r)[0] for r in ranks]
     ctx.barrier(G, count=n)
-    sums = steps(ctx, n, kill_at, "", ranks[-1])
+    sums = steps(ctx, kill_at, "", ranks[-1])
     errors, theirs = [], []
     for t in tids:
         try:
