@@ -699,8 +699,8 @@ class FrozenGroup:
 
     # -- waiting, and noticing a lost member ------------------------------------------
 
-    def _wait(self, req: MPI.Request, op: str, spin_s: float = _SPIN_S) -> None:
-        """Poll ``req`` until done: flat out for ``spin_s``, then with short sleeps;
+    def _wait(self, req: MPI.Request, op: str) -> None:
+        """Poll ``req`` until done: flat out for _SPIN_S, then with short sleeps;
         meanwhile look out for a lost member, an aborted task and the caller's timeout.
         (MPI moves a big collective's data only while polled: with 5 ms instead of 20,
         an 8 MiB allreduce took 2-5x longer here; kmeans, 3 tasks on 2 cores, whose
@@ -712,9 +712,9 @@ class FrozenGroup:
             self._break(op, f"MPI reported an error ({exc.Get_error_string()})")
         transport = self.site.transport
         with transport.foreground():    # this thread polls for the rank meanwhile
-            self._poll(req, op, transport, spin_s)
+            self._poll(req, op, transport)
 
-    def _poll(self, req: MPI.Request, op: str, transport: Any, spin_s: float) -> None:
+    def _poll(self, req: MPI.Request, op: str, transport: Any) -> None:
         t0 = time.perf_counter()
         polls = 0
         pause = 0.00005
@@ -727,7 +727,7 @@ class FrozenGroup:
                 self._break(op, f"MPI reported an error ({exc.Get_error_string()})")
             polls += 1
             now = time.perf_counter()
-            spinning = now - t0 < spin_s
+            spinning = now - t0 < _SPIN_S
             if spinning and polls % _CHECK_EVERY:
                 continue
             transport.try_poll()  # messages for this rank (background pollers keep off)
