@@ -64,7 +64,9 @@ def group() -> "fastgroup.FrozenGroup":
     slots = np.empty(MEMBERS * fastgroup.SLOT, np.uint8)
     fields.update(_slot=slot, _slots=slots, _slot_mv=memoryview(slot),
                   _slots_mv=memoryview(slots), _rows=slots.reshape(MEMBERS, fastgroup.SLOT),
-                  _raw_metas={}, _raw_views={}, _spare=[])   # (fields of newer versions)
+                  _raw_metas={}, _raw_views={}, _spare=[],   # (fields of newer versions)
+                  auto=False, _in_call=False, _thaw_asked=False, _thaw_t=0.0, _off=None,
+                  _saw_off=False)
     for k, v in fields.items():
         setattr(fg, k, v)
     return fg
