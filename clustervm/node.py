@@ -812,7 +812,8 @@ class Node(Site):
         disk = False
         if group:
             self._wait_held(ctx)
-            self._wait_alive(ctx, lambda: not self._frozen(ctx))     # until aborted
+            if ctx.aborted or self._frozen(ctx):          # (a wait costs 9 us here)
+                self._wait_alive(ctx, lambda: not self._frozen(ctx))     # until aborted
             ready = not self._first_big_pending(ctx, approx_size(state) + (1 << 20))
             delivered, mailbox, ready, disk = self._cut(ctx, group, seq, ready,
                                                         self._disk_vote(group))
