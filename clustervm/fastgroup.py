@@ -197,8 +197,9 @@ class FrozenGroup:
         self._in_call = False           # a call of this member is under way (on MPI)
         self._thaw_asked = False        # the coordinator asked this member off MPI ...
         self._thaw_t = 0.0              # ... then (perf_counter)
-        self._off: tuple | None = None  # its last exchange (request, buffers), posted off
+        self._off: list | None = None   # its last exchange [request, buffers, comm to free]
         self._saw_off = False           # an exchange showed a member off: all are now
+        self._revoked = False           # its communicator was revoked (or seen revoked)
         self.site: "Site" = ctx._site
         self.name = name
         self.members = sorted((int(i), int(t), int(r)) for i, t, r in members)   # by instance
@@ -287,9 +288,10 @@ class FrozenGroup:
                 _HDR.pack_into(slot, 0, 0, -1, -1, 0, _OFF, 0, 0, 0)
                 slots = np.empty(len(self.members) * SLOT, np.uint8)
                 try:
-                    self._off = (self.comm.Iallgather(slot, slots), slot, slots)
+                    self._off = [self.comm.Iallgather(slot, slots), slot, slots, None]
                 except MPI.Exception:   # (revoked: a member was lost, and all see it)
-                    self._off = (None, slot, slots)
+                    self._off = [None, slot, slots, None]
+                    self._revoked = True
         if post:
             _keep_last(self._off)       # (this object may go before the exchange is over)
         self.flush_shadows(off=True)
@@ -808,6 +810,7 @@ class FrozenGroup:
         raise self.broken
 
     def _revoke(self) -> None:
+        self._revoked = True
         try:
             self.comm.Revoke()        # ULFM: every member's pending call on it ends
         except Exception:   # noqa: BLE001 - no ULFM: the others see the loss themselves
@@ -823,12 +826,29 @@ class FrozenGroup:
         self.flush_shadows(off=True)
         self.broken = self.broken or GroupError(f"this task left frozen group {self.name!r}")
 
-    def free(self) -> None:
-        """Let go of the communicator (best effort: a revoked one may not free cleanly)."""
-        try:
-            self.comm.Free()
-        except Exception:   # noqa: BLE001
-            pass
+    def retire(self) -> None:
+        """This member makes no more calls on the communicator (it went off MPI, left,
+        or its task ended): free it. Each time a group goes back on MPI its members build
+        a new one (~9 KB each in Open MPI). Its last exchange, if still under way (see
+        :meth:`_go_off`), completes first: the communicator is freed with it
+        (:func:`_keep_last`). A revoked one (a member lost) is kept: freeing it made the
+        next communicator's first call hang (Open MPI 5, ULFM; tests/test_groups.py's
+        ``test_frozen_group_goes_back_on_mpi_after_a_killed_node``)."""
+        with self._lock:
+            if self.broken is None:
+                self.broken = GroupError(f"this task is done with frozen group {self.name!r}")
+            comm, self.comm = self.comm, None
+        if comm is None or self._revoked:
+            return
+        with _LAST_LOCK:
+            off = self._off
+            if off is not None and off[0] is not None:
+                off[3] = comm
+                comm = None
+        if comm is None:
+            _keep_last(None)        # (frees it now if that exchange is over)
+        else:
+            _free(comm)
 
 
 def thaw(site: "Site", name: str, tids: list) -> None:
@@ -865,25 +885,43 @@ def task_ended(ctx: "TaskContext") -> None:
             fg._go_off("its task ended")
         elif fg.survive:
             fg.flush_shadows()
+        fg.retire()
 
 
-#: the last exchanges of members gone off MPI (request, buffers), kept until complete:
-#: MPI writes into the buffers until every member has made that exchange
-_LAST: list[tuple] = []
+#: the last exchanges of members gone off MPI [request, buffers, comm to free], kept
+#: until complete: MPI writes into the buffers until every member has made that exchange
+_LAST: list[list] = []
 _LAST_LOCK = threading.Lock()
 
 
-def _keep_last(entry: tuple) -> None:
+def _keep_last(entry: list | None) -> None:
+    """Keep ``entry`` (if any) until its exchange completes; let go of those complete,
+    and free the communicators that waited for them (FrozenGroup.retire)."""
+    done = []
     with _LAST_LOCK:
         live = []
         for item in _LAST:
             try:
                 if item[0] is not None and not item[0].Test():
                     live.append(item)
+                    continue
             except Exception:   # noqa: BLE001 - revoked (a member lost): over
                 pass
-        live.append(entry)
+            done.append(item[3])
+        if entry is not None:
+            live.append(entry)
         _LAST[:] = live
+    for comm in done:
+        if comm is not None:
+            _free(comm)
+
+
+def _free(comm: Any) -> None:
+    """MPI_Comm_free (local in Open MPI); a revoked one may not free cleanly."""
+    try:
+        comm.Free()
+    except Exception:   # noqa: BLE001 - best effort
+        log.debug("a frozen group's communicator did not free cleanly", exc_info=True)
 
 
 class _Flusher:
@@ -1066,7 +1104,10 @@ def refreeze(ctx: "TaskContext", name: str, plan: dict) -> "FrozenGroup | None":
         log.warning("frozen group %r: its new communicator could not be built (%s); it goes "
                     "on through the coordinator", name, why)
         return None
-    ctx.__dict__.setdefault("_frozen", {})[name] = fg
+    frozen = ctx.__dict__.setdefault("_frozen", {})
+    old, frozen[name] = frozen.get(name), fg
+    if old is not None:
+        old.retire()
     log.info("task %d: frozen group %r is on MPI again (%s)", ctx.tid, name, plan.get("why"))
     return fg
 

@@ -268,6 +268,7 @@ class TaskContext:
         frozen = self.__dict__.get("_frozen", {}).pop(name, None)
         if frozen is not None:
             frozen.close()
+            frozen.retire()
         self._site.call("leave_group", name, self.tid)
         self._coll.pop(name, None)      # a later join_group starts at the group's next round
 
@@ -295,8 +296,10 @@ class TaskContext:
         plan = self._collective("freeze", name, None, count, None, None, timeout)
         if plan["members"]:
             from .fastgroup import FrozenGroup
-            self.__dict__.setdefault("_frozen", {})[name] = FrozenGroup(
-                self, name, plan["members"], plan["tag"], bool(plan.get("survive")))
+            frozen = self.__dict__.setdefault("_frozen", {})
+            _retire(frozen.get(name))
+            frozen[name] = FrozenGroup(self, name, plan["members"], plan["tag"],
+                                       bool(plan.get("survive")))
         return plan["size"]
 
     def group_on_mpi(self, name: str) -> bool:
@@ -388,8 +391,8 @@ class TaskContext:
         if frozen and name in frozen:
             try:
                 return frozen[name].call(op, value, count, root, fn_ref, timeout, round_no)
-            except Thawed:
-                frozen.pop(name, None)       # a member was lost: this call again, on the hub
+            except Thawed:               # off MPI (or a member was lost): this call
+                _retire(frozen.pop(name, None))         # again, on the hub
         if timeout is not None and self.tid == MAIN_TID:
             # main's value goes to the coordinator's groups without a copy when main waits
             # for the answer; it may leave first (TimeoutError) and change it then
@@ -409,7 +412,7 @@ class TaskContext:
                 try:
                     return fg.call(op, value, count, root, fn_ref, timeout, round_no)
                 except Thawed:
-                    self.__dict__.get("_frozen", {}).pop(name, None)   # the hub's, then
+                    _retire(self.__dict__.get("_frozen", {}).pop(name, None))   # the hub's
         return answer
 
     # -- VM-wide mailbox (pvm_putinfo / pvm_recvinfo) -------------------------
@@ -429,6 +432,12 @@ class TaskContext:
     def del_info(self, name: str) -> None:
         """Delete the mailbox entry ``name`` (KeyError if there is none)."""
         self._site.call("del_info", name)
+
+
+def _retire(frozen: Any) -> None:
+    """A frozen group this member is done with lets go of its communicator."""
+    if frozen is not None:
+        frozen.retire()
 
 
 def spawn_args(count: int | None, args: Sequence | None) -> tuple[int, list | None]:

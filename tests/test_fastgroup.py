@@ -211,3 +211,47 @@ def test_a_member_asked_off_mpi_marks_its_next_exchange_and_every_member_goes_of
     assert fgs[2]._off is not None and not fgs[2]._saw_off and fgs[0]._saw_off
     with pytest.raises(Thawed):                  # no exchange: at once
         fgs[0].call("barrier", None, None, None, None)
+
+
+def test_a_member_done_with_a_group_frees_its_communicator_after_its_last_exchange():
+    """retire(): a member off MPI for good frees its communicator (a group back on MPI
+    gets a new one each time); one whose last exchange (marked off) is still under way
+    frees it once that exchange is over, never before (MPI still writes its buffers);
+    a revoked one is never freed."""
+    class _Pending:
+        done = False
+
+        def Test(self) -> bool:             # noqa: N802
+            return self.done
+
+    class _Freed:
+        def __init__(self) -> None:
+            self.req, self.freed = _Pending(), 0
+
+        def Iallgather(self, slot, slots):   # noqa: N802
+            return self.req
+
+        def Free(self) -> None:              # noqa: N802
+            self.freed += 1
+
+    fgs = _group(2)
+    comms = [_Freed(), _Freed()]
+    for fg, comm in zip(fgs, comms):
+        fg.auto, fg.comm = True, comm
+    fgs[1].retire()                  # no exchange of its own under way: freed now
+    assert comms[1].freed == 1 and fgs[1].comm is None and fgs[1].broken is not None
+    fgs[0].thaw_request()            # not in a call: its next exchange posted, marked off
+    assert fgs[0]._off is not None and fgs[0]._off[0] is comms[0].req
+    fgs[0].retire()
+    fastgroup._keep_last(None)
+    assert comms[0].freed == 0       # that exchange is still under way
+    comms[0].req.done = True
+    fastgroup._keep_last(None)
+    assert comms[0].freed == 1
+    fgs[0].retire()                  # twice: nothing more
+    assert comms[0].freed == 1 and not fastgroup._LAST
+    lost = _group(2)[0]              # revoked (a member lost): kept, never freed
+    lost.comm = comm = _Freed()
+    lost._revoke()                   # (the stand-in has no Revoke: ULFM's absence)
+    lost.retire()
+    assert comm.freed == 0 and lost.comm is None
