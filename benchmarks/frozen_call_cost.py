@@ -66,7 +66,7 @@ def group() -> "fastgroup.FrozenGroup":
                   _slots_mv=memoryview(slots), _rows=slots.reshape(MEMBERS, fastgroup.SLOT),
                   _raw_metas={}, _raw_views={}, _spare=[],   # (fields of newer versions)
                   auto=False, _in_call=False, _thaw_asked=False, _thaw_t=0.0, _off=None,
-                  _saw_off=False)
+                  _saw_off=False, _revoked=False, _main_keeps=False)
     for k, v in fields.items():
         setattr(fg, k, v)
     return fg

@@ -50,7 +50,7 @@ for name, val in CALLS:
     # now: the member keeps a tuple (FrozenGroup._shadow without MPI)
     fg = fastgroup.FrozenGroup.__new__(fastgroup.FrozenGroup)
     fg._lock = threading.Lock(); fg._pending = deque(); fg._pending_bytes = 0; fg._last_call = 0.0
-    fg.name = "g"; fg.insts = [0]; fg.me = 0; fg._spare = []
+    fg.name = "g"; fg.insts = [0]; fg.me = 0; fg._spare = []; fg._main_keeps = False
     fastgroup._FLUSHER.kick.set()       # no flusher thread in this measurement
     now = per_call(lambda i: fg._shadow(i + 1, op, val, None, None, "sum", None))
     print(f"{name:22} before: encode {enc:5.1f} us + coordinator decode {dec:5.1f} us + "

@@ -114,6 +114,7 @@ from mpi4py import MPI
 
 from . import wire
 from .errors import GroupError, Thawed
+from .protocol import MAIN_TID
 from .mailbox import TaskAborted
 from .reduce import VECTOR_OPS, _reduce, combine
 from .site import approx_size, snapshot
@@ -206,6 +207,9 @@ class FrozenGroup:
         self.insts = [i for i, _, _ in self.members]
         self.pos_of_inst = {i: p for p, i in enumerate(self.insts)}
         self.me = next(p for p, (_, t, _) in enumerate(self.members) if t == ctx.tid)
+        #: main is a member too, and this is another: results that MPI computed are kept
+        #: by main, this member drops its own once main has it (_drop_last_result)
+        self._main_keeps = ctx.tid != MAIN_TID and any(t == MAIN_TID for _, t, _ in members)
         self.broken: GroupError | None = None
         self.calls = 0
         self._lock = threading.Lock()
@@ -233,7 +237,6 @@ class FrozenGroup:
             [r for _, _, r in self.members], tag, after_loss, hold)
         self.comm.Set_errhandler(MPI.ERRORS_RETURN)
         # where the other members are now: a change means their node was lost
-        from .protocol import MAIN_TID
         self.watch = {}
         for _, t, r in self.members:
             if t not in (ctx.tid, MAIN_TID):
@@ -457,6 +460,8 @@ class FrozenGroup:
         for the coordinator, sent later in a batch (see :meth:`flush_shadows`): if a
         member is lost, the group goes on on the hub from these (see groups.py)."""
         why = None
+        if self._main_keeps:
+            self._drop_last_result(round_no)
         if result is not None:
             result, value = self._copy(result), None    # the caller may change its copy
         elif failed is not None:
@@ -486,6 +491,29 @@ class FrozenGroup:
             self._last_call = time.monotonic()
         if not _FLUSHER.kick.is_set():
             _FLUSHER.wake(self)
+
+    def _drop_last_result(self, round_no: int) -> None:
+        """This member completed round ``round_no`` on MPI, so main (a member too) posted
+        its exchange, so main's call of every round before it completed: main's shadow
+        keeps their results (main is never lost; its shadows reach the coordinator
+        without a transfer, and no round completes there without them). The result this
+        member kept of the round before is not needed any more: an 8 MiB allreduce's
+        copy goes to the coordinator at most once a batch, not once a call, and its
+        memory takes the next result. (Until then it is needed: a member that completed
+        a call, and main whose call of it did not complete before a loss, must get the
+        same result.)"""
+        with self._lock:
+            pending = self._pending
+            if not pending:
+                return
+            size, entry = pending[-1]
+            result = entry[7]
+            if result is None or entry[0] >= round_no:
+                return
+            less = approx_size(result)
+            pending[-1] = (size - less, (*entry[:7], None))
+            self._pending_bytes -= less
+            self._recycle(result)
 
     def _copy(self, a: np.ndarray) -> np.ndarray:
         """A copy of array ``a`` for a shadow: into a dropped shadow's array of the same

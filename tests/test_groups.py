@@ -681,7 +681,7 @@ def test_member_that_stops_calling_sends_its_shadows():
     fg = fastgroup.FrozenGroup.__new__(fastgroup.FrozenGroup)
     fg.site, fg.ctx, fg.name, fg.insts, fg.me, fg.survive = Site(), Ctx(), "g", [0], 0, True
     fg._lock, fg._pending, fg._pending_bytes, fg._last_call = threading.Lock(), deque(), 0, 0.0
-    fg._spare = []
+    fg._spare, fg._main_keeps = [], False
     for r in range(1, fastgroup.KEEP_ROUNDS + 11):
         fg._shadow(r, "allreduce", np.array([r]), None, None, "sum", None)
     assert not Site.sent                      # the member keeps calling: nothing sent
@@ -722,7 +722,7 @@ def test_large_shadows_reuse_only_the_arrays_of_shadows_dropped_unsent(monkeypat
     fg.site, fg.ctx, fg.name, fg.insts, fg.me, fg.survive = \
         Site(), types.SimpleNamespace(tid=MAIN_TID), "g", [0], 0, True
     fg._lock, fg._pending, fg._pending_bytes, fg._last_call = threading.Lock(), deque(), 0, 0.0
-    fg._spare = []
+    fg._spare, fg._main_keeps = [], False
     result = np.zeros(fastgroup._RECYCLE_BYTES // 8)
     kept: list = []
 
@@ -742,6 +742,39 @@ def test_large_shadows_reuse_only_the_arrays_of_shadows_dropped_unsent(monkeypat
     assert [(e[0], e[7].min(), e[7].max()) for e in entries] == [(4, 4, 4), (5, 5, 5)]
     assert [(e[0], e[7][0]) for _, e in fg._pending] == [(8, 8), (9, 9)]
     assert all(e[7] is not a for e in entries for _, (*_, a) in fg._pending)
+
+
+def test_a_member_beside_main_keeps_only_its_last_result_and_reuses_its_memory(monkeypatch):
+    """When main is a member too, another member keeps the result MPI computed only until
+    its next call completes (which shows main completed the call before: main's shadow
+    has that result); the array goes to the next result, and a batch sent carries at
+    most one result (8 MiB allreduces: not one 8 MiB copy a call to the coordinator)."""
+    import threading
+    import types
+    from collections import deque
+    import mpi4py
+    if "mpi4py.MPI" not in sys.modules:
+        mpi4py.rc.initialize = False          # no MPI_Init in the test process
+    from clustervm import fastgroup
+    kick = threading.Event()
+    kick.set()                                # no flusher thread: this test flushes
+    monkeypatch.setattr(fastgroup, "_FLUSHER", types.SimpleNamespace(kick=kick))
+    fg = fastgroup.FrozenGroup.__new__(fastgroup.FrozenGroup)
+    fg.ctx, fg.name, fg.insts, fg.me, fg.survive = \
+        types.SimpleNamespace(tid=11), "g", [0, 1], 1, True
+    fg._lock, fg._pending, fg._pending_bytes, fg._last_call = threading.Lock(), deque(), 0, 0.0
+    fg._spare, fg._main_keeps = [], True
+    result = np.zeros(fastgroup._RECYCLE_BYTES // 8)
+    arrays = []
+    for r in (1, 2, 3):
+        result[:] = r
+        fg._shadow(r, "allreduce", None, None, None, "sum", None, result)
+        result[:] = -1                        # the caller changes the array it got
+        arrays.append(fg._pending[-1][1][7])
+    assert [(e[0], e[7] is None) for _, e in fg._pending] == [(1, True), (2, True), (3, False)]
+    assert arrays[2][0] == arrays[2][-1] == 3
+    assert arrays[2] is arrays[0]             # round 1's memory took round 3's result
+    assert fg._pending_bytes < 3 * 64 + result.nbytes + 1024
 
 
 def test_thawed_group_counts_shadows_of_a_member_that_ended():
