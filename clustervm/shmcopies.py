@@ -173,6 +173,8 @@ class _Slot:
         self.capacity = capacity
         import numpy as np
         self.base = np.frombuffer(self.map, np.uint8, offset=_DATA)
+        self.last = (0, 0, 0)       # the last write: its gen, where its blob starts, size
+        self.holds = 0              # writes of its blob to a checkpoint file under way
 
     def close(self) -> None:
         self.base = None
@@ -192,6 +194,7 @@ class ShmCopies:
         #: (tid, inc) -> its slots (None: not made yet), and how many writes so far
         self._slots: dict[tuple[int, int], list[_Slot | None]] = {}
         self._writes: dict[tuple[int, int], int] = {}
+        self._held: dict[int, _Slot] = {}       # id of a view given by hold -> its slot
         self._failed = False
 
     def write(self, tid: int, inc: int, seq: int, frames: Sequence[Any]) -> ShmRef | None:
@@ -202,8 +205,11 @@ class ShmCopies:
         old: list[_Slot | None] = []
         with self._lock:
             n = self._writes.get(key, 0)
-            self._writes[key] = n + 1
             slots = self._slots.setdefault(key, [None] * SLOTS)
+            busy = slots[n % SLOTS]
+            if busy is not None and busy.holds:
+                return None     # its blob is still being written to a file (see hold)
+            self._writes[key] = n + 1
             if n == SLOTS - 1:
                 # two of this incarnation's are held: the buddy and this node hold no
                 # older incarnation's (a task that went back here) any more
@@ -241,7 +247,33 @@ class ShmCopies:
         wire.pack_frames(frames, into=slot.base[shift:shift + size])
         os.pwrite(slot.fd, _HEADER.pack(_MAGIC, tid, inc, seq, gen, 1, _DATA + shift, size),
                   0)
+        slot.last = (gen, shift, size)
         return ShmRef(slot.path, tid, inc, seq, size, gen)
+
+    def hold(self, ref: ShmRef) -> Any:
+        """The blob :meth:`write` just wrote for ``ref``, as a view of its file's memory,
+        for this node's writer of checkpoint files (clustervm.nodefiles): the file is not
+        written again until :meth:`release` (a write that would is refused: the caller
+        takes the MPI path). None if it was written again meanwhile."""
+        with self._lock:
+            slots = self._slots.get((ref.tid, ref.inc), ())
+            slot = next((s for s in slots if s is not None and s.path == ref.path), None)
+            if slot is None or slot.last[0] != ref.gen:
+                return None
+            _, shift, size = slot.last
+            view = slot.base[shift:shift + size]
+            slot.holds += 1
+            self._held[id(view)] = slot
+            return view
+
+    def release(self, view: Any) -> bool:
+        """The writer is done with a view :meth:`hold` gave; False if it is not one."""
+        with self._lock:
+            slot = self._held.pop(id(view), None)
+            if slot is None:
+                return False
+            slot.holds -= 1
+            return True
 
     def drop(self, tid: int) -> None:
         """Delete task ``tid``'s files (it is over)."""

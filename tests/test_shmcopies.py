@@ -64,6 +64,26 @@ def test_a_file_written_again_is_not_read_as_the_old_copy(shm, caplog):
         assert state_of(ref.read())["seq"] == seq
 
 
+def test_a_file_held_for_the_writer_is_not_written_again_until_released(shm):
+    """A checkpoint this node also writes to its file (nodefiles) is written from the
+    file in /dev/shm: hold() gives the blob's memory, and a later write that would go
+    to that file is refused (None: the caller takes the MPI path), without skipping it
+    in the turn (the next file may hold a copy the buddy holds), until release()."""
+    _, copies = shm
+    first = copies.write(5, 0, 1, frames_of({"seq": 1}))
+    view = copies.hold(first)
+    assert bytes(view) == bytes(first.read())
+    later = [copies.write(5, 0, seq, frames_of({"seq": seq})) for seq in (2, 3)]
+    assert all(r is not None and r.path != first.path for r in later)
+    assert copies.write(5, 0, 4, frames_of({"seq": 4})) is None      # first's file, held
+    assert copies.write(5, 0, 4, frames_of({"seq": 4})) is None      # still: no skipping
+    assert state_of(bytes(view))["seq"] == 1
+    assert copies.release(view) and not copies.release(view)
+    again = copies.write(5, 0, 4, frames_of({"seq": 4}))
+    assert again is not None and again.path == first.path
+    assert copies.hold(first) is None                # written again since: no view
+
+
 def test_a_bigger_checkpoint_makes_its_file_bigger(shm):
     _, copies = shm
     small = copies.write(5, 0, 1, frames_of({"a": np.zeros(10)}))
