@@ -900,6 +900,7 @@ class Node(Site):
                 self._wait_alive(ctx, lambda: False)
             if not group:
                 ctx.__dict__["_keep_delivered"] = (seq, delivered)
+            data = None
             if own is not None:
                 ctx.__dict__["_own"] = True     # its senders forget what a file counts
                 if to_file:
@@ -908,8 +909,9 @@ class Node(Site):
                     if data is None:
                         data = shmcopies.contents(blob)
                         self.copies.pin(data)       # not a spare until written
-                    own.write(ctx.tid, ctx.inc, seq, data)
             self._keep(ctx, seq, buddy, frame)
+            if data is not None:    # (after the KEEP: the writer, woken, takes the GIL)
+                own.write(ctx.tid, ctx.inc, seq, data)
             if not disk or own is not None:
                 self.untold += 1        # counted by the coordinator (HEARTBEAT, EXITED)
                 if disk:
