@@ -855,18 +855,21 @@ class FrozenGroup:
         self.broken = self.broken or GroupError(f"this task left frozen group {self.name!r}")
 
     def retire(self) -> None:
-        """This member makes no more calls on the communicator (it went off MPI, left,
-        or its task ended): free it. Each time a group goes back on MPI its members build
-        a new one (~9 KB each in Open MPI). Its last exchange, if still under way (see
-        :meth:`_go_off`), completes first: the communicator is freed with it
-        (:func:`_keep_last`). A revoked one (a member lost) is kept: freeing it made the
-        next communicator's first call hang (Open MPI 5, ULFM; tests/test_groups.py's
-        ``test_frozen_group_goes_back_on_mpi_after_a_killed_node``)."""
+        """This member makes no more calls on the communicator: free it if every member
+        went off it cleanly (:meth:`_go_off`: a join, a leave, ``count=``, a task's end
+        in an auto-frozen group). Each time a group goes back on MPI its members build a
+        new one (~10 KB each in Open MPI). Its last exchange, if still under way, completes
+        first: the communicator is freed with it (:func:`_keep_last`). Any other is kept:
+        a revoked one (a member lost: freeing it made the next communicator's first call
+        hang, Open MPI 5 with ULFM, tests/test_groups.py's
+        ``test_frozen_group_goes_back_on_mpi_after_a_killed_node``), and one whose
+        other members may still call on it and revoke it (a frozen group's member that
+        ended)."""
         with self._lock:
             if self.broken is None:
                 self.broken = GroupError(f"this task is done with frozen group {self.name!r}")
             comm, self.comm = self.comm, None
-        if comm is None or self._revoked:
+        if comm is None or self._revoked or not (self._off or self._saw_off):
             return
         with _LAST_LOCK:
             off = self._off

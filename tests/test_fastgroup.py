@@ -217,7 +217,7 @@ def test_a_member_done_with_a_group_frees_its_communicator_after_its_last_exchan
     """retire(): a member off MPI for good frees its communicator (a group back on MPI
     gets a new one each time); one whose last exchange (marked off) is still under way
     frees it once that exchange is over, never before (MPI still writes its buffers);
-    a revoked one is never freed."""
+    a revoked one, or one it did not go off cleanly, is never freed."""
     class _Pending:
         done = False
 
@@ -238,6 +238,7 @@ def test_a_member_done_with_a_group_frees_its_communicator_after_its_last_exchan
     comms = [_Freed(), _Freed()]
     for fg, comm in zip(fgs, comms):
         fg.auto, fg.comm = True, comm
+    fgs[1]._saw_off = True           # it saw a member's mark: all are off, and it has
     fgs[1].retire()                  # no exchange of its own under way: freed now
     assert comms[1].freed == 1 and fgs[1].comm is None and fgs[1].broken is not None
     fgs[0].thaw_request()            # not in a call: its next exchange posted, marked off
@@ -252,6 +253,11 @@ def test_a_member_done_with_a_group_frees_its_communicator_after_its_last_exchan
     assert comms[0].freed == 1 and not fastgroup._LAST
     lost = _group(2)[0]              # revoked (a member lost): kept, never freed
     lost.comm = comm = _Freed()
+    lost._saw_off = True
     lost._revoke()                   # (the stand-in has no Revoke: ULFM's absence)
     lost.retire()
     assert comm.freed == 0 and lost.comm is None
+    ended = _group(2)[0]             # not off MPI (a frozen group's member that ended):
+    ended.comm = comm = _Freed()     # the others may still call on it: kept
+    ended.retire()
+    assert comm.freed == 0 and ended.comm is None and ended.broken is not None
