@@ -1,4 +1,16 @@
-"""Round trips between two nodes: raw mpi4py and clustervm messages in the same job."""
+"""Round trips between two nodes: raw mpi4py and clustervm messages in the same job.
+
+Small messages (8 B, 1 KiB): raw ``comm.send``/``comm.recv`` between the two node ranks
+(``raw_side``), then clustervm messages between a task on each (``pinger``/``ponger``).
+
+8 MiB numpy arrays (``big_pinger``/``big_ponger``): this machine's memory bandwidth
+drifts by 2x from one second to the next (raw ``Send``/``Recv`` measured 4.5 to 15 GB/s
+in runs minutes apart), so the same two tasks alternate blocks of ``BIG_REPS`` raw
+``Send``/``Recv`` round trips (and, beside a task with the replay log, raw round trips
+that copy each array during its ``Isend``) with blocks of as many clustervm round
+trips, ``BIG_BLOCKS`` blocks after one untimed; each kind's time is summed over its
+blocks, so every ratio compares times taken in the same seconds.
+"""
 import time
 
 import numpy as np
@@ -7,6 +19,8 @@ from mpi4py import MPI
 RAW_TAG = 7
 PING, PONG, STOP = 1, 2, 3
 SIZES = [8, 1024, 8 << 20]
+BIG = 8 << 20
+BIG_BLOCKS, BIG_REPS = 8, 20
 
 
 def reps(size: int) -> int:
@@ -14,20 +28,17 @@ def reps(size: int) -> int:
 
 
 def raw_side(ctx, peer: int, first: bool) -> dict:
-    """Raw mpi4py on COMM_WORLD between two node ranks (tag 7: not clustervm's).
-
-    ``SendCopy``: ``Send``/``Recv`` where each side also copies the array it sends into
-    memory used before while its ``Isend`` is under way, as a replay log must keep a
-    copy: the most a logged send of a big array can reach on this machine."""
-    comm = MPI.COMM_WORLD
+    """Raw mpi4py on COMM_WORLD between two node ranks (tag 7: not clustervm's):
+    ``send`` (pickled) for every size, ``Send`` (buffers) for the small ones (the big
+    ones' ``Send``: :func:`big_pinger`)."""
+    comm, quiet = MPI.COMM_WORLD, _quiet(ctx)
     out = {}
     for size in SIZES:
         small = size <= 1024
         obj = b"x" * size
         arr = np.ones(size, dtype=np.uint8)
         buf = np.empty_like(arr)
-        keep = np.empty_like(arr)
-        for kind in (("send", "Send") if small else ("Send", "SendCopy", "send")):
+        for kind in (("send", "Send") if small else ("send",)):
             n = reps(size)
             for _ in range(3):   # warm-up, as for clustervm (the first message sets up the pair)
                 if first:
@@ -35,6 +46,7 @@ def raw_side(ctx, peer: int, first: bool) -> dict:
                     comm.recv(source=peer, tag=RAW_TAG)
                 else:
                     comm.send(comm.recv(source=peer, tag=RAW_TAG), peer, RAW_TAG)
+            quiet.__enter__()
             t0 = time.perf_counter()
             for _ in range(n):
                 if kind == "send":
@@ -43,25 +55,14 @@ def raw_side(ctx, peer: int, first: bool) -> dict:
                         comm.recv(source=peer, tag=RAW_TAG)
                     else:
                         comm.send(comm.recv(source=peer, tag=RAW_TAG), peer, RAW_TAG)
-                elif kind == "Send":
-                    if first:
-                        comm.Send(arr, peer, RAW_TAG)
-                        comm.Recv(buf, peer, RAW_TAG)
-                    else:
-                        comm.Recv(buf, peer, RAW_TAG)
-                        comm.Send(buf, peer, RAW_TAG)
+                elif first:
+                    comm.Send(arr, peer, RAW_TAG)
+                    comm.Recv(buf, peer, RAW_TAG)
                 else:
-                    if first:
-                        req = comm.Isend(arr, peer, RAW_TAG)
-                        np.copyto(keep, arr)
-                        req.Wait()
-                        comm.Recv(buf, peer, RAW_TAG)
-                    else:
-                        comm.Recv(buf, peer, RAW_TAG)
-                        req = comm.Isend(buf, peer, RAW_TAG)
-                        np.copyto(keep, buf)
-                        req.Wait()
+                    comm.Recv(buf, peer, RAW_TAG)
+                    comm.Send(buf, peer, RAW_TAG)
             out[f"{kind}:{size}"] = (time.perf_counter() - t0) / n
+            quiet.__exit__()
     return out
 
 
@@ -75,7 +76,7 @@ def ponger(ctx) -> None:
 
 def pinger(ctx, peer: int) -> dict:
     out = {}
-    for size in SIZES:
+    for size in SIZES[:2]:
         data = b"x" * size if size <= 1024 else np.ones(size, dtype=np.uint8)
         n = reps(size)
         for _ in range(3):
@@ -88,6 +89,76 @@ def pinger(ctx, peer: int) -> dict:
         out[f"cvm:{size}"] = (time.perf_counter() - t0) / n
     ctx.send(peer, STOP, None)
     return out
+
+
+def _quiet(ctx):
+    """A context in which this node's own pollers keep off MPI and the GIL (as while a
+    clustervm task waits for a message), so that raw mpi4py runs undisturbed by them."""
+    return ctx._site.transport.foreground()
+
+
+def _raw_kinds(replay: bool) -> tuple:
+    """The raw kinds a big pair alternates with its clustervm messages."""
+    return ("Send", "SendCopy") if replay else ("Send",)
+
+
+def _raw_big(comm, peer: int, first: bool, kind: str, arr, buf, keep) -> None:
+    """One raw round trip of an 8 MiB array (see raw_side)."""
+    if kind == "Send":
+        if first:
+            comm.Send(arr, peer, RAW_TAG)
+            comm.Recv(buf, peer, RAW_TAG)
+        else:
+            comm.Recv(buf, peer, RAW_TAG)
+            comm.Send(buf, peer, RAW_TAG)
+    elif first:
+        req = comm.Isend(arr, peer, RAW_TAG)
+        np.copyto(keep, arr)
+        req.Wait()
+        comm.Recv(buf, peer, RAW_TAG)
+    else:
+        comm.Recv(buf, peer, RAW_TAG)
+        req = comm.Isend(buf, peer, RAW_TAG)
+        np.copyto(keep, buf)
+        req.Wait()
+
+
+def big_ponger(ctx, peer_rank: int, replay: bool) -> None:
+    comm, quiet = MPI.COMM_WORLD, _quiet(ctx)
+    buf, keep = np.empty(BIG, np.uint8), np.empty(BIG, np.uint8)
+    for _ in range(BIG_BLOCKS + 1):
+        for kind in _raw_kinds(replay):
+            with quiet:
+                for _ in range(BIG_REPS):
+                    _raw_big(comm, peer_rank, False, kind, None, buf, keep)
+        for _ in range(BIG_REPS):
+            m = ctx.recv()
+            ctx.send(m.source, PONG, m.data)
+
+
+def big_pinger(ctx, pong: int, peer_rank: int, replay: bool) -> dict:
+    """Seconds per round trip of each kind, summed over blocks taken in turn."""
+    comm, quiet = MPI.COMM_WORLD, _quiet(ctx)
+    arr = np.ones(BIG, dtype=np.uint8)
+    buf, keep = np.empty_like(arr), np.empty_like(arr)
+    spent = dict.fromkeys((*_raw_kinds(replay), "cvm"), 0.0)
+    for block in range(BIG_BLOCKS + 1):       # block 0: warm-up, not counted
+        for kind in _raw_kinds(replay):
+            t0 = time.perf_counter()
+            with quiet:
+                for _ in range(BIG_REPS):
+                    _raw_big(comm, peer_rank, True, kind, arr, buf, keep)
+            if block:
+                spent[kind] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(BIG_REPS):
+            ctx.send(pong, PING, arr)
+            ctx.recv(pong, PONG)
+        if block:
+            spent["cvm"] += time.perf_counter() - t0
+    n = BIG_BLOCKS * BIG_REPS
+    tail = ":replay" if replay else ""
+    return {f"{k}:{BIG}{tail}": v / n for k, v in spent.items()}
 
 
 def main(vm) -> None:
@@ -104,6 +175,11 @@ def main(vm) -> None:
             [ping] = vm.spawn(pinger, pong, where=a, replay=replay)
             for k, v in vm.join(ping).items():
                 results.setdefault(k + (":replay" if replay else ""), []).append(v)
+            vm.join(pong)
+            [pong] = vm.spawn(big_ponger, a, replay, where=b, replay=replay)
+            [ping] = vm.spawn(big_pinger, pong, b, replay, where=a, replay=replay)
+            for k, v in vm.join(ping).items():
+                results.setdefault(k, []).append(v)
             vm.join(pong)
     for k, v in sorted(results.items()):
         print(f"result {k} {sorted(v)[len(v) // 2]!r}")
