@@ -126,6 +126,8 @@ if TYPE_CHECKING:
 
 SLOT = 256                          # bytes per member in the first exchange
 _HDR = struct.Struct("<8q")         # op, root, count, fn hash, flags, meta len, bufs len, spare
+_HDRS = struct.Struct(f"<8q{SLOT - _HDR.size}x")   # a whole slot: its header, the rest skipped
+_IMMUTABLE_TYPES = frozenset(IMMUTABLE)   # values a shadow keeps as they are (exact types)
 _ROOM = SLOT - _HDR.size
 _OPS = {"barrier": 1, "bcast": 2, "reduce": 3, "allreduce": 4, "gather": 5, "allgather": 6,
         "scatter": 7, "alltoall": 8, "reduce_scatter": 9, "scan": 10, "exscan": 11}
@@ -345,7 +347,7 @@ class FrozenGroup:
         n = len(self.members)
         slots = self._slots
         self._wait(self.comm.Iallgather(slot, slots), op)
-        hdrs = [_HDR.unpack_from(slots, p * SLOT) for p in range(n)]
+        hdrs = list(_HDRS.iter_unpack(slots))      # every member's header
         some = every = hdrs[0][4]          # the members' flags: in any slot, in all
         for h in hdrs:
             some |= h[4]
@@ -462,7 +464,9 @@ class FrozenGroup:
         why = None
         if self._main_keeps:
             self._drop_last_result(round_no)
-        if result is not None:
+        if result is None and failed is None and type(value) in _IMMUTABLE_TYPES:
+            pass                            # (a barrier's None, a scalar: kept as it is)
+        elif result is not None:
             result, value = self._copy(result), None    # the caller may change its copy
         elif failed is not None:
             why = (f"{op} on frozen group {self.name!r}: instance(s) [{self.insts[self.me]}] "
