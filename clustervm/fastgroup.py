@@ -344,7 +344,6 @@ class FrozenGroup:
             slot = np.zeros(SLOT, np.uint8)
             _HDR.pack_into(slot, 0, _OPS[op], -2, -2, 0, _FAILED, 0, 0, 0)
         self._own_error = failed
-        n = len(self.members)
         slots = self._slots
         self._wait(self.comm.Iallgather(slot, slots), op)
         hdrs = list(_HDRS.iter_unpack(slots))      # every member's header
