@@ -463,6 +463,7 @@ class FrozenGroup:
         why = None
         if self._main_keeps:
             self._drop_last_result(round_no)
+        size = 64
         if result is None and failed is None and type(value) in _IMMUTABLE_TYPES:
             pass                            # (a barrier's None, a scalar: kept as it is)
         elif result is not None:
@@ -479,7 +480,8 @@ class FrozenGroup:
                 value = snapshot(value)     # the caller may change it once the call returns
             except Exception:   # noqa: BLE001 - unsendable: the MPI exchange fails alike
                 value = None
-        size = 64 if value is None or isinstance(value, IMMUTABLE) else approx_size(value)
+        if not (value is None or isinstance(value, IMMUTABLE)):
+            size = approx_size(value)
         if result is not None:
             size += approx_size(result)
         with self._lock:
@@ -490,7 +492,8 @@ class FrozenGroup:
                                                  self._pending_bytes > KEEP_BYTES):
                 gone, entry = pending.popleft()
                 self._pending_bytes -= gone
-                self._recycle(entry[2], entry[7])
+                if gone >= _RECYCLE_BYTES:     # (then it may hold an array to recycle)
+                    self._recycle(entry[2], entry[7])
             self._last_call = time.monotonic()
         if not _FLUSHER.kick.is_set():
             _FLUSHER.wake(self)
@@ -568,8 +571,9 @@ class FrozenGroup:
 
     def _validate(self, op: str, hdrs: list) -> None:
         first = hdrs[0]
+        same = first[:4]
         for p, other in enumerate(hdrs):
-            if other[:4] != first[:4]:
+            if other[:4] != same:
                 ops = " (with different reduce ops)" if other[:3] == first[:3] else ""
                 raise GroupError(
                     f"members of frozen group {self.name!r} made different collective calls "
