@@ -383,7 +383,8 @@ class FrozenGroup:
             return result if op == "allreduce" or self.me == root_pos else None
         if op in ("reduce", "allreduce") and every & _FAST and self._same_meta(hdrs):
             return self._fast_reduce(op, value, fn, root_pos)
-        if every & _SCALAR:                         # every value in its member's slot
+        plain = bool(every & _SCALAR)
+        if plain:                                   # every value in its member's slot
             values = [self._scalar_at(p, h) for p, h in enumerate(hdrs)]
         else:
             values = self._everyone(hdrs, slots, op, bufs, meta)
@@ -393,7 +394,7 @@ class FrozenGroup:
             return combine(op, self.name, values, self.insts, fn, self.site)[self.me]
         if op == "gather":
             return values if self.me == root_pos else None
-        result = _reduce(values, fn, self.site)
+        result = _reduce(values, fn, self.site, plain)
         return result if op == "allreduce" or self.me == root_pos else None
 
     def _prepare(self, op: str, value: Any, count: Any, root: Any, fn: str | None) -> tuple:
@@ -451,7 +452,7 @@ class FrozenGroup:
             total = 0
         _HDR.pack_into(slot, 0, _OPS[op], -1 if root is None else int(root),
                        -1 if count is None else int(count),
-                       0 if fn is None else zlib.crc32(fn.encode()), flags,
+                       0 if fn is None else _fn_hash(fn), flags,
                        0 if meta is None else len(meta), total, 0)
         return slot, meta, bufs, value
 
@@ -684,9 +685,13 @@ class FrozenGroup:
         """Did every member's slot carry the same meta (its inline part: for raw arrays,
         dtype and shape) as the first's?"""
         mv = self._slots_mv
-        first = mv[_HDR.size:_HDR.size + hdrs[0][5]]
-        return all(mv[p * SLOT + _HDR.size:p * SLOT + _HDR.size + h[5]] == first
-                   for p, h in enumerate(hdrs) if p)
+        at, n = _HDR.size, hdrs[0][5]
+        first = mv[at:at + n]
+        for h in hdrs[1:]:
+            at += SLOT
+            if h[5] != n or mv[at:at + n] != first:
+                return False
+        return True
 
     def _raw_reduce(self, hdrs: list, fn: str, meta: bytes) -> np.ndarray:
         """Small arrays of one dtype and shape (``meta``, every member's): combined left to
@@ -708,11 +713,12 @@ class FrozenGroup:
         """The value member ``pos`` sent in its slot (see :func:`_scalar`)."""
         at = pos * SLOT + _HDR.size
         mv = self._slots_mv
-        code, data = mv[at], mv[at + 1:at + 1 + hdr[6]]
+        code = mv[at]
         if code == 0x66:                      # b"f"
-            return _F64.unpack_from(data)[0]
+            return _F64.unpack_from(mv, at + 1)[0]
         if code == 0x69:                      # b"i"
-            return _I64.unpack_from(data)[0]
+            return _I64.unpack_from(mv, at + 1)[0]
+        data = mv[at + 1:at + 1 + hdr[6]]
         if code == 0x62:                      # b"b"
             return bytes(data)
         return str(data, "utf-8")             # b"s"
@@ -1052,6 +1058,12 @@ def _scalar(value: Any) -> tuple[bytes, bytes] | None:
     else:
         return None
     return ((b"b" if t is bytes else b"s"), data) if len(data) < _ROOM else None
+
+
+@functools.lru_cache(maxsize=256)
+def _fn_hash(fn: str) -> int:
+    """What a slot's header says of a reduce function: members must name the same one."""
+    return zlib.crc32(fn.encode())
 
 
 @functools.lru_cache(maxsize=256)

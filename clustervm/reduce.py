@@ -59,12 +59,13 @@ def combine(op: str, name: str, values: list, insts: list[int], fn: Any, resolve
     return [None] + prefix[:-1]
 
 
-def _reduce(values: list, fn: Any, resolver: Any) -> Any:
+def _reduce(values: list, fn: Any, resolver: Any, plain: bool = False) -> Any:
     """``values`` combined left to right by ``fn``: a builtin name (sum, prod, min, max;
-    element-wise on numpy values), a function reference (``resolver.resolve``) or a callable."""
+    element-wise on numpy values), a function reference (``resolver.resolve``) or a callable.
+    ``plain``: the caller knows no value is numpy's (ints, floats, bytes, str)."""
     if isinstance(fn, str) and fn in _BUILTIN:
         py_op, np_name = _BUILTIN[fn]
-        if any(type(v).__module__ == "numpy" for v in values):
+        if not plain and any(type(v).__module__ == "numpy" for v in values):
             import numpy as np
             ufunc = getattr(np, np_name)
             acc = values[0]
