@@ -128,6 +128,7 @@ SLOT = 256                          # bytes per member in the first exchange
 _HDR = struct.Struct("<8q")         # op, root, count, fn hash, flags, meta len, bufs len, spare
 _HDRS = struct.Struct(f"<8q{SLOT - _HDR.size}x")   # a whole slot: its header, the rest skipped
 _IMMUTABLE_TYPES = frozenset(IMMUTABLE)   # values a shadow keeps as they are (exact types)
+_VALUE_OPS = frozenset(("reduce", "allreduce", "gather", "allgather", *VECTOR_OPS))  # all give one
 _ROOM = SLOT - _HDR.size
 _OPS = {"barrier": 1, "bcast": 2, "reduce": 3, "allreduce": 4, "gather": 5, "allgather": 6,
         "scatter": 7, "alltoall": 8, "reduce_scatter": 9, "scan": 10, "exscan": 11}
@@ -399,8 +400,8 @@ class FrozenGroup:
 
     def _prepare(self, op: str, value: Any, count: Any, root: Any, fn: str | None) -> tuple:
         """This member's slot (and its value's meta and buffers when they do not fit)."""
-        has_value = (op in ("bcast", "scatter") and root == self.insts[self.me]) or \
-            op in ("reduce", "allreduce", "gather", "allgather", *VECTOR_OPS)
+        has_value = op in _VALUE_OPS or \
+            (op in ("bcast", "scatter") and root == self.insts[self.me])
         slot = self._slot
         meta = head = None
         bufs: list = []
@@ -409,7 +410,8 @@ class FrozenGroup:
                 value.nbytes + 32 + 8 * value.ndim <= _ROOM:
             # a small array: its raw bytes in the slot, reduced by every member at once
             key = (value.dtype.str, value.shape)      # (a 0-d array stays one)
-            value = np.ascontiguousarray(value)
+            if not value.flags.c_contiguous:
+                value = np.ascontiguousarray(value)
             meta = self._raw_metas.get(key)
             if meta is None:
                 meta = self._raw_metas[key] = struct.pack(
