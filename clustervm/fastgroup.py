@@ -126,7 +126,10 @@ if TYPE_CHECKING:
 
 SLOT = 256                          # bytes per member in the first exchange
 _HDR = struct.Struct("<8q")         # op, root, count, fn hash, flags, meta len, bufs len, spare
-_HDRS = struct.Struct(f"<8q{SLOT - _HDR.size}x")   # a whole slot: its header, the rest skipped
+#: a whole slot as :meth:`FrozenGroup._call` reads it: the header, then the first byte after
+#: it and the float after that (a scalar's type code and, for a float, its value), the rest
+#: skipped
+_HDRS = struct.Struct(f"<8qBd{SLOT - _HDR.size - 9}x")
 _IMMUTABLE_TYPES = frozenset(IMMUTABLE)   # values a shadow keeps as they are (exact types)
 _VALUE_OPS = frozenset(("reduce", "allreduce", "gather", "allgather", *VECTOR_OPS))  # all give one
 _ROOM = SLOT - _HDR.size
@@ -347,7 +350,7 @@ class FrozenGroup:
         self._own_error = failed
         slots = self._slots
         self._wait(self.comm.Iallgather(slot, slots), op)
-        hdrs = list(_HDRS.iter_unpack(slots))      # every member's header
+        hdrs = list(_HDRS.iter_unpack(slots))      # every member's header (and more)
         some = every = hdrs[0][4]          # the members' flags: in any slot, in all
         for h in hdrs:
             some |= h[4]
@@ -713,11 +716,11 @@ class FrozenGroup:
 
     def _scalar_at(self, pos: int, hdr: tuple) -> Any:
         """The value member ``pos`` sent in its slot (see :func:`_scalar`)."""
+        code = hdr[8]
+        if code == 0x66:                      # b"f": read with the header (_HDRS)
+            return hdr[9]
         at = pos * SLOT + _HDR.size
         mv = self._slots_mv
-        code = mv[at]
-        if code == 0x66:                      # b"f"
-            return _F64.unpack_from(mv, at + 1)[0]
         if code == 0x69:                      # b"i"
             return _I64.unpack_from(mv, at + 1)[0]
         data = mv[at + 1:at + 1 + hdr[6]]
