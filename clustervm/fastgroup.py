@@ -412,13 +412,13 @@ class FrozenGroup:
         if has_value and op in ("reduce", "allreduce") and _fast_ok(value, fn) and \
                 value.nbytes + 32 + 8 * value.ndim <= _ROOM:
             # a small array: its raw bytes in the slot, reduced by every member at once
-            key = (value.dtype.str, value.shape)      # (a 0-d array stays one)
+            key = (value.dtype, value.shape)      # (a 0-d array stays one)
             if not value.flags.c_contiguous:
                 value = np.ascontiguousarray(value)
             meta = self._raw_metas.get(key)
             if meta is None:
                 meta = self._raw_metas[key] = struct.pack(
-                    f"<q{len(key[1])}q", len(key[1]), *key[1]) + key[0].encode()
+                    f"<q{len(key[1])}q", len(key[1]), *key[1]) + key[0].str.encode()
             flags = _HAS_VALUE | _RAW | _META_INLINE | _BUFS_INLINE
             mv, at = self._slot_mv, _raw_at(len(meta))
             mv[_HDR.size:_HDR.size + len(meta)] = meta
@@ -708,8 +708,11 @@ class FrozenGroup:
             views = self._raw_views[meta] = [
                 row[at:at + nbytes].view(dtype).reshape(shape) for row in self._rows]
         ufunc = _UFUNCS[fn]
-        acc = views[0].copy()
-        for v in views[1:]:
+        if len(views) > 1 and views[0].ndim:      # (of 0-d arrays a ufunc gives a scalar)
+            acc, rest = ufunc(views[0], views[1]), views[2:]
+        else:
+            acc, rest = views[0].copy(), views[1:]
+        for v in rest:
             ufunc(acc, v, out=acc)
         # 0-d arrays: the hub's ufuncs give a numpy scalar (a lone member: its array)
         return acc[()] if acc.ndim == 0 and len(views) > 1 else acc

@@ -122,6 +122,7 @@ REDUCTIONS = [
     [np.arange(3, dtype=np.int32), np.arange(3, dtype=np.int32) + 1],
     [np.full(2, 0.1, np.float32), np.full(2, 0.2, np.float32), np.full(2, 0.3, np.float32)],
     [np.array(2.0), np.array(3.0)],         # 0-d arrays
+    [np.array(2.0), np.array(3.0), np.array(0.5)],   # ...of more than two members
     [np.float64(0.5), np.float64(0.25)],    # numpy scalars
     [np.arange(3), [1, 1, 1]],              # an array and a list: combined as on the hub
 ]
