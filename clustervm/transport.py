@@ -137,6 +137,7 @@ _FAILURE_CLASSES = {MPI.ERR_PROC_FAILED, getattr(MPI, "ERR_PROC_FAILED_PENDING",
 _testall = MPI.Request.Testall   # (a seam: tests without MPI put a fake here)
 _ANY_SOURCE, _BYTE, _monotonic = MPI.ANY_SOURCE, MPI.BYTE, time.monotonic
 _LIGHT_MAX = 32     # requests of messages sent at once kept before the sender completes them
+_HOT_SPIN_S = 20e-6   # a foreground waiter polls this long without yielding its core
 _SEND_SPINS = 200   # tests of a waited-for send's requests before it waits as a poller
 
 __all__ = ["Transport", "PeerFailed", "Counters", "Handler", "FrameError", "Frame",
@@ -1211,6 +1212,7 @@ class Transport:
         token = self._token
         me = threading.get_ident()
         remaining = None
+        hot_until = time.perf_counter() + _HOT_SPIN_S
         while True:
             if self.closed:
                 return False
@@ -1230,19 +1232,22 @@ class Transport:
                     token.release()
                     if self._outbox and owner is None:   # handed over while we polled
                         self._try_flush()
-                if got == 0 and self._back_off(remaining, predicate):
+                if got == 0 and self._back_off(remaining, predicate, hot_until):
                     return True
             if predicate():
                 return True
 
-    def _back_off(self, remaining: float | None, predicate: Callable[[], bool]) -> bool:
-        """A foreground waiter's pause after an empty poll: yield while recently busy,
-        else sleep until notified (at most the back-off). True if ``predicate``, looked
-        at before sleeping, was true."""
+    def _back_off(self, remaining: float | None, predicate: Callable[[], bool],
+                  hot_until: float = 0.0) -> bool:
+        """A foreground waiter's pause after an empty poll: yield while recently busy
+        (not before ``hot_until``: a reply that comes within a few tens of microseconds
+        is seen sooner without the system call), else sleep until notified (at most the
+        back-off). True if ``predicate``, looked at before sleeping, was true."""
         now = time.perf_counter()
         idle = now - self._last_activity
         if idle < self._spin_s:
-            os.sched_yield()
+            if now >= hot_until:
+                os.sched_yield()
             return False
         pause = self._after_quiet(now, min(
             self._idle_max_s, 0.00005 + (idle - self._spin_s) * _FOREGROUND_GROWTH))
