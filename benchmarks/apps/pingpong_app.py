@@ -46,23 +46,17 @@ def raw_side(ctx, peer: int, first: bool) -> dict:
                     comm.recv(source=peer, tag=RAW_TAG)
                 else:
                     comm.send(comm.recv(source=peer, tag=RAW_TAG), peer, RAW_TAG)
-            quiet.__enter__()
-            t0 = time.perf_counter()
-            for _ in range(n):
-                if kind == "send":
-                    if first:
+            with quiet:
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    if kind == "Send":
+                        _raw_round(comm, peer, first, kind, arr, buf, None)
+                    elif first:
                         comm.send(obj if small else arr, peer, RAW_TAG)
                         comm.recv(source=peer, tag=RAW_TAG)
                     else:
                         comm.send(comm.recv(source=peer, tag=RAW_TAG), peer, RAW_TAG)
-                elif first:
-                    comm.Send(arr, peer, RAW_TAG)
-                    comm.Recv(buf, peer, RAW_TAG)
-                else:
-                    comm.Recv(buf, peer, RAW_TAG)
-                    comm.Send(buf, peer, RAW_TAG)
-            out[f"{kind}:{size}"] = (time.perf_counter() - t0) / n
-            quiet.__exit__()
+                out[f"{kind}:{size}"] = (time.perf_counter() - t0) / n
     return out
 
 
@@ -102,8 +96,9 @@ def _raw_kinds(replay: bool) -> tuple:
     return ("Send", "SendCopy") if replay else ("Send",)
 
 
-def _raw_big(comm, peer: int, first: bool, kind: str, arr, buf, keep) -> None:
-    """One raw round trip of an 8 MiB array (see raw_side)."""
+def _raw_round(comm, peer: int, first: bool, kind: str, arr, buf, keep) -> None:
+    """One raw round trip of a buffer: ``Send``/``Recv``, or ``SendCopy`` (each side also
+    copies what it sends into ``keep`` during its ``Isend``, as a replay log must)."""
     if kind == "Send":
         if first:
             comm.Send(arr, peer, RAW_TAG)
@@ -130,7 +125,7 @@ def big_ponger(ctx, peer_rank: int, replay: bool) -> None:
         for kind in _raw_kinds(replay):
             with quiet:
                 for _ in range(BIG_REPS):
-                    _raw_big(comm, peer_rank, False, kind, None, buf, keep)
+                    _raw_round(comm, peer_rank, False, kind, None, buf, keep)
         for _ in range(BIG_REPS):
             m = ctx.recv()
             ctx.send(m.source, PONG, m.data)
@@ -147,7 +142,7 @@ def big_pinger(ctx, pong: int, peer_rank: int, replay: bool) -> dict:
             t0 = time.perf_counter()
             with quiet:
                 for _ in range(BIG_REPS):
-                    _raw_big(comm, peer_rank, True, kind, arr, buf, keep)
+                    _raw_round(comm, peer_rank, True, kind, arr, buf, keep)
             if block:
                 spent[kind] += time.perf_counter() - t0
         t0 = time.perf_counter()
