@@ -469,27 +469,27 @@ class FrozenGroup:
         why = None
         if self._main_keeps:
             self._drop_last_result(round_no)
-        size = 64
-        if result is None and failed is None and type(value) in _IMMUTABLE_TYPES:
-            pass                            # (a barrier's None, a scalar: kept as it is)
-        elif result is not None:
+        size = 64                           # what a shadow of no array counts for
+        if result is not None:
             result, value = self._copy(result), None    # the caller may change its copy
+            size += approx_size(result)
         elif failed is not None:
             why = (f"{op} on frozen group {self.name!r}: instance(s) [{self.insts[self.me]}] "
                    f"could not make their contribution (their own call raised the error); no "
                    f"member got a result")
             value = None
+        elif type(value) in _IMMUTABLE_TYPES:
+            pass                            # (a barrier's None, a scalar: kept as it is)
         elif isinstance(value, np.ndarray) and value.dtype.kind in _SHADOW_KINDS:
             value = self._copy(value)       # the caller may change it once the call returns
+            size = approx_size(value)
         elif not isinstance(value, IMMUTABLE):
             try:
                 value = snapshot(value)     # the caller may change it once the call returns
             except Exception:   # noqa: BLE001 - unsendable: the MPI exchange fails alike
                 value = None
-        if not (value is None or isinstance(value, IMMUTABLE)):
-            size = approx_size(value)
-        if result is not None:
-            size += approx_size(result)
+            if not (value is None or isinstance(value, IMMUTABLE)):
+                size = approx_size(value)
         with self._lock:
             pending = self._pending
             pending.append((size, (round_no, op, value, count, root, fn, why, result)))
