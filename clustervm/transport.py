@@ -1103,8 +1103,8 @@ class Transport:
             self._send_outbox()
         if self._pending:
             self._complete_pending()
-        if self._light:
-            self._complete_light()
+        if self._light and not n:     # a poll that took something leaves them (at most
+            self._complete_light()    # _LIGHT_MAX: then the next send completes them)
         if n:
             if self._busy or self._quiet:   # heartbeats alone do not make an idle loop spin
                 now = time.perf_counter()
@@ -1248,15 +1248,16 @@ class Transport:
                     timeout=0.001 if remaining is None else min(0.001, remaining)):
                 owner, self._owner = self._owner, me
                 try:
-                    got = self.poll(1, probe_until if time.perf_counter() < probe_until
-                                    else 0.0)
+                    got = self.poll(1, probe_until)
                 finally:
                     self._owner = owner
                     token.release()
                     if self._outbox and owner is None:   # handed over while we polled
                         self._try_flush()
-                if got == 0 and self._back_off(remaining, predicate, hot_until):
-                    break
+                if got == 0:
+                    probe_until = 0.0       # probed hot till then in vain: polls from now on
+                    if self._back_off(remaining, predicate, hot_until):
+                        break
             if predicate():
                 break
         self._short_waits = time.perf_counter() < hot_until + _HOT_SPIN_S
