@@ -1084,9 +1084,13 @@ class Transport:
             _drop(m)
             quiet_until = time.monotonic() + _DRAIN_WAIT_S
 
-    def poll(self, limit: int = 256, hot_until: float = 0.0) -> int:
-        """Receive and handle what has arrived (at most ``limit``); caller holds the token.
-        Before ``hot_until`` (perf_counter), probe on until a message comes (_probe_hot)."""
+    def poll(self, limit: int = 256) -> int:
+        """Receive and handle what has arrived (at most ``limit``); caller holds the token."""
+        return self._poll(limit, 0.0)
+
+    def _poll(self, limit: int, hot_until: float) -> int:
+        """:meth:`poll`; before ``hot_until`` (perf_counter), probing on until a message
+        comes (:meth:`_probe_hot`)."""
         n = 0
         self._busy = self._quiet = False
         if self._outbox:
@@ -1248,7 +1252,7 @@ class Transport:
                     timeout=0.001 if remaining is None else min(0.001, remaining)):
                 owner, self._owner = self._owner, me
                 try:
-                    got = self.poll(1, probe_until)
+                    got = self._poll(1, probe_until)
                 finally:
                     self._owner = owner
                     token.release()
@@ -1328,7 +1332,7 @@ class Transport:
             return None
         owner, self._owner = self._owner, threading.get_ident()
         try:
-            return self.poll(limit)
+            return self._poll(limit, 0.0)
         finally:
             self._owner = owner
             token.release()

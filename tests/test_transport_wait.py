@@ -366,7 +366,7 @@ def test_a_reply_due_soon_is_probed_for_in_a_tight_loop(transport):
     comm = transport.comm
     comm.queue(2, ("reply", 1))
     comm.late = 5                    # the first five probes find nothing
-    assert transport.poll(1, time.perf_counter() + 5.0) == 1
+    assert transport._poll(1, time.perf_counter() + 5.0) == 1
     assert comm.probes == 6 and transport.got == [(2, ("reply", 1))]
     comm.queue(2, ("reply", 2))
     comm.late = comm.probes + 1
@@ -385,8 +385,8 @@ def test_a_waiter_probes_hot_only_while_its_waits_are_short(transport, monkeypat
     short one they do again."""
     monkeypatch.setattr(T, "_HOT_SPIN_S", 0.005)    # (no thread switch makes it flaky)
     hot: list[float] = []
-    poll = transport.poll
-    transport.poll = lambda limit=256, hot_until=0.0: hot.append(hot_until) or poll(limit)
+    poll = transport._poll
+    transport._poll = lambda limit, hot_until: hot.append(hot_until) or poll(limit, 0.0)
     transport._sleep = lambda pause, predicate: predicate()
     assert transport._short_waits
     end = time.perf_counter() + 0.05
