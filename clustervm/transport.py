@@ -1,29 +1,10 @@
 """Moving messages between ranks: frames over MPI, one progress engine per process.
 
-A message is any wire-encodable object. On the wire it is one MPI message on
-``TAG_MSG`` (a one-byte kind, then the msgpack payload) followed, when the
-message holds numpy arrays or a large payload, by one MPI message per buffer
-on a tag of its own (so frames of two threads never interleave). A message
-whose arrays are small (``_PACK_MAX`` bytes in all) is *packed*: its arrays are
-copied into its one frame, 8-byte aligned. One MPI message instead of two or
-more, and the sender need not wait for the arrays to be out: the frame is its
-copy (a tracked send waited on the receiver whenever MPI held the array back,
-which halved heat2d's speed). A bigger message with several small arrays sends
-them *bundled*, copied into one part (8-aligned), its big arrays each in their
-own, without a copy: 2000 halo rows were 2000 MPI messages.
-
-Any size: MPI counts are 32-bit (this Open MPI has no MPI-4 large-count ``_c``
-calls, so a send of 2 GiB or more fails with ``MPI_ERR_ARG``). A buffer larger
-than ``max_chunk`` (CLUSTERVM_MAX_CHUNK_BYTES, 16 MiB by default) travels as
-several MPI messages on its tag, in order; a first frame larger than that (a
-routed frame with big arrays inside) is announced by a small *long* frame
-(kind, size, tag) and follows in chunks on that tag. The receiver takes the
-parts as they come, whatever chunk size the sender used.
-
-Malformed input: :func:`parse_frame` (pure, no MPI) checks a frame's layout and
-the sizes it claims before anything is allocated for its buffers; a bad frame,
-a part that does not fit or does not come, or a payload the codec refuses is
-logged as an error naming the sender and dropped, and the loop goes on.
+A message is any wire-encodable object; on the wire it is a first frame on ``TAG_MSG``
+and, for arrays and big payloads, parts on a tag of its own (the layout, and its
+checks of malformed input: :mod:`clustervm.frames`). A bad frame, a part that does
+not fit or does not come, or a payload the codec refuses is logged as an error naming
+the sender and dropped, and the loop goes on.
 
 Progress: one thread at a time owns MPI, the holder of the progress token
 (leader/follower): whichever thread is waiting takes the token, probes MPI and
@@ -78,7 +59,7 @@ import struct
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable
 
 from mpi4py import MPI
 
@@ -87,13 +68,15 @@ from .blocks import Blocks
 from .config import Config
 from .doorbell import host_addresses, open_doorbell
 from .endpoint import Counters, Handler, PeerFailed, dispatch
-from .errors import ConfigError, WireError
+from .errors import ConfigError
+from .frames import (BUNDLE_MAX, INLINE_MAX, KIND_BUFFERS, KIND_BUNDLED, KIND_INLINE,
+                     KIND_LONG, KIND_PACKED, KIND_ROUTED, LONG, PACK_MAX, PREFIX, ROUTE,
+                     TAG_BUF0, TAG_BUF_SPAN, Frame, FrameError, packed, packed_parts, padded,
+                     parse_frame, split, unbundled)
 
 log = logging.getLogger(__name__)
 
 TAG_MSG = 1
-_TAG_BUF0 = 1 << 16
-_TAG_BUF_SPAN = 1 << 24
 _BACKGROUND_PAUSE_S = 0.0002   # background pollers sleep at least this between polls
 #: After an empty poll a waiter sleeps this fraction of the time since the last traffic
 #: (capped, see _pause): a message after a quiet spell of t s waits at most that part of t.
@@ -112,20 +95,6 @@ _QUIET_PAUSE_MAX_S = 0.004
 _QUIET_WINDOW_S = 0.05
 _DEEP_WORKER_WAIT_S = 5.0      # idle workers of a rank in deep idle look again this often
 #                                (the service loop polls for them; work arriving wakes them)
-_INLINE_MAX = 1 << 16       # payloads above this go out of band, like arrays
-_KIND_INLINE = 0
-_KIND_BUFFERS = 1
-_KIND_ROUTED = 2
-_KIND_LONG = 3
-_KIND_PACKED = 4
-_KIND_BUNDLED = 5
-_PACK_MAX = 1 << 16         # messages with arrays up to this size (in all) travel packed
-_BUNDLE_MAX = 64 << 20      # a bigger message's small arrays are copied up to this size
-_PREFIX = struct.Struct("<BIi")  # kind, number of buffers, buffer tag
-_ROUTE = struct.Struct("<BiiI")  # kind, sender, final destination, number of buffers
-_LONG = struct.Struct("<BQi")    # kind, size of the frame that follows in chunks, their tag
-_PACKED = struct.Struct("<B3xI")  # kind, number of buffers; then sizes, buffers, payload
-_PACKED1 = struct.Struct("<B3xIQQ")  # the same with one buffer: its size, the payload's
 _COUNT_MAX = (1 << 31) - 1       # largest count of one MPI call (no large-count calls here)
 _PART_WAIT_S = 60.0              # longest wait for the next part of a frame whose head came
 _DRAIN_WAIT_S = 0.5              # parts of a refused frame are dropped until this long silent
@@ -151,207 +120,12 @@ def is_failure(exc: BaseException) -> bool:
     return isinstance(exc, MPI.Exception) and exc.Get_error_class() in _FAILURE_CLASSES
 
 
-class FrameError(WireError):
-    """A frame from another rank is malformed or too big to take (``rank`` sent it)."""
-
-    def __init__(self, rank: int, reason: str, tag: int = 0) -> None:
-        super().__init__(f"bad frame from rank {rank}: {reason}")
-        self.rank = rank
-        #: the tag its parts come on, when the frame named a valid one (they are dropped)
-        self.tag = tag
-
-
-class Frame(NamedTuple):
-    """A parsed first frame (what :func:`parse_frame` gives)."""
-
-    kind: int
-    #: tag of the parts that follow it on the wire (0: none)
-    tag: int
-    #: sizes of the parts that follow (out-of-band buffers; the whole frame for a long one)
-    sizes: tuple[int, ...]
-    #: the msgpack payload carried inline, or None when it is the first part
-    payload: memoryview | None
-    #: buffers carried inline (routed frames)
-    bufs: list[memoryview]
-    origin: int = -1    # routed: the rank that sent it
-    dest: int = -1      # routed: the rank it is for
-    #: bundled: each buffer's size, and whether it is in the bundle (the first part)
-    layout: tuple[tuple[int, bool], ...] = ()
-
-
 def memory_limit() -> int:
     """Largest message a rank accepts: its physical memory (a claim beyond is refused)."""
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 1 << 40
-
-
-def _valid_tag(tag: int) -> bool:
-    return _TAG_BUF0 <= tag < _TAG_BUF0 + _TAG_BUF_SPAN
-
-
-def parse_frame(frame: Any, src: int, limit: int, *, nested: bool = False) -> Frame:
-    """Check and split a first frame received from rank ``src`` (no MPI, no allocation).
-
-    ``limit`` bounds the bytes the frame may announce; ``nested``: the frame came
-    inside a long one (which may not nest). Raises :class:`FrameError`.
-    """
-    view = memoryview(frame).cast("B")
-    size = view.nbytes
-    if size == 0:
-        raise FrameError(src, "empty frame")
-    kind = view[0]
-    if kind == _KIND_INLINE:
-        return Frame(kind, 0, (), view[1:], [])
-    if kind == _KIND_BUFFERS or kind == _KIND_BUNDLED:
-        if size < _PREFIX.size + 1:
-            raise FrameError(src, f"buffer frame of {size} bytes is shorter than its header")
-        _, nbuf, tag = _PREFIX.unpack_from(view)
-        off = _PREFIX.size + 1
-        oob_payload = view[_PREFIX.size]
-        table = (9 if kind == _KIND_BUNDLED else 8) * nbuf
-        if table > size - off:
-            raise FrameError(src, f"buffer frame announces {nbuf} buffers but holds "
-                                  f"{size} bytes")
-        if not _valid_tag(tag):
-            raise FrameError(src, f"buffer frame names tag {tag}, outside the buffer tags")
-        if oob_payload not in (0, 1) or (oob_payload and nbuf == 0):
-            raise FrameError(src, f"buffer frame has a bad payload flag {oob_payload}")
-        sizes = struct.unpack_from(f"<{nbuf}Q", view, off)
-        off += 8 * nbuf
-        total = sum(sizes)
-        if total > limit:
-            raise FrameError(src, f"frame announces {total} bytes of buffers, more than the "
-                                  f"{limit} bytes this rank takes in one message", tag)
-        layout: tuple[tuple[int, bool], ...] = ()
-        if kind == _KIND_BUNDLED:
-            flags = bytes(view[off:off + nbuf])
-            off += nbuf
-            if flags.count(1) < 2 or flags.count(0) + flags.count(1) != nbuf:
-                raise FrameError(src, "bundled frame with a bad table of what is bundled", tag)
-            layout = tuple((n, f == 1) for n, f in zip(sizes, flags))
-            sizes = (sum(_aligned(n) for n, inb in layout if inb),
-                     *(n for n, inb in layout if not inb))
-        if oob_payload and off != size:
-            raise FrameError(src, "buffer frame has both an inline and an out-of-band payload")
-        return Frame(kind, tag, sizes, None if oob_payload else view[off:], [], layout=layout)
-    if kind == _KIND_ROUTED:
-        if size < _ROUTE.size:
-            raise FrameError(src, f"routed frame of {size} bytes is shorter than its header")
-        _, origin, dest, nbuf = _ROUTE.unpack_from(view)
-        off = _ROUTE.size
-        if 8 * (nbuf + 1) > size - off:
-            raise FrameError(src, f"routed frame announces {nbuf} buffers but holds "
-                                  f"{size} bytes")
-        if origin < 0 or dest < 0:
-            raise FrameError(src, f"routed frame from rank {origin} to rank {dest}")
-        sizes = struct.unpack_from(f"<{nbuf + 1}Q", view, off)
-        off += 8 * (nbuf + 1)
-        if off + sum(sizes) != size:
-            raise FrameError(src, f"routed frame holds {size} bytes, its table says "
-                                  f"{off + sum(sizes)}")
-        bufs = []
-        for n in sizes:
-            bufs.append(view[off:off + n])
-            off += n
-        payload = bufs.pop(0)
-        return Frame(kind, 0, (), payload, bufs, origin, dest)
-    if kind == _KIND_PACKED:
-        return _parse_packed(view, src)
-    if kind == _KIND_LONG:
-        if nested:
-            raise FrameError(src, "a long frame inside a long frame")
-        if size != _LONG.size:
-            raise FrameError(src, f"long frame of {size} bytes, not {_LONG.size}")
-        _, total, tag = _LONG.unpack_from(view)
-        if not _valid_tag(tag):
-            raise FrameError(src, f"long frame names tag {tag}, outside the buffer tags")
-        if total == 0 or total > limit:
-            raise FrameError(src, f"long frame announces {total} bytes (this rank takes "
-                                  f"1 to {limit} bytes in one message)", tag)
-        return Frame(kind, tag, (total,), None, [])
-    raise FrameError(src, f"unknown frame kind {kind} (does the sender run another clustervm?)")
-
-
-def _parse_packed(view: memoryview, src: int) -> Frame:
-    payload, bufs = _packed_parts(view, src)
-    return Frame(_KIND_PACKED, 0, (), payload, bufs)
-
-
-def _packed_parts(frame: Any, src: int) -> tuple[memoryview, list[memoryview]]:
-    """The payload and the buffers of a packed frame (views). Raises FrameError."""
-    view = memoryview(frame)
-    size = view.nbytes
-    if size >= _PACKED1.size and view[4] == 1 and not view[5] and not view[6] and not view[7]:
-        _, _, n, n_payload = _PACKED1.unpack_from(view)    # one array: the common case
-        end = _PACKED1.size + n
-        if end <= size and _aligned(end) + n_payload == size:
-            return view[_aligned(end):], [view[_PACKED1.size:end]]
-    if size < _PACKED.size:
-        raise FrameError(src, f"packed frame of {size} bytes is shorter than its header")
-    _, nbuf = _PACKED.unpack_from(view)
-    off = _PACKED.size
-    if 8 * (nbuf + 1) > size - off:
-        raise FrameError(src, f"packed frame announces {nbuf} buffers but holds {size} bytes")
-    *sizes, n_payload = struct.unpack_from(f"<{nbuf + 1}Q", view, off)
-    off += 8 * (nbuf + 1)
-    bufs = []
-    for n in sizes:
-        if n > size - off:
-            raise FrameError(src, f"packed frame of {size} bytes: its buffer of {n} bytes "
-                                  "does not fit")
-        bufs.append(view[off:off + n])
-        off += _aligned(n)
-    if off + n_payload != size:
-        raise FrameError(src, f"packed frame holds {size} bytes, its table says "
-                              f"{off + n_payload}")
-    return view[off:], bufs
-
-
-def _unbundled(layout: tuple[tuple[int, bool], ...], parts: list[Any]) -> list[Any]:
-    """The buffers of a bundled frame: views into its bundle (the first part), and the
-    parts after it."""
-    bundle = memoryview(parts[0]).cast("B")
-    rest = iter(parts[1:])
-    out: list[Any] = []
-    off = 0
-    for n, inb in layout:
-        if inb:
-            out.append(bundle[off:off + n])
-            off += _aligned(n)
-        else:
-            out.append(next(rest))
-    return out
-
-
-def _aligned(n: int) -> int:
-    return (n + 7) & ~7
-
-
-def _packed(payload: bytes, bufs: list[memoryview], total: int) -> bytes:
-    """One frame holding ``payload`` and (copies of) ``bufs``, each buffer 8-aligned."""
-    n = len(bufs)
-    if n == 1:
-        return b"".join((_PACKED1.pack(_KIND_PACKED, 1, total, len(payload)), bufs[0],
-                         _PAD[-total & 7], payload))
-    return b"".join([_PACKED.pack(_KIND_PACKED, n),
-                     struct.pack(f"<{n + 1}Q", *(b.nbytes for b in bufs), len(payload)),
-                     *_padded(bufs), payload])
-
-
-def _padded(bufs: Iterable[memoryview]) -> list[Any]:
-    """``bufs``, each followed by the zero bytes that align the next to 8 (to be joined)."""
-    parts: list[Any] = []
-    for b in bufs:
-        parts.append(b)
-        pad = -b.nbytes & 7
-        if pad:
-            parts.append(_PAD[pad])
-    return parts
-
-
-_PAD = [b"\0" * i for i in range(8)]
 
 
 class _Out:
@@ -474,15 +248,15 @@ class Transport:
     def _frames_of(self, payload: bytes, bufs: list[Any]) -> tuple[Any, list[Any], int]:
         """The first frame, the parts and their tag of an encoded message (small arrays
         packed into the first frame: no parts)."""
-        if not bufs and len(payload) <= _INLINE_MAX:
+        if not bufs and len(payload) <= INLINE_MAX:
             return b"\x00" + payload, [], 0
-        if bufs and len(payload) <= _INLINE_MAX:
+        if bufs and len(payload) <= INLINE_MAX:
             total = 0
             for b in bufs:        # wire's buffers are flat byte views
                 total += b.nbytes
-            if total <= _PACK_MAX:
-                return _packed(payload, bufs, total), [], 0
-        if len(payload) > _INLINE_MAX:
+            if total <= PACK_MAX:
+                return packed(payload, bufs, total), [], 0
+        if len(payload) > INLINE_MAX:
             bufs = [memoryview(payload), *bufs]
             inline = b""
             kind_payload_oob = 1
@@ -492,22 +266,22 @@ class Transport:
         tag = self._new_tag()
         sizes = [memoryview(b).nbytes for b in bufs]
         small, bundled = [], 0
-        for n in sizes:                 # the small ones, up to _BUNDLE_MAX in all
-            inb = n < _PACK_MAX and bundled + n <= _BUNDLE_MAX
+        for n in sizes:                 # the small ones, up to BUNDLE_MAX in all
+            inb = n < PACK_MAX and bundled + n <= BUNDLE_MAX
             small.append(inb)
             bundled += n if inb else 0
         if small.count(True) > 1:       # one part for the small ones, a copy
-            bundle = b"".join(_padded(b for b, inb in zip(bufs, small) if inb))
-            head = (_PREFIX.pack(_KIND_BUNDLED, len(bufs), tag)
+            bundle = b"".join(padded(b for b, inb in zip(bufs, small) if inb))
+            head = (PREFIX.pack(KIND_BUNDLED, len(bufs), tag)
                     + struct.pack(f"<B{len(sizes)}Q", kind_payload_oob, *sizes)
                     + bytes(small) + inline)
             return head, [bundle, *(b for b, inb in zip(bufs, small) if not inb)], tag
-        head = (_PREFIX.pack(_KIND_BUFFERS, len(bufs), tag)
+        head = (PREFIX.pack(KIND_BUFFERS, len(bufs), tag)
                 + struct.pack(f"<B{len(sizes)}Q", kind_payload_oob, *sizes) + inline)
         return head, bufs, tag
 
     def _new_tag(self) -> int:
-        return _TAG_BUF0 + next(self._bufseq) % _TAG_BUF_SPAN
+        return TAG_BUF0 + next(self._bufseq) % TAG_BUF_SPAN
 
     def _chunked(self, head: Any, bufs: list[Any], tag: int) -> tuple[Any, list[Any], int]:
         """The MPI messages of a frame: a first frame no larger than ``max_chunk``, then
@@ -519,11 +293,11 @@ class Transport:
         if len(head) > limit:       # announced by a long frame, sent in chunks first
             if not tag:
                 tag = self._new_tag()
-            parts.extend(_split(head, limit))
-            head = _LONG.pack(_KIND_LONG, len(head), tag)
+            parts.extend(split(head, limit))
+            head = LONG.pack(KIND_LONG, len(head), tag)
             self.counters.chunked_out += 1
         for b in bufs:
-            chunks = _split(b, limit)
+            chunks = split(b, limit)
             parts.extend(chunks)
             if len(chunks) > 1:
                 self.counters.chunked_out += 1
@@ -568,7 +342,7 @@ class Transport:
     def _routed_frame(self, dest: int, msg: Any) -> bytes:
         payload, bufs = wire.dumps(msg, allow_pickle=self.allow_pickle)
         views = [memoryview(b).cast("B") for b in bufs]
-        head = (_ROUTE.pack(_KIND_ROUTED, self.rank, dest, len(views))
+        head = (ROUTE.pack(KIND_ROUTED, self.rank, dest, len(views))
                 + struct.pack(f"<{len(views) + 1}Q", len(payload), *(v.nbytes for v in views)))
         return b"".join([head, payload, *views])
 
@@ -595,7 +369,7 @@ class Transport:
             if self._bell is not None:       # _wake inlined: dest is a world rank already
                 self._bell.sending(dest)
             payload, bufs = wire.dumps(msg, allow_pickle=self.allow_pickle)
-            if not bufs and len(payload) <= _INLINE_MAX and len(payload) < self.max_chunk:
+            if not bufs and len(payload) <= INLINE_MAX and len(payload) < self.max_chunk:
                 head = b"\x00" + payload               # the common case, inlined
             else:
                 head, bufs, tag = self._frames_of(payload, bufs)
@@ -675,7 +449,7 @@ class Transport:
                 if dest in self.failed or self.closed:
                     return False
                 payload, bufs = wire.dumps(msg, allow_pickle=self.allow_pickle)
-                if not bufs and len(payload) <= _INLINE_MAX and len(payload) < self.max_chunk:
+                if not bufs and len(payload) <= INLINE_MAX and len(payload) < self.max_chunk:
                     if wake and self._bell is not None:
                         self._bell.sending(dest)
                     frame = b"\x00" + payload
@@ -902,7 +676,7 @@ class Transport:
         c = self.counters
         c.msgs_in += 1
         c.bytes_in += count
-        if count > 1 and frame[0] == _KIND_INLINE:    # the common case: all of it is here
+        if count > 1 and frame[0] == KIND_INLINE:    # the common case: all of it is here
             if src not in self.ignored:
                 verdict = dispatch(self.handler, src, memoryview(frame)[1:], (),
                                    self.allow_pickle)
@@ -930,23 +704,23 @@ class Transport:
     def _take(self, comm: Any, peer: int, src: int, frame: Any) -> None:
         """Handle a first frame from ``src`` (``peer`` on ``comm``): receive the parts it
         announces, then decode and dispatch. Raises :class:`FrameError`."""
-        if len(frame) > 1 and frame[0] == _KIND_INLINE:   # the common case: all of it is here
+        if len(frame) > 1 and frame[0] == KIND_INLINE:   # the common case: all of it is here
             self._deliver(src, memoryview(frame)[1:], [])
             return
-        if len(frame) > 1 and frame[0] == _KIND_PACKED:   # small arrays inside: here too
-            self._deliver(src, *_packed_parts(frame, src))
+        if len(frame) > 1 and frame[0] == KIND_PACKED:   # small arrays inside: here too
+            self._deliver(src, *packed_parts(frame, src))
             return
         tag = 0
         try:
             f = parse_frame(frame, src, self.max_message)
             tag = f.tag
-            if f.kind == _KIND_LONG:
+            if f.kind == KIND_LONG:
                 frame = self._recv_part(comm, peer, tag, f.sizes[0], src)
                 f = parse_frame(frame, src, self.max_message, nested=True)
                 if f.tag != tag and f.sizes:
                     raise FrameError(src, f"a long frame on tag {tag} announces its parts "
                                           f"on tag {f.tag}")
-            if f.kind == _KIND_ROUTED:
+            if f.kind == KIND_ROUTED:
                 if f.dest != self.rank:
                     if self.rank == HUB and src not in self.ignored:
                         self._forward(f.dest, frame)
@@ -956,7 +730,7 @@ class Transport:
             for size in f.sizes:
                 bufs.append(self._recv_part(comm, peer, tag, size, src))
             if f.layout:
-                bufs = _unbundled(f.layout, bufs)
+                bufs = unbundled(f.layout, bufs)
         except FrameError as exc:
             tag = tag or exc.tag
             if tag:      # drop the parts still on their way, so the sender is not stuck
@@ -1496,15 +1270,6 @@ def _far_enough(out: _Out) -> bool:
     carries the caller's arrays (``tracked``); else once Isent: its first frame is the
     transport's own copy, and a later poll completes it, off the sender's path."""
     return out.done or (not out.tracked and out.reqs is not None)
-
-
-def _split(buf: Any, limit: int) -> list[memoryview]:
-    """``buf`` as consecutive byte views of at most ``limit`` bytes (one view if it fits)."""
-    view = memoryview(buf).cast("B")
-    size = view.nbytes
-    if size <= limit:
-        return [view]
-    return [view[i:i + limit] for i in range(0, size, limit)]
 
 
 def _drop(m: Any) -> None:

@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "clustervm"
 LAYERS: list[tuple[str, set[str]]] = [
     ("base", {"errors", "protocol", "config", "events", "hostfile", "procs", "progress",
               "reduce", "mailbox", "local", "shared", "blocks"}),
-    ("wire", {"wire", "refs", "remote", "values", "replaylog"}),
+    ("wire", {"wire", "frames", "refs", "remote", "values", "replaylog"}),
     ("transport", {"endpoint", "doorbell", "transport", "inprocess"}),
     ("core", {"core", "core.enums", "core.events", "core.instructions", "core.state",
               "core.view", "core.groups", "core.node", "core.record"}),

@@ -18,6 +18,7 @@ mpi4py.rc.finalize = False
 
 import pytest  # noqa: E402
 
+from clustervm import frames as F  # noqa: E402
 from clustervm import transport as T  # noqa: E402
 from clustervm import wire  # noqa: E402
 
@@ -261,7 +262,7 @@ def test_a_send_without_arrays_returns_once_isent(sender):
 
 
 def test_a_send_with_small_arrays_packs_them_and_returns_once_isent(sender):
-    """Arrays of up to _PACK_MAX bytes are copied into the one frame: the sender's
+    """Arrays of up to PACK_MAX bytes (clustervm.frames) are copied into the one frame: the sender's
     arrays are free at once, nothing waits for the receiver."""
     np = pytest.importorskip("numpy")
     row = np.arange(256.0)
@@ -269,7 +270,7 @@ def test_a_send_with_small_arrays_packs_them_and_returns_once_isent(sender):
     [req] = sender.comm.requests
     assert not req.complete
     frame = T.parse_frame(sender.comm.sent[0][0], 1, 1 << 30)
-    assert frame.kind == T._KIND_PACKED
+    assert frame.kind == F.KIND_PACKED
     got = wire.loads(frame.payload, frame.bufs)[1]
     row[:] = -1.0                       # the sender reuses its array: the frame is a copy
     assert got.flags.aligned and got.tolist() == list(range(256))
@@ -280,7 +281,7 @@ def test_a_send_with_arrays_waits_until_they_have_left(sender):
     returned = threading.Event()
 
     def send() -> None:
-        sender.send(2, ("m", np.zeros(T._PACK_MAX // 8 + 1)))
+        sender.send(2, ("m", np.zeros(F.PACK_MAX // 8 + 1)))
         returned.set()
 
     th = threading.Thread(target=send, daemon=True)
@@ -317,7 +318,7 @@ def test_an_unsettled_send_leaves_its_message_to_the_token_holder(sender):
     returned = threading.Event()
 
     def send_array() -> None:
-        sender.send(2, ("m", np.zeros(T._PACK_MAX // 8 + 1)), settle=False)
+        sender.send(2, ("m", np.zeros(F.PACK_MAX // 8 + 1)), settle=False)
         returned.set()
 
     th = threading.Thread(target=send_array, daemon=True)

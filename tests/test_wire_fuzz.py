@@ -30,6 +30,7 @@ import pytest  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from clustervm import frames as F  # noqa: E402
 from clustervm import protocol as P  # noqa: E402
 from clustervm import transport as T  # noqa: E402
 from clustervm import wire  # noqa: E402
@@ -91,10 +92,10 @@ class Parts:
         buf = bytearray()
         while len(buf) < size:
             if not self.messages:
-                raise T.FrameError(src, f"the rest of a frame (tag {tag}) did not come")
+                raise F.FrameError(src, f"the rest of a frame (tag {tag}) did not come")
             part = self.messages.pop(0)
             if len(part) > size - len(buf) or (not part and size > len(buf)):
-                raise T.FrameError(src, f"a part of {len(part)} bytes does not fit")
+                raise F.FrameError(src, f"a part of {len(part)} bytes does not fit")
             buf += part
         if size == 0 and self.messages and self.messages[0] == b"":
             self.messages.pop(0)
@@ -238,23 +239,23 @@ def test_loads_deep_nesting_is_a_wire_error():
 def test_parse_frame_round_trip_of_each_kind():
     t = make_transport(rank=1, max_chunk_bytes=1 << 20)
     inline, _, _ = t._frames((P.USER, 1, 2, 3, "x", 0, 1))
-    f = T.parse_frame(inline, SENDER, 1 << 30)
+    f = F.parse_frame(inline, SENDER, 1 << 30)
     assert f.kind == 0 and wire.loads(f.payload)[4] == "x"
     head, bufs, tag = t._frames({"a": np.arange(10_000)})
-    f = T.parse_frame(head, SENDER, 1 << 30)
+    f = F.parse_frame(head, SENDER, 1 << 30)
     assert f.kind == 1 and f.tag == tag and f.sizes == (80_000,)
     bundled, bufs, tag = t._frames([np.arange(10_000), *(np.arange(3) for _ in range(40))])
-    f = T.parse_frame(bundled, SENDER, 1 << 30)
-    assert f.kind == T._KIND_BUNDLED and f.sizes == (40 * 24, 80_000) and len(bufs) == 2
+    f = F.parse_frame(bundled, SENDER, 1 << 30)
+    assert f.kind == F.KIND_BUNDLED and f.sizes == (40 * 24, 80_000) and len(bufs) == 2
     assert [n for n, _ in f.layout] == [80_000] + [24] * 40 and sum(b for _, b in f.layout) == 40
     packed, bufs, tag = t._frames({"a": np.arange(3), "b": np.arange(10, dtype=np.int8)})
     assert not bufs and not tag
-    f = T.parse_frame(packed, SENDER, 1 << 30)
-    assert f.kind == T._KIND_PACKED and [b.nbytes for b in f.bufs] == [24, 10]
+    f = F.parse_frame(packed, SENDER, 1 << 30)
+    assert f.kind == F.KIND_PACKED and [b.nbytes for b in f.bufs] == [24, 10]
     assert {k: v.tolist() for k, v in wire.loads(f.payload, f.bufs).items()} == {
         "a": [0, 1, 2], "b": list(range(10))}
     routed = t._routed_frame(2, [np.arange(3), b"y" * 70_000])
-    f = T.parse_frame(routed, SENDER, 1 << 30)
+    f = F.parse_frame(routed, SENDER, 1 << 30)
     assert (f.kind, f.origin, f.dest) == (2, 1, 2)
     assert wire.loads(f.payload, f.bufs)[1] == b"y" * 70_000
 
@@ -263,8 +264,8 @@ def test_parse_frame_round_trip_of_each_kind():
 @given(st.binary(max_size=200))
 def test_parse_frame_random_bytes(data):
     try:
-        T.parse_frame(data, SENDER, 1 << 30)
-    except T.FrameError as exc:
+        F.parse_frame(data, SENDER, 1 << 30)
+    except F.FrameError as exc:
         assert exc.rank == SENDER and f"rank {SENDER}" in str(exc)
 
 
@@ -276,7 +277,7 @@ def _sample_frames() -> list[bytes]:
               t._frames((P.DONE, [(5, True, [np.arange(9_000), np.arange(3), np.ones(5)])]))[0],
               t._frames((P.DONE, [(5, True, b"z" * 70_000)]))[0],
               t._routed_frame(2, (P.USER, 1, 2, 3, np.arange(5), 0, 1)),
-              T._LONG.pack(T._KIND_LONG, 5000, T._TAG_BUF0 + 7)]
+              F.LONG.pack(F.KIND_LONG, 5000, F.TAG_BUF0 + 7)]
     return frames
 
 
@@ -292,8 +293,8 @@ def test_parse_frame_truncated_and_mutated(frame, data):
             i = data.draw(st.integers(0, min(len(raw), 40) - 1))
             raw[i] = data.draw(st.integers(0, 255))
     try:
-        f = T.parse_frame(raw, SENDER, 1 << 30)
-    except T.FrameError as exc:
+        f = F.parse_frame(raw, SENDER, 1 << 30)
+    except F.FrameError as exc:
         assert exc.rank == SENDER
     else:
         assert sum(f.sizes) <= 1 << 30
@@ -302,12 +303,12 @@ def test_parse_frame_truncated_and_mutated(frame, data):
 @pytest.mark.parametrize("kind", ["buffers", "long"])
 def test_a_claim_of_10_to_the_15_bytes_is_refused_before_allocating(kind):
     if kind == "buffers":
-        head = (T._PREFIX.pack(T._KIND_BUFFERS, 2, T._TAG_BUF0 + 1)
+        head = (F.PREFIX.pack(F.KIND_BUFFERS, 2, F.TAG_BUF0 + 1)
                 + struct.pack("<B2Q", 1, 10**15, 8))
     else:
-        head = T._LONG.pack(T._KIND_LONG, 10**15, T._TAG_BUF0 + 1)
-    with pytest.raises(T.FrameError, match=r"rank 3: .*10000000000000\d\d bytes"):
-        T.parse_frame(head, SENDER, T.memory_limit())
+        head = F.LONG.pack(F.KIND_LONG, 10**15, F.TAG_BUF0 + 1)
+    with pytest.raises(F.FrameError, match=r"rank 3: .*10000000000000\d\d bytes"):
+        F.parse_frame(head, SENDER, T.memory_limit())
     t = make_transport()
     server = wire_take_expect_error(t, head)
     assert server.asked == []            # nothing received, nothing allocated
@@ -318,17 +319,17 @@ def wire_take_expect_error(t: T.Transport, head: bytes) -> Parts:
     drained: list[int] = []
     t._recv_part = server                                     # type: ignore[method-assign]
     t._drain = lambda comm, peer, tag: drained.append(tag)    # type: ignore[method-assign]
-    with pytest.raises(T.FrameError):
+    with pytest.raises(F.FrameError):
         t._take(None, SENDER, SENDER, bytearray(head))
-    assert drained == [T._TAG_BUF0 + 1]   # what its sender may still send is dropped
+    assert drained == [F.TAG_BUF0 + 1]   # what its sender may still send is dropped
     return server
 
 
 def test_the_size_limit_is_checked_against_the_total():
-    head = T._PREFIX.pack(T._KIND_BUFFERS, 3, T._TAG_BUF0) + struct.pack(
+    head = F.PREFIX.pack(F.KIND_BUFFERS, 3, F.TAG_BUF0) + struct.pack(
         "<B3Q", 0, 2**63, 2**63, 2**63)
-    with pytest.raises(T.FrameError, match="announces"):
-        T.parse_frame(head, SENDER, T.memory_limit())
+    with pytest.raises(F.FrameError, match="announces"):
+        F.parse_frame(head, SENDER, T.memory_limit())
 
 
 # ------------------------------------------- the transport: chunks and bad frames
@@ -369,8 +370,8 @@ def test_small_arrays_of_a_big_message_travel_bundled():
     msg = (P.USER, 1, 2, 0, {"rows": rows, "big": big, "e": np.zeros(0), "s": "y" * 70_000},
            0, 1)
     head, parts = sent_by(sender, 2, msg)
-    f = T.parse_frame(head, 1, 1 << 30)
-    assert f.kind == T._KIND_BUNDLED and len(f.sizes) == 3 and f.sizes[0] == 3000 * 56
+    f = F.parse_frame(head, 1, 1 << 30)
+    assert f.kind == F.KIND_BUNDLED and len(f.sizes) == 3 and f.sizes[0] == 3000 * 56
     wire_take(receiver, head, parts, src=1)
     out = got[0][4]
     assert len(out["rows"]) == 3000 and out["s"] == "y" * 70_000 and out["e"].shape == (0,)
@@ -381,21 +382,21 @@ def test_small_arrays_of_a_big_message_travel_bundled():
 
 
 def test_the_bundle_has_a_ceiling(monkeypatch):
-    """Small arrays are copied into the bundle up to _BUNDLE_MAX bytes; the others keep
+    """Small arrays are copied into the bundle up to BUNDLE_MAX bytes; the others keep
     their own zero-copy parts (many of them are not copied into one huge blob)."""
-    monkeypatch.setattr(T, "_BUNDLE_MAX", 2000)
+    monkeypatch.setattr(T, "BUNDLE_MAX", 2000)
     t = make_transport(rank=1)
     head, parts, _ = t._frames([np.zeros(100) for _ in range(200)])   # 800 bytes each
-    f = T.parse_frame(head, SENDER, 1 << 30)
-    assert f.kind == T._KIND_BUNDLED and [inb for _, inb in f.layout][:3] == [True, True, False]
+    f = F.parse_frame(head, SENDER, 1 << 30)
+    assert f.kind == F.KIND_BUNDLED and [inb for _, inb in f.layout][:3] == [True, True, False]
     assert len(parts) == 199 and len(parts[0]) == 1600
 
 
 def test_a_bundled_frame_with_a_bad_table_is_refused():
-    head = (T._PREFIX.pack(T._KIND_BUNDLED, 2, T._TAG_BUF0 + 1)
+    head = (F.PREFIX.pack(F.KIND_BUNDLED, 2, F.TAG_BUF0 + 1)
             + struct.pack("<B2Q", 0, 8, 8) + bytes([1, 2]))
-    with pytest.raises(T.FrameError, match="rank 3: bundled frame with a bad table"):
-        T.parse_frame(head, SENDER, 1 << 30)
+    with pytest.raises(F.FrameError, match="rank 3: bundled frame with a bad table"):
+        F.parse_frame(head, SENDER, 1 << 30)
 
 
 def test_routed_frames_are_chunked_and_forwarded_by_the_hub():
@@ -405,7 +406,7 @@ def test_routed_frames_are_chunked_and_forwarded_by_the_hub():
     hub.world_size = hub.size = 4
     arr = np.arange(5000, dtype=np.int32)           # 20000 bytes
     head, parts = sent_by(spawned, 2, (P.USER, 7, 8, 1, arr, 0, 1))
-    assert T.parse_frame(head, 5, 1 << 30).kind == T._KIND_LONG and len(parts) == 5
+    assert F.parse_frame(head, 5, 1 << 30).kind == F.KIND_LONG and len(parts) == 5
     hub.comm.sent.clear()
     wire_take(hub, head, parts, src=5)
     (_, tag0, fwd_head), *rest = hub.comm.sent        # forwarded, unopened, in 3000-byte chunks
@@ -431,10 +432,10 @@ def test_max_chunk_setting():
 
 def test_split_covers_the_buffer_in_order():
     data = bytes(range(256)) * 10
-    parts = T._split(data, 300)
+    parts = F.split(data, 300)
     assert [len(p) for p in parts] == [300] * 8 + [160]
     assert b"".join(bytes(p) for p in parts) == data
-    assert [bytes(p) for p in T._split(b"", 300)] == [b""]
+    assert [bytes(p) for p in F.split(b"", 300)] == [b""]
 
 
 @st.composite
@@ -465,7 +466,7 @@ def test_take_gives_frame_error_or_a_delivery(frame, parts):
     t._forward = lambda dest, frame: None              # type: ignore[method-assign]
     try:
         t._take(None, SENDER, SENDER, bytearray(frame))
-    except T.FrameError as exc:
+    except F.FrameError as exc:
         assert exc.rank == SENDER
     assert sum(server.asked) <= 2 << 20               # never more than announced and allowed
 
@@ -591,8 +592,8 @@ def test_waiting_for_the_next_part_counts_as_the_senders_silence(monkeypatch):
         def Improbe(self, source, tag, status):  # noqa: N802
             return None
 
-    with pytest.raises(T.FrameError, match="rank 2: the rest of a frame .* did not come"):
-        t._probe_part(Silent(), 2, T._TAG_BUF0, 2, None)
+    with pytest.raises(F.FrameError, match="rank 2: the rest of a frame .* did not come"):
+        t._probe_part(Silent(), 2, F.TAG_BUF0, 2, None)
     after = time.monotonic()
     assert after - t.last_heard[2] >= 0.55        # the sender: silent all along
     assert after - t.last_heard[1] < 0.3          # the others: the wait is not theirs
@@ -607,7 +608,7 @@ def test_a_long_receive_from_a_rank_declared_dead_is_given_up():
 
     threading.Timer(0.2, t.declare_dead, args=(3,)).start()
     t0 = time.monotonic()
-    with pytest.raises(T.FrameError, match="rank 3: a part of 100 bytes .*declared dead"):
+    with pytest.raises(F.FrameError, match="rank 3: a part of 100 bytes .*declared dead"):
         t._wait_long(StuckRequest(), 3, b"buffer", 100)
     assert time.monotonic() - t0 < 5
     assert len(t._abandoned) == 1
@@ -619,14 +620,14 @@ def test_a_2_gib_array_goes_in_mpi_sized_pieces_without_a_copy():
     t = make_transport(rank=1, max_chunk_bytes=1 << 30)
     arr = np.empty(int(2.1 * (1 << 30)), dtype=np.uint8)
     head, parts, tag = t._chunked(*t._frames((P.USER, 1, 2, 0, arr, 0, 1)))
-    assert len(head) < 100 and T._valid_tag(tag)
+    assert len(head) < 100 and F.valid_tag(tag)
     assert [p.nbytes for p in parts] == [1 << 30, 1 << 30, arr.nbytes - (2 << 30)]
     # the default chunk (16 MiB) gives the same cover in smaller parts
     parts = make_transport(rank=1)._chunked(*t._frames((P.USER, 1, 2, 0, arr, 0, 1)))[1]
     assert {p.nbytes for p in parts[:-1]} == {16 << 20} and sum(p.nbytes for p in parts) == \
         arr.nbytes
     assert all(p.obj is parts[0].obj for p in parts)         # views of the array itself
-    f = T.parse_frame(head, 1, T.memory_limit())             # the receiver takes the claim
+    f = F.parse_frame(head, 1, T.memory_limit())             # the receiver takes the claim
     assert f.sizes == (arr.nbytes,)
 
 
@@ -636,5 +637,5 @@ def test_a_buffer_that_cannot_be_allocated_is_a_frame_error(monkeypatch):
 
     monkeypatch.setattr(T, "_empty_buffer", no_memory)
     t = make_transport(rank=0)
-    with pytest.raises(T.FrameError, match="rank 2: cannot allocate 12345 bytes"):
-        t._recv_part(None, 2, T._TAG_BUF0, 12345, 2)
+    with pytest.raises(F.FrameError, match="rank 2: cannot allocate 12345 bytes"):
+        t._recv_part(None, 2, F.TAG_BUF0, 12345, 2)

@@ -87,18 +87,19 @@ def send_garbage() -> int:
 
     from mpi4py import MPI
 
+    from clustervm import frames as F
     from clustervm import protocol as P
     from clustervm import transport as T
     from clustervm import wire
 
     comm = current._tls.site.transport.comm
-    tag = T._TAG_BUF0 + 12345
+    tag = F.TAG_BUF0 + 12345
     frames = [
         b"",                                                            # empty
         b"\x07junk",                                                    # unknown kind
-        T._PREFIX.pack(T._KIND_BUFFERS, 1, tag) + struct.pack("<BQ", 0, 10**15),
-        T._LONG.pack(T._KIND_LONG, 10**15, tag),
-        T._ROUTE.pack(T._KIND_ROUTED, 1, 0, 2) + struct.pack("<3Q", 5, 10**9, 1) + b"abc",
+        F.PREFIX.pack(F.KIND_BUFFERS, 1, tag) + struct.pack("<BQ", 0, 10**15),
+        F.LONG.pack(F.KIND_LONG, 10**15, tag),
+        F.ROUTE.pack(F.KIND_ROUTED, 1, 0, 2) + struct.pack("<3Q", 5, 10**9, 1) + b"abc",
         b"\x00\xc1\xc1",                                                  # not msgpack
         b"\x00" + wire.dumps((P.DONE, 5))[0],                            # wrong-typed fields
         b"\x00" + wire.dumps((P.EXITED, "x"))[0],
