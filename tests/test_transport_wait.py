@@ -401,3 +401,24 @@ def test_a_waiter_probes_hot_only_while_its_waits_are_short(transport, monkeypat
     transport.comm.queue(2, ("m", 1))
     assert transport.wait(lambda: len(transport.got) == 2, timeout=5.0)
     assert len(hot) == 1 and hot[0] > 0.0
+
+
+def test_a_poll_that_took_a_message_leaves_the_light_requests_to_an_empty_one(sender):
+    """The reply's poll does not test the waiter's own last Isend (one MPI call a message
+    on the round trip's path): an empty poll completes it, or a send once _LIGHT_MAX are
+    kept."""
+    sender.send(2, ("m", 0))
+    [req] = sender.comm.requests
+    req.complete = True
+    sender.handler = lambda src, msg: None
+    sender.comm.queue(2, ("reply", 0))
+    assert sender.try_poll() == 1
+    assert len(sender._light) == 1           # complete, but left for later
+    assert sender.try_poll() == 0
+    assert not sender._light                 # the empty poll took it
+    for i in range(T._LIGHT_MAX + 1):
+        sender.send(2, ("m", i))
+    for r in sender.comm.requests:
+        r.complete = True
+    sender.send(2, ("m", "one more"))        # more than _LIGHT_MAX kept: completed here
+    assert len(sender._light) <= 1
