@@ -118,10 +118,13 @@ class Endpoint(Protocol):
         """Post ``msg`` to each of ``dests`` (dead ones are skipped)."""
 
     def wait(self, predicate: Callable[[], bool], timeout: float | None = None,
-             background: bool = False, spin: bool = False) -> bool:
+             background: bool = False, spin: bool = False,
+             claim: Callable[[Any], bool] | None = None) -> bool:
         """Drive progress until ``predicate()`` is true; False if ``timeout`` passed
         first (or the endpoint closed). A ``background`` waiter (an idle worker) lets
-        foreground waiters poll first."""
+        foreground waiters poll first. ``claim``: offered each message this waiter
+        receives itself, decoded, before the handler; True takes it (the handler never
+        sees it). An endpoint may hand every message to the handler instead."""
 
     def foreground(self) -> ContextManager[None]:
         """While in it, this thread waits for something else than a message (a frozen
@@ -191,17 +194,19 @@ def summary(msg: Any) -> str:
 
 
 def dispatch(handler: Handler, src: int, payload: Any, bufs: list[Any],
-             allow_pickle: bool) -> bool | str:
+             allow_pickle: bool, claim: Callable[[Any], bool] | None = None) -> bool | str:
     """Decode a message from ``src`` and run ``handler`` on it (both transports): True if
-    it was work (the handler did not return False), :data:`QUIET` if the handler said so.
-    A message that cannot be decoded, or that the handler fails on, is logged (naming
-    ``src``) and dropped."""
+    it was work (the handler did not return False, or ``claim`` took the message first),
+    :data:`QUIET` if the handler said so. A message that cannot be decoded, or that the
+    handler fails on, is logged (naming ``src``) and dropped."""
     try:
         msg = wire.loads(payload, bufs, allow_pickle=allow_pickle)
     except WireError as exc:
         log.error("a message from rank %d cannot be decoded; dropped: %s", src, exc)
         return False
     try:
+        if claim is not None and claim(msg):    # a waiter took it for itself
+            return True
         verdict = handler(src, msg)
         return verdict if verdict is QUIET else verdict is not False
     except Exception as exc:   # noqa: BLE001 - one bad message never stops the loop

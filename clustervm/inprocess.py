@@ -402,7 +402,9 @@ class InProcessTransport:
                 self._cond.notify_all()
 
     def wait(self, predicate: Callable[[], bool], timeout: float | None = None,
-             background: bool = False, spin: bool = False) -> bool:
+             background: bool = False, spin: bool = False,
+             claim: Callable[[Any], bool] | None = None) -> bool:
+        # (claim is not used: every message goes to the handler, as Endpoint.wait allows)
         if predicate():
             return True
         deadline = None if timeout is None else time.monotonic() + timeout

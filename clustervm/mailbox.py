@@ -9,7 +9,7 @@ from typing import Any, NamedTuple, Protocol
 
 from .protocol import ANY, SYSTEM
 
-__all__ = ["Message", "TaskAborted", "Mailbox", "TaskLike"]
+__all__ = ["Message", "TaskAborted", "Mailbox", "TaskLike", "message"]
 
 
 class Message(NamedTuple):
@@ -31,6 +31,11 @@ class Message(NamedTuple):
 
 
 _message = tuple.__new__    # Message(source, tag, data) without the Python-level __new__
+
+
+def message(source: int, tag: int, data: Any) -> Message:
+    """``Message(source, tag, data)``, made without NamedTuple's Python-level ``__new__``."""
+    return _message(Message, (source, tag, data))
 
 
 class TaskAborted(BaseException):

@@ -264,12 +264,12 @@ class Node(Site):
 
     # -- short tasks -----------------------------------------------------------
 
-    def wait(self, predicate, timeout=None, blocking=False) -> bool:
+    def wait(self, predicate, timeout=None, blocking=False, claim=None) -> bool:
         if not (blocking and current._tls.worker):
-            return self.transport.wait(predicate, timeout)
+            return self.transport.wait(predicate, timeout, claim=claim)
         self._run(N.WorkerBlocked())      # a task blocks: another worker may use its slot
         try:
-            return self.transport.wait(predicate, timeout)
+            return self.transport.wait(predicate, timeout, claim=claim)
         finally:
             self._run(N.WorkerUnblocked())
 

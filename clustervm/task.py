@@ -115,7 +115,7 @@ class TaskContext:
         got: list[Message] = []
 
         def ready() -> bool:
-            if self.aborted:
+            if got or self.aborted:
                 return True
             if posted:
                 self._match_posted()          # receives posted earlier match first
@@ -125,7 +125,10 @@ class TaskContext:
                 return True
             return False
 
-        if not self._site.wait(ready, timeout, blocking=True):
+        # the message waited for, received by this thread's own poll, is taken at once
+        # (not through the mailbox), unless receives posted earlier come first
+        claim = None if posted else self._site.claimer(self.tid, box, source, tag, got)
+        if not self._site.wait(ready, timeout, blocking=True, claim=claim):
             raise TimeoutError(f"task {self.tid}: no message from source {source} with tag {tag} "
                                f"within {timeout} s")
         self._check()

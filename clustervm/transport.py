@@ -9,7 +9,9 @@ the sender and dropped, and the loop goes on.
 Progress: one thread at a time owns MPI, the holder of the progress token
 (leader/follower): whichever thread is waiting takes the token, probes MPI and
 runs the handlers of what arrives itself, so a reply reaches the waiting
-thread without a thread switch. A waiting task handles one message a poll and
+thread without a thread switch (and the message a task waits for is offered to
+its ``claim`` first, which takes it without the handler: Site.claimer). A
+waiting task handles one message a poll and
 looks at what it waits for right after (no second probe before it sees its
 message); for its first 20 us, if its last wait was about as short, it probes
 in a tight loop (a reply due within microseconds is seen sooner); a waiter that
@@ -221,6 +223,8 @@ class Transport:
         #                                          list.append/remove are atomic)
         self._sleepers = 0                       # foreground waiters asleep on _cond
         self._short_waits = True                 # the last foreground wait was short
+        #: what the waiting token holder takes for itself (see Endpoint.wait)
+        self._claim: Callable[[Any], bool] | None = None
         self._wakeups = 0                        # notify()s that found a sleeper
         self._pending: deque[_Out] = deque()      # Isent, not complete (token holder only)
         #: requests of small messages sent by their sender at once (see _send_now)
@@ -679,7 +683,7 @@ class Transport:
         if count > 1 and frame[0] == KIND_INLINE:    # the common case: all of it is here
             if src not in self.ignored:
                 verdict = dispatch(self.handler, src, memoryview(frame)[1:], (),
-                                   self.allow_pickle)
+                                   self.allow_pickle, self._claim)
                 if verdict is True:     # work (see endpoint.QUIET), as in _deliver
                     self._busy = True
                 elif verdict:
@@ -742,7 +746,8 @@ class Transport:
     def _deliver(self, src: int, payload: Any, bufs: list[Any]) -> None:
         """Decode and handle a message from ``src`` (see :func:`endpoint.dispatch`)."""
         if src not in self.ignored:
-            verdict = dispatch(self.handler, src, payload, bufs, self.allow_pickle)
+            verdict = dispatch(self.handler, src, payload, bufs, self.allow_pickle,
+                               self._claim)
             if verdict is True:         # work; QUIET: work after which the loop need not spin
                 self._busy = True
             elif verdict:
@@ -973,7 +978,8 @@ class Transport:
     # -- waiting -------------------------------------------------------------
 
     def wait(self, predicate: Callable[[], bool], timeout: float | None = None,
-             background: bool = False, spin: bool = False) -> bool:
+             background: bool = False, spin: bool = False,
+             claim: Callable[[Any], bool] | None = None) -> bool:
         """Drive progress until ``predicate()`` is true; False if ``timeout`` passed first.
 
         A ``background`` waiter (an idle worker) polls only while no foreground
@@ -989,7 +995,7 @@ class Transport:
         waiters = self._user_waiters
         waiters.append(me)
         try:
-            return self._wait(predicate, deadline)
+            return self._wait(predicate, deadline, claim)
         finally:
             # nobody is woken: background pollers look again within idle_sleep_ms. Waking
             # them after every wait made them race the task thread for the GIL and the
@@ -1003,9 +1009,11 @@ class Transport:
         :meth:`wait` (a frozen barrier of 4 ranks on 2 cores: 29-36 us against 41-52)."""
         return _Foreground(self._user_waiters)
 
-    def _wait(self, predicate: Callable[[], bool], deadline: float | None) -> bool:
+    def _wait(self, predicate: Callable[[], bool], deadline: float | None,
+              claim: Callable[[Any], bool] | None = None) -> bool:
         """Poll until ``predicate()`` is true (the caller found it false). Predicates may
-        have side effects (take a message): once one is true, return."""
+        have side effects (take a message): once one is true, return. ``claim`` is offered
+        what this thread's polls receive, before the handler (see Endpoint.wait)."""
         token = self._token
         me = threading.get_ident()
         remaining = None
@@ -1025,9 +1033,11 @@ class Transport:
             if token.acquire(False) or token.acquire(
                     timeout=0.001 if remaining is None else min(0.001, remaining)):
                 owner, self._owner = self._owner, me
+                self._claim = claim         # (read by this token holder's polls only)
                 try:
                     got = self._poll(1, probe_until)
                 finally:
+                    self._claim = None
                     self._owner = owner
                     token.release()
                     if self._outbox and owner is None:   # handed over while we polled

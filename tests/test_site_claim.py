@@ -1,0 +1,92 @@
+"""A waiting task takes the message it waits for from its own poll (``Site.claimer``,
+Endpoint.wait's ``claim``): only when ``Site.deliver`` would have put it into the
+mailbox at once, and with the mailbox counting it as delivered. Pure: no MPI (the real
+path is covered by the jobs of tests/test_messaging_api.py and the chaos drills)."""
+from __future__ import annotations
+
+import mpi4py
+
+mpi4py.rc.initialize = False     # no singleton MPI_Init in the test process
+mpi4py.rc.finalize = False
+
+import pytest  # noqa: E402
+
+from clustervm import protocol as P  # noqa: E402
+from clustervm.config import Config  # noqa: E402
+from clustervm.inprocess import InProcessWorld  # noqa: E402
+from clustervm.protocol import ANY, SYSTEM  # noqa: E402
+from clustervm.site import Location, Site  # noqa: E402
+
+ME, PEER, OTHER = 11, 10, 12
+
+
+def user(src: int, tag: int, data, seq: int, inc: int = 0, dst: int = ME) -> tuple:
+    return (P.User.OP, src, dst, tag, data, inc, seq)
+
+
+@pytest.fixture
+def site():
+    world = InProcessWorld(2)
+    s = Site(world.transport(0), Config())
+    yield s
+    world.close()
+
+
+def claimer(site: Site, source: int = ANY, tag: int = ANY):
+    box, got = site.mailbox(ME), []
+    return site.claimer(ME, box, source, tag, got), box, got
+
+
+def test_the_next_message_that_matches_is_taken_and_counted(site):
+    claim, box, got = claimer(site, PEER, 3)
+    assert claim(user(PEER, 3, b"hi", 1))
+    assert got == [(PEER, 3, b"hi")] and got[0].data == b"hi"
+    assert box.delivered == {PEER: 1} and box.incs == {PEER: 0} and not box.items
+    site.deliver(PEER, ME, 3, b"again", 0, 1)      # a replayed duplicate: dropped
+    assert not box.items
+    site.deliver(PEER, ME, 3, b"next", 0, 2)
+    assert [m[2] for m in box.items] == [b"next"]
+
+
+@pytest.mark.parametrize("raw, why", [
+    (user(PEER, 4, b"x", 1), "another tag"),
+    (user(OTHER, 3, b"x", 1), "another sender"),
+    (user(PEER, 3, b"x", 1, dst=OTHER), "for another task"),
+    (user(PEER, 3, b"x", 2), "a gap: message 1 is still on its way"),
+    (user(PEER, 3, b"x", 0), "a duplicate"),
+    ((P.User.OP, PEER, ME, 3, b"x"), "not a task message"),
+    (user(PEER, 3, b"x", "1"), "a malformed one"),
+])
+def test_what_deliver_would_not_put_in_at_once_is_left_to_it(site, raw, why):
+    claim, box, got = claimer(site, PEER, 3)
+    assert not claim(raw), why
+    assert not got and box.delivered == {}
+
+
+def test_nothing_is_taken_past_a_message_already_in_the_mailbox(site):
+    claim, box, got = claimer(site)
+    site.deliver(OTHER, ME, 5, b"first", 0, 1)
+    assert not claim(user(PEER, 3, b"second", 1))       # order of arrival is kept
+    assert not got
+
+
+def test_held_back_rolled_back_and_older_incarnations_are_left_to_deliver(site):
+    claim, box, got = claimer(site)
+    site.deliver(PEER, ME, 3, b"two", 0, 2)              # held back: 1 has not come
+    assert site.holdback.get(ME) and not claim(user(PEER, 3, b"one", 1))
+    site.holdback.clear()
+    site.rolling[ME] = 0                                 # its group goes back
+    assert not claim(user(PEER, 3, b"one", 1))
+    del site.rolling[ME]
+    site.locations[PEER] = Location(1, 2, False)         # the sender's incarnation 2 runs
+    assert not claim(user(PEER, 3, b"one", 1, inc=1))
+    assert claim(user(PEER, 3, b"one", 1, inc=2))
+    box.group = True                                     # a group peer's newer incarnation
+    assert not claim(user(PEER, 3, b"two", 2, inc=3))
+    assert len(got) == 1
+
+
+def test_any_source_never_takes_a_notification(site):
+    claim, box, got = claimer(site, ANY, ANY)
+    assert not claim(user(SYSTEM, 3, b"event", 1))
+    assert claim(user(PEER, 3, b"x", 1))
