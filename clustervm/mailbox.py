@@ -58,10 +58,23 @@ class Mailbox:
     def put(self, src: int, tag: int, data: Any, inc: int, seq: int) -> None:
         with self.lock:
             self.items.append((src, tag, data, inc, seq))
-            if seq > self.delivered.get(src, 0):
-                self.delivered[src] = seq
-            if inc > self.incs.get(src, -1):
-                self.incs[src] = inc
+            self._counted(src, inc, seq)
+
+    def count(self, src: int, inc: int, seq: int) -> bool:
+        """Count message ``seq`` of ``src`` as delivered and already taken by the task
+        (Site.claimer), if nothing waits in the mailbox before it; else False (it is
+        :meth:`put` in, behind them)."""
+        with self.lock:
+            if self.items:
+                return False
+            self._counted(src, inc, seq)
+            return True
+
+    def _counted(self, src: int, inc: int, seq: int) -> None:
+        if seq > self.delivered.get(src, 0):
+            self.delivered[src] = seq
+        if inc > self.incs.get(src, -1):
+            self.incs[src] = inc
 
     def take(self, source: int, tag: int, remove: bool = True) -> Message | None:
         items = self.items

@@ -57,6 +57,7 @@ def _ndarray() -> Any:
 
 #: The rank ``locate`` gives for a task that has ended (when asked to tolerate it).
 ENDED = -2
+_PUT, _HOLD, _DROP = 0, 1, 2    # what Site.deliver does with a task's message (Site._admit)
 _USER = P.User.OP
 
 
@@ -175,23 +176,10 @@ class Site:
             self.transport.notify()
             return
         with self.lock:
-            loc = self.locations.get(src)
-            if loc is not None and inc < loc.inc:
-                return   # from a replaced incarnation of src
-            if dst in self.rolling:
+            verdict, box = self._admit(src, dst, inc, seq)
+            if verdict == _HOLD:
                 self.holdback.setdefault(dst, {})[(src, seq)] = (tag, data, inc)
-                return
-            box = self.mailboxes.get(dst) or self.mailbox(dst)
-            if box.group and inc > box.incs.get(src, inc):
-                # a group peer's new incarnation: its group rolled back, and so does dst;
-                # dst's restore delivers this against its restored counters
-                self.holdback.setdefault(dst, {})[(src, seq)] = (tag, data, inc)
-                return
-            last = box.delivered.get(src, 0)
-            if seq <= last:
-                return   # a duplicate (replayed after a failover)
-            if seq > last + 1:
-                self.holdback.setdefault(dst, {})[(src, seq)] = (tag, data, inc)
+            if verdict != _PUT:
                 return
             box.put(src, tag, data, inc, seq)
             held = self.holdback.get(dst)
@@ -203,15 +191,33 @@ class Site:
                 box.put(src, nxt[0], nxt[1], nxt[2], seq)
         self.transport.notify()
 
+    def _admit(self, src: int, dst: int, inc: int, seq: int) -> tuple[int, Any]:
+        """What :meth:`deliver` does with message ``seq`` of task ``src`` (incarnation
+        ``inc``) for ``dst``, and ``dst``'s mailbox if it looked at it (the caller holds
+        ``lock``): _PUT it in now, _HOLD it back, or _DROP it."""
+        loc = self.locations.get(src)
+        if loc is not None and inc < loc.inc:
+            return _DROP, None      # from a replaced incarnation of src
+        if dst in self.rolling:
+            return _HOLD, None      # for the incarnation that replaces dst
+        box = self.mailboxes.get(dst) or self.mailbox(dst)
+        if box.group and inc > box.incs.get(src, inc):
+            # a group peer's new incarnation: its group rolled back, and so does dst;
+            # dst's restore delivers this against its restored counters
+            return _HOLD, box
+        last = box.delivered.get(src, 0)
+        if seq <= last:
+            return _DROP, box       # a duplicate (replayed after a failover)
+        return (_HOLD if seq > last + 1 else _PUT), box     # (one before it is on its way)
+
     def claimer(self, tid: int, box: Mailbox, source: int, tag: int,
                 got: list) -> Callable[[Any], bool]:
         """What task ``tid``, waiting in ``recv(source, tag)``, takes for itself of the
         messages its own polls receive (Endpoint.wait's ``claim``): a task message to it
-        that matches, when its mailbox is empty and :meth:`deliver` would put it there
-        at once (the next of its sender, nothing held back). It goes into ``got``, and
-        the mailbox counts it as delivered; the handler, the mailbox and the waiter's
-        look into it are skipped (an 8 B round trip between two nodes: 19.0 -> 18.1 us).
-        Its checks are :meth:`deliver`'s for that case (:meth:`_next_in_order`)."""
+        that matches, when :meth:`deliver` would put it into its mailbox at once, nothing
+        is held back for it, and its mailbox is empty. It goes into ``got``, and the
+        mailbox counts it as delivered; the handler, the mailbox and the waiter's look
+        into it are skipped (an 8 B round trip between two nodes: 19.0 -> 18.1 us)."""
         user = _USER
 
         def claim(raw: Any) -> bool:
@@ -220,29 +226,16 @@ class Site:
             _, src, _, t, data, inc, seq = raw
             if not ((src == source or source == ANY) and (tag == ANY or t == tag)) or \
                     type(src) is not int or src < 0 or type(inc) is not int or \
-                    type(seq) is not int or box.items:
+                    type(seq) is not int:
                 return False
             with self.lock:
-                if not self._next_in_order(box, src, tid, inc, seq):
+                if self._admit(src, tid, inc, seq)[0] != _PUT or self.holdback.get(tid) \
+                        or not box.count(src, inc, seq):
                     return False
-                with box.lock:
-                    if box.items:
-                        return False
-                    box.delivered[src] = seq
-                    if inc > box.incs.get(src, -1):
-                        box.incs[src] = inc
             got.append(message(src, t, data))
             return True
 
         return claim
-
-    def _next_in_order(self, box: Mailbox, src: int, dst: int, inc: int, seq: int) -> bool:
-        """Would :meth:`deliver` put this message of ``src`` into ``dst``'s mailbox at
-        once, with nothing held back for ``dst`` (the caller holds ``lock``)?"""
-        loc = self.locations.get(src)
-        return ((loc is None or inc >= loc.inc) and dst not in self.rolling
-                and not (box.group and inc > box.incs.get(src, inc))
-                and seq == box.delivered.get(src, 0) + 1 and not self.holdback.get(dst))
 
     def _on_user(self, src_rank: int, msg: P.User) -> None:
         self.deliver(msg.src, msg.dst, msg.tag, msg.data, msg.inc, msg.seq)
