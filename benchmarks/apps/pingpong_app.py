@@ -70,8 +70,8 @@ def ponger(ctx) -> None:
 
 def pinger(ctx, peer: int) -> dict:
     out = {}
-    for size in SIZES[:2]:
-        data = b"x" * size if size <= 1024 else np.ones(size, dtype=np.uint8)
+    for size in SIZES[:2]:          # (the big arrays: big_pinger)
+        data = b"x" * size
         n = reps(size)
         for _ in range(3):
             ctx.send(peer, PING, data)
