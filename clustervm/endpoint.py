@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 #: in-memory checkpoints, 2 tasks on 2 cores: +12-16 % with them, +4-6 % without).
 QUIET = "quiet"
 
+#: What :func:`dispatch` returns when the waiter's ``claim`` took the message (work, as
+#: True is; the waiter that claimed it needs nobody woken).
+CLAIMED = "claimed"
+
 #: Handles one message from rank ``src``; returns False when it was mere housekeeping
 #: (a heartbeat), which does not count as activity for the idle back-off, and
 #: :data:`QUIET` for work after which nothing more is expected soon.
@@ -124,7 +128,8 @@ class Endpoint(Protocol):
         first (or the endpoint closed). A ``background`` waiter (an idle worker) lets
         foreground waiters poll first. ``claim``: offered each message this waiter
         receives itself, decoded, before the handler; True takes it (the handler never
-        sees it). An endpoint may hand every message to the handler instead."""
+        sees it) and makes ``predicate`` true: the wait may end without looking at it
+        again. An endpoint may hand every message to the handler instead."""
 
     def foreground(self) -> ContextManager[None]:
         """While in it, this thread waits for something else than a message (a frozen
@@ -196,9 +201,9 @@ def summary(msg: Any) -> str:
 def dispatch(handler: Handler, src: int, payload: Any, bufs: list[Any],
              allow_pickle: bool, claim: Callable[[Any], bool] | None = None) -> bool | str:
     """Decode a message from ``src`` and run ``handler`` on it (both transports): True if
-    it was work (the handler did not return False, or ``claim`` took the message first),
-    :data:`QUIET` if the handler said so. A message that cannot be decoded, or that the
-    handler fails on, is logged (naming ``src``) and dropped."""
+    it was work (the handler did not return False), :data:`CLAIMED` if ``claim`` took the
+    message first, :data:`QUIET` if the handler said so. A message that cannot be
+    decoded, or that the handler fails on, is logged (naming ``src``) and dropped."""
     try:
         msg = wire.loads(payload, bufs, allow_pickle=allow_pickle)
     except WireError as exc:
@@ -206,7 +211,7 @@ def dispatch(handler: Handler, src: int, payload: Any, bufs: list[Any],
         return False
     try:
         if claim is not None and claim(msg):    # a waiter took it for itself
-            return True
+            return CLAIMED
         verdict = handler(src, msg)
         return verdict if verdict is QUIET else verdict is not False
     except Exception as exc:   # noqa: BLE001 - one bad message never stops the loop

@@ -303,10 +303,13 @@ def _sets_mca(args: Sequence[str], param: str) -> bool:
                for i, a in enumerate(args))
 
 
-def _normalized_hostfile(hosts: list[Host], syntax: str, source: str) -> str:
-    """Write ``hosts`` in ``syntax`` to a temp file named after its content; return its path."""
+def _normalized_hostfile(hosts: list[Host], syntax: str) -> str:
+    """Write ``hosts`` in ``syntax`` to a temp file named after its content; return its path.
+
+    The content names no source file: every hostfile of the same hosts shares one copy
+    (one with the source's path in it left a new file in /tmp for each, never deleted)."""
     from .hostfile import hostfile_lines, write_temp_hostfile
-    text = f"# {syntax} copy of {os.path.abspath(source)}, written by clustervm\n"
+    text = f"# {syntax} hostfile written by clustervm (see `clustervm run --help`)\n"
     text += hostfile_lines(hosts, syntax)
     return write_temp_hostfile(text, "clustervm-hostfile", syntax)
 
@@ -368,7 +371,7 @@ def build_command(n: int | None, app: str, app_args: Sequence[str], *,
         path = hostfile
         from .hostfile import needs_rewrite
         if needs_rewrite(hostfile, flavor.hostfile_syntax):
-            path = _normalized_hostfile(hosts, flavor.hostfile_syntax, hostfile)
+            path = _normalized_hostfile(hosts, flavor.hostfile_syntax)
             log.info("hostfile %s rewritten in %s syntax as %s", hostfile,
                      flavor.hostfile_syntax, path)
         argv += [flavor.hostfile_option, path]

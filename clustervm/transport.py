@@ -69,7 +69,7 @@ from . import wire
 from .blocks import Blocks
 from .config import Config
 from .doorbell import host_addresses, open_doorbell
-from .endpoint import Counters, Handler, PeerFailed, dispatch
+from .endpoint import CLAIMED, Counters, Handler, PeerFailed, dispatch
 from .errors import ConfigError
 from .frames import (BUNDLE_MAX, INLINE_MAX, KIND_BUFFERS, KIND_BUNDLED, KIND_INLINE,
                      KIND_LONG, KIND_PACKED, KIND_ROUTED, LONG, PACK_MAX, PREFIX, ROUTE,
@@ -651,15 +651,18 @@ class Transport:
 
     # -- receiving -----------------------------------------------------------
 
-    def _recv_one(self, comm: MPI.Comm, link_rank: int | None, hot_until: float = 0.0) -> bool:
-        status = self._status
-        m = comm.Improbe(_ANY_SOURCE, TAG_MSG, status)
+    def _recv_one(self, comm: MPI.Comm, link_rank: int | None) -> bool:
+        """Receive and handle the next message on ``comm`` if one is there."""
+        m = comm.Improbe(_ANY_SOURCE, TAG_MSG, self._status)
         if m is None:
-            if not hot_until:
-                return False
-            m = self._probe_hot(comm, status, hot_until)
-            if m is None:
-                return False
+            return False
+        self._receive(comm, link_rank, m)
+        return True
+
+    def _receive(self, comm: MPI.Comm, link_rank: int | None, m: MPI.Message) -> Any:
+        """Receive and handle message ``m``, just matched on ``comm`` into ``_status``:
+        :data:`endpoint.CLAIMED` if the waiter's claim took it."""
+        status = self._status
         peer = status.Get_source()
         src = peer if link_rank is None else link_rank
         count = status.Get_count(_BYTE)
@@ -667,7 +670,7 @@ class Transport:
         if count < 0:       # MPI_UNDEFINED: beyond a 32-bit count, not from a clustervm
             _drop(m)
             log.error("a first frame from rank %d is larger than 2 GiB; dropped", src)
-            return True
+            return None
         try:
             # _empty_buffer's test inlined: a call here costs ~0.1 us a message (measured)
             frame = bytearray(count) if count < _NUMPY_BUFFER_MIN else _empty_buffer(count)
@@ -675,45 +678,35 @@ class Transport:
             _drop(m)
             log.error("a first frame of %d bytes from rank %d: no memory for it; dropped",
                       count, src)
-            return True
+            return None
         m.Recv([frame, _BYTE])
         c = self.counters
         c.msgs_in += 1
         c.bytes_in += count
         if count > 1 and frame[0] == KIND_INLINE:    # the common case: all of it is here
-            if src not in self.ignored:
-                verdict = dispatch(self.handler, src, memoryview(frame)[1:], (),
-                                   self.allow_pickle, self._claim)
-                if verdict is True:     # work (see endpoint.QUIET), as in _deliver
-                    self._busy = True
-                elif verdict:
-                    self._quiet = True
-            return True
+            if src in self.ignored:     # (_deliver inlined: ~0.1 us a message)
+                return None
+            verdict = dispatch(self.handler, src, memoryview(frame)[1:], (),
+                               self.allow_pickle, self._claim)
+            if verdict is True or verdict is CLAIMED:   # work (see endpoint.QUIET)
+                self._busy = True
+            elif verdict:
+                self._quiet = True
+            return verdict
         try:
-            self._take(comm, peer, src, frame)
+            return self._take(comm, peer, src, frame)
         except FrameError as exc:
             log.error("%s; dropped", exc)
-        return True
+        return None
 
-    def _probe_hot(self, comm: MPI.Comm, status: MPI.Status, until: float) -> Any:
-        """Probe ``comm`` in a tight loop until a message comes, a message is handed to
-        the outbox (the token holder sends it) or ``until`` (perf_counter) has passed: a
-        reply expected within microseconds is seen ~1 us sooner than by whole polls."""
-        improbe, clock = comm.Improbe, time.perf_counter
-        while True:
-            m = improbe(_ANY_SOURCE, TAG_MSG, status)
-            if m is not None or self._outbox or clock() >= until:
-                return m
-
-    def _take(self, comm: Any, peer: int, src: int, frame: Any) -> None:
+    def _take(self, comm: Any, peer: int, src: int, frame: Any) -> Any:
         """Handle a first frame from ``src`` (``peer`` on ``comm``): receive the parts it
-        announces, then decode and dispatch. Raises :class:`FrameError`."""
+        announces, then decode and dispatch (what :meth:`_deliver` returns). Raises
+        :class:`FrameError`."""
         if len(frame) > 1 and frame[0] == KIND_INLINE:   # the common case: all of it is here
-            self._deliver(src, memoryview(frame)[1:], [])
-            return
+            return self._deliver(src, memoryview(frame)[1:], [])
         if len(frame) > 1 and frame[0] == KIND_PACKED:   # small arrays inside: here too
-            self._deliver(src, *packed_parts(frame, src))
-            return
+            return self._deliver(src, *packed_parts(frame, src))
         tag = 0
         try:
             f = parse_frame(frame, src, self.max_message)
@@ -728,7 +721,7 @@ class Transport:
                 if f.dest != self.rank:
                     if self.rank == HUB and src not in self.ignored:
                         self._forward(f.dest, frame)
-                    return
+                    return None
                 src = f.origin
             bufs = list(f.bufs)
             for size in f.sizes:
@@ -741,17 +734,19 @@ class Transport:
                 self._drain(comm, peer, tag)
             raise
         payload = f.payload if f.payload is not None else bufs.pop(0)
-        self._deliver(src, payload, bufs)
+        return self._deliver(src, payload, bufs)
 
-    def _deliver(self, src: int, payload: Any, bufs: list[Any]) -> None:
-        """Decode and handle a message from ``src`` (see :func:`endpoint.dispatch`)."""
-        if src not in self.ignored:
-            verdict = dispatch(self.handler, src, payload, bufs, self.allow_pickle,
-                               self._claim)
-            if verdict is True:         # work; QUIET: work after which the loop need not spin
-                self._busy = True
-            elif verdict:
-                self._quiet = True
+    def _deliver(self, src: int, payload: Any, bufs: list[Any]) -> Any:
+        """Decode and handle a message from ``src``: what :func:`endpoint.dispatch` says
+        (None for a rank declared dead)."""
+        if src in self.ignored:
+            return None
+        verdict = dispatch(self.handler, src, payload, bufs, self.allow_pickle, self._claim)
+        if verdict is True or verdict is CLAIMED:   # work (QUIET: nothing soon after)
+            self._busy = True
+        elif verdict:
+            self._quiet = True
+        return verdict
 
     def _recv_part(self, comm: Any, peer: int, tag: int, size: int, src: int) -> Any:
         """Receive one ``size``-byte buffer on ``tag``: as many MPI messages as the sender
@@ -865,18 +860,13 @@ class Transport:
 
     def poll(self, limit: int = 256) -> int:
         """Receive and handle what has arrived (at most ``limit``); caller holds the token."""
-        return self._poll(limit, 0.0)
-
-    def _poll(self, limit: int, hot_until: float) -> int:
-        """:meth:`poll`; before ``hot_until`` (perf_counter), probing on until a message
-        comes (:meth:`_probe_hot`)."""
         n = 0
         self._busy = self._quiet = False
         if self._outbox:
             self._send_outbox()
         for comm, link_rank in self._inbound:
             try:
-                while n < limit and self._recv_one(comm, link_rank, hot_until):
+                while n < limit and self._recv_one(comm, link_rank):
                     n += 1
             except MPI.Exception as exc:
                 if not is_failure(exc):
@@ -889,13 +879,18 @@ class Transport:
         if self._light and not n:     # a poll that took something leaves them (at most
             self._complete_light()    # _LIGHT_MAX: then the next send completes them)
         if n:
-            if self._busy or self._quiet:   # heartbeats alone do not make an idle loop spin
-                now = time.perf_counter()
-                self._last_work = now
-                if self._busy:
-                    self._last_activity = now
-            self.notify()
+            self._handled()
         return n
+
+    def _handled(self) -> None:
+        """After messages were handled: note the time of the work among them (see
+        endpoint.QUIET; heartbeats alone do not make an idle loop spin), wake sleepers."""
+        if self._busy or self._quiet:
+            now = time.perf_counter()
+            self._last_work = now
+            if self._busy:
+                self._last_activity = now
+        self.notify()
 
     # -- links to spawned nodes ------------------------------------------------
 
@@ -1018,9 +1013,10 @@ class Transport:
         me = threading.get_ident()
         remaining = None
         hot_until = time.perf_counter() + _HOT_SPIN_S
-        # probe in a tight loop at first only if the last wait was short (see _probe_hot):
-        # with waits that last (ranks outnumbering cores), it made heat2d 8-10 % slower
-        probe_until = hot_until if self._short_waits else 0.0
+        # a wait after a short one probes in a tight loop at first (see _wait_hot); with
+        # waits that last (ranks outnumbering cores) that made heat2d 8-10 % slower
+        if self._short_waits and self._wait_hot(predicate, claim, hot_until, deadline):
+            return True
         while True:
             if self.closed:
                 return False
@@ -1035,21 +1031,76 @@ class Transport:
                 owner, self._owner = self._owner, me
                 self._claim = claim         # (read by this token holder's polls only)
                 try:
-                    got = self._poll(1, probe_until)
+                    got = self.poll(1)
                 finally:
                     self._claim = None
                     self._owner = owner
                     token.release()
                     if self._outbox and owner is None:   # handed over while we polled
                         self._try_flush()
-                if got == 0:
-                    probe_until = 0.0       # probed hot till then in vain: polls from now on
-                    if self._back_off(remaining, predicate, hot_until):
-                        break
+                if got == 0 and self._back_off(remaining, predicate, hot_until):
+                    break
             if predicate():
                 break
         self._short_waits = time.perf_counter() < hot_until + _HOT_SPIN_S
         return True
+
+    def _wait_hot(self, predicate: Callable[[], bool], claim: Callable[[Any], bool] | None,
+                  until: float, deadline: float | None) -> bool:
+        """The start of a foreground wait (see :meth:`_wait`): holding the token, probe
+        the one inbound communicator in a tight loop until ``until`` (perf_counter),
+        handle each message as a poll does (``claim`` first) and look at ``predicate``
+        after it; True once that holds, or once ``claim`` took a message (which makes it
+        hold, see Endpoint.wait). A reply due within microseconds is taken without the
+        wait loop's and the poll's rounds (an 8 B round trip between two nodes: 18.4 ->
+        17.55 us, medians of 24). Not tried (False) with several inbound communicators
+        (rank 0 with spawned nodes) or while another thread holds the token past 1 ms."""
+        inbound = self._inbound
+        token = self._token
+        if len(inbound) != 1 or self.closed or not (token.acquire(False) or token.acquire(
+                timeout=0.001 if deadline is None
+                else min(0.001, max(0.0, deadline - time.monotonic())))):
+            return False
+        comm, link_rank = inbound[0]
+        owner, self._owner = self._owner, threading.get_ident()
+        self._claim = claim
+        improbe, status, clock = comm.Improbe, self._status, time.perf_counter
+        done = False
+        try:
+            while True:
+                m = improbe(_ANY_SOURCE, TAG_MSG, status)
+                if m is None:
+                    if clock() >= until or self.closed:
+                        break
+                    if self._outbox:
+                        self._send_outbox()
+                    continue
+                self._busy = self._quiet = False
+                if self._receive(comm, link_rank, m) is CLAIMED:
+                    self._last_activity = self._last_work = clock()   # (nobody to wake)
+                    done = True
+                    break
+                self._handled()
+                if predicate():
+                    done = True
+                    break
+        except MPI.Exception as exc:
+            if not is_failure(exc):
+                raise
+            self._path_failed(link_rank)
+        finally:
+            self._claim = None
+            try:
+                if self._pending:
+                    self._complete_pending()
+                if self._light and not done:
+                    self._complete_light()
+            finally:
+                self._owner = owner
+                token.release()
+                if self._outbox and owner is None:   # handed over while we polled
+                    self._try_flush()
+        return done
 
     def _back_off(self, remaining: float | None, predicate: Callable[[], bool],
                   hot_until: float = 0.0) -> bool:
@@ -1116,7 +1167,7 @@ class Transport:
             return None
         owner, self._owner = self._owner, threading.get_ident()
         try:
-            return self._poll(limit, 0.0)
+            return self.poll(limit)
         finally:
             self._owner = owner
             token.release()

@@ -199,8 +199,12 @@ def test_hostfile_rewritten_for_open_mpi(ompi, tmp_path):
     lines = [l for l in written.read_text().splitlines() if not l.startswith("#")]
     assert lines == ["a slots=3", "b slots=1"]
     assert option_value(argv, "-n") == "4"
-    # Same content, same file.
+    # Same content, same file: another hostfile of the same hosts leaves no new file in /tmp
     assert build(None, ompi, hostfile=str(hostfile))[0] == argv
+    other = tmp_path / "other" / "hosts"
+    other.parent.mkdir()
+    other.write_text("a:3\nb:1\n")
+    assert build(None, ompi, hostfile=str(other))[0] == argv
 
 
 def test_root_env(ompi, monkeypatch):

@@ -361,46 +361,73 @@ def test_a_handler_that_polls_does_not_nest_a_poll(transport):
 
 
 def test_a_reply_due_soon_is_probed_for_in_a_tight_loop(transport):
-    """Within its hot window a poll probes on until the message comes (one poll, not one
-    a probe); without one an empty probe ends the poll; a message handed to the outbox
-    ends the tight loop at once (the token holder must send it)."""
+    """A wait's hot start (``_wait_hot``) probes on until the message comes, then looks
+    at the predicate; with nothing by its end it gives up (False) and the wait's polls
+    go on; an outbox handed over meanwhile is sent by it (it holds the token)."""
     comm = transport.comm
     comm.queue(2, ("reply", 1))
     comm.late = 5                    # the first five probes find nothing
-    assert transport._poll(1, time.perf_counter() + 5.0) == 1
+    assert transport._wait_hot(lambda: bool(transport.got), None,
+                               time.perf_counter() + 5.0, None)
     assert comm.probes == 6 and transport.got == [(2, ("reply", 1))]
+    assert not transport._wait_hot(lambda: False, None, time.perf_counter() + 0.001, None)
+    sent: list = []
+    transport._send_outbox = lambda: sent.append(transport._outbox.popleft())
+    transport._outbox.append("out")
     comm.queue(2, ("reply", 2))
-    comm.late = comm.probes + 1
-    assert transport.poll(1) == 0
-    comm.inbox.clear()
-    transport._outbox.append(object())
-    try:
-        assert transport._probe_hot(comm, transport._status, time.perf_counter() + 5.0) is None
-    finally:
-        transport._outbox.clear()
+    comm.late = comm.probes + 3
+    assert transport._wait_hot(lambda: len(transport.got) == 2, None,
+                               time.perf_counter() + 5.0, None)
+    assert sent == ["out"] and not transport._outbox
+
+
+def test_a_message_claimed_in_the_hot_start_ends_the_wait(transport):
+    """The claim takes the reply: the wait ends without the handler, without another
+    look at the predicate and without waking anyone; a message it does not take goes
+    to the handler, and the loop goes on."""
+    comm = transport.comm
+    comm.queue(2, ("other", 0))
+    comm.queue(2, ("reply", 1))
+    mine: list = []
+    looks: list = []
+
+    def claim(msg):
+        if msg[0] == "reply":
+            mine.append(msg)
+            return True
+        return False
+
+    def predicate():
+        looks.append(1)
+        return bool(mine)
+
+    transport.notify = lambda: looks.append("woken")   # (_handled after the first only)
+    assert transport._wait_hot(predicate, claim, time.perf_counter() + 5.0, None)
+    assert mine == [("reply", 1)] and transport.got == [(2, ("other", 0))]
+    assert looks == ["woken", 1]
+    assert transport._claim is None and transport._owner is None
 
 
 def test_a_waiter_probes_hot_only_while_its_waits_are_short(transport, monkeypatch):
-    """After a wait longer than twice the hot window the next wait's polls do not probe
-    in a tight loop (ranks outnumbering cores: heat2d 8-10 % slower with it); after a
-    short one they do again."""
+    """After a wait longer than twice the hot window the next wait has no hot start
+    (ranks outnumbering cores: heat2d 8-10 % slower with it); after a short one it has
+    one again."""
     monkeypatch.setattr(T, "_HOT_SPIN_S", 0.005)    # (no thread switch makes it flaky)
     hot: list[float] = []
-    poll = transport._poll
-    transport._poll = lambda limit, hot_until: hot.append(hot_until) or poll(limit, 0.0)
+    wait_hot = transport._wait_hot
+    transport._wait_hot = lambda *a: hot.append(a[2]) or wait_hot(*a)
     transport._sleep = lambda pause, predicate: predicate()
     assert transport._short_waits
     end = time.perf_counter() + 0.05
     assert transport.wait(lambda: time.perf_counter() > end, timeout=5.0)
-    assert hot[0] > 0.0 and not transport._short_waits
+    assert len(hot) == 1 and not transport._short_waits
     hot.clear()
     transport.comm.queue(2, ("m", 0))
     assert transport.wait(lambda: bool(transport.got), timeout=5.0)
-    assert hot == [0.0] and transport._short_waits
-    hot.clear()
+    assert hot == [] and transport._short_waits
     transport.comm.queue(2, ("m", 1))
     assert transport.wait(lambda: len(transport.got) == 2, timeout=5.0)
-    assert len(hot) == 1 and hot[0] > 0.0
+    assert len(hot) == 1
 
 
 def test_a_poll_that_took_a_message_leaves_the_light_requests_to_an_empty_one(sender):
