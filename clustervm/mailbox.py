@@ -61,14 +61,16 @@ class Mailbox:
             self._counted(src, inc, seq)
 
     def count(self, src: int, inc: int, seq: int) -> bool:
-        """Count message ``seq`` of ``src`` as delivered and already taken by the task
-        (Site.claimer), if nothing waits in the mailbox before it; else False (it is
-        :meth:`put` in, behind them)."""
-        with self.lock:
-            if self.items:
-                return False
-            self._counted(src, inc, seq)
-            return True
+        """Count task message ``seq`` of ``src`` as delivered and already taken by the
+        task (Site.claimer), if nothing waits in the mailbox before it; else False (it
+        is :meth:`put` in, behind them). The caller holds the site's lock, under which
+        every task message is put (Site.deliver) and the mailbox is rewritten
+        (Node._restore); only this task takes from it. A notification put meanwhile
+        (without that lock) touches its own counters only."""
+        if self.items:
+            return False
+        self._counted(src, inc, seq)
+        return True
 
     def _counted(self, src: int, inc: int, seq: int) -> None:
         if seq > self.delivered.get(src, 0):
@@ -99,10 +101,6 @@ class Mailbox:
         with self.lock:
             return [list(i) for i in self.items]
 
-    def drop_stale(self, src: int, inc: int) -> None:
-        """Forget messages sent by incarnations of ``src`` older than ``inc``."""
-        with self.lock:
-            self.items = deque(i for i in self.items if i[0] != src or i[3] >= inc)
 
 
 class TaskLike(Protocol):

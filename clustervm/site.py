@@ -217,20 +217,24 @@ class Site:
         that matches, when :meth:`deliver` would put it into its mailbox at once, nothing
         is held back for it, and its mailbox is empty. It goes into ``got``, and the
         mailbox counts it as delivered; the handler, the mailbox and the waiter's look
-        into it are skipped (an 8 B round trip between two nodes: 19.0 -> 18.1 us)."""
-        user = _USER
+        into it are skipped (an 8 B round trip between two nodes: 19.0 -> 18.1 us).
+        What it needs is looked up here, before the wait: in a round trip only the
+        call after the message came counts (~0.2 us less)."""
+        user, lock, admit, holdback, count = _USER, self.lock, self._admit, self.holdback, \
+            box.count
+        any_source, any_tag = source == ANY, tag == ANY
 
         def claim(raw: Any) -> bool:
-            if type(raw) is not tuple or len(raw) != 7 or raw[0] != user or raw[2] != tid:
+            if type(raw) is not tuple or len(raw) != 7:
                 return False
-            _, src, _, t, data, inc, seq = raw
-            if not ((src == source or source == ANY) and (tag == ANY or t == tag)) or \
-                    type(src) is not int or src < 0 or type(inc) is not int or \
-                    type(seq) is not int:
+            op, src, dst, t, data, inc, seq = raw
+            if op != user or dst != tid or not (any_source or src == source) or \
+                    not (any_tag or t == tag) or type(src) is not int or src < 0 or \
+                    type(inc) is not int or type(seq) is not int:
                 return False
-            with self.lock:
-                if self._admit(src, tid, inc, seq)[0] != _PUT or self.holdback.get(tid) \
-                        or not box.count(src, inc, seq):
+            with lock:
+                if holdback.get(tid) or admit(src, tid, inc, seq)[0] != _PUT or \
+                        not count(src, inc, seq):
                     return False
             got.append(message(src, t, data))
             return True
