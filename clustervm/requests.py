@@ -150,7 +150,7 @@ class RecvRequest(Request):
 
 def isend(ctx: "TaskContext", dst: int, tag: int, obj: Any) -> SendRequest:
     """Post a message of ``ctx``'s task to task ``dst`` (see the module docstring)."""
-    from .site import ENDED, snapshot      # not at import: `import clustervm` loads no MPI
+    from .site import ENDED, sized_snapshot, snapshot   # not at import: `import clustervm` loads no MPI
     from .endpoint import PeerFailed
     ctx._check()
     if tag < 0:
@@ -166,8 +166,8 @@ def isend(ctx: "TaskContext", dst: int, tag: int, obj: Any) -> SendRequest:
         data = obj
         logged = False
         if loc.replay:            # the copy for the replay log is also the one that leaves
-            data = snapshot(obj)
-            logged = site._log_copy(ctx, dst, seq, tag, data)
+            data, nbytes = sized_snapshot(obj)
+            logged = site._log_copy(ctx, dst, seq, tag, data, nbytes)
         try:
             if loc.rank == site.rank:
                 site.deliver(ctx.tid, dst, tag, snapshot(data), ctx.inc, seq)   # its own copy

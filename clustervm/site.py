@@ -30,7 +30,7 @@ from .config import Config
 from .errors import DeadTaskError, WireError
 from .mailbox import Mailbox, TaskLike, message
 from .protocol import ANY
-from .values import approx_size, snapshot   # noqa: F401 - importable from here too
+from .values import approx_size, sized_snapshot, snapshot   # noqa: F401 - importable from here too
 from .procs import hostname   # noqa: F401 - importable from here too
 from .endpoint import Endpoint, PeerFailed
 
@@ -342,11 +342,12 @@ class Site:
         own (:meth:`_trim_and_replay`). The copy goes into memory used before
         (values.ARRAY_COPIES)."""
         if overlap and getattr(data, "nbytes", 0) >= _OVERLAP_MIN and type(data) is _ndarray():
-            if not self._log_copy(ctx, dst, seq, tag, data):
+            if not self._log_copy(ctx, dst, seq, tag, data, data.nbytes):
                 return None
             ctx.__dict__["_uncopied"] = (dst, seq)
             return lambda: self._copy_logged(ctx, dst, seq, data)
-        self._log_copy(ctx, dst, seq, tag, snapshot(data))
+        copy, nbytes = sized_snapshot(data)
+        self._log_copy(ctx, dst, seq, tag, copy, nbytes)
         return None
 
     def _copy_logged(self, ctx: TaskLike, dst: int, seq: int, data: Any) -> None:
@@ -371,15 +372,17 @@ class Site:
                 if entries[i][0] < seq:
                     return
 
-    def _log_copy(self, ctx: TaskLike, dst: int, seq: int, tag: int, copy: Any) -> bool:
-        """Keep ``copy`` (the sender's own, never changed) in the task's replay log for
-        ``dst``; past CLUSTERVM_REPLAY_LOG_MB the log is dropped with a warning (False)."""
+    def _log_copy(self, ctx: TaskLike, dst: int, seq: int, tag: int, copy: Any,
+                  nbytes: int) -> bool:
+        """Keep ``copy`` (the sender's own, never changed; ``nbytes`` its size) in the
+        task's replay log for ``dst``; past CLUSTERVM_REPLAY_LOG_MB the log is dropped with
+        a warning (False)."""
         fields = ctx.__dict__
         sizes = fields.get("_outbytes")
         if sizes is None or dst not in fields.get("_outlog", ()):
             fields.setdefault("_outlog", {}).setdefault(dst, [])
             sizes = fields.setdefault("_outbytes", {})
-        size = sizes.get(dst, 0) + (len(copy) if type(copy) is bytes else approx_size(copy))
+        size = sizes.get(dst, 0) + nbytes
         if size > self._log_limit:
             with self.lock:
                 self._drop_log(ctx, dst, f"{size / 1e6:.0f} MB since its last checkpoint")

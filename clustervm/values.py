@@ -7,6 +7,7 @@ from typing import Any
 
 from . import wire
 from .blocks import Blocks
+from .errors import WireError
 
 #: values that cannot change: a snapshot of one is the value itself
 IMMUTABLE = (int, float, str, bytes, bool, type(None))
@@ -21,17 +22,39 @@ ARRAY_COPIES = Blocks(64 << 10, 256 << 20, 256 << 20, idle_s=10.0)
 
 
 def snapshot(data: Any) -> Any:
-    """A copy of ``data`` that later changes by the sender cannot reach (for the replay log)."""
+    """A copy of ``data`` that later changes by the sender cannot reach (the replay log,
+    a message to a task on the same node, a group's value): what a receiver over the
+    wire gets (a bytearray comes as bytes, a tuple's subclass as a tuple)."""
+    return sized_snapshot(data)[0]
+
+
+def sized_snapshot(data: Any) -> tuple[Any, int]:
+    """:func:`snapshot` of ``data``, and the bytes it takes (roughly, as
+    :func:`approx_size` says; a replay log counts them against its limit)."""
+    kind = type(data)
+    if kind is bytes or kind is str:
+        return data, len(data)
     if isinstance(data, IMMUTABLE):
-        return data
+        return data, 16
     np = _modules.get("numpy")
-    if np is not None and type(data) is np.ndarray and not data.dtype.hasobject:
-        return ARRAY_COPIES.copy(data)    # what deepcopy makes of it, a fifth of the time
+    if np is not None and kind is np.ndarray and not data.dtype.hasobject:
+        # what deepcopy makes of it, a fifth of the time
+        return ARRAY_COPIES.copy(data), data.nbytes
     try:
-        return copy.deepcopy(data)
+        # the wire's own copy: a small dict's copy and size 4.6 -> 1.8 us (deepcopy and
+        # approx_size); its arrays' buffers are views of the sender's, so copied
+        payload, bufs = wire.dumps(data)
+    except WireError:
+        pass               # an object only pickle carries (or none): deepcopy, as before
+    else:
+        copies = [bytearray(b) for b in bufs]
+        return wire.loads(payload, copies), len(payload) + sum(len(c) for c in copies)
+    try:
+        copy_ = copy.deepcopy(data)
     except Exception:
         wire.dumps(data)   # unsendable: raise the WireError that names its type and path
         raise
+    return copy_, approx_size(copy_)
 
 
 def approx_size(data: Any) -> int:
