@@ -13,6 +13,13 @@ task's steps, below), then rank 0's CPU time::
           recv_median_us=<f> thread_cpu_ms=<f> excess_per_checkpoint_us=<f>
     parts coordinator_cpu_ms=<f>
 
+and per task a line on its steps (medians of a step's sends, of its receives with their
+waits, of the rest, and the whole step's median, mean and 90th percentile; raw mpi4py's
+counterpart: ``benchmarks/apps/heat2d_mpi4py.py --phases``, both side by side:
+``benchmarks/heat2d_phases.py``)::
+
+    steps task=<i> send_us=<f> recv_us=<f> compute_us=<f> step_us=<f> step_mean_us=<f> step_p90_us=<f>
+
 ``excess_per_checkpoint_us``: every step's time (from one step's first ``send`` to the
 next's) past the median step, summed over the run (its first and last 5 % left out)
 and divided by the checkpoints taken: what a checkpoint costs the task, its call and
@@ -33,7 +40,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                                 "examples"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import heat2d  # noqa: E402
+import phases  # noqa: E402
 
 TIMED = ("send", "recv", "checkpoint")
 
@@ -47,6 +56,7 @@ class Timed:
         self.calls = dict.fromkeys(TIMED, 0)
         self.recv_waits: list[float] = []
         self.sends: list[float] = []        # when each send started
+        self.send_times: list[float] = []   # how long each took
         for name in TIMED:
             setattr(self, name, self._timed(name, getattr(ctx, name)))
 
@@ -63,6 +73,8 @@ class Timed:
                 self.calls[name] += 1
                 if name == "recv":
                     self.recv_waits.append(spent)
+                elif name == "send":
+                    self.send_times.append(spent)
         return timed
 
     def __getattr__(self, name):
@@ -83,6 +95,18 @@ def excess_per_checkpoint(sends: list[float], steps: int, checkpoints: int) -> f
     return (sum(lengths) - median * len(lengths)) / max(share, len(lengths) / 50)
 
 
+def per_step(timed: Timed, steps: int) -> list[tuple[float, float, float]]:
+    """Per step: its sends' seconds, its receives', and the whole step (from its first
+    send to the next step's)."""
+    k = max(1, round(len(timed.sends) / max(1, steps)))       # a task's neighbours
+    starts = timed.sends[::k]
+    out = []
+    for i in range(len(starts) - 1):
+        out.append((sum(timed.send_times[i * k:(i + 1) * k]),
+                    sum(timed.recv_waits[i * k:(i + 1) * k]), starts[i + 1] - starts[i]))
+    return out
+
+
 def solver(ctx, *args) -> dict:
     timed = Timed(ctx)
     t0 = time.perf_counter()
@@ -96,6 +120,8 @@ def solver(ctx, *args) -> dict:
           f"recv_median_us={statistics.median(timed.recv_waits or [0.0]) * 1e6:.1f} "
           f"thread_cpu_ms={time.thread_time() * 1e3:.1f} "
           f"excess_per_checkpoint_us={excess * 1e6:.0f}", flush=True)
+    print(f"steps task={out['me']} "
+          f"{phases.summary(per_step(timed, args[2]), ('send', 'recv'))}", flush=True)
     return out
 
 
