@@ -430,6 +430,37 @@ def test_a_waiter_probes_hot_only_while_its_waits_are_short(transport, monkeypat
     assert len(hot) == 1
 
 
+def test_an_idle_worker_sleeps_until_work_while_a_task_polls_for_the_rank(transport):
+    """While a foreground thread waits (it polls for the rank), an idle worker waits to
+    be woken (work comes with the core's Notify), not idle_sleep_ms: each look took the
+    GIL from the task (heat2d's step mean +6 %). The service loop, which has a tick
+    (``remaining``), still looks within idle_sleep_ms, and so does a worker while
+    another background thread polls."""
+    waits: list = []
+
+    class Cond:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def wait(self, timeout=None):
+            waits.append(timeout)
+
+        def notify_all(self):
+            pass
+
+    transport._bg_cond = Cond()
+    transport._user_waiters.append(1)          # a task thread waits in recv
+    transport._background_step(None, spin=False)
+    transport._background_step(0.05, spin=False)
+    transport._user_waiters.clear()
+    transport._bg_poller = 2                   # another background thread polls
+    transport._background_step(None, spin=False)
+    assert waits == [T._DEEP_WORKER_WAIT_S, transport._idle_max_s, transport._idle_max_s]
+
+
 def test_a_poll_that_took_a_message_leaves_the_light_requests_to_an_empty_one(sender):
     """The reply's poll does not test the waiter's own last Isend (one MPI call a message
     on the round trip's path): an empty poll completes it, or a send once _LIGHT_MAX are
