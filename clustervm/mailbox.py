@@ -102,7 +102,6 @@ class Mailbox:
             return [list(i) for i in self.items]
 
 
-
 class TaskLike(Protocol):
     """A :class:`clustervm.task.TaskContext` as the modules below task.py (site,
     requests, fastgroup) name it in their annotations: they cannot import task.py,

@@ -150,7 +150,8 @@ class RecvRequest(Request):
 
 def isend(ctx: "TaskContext", dst: int, tag: int, obj: Any) -> SendRequest:
     """Post a message of ``ctx``'s task to task ``dst`` (see the module docstring)."""
-    from .site import ENDED, sized_snapshot, snapshot   # not at import: `import clustervm` loads no MPI
+    # (not at import: `import clustervm` loads no MPI)
+    from .site import ENDED, sized_snapshot, snapshot
     from .endpoint import PeerFailed
     ctx._check()
     if tag < 0:
