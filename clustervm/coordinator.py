@@ -321,6 +321,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
             delivered = self._delivered.get(ins.tid, {}).get(ins.seq, {})
             self.stats["ckpt_restored"] += 1
             self.events.add("RESTORE", tid=ins.tid, seq=ins.seq, node=ins.source)
+            log.info("task %d (incarnation %d) restored on node %d from node %d's copy of "
+                     "its checkpoint %d", ins.tid, ins.inc, ins.rank, ins.source, ins.seq)
             if ins.source != ins.rank:
                 self.transport.post(ins.source, P.Fetch(ins.tid, ins.seq, ins.rank).encode())
         else:
@@ -991,6 +993,8 @@ class Coordinator(CoordinatorAPI, NodeSpawning, Site):
         self.stats["ckpt_from_store"] += 1
         self.stats["ckpt_read_back"] += from_file
         self.events.add("RESTORE", tid=tid, seq=seq)
+        log.info("task %d restored from the coordinator's copy of its checkpoint %d%s", tid,
+                 seq, " (read back from the checkpoint directory)" if from_file else "")
         frames = wire.unpack_frames(blob)
         return wire.loads(frames[0], frames[1:])
 

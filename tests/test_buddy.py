@@ -96,8 +96,10 @@ def test_node_and_its_buddy_killed_together_falls_back_to_the_directory(job, tmp
     want = expected()
     marks = tmp_path / "marks"
     marks.mkdir()
+    # (INFO: the coordinator says where each restore came from, in the stderr a failure
+    # shows)
     j = job([RING, *ARGS, "--markers", str(marks)], n=5, timeout=TIMEOUT,
-            env={"CLUSTERVM_NODE_FILES": node_files},
+            env={"CLUSTERVM_NODE_FILES": node_files, "CLUSTERVM_LOG_LEVEL": "INFO"},
             run_args=["--checkpoint-dir", str(tmp_path / "ck")])
     kill_after_checkpoints(j, marks, None, k=6)
     res = j.wait()
