@@ -341,9 +341,6 @@ class Site:
         place (Transport.send's ``meanwhile``); until then a replay sends a copy of its
         own (:meth:`_trim_and_replay`). The copy goes into memory used before
         (values.ARRAY_COPIES)."""
-        if type(data) is bytes:        # immutable, and the common small message: kept as is
-            self._log_copy(ctx, dst, seq, tag, data, len(data))
-            return None
         if overlap and getattr(data, "nbytes", 0) >= _OVERLAP_MIN and type(data) is _ndarray():
             if not self._log_copy(ctx, dst, seq, tag, data, data.nbytes):
                 return None
