@@ -790,8 +790,10 @@ RANK_SCRIPT = textwrap.dedent("""\
     comm = MPI.COMM_WORLD
     comm.Barrier()
     shm = sorted({l.split()[-1] for l in open("/proc/self/maps") if "/dev/shm/" in l})
-    with open(os.path.join(sys.argv[1], "rank%d.json" % comm.rank), "w") as f:
+    path = os.path.join(sys.argv[1], "rank%d.json" % comm.rank)
+    with open(path + ".tmp", "w") as f:   # renamed whole: a reader never sees it half-written
         json.dump({"pid": os.getpid(), "sid": os.getsid(0), "shm": shm}, f)
+    os.replace(path + ".tmp", path)
     comm.Barrier()
     time.sleep(float(sys.argv[2]))
 """)
