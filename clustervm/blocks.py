@@ -79,7 +79,7 @@ class Blocks:
         """A C-ordered copy of numpy ``array`` (no object dtype) in a block kept here, or a
         plain copy if its size is out of range."""
         size = array.nbytes
-        block = self.take(size) if size else None
+        block = self.take(size) if self.min_bytes <= size <= self.max_bytes else None
         if block is None:
             return array.copy()
         out = block.view(array.dtype).reshape(array.shape)

@@ -694,7 +694,7 @@ class Node(Site):
 
     def _replay_outlog(self, ctx: TaskContext) -> None:
         for dst, entries in list(getattr(ctx, "_outlog", {}).items()):
-            for seq, tag, data in entries:
+            for seq, tag, data in list(entries):    # (trimmed in place meanwhile, maybe)
                 try:
                     loc = self.locate(dst)
                 except Exception:   # noqa: BLE001 - the receiver has ended: nothing to replay
@@ -750,7 +750,7 @@ class Node(Site):
         # died); while the job runs, this node replays it itself. Without a journal the
         # coordinator dropped it: heat2d's 2000 halo rows took 150 ms from the last step
         # to vm.join (2000 buffers)
-        outlog = ({d: e for d, e in getattr(ctx, "_outlog", {}).items() if e} or None
+        outlog = ({d: list(e) for d, e in getattr(ctx, "_outlog", {}).items() if e} or None
                   if self.config.checkpoint_dir else None)
         if outlog is not None:
             # one blob, kept by the coordinator as it is and decoded only on --resume:

@@ -49,7 +49,8 @@ def pack(outlog: dict[int, list], blocks: Blocks | None = None) -> dict[int, Any
     The stacked arrays go into memory from ``blocks`` if given (new memory pays its
     page faults: 50 us for heat2d's rows): use them before the next call."""
     out: dict[int, Any] = {}
-    for dst, entries in list(outlog.items()):   # (another thread may drop a receiver)
+    for dst, live in list(outlog.items()):   # (another thread may drop a receiver)
+        entries = list(live)    # as it is now: another thread may take a prefix off
         if _stackable(entries):
             out[dst] = {"seq": [e[0] for e in entries], "tag": [e[1] for e in entries],
                         "rows": _stack([e[2] for e in entries], blocks)}

@@ -378,17 +378,20 @@ class Site:
         task's replay log for ``dst``; past CLUSTERVM_REPLAY_LOG_MB the log is dropped with
         a warning (False)."""
         fields = ctx.__dict__
-        sizes = fields.get("_outbytes")
-        if sizes is None or dst not in fields.get("_outlog", ()):
-            fields.setdefault("_outlog", {}).setdefault(dst, [])
+        try:
+            entries = fields["_outlog"][dst]
+            sizes = fields["_outbytes"]
+        except KeyError:
+            entries = fields.setdefault("_outlog", {}).setdefault(dst, [])
             sizes = fields.setdefault("_outbytes", {})
         size = sizes.get(dst, 0) + nbytes
         if size > self._log_limit:
             with self.lock:
                 self._drop_log(ctx, dst, f"{size / 1e6:.0f} MB since its last checkpoint")
             return False
-        with self.lock:      # not into a list _trim_and_replay has just replaced
-            fields["_outlog"][dst].append((seq, tag, copy))
+        # no lock: a receiver's list is only ever changed in place (_trim_and_replay
+        # takes a prefix off), and an append is one step under the GIL
+        entries.append((seq, tag, copy))
         sizes[dst] = size
         return True
 
@@ -399,7 +402,7 @@ class Site:
                     "its node fails before it checkpoints, they are lost. Checkpoint more "
                     "often or raise CLUSTERVM_REPLAY_LOG_MB", ctx.tid, dst, why)
         fields = ctx.__dict__
-        fields["_outlog"][dst] = []
+        fields["_outlog"][dst].clear()     # in place: see _log_copy
         fields["_outbytes"][dst] = 0
 
     def _tell_senders(self, tid: int, rank: int, inc: int, replay: bool, delivered: dict,
@@ -441,9 +444,17 @@ class Site:
             if not outlog or dst not in outlog:
                 continue
             upto = delivered.get(ctx.tid, delivered.get(str(ctx.tid), 0))
-            with self.lock:       # (a task thread appends under it)
-                entries = [e for e in outlog[dst] if e[0] > upto]
-                outlog[dst] = entries
+            with self.lock:
+                # in place, a prefix (a task thread appends in order of seq, without
+                # the lock: see _log_copy); what is left as it is now is replayed
+                kept = outlog[dst]
+                done = 0
+                for entry in kept:
+                    if entry[0] > upto:
+                        break
+                    done += 1
+                del kept[:done]
+                entries = list(kept)
                 uncopied = getattr(ctx, "_uncopied", None)
             sizes = getattr(ctx, "_outbytes", None)
             if sizes is not None:

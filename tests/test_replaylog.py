@@ -62,3 +62,13 @@ def test_a_stacked_log_that_does_not_add_up_is_a_corrupt_checkpoint():
     form[4]["seq"].pop()
     with pytest.raises(CorruptCheckpointError, match="task 4 holds 5 sequence numbers"):
         replaylog.unpack(form)
+
+
+def test_pack_keeps_each_receivers_entries_as_they_were_at_the_call():
+    """A node trims a receiver's log in place on its service thread (Site._trim_and_replay)
+    while the task thread checkpoints it: the packed form must not change under it."""
+    live = [(1, 3, b"a"), (2, 3, b"b")]
+    form = replaylog.pack({7: live})
+    del live[:1]
+    live.append((3, 3, b"c"))
+    assert form[7] == [(1, 3, b"a"), (2, 3, b"b")]

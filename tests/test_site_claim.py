@@ -90,3 +90,25 @@ def test_any_source_never_takes_a_notification(site):
     claim, box, got = claimer(site, ANY, ANY)
     assert not claim(user(SYSTEM, 3, b"event", 1))
     assert claim(user(PEER, 3, b"x", 1))
+
+
+class _Sender:
+    """A sending task's context as Site's replay log sees it."""
+
+    def __init__(self, tid: int) -> None:
+        self.tid, self.inc = tid, 0
+
+
+def test_a_trim_takes_a_prefix_off_the_list_the_sender_appends_to(site):
+    """The task thread appends to its replay log without the lock (Site._log_copy): a
+    receiver's checkpoint trims that same list in place, so an entry appended after the
+    trim began is never lost with a replaced list, and what was delivered is gone."""
+    ctx = _Sender(PEER)
+    site.contexts[PEER] = ctx
+    for seq in (1, 2, 3):
+        assert site._log_copy(ctx, ME, seq, 5, b"m%d" % seq, 2)
+    held = ctx._outlog[ME]
+    site._trim_and_replay(ME, 1, 0, {PEER: 2}, replay_all=False)
+    assert ctx._outlog[ME] is held and held == [(3, 5, b"m3")]
+    assert site._log_copy(ctx, ME, 4, 5, b"m4", 2)
+    assert [e[0] for e in ctx._outlog[ME]] == [3, 4] and ctx._outbytes[ME] == 4
