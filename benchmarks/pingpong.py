@@ -5,7 +5,8 @@
 1. Round trip of 8 B and 1 KiB messages and 8 MiB numpy bandwidth between
    two tasks on two nodes, next to raw mpi4py (``comm.send/recv`` and
    ``Send/Recv``) between the same two ranks in the same job. Medians of
-   ``--rounds`` rounds; ratios are ours / raw for times, ours / raw for bandwidth.
+   ``--rounds`` rounds, each a round's median block of 200 round trips (the two
+   tasks of a round may start on one core for its first ~20 ms); ratios are ours / raw for times, ours / raw for bandwidth.
    The 8 MiB figures come from blocks of raw and clustervm round trips taken in
    turn by the same two tasks (this machine's memory bandwidth drifts by 2x between
    seconds; see benchmarks/apps/pingpong_app.py). A last row runs raw ``Send/Recv``
