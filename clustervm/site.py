@@ -271,6 +271,15 @@ class Site:
 
     def send_user(self, src: int, inc: int, dst: int, tag: int, data: Any, seq: int) -> None:
         """Send a message of task ``src`` to task ``dst`` wherever it lives."""
+        loc = self.locations.get(dst)
+        if loc is not None and loc.rank >= 0 and not loc.replay and loc.rank != self.rank:
+            # the common case of tasks without a replay log first (~0.15 us a message):
+            # a known rank, nothing to log; what goes wrong is dealt with below
+            try:
+                self.transport.send(loc.rank, (_USER, src, dst, tag, data, inc, seq))   # USER
+                return
+            except (WireError, PeerFailed):
+                pass
         ctx = self.contexts.get(src)
         # a task restarted from a checkpoint sends again what its first run sent; a
         # receiver that has ended since got those messages then: they are dropped

@@ -112,3 +112,22 @@ def test_a_trim_takes_a_prefix_off_the_list_the_sender_appends_to(site):
     assert ctx._outlog[ME] is held and held == [(3, 5, b"m3")]
     assert site._log_copy(ctx, ME, 4, 5, b"m4", 2)
     assert [e[0] for e in ctx._outlog[ME]] == [3, 4] and ctx._outbytes[ME] == 4
+
+
+def test_a_send_without_replay_log_goes_out_at_once_or_names_what_cannot_go(site):
+    """Site.send_user's path for a task without a replay log (a known rank, nothing to
+    log): the message leaves as a USER message; one that cannot be encoded is not sent,
+    and the error names where in the message the culprit is, as on the general path."""
+    import threading
+
+    from clustervm.errors import WireError
+
+    peer = site.transport.world.transport(1)
+    got = []
+    peer.handler = lambda src, msg: got.append(msg)
+    site.locations[OTHER] = Location(1, 0, False)
+    site.send_user(PEER, 0, OTHER, 3, {"k": b"v"}, 1)
+    assert peer.wait(lambda: got, timeout=5)
+    assert tuple(got[0]) == (P.User.OP, PEER, OTHER, 3, {"k": b"v"}, 0, 1)
+    with pytest.raises(WireError, match=r"at \['k'\]"):
+        site.send_user(PEER, 0, OTHER, 3, {"k": threading.Lock()}, 2)
