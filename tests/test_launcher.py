@@ -1020,3 +1020,40 @@ def test_mpi_probes_are_kept_on_disk_per_tool(tmp_path, monkeypatch):
     tool.write_text(f"#!/bin/sh\necho x >> {calls}\necho 'HYDRA build details'\n")
     assert "HYDRA" in launcher._tool_output(str(tool), "--version")   # changed: asked again
     assert calls.read_text().count("x") == 2
+
+
+@pytest.mark.mpi
+def test_a_job_on_this_host_keeps_its_shared_memory_files_in_a_directory_of_its_own(job):
+    """Open MPI names a job's shared-memory files in /dev/shm after a 16-bit hash of its
+    namespace: two jobs whose hashes meet would share them. A job whose ranks are all on
+    this host gets a directory of its own for them, removed after the job; a directory
+    the user chose stays the user's."""
+    if launcher.mpi_flavor(real_mpiexec()) != "openmpi":
+        pytest.skip("Open MPI's shared-memory files")
+    argv, env = job(2, 0)
+    # (its ranks are raw mpi4py: no status of rank 0 for the launcher, which says so)
+    launcher.run(argv, env, timeout=60, watch_end=True)
+    ranks = job.ranks()
+    assert len(ranks) == 2
+    dirs = {os.path.dirname(p) for r in ranks for p in r["shm"] if "sm_segment" in p}
+    assert len(dirs) == 1, ranks
+    own = dirs.pop()
+    assert os.path.basename(own).startswith("clustervm-sm-") and not os.path.exists(own)
+
+
+@pytest.mark.mpi
+def test_a_shared_memory_directory_the_user_chose_is_left_alone(job):
+    if launcher.mpi_flavor(real_mpiexec()) != "openmpi":
+        pytest.skip("Open MPI's shared-memory files")
+    chosen = tempfile.mkdtemp(prefix="test-sm-", dir="/dev/shm")   # (the script sees /dev/shm)
+    try:
+        argv, env = job(2, 0)
+        env = {**env, launcher.SM_DIR_ENV: chosen}
+        launcher.run(argv, env, timeout=60, watch_end=True)
+        ranks = job.ranks()
+        assert len(ranks) == 2
+        assert {os.path.dirname(p) for r in ranks for p in r["shm"]
+                if "sm_segment" in p} == {chosen}
+        assert os.path.isdir(chosen)
+    finally:
+        shutil.rmtree(chosen, ignore_errors=True)
