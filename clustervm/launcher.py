@@ -572,9 +572,9 @@ _MARKER_PREFIX = "clustervm-start-"
 #: <random>, unless the user chose one. In /dev/shm itself they are named after a 16-bit
 #: hash of the job's PMIx namespace (``sm_segment.<host>.<uid>.<hash>0001.<rank>``): two
 #: jobs of one host whose hashes meet share their segments, and then one crashes or
-#: hangs. The test suite starts ~1500 jobs, six at a time: about one run in ten would
-#: see that (perhaps the segfault in ``opal_progress`` and the job that made no
-#: progress of the twenty-sixth session, docs/status.md item 10).
+#: hangs. The test suite starts ~210 jobs through here, up to six at a time: a run in
+#: 50-100 would see that (perhaps the segfault in ``opal_progress`` and the job that
+#: made no progress in one run of the twenty-sixth session, docs/status.md item 10).
 SM_DIR_ENV = "OMPI_MCA_btl_sm_backing_directory"
 _SM_DIR_PREFIX = "clustervm-sm-"
 
