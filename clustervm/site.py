@@ -271,16 +271,7 @@ class Site:
 
     def send_user(self, src: int, inc: int, dst: int, tag: int, data: Any, seq: int) -> None:
         """Send a message of task ``src`` to task ``dst`` wherever it lives."""
-        loc = self.locations.get(dst)
-        if loc is not None and loc.rank >= 0 and not loc.replay and loc.rank != self.rank:
-            # the common case of tasks without a replay log first (~0.15 us a message):
-            # a known rank, nothing to log; what goes wrong is dealt with below
-            try:
-                self.transport.send(loc.rank, (_USER, src, dst, tag, data, inc, seq))   # USER
-                return
-            except (WireError, PeerFailed):
-                pass
-        ctx = self.contexts.get(src)
+        ctx = None          # the sender's, looked up only to log the message
         # a task restarted from a checkpoint sends again what its first run sent; a
         # receiver that has ended since got those messages then: they are dropped
         ended_ok = inc > 0
@@ -293,11 +284,13 @@ class Site:
                           "dropped", src, inc, dst, seq)
                 return
             copy_later = None
-            if loc.replay and ctx is not None and dst not in ctx.__dict__.get("_peers", ()):
-                # (a checkpoint group's members log nothing to each other: they go back
-                # together, and the cut keeps what is in flight between them)
-                copy_later = self._log_message(ctx, dst, seq, tag, data,
-                                               overlap=loc.rank != self.rank)
+            if loc.replay:
+                ctx = self.contexts.get(src)
+                if ctx is not None and dst not in ctx.__dict__.get("_peers", ()):
+                    # (a checkpoint group's members log nothing to each other: they go
+                    # back together, and the cut keeps what is in flight between them)
+                    copy_later = self._log_message(ctx, dst, seq, tag, data,
+                                                   overlap=loc.rank != self.rank)
             try:
                 if loc.rank == self.rank:   # a copy, as a send over MPI would make
                     self.deliver(src, dst, tag, snapshot(data), inc, seq)
