@@ -715,10 +715,8 @@ def _own_sm_dir(env: dict[str, str]) -> str | None:
     /dev/shm. Those of launchers gone (SIGKILLed) are removed first."""
     if SM_DIR_ENV in env or not os.path.isdir(procs.SHM_DIR):
         return None
-    prefix = f"{_SM_DIR_PREFIX}{os.uname().nodename}-"
-    procs.remove_stale_pid_dirs(prefix, procs.SHM_DIR)
     try:
-        path = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=procs.SHM_DIR)
+        path = procs.new_pid_dir(_SM_DIR_PREFIX, procs.SHM_DIR)
     except OSError:
         return None
     env[SM_DIR_ENV] = path
@@ -744,10 +742,8 @@ def _run_once(argv: Sequence[str], env: Mapping[str, str], timeout: float | None
     sm_dir = _own_sm_dir(env) if mark and mpi_flavor(argv[0]) == "openmpi" else None
     if mark:
         # <tmp>/clustervm-start-<host>-<our pid>-...: a later launch here removes it if we
-        # are killed (the host name keeps apart containers that share /tmp, not pids)
-        prefix = f"{_MARKER_PREFIX}{os.uname().nodename}-"
-        procs.remove_stale_pid_dirs(prefix, tempfile.gettempdir())
-        own_dir = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
+        # are killed
+        own_dir = procs.new_pid_dir(_MARKER_PREFIX, tempfile.gettempdir())
         env[STARTED_ENV] = os.path.join(own_dir, "started")
     env.pop(WATCHED_ENV, None)
     if watch_start:

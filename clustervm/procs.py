@@ -265,6 +265,16 @@ def remove_stale_pid_dirs(prefix: str, base: str) -> list[str]:
     return _remove_dead(found, owned_only=True)
 
 
+def new_pid_dir(prefix: str, base: str) -> str:
+    """A new directory ``base/<prefix><host>-<our pid>-<random>``, once those of ours
+    whose process is gone are removed (:func:`remove_stale_pid_dirs`; the host name
+    keeps apart containers that share ``base``, not pids). Raises OSError."""
+    prefix = f"{prefix}{os.uname().nodename}-"
+    remove_stale_pid_dirs(prefix, base)
+    import tempfile
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=base)
+
+
 def _remove_dead(found: Iterable[tuple[int, str]], owned_only: bool) -> list[str]:
     """Remove each directory of ``found`` (pid, path) whose process is gone (with
     ``owned_only``, only if this user owns it); the paths removed."""
