@@ -153,6 +153,10 @@ class Endpoint(Protocol):
     def notify_background(self) -> None:
         """Wake idle workers and the service thread (work arrived, or shutdown)."""
 
+    def foreground_done(self) -> None:
+        """This thread waits in the foreground no more (its task ended): background
+        pollers take over at once."""
+
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every posted message has left; False on timeout."""
 

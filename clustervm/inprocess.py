@@ -472,6 +472,9 @@ class InProcessTransport:
     def notify_background(self) -> None:
         self.notify()
 
+    def foreground_done(self) -> None:
+        self.notify()
+
     # -- failures and the end ------------------------------------------------------
 
     def declare_dead(self, rank: int) -> None:

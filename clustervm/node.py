@@ -742,6 +742,8 @@ class Node(Site):
                 if ckpt_error is not None and ok:   # reaches vm.join, not only the log
                     ok, value = False, remote.pack_exception(ckpt_error, self.where())
         self._run(N.SpawnedResult(ctx.tid, ctx.inc, ctx.aborted, ok, value))
+        # (its node's idle workers may be parked while it polled: they take over now)
+        self.transport.foreground_done()
 
     def _do_send_exited(self, ins: N.SendExited) -> None:
         tid, inc = ins.tid, ins.inc

@@ -97,6 +97,13 @@ _QUIET_PAUSE_MAX_S = 0.004
 _QUIET_WINDOW_S = 0.05
 _DEEP_WORKER_WAIT_S = 5.0      # idle workers of a rank in deep idle look again this often
 #                                (the service loop polls for them; work arriving wakes them)
+#: An idle worker while a task of its rank polls (or polled within this long) looks
+#: again this often: no sooner (each look takes the GIL from the task), and no later,
+#: for what comes to the rank once the task computes is seen by nobody else. A sender
+#: rings no doorbell within doorbell.RING_AFTER_S (20 ms) of its last message, counting
+#: on the rank to look that soon: with 5 s here (and deep idle's 0.25 s polls behind
+#: it), a spawn right after the rank's last task ended waited 250-330 ms.
+_PARKED_S = 0.02
 _COUNT_MAX = (1 << 31) - 1       # largest count of one MPI call (no large-count calls here)
 _PART_WAIT_S = 60.0              # longest wait for the next part of a frame whose head came
 _DRAIN_WAIT_S = 0.5              # parts of a refused frame are dropped until this long silent
@@ -221,6 +228,7 @@ class Transport:
         self._quiet = False                      # ... or only QUIET work and heartbeats
         self._user_waiters: list[int] = []       # foreground threads in wait() (no lock:
         #                                          list.append/remove are atomic)
+        self._fg_left = 0.0                      # when a foreground wait last ended
         self._sleepers = 0                       # foreground waiters asleep on _cond
         self._short_waits = True                 # the last foreground wait was short
         #: what the waiting token holder takes for itself (see Endpoint.wait)
@@ -996,6 +1004,13 @@ class Transport:
             # them after every wait made them race the task thread for the GIL and the
             # token on each message: 8 B round trips 230-260 us against 57-85 us (measured)
             waiters.remove(me)
+            self._fg_left = time.perf_counter()
+
+    def foreground_done(self) -> None:
+        """This thread waits in the foreground no more (its task ended): the idle
+        workers poll for the rank again now, not after :data:`_PARKED_S`."""
+        self._fg_left = 0.0
+        self.notify_background()
 
     def foreground(self) -> "_Foreground":
         """This thread waits for MPI to complete something of its own (a frozen group's
@@ -1207,15 +1222,17 @@ class Transport:
                 self._bg_cond.wait(_DEEP_WORKER_WAIT_S if remaining is None
                                    else min(_DEEP_WORKER_WAIT_S, remaining))
                 return
-            if self._user_waiters or self._bg_poller not in (None, me):
+            parked = remaining is None and (
+                self._user_waiters or time.perf_counter() - self._fg_left < _PARKED_S)
+            if parked or self._user_waiters or self._bg_poller not in (None, me):
                 pause = self._longest_pause(background=True)
-                if remaining is None and self._user_waiters:
-                    # an idle worker while a task polls for the rank: work that comes
-                    # wakes it (the core's Notify), and the service loop polls when the
-                    # task is done, so it need not look every idle_sleep_ms. Each look
-                    # took the GIL from the task: heat2d's steps, mean 147.3 -> 139.1 us
-                    # (2 tasks on -n 3, 12 alternating runs; p90 178.9 -> 156.5 us)
-                    pause = _DEEP_WORKER_WAIT_S
+                if parked:
+                    # an idle worker while a task polls for the rank (between its steps
+                    # too): work that comes wakes it (the core's Notify), so it need not
+                    # look every idle_sleep_ms. Each look took the GIL from the task:
+                    # heat2d's steps, mean 147.3 -> 139.1 us (2 tasks on -n 3, 12
+                    # alternating runs; p90 178.9 -> 156.5 us)
+                    pause = _PARKED_S
                 self._turn_waiters += 1
                 try:
                     self._bg_cond.wait(pause if remaining is None else min(pause, remaining))

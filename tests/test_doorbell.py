@@ -8,6 +8,7 @@ benchmarks/idle_latency.py, not asserted here.)
 """
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 import time
@@ -183,3 +184,22 @@ def test_a_node_idle_for_a_second_is_rung():
     res = run_job([app], n=3, timeout=60, env={"CLUSTERVM_DOORBELL": "0"})
     assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
     assert "rung=none coordinator=none" in res.out, res.out
+
+
+@pytest.mark.mpi
+def test_work_for_a_node_whose_task_stopped_polling_is_seen_without_a_ring():
+    """A real job, no doorbells, no deep idle (its service loop would poll after a
+    quarter second): a node's idle workers stay off the GIL while its task polls, and
+    look again within 20 ms once it stops (or at once when it ends). Before, they waited
+    5 s (with the defaults: until deep idle's next poll, 250-350 ms), so a spawn right
+    after a task ended, or a submit to a node whose task had just stopped receiving,
+    waited that long: no sender rings a rank it sent to within the last 20 ms
+    (doorbell.RING_AFTER_S)."""
+    app = str(ROOT / "tests" / "apps" / "prompt_poll_app.py")
+    res = run_job([app], n=2, timeout=90, env={
+        "CLUSTERVM_DOORBELL": "0", "CLUSTERVM_DEEP_IDLE_SLEEP_MS": "10"})
+    assert res.rc == 0, f"{res.rc}\n{res.out}\n{res.err}"
+    m = re.search(r"spawn_again_ms=([0-9.]+) submit_while_computing_ms=([0-9.]+)", res.out)
+    assert m, res.out
+    # (not a speed test: the bound is 200x what it takes, and half the old wait)
+    assert float(m.group(1)) < 2500 and float(m.group(2)) < 2500, res.out

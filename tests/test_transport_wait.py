@@ -432,10 +432,10 @@ def test_a_waiter_probes_hot_only_while_its_waits_are_short(transport, monkeypat
 
 def test_an_idle_worker_sleeps_until_work_while_a_task_polls_for_the_rank(transport):
     """While a foreground thread waits (it polls for the rank), an idle worker waits to
-    be woken (work comes with the core's Notify), not idle_sleep_ms: each look took the
-    GIL from the task (heat2d's step mean +6 %). The service loop, which has a tick
-    (``remaining``), still looks within idle_sleep_ms, and so does a worker while
-    another background thread polls."""
+    be woken (work comes with the core's Notify) or _PARKED_S, not idle_sleep_ms: each
+    look took the GIL from the task (heat2d's step mean +6 %). The service loop, which
+    has a tick (``remaining``), still looks within idle_sleep_ms, and so does a worker
+    while another background thread polls."""
     waits: list = []
 
     class Cond:
@@ -458,7 +458,45 @@ def test_an_idle_worker_sleeps_until_work_while_a_task_polls_for_the_rank(transp
     transport._user_waiters.clear()
     transport._bg_poller = 2                   # another background thread polls
     transport._background_step(None, spin=False)
-    assert waits == [T._DEEP_WORKER_WAIT_S, transport._idle_max_s, transport._idle_max_s]
+    assert waits == [T._PARKED_S, transport._idle_max_s, transport._idle_max_s]
+
+
+def test_an_idle_worker_polls_again_soon_after_the_task_stops_and_at_once_when_it_ends(
+        transport, monkeypatch):
+    """Between a task's waits (it computes) an idle worker stays parked, but only for
+    _PARKED_S after the last one: then it polls for the rank, which nobody else does (a
+    sender rings no doorbell within 20 ms of its last message). When the task ends
+    (``foreground_done``) it polls at once, woken."""
+    waits: list = []
+    polls: list = []
+
+    class Cond:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def wait(self, timeout=None):
+            waits.append(timeout)
+
+        def notify_all(self):
+            waits.append("woken")
+
+    transport._bg_cond = Cond()
+    monkeypatch.setattr(transport, "try_poll", lambda: polls.append(1) or 0)
+    monkeypatch.setattr(transport, "_pause", lambda remaining, spin: None)
+    assert transport.wait(lambda: True)           # (a wait that ends at once records nothing)
+    transport.wait(iter([False, True]).__next__, timeout=1.0)   # the task's last wait
+    transport._background_step(None, spin=False)
+    assert waits == [T._PARKED_S] and not polls   # parked: the task polled just now
+    transport._fg_left -= T._PARKED_S
+    transport._background_step(None, spin=False)
+    assert polls == [1]                           # no foreground wait for _PARKED_S
+    transport.wait(iter([False, True]).__next__, timeout=1.0)
+    transport.foreground_done()                   # the task ended
+    transport._background_step(None, spin=False)
+    assert waits == [T._PARKED_S, "woken"] and polls == [1, 1]
 
 
 def test_a_poll_that_took_a_message_leaves_the_light_requests_to_an_empty_one(sender):
