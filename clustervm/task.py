@@ -46,6 +46,8 @@ class TaskContext:
         self._coll: dict[str, int] = {} if seqs is None else dict(seqs.get("coll", {}))
         self.aborted = False
         self.mailbox = site.mailbox(tid)
+        #: (source, tag) -> what recv waits with (see _waiter)
+        self._waiters: dict[tuple[int, int], tuple[Callable[[], bool], Any, list]] = {}
 
     # -- identity ------------------------------------------------------------
 
@@ -106,33 +108,65 @@ class TaskContext:
         earlier (``irecv``) take their messages first. Raises TimeoutError if none
         arrives within ``timeout`` seconds.
         """
-        self._check()
+        if self.aborted:      # (_check inlined)
+            raise TaskAborted(self.tid)
+        if self.__dict__.get("_posted"):
+            return self._recv_posted(source, tag, timeout)
+        m = self.mailbox.take(source, tag)
+        if m is not None:       # already here: no waiting
+            return m
+        try:
+            ready, claim, got = self._waiters[source, tag]
+        except KeyError:
+            ready, claim, got = self._waiter(source, tag)
+        if not self._site.wait(ready, timeout, blocking=True, claim=claim):
+            raise TimeoutError(f"task {self.tid}: no message from source {source} with tag {tag} "
+                               f"within {timeout} s")
+        if self.aborted:
+            got.clear()
+            raise TaskAborted(self.tid)
+        return got.pop()
+
+    def _waiter(self, source: int, tag: int) -> tuple[Callable[[], bool], Any, list]:
+        """What ``recv(source, tag)`` waits with, made once: the wait's predicate, the
+        claim of what this thread's own polls receive (Site.claimer: the message waited
+        for is taken at once, not through the mailbox), and the list the message goes
+        into. (Made at each call, they cost ~0.4 us a message.)"""
         box = self.mailbox
-        posted = self.__dict__.get("_posted")
-        if not posted:                  # already here: no waiting
-            m = box.take(source, tag)
-            if m is not None:
-                return m
         got: list[Message] = []
 
         def ready() -> bool:
             if got or self.aborted:
                 return True
-            if posted:
-                self._match_posted()          # receives posted earlier match first
             m = box.take(source, tag)
             if m is not None:
                 got.append(m)
                 return True
             return False
 
-        # the message waited for, received by this thread's own poll, is taken at once
-        # (not through the mailbox), unless receives posted earlier come first
-        claim = None if posted else self._site.claimer(self.tid, box, source, tag, got)
-        if not self._site.wait(ready, timeout, blocking=True, claim=claim):
+        waiter = ready, self._site.claimer(self.tid, box, source, tag, got), got
+        self._waiters[source, tag] = waiter
+        return waiter
+
+    def _recv_posted(self, source: int, tag: int, timeout: float | None) -> Message:
+        """recv while receive requests posted earlier (``irecv``) wait: they take their
+        messages first."""
+        got: list[Message] = []
+
+        def ready() -> bool:
+            if got or self.aborted:
+                return True
+            self._match_posted()
+            m = self.mailbox.take(source, tag)
+            if m is not None:
+                got.append(m)
+                return True
+            return False
+
+        if not self._site.wait(ready, timeout, blocking=True):
             raise TimeoutError(f"task {self.tid}: no message from source {source} with tag {tag} "
                                f"within {timeout} s")
-        if self.aborted:      # (_check inlined: after the message came, every call counts)
+        if self.aborted:
             raise TaskAborted(self.tid)
         return got[0]
 

@@ -131,3 +131,38 @@ def test_a_send_without_replay_log_goes_out_at_once_or_names_what_cannot_go(site
     assert tuple(got[0]) == (P.User.OP, PEER, OTHER, 3, {"k": b"v"}, 0, 1)
     with pytest.raises(WireError, match=r"at \['k'\]"):
         site.send_user(PEER, 0, OTHER, 3, {"k": threading.Lock()}, 2)
+
+
+
+def test_a_task_waits_with_the_same_claim_for_one_source_and_tag_each_time(site):
+    """recv makes what it waits with once for each (source, tag) (TaskContext._waiter:
+    ~0.4 us a message less); a wait that timed out, took a message or was aborted
+    leaves nothing behind in it."""
+    import threading
+
+    from clustervm.task import TaskAborted, TaskContext
+
+    ctx = TaskContext(site, ME, None)
+    with pytest.raises(TimeoutError):
+        ctx.recv(PEER, 3, timeout=0.01)
+    first = ctx._waiters[PEER, 3]
+    assert first[2] == []
+    later = threading.Timer(0.02, site.deliver, (PEER, ME, 3, b"one", 0, 1))
+    later.start()
+    assert ctx.recv(PEER, 3, timeout=5).data == b"one"     # came while it waited
+    later.join()
+    assert ctx._waiters[PEER, 3] is first and first[2] == []
+    site.deliver(PEER, ME, 4, b"other tag", 0, 2)
+    assert ctx.recv(PEER, 4).data == b"other tag"          # already here: no wait made
+    assert set(ctx._waiters) == {(PEER, 3)}
+
+    def abort() -> None:
+        ctx.aborted = True
+        site.transport.notify()
+
+    later = threading.Timer(0.02, abort)
+    later.start()
+    with pytest.raises(TaskAborted):
+        ctx.recv(PEER, 3, timeout=5)
+    later.join()
+    assert first[2] == []
