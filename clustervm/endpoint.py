@@ -96,7 +96,7 @@ class Endpoint(Protocol):
     counters: Counters
 
     def send(self, dest: int, msg: Any, meanwhile: Callable[[], Any] | None = None,
-             settle: bool = True) -> None:
+             settle: bool = True, flat_at: int | None = None) -> None:
         """Send ``msg`` to ``dest``; returns when the caller may change what it sent.
         Raises PeerFailed if ``dest`` is dead (or this endpoint is closed), WireError
         if ``msg`` cannot be encoded. ``meanwhile`` is called once the message is on its
@@ -104,7 +104,9 @@ class Endpoint(Protocol):
         overlaps the transfer (it may read, never change, what is sent; it must not raise).
         ``settle=False``: a message that carries none of the caller's arrays (all of it
         copied in encoding) may be left to another thread to send; a ``dest`` found dead
-        after that is not reported, as with :meth:`post`."""
+        after that is not reported, as with :meth:`post`. ``flat_at``: ``msg`` is a
+        tuple whose items are ints but the one there, which may then travel without
+        msgpack (clustervm.frames.flat; int-likes arrive as ints)."""
 
     def post(self, dest: int, msg: Any, wake: bool = True) -> bool:
         """Send without blocking (for handlers); False (message dropped) if ``dest`` is
@@ -213,6 +215,13 @@ def dispatch(handler: Handler, src: int, payload: Any, bufs: list[Any],
     except WireError as exc:
         log.error("a message from rank %d cannot be decoded; dropped: %s", src, exc)
         return False
+    return handle(handler, src, msg, claim)
+
+
+def handle(handler: Handler, src: int, msg: Any,
+           claim: Callable[[Any], bool] | None = None) -> bool | str:
+    """Run ``handler`` on ``msg``, decoded, from ``src`` (what :func:`dispatch` does
+    after decoding; a flat frame's tuple comes here at once)."""
     try:
         if claim is not None and claim(msg):    # a waiter took it for itself
             return CLAIMED

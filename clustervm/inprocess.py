@@ -233,7 +233,7 @@ class InProcessTransport:
         c.bytes_out += len(payload) + sum(len(b) for b in bufs)
 
     def send(self, dest: int, msg: Any, meanwhile: Callable[[], Any] | None = None,
-             settle: bool = True) -> None:
+             settle: bool = True, flat_at: int | None = None) -> None:
         self._gate()
         self._transmit(dest, msg)
         if meanwhile is not None:

@@ -296,7 +296,7 @@ class Site:
                     self.deliver(src, dst, tag, snapshot(data), inc, seq)
                     return
                 self.transport.send(loc.rank, (_USER, src, dst, tag, data, inc, seq),   # USER
-                                    copy_later)
+                                    copy_later, flat_at=4)
                 return
             except WireError as exc:      # nothing was sent: forget it, name the path in data
                 if copy_later is not None:

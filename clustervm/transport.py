@@ -69,12 +69,12 @@ from . import wire
 from .blocks import Blocks
 from .config import Config
 from .doorbell import host_addresses, open_doorbell
-from .endpoint import CLAIMED, Counters, Handler, PeerFailed, dispatch
+from .endpoint import CLAIMED, Counters, Handler, PeerFailed, dispatch, handle
 from .errors import ConfigError
-from .frames import (BUNDLE_MAX, INLINE_MAX, KIND_BUFFERS, KIND_BUNDLED, KIND_INLINE,
-                     KIND_LONG, KIND_PACKED, KIND_ROUTED, LONG, PACK_MAX, PREFIX, ROUTE,
-                     TAG_BUF0, TAG_BUF_SPAN, Frame, FrameError, packed, packed_parts, padded,
-                     parse_frame, split, unbundled)
+from .frames import (BUNDLE_MAX, INLINE_MAX, KIND_BUFFERS, KIND_BUNDLED, KIND_FLAT,
+                     KIND_INLINE, KIND_LONG, KIND_PACKED, KIND_ROUTED, LONG, PACK_MAX, PREFIX,
+                     ROUTE, TAG_BUF0, TAG_BUF_SPAN, Frame, FrameError, flat, flat_message,
+                     packed, packed_parts, padded, parse_frame, split, unbundled)
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +365,7 @@ class Transport:
     # The outbox is FIFO, so messages of one thread leave in the order it sent them.
 
     def send(self, dest: int, msg: Any, meanwhile: Callable[[], Any] | None = None,
-             settle: bool = True) -> None:
+             settle: bool = True, flat_at: int | None = None) -> None:
         """Send ``msg`` to rank ``dest``; returns when the caller may reuse its arrays.
 
         Raises :class:`PeerFailed` if ``dest`` is dead (or the transport is closed).
@@ -373,18 +373,23 @@ class Transport:
         arrays to leave (the replay log's copy of a big array overlaps its transfer).
         ``settle=False``: a message without the caller's arrays is left in the outbox
         when another thread holds the token (it sends it before it lets go) instead of
-        waiting for that thread to Isend it (see Endpoint.send).
+        waiting for that thread to Isend it (see Endpoint.send). ``flat_at``: ``msg``
+        is a tuple of ints but for its item there, which may travel flat (frames.flat).
         """
         if 0 <= dest < self.world_size:      # a world rank (none on a spawned node): direct
             if dest in self.failed or self.closed:
                 raise PeerFailed(dest)
             if self._bell is not None:       # _wake inlined: dest is a world rank already
                 self._bell.sending(dest)
-            payload, bufs = wire.dumps(msg, allow_pickle=self.allow_pickle)
-            if not bufs and len(payload) <= INLINE_MAX and len(payload) < self.max_chunk:
-                head = b"\x00" + payload               # the common case, inlined
+            head = None if flat_at is None else flat(msg, flat_at)
+            if head is not None and len(head) <= self.max_chunk:
+                bufs = []
             else:
-                head, bufs, tag = self._frames_of(payload, bufs)
+                payload, bufs = wire.dumps(msg, allow_pickle=self.allow_pickle)
+                if not bufs and len(payload) <= INLINE_MAX and len(payload) < self.max_chunk:
+                    head = b"\x00" + payload               # the common case, inlined
+                else:
+                    head, bufs, tag = self._frames_of(payload, bufs)
             if not bufs and len(head) <= self.max_chunk:     # one frame, our own copy
                 if not self._outbox and self._send_now(dest, head):
                     if meanwhile is not None:
@@ -691,11 +696,20 @@ class Transport:
         c = self.counters
         c.msgs_in += 1
         c.bytes_in += count
-        if count > 1 and frame[0] == KIND_INLINE:    # the common case: all of it is here
+        kind = frame[0] if count else -1
+        if kind == KIND_FLAT or count > 1 and kind == KIND_INLINE:   # all of it is here
             if src in self.ignored:     # (_deliver inlined: ~0.1 us a message)
                 return None
-            verdict = dispatch(self.handler, src, memoryview(frame)[1:], (),
-                               self.allow_pickle, self._claim)
+            if kind == KIND_FLAT:       # (a task's message, often)
+                try:
+                    msg = flat_message(frame, src)
+                except FrameError as exc:
+                    log.error("%s; dropped", exc)
+                    return None
+                verdict = handle(self.handler, src, msg, self._claim)
+            else:
+                verdict = dispatch(self.handler, src, memoryview(frame)[1:], (),
+                                   self.allow_pickle, self._claim)
             if verdict is True or verdict is CLAIMED:   # work (see endpoint.QUIET)
                 self._busy = True
             elif verdict:

@@ -26,7 +26,8 @@ class Recorder:
         self.during_send: Callable[[], None] = lambda: None
         self.meanwhile_given: list[bool] = []
 
-    def send(self, dest: int, msg: Any, meanwhile: Callable[[], Any] | None = None) -> None:
+    def send(self, dest: int, msg: Any, meanwhile: Callable[[], Any] | None = None,
+             flat_at: int | None = None) -> None:
         self.sent.append(msg)
         self.meanwhile_given.append(meanwhile is not None)
         self.during_send()

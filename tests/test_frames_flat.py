@@ -1,0 +1,121 @@
+"""Flat frames (clustervm.frames.flat): a task's message without msgpack. Pure, no MPI.
+
+A tuple of ints with one ``bytes`` or numeric array comes back as wire.loads would give
+it (int-likes as ints); anything else is not made flat; a malformed flat frame is a
+FrameError naming the sender, never another exception. The real path (every task
+message of every MPI test job) is covered by tests/test_messaging_api.py and the drills.
+"""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from clustervm import frames as F
+from clustervm import wire
+
+SENDER = 5
+INT64 = st.integers(-(1 << 63), (1 << 63) - 1)
+DTYPES = ["<f8", "<f4", "<i8", ">i4", "|u1", "|b1", "<c16", "<u2"]
+
+
+@st.composite
+def values(draw):
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=300))
+    dtype = np.dtype(draw(st.sampled_from(DTYPES)))
+    shape = tuple(draw(st.lists(st.integers(0, 6), max_size=3)))
+    count = int(np.prod(shape)) if shape else 1
+    raw = draw(st.binary(min_size=count * dtype.itemsize, max_size=count * dtype.itemsize))
+    a = np.frombuffer(raw, dtype).reshape(shape).copy()
+    return a.astype(bool) if dtype.kind == "b" else a
+
+
+@st.composite
+def messages(draw):
+    ints = draw(st.lists(INT64, min_size=1, max_size=8))
+    pos = draw(st.integers(0, len(ints)))
+    return tuple(ints[:pos]) + (draw(values()),) + tuple(ints[pos:]), pos
+
+
+def same(got, want) -> bool:
+    if isinstance(want, np.ndarray):
+        return (type(got) is np.ndarray and got.dtype == want.dtype and got.shape == want.shape
+                and got.tobytes() == want.tobytes())
+    return type(got) is type(want) and got == want
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(messages())
+def test_a_flat_message_comes_back_as_the_wire_gives_it(case):
+    msg, pos = case
+    frame = F.flat(msg, pos)
+    assert frame is not None and frame[0] == F.KIND_FLAT
+    got = F.flat_message(bytearray(frame), SENDER)
+    payload, bufs = wire.dumps(msg)
+    by_wire = wire.loads(payload, [bytearray(b) for b in bufs])
+    assert len(got) == len(msg) == len(by_wire)
+    assert all(same(g, w) for g, w in zip(got, by_wire))
+    value = got[pos]
+    if isinstance(value, np.ndarray) and value.size:
+        assert value.flags.writeable      # a view of the received frame, as the wire's
+
+
+@pytest.mark.parametrize("msg, pos, why", [
+    ((1, 2.5, b"x"), 2, "a float among the ints"),
+    ((1, 1 << 64, b"x"), 2, "an int beyond int64"),
+    ((1, "s"), 1, "a str value"),
+    ((1, bytearray(b"x")), 1, "a bytearray (the wire gives bytes back)"),
+    ((1, b"x" * (F.PACK_MAX + 1)), 1, "bytes beyond PACK_MAX: the wire's way"),
+    ((1, np.zeros(F.PACK_MAX // 8 + 1)), 1, "an array beyond PACK_MAX: out of band"),
+    ((1, np.arange(6)[::2]), 1, "not contiguous"),
+    ((1, np.asfortranarray(np.ones((3, 2)))), 1, "Fortran order"),
+    ((1, np.array([None, 1], dtype=object)), 1, "objects"),
+    ((1, np.array(["ab"])), 1, "strings"),
+    ((1, np.zeros(2, dtype=[("a", "<i4")])), 1, "a structured dtype"),
+    ((1, np.float64(2.0)), 1, "a numpy scalar"),
+    ((1, np.ma.masked_array([1.0])), 1, "an ndarray subclass"),
+    ((b"x",), 0, "no int with it"),
+])
+def test_what_is_not_flat_goes_the_wires_way(msg, pos, why):
+    assert F.flat(msg, pos) is None, why
+
+
+def test_int_likes_travel_as_ints():
+    got = F.flat_message(F.flat((np.int64(3), True, b"x"), 2), SENDER)
+    assert got == (3, 1, b"x") and type(got[0]) is int and type(got[1]) is int
+
+
+FRAMES = [F.flat((20, 1, 2, 3, b"hello", 0, 1), 4),
+          F.flat((20, 1, 2, 3, np.arange(12.0).reshape(3, 4), 0, 1), 4),
+          F.flat((7, np.zeros((0, 2), np.int32)), 1)]
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(FRAMES), st.data())
+def test_a_truncated_or_mutated_flat_frame_is_a_frame_error(frame, data):
+    raw = bytearray(frame[:data.draw(st.integers(0, len(frame)))])
+    if raw and data.draw(st.booleans()):
+        for _ in range(data.draw(st.integers(1, 3))):
+            i = data.draw(st.integers(0, min(len(raw), 64) - 1))
+            raw[i] = data.draw(st.integers(0, 255))
+    try:
+        got = F.flat_message(raw, SENDER)
+    except F.FrameError as exc:
+        assert exc.rank == SENDER and f"rank {SENDER}" in str(exc)
+    else:
+        assert isinstance(got, tuple)
+
+
+def test_a_flat_frame_that_names_another_dtype_is_refused():
+    frame = bytearray(F.flat((1, np.zeros(2, "<f8")), 1))
+    name = frame.index(b"<f8")
+    frame[name:name + 3] = b"|O8"              # objects: never sent flat
+    with pytest.raises(F.FrameError, match="rank 5: flat frame's array"):
+        F.flat_message(frame, SENDER)
+    short = F.FLAT.pack(F.KIND_FLAT, 3, 1, 0, 0, 0) + struct.pack("<q", 1)
+    with pytest.raises(F.FrameError, match="shorter than its header"):
+        F.flat_message(short, SENDER)
