@@ -22,7 +22,7 @@ import traceback
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import procs
+from . import procs, threadpools
 from .config import Config
 from .errors import ClusterVMError
 
@@ -78,6 +78,7 @@ def run_app(path: str, args: list[str]) -> int:
     except ClusterVMError as exc:
         print(f"clustervm: error: {exc}", file=sys.stderr)
         return _exit(2)
+    threadpools.size_pools()        # before anything imports numpy (the app, as a rule)
     _import_role()
     shm_before = procs.shm_files()
     from mpi4py import MPI

@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "clustervm"
 #: Lowest first. A module may import modules of its own layer and the layers before it.
 LAYERS: list[tuple[str, set[str]]] = [
     ("base", {"errors", "protocol", "config", "events", "hostfile", "procs", "progress",
-              "reduce", "mailbox", "local", "shared", "blocks"}),
+              "reduce", "mailbox", "local", "shared", "blocks", "threadpools"}),
     ("wire", {"wire", "frames", "refs", "remote", "values", "replaylog"}),
     ("transport", {"endpoint", "doorbell", "transport", "inprocess"}),
     ("core", {"core", "core.enums", "core.events", "core.instructions", "core.state",
