@@ -308,10 +308,10 @@ def flat(msg: tuple, pos: int) -> bytes | None:
     value and every other an int (an int-like one travels as an int); None if the value
     is not ``bytes`` or a C-contiguous numeric array of up to PACK_MAX bytes, or the
     others do not fit an int64."""
-    value = msg[pos]
     n = len(msg)
-    if not 1 < n < 256:
+    if not (1 < n < 256 and 0 <= pos < n):
         return None
+    value = msg[pos]
     plan = _flat_plans.get(n << 8 | pos) or _flat_plan(n, pos)
     try:
         if type(value) is bytes:

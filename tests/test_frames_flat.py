@@ -79,6 +79,7 @@ def test_a_flat_message_comes_back_as_the_wire_gives_it(case):
     ((1, np.float64(2.0)), 1, "a numpy scalar"),
     ((1, np.ma.masked_array([1.0])), 1, "an ndarray subclass"),
     ((b"x",), 0, "no int with it"),
+    ((1, b"x"), 2, "no item there"),
 ])
 def test_what_is_not_flat_goes_the_wires_way(msg, pos, why):
     assert F.flat(msg, pos) is None, why
