@@ -377,8 +377,8 @@ def flat_message(frame: Any, src: int) -> tuple:
             value = np.frombuffer(view[end:], dtype)     # (np.ndarray(offset=): +0.1 us)
             if len(shape) != 1:
                 value = value.reshape(shape)
-        except (ValueError, TypeError, UnicodeDecodeError) as exc:
-            raise FrameError(src, f"flat frame's array does not fit its header: {exc}") \
-                from None
+        except Exception as exc:   # noqa: BLE001 - np.dtype parses text: any error
+            raise FrameError(src, f"flat frame's array does not fit its header: "
+                                  f"{type(exc).__name__}: {exc}") from None
     return (*ints[:pos], value, *ints[pos:])
 

@@ -117,6 +117,9 @@ def test_a_flat_frame_that_names_another_dtype_is_refused():
     frame[name:name + 3] = b"|O8"              # objects: never sent flat
     with pytest.raises(F.FrameError, match="rank 5: flat frame's array"):
         F.flat_message(frame, SENDER)
+    frame[name:name + 3] = b",  "              # numpy parses it as Python: a SyntaxError
+    with pytest.raises(F.FrameError, match="rank 5: flat frame's array"):
+        F.flat_message(frame, SENDER)
     short = F.FLAT.pack(F.KIND_FLAT, 3, 1, 0, 0, 0) + struct.pack("<q", 1)
     with pytest.raises(F.FrameError, match="shorter than its header"):
         F.flat_message(short, SENDER)
