@@ -430,6 +430,27 @@ def test_a_waiter_probes_hot_only_while_its_waits_are_short(transport, monkeypat
     assert len(hot) == 1
 
 
+class _Cond:
+    """A background condition that records each wait's timeout in ``waits`` (and
+    ``woken``, if given, at each notify_all) instead of waiting."""
+
+    def __init__(self, waits: list, woken: str | None = None) -> None:
+        self.waits, self.woken = waits, woken
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def wait(self, timeout=None):
+        self.waits.append(timeout)
+
+    def notify_all(self):
+        if self.woken is not None:
+            self.waits.append(self.woken)
+
+
 def test_an_idle_worker_sleeps_until_work_while_a_task_polls_for_the_rank(transport):
     """While a foreground thread waits (it polls for the rank), an idle worker waits to
     be woken (work comes with the core's Notify) or _PARKED_S, not idle_sleep_ms: each
@@ -437,21 +458,7 @@ def test_an_idle_worker_sleeps_until_work_while_a_task_polls_for_the_rank(transp
     has a tick (``remaining``), still looks within idle_sleep_ms, and so does a worker
     while another background thread polls."""
     waits: list = []
-
-    class Cond:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def wait(self, timeout=None):
-            waits.append(timeout)
-
-        def notify_all(self):
-            pass
-
-    transport._bg_cond = Cond()
+    transport._bg_cond = _Cond(waits)
     transport._user_waiters.append(1)          # a task thread waits in recv
     transport._background_step(None, spin=False)
     transport._background_step(0.05, spin=False)
@@ -469,21 +476,7 @@ def test_an_idle_worker_polls_again_soon_after_the_task_stops_and_at_once_when_i
     (``foreground_done``) it polls at once, woken."""
     waits: list = []
     polls: list = []
-
-    class Cond:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def wait(self, timeout=None):
-            waits.append(timeout)
-
-        def notify_all(self):
-            waits.append("woken")
-
-    transport._bg_cond = Cond()
+    transport._bg_cond = _Cond(waits, woken="woken")
     monkeypatch.setattr(transport, "try_poll", lambda: polls.append(1) or 0)
     monkeypatch.setattr(transport, "_pause", lambda remaining, spin: None)
     assert transport.wait(lambda: True)           # (a wait that ends at once records nothing)

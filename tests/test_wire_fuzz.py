@@ -284,20 +284,47 @@ def _sample_frames() -> list[bytes]:
 FRAMES = _sample_frames()
 
 
-@FUZZ
-@given(st.sampled_from(FRAMES), st.data())
-def test_parse_frame_truncated_and_mutated(frame, data):
+def _mutated(frame: bytes, data, reach: int) -> bytearray:
+    """``frame`` cut short at a drawn length, and maybe 1-3 of its first ``reach`` bytes
+    changed."""
     raw = bytearray(frame[:data.draw(st.integers(0, len(frame)))])
     if raw and data.draw(st.booleans()):
         for _ in range(data.draw(st.integers(1, 3))):
-            i = data.draw(st.integers(0, min(len(raw), 40) - 1))
+            i = data.draw(st.integers(0, min(len(raw), reach) - 1))
             raw[i] = data.draw(st.integers(0, 255))
+    return raw
+
+
+@FUZZ
+@given(st.sampled_from(FRAMES), st.data())
+def test_parse_frame_truncated_and_mutated(frame, data):
+    raw = _mutated(frame, data, 40)
     try:
         f = F.parse_frame(raw, SENDER, 1 << 30)
     except F.FrameError as exc:
         assert exc.rank == SENDER
     else:
         assert sum(f.sizes) <= 1 << 30
+
+
+FLAT_FRAMES = [F.flat((P.User.OP, 1, 2, 3, b"hello", 0, 1), 4),
+               F.flat((P.User.OP, 1, 2, 3, np.arange(12.0).reshape(3, 4), 0, 1), 4),
+               F.flat((7, np.zeros((0, 2), np.int32)), 1)]
+
+
+@FUZZ
+@given(st.sampled_from(FLAT_FRAMES), st.data())
+def test_a_truncated_or_mutated_flat_frame_is_a_frame_error(frame, data):
+    """(clustervm.frames.flat: a task's message without msgpack.) A randomized run of it
+    found a dtype name that numpy parses as Python and fails on with a SyntaxError; that
+    case has a test of its own (tests/test_frames_flat.py)."""
+    raw = _mutated(frame, data, 64)
+    try:
+        got = F.flat_message(raw, SENDER)
+    except F.FrameError as exc:
+        assert exc.rank == SENDER and f"rank {SENDER}" in str(exc)
+    else:
+        assert isinstance(got, tuple)
 
 
 @pytest.mark.parametrize("kind", ["buffers", "long"])
