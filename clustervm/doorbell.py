@@ -56,10 +56,13 @@ log = logging.getLogger(__name__)
 #: ranks' doorbells' names, and the key each datagram between them carries.
 JOB_KEY_ENV = "CLUSTERVM_JOB_KEY"
 #: A message to a rank this rank has sent nothing to (heartbeats aside) for this long
-#: rings its doorbell: that rank may be in deep idle. Less than that, it is polling
-#: within a few ms (its back-off grows 5-10 % of its quiet time), and a ring a message
-#: would cost both ranks CPU (a syscall here, a thread's wake-up there).
-RING_AFTER_S = 0.02
+#: rings its doorbell: that rank's pollers may be backing off, or in deep idle. Less
+#: than that, it is polling within half a millisecond (its back-off grows 5-10 % of its
+#: quiet time), and a ring a message would cost both ranks CPU (a syscall here, a
+#: thread's wake-up there). With 20 ms, a task submitted 10 ms after the one before
+#: took 2.2 ms to come back (0.24 ms with 5 ms), 15 ms after, 3.6 ms (0.2-0.3);
+#: checkpoint overheads and throughput the same (benchmarks/RESULTS.md).
+RING_AFTER_S = 0.005
 #: A bell that could not be rung is tried again after this long (a failed ring costs a
 #: syscall; a rank on another host never has one here).
 RETRY_S = 1.0

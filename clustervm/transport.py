@@ -100,9 +100,9 @@ _DEEP_WORKER_WAIT_S = 5.0      # idle workers of a rank in deep idle look again 
 #: An idle worker while a task of its rank polls (or polled within this long) looks
 #: again this often: no sooner (each look takes the GIL from the task), and no later,
 #: for what comes to the rank once the task computes is seen by nobody else. A sender
-#: rings no doorbell within doorbell.RING_AFTER_S (20 ms) of its last message, counting
-#: on the rank to look that soon: with 5 s here (and deep idle's 0.25 s polls behind
-#: it), a spawn right after the rank's last task ended waited 250-330 ms.
+#: rings no doorbell within doorbell.RING_AFTER_S (5 ms) of its last message, counting
+#: on the rank to look soon: with 5 s here (and deep idle's 0.25 s polls behind it), a
+#: spawn right after the rank's last task ended waited 250-330 ms.
 _PARKED_S = 0.02
 _COUNT_MAX = (1 << 31) - 1       # largest count of one MPI call (no large-count calls here)
 _PART_WAIT_S = 60.0              # longest wait for the next part of a frame whose head came

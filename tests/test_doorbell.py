@@ -193,8 +193,8 @@ def test_work_for_a_node_whose_task_stopped_polling_is_seen_without_a_ring():
     look again within 20 ms once it stops (or at once when it ends). Before, they waited
     5 s (with the defaults: until deep idle's next poll, 250-350 ms), so a spawn right
     after a task ended, or a submit to a node whose task had just stopped receiving,
-    waited that long: no sender rings a rank it sent to within the last 20 ms
-    (doorbell.RING_AFTER_S)."""
+    waited that long: no sender rings a rank it sent to within the last 20 ms (now 5 ms,
+    doorbell.RING_AFTER_S)."""
     app = str(ROOT / "tests" / "apps" / "prompt_poll_app.py")
     res = run_job([app], n=2, timeout=90, env={
         "CLUSTERVM_DOORBELL": "0", "CLUSTERVM_DEEP_IDLE_SLEEP_MS": "10"})

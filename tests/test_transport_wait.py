@@ -472,8 +472,8 @@ def test_an_idle_worker_polls_again_soon_after_the_task_stops_and_at_once_when_i
         transport, monkeypatch):
     """Between a task's waits (it computes) an idle worker stays parked, but only for
     _PARKED_S after the last one: then it polls for the rank, which nobody else does (a
-    sender rings no doorbell within 20 ms of its last message). When the task ends
-    (``foreground_done``) it polls at once, woken."""
+    sender rings no doorbell within doorbell.RING_AFTER_S of its last message). When
+    the task ends (``foreground_done``) it polls at once, woken."""
     waits: list = []
     polls: list = []
     transport._bg_cond = _Cond(waits, woken="woken")
