@@ -97,7 +97,7 @@ _QUIET_PAUSE_MAX_S = 0.004
 _QUIET_WINDOW_S = 0.05
 _DEEP_WORKER_WAIT_S = 5.0      # idle workers of a rank in deep idle look again this often
 #                                (the service loop polls for them; work arriving wakes them)
-#: An idle worker while a task of its rank polls (or polled within this long) looks
+#: An idle worker while a task of its rank polls (or began to within this long) looks
 #: again this often: no sooner (each look takes the GIL from the task), and no later,
 #: for what comes to the rank once the task computes is seen by nobody else. A sender
 #: rings no doorbell within doorbell.RING_AFTER_S (5 ms) of its last message, counting
@@ -228,7 +228,7 @@ class Transport:
         self._quiet = False                      # ... or only QUIET work and heartbeats
         self._user_waiters: list[int] = []       # foreground threads in wait() (no lock:
         #                                          list.append/remove are atomic)
-        self._fg_left = 0.0                      # when a foreground wait last ended
+        self._fg_at = 0.0                        # when the last foreground wait began
         self._sleepers = 0                       # foreground waiters asleep on _cond
         self._short_waits = True                 # the last foreground wait was short
         #: what the waiting token holder takes for itself (see Endpoint.wait)
@@ -1018,12 +1018,11 @@ class Transport:
             # them after every wait made them race the task thread for the GIL and the
             # token on each message: 8 B round trips 230-260 us against 57-85 us (measured)
             waiters.remove(me)
-            self._fg_left = time.perf_counter()
 
     def foreground_done(self) -> None:
         """This thread waits in the foreground no more (its task ended): the idle
         workers poll for the rank again now, not after :data:`_PARKED_S`."""
-        self._fg_left = 0.0
+        self._fg_at = 0.0
         self.notify_background()
 
     def foreground(self) -> "_Foreground":
@@ -1041,7 +1040,9 @@ class Transport:
         token = self._token
         me = threading.get_ident()
         remaining = None
-        hot_until = time.perf_counter() + _HOT_SPIN_S
+        # (when it began: idle workers stay parked a while after it, see _PARKED_S)
+        self._fg_at = now = time.perf_counter()
+        hot_until = now + _HOT_SPIN_S
         # a wait after a short one probes in a tight loop at first (see _wait_hot); with
         # waits that last (ranks outnumbering cores) that made heat2d 8-10 % slower
         if self._short_waits and self._wait_hot(predicate, claim, hot_until, deadline):
@@ -1237,7 +1238,7 @@ class Transport:
                                    else min(_DEEP_WORKER_WAIT_S, remaining))
                 return
             parked = remaining is None and (
-                self._user_waiters or time.perf_counter() - self._fg_left < _PARKED_S)
+                self._user_waiters or time.perf_counter() - self._fg_at < _PARKED_S)
             if parked or self._user_waiters or self._bg_poller not in (None, me):
                 pause = self._longest_pause(background=True)
                 if parked:

@@ -483,7 +483,7 @@ def test_an_idle_worker_polls_again_soon_after_the_task_stops_and_at_once_when_i
     transport.wait(iter([False, True]).__next__, timeout=1.0)   # the task's last wait
     transport._background_step(None, spin=False)
     assert waits == [T._PARKED_S] and not polls   # parked: the task polled just now
-    transport._fg_left -= T._PARKED_S
+    transport._fg_at -= T._PARKED_S
     transport._background_step(None, spin=False)
     assert polls == [1]                           # no foreground wait for _PARKED_S
     transport.wait(iter([False, True]).__next__, timeout=1.0)
