@@ -110,15 +110,16 @@ class TaskContext:
         """
         if self.aborted:      # (_check inlined)
             raise TaskAborted(self.tid)
-        if self.__dict__.get("_posted"):
-            return self._recv_posted(source, tag, timeout)
-        m = self.mailbox.take(source, tag)
-        if m is not None:       # already here: no waiting
-            return m
-        try:
-            ready, claim, got = self._waiters[source, tag]
-        except KeyError:
-            ready, claim, got = self._waiter(source, tag)
+        if self.__dict__.get("_posted"):    # receives posted earlier match first
+            ready, claim, got = self._waiter(source, tag, posted=True)
+        else:
+            m = self.mailbox.take(source, tag)
+            if m is not None:       # already here: no waiting
+                return m
+            try:
+                ready, claim, got = self._waiters[source, tag]
+            except KeyError:
+                ready, claim, got = self._waiter(source, tag)
         if not self._site.wait(ready, timeout, blocking=True, claim=claim):
             raise TimeoutError(f"task {self.tid}: no message from source {source} with tag {tag} "
                                f"within {timeout} s")
@@ -127,48 +128,33 @@ class TaskContext:
             raise TaskAborted(self.tid)
         return got.pop()
 
-    def _waiter(self, source: int, tag: int) -> tuple[Callable[[], bool], Any, list]:
-        """What ``recv(source, tag)`` waits with, made once: the wait's predicate, the
-        claim of what this thread's own polls receive (Site.claimer: the message waited
-        for is taken at once, not through the mailbox), and the list the message goes
-        into. (Made at each call, they cost ~0.4 us a message.)"""
+    def _waiter(self, source: int, tag: int,
+                posted: bool = False) -> tuple[Callable[[], bool], Any, list]:
+        """What ``recv(source, tag)`` waits with: the wait's predicate, the claim of what
+        this thread's own polls receive (Site.claimer: the message waited for is taken at
+        once, not through the mailbox), and the list the message goes into. Made once
+        and kept (made at each call, they cost ~0.4 us a message); with ``posted``
+        (receive requests posted earlier, which match first) made for this call only,
+        without a claim."""
         box = self.mailbox
         got: list[Message] = []
 
         def ready() -> bool:
             if got or self.aborted:
                 return True
+            if posted:
+                self._match_posted()
             m = box.take(source, tag)
             if m is not None:
                 got.append(m)
                 return True
             return False
 
+        if posted:
+            return ready, None, got
         waiter = ready, self._site.claimer(self.tid, box, source, tag, got), got
         self._waiters[source, tag] = waiter
         return waiter
-
-    def _recv_posted(self, source: int, tag: int, timeout: float | None) -> Message:
-        """recv while receive requests posted earlier (``irecv``) wait: they take their
-        messages first."""
-        got: list[Message] = []
-
-        def ready() -> bool:
-            if got or self.aborted:
-                return True
-            self._match_posted()
-            m = self.mailbox.take(source, tag)
-            if m is not None:
-                got.append(m)
-                return True
-            return False
-
-        if not self._site.wait(ready, timeout, blocking=True):
-            raise TimeoutError(f"task {self.tid}: no message from source {source} with tag {tag} "
-                               f"within {timeout} s")
-        if self.aborted:
-            raise TaskAborted(self.tid)
-        return got[0]
 
     def nrecv(self, source: int = ANY, tag: int = ANY) -> Message | None:
         """Receive a matching message if one is there; None otherwise (pvm_nrecv)."""
