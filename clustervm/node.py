@@ -405,7 +405,7 @@ class Node(Site):
             self.contexts[tid] = ctx
             self.live[tid] = ctx
         at = tuple(msg.ckpt_at) if msg.ckpt_at is not None else None
-        threading.Thread(target=self._run_spawned,
+        threading.Thread(target=self._spawned_thread,
                          args=(ctx, msg.fn, msg.args, msg.kwargs, at),
                          name=f"cvm-task-{tid}", daemon=True).start()
 
@@ -705,6 +705,14 @@ class Node(Site):
                     self.transport.post(loc.rank, P.User.make(ctx.tid, dst, tag, data,
                                                               ctx.inc, seq))
 
+    def _spawned_thread(self, *args: Any) -> None:
+        """A spawned task's thread: the task (:meth:`_run_spawned`), however it ends; then
+        its node's idle workers, parked while it polled, poll again at once."""
+        try:
+            self._run_spawned(*args)
+        finally:
+            self.transport.foreground_done()
+
     def _run_spawned(self, ctx: TaskContext, fn_ref: str, args: Any, kwargs: Any,
                      at: tuple[int, int] | None = None) -> None:
         tls = current._tls
@@ -742,8 +750,6 @@ class Node(Site):
                 if ckpt_error is not None and ok:   # reaches vm.join, not only the log
                     ok, value = False, remote.pack_exception(ckpt_error, self.where())
         self._run(N.SpawnedResult(ctx.tid, ctx.inc, ctx.aborted, ok, value))
-        # (its node's idle workers may be parked while it polled: they take over now)
-        self.transport.foreground_done()
 
     def _do_send_exited(self, ins: N.SendExited) -> None:
         tid, inc = ins.tid, ins.inc
