@@ -75,3 +75,18 @@ def test_a_size_takes_the_smallest_block_that_fits_never_one_twice_too_big():
     small = parts.take(100_000)                               # the 8 MiB one is too big
     assert id(small.base) not in (big_block, mid_block)
     assert id(parts.take(8 << 20).base) == big_block          # still there for its size
+
+
+def test_a_big_block_is_whole_huge_pages_from_a_huge_page_boundary():
+    """So that the kernel can back all of it with transparent huge pages (copies into
+    such memory ran ~20 % faster here)."""
+    from clustervm.blocks import HUGE_PAGE
+    parts = Blocks(64 << 10, 16 << 20, 64 << 20)
+    for size in (2 << 20, 3_000_000, 8 << 20):
+        view = parts.take(size)
+        assert view.ctypes.data % HUGE_PAGE == 0 and view.nbytes == size
+        assert view.base.nbytes >= 4 << 20           # numpy asks for huge pages from 4 MiB
+    small = parts.take(300_000)
+    assert small.nbytes == 300_000
+    copied = parts.copy(np.arange(1 << 20, dtype=np.float32).reshape(1024, 1024))
+    assert copied.ctypes.data % HUGE_PAGE == 0 and copied[3, 5] == 3 * 1024 + 5
