@@ -41,8 +41,8 @@ def _refs_of_unused() -> int:
 class Blocks:
     """Blocks of ``min_bytes`` to ``max_bytes`` used again, ``keep_bytes`` of them kept at
     most (the oldest let go first: one still in use is freed by its last user). Each
-    block is 1/16 larger than the first size it took (whole huge pages from 2 MiB on,
-    see :func:`_new_block`), so sizes that vary a little fit;
+    block is 1/16 larger than the first size it took, or whole huge pages from 2 MiB on
+    (:func:`_new_block`), so sizes that vary a little fit;
     a size takes the smallest unused block that fits, none twice as big as it needs.
     With ``idle_s``, a block unused that long is let go at the next :meth:`take`."""
 
@@ -78,14 +78,14 @@ class Blocks:
                 return blocks[best][at:at + size]
             if self.idle_s is not None:
                 self._let_go_idle(now - self.idle_s)
-            block, at, n = _new_block(size + (size >> 4))
+            block, at, n = _new_block(size)
             blocks.append(block)
             self._at.append(at)
             room.append(n)
             self._used.append(now)
-            total = sum(b.nbytes for b in blocks)
+            total = sum(room)
             while total > self.keep_bytes:
-                total -= blocks[0].nbytes
+                total -= room[0]
                 self._forget(0)
             return block[at:at + size]
 
@@ -118,18 +118,20 @@ class Blocks:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the blocks kept here (in use or not)."""
-        return sum(b.nbytes for b in self._blocks)
+        """Bytes of the blocks kept here (in use or not; a big block's few unused pages
+        before and after its room are never touched, so they take no memory)."""
+        return sum(self._room)
 
 
-def _new_block(nbytes: int) -> tuple[Any, int, int]:
-    """A new numpy block with room for ``nbytes``: (the array, where the room starts in
-    it, its bytes). From 2 MiB on, the room starts on a huge page's boundary and is whole
-    huge pages, and the array is 4 MiB or more (numpy then asks the kernel for huge
-    pages: ``madvise(MADV_HUGEPAGE)``)."""
+def _new_block(size: int) -> tuple[Any, int, int]:
+    """A new numpy block with room for ``size`` bytes and a little more: (the array, where
+    the room starts in it, its bytes). Below 2 MiB the room is 1/16 more than ``size``;
+    from 2 MiB on it starts on a huge page's boundary and is whole huge pages, and the
+    array is 4 MiB or more (numpy then asks the kernel for huge pages:
+    ``madvise(MADV_HUGEPAGE)``)."""
     import numpy as np
-    if nbytes < HUGE_PAGE:
-        return np.empty(nbytes, dtype=np.uint8), 0, nbytes
-    room = -(-nbytes // HUGE_PAGE) * HUGE_PAGE
+    if size + (size >> 4) < HUGE_PAGE:
+        return np.empty(size + (size >> 4), dtype=np.uint8), 0, size + (size >> 4)
+    room = -(-size // HUGE_PAGE) * HUGE_PAGE
     block = np.empty(room + HUGE_PAGE, dtype=np.uint8)
     return block, -block.ctypes.data % HUGE_PAGE, room
