@@ -113,6 +113,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import wire
+from .blocks import received_buffer
 from .errors import GroupError, Thawed
 from .protocol import MAIN_TID
 from .mailbox import TaskAborted
@@ -626,8 +627,7 @@ class FrozenGroup:
                     if memoryview(b).readonly:
                         b = bytearray(b)
                 else:
-                    b = bytearray(n)     # not np.empty: numpy asks for huge pages, whose
-                    #                      faults can stall for ms (THP defrag=madvise)
+                    b = received_buffer(n)
                 self._wait(self.comm.Ibcast([b, MPI.BYTE], root=pos), op)
                 # the root gets a copy of its own value, as everyone else
                 bufs.append(bytearray(b) if self.me == pos else b)
@@ -732,8 +732,7 @@ class FrozenGroup:
         return str(data, "utf-8")             # b"s"
 
     def _fast_reduce(self, op: str, value: np.ndarray, fn: str, root_pos: int | None) -> Any:
-        # not np.empty_like: numpy asks for huge pages, whose faults can stall for ms
-        out = np.frombuffer(bytearray(value.nbytes), value.dtype).reshape(value.shape)
+        out = np.frombuffer(received_buffer(value.nbytes), value.dtype).reshape(value.shape)
         mpi_op = _MPI_OPS[fn]
         if op == "allreduce" or self.survive:
             # (a reduce of a group that survives: every member keeps the root's result,

@@ -66,7 +66,7 @@ from typing import Any, Callable, Iterable
 from mpi4py import MPI
 
 from . import wire
-from .blocks import Blocks
+from .blocks import NUMPY_BUFFER_MIN, received_buffer
 from .config import Config
 from .doorbell import host_addresses, open_doorbell
 from .endpoint import CLAIMED, Counters, Handler, PeerFailed, dispatch, handle
@@ -239,8 +239,6 @@ class Transport:
         self._light: deque[MPI.Request] = deque()
         #: long receives given up (their sender declared dead): kept for MPI to finish
         self._abandoned: list[tuple[MPI.Request, Any]] = []
-        #: memory for big parts, used again (clustervm.blocks): 64 KiB to 16 MiB, 32 MiB kept
-        self._parts = Blocks(64 << 10, 16 << 20, 32 << 20)
         self._bufseq = itertools.count()
         self._status = MPI.Status()
         #: the last message that makes a waiting loop spin, and the last of any work (a
@@ -685,8 +683,8 @@ class Transport:
             log.error("a first frame from rank %d is larger than 2 GiB; dropped", src)
             return None
         try:
-            # _empty_buffer's test inlined: a call here costs ~0.1 us a message (measured)
-            frame = bytearray(count) if count < _NUMPY_BUFFER_MIN else _empty_buffer(count)
+            # received_buffer's test inlined: a call here costs ~0.1 us a message (measured)
+            frame = bytearray(count) if count < NUMPY_BUFFER_MIN else received_buffer(count)
         except MemoryError:
             _drop(m)
             log.error("a first frame of %d bytes from rank %d: no memory for it; dropped",
@@ -775,9 +773,7 @@ class Transport:
         cut it into. Raises :class:`FrameError` for a part that does not fit or does
         not come within _PART_WAIT_S."""
         try:
-            buf = self._parts.take(size)
-            if buf is None:
-                buf = _empty_buffer(size)
+            buf = received_buffer(size)
         except MemoryError:
             raise FrameError(src, f"cannot allocate {size} bytes for its buffer") from None
         view = memoryview(buf).cast("B")
@@ -1379,15 +1375,3 @@ def _drop(m: Any) -> None:
     except MPI.Exception:
         pass
 
-
-#: buffers from this size on are numpy's (not zero-filled); smaller ones are bytearrays,
-#: so that a rank whose tasks never use numpy does not import it (100-150 ms here) on the
-#: first message of a few KB it receives
-_NUMPY_BUFFER_MIN = 1 << 20
-
-
-def _empty_buffer(size: int) -> Any:
-    if size < _NUMPY_BUFFER_MIN:
-        return bytearray(size)
-    import numpy as np   # large buffers: no zero-filling
-    return np.empty(size, dtype=np.uint8)

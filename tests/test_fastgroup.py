@@ -58,7 +58,7 @@ class _Comm:
             ex.slots[root] = bytes(data)
         ex.barrier.wait(timeout=10)
         if self.pos != root:
-            data[:] = ex.slots[root]
+            memoryview(data).cast("B")[:] = ex.slots[root]   # (a bytearray or a numpy block)
         ex.barrier.wait(timeout=10)
         return _Done()
 
@@ -146,6 +146,28 @@ def test_bcast_gives_every_member_the_roots_value(value):
     for how, got in _call_all("bcast", values, root=1):
         assert how == "ok", got
         assert _same(got, want), (got, want)
+
+
+def test_a_big_value_received_stays_the_callers_while_it_holds_it():
+    """A bcast's big array is received into memory used again (blocks.RECEIVED): never
+    into the memory of one a member still holds."""
+    fgs = _group(3)
+    firsts, seconds = [None] * 3, [None] * 3
+
+    def member(p: int) -> None:
+        first = np.full(100_000, 1.0) if p == 0 else None
+        firsts[p] = fgs[p].call("bcast", first, None, 0, None)
+        second = np.full(100_000, 2.0) if p == 0 else None
+        seconds[p] = fgs[p].call("bcast", second, None, 0, None)
+
+    threads = [threading.Thread(target=member, args=(p,)) for p in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for p in range(3):
+        assert (firsts[p] == 1.0).all() and (seconds[p] == 2.0).all(), p
+    assert firsts[1].ctypes.data != seconds[1].ctypes.data
 
 
 def test_gathers_keep_each_members_type():
