@@ -95,8 +95,15 @@ class Endpoint(Protocol):
     on_failure: Callable[[set[int]], None]
     counters: Counters
 
+    def frame_of(self, msg: Any, flat_at: int | None = None) -> bytes | None:
+        """The one frame ``msg`` travels in (clustervm.frames.one_frame), for
+        :meth:`send`'s ``frame``; None if it needs more. Immutable: a replay log keeps it
+        as its copy of the message (frames.one_frame_message reads it back). Raises
+        WireError if ``msg`` cannot be encoded."""
+
     def send(self, dest: int, msg: Any, meanwhile: Callable[[], Any] | None = None,
-             settle: bool = True, flat_at: int | None = None) -> None:
+             settle: bool = True, flat_at: int | None = None,
+             frame: bytes | None = None) -> None:
         """Send ``msg`` to ``dest``; returns when the caller may change what it sent.
         Raises PeerFailed if ``dest`` is dead (or this endpoint is closed), WireError
         if ``msg`` cannot be encoded. ``meanwhile`` is called once the message is on its
@@ -106,7 +113,8 @@ class Endpoint(Protocol):
         copied in encoding) may be left to another thread to send; a ``dest`` found dead
         after that is not reported, as with :meth:`post`. ``flat_at``: ``msg`` is a
         tuple whose items are ints but the one there, which may then travel without
-        msgpack (clustervm.frames.flat; int-likes arrive as ints)."""
+        msgpack (clustervm.frames.flat; int-likes arrive as ints). ``frame``: what
+        :meth:`frame_of` gave for ``msg`` (sent instead of encoding it again)."""
 
     def post(self, dest: int, msg: Any, wake: bool = True) -> bool:
         """Send without blocking (for handlers); False (message dropped) if ``dest`` is

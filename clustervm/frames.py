@@ -41,10 +41,12 @@ import sys
 from operator import itemgetter
 from typing import Any, Callable, Iterable, NamedTuple
 
+from . import wire
 from .errors import WireError
 
 __all__ = ["Frame", "FrameError", "parse_frame", "packed", "packed_parts", "unbundled",
-           "padded", "aligned", "split", "flat", "flat_message"]
+           "padded", "aligned", "split", "flat", "flat_message", "one_frame",
+           "one_frame_message"]
 
 TAG_BUF0 = 1 << 16
 TAG_BUF_SPAN = 1 << 24
@@ -382,3 +384,39 @@ def flat_message(frame: Any, src: int) -> tuple:
                                   f"{type(exc).__name__}: {exc}") from None
     return (*ints[:pos], value, *ints[pos:])
 
+
+
+def one_frame(msg: Any, flat_at: int | None, allow_pickle: bool, limit: int) -> bytes | None:
+    """The one frame that holds all of ``msg``: flat (``flat_at``: see :func:`flat`),
+    inline, or packed with its small arrays; None if it needs more (big arrays or
+    payload), or more than ``limit`` bytes. Raises WireError."""
+    head = None if flat_at is None else flat(msg, flat_at)
+    if head is None:
+        payload, bufs = wire.dumps(msg, allow_pickle=allow_pickle)
+        if len(payload) > INLINE_MAX:
+            return None
+        if not bufs:
+            head = b"\x00" + payload
+        else:
+            total = 0
+            for b in bufs:        # wire's buffers are flat byte views
+                total += b.nbytes
+            if total > PACK_MAX:
+                return None
+            head = packed(payload, bufs, total)
+    return head if len(head) <= limit else None
+
+
+def one_frame_message(frame: Any, allow_pickle: bool = False) -> Any:
+    """The message a frame that holds all of it carries (inline, packed or flat: what
+    :func:`one_frame` made; a replay log keeps such frames as they were sent).
+    Raises :class:`FrameError` or :class:`~clustervm.errors.WireError`."""
+    kind = frame[0] if len(frame) else -1
+    if kind == KIND_FLAT:
+        return flat_message(frame, -1)
+    if kind == KIND_INLINE:
+        return wire.loads(memoryview(frame)[1:], [], allow_pickle=allow_pickle)
+    if kind == KIND_PACKED:
+        payload, bufs = packed_parts(frame, -1)
+        return wire.loads(payload, bufs, allow_pickle=allow_pickle)
+    raise FrameError(-1, f"a frame of kind {kind} does not hold a whole message")

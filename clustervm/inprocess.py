@@ -45,6 +45,7 @@ from typing import Any, Callable, Iterable, Iterator
 from . import wire
 from .endpoint import Counters, Handler, PeerFailed, dispatch
 from .errors import ClusterVMError
+from .frames import one_frame
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +233,13 @@ class InProcessTransport:
         c.msgs_out += 1
         c.bytes_out += len(payload) + sum(len(b) for b in bufs)
 
+    def frame_of(self, msg: Any, flat_at: int | None = None) -> bytes | None:
+        return one_frame(msg, flat_at, self.allow_pickle, 1 << 31)
+
     def send(self, dest: int, msg: Any, meanwhile: Callable[[], Any] | None = None,
-             settle: bool = True, flat_at: int | None = None) -> None:
+             settle: bool = True, flat_at: int | None = None,
+             frame: bytes | None = None) -> None:
+        # (``frame`` is ``msg`` encoded: here the message goes as the wire encodes it)
         self._gate()
         self._transmit(dest, msg)
         if meanwhile is not None:

@@ -694,11 +694,13 @@ class Node(Site):
 
     def _replay_outlog(self, ctx: TaskContext) -> None:
         for dst, entries in list(getattr(ctx, "_outlog", {}).items()):
-            for seq, tag, data in list(entries):    # (trimmed in place meanwhile, maybe)
+            for entry in list(entries):    # (trimmed in place meanwhile, maybe)
+                seq, tag = entry[0], entry[1]
                 try:
                     loc = self.locate(dst)
                 except Exception:   # noqa: BLE001 - the receiver has ended: nothing to replay
                     continue
+                data = replaylog.data_of(entry, self.transport.allow_pickle)
                 if loc.rank == self.rank:
                     self.deliver(ctx.tid, dst, tag, snapshot(data), ctx.inc, seq)
                 else:

@@ -32,6 +32,7 @@ from .mailbox import Mailbox, TaskLike, message
 from .protocol import ANY
 from .values import approx_size, sized_snapshot, snapshot   # noqa: F401 - importable from here too
 from .procs import hostname   # noqa: F401 - importable from here too
+from .replaylog import Sent, data_of
 from .endpoint import Endpoint, PeerFailed
 
 log = logging.getLogger(__name__)
@@ -283,27 +284,24 @@ class Site:
                 log.debug("task %d (incarnation %d): task %d has ended; message seq %d "
                           "dropped", src, inc, dst, seq)
                 return
-            copy_later = None
-            if loc.replay:
-                ctx = self.contexts.get(src)
-                if ctx is not None and dst not in ctx.__dict__.get("_peers", ()):
-                    # (a checkpoint group's members log nothing to each other: they go
-                    # back together, and the cut keeps what is in flight between them)
-                    copy_later = self._log_message(ctx, dst, seq, tag, data,
-                                                   overlap=loc.rank != self.rank)
+            copy_later = frame = None
+            msg = (_USER, src, dst, tag, data, inc, seq)
             try:
+                if loc.replay:
+                    ctx = self.contexts.get(src)
+                    if ctx is not None and dst not in ctx.__dict__.get("_peers", ()):
+                        # (a checkpoint group's members log nothing to each other: they go
+                        # back together, and the cut keeps what is in flight between them)
+                        copy_later, frame = self._log_message(ctx, msg, loc.rank != self.rank)
                 if loc.rank == self.rank:   # a copy, as a send over MPI would make
                     self.deliver(src, dst, tag, snapshot(data), inc, seq)
                     return
-                self.transport.send(loc.rank, (_USER, src, dst, tag, data, inc, seq),   # USER
-                                    copy_later, flat_at=4)
+                self.transport.send(loc.rank, msg, copy_later, flat_at=4, frame=frame)   # USER
                 return
             except WireError as exc:      # nothing was sent: forget it, name the path in data
-                if copy_later is not None:
+                if loc.replay and ctx is not None:
+                    self._unlog(ctx, dst, seq)
                     ctx.__dict__["_uncopied"] = None
-                logged = getattr(ctx, "_outlog", {}).get(dst) if loc.replay else None
-                if logged:
-                    logged.pop()
                 path = getattr(exc, "path", None) or ""
                 if not path.startswith("[4]"):
                     raise
@@ -334,23 +332,37 @@ class Site:
         if entries and entries[-1][0] == seq:
             entries.pop()
 
-    def _log_message(self, ctx: TaskLike, dst: int, seq: int, tag: int, data: Any,
-                     overlap: bool = False) -> Callable[[], None] | None:
-        """Keep a copy of a message to ``dst`` until ``dst`` checkpoints past it.
+    def _log_message(self, ctx: TaskLike, msg: tuple, remote: bool
+                     ) -> tuple[Callable[[], None] | None, bytes | None]:
+        """Keep a copy of task message ``msg`` (protocol.User's tuple) until its receiver
+        checkpoints past it: (what Transport.send's ``meanwhile`` must do, the frame it
+        must send), either may be None.
 
-        With ``overlap``, a big array (the 8 MiB of issue 13) is logged as it is and
-        copied while it is sent: the function returned makes the copy and puts it in its
-        place (Transport.send's ``meanwhile``); until then a replay sends a copy of its
-        own (:meth:`_trim_and_replay`). The copy goes into memory used before
-        (values.ARRAY_COPIES)."""
-        if overlap and getattr(data, "nbytes", 0) >= _OVERLAP_MIN and type(data) is _ndarray():
-            if not self._log_copy(ctx, dst, seq, tag, data, data.nbytes):
-                return None
-            ctx.__dict__["_uncopied"] = (dst, seq)
-            return lambda: self._copy_logged(ctx, dst, seq, data)
+        ``bytes`` and ``str`` are kept as they are. To another rank (``remote``), a message
+        that goes in one frame is logged as that frame (replaylog.Sent: no copy of its
+        own), which is then sent. A big array (the
+        8 MiB of issue 13) is logged as it is and copied while it is sent: the function
+        returned makes the copy and puts it in its place; until then a replay sends a
+        copy of its own (:meth:`_trim_and_replay`). The copy goes into memory used before
+        (values.ARRAY_COPIES). Raises WireError for data that cannot be sent."""
+        _, _, dst, tag, data, _, seq = msg
+        kind = type(data)
+        if kind is bytes or kind is str:     # never changes: kept as it is
+            self._log_copy(ctx, dst, seq, tag, data, len(data))
+            return None, None
+        if remote:
+            if getattr(data, "nbytes", 0) >= _OVERLAP_MIN and kind is _ndarray():
+                if not self._log_copy(ctx, dst, seq, tag, data, data.nbytes):
+                    return None, None
+                ctx.__dict__["_uncopied"] = (dst, seq)
+                return (lambda: self._copy_logged(ctx, dst, seq, data)), None
+            frame = self.transport.frame_of(msg, flat_at=4)
+            if frame is not None:
+                self._log_copy(ctx, dst, seq, tag, Sent(frame), len(frame))
+                return None, frame
         copy, nbytes = sized_snapshot(data)
         self._log_copy(ctx, dst, seq, tag, copy, nbytes)
-        return None
+        return None, None
 
     def _copy_logged(self, ctx: TaskLike, dst: int, seq: int, data: Any) -> None:
         """Put a copy of ``data`` in place of message ``seq`` to ``dst`` (logged as it was
@@ -462,7 +474,9 @@ class Site:
             if sizes is not None:
                 sizes[dst] = sum(approx_size(e[2]) for e in entries)
             if replay_all:
-                for seq, tag, data in entries:
+                for entry in entries:
+                    seq, tag = entry[0], entry[1]
+                    data = data_of(entry, self.transport.allow_pickle)   # (a Sent: decoded)
                     # a copy of its own for a local receiver (as a send over MPI makes),
                     # or if the entry is still the sender's array (being sent, copied)
                     if rank == self.rank or uncopied == (dst, seq):

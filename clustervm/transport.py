@@ -74,7 +74,8 @@ from .errors import ConfigError
 from .frames import (BUNDLE_MAX, INLINE_MAX, KIND_BUFFERS, KIND_BUNDLED, KIND_FLAT,
                      KIND_INLINE, KIND_LONG, KIND_PACKED, KIND_ROUTED, LONG, PACK_MAX, PREFIX,
                      ROUTE, TAG_BUF0, TAG_BUF_SPAN, Frame, FrameError, flat, flat_message,
-                     packed, packed_parts, padded, parse_frame, split, unbundled)
+                     one_frame, packed, packed_parts, padded, parse_frame, split,
+                     unbundled)
 
 log = logging.getLogger(__name__)
 
@@ -362,8 +363,13 @@ class Transport:
     # go (and checks the outbox again after, so nothing waits for the next poll).
     # The outbox is FIFO, so messages of one thread leave in the order it sent them.
 
+    def frame_of(self, msg: Any, flat_at: int | None = None) -> bytes | None:
+        """See Endpoint.frame_of (frames.one_frame)."""
+        return one_frame(msg, flat_at, self.allow_pickle, self.max_chunk)
+
     def send(self, dest: int, msg: Any, meanwhile: Callable[[], Any] | None = None,
-             settle: bool = True, flat_at: int | None = None) -> None:
+             settle: bool = True, flat_at: int | None = None,
+             frame: bytes | None = None) -> None:
         """Send ``msg`` to rank ``dest``; returns when the caller may reuse its arrays.
 
         Raises :class:`PeerFailed` if ``dest`` is dead (or the transport is closed).
@@ -373,13 +379,14 @@ class Transport:
         when another thread holds the token (it sends it before it lets go) instead of
         waiting for that thread to Isend it (see Endpoint.send). ``flat_at``: ``msg``
         is a tuple of ints but for its item there, which may travel flat (frames.flat).
+        ``frame``: ``msg``'s frame, made by :meth:`frame_of` (used to a world rank).
         """
         if 0 <= dest < self.world_size:      # a world rank (none on a spawned node): direct
             if dest in self.failed or self.closed:
                 raise PeerFailed(dest)
             if self._bell is not None:       # _wake inlined: dest is a world rank already
                 self._bell.sending(dest)
-            head = None if flat_at is None else flat(msg, flat_at)
+            head = frame if frame is not None else None if flat_at is None else flat(msg, flat_at)
             if head is not None and len(head) <= self.max_chunk:
                 bufs = []
             else:

@@ -103,3 +103,31 @@ def test_a_flat_frame_that_names_another_dtype_is_refused():
     short = F.FLAT.pack(F.KIND_FLAT, 3, 1, 0, 0, 0) + struct.pack("<q", 1)
     with pytest.raises(F.FrameError, match="shorter than its header"):
         F.flat_message(short, SENDER)
+
+
+@pytest.mark.parametrize("msg, flat_at", [
+    ((20, 1, 2, 3, np.arange(5.0), 0, 9), 4),                # flat
+    ((20, 1, 2, 3, {"a": [1, "b"]}, 0, 9), 4),               # inline msgpack
+    ((20, 1, 2, 3, [np.ones(3), np.zeros(2, np.int8)], 0, 9), 4),   # packed, small arrays
+    (("anything", 1.5), None),
+])
+def test_a_message_in_one_frame_comes_back_from_it(msg, flat_at):
+    """What a replay log keeps of a message that went in one frame (F.one_frame) gives
+    the message the receiver got (F.one_frame_message)."""
+    frame = F.one_frame(msg, flat_at, False, 1 << 24)
+    assert type(frame) is bytes                          # immutable: kept as it is
+    got, want = F.one_frame_message(frame), wire.loads(*wire.dumps(msg))
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        if isinstance(w, list):
+            assert all(same(a, b) for a, b in zip(g, w))
+        else:
+            assert same(g, w) or (isinstance(w, dict) and g == w)
+
+
+def test_a_message_too_big_for_one_frame_has_none():
+    assert F.one_frame((20, np.zeros(F.PACK_MAX // 8 + 1)), 1, False, 1 << 24) is None
+    assert F.one_frame((20, b"x" * (F.INLINE_MAX + 1)), None, False, 1 << 24) is None
+    assert F.one_frame((20, b"x" * 100), 1, False, 64) is None       # over the limit
+    with pytest.raises(F.FrameError, match="kind"):
+        F.one_frame_message(b"\x03abc")

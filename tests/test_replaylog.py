@@ -5,6 +5,7 @@ import pytest
 from clustervm import replaylog, wire
 from clustervm.blocks import Blocks
 from clustervm.errors import CorruptCheckpointError
+from clustervm.frames import one_frame
 
 
 def _through_wire(form):
@@ -75,3 +76,50 @@ def test_pack_keeps_each_receivers_entries_as_they_were_at_the_call():
     del live[:1]
     live.append((3, 3, b"c"))
     assert form[7] == [(1, 3, b"a"), (2, 3, b"b")]
+
+
+def _sent(seq, tag, data):
+    """A log entry as Site logs a message that went out in one frame."""
+    frame = one_frame((20, 5, 9, tag, data, 0, seq), 4, False, 1 << 24)
+    assert frame is not None
+    return (seq, tag, replaylog.Sent(frame))
+
+
+def test_messages_logged_as_sent_are_checkpointed_as_their_frames_and_read_back():
+    """A receiver's entries all logged as their frames go into the checkpoint as the
+    frames end to end (one buffer), and come back as frames that decode to the data
+    sent: flat rows, msgpack values, small arrays packed with their message."""
+    values = [np.arange(256.0) * i for i in range(5)] + [{"k": [1, 2]}, b"raw",
+                                                         [np.ones(3), "x"]]
+    log = {7: [_sent(i + 1, 3, v) for i, v in enumerate(values)]}
+    form = replaylog.pack(log)
+    assert set(form[7]) == {"seq", "tag", "frames", "ends"}
+    back = replaylog.unpack(_through_wire(form))
+    assert [(e[0], e[1]) for e in back[7]] == [(i + 1, 3) for i in range(len(values))]
+    for e, want in zip(back[7], values):
+        assert type(e[2]) is replaylog.Sent
+        got = replaylog.data_of(e)
+        if isinstance(want, np.ndarray):
+            assert got.dtype == want.dtype and np.array_equal(got, want)
+        elif isinstance(want, list):
+            assert np.array_equal(got[0], want[0]) and got[1] == want[1]
+        else:
+            assert got == want
+
+
+def test_a_log_of_frames_and_copies_is_checkpointed_decoded():
+    """A receiver with entries of both kinds (a send and an isend): the frames are
+    decoded, so that rows of one shape are still stacked."""
+    log = {4: [_sent(1, 0, np.zeros(8)), (2, 0, np.ones(8)), _sent(3, 0, np.full(8, 2.0)),
+               (4, 0, np.full(8, 3.0))]}
+    form = replaylog.pack(log)
+    assert set(form[4]) == {"seq", "tag", "rows"}
+    back = replaylog.unpack(_through_wire(form))
+    assert [float(e[2][0]) for e in back[4]] == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_a_log_of_frames_that_does_not_add_up_is_a_corrupt_checkpoint():
+    form = replaylog.pack({4: [_sent(i, 0, b"m%d" % i) for i in range(3)]})
+    form[4]["ends"][-1] += 1
+    with pytest.raises(CorruptCheckpointError, match="task 4 holds 3 sequence numbers"):
+        replaylog.unpack(form)

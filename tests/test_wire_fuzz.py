@@ -662,7 +662,7 @@ def test_a_buffer_that_cannot_be_allocated_is_a_frame_error(monkeypatch):
     def no_memory(size):
         raise MemoryError
 
-    monkeypatch.setattr(T, "_empty_buffer", no_memory)
+    monkeypatch.setattr(T, "received_buffer", no_memory)
     t = make_transport(rank=0)
     with pytest.raises(F.FrameError, match="rank 2: cannot allocate 12345 bytes"):
         t._recv_part(None, 2, F.TAG_BUF0, 12345, 2)
