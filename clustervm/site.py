@@ -30,9 +30,9 @@ from .config import Config
 from .errors import DeadTaskError, WireError
 from .mailbox import Mailbox, TaskLike, message
 from .protocol import ANY
-from .values import approx_size, sized_snapshot, snapshot   # noqa: F401 - importable from here too
+from .values import ARRAY_COPIES, approx_size, sized_snapshot, snapshot   # noqa: F401 - importable from here too
 from .procs import hostname   # noqa: F401 - importable from here too
-from .replaylog import Sent, data_of
+from .replaylog import FrameStore, Sent, data_of
 from .endpoint import Endpoint, PeerFailed
 
 log = logging.getLogger(__name__)
@@ -358,6 +358,11 @@ class Site:
                 return (lambda: self._copy_logged(ctx, dst, seq, data)), None
             frame = self.transport.frame_of(msg, flat_at=4)
             if frame is not None:
+                try:
+                    store = ctx.__dict__["_frames"]
+                except KeyError:
+                    store = ctx.__dict__["_frames"] = FrameStore(ARRAY_COPIES)
+                frame = store.keep(frame)      # (sent from there: the bytes go at once)
                 self._log_copy(ctx, dst, seq, tag, Sent(frame), len(frame))
                 return None, frame
         copy, nbytes = sized_snapshot(data)
