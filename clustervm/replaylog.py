@@ -28,6 +28,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from . import wire
 from .blocks import Blocks
 from .errors import CorruptCheckpointError
 from .frames import one_frame_message
@@ -74,9 +75,11 @@ class FrameStore:
         """A copy of ``frame`` in the store (a memoryview), or ``frame`` itself if it is
         big or numpy is not loaded (the blocks are numpy's)."""
         n = len(frame)
+        if n > self.LARGEST:
+            return frame
         at, view = self._at, self._view
         if view is None or at + n > self.CHUNK:
-            block = self.blocks.take(self.CHUNK) if n <= self.LARGEST else None
+            block = self.blocks.take(self.CHUNK)
             if block is None:
                 return frame
             view = self._view = memoryview(block)    # (its views keep the block in use)
@@ -129,8 +132,11 @@ def pack(outlog: dict[int, list], blocks: Blocks | None = None) -> dict[int, Any
             for f in frames:
                 at += len(f)
                 ends.append(at)
+            joined = b"".join(frames)
+            if "numpy" in sys.modules:     # a big one goes out of band, not copied again
+                joined = wire.as_blob_frame(joined)
             out[dst] = {"seq": [e[0] for e in entries], "tag": [e[1] for e in entries],
-                        "frames": b"".join(frames), "ends": ends}
+                        "frames": joined, "ends": ends}
             continue
         entries = [(e[0], e[1], data_of(e)) if type(e[2]) is Sent else e for e in entries]
         if _stackable(entries):

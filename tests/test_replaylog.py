@@ -85,15 +85,18 @@ def _sent(seq, tag, data):
     return (seq, tag, replaylog.Sent(frame))
 
 
-def test_messages_logged_as_sent_are_checkpointed_as_their_frames_and_read_back():
+@pytest.mark.parametrize("rows", [5, 40])
+def test_messages_logged_as_sent_are_checkpointed_as_their_frames_and_read_back(rows):
     """A receiver's entries all logged as their frames go into the checkpoint as the
-    frames end to end (one buffer), and come back as frames that decode to the data
-    sent: flat rows, msgpack values, small arrays packed with their message."""
-    values = [np.arange(256.0) * i for i in range(5)] + [{"k": [1, 2]}, b"raw",
-                                                         [np.ones(3), "x"]]
+    frames end to end (one buffer; from 64 KiB on, out of band), and come back as frames
+    that decode to the data sent: flat rows, msgpack values, small arrays packed with
+    their message."""
+    values = [np.arange(256.0) * i for i in range(rows)] + [{"k": [1, 2]}, b"raw",
+                                                            [np.ones(3), "x"]]
     log = {7: [_sent(i + 1, 3, v) for i, v in enumerate(values)]}
     form = replaylog.pack(log)
     assert set(form[7]) == {"seq", "tag", "frames", "ends"}
+    assert isinstance(form[7]["frames"], bytes if rows == 5 else np.ndarray)
     back = replaylog.unpack(_through_wire(form))
     assert [(e[0], e[1]) for e in back[7]] == [(i + 1, 3) for i in range(len(values))]
     for e, want in zip(back[7], values):
@@ -123,3 +126,26 @@ def test_a_log_of_frames_that_does_not_add_up_is_a_corrupt_checkpoint():
     form[4]["ends"][-1] += 1
     with pytest.raises(CorruptCheckpointError, match="task 4 holds 3 sequence numbers"):
         replaylog.unpack(form)
+
+
+def test_a_frame_store_keeps_copies_in_chunks_used_again_once_their_frames_are_gone():
+    """Frames end to end, each 8-aligned, in chunks from a pool; a chunk whose frames are
+    all gone (trimmed from the log) is the next one a store takes."""
+    pool = Blocks(64 << 10, 4 << 20, 8 << 20)
+    store = replaylog.FrameStore(pool)
+    kept = [store.keep(bytes([i]) * 2001) for i in range(3)]
+    assert [bytes(k) for k in kept] == [bytes([i]) * 2001 for i in range(3)]
+    addr = [np.frombuffer(k, np.uint8).ctypes.data for k in kept]
+    assert addr[1] - addr[0] == 2008 and all(a % 8 == 0 for a in addr)
+    big = b"x" * (replaylog.FrameStore.LARGEST + 1)
+    assert store.keep(big) is big                                  # kept as it is
+    for _ in range(11):                                            # fills the chunk
+        store.keep(b"y" * 100_000)
+    nxt = store.keep(b"z" * 5000)                                  # in a second chunk
+    second = np.frombuffer(nxt, np.uint8).ctypes.data
+    assert not addr[0] <= second < addr[0] + replaylog.FrameStore.CHUNK
+    again = replaylog.FrameStore(pool).keep(b"w" * 10)
+    assert np.frombuffer(again, np.uint8).ctypes.data != addr[0]   # the first: in use
+    del kept, again
+    reused = replaylog.FrameStore(pool).keep(b"v" * 10)
+    assert np.frombuffer(reused, np.uint8).ctypes.data == addr[0] and bytes(nxt) == b"z" * 5000
