@@ -38,8 +38,8 @@ allreduce that MPI computed, the result itself), the last 64 calls and at most
 when it sees a member lost, when it leaves or ends, or when it has made no call
 for ``IDLE_FLUSH_S`` (a member busy elsewhere must not hold back what the hub
 needs). A member that keeps calling sends nothing: the cost of survival is a
-tuple per call (and a copy of a mutable value; a large array is copied into the
-memory of a shadow dropped unsent, so no new pages are faulted in). On a loss:
+tuple per call (and a copy of a mutable value; a large array is copied into memory
+used before, a dropped shadow's, so no new pages are faulted in). On a loss:
 
 1. The members that see it revoke the communicator, send their shadows and
    retry the call in progress through the coordinator. The first such call
@@ -119,7 +119,7 @@ from .protocol import MAIN_TID
 from .mailbox import TaskAborted
 from .reduce import VECTOR_OPS, _reduce, combine
 from .site import approx_size, snapshot
-from .values import IMMUTABLE
+from .values import ARRAY_COPIES, IMMUTABLE
 
 if TYPE_CHECKING:
     from .mailbox import TaskLike as TaskContext   # task.py imports this module
@@ -151,8 +151,7 @@ _THAW_GRACE_S = 5.0                 # a call under way when asked off MPI must c
 _yield = getattr(os, "sched_yield", lambda: time.sleep(0))
 KEEP_ROUNDS = 64                    # shadows kept by a member, at most (as the hub keeps) ...
 KEEP_BYTES = 64 << 20               # ... and about this many bytes of them (the hub: 256 MiB)
-_RECYCLE_BYTES = 1 << 20            # shadows of arrays this large reuse dropped ones' memory
-_SPARES = 2                         # dropped shadows' arrays kept for that, at most
+_POOLED_BYTES = 64 << 10            # shadows of arrays this large go into memory used again
 IDLE_FLUSH_S = 0.05                 # a member this long without a call sends its shadows
 BUILD_S = 10.0                      # longest wait for a group's new communicator
 log = logging.getLogger(__name__)
@@ -237,9 +236,6 @@ class FrozenGroup:
         #: raw meta -> each member's array in its slot (views of ``_slots``, which every
         #: exchange fills in place)
         self._raw_views: dict[bytes, list[np.ndarray]] = {}
-        #: arrays of shadows dropped unsent (past KEEP_ROUNDS/KEEP_BYTES), to copy the
-        #: next large shadows into: no new pages to fault in for each call
-        self._spare: list[np.ndarray] = []
         self.comm = comm if comm is not None else _communicator(
             [r for _, _, r in self.members], tag, after_loss, hold)
         self.comm.Set_errhandler(MPI.ERRORS_RETURN)
@@ -497,10 +493,8 @@ class FrozenGroup:
             self._pending_bytes += size
             while len(pending) > KEEP_ROUNDS or (len(pending) > 1 and
                                                  self._pending_bytes > KEEP_BYTES):
-                gone, entry = pending.popleft()
+                gone, _ = pending.popleft()
                 self._pending_bytes -= gone
-                if gone >= _RECYCLE_BYTES:     # (then it may hold an array to recycle)
-                    self._recycle(entry[2], entry[7])
             self._last_call = time.monotonic()
         if not _FLUSHER.kick.is_set():
             _FLUSHER.wake(self)
@@ -526,30 +520,14 @@ class FrozenGroup:
             less = approx_size(result)
             pending[-1] = (size - less, (*entry[:7], None))
             self._pending_bytes -= less
-            self._recycle(result)
 
-    def _copy(self, a: np.ndarray) -> np.ndarray:
-        """A copy of array ``a`` for a shadow: into a dropped shadow's array of the same
-        dtype and shape if one is spare (large arrays only), else a new one."""
-        spare = self._spare
-        if spare and a.nbytes >= _RECYCLE_BYTES:
-            with self._lock:
-                for i, b in enumerate(spare):
-                    if b.shape == a.shape and b.dtype == a.dtype:
-                        del spare[i]
-                        np.copyto(b, a)
-                        return b
-        return a.copy()
-
-    def _recycle(self, *arrays: Any) -> None:
-        """Arrays of a shadow dropped unsent (the caller holds ``_lock``): nobody else
-        holds them, so later shadows may be copied into them."""
-        for a in arrays:
-            if isinstance(a, np.ndarray) and a.nbytes >= _RECYCLE_BYTES and \
-                    a.flags.c_contiguous and a.flags.writeable and a.base is None:
-                self._spare.append(a)
-                if len(self._spare) > _SPARES:
-                    del self._spare[0]
+    @staticmethod
+    def _copy(a: np.ndarray) -> np.ndarray:
+        """A copy of array ``a`` for a shadow: a large one into memory used again
+        (values.ARRAY_COPIES: a dropped shadow's, once nothing refers to it any more,
+        whether the shadow was sent or not), so no new pages are faulted in (an 8 MiB
+        bcast's root: 2.7-11 ms a call into new memory)."""
+        return ARRAY_COPIES.copy(a) if a.nbytes >= _POOLED_BYTES else a.copy()
 
     def flush_shadows(self, idle_s: float = 0.0, off: bool = False) -> bool:
         """Send the kept shadows to the coordinator (if this member has made no call for

@@ -681,7 +681,7 @@ def test_member_that_stops_calling_sends_its_shadows():
     fg = fastgroup.FrozenGroup.__new__(fastgroup.FrozenGroup)
     fg.site, fg.ctx, fg.name, fg.insts, fg.me, fg.survive = Site(), Ctx(), "g", [0], 0, True
     fg._lock, fg._pending, fg._pending_bytes, fg._last_call = threading.Lock(), deque(), 0, 0.0
-    fg._spare, fg._main_keeps = [], False
+    fg._main_keeps = False
     for r in range(1, fastgroup.KEEP_ROUNDS + 11):
         fg._shadow(r, "allreduce", np.array([r]), None, None, "sum", None)
     assert not Site.sent                      # the member keeps calling: nothing sent
@@ -695,10 +695,11 @@ def test_member_that_stops_calling_sends_its_shadows():
     assert not fg._pending and not fg.flush_shadows()
 
 
-def test_large_shadows_reuse_only_the_arrays_of_shadows_dropped_unsent(monkeypatch):
-    """A member copies each large result into the array of a shadow it dropped unsent
-    (past KEEP_ROUNDS), not into new memory; what it keeps and what it has sent hold the
-    values of their own calls, whatever the caller does with its arrays afterwards."""
+def test_large_shadows_reuse_the_memory_of_shadows_nothing_refers_to(monkeypatch):
+    """A member copies each large result into memory used before (a Blocks pool): of a
+    shadow dropped unsent (past KEEP_ROUNDS), not into new memory; never of one that is
+    kept or was sent (the coordinator holds it): those hold the values of their own
+    calls, whatever the caller does with its arrays afterwards."""
     import threading
     import types
     from collections import deque
@@ -706,7 +707,9 @@ def test_large_shadows_reuse_only_the_arrays_of_shadows_dropped_unsent(monkeypat
     if "mpi4py.MPI" not in sys.modules:
         mpi4py.rc.initialize = False          # no MPI_Init in the test process
     from clustervm import fastgroup
+    from clustervm.blocks import Blocks
     monkeypatch.setattr(fastgroup, "KEEP_ROUNDS", 2)
+    monkeypatch.setattr(fastgroup, "ARRAY_COPIES", Blocks(64 << 10, 4 << 20, 64 << 20))
     kick = threading.Event()
     kick.set()                                # no flusher thread: this test flushes
     monkeypatch.setattr(fastgroup, "_FLUSHER", types.SimpleNamespace(kick=kick))
@@ -722,32 +725,33 @@ def test_large_shadows_reuse_only_the_arrays_of_shadows_dropped_unsent(monkeypat
     fg.site, fg.ctx, fg.name, fg.insts, fg.me, fg.survive = \
         Site(), types.SimpleNamespace(tid=MAIN_TID), "g", [0], 0, True
     fg._lock, fg._pending, fg._pending_bytes, fg._last_call = threading.Lock(), deque(), 0, 0.0
-    fg._spare, fg._main_keeps = [], False
-    result = np.zeros(fastgroup._RECYCLE_BYTES // 8)
-    kept: list = []
+    fg._main_keeps = False
+    result = np.zeros((1 << 20) // 8)
+    places: set = set()
 
     def calls(rounds):
         for r in rounds:
             result[:] = r
             fg._shadow(r, "allreduce", None, None, None, "sum", None, result)
             result[:] = -1                    # the caller changes the array it got
-            kept.extend(e[7] for _, e in fg._pending)
+            places.update(e[7].ctypes.data for _, e in fg._pending)
 
     calls(range(1, 6))
     assert [(e[0], e[7][0], e[7][-1]) for _, e in fg._pending] == [(4, 4, 4), (5, 5, 5)]
-    assert len({id(a) for a in kept}) == 3    # KEEP_ROUNDS + 1 arrays for five calls
+    assert len(places) == 3                   # KEEP_ROUNDS + 1 places for five calls
     fg.flush_shadows()
     (_, _, entries), = sent
     calls(range(6, 10))
     assert [(e[0], e[7].min(), e[7].max()) for e in entries] == [(4, 4, 4), (5, 5, 5)]
     assert [(e[0], e[7][0]) for _, e in fg._pending] == [(8, 8), (9, 9)]
-    assert all(e[7] is not a for e in entries for _, (*_, a) in fg._pending)
+    assert {e[7].ctypes.data for e in entries}.isdisjoint(
+        e[7].ctypes.data for _, e in fg._pending)
 
 
 def test_a_member_beside_main_keeps_only_its_last_result_and_reuses_its_memory(monkeypatch):
     """When main is a member too, another member keeps the result MPI computed only until
     its next call completes (which shows main completed the call before: main's shadow
-    has that result); the array goes to the next result, and a batch sent carries at
+    has that result); its memory goes to the next result, and a batch sent carries at
     most one result (8 MiB allreduces: not one 8 MiB copy a call to the coordinator)."""
     import threading
     import types
@@ -756,6 +760,8 @@ def test_a_member_beside_main_keeps_only_its_last_result_and_reuses_its_memory(m
     if "mpi4py.MPI" not in sys.modules:
         mpi4py.rc.initialize = False          # no MPI_Init in the test process
     from clustervm import fastgroup
+    from clustervm.blocks import Blocks
+    monkeypatch.setattr(fastgroup, "ARRAY_COPIES", Blocks(64 << 10, 4 << 20, 64 << 20))
     kick = threading.Event()
     kick.set()                                # no flusher thread: this test flushes
     monkeypatch.setattr(fastgroup, "_FLUSHER", types.SimpleNamespace(kick=kick))
@@ -763,17 +769,18 @@ def test_a_member_beside_main_keeps_only_its_last_result_and_reuses_its_memory(m
     fg.ctx, fg.name, fg.insts, fg.me, fg.survive = \
         types.SimpleNamespace(tid=11), "g", [0, 1], 1, True
     fg._lock, fg._pending, fg._pending_bytes, fg._last_call = threading.Lock(), deque(), 0, 0.0
-    fg._spare, fg._main_keeps = [], True
-    result = np.zeros(fastgroup._RECYCLE_BYTES // 8)
-    arrays = []
+    fg._main_keeps = True
+    result = np.zeros((1 << 20) // 8)
+    places = []
     for r in (1, 2, 3):
         result[:] = r
         fg._shadow(r, "allreduce", None, None, None, "sum", None, result)
         result[:] = -1                        # the caller changes the array it got
-        arrays.append(fg._pending[-1][1][7])
+        places.append(fg._pending[-1][1][7].ctypes.data)
     assert [(e[0], e[7] is None) for _, e in fg._pending] == [(1, True), (2, True), (3, False)]
-    assert arrays[2][0] == arrays[2][-1] == 3
-    assert arrays[2] is arrays[0]             # round 1's memory took round 3's result
+    kept = fg._pending[-1][1][7]
+    assert kept[0] == kept[-1] == 3
+    assert places[0] == places[1] == places[2]      # round 1's memory took the next results
     assert fg._pending_bytes < 3 * 64 + result.nbytes + 1024
 
 
