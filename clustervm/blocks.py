@@ -1,4 +1,4 @@
-"""Memory used again for big buffers: received message parts, replay-log copies.
+"""Memory used again for big buffers: what a rank receives, replay-log copies.
 
 New memory pays its page faults when first written: an 8 MiB copy into it took
 3-13 ms here (a Firecracker VM: the host faults too), into memory touched before
@@ -11,7 +11,9 @@ A block of 2 MiB or more starts on a 2 MiB boundary and spans whole huge pages, 
 the kernel can back all of it with transparent huge pages (numpy asks for them for its
 arrays of 4 MiB or more, and gets them only for the whole 2 MiB pages inside): raw
 mpi4py's 8 MiB round trip between two such buffers took 656-685 us here against
-784-853 us between plain numpy arrays, and without huge pages 1.7 ms.
+784-853 us between plain numpy arrays, and without huge pages 1.7 ms. A new block's
+first writes may wait while the kernel finds huge pages (THP defrag=madvise); each block
+pays that once.
 
 Blocks are used only once numpy is loaded (a rank that never uses numpy does not
 import it for this). Thread-safe.

@@ -103,7 +103,7 @@ class Endpoint(Protocol):
 
     def send(self, dest: int, msg: Any, meanwhile: Callable[[], Any] | None = None,
              settle: bool = True, flat_at: int | None = None,
-             frame: bytes | None = None) -> None:
+             frame: bytes | memoryview | None = None) -> None:
         """Send ``msg`` to ``dest``; returns when the caller may change what it sent.
         Raises PeerFailed if ``dest`` is dead (or this endpoint is closed), WireError
         if ``msg`` cannot be encoded. ``meanwhile`` is called once the message is on its

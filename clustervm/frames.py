@@ -385,7 +385,6 @@ def flat_message(frame: Any, src: int) -> tuple:
     return (*ints[:pos], value, *ints[pos:])
 
 
-
 def one_frame(msg: Any, flat_at: int | None, allow_pickle: bool, limit: int) -> bytes | None:
     """The one frame that holds all of ``msg``: flat (``flat_at``: see :func:`flat`),
     inline, or packed with its small arrays; None if it needs more (big arrays or

@@ -238,7 +238,7 @@ class InProcessTransport:
 
     def send(self, dest: int, msg: Any, meanwhile: Callable[[], Any] | None = None,
              settle: bool = True, flat_at: int | None = None,
-             frame: bytes | None = None) -> None:
+             frame: bytes | memoryview | None = None) -> None:
         # (``frame`` is ``msg`` encoded: here the message goes as the wire encodes it)
         self._gate()
         self._transmit(dest, msg)

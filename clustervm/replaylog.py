@@ -44,7 +44,7 @@ class Sent:
     :class:`FrameStore`'s memory, never changed)."""
     __slots__ = ("frame",)
 
-    def __init__(self, frame: bytes) -> None:
+    def __init__(self, frame: bytes | memoryview) -> None:
         self.frame = frame
 
     @property
@@ -53,7 +53,8 @@ class Sent:
         return len(self.frame)
 
     def data(self, allow_pickle: bool = False) -> Any:
-        """The message's data, decoded (arrays are read-only views of the frame)."""
+        """The message's data, decoded (its arrays are views of the frame: to be sent or
+        copied, never changed)."""
         return one_frame_message(self.frame, allow_pickle)[_DATA_AT]
 
 
@@ -71,7 +72,7 @@ class FrameStore:
         self._view: memoryview | None = None
         self._at = 0
 
-    def keep(self, frame: bytes) -> Any:
+    def keep(self, frame: bytes) -> bytes | memoryview:
         """A copy of ``frame`` in the store (a memoryview), or ``frame`` itself if it is
         big or numpy is not loaded (the blocks are numpy's)."""
         n = len(frame)

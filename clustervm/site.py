@@ -333,18 +333,19 @@ class Site:
             entries.pop()
 
     def _log_message(self, ctx: TaskLike, msg: tuple, remote: bool
-                     ) -> tuple[Callable[[], None] | None, bytes | None]:
+                     ) -> tuple[Callable[[], None] | None, bytes | memoryview | None]:
         """Keep a copy of task message ``msg`` (protocol.User's tuple) until its receiver
         checkpoints past it: (what Transport.send's ``meanwhile`` must do, the frame it
         must send), either may be None.
 
-        ``bytes`` and ``str`` are kept as they are. To another rank (``remote``), a message
-        that goes in one frame is logged as that frame (replaylog.Sent: no copy of its
-        own), which is then sent. A big array (the
-        8 MiB of issue 13) is logged as it is and copied while it is sent: the function
-        returned makes the copy and puts it in its place; until then a replay sends a
-        copy of its own (:meth:`_trim_and_replay`). The copy goes into memory used before
-        (values.ARRAY_COPIES). Raises WireError for data that cannot be sent."""
+        ``bytes`` and ``str`` are kept as they are. To another rank (``remote``), a
+        message that goes in one frame is logged as that frame (replaylog.Sent: no copy
+        of its own), kept in the task's replaylog.FrameStore, and sent from there. A big
+        array (the 8 MiB of issue 13) is logged as it is and copied while it is sent: the
+        function returned makes the copy and puts it in its place; until then a replay
+        sends a copy of its own (:meth:`_trim_and_replay`). The copy goes into memory
+        used before (values.ARRAY_COPIES). Raises WireError for data that cannot be
+        sent."""
         _, _, dst, tag, data, _, seq = msg
         kind = type(data)
         if kind is bytes or kind is str:     # never changes: kept as it is

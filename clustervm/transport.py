@@ -369,7 +369,7 @@ class Transport:
 
     def send(self, dest: int, msg: Any, meanwhile: Callable[[], Any] | None = None,
              settle: bool = True, flat_at: int | None = None,
-             frame: bytes | None = None) -> None:
+             frame: bytes | memoryview | None = None) -> None:
         """Send ``msg`` to rank ``dest``; returns when the caller may reuse its arrays.
 
         Raises :class:`PeerFailed` if ``dest`` is dead (or the transport is closed).
@@ -421,7 +421,7 @@ class Transport:
         if out.failed or not _far_enough(out):   # the peer died, was declared dead, or we closed
             raise PeerFailed(dest)
 
-    def _send_now(self, dest: int, frame: bytes | bytearray) -> bool:
+    def _send_now(self, dest: int, frame: bytes | bytearray | memoryview) -> bool:
         """Isend a small first frame to world rank ``dest`` at once if the token is free
         (the sender's own path: no outbox, no _Out; its request is completed later by
         whoever holds the token). False if it is not: the caller goes through the outbox.
@@ -439,7 +439,7 @@ class Transport:
             self._try_flush()
         return True
 
-    def _isend_light(self, dest: int, frame: bytes | bytearray) -> None:
+    def _isend_light(self, dest: int, frame: bytes | bytearray | memoryview) -> None:
         """Isend a small first frame to world rank ``dest``, its request kept with the
         others completed in bulk (the caller holds the token). Raises PeerFailed."""
         try:
