@@ -140,8 +140,8 @@ def _new_block(size: int) -> tuple[Any, int, int]:
 
 
 #: memory for what a rank receives big, used again: a message's parts (transport.py), a
-#: frozen group's collective results (fastgroup.py); 64 KiB to 16 MiB, 64 MiB kept
-RECEIVED = Blocks(64 << 10, 16 << 20, 64 << 20)
+#: frozen group's collective results (fastgroup.py); 64 KiB to 16 MiB, 32 MiB kept
+RECEIVED = Blocks(64 << 10, 16 << 20, 32 << 20)
 
 
 #: new buffers from this size on are numpy's (not zero-filled); smaller ones are
