@@ -11,9 +11,10 @@ A block of 2 MiB or more starts on a 2 MiB boundary and spans whole huge pages, 
 the kernel can back all of it with transparent huge pages (numpy asks for them for its
 arrays of 4 MiB or more, and gets them only for the whole 2 MiB pages inside): raw
 mpi4py's 8 MiB round trip between two such buffers took 656-685 us here against
-784-853 us between plain numpy arrays, and without huge pages 1.7 ms. A new block's
-first writes may wait while the kernel finds huge pages (THP defrag=madvise); each block
-pays that once.
+784-853 us between plain numpy arrays, and without huge pages 1.7 ms. The price is a
+new block's first writes: on this VM a huge page took ~4.3 ms to fault in (2.1 ms a MiB,
+against 0.33 ms a MiB in 4 KiB pages; numpy's own arrays of 4 MiB or more pay it too),
+once per block: blocks are for memory used again.
 
 Blocks are used only once numpy is loaded (a rank that never uses numpy does not
 import it for this). Thread-safe.
