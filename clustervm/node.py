@@ -349,8 +349,10 @@ class Node(Site):
         ctx = tls.ctx
         tls.tid = tls.ctx = tls.state = None
         ckpt_error = self.settle_checkpoint(ctx, at_end=True)
-        if ctx is not None and not getattr(ctx, "_outlog", None):
-            self.contexts.pop(tid, None)
+        if ctx is not None:
+            ctx.__dict__.pop("_frames", None)   # (its frames keep what of it they need)
+            if not getattr(ctx, "_outlog", None):
+                self.contexts.pop(tid, None)
         self.mailboxes.pop(tid, None)
         if ckpt_error is not None:   # a disk error reaches the caller, not only the log
             result = (tid, False, remote.pack_exception(ckpt_error, self.where()))
@@ -751,6 +753,7 @@ class Node(Site):
                 ckpt_error = self.settle_checkpoint(ctx, at_end=True)
                 if ckpt_error is not None and ok:   # reaches vm.join, not only the log
                     ok, value = False, remote.pack_exception(ckpt_error, self.where())
+            ctx.__dict__.pop("_frames", None)   # (its frames keep what of it they need)
         self._run(N.SpawnedResult(ctx.tid, ctx.inc, ctx.aborted, ok, value))
 
     def _do_send_exited(self, ins: N.SendExited) -> None:

@@ -4,8 +4,9 @@ In memory, a task's replay log (sender-based message logging, ``ctx._outlog``) i
 per receiver a list of ``(seq, tag, data)`` entries. A message that went out in one
 frame (``Transport.frame_of``: a heat2d row, any small message) is logged as that
 frame, a :class:`Sent`, decoded only to be sent again: the frame is a copy of the
-message already, so the log makes none of its own (a row's send inside heat2d's
-steps: 9.3 -> 8.6 us). Other data are the sender's copies (values.sized_snapshot).
+message already, so the log makes none of its own (a row's send after a heat2d step:
+9.3 -> 8.6 us, before the store below). Other data are the sender's copies
+(values.sized_snapshot).
 
 The frames a log keeps go into memory of their own (:class:`FrameStore`), not the
 heap: heat2d's 2 KB rows, one a step kept on the heap between the numpy
@@ -62,7 +63,10 @@ class FrameStore:
     """Where one task's replay log keeps the frames it logs: chunks of memory apart from
     the heap (from ``blocks``, used again once every frame in one is gone: a receiver's
     checkpoint trims the log), frames end to end, each at an 8-byte boundary (a flat
-    array in one stays aligned). One task thread uses it: no lock."""
+    array in one stays aligned). Chunks start at :data:`FIRST` bytes and double up to
+    :data:`CHUNK` (a task that sends a few messages takes little). One task thread uses
+    it: no lock; drop it when the task ends (its last chunk goes with its frames)."""
+    FIRST = 64 << 10
     CHUNK = 1 << 20
     #: frames larger than this stay as they are
     LARGEST = CHUNK >> 3
@@ -71,6 +75,7 @@ class FrameStore:
         self.blocks = blocks
         self._view: memoryview | None = None
         self._at = 0
+        self._next = self.FIRST
 
     def keep(self, frame: bytes) -> bytes | memoryview:
         """A copy of ``frame`` in the store (a memoryview), or ``frame`` itself if it is
@@ -79,10 +84,14 @@ class FrameStore:
         if n > self.LARGEST:
             return frame
         at, view = self._at, self._view
-        if view is None or at + n > self.CHUNK:
-            block = self.blocks.take(self.CHUNK)
+        if view is None or at + n > len(view):
+            size = self._next
+            while size < n:
+                size <<= 1
+            block = self.blocks.take(size)
             if block is None:
                 return frame
+            self._next = min(size << 1, self.CHUNK)
             view = self._view = memoryview(block)    # (its views keep the block in use)
             at = 0
         kept = view[at:at + n]

@@ -149,3 +149,17 @@ def test_a_frame_store_keeps_copies_in_chunks_used_again_once_their_frames_are_g
     del kept, again
     reused = replaylog.FrameStore(pool).keep(b"v" * 10)
     assert np.frombuffer(reused, np.uint8).ctypes.data == addr[0] and bytes(nxt) == b"z" * 5000
+
+
+def test_a_task_that_logs_a_few_messages_takes_a_small_chunk():
+    """Chunks start small and double (up to CHUNK): a short task sending a handful of
+    messages does not hold a whole CHUNK."""
+    pool = Blocks(64 << 10, 4 << 20, 64 << 20)
+    store = replaylog.FrameStore(pool)
+    for i in range(5):
+        store.keep(b"m" * 300)
+    assert pool.nbytes < 2 * replaylog.FrameStore.FIRST
+    for i in range(3000):                      # ~6 MB: chunks of 64 KiB, 128 KiB, ... 1 MiB
+        store.keep(b"r" * 2100)
+    sizes = sorted(pool._room)
+    assert sizes[0] < 2 * replaylog.FrameStore.FIRST and sizes[-1] >= replaylog.FrameStore.CHUNK
