@@ -46,7 +46,7 @@ from .errors import WireError
 
 __all__ = ["Frame", "FrameError", "parse_frame", "packed", "packed_parts", "unbundled",
            "padded", "aligned", "split", "flat", "flat_message", "one_frame",
-           "one_frame_message"]
+           "one_frame_message", "whole_frame"]
 
 TAG_BUF0 = 1 << 16
 TAG_BUF_SPAN = 1 << 24
@@ -391,19 +391,22 @@ def one_frame(msg: Any, flat_at: int | None, allow_pickle: bool, limit: int) -> 
     payload), or more than ``limit`` bytes. Raises WireError."""
     head = None if flat_at is None else flat(msg, flat_at)
     if head is None:
-        payload, bufs = wire.dumps(msg, allow_pickle=allow_pickle)
-        if len(payload) > INLINE_MAX:
-            return None
-        if not bufs:
-            head = b"\x00" + payload
-        else:
-            total = 0
-            for b in bufs:        # wire's buffers are flat byte views
-                total += b.nbytes
-            if total > PACK_MAX:
-                return None
-            head = packed(payload, bufs, total)
-    return head if len(head) <= limit else None
+        head = whole_frame(*wire.dumps(msg, allow_pickle=allow_pickle))
+    return head if head is not None and len(head) <= limit else None
+
+
+def whole_frame(payload: bytes, bufs: list[Any]) -> bytes | None:
+    """The one frame that holds an encoded message: inline, or packed with its arrays
+    when they are small (PACK_MAX in all); None if it needs parts (a big payload or big
+    arrays)."""
+    if len(payload) > INLINE_MAX:
+        return None
+    if not bufs:
+        return b"\x00" + payload
+    total = 0
+    for b in bufs:        # wire's buffers are flat byte views
+        total += b.nbytes
+    return packed(payload, bufs, total) if total <= PACK_MAX else None
 
 
 def one_frame_message(frame: Any, allow_pickle: bool = False) -> Any:

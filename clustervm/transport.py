@@ -74,8 +74,8 @@ from .errors import ConfigError
 from .frames import (BUNDLE_MAX, INLINE_MAX, KIND_BUFFERS, KIND_BUNDLED, KIND_FLAT,
                      KIND_INLINE, KIND_LONG, KIND_PACKED, KIND_ROUTED, LONG, PACK_MAX, PREFIX,
                      ROUTE, TAG_BUF0, TAG_BUF_SPAN, Frame, FrameError, flat, flat_message,
-                     one_frame, packed, packed_parts, padded, parse_frame, split,
-                     unbundled)
+                     one_frame, packed_parts, padded, parse_frame, split, unbundled,
+                     whole_frame)
 
 log = logging.getLogger(__name__)
 
@@ -259,14 +259,9 @@ class Transport:
     def _frames_of(self, payload: bytes, bufs: list[Any]) -> tuple[Any, list[Any], int]:
         """The first frame, the parts and their tag of an encoded message (small arrays
         packed into the first frame: no parts)."""
-        if not bufs and len(payload) <= INLINE_MAX:
-            return b"\x00" + payload, [], 0
-        if bufs and len(payload) <= INLINE_MAX:
-            total = 0
-            for b in bufs:        # wire's buffers are flat byte views
-                total += b.nbytes
-            if total <= PACK_MAX:
-                return packed(payload, bufs, total), [], 0
+        whole = whole_frame(payload, bufs)
+        if whole is not None:
+            return whole, [], 0
         if len(payload) > INLINE_MAX:
             bufs = [memoryview(payload), *bufs]
             inline = b""
