@@ -9,10 +9,12 @@
    tasks of a round may start on one core for its first ~20 ms); ratios are ours / raw for times, ours / raw for bandwidth.
    The 8 MiB figures come from blocks of raw and clustervm round trips taken in
    turn by the same two tasks (this machine's memory bandwidth drifts by 2x between
-   seconds; see benchmarks/apps/pingpong_app.py). A last row runs raw ``Send/Recv``
-   where each side also copies the array it sends while its ``Isend`` is under way,
-   as a replay log must keep a copy: the most a logged send of a big array can
-   reach here (the memory bandwidth is shared).
+   seconds; see benchmarks/apps/pingpong_app.py). A row runs raw ``Send/Recv``
+   where each side also copies the array it sends while its ``Isend`` is under way
+   (into 4 buffers in turn: a log's copies are not in cache), as a replay log must
+   keep a copy: the most a logged send of a big array can reach here (the memory
+   bandwidth is shared). The blocks follow 40 clustervm round trips timed apart
+   (the last row): a replay log's first copies go into new memory.
 2. Start of a 4-rank job to its first task result (``clustervm run -n 4``) next
    to a bare ``mpiexec -n 4`` + Barrier (with and without btl/ofi): medians of 5.
 3. CPU seconds an idle 4-rank VM burns in 10 s (all ranks together).
@@ -61,6 +63,11 @@ def messages(rounds: int) -> None:
     print(f"{'  raw, copy during Isend':24}{'':>14}{copying:>9.2f} GB/s"
           f"{copying / raw_up:>7.2f}x  (what a replay log can reach: "
           f"{logged / copying:.2f}x of it)")
+    # the untimed start of those two (not in the figures above): a log's first copies
+    # go into new memory (see BIG_WARM in pingpong_app.py)
+    first, first_log = res[f"first:{size}"], res[f"first:{size}:replay"]
+    print(f"{'  first 40 round trips':24}{first * 1e3:>11.2f} ms, with the replay log "
+          f"{first_log * 1e3:.2f} ms each (slowest round: new memory for the log's copies)")
 
 
 def startup() -> None:
