@@ -305,6 +305,16 @@ def _array_head(value: Any, n: int, pos: int) -> bytes:
     return head
 
 
+#: the array layout :func:`flat` last made a header for: (numpy.ndarray, its dtype, shape,
+#: number of items << 8 | the value's place, the header, the other items' struct and
+#: getter). A task sends the same kind of array again and again (heat2d's rows): such a
+#: frame is made without hashing a dtype, and the array is joined as it is (bytes.join
+#: takes a C-contiguous array, and refuses any other with TypeError): a halo row's frame
+#: right after a Jacobi step 3.3 -> 2.4 us, warm 1.1 -> 0.8 us (scratch timings, one
+#: process). A tuple, replaced whole: threads read it without a lock.
+_last_sent: tuple = (None, None, None, -1, b"", None, None)
+
+
 def flat(msg: tuple, pos: int) -> bytes | None:
     """The flat frame of ``msg`` (see the module's doc), whose item at ``pos`` is the
     value and every other an int (an int-like one travels as an int); None if the value
@@ -314,8 +324,12 @@ def flat(msg: tuple, pos: int) -> bytes | None:
     if not (1 < n < 256 and 0 <= pos < n):
         return None
     value = msg[pos]
-    plan = _flat_plans.get(n << 8 | pos) or _flat_plan(n, pos)
+    last = _last_sent
     try:
+        if type(value) is last[0] and value.dtype is last[1] and value.shape == last[2] \
+                and n << 8 | pos == last[3]:
+            return b"".join((last[4], last[5].pack(*last[6](msg)), value))
+        plan = _flat_plans.get(n << 8 | pos) or _flat_plan(n, pos)
         if type(value) is bytes:
             if len(value) > PACK_MAX:
                 return None
@@ -330,15 +344,44 @@ def flat(msg: tuple, pos: int) -> bytes | None:
             head = _array_head(value, n, pos)
         if value.nbytes > PACK_MAX or not value.flags.c_contiguous:
             return None
-        return b"".join((head, plan[1].pack(*plan[2](msg)),
-                         memoryview(value).cast("B") if value.nbytes else b""))
-    except struct.error:        # an item that is not an int, or beyond an int64
-        return None
+        frame = b"".join((head, plan[1].pack(*plan[2](msg)), value))
+    except (struct.error, TypeError):   # an item that is not an int or beyond an int64;
+        return None                     # an array not C-contiguous (the first test)
+    _remember_sent(np.ndarray, value, n << 8 | pos, head, plan)
+    return frame
+
+
+def _remember_sent(ndarray: type, value: Any, key: int, head: bytes, plan: tuple) -> None:
+    """Remember the layout of an array just made flat (see _last_sent)."""
+    global _last_sent
+    _last_sent = (ndarray, value.dtype, value.shape, key, head, plan[1], plan[2])
+
+
+#: the layout :func:`flat_message` last read: (the frames' first bytes, up to the other
+#: items, where those start, the value's place, their struct, where the value starts;
+#: for an array its dtype, shape (None: one dimension), bytes and numpy.frombuffer, for
+#: ``bytes`` None, None, -1, None). A frame that starts with the same bytes, in a
+#: bytearray (as the transport receives it), is read without taking its header apart
+#: again: a halo row after a Jacobi step 3.3 -> 2.3 us, warm 1.15 -> 0.8 us; 8 bytes
+#: 0.75 -> 0.39 us (scratch timings, one process). A tuple, replaced whole.
+_last_read: tuple = (b"\xff", 0, 0, None, 0, None, None, -1, None)
 
 
 def flat_message(frame: Any, src: int) -> tuple:
     """The tuple a flat frame from rank ``src`` carries (arrays are views of ``frame``,
     writable if it is). Raises :class:`FrameError`."""
+    last = _last_read
+    if type(frame) is bytearray and frame.startswith(last[0]):
+        _, at, pos, ints_of, end, dtype, shape, nbytes, frombuffer = last
+        size = len(frame) - end
+        if size == nbytes or dtype is None and size >= 0:
+            ints = ints_of.unpack_from(frame, at)
+            if dtype is None:
+                return (*ints[:pos], bytes(frame[end:]), *ints[pos:])
+            value = frombuffer(frame, dtype, -1, end)
+            if shape is not None:
+                value = value.reshape(shape)
+            return (*ints[:pos], value, *ints[pos:])
     view = memoryview(frame)
     size = view.nbytes
     if size < FLAT.size:
@@ -354,6 +397,7 @@ def flat_message(frame: Any, src: int) -> tuple:
     ints = _ints[items - 1].unpack_from(view, at)
     if vtype == 0:
         value: Any = bytes(view[end:])
+        _remember_read(bytes(view[:at]), at, pos, _ints[items - 1], end, None)
     else:
         key = bytes(view[FLAT.size:at])
         layout = _flat_layouts.get(key)
@@ -382,7 +426,21 @@ def flat_message(frame: Any, src: int) -> tuple:
         except Exception as exc:   # noqa: BLE001 - np.dtype parses text: any error
             raise FrameError(src, f"flat frame's array does not fit its header: "
                                   f"{type(exc).__name__}: {exc}") from None
+        if nbytes:
+            _remember_read(bytes(view[:at]), at, pos, _ints[items - 1], end, layout)
     return (*ints[:pos], value, *ints[pos:])
+
+
+def _remember_read(head: bytes, at: int, pos: int, ints_of: struct.Struct, end: int,
+                   layout: tuple | None) -> None:
+    """Remember the layout of a frame just read (``layout``: its array's, None for bytes)."""
+    global _last_read
+    if layout is None:
+        _last_read = (head, at, pos, ints_of, end, None, None, -1, None)
+        return
+    np, dtype, shape, nbytes = layout
+    _last_read = (head, at, pos, ints_of, end, dtype, None if len(shape) == 1 else shape,
+                  nbytes, np.frombuffer)
 
 
 def one_frame(msg: Any, flat_at: int | None, allow_pickle: bool, limit: int) -> bytes | None:

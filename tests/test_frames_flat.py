@@ -55,14 +55,58 @@ def test_a_flat_message_comes_back_as_the_wire_gives_it(case):
     msg, pos = case
     frame = F.flat(msg, pos)
     assert frame is not None and frame[0] == F.KIND_FLAT
-    got = F.flat_message(bytearray(frame), SENDER)
+    assert F.flat(msg, pos) == frame      # again: an array's layout is the one remembered
     payload, bufs = wire.dumps(msg)
     by_wire = wire.loads(payload, [bytearray(b) for b in bufs])
-    assert len(got) == len(msg) == len(by_wire)
-    assert all(same(g, w) for g, w in zip(got, by_wire))
-    value = got[pos]
-    if isinstance(value, np.ndarray) and value.size:
-        assert value.flags.writeable      # a view of the received frame, as the wire's
+    for _ in range(2):                    # again: read as the layout remembered
+        got = F.flat_message(bytearray(frame), SENDER)
+        assert len(got) == len(msg) == len(by_wire)
+        assert all(same(g, w) for g, w in zip(got, by_wire))
+        value = got[pos]
+        if isinstance(value, np.ndarray) and value.size:
+            assert value.flags.writeable      # a view of the received frame, as the wire's
+
+
+def _forget_layouts() -> None:
+    """Make frames.flat and flat_message remember another layout than the tests' own."""
+    F.flat_message(bytearray(F.flat((1, np.zeros(3, "<i2")), 1)), SENDER)
+
+
+def test_the_layout_remembered_makes_and_reads_the_same_frames():
+    """A task sends the same kind of array again and again: flat and flat_message remember
+    the last layout (frames._last_sent, _last_read). Frames made and read with it are the
+    ones made and read without it."""
+    first = (20, 1, 2, 3, np.arange(12.0).reshape(3, 4), 0, 1)
+    later = (20, 1, 2, 7, np.arange(12.0).reshape(3, 4) * -2, 5, 2)
+    F.flat_message(bytearray(F.flat(first, 4)), SENDER)       # remembered
+    remembered = F.flat(later, 4)
+    got = F.flat_message(bytearray(remembered), SENDER)
+    _forget_layouts()
+    assert F.flat(later, 4) == remembered
+    want = F.flat_message(bytearray(remembered), SENDER)
+    assert got[:4] == want[:4] == later[:4] and got[5:] == want[5:] == later[5:]
+    assert same(got[4], later[4]) and same(want[4], later[4]) and got[4].flags.writeable
+
+
+def test_an_array_like_the_last_but_not_contiguous_is_not_flat():
+    F.flat((1, np.ones((3, 2))), 1)                            # remembered: (3, 2) float64
+    assert F.flat((1, np.asfortranarray(np.ones((3, 2)))), 1) is None
+    assert F.flat((1, np.ones((3, 4))[:, :2]), 1) is None
+
+
+def test_a_frame_like_the_last_but_cut_or_longer_is_read_as_any_other():
+    frame = bytearray(F.flat((1, np.arange(4.0)), 1))
+    F.flat_message(frame, SENDER)                              # remembered
+    with pytest.raises(F.FrameError, match="rank 5: flat frame's array does not fit"):
+        F.flat_message(frame[:-8], SENDER)
+    with pytest.raises(F.FrameError, match="rank 5: flat frame's array does not fit"):
+        F.flat_message(frame + b"\0" * 8, SENDER)
+    assert same(F.flat_message(frame, SENDER)[1], np.arange(4.0))
+    frame = bytearray(F.flat((1, 2, b"abc"), 2))
+    assert F.flat_message(frame, SENDER) == (1, 2, b"abc")   # remembered: bytes
+    with pytest.raises(F.FrameError, match="rank 5: flat frame of 20 bytes is shorter"):
+        F.flat_message(frame[:20], SENDER)                   # cut in the ints
+    assert F.flat_message(frame[:24], SENDER) == (1, 2, b"")
 
 
 @pytest.mark.parametrize("msg, pos, why", [
