@@ -14,13 +14,16 @@ mpi4py's 8 MiB round trip between two such buffers took 656-685 us here against
 784-853 us between plain numpy arrays, and without huge pages 1.7 ms. The price is a
 new block's first writes: on this VM a huge page took ~4.3 ms to fault in (2.1 ms a MiB,
 against 0.33 ms a MiB in 4 KiB pages; numpy's own arrays of 4 MiB or more pay it too),
-once per block: blocks are for memory used again.
+once per block: blocks are for memory used again. A block below 512 KiB is a mapping of
+its own, never among the heap's memory, where it slowed a task's numpy work
+(:data:`OFF_HEAP_BELOW`).
 
 Blocks are used only once numpy is loaded (a rank that never uses numpy does not
 import it for this). Thread-safe.
 """
 from __future__ import annotations
 
+import mmap
 import sys
 import threading
 import time
@@ -126,13 +129,29 @@ class Blocks:
         return sum(self._room)
 
 
+#: blocks of fewer bytes are anonymous mappings of their own, off the heap (_new_block)
+OFF_HEAP_BELOW = 512 << 10
+
+
 def _new_block(size: int) -> tuple[Any, int, int]:
     """A new numpy block with room for ``size`` bytes and a little more: (the array, where
     the room starts in it, its bytes). Below 2 MiB the room is 1/16 more than ``size``;
     from 2 MiB on it starts on a huge page's boundary and is whole huge pages, and the
     array is 4 MiB or more (numpy then asks the kernel for huge pages:
-    ``madvise(MADV_HUGEPAGE)``)."""
+    ``madvise(MADV_HUGEPAGE)``).
+
+    Below :data:`OFF_HEAP_BELOW` a block is a mapping of its own, never among the heap's
+    memory: while a log-mode heat2d task's first frame-store chunks (64-256 KiB) and the
+    first checkpoint copy its node received were malloc's, between numpy's temporaries,
+    its numpy steps took 1.5-2 us longer (2-3 %) than without checkpoints, far from any
+    checkpoint (fresh jobs; none with a mapping each; `checkpoint_overhead.py`, log mode
+    in memory, 6.0-7.7 -> 3.2-3.8 %). Bigger ones come from numpy (malloc) as before: a
+    mapping for each 1 MiB chunk of a replay log never trimmed made its sends ~1 us
+    slower (new pages each time; malloc gives memory freed before)."""
     import numpy as np
+    if size + (size >> 4) < OFF_HEAP_BELOW:
+        room = size + (size >> 4)
+        return np.frombuffer(mmap.mmap(-1, room), dtype=np.uint8), 0, room
     if size + (size >> 4) < HUGE_PAGE:
         return np.empty(size + (size >> 4), dtype=np.uint8), 0, size + (size >> 4)
     room = -(-size // HUGE_PAGE) * HUGE_PAGE
