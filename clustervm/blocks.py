@@ -143,17 +143,17 @@ def _new_block(size: int) -> tuple[Any, int, int]:
     Below :data:`OFF_HEAP_BELOW` a block is a mapping of its own, never among the heap's
     memory: while a log-mode heat2d task's first frame-store chunks (64-256 KiB) and the
     first checkpoint copy its node received were malloc's, between numpy's temporaries,
-    its numpy steps took 1.5-2 us longer (2-3 %) than without checkpoints, far from any
+    its numpy steps took 1.5-3 us longer (2-5 %) than without checkpoints, far from any
     checkpoint (fresh jobs; none with a mapping each; `checkpoint_overhead.py`, log mode
     in memory, 6.0-7.7 -> 3.2-3.8 %). Bigger ones come from numpy (malloc) as before: a
     mapping for each 1 MiB chunk of a replay log never trimmed made its sends ~1 us
     slower (new pages each time; malloc gives memory freed before)."""
     import numpy as np
-    if size + (size >> 4) < OFF_HEAP_BELOW:
-        room = size + (size >> 4)
+    room = size + (size >> 4)
+    if room < OFF_HEAP_BELOW:
         return np.frombuffer(mmap.mmap(-1, room), dtype=np.uint8), 0, room
-    if size + (size >> 4) < HUGE_PAGE:
-        return np.empty(size + (size >> 4), dtype=np.uint8), 0, size + (size >> 4)
+    if room < HUGE_PAGE:
+        return np.empty(room, dtype=np.uint8), 0, room
     room = -(-size // HUGE_PAGE) * HUGE_PAGE
     block = np.empty(room + HUGE_PAGE, dtype=np.uint8)
     return block, -block.ctypes.data % HUGE_PAGE, room

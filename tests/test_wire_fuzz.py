@@ -317,7 +317,9 @@ FLAT_FRAMES = [F.flat((P.User.OP, 1, 2, 3, b"hello", 0, 1), 4),
 def test_a_truncated_or_mutated_flat_frame_is_a_frame_error(frame, data):
     """(clustervm.frames.flat: a task's message without msgpack.) A randomized run of it
     found a dtype name that numpy parses as Python and fails on with a SyntaxError; that
-    case has a test of its own (tests/test_frames_flat.py)."""
+    case has a test of its own (tests/test_frames_flat.py). The whole frame is read first,
+    so that the mutated one meets its layout remembered (frames._last_read)."""
+    F.flat_message(bytearray(frame), SENDER)
     raw = _mutated(frame, data, 64)
     try:
         got = F.flat_message(raw, SENDER)
