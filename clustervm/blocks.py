@@ -151,7 +151,11 @@ def _new_block(size: int) -> tuple[Any, int, int]:
     import numpy as np
     room = size + (size >> 4)
     if room < OFF_HEAP_BELOW:
-        return np.frombuffer(mmap.mmap(-1, room), dtype=np.uint8), 0, room
+        try:
+            mapping = mmap.mmap(-1, room)
+        except OSError as exc:    # (what callers of numpy's allocation catch: MemoryError)
+            raise MemoryError(f"cannot map {room} bytes: {exc.strerror or exc}") from None
+        return np.frombuffer(mapping, dtype=np.uint8), 0, room
     if room < HUGE_PAGE:
         return np.empty(room, dtype=np.uint8), 0, room
     room = -(-size // HUGE_PAGE) * HUGE_PAGE

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from clustervm.blocks import Blocks
 
@@ -106,3 +107,17 @@ def test_a_small_block_is_a_mapping_of_its_own_a_bigger_one_numpys():
     assert int(small.sum()) == 7 * small.nbytes
     big = parts.take(OFF_HEAP_BELOW)
     assert big.base.flags.owndata                  # numpy's own memory
+
+
+def test_no_memory_for_a_small_block_is_a_memory_error(monkeypatch):
+    """As numpy's allocation says it (the transport drops a frame it has no memory for,
+    the replay log forgets a receiver's log: they catch MemoryError)."""
+    import errno
+    import mmap
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    with pytest.raises(MemoryError, match="cannot map .* bytes: Cannot allocate memory"):
+        Blocks(64 << 10, 16 << 20, 64 << 20).take(100_000)
