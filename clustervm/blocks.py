@@ -147,15 +147,18 @@ def _new_block(size: int) -> tuple[Any, int, int]:
     checkpoint (fresh jobs; none with a mapping each; `checkpoint_overhead.py`, log mode
     in memory, 6.0-7.7 -> 3.2-3.8 %). Bigger ones come from numpy (malloc) as before: a
     mapping for each 1 MiB chunk of a replay log never trimmed made its sends ~1 us
-    slower (new pages each time; malloc gives memory freed before)."""
+    slower (new pages each time; malloc gives memory freed before). A small block that
+    cannot be mapped is numpy's too."""
     import numpy as np
     room = size + (size >> 4)
     if room < OFF_HEAP_BELOW:
         try:
-            mapping = mmap.mmap(-1, room)
-        except OSError as exc:    # (what callers of numpy's allocation catch: MemoryError)
-            raise MemoryError(f"cannot map {room} bytes: {exc.strerror or exc}") from None
-        return np.frombuffer(mapping, dtype=np.uint8), 0, room
+            return np.frombuffer(mmap.mmap(-1, room), dtype=np.uint8), 0, room
+        except OSError:
+            # no mapping to be had (a process may hold vm.max_map_count of them, 65530 by
+            # default, and a replay log never trimmed may keep thousands of small
+            # copies): numpy's memory then, as before (MemoryError if none either)
+            pass
     if room < HUGE_PAGE:
         return np.empty(room, dtype=np.uint8), 0, room
     room = -(-size // HUGE_PAGE) * HUGE_PAGE
